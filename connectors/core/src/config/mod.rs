@@ -1,0 +1,399 @@
+//! The configuration of fnbroker: every type of the YAML file, in one place.
+//!
+//! [`load`](crate::config::load) reads a file, substitutes `${ENV_VAR}`s, parses it and validates
+//! it without any IO, reporting every error it finds as `FILE:LINE:COL: message`. A [`Config`]
+//! that came out of it is valid: every reference resolves, every duration, URL and address
+//! parses, so the broker can use the accessors below without checking again.
+//!
+//! `fnbroker schema` prints the JSON Schema generated from these same types.
+
+mod load;
+mod values;
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+pub use load::{ConfigError, ConfigErrors, load, load_str};
+pub use values::{ByteSize, ConfDuration, Loc};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields, title = "fnbroker configuration")]
+pub struct Config {
+    /// Named connections to brokers and listeners; each entry has exactly one kind.
+    #[serde(default)]
+    pub connectors: BTreeMap<String, Connector>,
+    /// Named functions: how to invoke each one.
+    #[serde(default)]
+    pub functions: BTreeMap<String, Function>,
+    /// Triggers route the events of a connector's topic, filtered, to a function.
+    #[serde(default)]
+    pub triggers: Vec<Trigger>,
+    /// The admin endpoint (`/healthz`, `/readyz`, `/metrics`); off when absent.
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    /// How long a stopping fnbroker lets in-flight deliveries finish before it hands them back
+    /// to their brokers for redelivery. Default `30s`.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: ConfDuration,
+}
+
+fn default_shutdown_timeout() -> ConfDuration {
+    ConfDuration::from_secs(30)
+}
+
+/// A named connector: exactly one kind.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(deny_unknown_fields)]
+pub enum Connector {
+    /// CloudEvents over HTTP: webhooks and `curl`.
+    Http(HttpConnector),
+    /// Kafka (and Kafka-API brokers).
+    Kafka(KafkaConnector),
+    /// NATS core and JetStream.
+    Nats(NatsConnector),
+    /// AMQP 0-9-1 (RabbitMQ).
+    Amqp(AmqpConnector),
+    /// MQTT 3.1.1 and 5.
+    Mqtt(MqttConnector),
+}
+
+impl Connector {
+    /// The kind as written in the configuration.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Connector::Http(_) => "http",
+            Connector::Kafka(_) => "kafka",
+            Connector::Nats(_) => "nats",
+            Connector::Amqp(_) => "amqp",
+            Connector::Mqtt(_) => "mqtt",
+        }
+    }
+
+    /// Whether this kind can publish (replies and dead letters).
+    pub fn can_publish(&self) -> bool {
+        !matches!(self, Connector::Http(_))
+    }
+}
+
+/// The HTTP ingress: accepts CloudEvents (binary, structured, batch) and plain POSTs.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct HttpConnector {
+    /// The address to listen on, `host:port`.
+    pub listen: Loc<String>,
+    /// The largest request body accepted, in bytes or with a unit (`512KiB`, `1MiB`); larger
+    /// requests get 413. Default 1 MiB.
+    #[serde(default = "default_max_body")]
+    pub max_body: ByteSize,
+}
+
+fn default_max_body() -> ByteSize {
+    ByteSize::new(1024 * 1024)
+}
+
+/// A Kafka connection.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct KafkaConnector {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// The default consumer group of this connector's triggers.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// librdkafka settings passed through as they are (security settings included).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// A NATS connection.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct NatsConnector {
+    /// The server URL, `nats://host:port`.
+    pub url: Loc<String>,
+}
+
+/// An AMQP 0-9-1 connection.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct AmqpConnector {
+    /// The server URL, `amqp://user:pass@host:port/vhost`.
+    pub url: Loc<String>,
+    /// The exchange replies and dead letters are published to (default: the default exchange).
+    #[serde(default)]
+    pub exchange: Option<String>,
+}
+
+/// An MQTT connection.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct MqttConnector {
+    /// The broker URL, `mqtt://host:port`.
+    pub url: Loc<String>,
+    /// The client id; stable, so the broker keeps the session across restarts.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The protocol version: 5 (default) or 3 (3.1.1).
+    #[serde(default)]
+    pub version: Option<Loc<u8>>,
+}
+
+/// A named function: how to invoke it (`http` or `exec`), and limits.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Function {
+    /// Invoke over HTTP: POST the event to a URL.
+    #[serde(default)]
+    pub http: Option<HttpFunction>,
+    /// Invoke a command per event, as OpenFaaS's classic watchdog does.
+    #[serde(default)]
+    pub exec: Option<ExecFunction>,
+    /// The time one attempt may take. Default `30s`.
+    #[serde(default)]
+    pub timeout: Option<ConfDuration>,
+    /// The most calls in flight to this function, all triggers together. Default 64.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: Loc<usize>,
+}
+
+fn default_concurrency() -> Loc<usize> {
+    Loc::new(64)
+}
+
+impl Function {
+    /// The per-attempt timeout of this function.
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(30), ConfDuration::get)
+    }
+}
+
+/// An HTTP function endpoint.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct HttpFunction {
+    /// The URL the event is POSTed to.
+    pub url: Loc<String>,
+    /// The CloudEvents HTTP content mode: `binary` (default) or `structured`.
+    #[serde(default)]
+    pub mode: ContentMode,
+    /// Static headers sent with every request (tokens from `${ENV}`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A CloudEvents content mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentMode {
+    /// Attributes in headers, data as the body.
+    #[default]
+    Binary,
+    /// The whole event as `application/cloudevents+json`.
+    Structured,
+}
+
+/// A command run once per event.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ExecFunction {
+    /// The program and its arguments. The event's data arrives on stdin, its attributes as
+    /// `CE_<NAME>` environment variables; stdout is the reply; a non-zero exit is a failure.
+    pub command: Loc<Vec<String>>,
+    /// Extra environment variables for the command.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// A trigger: where events come from, which ones, and which function gets them.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Trigger {
+    /// A unique name, used in logs, metrics and dead letters.
+    pub name: Loc<String>,
+    /// The connector and topic the events come from.
+    pub from: TriggerSource,
+    /// Attributes given to messages that are not CloudEvents.
+    #[serde(default)]
+    pub event: Option<EventDefaults>,
+    /// Which events this trigger takes; all when absent.
+    #[serde(default)]
+    pub filter: Option<Filter>,
+    /// The function that gets the events.
+    pub to: Loc<String>,
+    /// Retries, backoff, ordering and concurrency.
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// Where an event goes when its delivery failed for good.
+    #[serde(default)]
+    pub dead_letter: Option<Destination>,
+    /// Where the function's reply goes.
+    #[serde(default)]
+    pub reply: Option<Destination>,
+}
+
+/// The source of a trigger's events.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct TriggerSource {
+    /// The connector's name.
+    pub connector: Loc<String>,
+    /// The protocol's address: Kafka topic, NATS subject (`*`, `>`), MQTT topic filter (`+`,
+    /// `#`), HTTP path (`/orders`).
+    #[serde(default)]
+    pub topic: Option<Loc<String>>,
+    /// The AMQP queue.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// The JetStream stream.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// The MQTT QoS of the subscription (0, 1, 2).
+    #[serde(default)]
+    pub qos: Option<u8>,
+    /// The consumer group, queue group, durable name or `$share` group: replicas that share
+    /// it share the work.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// HTTP only: answer the request after the delivery, with the function's reply.
+    #[serde(default)]
+    pub sync: bool,
+}
+
+impl TriggerSource {
+    /// The topic, or the empty string.
+    pub fn topic(&self) -> &str {
+        self.topic.as_ref().map_or("", |t| t.as_str())
+    }
+}
+
+/// Attributes for messages that are not CloudEvents.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct EventDefaults {
+    /// The `type` given to such messages (default `fnbroker.<kind>.message`).
+    #[serde(rename = "type", default)]
+    pub ty: Option<String>,
+}
+
+/// A filter, in the dialects of the CloudEvents Subscriptions API. A missing attribute does not
+/// match.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(deny_unknown_fields)]
+pub enum Filter {
+    /// Every listed attribute equals the value.
+    Exact(BTreeMap<String, String>),
+    /// Every listed attribute starts with the value.
+    Prefix(BTreeMap<String, String>),
+    /// Every listed attribute ends with the value.
+    Suffix(BTreeMap<String, String>),
+    /// Every nested filter matches.
+    All(Vec<Filter>),
+    /// At least one nested filter matches.
+    Any(Vec<Filter>),
+    /// The nested filter does not match.
+    Not(Box<Filter>),
+    /// A CloudEvents SQL expression.
+    Sql(Loc<String>),
+}
+
+/// How a trigger delivers: retries, backoff, timeout, ordering, concurrency.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Delivery {
+    /// Extra attempts after the first one. Default 3.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// How the delay between attempts grows. Default `exponential` (with full jitter).
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// The first delay. Default `100ms`.
+    #[serde(default = "default_delay")]
+    pub delay: ConfDuration,
+    /// The longest delay (also caps `Retry-After`). Default `10s`.
+    #[serde(default = "default_max_delay")]
+    pub max_delay: ConfDuration,
+    /// The time one attempt may take; the function's `timeout` when absent.
+    #[serde(default)]
+    pub timeout: Option<ConfDuration>,
+    /// One message at a time per ordering key (Kafka partition, NATS subject, MQTT topic).
+    #[serde(default)]
+    pub ordered: bool,
+    /// The most messages of this trigger in flight. Default 256.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: Loc<usize>,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Self {
+            retries: default_retries(),
+            backoff: Backoff::default(),
+            delay: default_delay(),
+            max_delay: default_max_delay(),
+            timeout: None,
+            ordered: false,
+            max_in_flight: default_max_in_flight(),
+        }
+    }
+}
+
+fn default_retries() -> u32 {
+    3
+}
+fn default_delay() -> ConfDuration {
+    ConfDuration::from_millis(100)
+}
+fn default_max_delay() -> ConfDuration {
+    ConfDuration::from_secs(10)
+}
+fn default_max_in_flight() -> Loc<usize> {
+    Loc::new(256)
+}
+
+/// How the delay between attempts grows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Backoff {
+    /// `delay * 2^attempt`, capped at `max_delay`, with full jitter.
+    #[default]
+    Exponential,
+    /// `delay * attempt`, capped at `max_delay`.
+    Linear,
+    /// Always `delay`.
+    Constant,
+}
+
+/// A destination for dead letters or replies: a connector's topic, or a function.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Destination {
+    /// Publish through this connector...
+    #[serde(default)]
+    pub connector: Option<Loc<String>>,
+    /// ...to this topic (subject, routing key).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Or deliver to this function.
+    #[serde(default)]
+    pub function: Option<Loc<String>>,
+}
+
+/// The admin endpoint.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Admin {
+    /// The address to listen on, `host:port`.
+    pub listen: Loc<String>,
+}
+
+/// The JSON Schema of the configuration, as `fnbroker schema` prints it.
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(Config)).unwrap_or_default()
+}

@@ -1,0 +1,286 @@
+//! Value types of the configuration that remember where they were written, so that validation
+//! can point at them, and that parse leniently so that one bad value does not hide the others.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Deref;
+use std::time::Duration;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::{Location, Spanned};
+
+/// A value with the line and column it was written at (unknown for defaults).
+#[derive(Clone)]
+pub struct Loc<T> {
+    value: T,
+    line: u64,
+    column: u64,
+}
+
+impl<T> Loc<T> {
+    /// A value with no location (a default).
+    pub fn new(value: T) -> Self {
+        Self {
+            value,
+            line: 0,
+            column: 0,
+        }
+    }
+
+    /// The 1-based line, or 0 when unknown.
+    pub fn line(&self) -> u64 {
+        self.line
+    }
+
+    /// The 1-based column, or 0 when unknown.
+    pub fn column(&self) -> u64 {
+        self.column
+    }
+
+    /// The value.
+    pub fn get(&self) -> &T {
+        &self.value
+    }
+
+    /// Consumes the wrapper, giving the value.
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+}
+
+impl<T> Deref for Loc<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Loc<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.value.fmt(f)
+    }
+}
+
+impl<T: PartialEq> PartialEq for Loc<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl<T: Eq> Eq for Loc<T> {}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Loc<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let spanned = Spanned::<T>::deserialize(d)?;
+        let loc = if spanned.referenced == Location::UNKNOWN {
+            spanned.defined
+        } else {
+            spanned.referenced
+        };
+        Ok(Self {
+            value: spanned.value,
+            line: loc.line(),
+            column: loc.column(),
+        })
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for Loc<T> {
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+    fn schema_name() -> Cow<'static, str> {
+        T::schema_name()
+    }
+    fn schema_id() -> Cow<'static, str> {
+        T::schema_id()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        T::json_schema(generator)
+    }
+}
+
+/// A duration written as text: `250ms`, `5s`, `1m`, `1h 30m`. A text that does not parse is kept
+/// and reported by validation, with its location.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConfDuration {
+    text: Loc<String>,
+    parsed: Option<Duration>,
+}
+
+impl ConfDuration {
+    /// A duration of whole seconds (a default).
+    pub fn from_secs(s: u64) -> Self {
+        Self::from_duration(Duration::from_secs(s))
+    }
+
+    /// A duration of milliseconds (a default).
+    pub fn from_millis(ms: u64) -> Self {
+        Self::from_duration(Duration::from_millis(ms))
+    }
+
+    fn from_duration(d: Duration) -> Self {
+        Self {
+            text: Loc::new(humantime::format_duration(d).to_string()),
+            parsed: Some(d),
+        }
+    }
+
+    /// The duration; zero for one that failed validation (a validated config has none).
+    pub fn get(&self) -> Duration {
+        self.parsed.unwrap_or_default()
+    }
+
+    /// The text as written, with its location.
+    pub fn text(&self) -> &Loc<String> {
+        &self.text
+    }
+
+    /// Whether the text parsed.
+    pub fn is_valid(&self) -> bool {
+        self.parsed.is_some()
+    }
+}
+
+impl fmt::Debug for ConfDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.text.get())
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = Loc::<String>::deserialize(d)?;
+        let parsed = humantime::parse_duration(text.trim()).ok();
+        Ok(Self { text, parsed })
+    }
+}
+
+impl JsonSchema for ConfDuration {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "description": "A duration: a number and a unit (ns, us, ms, s, m, h, d), e.g. `250ms`, `5s`, `1m 30s`.",
+            "pattern": "^\\s*[0-9]+\\s*[a-zµ]+(\\s*[0-9]+\\s*[a-zµ]+)*\\s*$"
+        })
+    }
+}
+
+/// A size in bytes: a number, or a number with a unit (`512KiB`, `1MiB`, `1MB`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ByteSize {
+    text: Loc<String>,
+    parsed: Option<u64>,
+}
+
+impl ByteSize {
+    /// A size of `bytes` (a default).
+    pub fn new(bytes: u64) -> Self {
+        Self {
+            text: Loc::new(bytes.to_string()),
+            parsed: Some(bytes),
+        }
+    }
+
+    /// The size in bytes; zero for one that failed validation.
+    pub fn get(&self) -> u64 {
+        self.parsed.unwrap_or_default()
+    }
+
+    /// The text as written, with its location.
+    pub fn text(&self) -> &Loc<String> {
+        &self.text
+    }
+
+    /// Whether the text parsed.
+    pub fn is_valid(&self) -> bool {
+        self.parsed.is_some()
+    }
+
+    fn parse(s: &str) -> Option<u64> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let num: u64 = num.parse().ok()?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1000,
+            "kib" | "k" => 1024,
+            "mb" => 1000 * 1000,
+            "mib" | "m" => 1024 * 1024,
+            "gb" => 1000 * 1000 * 1000,
+            "gib" | "g" => 1024 * 1024 * 1024,
+            _ => return None,
+        };
+        num.checked_mul(mult)
+    }
+}
+
+impl fmt::Debug for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.text.get())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        // Untagged enums lose locations, so read the location first and the value inside it.
+        let raw = Loc::<Raw>::deserialize(d)?;
+        let (line, column) = (raw.line(), raw.column());
+        let (text, parsed) = match raw.into_inner() {
+            Raw::Int(n) => (n.to_string(), Some(n)),
+            Raw::Text(t) => {
+                let p = Self::parse(&t);
+                (t, p)
+            }
+        };
+        Ok(Self {
+            text: Loc {
+                value: text,
+                line,
+                column,
+            },
+            parsed,
+        })
+    }
+}
+
+impl JsonSchema for ByteSize {
+    fn schema_name() -> Cow<'static, str> {
+        "ByteSize".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A size: bytes, or a number with a unit (KiB, MiB, GiB, KB, MB, GB).",
+            "anyOf": [
+                { "type": "integer", "minimum": 0 },
+                { "type": "string", "pattern": "^\\s*[0-9]+\\s*([KkMmGg]i?[Bb]?|[Bb])?\\s*$" }
+            ]
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(ByteSize::parse("1MiB"), Some(1024 * 1024));
+        assert_eq!(ByteSize::parse("512 KiB"), Some(512 * 1024));
+        assert_eq!(ByteSize::parse("10"), Some(10));
+        assert_eq!(ByteSize::parse("10 parsecs"), None);
+    }
+}

@@ -1,0 +1,251 @@
+//! The contract between the broker and its connectors: [`Connector`], [`Source`], [`Sink`], and
+//! the in-flight message [`Incoming`] with its [`AckHandle`].
+//!
+//! # The acknowledgement invariant
+//!
+//! A source never acknowledges a message to its broker before the message's [`AckHandle`] says
+//! so. The handle is settled exactly once, by the broker's delivery engine, with a [`Settlement`]:
+//!
+//! | settlement | meaning | Kafka | JetStream | AMQP 0-9-1 | MQTT |
+//! |---|---|---|---|---|---|
+//! | [`Settlement::Delivered`] | every matched trigger finished | offset may be committed | `ack` | `basic.ack` | PUBACK / PUBREC |
+//! | [`Settlement::Failed`] | dead-lettered or dropped by policy: do not redeliver | offset may be committed | `term` | `basic.reject` (no requeue) | PUBACK / PUBREC |
+//! | [`Settlement::Retry`] | try again later | not committed; redelivered after a restart | `nak` with the delay | `basic.nack` (requeue) | not acknowledged |
+//! | [`Settlement::Released`] | not processed (shutdown) | not committed | `nak` | `basic.nack` (requeue) | not acknowledged |
+//!
+//! A handle that is dropped without being settled counts as [`Settlement::Released`]: the message
+//! must be redelivered, never lost. That is what happens to every message in flight when the
+//! process stops before its delivery finished.
+//!
+//! Kafka offsets, JetStream acknowledgements, AMQP delivery tags and MQTT packet ids all fit this
+//! shape: the connector captures what it needs (partition and offset, the message's reply subject,
+//! the delivery tag, the packet id) in the closure it gives [`AckHandle::new`], so the broker never
+//! sees any of them.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::config::TriggerSource;
+use crate::event::Event;
+
+/// How the delivery engine settled a message. See the module documentation for what each one
+/// means to each protocol.
+#[derive(Debug, Clone)]
+pub enum Settlement {
+    /// Every trigger that matched the message finished: the function answered 2xx (or nothing
+    /// matched). `reply` is the reply of the first matched trigger that produced one, for sources
+    /// that answer their caller (the HTTP ingress in sync mode).
+    Delivered {
+        /// The function's reply, as an event.
+        reply: Option<Event>,
+    },
+    /// The delivery failed for good and the message was dead-lettered or dropped by policy. The
+    /// broker must not redeliver it.
+    Failed {
+        /// Why, in one line.
+        reason: String,
+        /// Whether the last attempt failed by running out of time.
+        timed_out: bool,
+    },
+    /// The message should come back after `delay`. Brokers that can delay a redelivery (JetStream
+    /// `nak`) use it; others redeliver it when they will.
+    Retry {
+        /// How long to wait before the redelivery.
+        delay: Duration,
+    },
+    /// The message was not processed (the broker is stopping); it must be redelivered.
+    Released,
+}
+
+type SettleFn = Box<dyn FnOnce(Settlement) + Send + 'static>;
+
+/// The acknowledgement handle that travels with every in-flight message.
+///
+/// Settle it once with [`AckHandle::settle`]; dropping it unsettled releases the message for
+/// redelivery. Connectors build it with the closure that talks to their broker; the closure must
+/// not block (send to a channel or spawn if the broker call is asynchronous).
+#[must_use = "dropping an AckHandle releases the message for redelivery"]
+pub struct AckHandle {
+    settle: Option<SettleFn>,
+}
+
+impl AckHandle {
+    /// A handle that calls `settle` with the outcome, once.
+    pub fn new(settle: impl FnOnce(Settlement) + Send + 'static) -> Self {
+        Self {
+            settle: Some(Box::new(settle)),
+        }
+    }
+
+    /// A handle for messages that cannot be acknowledged (NATS core, MQTT QoS 0, async HTTP).
+    pub fn none() -> Self {
+        Self { settle: None }
+    }
+
+    /// Settles the message. Consumes the handle, so a message is settled at most once.
+    pub fn settle(mut self, settlement: Settlement) {
+        if let Some(f) = self.settle.take() {
+            f(settlement);
+        }
+    }
+}
+
+impl Drop for AckHandle {
+    fn drop(&mut self) {
+        if let Some(f) = self.settle.take() {
+            f(Settlement::Released);
+        }
+    }
+}
+
+impl fmt::Debug for AckHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AckHandle")
+            .field("settled", &self.settle.is_none())
+            .finish()
+    }
+}
+
+/// How a source message became an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// It was a CloudEvent (binary or structured mode): taken as it is.
+    CloudEvent,
+    /// It was a plain message, normalized: a trigger's `event.type` may replace its type.
+    Plain,
+    /// It claimed to be a CloudEvent but is not a valid one. The event carries the raw bytes as
+    /// data; the engine dead-letters it with this reason.
+    Invalid(String),
+}
+
+/// A message in flight from a source to the delivery engine.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The message as a CloudEvent.
+    pub event: Event,
+    /// How the event was made.
+    pub origin: Origin,
+    /// The ordering key (a Kafka partition, a hashed subject or topic). With `ordered: true`
+    /// messages with the same key are delivered one at a time, in the order the source gave them.
+    pub key: u64,
+    /// How many times the broker delivered this message before, where it says so (0 otherwise).
+    pub redeliveries: u32,
+    /// The acknowledgement handle.
+    pub ack: AckHandle,
+}
+
+/// One subscription a trigger (or several triggers with the same `from`) opens on a connector.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// What the triggers asked for: topic, queue, stream, group, qos...
+    pub from: TriggerSource,
+    /// The most messages this subscription may have in flight: sources size their prefetch by it.
+    pub max_in_flight: usize,
+    /// Whether messages with the same key must be delivered one at a time.
+    pub ordered: bool,
+    /// The names of the triggers that share this subscription, for logs.
+    pub triggers: Vec<String>,
+}
+
+/// A stream of in-flight messages from one subscription.
+#[async_trait]
+pub trait Source: Send {
+    /// The next message, waiting for one. `None` means the source is closed for good.
+    ///
+    /// The engine calls this only while it has room for another message in flight, so a source
+    /// that fetches lazily (or whose buffer is bounded) passes backpressure to its broker.
+    async fn next(&mut self) -> Option<Incoming>;
+
+    /// Stops the source once the engine has settled or dropped every handle it gave out: the
+    /// place for a final offset commit or an orderly unsubscribe.
+    async fn close(self: Box<Self>) {}
+}
+
+/// Publishes events to a destination (replies, dead letters).
+#[async_trait]
+pub trait Sink: Send + Sync {
+    /// Publishes one event to `topic`. Resolves only when the destination confirmed it
+    /// (delivery report, publisher confirm, PUBACK, publish ack); an error means it may not
+    /// have arrived.
+    async fn publish(&self, topic: &str, event: &Event) -> Result<(), ConnectorError>;
+}
+
+/// A configured connection to one broker (or one listening socket).
+#[async_trait]
+pub trait Connector: Send + Sync {
+    /// The kind, as in the configuration: `http`, `kafka`, `nats`, `amqp`, `mqtt`.
+    fn kind(&self) -> &'static str;
+
+    /// Opens a subscription. Called for every subscription before [`Connector::start`].
+    async fn subscribe(&self, subscription: &Subscription) -> Result<Box<dyn Source>, ConnectorError>;
+
+    /// A sink that publishes through this connector.
+    async fn sink(&self) -> Result<Arc<dyn Sink>, ConnectorError>;
+
+    /// Starts serving once every subscription is open (the HTTP ingress starts listening here).
+    async fn start(&self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    /// Whether the connector is connected and serving.
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+/// An error of a connector.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    /// The connector cannot do what was asked (an HTTP ingress has no sink, say).
+    #[error("connector `{connector}` ({kind}) cannot {what}")]
+    Unsupported {
+        /// The connector's name.
+        connector: String,
+        /// Its kind.
+        kind: &'static str,
+        /// What it cannot do.
+        what: &'static str,
+    },
+    /// Connecting, subscribing or publishing failed.
+    #[error("connector `{connector}`: {message}")]
+    Io {
+        /// The connector's name.
+        connector: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn recording() -> (AckHandle, Arc<Mutex<Vec<String>>>) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let l = Arc::clone(&log);
+        let handle = AckHandle::new(move |s| {
+            l.lock().expect("lock").push(format!("{s:?}"));
+        });
+        (handle, log)
+    }
+
+    #[test]
+    fn dropped_handle_releases() {
+        let (handle, log) = recording();
+        drop(handle);
+        assert_eq!(*log.lock().expect("lock"), vec!["Released".to_string()]);
+    }
+
+    #[test]
+    fn settled_handle_settles_once() {
+        let (handle, log) = recording();
+        handle.settle(Settlement::Delivered { reply: None });
+        let log = log.lock().expect("lock");
+        assert_eq!(log.len(), 1);
+        assert!(log[0].starts_with("Delivered"));
+    }
+}

@@ -1,0 +1,26 @@
+//! The core of fnbroker that every connector and the broker share:
+//!
+//! - [`contract`]: the [`Source`]/[`Sink`]/[`Connector`] traits and the in-flight message
+//!   [`Incoming`] with its acknowledgement handle [`AckHandle`]: the invariant that a source never
+//!   acknowledges to its broker before the handle says so, and that a dropped handle means
+//!   "redeliver", is stated there.
+//! - [`event`]: the CloudEvents 1.0 model, strict validation, the JSON format (single and batch)
+//!   and the normalization of plain messages.
+//! - [`binding`]: helpers for binary content mode shared by the protocol bindings.
+//! - [`config`]: every configuration type, loaded and validated in one place.
+#![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
+#![warn(missing_docs)]
+
+pub mod binding;
+pub mod config;
+pub mod contract;
+pub mod event;
+
+pub use contract::{
+    AckHandle, Connector, ConnectorError, Incoming, Origin, Settlement, Sink, Source, Subscription,
+};
+pub use event::{Data, Event, InvalidEvent};
+
+/// Re-exported so that connectors name the same CloudEvents SDK types.
+pub use cloudevents;
