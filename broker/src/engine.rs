@@ -1,0 +1,767 @@
+//! The delivery engine: from "a source gave us a message" to "every trigger that matched it
+//! finished", and only then the acknowledgement.
+//!
+//! One [`pump`] task per subscription pulls messages while fewer than `max_in_flight` are in
+//! flight, so a slow function slows consumption and memory is bounded by configuration, not by
+//! the backlog. Each message is matched against the subscription's triggers and delivered to
+//! every match at once (fan-out); its [`AckHandle`](fnbroker_core::AckHandle) is settled when the
+//! last of them finished: delivered, dead-lettered, or dropped by policy. A message that is still
+//! in flight when the process stops is released, never acknowledged: its broker redelivers it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use fnbroker_core::event::{self, AttributesReader, AttributesWriter, Data, Event};
+use fnbroker_core::{Incoming, Origin, Settlement, Sink, Source};
+use fnbroker_functions::{InvokeError, Invoker, Reply};
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::filter::Filter;
+use crate::retry::RetryPolicy;
+
+/// Counters of one trigger or function, read by the admin endpoint and the shutdown summary.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) received: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) in_flight: AtomicU64,
+    /// Sum of the delivery latencies in microseconds, and their count is `delivered`.
+    pub(crate) latency_us: AtomicU64,
+}
+
+impl Stats {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A function as the engine calls it: its invoker, its concurrency limit, its timeout.
+pub(crate) struct FunctionRuntime {
+    pub(crate) name: String,
+    pub(crate) invoker: Box<dyn Invoker>,
+    pub(crate) limit: Arc<Semaphore>,
+    pub(crate) timeout: Duration,
+    pub(crate) stats: Stats,
+}
+
+impl FunctionRuntime {
+    /// One attempt, waiting for a free slot of the function's `concurrency` first.
+    async fn call(
+        &self,
+        event: &Event,
+        timeout: Duration,
+    ) -> Result<fnbroker_functions::Success, InvokeError> {
+        // The semaphore is never closed, so acquiring only fails if it were; treat that as a
+        // connection error so the attempt is retried rather than lost.
+        let _permit = self
+            .limit
+            .acquire()
+            .await
+            .map_err(|_| InvokeError::Connect("function limiter closed".into()))?;
+        Stats::add(&self.stats.in_flight);
+        let result = self.invoker.invoke(event, timeout).await;
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        result
+    }
+}
+
+/// Where dead letters or replies go.
+pub(crate) enum Target {
+    /// A connector's topic.
+    Sink {
+        sink: Arc<dyn Sink>,
+        topic: String,
+    },
+    /// A function, called with the trigger's retry policy.
+    Function(Arc<FunctionRuntime>),
+}
+
+/// A trigger as the engine runs it.
+pub(crate) struct TriggerRuntime {
+    pub(crate) name: String,
+    pub(crate) filter: Option<Filter>,
+    pub(crate) event_type: Option<String>,
+    pub(crate) function: Arc<FunctionRuntime>,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) timeout: Duration,
+    pub(crate) dead_letter: Option<Target>,
+    pub(crate) reply: Option<Target>,
+    pub(crate) stats: Stats,
+}
+
+/// How one trigger finished with one message.
+#[derive(Debug)]
+enum Outcome {
+    Delivered(Option<Event>),
+    /// Dead-lettered, or dropped by policy: final.
+    Failed {
+        reason: String,
+        timed_out: bool,
+    },
+    /// Not finished (stopping, or the dead letter could not be published): redeliver.
+    Released,
+}
+
+impl TriggerRuntime {
+    /// The event as this trigger sees it: a plain message gets the trigger's `event.type`.
+    fn view<'a>(&self, event: &'a Event, origin: &Origin) -> std::borrow::Cow<'a, Event> {
+        match (&self.event_type, origin) {
+            (Some(ty), Origin::Plain) => {
+                let mut e = event.clone();
+                e.set_type(ty.as_str());
+                std::borrow::Cow::Owned(e)
+            }
+            _ => std::borrow::Cow::Borrowed(event),
+        }
+    }
+
+    fn matches(&self, event: &Event) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.matches(event))
+    }
+
+    /// Delivers one event with retries; then dead-letters it if it failed for good.
+    async fn deliver(&self, event: &Event, shutdown: &CancellationToken) -> Outcome {
+        let started = Instant::now();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let error = match self.function.call(event, self.timeout).await {
+                Ok(success) => match self.handle_reply(event, success.reply).await {
+                    Ok(reply) => {
+                        Stats::add(&self.stats.delivered);
+                        Stats::add(&self.function.stats.delivered);
+                        self.stats.latency_us.fetch_add(
+                            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                            Ordering::Relaxed,
+                        );
+                        return Outcome::Delivered(reply);
+                    }
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            if !error.is_retryable() || attempt > self.policy.retries {
+                return self.fail(event, &error, attempt, shutdown).await;
+            }
+            let wait = self
+                .policy
+                .delay(attempt, error.retry_after(), &mut rand::rng());
+            tracing::debug!(trigger = %self.name, id = event.id(), attempt, ?wait, error = %error, "retrying");
+            Stats::add(&self.stats.retried);
+            Stats::add(&self.function.stats.retried);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return Outcome::Released,
+            }
+        }
+    }
+
+    /// Publishes the reply, if the trigger has a destination for it. A reply that cannot be
+    /// published fails the attempt, so replies are at-least-once too.
+    async fn handle_reply(
+        &self,
+        original: &Event,
+        reply: Option<Reply>,
+    ) -> Result<Option<Event>, InvokeError> {
+        let Some(reply) = reply else {
+            return Ok(None);
+        };
+        let reply = reply_event(original, &self.function.name, reply);
+        if let Some(target) = &self.reply {
+            let published = match target {
+                Target::Sink { sink, topic } => sink
+                    .publish(topic, &reply)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Target::Function(f) => f
+                    .call(&reply, f.timeout)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("reply function `{}`: {e}", f.name)),
+            };
+            if let Err(reason) = published {
+                return Err(InvokeError::Connect(format!("cannot publish the reply: {reason}")));
+            }
+        }
+        Ok(Some(reply))
+    }
+
+    /// The delivery failed for good: dead-letter the event, or drop it by policy.
+    async fn fail(
+        &self,
+        event: &Event,
+        error: &InvokeError,
+        attempts: u32,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
+        let reason = error.to_string();
+        let outcome = Outcome::Failed {
+            reason: reason.clone(),
+            timed_out: error.is_timeout(),
+        };
+        let Some(target) = &self.dead_letter else {
+            tracing::warn!(trigger = %self.name, function = %self.function.name, id = event.id(), attempts, error = %reason, "delivery failed; no dead_letter configured, dropping the event");
+            Stats::add(&self.stats.dropped);
+            return outcome;
+        };
+        let letter = dead_letter_event(
+            event,
+            &reason,
+            error.status(),
+            attempts,
+            &self.name,
+            &self.function.name,
+        );
+        if self.publish_dead_letter(target, &letter, shutdown).await {
+            Stats::add(&self.stats.dead_lettered);
+            outcome
+        } else {
+            Outcome::Released
+        }
+    }
+
+    /// Dead-letters an event that could not become a valid CloudEvent.
+    async fn reject_invalid(
+        &self,
+        event: &Event,
+        reason: &str,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
+        Stats::add(&self.stats.received);
+        let outcome = Outcome::Failed {
+            reason: reason.to_string(),
+            timed_out: false,
+        };
+        let Some(target) = &self.dead_letter else {
+            tracing::warn!(trigger = %self.name, id = event.id(), error = reason, "invalid CloudEvent; no dead_letter configured, dropping it");
+            Stats::add(&self.stats.dropped);
+            return outcome;
+        };
+        let letter = dead_letter_event(event, reason, None, 0, &self.name, &self.function.name);
+        if self.publish_dead_letter(target, &letter, shutdown).await {
+            Stats::add(&self.stats.dead_lettered);
+            outcome
+        } else {
+            Outcome::Released
+        }
+    }
+
+    /// Publishes a dead letter, retrying with the trigger's policy. `false` when it could not be
+    /// published: the message is then released for redelivery rather than lost.
+    async fn publish_dead_letter(
+        &self,
+        target: &Target,
+        letter: &Event,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = match target {
+                Target::Sink { sink, topic } => {
+                    sink.publish(topic, letter).await.map_err(|e| e.to_string())
+                }
+                Target::Function(f) => f
+                    .call(letter, f.timeout)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            };
+            match result {
+                Ok(()) => return true,
+                Err(e) if attempt > self.policy.retries => {
+                    tracing::error!(trigger = %self.name, id = letter.id(), error = %e, "cannot publish the dead letter; releasing the message for redelivery");
+                    return false;
+                }
+                Err(e) => {
+                    tracing::debug!(trigger = %self.name, id = letter.id(), error = %e, "dead letter publish failed; retrying");
+                    let wait = self.policy.delay(attempt, None, &mut rand::rng());
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = shutdown.cancelled() => return false,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The dead letter of `event`: the original id, source, type and data, and the `dlq*`
+/// extensions that say why.
+pub(crate) fn dead_letter_event(
+    event: &Event,
+    reason: &str,
+    status: Option<u16>,
+    attempts: u32,
+    trigger: &str,
+    function: &str,
+) -> Event {
+    let mut letter = event.clone();
+    letter.set_extension("dlqreason", reason);
+    if let Some(status) = status {
+        letter.set_extension("dlqstatus", i64::from(status));
+    }
+    letter.set_extension("dlqattempts", i64::from(attempts));
+    letter.set_extension("dlqtrigger", trigger);
+    letter.set_extension("dlqfunction", function);
+    letter
+}
+
+/// A function's reply as an event: a CloudEvent as it is; any other body wrapped with a new id,
+/// type `<original type>.reply`, source `fnbroker://functions/<name>` and the answer's content
+/// type.
+pub(crate) fn reply_event(original: &Event, function: &str, reply: Reply) -> Event {
+    match reply {
+        Reply::Event(e) => e,
+        Reply::Raw { content_type, body } => {
+            let mut e = event::normalize(
+                event::PlainMessage {
+                    kind: "fnbroker",
+                    connector: "functions",
+                    topic: function,
+                    ..Default::default()
+                },
+                Vec::new(),
+            );
+            e.set_type(format!("{}.reply", original.ty()));
+            e.set_subject(original.subject());
+            e.set_datacontenttype(
+                content_type
+                    .as_deref()
+                    .filter(|ct| event::is_valid_media_type(ct)),
+            );
+            e.set_data_unchecked(Data::Binary(body.to_vec()));
+            e
+        }
+    }
+}
+
+/// Settles one message once all its triggers finished.
+async fn process(
+    msg: Incoming,
+    triggers: Arc<[Arc<TriggerRuntime>]>,
+    shutdown: CancellationToken,
+) -> u64 {
+    let Incoming {
+        event,
+        origin,
+        key,
+        ack,
+        ..
+    } = msg;
+
+    if let Origin::Invalid(reason) = &origin {
+        let outcomes = futures::future::join_all(
+            triggers
+                .iter()
+                .map(|t| t.reject_invalid(&event, reason, &shutdown)),
+        )
+        .await;
+        ack.settle(combine(outcomes));
+        return key;
+    }
+
+    let views: Vec<_> = triggers
+        .iter()
+        .filter_map(|t| {
+            let view = t.view(&event, &origin);
+            t.matches(&view).then_some((t, view))
+        })
+        .collect();
+    if views.is_empty() {
+        ack.settle(Settlement::Delivered { reply: None });
+        return key;
+    }
+    for (t, _) in &views {
+        Stats::add(&t.stats.received);
+        Stats::add(&t.stats.in_flight);
+    }
+    let outcomes = futures::future::join_all(views.iter().map(|(t, view)| async {
+        let outcome = t.deliver(view, &shutdown).await;
+        t.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        outcome
+    }))
+    .await;
+    ack.settle(combine(outcomes));
+    key
+}
+
+/// One settlement from the outcomes of every matched trigger: released if any must see the
+/// message again, else failed if any failed, else delivered with the first reply.
+fn combine(outcomes: Vec<Outcome>) -> Settlement {
+    let mut failure = None;
+    let mut reply = None;
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Released => return Settlement::Released,
+            Outcome::Failed { reason, timed_out } => {
+                failure.get_or_insert(Settlement::Failed { reason, timed_out });
+            }
+            Outcome::Delivered(r) => {
+                if reply.is_none() {
+                    reply = r;
+                }
+            }
+        }
+    }
+    failure.unwrap_or(Settlement::Delivered { reply })
+}
+
+/// What a pump needs to run one subscription.
+pub(crate) struct PumpConfig {
+    pub(crate) name: String,
+    pub(crate) triggers: Arc<[Arc<TriggerRuntime>]>,
+    pub(crate) max_in_flight: usize,
+    pub(crate) ordered: bool,
+    pub(crate) shutdown_timeout: Duration,
+}
+
+/// Pulls messages from `source` while fewer than `max_in_flight` are in flight, delivers them,
+/// and on `shutdown` stops pulling, lets what is in flight finish within the shutdown timeout,
+/// and releases the rest.
+///
+/// With `ordered`, messages with the same key wait for the one before them; they count
+/// against `max_in_flight` while they wait, so memory stays bounded.
+pub(crate) async fn pump(mut source: Box<dyn Source>, cfg: PumpConfig, shutdown: CancellationToken) {
+    let mut in_flight = FuturesUnordered::new();
+    // Ordered mode: keys with a message in flight, and the messages waiting behind them.
+    let mut waiting: HashMap<u64, VecDeque<Incoming>> = HashMap::new();
+    let mut queued = 0usize;
+    let mut open = true;
+
+    while open {
+        let room = in_flight.len() + queued < cfg.max_in_flight;
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some(key) = in_flight.next(), if !in_flight.is_empty() => {
+                if cfg.ordered {
+                    let next = waiting.get_mut(&key).and_then(VecDeque::pop_front);
+                    match next {
+                        Some(msg) => {
+                            queued -= 1;
+                            in_flight.push(process(msg, Arc::clone(&cfg.triggers), shutdown.clone()));
+                        }
+                        None => {
+                            waiting.remove(&key);
+                        }
+                    }
+                }
+            }
+            msg = source.next(), if room => match msg {
+                None => open = false,
+                Some(msg) => {
+                    if cfg.ordered {
+                        if let Some(queue) = waiting.get_mut(&msg.key) {
+                            queue.push_back(msg);
+                            queued += 1;
+                            continue;
+                        }
+                        waiting.insert(msg.key, VecDeque::new());
+                    }
+                    in_flight.push(process(msg, Arc::clone(&cfg.triggers), shutdown.clone()));
+                }
+            },
+        }
+    }
+
+    // Stopping: messages waiting behind a key were never started; release them now.
+    drop(waiting);
+    let pending = in_flight.len();
+    if pending > 0 {
+        tracing::info!(subscription = %cfg.name, pending, "waiting for in-flight deliveries");
+        let drain = async { while in_flight.next().await.is_some() {} };
+        if tokio::time::timeout(cfg.shutdown_timeout, drain).await.is_err() {
+            tracing::warn!(subscription = %cfg.name, left = in_flight.len(), "shutdown timeout reached; releasing the rest for redelivery");
+        }
+    }
+    // Dropping the futures drops their acknowledgement handles: released, not acknowledged.
+    drop(in_flight);
+    source.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use fnbroker_core::AckHandle;
+    use fnbroker_core::config::Delivery;
+    use fnbroker_functions::Success;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::sync::mpsc;
+
+    /// An invoker that fails `failures` times with `error`, then succeeds; it records the
+    /// (paused) time of every call.
+    struct Flaky {
+        failures: usize,
+        error: InvokeError,
+        calls: Arc<Mutex<Vec<tokio::time::Instant>>>,
+    }
+
+    #[async_trait]
+    impl Invoker for Flaky {
+        async fn invoke(&self, _: &Event, _: Duration) -> Result<Success, InvokeError> {
+            let n = {
+                let mut calls = self.calls.lock().expect("lock");
+                calls.push(tokio::time::Instant::now());
+                calls.len()
+            };
+            if n <= self.failures {
+                Err(self.error.clone())
+            } else {
+                Ok(Success { status: 200, reply: None })
+            }
+        }
+    }
+
+    struct Capture(Arc<Mutex<Vec<Event>>>);
+
+    #[async_trait]
+    impl Sink for Capture {
+        async fn publish(&self, _: &str, e: &Event) -> Result<(), fnbroker_core::ConnectorError> {
+            self.0.lock().expect("lock").push(e.clone());
+            Ok(())
+        }
+    }
+
+    fn function(invoker: impl Invoker + 'static) -> Arc<FunctionRuntime> {
+        Arc::new(FunctionRuntime {
+            name: "f".into(),
+            invoker: Box::new(invoker),
+            limit: Arc::new(Semaphore::new(8)),
+            timeout: Duration::from_secs(1),
+            stats: Stats::default(),
+        })
+    }
+
+    fn trigger(f: Arc<FunctionRuntime>, retries: u32, dead: Option<Target>) -> Arc<TriggerRuntime> {
+        let delivery: Delivery = serde_saphyr::from_str(&format!(
+            "{{ retries: {retries}, backoff: constant, delay: 1s, max_delay: 10s }}"
+        ))
+        .expect("delivery");
+        Arc::new(TriggerRuntime {
+            name: "t".into(),
+            filter: None,
+            event_type: None,
+            function: f,
+            policy: RetryPolicy::from_config(&delivery),
+            timeout: Duration::from_secs(1),
+            dead_letter: dead,
+            reply: None,
+            stats: Stats::default(),
+        })
+    }
+
+    fn incoming(id: &str, key: u64) -> (Incoming, mpsc::UnboundedReceiver<Settlement>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let event = event::normalize(
+            event::PlainMessage {
+                kind: "http",
+                connector: "web",
+                topic: "/t",
+                id: Some(id.into()),
+                ..Default::default()
+            },
+            b"x".to_vec(),
+        );
+        let ack = AckHandle::new(move |s| {
+            let _ = tx.send(s);
+        });
+        (
+            Incoming { event, origin: Origin::Plain, key, redeliveries: 0, ack },
+            rx,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_wait_and_then_succeed() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let f = function(Flaky {
+            failures: 2,
+            error: InvokeError::Status { status: 503, retry_after: None, body: String::new() },
+            calls: Arc::clone(&calls),
+        });
+        let t = trigger(f, 3, None);
+        let (msg, mut rx) = incoming("a", 0);
+        process(msg, Arc::from(vec![t.clone()]), CancellationToken::new()).await;
+        assert!(matches!(rx.recv().await, Some(Settlement::Delivered { .. })));
+        let calls = calls.lock().expect("lock");
+        assert_eq!(calls.len(), 3);
+        assert_eq!(calls[1] - calls[0], Duration::from_secs(1));
+        assert_eq!(t.stats.retried.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_honoured() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let f = function(Flaky {
+            failures: 1,
+            error: InvokeError::Status { status: 429, retry_after: Some(Duration::from_secs(7)), body: String::new() },
+            calls: Arc::clone(&calls),
+        });
+        let (msg, mut rx) = incoming("a", 0);
+        process(msg, Arc::from(vec![trigger(f, 3, None)]), CancellationToken::new()).await;
+        assert!(matches!(rx.recv().await, Some(Settlement::Delivered { .. })));
+        let calls = calls.lock().expect("lock");
+        assert_eq!(calls[1] - calls[0], Duration::from_secs(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn client_errors_go_straight_to_the_dead_letter() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let f = function(Flaky {
+            failures: usize::MAX,
+            error: InvokeError::Status { status: 400, retry_after: None, body: "bad".into() },
+            calls: Arc::clone(&calls),
+        });
+        let letters = Arc::new(Mutex::new(Vec::new()));
+        let dead = Target::Sink { sink: Arc::new(Capture(Arc::clone(&letters))), topic: "dlq".into() };
+        let (msg, mut rx) = incoming("a", 0);
+        process(msg, Arc::from(vec![trigger(f, 5, Some(dead))]), CancellationToken::new()).await;
+        assert!(matches!(rx.recv().await, Some(Settlement::Failed { .. })));
+        assert_eq!(calls.lock().expect("lock").len(), 1);
+        let letters = letters.lock().expect("lock");
+        assert_eq!(letters[0].id(), "a");
+        assert_eq!(event::attribute(&letters[0], "dlqstatus").as_deref(), Some("400"));
+        assert_eq!(event::attribute(&letters[0], "dlqattempts").as_deref(), Some("1"));
+        assert_eq!(event::attribute(&letters[0], "dlqtrigger").as_deref(), Some("t"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exhausted_retries_count_every_attempt() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let f = function(Flaky {
+            failures: usize::MAX,
+            error: InvokeError::Timeout(Duration::from_secs(1)),
+            calls: Arc::clone(&calls),
+        });
+        let letters = Arc::new(Mutex::new(Vec::new()));
+        let dead = Target::Sink { sink: Arc::new(Capture(Arc::clone(&letters))), topic: "dlq".into() };
+        let (msg, mut rx) = incoming("a", 0);
+        process(msg, Arc::from(vec![trigger(f, 2, Some(dead))]), CancellationToken::new()).await;
+        assert!(matches!(rx.recv().await, Some(Settlement::Failed { timed_out: true, .. })));
+        assert_eq!(calls.lock().expect("lock").len(), 3);
+        let letters = letters.lock().expect("lock");
+        assert_eq!(event::attribute(&letters[0], "dlqattempts").as_deref(), Some("3"));
+        assert_eq!(event::attribute(&letters[0], "dlqstatus"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_during_backoff_releases() {
+        let f = function(Flaky {
+            failures: usize::MAX,
+            error: InvokeError::Connect("refused".into()),
+            calls: Arc::default(),
+        });
+        let shutdown = CancellationToken::new();
+        let (msg, mut rx) = incoming("a", 0);
+        let task = tokio::spawn(process(msg, Arc::from(vec![trigger(f, 5, None)]), shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        shutdown.cancel();
+        task.await.expect("join");
+        assert!(matches!(rx.recv().await, Some(Settlement::Released)));
+    }
+
+    /// A source that hands out a fixed list of messages, then waits forever.
+    struct ListSource(VecDeque<Incoming>);
+
+    #[async_trait]
+    impl Source for ListSource {
+        async fn next(&mut self) -> Option<Incoming> {
+            match self.0.pop_front() {
+                Some(m) => Some(m),
+                None => futures::future::pending().await,
+            }
+        }
+    }
+
+    /// Counts concurrent calls and records the order of ids.
+    struct Slow {
+        current: AtomicUsize,
+        peak: AtomicUsize,
+        order: Mutex<Vec<String>>,
+    }
+
+    struct SlowRef(Arc<Slow>);
+
+    #[async_trait]
+    impl Invoker for SlowRef {
+        async fn invoke(&self, e: &Event, _: Duration) -> Result<Success, InvokeError> {
+            let slow = &self.0;
+            let now = slow.current.fetch_add(1, Ordering::SeqCst) + 1;
+            slow.peak.fetch_max(now, Ordering::SeqCst);
+            slow.order.lock().expect("lock").push(e.id().to_string());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            slow.current.fetch_sub(1, Ordering::SeqCst);
+            Ok(Success { status: 200, reply: None })
+        }
+    }
+
+    async fn run_pump(max_in_flight: usize, ordered: bool, keys: &[u64]) -> (Arc<Slow>, Vec<Settlement>) {
+        let slow = Arc::new(Slow { current: AtomicUsize::new(0), peak: AtomicUsize::new(0), order: Mutex::default() });
+        let f = function(SlowRef(Arc::clone(&slow)));
+        let mut msgs = VecDeque::new();
+        let mut rxs = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let (m, rx) = incoming(&format!("{key}-{i}"), *key);
+            msgs.push_back(m);
+            rxs.push(rx);
+        }
+        let shutdown = CancellationToken::new();
+        let cfg = PumpConfig {
+            name: "s".into(),
+            triggers: Arc::from(vec![trigger(f, 0, None)]),
+            max_in_flight,
+            ordered,
+            shutdown_timeout: Duration::from_secs(30),
+        };
+        let task = tokio::spawn(pump(Box::new(ListSource(msgs)), cfg, shutdown.clone()));
+        let mut settled = Vec::new();
+        for rx in &mut rxs {
+            settled.push(rx.recv().await.expect("settled"));
+        }
+        shutdown.cancel();
+        task.await.expect("join");
+        (slow, settled)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_in_flight_bounds_concurrency() {
+        let (slow, settled) = run_pump(4, false, &[0; 20]).await;
+        assert_eq!(slow.peak.load(Ordering::SeqCst), 4);
+        assert!(settled.iter().all(|s| matches!(s, Settlement::Delivered { .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ordered_keys_are_serial_but_keys_run_in_parallel() {
+        let keys = [1, 2, 1, 2, 1, 2, 1, 2];
+        let (slow, _) = run_pump(16, true, &keys).await;
+        assert_eq!(slow.peak.load(Ordering::SeqCst), 2);
+        let order = slow.order.lock().expect("lock").clone();
+        let of = |k: &str| order.iter().filter(|id| id.starts_with(k)).cloned().collect::<Vec<_>>();
+        assert_eq!(of("1-"), vec!["1-0", "1-2", "1-4", "1-6"]);
+        assert_eq!(of("2-"), vec!["2-1", "2-3", "2-5", "2-7"]);
+    }
+
+    #[test]
+    fn raw_replies_are_wrapped() {
+        let (msg, _rx) = incoming("a", 0);
+        let reply = reply_event(
+            &msg.event,
+            "thermostat",
+            Reply::Raw { content_type: Some("application/json".into()), body: bytes::Bytes::from_static(b"{}") },
+        );
+        assert_eq!(reply.ty(), "fnbroker.http.message.reply");
+        assert_eq!(reply.source(), "fnbroker://functions/thermostat");
+        assert_eq!(reply.datacontenttype(), Some("application/json"));
+        assert_ne!(reply.id(), "a");
+    }
+}

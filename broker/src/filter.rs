@@ -1,0 +1,102 @@
+//! Trigger filters, compiled once at start: the `exact`, `prefix`, `suffix`, `all`, `any` and `not`
+//! dialects of the CloudEvents Subscriptions API. A missing attribute does not match.
+
+use fnbroker_core::config;
+use fnbroker_core::event::{self, Event};
+
+/// A compiled filter.
+#[derive(Debug, Clone)]
+pub(crate) enum Filter {
+    /// Every (attribute, value) pair matches by the given comparison.
+    Compare(Compare, Vec<(String, String)>),
+    All(Vec<Filter>),
+    Any(Vec<Filter>),
+    Not(Box<Filter>),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Compare {
+    Exact,
+    Prefix,
+    Suffix,
+}
+
+impl Filter {
+    /// Compiles a validated configuration filter. `sql` is rejected by validation until the
+    /// dialect lands, so it cannot reach here; should it, it matches nothing.
+    pub(crate) fn compile(f: &config::Filter) -> Self {
+        let pairs = |m: &std::collections::BTreeMap<String, String>| {
+            m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        match f {
+            config::Filter::Exact(m) => Filter::Compare(Compare::Exact, pairs(m)),
+            config::Filter::Prefix(m) => Filter::Compare(Compare::Prefix, pairs(m)),
+            config::Filter::Suffix(m) => Filter::Compare(Compare::Suffix, pairs(m)),
+            config::Filter::All(fs) => Filter::All(fs.iter().map(Filter::compile).collect()),
+            config::Filter::Any(fs) => Filter::Any(fs.iter().map(Filter::compile).collect()),
+            config::Filter::Not(f) => Filter::Not(Box::new(Filter::compile(f))),
+            config::Filter::Sql(_) => Filter::Any(Vec::new()),
+        }
+    }
+
+    /// Whether `event` passes.
+    pub(crate) fn matches(&self, event: &Event) -> bool {
+        match self {
+            Filter::Compare(cmp, pairs) => pairs.iter().all(|(name, expected)| {
+                event::attribute(event, name).is_some_and(|actual| match cmp {
+                    Compare::Exact => actual == expected.as_str(),
+                    Compare::Prefix => actual.starts_with(expected.as_str()),
+                    Compare::Suffix => actual.ends_with(expected.as_str()),
+                })
+            }),
+            Filter::All(fs) => fs.iter().all(|f| f.matches(event)),
+            Filter::Any(fs) => fs.iter().any(|f| f.matches(event)),
+            Filter::Not(f) => !f.matches(event),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fnbroker_core::event::{PlainMessage, normalize};
+
+    fn ev() -> Event {
+        normalize(
+            PlainMessage {
+                kind: "mqtt",
+                connector: "iot",
+                topic: "sensors/kitchen/temperature",
+                ..Default::default()
+            },
+            vec![],
+        )
+    }
+
+    fn parse(yaml: &str) -> Filter {
+        let f: config::Filter = serde_saphyr::from_str(yaml).expect("filter yaml");
+        Filter::compile(&f)
+    }
+
+    #[test]
+    fn dialects() {
+        let e = ev();
+        assert!(parse("exact: { type: fnbroker.mqtt.message }").matches(&e));
+        assert!(!parse("exact: { type: fnbroker.mqtt }").matches(&e));
+        assert!(parse("prefix: { subject: sensors/ }").matches(&e));
+        assert!(parse("suffix: { subject: /temperature }").matches(&e));
+        assert!(parse("all: [ { prefix: { subject: sensors/ } }, { exact: { source: mqtt://iot/sensors/kitchen/temperature } } ]").matches(&e));
+        assert!(parse("any: [ { prefix: { subject: x } }, { suffix: { type: message } } ]").matches(&e));
+        assert!(!parse("any: []").matches(&e));
+        assert!(parse("not: { prefix: { subject: lights/ } }").matches(&e));
+    }
+
+    #[test]
+    fn missing_attributes_do_not_match() {
+        let e = ev();
+        assert!(!parse("exact: { dataschema: x }").matches(&e));
+        assert!(!parse("prefix: { myext: \"\" }").matches(&e));
+        // ...and so their negation does.
+        assert!(parse("not: { exact: { myext: x } }").matches(&e));
+    }
+}

@@ -1,0 +1,174 @@
+//! `fnbroker`: an event-driven function broker.
+//!
+//! Connectors consume brokers and webhooks, every message becomes a CloudEvent 1.0, and triggers
+//! route each event to a function, with retries, dead letters and replies. See the README for the
+//! configuration and the delivery guarantees.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod engine;
+mod filter;
+mod retry;
+mod runtime;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use fnbroker_core::config;
+use tokio_util::sync::CancellationToken;
+
+/// An event-driven function broker: Kafka, NATS, AMQP, MQTT and HTTP events, as CloudEvents, to
+/// functions.
+#[derive(Debug, Parser)]
+#[command(name = "fnbroker", version, about)]
+struct Cli {
+    /// Log format: `human` (default) or `json`. The level comes from RUST_LOG (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run until SIGINT or SIGTERM, then finish or hand back what is in flight.
+    Run {
+        /// The configuration file.
+        #[arg(short, long, env = "FNBROKER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check a configuration: exit 0, or exit 2 with every error as FILE:LINE:COL: message.
+    Validate {
+        /// The configuration file.
+        #[arg(short, long, env = "FNBROKER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print the JSON Schema of the configuration.
+    Schema,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match cli.command {
+        Command::Schema => {
+            let schema = config::json_schema();
+            match serde_json::to_string_pretty(&schema) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fnbroker: cannot print the schema: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Validate { config } => match load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run { config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("fnbroker: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "fnbroker failed");
+                    eprintln!("fnbroker: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Loads and validates the configuration; on errors prints each one and returns exit code 2.
+fn load(path: &Path) -> Result<config::Config, ExitCode> {
+    config::load(path).map_err(|errors| {
+        for e in &errors.0 {
+            eprintln!("{e}");
+        }
+        ExitCode::from(2)
+    })
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
+    }
+}
+
+async fn run(cfg: config::Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let broker = runtime::Broker::start(&cfg, &shutdown).await?;
+    tracing::info!(
+        triggers = cfg.triggers.len(),
+        ready = broker.is_ready(),
+        "fnbroker running"
+    );
+    wait_for_signal().await;
+    tracing::info!("stopping: no new messages; finishing those in flight");
+    shutdown.cancel();
+    broker.join().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,210 @@
+//! Builds the running broker from a validated configuration: connectors, functions, triggers and
+//! one pump per subscription; then runs until asked to stop.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use fnbroker_core::config::{self, Config, Destination};
+use fnbroker_core::{Connector, Subscription};
+use fnbroker_functions::{ExecInvoker, HttpInvoker, Invoker};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{FunctionRuntime, PumpConfig, Stats, Target, TriggerRuntime, pump};
+use crate::filter::Filter;
+use crate::retry::RetryPolicy;
+
+/// Creates the connector of one configuration entry. The one place that knows every kind.
+fn build_connector(name: &str, cfg: &config::Connector) -> anyhow::Result<Arc<dyn Connector>> {
+    match cfg {
+        config::Connector::Http(http) => {
+            let listen: SocketAddr = http
+                .listen
+                .parse()
+                .with_context(|| format!("connector `{name}`: invalid listen address"))?;
+            let max_body = usize::try_from(http.max_body.get()).unwrap_or(usize::MAX);
+            Ok(Arc::new(fnbroker_http::HttpIngress::new(name, listen, max_body)))
+        }
+        other => bail!(
+            "connector `{name}`: the {} connector is not part of this build yet",
+            other.kind()
+        ),
+    }
+}
+
+fn build_function(name: &str, cfg: &config::Function) -> anyhow::Result<Arc<FunctionRuntime>> {
+    let concurrency = *cfg.concurrency;
+    let invoker: Box<dyn Invoker> = match (&cfg.http, &cfg.exec) {
+        (Some(http), _) => Box::new(
+            HttpInvoker::new(&http.url, http.mode, &http.headers, concurrency)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("function `{name}`"))?,
+        ),
+        (None, Some(exec)) => Box::new(
+            ExecInvoker::new(&exec.command, &exec.env)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("function `{name}`"))?,
+        ),
+        (None, None) => bail!("function `{name}` has neither `http` nor `exec`"),
+    };
+    Ok(Arc::new(FunctionRuntime {
+        name: name.to_string(),
+        invoker,
+        limit: Arc::new(Semaphore::new(concurrency)),
+        timeout: cfg.timeout(),
+        stats: Stats::default(),
+    }))
+}
+
+/// The running broker.
+pub(crate) struct Broker {
+    connectors: HashMap<String, Arc<dyn Connector>>,
+    pumps: Vec<tokio::task::JoinHandle<()>>,
+    triggers: Vec<Arc<TriggerRuntime>>,
+}
+
+impl Broker {
+    /// Connects everything the configuration names and starts consuming.
+    pub(crate) async fn start(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
+        // Only the connectors that some trigger or destination uses.
+        let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
+        for (name, cfg) in &config.connectors {
+            connectors.insert(name.clone(), build_connector(name, cfg)?);
+        }
+        let mut functions = HashMap::new();
+        for (name, cfg) in &config.functions {
+            functions.insert(name.clone(), build_function(name, cfg)?);
+        }
+
+        let mut triggers = Vec::new();
+        // Triggers with the same source share one subscription (fan-out).
+        let mut groups: Vec<(config::TriggerSource, Vec<Arc<TriggerRuntime>>, usize, bool)> =
+            Vec::new();
+        for t in &config.triggers {
+            let function = Arc::clone(
+                functions
+                    .get(t.to.as_str())
+                    .with_context(|| format!("unknown function `{}`", *t.to))?,
+            );
+            let timeout = t
+                .delivery
+                .timeout
+                .as_ref()
+                .map_or(function.timeout, config::ConfDuration::get);
+            let runtime = Arc::new(TriggerRuntime {
+                name: t.name.to_string(),
+                filter: t.filter.as_ref().map(Filter::compile),
+                event_type: t.event.as_ref().and_then(|e| e.ty.clone()),
+                function,
+                policy: RetryPolicy::from_config(&t.delivery),
+                timeout,
+                dead_letter: target(t.dead_letter.as_ref(), &connectors, &functions).await?,
+                reply: target(t.reply.as_ref(), &connectors, &functions).await?,
+                stats: Stats::default(),
+            });
+            triggers.push(Arc::clone(&runtime));
+            let max = *t.delivery.max_in_flight;
+            match groups.iter_mut().find(|(from, ..)| *from == t.from) {
+                Some((_, list, max_in_flight, ordered)) => {
+                    list.push(runtime);
+                    *max_in_flight = (*max_in_flight).min(max);
+                    *ordered |= t.delivery.ordered;
+                }
+                None => groups.push((t.from.clone(), vec![runtime], max, t.delivery.ordered)),
+            }
+        }
+
+        let mut pumps = Vec::new();
+        for (from, list, max_in_flight, ordered) in groups {
+            let connector = connectors
+                .get(from.connector.as_str())
+                .with_context(|| format!("unknown connector `{}`", *from.connector))?;
+            let names: Vec<String> = list.iter().map(|t| t.name.clone()).collect();
+            let sub = Subscription {
+                from: from.clone(),
+                max_in_flight,
+                ordered,
+                triggers: names.clone(),
+            };
+            let source = connector
+                .subscribe(&sub)
+                .await
+                .with_context(|| format!("cannot subscribe for trigger(s) {}", names.join(", ")))?;
+            let cfg = PumpConfig {
+                name: format!("{}:{}", *from.connector, from.topic()),
+                triggers: Arc::from(list),
+                max_in_flight,
+                ordered,
+                shutdown_timeout: config.shutdown_timeout.get(),
+            };
+            pumps.push(tokio::spawn(pump(source, cfg, shutdown.clone())));
+        }
+        for (name, connector) in &connectors {
+            connector
+                .start()
+                .await
+                .with_context(|| format!("cannot start connector `{name}`"))?;
+        }
+        Ok(Self {
+            connectors,
+            pumps,
+            triggers,
+        })
+    }
+
+    /// Whether every connector is connected.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.connectors.values().all(|c| c.is_ready())
+    }
+
+    /// Waits until every pump has drained (after the shutdown token fired), then logs a summary.
+    pub(crate) async fn join(self) {
+        for p in self.pumps {
+            if let Err(e) = p.await {
+                tracing::error!(error = %e, "a subscription task failed");
+            }
+        }
+        for t in &self.triggers {
+            let s = &t.stats;
+            tracing::info!(
+                trigger = %t.name,
+                received = s.received.load(std::sync::atomic::Ordering::Relaxed),
+                delivered = s.delivered.load(std::sync::atomic::Ordering::Relaxed),
+                retried = s.retried.load(std::sync::atomic::Ordering::Relaxed),
+                dead_lettered = s.dead_lettered.load(std::sync::atomic::Ordering::Relaxed),
+                dropped = s.dropped.load(std::sync::atomic::Ordering::Relaxed),
+                "trigger summary"
+            );
+        }
+    }
+}
+
+async fn target(
+    dest: Option<&Destination>,
+    connectors: &HashMap<String, Arc<dyn Connector>>,
+    functions: &HashMap<String, Arc<FunctionRuntime>>,
+) -> anyhow::Result<Option<Target>> {
+    let Some(dest) = dest else {
+        return Ok(None);
+    };
+    if let Some(f) = &dest.function {
+        let f = functions
+            .get(f.as_str())
+            .with_context(|| format!("unknown function `{}`", **f))?;
+        return Ok(Some(Target::Function(Arc::clone(f))));
+    }
+    let name = dest
+        .connector
+        .as_ref()
+        .context("a destination needs a connector or a function")?;
+    let connector = connectors
+        .get(name.as_str())
+        .with_context(|| format!("unknown connector `{}`", **name))?;
+    let sink = connector.sink().await?;
+    Ok(Some(Target::Sink {
+        sink,
+        topic: dest.topic.clone().unwrap_or_default(),
+    }))
+}

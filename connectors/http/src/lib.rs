@@ -1,0 +1,328 @@
+//! The HTTP ingress connector: CloudEvents over HTTP, and plain webhooks.
+//!
+//! One listener per connector; every trigger names a path (`topic: /orders`), and triggers that
+//! name the same path share its events (fan-out). A request is read in any content mode of the
+//! CloudEvents HTTP binding: binary (`ce-` headers, percent-decoded), structured
+//! (`application/cloudevents+json`) or batch (`application/cloudevents-batch+json`); any other
+//! POST is a plain message, normalized into an event whose `source` is
+//! `http://<connector>/<path>`.
+//!
+//! Answers:
+//! - `202 Accepted` once the event is routed (async mode, the default). HTTP has no redelivery:
+//!   an event accepted this way is lost if the process dies before its delivery finished.
+//! - With `sync: true`, the answer waits for the delivery: `200` with the function's reply as a
+//!   binary-mode CloudEvent, `204` when it had none, `502` (or `504` when the last attempt timed
+//!   out) with the reason when the delivery failed, so the caller can retry.
+//! - `400` with a one-line reason for an invalid CloudEvent, `413` for a body over `max_body`,
+//!   `404` for a path no trigger listens on, `405` for a method other than POST, `503` while
+//!   stopping. A batch is accepted whole or not at all.
+#![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
+#![warn(missing_docs)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use fnbroker_core::binding::http::{self as binding, Mode};
+use fnbroker_core::event::{self, Event, PlainMessage};
+use fnbroker_core::{
+    AckHandle, Connector, ConnectorError, Incoming, Origin, Settlement, Sink, Source, Subscription,
+};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::{HeaderMap, Method, StatusCode};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// The HTTP ingress connector.
+pub struct HttpIngress {
+    name: String,
+    listen: SocketAddr,
+    max_body: usize,
+    routes: Arc<RwLock<HashMap<String, Route>>>,
+    server: Mutex<Option<JoinHandle<()>>>,
+    ready: Arc<AtomicBool>,
+}
+
+#[derive(Clone)]
+struct Route {
+    tx: mpsc::Sender<Incoming>,
+    sync: bool,
+}
+
+#[derive(Clone)]
+struct AppState {
+    name: Arc<str>,
+    max_body: usize,
+    routes: Arc<RwLock<HashMap<String, Route>>>,
+}
+
+impl HttpIngress {
+    /// An ingress named `name` that will listen on `listen` and accept bodies up to `max_body`.
+    pub fn new(name: impl Into<String>, listen: SocketAddr, max_body: usize) -> Self {
+        Self {
+            name: name.into(),
+            listen,
+            max_body,
+            routes: Arc::default(),
+            server: Mutex::new(None),
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn io_error(&self, message: String) -> ConnectorError {
+        ConnectorError::Io {
+            connector: self.name.clone(),
+            message,
+        }
+    }
+}
+
+impl Drop for HttpIngress {
+    fn drop(&mut self) {
+        if let Ok(mut server) = self.server.lock() {
+            if let Some(handle) = server.take() {
+                handle.abort();
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Connector for HttpIngress {
+    fn kind(&self) -> &'static str {
+        "http"
+    }
+
+    async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
+        let path = sub.from.topic().to_string();
+        // The engine pulls only while it has room, so a small buffer is enough: a full one makes
+        // the request wait, which is the backpressure an HTTP client can see.
+        let (tx, rx) = mpsc::channel(sub.max_in_flight.clamp(1, 1024));
+        let mut routes = self
+            .routes
+            .write()
+            .map_err(|_| self.io_error("route table poisoned".into()))?;
+        if routes.contains_key(&path) {
+            return Err(self.io_error(format!("path `{path}` is subscribed twice")));
+        }
+        routes.insert(
+            path,
+            Route {
+                tx,
+                sync: sub.from.sync,
+            },
+        );
+        Ok(Box::new(HttpSource { rx }))
+    }
+
+    async fn sink(&self) -> Result<Arc<dyn Sink>, ConnectorError> {
+        Err(ConnectorError::Unsupported {
+            connector: self.name.clone(),
+            kind: "http",
+            what: "publish (name a function as the destination instead)",
+        })
+    }
+
+    async fn start(&self) -> Result<(), ConnectorError> {
+        let listener = tokio::net::TcpListener::bind(self.listen)
+            .await
+            .map_err(|e| self.io_error(format!("cannot listen on {}: {e}", self.listen)))?;
+        let state = AppState {
+            name: self.name.as_str().into(),
+            max_body: self.max_body,
+            routes: Arc::clone(&self.routes),
+        };
+        let app = Router::new()
+            .fallback(handle)
+            .layer(DefaultBodyLimit::max(self.max_body))
+            .with_state(state);
+        let name = self.name.clone();
+        let ready = Arc::clone(&self.ready);
+        ready.store(true, Ordering::Release);
+        let handle = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(connector = %name, error = %e, "http ingress stopped");
+            }
+            ready.store(false, Ordering::Release);
+        });
+        if let Ok(mut server) = self.server.lock() {
+            *server = Some(handle);
+        }
+        tracing::info!(connector = %self.name, listen = %self.listen, "http ingress listening");
+        Ok(())
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// The events of one path.
+struct HttpSource {
+    rx: mpsc::Receiver<Incoming>,
+}
+
+#[async_trait]
+impl Source for HttpSource {
+    async fn next(&mut self) -> Option<Incoming> {
+        self.rx.recv().await
+    }
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+    let mut msg = msg.into();
+    msg.push('\n');
+    (status, [(CONTENT_TYPE, "text/plain; charset=utf-8")], msg).into_response()
+}
+
+async fn handle(State(state): State<AppState>, request: Request) -> Response {
+    let path = request.uri().path().to_string();
+    let route = match state.routes.read() {
+        Ok(routes) => routes.get(&path).cloned(),
+        Err(_) => None,
+    };
+    let Some(route) = route else {
+        return text(StatusCode::NOT_FOUND, format!("no trigger listens on `{path}`"));
+    };
+    if request.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+    }
+    let (parts, body) = request.into_parts();
+    let too_large = || {
+        text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {} bytes", state.max_body),
+        )
+    };
+    if parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|len| len > state.max_body)
+    {
+        return too_large();
+    }
+    let body = match axum::body::to_bytes(body, state.max_body).await {
+        Ok(b) => b,
+        Err(_) => return too_large(),
+    };
+    let events = match decode(&state.name, &path, &parts.headers, body) {
+        Ok(events) => events,
+        Err(reason) => return text(StatusCode::BAD_REQUEST, reason.0),
+    };
+
+    let mut waiting = Vec::with_capacity(if route.sync { events.len() } else { 0 });
+    for (event, origin) in events {
+        let ack = if route.sync {
+            let (tx, rx) = oneshot::channel();
+            waiting.push(rx);
+            AckHandle::new(move |s| {
+                let _ = tx.send(s);
+            })
+        } else {
+            AckHandle::none()
+        };
+        let incoming = Incoming {
+            event,
+            origin,
+            key: 0,
+            redeliveries: 0,
+            ack,
+        };
+        if route.tx.send(incoming).await.is_err() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "fnbroker is stopping");
+        }
+    }
+    if !route.sync {
+        return StatusCode::ACCEPTED.into_response();
+    }
+    let mut outcomes = Vec::with_capacity(waiting.len());
+    for rx in waiting {
+        outcomes.push(rx.await.unwrap_or(Settlement::Released));
+    }
+    sync_response(outcomes)
+}
+
+/// Decodes a request into events: one, or several for a batch; all valid, or an error.
+fn decode(
+    connector: &str,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Vec<(Event, Origin)>, event::InvalidEvent> {
+    match binding::mode(headers) {
+        Mode::Binary => Ok(vec![(
+            binding::decode_binary(headers, body.to_vec())?,
+            Origin::CloudEvent,
+        )]),
+        Mode::Structured => Ok(vec![(event::from_json_slice(&body)?, Origin::CloudEvent)]),
+        Mode::Batch => Ok(event::batch_from_json_slice(&body)?
+            .into_iter()
+            .map(|e| (e, Origin::CloudEvent))
+            .collect()),
+        Mode::Plain => {
+            let content_type = binding::content_type(headers);
+            let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+            let event = event::normalize(
+                PlainMessage {
+                    kind: "http",
+                    connector,
+                    topic: path,
+                    content_type,
+                    traceparent,
+                    ..Default::default()
+                },
+                body.to_vec(),
+            );
+            Ok(vec![(event, Origin::Plain)])
+        }
+    }
+}
+
+/// The answer of a sync request once every event of it was settled.
+fn sync_response(outcomes: Vec<Settlement>) -> Response {
+    let mut replies = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Settlement::Delivered { reply } => replies.extend(reply),
+            Settlement::Failed { reason, timed_out } => {
+                let status = if timed_out {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                return text(status, format!("delivery failed: {reason}"));
+            }
+            Settlement::Retry { .. } | Settlement::Released => {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "fnbroker is stopping; the event was not delivered",
+                );
+            }
+        }
+    }
+    match replies.len() {
+        0 => StatusCode::NO_CONTENT.into_response(),
+        1 => {
+            let reply = replies.remove(0);
+            let mut headers = HeaderMap::new();
+            binding::encode_binary(&reply, &mut headers);
+            let body = Body::from(event::data_bytes(&reply).into_owned());
+            (StatusCode::OK, headers, body).into_response()
+        }
+        _ => {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(event::BATCH_JSON));
+            (StatusCode::OK, headers, event::batch_to_json_vec(&replies)).into_response()
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The HTTP function invoker.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fnbroker_core::binding::http::{self as binding, Mode};
+use fnbroker_core::config::ContentMode;
+use fnbroker_core::event::{self, Event};
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+
+use crate::{InvokeError, Invoker, Reply, Success, truncate};
+
+/// POSTs events to an HTTP endpoint over a pooled keep-alive client.
+#[derive(Debug, Clone)]
+pub struct HttpInvoker {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    mode: ContentMode,
+    headers: HeaderMap,
+}
+
+impl HttpInvoker {
+    /// An invoker for `url`, sending in `mode` with the static `headers`, keeping up to
+    /// `concurrency` idle connections.
+    pub fn new(
+        url: &str,
+        mode: ContentMode,
+        headers: &BTreeMap<String, String>,
+        concurrency: usize,
+    ) -> Result<Self, String> {
+        let url = reqwest::Url::parse(url).map_err(|e| format!("invalid URL `{url}`: {e}"))?;
+        let mut static_headers = HeaderMap::new();
+        for (k, v) in headers {
+            let name = HeaderName::try_from(k.as_str())
+                .map_err(|e| format!("invalid header name `{k}`: {e}"))?;
+            let value = HeaderValue::try_from(v.as_str())
+                .map_err(|e| format!("invalid value of header `{k}`: {e}"))?;
+            static_headers.insert(name, value);
+        }
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(concurrency)
+            .tcp_nodelay(true)
+            .no_proxy()
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Self {
+            client,
+            url,
+            mode,
+            headers: static_headers,
+        })
+    }
+
+    async fn call(&self, event: &Event) -> Result<Success, InvokeError> {
+        let mut headers = self.headers.clone();
+        let body = match self.mode {
+            ContentMode::Binary => {
+                binding::encode_binary(event, &mut headers);
+                event::data_bytes(event).into_owned()
+            }
+            ContentMode::Structured => {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static(event::STRUCTURED_JSON));
+                event::to_json_vec(event)
+            }
+        };
+        let response = self
+            .client
+            .post(self.url.clone())
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| InvokeError::Connect(error_chain(&e)))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| InvokeError::Connect(error_chain(&e)))?;
+        if !(200..300).contains(&status) {
+            let retry_after = headers
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            return Err(InvokeError::Status {
+                status,
+                retry_after,
+                body: truncate(String::from_utf8_lossy(&body).trim().to_string(), 512),
+            });
+        }
+        Ok(Success {
+            status,
+            reply: decode_reply(&headers, body)?,
+        })
+    }
+}
+
+#[async_trait]
+impl Invoker for HttpInvoker {
+    async fn invoke(&self, event: &Event, timeout: Duration) -> Result<Success, InvokeError> {
+        match tokio::time::timeout(timeout, self.call(event)).await {
+            Ok(result) => result,
+            Err(_) => Err(InvokeError::Timeout(timeout)),
+        }
+    }
+}
+
+/// A 2xx answer as a reply: a CloudEvent (binary or structured) as it is, any other non-empty body
+/// as raw bytes with its content type.
+fn decode_reply(headers: &HeaderMap, body: Bytes) -> Result<Option<Reply>, InvokeError> {
+    match binding::mode(headers) {
+        Mode::Binary => binding::decode_binary(headers, body.to_vec())
+            .map(|e| Some(Reply::Event(e)))
+            .map_err(|e| InvokeError::InvalidReply(e.0)),
+        Mode::Structured => event::from_json_slice(&body)
+            .map(|e| Some(Reply::Event(e)))
+            .map_err(|e| InvokeError::InvalidReply(e.0)),
+        Mode::Batch | Mode::Plain if body.is_empty() => Ok(None),
+        Mode::Batch | Mode::Plain => Ok(Some(Reply::Raw {
+            content_type: binding::content_type(headers).map(str::to_string),
+            body,
+        })),
+    }
+}
+
+/// Parses a `Retry-After` value: delay-seconds or an HTTP date (relative to `now`; a date in the
+/// past means no delay).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// An error and its sources, on one line: reqwest's own text hides the cause.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        assert_eq!(parse_retry_after("1", now), Some(Duration::from_secs(1)));
+        assert_eq!(parse_retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(30)));
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn plain_and_empty_replies() {
+        let mut h = HeaderMap::new();
+        assert!(matches!(decode_reply(&h, Bytes::new()), Ok(None)));
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        match decode_reply(&h, Bytes::from_static(b"hi")) {
+            Ok(Some(Reply::Raw { content_type, body })) => {
+                assert_eq!(content_type.as_deref(), Some("text/plain"));
+                assert_eq!(&body[..], b"hi");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn invalid_cloud_event_reply_is_an_error() {
+        let mut h = HeaderMap::new();
+        h.insert("ce-specversion", HeaderValue::from_static("1.0"));
+        assert!(matches!(
+            decode_reply(&h, Bytes::new()),
+            Err(InvokeError::InvalidReply(_))
+        ));
+    }
+}

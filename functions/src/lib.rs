@@ -1,0 +1,166 @@
+//! Function invokers: how fnbroker calls a function with an event.
+//!
+//! Every kind implements [`Invoker`]: one attempt, bounded by a timeout, with an outcome that says
+//! whether a retry makes sense ([`InvokeError::is_retryable`]). Retries, backoff and dead letters
+//! are the broker's business, not the invoker's.
+//!
+//! - [`HttpInvoker`]: POSTs the event over a pooled keep-alive client, in binary (default) or
+//!   structured content mode.
+//! - [`ExecInvoker`]: runs a command per event, as OpenFaaS's classic watchdog does.
+#![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
+#![warn(missing_docs)]
+
+mod exec;
+mod http_fn;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fnbroker_core::Event;
+
+pub use exec::ExecInvoker;
+pub use http_fn::{HttpInvoker, parse_retry_after};
+
+/// What a function answered when it succeeded.
+#[derive(Debug, Clone)]
+pub struct Success {
+    /// The HTTP status (200 for an exec function that exited 0).
+    pub status: u16,
+    /// The reply, when the answer had a body (or was a CloudEvent).
+    pub reply: Option<Reply>,
+}
+
+/// A function's reply.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// The function answered with a CloudEvent (binary or structured mode): taken as it is.
+    Event(Event),
+    /// Any other body, with its content type; the broker wraps it into an event.
+    Raw {
+        /// The answer's content type, if it named one.
+        content_type: Option<String>,
+        /// The body.
+        body: Bytes,
+    },
+}
+
+/// Why one attempt to invoke a function failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InvokeError {
+    /// The function could not be reached (refused, reset, DNS...).
+    #[error("cannot reach the function: {0}")]
+    Connect(String),
+    /// The attempt ran out of time.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The function answered with a status other than 2xx.
+    #[error("function answered {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
+    Status {
+        /// The status.
+        status: u16,
+        /// How long the function asked us to wait (`Retry-After`), if it did.
+        retry_after: Option<Duration>,
+        /// The start of the body, for the logs and the dead letter's reason.
+        body: String,
+    },
+    /// The command exited with a failure.
+    #[error("command failed ({}){}", match code { Some(c) => format!("exit code {c}"), None => "killed by a signal".to_string() }, if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
+    Exit {
+        /// The exit code; `None` when a signal killed it.
+        code: Option<i32>,
+        /// The end of what it wrote to stderr.
+        stderr: String,
+    },
+    /// The command could not be started.
+    #[error("cannot start the command: {0}")]
+    Spawn(String),
+    /// The function answered 2xx, but with a reply that claims to be a CloudEvent and is not one.
+    #[error("invalid CloudEvent in the reply: {0}")]
+    InvalidReply(String),
+}
+
+impl InvokeError {
+    /// Whether another attempt may succeed: connection errors, timeouts, 408, 429 and 5xx, and
+    /// failed commands. Other 4xx, commands that cannot start and invalid replies are final.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            InvokeError::Connect(_) | InvokeError::Timeout(_) | InvokeError::Exit { .. } => true,
+            InvokeError::Status { status, .. } => {
+                matches!(*status, 408 | 429) || (500..600).contains(status)
+            }
+            InvokeError::Spawn(_) | InvokeError::InvalidReply(_) => false,
+        }
+    }
+
+    /// The HTTP status of the answer, if there was one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            InvokeError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The delay the function asked for with `Retry-After`.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            InvokeError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Whether the attempt ran out of time.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, InvokeError::Timeout(_))
+    }
+}
+
+/// Calls a function with one event: one attempt.
+#[async_trait]
+pub trait Invoker: Send + Sync {
+    /// Invokes the function with `event`, giving up after `timeout`.
+    async fn invoke(&self, event: &Event, timeout: Duration) -> Result<Success, InvokeError>;
+}
+
+/// Keeps at most `max` bytes of a text (on a character boundary), marking the cut.
+pub(crate) fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_classification() {
+        let status = |s| InvokeError::Status {
+            status: s,
+            retry_after: None,
+            body: String::new(),
+        };
+        assert!(status(503).is_retryable());
+        assert!(status(500).is_retryable());
+        assert!(status(429).is_retryable());
+        assert!(status(408).is_retryable());
+        assert!(!status(400).is_retryable());
+        assert!(!status(404).is_retryable());
+        assert!(InvokeError::Timeout(Duration::from_secs(1)).is_retryable());
+        assert!(InvokeError::Connect("refused".into()).is_retryable());
+        assert!(!InvokeError::InvalidReply("x".into()).is_retryable());
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate("ééé".to_string(), 3), "é…");
+        assert_eq!(truncate("abc".to_string(), 3), "abc");
+    }
+}
