@@ -10,7 +10,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fnbroker_core::event::{self, AttributesReader, AttributesWriter, Data, Event};
@@ -21,26 +20,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::filter::Filter;
+use crate::metrics::{FunctionStats, TriggerStats};
 use crate::retry::RetryPolicy;
-
-/// Counters of one trigger or function, read by the admin endpoint and the shutdown summary.
-#[derive(Debug, Default)]
-pub(crate) struct Stats {
-    pub(crate) received: AtomicU64,
-    pub(crate) delivered: AtomicU64,
-    pub(crate) retried: AtomicU64,
-    pub(crate) dead_lettered: AtomicU64,
-    pub(crate) dropped: AtomicU64,
-    pub(crate) in_flight: AtomicU64,
-    /// Sum of the delivery latencies in microseconds, and their count is `delivered`.
-    pub(crate) latency_us: AtomicU64,
-}
-
-impl Stats {
-    fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 /// A function as the engine calls it: its invoker, its concurrency limit, its timeout.
 pub(crate) struct FunctionRuntime {
@@ -48,7 +29,7 @@ pub(crate) struct FunctionRuntime {
     pub(crate) invoker: Box<dyn Invoker>,
     pub(crate) limit: Arc<Semaphore>,
     pub(crate) timeout: Duration,
-    pub(crate) stats: Stats,
+    pub(crate) stats: FunctionStats,
 }
 
 impl FunctionRuntime {
@@ -65,9 +46,13 @@ impl FunctionRuntime {
             .acquire()
             .await
             .map_err(|_| InvokeError::Connect("function limiter closed".into()))?;
-        Stats::add(&self.stats.in_flight);
+        self.stats.calls.inc();
+        self.stats.in_flight.inc();
         let result = self.invoker.invoke(event, timeout).await;
-        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.stats.in_flight.dec();
+        if result.is_err() {
+            self.stats.failures.inc();
+        }
         result
     }
 }
@@ -93,7 +78,7 @@ pub(crate) struct TriggerRuntime {
     pub(crate) timeout: Duration,
     pub(crate) dead_letter: Option<Target>,
     pub(crate) reply: Option<Target>,
-    pub(crate) stats: Stats,
+    pub(crate) stats: TriggerStats,
 }
 
 /// How one trigger finished with one message.
@@ -135,12 +120,8 @@ impl TriggerRuntime {
             let error = match self.function.call(event, self.timeout).await {
                 Ok(success) => match self.handle_reply(event, success.reply).await {
                     Ok(reply) => {
-                        Stats::add(&self.stats.delivered);
-                        Stats::add(&self.function.stats.delivered);
-                        self.stats.latency_us.fetch_add(
-                            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                            Ordering::Relaxed,
-                        );
+                        self.stats.delivered.inc();
+                        self.stats.latency.observe(started.elapsed().as_secs_f64());
                         return Outcome::Delivered(reply);
                     }
                     Err(e) => e,
@@ -154,8 +135,7 @@ impl TriggerRuntime {
                 .policy
                 .delay(attempt, error.retry_after(), &mut rand::rng());
             tracing::debug!(trigger = %self.name, id = event.id(), attempt, ?wait, error = %error, "retrying");
-            Stats::add(&self.stats.retried);
-            Stats::add(&self.function.stats.retried);
+            self.stats.retried.inc();
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = shutdown.cancelled() => return Outcome::Released,
@@ -208,7 +188,7 @@ impl TriggerRuntime {
         };
         let Some(target) = &self.dead_letter else {
             tracing::warn!(trigger = %self.name, function = %self.function.name, id = event.id(), attempts, error = %reason, "delivery failed; no dead_letter configured, dropping the event");
-            Stats::add(&self.stats.dropped);
+            self.stats.dropped.inc();
             return outcome;
         };
         let letter = dead_letter_event(
@@ -220,7 +200,7 @@ impl TriggerRuntime {
             &self.function.name,
         );
         if self.publish_dead_letter(target, &letter, shutdown).await {
-            Stats::add(&self.stats.dead_lettered);
+            self.stats.dead_lettered.inc();
             outcome
         } else {
             Outcome::Released
@@ -234,19 +214,19 @@ impl TriggerRuntime {
         reason: &str,
         shutdown: &CancellationToken,
     ) -> Outcome {
-        Stats::add(&self.stats.received);
+        self.stats.received.inc();
         let outcome = Outcome::Failed {
             reason: reason.to_string(),
             timed_out: false,
         };
         let Some(target) = &self.dead_letter else {
             tracing::warn!(trigger = %self.name, id = event.id(), error = reason, "invalid CloudEvent; no dead_letter configured, dropping it");
-            Stats::add(&self.stats.dropped);
+            self.stats.dropped.inc();
             return outcome;
         };
         let letter = dead_letter_event(event, reason, None, 0, &self.name, &self.function.name);
         if self.publish_dead_letter(target, &letter, shutdown).await {
-            Stats::add(&self.stats.dead_lettered);
+            self.stats.dead_lettered.inc();
             outcome
         } else {
             Outcome::Released
@@ -380,12 +360,12 @@ async fn process(
         return key;
     }
     for (t, _) in &views {
-        Stats::add(&t.stats.received);
-        Stats::add(&t.stats.in_flight);
+        t.stats.received.inc();
+        t.stats.in_flight.inc();
     }
     let outcomes = futures::future::join_all(views.iter().map(|(t, view)| async {
         let outcome = t.deliver(view, &shutdown).await;
-        t.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        t.stats.in_flight.dec();
         outcome
     }))
     .await;
@@ -495,7 +475,7 @@ mod tests {
     use fnbroker_core::config::Delivery;
     use fnbroker_functions::Success;
     use std::sync::Mutex;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::sync::mpsc;
 
     /// An invoker that fails `failures` times with `error`, then succeeds; it records the
@@ -538,7 +518,7 @@ mod tests {
             invoker: Box::new(invoker),
             limit: Arc::new(Semaphore::new(8)),
             timeout: Duration::from_secs(1),
-            stats: Stats::default(),
+            stats: FunctionStats::detached(),
         })
     }
 
@@ -556,7 +536,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             dead_letter: dead,
             reply: None,
-            stats: Stats::default(),
+            stats: TriggerStats::detached(),
         })
     }
 
@@ -596,7 +576,7 @@ mod tests {
         let calls = calls.lock().expect("lock");
         assert_eq!(calls.len(), 3);
         assert_eq!(calls[1] - calls[0], Duration::from_secs(1));
-        assert_eq!(t.stats.retried.load(Ordering::Relaxed), 2);
+        assert_eq!(t.stats.retried.get(), 2);
     }
 
     #[tokio::test(start_paused = true)]

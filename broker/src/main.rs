@@ -6,8 +6,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod admin;
 mod engine;
 mod filter;
+mod metrics;
 mod retry;
 mod runtime;
 

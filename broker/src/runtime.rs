@@ -12,7 +12,8 @@ use fnbroker_functions::{ExecInvoker, HttpInvoker, Invoker};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{FunctionRuntime, PumpConfig, Stats, Target, TriggerRuntime, pump};
+use crate::engine::{FunctionRuntime, PumpConfig, Target, TriggerRuntime, pump};
+use crate::metrics::Metrics;
 use crate::filter::Filter;
 use crate::retry::RetryPolicy;
 
@@ -34,7 +35,11 @@ fn build_connector(name: &str, cfg: &config::Connector) -> anyhow::Result<Arc<dy
     }
 }
 
-fn build_function(name: &str, cfg: &config::Function) -> anyhow::Result<Arc<FunctionRuntime>> {
+fn build_function(
+    name: &str,
+    cfg: &config::Function,
+    metrics: &Metrics,
+) -> anyhow::Result<Arc<FunctionRuntime>> {
     let concurrency = *cfg.concurrency;
     let invoker: Box<dyn Invoker> = match (&cfg.http, &cfg.exec) {
         (Some(http), _) => Box::new(
@@ -54,13 +59,14 @@ fn build_function(name: &str, cfg: &config::Function) -> anyhow::Result<Arc<Func
         invoker,
         limit: Arc::new(Semaphore::new(concurrency)),
         timeout: cfg.timeout(),
-        stats: Stats::default(),
+        stats: metrics.function(name),
     }))
 }
 
 /// The running broker.
 pub(crate) struct Broker {
-    connectors: HashMap<String, Arc<dyn Connector>>,
+    connectors: Arc<HashMap<String, Arc<dyn Connector>>>,
+    admin: Option<tokio::task::JoinHandle<()>>,
     pumps: Vec<tokio::task::JoinHandle<()>>,
     triggers: Vec<Arc<TriggerRuntime>>,
 }
@@ -68,6 +74,7 @@ pub(crate) struct Broker {
 impl Broker {
     /// Connects everything the configuration names and starts consuming.
     pub(crate) async fn start(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
         // Only the connectors that some trigger or destination uses.
         let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
         for (name, cfg) in &config.connectors {
@@ -75,7 +82,7 @@ impl Broker {
         }
         let mut functions = HashMap::new();
         for (name, cfg) in &config.functions {
-            functions.insert(name.clone(), build_function(name, cfg)?);
+            functions.insert(name.clone(), build_function(name, cfg, &metrics)?);
         }
 
         let mut triggers = Vec::new();
@@ -102,7 +109,7 @@ impl Broker {
                 timeout,
                 dead_letter: target(t.dead_letter.as_ref(), &connectors, &functions).await?,
                 reply: target(t.reply.as_ref(), &connectors, &functions).await?,
-                stats: Stats::default(),
+                stats: metrics.trigger(&t.name, &t.to),
             });
             triggers.push(Arc::clone(&runtime));
             let max = *t.delivery.max_in_flight;
@@ -147,8 +154,27 @@ impl Broker {
                 .await
                 .with_context(|| format!("cannot start connector `{name}`"))?;
         }
+        let connectors = Arc::new(connectors);
+        let admin = match &config.admin {
+            None => None,
+            Some(admin) => {
+                let listen: SocketAddr = admin
+                    .listen
+                    .parse()
+                    .context("admin: invalid listen address")?;
+                let ready_connectors = Arc::clone(&connectors);
+                let state = crate::admin::AdminState {
+                    metrics: Arc::clone(&metrics),
+                    ready: Box::new(move || ready_connectors.values().all(|c| c.is_ready())),
+                    triggers: crate::admin::triggers_view(config),
+                    functions: crate::admin::functions_view(config),
+                };
+                Some(crate::admin::serve(listen, state, shutdown.clone()).await?)
+            }
+        };
         Ok(Self {
             connectors,
+            admin,
             pumps,
             triggers,
         })
@@ -166,15 +192,18 @@ impl Broker {
                 tracing::error!(error = %e, "a subscription task failed");
             }
         }
+        if let Some(admin) = self.admin {
+            let _ = admin.await;
+        }
         for t in &self.triggers {
             let s = &t.stats;
             tracing::info!(
                 trigger = %t.name,
-                received = s.received.load(std::sync::atomic::Ordering::Relaxed),
-                delivered = s.delivered.load(std::sync::atomic::Ordering::Relaxed),
-                retried = s.retried.load(std::sync::atomic::Ordering::Relaxed),
-                dead_lettered = s.dead_lettered.load(std::sync::atomic::Ordering::Relaxed),
-                dropped = s.dropped.load(std::sync::atomic::Ordering::Relaxed),
+                received = s.received.get(),
+                delivered = s.delivered.get(),
+                retried = s.retried.get(),
+                dead_lettered = s.dead_lettered.get(),
+                dropped = s.dropped.get(),
                 "trigger summary"
             );
         }

@@ -1,0 +1,134 @@
+//! The admin endpoint: `/healthz` (the process is up), `/readyz` (every connector is connected),
+//! `/metrics` (Prometheus text), and read-only JSON views `/v1/triggers` and `/v1/functions`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use fnbroker_core::config::{self, Config};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// What the admin endpoint reads.
+pub(crate) struct AdminState {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) ready: Box<dyn Fn() -> bool + Send + Sync>,
+    pub(crate) triggers: Value,
+    pub(crate) functions: Value,
+}
+
+/// Binds `listen` and serves until `shutdown`.
+pub(crate) async fn serve(
+    listen: SocketAddr,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("admin: cannot listen on {listen}"))?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/triggers", get(|State(s): State<Arc<AdminState>>| async move { Json(s.triggers.clone()) }))
+        .route("/v1/functions", get(|State(s): State<Arc<AdminState>>| async move { Json(s.functions.clone()) }))
+        .with_state(Arc::new(state));
+    tracing::info!(%listen, "admin endpoint listening");
+    Ok(tokio::spawn(async move {
+        let stop = async move { shutdown.cancelled().await };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            tracing::error!(error = %e, "admin endpoint stopped");
+        }
+    }))
+}
+
+async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
+    if (s.ready)() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// The JSON view of the triggers.
+pub(crate) fn triggers_view(cfg: &Config) -> Value {
+    Value::Array(
+        cfg.triggers
+            .iter()
+            .map(|t| {
+                json!({
+                    "name": t.name.as_str(),
+                    "from": {
+                        "connector": t.from.connector.as_str(),
+                        "topic": t.from.topic.as_ref().map(|s| s.as_str()),
+                        "queue": t.from.queue,
+                        "stream": t.from.stream,
+                        "group": t.from.group,
+                        "sync": t.from.sync,
+                    },
+                    "filter": t.filter.as_ref().map(|f| format!("{f:?}")),
+                    "to": t.to.as_str(),
+                    "delivery": {
+                        "retries": t.delivery.retries,
+                        "backoff": format!("{:?}", t.delivery.backoff).to_lowercase(),
+                        "delay": t.delivery.delay.text().as_str(),
+                        "max_delay": t.delivery.max_delay.text().as_str(),
+                        "ordered": t.delivery.ordered,
+                        "max_in_flight": *t.delivery.max_in_flight,
+                    },
+                    "dead_letter": t.dead_letter.as_ref().map(destination),
+                    "reply": t.reply.as_ref().map(destination),
+                })
+            })
+            .collect(),
+    )
+}
+
+fn destination(d: &config::Destination) -> Value {
+    json!({
+        "connector": d.connector.as_ref().map(|s| s.as_str()),
+        "topic": d.topic,
+        "function": d.function.as_ref().map(|s| s.as_str()),
+    })
+}
+
+/// The JSON view of the functions (static header values are not shown: they may be secrets).
+pub(crate) fn functions_view(cfg: &Config) -> Value {
+    Value::Object(
+        cfg.functions
+            .iter()
+            .map(|(name, f)| {
+                let kind = match (&f.http, &f.exec) {
+                    (Some(h), _) => json!({ "http": {
+                        "url": h.url.as_str(),
+                        "mode": format!("{:?}", h.mode).to_lowercase(),
+                        "headers": h.headers.keys().collect::<Vec<_>>(),
+                    }}),
+                    (None, Some(e)) => json!({ "exec": { "command": e.command.get() } }),
+                    (None, None) => Value::Null,
+                };
+                let mut v = kind;
+                if let Value::Object(m) = &mut v {
+                    m.insert("timeout".into(), json!(format!("{:?}", f.timeout())));
+                    m.insert("concurrency".into(), json!(*f.concurrency));
+                }
+                (name.clone(), v)
+            })
+            .collect(),
+    )
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The one test command: starts the services the tests need, then checks formatting, lints and
+# runs every test of the workspace (unit, conformance and end-to-end against the real binary).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/services.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
