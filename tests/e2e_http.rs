@@ -1,0 +1,508 @@
+//! End-to-end: the real `fnbroker` binary, the HTTP ingress, and a real HTTP function server.
+//! Each test has its own ports, configuration and function server.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Answer, FnServer, Fnbroker, free_port};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A config with one HTTP connector on `port`, and the given functions and triggers.
+fn config(port: u16, functions: &str, triggers: &str) -> String {
+    format!(
+        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port}, max_body: 1KiB }} }}\nfunctions:\n{functions}\ntriggers:\n{triggers}\n"
+    )
+}
+
+fn http_fn(name: &str, url: &str, extra: &str) -> String {
+    format!("  {name}: {{ http: {{ url: \"{url}\" }}, timeout: 2s{extra} }}\n")
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_event_reaches_the_function_with_every_attribute() {
+    let server = FnServer::start().await;
+    let port = free_port();
+    let fb = Fnbroker::start(&config(
+        port,
+        &http_fn("f", &server.url("/f"), ""),
+        "  - { name: t, from: { connector: web, topic: /orders }, to: f }",
+    ))
+    .await;
+
+    let res = client()
+        .post(format!("http://127.0.0.1:{port}/orders"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "order-1")
+        .header("ce-source", "/shop/eu")
+        .header("ce-type", "com.example.order.created")
+        .header("ce-subject", "orders/1")
+        .header("ce-time", "2018-04-05T03:56:24Z")
+        .header("ce-region", "caf%C3%A9%20eu")
+        .header("content-type", "application/json; charset=utf-8")
+        .body(r#"{"total": 42}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+
+    let got = server.wait_count("/f", 1, WAIT).await;
+    let r = &got[0];
+    assert_eq!(r.header("ce-specversion"), Some("1.0"));
+    assert_eq!(r.header("ce-id"), Some("order-1"));
+    assert_eq!(r.header("ce-source"), Some("/shop/eu"));
+    assert_eq!(r.header("ce-type"), Some("com.example.order.created"));
+    assert_eq!(r.header("ce-subject"), Some("orders/1"));
+    assert_eq!(r.header("ce-time"), Some("2018-04-05T03:56:24Z"));
+    assert_eq!(r.header("ce-region"), Some("caf%C3%A9%20eu"));
+    assert_eq!(r.header("content-type"), Some("application/json; charset=utf-8"));
+    assert_eq!(&r.body[..], br#"{"total": 42}"#);
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn structured_in_structured_out() {
+    let server = FnServer::start().await;
+    let port = free_port();
+    let fb = Fnbroker::start(&config(
+        port,
+        &format!(
+            "  f: {{ http: {{ url: \"{}\", mode: structured }} }}\n",
+            server.url("/f")
+        ),
+        "  - { name: t, from: { connector: web, topic: /in }, to: f }",
+    ))
+    .await;
+    let event = json!({
+        "specversion": "1.0", "id": "s-1", "source": "/src", "type": "t.structured",
+        "datacontenttype": "application/json", "data": {"b": 1, "a": [1, 2]}, "myext": 7
+    });
+    let res = client()
+        .post(format!("http://127.0.0.1:{port}/in"))
+        .header("content-type", "application/cloudevents+json; charset=utf-8")
+        .body(event.to_string())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let got = server.wait_count("/f", 1, WAIT).await;
+    assert_eq!(got[0].header("content-type"), Some("application/cloudevents+json"));
+    let received: Value = serde_json::from_slice(&got[0].body).expect("json");
+    assert_eq!(received, event);
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_post_is_normalized_with_the_trigger_type() {
+    let server = FnServer::start().await;
+    let port = free_port();
+    let fb = Fnbroker::start(&config(
+        port,
+        &http_fn("f", &server.url("/f"), ""),
+        "  - { name: t, from: { connector: web, topic: /hooks/github }, event: { type: com.github.push }, to: f }",
+    ))
+    .await;
+    let res = client()
+        .post(format!("http://127.0.0.1:{port}/hooks/github"))
+        .header("content-type", "application/json")
+        .header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        .body(r#"{"ref":"main"}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let got = server.wait_count("/f", 1, WAIT).await;
+    let r = &got[0];
+    assert_eq!(r.header("ce-source"), Some("http://web/hooks/github"));
+    assert_eq!(r.header("ce-type"), Some("com.github.push"));
+    assert_eq!(r.header("ce-subject"), Some("/hooks/github"));
+    assert_eq!(
+        r.header("ce-traceparent"),
+        Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert!(r.header("ce-id").is_some_and(|id| id.len() == 36), "a UUID id");
+    assert!(r.header("ce-time").is_none());
+    assert_eq!(&r.body[..], br#"{"ref":"main"}"#);
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_delivers_each_event_and_invalid_input_is_refused() {
+    let server = FnServer::start().await;
+    let port = free_port();
+    let fb = Fnbroker::start(&config(
+        port,
+        &http_fn("f", &server.url("/f"), ""),
+        "  - { name: t, from: { connector: web, topic: /in }, to: f }",
+    ))
+    .await;
+    let url = format!("http://127.0.0.1:{port}/in");
+    let batch = json!([
+        {"specversion": "1.0", "id": "b-1", "source": "/s", "type": "t"},
+        {"specversion": "1.0", "id": "b-2", "source": "/s", "type": "t", "data_base64": "AAEC"}
+    ]);
+    let res = client()
+        .post(&url)
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(batch.to_string())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let got = server.wait_count("/f", 2, WAIT).await;
+    let mut ids: Vec<_> = got.iter().filter_map(|r| r.header("ce-id")).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec!["b-1", "b-2"]);
+    let b2 = got.iter().find(|r| r.header("ce-id") == Some("b-2")).expect("b-2");
+    assert_eq!(&b2.body[..], &[0u8, 1, 2]);
+
+    // A batch with one invalid member is refused whole.
+    let bad_batch = json!([
+        {"specversion": "1.0", "id": "c-1", "source": "/s", "type": "t"},
+        {"specversion": "1.0", "source": "/s", "type": "t"}
+    ]);
+    let res = client()
+        .post(&url)
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(bad_batch.to_string())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let reason = res.text().await.expect("text");
+    assert!(reason.contains("`id`"), "{reason}");
+    assert_eq!(reason.trim().lines().count(), 1);
+
+    // Binary mode with a bad time: 400 naming the attribute.
+    let res = client()
+        .post(&url)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "x")
+        .header("ce-source", "/s")
+        .header("ce-type", "t")
+        .header("ce-time", "lunchtime")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(res.text().await.expect("text").contains("`time`"));
+
+    // Over max_body (1 KiB here): 413.
+    let res = client().post(&url).body(vec![b'x'; 2048]).send().await.expect("post");
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Unknown path: 404; wrong method: 405.
+    let res = client()
+        .post(format!("http://127.0.0.1:{port}/nowhere"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let res = client().get(&url).send().await.expect("get");
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+
+    // None of the refused requests reached the function.
+    assert_eq!(server.count("/f"), 2);
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_mode_answers_with_the_reply_or_no_content() {
+    let server = FnServer::with(|path, _| match path {
+        "/echo" => Answer::ok().body("application/json", br#"{"answer":42}"#),
+        _ => Answer::status(202),
+    })
+    .await;
+    let port = free_port();
+    let fb = Fnbroker::start(&config(
+        port,
+        &(http_fn("echo", &server.url("/echo"), "") + &http_fn("quiet", &server.url("/quiet"), "")),
+        "  - { name: a, from: { connector: web, topic: /ask, sync: true }, to: echo }\n  - { name: b, from: { connector: web, topic: /tell, sync: true }, to: quiet }",
+    ))
+    .await;
+    let res = client()
+        .post(format!("http://127.0.0.1:{port}/ask"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "q-1")
+        .header("ce-source", "/client")
+        .header("ce-type", "com.example.question")
+        .body("?")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::OK);
+    let h = res.headers().clone();
+    assert_eq!(h["ce-type"], "com.example.question.reply");
+    assert_eq!(h["ce-source"], "fnbroker://functions/echo");
+    assert_eq!(h["content-type"], "application/json");
+    assert_ne!(h["ce-id"], "q-1");
+    assert_eq!(res.text().await.expect("body"), r#"{"answer":42}"#);
+
+    let res = client()
+        .post(format!("http://127.0.0.1:{port}/tell"))
+        .body("fyi")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_failing_n_times_is_called_n_plus_one_times() {
+    let server = FnServer::with(|_, n| {
+        if n < 2 {
+            Answer::status(503)
+        } else {
+            Answer::ok()
+        }
+    })
+    .await;
+    let port = free_port();
+    let fb = Fnbroker::start(&config(
+        port,
+        &http_fn("f", &server.url("/f"), ""),
+        "  - { name: t, from: { connector: web, topic: /in, sync: true }, to: f, delivery: { retries: 3, delay: 50ms, max_delay: 200ms } }",
+    ))
+    .await;
+    let res = client()
+        .post(format!("http://127.0.0.1:{port}/in"))
+        .body("x")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let got = server.on("/f");
+    assert_eq!(got.len(), 3, "two failures and one success");
+    // The same event every time: one event arrived, three attempts.
+    assert!(got.iter().all(|r| r.header("ce-id") == got[0].header("ce-id")));
+    let metrics = fb.metrics().await;
+    assert!(metrics.contains("fnbroker_events_retried_total{trigger=\"t\",function=\"f\"} 2"), "{metrics}");
+    assert!(metrics.contains("fnbroker_events_delivered_total{trigger=\"t\",function=\"f\"} 1"), "{metrics}");
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_error_is_not_retried_and_is_dead_lettered_with_its_status() {
+    let server = FnServer::with(|path, _| match path {
+        "/f" => Answer::status(400).body("text/plain", b"no such order"),
+        _ => Answer::ok(),
+    })
+    .await;
+    let port = free_port();
+    let fb = Fnbroker::start(&config(
+        port,
+        &(http_fn("f", &server.url("/f"), "") + &http_fn("dlq", &server.url("/dlq"), "")),
+        "  - { name: t, from: { connector: web, topic: /in, sync: true }, to: f, delivery: { retries: 5, delay: 10ms }, dead_letter: { function: dlq } }",
+    ))
+    .await;
+    let res = client()
+        .post(format!("http://127.0.0.1:{port}/in"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "bad-1")
+        .header("ce-source", "/client")
+        .header("ce-type", "com.example.order")
+        .header("content-type", "text/plain")
+        .body("payload")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    assert!(res.text().await.expect("text").contains("400"));
+    assert_eq!(server.count("/f"), 1, "a 400 is not retried");
+    let dl = &server.on("/dlq")[0];
+    assert_eq!(dl.header("ce-id"), Some("bad-1"));
+    assert_eq!(dl.header("ce-source"), Some("/client"));
+    assert_eq!(dl.header("ce-type"), Some("com.example.order"));
+    assert_eq!(dl.header("ce-dlqstatus"), Some("400"));
+    assert_eq!(dl.header("ce-dlqattempts"), Some("1"));
+    assert_eq!(dl.header("ce-dlqtrigger"), Some("t"));
+    assert_eq!(dl.header("ce-dlqfunction"), Some("f"));
+    assert!(dl.header("ce-dlqreason").is_some_and(|r| r.contains("400")));
+    assert_eq!(&dl.body[..], b"payload");
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_that_never_answers_is_cut_at_the_timeout_and_dead_lettered() {
+    let server = FnServer::with(|path, _| match path {
+        "/slow" => Answer::ok().delay(Duration::from_secs(60)),
+        _ => Answer::ok(),
+    })
+    .await;
+    let port = free_port();
+    let fb = Fnbroker::start(&config(
+        port,
+        &(http_fn("slow", &server.url("/slow"), "") + &http_fn("dlq", &server.url("/dlq"), "")),
+        "  - { name: t, from: { connector: web, topic: /in, sync: true }, to: slow, delivery: { retries: 2, delay: 10ms, timeout: 300ms }, dead_letter: { function: dlq } }",
+    ))
+    .await;
+    let started = Instant::now();
+    let res = client()
+        .post(format!("http://127.0.0.1:{port}/in"))
+        .body("x")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(started.elapsed() >= Duration::from_millis(900), "three attempts of 300ms");
+    assert_eq!(server.count("/slow"), 3);
+    let dl = &server.on("/dlq")[0];
+    assert_eq!(dl.header("ce-dlqattempts"), Some("3"));
+    assert!(dl.header("ce-dlqstatus").is_none(), "no HTTP status on a timeout");
+    assert!(dl.header("ce-dlqreason").is_some_and(|r| r.contains("timed%20out")));
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_delays_the_next_attempt() {
+    let server = FnServer::with(|_, n| {
+        if n == 0 {
+            Answer::status(503).header("retry-after", "1")
+        } else {
+            Answer::ok()
+        }
+    })
+    .await;
+    let port = free_port();
+    let fb = Fnbroker::start(&config(
+        port,
+        &http_fn("f", &server.url("/f"), ""),
+        "  - { name: t, from: { connector: web, topic: /in, sync: true }, to: f, delivery: { retries: 1, delay: 10ms, max_delay: 5s } }",
+    ))
+    .await;
+    let res = client()
+        .post(format!("http://127.0.0.1:{port}/in"))
+        .body("x")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let got = server.on("/f");
+    assert_eq!(got.len(), 2);
+    let gap = got[1].at - got[0].at;
+    assert!(gap >= Duration::from_secs(1), "waited only {gap:?}");
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_is_published_to_the_reply_destination() {
+    let server = FnServer::with(|path, _| match path {
+        "/f" => Answer::ok().body("text/plain", b"thanks"),
+        _ => Answer::ok(),
+    })
+    .await;
+    let port = free_port();
+    let fb = Fnbroker::start(&config(
+        port,
+        &(http_fn("f", &server.url("/f"), "") + &http_fn("sink", &server.url("/replies"), "")),
+        "  - { name: t, from: { connector: web, topic: /in }, to: f, reply: { function: sink } }",
+    ))
+    .await;
+    let res = client()
+        .post(format!("http://127.0.0.1:{port}/in"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "r-1")
+        .header("ce-source", "/client")
+        .header("ce-type", "com.example.ping")
+        .body("ping")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let got = server.wait_count("/replies", 1, WAIT).await;
+    let r = &got[0];
+    assert_eq!(r.header("ce-type"), Some("com.example.ping.reply"));
+    assert_eq!(r.header("ce-source"), Some("fnbroker://functions/f"));
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert_eq!(&r.body[..], b"thanks");
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_to_every_matching_trigger_and_filters_keep_the_rest_out() {
+    let server = FnServer::start().await;
+    let port = free_port();
+    let fb = Fnbroker::start(&config(
+        port,
+        &(http_fn("all", &server.url("/all"), "") + &http_fn("eu", &server.url("/eu"), "")),
+        "  - { name: every, from: { connector: web, topic: /in }, to: all }\n  - { name: eu-only, from: { connector: web, topic: /in }, filter: { all: [ { prefix: { source: /shop/ } }, { suffix: { source: /eu } }, { not: { exact: { type: test } } } ] }, to: eu }",
+    ))
+    .await;
+    let send = |id: &'static str, source: &'static str| {
+        client()
+            .post(format!("http://127.0.0.1:{port}/in"))
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-source", source)
+            .header("ce-type", "order")
+            .send()
+    };
+    assert_eq!(send("1", "/shop/us").await.expect("post").status(), StatusCode::ACCEPTED);
+    assert_eq!(send("2", "/shop/eu").await.expect("post").status(), StatusCode::ACCEPTED);
+    server.wait_count("/all", 2, WAIT).await;
+    let eu = server.wait_count("/eu", 1, WAIT).await;
+    assert_eq!(eu.len(), 1);
+    assert_eq!(eu[0].header("ce-id"), Some("2"));
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_bounds_the_calls_in_flight() {
+    let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_millis(200))).await;
+    let port = free_port();
+    let fb = Fnbroker::start(&config(
+        port,
+        &http_fn("f", &server.url("/f"), ""),
+        "  - { name: t, from: { connector: web, topic: /in }, to: f, delivery: { max_in_flight: 4 } }",
+    ))
+    .await;
+    let url = format!("http://127.0.0.1:{port}/in");
+    let c = client();
+    let posts = (0..40).map(|i| {
+        let c = c.clone();
+        let url = url.clone();
+        async move { c.post(url).body(format!("{i}")).send().await.map(|r| r.status()) }
+    });
+    for status in futures::future::join_all(posts).await {
+        assert_eq!(status.expect("post"), StatusCode::ACCEPTED);
+    }
+    server.wait_count("/f", 40, Duration::from_secs(30)).await;
+    let peak = server.peak.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(peak <= 4, "peak of {peak} calls in flight");
+    assert!(peak >= 2, "deliveries ran in parallel (peak {peak})");
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_deliveries_finish_then_exits_zero() {
+    let server = FnServer::with(|_, _| {
+        Answer::ok()
+            .body("text/plain", b"done")
+            .delay(Duration::from_millis(800))
+    })
+    .await;
+    let port = free_port();
+    let mut fb = Fnbroker::start(&config(
+        port,
+        &http_fn("f", &server.url("/f"), ""),
+        "  - { name: t, from: { connector: web, topic: /in, sync: true }, to: f }",
+    ))
+    .await;
+    let url = format!("http://127.0.0.1:{port}/in");
+    let request = tokio::spawn(async move { client().post(url).body("x").send().await });
+    server.wait_count("/f", 1, WAIT).await;
+    fb.signal("TERM");
+    let res = request.await.expect("join").expect("response");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.text().await.expect("body"), "done");
+    let status = fb.wait_exit(WAIT).await;
+    assert!(status.success(), "exit status {status}\n{}", fb.logs());
+}

@@ -192,6 +192,9 @@ impl Broker {
                 tracing::error!(error = %e, "a subscription task failed");
             }
         }
+        for connector in self.connectors.values() {
+            connector.stop().await;
+        }
         if let Some(admin) = self.admin {
             let _ = admin.await;
         }

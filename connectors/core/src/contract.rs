@@ -194,6 +194,10 @@ pub trait Connector: Send + Sync {
     fn is_ready(&self) -> bool {
         true
     }
+
+    /// Stops the connector once every subscription's pump finished: flush producers, close
+    /// connections, let listeners answer what they still hold.
+    async fn stop(&self) {}
 }
 
 /// An error of a connector.

@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::Router;
@@ -40,6 +41,7 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// The HTTP ingress connector.
 pub struct HttpIngress {
@@ -49,11 +51,15 @@ pub struct HttpIngress {
     routes: Arc<RwLock<HashMap<String, Route>>>,
     server: Mutex<Option<JoinHandle<()>>>,
     ready: Arc<AtomicBool>,
+    stopping: CancellationToken,
 }
+
+/// A message on its way to the engine, and the signal that the engine took it.
+type Handoff = (Incoming, oneshot::Sender<()>);
 
 #[derive(Clone)]
 struct Route {
-    tx: mpsc::Sender<Incoming>,
+    tx: mpsc::Sender<Handoff>,
     sync: bool,
 }
 
@@ -74,6 +80,7 @@ impl HttpIngress {
             routes: Arc::default(),
             server: Mutex::new(None),
             ready: Arc::new(AtomicBool::new(false)),
+            stopping: CancellationToken::new(),
         }
     }
 
@@ -147,8 +154,10 @@ impl Connector for HttpIngress {
         let name = self.name.clone();
         let ready = Arc::clone(&self.ready);
         ready.store(true, Ordering::Release);
+        let stopping = self.stopping.clone();
         let handle = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            let stop = async move { stopping.cancelled().await };
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
                 tracing::error!(connector = %name, error = %e, "http ingress stopped");
             }
             ready.store(false, Ordering::Release);
@@ -163,17 +172,35 @@ impl Connector for HttpIngress {
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
+
+    /// Stops accepting connections and waits (up to 5 s) for the requests in progress to get
+    /// their answers.
+    async fn stop(&self) {
+        self.stopping.cancel();
+        let handle = self.server.lock().ok().and_then(|mut s| s.take());
+        if let Some(handle) = handle {
+            if tokio::time::timeout(Duration::from_secs(5), handle).await.is_err() {
+                tracing::warn!(connector = %self.name, "http ingress did not finish its requests in time");
+            }
+        }
+    }
 }
 
 /// The events of one path.
 struct HttpSource {
-    rx: mpsc::Receiver<Incoming>,
+    rx: mpsc::Receiver<Handoff>,
 }
 
 #[async_trait]
 impl Source for HttpSource {
     async fn next(&mut self) -> Option<Incoming> {
-        self.rx.recv().await
+        loop {
+            let (incoming, taken) = self.rx.recv().await?;
+            // The request may have gone away meanwhile; its event is then not ours to deliver.
+            if taken.send(()).is_ok() {
+                return Some(incoming);
+            }
+        }
     }
 }
 
@@ -238,7 +265,10 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
             redeliveries: 0,
             ack,
         };
-        if route.tx.send(incoming).await.is_err() {
+        // Answer only once the engine took the event: an event still in the queue when
+        // fnbroker stops is refused with 503, never accepted and then lost.
+        let (taken_tx, taken_rx) = oneshot::channel();
+        if route.tx.send((incoming, taken_tx)).await.is_err() || taken_rx.await.is_err() {
             return text(StatusCode::SERVICE_UNAVAILABLE, "fnbroker is stopping");
         }
     }

@@ -1,0 +1,324 @@
+//! Helpers of the end-to-end tests: the real `fnbroker` binary with a temporary configuration, a
+//! real HTTP function server (axum) that records what it receives, free ports, and waiting on a
+//! condition with a deadline instead of sleeping.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `cond` every 20 ms until it holds, failing the test after `timeout`.
+pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `fnbroker` binary that cargo built for these tests.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_fnbroker")
+}
+
+/// A running `fnbroker run` process with its own configuration file and admin port.
+pub struct Fnbroker {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub admin: u16,
+    log: PathBuf,
+}
+
+impl Fnbroker {
+    /// Writes `yaml` plus an `admin` section on a free port, starts the binary, and waits until
+    /// `/readyz` answers 200.
+    pub async fn start(yaml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let admin = free_port();
+        let config = dir.path().join("fnbroker.yaml");
+        std::fs::write(&config, format!("{yaml}\nadmin: {{ listen: 127.0.0.1:{admin} }}\n"))
+            .expect("write config");
+        let mut me = Self::spawn_with(dir, &config, admin);
+        me.wait_ready().await;
+        me
+    }
+
+    /// Starts the binary on an existing configuration file.
+    pub fn spawn_with(dir: tempfile::TempDir, config: &Path, admin: u16) -> Self {
+        let log = dir.path().join("fnbroker.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(binary())
+            .args(["run", "-c"])
+            .arg(config)
+            .env("RUST_LOG", "info,fnbroker=debug")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start fnbroker");
+        Self {
+            child,
+            dir,
+            admin,
+            log,
+        }
+    }
+
+    pub async fn wait_ready(&mut self) {
+        let url = format!("http://127.0.0.1:{}/readyz", self.admin);
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("fnbroker exited early ({status}):\n{}", self.logs());
+            }
+            if let Ok(r) = client.get(&url).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "fnbroker not ready:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the process logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal (by name, e.g. `TERM`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit, failing after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "fnbroker did not exit:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+}
+
+impl Drop for Fnbroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One request the function server received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// How the function server answers one request.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub delay: Duration,
+}
+
+impl Answer {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn ok() -> Self {
+        Self::status(200)
+    }
+    pub fn body(mut self, content_type: &str, body: &[u8]) -> Self {
+        self.headers.push(("content-type".into(), content_type.into()));
+        self.body = body.to_vec();
+        self
+    }
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+}
+
+/// Decides the answer from the path and how many requests that path had before this one.
+pub type Behaviour = Arc<dyn Fn(&str, usize) -> Answer + Send + Sync>;
+
+#[derive(Clone)]
+struct ServerState {
+    received: Arc<Mutex<Vec<Received>>>,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    behaviour: Behaviour,
+    current: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+}
+
+/// A real HTTP function server on a free port.
+pub struct FnServer {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    pub peak: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FnServer {
+    /// A server that answers `200` with no body.
+    pub async fn start() -> Self {
+        Self::with(|_, _| Answer::ok()).await
+    }
+
+    pub async fn with(behaviour: impl Fn(&str, usize) -> Answer + Send + Sync + 'static) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = ServerState {
+            received: Arc::default(),
+            counts: Arc::default(),
+            behaviour: Arc::new(behaviour),
+            current: Arc::default(),
+            peak: Arc::default(),
+        };
+        let received = Arc::clone(&state.received);
+        let peak = Arc::clone(&state.peak);
+        let app = axum::Router::new().fallback(record).with_state(state);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            addr,
+            received,
+            peak,
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Everything received on `path`, in arrival order.
+    pub fn on(&self, path: &str) -> Vec<Received> {
+        self.received
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+
+    pub fn count(&self, path: &str) -> usize {
+        self.on(path).len()
+    }
+
+    /// Waits until `path` received at least `n` requests.
+    pub async fn wait_count(&self, path: &str, n: usize, timeout: Duration) -> Vec<Received> {
+        wait_for(&format!("{n} requests on {path}"), timeout, || self.count(path) >= n).await;
+        self.on(path)
+    }
+}
+
+impl Drop for FnServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn record(State(state): State<ServerState>, request: Request) -> Response {
+    let path = request.uri().path().to_string();
+    let headers = request.headers().clone();
+    let body = axum::body::to_bytes(request.into_body(), 64 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let now = state.current.fetch_add(1, Ordering::SeqCst) + 1;
+    state.peak.fetch_max(now, Ordering::SeqCst);
+    let n = {
+        let mut counts = state.counts.lock().expect("lock");
+        let c = counts.entry(path.clone()).or_insert(0);
+        *c += 1;
+        *c - 1
+    };
+    state.received.lock().expect("lock").push(Received {
+        path: path.clone(),
+        headers,
+        body,
+        at: Instant::now(),
+    });
+    let answer = (state.behaviour)(&path, n);
+    if !answer.delay.is_zero() {
+        tokio::time::sleep(answer.delay).await;
+    }
+    state.current.fetch_sub(1, Ordering::SeqCst);
+    let mut response = (
+        StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        answer.body,
+    )
+        .into_response();
+    for (k, v) in answer.headers {
+        if let (Ok(k), Ok(v)) = (
+            axum::http::HeaderName::try_from(k),
+            axum::http::HeaderValue::try_from(v),
+        ) {
+            response.headers_mut().insert(k, v);
+        }
+    }
+    response
+}
