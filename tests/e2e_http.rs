@@ -62,7 +62,10 @@ async fn binary_event_reaches_the_function_with_every_attribute() {
     assert_eq!(r.header("ce-subject"), Some("orders/1"));
     assert_eq!(r.header("ce-time"), Some("2018-04-05T03:56:24Z"));
     assert_eq!(r.header("ce-region"), Some("caf%C3%A9%20eu"));
-    assert_eq!(r.header("content-type"), Some("application/json; charset=utf-8"));
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
     assert_eq!(&r.body[..], br#"{"total": 42}"#);
     drop(fb);
 }
@@ -86,14 +89,20 @@ async fn structured_in_structured_out() {
     });
     let res = client()
         .post(format!("http://127.0.0.1:{port}/in"))
-        .header("content-type", "application/cloudevents+json; charset=utf-8")
+        .header(
+            "content-type",
+            "application/cloudevents+json; charset=utf-8",
+        )
         .body(event.to_string())
         .send()
         .await
         .expect("post");
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let got = server.wait_count("/f", 1, WAIT).await;
-    assert_eq!(got[0].header("content-type"), Some("application/cloudevents+json"));
+    assert_eq!(
+        got[0].header("content-type"),
+        Some("application/cloudevents+json")
+    );
     let received: Value = serde_json::from_slice(&got[0].body).expect("json");
     assert_eq!(received, event);
     drop(fb);
@@ -112,7 +121,10 @@ async fn plain_post_is_normalized_with_the_trigger_type() {
     let res = client()
         .post(format!("http://127.0.0.1:{port}/hooks/github"))
         .header("content-type", "application/json")
-        .header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
         .body(r#"{"ref":"main"}"#)
         .send()
         .await
@@ -128,7 +140,10 @@ async fn plain_post_is_normalized_with_the_trigger_type() {
         Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
     );
     assert_eq!(r.header("content-type"), Some("application/json"));
-    assert!(r.header("ce-id").is_some_and(|id| id.len() == 36), "a UUID id");
+    assert!(
+        r.header("ce-id").is_some_and(|id| id.len() == 36),
+        "a UUID id"
+    );
     assert!(r.header("ce-time").is_none());
     assert_eq!(&r.body[..], br#"{"ref":"main"}"#);
     drop(fb);
@@ -161,7 +176,10 @@ async fn a_batch_delivers_each_event_and_invalid_input_is_refused() {
     let mut ids: Vec<_> = got.iter().filter_map(|r| r.header("ce-id")).collect();
     ids.sort_unstable();
     assert_eq!(ids, vec!["b-1", "b-2"]);
-    let b2 = got.iter().find(|r| r.header("ce-id") == Some("b-2")).expect("b-2");
+    let b2 = got
+        .iter()
+        .find(|r| r.header("ce-id") == Some("b-2"))
+        .expect("b-2");
     assert_eq!(&b2.body[..], &[0u8, 1, 2]);
 
     // A batch with one invalid member is refused whole.
@@ -196,7 +214,12 @@ async fn a_batch_delivers_each_event_and_invalid_input_is_refused() {
     assert!(res.text().await.expect("text").contains("`time`"));
 
     // Over max_body (1 KiB here): 413.
-    let res = client().post(&url).body(vec![b'x'; 2048]).send().await.expect("post");
+    let res = client()
+        .post(&url)
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .expect("post");
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
     // Unknown path: 404; wrong method: 405.
     let res = client()
@@ -282,10 +305,19 @@ async fn a_function_failing_n_times_is_called_n_plus_one_times() {
     let got = server.on("/f");
     assert_eq!(got.len(), 3, "two failures and one success");
     // The same event every time: one event arrived, three attempts.
-    assert!(got.iter().all(|r| r.header("ce-id") == got[0].header("ce-id")));
+    assert!(
+        got.iter()
+            .all(|r| r.header("ce-id") == got[0].header("ce-id"))
+    );
     let metrics = fb.metrics().await;
-    assert!(metrics.contains("fnbroker_events_retried_total{trigger=\"t\",function=\"f\"} 2"), "{metrics}");
-    assert!(metrics.contains("fnbroker_events_delivered_total{trigger=\"t\",function=\"f\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("fnbroker_events_retried_total{trigger=\"t\",function=\"f\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fnbroker_events_delivered_total{trigger=\"t\",function=\"f\"} 1"),
+        "{metrics}"
+    );
     drop(fb);
 }
 
@@ -352,12 +384,21 @@ async fn a_function_that_never_answers_is_cut_at_the_timeout_and_dead_lettered()
         .await
         .expect("post");
     assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
-    assert!(started.elapsed() >= Duration::from_millis(900), "three attempts of 300ms");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "three attempts of 300ms"
+    );
     assert_eq!(server.count("/slow"), 3);
     let dl = &server.on("/dlq")[0];
     assert_eq!(dl.header("ce-dlqattempts"), Some("3"));
-    assert!(dl.header("ce-dlqstatus").is_none(), "no HTTP status on a timeout");
-    assert!(dl.header("ce-dlqreason").is_some_and(|r| r.contains("timed%20out")));
+    assert!(
+        dl.header("ce-dlqstatus").is_none(),
+        "no HTTP status on a timeout"
+    );
+    assert!(
+        dl.header("ce-dlqreason")
+            .is_some_and(|r| r.contains("timed%20out"))
+    );
     drop(fb);
 }
 
@@ -445,8 +486,14 @@ async fn fan_out_to_every_matching_trigger_and_filters_keep_the_rest_out() {
             .header("ce-type", "order")
             .send()
     };
-    assert_eq!(send("1", "/shop/us").await.expect("post").status(), StatusCode::ACCEPTED);
-    assert_eq!(send("2", "/shop/eu").await.expect("post").status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        send("1", "/shop/us").await.expect("post").status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        send("2", "/shop/eu").await.expect("post").status(),
+        StatusCode::ACCEPTED
+    );
     server.wait_count("/all", 2, WAIT).await;
     let eu = server.wait_count("/eu", 1, WAIT).await;
     assert_eq!(eu.len(), 1);
@@ -469,7 +516,13 @@ async fn max_in_flight_bounds_the_calls_in_flight() {
     let posts = (0..40).map(|i| {
         let c = c.clone();
         let url = url.clone();
-        async move { c.post(url).body(format!("{i}")).send().await.map(|r| r.status()) }
+        async move {
+            c.post(url)
+                .body(format!("{i}"))
+                .send()
+                .await
+                .map(|r| r.status())
+        }
     });
     for status in futures::future::join_all(posts).await {
         assert_eq!(status.expect("post"), StatusCode::ACCEPTED);

@@ -37,13 +37,22 @@ pub(crate) async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/v1/triggers", get(|State(s): State<Arc<AdminState>>| async move { Json(s.triggers.clone()) }))
-        .route("/v1/functions", get(|State(s): State<Arc<AdminState>>| async move { Json(s.functions.clone()) }))
+        .route(
+            "/v1/triggers",
+            get(|State(s): State<Arc<AdminState>>| async move { Json(s.triggers.clone()) }),
+        )
+        .route(
+            "/v1/functions",
+            get(|State(s): State<Arc<AdminState>>| async move { Json(s.functions.clone()) }),
+        )
         .with_state(Arc::new(state));
     tracing::info!(%listen, "admin endpoint listening");
     Ok(tokio::spawn(async move {
         let stop = async move { shutdown.cancelled().await };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
             tracing::error!(error = %e, "admin endpoint stopped");
         }
     }))
@@ -59,7 +68,10 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.metrics.encode(),
     )
         .into_response()

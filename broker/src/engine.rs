@@ -60,10 +60,7 @@ impl FunctionRuntime {
 /// Where dead letters or replies go.
 pub(crate) enum Target {
     /// A connector's topic.
-    Sink {
-        sink: Arc<dyn Sink>,
-        topic: String,
-    },
+    Sink { sink: Arc<dyn Sink>, topic: String },
     /// A function, called with the trigger's retry policy.
     Function(Arc<FunctionRuntime>),
 }
@@ -84,7 +81,7 @@ pub(crate) struct TriggerRuntime {
 /// How one trigger finished with one message.
 #[derive(Debug)]
 enum Outcome {
-    Delivered(Option<Event>),
+    Delivered(Option<Box<Event>>),
     /// Dead-lettered, or dropped by policy: final.
     Failed {
         reason: String,
@@ -122,7 +119,7 @@ impl TriggerRuntime {
                     Ok(reply) => {
                         self.stats.delivered.inc();
                         self.stats.latency.observe(started.elapsed().as_secs_f64());
-                        return Outcome::Delivered(reply);
+                        return Outcome::Delivered(reply.map(Box::new));
                     }
                     Err(e) => e,
                 },
@@ -156,10 +153,9 @@ impl TriggerRuntime {
         let reply = reply_event(original, &self.function.name, reply);
         if let Some(target) = &self.reply {
             let published = match target {
-                Target::Sink { sink, topic } => sink
-                    .publish(topic, &reply)
-                    .await
-                    .map_err(|e| e.to_string()),
+                Target::Sink { sink, topic } => {
+                    sink.publish(topic, &reply).await.map_err(|e| e.to_string())
+                }
                 Target::Function(f) => f
                     .call(&reply, f.timeout)
                     .await
@@ -167,7 +163,9 @@ impl TriggerRuntime {
                     .map_err(|e| format!("reply function `{}`: {e}", f.name)),
             };
             if let Err(reason) = published {
-                return Err(InvokeError::Connect(format!("cannot publish the reply: {reason}")));
+                return Err(InvokeError::Connect(format!(
+                    "cannot publish the reply: {reason}"
+                )));
             }
         }
         Ok(Some(reply))
@@ -299,7 +297,7 @@ pub(crate) fn dead_letter_event(
 /// type.
 pub(crate) fn reply_event(original: &Event, function: &str, reply: Reply) -> Event {
     match reply {
-        Reply::Event(e) => e,
+        Reply::Event(e) => *e,
         Reply::Raw { content_type, body } => {
             let mut e = event::normalize(
                 event::PlainMessage {
@@ -409,7 +407,11 @@ pub(crate) struct PumpConfig {
 ///
 /// With `ordered`, messages with the same key wait for the one before them; they count
 /// against `max_in_flight` while they wait, so memory stays bounded.
-pub(crate) async fn pump(mut source: Box<dyn Source>, cfg: PumpConfig, shutdown: CancellationToken) {
+pub(crate) async fn pump(
+    mut source: Box<dyn Source>,
+    cfg: PumpConfig,
+    shutdown: CancellationToken,
+) {
     let mut in_flight = FuturesUnordered::new();
     // Ordered mode: keys with a message in flight, and the messages waiting behind them.
     let mut waiting: HashMap<u64, VecDeque<Incoming>> = HashMap::new();
@@ -458,7 +460,10 @@ pub(crate) async fn pump(mut source: Box<dyn Source>, cfg: PumpConfig, shutdown:
     if pending > 0 {
         tracing::info!(subscription = %cfg.name, pending, "waiting for in-flight deliveries");
         let drain = async { while in_flight.next().await.is_some() {} };
-        if tokio::time::timeout(cfg.shutdown_timeout, drain).await.is_err() {
+        if tokio::time::timeout(cfg.shutdown_timeout, drain)
+            .await
+            .is_err()
+        {
             tracing::warn!(subscription = %cfg.name, left = in_flight.len(), "shutdown timeout reached; releasing the rest for redelivery");
         }
     }
@@ -497,7 +502,10 @@ mod tests {
             if n <= self.failures {
                 Err(self.error.clone())
             } else {
-                Ok(Success { status: 200, reply: None })
+                Ok(Success {
+                    status: 200,
+                    reply: None,
+                })
             }
         }
     }
@@ -556,7 +564,13 @@ mod tests {
             let _ = tx.send(s);
         });
         (
-            Incoming { event, origin: Origin::Plain, key, redeliveries: 0, ack },
+            Incoming {
+                event,
+                origin: Origin::Plain,
+                key,
+                redeliveries: 0,
+                ack,
+            },
             rx,
         )
     }
@@ -566,13 +580,20 @@ mod tests {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let f = function(Flaky {
             failures: 2,
-            error: InvokeError::Status { status: 503, retry_after: None, body: String::new() },
+            error: InvokeError::Status {
+                status: 503,
+                retry_after: None,
+                body: String::new(),
+            },
             calls: Arc::clone(&calls),
         });
         let t = trigger(f, 3, None);
         let (msg, mut rx) = incoming("a", 0);
         process(msg, Arc::from(vec![t.clone()]), CancellationToken::new()).await;
-        assert!(matches!(rx.recv().await, Some(Settlement::Delivered { .. })));
+        assert!(matches!(
+            rx.recv().await,
+            Some(Settlement::Delivered { .. })
+        ));
         let calls = calls.lock().expect("lock");
         assert_eq!(calls.len(), 3);
         assert_eq!(calls[1] - calls[0], Duration::from_secs(1));
@@ -584,12 +605,24 @@ mod tests {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let f = function(Flaky {
             failures: 1,
-            error: InvokeError::Status { status: 429, retry_after: Some(Duration::from_secs(7)), body: String::new() },
+            error: InvokeError::Status {
+                status: 429,
+                retry_after: Some(Duration::from_secs(7)),
+                body: String::new(),
+            },
             calls: Arc::clone(&calls),
         });
         let (msg, mut rx) = incoming("a", 0);
-        process(msg, Arc::from(vec![trigger(f, 3, None)]), CancellationToken::new()).await;
-        assert!(matches!(rx.recv().await, Some(Settlement::Delivered { .. })));
+        process(
+            msg,
+            Arc::from(vec![trigger(f, 3, None)]),
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(matches!(
+            rx.recv().await,
+            Some(Settlement::Delivered { .. })
+        ));
         let calls = calls.lock().expect("lock");
         assert_eq!(calls[1] - calls[0], Duration::from_secs(7));
     }
@@ -599,20 +632,41 @@ mod tests {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let f = function(Flaky {
             failures: usize::MAX,
-            error: InvokeError::Status { status: 400, retry_after: None, body: "bad".into() },
+            error: InvokeError::Status {
+                status: 400,
+                retry_after: None,
+                body: "bad".into(),
+            },
             calls: Arc::clone(&calls),
         });
         let letters = Arc::new(Mutex::new(Vec::new()));
-        let dead = Target::Sink { sink: Arc::new(Capture(Arc::clone(&letters))), topic: "dlq".into() };
+        let dead = Target::Sink {
+            sink: Arc::new(Capture(Arc::clone(&letters))),
+            topic: "dlq".into(),
+        };
         let (msg, mut rx) = incoming("a", 0);
-        process(msg, Arc::from(vec![trigger(f, 5, Some(dead))]), CancellationToken::new()).await;
+        process(
+            msg,
+            Arc::from(vec![trigger(f, 5, Some(dead))]),
+            CancellationToken::new(),
+        )
+        .await;
         assert!(matches!(rx.recv().await, Some(Settlement::Failed { .. })));
         assert_eq!(calls.lock().expect("lock").len(), 1);
         let letters = letters.lock().expect("lock");
         assert_eq!(letters[0].id(), "a");
-        assert_eq!(event::attribute(&letters[0], "dlqstatus").as_deref(), Some("400"));
-        assert_eq!(event::attribute(&letters[0], "dlqattempts").as_deref(), Some("1"));
-        assert_eq!(event::attribute(&letters[0], "dlqtrigger").as_deref(), Some("t"));
+        assert_eq!(
+            event::attribute(&letters[0], "dlqstatus").as_deref(),
+            Some("400")
+        );
+        assert_eq!(
+            event::attribute(&letters[0], "dlqattempts").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            event::attribute(&letters[0], "dlqtrigger").as_deref(),
+            Some("t")
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -624,13 +678,30 @@ mod tests {
             calls: Arc::clone(&calls),
         });
         let letters = Arc::new(Mutex::new(Vec::new()));
-        let dead = Target::Sink { sink: Arc::new(Capture(Arc::clone(&letters))), topic: "dlq".into() };
+        let dead = Target::Sink {
+            sink: Arc::new(Capture(Arc::clone(&letters))),
+            topic: "dlq".into(),
+        };
         let (msg, mut rx) = incoming("a", 0);
-        process(msg, Arc::from(vec![trigger(f, 2, Some(dead))]), CancellationToken::new()).await;
-        assert!(matches!(rx.recv().await, Some(Settlement::Failed { timed_out: true, .. })));
+        process(
+            msg,
+            Arc::from(vec![trigger(f, 2, Some(dead))]),
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(matches!(
+            rx.recv().await,
+            Some(Settlement::Failed {
+                timed_out: true,
+                ..
+            })
+        ));
         assert_eq!(calls.lock().expect("lock").len(), 3);
         let letters = letters.lock().expect("lock");
-        assert_eq!(event::attribute(&letters[0], "dlqattempts").as_deref(), Some("3"));
+        assert_eq!(
+            event::attribute(&letters[0], "dlqattempts").as_deref(),
+            Some("3")
+        );
         assert_eq!(event::attribute(&letters[0], "dlqstatus"), None);
     }
 
@@ -643,7 +714,11 @@ mod tests {
         });
         let shutdown = CancellationToken::new();
         let (msg, mut rx) = incoming("a", 0);
-        let task = tokio::spawn(process(msg, Arc::from(vec![trigger(f, 5, None)]), shutdown.clone()));
+        let task = tokio::spawn(process(
+            msg,
+            Arc::from(vec![trigger(f, 5, None)]),
+            shutdown.clone(),
+        ));
         tokio::time::sleep(Duration::from_millis(1500)).await;
         shutdown.cancel();
         task.await.expect("join");
@@ -681,12 +756,23 @@ mod tests {
             slow.order.lock().expect("lock").push(e.id().to_string());
             tokio::time::sleep(Duration::from_millis(200)).await;
             slow.current.fetch_sub(1, Ordering::SeqCst);
-            Ok(Success { status: 200, reply: None })
+            Ok(Success {
+                status: 200,
+                reply: None,
+            })
         }
     }
 
-    async fn run_pump(max_in_flight: usize, ordered: bool, keys: &[u64]) -> (Arc<Slow>, Vec<Settlement>) {
-        let slow = Arc::new(Slow { current: AtomicUsize::new(0), peak: AtomicUsize::new(0), order: Mutex::default() });
+    async fn run_pump(
+        max_in_flight: usize,
+        ordered: bool,
+        keys: &[u64],
+    ) -> (Arc<Slow>, Vec<Settlement>) {
+        let slow = Arc::new(Slow {
+            current: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            order: Mutex::default(),
+        });
         let f = function(SlowRef(Arc::clone(&slow)));
         let mut msgs = VecDeque::new();
         let mut rxs = Vec::new();
@@ -717,7 +803,11 @@ mod tests {
     async fn max_in_flight_bounds_concurrency() {
         let (slow, settled) = run_pump(4, false, &[0; 20]).await;
         assert_eq!(slow.peak.load(Ordering::SeqCst), 4);
-        assert!(settled.iter().all(|s| matches!(s, Settlement::Delivered { .. })));
+        assert!(
+            settled
+                .iter()
+                .all(|s| matches!(s, Settlement::Delivered { .. }))
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -726,7 +816,13 @@ mod tests {
         let (slow, _) = run_pump(16, true, &keys).await;
         assert_eq!(slow.peak.load(Ordering::SeqCst), 2);
         let order = slow.order.lock().expect("lock").clone();
-        let of = |k: &str| order.iter().filter(|id| id.starts_with(k)).cloned().collect::<Vec<_>>();
+        let of = |k: &str| {
+            order
+                .iter()
+                .filter(|id| id.starts_with(k))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
         assert_eq!(of("1-"), vec!["1-0", "1-2", "1-4", "1-6"]);
         assert_eq!(of("2-"), vec!["2-1", "2-3", "2-5", "2-7"]);
     }
@@ -737,7 +833,10 @@ mod tests {
         let reply = reply_event(
             &msg.event,
             "thermostat",
-            Reply::Raw { content_type: Some("application/json".into()), body: bytes::Bytes::from_static(b"{}") },
+            Reply::Raw {
+                content_type: Some("application/json".into()),
+                body: bytes::Bytes::from_static(b"{}"),
+            },
         );
         assert_eq!(reply.ty(), "fnbroker.http.message.reply");
         assert_eq!(reply.source(), "fnbroker://functions/thermostat");

@@ -86,7 +86,9 @@ mod tests {
         assert!(parse("prefix: { subject: sensors/ }").matches(&e));
         assert!(parse("suffix: { subject: /temperature }").matches(&e));
         assert!(parse("all: [ { prefix: { subject: sensors/ } }, { exact: { source: mqtt://iot/sensors/kitchen/temperature } } ]").matches(&e));
-        assert!(parse("any: [ { prefix: { subject: x } }, { suffix: { type: message } } ]").matches(&e));
+        assert!(
+            parse("any: [ { prefix: { subject: x } }, { suffix: { type: message } } ]").matches(&e)
+        );
         assert!(!parse("any: []").matches(&e));
         assert!(parse("not: { prefix: { subject: lights/ } }").matches(&e));
     }

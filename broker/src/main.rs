@@ -126,9 +126,7 @@ fn init_logs(format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .init(),
+        LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
 }
 

@@ -108,16 +108,56 @@ impl Metrics {
             function_in_flight: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("events_received", "Events that matched a trigger", m.received.clone());
-        registry.register("events_delivered", "Events the function accepted (2xx)", m.delivered.clone());
-        registry.register("events_retried", "Attempts that failed and were retried", m.retried.clone());
-        registry.register("events_dead_lettered", "Events published to the dead letter destination", m.dead_lettered.clone());
-        registry.register("events_dropped", "Events that failed with no dead letter destination", m.dropped.clone());
-        registry.register("events_in_flight", "Events being delivered", m.in_flight.clone());
-        registry.register("delivery_latency_seconds", "From the first attempt to the function's 2xx", m.latency.clone());
-        registry.register("function_calls", "Attempts to invoke the function", m.calls.clone());
-        registry.register("function_failures", "Attempts that failed", m.failures.clone());
-        registry.register("function_in_flight", "Calls in flight to the function", m.function_in_flight.clone());
+        registry.register(
+            "events_received",
+            "Events that matched a trigger",
+            m.received.clone(),
+        );
+        registry.register(
+            "events_delivered",
+            "Events the function accepted (2xx)",
+            m.delivered.clone(),
+        );
+        registry.register(
+            "events_retried",
+            "Attempts that failed and were retried",
+            m.retried.clone(),
+        );
+        registry.register(
+            "events_dead_lettered",
+            "Events published to the dead letter destination",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Events that failed with no dead letter destination",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "events_in_flight",
+            "Events being delivered",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "From the first attempt to the function's 2xx",
+            m.latency.clone(),
+        );
+        registry.register(
+            "function_calls",
+            "Attempts to invoke the function",
+            m.calls.clone(),
+        );
+        registry.register(
+            "function_failures",
+            "Attempts that failed",
+            m.failures.clone(),
+        );
+        registry.register(
+            "function_in_flight",
+            "Calls in flight to the function",
+            m.function_in_flight.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -170,8 +210,19 @@ mod tests {
         t.latency.observe(0.01);
         m.function("f1").calls.inc();
         let text = m.encode();
-        assert!(text.contains("fnbroker_events_received_total{trigger=\"t1\",function=\"f1\"} 1"), "{text}");
-        assert!(text.contains("fnbroker_delivery_latency_seconds_count{trigger=\"t1\",function=\"f1\"} 1"), "{text}");
-        assert!(text.contains("fnbroker_function_calls_total{function=\"f1\"} 1"), "{text}");
+        assert!(
+            text.contains("fnbroker_events_received_total{trigger=\"t1\",function=\"f1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "fnbroker_delivery_latency_seconds_count{trigger=\"t1\",function=\"f1\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("fnbroker_function_calls_total{function=\"f1\"} 1"),
+            "{text}"
+        );
     }
 }

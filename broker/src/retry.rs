@@ -58,9 +58,7 @@ impl RetryPolicy {
         }
         let ceiling = self.ceiling(retry);
         match self.backoff {
-            Backoff::Exponential if ceiling > self.delay => {
-                rng.random_range(self.delay..=ceiling)
-            }
+            Backoff::Exponential if ceiling > self.delay => rng.random_range(self.delay..=ceiling),
             _ => ceiling,
         }
     }
@@ -94,7 +92,10 @@ mod tests {
         for n in 1..=8 {
             for _ in 0..200 {
                 let d = p.delay(n, None, &mut rng);
-                assert!(d >= Duration::from_millis(100) && d <= p.ceiling(n), "{n}: {d:?}");
+                assert!(
+                    d >= Duration::from_millis(100) && d <= p.ceiling(n),
+                    "{n}: {d:?}"
+                );
             }
         }
     }
@@ -113,7 +114,13 @@ mod tests {
     fn retry_after_wins_up_to_max_delay() {
         let p = policy(Backoff::Exponential);
         let mut rng = rand::rng();
-        assert_eq!(p.delay(1, Some(Duration::from_millis(700)), &mut rng), Duration::from_millis(700));
-        assert_eq!(p.delay(1, Some(Duration::from_secs(60)), &mut rng), Duration::from_secs(1));
+        assert_eq!(
+            p.delay(1, Some(Duration::from_millis(700)), &mut rng),
+            Duration::from_millis(700)
+        );
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(60)), &mut rng),
+            Duration::from_secs(1)
+        );
     }
 }

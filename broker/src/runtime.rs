@@ -13,8 +13,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{FunctionRuntime, PumpConfig, Target, TriggerRuntime, pump};
-use crate::metrics::Metrics;
 use crate::filter::Filter;
+use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
 
 /// Creates the connector of one configuration entry. The one place that knows every kind.
@@ -26,7 +26,9 @@ fn build_connector(name: &str, cfg: &config::Connector) -> anyhow::Result<Arc<dy
                 .parse()
                 .with_context(|| format!("connector `{name}`: invalid listen address"))?;
             let max_body = usize::try_from(http.max_body.get()).unwrap_or(usize::MAX);
-            Ok(Arc::new(fnbroker_http::HttpIngress::new(name, listen, max_body)))
+            Ok(Arc::new(fnbroker_http::HttpIngress::new(
+                name, listen, max_body,
+            )))
         }
         other => bail!(
             "connector `{name}`: the {} connector is not part of this build yet",
@@ -73,7 +75,10 @@ pub(crate) struct Broker {
 
 impl Broker {
     /// Connects everything the configuration names and starts consuming.
-    pub(crate) async fn start(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
+    pub(crate) async fn start(
+        config: &Config,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
         // Only the connectors that some trigger or destination uses.
         let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();

@@ -187,7 +187,10 @@ mod tests {
             .invoke(&event(b""), Duration::from_secs(10))
             .await
             .expect_err("failure");
-        assert!(matches!(&err, InvokeError::Exit { code: Some(3), stderr } if stderr == "broken"), "{err:?}");
+        assert!(
+            matches!(&err, InvokeError::Exit { code: Some(3), stderr } if stderr == "broken"),
+            "{err:?}"
+        );
         assert!(err.is_retryable());
     }
 

@@ -61,7 +61,10 @@ impl HttpInvoker {
                 event::data_bytes(event).into_owned()
             }
             ContentMode::Structured => {
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static(event::STRUCTURED_JSON));
+                headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(event::STRUCTURED_JSON),
+                );
                 event::to_json_vec(event)
             }
         };
@@ -112,10 +115,10 @@ impl Invoker for HttpInvoker {
 fn decode_reply(headers: &HeaderMap, body: Bytes) -> Result<Option<Reply>, InvokeError> {
     match binding::mode(headers) {
         Mode::Binary => binding::decode_binary(headers, body.to_vec())
-            .map(|e| Some(Reply::Event(e)))
+            .map(|e| Some(Reply::Event(Box::new(e))))
             .map_err(|e| InvokeError::InvalidReply(e.0)),
         Mode::Structured => event::from_json_slice(&body)
-            .map(|e| Some(Reply::Event(e)))
+            .map(|e| Some(Reply::Event(Box::new(e))))
             .map_err(|e| InvokeError::InvalidReply(e.0)),
         Mode::Batch | Mode::Plain if body.is_empty() => Ok(None),
         Mode::Batch | Mode::Plain => Ok(Some(Reply::Raw {
@@ -156,9 +159,15 @@ mod tests {
     fn retry_after_seconds_and_dates() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
         assert_eq!(parse_retry_after("1", now), Some(Duration::from_secs(1)));
-        assert_eq!(parse_retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
         let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(30)));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
         let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
         assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);

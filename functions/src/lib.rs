@@ -36,7 +36,7 @@ pub struct Success {
 #[derive(Debug, Clone)]
 pub enum Reply {
     /// The function answered with a CloudEvent (binary or structured mode): taken as it is.
-    Event(Event),
+    Event(Box<Event>),
     /// Any other body, with its content type; the broker wraps it into an event.
     Raw {
         /// The answer's content type, if it named one.

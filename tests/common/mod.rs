@@ -28,7 +28,10 @@ pub fn free_port() -> u16 {
 pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -53,8 +56,11 @@ impl Fnbroker {
         let dir = tempfile::tempdir().expect("tempdir");
         let admin = free_port();
         let config = dir.path().join("fnbroker.yaml");
-        std::fs::write(&config, format!("{yaml}\nadmin: {{ listen: 127.0.0.1:{admin} }}\n"))
-            .expect("write config");
+        std::fs::write(
+            &config,
+            format!("{yaml}\nadmin: {{ listen: 127.0.0.1:{admin} }}\n"),
+        )
+        .expect("write config");
         let mut me = Self::spawn_with(dir, &config, admin);
         me.wait_ready().await;
         me
@@ -88,12 +94,16 @@ impl Fnbroker {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("fnbroker exited early ({status}):\n{}", self.logs());
             }
-            if let Ok(r) = client.get(&url).send().await {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = client.get(&url).send().await
+                && r.status() == 200
+            {
+                return;
             }
-            assert!(Instant::now() < deadline, "fnbroker not ready:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "fnbroker not ready:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -124,7 +134,11 @@ impl Fnbroker {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "fnbroker did not exit:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "fnbroker did not exit:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -184,7 +198,8 @@ impl Answer {
         Self::status(200)
     }
     pub fn body(mut self, content_type: &str, body: &[u8]) -> Self {
-        self.headers.push(("content-type".into(), content_type.into()));
+        self.headers
+            .push(("content-type".into(), content_type.into()));
         self.body = body.to_vec();
         self
     }
@@ -271,7 +286,10 @@ impl FnServer {
 
     /// Waits until `path` received at least `n` requests.
     pub async fn wait_count(&self, path: &str, n: usize, timeout: Duration) -> Vec<Received> {
-        wait_for(&format!("{n} requests on {path}"), timeout, || self.count(path) >= n).await;
+        wait_for(&format!("{n} requests on {path}"), timeout, || {
+            self.count(path) >= n
+        })
+        .await;
         self.on(path)
     }
 }

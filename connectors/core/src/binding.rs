@@ -105,11 +105,13 @@ pub mod http {
             let Some(attr) = strip_prefix_ci(name.as_str(), "ce-") else {
                 continue;
             };
-            let raw = value.to_str().map_err(|_| {
-                InvalidEvent(format!("header `{name}` is not visible ASCII"))
-            })?;
+            let raw = value
+                .to_str()
+                .map_err(|_| InvalidEvent(format!("header `{name}` is not visible ASCII")))?;
             let decoded = http_decode_value(raw).map_err(|_| {
-                InvalidEvent(format!("header `{name}` is not UTF-8 after percent-decoding"))
+                InvalidEvent(format!(
+                    "header `{name}` is not UTF-8 after percent-decoding"
+                ))
             })?;
             attributes.push((attr, Cow::Owned(decoded.into_owned())));
         }
@@ -126,10 +128,10 @@ pub mod http {
                 headers.insert(h, v);
             }
         }
-        if let Some(ct) = event::AttributesReader::datacontenttype(event) {
-            if let Ok(v) = HeaderValue::try_from(ct) {
-                headers.insert(CONTENT_TYPE, v);
-            }
+        if let Some(v) = event::AttributesReader::datacontenttype(event)
+            .and_then(|ct| HeaderValue::try_from(ct).ok())
+        {
+            headers.insert(CONTENT_TYPE, v);
         }
     }
 

@@ -40,7 +40,7 @@ pub enum Settlement {
     /// that answer their caller (the HTTP ingress in sync mode).
     Delivered {
         /// The function's reply, as an event.
-        reply: Option<Event>,
+        reply: Option<Box<Event>>,
     },
     /// The delivery failed for good and the message was dead-lettered or dropped by policy. The
     /// broker must not redeliver it.
@@ -180,7 +180,10 @@ pub trait Connector: Send + Sync {
     fn kind(&self) -> &'static str;
 
     /// Opens a subscription. Called for every subscription before [`Connector::start`].
-    async fn subscribe(&self, subscription: &Subscription) -> Result<Box<dyn Source>, ConnectorError>;
+    async fn subscribe(
+        &self,
+        subscription: &Subscription,
+    ) -> Result<Box<dyn Source>, ConnectorError>;
 
     /// A sink that publishes through this connector.
     async fn sink(&self) -> Result<Arc<dyn Sink>, ConnectorError>;

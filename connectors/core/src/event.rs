@@ -60,9 +60,8 @@ pub fn is_valid_media_type(ct: &str) -> bool {
     };
     let token = |s: &str| {
         !s.is_empty()
-            && s.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-            })
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
     };
     token(ty) && token(sub)
 }
@@ -121,7 +120,9 @@ pub fn batch_from_json_slice(bytes: &[u8]) -> Result<Vec<Event>, InvalidEvent> {
 /// Validates and converts a JSON array into a batch of events.
 pub fn batch_from_json_value(value: Value) -> Result<Vec<Event>, InvalidEvent> {
     let Value::Array(items) = value else {
-        return Err(InvalidEvent::new("a CloudEvents batch must be a JSON array"));
+        return Err(InvalidEvent::new(
+            "a CloudEvents batch must be a JSON array",
+        ));
     };
     items
         .into_iter()
@@ -148,7 +149,11 @@ pub fn from_json_value(value: Value) -> Result<Event, InvalidEvent> {
             )));
         }
         Some(_) => return Err(InvalidEvent::new("`specversion` must be a string")),
-        None => return Err(InvalidEvent::new("missing required attribute `specversion`")),
+        None => {
+            return Err(InvalidEvent::new(
+                "missing required attribute `specversion`",
+            ));
+        }
     }
     let id = take_required_string(&mut map, "id")?;
     let source = take_required_string(&mut map, "source")?;
@@ -156,17 +161,19 @@ pub fn from_json_value(value: Value) -> Result<Event, InvalidEvent> {
 
     let mut builder = EventBuilderV10::new().id(id).source(source).ty(ty);
     let datacontenttype = take_optional_string(&mut map, "datacontenttype")?;
-    if let Some(ct) = &datacontenttype {
-        if !is_valid_media_type(ct) {
-            return Err(InvalidEvent::new(format!(
-                "`datacontenttype` is not an RFC 2046 media type: `{ct}`"
-            )));
-        }
+    if let Some(ct) = datacontenttype
+        .as_ref()
+        .filter(|ct| !is_valid_media_type(ct))
+    {
+        return Err(InvalidEvent::new(format!(
+            "`datacontenttype` is not an RFC 2046 media type: `{ct}`"
+        )));
     }
     let dataschema = take_optional_string(&mut map, "dataschema")?
         .map(|s| {
-            url::Url::parse(&s)
-                .map_err(|_| InvalidEvent::new(format!("`dataschema` is not an absolute URI: `{s}`")))
+            url::Url::parse(&s).map_err(|_| {
+                InvalidEvent::new(format!("`dataschema` is not an absolute URI: `{s}`"))
+            })
         })
         .transpose()?;
     if let Some(subject) = take_optional_string(&mut map, "subject")? {
@@ -202,11 +209,8 @@ pub fn from_json_value(value: Value) -> Result<Event, InvalidEvent> {
     let mut event = builder
         .build()
         .map_err(|e| InvalidEvent::new(e.to_string()))?;
-    match data {
-        Some(data) => {
-            event.set_data_unchecked(data);
-        }
-        None => {}
+    if let Some(data) = data {
+        event.set_data_unchecked(data);
     }
     event.set_datacontenttype(datacontenttype);
     event.set_dataschema(dataschema);
@@ -250,11 +254,13 @@ fn take_optional_string(
 ) -> Result<Option<String>, InvalidEvent> {
     match map.remove(name) {
         None => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => {
-            Err(InvalidEvent::new(format!("attribute `{name}` must not be empty")))
-        }
+        Some(Value::String(s)) if s.is_empty() => Err(InvalidEvent::new(format!(
+            "attribute `{name}` must not be empty"
+        ))),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(InvalidEvent::new(format!("attribute `{name}` must be a string"))),
+        Some(_) => Err(InvalidEvent::new(format!(
+            "attribute `{name}` must be a string"
+        ))),
     }
 }
 
@@ -304,12 +310,23 @@ pub fn attribute<'a>(event: &'a Event, name: &str) -> Option<Cow<'a, str>> {
 /// message carries in its headers. `datacontenttype` is left out: bindings carry it as the
 /// protocol's own content type.
 pub fn binary_attributes(event: &Event) -> impl Iterator<Item = (&str, Cow<'_, str>)> {
-    ["specversion", "id", "source", "type", "subject", "dataschema", "time"]
-        .into_iter()
-        .filter_map(move |n| attribute(event, n).map(|v| (n, v)))
-        .chain(event.iter_extensions().map(|(n, _)| n).filter_map(move |n| {
-            attribute(event, n).map(|v| (n, v))
-        }))
+    [
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "subject",
+        "dataschema",
+        "time",
+    ]
+    .into_iter()
+    .filter_map(move |n| attribute(event, n).map(|v| (n, v)))
+    .chain(
+        event
+            .iter_extensions()
+            .map(|(n, _)| n)
+            .filter_map(move |n| attribute(event, n).map(|v| (n, v))),
+    )
 }
 
 /// Formats a timestamp as RFC 3339 in UTC with a `Z`, the form every binding writes.
@@ -337,7 +354,9 @@ pub fn from_binary<'a>(
     let mut extensions: Vec<(String, String)> = Vec::new();
     for (name, value) in attributes {
         if value.is_empty() {
-            return Err(InvalidEvent::new(format!("attribute `{name}` must not be empty")));
+            return Err(InvalidEvent::new(format!(
+                "attribute `{name}` must not be empty"
+            )));
         }
         let slot = match name.as_ref() {
             "specversion" => &mut specversion,
@@ -371,7 +390,11 @@ pub fn from_binary<'a>(
                 "unsupported `specversion` `{v}` (only 1.0)"
             )));
         }
-        None => return Err(InvalidEvent::new("missing required attribute `specversion`")),
+        None => {
+            return Err(InvalidEvent::new(
+                "missing required attribute `specversion`",
+            ));
+        }
     }
     let missing = |n: &str| InvalidEvent::new(format!("missing required attribute `{n}`"));
     let mut builder = EventBuilderV10::new()
@@ -388,8 +411,9 @@ pub fn from_binary<'a>(
         .build()
         .map_err(|e| InvalidEvent::new(e.to_string()))?;
     if let Some(s) = dataschema {
-        let url = url::Url::parse(&s)
-            .map_err(|_| InvalidEvent::new(format!("`dataschema` is not an absolute URI: `{s}`")))?;
+        let url = url::Url::parse(&s).map_err(|_| {
+            InvalidEvent::new(format!("`dataschema` is not an absolute URI: `{s}`"))
+        })?;
         event.set_dataschema(Some(url));
     }
     if let Some(ct) = content_type {
@@ -436,9 +460,7 @@ pub struct PlainMessage<'a> {
 pub fn normalize(msg: PlainMessage<'_>, data: Vec<u8>) -> Event {
     let topic = msg.topic.trim_start_matches('/');
     let mut builder = EventBuilderV10::new()
-        .id(msg
-            .id
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()))
+        .id(msg.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()))
         .source(format!("{}://{}/{}", msg.kind, msg.connector, topic))
         .ty(format!("fnbroker.{}.message", msg.kind));
     if !msg.topic.is_empty() {
@@ -448,10 +470,7 @@ pub fn normalize(msg: PlainMessage<'_>, data: Vec<u8>) -> Event {
         builder = builder.time(t);
     }
     // The builder only fails on a missing id, source or type, and all three are set above.
-    let mut event = match builder.build() {
-        Ok(e) => e,
-        Err(_) => Event::default(),
-    };
+    let mut event = builder.build().unwrap_or_default();
     if let Some(ct) = msg.content_type.filter(|ct| is_valid_media_type(ct)) {
         event.set_datacontenttype(Some(ct));
     }
@@ -555,6 +574,8 @@ mod tests {
         assert!(!is_valid_media_type("xyz"));
         assert!(!is_valid_media_type(""));
         assert!(is_json_content_type("application/cloudevents+json"));
-        assert!(is_structured_content_type("Application/CloudEvents+JSON; charset=utf-8"));
+        assert!(is_structured_content_type(
+            "Application/CloudEvents+JSON; charset=utf-8"
+        ));
     }
 }

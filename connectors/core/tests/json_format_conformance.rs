@@ -32,7 +32,11 @@ fn valid_events_parse() {
         let id = t["id"].as_str().unwrap_or("?");
         let e = event::from_json_value(t["event"].clone())
             .unwrap_or_else(|err| panic!("{id}: rejected a valid event: {err}"));
-        assert_eq!(e.id(), t["event"]["id"].as_str().unwrap_or_default(), "{id}");
+        assert_eq!(
+            e.id(),
+            t["event"]["id"].as_str().unwrap_or_default(),
+            "{id}"
+        );
         // And it survives a round trip through the JSON format.
         let again = event::from_json_slice(&event::to_json_vec(&e))
             .unwrap_or_else(|err| panic!("{id}: round trip failed: {err}"));
@@ -59,7 +63,11 @@ fn valid_batches_parse() {
         let id = t["id"].as_str().unwrap_or("?");
         let batch = event::batch_from_json_value(t["batch"].clone())
             .unwrap_or_else(|err| panic!("{id}: rejected a valid batch: {err}"));
-        assert_eq!(batch.len(), t["batch"].as_array().map_or(0, Vec::len), "{id}");
+        assert_eq!(
+            batch.len(),
+            t["batch"].as_array().map_or(0, Vec::len),
+            "{id}"
+        );
         let again = event::batch_from_json_slice(&event::batch_to_json_vec(&batch))
             .unwrap_or_else(|err| panic!("{id}: round trip failed: {err}"));
         assert_eq!(again, batch, "{id}");

@@ -94,10 +94,10 @@ impl HttpIngress {
 
 impl Drop for HttpIngress {
     fn drop(&mut self) {
-        if let Ok(mut server) = self.server.lock() {
-            if let Some(handle) = server.take() {
-                handle.abort();
-            }
+        if let Ok(mut server) = self.server.lock()
+            && let Some(handle) = server.take()
+        {
+            handle.abort();
         }
     }
 }
@@ -157,7 +157,10 @@ impl Connector for HttpIngress {
         let stopping = self.stopping.clone();
         let handle = tokio::spawn(async move {
             let stop = async move { stopping.cancelled().await };
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
                 tracing::error!(connector = %name, error = %e, "http ingress stopped");
             }
             ready.store(false, Ordering::Release);
@@ -178,10 +181,12 @@ impl Connector for HttpIngress {
     async fn stop(&self) {
         self.stopping.cancel();
         let handle = self.server.lock().ok().and_then(|mut s| s.take());
-        if let Some(handle) = handle {
-            if tokio::time::timeout(Duration::from_secs(5), handle).await.is_err() {
-                tracing::warn!(connector = %self.name, "http ingress did not finish its requests in time");
-            }
+        if let Some(handle) = handle
+            && tokio::time::timeout(Duration::from_secs(5), handle)
+                .await
+                .is_err()
+        {
+            tracing::warn!(connector = %self.name, "http ingress did not finish its requests in time");
         }
     }
 }
@@ -217,7 +222,10 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
         Err(_) => None,
     };
     let Some(route) = route else {
-        return text(StatusCode::NOT_FOUND, format!("no trigger listens on `{path}`"));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no trigger listens on `{path}`"),
+        );
     };
     if request.method() != Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use POST");
@@ -323,7 +331,7 @@ fn sync_response(outcomes: Vec<Settlement>) -> Response {
     let mut replies = Vec::new();
     for outcome in outcomes {
         match outcome {
-            Settlement::Delivered { reply } => replies.extend(reply),
+            Settlement::Delivered { reply } => replies.extend(reply.map(|r| *r)),
             Settlement::Failed { reason, timed_out } => {
                 let status = if timed_out {
                     StatusCode::GATEWAY_TIMEOUT

@@ -10,9 +10,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
-use super::{
-    Config, ConfDuration, Connector, Destination, Filter, Function, Loc, Trigger,
-};
+use super::{ConfDuration, Config, Connector, Destination, Filter, Function, Loc, Trigger};
 use crate::event::is_valid_attribute_name;
 
 /// One configuration error, at a place in the file.
@@ -90,9 +88,7 @@ pub fn load_str(
     let config = match parse_collecting_ignored(&text, &mut ignored) {
         Ok(c) => Some(c),
         Err(e) => {
-            let (line, column) = e
-                .location()
-                .map_or((0, 0), |l| (l.line(), l.column()));
+            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
             errors.push(line, column, yaml_message(&e));
             None
         }
@@ -210,9 +206,9 @@ fn substitute_env(
             out.push_str(&rest[..i]);
             col += rest[..i].chars().count() as u64;
             let after = &rest[i..];
-            if after.starts_with("$${") {
+            if let Some(tail) = after.strip_prefix("$${") {
                 out.push_str("${");
-                rest = &after[3..];
+                rest = tail;
                 col += 3;
                 continue;
             }
@@ -223,7 +219,11 @@ fn substitute_env(
                 continue;
             }
             let Some(end) = after.find('}') else {
-                errors.push(lineno as u64 + 1, col, "unclosed `${` (write `$${` for a literal)");
+                errors.push(
+                    lineno as u64 + 1,
+                    col,
+                    "unclosed `${` (write `$${` for a literal)",
+                );
                 out.push_str(after);
                 rest = "";
                 break;
@@ -409,7 +409,11 @@ fn validate(config: &Config, errors: &mut Errors<'_>) {
 fn validate_connector(name: &str, connector: &Connector, errors: &mut Errors<'_>) {
     match connector {
         Connector::Http(http) => {
-            address(&http.listen, &format!("connectors.{name}.http.listen"), errors);
+            address(
+                &http.listen,
+                &format!("connectors.{name}.http.listen"),
+                errors,
+            );
             if !http.max_body.is_valid() || http.max_body.get() == 0 {
                 errors.at(
                     http.max_body.text(),
@@ -422,17 +426,25 @@ fn validate_connector(name: &str, connector: &Connector, errors: &mut Errors<'_>
         }
         Connector::Kafka(k) => {
             if k.brokers.is_empty() {
-                errors.push(0, 0, format!("connector `{name}`: `brokers` must list at least one broker"));
+                errors.push(
+                    0,
+                    0,
+                    format!("connector `{name}`: `brokers` must list at least one broker"),
+                );
             }
         }
         Connector::Nats(n) => url(&n.url, &["nats", "tls", "ws", "wss"], name, errors),
         Connector::Amqp(a) => url(&a.url, &["amqp", "amqps"], name, errors),
         Connector::Mqtt(m) => {
             url(&m.url, &["mqtt", "mqtts", "tcp", "ssl"], name, errors);
-            if let Some(v) = &m.version {
-                if !matches!(**v, 3 | 5) {
-                    errors.at(v, format!("connector `{name}`: MQTT `version` must be 3 or 5, not {}", **v));
-                }
+            if let Some(v) = m.version.as_ref().filter(|v| !matches!(***v, 3 | 5)) {
+                errors.at(
+                    v,
+                    format!(
+                        "connector `{name}`: MQTT `version` must be 3 or 5, not {}",
+                        **v
+                    ),
+                );
             }
         }
     }
@@ -443,7 +455,10 @@ fn validate_function(name: &str, function: &Function, errors: &mut Errors<'_>) {
         (Some(http), None) => url(&http.url, &["http", "https"], name, errors),
         (None, Some(exec)) => {
             if exec.command.is_empty() || exec.command[0].is_empty() {
-                errors.at(&exec.command, format!("function `{name}`: `exec.command` must name a program"));
+                errors.at(
+                    &exec.command,
+                    format!("function `{name}`: `exec.command` must name a program"),
+                );
             }
         }
         (Some(http), Some(_)) => errors.at(
@@ -459,7 +474,10 @@ fn validate_function(name: &str, function: &Function, errors: &mut Errors<'_>) {
         duration(t, &format!("functions.{name}.timeout"), errors);
     }
     if *function.concurrency == 0 {
-        errors.at(&function.concurrency, format!("function `{name}`: `concurrency` must be at least 1"));
+        errors.at(
+            &function.concurrency,
+            format!("function `{name}`: `concurrency` must be at least 1"),
+        );
     }
 }
 
@@ -474,16 +492,21 @@ fn validate_trigger(
     match config.connectors.get(from.connector.as_str()) {
         None => errors.at(
             &from.connector,
-            format!("unknown connector `{}` in trigger `{tname}`", *from.connector),
+            format!(
+                "unknown connector `{}` in trigger `{tname}`",
+                *from.connector
+            ),
         ),
         Some(connector) => {
             let kind = connector.kind();
             match (kind, &from.topic) {
-                ("amqp", _) => {
-                    if from.queue.is_none() {
-                        errors.at(&from.connector, format!("trigger `{tname}`: an amqp source needs a `queue`"));
-                    }
+                ("amqp", _) if from.queue.is_none() => {
+                    errors.at(
+                        &from.connector,
+                        format!("trigger `{tname}`: an amqp source needs a `queue`"),
+                    );
                 }
+                ("amqp", _) => {}
                 (_, None) => errors.at(
                     &from.connector,
                     format!("trigger `{tname}`: `from` needs a `topic`"),
@@ -504,13 +527,17 @@ fn validate_trigger(
                         }
                     }
                 }
-                (_, Some(topic)) if topic.is_empty() => {
-                    errors.at(topic, format!("trigger `{tname}`: `topic` must not be empty"))
-                }
+                (_, Some(topic)) if topic.is_empty() => errors.at(
+                    topic,
+                    format!("trigger `{tname}`: `topic` must not be empty"),
+                ),
                 _ => {}
             }
             if from.sync && kind != "http" {
-                errors.at(&from.connector, format!("trigger `{tname}`: `sync` applies to http sources only"));
+                errors.at(
+                    &from.connector,
+                    format!("trigger `{tname}`: `sync` applies to http sources only"),
+                );
             }
         }
     }
@@ -524,8 +551,16 @@ fn validate_trigger(
         validate_filter(filter, tname, &trigger.name, errors);
     }
     let d = &trigger.delivery;
-    duration(&d.delay, &format!("trigger `{tname}` delivery.delay"), errors);
-    duration(&d.max_delay, &format!("trigger `{tname}` delivery.max_delay"), errors);
+    duration(
+        &d.delay,
+        &format!("trigger `{tname}` delivery.delay"),
+        errors,
+    );
+    duration(
+        &d.max_delay,
+        &format!("trigger `{tname}` delivery.max_delay"),
+        errors,
+    );
     if let Some(t) = &d.timeout {
         duration(t, &format!("trigger `{tname}` delivery.timeout"), errors);
     }
@@ -536,7 +571,10 @@ fn validate_trigger(
         );
     }
     if *d.max_in_flight == 0 {
-        errors.at(&d.max_in_flight, format!("trigger `{tname}`: `max_in_flight` must be at least 1"));
+        errors.at(
+            &d.max_in_flight,
+            format!("trigger `{tname}`: `max_in_flight` must be at least 1"),
+        );
     }
     if let Some(dl) = &trigger.dead_letter {
         validate_destination(config, dl, tname, "dead_letter", errors);
@@ -612,14 +650,23 @@ fn duration(d: &ConfDuration, what: &str, errors: &mut Errors<'_>) {
     if !d.is_valid() {
         errors.at(
             d.text(),
-            format!("{what}: `{}` is not a duration (write `250ms`, `5s`, `1m`)", **d.text()),
+            format!(
+                "{what}: `{}` is not a duration (write `250ms`, `5s`, `1m`)",
+                **d.text()
+            ),
         );
     }
 }
 
 fn address(a: &Loc<String>, what: &str, errors: &mut Errors<'_>) {
     if a.parse::<SocketAddr>().is_err() {
-        errors.at(a, format!("{what}: `{}` is not an address `host:port` (e.g. `127.0.0.1:8080`)", **a));
+        errors.at(
+            a,
+            format!(
+                "{what}: `{}` is not an address `host:port` (e.g. `127.0.0.1:8080`)",
+                **a
+            ),
+        );
     }
 }
 
@@ -644,7 +691,9 @@ mod tests {
     use super::*;
 
     fn load(text: &str) -> Result<Config, ConfigErrors> {
-        load_str("t.yaml", text, |n| (n == "SET").then(|| "value".to_string()))
+        load_str("t.yaml", text, |n| {
+            (n == "SET").then(|| "value".to_string())
+        })
     }
 
     fn messages(text: &str) -> Vec<String> {
@@ -674,11 +723,17 @@ triggers:
 
     #[test]
     fn unknown_keys_are_all_reported_with_places() {
-        let text = GOOD.replace("to: f\n", "to: f\n    colour: blue\n    delivery: { retriez: 3 }\n");
+        let text = GOOD.replace(
+            "to: f\n",
+            "to: f\n    colour: blue\n    delivery: { retriez: 3 }\n",
+        );
         let m = messages(&text);
         assert_eq!(m.len(), 2, "{m:?}");
         assert_eq!(m[0], "t.yaml:9:5: unknown key `colour` in `triggers.0`");
-        assert!(m[1].starts_with("t.yaml:10:17: unknown key `retriez`"), "{m:?}");
+        assert!(
+            m[1].starts_with("t.yaml:10:17: unknown key `retriez`"),
+            "{m:?}"
+        );
     }
 
     #[test]
@@ -698,14 +753,20 @@ triggers:
         assert_eq!(m.len(), 3, "{m:?}");
         assert!(m[0].contains(":7:24: unknown connector `webb`"), "{m:?}");
         assert!(m[1].contains(":8:9: unknown function `g`"), "{m:?}");
-        assert!(m[2].contains(":9:24: ") && m[2].contains("`soon` is not a duration"), "{m:?}");
+        assert!(
+            m[2].contains(":9:24: ") && m[2].contains("`soon` is not a duration"),
+            "{m:?}"
+        );
     }
 
     #[test]
     fn env_vars_are_substituted_and_unset_ones_reported() {
         let text = GOOD.replace("/orders", "/${SET}/${UNSET}/${MISSING:-x}");
         let m = messages(&text);
-        assert_eq!(m, vec!["t.yaml:7:44: environment variable `UNSET` is not set".to_string()]);
+        assert_eq!(
+            m,
+            vec!["t.yaml:7:44: environment variable `UNSET` is not set".to_string()]
+        );
         let ok = load(&GOOD.replace("/orders", "\"/${SET}/$${LIT}\"")).expect("valid");
         assert_eq!(ok.triggers[0].from.topic(), "/value/${LIT}");
     }
@@ -733,6 +794,9 @@ triggers:
         let text = GOOD.replace("to: f", "to: f\n    filter: { sql: \"type = 'x'\" }");
         let m = messages(&text);
         assert_eq!(m.len(), 1, "{m:?}");
-        assert!(m[0].contains("`sql` filter dialect is not supported yet"), "{m:?}");
+        assert!(
+            m[0].contains("`sql` filter dialect is not supported yet"),
+            "{m:?}"
+        );
     }
 }

@@ -203,9 +203,7 @@ impl ByteSize {
 
     fn parse(s: &str) -> Option<u64> {
         let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(s.len());
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
         let num: u64 = num.parse().ok()?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {

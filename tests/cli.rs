@@ -1,0 +1,251 @@
+//! End-to-end: the command line. `validate` on broken configurations (every error as
+//! `FILE:LINE:COL: message`, exit 2), `schema` against the example configurations, `--version`,
+//! and the README's quickstart answered as the README shows.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{Fnbroker, free_port};
+use serde_json::Value;
+
+fn fnbroker(args: &[&str]) -> Output {
+    Command::new(common::binary())
+        .args(args)
+        .env_remove("FNBROKER_CONFIG")
+        .output()
+        .expect("run fnbroker")
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+const GOOD: &str = "\
+connectors:
+  web: { http: { listen: 127.0.0.1:8080 } }
+functions:
+  f: { http: { url: http://127.0.0.1:9000/f }, timeout: 5s }
+triggers:
+  - name: t
+    from: { connector: web, topic: /orders }
+    to: f
+";
+
+/// Writes `text` to a file and runs `fnbroker validate` on it: (exit code, stderr, file path).
+fn validate(text: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("broken.yaml");
+    std::fs::write(&path, text).expect("write");
+    let out = Command::new(common::binary())
+        .args(["validate", "-c"])
+        .arg(&path)
+        .env_remove("FNBROKER_UNSET_FOR_TEST")
+        .output()
+        .expect("run");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        path.display().to_string(),
+    )
+}
+
+#[test]
+fn validate_accepts_a_good_config() {
+    let (code, stderr, _) = validate(GOOD);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn validate_reports_an_unknown_key_with_its_place() {
+    let (code, stderr, file) =
+        validate(&GOOD.replace("    to: f\n", "    to: f\n    retries: 3\n"));
+    assert_eq!(code, 2);
+    assert_eq!(
+        stderr.trim(),
+        format!("{file}:9:5: unknown key `retries` in `triggers.0`")
+    );
+}
+
+#[test]
+fn validate_reports_a_missing_function() {
+    let (code, stderr, file) = validate(&GOOD.replace("    to: f\n", "    to: nope\n"));
+    assert_eq!(code, 2);
+    assert_eq!(
+        stderr.trim(),
+        format!("{file}:8:9: unknown function `nope` in trigger `t`")
+    );
+}
+
+#[test]
+fn validate_reports_a_bad_duration() {
+    let (code, stderr, file) = validate(&GOOD.replace("timeout: 5s", "timeout: 5 parsecs"));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.trim().starts_with(&format!(
+            "{file}:4:57: functions.f.timeout: `5 parsecs` is not a duration"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn validate_reports_an_unset_environment_variable() {
+    let (code, stderr, file) = validate(&GOOD.replace("/orders", "/${FNBROKER_UNSET_FOR_TEST}"));
+    assert_eq!(code, 2);
+    assert_eq!(
+        stderr.trim(),
+        format!("{file}:7:37: environment variable `FNBROKER_UNSET_FOR_TEST` is not set")
+    );
+}
+
+#[test]
+fn validate_reports_invalid_yaml() {
+    let (code, stderr, file) =
+        validate("connectors:\n  web: { http: { listen: 127.0.0.1:8080 }\nfunctions: {}\n");
+    assert_eq!(code, 2);
+    let line = stderr.trim();
+    assert!(line.starts_with(&format!("{file}:")), "{line}");
+    let mut parts = line[file.len() + 1..].splitn(3, ':');
+    let l: u32 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("line number");
+    let c: u32 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("column number");
+    assert!(l >= 2 && c >= 1, "{line}");
+}
+
+#[test]
+fn validate_reports_every_error_at_once() {
+    let text = GOOD
+        .replace("    to: f\n", "    to: nope\n    colour: blue\n")
+        .replace("timeout: 5s", "timeout: soon")
+        .replace("connector: web", "connector: webb");
+    let (code, stderr, file) = validate(&text);
+    assert_eq!(code, 2);
+    let lines: Vec<&str> = stderr.trim().lines().collect();
+    assert_eq!(lines.len(), 4, "{stderr}");
+    assert!(
+        lines.iter().all(|l| l.starts_with(&format!("{file}:"))),
+        "{stderr}"
+    );
+    assert!(
+        lines[0].contains(":4:57:") && lines[0].contains("`soon`"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains(":7:24: unknown connector `webb`"),
+        "{stderr}"
+    );
+    assert!(
+        lines[2].contains(":8:9: unknown function `nope`"),
+        "{stderr}"
+    );
+    assert!(lines[3].contains(":9:5: unknown key `colour`"), "{stderr}");
+}
+
+#[test]
+fn validate_rejects_the_sql_dialect_until_it_lands() {
+    let (code, stderr, _) = validate(&GOOD.replace(
+        "    to: f\n",
+        "    to: f\n    filter: { sql: \"type = 'x'\" }\n",
+    ));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains(":9:20: trigger `t`: the `sql` filter dialect is not supported yet"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn version_and_schema() {
+    let out = fnbroker(&["--version"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("fnbroker "));
+
+    let out = fnbroker(&["schema"]);
+    assert!(out.status.success());
+    let schema: Value = serde_json::from_slice(&out.stdout).expect("schema is JSON");
+    assert_eq!(schema["title"], "fnbroker configuration");
+}
+
+/// Every example configuration validates, and matches the JSON Schema `fnbroker schema` prints.
+#[test]
+fn example_configs_match_the_schema() {
+    let out = fnbroker(&["schema"]);
+    let schema: Value = serde_json::from_slice(&out.stdout).expect("schema");
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(repo().join("config")).expect("config/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        seen += 1;
+        let text = std::fs::read_to_string(&path).expect("read");
+        let doc: Value = serde_saphyr::from_str(&text).expect("YAML");
+        let errors: Vec<String> = validator
+            .iter_errors(&doc)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
+        let out = fnbroker(&["validate", "-c", &path.display().to_string()]);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(seen >= 1, "no example configuration in config/");
+
+    // And the schema rejects what validation rejects structurally.
+    let bad: Value = serde_json::json!({ "triggers": [ { "name": "t", "from": { "connector": "web" }, "to": "f", "colour": "blue" } ] });
+    assert!(!validator.is_valid(&bad));
+}
+
+/// The README's first command and its curl: the quickstart on a free port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_answers_the_readme_curl() {
+    let port = free_port();
+    let admin = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = std::fs::read_to_string(repo().join("config/quickstart.yaml"))
+        .expect("quickstart")
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"));
+    let config: &Path = &dir.path().join("quickstart.yaml");
+    std::fs::write(
+        config,
+        format!("{text}\nadmin: {{ listen: 127.0.0.1:{admin} }}\n"),
+    )
+    .expect("write");
+    let config = config.to_path_buf();
+    let mut fb = Fnbroker::spawn_with(dir, &config, admin);
+    fb.wait_ready().await;
+
+    let res = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/hello"))
+        .header("content-type", "application/json")
+        .body(r#"{"name":"Ada"}"#)
+        .send()
+        .await
+        .expect("curl");
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["ce-type"], "com.example.greeting.reply");
+    assert_eq!(res.headers()["ce-source"], "fnbroker://functions/hello");
+    assert_eq!(res.headers()["content-type"], "application/json");
+    let body: Value =
+        serde_json::from_slice(&res.bytes().await.expect("body")).expect("JSON reply");
+    assert_eq!(
+        body,
+        serde_json::json!({"greeting": "hello from fnbroker", "event": "com.example.greeting", "data": {"name": "Ada"}})
+    );
+    fb.signal("INT");
+    let status = fb.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "{}", fb.logs());
+}
