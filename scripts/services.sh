@@ -56,18 +56,21 @@ ensure_rabbitmq() {
   ensure "RabbitMQ" 5672 120 rabbitmq-server -detached
 }
 
+# tansu keeps its data in memory (the `dynostore` feature, which its default build leaves out), so
+# it is installed with that feature into a folder of its own, outside the clone and reused.
+TANSU_ROOT="${FNBROKER_TANSU_ROOT:-$HOME/.cache/fnbroker/tansu}"
+
 ensure_tansu() {
   if up 9092; then return 0; fi
-  local bin
-  bin=$(command -v tansu || true)
-  [ -n "$bin" ] || bin="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+  local bin="$TANSU_ROOT/bin/tansu"
   if [ ! -x "$bin" ]; then
-    log "installing tansu 0.6.0 from crates.io (a long first build; cached afterwards)"
-    cargo install tansu --version 0.6.0 --locked >&2
+    log "installing tansu 0.6.0 (with in-memory storage) from crates.io: a long first build, cached afterwards"
+    cargo install --root "$TANSU_ROOT" tansu --version 0.6.0 --locked --features dynostore >&2
   fi
   log "starting tansu (Kafka API) on 127.0.0.1:9092"
   nohup "$bin" broker --listener-url tcp://127.0.0.1:9092 \
-    --advertised-listener-url tcp://127.0.0.1:9092 >/tmp/fnbroker-tansu.log 2>&1 &
+    --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/ \
+    >/tmp/fnbroker-tansu.log 2>&1 &
   wait_for "tansu" 9092 60
 }
 
