@@ -30,6 +30,10 @@ fn build_connector(name: &str, cfg: &config::Connector) -> anyhow::Result<Arc<dy
                 name, listen, max_body,
             )))
         }
+        config::Connector::Kafka(kafka) => Ok(Arc::new(fnbroker_kafka::KafkaConnector::new(
+            name,
+            kafka.clone(),
+        ))),
         other => bail!(
             "connector `{name}`: the {} connector is not part of this build yet",
             other.kind()

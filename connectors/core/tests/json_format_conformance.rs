@@ -1,27 +1,15 @@
 //! The JSON event format conformance data of the CloudEvents project: every valid event and batch
 //! parses, every invalid one is rejected. A missing file fails the test.
 
-use std::path::PathBuf;
-
 use fnbroker_core::event::{self, AttributesReader};
 use serde_json::Value;
 
-fn conformance_dir() -> PathBuf {
-    std::env::var_os("FNBROKER_CONFORMANCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance")
-        })
-}
-
 fn cases(file: &str) -> Vec<Value> {
-    let path = conformance_dir().join(file);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("conformance file {} is missing: {e}", path.display()));
+    let text = fnbroker_testkit::read_conformance_file(file);
     let doc: Value = serde_json::from_str(text.trim_start_matches('\u{feff}'))
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
     let tests = doc["tests"].as_array().cloned().unwrap_or_default();
-    assert!(!tests.is_empty(), "{} has no tests", path.display());
+    assert!(!tests.is_empty(), "{file} has no tests");
     tests
 }
 

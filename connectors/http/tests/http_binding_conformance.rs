@@ -3,7 +3,6 @@
 //! the event the ingress hands to the engine must have the attributes and data the scenario
 //! names. A missing feature file fails the test.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use fnbroker_core::config::TriggerSource;
@@ -11,101 +10,6 @@ use fnbroker_core::event::{self, Event};
 use fnbroker_core::{Connector, Subscription};
 use fnbroker_http::HttpIngress;
 use serde_json::Value;
-
-fn feature_file() -> PathBuf {
-    std::env::var_os("FNBROKER_CONFORMANCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance")
-        })
-        .join("http-protocol-binding.feature")
-}
-
-/// One scenario outline of the feature file.
-#[derive(Debug, Default)]
-struct Scenario {
-    name: String,
-    request: String,
-    attributes: Vec<(String, String)>,
-    data: Option<String>,
-    examples: Vec<Vec<(String, String)>>,
-}
-
-fn table_row(line: &str) -> Vec<String> {
-    line.trim()
-        .trim_matches('|')
-        .split('|')
-        .map(|c| c.trim().to_string())
-        .collect()
-}
-
-/// A small reader for the Gherkin these files use: scenario outlines with one request doc
-/// string, an attribute table, a data doc string and an examples table.
-fn parse_feature(text: &str) -> Vec<Scenario> {
-    let lines: Vec<&str> = text.lines().collect();
-    let mut scenarios = Vec::new();
-    let mut i = 0;
-    let mut current: Option<Scenario> = None;
-    let doc_string = |i: &mut usize| -> String {
-        // `lines[*i]` is the opening `"""`; its indentation is removed from every line.
-        let indent = lines[*i].len() - lines[*i].trim_start().len();
-        *i += 1;
-        let mut out = Vec::new();
-        while *i < lines.len() && lines[*i].trim() != "\"\"\"" {
-            out.push(lines[*i].get(indent..).unwrap_or("").to_string());
-            *i += 1;
-        }
-        out.join("\n")
-    };
-    while i < lines.len() {
-        let line = lines[i].trim();
-        if let Some(name) = line
-            .strip_prefix("Scenario Outline:")
-            .or_else(|| line.strip_prefix("Scenario:"))
-        {
-            scenarios.extend(current.take());
-            current = Some(Scenario {
-                name: name.trim().to_string(),
-                ..Default::default()
-            });
-        } else if let Some(s) = current.as_mut() {
-            if line.starts_with("Given an HTTP request") {
-                i += 1;
-                s.request = doc_string(&mut i);
-            } else if line.starts_with("Then the attributes are") {
-                i += 2; // skip the header row
-                while i < lines.len() && lines[i].trim().starts_with('|') {
-                    let row = table_row(lines[i]);
-                    s.attributes.push((row[0].clone(), row[1].clone()));
-                    i += 1;
-                }
-                continue;
-            } else if line.starts_with("And the data is equal to the following JSON") {
-                i += 1;
-                s.data = Some(doc_string(&mut i));
-            } else if line.starts_with("Examples:") {
-                i += 1;
-                let header = table_row(lines[i]);
-                i += 1;
-                while i < lines.len() && lines[i].trim().starts_with('|') {
-                    let row = table_row(lines[i]);
-                    s.examples.push(header.iter().cloned().zip(row).collect());
-                    i += 1;
-                }
-                continue;
-            }
-        }
-        i += 1;
-    }
-    scenarios.extend(current);
-    scenarios
-}
-
-fn substitute(text: &str, example: &[(String, String)]) -> String {
-    example.iter().fold(text.to_string(), |t, (k, v)| {
-        t.replace(&format!("<{k}>"), v)
-    })
-}
 
 /// Sends a raw request text (request line, headers, blank line, body) to the ingress.
 async fn send(port: u16, raw: &str) -> reqwest::StatusCode {
@@ -152,11 +56,13 @@ fn check(scenario: &str, event: &Event, attributes: &[(String, String)], data: O
 
 #[tokio::test]
 async fn http_protocol_binding_scenarios() {
-    let path = feature_file();
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("conformance file {} is missing: {e}", path.display()));
-    let scenarios = parse_feature(&text);
-    assert!(!scenarios.is_empty(), "no scenario in {}", path.display());
+    let scenarios = fnbroker_testkit::cases(&fnbroker_testkit::read_conformance_file(
+        "http-protocol-binding.feature",
+    ));
+    assert!(
+        !scenarios.is_empty(),
+        "no scenario in http-protocol-binding.feature"
+    );
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -175,34 +81,22 @@ async fn http_protocol_binding_scenarios() {
     ingress.start().await.expect("start");
 
     let mut cases = 0;
-    for s in &scenarios {
-        let examples = if s.examples.is_empty() {
-            vec![Vec::new()]
-        } else {
-            s.examples.clone()
-        };
-        for example in &examples {
-            let name = substitute(&s.name, example);
-            let request = substitute(&s.request, example);
-            let attributes: Vec<(String, String)> = s
-                .attributes
-                .iter()
-                .map(|(k, v)| (k.clone(), substitute(v, example)))
-                .collect();
-            let sending = tokio::spawn(async move { send(port, &request).await });
-            let incoming = tokio::time::timeout(Duration::from_secs(10), source.next())
-                .await
-                .unwrap_or_else(|_| panic!("{name}: no event reached the source"))
-                .expect("source open");
-            check(&name, &incoming.event, &attributes, s.data.as_deref());
-            drop(incoming);
-            assert_eq!(
-                sending.await.expect("join"),
-                reqwest::StatusCode::ACCEPTED,
-                "{name}"
-            );
-            cases += 1;
-        }
+    for s in scenarios {
+        let name = s.name.clone();
+        let request = s.message.clone();
+        let sending = tokio::spawn(async move { send(port, &request).await });
+        let incoming = tokio::time::timeout(Duration::from_secs(10), source.next())
+            .await
+            .unwrap_or_else(|_| panic!("{name}: no event reached the source"))
+            .expect("source open");
+        check(&name, &incoming.event, &s.attributes, s.data.as_deref());
+        drop(incoming);
+        assert_eq!(
+            sending.await.expect("join"),
+            reqwest::StatusCode::ACCEPTED,
+            "{name}"
+        );
+        cases += 1;
     }
     println!("{cases} HTTP binding scenario cases passed");
     assert!(cases >= 4);

@@ -425,6 +425,11 @@ fn validate_connector(name: &str, connector: &Connector, errors: &mut Errors<'_>
             }
         }
         Connector::Kafka(k) => {
+            duration(
+                &k.commit_interval,
+                &format!("connectors.{name}.kafka.commit_interval"),
+                errors,
+            );
             if k.brokers.is_empty() {
                 errors.push(
                     0,

@@ -104,9 +104,19 @@ pub struct KafkaConnector {
     /// The default consumer group of this connector's triggers.
     #[serde(default)]
     pub group: Option<String>,
-    /// librdkafka settings passed through as they are (security settings included).
+    /// How often the offsets of finished messages are committed (also on every rebalance and at
+    /// shutdown). Default `1s`.
+    #[serde(default = "default_commit_interval")]
+    pub commit_interval: ConfDuration,
+    /// librdkafka settings passed through as they are, to the consumers and the producer
+    /// (security settings included). They win over fnbroker's defaults, e.g.
+    /// `auto.offset.reset: latest` (the default for a new group is `earliest`).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+}
+
+fn default_commit_interval() -> ConfDuration {
+    ConfDuration::from_secs(1)
 }
 
 /// A NATS connection.

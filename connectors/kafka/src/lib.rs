@@ -1,0 +1,207 @@
+//! The Kafka connector.
+//!
+//! **Source.** One consumer-group member per subscription (`from: { connector, topic, group }`;
+//! `topic` may list several topics separated by commas, or be a regular expression starting with
+//! `^`). Auto-commit is off: offsets are committed per partition only up to the lowest unfinished
+//! message (see `offsets`), every `commit_interval`, synchronously when partitions are revoked,
+//! and at shutdown. The ordering key is the partition, so `ordered: true` delivers each partition
+//! strictly in order while partitions proceed in parallel. A new group starts at the `earliest`
+//! offset unless `options` say `auto.offset.reset: latest`.
+//!
+//! **Binding.** Binary (`ce_` headers) and structured (`application/cloudevents+json`) modes are
+//! read; plain records are normalized with the stable id `topic-partition-offset`.
+//!
+//! **Sink.** An idempotent producer (`enable.idempotence`, `acks=all`) writing binary mode, the
+//! `partitionkey` extension as the key; `publish` resolves on the broker's delivery report.
+//!
+//! **Resilience.** librdkafka reconnects by itself; a topic that does not exist yet is reported
+//! at `warn` and picked up once created (metadata is refreshed every 10 s).
+#![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
+#![warn(missing_docs)]
+
+pub mod binding;
+mod offsets;
+mod source;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fnbroker_core::config::KafkaConnector as KafkaConfig;
+use fnbroker_core::{Connector, ConnectorError, Event, Sink, Source, Subscription};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::OnceCell;
+
+use crate::offsets::Tracker;
+use crate::source::{Context, KafkaSource};
+
+/// The Kafka connector of one configuration entry.
+pub struct KafkaConnector {
+    name: String,
+    config: KafkaConfig,
+    producer: OnceCell<Arc<KafkaSink>>,
+    ready: Arc<AtomicBool>,
+    subscribed: AtomicBool,
+}
+
+impl KafkaConnector {
+    /// A connector named `name`; nothing connects before a subscription or a sink is asked for.
+    pub fn new(name: impl Into<String>, config: KafkaConfig) -> Self {
+        Self {
+            name: name.into(),
+            config,
+            producer: OnceCell::new(),
+            ready: Arc::new(AtomicBool::new(false)),
+            subscribed: AtomicBool::new(false),
+        }
+    }
+
+    fn error(&self, message: impl Into<String>) -> ConnectorError {
+        ConnectorError::Io {
+            connector: self.name.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// fnbroker's defaults, then the user's `options`, which win.
+    fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", self.config.brokers.join(","))
+            .set("client.id", format!("fnbroker-{}", self.name));
+        for (k, v) in defaults {
+            cfg.set(*k, *v);
+        }
+        for (k, v) in &self.config.options {
+            cfg.set(k, v);
+        }
+        cfg
+    }
+}
+
+#[async_trait]
+impl Connector for KafkaConnector {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
+        let group = sub
+            .from
+            .group
+            .clone()
+            .or_else(|| self.config.group.clone())
+            .unwrap_or_else(|| "fnbroker".to_string());
+        let topics: Vec<String> = sub
+            .from
+            .topic()
+            .split(',')
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect();
+        if topics.is_empty() {
+            return Err(self.error("a kafka trigger needs a `topic`"));
+        }
+        let tracker = Arc::new(Mutex::new(Tracker::default()));
+        let context = Context {
+            connector: self.name.clone(),
+            tracker: Arc::clone(&tracker),
+            ready: Arc::clone(&self.ready),
+        };
+        let mut cfg = self.client_config(&[
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("enable.partition.eof", "false"),
+            ("topic.metadata.refresh.interval.ms", "10000"),
+            // Bound what librdkafka prefetches, so a backlog costs no memory.
+            ("queued.max.messages.kbytes", "16384"),
+            ("queued.min.messages", "10000"),
+        ]);
+        cfg.set("group.id", &group);
+        let consumer: StreamConsumer<Context> = cfg
+            .create_with_context(context)
+            .map_err(|e| self.error(format!("cannot create the consumer: {e}")))?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|e| self.error(format!("cannot subscribe to {}: {e}", names.join(", "))))?;
+        self.subscribed.store(true, Ordering::Release);
+        tracing::info!(connector = %self.name, topics = %names.join(","), %group, "kafka consumer subscribed");
+        Ok(Box::new(KafkaSource::start(
+            self.name.clone(),
+            consumer,
+            tracker,
+            sub.max_in_flight.min(1024),
+            self.config.commit_interval.get(),
+        )))
+    }
+
+    async fn sink(&self) -> Result<Arc<dyn Sink>, ConnectorError> {
+        let sink = self
+            .producer
+            .get_or_try_init(|| async {
+                let producer: FutureProducer = self
+                    .client_config(&[
+                        ("enable.idempotence", "true"),
+                        ("acks", "all"),
+                        ("linger.ms", "5"),
+                        ("message.timeout.ms", "30000"),
+                    ])
+                    .create()
+                    .map_err(|e| self.error(format!("cannot create the producer: {e}")))?;
+                Ok::<_, ConnectorError>(Arc::new(KafkaSink {
+                    connector: self.name.clone(),
+                    producer,
+                }))
+            })
+            .await?;
+        Ok(Arc::clone(sink) as Arc<dyn Sink>)
+    }
+
+    /// Ready once a consumer got its partitions (or a message), and not after the client lost
+    /// every broker; a connector used only as a sink is ready.
+    fn is_ready(&self) -> bool {
+        !self.subscribed.load(Ordering::Acquire) || self.ready.load(Ordering::Acquire)
+    }
+
+    async fn stop(&self) {
+        if let Some(sink) = self.producer.get() {
+            let producer = sink.producer.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10))
+            })
+            .await;
+        }
+    }
+}
+
+/// Publishes events in binary mode and waits for the delivery report.
+struct KafkaSink {
+    connector: String,
+    producer: FutureProducer,
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    async fn publish(&self, topic: &str, event: &Event) -> Result<(), ConnectorError> {
+        let encoded = binding::encode(event);
+        let mut record = FutureRecord::to(topic)
+            .payload(&encoded.payload)
+            .headers(encoded.headers);
+        if let Some(key) = &encoded.key {
+            record = record.key(key);
+        }
+        self.producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| ConnectorError::Io {
+                connector: self.connector.clone(),
+                message: format!("cannot publish to `{topic}`: {e}"),
+            })
+    }
+}
