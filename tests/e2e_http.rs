@@ -559,3 +559,34 @@ async fn sigterm_lets_in_flight_deliveries_finish_then_exits_zero() {
     let status = fb.wait_exit(WAIT).await;
     assert!(status.success(), "exit status {status}\n{}", fb.logs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_concurrency_caps_calls_across_triggers() {
+    let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_millis(100))).await;
+    let port = free_port();
+    let fb = Fnbroker::start(&config(
+        port,
+        &format!("  f: {{ http: {{ url: \"{}\" }}, concurrency: 2 }}\n", server.url("/f")),
+        "  - { name: a, from: { connector: web, topic: /a }, to: f, delivery: { max_in_flight: 16 } }\n  - { name: b, from: { connector: web, topic: /b }, to: f, delivery: { max_in_flight: 16 } }",
+    ))
+    .await;
+    let c = client();
+    let posts = (0..30).map(|i| {
+        let c = c.clone();
+        let url = format!(
+            "http://127.0.0.1:{port}/{}",
+            if i % 2 == 0 { "a" } else { "b" }
+        );
+        async move { c.post(url).body("x").send().await.map(|r| r.status()) }
+    });
+    for status in futures::future::join_all(posts).await {
+        assert_eq!(status.expect("post"), StatusCode::ACCEPTED);
+    }
+    server.wait_count("/f", 30, Duration::from_secs(30)).await;
+    let peak = server.peak.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        peak, 2,
+        "the function's concurrency (2) holds across both triggers"
+    );
+    drop(fb);
+}

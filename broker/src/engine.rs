@@ -706,6 +706,83 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn invalid_messages_are_dead_lettered_with_their_bytes_and_reason() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let f = function(Flaky {
+            failures: 0,
+            error: InvokeError::Connect(String::new()),
+            calls: Arc::clone(&calls),
+        });
+        let letters = Arc::new(Mutex::new(Vec::new()));
+        let dead = Target::Sink {
+            sink: Arc::new(Capture(Arc::clone(&letters))),
+            topic: "dlq".into(),
+        };
+        let (mut msg, mut rx) = incoming("raw-1", 0);
+        msg.origin = Origin::Invalid("missing required attribute `id`".into());
+        process(
+            msg,
+            Arc::from(vec![trigger(f, 3, Some(dead))]),
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(matches!(rx.recv().await, Some(Settlement::Failed { .. })));
+        assert!(
+            calls.lock().expect("lock").is_empty(),
+            "the function is not called"
+        );
+        let letters = letters.lock().expect("lock");
+        assert_eq!(&*event::data_bytes(&letters[0]), b"x");
+        assert_eq!(
+            event::attribute(&letters[0], "dlqreason").as_deref(),
+            Some("missing required attribute `id`")
+        );
+        assert_eq!(
+            event::attribute(&letters[0], "dlqattempts").as_deref(),
+            Some("0")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_letter_that_cannot_be_published_releases_the_message() {
+        struct Broken;
+        #[async_trait]
+        impl Sink for Broken {
+            async fn publish(
+                &self,
+                _: &str,
+                _: &Event,
+            ) -> Result<(), fnbroker_core::ConnectorError> {
+                Err(fnbroker_core::ConnectorError::Io {
+                    connector: "k".into(),
+                    message: "down".into(),
+                })
+            }
+        }
+        let f = function(Flaky {
+            failures: usize::MAX,
+            error: InvokeError::Status {
+                status: 500,
+                retry_after: None,
+                body: String::new(),
+            },
+            calls: Arc::default(),
+        });
+        let dead = Target::Sink {
+            sink: Arc::new(Broken),
+            topic: "dlq".into(),
+        };
+        let (msg, mut rx) = incoming("a", 0);
+        process(
+            msg,
+            Arc::from(vec![trigger(f, 1, Some(dead))]),
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(matches!(rx.recv().await, Some(Settlement::Released)));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn shutdown_during_backoff_releases() {
         let f = function(Flaky {
             failures: usize::MAX,

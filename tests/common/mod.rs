@@ -3,6 +3,8 @@
 //! condition with a deadline instead of sleeping.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod kafka;
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -34,6 +36,19 @@ pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> b
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The resident set size of a process in KiB (`VmRSS` of /proc/PID/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// The `fnbroker` binary that cargo built for these tests.

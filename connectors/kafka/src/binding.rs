@@ -69,10 +69,10 @@ pub fn decode(connector: &str, record: &Record<'_>) -> (Event, Origin) {
     };
     match result {
         Ok(mut e) => {
-            if e.extension("partitionkey").is_none() {
-                if let Some(key) = record.key {
-                    e.set_extension("partitionkey", String::from_utf8_lossy(key).into_owned());
-                }
+            if e.extension("partitionkey").is_none()
+                && let Some(key) = record.key
+            {
+                e.set_extension("partitionkey", String::from_utf8_lossy(key).into_owned());
             }
             (e, Origin::CloudEvent)
         }

@@ -87,11 +87,11 @@ impl Tracker {
             if only.is_some_and(|o| !o.contains(key)) {
                 continue;
             }
-            if let Some(c) = state.committable {
-                if state.committed != Some(c) {
-                    state.committed = Some(c);
-                    out.push((key.clone(), c));
-                }
+            if let Some(c) = state.committable
+                && state.committed != Some(c)
+            {
+                state.committed = Some(c);
+                out.push((key.clone(), c));
             }
         }
         out
@@ -100,10 +100,10 @@ impl Tracker {
     /// Marks commits that failed as not done, so the next commit sends them again.
     pub(crate) fn failed(&mut self, commits: &[(Partition, i64)]) {
         for (key, offset) in commits {
-            if let Some(state) = self.parts.get_mut(key) {
-                if state.committed == Some(*offset) {
-                    state.committed = None;
-                }
+            if let Some(state) = self.parts.get_mut(key)
+                && state.committed == Some(*offset)
+            {
+                state.committed = None;
             }
         }
     }

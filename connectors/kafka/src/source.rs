@@ -65,10 +65,10 @@ impl ConsumerContext for Context {
             Err(_) => Vec::new(),
         };
         tracing::info!(connector = %self.connector, partitions = revoked.len(), "partitions revoked");
-        if let Some(tpl) = to_list(&commits) {
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                tracing::warn!(connector = %self.connector, error = %e, "commit on revoke failed; those messages will be redelivered");
-            }
+        if let Some(tpl) = to_list(&commits)
+            && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
+        {
+            tracing::warn!(connector = %self.connector, error = %e, "commit on revoke failed; those messages will be redelivered");
         }
     }
 

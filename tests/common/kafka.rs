@@ -1,0 +1,177 @@
+//! Kafka helpers of the end-to-end tests: topics with random names, a producer, and a reader of
+//! what fnbroker published. They talk to tansu on 127.0.0.1:9092 and fail loudly without it.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+pub const BROKERS: &str = "127.0.0.1:9092";
+
+/// The connector entry tests use: short session timeouts, since a group's first join on tansu
+/// takes about half of it.
+pub fn connector(name: &str, extra: &str) -> String {
+    format!(
+        "  {name}: {{ kafka: {{ brokers: [\"{BROKERS}\"]{extra}, options: {{ session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\" }} }} }}\n"
+    )
+}
+
+/// A name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Creates a topic with `partitions` partitions; panics if the broker is not there.
+pub async fn create_topic(name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .create()
+        .expect("admin client");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let result = admin
+        .create_topics([&topic], &opts)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create topic {name} (is tansu running on {BROKERS}? scripts/services.sh starts it): {e}"));
+    for r in result {
+        r.unwrap_or_else(|(t, e)| panic!("cannot create topic {t}: {e}"));
+    }
+}
+
+pub fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("producer")
+}
+
+/// One record to produce.
+pub struct Out<'a> {
+    pub key: Option<&'a str>,
+    pub partition: Option<i32>,
+    pub headers: Vec<(&'a str, &'a str)>,
+    pub payload: &'a [u8],
+}
+
+pub async fn produce(producer: &FutureProducer, topic: &str, out: Out<'_>) {
+    let mut headers = OwnedHeaders::new();
+    for (k, v) in &out.headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    let mut record = FutureRecord::to(topic)
+        .payload(out.payload)
+        .headers(headers);
+    if let Some(k) = out.key {
+        record = record.key(k);
+    }
+    if let Some(p) = out.partition {
+        record = record.partition(p);
+    }
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+}
+
+/// Produces `n` plain records `0..n` (payload = the number) as fast as the producer takes them.
+pub async fn produce_many(producer: &FutureProducer, topic: &str, n: usize, size: usize) {
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for i in 0..n {
+        let mut payload = format!("{i}").into_bytes();
+        payload.resize(size.max(payload.len()), b' ');
+        let producer = producer.clone();
+        let topic = topic.to_string();
+        pending.push(async move {
+            producer
+                .send(
+                    FutureRecord::<(), _>::to(&topic).payload(&payload),
+                    Duration::from_secs(60),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+        });
+        if pending.len() >= 2000 {
+            use futures::StreamExt;
+            if let Some(r) = pending.next().await {
+                r.expect("produce");
+            }
+        }
+    }
+    use futures::StreamExt;
+    while let Some(r) = pending.next().await {
+        r.expect("produce");
+    }
+}
+
+/// A record read back: headers, key, payload.
+#[derive(Debug, Clone)]
+pub struct In {
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<(String, String)>,
+    pub payload: Vec<u8>,
+}
+
+impl In {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads `n` records from the start of `topic` with a fresh group.
+pub async fn consume(topic: &str, n: usize, timeout: Duration) -> Vec<In> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "read {} of {n} records from {topic}",
+            out.len()
+        );
+        match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Ok(m)) => out.push(In {
+                key: m.key().map(<[u8]>::to_vec),
+                headers: m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                payload: m.payload().unwrap_or_default().to_vec(),
+            }),
+            Ok(Err(e)) => panic!("consume {topic}: {e}"),
+            Err(_) => panic!("read {} of {n} records from {topic}", out.len()),
+        }
+    }
+    out
+}

@@ -1,0 +1,472 @@
+//! End-to-end: the real `fnbroker` binary consuming a real Kafka-API broker (tansu on
+//! 127.0.0.1:9092, started by scripts/services.sh) and calling a real HTTP function server. Every
+//! test uses topics and groups with random names.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::kafka::{self, Out};
+use common::{Answer, FnServer, Fnbroker, free_port, rss_kib, wait_for};
+use fnbroker_core::event::{self, AttributesReader};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn config(connector_extra: &str, functions: &str, triggers: &str) -> String {
+    format!(
+        "connectors:\n{}functions:\n{functions}triggers:\n{triggers}\n",
+        kafka::connector("k", connector_extra)
+    )
+}
+
+fn http_fn(name: &str, url: &str) -> String {
+    format!("  {name}: {{ http: {{ url: \"{url}\" }}, timeout: 5s }}\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_structured_and_plain_records_reach_the_function() {
+    let topic = kafka::unique("modes");
+    kafka::create_topic(&topic, 1).await;
+    let server = FnServer::start().await;
+    let fb = Fnbroker::start(&config(
+        "",
+        &http_fn("f", &server.url("/f")),
+        &format!("  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, event: {{ type: com.example.reading }}, to: f }}\n", kafka::unique("g")),
+    ))
+    .await;
+    let p = kafka::producer();
+    kafka::produce(
+        &p,
+        &topic,
+        Out {
+            key: Some("k1"),
+            partition: None,
+            headers: vec![
+                ("ce_specversion", "1.0"),
+                ("ce_id", "bin-1"),
+                ("ce_source", "/sensors"),
+                ("ce_type", "com.example.binary"),
+                ("ce_time", "2018-04-05T03:56:24Z"),
+                ("content-type", "application/json"),
+            ],
+            payload: br#"{"mode":"binary"}"#,
+        },
+    )
+    .await;
+    kafka::produce(&p, &topic, Out {
+        key: None,
+        partition: None,
+        headers: vec![("content-type", "application/cloudevents+json; charset=utf-8")],
+        payload: br#"{"specversion":"1.0","id":"st-1","source":"/sensors","type":"com.example.structured","datacontenttype":"application/json","data":{"mode":"structured"}}"#,
+    })
+    .await;
+    kafka::produce(
+        &p,
+        &topic,
+        Out {
+            key: Some("room-7"),
+            partition: None,
+            headers: vec![("content-type", "application/json")],
+            payload: br#"{"mode":"plain"}"#,
+        },
+    )
+    .await;
+
+    let got = server.wait_count("/f", 3, WAIT).await;
+    let by_mode: HashMap<String, &common::Received> = got
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json data");
+            (v["mode"].as_str().unwrap_or_default().to_string(), r)
+        })
+        .collect();
+    let b = by_mode["binary"];
+    assert_eq!(b.header("ce-id"), Some("bin-1"));
+    assert_eq!(b.header("ce-type"), Some("com.example.binary"));
+    assert_eq!(b.header("ce-time"), Some("2018-04-05T03:56:24Z"));
+    assert_eq!(b.header("ce-partitionkey"), Some("k1"));
+    assert_eq!(b.header("content-type"), Some("application/json"));
+    let s = by_mode["structured"];
+    assert_eq!(s.header("ce-id"), Some("st-1"));
+    assert_eq!(s.header("ce-type"), Some("com.example.structured"));
+    let pl = by_mode["plain"];
+    assert_eq!(pl.header("ce-id"), Some(format!("{topic}-0-2").as_str()));
+    assert_eq!(
+        pl.header("ce-source"),
+        Some(format!("kafka://k/{topic}").as_str())
+    );
+    assert_eq!(pl.header("ce-type"), Some("com.example.reading"));
+    assert_eq!(pl.header("ce-subject"), Some(topic.as_str()));
+    assert_eq!(pl.header("ce-partitionkey"), Some("room-7"));
+    assert!(pl.header("ce-time").is_some(), "the record timestamp");
+    drop(fb);
+}
+
+/// Checks that, per partition, the offsets in the ids arrive increasing.
+fn assert_partition_order(ids: &[String]) -> usize {
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for id in ids {
+        let (prefix, offset) = id.rsplit_once('-').expect("topic-partition-offset");
+        let offset: i64 = offset.parse().expect("offset");
+        if let Some(prev) = last.insert(prefix.to_string(), offset) {
+            assert!(offset > prev, "{id} arrived after offset {prev}");
+        }
+    }
+    last.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_delivery_keeps_offset_order_per_partition() {
+    let one = kafka::unique("ordered1");
+    let three = kafka::unique("ordered3");
+    kafka::create_topic(&one, 1).await;
+    kafka::create_topic(&three, 3).await;
+    let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_millis(1))).await;
+    let fb = Fnbroker::start(&config(
+        "",
+        &(http_fn("one", &server.url("/one")) + &http_fn("three", &server.url("/three"))),
+        &format!(
+            "  - {{ name: a, from: {{ connector: k, topic: {one}, group: {g} }}, to: one, delivery: {{ ordered: true, max_in_flight: 64 }} }}\n  - {{ name: b, from: {{ connector: k, topic: {three}, group: {g} }}, to: three, delivery: {{ ordered: true, max_in_flight: 64 }} }}\n",
+            g = kafka::unique("g")
+        ),
+    ))
+    .await;
+    let p = kafka::producer();
+    for i in 0..1000 {
+        let payload = format!("{i}");
+        kafka::produce(
+            &p,
+            &one,
+            Out {
+                key: Some("same-key"),
+                partition: None,
+                headers: vec![],
+                payload: payload.as_bytes(),
+            },
+        )
+        .await;
+    }
+    for i in 0..600 {
+        let payload = format!("{i}");
+        kafka::produce(
+            &p,
+            &three,
+            Out {
+                key: None,
+                partition: Some(i % 3),
+                headers: vec![],
+                payload: payload.as_bytes(),
+            },
+        )
+        .await;
+    }
+    let got = server.wait_count("/one", 1000, WAIT).await;
+    let payloads: Vec<String> = got
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    let expected: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+    assert_eq!(payloads, expected, "one partition, one key: offset order");
+
+    let got = server.wait_count("/three", 600, WAIT).await;
+    let ids: Vec<String> = got
+        .iter()
+        .filter_map(|r| r.header("ce-id").map(str::to_string))
+        .collect();
+    assert_eq!(assert_partition_order(&ids), 3);
+    drop(fb);
+}
+
+/// kill -9 in the middle of 20,000 records, start again with the same group: every record
+/// reaches the function at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_in_the_middle_loses_nothing() {
+    const N: usize = 20_000;
+    let topic = kafka::unique("kill");
+    kafka::create_topic(&topic, 2).await;
+    let server = FnServer::start().await;
+    let cfg = config(
+        "",
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f, delivery: {{ max_in_flight: 128 }} }}\n",
+            kafka::unique("g")
+        ),
+    );
+    kafka::produce_many(&kafka::producer(), &topic, N, 16).await;
+    let fb = Fnbroker::start(&cfg).await;
+    let kill_at = 1000 + rand::random_range(0..(N / 2));
+    server.wait_count("/f", kill_at, WAIT).await;
+    fb.signal("KILL");
+    drop(fb);
+    let before = server.count("/f");
+
+    let fb = Fnbroker::start(&cfg).await;
+    let ids = || -> HashSet<String> {
+        server
+            .on("/f")
+            .iter()
+            .filter_map(|r| r.header("ce-id").map(str::to_string))
+            .collect()
+    };
+    wait_for(
+        "every record after the restart",
+        Duration::from_secs(180),
+        || ids().len() >= N,
+    )
+    .await;
+    let total = server.count("/f");
+    println!(
+        "kafka kill test: killed after {before} deliveries (target {kill_at}); {N} records, {total} deliveries, {} duplicates",
+        total - N
+    );
+    assert_eq!(ids().len(), N);
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_then_dead_letter_into_a_kafka_topic() {
+    let topic = kafka::unique("in");
+    let dlq = kafka::unique("dlq");
+    kafka::create_topic(&topic, 1).await;
+    kafka::create_topic(&dlq, 1).await;
+    let server = FnServer::with(|_, _| Answer::status(500).body("text/plain", b"boom")).await;
+    let fb = Fnbroker::start(&config(
+        "",
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f, delivery: {{ retries: 2, delay: 10ms }}, dead_letter: {{ connector: k, topic: {dlq} }} }}\n",
+            kafka::unique("g")
+        ),
+    ))
+    .await;
+    kafka::produce(
+        &kafka::producer(),
+        &topic,
+        Out {
+            key: Some("key-1"),
+            partition: None,
+            headers: vec![
+                ("ce_specversion", "1.0"),
+                ("ce_id", "poison-1"),
+                ("ce_source", "/orders"),
+                ("ce_type", "com.example.order"),
+                ("content-type", "text/plain"),
+            ],
+            payload: b"order data",
+        },
+    )
+    .await;
+    let records = kafka::consume(&dlq, 1, WAIT).await;
+    let r = &records[0];
+    assert_eq!(r.header("ce_id"), Some("poison-1"));
+    assert_eq!(r.header("ce_dlqstatus"), Some("500"));
+    assert_eq!(r.header("ce_dlqattempts"), Some("3"));
+    assert_eq!(r.header("ce_dlqtrigger"), Some("t"));
+    assert_eq!(r.header("ce_dlqfunction"), Some("f"));
+    assert!(r.header("ce_dlqreason").is_some_and(|s| s.contains("500")));
+    assert_eq!(
+        r.key.as_deref(),
+        Some(&b"key-1"[..]),
+        "partitionkey becomes the key"
+    );
+    assert_eq!(server.count("/f"), 3);
+
+    // Consumed back, it is the original event.
+    let headers: Vec<(&str, Option<&[u8]>)> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), Some(v.as_bytes())))
+        .collect();
+    let (e, _) = fnbroker_kafka::binding::decode(
+        "x",
+        &fnbroker_kafka::binding::Record {
+            topic: &dlq,
+            headers,
+            payload: Some(&r.payload),
+            ..Default::default()
+        },
+    );
+    assert_eq!(e.id(), "poison-1");
+    assert_eq!(e.source(), "/orders");
+    assert_eq!(e.ty(), "com.example.order");
+    assert_eq!(&*event::data_bytes(&e), b"order data");
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_lands_on_the_reply_topic_in_binary_mode() {
+    let topic = kafka::unique("in");
+    let replies = kafka::unique("replies");
+    kafka::create_topic(&topic, 1).await;
+    kafka::create_topic(&replies, 1).await;
+    let server =
+        FnServer::with(|_, _| Answer::ok().body("application/json", br#"{"ok":true}"#)).await;
+    let fb = Fnbroker::start(&config(
+        "",
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f, reply: {{ connector: k, topic: {replies} }} }}\n",
+            kafka::unique("g")
+        ),
+    ))
+    .await;
+    kafka::produce(
+        &kafka::producer(),
+        &topic,
+        Out {
+            key: None,
+            partition: None,
+            headers: vec![
+                ("ce_specversion", "1.0"),
+                ("ce_id", "q-1"),
+                ("ce_source", "/q"),
+                ("ce_type", "com.example.query"),
+            ],
+            payload: b"?",
+        },
+    )
+    .await;
+    let records = kafka::consume(&replies, 1, WAIT).await;
+    let r = &records[0];
+    assert_eq!(r.header("ce_specversion"), Some("1.0"));
+    assert_eq!(r.header("ce_type"), Some("com.example.query.reply"));
+    assert_eq!(r.header("ce_source"), Some("fnbroker://functions/f"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.payload, br#"{"ok":true}"#);
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_in_one_group_share_the_partitions() {
+    const N: usize = 400;
+    let topic = kafka::unique("shared");
+    kafka::create_topic(&topic, 4).await;
+    let server = FnServer::start().await;
+    let group = kafka::unique("g");
+    let cfg = |path: &str| {
+        config(
+            "",
+            &http_fn("f", &server.url(path)),
+            &format!(
+                "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {group} }}, to: f }}\n"
+            ),
+        )
+    };
+    let a = Fnbroker::start(&cfg("/a")).await;
+    let b = Fnbroker::start(&cfg("/b")).await;
+    // Let the first member take its share after the second joined.
+    wait_for("the rebalance", WAIT, || {
+        a.logs().matches("partitions assigned").count() >= 2
+    })
+    .await;
+    let p = kafka::producer();
+    for i in 0..N {
+        let payload = format!("{i}");
+        kafka::produce(
+            &p,
+            &topic,
+            Out {
+                key: None,
+                partition: Some((i % 4) as i32),
+                headers: vec![],
+                payload: payload.as_bytes(),
+            },
+        )
+        .await;
+    }
+    wait_for("every record", WAIT, || {
+        server.count("/a") + server.count("/b") >= N
+    })
+    .await;
+    let (na, nb) = (server.count("/a"), server.count("/b"));
+    println!("kafka group split: {na} + {nb}");
+    assert!(na > 0 && nb > 0, "both members got records ({na} + {nb})");
+    let ids: HashSet<String> = server
+        .on("/a")
+        .iter()
+        .chain(server.on("/b").iter())
+        .filter_map(|r| r.header("ce-id").map(str::to_string))
+        .collect();
+    assert_eq!(ids.len(), N);
+    drop((a, b));
+}
+
+/// Backpressure: with a slow function, a backlog of 10,000 records of 4 KiB (40 MiB) waits in
+/// Kafka, not in fnbroker: its resident memory grows by less than 32 MiB (the bound on what
+/// librdkafka prefetches is 16 MiB), and never more than `max_in_flight` calls are in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_flat_while_a_backlog_waits() {
+    let topic = kafka::unique("backlog");
+    kafka::create_topic(&topic, 1).await;
+    let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_millis(200))).await;
+    let fb = Fnbroker::start(&config(
+        "",
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f, delivery: {{ max_in_flight: 4 }} }}\n",
+            kafka::unique("g")
+        ),
+    ))
+    .await;
+    let before = rss_kib(fb.pid());
+    kafka::produce_many(&kafka::producer(), &topic, 10_000, 4096).await;
+    server.wait_count("/f", 8, WAIT).await;
+    let mut peak = before;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        peak = peak.max(rss_kib(fb.pid()));
+    }
+    let delivered = server.count("/f");
+    println!(
+        "kafka backlog: RSS {before} KiB before, peak {peak} KiB with 10,000 x 4 KiB waiting; {delivered} delivered"
+    );
+    assert!(
+        delivered < 1000,
+        "the backlog is still waiting ({delivered} delivered)"
+    );
+    assert!(
+        peak.saturating_sub(before) < 32 * 1024,
+        "RSS grew from {before} to {peak} KiB"
+    );
+    let in_flight = server.peak.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(in_flight <= 4, "{in_flight} calls in flight");
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_is_reported_and_picked_up_once_created() {
+    let topic = kafka::unique("later");
+    let server = FnServer::start().await;
+    let port = free_port();
+    let _ = port;
+    let fb = Fnbroker::start(&config(
+        ", commit_interval: 200ms",
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f }}\n",
+            kafka::unique("g")
+        ),
+    ))
+    .await;
+    wait_for("the missing topic warning", WAIT, || {
+        fb.logs().contains("does not exist")
+    })
+    .await;
+    kafka::create_topic(&topic, 1).await;
+    kafka::produce(
+        &kafka::producer(),
+        &topic,
+        Out {
+            key: None,
+            partition: None,
+            headers: vec![],
+            payload: b"late",
+        },
+    )
+    .await;
+    let got = server.wait_count("/f", 1, Duration::from_secs(90)).await;
+    assert_eq!(&got[0].body[..], b"late");
+    drop(fb);
+}
