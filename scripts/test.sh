@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scripts/deps.sh
 scripts/services.sh
 
 echo "== cargo fmt --check"
