@@ -159,6 +159,7 @@ async fn run(
     stop: CancellationToken,
     commit_interval: Duration,
 ) {
+    let consumer = Arc::new(consumer);
     let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<Settled>();
     let mut tick = tokio::time::interval(commit_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -170,7 +171,10 @@ async fn run(
             biased;
             () = stop.cancelled() => break,
             Some(s) = settle_rx.recv() => settle(&tracker, s),
-            _ = tick.tick() => commit(&consumer, &tracker, CommitMode::Async, &connector),
+            _ = tick.tick() => {
+                commit(&consumer, &tracker, CommitMode::Async, &connector);
+                probe_readiness(&consumer).await;
+            }
             p = tx.clone().reserve_owned(), if permit.is_none() => match p {
                 Ok(p) => permit = Some(p),
                 Err(_) => break,
@@ -246,6 +250,22 @@ async fn run(
     }
     commit(&consumer, &tracker, CommitMode::Sync, &connector);
     consumer.unsubscribe();
+}
+
+/// While not ready (no assignment yet, or the brokers went away), asks the cluster for metadata:
+/// an answer means connected, whether or not the topics exist yet.
+async fn probe_readiness(consumer: &Arc<StreamConsumer<Context>>) {
+    if consumer.context().ready.load(Ordering::Acquire) {
+        return;
+    }
+    let c = Arc::clone(consumer);
+    let ok =
+        tokio::task::spawn_blocking(move || c.fetch_metadata(None, Duration::from_secs(2)).is_ok())
+            .await
+            .unwrap_or(false);
+    if ok {
+        consumer.context().ready.store(true, Ordering::Release);
+    }
 }
 
 fn settle(tracker: &Mutex<Tracker>, s: Settled) {
