@@ -34,6 +34,10 @@ fn build_connector(name: &str, cfg: &config::Connector) -> anyhow::Result<Arc<dy
             name,
             kafka.clone(),
         ))),
+        config::Connector::Mqtt(mqtt) => Ok(Arc::new(
+            fnbroker_mqtt::MqttConnector::new(name, mqtt)
+                .with_context(|| format!("connector `{name}`"))?,
+        )),
         other => bail!(
             "connector `{name}`: the {} connector is not part of this build yet",
             other.kind()

@@ -441,7 +441,12 @@ fn validate_connector(name: &str, connector: &Connector, errors: &mut Errors<'_>
         Connector::Nats(n) => url(&n.url, &["nats", "tls", "ws", "wss"], name, errors),
         Connector::Amqp(a) => url(&a.url, &["amqp", "amqps"], name, errors),
         Connector::Mqtt(m) => {
-            url(&m.url, &["mqtt", "mqtts", "tcp", "ssl"], name, errors);
+            url(&m.url, &["mqtt", "tcp"], name, errors);
+            duration(&m.session_expiry, &format!("connectors.{name}.mqtt.session_expiry"), errors);
+            duration(&m.keep_alive, &format!("connectors.{name}.mqtt.keep_alive"), errors);
+            if m.publish_qos > 2 {
+                errors.push(0, 0, format!("connector `{name}`: `publish_qos` must be 0, 1 or 2"));
+            }
             if let Some(v) = m.version.as_ref().filter(|v| !matches!(***v, 3 | 5)) {
                 errors.at(
                     v,
@@ -537,6 +542,9 @@ fn validate_trigger(
                     format!("trigger `{tname}`: `topic` must not be empty"),
                 ),
                 _ => {}
+            }
+            if let Some(q) = from.qos.as_ref().filter(|q| ***q > 2) {
+                errors.at(q, format!("trigger `{tname}`: `qos` must be 0, 1 or 2"));
             }
             if from.sync && kind != "http" {
                 errors.at(

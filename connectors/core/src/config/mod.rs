@@ -142,14 +142,42 @@ pub struct AmqpConnector {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct MqttConnector {
-    /// The broker URL, `mqtt://host:port`.
+    /// The broker URL, `mqtt://host:port` (`tcp://` is the same).
     pub url: Loc<String>,
-    /// The client id; stable, so the broker keeps the session across restarts.
+    /// The client id; keep it stable, so that the broker keeps the session (and the messages
+    /// queued for it) across restarts. Default `fnbroker-<connector name>`. Replies and dead
+    /// letters use a second connection, `<client_id>-pub`.
     #[serde(default)]
     pub client_id: Option<String>,
     /// The protocol version: 5 (default) or 3 (3.1.1).
     #[serde(default)]
     pub version: Option<Loc<u8>>,
+    /// The user name, if the broker wants one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The password (use `${ENV}`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// How long the broker keeps the session (subscriptions and queued QoS 1/2 messages) while
+    /// fnbroker is away (MQTT 5). Default `1h`.
+    #[serde(default = "default_session_expiry")]
+    pub session_expiry: ConfDuration,
+    /// The keep-alive interval. Default `30s`.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive: ConfDuration,
+    /// The QoS of replies and dead letters published through this connector: 0, 1 (default) or 2.
+    #[serde(default = "default_publish_qos")]
+    pub publish_qos: u8,
+}
+
+fn default_session_expiry() -> ConfDuration {
+    ConfDuration::from_secs(3600)
+}
+fn default_keep_alive() -> ConfDuration {
+    ConfDuration::from_secs(30)
+}
+fn default_publish_qos() -> u8 {
+    1
 }
 
 /// A named function: how to invoke it (`http` or `exec`), and limits.
@@ -263,9 +291,9 @@ pub struct TriggerSource {
     /// The JetStream stream.
     #[serde(default)]
     pub stream: Option<String>,
-    /// The MQTT QoS of the subscription (0, 1, 2).
+    /// The MQTT QoS of the subscription: 0 (at-most-once), 1 (default) or 2.
     #[serde(default)]
-    pub qos: Option<u8>,
+    pub qos: Option<Loc<u8>>,
     /// The consumer group, queue group, durable name or `$share` group: replicas that share
     /// it share the work.
     #[serde(default)]

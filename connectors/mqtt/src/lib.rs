@@ -1,0 +1,466 @@
+//! The MQTT connector (MQTT 5 and 3.1.1, on rumqttc).
+//!
+//! **Source.** One client connection per connector carries every subscription of its triggers.
+//! `group` turns a subscription into a shared one (`$share/<group>/<filter>`), so replicas split
+//! the work. For QoS 1 and 2 the session is persistent (clean start off, a session expiry, a
+//! stable client id) and acknowledgements are manual: the PUBACK/PUBREC leaves only when the
+//! engine settled the message, so a crash before that gets it redelivered by the broker when
+//! fnbroker connects again. The subscriptions are registered before the connection opens, so the
+//! messages the broker held for the session are not lost on start. QoS 0 is at-most-once.
+//!
+//! A message that matches several subscriptions (overlapping filters) goes to each, and is
+//! acknowledged when all of them finished. On MQTT 5 each subscription carries an identifier, so
+//! a broker that sends one copy per subscription (Mosquitto does) is routed exactly; on 3.1.1 such
+//! a broker's copies each reach every matching trigger.
+//!
+//! **Reconnect.** A dropped connection is retried with backoff (1 s doubling to 30 s), and every
+//! subscription is made again on each connect; `is_ready` reflects the connection.
+//!
+//! **Sink.** A second connection (`<client_id>-pub`, clean session) publishes replies and dead
+//! letters at `publish_qos`, in binary mode on MQTT 5 and structured mode on 3.1.1, and resolves
+//! only on the broker's PUBACK (QoS 1) or PUBCOMP (QoS 2), correlated by packet id: rumqttc's
+//! `publish` returns when the packet is queued, not when it is acknowledged.
+#![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
+#![warn(missing_docs)]
+
+pub mod binding;
+mod client;
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fnbroker_core::config::MqttConnector as MqttConfig;
+use fnbroker_core::{
+    AckHandle, Connector, ConnectorError, Event, Incoming, Settlement, Sink, Source, Subscription,
+};
+use tokio::sync::{OnceCell, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{AckToken, Client, Ev, EventLoop, Options, Received};
+
+/// The MQTT connector of one configuration entry.
+pub struct MqttConnector {
+    name: String,
+    options: Options,
+    publish_qos: u8,
+    subs: Mutex<Vec<Sub>>,
+    ready: Arc<AtomicBool>,
+    stop: CancellationToken,
+    sink: OnceCell<Arc<MqttSink>>,
+}
+
+#[derive(Clone)]
+struct Sub {
+    id: usize,
+    filter: String,
+    qos: u8,
+    tx: mpsc::Sender<Incoming>,
+}
+
+impl MqttConnector {
+    /// A connector named `name`; it connects in `start` (after every subscription is known).
+    pub fn new(name: &str, cfg: &MqttConfig) -> Result<Self, ConnectorError> {
+        let err = |message: String| ConnectorError::Io {
+            connector: name.to_string(),
+            message,
+        };
+        let url = url::Url::parse(&cfg.url).map_err(|e| err(format!("invalid URL: {e}")))?;
+        let host = url
+            .host_str()
+            .ok_or_else(|| err("the URL has no host".into()))?
+            .to_string();
+        let options = Options {
+            client_id: cfg
+                .client_id
+                .clone()
+                .unwrap_or_else(|| format!("fnbroker-{name}")),
+            host,
+            port: url.port().unwrap_or(1883),
+            v5: cfg.version.as_ref().is_none_or(|v| **v == 5),
+            clean: false,
+            keep_alive: cfg.keep_alive.get(),
+            session_expiry: cfg.session_expiry.get(),
+            receive_maximum: 100,
+            credentials: cfg
+                .username
+                .clone()
+                .map(|u| (u, cfg.password.clone().unwrap_or_default())),
+        };
+        Ok(Self {
+            name: name.to_string(),
+            options,
+            publish_qos: cfg.publish_qos.min(2),
+            subs: Mutex::new(Vec::new()),
+            ready: Arc::new(AtomicBool::new(false)),
+            stop: CancellationToken::new(),
+            sink: OnceCell::new(),
+        })
+    }
+}
+
+#[async_trait]
+impl Connector for MqttConnector {
+    fn kind(&self) -> &'static str {
+        "mqtt"
+    }
+
+    async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
+        let topic = sub.from.topic();
+        let filter = match &sub.from.group {
+            Some(g) => format!("$share/{g}/{topic}"),
+            None => topic.to_string(),
+        };
+        let qos = sub.from.qos.as_ref().map_or(1, |q| **q);
+        let (tx, rx) = mpsc::channel(sub.max_in_flight.clamp(1, 1024));
+        let mut subs = self.subs.lock().map_err(|_| ConnectorError::Io {
+            connector: self.name.clone(),
+            message: "subscription table poisoned".into(),
+        })?;
+        let id = subs.len() + 1;
+        subs.push(Sub { id, filter, qos, tx });
+        Ok(Box::new(MqttSource { rx }))
+    }
+
+    async fn sink(&self) -> Result<Arc<dyn Sink>, ConnectorError> {
+        let sink = self
+            .sink
+            .get_or_init(|| async {
+                let mut options = self.options.clone();
+                options.client_id = format!("{}-pub", options.client_id);
+                options.clean = true;
+                Arc::new(MqttSink::start(self.name.clone(), options, self.publish_qos, self.stop.clone()))
+            })
+            .await;
+        Ok(Arc::clone(sink) as Arc<dyn Sink>)
+    }
+
+    async fn start(&self) -> Result<(), ConnectorError> {
+        let subs = self.subs.lock().map(|s| s.clone()).unwrap_or_default();
+        if subs.is_empty() {
+            return Ok(());
+        }
+        let mut options = self.options.clone();
+        // The broker may send at most this many unacknowledged messages: what the triggers can
+        // hold in flight, so a full queue never stalls the connection.
+        let room: usize = subs.iter().map(|s| s.tx.max_capacity()).sum();
+        options.receive_maximum = u16::try_from(room.clamp(1, 65_535)).unwrap_or(u16::MAX);
+        tokio::spawn(consume(
+            self.name.clone(),
+            options,
+            subs,
+            Arc::clone(&self.ready),
+            self.stop.clone(),
+        ));
+        Ok(())
+    }
+
+    fn is_ready(&self) -> bool {
+        let consuming = self.subs.lock().is_ok_and(|s| !s.is_empty());
+        (!consuming || self.ready.load(Ordering::Acquire))
+            && self.sink.get().is_none_or(|s| s.ready.load(Ordering::Acquire))
+    }
+
+    async fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+struct MqttSource {
+    rx: mpsc::Receiver<Incoming>,
+}
+
+#[async_trait]
+impl Source for MqttSource {
+    async fn next(&mut self) -> Option<Incoming> {
+        self.rx.recv().await
+    }
+}
+
+fn key_of(topic: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    topic.hash(&mut h);
+    h.finish()
+}
+
+/// The consuming connection: connect, subscribe on every connect, dispatch, acknowledge.
+async fn consume(
+    name: String,
+    options: Options,
+    subs: Vec<Sub>,
+    ready: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    let (client, mut events) = client::connect(&options);
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<AckToken>();
+    let acker = client.clone();
+    let acker_name = name.clone();
+    tokio::spawn(async move {
+        while let Some(token) = ack_rx.recv().await {
+            if let Err(e) = acker.ack(&token).await {
+                tracing::warn!(connector = %acker_name, error = %e, "cannot acknowledge; the broker will redeliver");
+            }
+        }
+    });
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let ev = tokio::select! {
+            () = stop.cancelled() => break,
+            ev = events.poll() => ev,
+        };
+        match ev {
+            Ok(Ev::Connected { session_present }) => {
+                backoff = Duration::from_secs(1);
+                ready.store(true, Ordering::Release);
+                tracing::info!(connector = %name, session_present, "mqtt connected; subscribing");
+                let c = client.clone();
+                let to_subscribe: Vec<(String, u8, usize)> =
+                    subs.iter().map(|s| (s.filter.clone(), s.qos, s.id)).collect();
+                let n = name.clone();
+                // Subscribing goes through the event loop's queue: not from this task, which
+                // must keep polling for the queue to drain.
+                tokio::spawn(async move {
+                    for (filter, qos, id) in to_subscribe {
+                        if let Err(e) = c.subscribe(&filter, qos, id).await {
+                            tracing::warn!(connector = %n, %filter, error = %e, "cannot subscribe");
+                        }
+                    }
+                });
+            }
+            Ok(Ev::Message(msg)) => dispatch(&name, options.v5, &subs, *msg, &ack_tx).await,
+            Ok(_) => {}
+            Err(e) => {
+                ready.store(false, Ordering::Release);
+                tracing::warn!(connector = %name, error = %e, retry_in = ?backoff, "mqtt connection lost; reconnecting");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    ready.store(false, Ordering::Release);
+}
+
+/// Hands a message to every subscription it is for, with one acknowledgement for all of them.
+async fn dispatch(
+    name: &str,
+    v5: bool,
+    subs: &[Sub],
+    msg: Received,
+    ack_tx: &mpsc::UnboundedSender<AckToken>,
+) {
+    let targets: Vec<&Sub> = if !msg.subscription_ids.is_empty() {
+        subs.iter().filter(|s| msg.subscription_ids.contains(&s.id)).collect()
+    } else {
+        subs.iter().filter(|s| binding::topic_matches(&s.filter, &msg.topic)).collect()
+    };
+    let view = binding::Message {
+        topic: &msg.topic,
+        payload: &msg.payload,
+        content_type: msg.content_type.as_deref(),
+        user_properties: &msg.user_properties,
+        v5,
+    };
+    if targets.is_empty() {
+        tracing::debug!(connector = name, topic = %msg.topic, "no trigger for this message; acknowledging it");
+        if msg.qos > 0 {
+            let _ = ack_tx.send(msg.token);
+        }
+        return;
+    }
+    let (event, origin) = binding::decode(name, &view);
+    let shared = Arc::new(Pending {
+        remaining: AtomicUsize::new(targets.len()),
+        released: AtomicBool::new(false),
+        token: Mutex::new(Some(msg.token)),
+        ack_tx: ack_tx.clone(),
+    });
+    let key = key_of(&msg.topic);
+    for sub in targets {
+        let ack = if msg.qos == 0 {
+            AckHandle::none()
+        } else {
+            let shared = Arc::clone(&shared);
+            AckHandle::new(move |s| shared.settle(&s))
+        };
+        let incoming = Incoming {
+            event: event.clone(),
+            origin: origin.clone(),
+            key,
+            redeliveries: 0,
+            ack,
+        };
+        if msg.qos == 0 {
+            // At-most-once: a full queue drops rather than stall the connection's keep-alive.
+            if sub.tx.try_send(incoming).is_err() {
+                tracing::debug!(connector = name, topic = %msg.topic, "QoS 0 message dropped: the trigger is full");
+            }
+        } else if sub.tx.send(incoming).await.is_err() {
+            // The engine is stopping: the handle was dropped, so the message is not acknowledged.
+        }
+    }
+}
+
+/// One received message shared by the subscriptions it went to.
+struct Pending {
+    remaining: AtomicUsize,
+    released: AtomicBool,
+    token: Mutex<Option<AckToken>>,
+    ack_tx: mpsc::UnboundedSender<AckToken>,
+}
+
+impl Pending {
+    fn settle(&self, s: &Settlement) {
+        if matches!(s, Settlement::Released | Settlement::Retry { .. }) {
+            self.released.store(true, Ordering::Release);
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1
+            && !self.released.load(Ordering::Acquire)
+        {
+            if let Some(token) = self.token.lock().ok().and_then(|mut t| t.take()) {
+                let _ = self.ack_tx.send(token);
+            }
+        }
+    }
+}
+
+type Waiter = oneshot::Sender<Result<(), String>>;
+
+/// Publishes through a connection of its own and waits for the broker's acknowledgement.
+struct MqttSink {
+    connector: String,
+    client: Client,
+    v5: bool,
+    qos: u8,
+    /// Publishes queued and not yet sent, in order; the event loop sends them in this order.
+    queued: Arc<Mutex<VecDeque<Waiter>>>,
+    /// Serializes "queue the waiter, queue the publish" so both queues keep one order.
+    order: tokio::sync::Mutex<()>,
+    ready: Arc<AtomicBool>,
+}
+
+impl MqttSink {
+    fn start(connector: String, options: Options, qos: u8, stop: CancellationToken) -> Self {
+        let (client, events) = client::connect(&options);
+        let queued: Arc<Mutex<VecDeque<Waiter>>> = Arc::default();
+        let ready = Arc::new(AtomicBool::new(false));
+        tokio::spawn(publisher(
+            connector.clone(),
+            events,
+            Arc::clone(&queued),
+            Arc::clone(&ready),
+            stop,
+        ));
+        Self {
+            connector,
+            client,
+            v5: options.v5,
+            qos,
+            queued,
+            order: tokio::sync::Mutex::new(()),
+            ready,
+        }
+    }
+}
+
+async fn publisher(
+    name: String,
+    mut events: EventLoop,
+    queued: Arc<Mutex<VecDeque<Waiter>>>,
+    ready: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    let mut sent: HashMap<u16, Waiter> = HashMap::new();
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let ev = tokio::select! {
+            () = stop.cancelled() => break,
+            ev = events.poll() => ev,
+        };
+        match ev {
+            Ok(Ev::Connected { .. }) => {
+                backoff = Duration::from_secs(1);
+                ready.store(true, Ordering::Release);
+            }
+            Ok(Ev::Sent(pkid)) => {
+                let waiter = queued.lock().ok().and_then(|mut q| q.pop_front());
+                if let Some(w) = waiter {
+                    if pkid == 0 {
+                        let _ = w.send(Ok(()));
+                    } else {
+                        sent.insert(pkid, w);
+                    }
+                }
+            }
+            Ok(Ev::Confirmed { pkid, error }) => {
+                if let Some(w) = sent.remove(&pkid) {
+                    let _ = w.send(error.map_or(Ok(()), |e| Err(format!("the broker refused it: {e}"))));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                ready.store(false, Ordering::Release);
+                // The session is clean: whatever was queued or unacknowledged is gone with the
+                // connection. Fail it, so the engine publishes again.
+                for (_, w) in sent.drain() {
+                    let _ = w.send(Err(format!("connection lost: {e}")));
+                }
+                if let Ok(mut q) = queued.lock() {
+                    for w in q.drain(..) {
+                        let _ = w.send(Err(format!("connection lost: {e}")));
+                    }
+                }
+                tracing::warn!(connector = %name, error = %e, "mqtt publisher connection lost; reconnecting");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for MqttSink {
+    async fn publish(&self, topic: &str, event: &Event) -> Result<(), ConnectorError> {
+        let err = |message: String| ConnectorError::Io {
+            connector: self.connector.clone(),
+            message: format!("cannot publish to `{topic}`: {message}"),
+        };
+        let (payload, content_type, props) = if self.v5 {
+            binding::encode_binary(event)
+        } else {
+            (binding::encode_structured(event), None, Vec::new())
+        };
+        let (tx, rx) = oneshot::channel();
+        {
+            let _order = self.order.lock().await;
+            if let Ok(mut q) = self.queued.lock() {
+                q.push_back(tx);
+            }
+            if let Err(e) = self
+                .client
+                .publish(topic, self.qos, payload, content_type, props)
+                .await
+            {
+                // Not queued: take our waiter back so the order stays aligned.
+                if let Ok(mut q) = self.queued.lock() {
+                    q.pop_back();
+                }
+                return Err(err(e));
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(30), rx).await {
+            Ok(Ok(result)) => result.map_err(err),
+            Ok(Err(_)) => Err(err("the publisher stopped".into())),
+            Err(_) => Err(err("no acknowledgement within 30s".into())),
+        }
+    }
+}
