@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 pub mod kafka;
+pub mod mqtt;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -171,6 +172,13 @@ impl Fnbroker {
 
 impl Drop for Fnbroker {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- fnbroker (pid {}) logs ----\n{}",
+                self.child.id(),
+                self.logs()
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

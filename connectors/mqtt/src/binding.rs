@@ -28,7 +28,10 @@ pub struct Message<'a> {
 
 /// Turns a message into an event.
 pub fn decode(connector: &str, msg: &Message<'_>) -> (Event, Origin) {
-    let result = if msg.content_type.is_some_and(event::is_structured_content_type) {
+    let result = if msg
+        .content_type
+        .is_some_and(event::is_structured_content_type)
+    {
         Some(event::from_json_slice(msg.payload))
     } else if msg.v5 && msg.user_properties.iter().any(|(k, _)| k == "specversion") {
         // User properties that cannot be attribute names (`Device-ID`) are the application's own.
@@ -37,7 +40,11 @@ pub fn decode(connector: &str, msg: &Message<'_>) -> (Event, Origin) {
             .iter()
             .filter(|(k, _)| event::is_valid_attribute_name(k))
             .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())));
-        Some(event::from_binary(attributes, msg.content_type, msg.payload.to_vec()))
+        Some(event::from_binary(
+            attributes,
+            msg.content_type,
+            msg.payload.to_vec(),
+        ))
     } else if !msg.v5 && looks_structured(msg.payload) {
         Some(event::from_json_slice(msg.payload))
     } else {
@@ -53,8 +60,7 @@ pub fn decode(connector: &str, msg: &Message<'_>) -> (Event, Origin) {
 /// A JSON object whose top level names `specversion`: what a 3.1.1 structured event looks like.
 fn looks_structured(payload: &[u8]) -> bool {
     let trimmed = payload.trim_ascii_start();
-    trimmed.first() == Some(&b'{')
-        && serde_json_has_specversion(trimmed)
+    trimmed.first() == Some(&b'{') && serde_json_has_specversion(trimmed)
 }
 
 fn serde_json_has_specversion(payload: &[u8]) -> bool {
@@ -134,13 +140,21 @@ mod tests {
     use super::*;
 
     fn props(p: &[(&str, &str)]) -> Vec<(String, String)> {
-        p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn wildcards() {
-        assert!(topic_matches("sensors/+/temperature", "sensors/kitchen/temperature"));
-        assert!(!topic_matches("sensors/+/temperature", "sensors/kitchen/humidity"));
+        assert!(topic_matches(
+            "sensors/+/temperature",
+            "sensors/kitchen/temperature"
+        ));
+        assert!(!topic_matches(
+            "sensors/+/temperature",
+            "sensors/kitchen/humidity"
+        ));
         assert!(topic_matches("sensors/#", "sensors/kitchen/temperature"));
         assert!(topic_matches("sensors/#", "sensors"));
         assert!(topic_matches("#", "a/b"));
@@ -151,8 +165,20 @@ mod tests {
 
     #[test]
     fn v5_binary_mode_round_trips() {
-        let up = props(&[("specversion", "1.0"), ("id", "m-1"), ("source", "/dev/7"), ("type", "t.reading"), ("room", "kitchen")]);
-        let msg = Message { topic: "sensors/kitchen/temperature", payload: b"21.5", content_type: Some("text/plain"), user_properties: &up, v5: true };
+        let up = props(&[
+            ("specversion", "1.0"),
+            ("id", "m-1"),
+            ("source", "/dev/7"),
+            ("type", "t.reading"),
+            ("room", "kitchen"),
+        ]);
+        let msg = Message {
+            topic: "sensors/kitchen/temperature",
+            payload: b"21.5",
+            content_type: Some("text/plain"),
+            user_properties: &up,
+            v5: true,
+        };
         let (e, origin) = decode("iot", &msg);
         assert_eq!(origin, Origin::CloudEvent);
         assert_eq!(e.id(), "m-1");
@@ -160,13 +186,24 @@ mod tests {
         let (payload, ct, out) = encode_binary(&e);
         assert_eq!(payload, b"21.5");
         assert_eq!(ct.as_deref(), Some("text/plain"));
-        let msg2 = Message { topic: "x", payload: &payload, content_type: ct.as_deref(), user_properties: &out, v5: true };
+        let msg2 = Message {
+            topic: "x",
+            payload: &payload,
+            content_type: ct.as_deref(),
+            user_properties: &out,
+            v5: true,
+        };
         assert_eq!(decode("iot", &msg2).0, e);
     }
 
     #[test]
     fn plain_telemetry_is_normalized_with_the_concrete_topic() {
-        let msg = Message { topic: "sensors/kitchen/temperature", payload: br#"{"celsius":21.5}"#, v5: false, ..Default::default() };
+        let msg = Message {
+            topic: "sensors/kitchen/temperature",
+            payload: br#"{"celsius":21.5}"#,
+            v5: false,
+            ..Default::default()
+        };
         let (e, origin) = decode("iot", &msg);
         assert_eq!(origin, Origin::Plain);
         assert_eq!(e.subject(), Some("sensors/kitchen/temperature"));
@@ -178,10 +215,20 @@ mod tests {
     #[test]
     fn v311_structured_by_payload_and_invalid_ones_keep_their_bytes() {
         let good = br#"{"specversion":"1.0","id":"s-1","source":"/s","type":"t"}"#;
-        let msg = Message { topic: "a", payload: good, v5: false, ..Default::default() };
+        let msg = Message {
+            topic: "a",
+            payload: good,
+            v5: false,
+            ..Default::default()
+        };
         assert_eq!(decode("iot", &msg).1, Origin::CloudEvent);
         let bad = br#"{"specversion":"1.0","source":"/s","type":"t"}"#;
-        let msg = Message { topic: "a", payload: bad, v5: false, ..Default::default() };
+        let msg = Message {
+            topic: "a",
+            payload: bad,
+            v5: false,
+            ..Default::default()
+        };
         let (e, origin) = decode("iot", &msg);
         assert!(matches!(origin, Origin::Invalid(_)));
         assert_eq!(&*event::data_bytes(&e), bad);

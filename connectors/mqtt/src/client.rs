@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::v5::mqttbytes::v5::{
     Packet as Packet5, PubAckReason, PubCompReason, PublishProperties, SubscribeProperties,
 };
-use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::{Outgoing, QoS};
 
 /// How to connect.
@@ -46,12 +46,19 @@ pub(crate) enum AckToken {
 /// What the event loop reports, in both versions' terms.
 #[derive(Debug)]
 pub(crate) enum Ev {
-    Connected { session_present: bool },
+    Connected {
+        session_present: bool,
+    },
     Message(Box<Received>),
     /// A publish of ours left with this packet id (0 for QoS 0).
     Sent(u16),
     /// The broker confirmed (or refused) a publish of ours.
-    Confirmed { pkid: u16, error: Option<String> },
+    Confirmed {
+        pkid: u16,
+        error: Option<String>,
+    },
+    /// The broker acknowledged a subscription.
+    Subscribed,
     Other,
 }
 
@@ -119,7 +126,9 @@ impl EventLoop {
             EventLoop::V5(e) => {
                 use rumqttc::v5::Event;
                 Ok(match e.poll().await.map_err(|e| e.to_string())? {
-                    Event::Incoming(Packet5::ConnAck(c)) => Ev::Connected { session_present: c.session_present },
+                    Event::Incoming(Packet5::ConnAck(c)) => Ev::Connected {
+                        session_present: c.session_present,
+                    },
                     Event::Incoming(Packet5::Publish(p)) => {
                         let props = p.properties.clone().unwrap_or_default();
                         Ev::Message(Box::new(Received {
@@ -134,21 +143,28 @@ impl EventLoop {
                     }
                     Event::Incoming(Packet5::PubAck(a)) => Ev::Confirmed {
                         pkid: a.pkid,
-                        error: (!matches!(a.reason, PubAckReason::Success | PubAckReason::NoMatchingSubscribers))
-                            .then(|| format!("{:?}", a.reason)),
+                        error: (!matches!(
+                            a.reason,
+                            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                        ))
+                        .then(|| format!("{:?}", a.reason)),
                     },
                     Event::Incoming(Packet5::PubComp(c)) => Ev::Confirmed {
                         pkid: c.pkid,
-                        error: (!matches!(c.reason, PubCompReason::Success)).then(|| format!("{:?}", c.reason)),
+                        error: (!matches!(c.reason, PubCompReason::Success))
+                            .then(|| format!("{:?}", c.reason)),
                     },
                     Event::Outgoing(Outgoing::Publish(pkid)) => Ev::Sent(pkid),
+                    Event::Incoming(Packet5::SubAck(_)) => Ev::Subscribed,
                     _ => Ev::Other,
                 })
             }
             EventLoop::V3(e) => {
                 use rumqttc::{Event, Packet};
                 Ok(match e.poll().await.map_err(|e| e.to_string())? {
-                    Event::Incoming(Packet::ConnAck(c)) => Ev::Connected { session_present: c.session_present },
+                    Event::Incoming(Packet::ConnAck(c)) => Ev::Connected {
+                        session_present: c.session_present,
+                    },
                     Event::Incoming(Packet::Publish(p)) => Ev::Message(Box::new(Received {
                         topic: p.topic.clone(),
                         qos: p.qos as u8,
@@ -158,9 +174,16 @@ impl EventLoop {
                         subscription_ids: Vec::new(),
                         token: AckToken::V3(p),
                     })),
-                    Event::Incoming(Packet::PubAck(a)) => Ev::Confirmed { pkid: a.pkid, error: None },
-                    Event::Incoming(Packet::PubComp(c)) => Ev::Confirmed { pkid: c.pkid, error: None },
+                    Event::Incoming(Packet::PubAck(a)) => Ev::Confirmed {
+                        pkid: a.pkid,
+                        error: None,
+                    },
+                    Event::Incoming(Packet::PubComp(c)) => Ev::Confirmed {
+                        pkid: c.pkid,
+                        error: None,
+                    },
                     Event::Outgoing(Outgoing::Publish(pkid)) => Ev::Sent(pkid),
+                    Event::Incoming(Packet::SubAck(_)) => Ev::Subscribed,
                     _ => Ev::Other,
                 })
             }
@@ -176,11 +199,17 @@ impl Client {
                 .subscribe_with_properties(
                     filter,
                     qos5(qos),
-                    SubscribeProperties { id: Some(id), user_properties: Vec::new() },
+                    SubscribeProperties {
+                        id: Some(id),
+                        user_properties: Vec::new(),
+                    },
                 )
                 .await
                 .map_err(|e| e.to_string()),
-            Client::V3(c) => c.subscribe(filter, qos3(qos)).await.map_err(|e| e.to_string()),
+            Client::V3(c) => c
+                .subscribe(filter, qos3(qos))
+                .await
+                .map_err(|e| e.to_string()),
         }
     }
 

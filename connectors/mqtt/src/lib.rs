@@ -122,7 +122,12 @@ impl Connector for MqttConnector {
             message: "subscription table poisoned".into(),
         })?;
         let id = subs.len() + 1;
-        subs.push(Sub { id, filter, qos, tx });
+        subs.push(Sub {
+            id,
+            filter,
+            qos,
+            tx,
+        });
         Ok(Box::new(MqttSource { rx }))
     }
 
@@ -133,7 +138,12 @@ impl Connector for MqttConnector {
                 let mut options = self.options.clone();
                 options.client_id = format!("{}-pub", options.client_id);
                 options.clean = true;
-                Arc::new(MqttSink::start(self.name.clone(), options, self.publish_qos, self.stop.clone()))
+                Arc::new(MqttSink::start(
+                    self.name.clone(),
+                    options,
+                    self.publish_qos,
+                    self.stop.clone(),
+                ))
             })
             .await;
         Ok(Arc::clone(sink) as Arc<dyn Sink>)
@@ -162,7 +172,10 @@ impl Connector for MqttConnector {
     fn is_ready(&self) -> bool {
         let consuming = self.subs.lock().is_ok_and(|s| !s.is_empty());
         (!consuming || self.ready.load(Ordering::Acquire))
-            && self.sink.get().is_none_or(|s| s.ready.load(Ordering::Acquire))
+            && self
+                .sink
+                .get()
+                .is_none_or(|s| s.ready.load(Ordering::Acquire))
     }
 
     async fn stop(&self) {
@@ -207,19 +220,29 @@ async fn consume(
         }
     });
     let mut backoff = Duration::from_secs(1);
+    // Ready once every subscription of this connection was acknowledged.
+    let mut unacknowledged = subs.len();
     loop {
         let ev = tokio::select! {
             () = stop.cancelled() => break,
             ev = events.poll() => ev,
         };
         match ev {
+            Ok(Ev::Subscribed) => {
+                unacknowledged = unacknowledged.saturating_sub(1);
+                if unacknowledged == 0 {
+                    ready.store(true, Ordering::Release);
+                }
+            }
             Ok(Ev::Connected { session_present }) => {
                 backoff = Duration::from_secs(1);
-                ready.store(true, Ordering::Release);
+                unacknowledged = subs.len();
                 tracing::info!(connector = %name, session_present, "mqtt connected; subscribing");
                 let c = client.clone();
-                let to_subscribe: Vec<(String, u8, usize)> =
-                    subs.iter().map(|s| (s.filter.clone(), s.qos, s.id)).collect();
+                let to_subscribe: Vec<(String, u8, usize)> = subs
+                    .iter()
+                    .map(|s| (s.filter.clone(), s.qos, s.id))
+                    .collect();
                 let n = name.clone();
                 // Subscribing goes through the event loop's queue: not from this task, which
                 // must keep polling for the queue to drain.
@@ -256,9 +279,13 @@ async fn dispatch(
     ack_tx: &mpsc::UnboundedSender<AckToken>,
 ) {
     let targets: Vec<&Sub> = if !msg.subscription_ids.is_empty() {
-        subs.iter().filter(|s| msg.subscription_ids.contains(&s.id)).collect()
+        subs.iter()
+            .filter(|s| msg.subscription_ids.contains(&s.id))
+            .collect()
     } else {
-        subs.iter().filter(|s| binding::topic_matches(&s.filter, &msg.topic)).collect()
+        subs.iter()
+            .filter(|s| binding::topic_matches(&s.filter, &msg.topic))
+            .collect()
     };
     let view = binding::Message {
         topic: &msg.topic,
@@ -322,10 +349,9 @@ impl Pending {
         }
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1
             && !self.released.load(Ordering::Acquire)
+            && let Some(token) = self.token.lock().ok().and_then(|mut t| t.take())
         {
-            if let Some(token) = self.token.lock().ok().and_then(|mut t| t.take()) {
-                let _ = self.ack_tx.send(token);
-            }
+            let _ = self.ack_tx.send(token);
         }
     }
 }
@@ -400,7 +426,8 @@ async fn publisher(
             }
             Ok(Ev::Confirmed { pkid, error }) => {
                 if let Some(w) = sent.remove(&pkid) {
-                    let _ = w.send(error.map_or(Ok(()), |e| Err(format!("the broker refused it: {e}"))));
+                    let _ = w
+                        .send(error.map_or(Ok(()), |e| Err(format!("the broker refused it: {e}"))));
                 }
             }
             Ok(_) => {}

@@ -442,10 +442,22 @@ fn validate_connector(name: &str, connector: &Connector, errors: &mut Errors<'_>
         Connector::Amqp(a) => url(&a.url, &["amqp", "amqps"], name, errors),
         Connector::Mqtt(m) => {
             url(&m.url, &["mqtt", "tcp"], name, errors);
-            duration(&m.session_expiry, &format!("connectors.{name}.mqtt.session_expiry"), errors);
-            duration(&m.keep_alive, &format!("connectors.{name}.mqtt.keep_alive"), errors);
+            duration(
+                &m.session_expiry,
+                &format!("connectors.{name}.mqtt.session_expiry"),
+                errors,
+            );
+            duration(
+                &m.keep_alive,
+                &format!("connectors.{name}.mqtt.keep_alive"),
+                errors,
+            );
             if m.publish_qos > 2 {
-                errors.push(0, 0, format!("connector `{name}`: `publish_qos` must be 0, 1 or 2"));
+                errors.push(
+                    0,
+                    0,
+                    format!("connector `{name}`: `publish_qos` must be 0, 1 or 2"),
+                );
             }
             if let Some(v) = m.version.as_ref().filter(|v| !matches!(***v, 3 | 5)) {
                 errors.at(

@@ -1,0 +1,209 @@
+//! MQTT helpers of the end-to-end tests: a Mosquitto of the test's own (free port, persistence
+//! in a temporary folder, a queue limit high enough for the test), a device-like publisher, and a
+//! subscriber that collects what fnbroker published.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+use super::{free_port, wait_for};
+
+/// The Mosquitto every session's machine runs.
+pub const SHARED_PORT: u16 = 1883;
+
+/// A Mosquitto of the test's own, stopped on drop.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Started as root, Mosquitto drops to its own user: let it write its persistence file.
+        let mut perms = std::fs::metadata(dir.path()).expect("dir").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
+        std::fs::set_permissions(dir.path(), perms).expect("chmod");
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\n",
+                dir.path().display()
+            ),
+        )
+        .expect("mosquitto.conf");
+        let mut me = Self {
+            port,
+            dir,
+            child: None,
+        };
+        me.run().await;
+        me
+    }
+
+    async fn run(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto is not installed (scripts/services.sh installs it)");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for("mosquitto to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+    }
+
+    /// Stops it cleanly (it saves its persistence file) and starts it again on the same port.
+    pub async fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+        self.run().await;
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One message to publish.
+pub struct Msg {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub content_type: Option<String>,
+    pub user_properties: Vec<(String, String)>,
+}
+
+impl Msg {
+    pub fn plain(topic: &str, payload: &[u8]) -> Self {
+        Self {
+            topic: topic.into(),
+            payload: payload.to_vec(),
+            content_type: None,
+            user_properties: Vec::new(),
+        }
+    }
+}
+
+/// Publishes `messages` at QoS 1 from a device-like client, waiting for every PUBACK.
+pub async fn publish(port: u16, messages: Vec<Msg>) {
+    let mut opts = MqttOptions::new(
+        format!("dev-{}", uuid::Uuid::new_v4().simple()),
+        "127.0.0.1",
+        port,
+    );
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(opts, 1000);
+    let n = messages.len();
+    let sender = tokio::spawn(async move {
+        for m in messages {
+            let props = PublishProperties {
+                content_type: m.content_type,
+                user_properties: m.user_properties,
+                ..Default::default()
+            };
+            client
+                .publish_with_properties(m.topic, QoS::AtLeastOnce, false, m.payload, props)
+                .await
+                .expect("queue publish");
+        }
+        client
+    });
+    let mut acked = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while acked < n {
+        let ev = tokio::time::timeout_at(deadline, events.poll())
+            .await
+            .unwrap_or_else(|_| panic!("only {acked} of {n} publishes acknowledged"))
+            .unwrap_or_else(|e| panic!("mqtt publisher on port {port}: {e} (is Mosquitto running? scripts/services.sh starts it)"));
+        if let Event::Incoming(Packet::PubAck(_)) = ev {
+            acked += 1;
+        }
+    }
+    let client = sender.await.expect("sender");
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), events.poll()).await;
+}
+
+/// A received message.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub content_type: Option<String>,
+    pub user_properties: Vec<(String, String)>,
+}
+
+impl Got {
+    pub fn prop(&self, name: &str) -> Option<&str> {
+        self.user_properties
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A subscriber collecting every message on `filter`; it is subscribed when this returns.
+pub async fn subscribe(
+    port: u16,
+    filter: &str,
+) -> (Arc<Mutex<Vec<Got>>>, tokio::task::JoinHandle<()>) {
+    let mut opts = MqttOptions::new(
+        format!("sub-{}", uuid::Uuid::new_v4().simple()),
+        "127.0.0.1",
+        port,
+    );
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(opts, 100);
+    client
+        .subscribe(filter, QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let got: Arc<Mutex<Vec<Got>>> = Arc::default();
+    // Poll until the SUBACK, so that nothing published afterwards is missed.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("mqtt subscriber on port {port}: {e}"),
+            Err(_) => panic!("no SUBACK"),
+        }
+    }
+    let sink = Arc::clone(&got);
+    let task = tokio::spawn(async move {
+        let _client = client;
+        while let Ok(ev) = events.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = ev {
+                let props = p.properties.unwrap_or_default();
+                sink.lock().expect("lock").push(Got {
+                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                    payload: p.payload.to_vec(),
+                    content_type: props.content_type,
+                    user_properties: props.user_properties,
+                });
+            }
+        }
+    });
+    (got, task)
+}

@@ -1,0 +1,280 @@
+//! End-to-end: the real `fnbroker` binary with a real Mosquitto (the machine's on 1883, or a
+//! test's own when it must restart it or queue many messages) and a real HTTP function server.
+//! Topics and client ids are unique to each test.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::mqtt::{self, Mosquitto, Msg, SHARED_PORT};
+use common::{FnServer, Fnbroker, wait_for};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn uid() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn connector(name: &str, port: u16, client_id: &str, extra: &str) -> String {
+    format!(
+        "  {name}: {{ mqtt: {{ url: \"mqtt://127.0.0.1:{port}\", client_id: c{client_id}, session_expiry: 10m{extra} }} }}\n"
+    )
+}
+
+fn http_fn(name: &str, url: &str) -> String {
+    format!("  {name}: {{ http: {{ url: \"{url}\" }}, timeout: 5s }}\n")
+}
+
+fn config(connectors: &str, functions: &str, triggers: &str) -> String {
+    format!("connectors:\n{connectors}functions:\n{functions}triggers:\n{triggers}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_and_cloud_events_reach_the_function() {
+    let root = format!("t{}", uid());
+    let server = FnServer::start().await;
+    let fb = Fnbroker::start(&config(
+        &(connector("iot", SHARED_PORT, &uid(), "") + &connector("old", SHARED_PORT, &uid(), ", version: 3")),
+        &(http_fn("f", &server.url("/f")) + &http_fn("g", &server.url("/g"))),
+        &format!(
+            "  - {{ name: rooms, from: {{ connector: iot, topic: \"{root}/sensors/+/temperature\", qos: 1 }}, event: {{ type: com.example.temperature }}, to: f }}\n  - {{ name: legacy, from: {{ connector: old, topic: \"{root}/legacy/#\", qos: 1 }}, to: g }}\n"
+        ),
+    ))
+    .await;
+
+    let binary = Msg {
+        topic: format!("{root}/sensors/hall/temperature"),
+        payload: b"19.0".to_vec(),
+        content_type: Some("text/plain".into()),
+        user_properties: vec![
+            ("specversion".into(), "1.0".into()),
+            ("id".into(), "bin-7".into()),
+            ("source".into(), "/devices/7".into()),
+            ("type".into(), "com.example.binary".into()),
+            ("Device-Name".into(), "hall sensor".into()),
+        ],
+    };
+    let structured = Msg {
+        topic: format!("{root}/sensors/attic/temperature"),
+        payload: br#"{"specversion":"1.0","id":"st-1","source":"/devices/9","type":"com.example.structured","data":{"c":30}}"#.to_vec(),
+        content_type: Some("application/cloudevents+json".into()),
+        user_properties: vec![],
+    };
+    mqtt::publish(SHARED_PORT, vec![
+        Msg::plain(&format!("{root}/sensors/kitchen/temperature"), br#"{"celsius":21.5}"#),
+        binary,
+        structured,
+        Msg::plain(&format!("{root}/legacy/boiler"), br#"{"specversion":"1.0","id":"v3-1","source":"/boiler","type":"com.example.legacy"}"#),
+    ])
+    .await;
+
+    let got = server.wait_count("/f", 3, WAIT).await;
+    let plain = got
+        .iter()
+        .find(|r| r.header("ce-subject") == Some(&format!("{root}/sensors/kitchen/temperature")))
+        .expect("plain");
+    assert_eq!(plain.header("ce-type"), Some("com.example.temperature"));
+    assert_eq!(
+        plain.header("ce-source"),
+        Some(format!("mqtt://iot/{root}/sensors/kitchen/temperature").as_str())
+    );
+    assert_eq!(&plain.body[..], br#"{"celsius":21.5}"#);
+    let bin = got
+        .iter()
+        .find(|r| r.header("ce-id") == Some("bin-7"))
+        .expect("binary");
+    assert_eq!(bin.header("ce-type"), Some("com.example.binary"));
+    assert_eq!(bin.header("ce-source"), Some("/devices/7"));
+    assert_eq!(bin.header("content-type"), Some("text/plain"));
+    assert_eq!(&bin.body[..], b"19.0");
+    let st = got
+        .iter()
+        .find(|r| r.header("ce-id") == Some("st-1"))
+        .expect("structured");
+    assert_eq!(st.header("ce-type"), Some("com.example.structured"));
+
+    let legacy = server.wait_count("/g", 1, WAIT).await;
+    assert_eq!(legacy[0].header("ce-id"), Some("v3-1"));
+    assert_eq!(legacy[0].header("ce-type"), Some("com.example.legacy"));
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcards_route_to_the_right_triggers_and_overlaps_reach_both() {
+    let root = format!("w{}", uid());
+    let server = FnServer::start().await;
+    let fb = Fnbroker::start(&config(
+        &connector("iot", SHARED_PORT, &uid(), ""),
+        &(http_fn("temps", &server.url("/temps")) + &http_fn("all", &server.url("/all"))),
+        &format!(
+            "  - {{ name: temps, from: {{ connector: iot, topic: \"{root}/+/temperature\" }}, to: temps }}\n  - {{ name: all, from: {{ connector: iot, topic: \"{root}/#\" }}, to: all }}\n"
+        ),
+    ))
+    .await;
+    mqtt::publish(
+        SHARED_PORT,
+        vec![
+            Msg::plain(&format!("{root}/kitchen/temperature"), b"1"),
+            Msg::plain(&format!("{root}/kitchen/humidity"), b"2"),
+        ],
+    )
+    .await;
+    let all = server.wait_count("/all", 2, WAIT).await;
+    let temps = server.wait_count("/temps", 1, WAIT).await;
+    assert_eq!(&temps[0].body[..], b"1");
+    let bodies: HashSet<Vec<u8>> = all.iter().map(|r| r.body.to_vec()).collect();
+    assert_eq!(bodies, HashSet::from([b"1".to_vec(), b"2".to_vec()]));
+    // No duplicates from the overlap, once the stragglers had a chance to arrive.
+    let temp_reached_all = all.iter().filter(|r| &r.body[..] == b"1").count();
+    assert_eq!(temp_reached_all, 1);
+    assert_eq!(server.count("/temps"), 1);
+    drop(fb);
+}
+
+/// kill -9 in the middle of 5,000 QoS 1 messages, start again with the same client id: every
+/// message reaches the function at least once (the broker holds the session meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_in_the_middle_loses_nothing() {
+    const N: usize = 5_000;
+    let broker = Mosquitto::start().await;
+    let root = format!("k{}", uid());
+    let server = FnServer::start().await;
+    let cfg = config(
+        &connector("iot", broker.port, &uid(), ""),
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/#\", qos: 1 }}, to: f, delivery: {{ max_in_flight: 64 }} }}\n"
+        ),
+    );
+    let fb = Fnbroker::start(&cfg).await;
+    let publishing = {
+        let root = root.clone();
+        let port = broker.port;
+        tokio::spawn(async move {
+            let msgs = (0..N)
+                .map(|i| Msg::plain(&format!("{root}/d{}", i % 10), format!("{i}").as_bytes()))
+                .collect();
+            mqtt::publish(port, msgs).await;
+        })
+    };
+    let kill_at = 500 + rand::random_range(0..2000);
+    server.wait_count("/f", kill_at, WAIT).await;
+    fb.signal("KILL");
+    drop(fb);
+    let before = server.count("/f");
+    publishing.await.expect("publisher");
+    let fb = Fnbroker::start(&cfg).await;
+    let seen = || -> HashSet<Vec<u8>> { server.on("/f").iter().map(|r| r.body.to_vec()).collect() };
+    wait_for(
+        "every message after the restart",
+        Duration::from_secs(120),
+        || seen().len() >= N,
+    )
+    .await;
+    let total = server.count("/f");
+    println!(
+        "mqtt kill test: killed after {before} deliveries; {N} messages, {total} deliveries, {} duplicates",
+        total - N
+    );
+    drop(fb);
+}
+
+/// The broker restarts in the middle of a stream: fnbroker reconnects and resubscribes, and
+/// nothing published after the restart, nor anything the session held, is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_in_the_middle_of_a_stream_loses_nothing() {
+    let mut broker = Mosquitto::start().await;
+    let root = format!("r{}", uid());
+    let server = FnServer::start().await;
+    let fb = Fnbroker::start(&config(
+        &connector("iot", broker.port, &uid(), ", keep_alive: 5s"),
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/#\", qos: 1 }}, to: f }}\n"
+        ),
+    ))
+    .await;
+    let batch = |from: usize, to: usize| -> Vec<Msg> {
+        (from..to)
+            .map(|i| Msg::plain(&format!("{root}/x"), format!("{i}").as_bytes()))
+            .collect()
+    };
+    mqtt::publish(broker.port, batch(0, 200)).await;
+    server.wait_count("/f", 50, WAIT).await;
+    broker.restart().await;
+    mqtt::publish(broker.port, batch(200, 400)).await;
+    let seen = || -> HashSet<Vec<u8>> { server.on("/f").iter().map(|r| r.body.to_vec()).collect() };
+    wait_for("all 400 messages", Duration::from_secs(90), || {
+        seen().len() >= 400
+    })
+    .await;
+    assert!(
+        fb.logs().contains("mqtt connection lost"),
+        "the restart was noticed"
+    );
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_in_one_group_split_a_stream() {
+    const N: usize = 200;
+    let root = format!("s{}", uid());
+    let group = format!("g{}", uid());
+    let server = FnServer::start().await;
+    let cfg = |path: &str| {
+        config(
+            &connector("iot", SHARED_PORT, &uid(), ""),
+            &http_fn("f", &server.url(path)),
+            &format!(
+                "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/#\", qos: 1, group: {group} }}, to: f }}\n"
+            ),
+        )
+    };
+    let a = Fnbroker::start(&cfg("/a")).await;
+    let b = Fnbroker::start(&cfg("/b")).await;
+    // Both are ready, so both are subscribed (readiness waits for the SUBACKs).
+    let msgs = (0..N)
+        .map(|i| Msg::plain(&format!("{root}/m"), format!("{i}").as_bytes()))
+        .collect();
+    mqtt::publish(SHARED_PORT, msgs).await;
+    wait_for("every message", WAIT, || {
+        server.count("/a") + server.count("/b") >= N
+    })
+    .await;
+    let (na, nb) = (server.count("/a"), server.count("/b"));
+    println!("mqtt shared subscription split: {na} + {nb}");
+    assert!(na > 0 && nb > 0, "both got some ({na} + {nb})");
+    let all: HashSet<Vec<u8>> = server
+        .on("/a")
+        .iter()
+        .chain(server.on("/b").iter())
+        .map(|r| r.body.to_vec())
+        .collect();
+    assert_eq!(all.len(), N);
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_is_published_to_an_mqtt_topic() {
+    let root = format!("p{}", uid());
+    let server =
+        FnServer::with(|_, _| common::Answer::ok().body("application/json", br#"{"setpoint":20}"#))
+            .await;
+    let (got, _sub) = mqtt::subscribe(SHARED_PORT, &format!("{root}/replies")).await;
+    let fb = Fnbroker::start(&config(
+        &connector("iot", SHARED_PORT, &uid(), ""),
+        &http_fn("f", &server.url("/f")),
+        &format!("  - {{ name: t, from: {{ connector: iot, topic: \"{root}/in\" }}, event: {{ type: com.example.reading }}, to: f, reply: {{ connector: iot, topic: \"{root}/replies\" }} }}\n"),
+    ))
+    .await;
+    mqtt::publish(SHARED_PORT, vec![Msg::plain(&format!("{root}/in"), b"21")]).await;
+    wait_for("the reply", WAIT, || !got.lock().expect("lock").is_empty()).await;
+    let r = got.lock().expect("lock")[0].clone();
+    assert_eq!(r.prop("specversion"), Some("1.0"));
+    assert_eq!(r.prop("type"), Some("com.example.reading.reply"));
+    assert_eq!(r.prop("source"), Some("fnbroker://functions/f"));
+    assert_eq!(r.content_type.as_deref(), Some("application/json"));
+    assert_eq!(r.payload, br#"{"setpoint":20}"#);
+    drop(fb);
+}
