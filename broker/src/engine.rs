@@ -89,6 +89,8 @@ enum Outcome {
     },
     /// Not finished (stopping, or the dead letter could not be published): redeliver.
     Released,
+    /// Failed an attempt; the broker redelivers it after the delay (broker-side retries).
+    Retry(Duration),
 }
 
 impl TriggerRuntime {
@@ -109,9 +111,18 @@ impl TriggerRuntime {
     }
 
     /// Delivers one event with retries; then dead-letters it if it failed for good.
-    async fn deliver(&self, event: &Event, shutdown: &CancellationToken) -> Outcome {
+    ///
+    /// With `broker_retry`, the broker delivered the message that many times before, and waits
+    /// between attempts itself: a failed attempt that may be retried returns [`Outcome::Retry`]
+    /// instead of sleeping here.
+    async fn deliver(
+        &self,
+        event: &Event,
+        shutdown: &CancellationToken,
+        broker_retry: Option<u32>,
+    ) -> Outcome {
         let started = Instant::now();
-        let mut attempt: u32 = 0;
+        let mut attempt: u32 = broker_retry.unwrap_or(0);
         loop {
             attempt += 1;
             let error = match self.function.call(event, self.timeout).await {
@@ -133,6 +144,9 @@ impl TriggerRuntime {
                 .delay(attempt, error.retry_after(), &mut rand::rng());
             tracing::debug!(trigger = %self.name, id = event.id(), attempt, ?wait, error = %error, "retrying");
             self.stats.retried.inc();
+            if broker_retry.is_some() {
+                return Outcome::Retry(wait);
+            }
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = shutdown.cancelled() => return Outcome::Released,
@@ -326,13 +340,14 @@ async fn process(
     msg: Incoming,
     triggers: Arc<[Arc<TriggerRuntime>]>,
     shutdown: CancellationToken,
+    broker_retries: bool,
 ) -> u64 {
     let Incoming {
         event,
         origin,
         key,
         ack,
-        ..
+        redeliveries,
     } = msg;
 
     if let Origin::Invalid(reason) = &origin {
@@ -361,8 +376,11 @@ async fn process(
         t.stats.received.inc();
         t.stats.in_flight.inc();
     }
+    // The broker may wait between attempts only when one trigger matched: a redelivery goes to
+    // every trigger of the subscription again.
+    let broker_retry = (broker_retries && views.len() == 1).then_some(redeliveries);
     let outcomes = futures::future::join_all(views.iter().map(|(t, view)| async {
-        let outcome = t.deliver(view, &shutdown).await;
+        let outcome = t.deliver(view, &shutdown, broker_retry).await;
         t.stats.in_flight.dec();
         outcome
     }))
@@ -372,13 +390,16 @@ async fn process(
 }
 
 /// One settlement from the outcomes of every matched trigger: released if any must see the
-/// message again, else failed if any failed, else delivered with the first reply.
+/// message again, retried later if one asked for it, else failed if any failed, else delivered
+/// with the first reply.
 fn combine(outcomes: Vec<Outcome>) -> Settlement {
     let mut failure = None;
     let mut reply = None;
+    let mut retry = None;
     for outcome in outcomes {
         match outcome {
             Outcome::Released => return Settlement::Released,
+            Outcome::Retry(delay) => retry = Some(delay),
             Outcome::Failed { reason, timed_out } => {
                 failure.get_or_insert(Settlement::Failed { reason, timed_out });
             }
@@ -388,6 +409,9 @@ fn combine(outcomes: Vec<Outcome>) -> Settlement {
                 }
             }
         }
+    }
+    if let Some(delay) = retry {
+        return Settlement::Retry { delay };
     }
     failure.unwrap_or(Settlement::Delivered { reply })
 }
@@ -412,6 +436,8 @@ pub(crate) async fn pump(
     cfg: PumpConfig,
     shutdown: CancellationToken,
 ) {
+    // Broker-side retries would let the next message of a key overtake a failed one.
+    let broker_retries = source.redelivers_with_delay() && !cfg.ordered;
     let mut in_flight = FuturesUnordered::new();
     // Ordered mode: keys with a message in flight, and the messages waiting behind them.
     let mut waiting: HashMap<u64, VecDeque<Incoming>> = HashMap::new();
@@ -429,7 +455,12 @@ pub(crate) async fn pump(
                     match next {
                         Some(msg) => {
                             queued -= 1;
-                            in_flight.push(process(msg, Arc::clone(&cfg.triggers), shutdown.clone()));
+                            in_flight.push(process(
+                        msg,
+                        Arc::clone(&cfg.triggers),
+                        shutdown.clone(),
+                        broker_retries,
+                    ));
                         }
                         None => {
                             waiting.remove(&key);
@@ -448,7 +479,12 @@ pub(crate) async fn pump(
                         }
                         waiting.insert(msg.key, VecDeque::new());
                     }
-                    in_flight.push(process(msg, Arc::clone(&cfg.triggers), shutdown.clone()));
+                    in_flight.push(process(
+                        msg,
+                        Arc::clone(&cfg.triggers),
+                        shutdown.clone(),
+                        broker_retries,
+                    ));
                 }
             },
         }
@@ -575,6 +611,58 @@ mod tests {
         )
     }
 
+    async fn process_test(
+        msg: Incoming,
+        triggers: Arc<[Arc<TriggerRuntime>]>,
+        shutdown: CancellationToken,
+    ) -> u64 {
+        process(msg, triggers, shutdown, false).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn broker_side_retries_settle_retry_then_dead_letter() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let f = function(Flaky {
+            failures: usize::MAX,
+            error: InvokeError::Status {
+                status: 503,
+                retry_after: None,
+                body: String::new(),
+            },
+            calls: Arc::clone(&calls),
+        });
+        let letters = Arc::new(Mutex::new(Vec::new()));
+        let dead = Target::Sink {
+            sink: Arc::new(Capture(Arc::clone(&letters))),
+            topic: "dlq".into(),
+        };
+        let t = trigger(f, 2, Some(dead));
+        // First delivery: one attempt, then the broker is asked to redeliver after the delay.
+        let (msg, mut rx) = incoming("a", 0);
+        process(
+            msg,
+            Arc::from(vec![t.clone()]),
+            CancellationToken::new(),
+            true,
+        )
+        .await;
+        assert!(
+            matches!(rx.recv().await, Some(Settlement::Retry { delay }) if delay == Duration::from_secs(1))
+        );
+        assert_eq!(calls.lock().expect("lock").len(), 1);
+        // The third delivery (two before it) is the last attempt: dead-lettered, not retried.
+        let (mut msg, mut rx) = incoming("a", 0);
+        msg.redeliveries = 2;
+        process(msg, Arc::from(vec![t]), CancellationToken::new(), true).await;
+        assert!(matches!(rx.recv().await, Some(Settlement::Failed { .. })));
+        assert_eq!(calls.lock().expect("lock").len(), 2);
+        let letters = letters.lock().expect("lock");
+        assert_eq!(
+            event::attribute(&letters[0], "dlqattempts").as_deref(),
+            Some("3")
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn retries_wait_and_then_succeed() {
         let calls = Arc::new(Mutex::new(Vec::new()));
@@ -589,7 +677,7 @@ mod tests {
         });
         let t = trigger(f, 3, None);
         let (msg, mut rx) = incoming("a", 0);
-        process(msg, Arc::from(vec![t.clone()]), CancellationToken::new()).await;
+        process_test(msg, Arc::from(vec![t.clone()]), CancellationToken::new()).await;
         assert!(matches!(
             rx.recv().await,
             Some(Settlement::Delivered { .. })
@@ -613,7 +701,7 @@ mod tests {
             calls: Arc::clone(&calls),
         });
         let (msg, mut rx) = incoming("a", 0);
-        process(
+        process_test(
             msg,
             Arc::from(vec![trigger(f, 3, None)]),
             CancellationToken::new(),
@@ -645,7 +733,7 @@ mod tests {
             topic: "dlq".into(),
         };
         let (msg, mut rx) = incoming("a", 0);
-        process(
+        process_test(
             msg,
             Arc::from(vec![trigger(f, 5, Some(dead))]),
             CancellationToken::new(),
@@ -683,7 +771,7 @@ mod tests {
             topic: "dlq".into(),
         };
         let (msg, mut rx) = incoming("a", 0);
-        process(
+        process_test(
             msg,
             Arc::from(vec![trigger(f, 2, Some(dead))]),
             CancellationToken::new(),
@@ -720,7 +808,7 @@ mod tests {
         };
         let (mut msg, mut rx) = incoming("raw-1", 0);
         msg.origin = Origin::Invalid("missing required attribute `id`".into());
-        process(
+        process_test(
             msg,
             Arc::from(vec![trigger(f, 3, Some(dead))]),
             CancellationToken::new(),
@@ -773,7 +861,7 @@ mod tests {
             topic: "dlq".into(),
         };
         let (msg, mut rx) = incoming("a", 0);
-        process(
+        process_test(
             msg,
             Arc::from(vec![trigger(f, 1, Some(dead))]),
             CancellationToken::new(),
@@ -791,7 +879,7 @@ mod tests {
         });
         let shutdown = CancellationToken::new();
         let (msg, mut rx) = incoming("a", 0);
-        let task = tokio::spawn(process(
+        let task = tokio::spawn(process_test(
             msg,
             Arc::from(vec![trigger(f, 5, None)]),
             shutdown.clone(),

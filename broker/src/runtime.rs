@@ -38,6 +38,10 @@ fn build_connector(name: &str, cfg: &config::Connector) -> anyhow::Result<Arc<dy
             fnbroker_mqtt::MqttConnector::new(name, mqtt)
                 .with_context(|| format!("connector `{name}`"))?,
         )),
+        config::Connector::Nats(nats) => Ok(Arc::new(fnbroker_nats::NatsConnector::new(
+            name,
+            nats.clone(),
+        ))),
         other => bail!(
             "connector `{name}`: the {} connector is not part of this build yet",
             other.kind()
@@ -73,6 +77,15 @@ fn build_function(
     }))
 }
 
+/// Triggers with the same source: they share one subscription.
+struct Group {
+    from: config::TriggerSource,
+    triggers: Vec<Arc<TriggerRuntime>>,
+    max_in_flight: usize,
+    ordered: bool,
+    attempt_timeout: std::time::Duration,
+}
+
 /// The running broker.
 pub(crate) struct Broker {
     connectors: Arc<HashMap<String, Arc<dyn Connector>>>,
@@ -100,8 +113,7 @@ impl Broker {
 
         let mut triggers = Vec::new();
         // Triggers with the same source share one subscription (fan-out).
-        let mut groups: Vec<(config::TriggerSource, Vec<Arc<TriggerRuntime>>, usize, bool)> =
-            Vec::new();
+        let mut groups: Vec<Group> = Vec::new();
         for t in &config.triggers {
             let function = Arc::clone(
                 functions
@@ -126,18 +138,32 @@ impl Broker {
             });
             triggers.push(Arc::clone(&runtime));
             let max = *t.delivery.max_in_flight;
-            match groups.iter_mut().find(|(from, ..)| *from == t.from) {
-                Some((_, list, max_in_flight, ordered)) => {
-                    list.push(runtime);
-                    *max_in_flight = (*max_in_flight).min(max);
-                    *ordered |= t.delivery.ordered;
+            match groups.iter_mut().find(|g| g.from == t.from) {
+                Some(g) => {
+                    g.max_in_flight = g.max_in_flight.min(max);
+                    g.ordered |= t.delivery.ordered;
+                    g.attempt_timeout = g.attempt_timeout.max(runtime.timeout);
+                    g.triggers.push(runtime);
                 }
-                None => groups.push((t.from.clone(), vec![runtime], max, t.delivery.ordered)),
+                None => groups.push(Group {
+                    from: t.from.clone(),
+                    max_in_flight: max,
+                    ordered: t.delivery.ordered,
+                    attempt_timeout: runtime.timeout,
+                    triggers: vec![runtime],
+                }),
             }
         }
 
         let mut pumps = Vec::new();
-        for (from, list, max_in_flight, ordered) in groups {
+        for Group {
+            from,
+            triggers: list,
+            max_in_flight,
+            ordered,
+            attempt_timeout,
+        } in groups
+        {
             let connector = connectors
                 .get(from.connector.as_str())
                 .with_context(|| format!("unknown connector `{}`", *from.connector))?;
@@ -146,6 +172,7 @@ impl Broker {
                 from: from.clone(),
                 max_in_flight,
                 ordered,
+                attempt_timeout,
                 triggers: names.clone(),
             };
             let source = connector

@@ -146,6 +146,9 @@ pub struct Subscription {
     pub max_in_flight: usize,
     /// Whether messages with the same key must be delivered one at a time.
     pub ordered: bool,
+    /// The longest time one attempt of its triggers may take: brokers that redeliver what is
+    /// not acknowledged in time (JetStream's `ack_wait`) must wait longer than this.
+    pub attempt_timeout: std::time::Duration,
     /// The names of the triggers that share this subscription, for logs.
     pub triggers: Vec<String>,
 }
@@ -162,6 +165,14 @@ pub trait Source: Send {
     /// Stops the source once the engine has settled or dropped every handle it gave out: the
     /// place for a final offset commit or an orderly unsubscribe.
     async fn close(self: Box<Self>) {}
+
+    /// Whether the broker redelivers a message after a [`Settlement::Retry`] delay (JetStream's
+    /// `nak` with a delay) and counts its deliveries in [`Incoming::redeliveries`]. The engine
+    /// then leaves the waiting between attempts to the broker, so retries survive a restart of
+    /// fnbroker and a retrying message holds no memory here.
+    fn redelivers_with_delay(&self) -> bool {
+        false
+    }
 }
 
 /// Publishes events to a destination (replies, dead letters).

@@ -75,6 +75,7 @@ async fn http_protocol_binding_scenarios() {
         from,
         max_in_flight: 4,
         ordered: false,
+        attempt_timeout: Duration::from_secs(30),
         triggers: vec!["t".into()],
     };
     let mut source = ingress.subscribe(&sub).await.expect("subscribe");

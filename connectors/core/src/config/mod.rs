@@ -123,8 +123,32 @@ fn default_commit_interval() -> ConfDuration {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct NatsConnector {
-    /// The server URL, `nats://host:port`.
+    /// The server URL, `nats://host:port` (several separated by commas).
     pub url: Loc<String>,
+    /// The user name, if the server wants one.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The password (use `${ENV}`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A token, if the server wants one (use `${ENV}`).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// How replies and dead letters are published: `core` (default; flushed, at-most-once) or
+    /// `jetstream` (resolves on the stream's publish acknowledgement).
+    #[serde(default)]
+    pub publish: NatsPublish,
+}
+
+/// How a NATS connector publishes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NatsPublish {
+    /// A core NATS publish, flushed to the server.
+    #[default]
+    Core,
+    /// A JetStream publish, confirmed by the stream.
+    Jetstream,
 }
 
 /// An AMQP 0-9-1 connection.
@@ -301,6 +325,10 @@ pub struct TriggerSource {
     /// HTTP only: answer the request after the delivery, with the function's reply.
     #[serde(default)]
     pub sync: bool,
+    /// JetStream only: create the stream (capturing `topic`) and the durable consumer when they
+    /// are missing. Without it a missing stream is an error at start.
+    #[serde(default)]
+    pub create: bool,
 }
 
 impl TriggerSource {

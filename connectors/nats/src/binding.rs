@@ -1,0 +1,133 @@
+//! The NATS binding of CloudEvents: binary mode with `ce-` headers (case-insensitive on read)
+//! and `Content-Type`; structured mode by the content type `application/cloudevents+json`; plain
+//! payloads normalized (JetStream: `id` the stream sequence, `time` the stored timestamp; the
+//! subject is the concrete one the message came on).
+
+use std::borrow::Cow;
+
+use async_nats::HeaderMap;
+use chrono::{DateTime, Utc};
+use fnbroker_core::Origin;
+use fnbroker_core::event::{self, AttributesReader, Event, PlainMessage};
+
+/// What the binding reads of a message.
+#[derive(Debug, Default)]
+pub struct Message<'a> {
+    /// The concrete subject.
+    pub subject: &'a str,
+    /// The payload.
+    pub payload: &'a [u8],
+    /// The headers.
+    pub headers: Option<&'a HeaderMap>,
+    /// JetStream: the stream sequence, a stable id.
+    pub sequence: Option<u64>,
+    /// JetStream: when the stream stored it.
+    pub time: Option<DateTime<Utc>>,
+}
+
+fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
+    let headers = headers?;
+    headers
+        .iter()
+        .find(|(k, _)| AsRef::<str>::as_ref(k).eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| v.first())
+        .map(|v| v.as_str())
+}
+
+/// Turns a message into an event.
+pub fn decode(connector: &str, msg: &Message<'_>) -> (Event, Origin) {
+    let content_type = header(msg.headers, "content-type");
+    let ce_headers: Vec<(Cow<'_, str>, Cow<'_, str>)> = msg
+        .headers
+        .map(|h| {
+            h.iter()
+                .filter_map(|(k, v)| {
+                    let name = fnbroker_core::binding::strip_prefix_ci(AsRef::<str>::as_ref(k), "ce-")?;
+                    Some((Cow::Owned(name.into_owned()), Cow::Borrowed(v.first()?.as_str())))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let result = if content_type.is_some_and(event::is_structured_content_type) {
+        Some(event::from_json_slice(msg.payload))
+    } else if !ce_headers.is_empty() {
+        Some(event::from_binary(ce_headers, content_type, msg.payload.to_vec()))
+    } else {
+        None
+    };
+    match result {
+        Some(Ok(e)) => (e, Origin::CloudEvent),
+        Some(Err(err)) => (plain(connector, msg, content_type), Origin::Invalid(err.0)),
+        None => (plain(connector, msg, content_type), Origin::Plain),
+    }
+}
+
+fn plain(connector: &str, msg: &Message<'_>, content_type: Option<&str>) -> Event {
+    event::normalize(
+        PlainMessage {
+            kind: "nats",
+            connector,
+            topic: msg.subject,
+            id: msg.sequence.map(|s| s.to_string()),
+            time: msg.time,
+            content_type,
+            traceparent: header(msg.headers, "traceparent"),
+            ..Default::default()
+        },
+        msg.payload.to_vec(),
+    )
+}
+
+/// Binary mode: `ce-` headers, `Content-Type`, the data as payload.
+pub fn encode(event: &Event) -> (HeaderMap, Vec<u8>) {
+    let mut headers = HeaderMap::new();
+    for (name, value) in event::binary_attributes(event) {
+        headers.insert(format!("ce-{name}").as_str(), value.as_ref());
+    }
+    if let Some(ct) = event.datacontenttype() {
+        headers.insert("Content-Type", ct);
+    }
+    (headers, event::data_bytes(event).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_round_trip_and_case_insensitive_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("CE-SpecVersion", "1.0");
+        h.insert("ce-id", "n-1");
+        h.insert("Ce-Source", "/s");
+        h.insert("ce-type", "t");
+        h.insert("content-type", "text/plain");
+        let msg = Message { subject: "orders.eu", payload: b"hi", headers: Some(&h), ..Default::default() };
+        let (e, origin) = decode("bus", &msg);
+        assert_eq!(origin, Origin::CloudEvent);
+        assert_eq!(e.id(), "n-1");
+        assert_eq!(e.datacontenttype(), Some("text/plain"));
+        let (h2, payload) = encode(&e);
+        let msg2 = Message { subject: "x", payload: &payload, headers: Some(&h2), ..Default::default() };
+        assert_eq!(decode("bus", &msg2).0, e);
+    }
+
+    #[test]
+    fn plain_jetstream_messages_get_the_sequence_as_id() {
+        let msg = Message { subject: "orders.eu", payload: b"{}", sequence: Some(42), ..Default::default() };
+        let (e, origin) = decode("bus", &msg);
+        assert_eq!(origin, Origin::Plain);
+        assert_eq!(e.id(), "42");
+        assert_eq!(e.source(), "nats://bus/orders.eu");
+        assert_eq!(e.subject(), Some("orders.eu"));
+    }
+
+    #[test]
+    fn structured_mode_by_content_type() {
+        let mut h = HeaderMap::new();
+        h.insert("Content-Type", "application/cloudevents+json");
+        let body = br#"{"specversion":"1.0","id":"s","source":"/s","type":"t"}"#;
+        let msg = Message { subject: "a", payload: body, headers: Some(&h), ..Default::default() };
+        assert_eq!(decode("bus", &msg).1, Origin::CloudEvent);
+    }
+}

@@ -1,0 +1,368 @@
+//! The NATS connector (async-nats): core subjects and JetStream durable pull consumers.
+//!
+//! **Core NATS** (`from: { connector, topic, group }`): a subscription to a subject (`*`, `>`
+//! wildcards), a queue subscription when `group` is given, so replicas split the messages. Core
+//! NATS is **at-most-once** by nature: the server does not redeliver, so a message in flight when
+//! fnbroker stops or dies is lost, and a subscriber that falls behind loses messages ("slow
+//! consumer").
+//!
+//! **JetStream** (`from: { connector, stream, topic, group }`): a durable pull consumer named
+//! `group` (default `fnbroker`) on `stream`, filtered by `topic`, with explicit acks and
+//! `max_ack_pending` = the trigger's `max_in_flight`; `ack_wait` is twice the longest attempt
+//! timeout plus ten seconds. A delivered message is `ack`ed; a failed attempt that may be retried
+//! is `nak`ed with the backoff delay, so the server redelivers it later and the retry state
+//! survives a restart of fnbroker; a dead-lettered one is `term`inated; one in flight at shutdown
+//! is `nak`ed for immediate redelivery. **At-least-once.** With `create: true` a missing stream
+//! (capturing `topic`) is created; the durable consumer is created when missing either way.
+//!
+//! **Sink.** Core publish followed by a flush, or (with `publish: jetstream`) a JetStream publish
+//! that resolves on the stream's acknowledgement. Binary mode with `ce-` headers.
+//!
+//! **Reconnect.** async-nats reconnects by itself and resumes subscriptions; pull loops start
+//! again after errors. `is_ready` is the client's connection state.
+#![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
+#![warn(missing_docs)]
+
+pub mod binding;
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
+use async_nats::{Client, ConnectOptions};
+use async_trait::async_trait;
+use fnbroker_core::config::{NatsConnector as NatsConfig, NatsPublish};
+use fnbroker_core::{
+    AckHandle, Connector, ConnectorError, Event, Incoming, Settlement, Sink, Source, Subscription,
+};
+use futures::StreamExt;
+use tokio::sync::{OnceCell, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// The NATS connector of one configuration entry.
+pub struct NatsConnector {
+    name: String,
+    config: NatsConfig,
+    client: OnceCell<Client>,
+    stop: CancellationToken,
+}
+
+impl NatsConnector {
+    /// A connector named `name`; it connects on first use.
+    pub fn new(name: impl Into<String>, config: NatsConfig) -> Self {
+        Self {
+            name: name.into(),
+            config,
+            client: OnceCell::new(),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    fn error(&self, message: impl Into<String>) -> ConnectorError {
+        ConnectorError::Io {
+            connector: self.name.clone(),
+            message: message.into(),
+        }
+    }
+
+    async fn client(&self) -> Result<Client, ConnectorError> {
+        self.client
+            .get_or_try_init(|| async {
+                let mut opts = ConnectOptions::new()
+                    .name(format!("fnbroker-{}", self.name))
+                    .retry_on_initial_connect()
+                    .subscription_capacity(4096);
+                if let (Some(u), Some(p)) = (&self.config.user, &self.config.password) {
+                    opts = opts.user_and_password(u.clone(), p.clone());
+                }
+                if let Some(t) = &self.config.token {
+                    opts = opts.token(t.clone());
+                }
+                let name = self.name.clone();
+                opts = opts.event_callback(move |event| {
+                    let name = name.clone();
+                    async move {
+                        tracing::info!(connector = %name, %event, "nats connection event");
+                    }
+                });
+                opts.connect(self.config.url.as_str())
+                    .await
+                    .map_err(|e| self.error(format!("cannot connect to {}: {e}", *self.config.url)))
+            })
+            .await
+            .cloned()
+    }
+}
+
+fn key_of(subject: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    subject.hash(&mut h);
+    h.finish()
+}
+
+#[async_trait]
+impl Connector for NatsConnector {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
+        let client = self.client().await?;
+        let subject = sub.from.topic().to_string();
+        let (tx, rx) = mpsc::channel(sub.max_in_flight.clamp(1, 1024));
+        match &sub.from.stream {
+            None => {
+                let subscriber = match &sub.from.group {
+                    Some(g) => client.queue_subscribe(subject.clone(), g.clone()).await,
+                    None => client.subscribe(subject.clone()).await,
+                }
+                .map_err(|e| self.error(format!("cannot subscribe to `{subject}`: {e}")))?;
+                tokio::spawn(core_loop(self.name.clone(), subscriber, tx, self.stop.clone()));
+                Ok(Box::new(NatsSource { rx, broker_retries: false }))
+            }
+            Some(stream_name) => {
+                let js = jetstream::new(client);
+                let stream = if sub.from.create {
+                    js.get_or_create_stream(stream::Config {
+                        name: stream_name.clone(),
+                        subjects: vec![subject.clone()],
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| self.error(format!("cannot create stream `{stream_name}`: {e}")))?
+                } else {
+                    js.get_stream(stream_name).await.map_err(|e| {
+                        self.error(format!(
+                            "stream `{stream_name}` is not there ({e}); create it, or set `create: true` on the trigger's `from`"
+                        ))
+                    })?
+                };
+                let durable = sub.from.group.clone().unwrap_or_else(|| "fnbroker".to_string());
+                let ack_wait = sub.attempt_timeout * 2 + Duration::from_secs(10);
+                let max_pending = i64::try_from(sub.max_in_flight).unwrap_or(i64::MAX);
+                let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+                    .get_or_create_consumer(
+                        &durable,
+                        pull::Config {
+                            durable_name: Some(durable.clone()),
+                            filter_subject: subject.clone(),
+                            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                            ack_wait,
+                            max_ack_pending: max_pending,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map_err(|e| self.error(format!("cannot get or create consumer `{durable}` on `{stream_name}`: {e}")))?;
+                tracing::info!(connector = %self.name, stream = %stream_name, consumer = %durable, ?ack_wait, "jetstream consumer ready");
+                tokio::spawn(jetstream_loop(
+                    self.name.clone(),
+                    consumer,
+                    sub.max_in_flight,
+                    tx,
+                    self.stop.clone(),
+                ));
+                Ok(Box::new(NatsSource { rx, broker_retries: true }))
+            }
+        }
+    }
+
+    async fn sink(&self) -> Result<Arc<dyn Sink>, ConnectorError> {
+        let client = self.client().await?;
+        Ok(Arc::new(NatsSink {
+            connector: self.name.clone(),
+            jetstream: (self.config.publish == NatsPublish::Jetstream)
+                .then(|| jetstream::new(client.clone())),
+            client,
+        }))
+    }
+
+    fn is_ready(&self) -> bool {
+        self.client.get().is_none_or(|c| {
+            c.connection_state() == async_nats::connection::State::Connected
+        })
+    }
+
+    async fn stop(&self) {
+        self.stop.cancel();
+        if let Some(c) = self.client.get() {
+            let _ = c.flush().await;
+        }
+    }
+}
+
+struct NatsSource {
+    rx: mpsc::Receiver<Incoming>,
+    broker_retries: bool,
+}
+
+#[async_trait]
+impl Source for NatsSource {
+    async fn next(&mut self) -> Option<Incoming> {
+        self.rx.recv().await
+    }
+
+    fn redelivers_with_delay(&self) -> bool {
+        self.broker_retries
+    }
+}
+
+async fn core_loop(
+    name: String,
+    mut subscriber: async_nats::Subscriber,
+    tx: mpsc::Sender<Incoming>,
+    stop: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            () = stop.cancelled() => break,
+            m = subscriber.next() => m,
+        };
+        let Some(msg) = msg else { break };
+        let view = binding::Message {
+            subject: msg.subject.as_str(),
+            payload: &msg.payload,
+            headers: msg.headers.as_ref(),
+            ..Default::default()
+        };
+        let (event, origin) = binding::decode(&name, &view);
+        let incoming = Incoming {
+            event,
+            origin,
+            key: key_of(msg.subject.as_str()),
+            redeliveries: 0,
+            ack: AckHandle::none(),
+        };
+        if tx.send(incoming).await.is_err() {
+            break;
+        }
+    }
+    let _ = subscriber.unsubscribe().await;
+}
+
+async fn jetstream_loop(
+    name: String,
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    batch: usize,
+    tx: mpsc::Sender<Incoming>,
+    stop: CancellationToken,
+) {
+    // Acknowledgements are sent by a task of their own: a handle's closure must not block.
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(jetstream::Message, Settlement)>();
+    let acker_name = name.clone();
+    tokio::spawn(async move {
+        while let Some((msg, settlement)) = ack_rx.recv().await {
+            let kind = match settlement {
+                Settlement::Delivered { .. } => AckKind::Ack,
+                Settlement::Failed { .. } => AckKind::Term,
+                Settlement::Retry { delay } => AckKind::Nak(Some(delay)),
+                Settlement::Released => AckKind::Nak(None),
+            };
+            if let Err(e) = msg.ack_with(kind).await {
+                tracing::warn!(connector = %acker_name, error = %e, "cannot acknowledge; the server will redeliver");
+            }
+        }
+    });
+    let mut backoff = Duration::from_millis(500);
+    'outer: loop {
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(batch.clamp(1, 1024))
+            .messages()
+            .await;
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(connector = %name, error = %e, "cannot pull from jetstream; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                () = stop.cancelled() => break 'outer,
+                m = messages.next() => m,
+            };
+            let msg = match next {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    tracing::debug!(connector = %name, error = %e, "jetstream pull error");
+                    continue;
+                }
+                None => break,
+            };
+            backoff = Duration::from_millis(500);
+            let (sequence, time, delivered) = match msg.info() {
+                Ok(info) => (
+                    Some(info.stream_sequence),
+                    chrono::DateTime::from_timestamp(info.published.unix_timestamp(), info.published.nanosecond()),
+                    info.delivered,
+                ),
+                Err(_) => (None, None, 1),
+            };
+            let view = binding::Message {
+                subject: msg.subject.as_str(),
+                payload: &msg.payload,
+                headers: msg.headers.as_ref(),
+                sequence,
+                time,
+            };
+            let (event, origin) = binding::decode(&name, &view);
+            let key = key_of(msg.subject.as_str());
+            let ack_tx = ack_tx.clone();
+            let ack = AckHandle::new(move |s| {
+                let _ = ack_tx.send((msg, s));
+            });
+            let incoming = Incoming {
+                event,
+                origin,
+                key,
+                redeliveries: u32::try_from(delivered.saturating_sub(1)).unwrap_or(0),
+                ack,
+            };
+            if tx.send(incoming).await.is_err() {
+                break 'outer;
+            }
+        }
+    }
+}
+
+/// Publishes replies and dead letters.
+struct NatsSink {
+    connector: String,
+    client: Client,
+    jetstream: Option<jetstream::Context>,
+}
+
+#[async_trait]
+impl Sink for NatsSink {
+    async fn publish(&self, topic: &str, event: &Event) -> Result<(), ConnectorError> {
+        let err = |message: String| ConnectorError::Io {
+            connector: self.connector.clone(),
+            message: format!("cannot publish to `{topic}`: {message}"),
+        };
+        let (headers, payload) = binding::encode(event);
+        match &self.jetstream {
+            Some(js) => js
+                .publish_with_headers(topic.to_string(), headers, payload.into())
+                .await
+                .map_err(|e| err(e.to_string()))?
+                .await
+                .map(|_| ())
+                .map_err(|e| err(e.to_string())),
+            None => {
+                self.client
+                    .publish_with_headers(topic.to_string(), headers, payload.into())
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
+                self.client.flush().await.map_err(|e| err(e.to_string()))
+            }
+        }
+    }
+}
