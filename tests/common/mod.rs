@@ -5,6 +5,7 @@
 
 pub mod kafka;
 pub mod mqtt;
+pub mod nats;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};

@@ -42,8 +42,12 @@ pub fn decode(connector: &str, msg: &Message<'_>) -> (Event, Origin) {
         .map(|h| {
             h.iter()
                 .filter_map(|(k, v)| {
-                    let name = fnbroker_core::binding::strip_prefix_ci(AsRef::<str>::as_ref(k), "ce-")?;
-                    Some((Cow::Owned(name.into_owned()), Cow::Borrowed(v.first()?.as_str())))
+                    let name =
+                        fnbroker_core::binding::strip_prefix_ci(AsRef::<str>::as_ref(k), "ce-")?;
+                    Some((
+                        Cow::Owned(name.into_owned()),
+                        Cow::Borrowed(v.first()?.as_str()),
+                    ))
                 })
                 .collect()
         })
@@ -51,7 +55,11 @@ pub fn decode(connector: &str, msg: &Message<'_>) -> (Event, Origin) {
     let result = if content_type.is_some_and(event::is_structured_content_type) {
         Some(event::from_json_slice(msg.payload))
     } else if !ce_headers.is_empty() {
-        Some(event::from_binary(ce_headers, content_type, msg.payload.to_vec()))
+        Some(event::from_binary(
+            ce_headers,
+            content_type,
+            msg.payload.to_vec(),
+        ))
     } else {
         None
     };
@@ -102,19 +110,34 @@ mod tests {
         h.insert("Ce-Source", "/s");
         h.insert("ce-type", "t");
         h.insert("content-type", "text/plain");
-        let msg = Message { subject: "orders.eu", payload: b"hi", headers: Some(&h), ..Default::default() };
+        let msg = Message {
+            subject: "orders.eu",
+            payload: b"hi",
+            headers: Some(&h),
+            ..Default::default()
+        };
         let (e, origin) = decode("bus", &msg);
         assert_eq!(origin, Origin::CloudEvent);
         assert_eq!(e.id(), "n-1");
         assert_eq!(e.datacontenttype(), Some("text/plain"));
         let (h2, payload) = encode(&e);
-        let msg2 = Message { subject: "x", payload: &payload, headers: Some(&h2), ..Default::default() };
+        let msg2 = Message {
+            subject: "x",
+            payload: &payload,
+            headers: Some(&h2),
+            ..Default::default()
+        };
         assert_eq!(decode("bus", &msg2).0, e);
     }
 
     #[test]
     fn plain_jetstream_messages_get_the_sequence_as_id() {
-        let msg = Message { subject: "orders.eu", payload: b"{}", sequence: Some(42), ..Default::default() };
+        let msg = Message {
+            subject: "orders.eu",
+            payload: b"{}",
+            sequence: Some(42),
+            ..Default::default()
+        };
         let (e, origin) = decode("bus", &msg);
         assert_eq!(origin, Origin::Plain);
         assert_eq!(e.id(), "42");
@@ -127,7 +150,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("Content-Type", "application/cloudevents+json");
         let body = br#"{"specversion":"1.0","id":"s","source":"/s","type":"t"}"#;
-        let msg = Message { subject: "a", payload: body, headers: Some(&h), ..Default::default() };
+        let msg = Message {
+            subject: "a",
+            payload: body,
+            headers: Some(&h),
+            ..Default::default()
+        };
         assert_eq!(decode("bus", &msg).1, Origin::CloudEvent);
     }
 }

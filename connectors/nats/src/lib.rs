@@ -119,8 +119,16 @@ impl Connector for NatsConnector {
                     None => client.subscribe(subject.clone()).await,
                 }
                 .map_err(|e| self.error(format!("cannot subscribe to `{subject}`: {e}")))?;
-                tokio::spawn(core_loop(self.name.clone(), subscriber, tx, self.stop.clone()));
-                Ok(Box::new(NatsSource { rx, broker_retries: false }))
+                tokio::spawn(core_loop(
+                    self.name.clone(),
+                    subscriber,
+                    tx,
+                    self.stop.clone(),
+                ));
+                Ok(Box::new(NatsSource {
+                    rx,
+                    broker_retries: false,
+                }))
             }
             Some(stream_name) => {
                 let js = jetstream::new(client);
@@ -139,7 +147,11 @@ impl Connector for NatsConnector {
                         ))
                     })?
                 };
-                let durable = sub.from.group.clone().unwrap_or_else(|| "fnbroker".to_string());
+                let durable = sub
+                    .from
+                    .group
+                    .clone()
+                    .unwrap_or_else(|| "fnbroker".to_string());
                 let ack_wait = sub.attempt_timeout * 2 + Duration::from_secs(10);
                 let max_pending = i64::try_from(sub.max_in_flight).unwrap_or(i64::MAX);
                 let consumer: jetstream::consumer::Consumer<pull::Config> = stream
@@ -155,7 +167,11 @@ impl Connector for NatsConnector {
                         },
                     )
                     .await
-                    .map_err(|e| self.error(format!("cannot get or create consumer `{durable}` on `{stream_name}`: {e}")))?;
+                    .map_err(|e| {
+                        self.error(format!(
+                            "cannot get or create consumer `{durable}` on `{stream_name}`: {e}"
+                        ))
+                    })?;
                 tracing::info!(connector = %self.name, stream = %stream_name, consumer = %durable, ?ack_wait, "jetstream consumer ready");
                 tokio::spawn(jetstream_loop(
                     self.name.clone(),
@@ -164,7 +180,10 @@ impl Connector for NatsConnector {
                     tx,
                     self.stop.clone(),
                 ));
-                Ok(Box::new(NatsSource { rx, broker_retries: true }))
+                Ok(Box::new(NatsSource {
+                    rx,
+                    broker_retries: true,
+                }))
             }
         }
     }
@@ -180,9 +199,9 @@ impl Connector for NatsConnector {
     }
 
     fn is_ready(&self) -> bool {
-        self.client.get().is_none_or(|c| {
-            c.connection_state() == async_nats::connection::State::Connected
-        })
+        self.client
+            .get()
+            .is_none_or(|c| c.connection_state() == async_nats::connection::State::Connected)
     }
 
     async fn stop(&self) {
@@ -301,7 +320,10 @@ async fn jetstream_loop(
             let (sequence, time, delivered) = match msg.info() {
                 Ok(info) => (
                     Some(info.stream_sequence),
-                    chrono::DateTime::from_timestamp(info.published.unix_timestamp(), info.published.nanosecond()),
+                    chrono::DateTime::from_timestamp(
+                        info.published.unix_timestamp(),
+                        info.published.nanosecond(),
+                    ),
                     info.delivered,
                 ),
                 Err(_) => (None, None, 1),

@@ -1,0 +1,148 @@
+//! NATS helpers of the end-to-end tests: a nats-server of the test's own (free port, JetStream
+//! store in a temporary folder), publishers, and a subscriber.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use futures::StreamExt;
+
+use super::{free_port, wait_for};
+
+/// The NATS server every session's machine runs (with JetStream).
+pub const SHARED_URL: &str = "nats://127.0.0.1:4222";
+
+pub async fn connect(url: &str) -> async_nats::Client {
+    async_nats::connect(url).await.unwrap_or_else(|e| {
+        panic!("cannot connect to NATS at {url} (scripts/services.sh starts it): {e}")
+    })
+}
+
+/// A nats-server with JetStream of the test's own, killed on drop.
+pub struct NatsServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    pub async fn start() -> Self {
+        let mut me = Self {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        me.run().await;
+        me
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn run(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is not installed (scripts/services.sh installs it)");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for("nats-server to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+    }
+
+    /// Stops it (SIGTERM, so JetStream flushes) and starts it again on the same port and store.
+    pub async fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+        self.run().await;
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Creates a stream capturing `subjects` on the server at `url`.
+pub async fn create_stream(url: &str, name: &str, subjects: &[&str]) {
+    let js = async_nats::jetstream::new(connect(url).await);
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: name.to_string(),
+        subjects: subjects.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("create stream {name}: {e}"));
+}
+
+/// Publishes through JetStream, waiting for each acknowledgement.
+pub async fn js_publish(url: &str, messages: Vec<(String, Vec<u8>)>) {
+    let js = async_nats::jetstream::new(connect(url).await);
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for (subject, payload) in messages {
+        let ack = js.publish(subject, payload.into()).await.expect("publish");
+        acks.push(ack.into_future());
+        if acks.len() >= 512 {
+            acks.next().await.map(|r| r.expect("publish ack"));
+        }
+    }
+    while let Some(r) = acks.next().await {
+        r.expect("publish ack");
+    }
+}
+
+/// Publishes on core NATS and flushes.
+pub async fn publish(url: &str, messages: Vec<(String, HeaderMap, Vec<u8>)>) {
+    let client = connect(url).await;
+    for (subject, headers, payload) in messages {
+        client
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+            .expect("publish");
+    }
+    client.flush().await.expect("flush");
+}
+
+/// A subscriber collecting (headers, payload) of every message on `subject`.
+pub async fn subscribe(url: &str, subject: &str) -> Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>> {
+    let client = connect(url).await;
+    let mut sub = client
+        .subscribe(subject.to_string())
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+    let got: Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>> = Arc::default();
+    let sink = Arc::clone(&got);
+    tokio::spawn(async move {
+        let _client = client;
+        while let Some(m) = sub.next().await {
+            sink.lock()
+                .expect("lock")
+                .push((m.headers.unwrap_or_default(), m.payload.to_vec()));
+        }
+    });
+    got
+}

@@ -1,0 +1,311 @@
+//! End-to-end: the real `fnbroker` binary with a real nats-server (the machine's on 4222 with
+//! JetStream, or a test's own when it restarts it) and a real HTTP function server. Subjects,
+//! streams and consumers are unique to each test.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use common::nats::{self, NatsServer, SHARED_URL};
+use common::{Answer, FnServer, Fnbroker, wait_for};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn uid() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn config(url: &str, extra: &str, functions: &str, triggers: &str) -> String {
+    format!(
+        "connectors:\n  bus: {{ nats: {{ url: \"{url}\"{extra} }} }}\nfunctions:\n{functions}triggers:\n{triggers}"
+    )
+}
+
+fn http_fn(name: &str, url: &str) -> String {
+    format!("  {name}: {{ http: {{ url: \"{url}\" }}, timeout: 5s }}\n")
+}
+
+fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.insert(*k, *v);
+    }
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_plain_binary_and_structured_reach_the_function() {
+    let root = format!("c{}", uid());
+    let server = FnServer::start().await;
+    let fb = Fnbroker::start(&config(
+        SHARED_URL,
+        "",
+        &http_fn("f", &server.url("/f")),
+        &format!("  - {{ name: t, from: {{ connector: bus, topic: \"{root}.>\" }}, event: {{ type: com.example.order }}, to: f }}\n"),
+    ))
+    .await;
+    nats::publish(SHARED_URL, vec![
+        (format!("{root}.orders.eu"), headers(&[("Content-Type", "application/json")]), br#"{"mode":"plain"}"#.to_vec()),
+        (
+            format!("{root}.orders.us"),
+            headers(&[("CE-SpecVersion", "1.0"), ("ce-id", "b-1"), ("ce-source", "/shop"), ("ce-type", "com.example.binary"), ("Content-Type", "application/json")]),
+            br#"{"mode":"binary"}"#.to_vec(),
+        ),
+        (
+            format!("{root}.orders.asia"),
+            headers(&[("Content-Type", "application/cloudevents+json")]),
+            br#"{"specversion":"1.0","id":"s-1","source":"/shop","type":"com.example.structured","data":{"mode":"structured"}}"#.to_vec(),
+        ),
+    ])
+    .await;
+    let got = server.wait_count("/f", 3, WAIT).await;
+    let find = |mode: &str| {
+        got.iter()
+            .find(|r| {
+                serde_json::from_slice::<serde_json::Value>(&r.body)
+                    .is_ok_and(|v| v["mode"] == mode)
+            })
+            .unwrap_or_else(|| panic!("{mode} missing"))
+    };
+    let p = find("plain");
+    assert_eq!(p.header("ce-type"), Some("com.example.order"));
+    assert_eq!(
+        p.header("ce-subject"),
+        Some(format!("{root}.orders.eu").as_str())
+    );
+    assert_eq!(
+        p.header("ce-source"),
+        Some(format!("nats://bus/{root}.orders.eu").as_str())
+    );
+    assert_eq!(p.header("content-type"), Some("application/json"));
+    let b = find("binary");
+    assert_eq!(b.header("ce-id"), Some("b-1"));
+    assert_eq!(b.header("ce-type"), Some("com.example.binary"));
+    let s = find("structured");
+    assert_eq!(s.header("ce-id"), Some("s-1"));
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_in_one_queue_group_split_a_stream() {
+    const N: usize = 300;
+    let root = format!("q{}", uid());
+    let server = FnServer::start().await;
+    let cfg = |path: &str| {
+        config(
+            SHARED_URL,
+            "",
+            &http_fn("f", &server.url(path)),
+            &format!(
+                "  - {{ name: t, from: {{ connector: bus, topic: \"{root}.>\", group: workers }}, to: f }}\n"
+            ),
+        )
+    };
+    let a = Fnbroker::start(&cfg("/a")).await;
+    let b = Fnbroker::start(&cfg("/b")).await;
+    let msgs = (0..N)
+        .map(|i| {
+            (
+                format!("{root}.m"),
+                HeaderMap::new(),
+                format!("{i}").into_bytes(),
+            )
+        })
+        .collect();
+    nats::publish(SHARED_URL, msgs).await;
+    wait_for("every message", WAIT, || {
+        server.count("/a") + server.count("/b") >= N
+    })
+    .await;
+    let (na, nb) = (server.count("/a"), server.count("/b"));
+    println!("nats queue group split: {na} + {nb}");
+    assert!(na > 0 && nb > 0, "both got some ({na} + {nb})");
+    assert_eq!(na + nb, N, "a queue group delivers each message once");
+    drop((a, b));
+}
+
+/// JetStream: 10,000 messages, kill -9 in the middle, start again: every message reached the
+/// function at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_kill_9_in_the_middle_loses_nothing() {
+    const N: usize = 10_000;
+    let root = format!("k{}", uid());
+    let stream = format!("S{}", uid());
+    let server = FnServer::start().await;
+    nats::create_stream(SHARED_URL, &stream, &[&format!("{root}.>")]).await;
+    nats::js_publish(
+        SHARED_URL,
+        (0..N)
+            .map(|i| (format!("{root}.x"), format!("{i}").into_bytes()))
+            .collect(),
+    )
+    .await;
+    let cfg = config(
+        SHARED_URL,
+        "",
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: \"{root}.>\", group: g{} }}, to: f, delivery: {{ max_in_flight: 128 }} }}\n",
+            uid()
+        ),
+    );
+    let fb = Fnbroker::start(&cfg).await;
+    let kill_at = 1000 + rand::random_range(0..(N / 2));
+    server.wait_count("/f", kill_at, WAIT).await;
+    fb.signal("KILL");
+    drop(fb);
+    let before = server.count("/f");
+    let fb = Fnbroker::start(&cfg).await;
+    let seen = || -> HashSet<Vec<u8>> { server.on("/f").iter().map(|r| r.body.to_vec()).collect() };
+    wait_for(
+        "every message after the restart",
+        Duration::from_secs(120),
+        || seen().len() >= N,
+    )
+    .await;
+    let total = server.count("/f");
+    println!(
+        "nats jetstream kill test: killed after {before}; {N} messages, {total} deliveries, {} duplicates",
+        total - N
+    );
+    // Plain JetStream messages carry the stream sequence as their id.
+    let ids: HashSet<String> = server
+        .on("/f")
+        .iter()
+        .filter_map(|r| r.header("ce-id").map(str::to_string))
+        .collect();
+    assert!(ids.contains("1") && ids.contains(&N.to_string()));
+    drop(fb);
+}
+
+/// A message the function keeps failing is redelivered by the server after the backoff delay
+/// (nak), then dead-lettered and terminated: never delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_naks_with_the_backoff_then_dead_letters_and_terminates() {
+    let root = format!("n{}", uid());
+    let stream = format!("S{}", uid());
+    let durable = format!("g{}", uid());
+    let server = FnServer::with(|path, _| match path {
+        "/f" => Answer::status(503),
+        _ => Answer::ok(),
+    })
+    .await;
+    let fb = Fnbroker::start(&config(
+        SHARED_URL,
+        "",
+        &(http_fn("f", &server.url("/f")) + &http_fn("dlq", &server.url("/dlq"))),
+        &format!("  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: \"{root}.>\", group: {durable}, create: true }}, to: f, delivery: {{ retries: 2, backoff: constant, delay: 700ms }}, dead_letter: {{ function: dlq }} }}\n"),
+    ))
+    .await;
+    nats::js_publish(
+        SHARED_URL,
+        vec![(format!("{root}.poison"), b"bad".to_vec())],
+    )
+    .await;
+    let letters = server.wait_count("/dlq", 1, WAIT).await;
+    assert_eq!(letters[0].header("ce-dlqattempts"), Some("3"));
+    assert_eq!(letters[0].header("ce-dlqstatus"), Some("503"));
+    let calls = server.on("/f");
+    assert_eq!(
+        calls.len(),
+        3,
+        "one delivery and two redeliveries by the server"
+    );
+    for pair in calls.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            gap >= Duration::from_millis(650),
+            "redelivered after {gap:?}, not the backoff delay"
+        );
+    }
+    // Terminated: the server has nothing pending or unacknowledged for the consumer.
+    let js = async_nats::jetstream::new(nats::connect(SHARED_URL).await);
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(&stream)
+        .await
+        .expect("stream")
+        .get_consumer(&durable)
+        .await
+        .expect("consumer");
+    let mut settled = false;
+    for _ in 0..100 {
+        let info = consumer.info().await.expect("info");
+        if info.num_ack_pending == 0 && info.num_pending == 0 {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(settled, "the message was terminated");
+    assert_eq!(server.count("/f"), 3);
+    drop(fb);
+}
+
+/// The server restarts in the middle of a JetStream stream: nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_survives_a_server_restart() {
+    let mut nats_server = NatsServer::start().await;
+    let url = nats_server.url();
+    let root = format!("r{}", uid());
+    let server = FnServer::start().await;
+    let fb = Fnbroker::start(&config(
+        &url,
+        "",
+        &http_fn("f", &server.url("/f")),
+        &format!("  - {{ name: t, from: {{ connector: bus, stream: RESTART, topic: \"{root}.>\", create: true }}, to: f }}\n"),
+    ))
+    .await;
+    let batch = |a: usize, b: usize| {
+        (a..b)
+            .map(|i| (format!("{root}.x"), format!("{i}").into_bytes()))
+            .collect()
+    };
+    nats::js_publish(&url, batch(0, 500)).await;
+    server.wait_count("/f", 100, WAIT).await;
+    nats_server.restart().await;
+    nats::js_publish(&url, batch(500, 1000)).await;
+    let seen = || -> HashSet<Vec<u8>> { server.on("/f").iter().map(|r| r.body.to_vec()).collect() };
+    wait_for("all 1000 messages", Duration::from_secs(120), || {
+        seen().len() >= 1000
+    })
+    .await;
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_is_published_to_a_subject() {
+    let root = format!("p{}", uid());
+    let server = FnServer::with(|_, _| Answer::ok().body("text/plain", b"pong")).await;
+    let got = nats::subscribe(SHARED_URL, &format!("{root}.replies")).await;
+    let fb = Fnbroker::start(&config(
+        SHARED_URL,
+        "",
+        &http_fn("f", &server.url("/f")),
+        &format!("  - {{ name: t, from: {{ connector: bus, topic: \"{root}.in\" }}, to: f, reply: {{ connector: bus, topic: \"{root}.replies\" }} }}\n"),
+    ))
+    .await;
+    nats::publish(
+        SHARED_URL,
+        vec![(
+            format!("{root}.in"),
+            headers(&[
+                ("ce-specversion", "1.0"),
+                ("ce-id", "ping-1"),
+                ("ce-source", "/x"),
+                ("ce-type", "com.example.ping"),
+            ]),
+            b"ping".to_vec(),
+        )],
+    )
+    .await;
+    wait_for("the reply", WAIT, || !got.lock().expect("lock").is_empty()).await;
+    let (h, payload) = got.lock().expect("lock")[0].clone();
+    let get = |k: &str| h.get(k).map(|v| v.as_str().to_string());
+    assert_eq!(get("ce-type").as_deref(), Some("com.example.ping.reply"));
+    assert_eq!(get("ce-source").as_deref(), Some("fnbroker://functions/f"));
+    assert_eq!(get("Content-Type").as_deref(), Some("text/plain"));
+    assert_eq!(payload, b"pong");
+    drop(fb);
+}
