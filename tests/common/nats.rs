@@ -126,15 +126,18 @@ pub async fn publish(url: &str, messages: Vec<(String, HeaderMap, Vec<u8>)>) {
     client.flush().await.expect("flush");
 }
 
+/// What a subscriber collected: (headers, payload) of each message.
+pub type Collected = Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>;
+
 /// A subscriber collecting (headers, payload) of every message on `subject`.
-pub async fn subscribe(url: &str, subject: &str) -> Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>> {
+pub async fn subscribe(url: &str, subject: &str) -> Collected {
     let client = connect(url).await;
     let mut sub = client
         .subscribe(subject.to_string())
         .await
         .expect("subscribe");
     client.flush().await.expect("flush");
-    let got: Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>> = Arc::default();
+    let got: Collected = Arc::default();
     let sink = Arc::clone(&got);
     tokio::spawn(async move {
         let _client = client;
