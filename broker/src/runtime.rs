@@ -42,10 +42,10 @@ fn build_connector(name: &str, cfg: &config::Connector) -> anyhow::Result<Arc<dy
             name,
             nats.clone(),
         ))),
-        other => bail!(
-            "connector `{name}`: the {} connector is not part of this build yet",
-            other.kind()
-        ),
+        config::Connector::Amqp(amqp) => Ok(Arc::new(fnbroker_amqp::AmqpConnector::new(
+            name,
+            amqp.clone(),
+        ))),
     }
 }
 
@@ -274,7 +274,7 @@ async fn target(
     let connector = connectors
         .get(name.as_str())
         .with_context(|| format!("unknown connector `{}`", **name))?;
-    let sink = connector.sink().await?;
+    let sink = connector.sink(dest).await?;
     Ok(Some(Target::Sink {
         sink,
         topic: dest.topic.clone().unwrap_or_default(),

@@ -196,8 +196,12 @@ pub trait Connector: Send + Sync {
         subscription: &Subscription,
     ) -> Result<Box<dyn Source>, ConnectorError>;
 
-    /// A sink that publishes through this connector.
-    async fn sink(&self) -> Result<Arc<dyn Sink>, ConnectorError>;
+    /// A sink that publishes through this connector to `destination` (whose `topic` each
+    /// publish names again; AMQP also reads its `exchange`).
+    async fn sink(
+        &self,
+        destination: &crate::config::Destination,
+    ) -> Result<Arc<dyn Sink>, ConnectorError>;
 
     /// Starts serving once every subscription is open (the HTTP ingress starts listening here).
     async fn start(&self) -> Result<(), ConnectorError> {

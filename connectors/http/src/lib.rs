@@ -130,7 +130,10 @@ impl Connector for HttpIngress {
         Ok(Box::new(HttpSource { rx }))
     }
 
-    async fn sink(&self) -> Result<Arc<dyn Sink>, ConnectorError> {
+    async fn sink(
+        &self,
+        _: &fnbroker_core::config::Destination,
+    ) -> Result<Arc<dyn Sink>, ConnectorError> {
         Err(ConnectorError::Unsupported {
             connector: self.name.clone(),
             kind: "http",

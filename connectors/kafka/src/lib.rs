@@ -140,7 +140,10 @@ impl Connector for KafkaConnector {
         )))
     }
 
-    async fn sink(&self) -> Result<Arc<dyn Sink>, ConnectorError> {
+    async fn sink(
+        &self,
+        _: &fnbroker_core::config::Destination,
+    ) -> Result<Arc<dyn Sink>, ConnectorError> {
         let sink = self
             .producer
             .get_or_try_init(|| async {

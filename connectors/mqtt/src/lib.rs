@@ -131,7 +131,10 @@ impl Connector for MqttConnector {
         Ok(Box::new(MqttSource { rx }))
     }
 
-    async fn sink(&self) -> Result<Arc<dyn Sink>, ConnectorError> {
+    async fn sink(
+        &self,
+        _: &fnbroker_core::config::Destination,
+    ) -> Result<Arc<dyn Sink>, ConnectorError> {
         let sink = self
             .sink
             .get_or_init(|| async {

@@ -188,7 +188,10 @@ impl Connector for NatsConnector {
         }
     }
 
-    async fn sink(&self) -> Result<Arc<dyn Sink>, ConnectorError> {
+    async fn sink(
+        &self,
+        _: &fnbroker_core::config::Destination,
+    ) -> Result<Arc<dyn Sink>, ConnectorError> {
         let client = self.client().await?;
         Ok(Arc::new(NatsSink {
             connector: self.name.clone(),

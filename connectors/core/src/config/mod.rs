@@ -155,11 +155,24 @@ pub enum NatsPublish {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct AmqpConnector {
-    /// The server URL, `amqp://user:pass@host:port/vhost`.
+    /// The server URL, `amqp://user:pass@host:port/vhost` (`%2f` is the default vhost).
     pub url: Loc<String>,
-    /// The exchange replies and dead letters are published to (default: the default exchange).
+    /// The exchange replies and dead letters are published to, their `topic` being the routing
+    /// key. Default: the default exchange (`""`), so `topic: orders` lands in the queue `orders`.
     #[serde(default)]
     pub exchange: Option<String>,
+    /// The prefix of the CloudEvents attribute headers written (`ce-` by default; `ce-`, `ce_`,
+    /// `cloudEvents_` and `cloudEvents:` are all read).
+    #[serde(default = "default_header_prefix")]
+    pub header_prefix: String,
+    /// The connection name shown by the broker (`rabbitmqctl list_connections`). Default
+    /// `fnbroker-<connector name>`; the publisher's connection adds `-pub`.
+    #[serde(default)]
+    pub connection_name: Option<String>,
+}
+
+fn default_header_prefix() -> String {
+    "ce-".to_string()
 }
 
 /// An MQTT connection.
@@ -329,6 +342,36 @@ pub struct TriggerSource {
     /// are missing. Without it a missing stream is an error at start.
     #[serde(default)]
     pub create: bool,
+    /// AMQP only: declare the queue (and bind it to an exchange) instead of using an existing one.
+    #[serde(default)]
+    pub declare: Option<AmqpDeclare>,
+}
+
+/// How an AMQP source declares its queue.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct AmqpDeclare {
+    /// An exchange to declare and bind the queue to; none: the queue only.
+    #[serde(default)]
+    pub exchange: Option<String>,
+    /// The exchange type: `direct`, `fanout`, `topic` (default) or `headers`.
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    /// The binding's routing key (default `#`).
+    #[serde(default)]
+    pub routing_key: Option<String>,
+    /// Whether the queue and exchange survive a broker restart. Default true.
+    #[serde(default = "default_true")]
+    pub durable: bool,
+    /// Queue arguments (`x-dead-letter-exchange`, `x-queue-type`, ...).
+    #[serde(default)]
+    pub arguments: BTreeMap<String, serde_json::Value>,
+}
+
+impl Eq for AmqpDeclare {}
+
+fn default_true() -> bool {
+    true
 }
 
 impl TriggerSource {
@@ -449,6 +492,9 @@ pub struct Destination {
     /// Or deliver to this function.
     #[serde(default)]
     pub function: Option<Loc<String>>,
+    /// AMQP: the exchange to publish to, instead of the connector's `exchange`.
+    #[serde(default)]
+    pub exchange: Option<String>,
 }
 
 /// The admin endpoint.

@@ -1,0 +1,435 @@
+//! The AMQP 0-9-1 connector (RabbitMQ, on lapin).
+//!
+//! **Source** (`from: { connector, queue, declare }`): a consumer on an existing queue, or on one
+//! it declares (and binds to an exchange) with `declare`. Prefetch (`basic.qos`) is the trigger's
+//! `max_in_flight`; acknowledgements are manual: `basic.ack` once delivered, `basic.reject`
+//! without requeue once dead-lettered or dropped (so a dead-letter exchange configured on the
+//! queue also sees it), `basic.nack` with requeue for what is handed back at shutdown. Replicas
+//! on one queue are competing consumers. **At-least-once.**
+//!
+//! **Reconnect.** Each subscription owns a connection named `connection_name`; when it drops
+//! (closed by the server, RabbitMQ restarting) it is opened again with backoff and consuming
+//! resumes. Deliveries in flight on the old channel cannot be acknowledged any more; RabbitMQ
+//! requeues them when the channel closes, so they are redelivered, never lost.
+//!
+//! **Sink.** A connection of its own (`<connection_name>-pub`) with publisher confirms:
+//! `publish` sends a persistent, mandatory message to the exchange with the topic as routing key
+//! and resolves only on the broker's ack; a nack, or the return of an unroutable message, is an
+//! error.
+#![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
+#![warn(missing_docs)]
+
+pub mod binding;
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fnbroker_core::config::{AmqpConnector as AmqpConfig, AmqpDeclare, Destination};
+use fnbroker_core::{
+    AckHandle, Connector, ConnectorError, Event, Incoming, Settlement, Sink, Source, Subscription,
+};
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Acker, Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// The AMQP connector of one configuration entry.
+pub struct AmqpConnector {
+    name: String,
+    config: AmqpConfig,
+    connection_name: String,
+    stop: CancellationToken,
+    /// Subscriptions, and how many of them are consuming right now.
+    subscriptions: AtomicUsize,
+    consuming: Arc<AtomicUsize>,
+}
+
+impl AmqpConnector {
+    /// A connector named `name`; it connects when subscribed to or asked for a sink.
+    pub fn new(name: impl Into<String>, config: AmqpConfig) -> Self {
+        let name = name.into();
+        let connection_name = config
+            .connection_name
+            .clone()
+            .unwrap_or_else(|| format!("fnbroker-{name}"));
+        Self {
+            name,
+            config,
+            connection_name,
+            stop: CancellationToken::new(),
+            subscriptions: AtomicUsize::new(0),
+            consuming: Arc::default(),
+        }
+    }
+}
+
+async fn connect(url: &str, connection_name: &str) -> Result<Connection, String> {
+    let props =
+        ConnectionProperties::default().with_connection_name(connection_name.to_string().into());
+    Connection::connect(url, props)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn key_of(routing_key: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    routing_key.hash(&mut h);
+    h.finish()
+}
+
+#[async_trait]
+impl Connector for AmqpConnector {
+    fn kind(&self) -> &'static str {
+        "amqp"
+    }
+
+    async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
+        let queue = sub.from.queue.clone().ok_or_else(|| ConnectorError::Io {
+            connector: self.name.clone(),
+            message: "an amqp trigger needs a `queue`".into(),
+        })?;
+        // Fail at start when the server is unreachable or the queue is missing; later drops are
+        // reconnected.
+        let conn = connect(&self.config.url, &self.connection_name)
+            .await
+            .map_err(|e| ConnectorError::Io {
+                connector: self.name.clone(),
+                message: format!("cannot connect: {e}"),
+            })?;
+        let prefetch = u16::try_from(sub.max_in_flight).unwrap_or(u16::MAX);
+        let spec = ConsumerSpec {
+            connector: self.name.clone(),
+            url: self.config.url.to_string(),
+            connection_name: self.connection_name.clone(),
+            queue,
+            declare: sub.from.declare.clone(),
+            prefetch,
+        };
+        let first = spec.open(&conn).await.map_err(|e| ConnectorError::Io {
+            connector: self.name.clone(),
+            message: e,
+        })?;
+        let (tx, rx) = mpsc::channel(sub.max_in_flight.clamp(1, 1024));
+        self.subscriptions.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(consume(
+            spec,
+            Some((conn, first)),
+            tx,
+            Arc::clone(&self.consuming),
+            self.stop.clone(),
+        ));
+        Ok(Box::new(AmqpSource { rx }))
+    }
+
+    async fn sink(&self, destination: &Destination) -> Result<Arc<dyn Sink>, ConnectorError> {
+        let exchange = destination
+            .exchange
+            .clone()
+            .or_else(|| self.config.exchange.clone())
+            .unwrap_or_default();
+        Ok(Arc::new(AmqpSink {
+            connector: self.name.clone(),
+            url: self.config.url.to_string(),
+            connection_name: format!("{}-pub", self.connection_name),
+            exchange,
+            prefix: self.config.header_prefix.clone(),
+            channel: Mutex::new(None),
+        }))
+    }
+
+    fn is_ready(&self) -> bool {
+        self.consuming.load(Ordering::Acquire) >= self.subscriptions.load(Ordering::Acquire)
+    }
+
+    async fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// What a consumer needs to (re)open its channel.
+struct ConsumerSpec {
+    connector: String,
+    url: String,
+    connection_name: String,
+    queue: String,
+    declare: Option<AmqpDeclare>,
+    prefetch: u16,
+}
+
+impl ConsumerSpec {
+    /// A channel with prefetch, the declarations, and the consumer.
+    async fn open(&self, conn: &Connection) -> Result<lapin::Consumer, String> {
+        let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(d) = &self.declare {
+            declare(&channel, &self.queue, d).await?;
+        } else {
+            channel
+                .queue_declare(
+                    self.queue.clone().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| format!("queue `{}` is not there ({e}); declare it, or add `declare` to the trigger's `from`", self.queue))?;
+        }
+        channel
+            .basic_consume(
+                self.queue.clone().into(),
+                format!("{}-{}", self.connection_name, self.queue).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("cannot consume `{}`: {e}", self.queue))
+    }
+}
+
+async fn declare(channel: &Channel, queue: &str, d: &AmqpDeclare) -> Result<(), String> {
+    channel
+        .queue_declare(
+            queue.to_string().into(),
+            QueueDeclareOptions {
+                durable: d.durable,
+                ..Default::default()
+            },
+            binding::arguments(&d.arguments),
+        )
+        .await
+        .map_err(|e| format!("cannot declare queue `{queue}`: {e}"))?;
+    if let Some(exchange) = &d.exchange {
+        let kind = match d.kind.as_deref().unwrap_or("topic") {
+            "direct" => ExchangeKind::Direct,
+            "fanout" => ExchangeKind::Fanout,
+            "headers" => ExchangeKind::Headers,
+            "topic" => ExchangeKind::Topic,
+            other => ExchangeKind::Custom(other.to_string()),
+        };
+        channel
+            .exchange_declare(
+                exchange.clone().into(),
+                kind,
+                ExchangeDeclareOptions {
+                    durable: d.durable,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("cannot declare exchange `{exchange}`: {e}"))?;
+        channel
+            .queue_bind(
+                queue.to_string().into(),
+                exchange.clone().into(),
+                d.routing_key.clone().unwrap_or_else(|| "#".into()).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("cannot bind `{queue}` to `{exchange}`: {e}"))?;
+    }
+    Ok(())
+}
+
+struct AmqpSource {
+    rx: mpsc::Receiver<Incoming>,
+}
+
+#[async_trait]
+impl Source for AmqpSource {
+    async fn next(&mut self) -> Option<Incoming> {
+        self.rx.recv().await
+    }
+}
+
+/// Consumes, reconnecting whenever the connection or the channel goes away.
+async fn consume(
+    spec: ConsumerSpec,
+    mut first: Option<(Connection, lapin::Consumer)>,
+    tx: mpsc::Sender<Incoming>,
+    consuming: Arc<AtomicUsize>,
+    stop: CancellationToken,
+) {
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(Acker, Settlement)>();
+    let name = spec.connector.clone();
+    tokio::spawn(async move {
+        while let Some((acker, settlement)) = ack_rx.recv().await {
+            let result = match settlement {
+                Settlement::Delivered { .. } => acker.ack(BasicAckOptions::default()).await,
+                Settlement::Failed { .. } => acker.reject(BasicRejectOptions { requeue: false }).await,
+                Settlement::Retry { .. } | Settlement::Released => {
+                    acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await
+                }
+            };
+            if let Err(e) = result {
+                // The channel is gone: RabbitMQ requeued the message when it closed.
+                tracing::debug!(connector = %name, error = %e, "acknowledgement on a closed channel; the message is redelivered");
+            }
+        }
+    });
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let (conn, mut consumer) = match first.take() {
+            Some(c) => c,
+            None => {
+                let opened = async {
+                    let conn = connect(&spec.url, &spec.connection_name).await?;
+                    let consumer = spec.open(&conn).await?;
+                    Ok::<_, String>((conn, consumer))
+                };
+                match opened.await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(connector = %spec.connector, queue = %spec.queue, error = %e, retry_in = ?backoff, "cannot consume; retrying");
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        continue;
+                    }
+                }
+            }
+        };
+        backoff = Duration::from_millis(500);
+        consuming.fetch_add(1, Ordering::AcqRel);
+        tracing::info!(connector = %spec.connector, queue = %spec.queue, "amqp consumer started");
+        loop {
+            let next = tokio::select! {
+                () = stop.cancelled() => {
+                    consuming.fetch_sub(1, Ordering::AcqRel);
+                    let _ = conn.close(200, "fnbroker stopping".into()).await;
+                    return;
+                }
+                d = consumer.next() => d,
+            };
+            let delivery = match next {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    tracing::warn!(connector = %spec.connector, queue = %spec.queue, error = %e, "amqp consumer lost; reconnecting");
+                    break;
+                }
+                None => {
+                    tracing::warn!(connector = %spec.connector, queue = %spec.queue, "amqp consumer closed; reconnecting");
+                    break;
+                }
+            };
+            let view = binding::Message {
+                queue: &spec.queue,
+                routing_key: delivery.routing_key.as_str(),
+                properties: &delivery.properties,
+                body: &delivery.data,
+            };
+            let (event, origin) = binding::decode(&spec.connector, &view);
+            let key = key_of(delivery.routing_key.as_str());
+            let acker = delivery.acker;
+            let ack_tx = ack_tx.clone();
+            let ack = AckHandle::new(move |s| {
+                let _ = ack_tx.send((acker, s));
+            });
+            let incoming = Incoming {
+                event,
+                origin,
+                key,
+                redeliveries: u32::from(delivery.redelivered),
+                ack,
+            };
+            if tx.send(incoming).await.is_err() {
+                consuming.fetch_sub(1, Ordering::AcqRel);
+                let _ = conn.close(200, "fnbroker stopping".into()).await;
+                return;
+            }
+        }
+        consuming.fetch_sub(1, Ordering::AcqRel);
+        drop(conn);
+    }
+}
+
+/// Publishes with confirms through a connection of its own, reconnecting when needed.
+struct AmqpSink {
+    connector: String,
+    url: String,
+    connection_name: String,
+    exchange: String,
+    prefix: String,
+    channel: Mutex<Option<(Connection, Channel)>>,
+}
+
+impl AmqpSink {
+    async fn channel(&self) -> Result<Channel, String> {
+        let mut guard = self.channel.lock().await;
+        if let Some((conn, ch)) = guard.as_ref() {
+            if conn.status().connected() && ch.status().connected() {
+                return Ok(ch.clone());
+            }
+        }
+        let conn = connect(&self.url, &self.connection_name).await?;
+        let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        *guard = Some((conn, ch.clone()));
+        Ok(ch)
+    }
+}
+
+#[async_trait]
+impl Sink for AmqpSink {
+    async fn publish(&self, topic: &str, event: &Event) -> Result<(), ConnectorError> {
+        let err = |message: String| ConnectorError::Io {
+            connector: self.connector.clone(),
+            message: format!(
+                "cannot publish to exchange `{}` with routing key `{topic}`: {message}",
+                self.exchange
+            ),
+        };
+        let channel = self.channel().await.map_err(err)?;
+        let (body, props) = binding::encode(event, &self.prefix);
+        let confirm = channel
+            .basic_publish(
+                ShortString::from(self.exchange.clone()),
+                ShortString::from(topic.to_string()),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &body,
+                props,
+            )
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        match confirm {
+            lapin::Confirmation::Ack(None) => Ok(()),
+            lapin::Confirmation::Ack(Some(_)) => {
+                Err(err("unroutable: no queue is bound for it".into()))
+            }
+            lapin::Confirmation::Nack(_) => {
+                Err(err("the broker refused it (nack)".into()))
+            }
+            lapin::Confirmation::NotRequested => Ok(()),
+        }
+    }
+}
