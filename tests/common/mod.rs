@@ -3,6 +3,7 @@
 //! condition with a deadline instead of sleeping.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod amqp;
 pub mod kafka;
 pub mod mqtt;
 pub mod nats;

@@ -62,14 +62,21 @@ pub fn decode(connector: &str, msg: &Message<'_>) -> (Event, Origin) {
     if let Some(h) = headers {
         for (k, v) in h.inner() {
             if let (Some(name), Some(value)) = (attribute_name(k.as_str()), value_text(v)) {
-                attributes.push((Cow::Owned(name.into_owned()), Cow::Owned(value.into_owned())));
+                attributes.push((
+                    Cow::Owned(name.into_owned()),
+                    Cow::Owned(value.into_owned()),
+                ));
             }
         }
     }
     let result = if content_type.is_some_and(event::is_structured_content_type) {
         Some(event::from_json_slice(msg.body))
     } else if !attributes.is_empty() {
-        Some(event::from_binary(attributes, content_type, msg.body.to_vec()))
+        Some(event::from_binary(
+            attributes,
+            content_type,
+            msg.body.to_vec(),
+        ))
     } else {
         None
     };
@@ -154,7 +161,10 @@ mod tests {
     fn props(headers: &[(&str, &str)], ct: Option<&str>) -> BasicProperties {
         let mut t = FieldTable::default();
         for (k, v) in headers {
-            t.insert(ShortString::from(k.to_string()), AMQPValue::LongString(LongString::from(v.to_string())));
+            t.insert(
+                ShortString::from(k.to_string()),
+                AMQPValue::LongString(LongString::from(v.to_string())),
+            );
         }
         let mut p = BasicProperties::default().with_headers(t);
         if let Some(ct) = ct {
@@ -166,13 +176,23 @@ mod tests {
     #[test]
     fn every_prefix_is_read() {
         for prefix in PREFIXES {
-            let h: Vec<(String, String)> = [("specversion", "1.0"), ("id", "a-1"), ("source", "/s"), ("type", "t")]
-                .iter()
-                .map(|(k, v)| (format!("{prefix}{k}"), v.to_string()))
-                .collect();
+            let h: Vec<(String, String)> = [
+                ("specversion", "1.0"),
+                ("id", "a-1"),
+                ("source", "/s"),
+                ("type", "t"),
+            ]
+            .iter()
+            .map(|(k, v)| (format!("{prefix}{k}"), v.to_string()))
+            .collect();
             let hv: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             let p = props(&hv, Some("text/plain"));
-            let msg = Message { queue: "q", routing_key: "q", properties: &p, body: b"x" };
+            let msg = Message {
+                queue: "q",
+                routing_key: "q",
+                properties: &p,
+                body: b"x",
+            };
             let (e, origin) = decode("rabbit", &msg);
             assert_eq!(origin, Origin::CloudEvent, "{prefix}");
             assert_eq!(e.id(), "a-1", "{prefix}");
@@ -182,11 +202,30 @@ mod tests {
 
     #[test]
     fn round_trip_with_the_default_prefix() {
-        let p = props(&[("ce-specversion", "1.0"), ("ce-id", "r-1"), ("ce-source", "/s"), ("ce-type", "t"), ("ce-myext", "v")], Some("application/json"));
-        let msg = Message { queue: "q", routing_key: "orders.eu", properties: &p, body: b"{}" };
+        let p = props(
+            &[
+                ("ce-specversion", "1.0"),
+                ("ce-id", "r-1"),
+                ("ce-source", "/s"),
+                ("ce-type", "t"),
+                ("ce-myext", "v"),
+            ],
+            Some("application/json"),
+        );
+        let msg = Message {
+            queue: "q",
+            routing_key: "orders.eu",
+            properties: &p,
+            body: b"{}",
+        };
         let (e, _) = decode("rabbit", &msg);
         let (body, p2) = encode(&e, "ce-");
-        let msg2 = Message { queue: "q", routing_key: "", properties: &p2, body: &body };
+        let msg2 = Message {
+            queue: "q",
+            routing_key: "",
+            properties: &p2,
+            body: &body,
+        };
         assert_eq!(decode("rabbit", &msg2).0, e);
         assert_eq!(p2.delivery_mode(), &Some(2));
     }
@@ -196,12 +235,20 @@ mod tests {
         let p = BasicProperties::default()
             .with_message_id(ShortString::from("m-42".to_string()))
             .with_timestamp(1_522_900_584);
-        let msg = Message { queue: "orders", routing_key: "orders.eu", properties: &p, body: b"{}" };
+        let msg = Message {
+            queue: "orders",
+            routing_key: "orders.eu",
+            properties: &p,
+            body: b"{}",
+        };
         let (e, origin) = decode("rabbit", &msg);
         assert_eq!(origin, Origin::Plain);
         assert_eq!(e.id(), "m-42");
         assert_eq!(e.source(), "amqp://rabbit/orders");
         assert_eq!(e.subject(), Some("orders.eu"));
-        assert_eq!(event::attribute(&e, "time").as_deref(), Some("2018-04-05T03:56:24Z"));
+        assert_eq!(
+            event::attribute(&e, "time").as_deref(),
+            Some("2018-04-05T03:56:24Z")
+        );
     }
 }

@@ -272,7 +272,9 @@ async fn consume(
         while let Some((acker, settlement)) = ack_rx.recv().await {
             let result = match settlement {
                 Settlement::Delivered { .. } => acker.ack(BasicAckOptions::default()).await,
-                Settlement::Failed { .. } => acker.reject(BasicRejectOptions { requeue: false }).await,
+                Settlement::Failed { .. } => {
+                    acker.reject(BasicRejectOptions { requeue: false }).await
+                }
                 Settlement::Retry { .. } | Settlement::Released => {
                     acker
                         .nack(BasicNackOptions {
@@ -426,9 +428,7 @@ impl Sink for AmqpSink {
             lapin::Confirmation::Ack(Some(_)) => {
                 Err(err("unroutable: no queue is bound for it".into()))
             }
-            lapin::Confirmation::Nack(_) => {
-                Err(err("the broker refused it (nack)".into()))
-            }
+            lapin::Confirmation::Nack(_) => Err(err("the broker refused it (nack)".into())),
             lapin::Confirmation::NotRequested => Ok(()),
         }
     }

@@ -1,0 +1,200 @@
+//! AMQP helpers of the end-to-end tests: queues with unique names on the machine's RabbitMQ,
+//! a confirmed publisher, a reader, and closing fnbroker's connection from the server side.
+
+use std::process::Command;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+pub const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+pub async fn channel() -> (Connection, Channel) {
+    let conn = Connection::connect(URL, ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| {
+            panic!("cannot connect to RabbitMQ at {URL} (scripts/services.sh starts it): {e}")
+        });
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    (conn, ch)
+}
+
+/// Declares a durable queue.
+pub async fn queue(ch: &Channel, name: &str) {
+    ch.queue_declare(
+        name.to_string().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue_declare");
+    ch.queue_purge(name.to_string().into(), QueuePurgeOptions::default())
+        .await
+        .expect("purge");
+}
+
+/// Declares a topic exchange and a queue bound to it with `#`.
+pub async fn exchange_with_queue(ch: &Channel, exchange: &str, queue_name: &str) {
+    ch.exchange_declare(
+        exchange.to_string().into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("exchange_declare");
+    queue(ch, queue_name).await;
+    ch.queue_bind(
+        queue_name.to_string().into(),
+        exchange.to_string().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
+}
+
+/// Publishes a persistent message to the default exchange (so to the queue `queue`), confirmed.
+pub async fn publish(
+    ch: &Channel,
+    queue: &str,
+    headers: &[(&str, &str)],
+    content_type: Option<&str>,
+    body: &[u8],
+) {
+    let mut table = FieldTable::default();
+    for (k, v) in headers {
+        table.insert(
+            ShortString::from(k.to_string()),
+            AMQPValue::LongString(LongString::from(v.to_string())),
+        );
+    }
+    let mut props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(table);
+    if let Some(ct) = content_type {
+        props = props.with_content_type(ShortString::from(ct.to_string()));
+    }
+    ch.basic_publish(
+        "".into(),
+        queue.to_string().into(),
+        BasicPublishOptions::default(),
+        body,
+        props,
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirm");
+}
+
+/// Publishes `n` persistent plain messages (`0..n`), confirmed.
+pub async fn publish_many(ch: &Channel, queue: &str, n: usize) {
+    let mut confirms = futures::stream::FuturesUnordered::new();
+    for i in 0..n {
+        let c = ch
+            .basic_publish(
+                "".into(),
+                queue.to_string().into(),
+                BasicPublishOptions::default(),
+                format!("{i}").as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish");
+        confirms.push(c);
+        if confirms.len() >= 1000 {
+            confirms.next().await.map(|r| r.expect("confirm"));
+        }
+    }
+    while let Some(r) = confirms.next().await {
+        r.expect("confirm");
+    }
+}
+
+/// A message read back.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub properties: BasicProperties,
+    pub body: Vec<u8>,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> Option<String> {
+        let v = self
+            .properties
+            .headers()
+            .as_ref()?
+            .inner()
+            .get(name)?
+            .clone();
+        match v {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            AMQPValue::ShortString(s) => Some(s.to_string()),
+            other => Some(format!("{other:?}")),
+        }
+    }
+}
+
+/// Reads `n` messages from `queue`.
+pub async fn read(ch: &Channel, queue: &str, n: usize, timeout: Duration) -> Vec<Got> {
+    let mut consumer = ch
+        .basic_consume(
+            queue.to_string().into(),
+            format!("reader-{}", uuid::Uuid::new_v4().simple()).into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let mut out = Vec::new();
+    while out.len() < n {
+        let d = tokio::time::timeout(timeout, consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("read {} of {n} from {queue}", out.len()))
+            .expect("open")
+            .expect("delivery");
+        d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+        out.push(Got {
+            properties: d.properties,
+            body: d.data,
+        });
+    }
+    out
+}
+
+/// Closes, from the server side, every connection whose name contains `name`; returns how many.
+pub fn close_connections(name: &str) -> usize {
+    let out = Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut closed = 0;
+    for line in text.lines().filter(|l| l.contains(name)) {
+        let pid = line.split_whitespace().next().unwrap_or_default();
+        let ok = Command::new("rabbitmqctl")
+            .args(["-q", "close_connection", pid, "closed by the test"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            closed += 1;
+        }
+    }
+    closed
+}

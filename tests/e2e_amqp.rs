@@ -1,0 +1,267 @@
+//! End-to-end: the real `fnbroker` binary with the machine's RabbitMQ (127.0.0.1:5672,
+//! guest/guest) and a real HTTP function server. Queues, exchanges and connection names are
+//! unique to each test.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::amqp;
+use common::{Answer, FnServer, Fnbroker, wait_for};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn uid() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn config(connection: &str, extra: &str, functions: &str, triggers: &str) -> String {
+    format!(
+        "connectors:\n  rabbit: {{ amqp: {{ url: \"{}\", connection_name: {connection}{extra} }} }}\nfunctions:\n{functions}triggers:\n{triggers}",
+        amqp::URL
+    )
+}
+
+fn http_fn(name: &str, url: &str) -> String {
+    format!("  {name}: {{ http: {{ url: \"{url}\" }}, timeout: 5s }}\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_binary_with_every_prefix_and_structured_reach_the_function() {
+    let q = format!("q-{}", uid());
+    let (_conn, ch) = amqp::channel().await;
+    amqp::queue(&ch, &q).await;
+    let server = FnServer::start().await;
+    let fb = Fnbroker::start(&config(
+        &format!("fb-{}", uid()),
+        "",
+        &http_fn("f", &server.url("/f")),
+        &format!("  - {{ name: t, from: {{ connector: rabbit, queue: {q} }}, event: {{ type: com.example.job }}, to: f }}\n"),
+    ))
+    .await;
+    amqp::publish(&ch, &q, &[], Some("application/json"), br#"{"n":"plain"}"#).await;
+    for (i, prefix) in ["ce-", "ce_", "cloudEvents_", "cloudEvents:"]
+        .iter()
+        .enumerate()
+    {
+        let id = format!("bin-{i}");
+        let headers = [
+            (format!("{prefix}specversion"), "1.0".to_string()),
+            (format!("{prefix}id"), id.clone()),
+            (format!("{prefix}source"), "/legacy".to_string()),
+            (format!("{prefix}type"), "com.example.binary".to_string()),
+        ];
+        let h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        amqp::publish(&ch, &q, &h, Some("text/plain"), prefix.as_bytes()).await;
+    }
+    amqp::publish(
+        &ch,
+        &q,
+        &[],
+        Some("application/cloudevents+json"),
+        br#"{"specversion":"1.0","id":"st-1","source":"/legacy","type":"com.example.structured","data":{"n":"structured"}}"#,
+    )
+    .await;
+    let got = server.wait_count("/f", 6, WAIT).await;
+    let plain = got
+        .iter()
+        .find(|r| &r.body[..] == br#"{"n":"plain"}"#)
+        .expect("plain");
+    assert_eq!(plain.header("ce-type"), Some("com.example.job"));
+    assert_eq!(
+        plain.header("ce-source"),
+        Some(format!("amqp://rabbit/{q}").as_str())
+    );
+    assert_eq!(plain.header("content-type"), Some("application/json"));
+    for i in 0..4 {
+        let id = format!("bin-{i}");
+        let r = got
+            .iter()
+            .find(|r| r.header("ce-id") == Some(id.as_str()))
+            .unwrap_or_else(|| panic!("{id}"));
+        assert_eq!(r.header("ce-type"), Some("com.example.binary"));
+        assert_eq!(r.header("ce-source"), Some("/legacy"));
+        assert_eq!(r.header("content-type"), Some("text/plain"));
+    }
+    assert!(got.iter().any(|r| r.header("ce-id") == Some("st-1")));
+    drop(fb);
+}
+
+/// kill -9 in the middle of 10,000 persistent messages, start again: every message reached the
+/// function at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_in_the_middle_loses_nothing() {
+    const N: usize = 10_000;
+    let q = format!("q-{}", uid());
+    let (_conn, ch) = amqp::channel().await;
+    amqp::queue(&ch, &q).await;
+    amqp::publish_many(&ch, &q, N).await;
+    let server = FnServer::start().await;
+    let cfg = config(
+        &format!("fb-{}", uid()),
+        "",
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: rabbit, queue: {q} }}, to: f, delivery: {{ max_in_flight: 128 }} }}\n"
+        ),
+    );
+    let fb = Fnbroker::start(&cfg).await;
+    let kill_at = 1000 + rand::random_range(0..(N / 2));
+    server.wait_count("/f", kill_at, WAIT).await;
+    fb.signal("KILL");
+    drop(fb);
+    let before = server.count("/f");
+    let fb = Fnbroker::start(&cfg).await;
+    let seen = || -> HashSet<Vec<u8>> { server.on("/f").iter().map(|r| r.body.to_vec()).collect() };
+    wait_for(
+        "every message after the restart",
+        Duration::from_secs(120),
+        || seen().len() >= N,
+    )
+    .await;
+    let total = server.count("/f");
+    println!(
+        "amqp kill test: killed after {before}; {N} messages, {total} deliveries, {} duplicates",
+        total - N
+    );
+    drop(fb);
+}
+
+/// The server closes fnbroker's connection in the middle of a stream: it reconnects and nothing
+/// is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_by_the_server_is_recovered() {
+    const N: usize = 2_000;
+    let q = format!("q-{}", uid());
+    let connection = format!("fb-{}", uid());
+    let (_conn, ch) = amqp::channel().await;
+    amqp::queue(&ch, &q).await;
+    amqp::publish_many(&ch, &q, N).await;
+    let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_millis(2))).await;
+    let fb = Fnbroker::start(&config(
+        &connection,
+        "",
+        &http_fn("f", &server.url("/f")),
+        &format!("  - {{ name: t, from: {{ connector: rabbit, queue: {q} }}, to: f, delivery: {{ max_in_flight: 32 }} }}\n"),
+    ))
+    .await;
+    server.wait_count("/f", 200, WAIT).await;
+    let closed = amqp::close_connections(&connection);
+    assert!(closed >= 1, "found fnbroker's connection by its name");
+    let seen = || -> HashSet<Vec<u8>> { server.on("/f").iter().map(|r| r.body.to_vec()).collect() };
+    wait_for(
+        "every message after the close",
+        Duration::from_secs(120),
+        || seen().len() >= N,
+    )
+    .await;
+    assert!(fb.logs().contains("reconnecting"), "the close was noticed");
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_and_replies_go_to_an_exchange_with_confirms() {
+    let q = format!("q-{}", uid());
+    let exchange = format!("x-{}", uid());
+    let dlq = format!("dlq-{}", uid());
+    let replies = format!("r-{}", uid());
+    let (_conn, ch) = amqp::channel().await;
+    amqp::queue(&ch, &q).await;
+    amqp::exchange_with_queue(&ch, &exchange, &dlq).await;
+    amqp::queue(&ch, &replies).await;
+    let server = FnServer::with(|_, n| {
+        if n == 0 {
+            Answer::status(422).body("text/plain", b"cannot process")
+        } else {
+            Answer::ok().body("application/json", br#"{"done":true}"#)
+        }
+    })
+    .await;
+    let fb = Fnbroker::start(&config(
+        &format!("fb-{}", uid()),
+        "",
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: rabbit, queue: {q} }}, to: f, delivery: {{ ordered: true }}, dead_letter: {{ connector: rabbit, exchange: {exchange}, topic: failed.jobs }}, reply: {{ connector: rabbit, topic: {replies} }} }}\n"
+        ),
+    ))
+    .await;
+    amqp::publish(
+        &ch,
+        &q,
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "job-1"),
+            ("ce-source", "/jobs"),
+            ("ce-type", "com.example.job"),
+        ],
+        Some("text/plain"),
+        b"first",
+    )
+    .await;
+    amqp::publish(
+        &ch,
+        &q,
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "job-2"),
+            ("ce-source", "/jobs"),
+            ("ce-type", "com.example.job"),
+        ],
+        Some("text/plain"),
+        b"second",
+    )
+    .await;
+    let letters = amqp::read(&ch, &dlq, 1, WAIT).await;
+    let l = &letters[0];
+    assert_eq!(l.header("ce-id").as_deref(), Some("job-1"));
+    assert_eq!(l.header("ce-dlqstatus").as_deref(), Some("422"));
+    assert_eq!(l.header("ce-dlqattempts").as_deref(), Some("1"));
+    assert_eq!(l.body, b"first");
+    assert_eq!(l.properties.delivery_mode(), &Some(2), "persistent");
+    let r = &amqp::read(&ch, &replies, 1, WAIT).await[0];
+    assert_eq!(
+        r.header("ce-type").as_deref(),
+        Some("com.example.job.reply")
+    );
+    assert_eq!(
+        r.header("ce-source").as_deref(),
+        Some("fnbroker://functions/f")
+    );
+    assert_eq!(r.body, br#"{"done":true}"#);
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_queue_share_it() {
+    const N: usize = 400;
+    let q = format!("q-{}", uid());
+    let (_conn, ch) = amqp::channel().await;
+    amqp::queue(&ch, &q).await;
+    let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_millis(5))).await;
+    let cfg = |path: &str| {
+        config(
+            &format!("fb-{}", uid()),
+            "",
+            &http_fn("f", &server.url(path)),
+            &format!(
+                "  - {{ name: t, from: {{ connector: rabbit, queue: {q} }}, to: f, delivery: {{ max_in_flight: 8 }} }}\n"
+            ),
+        )
+    };
+    let a = Fnbroker::start(&cfg("/a")).await;
+    let b = Fnbroker::start(&cfg("/b")).await;
+    amqp::publish_many(&ch, &q, N).await;
+    wait_for("every message", WAIT, || {
+        server.count("/a") + server.count("/b") >= N
+    })
+    .await;
+    let (na, nb) = (server.count("/a"), server.count("/b"));
+    println!("amqp competing consumers: {na} + {nb}");
+    assert!(na > 0 && nb > 0, "both consumed ({na} + {nb})");
+    drop((a, b));
+}
