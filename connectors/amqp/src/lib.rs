@@ -381,10 +381,11 @@ struct AmqpSink {
 impl AmqpSink {
     async fn channel(&self) -> Result<Channel, String> {
         let mut guard = self.channel.lock().await;
-        if let Some((conn, ch)) = guard.as_ref() {
-            if conn.status().connected() && ch.status().connected() {
-                return Ok(ch.clone());
-            }
+        if let Some((conn, ch)) = guard.as_ref()
+            && conn.status().connected()
+            && ch.status().connected()
+        {
+            return Ok(ch.clone());
         }
         let conn = connect(&self.url, &self.connection_name).await?;
         let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
