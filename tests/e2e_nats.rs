@@ -309,3 +309,53 @@ async fn a_reply_is_published_to_a_subject() {
     assert_eq!(payload, b"pong");
     drop(fb);
 }
+
+/// `fnbroker send` publishes one CloudEvent through a configured connector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_publishes_one_event_through_a_connector() {
+    let subject = format!("send{}", uid());
+    let got = nats::subscribe(SHARED_URL, &subject).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("send.yaml");
+    std::fs::write(
+        &cfg,
+        format!("connectors:\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\n"),
+    )
+    .expect("write");
+    let out = std::process::Command::new(common::binary())
+        .args([
+            "send",
+            "--connector",
+            "bus",
+            "--topic",
+            &subject,
+            "--type",
+            "com.example.manual",
+            "--source",
+            "/me",
+            "--data",
+            r#"{"hello":"world"}"#,
+            "-c",
+        ])
+        .arg(&cfg)
+        .output()
+        .expect("run send");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    wait_for("the sent event", WAIT, || {
+        !got.lock().expect("lock").is_empty()
+    })
+    .await;
+    let (h, payload) = got.lock().expect("lock")[0].clone();
+    let get = |k: &str| h.get(k).map(|v| v.as_str().to_string());
+    assert_eq!(get("ce-id"), Some(id));
+    assert_eq!(get("ce-type").as_deref(), Some("com.example.manual"));
+    assert_eq!(get("ce-source").as_deref(), Some("/me"));
+    assert_eq!(get("Content-Type").as_deref(), Some("application/json"));
+    assert!(get("ce-time").is_some());
+    assert_eq!(payload, br#"{"hello":"world"}"#);
+}

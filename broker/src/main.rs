@@ -55,6 +55,43 @@ enum Command {
     },
     /// Print the JSON Schema of the configuration.
     Schema,
+    /// Publish one CloudEvent through a configured connector (to try triggers by hand).
+    Send(SendArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SendArgs {
+    /// The configuration file.
+    #[arg(short, long, env = "FNBROKER_CONFIG")]
+    config: PathBuf,
+    /// The connector to publish through.
+    #[arg(long)]
+    connector: String,
+    /// The topic (Kafka topic, NATS subject, MQTT topic, AMQP routing key).
+    #[arg(long)]
+    topic: String,
+    /// AMQP: the exchange (default: the connector's).
+    #[arg(long)]
+    exchange: Option<String>,
+    /// The event's `type`.
+    #[arg(long = "type", default_value = "com.example.test")]
+    ty: String,
+    /// The event's `source`.
+    #[arg(long, default_value = "fnbroker://cli")]
+    source: String,
+    /// The event's `subject`.
+    #[arg(long)]
+    subject: Option<String>,
+    /// The data, as text.
+    #[arg(long, conflicts_with = "data_file")]
+    data: Option<String>,
+    /// A file whose bytes are the data.
+    #[arg(long)]
+    data_file: Option<PathBuf>,
+    /// The data's content type (default: application/json when the data is JSON, else
+    /// text/plain, or application/octet-stream for a file that is not UTF-8).
+    #[arg(long)]
+    content_type: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -70,6 +107,32 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("fnbroker: cannot print the schema: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Send(args) => {
+            let cfg = match load(&args.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("fnbroker: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(send(&cfg, args)) {
+                Ok(id) => {
+                    println!("{id}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fnbroker: {e:#}");
                     ExitCode::FAILURE
                 }
             }
@@ -144,6 +207,74 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
     broker.join().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Publishes one event built from the command line; returns its id.
+async fn send(cfg: &config::Config, args: SendArgs) -> anyhow::Result<String> {
+    use anyhow::Context;
+    use fnbroker_core::event::{AttributesReader, AttributesWriter, Data, PlainMessage};
+    if !connector_kind_can_publish(&args.connector, cfg) {
+        anyhow::bail!(
+            "connector `{}` cannot publish (an http ingress receives; send it a request instead)",
+            args.connector
+        );
+    }
+    let connector_cfg = cfg
+        .connectors
+        .get(&args.connector)
+        .with_context(|| format!("no connector `{}` in the configuration", args.connector))?;
+    let data = match (&args.data, &args.data_file) {
+        (Some(d), _) => d.clone().into_bytes(),
+        (None, Some(f)) => {
+            std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?
+        }
+        (None, None) => Vec::new(),
+    };
+    let content_type = args.content_type.clone().or_else(|| {
+        if data.is_empty() {
+            None
+        } else if serde_json::from_slice::<serde_json::Value>(&data).is_ok() {
+            Some("application/json".to_string())
+        } else if std::str::from_utf8(&data).is_ok() {
+            Some("text/plain; charset=utf-8".to_string())
+        } else {
+            Some("application/octet-stream".to_string())
+        }
+    });
+    let mut event = fnbroker_core::event::normalize(
+        PlainMessage {
+            kind: "cli",
+            connector: &args.connector,
+            topic: &args.topic,
+            time: Some(chrono::Utc::now()),
+            ..Default::default()
+        },
+        Vec::new(),
+    );
+    event.set_type(args.ty.as_str());
+    event.set_source(args.source.as_str());
+    event.set_subject(args.subject.as_deref());
+    event.set_datacontenttype(content_type.as_deref());
+    if !data.is_empty() {
+        event.set_data_unchecked(Data::Binary(data));
+    }
+    let connector = runtime::build_connector(&args.connector, connector_cfg)?;
+    let destination = config::Destination {
+        connector: None,
+        topic: Some(args.topic.clone()),
+        function: None,
+        exchange: args.exchange.clone(),
+    };
+    let sink = connector.sink(&destination).await?;
+    sink.publish(&args.topic, &event).await?;
+    connector.stop().await;
+    Ok(event.id().to_string())
+}
+
+fn connector_kind_can_publish(name: &str, cfg: &config::Config) -> bool {
+    cfg.connectors
+        .get(name)
+        .is_none_or(config::Connector::can_publish)
 }
 
 async fn wait_for_signal() {

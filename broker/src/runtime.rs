@@ -18,7 +18,10 @@ use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
 
 /// Creates the connector of one configuration entry. The one place that knows every kind.
-fn build_connector(name: &str, cfg: &config::Connector) -> anyhow::Result<Arc<dyn Connector>> {
+pub(crate) fn build_connector(
+    name: &str,
+    cfg: &config::Connector,
+) -> anyhow::Result<Arc<dyn Connector>> {
     match cfg {
         config::Connector::Http(http) => {
             let listen: SocketAddr = http
