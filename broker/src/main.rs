@@ -56,7 +56,7 @@ enum Command {
     /// Print the JSON Schema of the configuration.
     Schema,
     /// Publish one CloudEvent through a configured connector (to try triggers by hand).
-    Send(SendArgs),
+    Send(Box<SendArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -126,7 +126,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(send(&cfg, args)) {
+            match rt.block_on(send(&cfg, *args)) {
                 Ok(id) => {
                     println!("{id}");
                     ExitCode::SUCCESS
