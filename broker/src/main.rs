@@ -95,6 +95,9 @@ struct SendArgs {
 }
 
 fn main() -> ExitCode {
+    // Both rustls providers are linked (async-nats brings ring, the others aws-lc-rs); with two,
+    // rustls cannot pick a default and panics on the first TLS connection. Choose one.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     init_logs(cli.log_format);
     match cli.command {
