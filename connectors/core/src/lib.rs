@@ -7,12 +7,14 @@
 //! - [`event`]: the CloudEvents 1.0 model, strict validation, the JSON format (single and batch)
 //!   and the normalization of plain messages.
 //! - [`binding`]: helpers for binary content mode shared by the protocol bindings.
+//! - [`cesql`]: CloudEvents SQL, the `sql` filter dialect.
 //! - [`config`]: every configuration type, loaded and validated in one place.
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub)]
 #![warn(missing_docs)]
 
 pub mod binding;
+pub mod cesql;
 pub mod config;
 pub mod contract;
 pub mod event;
