@@ -150,16 +150,23 @@ fn validate_reports_every_error_at_once() {
 }
 
 #[test]
-fn validate_rejects_the_sql_dialect_until_it_lands() {
-    let (code, stderr, _) = validate(&GOOD.replace(
+fn validate_reports_a_malformed_sql_filter_with_its_position() {
+    let (code, stderr, file) = validate(&GOOD.replace(
         "    to: f\n",
-        "    to: f\n    filter: { sql: \"type = 'x'\" }\n",
+        "    to: f\n    filter: { sql: \"type = 'x' AND (\" }\n",
     ));
     assert_eq!(code, 2);
-    assert!(
-        stderr.contains(":9:20: trigger `t`: the `sql` filter dialect is not supported yet"),
-        "{stderr}"
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "{file}:9:20: trigger `t`: invalid sql filter: unexpected end of the expression (at position 17 of the expression)"
+        )
     );
+    let (code, stderr, _) = validate(&GOOD.replace(
+        "    to: f\n",
+        "    to: f\n    filter: { sql: \"type LIKE 'com.example.%' AND INT(priority) > 3\" }\n",
+    ));
+    assert_eq!(code, 0, "{stderr}");
 }
 
 #[test]

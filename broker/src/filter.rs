@@ -1,5 +1,7 @@
 //! Trigger filters, compiled once at start: the `exact`, `prefix`, `suffix`, `all`, `any` and `not`
-//! dialects of the CloudEvents Subscriptions API. A missing attribute does not match.
+//! dialects of the CloudEvents Subscriptions API, and `sql` (CloudEvents SQL). A missing
+//! attribute does not match; an `sql` expression passes only when it yields boolean `true` with
+//! no error.
 
 use fnbroker_core::config;
 use fnbroker_core::event::{self, Event};
@@ -12,6 +14,7 @@ pub(crate) enum Filter {
     All(Vec<Filter>),
     Any(Vec<Filter>),
     Not(Box<Filter>),
+    Sql(std::sync::Arc<fnbroker_core::cesql::Expr>),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -22,8 +25,8 @@ pub(crate) enum Compare {
 }
 
 impl Filter {
-    /// Compiles a validated configuration filter. `sql` is rejected by validation until the
-    /// dialect lands, so it cannot reach here; should it, it matches nothing.
+    /// Compiles a validated configuration filter. Validation parsed every `sql` expression
+    /// already; one that would not parse here matches nothing.
     pub(crate) fn compile(f: &config::Filter) -> Self {
         let pairs = |m: &std::collections::BTreeMap<String, String>| {
             m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
@@ -35,7 +38,10 @@ impl Filter {
             config::Filter::All(fs) => Filter::All(fs.iter().map(Filter::compile).collect()),
             config::Filter::Any(fs) => Filter::Any(fs.iter().map(Filter::compile).collect()),
             config::Filter::Not(f) => Filter::Not(Box::new(Filter::compile(f))),
-            config::Filter::Sql(_) => Filter::Any(Vec::new()),
+            config::Filter::Sql(text) => match fnbroker_core::cesql::Expr::parse(text) {
+                Ok(expr) => Filter::Sql(std::sync::Arc::new(expr)),
+                Err(_) => Filter::Any(Vec::new()),
+            },
         }
     }
 
@@ -52,6 +58,7 @@ impl Filter {
             Filter::All(fs) => fs.iter().all(|f| f.matches(event)),
             Filter::Any(fs) => fs.iter().any(|f| f.matches(event)),
             Filter::Not(f) => !f.matches(event),
+            Filter::Sql(expr) => expr.matches(event),
         }
     }
 }
@@ -91,6 +98,16 @@ mod tests {
         );
         assert!(!parse("any: []").matches(&e));
         assert!(parse("not: { prefix: { subject: lights/ } }").matches(&e));
+        assert!(
+            parse("sql: \"subject LIKE 'sensors/%/temperature' AND source != 'x'\"").matches(&e)
+        );
+        assert!(!parse("sql: \"missing = 'x' OR FALSE\"").matches(&e));
+        // Not boolean: no match.
+        assert!(!parse("sql: \"'yes'\"").matches(&e));
+        assert!(
+            parse("all: [ { sql: \"EXISTS subject\" }, { not: { sql: \"EXISTS dataschema\" } } ]")
+                .matches(&e)
+        );
     }
 
     #[test]

@@ -501,19 +501,20 @@ fn call<'a>(
     }
 }
 
-/// `%`, `_` and `\`-escapes over characters, with backtracking on the last `%`.
+/// `%`, `_` and `\`-escapes over characters, with backtracking on the last `%`. Walks the text
+/// by byte offsets of whole characters, so a match allocates nothing.
 fn like(text: &str, pattern: &[Pat]) -> bool {
-    let t: Vec<char> = text.chars().collect();
+    let next_len = |at: usize| text[at..].chars().next().map_or(1, char::len_utf8);
     let (mut i, mut j) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
-    while i < t.len() {
+    while let Some(c) = text[i..].chars().next() {
         match pattern.get(j) {
-            Some(Pat::Char(c)) if *c == t[i] => {
-                i += 1;
+            Some(Pat::Char(p)) if *p == c => {
+                i += c.len_utf8();
                 j += 1;
             }
             Some(Pat::One) => {
-                i += 1;
+                i += c.len_utf8();
                 j += 1;
             }
             Some(Pat::Many) => {
@@ -522,9 +523,10 @@ fn like(text: &str, pattern: &[Pat]) -> bool {
             }
             _ => match star {
                 Some((sj, si)) => {
+                    let resume = si + next_len(si);
                     j = sj + 1;
-                    i = si + 1;
-                    star = Some((sj, si + 1));
+                    i = resume;
+                    star = Some((sj, resume));
                 }
                 None => return false,
             },

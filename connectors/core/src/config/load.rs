@@ -613,7 +613,10 @@ fn validate_filter(filter: &Filter, tname: &str, at: &Loc<String>, errors: &mut 
     match filter {
         Filter::Exact(m) | Filter::Prefix(m) | Filter::Suffix(m) => {
             if m.is_empty() {
-                errors.at(at, format!("trigger `{tname}`: a filter dialect needs at least one attribute"));
+                errors.at(
+                    at,
+                    format!("trigger `{tname}`: a filter dialect needs at least one attribute"),
+                );
             }
             for name in m.keys() {
                 if !is_valid_attribute_name(name) {
@@ -627,10 +630,17 @@ fn validate_filter(filter: &Filter, tname: &str, at: &Loc<String>, errors: &mut 
             }
         }
         Filter::Not(f) => validate_filter(f, tname, at, errors),
-        Filter::Sql(expr) => errors.at(
-            expr,
-            format!("trigger `{tname}`: the `sql` filter dialect is not supported yet; use exact, prefix, suffix, all, any or not"),
-        ),
+        Filter::Sql(expr) => {
+            if let Err(e) = crate::cesql::Expr::parse(expr) {
+                errors.at(
+                    expr,
+                    format!(
+                        "trigger `{tname}`: invalid sql filter: {} (at position {} of the expression)",
+                        e.message, e.position
+                    ),
+                );
+            }
+        }
     }
 }
 
@@ -815,12 +825,17 @@ triggers:
     }
 
     #[test]
-    fn sql_is_rejected_until_supported() {
-        let text = GOOD.replace("to: f", "to: f\n    filter: { sql: \"type = 'x'\" }");
-        let m = messages(&text);
+    fn sql_filters_are_parsed_at_load() {
+        let ok = GOOD.replace(
+            "to: f",
+            "to: f\n    filter: { all: [ { sql: \"type = 'x' AND EXISTS subject\" } ] }",
+        );
+        assert!(load(&ok).is_ok());
+        let bad = GOOD.replace("to: f", "to: f\n    filter: { sql: \"type = 'x' AND (\" }");
+        let m = messages(&bad);
         assert_eq!(m.len(), 1, "{m:?}");
         assert!(
-            m[0].contains("`sql` filter dialect is not supported yet"),
+            m[0].contains(":9:20: trigger `t`: invalid sql filter") && m[0].contains("position 17"),
             "{m:?}"
         );
     }

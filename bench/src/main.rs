@@ -1,0 +1,386 @@
+//! fnbroker's end-to-end benchmark. For each connector it measures, in one run on one machine:
+//! the raw consume rate of the broker alone, the direct path (the same client library consuming
+//! and POSTing to the same function server at the same concurrency, with none of fnbroker's
+//! work), and fnbroker itself started as a separate process; then reports fnbroker / direct as
+//! ratios, with latency at a fixed rate, CPU per event, memory at full speed and behind a
+//! backlog, and start-up time.
+//!
+//! ```sh
+//! cargo run --release -p bench -- --connector all
+//! cargo run --release -p bench -- --connector nats --events 200000 --size 256,4096
+//! cargo run -p bench -- --quick --connector http     # smoke: every event arrives
+//! ```
+
+mod buses;
+mod process;
+mod report;
+mod sink;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use buses::{Bus, Forward, Publish};
+use report::{Latency, Row};
+use sink::{Sink, Tally, now_ns, payload};
+
+/// fnbroker end to end against the direct path, per connector.
+#[derive(Debug, Parser)]
+#[command(name = "bench", version)]
+struct Args {
+    /// Connectors to measure: http, kafka, nats, jetstream, amqp, mqtt (comma-separated), or all.
+    #[arg(long, default_value = "all")]
+    connector: String,
+    /// Events per throughput measurement.
+    #[arg(long, default_value_t = 100_000)]
+    events: u64,
+    /// Payload sizes in bytes (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "256")]
+    size: Vec<usize>,
+    /// Deliveries in flight, for fnbroker (`max_in_flight`, function `concurrency`) and the
+    /// direct path alike.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Events waiting behind a slow function for the backlog measurement (brokers that hold a
+    /// backlog: Kafka, JetStream, AMQP); 0 skips it. Measured for the first size only.
+    #[arg(long, default_value_t = 1_000_000)]
+    backlog: u64,
+    /// Rate of the latency measurement, events per second.
+    #[arg(long, default_value_t = 1_000)]
+    rate: u64,
+    /// Length of the latency measurement, in seconds.
+    #[arg(long, default_value_t = 5)]
+    latency_secs: u64,
+    /// A short run (5,000 events, 1 s of latency, a 20,000-event backlog): a smoke test that
+    /// every event arrives, not a measurement.
+    #[arg(long)]
+    quick: bool,
+    /// The fnbroker binary; by default it is built with cargo in this bench's profile.
+    #[arg(long)]
+    fnbroker: Option<PathBuf>,
+    /// Where to write the report; by default `bench/results/` for full runs, nowhere for quick
+    /// ones.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Phases tag every payload, so late events of one measurement never count for another.
+static PHASE: AtomicU32 = AtomicU32::new(1);
+
+fn next_phase() -> u32 {
+    PHASE.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Progress must not stall for longer than this, or the events are counted as lost.
+const STALL: Duration = Duration::from_secs(30);
+
+#[tokio::main]
+async fn main() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match run(Args::parse()).await {
+        Ok(true) => {}
+        Ok(false) => {
+            eprintln!("bench: some events were lost (see the report)");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn run(mut args: Args) -> anyhow::Result<bool> {
+    if args.quick {
+        args.events = args.events.min(5_000);
+        args.latency_secs = 1;
+        args.backlog = args.backlog.min(20_000);
+    }
+    if args.events == 0 || args.size.is_empty() || args.concurrency == 0 || args.rate == 0 {
+        bail!("--events, --size, --concurrency and --rate must be positive");
+    }
+    let names: Vec<String> = if args.connector == "all" {
+        buses::ALL.iter().map(ToString::to_string).collect()
+    } else {
+        args.connector
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .collect()
+    };
+    let buses = names
+        .iter()
+        .map(|n| buses::bus(n))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let binary = process::binary(args.fnbroker.clone())?;
+    let sink = Sink::start().await?;
+    now_ns();
+
+    let http_raw = raw_http(&sink, &args).await?;
+    eprintln!("bench: raw HTTP to the function server: {http_raw:.0} events/s");
+    let mut rows = Vec::new();
+    let mut complete = true;
+    for bus in &buses {
+        for (i, &size) in args.size.iter().enumerate() {
+            eprintln!("bench: {} with {size}-byte payloads", bus.name());
+            let backlog = if i == 0 && bus.holds_backlog() {
+                args.backlog
+            } else {
+                0
+            };
+            let row = measure(bus.as_ref(), &sink, &binary, &args, size, backlog)
+                .await
+                .with_context(|| format!("{} ({size} bytes)", bus.name()))?;
+            complete &= row.lost == 0;
+            eprintln!("{}", report::row_line(&row));
+            rows.push(row);
+        }
+    }
+    let text = report::render(&rows, http_raw, &args_summary(&args, &binary));
+    println!("{text}");
+    let out = match (&args.out, args.quick) {
+        (Some(p), _) => Some(p.clone()),
+        (None, false) => Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")),
+        (None, true) => None,
+    };
+    if let Some(dir) = out {
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join(report::file_name(&args.connector));
+        std::fs::write(&file, &text)?;
+        eprintln!("bench: report written to {}", file.display());
+    }
+    Ok(complete)
+}
+
+fn args_summary(args: &Args, binary: &std::path::Path) -> String {
+    format!(
+        "events {} per throughput run, in flight {}, latency at {}/s for {} s, backlog {}, fnbroker `{}`",
+        args.events,
+        args.concurrency,
+        args.rate,
+        args.latency_secs,
+        args.backlog,
+        binary.display()
+    )
+}
+
+/// One connector at one payload size: raw consume, the direct path, then fnbroker.
+async fn measure(
+    bus: &dyn Bus,
+    sink: &Arc<Sink>,
+    binary: &std::path::Path,
+    args: &Args,
+    size: usize,
+    backlog: u64,
+) -> anyhow::Result<Row> {
+    let id = || uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let mut row = Row::new(bus.name(), size);
+
+    // The broker alone: consume and count.
+    let lane = bus.create(&id()).await?;
+    let stop = CancellationToken::new();
+    let consumer = bus
+        .consumer(
+            &lane,
+            Forward::Count(sink.clone()),
+            args.concurrency,
+            stop.clone(),
+        )
+        .await?;
+    let task = tokio::spawn(consumer);
+    let mut publisher = bus.publisher(&lane).await?;
+    warm_up(publisher.as_mut(), sink).await?;
+    let raw = throughput(publisher.as_mut(), sink, bus.window(), args.events, size).await?;
+    row.raw_eps = raw.eps;
+    row.lost += raw.lost;
+    stop.cancel();
+    let _ = task.await;
+    drop(publisher);
+    bus.remove(&lane).await;
+
+    // The direct path: consume and POST, same client, same function server, same concurrency.
+    let lane = bus.create(&id()).await?;
+    let stop = CancellationToken::new();
+    let post = Forward::Post {
+        client: reqwest::Client::new(),
+        url: sink.url().into(),
+    };
+    let consumer = bus
+        .consumer(&lane, post, args.concurrency, stop.clone())
+        .await?;
+    let task = tokio::spawn(consumer);
+    let mut publisher = bus.publisher(&lane).await?;
+    warm_up(publisher.as_mut(), sink).await?;
+    let direct = throughput(publisher.as_mut(), sink, bus.window(), args.events, size).await?;
+    row.direct_eps = direct.eps;
+    row.lost += direct.lost;
+    row.direct_latency = latency(publisher.as_mut(), sink, args, size).await?;
+    stop.cancel();
+    let _ = task.await;
+    drop(publisher);
+    bus.remove(&lane).await;
+
+    // fnbroker.
+    let lane = bus.create(&id()).await?;
+    let config = bus.config(&lane, &sink.url(), args.concurrency);
+    let fb = process::Fnbroker::start(binary, &config).await?;
+    row.ready_ms = fb.ready.as_secs_f64() * 1e3;
+    row.idle_rss = fb.rss().ok();
+    let mut publisher = bus.publisher(&lane).await?;
+    warm_up(publisher.as_mut(), sink).await?;
+    let cpu_before = fb.cpu()?;
+    let fnb = throughput(publisher.as_mut(), sink, bus.window(), args.events, size).await?;
+    let cpu = fb.cpu()?.saturating_sub(cpu_before);
+    row.fnbroker_eps = fnb.eps;
+    row.lost += fnb.lost;
+    row.duplicates += fnb.duplicates;
+    row.cpu_per_100k = cpu.as_secs_f64() * 100_000.0 / args.events as f64;
+    row.peak_rss = fb.peak_rss().ok();
+    row.latency = latency(publisher.as_mut(), sink, args, size).await?;
+    if backlog > 0 {
+        row.backlog_rss = Some(backlog_rss(publisher.as_mut(), sink, &fb, backlog, size).await?);
+    }
+    if row.lost > 0 {
+        eprintln!("bench: fnbroker's log:\n{}", fb.log());
+    }
+    fb.stop(Duration::from_secs(2)).await;
+    sink.set_slow(false);
+    drop(publisher);
+    bus.remove(&lane).await;
+    Ok(row)
+}
+
+/// Publishes one event every 50 ms until one arrives: the path is connected and subscribed.
+async fn warm_up(publisher: &mut dyn Publish, sink: &Sink) -> anyhow::Result<()> {
+    let phase = next_phase();
+    let tally = sink.begin(phase, 1, false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tally.unique() == 0 {
+        if Instant::now() > deadline {
+            bail!("no event arrived within 30s of warm-up");
+        }
+        publisher.send(payload(phase, 0, 64)).await?;
+        publisher.flush().await?;
+        tally
+            .wait_for(1, Instant::now() + Duration::from_millis(50))
+            .await;
+    }
+    Ok(())
+}
+
+struct Throughput {
+    eps: f64,
+    lost: u64,
+    duplicates: u64,
+}
+
+/// `n` events as fast as the path takes them, at most `window` ahead of the function; events
+/// per second from the first publish to the last receipt.
+async fn throughput(
+    publisher: &mut dyn Publish,
+    sink: &Sink,
+    window: u64,
+    n: u64,
+    size: usize,
+) -> anyhow::Result<Throughput> {
+    let phase = next_phase();
+    let tally = sink.begin(phase, n, false);
+    let first = now_ns();
+    for seq in 0..n {
+        if seq >= window && !progress(&tally, seq + 1 - window).await {
+            break;
+        }
+        publisher.send(payload(phase, seq, size)).await?;
+    }
+    publisher.flush().await?;
+    progress(&tally, n).await;
+    let secs = (tally.last_ns().saturating_sub(first)) as f64 / 1e9;
+    Ok(Throughput {
+        eps: if secs > 0.0 {
+            tally.unique() as f64 / secs
+        } else {
+            0.0
+        },
+        lost: n - tally.unique(),
+        duplicates: tally.duplicates(),
+    })
+}
+
+/// Waits until `target` events arrived; false when no new event arrived for [`STALL`].
+async fn progress(tally: &Tally, target: u64) -> bool {
+    loop {
+        let seen = tally.unique();
+        if tally.wait_for(target, Instant::now() + STALL).await {
+            return true;
+        }
+        if tally.unique() == seen {
+            return false;
+        }
+    }
+}
+
+/// Publish -> function latency at a fixed rate.
+async fn latency(
+    publisher: &mut dyn Publish,
+    sink: &Sink,
+    args: &Args,
+    size: usize,
+) -> anyhow::Result<Latency> {
+    let n = args.rate * args.latency_secs;
+    let phase = next_phase();
+    let tally = sink.begin(phase, n, true);
+    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / args.rate));
+    for seq in 0..n {
+        tick.tick().await;
+        publisher.send(payload(phase, seq, size)).await?;
+    }
+    publisher.flush().await?;
+    progress(&tally, n).await;
+    Ok(Latency::of(&tally.sorted_latencies(), n))
+}
+
+/// RSS of fnbroker behind a slow function, after 10,000 waiting events and after `total`.
+async fn backlog_rss(
+    publisher: &mut dyn Publish,
+    sink: &Sink,
+    fb: &process::Fnbroker,
+    total: u64,
+    size: usize,
+) -> anyhow::Result<(u64, u64)> {
+    sink.set_slow(true);
+    let phase = next_phase();
+    sink.begin(phase, 0, false);
+    let first = total.min(10_000);
+    let settle = Duration::from_secs(3);
+    for seq in 0..first {
+        publisher.send(payload(phase, seq, size)).await?;
+    }
+    publisher.flush().await?;
+    tokio::time::sleep(settle).await;
+    let small = fb.rss()?;
+    for seq in first..total {
+        publisher.send(payload(phase, seq, size)).await?;
+    }
+    publisher.flush().await?;
+    tokio::time::sleep(settle).await;
+    let large = fb.rss()?;
+    Ok((small, large))
+}
+
+/// The function server alone: POSTs from this process at the same concurrency.
+async fn raw_http(sink: &Arc<Sink>, args: &Args) -> anyhow::Result<f64> {
+    let mut publisher = buses::bus("http")?
+        .publisher(&sink.url()["http://".len()..])
+        .await?;
+    warm_up(publisher.as_mut(), sink).await?;
+    let size = args.size.first().copied().unwrap_or(256);
+    let t = throughput(publisher.as_mut(), sink, u64::MAX, args.events, size).await?;
+    if t.lost > 0 {
+        bail!("{} events POSTed to the function server were lost", t.lost);
+    }
+    Ok(t.eps)
+}

@@ -1,0 +1,263 @@
+//! The report: one markdown table per run, with the machine and revision it was measured on.
+
+use std::fmt::Write as _;
+
+/// Publish -> function latency percentiles, in microseconds.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Latency {
+    /// Median.
+    pub(crate) p50: f64,
+    /// 99th percentile.
+    pub(crate) p99: f64,
+    /// 99.9th percentile.
+    pub(crate) p999: f64,
+    /// Events that did not arrive.
+    pub(crate) lost: u64,
+}
+
+impl Latency {
+    /// Percentiles of sorted nanosecond samples, `expected` of which were sent.
+    pub(crate) fn of(sorted_ns: &[u64], expected: u64) -> Latency {
+        let at = |q: f64| {
+            if sorted_ns.is_empty() {
+                return f64::NAN;
+            }
+            let i = ((sorted_ns.len() as f64 * q).ceil() as usize).clamp(1, sorted_ns.len()) - 1;
+            sorted_ns[i] as f64 / 1e3
+        };
+        Latency {
+            p50: at(0.50),
+            p99: at(0.99),
+            p999: at(0.999),
+            lost: expected.saturating_sub(sorted_ns.len() as u64),
+        }
+    }
+}
+
+/// One connector at one payload size.
+#[derive(Debug)]
+pub(crate) struct Row {
+    /// Connector name.
+    pub(crate) connector: &'static str,
+    /// Payload bytes.
+    pub(crate) size: usize,
+    /// fnbroker's throughput, events per second.
+    pub(crate) fnbroker_eps: f64,
+    /// The direct path's throughput.
+    pub(crate) direct_eps: f64,
+    /// The broker's consume rate alone.
+    pub(crate) raw_eps: f64,
+    /// fnbroker's latency at the fixed rate.
+    pub(crate) latency: Latency,
+    /// The direct path's latency at the fixed rate.
+    pub(crate) direct_latency: Latency,
+    /// fnbroker's CPU seconds per 100,000 events at full throughput.
+    pub(crate) cpu_per_100k: f64,
+    /// fnbroker's RSS just after it was ready.
+    pub(crate) idle_rss: Option<u64>,
+    /// fnbroker's peak RSS after the throughput run.
+    pub(crate) peak_rss: Option<u64>,
+    /// fnbroker's RSS behind a slow function with 10,000 and with the whole backlog waiting.
+    pub(crate) backlog_rss: Option<(u64, u64)>,
+    /// From process start to ready.
+    pub(crate) ready_ms: f64,
+    /// Events of the throughput runs that never arrived (any path).
+    pub(crate) lost: u64,
+    /// Events fnbroker delivered more than once.
+    pub(crate) duplicates: u64,
+}
+
+impl Row {
+    pub(crate) fn new(connector: &'static str, size: usize) -> Row {
+        Row {
+            connector,
+            size,
+            fnbroker_eps: 0.0,
+            direct_eps: 0.0,
+            raw_eps: 0.0,
+            latency: Latency::default(),
+            direct_latency: Latency::default(),
+            cpu_per_100k: 0.0,
+            idle_rss: None,
+            peak_rss: None,
+            backlog_rss: None,
+            ready_ms: 0.0,
+            lost: 0,
+            duplicates: 0,
+        }
+    }
+
+    fn ratio(&self) -> f64 {
+        if self.direct_eps > 0.0 {
+            self.fnbroker_eps / self.direct_eps
+        } else {
+            f64::NAN
+        }
+    }
+}
+
+fn mib(b: Option<u64>) -> String {
+    b.map_or_else(|| "n/a".into(), |b| format!("{:.1}", b as f64 / 1048576.0))
+}
+
+fn ms(us: f64) -> String {
+    if us.is_nan() {
+        "n/a".into()
+    } else {
+        format!("{:.2}", us / 1e3)
+    }
+}
+
+/// A one-line summary for the progress output.
+pub(crate) fn row_line(r: &Row) -> String {
+    format!(
+        "bench: {} {} B: fnbroker {:.0}/s, direct {:.0}/s ({:.2}), raw {:.0}/s, p99 {} ms (direct {} ms), {:.2} CPU s/100k, peak {} MiB, ready {:.0} ms, lost {}",
+        r.connector,
+        r.size,
+        r.fnbroker_eps,
+        r.direct_eps,
+        r.ratio(),
+        r.raw_eps,
+        ms(r.latency.p99),
+        ms(r.direct_latency.p99),
+        r.cpu_per_100k,
+        mib(r.peak_rss),
+        r.ready_ms,
+        r.lost
+    )
+}
+
+/// The markdown report.
+pub(crate) fn render(rows: &[Row], http_raw: f64, settings: &str) -> String {
+    let mut s = String::new();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let _ = writeln!(s, "# fnbroker benchmark\n");
+    let _ = writeln!(
+        s,
+        "- when: {} (UTC)\n- revision: {}\n- machine: {cores} cores, {}\n- settings: {settings}\n- the function server alone (POSTs from the bench, same concurrency): {http_raw:.0} events/s\n- brokers: {}\n",
+        utc_now(),
+        revision(),
+        memory(),
+        broker_settings()
+    );
+    let _ = writeln!(
+        s,
+        "| connector | payload | fnbroker ev/s | direct ev/s | ratio | raw consume ev/s | p50 ms | p99 ms | p99.9 ms | direct p99 ms | CPU s / 100k | idle RSS MiB | peak RSS MiB | backlog RSS MiB (10k → all) | ready ms | lost | dup |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in rows {
+        let backlog = r.backlog_rss.map_or_else(
+            || "n/a".to_string(),
+            |(a, b)| format!("{} → {}", mib(Some(a)), mib(Some(b))),
+        );
+        let _ = writeln!(
+            s,
+            "| {} | {} B | {:.0} | {:.0} | {:.2} | {:.0} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {:.0} | {} | {} |",
+            r.connector,
+            r.size,
+            r.fnbroker_eps,
+            r.direct_eps,
+            r.ratio(),
+            r.raw_eps,
+            ms(r.latency.p50),
+            ms(r.latency.p99),
+            ms(r.latency.p999),
+            ms(r.direct_latency.p99),
+            r.cpu_per_100k,
+            mib(r.idle_rss),
+            mib(r.peak_rss),
+            backlog,
+            r.ready_ms,
+            r.lost + r.latency.lost + r.direct_latency.lost,
+            r.duplicates
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nratio = fnbroker / direct, both measured in this run. Throughput is events from the first publish to the last receipt, with a window of unconfirmed events per broker (Mosquitto 500, core NATS 2,000, HTTP 5,000, others 20,000). Latency is publish -> function at the fixed rate. CPU and RSS are fnbroker's own (from /proc). The backlog is measured for brokers that hold one (Kafka, JetStream, AMQP) behind a function that takes 1 s per event."
+    );
+    s
+}
+
+/// A file name for a report of `connectors`, stamped with the time.
+pub(crate) fn file_name(connectors: &str) -> String {
+    let stamp = utc_now().replace([' ', ':'], "-");
+    format!("{stamp}-{}.md", connectors.replace(',', "+"))
+}
+
+fn utc_now() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn revision() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let rev = git(&["rev-parse", "--short", "HEAD"]);
+    let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    if dirty {
+        format!("{rev} (with uncommitted changes)")
+    } else {
+        rev
+    }
+}
+
+fn memory() -> String {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or_else(
+            || "memory unknown".into(),
+            |k| format!("{:.0} GiB", k as f64 / 1048576.0),
+        )
+}
+
+/// The broker settings that shape the numbers: Mosquitto's per-client limits as its
+/// configuration sets them (or its defaults).
+fn broker_settings() -> String {
+    let conf = std::fs::read_to_string("/etc/mosquitto/mosquitto.conf").unwrap_or_default();
+    let setting = |key: &str, default: &str| {
+        conf.lines()
+            .find_map(|l| l.trim().strip_prefix(key).map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| format!("{default} (default)"))
+    };
+    format!(
+        "Mosquitto max_inflight_messages {}, max_queued_messages {}; MQTT at QoS 1, MQTT 5; Kafka is tansu 0.6 (memory storage), 1 partition; JetStream file storage; RabbitMQ durable queue, persistent messages, publisher confirms",
+        setting("max_inflight_messages", "20"),
+        setting("max_queued_messages", "1000")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<u64> = (1..=1000).map(|i| i * 1000).collect();
+        let l = Latency::of(&v, 1000);
+        assert_eq!(l.p50, 500.0);
+        assert_eq!(l.p99, 990.0);
+        assert_eq!(l.p999, 999.0);
+        assert_eq!(l.lost, 0);
+        assert_eq!(Latency::of(&v[..10], 20).lost, 10);
+    }
+}
