@@ -19,3 +19,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+
+# The benchmark harness as a smoke test: every event of a short run must arrive (no timing is
+# asserted; the debug build measures nothing worth reading).
+echo "== bench --quick (smoke)"
+cargo run -q -p bench --locked -- --quick --connector jetstream

@@ -395,7 +395,7 @@ async fn two_processes_in_one_group_share_the_partitions() {
 
 /// Backpressure: with a slow function, a backlog of 10,000 records of 4 KiB (40 MiB) waits in
 /// Kafka, not in fnbroker: its resident memory grows by less than 32 MiB (the bound on what
-/// librdkafka prefetches is 16 MiB), and never more than `max_in_flight` calls are in flight.
+/// librdkafka prefetches is 8 MiB), and never more than `max_in_flight` calls are in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_stays_flat_while_a_backlog_waits() {
     let topic = kafka::unique("backlog");

@@ -180,7 +180,16 @@ async fn measure(
     let id = || uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     let mut row = Row::new(bus.name(), size);
 
+    let started = Instant::now();
+    let step = |what: &str| {
+        eprintln!(
+            "bench:   {} {size} B: {what} (at {:.1} s)",
+            bus.name(),
+            started.elapsed().as_secs_f64()
+        );
+    };
     // The broker alone: consume and count.
+    step("raw consume");
     let lane = bus.create(&id()).await?;
     let stop = CancellationToken::new();
     let consumer = bus
@@ -203,6 +212,7 @@ async fn measure(
     bus.remove(&lane).await;
 
     // The direct path: consume and POST, same client, same function server, same concurrency.
+    step("direct path");
     let lane = bus.create(&id()).await?;
     let stop = CancellationToken::new();
     let post = Forward::Post {
@@ -225,6 +235,7 @@ async fn measure(
     bus.remove(&lane).await;
 
     // fnbroker.
+    step("fnbroker");
     let lane = bus.create(&id()).await?;
     let config = bus.config(&lane, &sink.url(), args.concurrency);
     let fb = process::Fnbroker::start(binary, &config).await?;
@@ -240,13 +251,16 @@ async fn measure(
     row.duplicates += fnb.duplicates;
     row.cpu_per_100k = cpu.as_secs_f64() * 100_000.0 / args.events as f64;
     row.peak_rss = fb.peak_rss().ok();
+    step("fnbroker latency");
     row.latency = latency(publisher.as_mut(), sink, args, size).await?;
     if backlog > 0 {
+        step("fnbroker backlog");
         row.backlog_rss = Some(backlog_rss(publisher.as_mut(), sink, &fb, backlog, size).await?);
     }
     if row.lost > 0 {
         eprintln!("bench: fnbroker's log:\n{}", fb.log());
     }
+    step("stopping");
     fb.stop(Duration::from_secs(2)).await;
     sink.set_slow(false);
     drop(publisher);

@@ -177,7 +177,7 @@ pub(crate) fn render(rows: &[Row], http_raw: f64, settings: &str) -> String {
     }
     let _ = writeln!(
         s,
-        "\nratio = fnbroker / direct, both measured in this run. Throughput is events from the first publish to the last receipt, with a window of unconfirmed events per broker (Mosquitto 500, core NATS 2,000, HTTP 5,000, others 20,000). Latency is publish -> function at the fixed rate. CPU and RSS are fnbroker's own (from /proc). The backlog is measured for brokers that hold one (Kafka, JetStream, AMQP) behind a function that takes 1 s per event."
+        "\nratio = fnbroker / direct, both measured in this run. Throughput is events from the first publish to the last receipt, with a window of unconfirmed events per broker (Mosquitto 100, core NATS 2,000, HTTP 5,000, others 20,000). Latency is publish -> function at the fixed rate. CPU and RSS are fnbroker's own (from /proc). The backlog is measured for brokers that hold one (Kafka, JetStream, AMQP) behind a function that takes 1 s per event."
     );
     s
 }
