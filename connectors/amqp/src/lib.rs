@@ -259,6 +259,27 @@ impl Source for AmqpSource {
 }
 
 /// Consumes, reconnecting whenever the connection or the channel goes away.
+/// Tells RabbitMQ how one delivery was settled: ack, reject (no requeue) after a dead letter,
+/// or nack with requeue when it is handed back.
+async fn settle(acker: Acker, settlement: Settlement, connector: &str) {
+    let result = match settlement {
+        Settlement::Delivered { .. } => acker.ack(BasicAckOptions::default()).await,
+        Settlement::Failed { .. } => acker.reject(BasicRejectOptions { requeue: false }).await,
+        Settlement::Retry { .. } | Settlement::Released => {
+            acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    if let Err(e) = result {
+        // The channel is gone: RabbitMQ requeued the message when it closed.
+        tracing::debug!(connector = %connector, error = %e, "acknowledgement on a closed channel; the message is redelivered");
+    }
+}
+
 async fn consume(
     spec: ConsumerSpec,
     mut first: Option<(Connection, lapin::Consumer)>,
@@ -268,27 +289,20 @@ async fn consume(
 ) {
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(Acker, Settlement)>();
     let name = spec.connector.clone();
+    // Acknowledgements go out concurrently: awaiting each before the next would hold the
+    // prefetch window behind one round trip to lapin's connection per message.
     tokio::spawn(async move {
-        while let Some((acker, settlement)) = ack_rx.recv().await {
-            let result = match settlement {
-                Settlement::Delivered { .. } => acker.ack(BasicAckOptions::default()).await,
-                Settlement::Failed { .. } => {
-                    acker.reject(BasicRejectOptions { requeue: false }).await
-                }
-                Settlement::Retry { .. } | Settlement::Released => {
-                    acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await
-                }
-            };
-            if let Err(e) = result {
-                // The channel is gone: RabbitMQ requeued the message when it closed.
-                tracing::debug!(connector = %name, error = %e, "acknowledgement on a closed channel; the message is redelivered");
+        let mut pending = futures::stream::FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                next = ack_rx.recv() => match next {
+                    Some((acker, settlement)) => pending.push(settle(acker, settlement, &name)),
+                    None => break,
+                },
+                Some(()) = pending.next(), if !pending.is_empty() => {}
             }
         }
+        while pending.next().await.is_some() {}
     });
     let mut backoff = Duration::from_millis(500);
     loop {
