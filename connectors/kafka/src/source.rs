@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fnbroker_core::{AckHandle, Incoming, Settlement, Source};
-use futures::FutureExt as _;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -171,16 +170,7 @@ async fn run(
         tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            Some(s) = settle_rx.recv() => {
-                settle(&tracker, s);
-                // Settlements come in bursts: take all that are there in one go.
-                for _ in 0..BURST {
-                    match settle_rx.try_recv() {
-                        Ok(s) => settle(&tracker, s),
-                        Err(_) => break,
-                    }
-                }
-            }
+            Some(s) = settle_rx.recv() => settle(&tracker, s),
             _ = tick.tick() => {
                 commit(&consumer, &tracker, CommitMode::Async, &connector);
                 probe_readiness(&consumer).await;
@@ -192,22 +182,45 @@ async fn run(
             msg = consumer.recv(), if permit.is_some() => match msg {
                 Ok(m) => {
                     consumer.context().ready.store(true, Ordering::Release);
+                    let headers: Vec<(&str, Option<&[u8]>)> = m
+                        .headers()
+                        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+                        .unwrap_or_default();
+                    let record = Record {
+                        topic: m.topic(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key(),
+                        payload: m.payload(),
+                        headers,
+                        timestamp_ms: m.timestamp().to_millis(),
+                    };
+                    let (event, origin) = binding::decode(&connector, &record);
+                    let generation = match tracker.lock() {
+                        Ok(mut t) => t.track(m.topic(), m.partition(), m.offset()),
+                        Err(_) => 0,
+                    };
+                    let settled = Settled {
+                        topic: m.topic().to_string(),
+                        partition: m.partition(),
+                        generation,
+                        offset: m.offset(),
+                        finished: false,
+                    };
+                    let settle_tx = settle_tx.clone();
+                    let ack = AckHandle::new(move |s| {
+                        let finished = matches!(s, Settlement::Delivered { .. } | Settlement::Failed { .. });
+                        let _ = settle_tx.send(Settled { finished, ..settled });
+                    });
+                    let incoming = Incoming {
+                        event,
+                        origin,
+                        key: key_of(m.topic(), m.partition()),
+                        redeliveries: 0,
+                        ack,
+                    };
                     if let Some(p) = permit.take() {
-                        p.send(incoming(&connector, &m, &tracker, &settle_tx));
-                    }
-                    // Hand out what librdkafka already holds without another trip through the
-                    // select loop: one wake-up then carries many records.
-                    for _ in 0..BURST {
-                        let Ok(p) = tx.clone().try_reserve_owned() else { break };
-                        match consumer.recv().now_or_never() {
-                            Some(Ok(m)) => {
-                                p.send(incoming(&connector, &m, &tracker, &settle_tx));
-                            }
-                            _ => {
-                                permit = Some(p);
-                                break;
-                            }
-                        }
+                        p.send(incoming);
                     }
                 }
                 Err(e) => {
@@ -237,60 +250,6 @@ async fn run(
     }
     commit(&consumer, &tracker, CommitMode::Sync, &connector);
     consumer.unsubscribe();
-}
-
-/// Records handed out per wake-up of the consuming task at most, and settlements taken per
-/// wake-up: enough to amortize the select loop, few enough to keep commits and stop timely.
-const BURST: usize = 256;
-
-/// The in-flight message of a record: its event, and a handle that reports its settlement to
-/// the offset tracker.
-fn incoming(
-    connector: &str,
-    m: &BorrowedMessage<'_>,
-    tracker: &Mutex<Tracker>,
-    settle_tx: &mpsc::UnboundedSender<Settled>,
-) -> Incoming {
-    let headers: Vec<(&str, Option<&[u8]>)> = m
-        .headers()
-        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
-        .unwrap_or_default();
-    let record = Record {
-        topic: m.topic(),
-        partition: m.partition(),
-        offset: m.offset(),
-        key: m.key(),
-        payload: m.payload(),
-        headers,
-        timestamp_ms: m.timestamp().to_millis(),
-    };
-    let (event, origin) = binding::decode(connector, &record);
-    let generation = match tracker.lock() {
-        Ok(mut t) => t.track(m.topic(), m.partition(), m.offset()),
-        Err(_) => 0,
-    };
-    let settled = Settled {
-        topic: m.topic().to_string(),
-        partition: m.partition(),
-        generation,
-        offset: m.offset(),
-        finished: false,
-    };
-    let settle_tx = settle_tx.clone();
-    let ack = AckHandle::new(move |s| {
-        let finished = matches!(s, Settlement::Delivered { .. } | Settlement::Failed { .. });
-        let _ = settle_tx.send(Settled {
-            finished,
-            ..settled
-        });
-    });
-    Incoming {
-        event,
-        origin,
-        key: key_of(m.topic(), m.partition()),
-        redeliveries: 0,
-        ack,
-    }
 }
 
 /// While not ready (no assignment yet, or the brokers went away), asks the cluster for metadata:
