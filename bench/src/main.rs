@@ -177,7 +177,6 @@ async fn measure(
     size: usize,
     backlog: u64,
 ) -> anyhow::Result<Row> {
-    let id = || uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     let mut row = Row::new(bus.name(), size);
 
     let started = Instant::now();
@@ -190,53 +189,24 @@ async fn measure(
     };
     // The broker alone: consume and count.
     step("raw consume");
-    let lane = bus.create(&id()).await?;
-    let stop = CancellationToken::new();
-    let consumer = bus
-        .consumer(
-            &lane,
-            Forward::Count(sink.clone()),
-            args.concurrency,
-            stop.clone(),
-        )
-        .await?;
-    let task = tokio::spawn(consumer);
-    let mut publisher = bus.publisher(&lane).await?;
-    warm_up(publisher.as_mut(), sink).await?;
-    let raw = throughput(publisher.as_mut(), sink, bus.window(), args.events, size).await?;
-    row.raw_eps = raw.eps;
-    row.lost += raw.lost;
-    stop.cancel();
-    let _ = task.await;
-    drop(publisher);
-    bus.remove(&lane).await;
+    let raw = in_process(bus, sink, Forward::Count(sink.clone()), args, size, false).await?;
+    row.raw_eps = raw.throughput.eps;
+    row.lost += raw.throughput.lost;
 
     // The direct path: consume and POST, same client, same function server, same concurrency.
     step("direct path");
-    let lane = bus.create(&id()).await?;
-    let stop = CancellationToken::new();
     let post = Forward::Post {
         client: reqwest::Client::new(),
         url: sink.url().into(),
     };
-    let consumer = bus
-        .consumer(&lane, post, args.concurrency, stop.clone())
-        .await?;
-    let task = tokio::spawn(consumer);
-    let mut publisher = bus.publisher(&lane).await?;
-    warm_up(publisher.as_mut(), sink).await?;
-    let direct = throughput(publisher.as_mut(), sink, bus.window(), args.events, size).await?;
-    row.direct_eps = direct.eps;
-    row.lost += direct.lost;
-    row.direct_latency = latency(publisher.as_mut(), sink, args, size).await?;
-    stop.cancel();
-    let _ = task.await;
-    drop(publisher);
-    bus.remove(&lane).await;
+    let direct = in_process(bus, sink, post, args, size, true).await?;
+    row.direct_eps = direct.throughput.eps;
+    row.lost += direct.throughput.lost;
+    row.direct_latency = direct.latency.unwrap_or_default();
 
     // fnbroker.
     step("fnbroker");
-    let lane = bus.create(&id()).await?;
+    let lane = bus.create(&lane_id()).await?;
     let config = bus.config(&lane, &sink.url(), args.concurrency);
     let fb = process::Fnbroker::start(binary, &config).await?;
     row.ready_ms = fb.ready.as_secs_f64() * 1e3;
@@ -266,6 +236,51 @@ async fn measure(
     drop(publisher);
     bus.remove(&lane).await;
     Ok(row)
+}
+
+/// What a path run inside the bench measured.
+struct InProcess {
+    throughput: Throughput,
+    latency: Option<Latency>,
+}
+
+/// A path inside the bench process on a lane of its own: the bus's consumer handing each
+/// payload to `forward`; throughput, then latency at the fixed rate if `with_latency`.
+async fn in_process(
+    bus: &dyn Bus,
+    sink: &Sink,
+    forward: Forward,
+    args: &Args,
+    size: usize,
+    with_latency: bool,
+) -> anyhow::Result<InProcess> {
+    let lane = bus.create(&lane_id()).await?;
+    let stop = CancellationToken::new();
+    let consumer = bus
+        .consumer(&lane, forward, args.concurrency, stop.clone())
+        .await?;
+    let task = tokio::spawn(consumer);
+    let mut publisher = bus.publisher(&lane).await?;
+    warm_up(publisher.as_mut(), sink).await?;
+    let throughput = throughput(publisher.as_mut(), sink, bus.window(), args.events, size).await?;
+    let latency = if with_latency {
+        Some(latency(publisher.as_mut(), sink, args, size).await?)
+    } else {
+        None
+    };
+    stop.cancel();
+    let _ = task.await;
+    drop(publisher);
+    bus.remove(&lane).await;
+    Ok(InProcess {
+        throughput,
+        latency,
+    })
+}
+
+/// A short unique name for a lane.
+fn lane_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
 }
 
 /// Publishes one event every 50 ms until one arrives: the path is connected and subscribed.
@@ -369,20 +384,38 @@ async fn backlog_rss(
     let phase = next_phase();
     sink.begin(phase, 0, false);
     let first = total.min(10_000);
-    let settle = Duration::from_secs(3);
     for seq in 0..first {
         publisher.send(payload(phase, seq, size)).await?;
     }
     publisher.flush().await?;
-    tokio::time::sleep(settle).await;
-    let small = fb.rss()?;
+    let small = settled_rss(fb).await?;
     for seq in first..total {
         publisher.send(payload(phase, seq, size)).await?;
     }
     publisher.flush().await?;
-    tokio::time::sleep(settle).await;
-    let large = fb.rss()?;
+    let large = settled_rss(fb).await?;
     Ok((small, large))
+}
+
+/// fnbroker's RSS once it stopped moving: ten samples 100 ms apart within 1% of each other
+/// (fnbroker filled its window and its client's prefetch), or the last sample after 15 s.
+async fn settled_rss(fb: &process::Fnbroker) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut samples = std::collections::VecDeque::with_capacity(10);
+    loop {
+        let rss = fb.rss()?;
+        if samples.len() == 10 {
+            samples.pop_front();
+        }
+        samples.push_back(rss);
+        let (lo, hi) = samples
+            .iter()
+            .fold((u64::MAX, 0), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        if (samples.len() == 10 && hi - lo <= hi / 100) || Instant::now() > deadline {
+            return Ok(rss);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The function server alone: POSTs from this process at the same concurrency.

@@ -189,12 +189,7 @@ pub(crate) fn file_name(connectors: &str) -> String {
 }
 
 fn utc_now() -> String {
-    std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
+    chrono::Utc::now().format("%Y-%m-%d %H:%M").to_string()
 }
 
 fn revision() -> String {

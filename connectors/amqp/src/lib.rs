@@ -258,7 +258,6 @@ impl Source for AmqpSource {
     }
 }
 
-/// Consumes, reconnecting whenever the connection or the channel goes away.
 /// Tells RabbitMQ how one delivery was settled: ack, reject (no requeue) after a dead letter,
 /// or nack with requeue when it is handed back.
 async fn settle(acker: Acker, settlement: Settlement, connector: &str) {
@@ -280,6 +279,7 @@ async fn settle(acker: Acker, settlement: Settlement, connector: &str) {
     }
 }
 
+/// Consumes, reconnecting whenever the connection or the channel goes away.
 async fn consume(
     spec: ConsumerSpec,
     mut first: Option<(Connection, lapin::Consumer)>,
