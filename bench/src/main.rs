@@ -135,7 +135,7 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
             let row = measure(bus.as_ref(), &sink, &binary, &args, size, backlog)
                 .await
                 .with_context(|| format!("{} ({size} bytes)", bus.name()))?;
-            complete &= row.lost == 0;
+            complete &= row.lost_total() == 0;
             eprintln!("{}", report::row_line(&row));
             rows.push(row);
         }
@@ -227,7 +227,7 @@ async fn measure(
         step("fnbroker backlog");
         row.backlog_rss = Some(backlog_rss(publisher.as_mut(), sink, &fb, backlog, size).await?);
     }
-    if row.lost > 0 {
+    if row.lost_total() > 0 {
         eprintln!("bench: fnbroker's log:\n{}", fb.log());
     }
     step("stopping");

@@ -87,6 +87,11 @@ impl Row {
         }
     }
 
+    /// Events that never arrived, in any measurement of this row.
+    pub(crate) fn lost_total(&self) -> u64 {
+        self.lost + self.latency.lost + self.direct_latency.lost
+    }
+
     fn ratio(&self) -> f64 {
         if self.direct_eps > 0.0 {
             self.fnbroker_eps / self.direct_eps
@@ -123,7 +128,7 @@ pub(crate) fn row_line(r: &Row) -> String {
         r.cpu_per_100k,
         mib(r.peak_rss),
         r.ready_ms,
-        r.lost
+        r.lost_total()
     )
 }
 
@@ -171,7 +176,7 @@ pub(crate) fn render(rows: &[Row], http_raw: f64, settings: &str) -> String {
             mib(r.peak_rss),
             backlog,
             r.ready_ms,
-            r.lost + r.latency.lost + r.direct_latency.lost,
+            r.lost_total(),
             r.duplicates
         );
     }
