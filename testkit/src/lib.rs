@@ -1,17 +1,15 @@
-//! Test helpers shared by fnbroker's crates: where the CloudEvents conformance data is, and a
-//! reader for the Gherkin scenarios of its protocol binding features.
+//! Test helpers shared by fnbroker's crates: where the CloudEvents conformance data is (vendored in
+//! `tests/conformance`), and a reader for the Gherkin scenarios of its protocol binding features.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 
-/// The folder of the shared conformance data: `FNBROKER_CONFORMANCE_DIR`, or `shared/conformance`
-/// beside the checkout.
+/// The folder of the conformance data: `FNBROKER_CONFORMANCE_DIR`, or the copy vendored into the
+/// repository (`tests/conformance`, with its licence), so that a fresh clone tests itself.
 pub fn conformance_dir() -> PathBuf {
     std::env::var_os("FNBROKER_CONFORMANCE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance")
-        })
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/conformance"))
 }
 
 /// Reads a file of the conformance data, panicking (never skipping) when it is missing.
@@ -153,4 +151,40 @@ pub fn cases(feature: &str) -> Vec<Scenario> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh clone has nothing beside it: the data and its licence live in the repository.
+    #[test]
+    fn conformance_data_is_vendored_in_the_repository() {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .canonicalize()
+            .expect("repository root");
+        let dir = repo.join("tests/conformance");
+        for file in [
+            "LICENSE",
+            "README.md",
+            "valid-events.json",
+            "invalid-events.json",
+            "valid-batches.json",
+            "invalid-batches.json",
+            "http-protocol-binding.feature",
+            "kafka-protocol-binding.feature",
+            "cesql_tck/LICENSE",
+        ] {
+            assert!(dir.join(file).is_file(), "{file} is not vendored");
+        }
+        if std::env::var_os("FNBROKER_CONFORMANCE_DIR").is_none() {
+            let used = conformance_dir().canonicalize().expect("conformance dir");
+            assert!(
+                used.starts_with(&repo),
+                "{} is outside the repository",
+                used.display()
+            );
+        }
+    }
 }
