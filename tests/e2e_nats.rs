@@ -359,3 +359,36 @@ async fn send_publishes_one_event_through_a_connector() {
     assert!(get("ce-time").is_some());
     assert_eq!(payload, br#"{"hello":"world"}"#);
 }
+
+/// Finding 3 of issue 12: a NATS URL to a closed port, SIGTERM. The JetStream trigger waits for a
+/// server while starting, the core one while flushing at stop: either way the process exits
+/// within `shutdown_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_within_shutdown_timeout_when_nats_cannot_connect() {
+    let closed = format!("nats://127.0.0.1:{}", common::free_port());
+    let server = FnServer::start().await;
+    for from in ["stream: s, topic: a.>", "topic: a.>"] {
+        let mut fb = Fnbroker::spawn(&format!(
+            "{}shutdown_timeout: 2s\n",
+            config(
+                &closed,
+                "",
+                &http_fn("f", &server.url("/f")),
+                &format!("  - {{ name: t, from: {{ connector: bus, {from} }}, to: f }}\n"),
+            )
+        ));
+        fb.wait_log("fnbroker starting", WAIT).await;
+        // Long enough for the connector to be in the middle of connecting.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let asked = std::time::Instant::now();
+        fb.signal("TERM");
+        let status = fb.wait_exit(Duration::from_secs(10)).await;
+        let took = asked.elapsed();
+        assert!(status.success(), "{from}: exit {status}:\n{}", fb.logs());
+        assert!(
+            took < Duration::from_millis(2900),
+            "{from}: took {took:?} to exit with shutdown_timeout 2s:\n{}",
+            fb.logs()
+        );
+    }
+}

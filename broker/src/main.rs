@@ -21,6 +21,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use fnbroker_core::config;
 use tokio_util::sync::CancellationToken;
 
+/// How long blocking tasks may still run once `run` returned, before the process exits anyway.
+const RUNTIME_EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// An event-driven function broker: Kafka, NATS, AMQP, MQTT and HTTP events, as CloudEvents, to
 /// functions.
 #[derive(Debug, Parser)]
@@ -162,7 +165,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(run(cfg)) {
+            let result = rt.block_on(run(cfg));
+            // Blocking calls still running (a librdkafka metadata probe, a flush) must not hold
+            // the exit: `run` already bounded the stop by `shutdown_timeout`.
+            rt.shutdown_timeout(RUNTIME_EXIT_GRACE);
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "fnbroker failed");
@@ -196,18 +203,49 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// Runs until SIGINT or SIGTERM. The signal is heard from the first moment: a connector that is
+/// still connecting (a closed port, a TLS handshake that fails, a JetStream lookup that waits for
+/// a server) does not hold the process, and the whole stop is bounded by `shutdown_timeout`.
 async fn run(cfg: config::Config) -> anyhow::Result<()> {
+    let signal = wait_for_signal();
+    tokio::pin!(signal);
+    // One poll registers the signal handlers, before anything can take time.
+    if futures::poll!(&mut signal).is_ready() {
+        return Ok(());
+    }
+    tracing::info!(
+        connectors = cfg.connectors.len(),
+        triggers = cfg.triggers.len(),
+        "fnbroker starting"
+    );
     let shutdown = CancellationToken::new();
-    let broker = runtime::Broker::start(&cfg, &shutdown).await?;
+    let started = tokio::select! {
+        broker = runtime::Broker::start(&cfg, &shutdown) => broker,
+        () = &mut signal => {
+            tracing::warn!("stopped while starting: some connectors had not connected yet");
+            shutdown.cancel();
+            return Ok(());
+        }
+    };
+    let broker = started?;
     tracing::info!(
         triggers = cfg.triggers.len(),
         ready = broker.is_ready(),
         "fnbroker running"
     );
-    wait_for_signal().await;
-    tracing::info!("stopping: no new messages; finishing those in flight");
+    signal.await;
+    let budget = cfg.shutdown_timeout.get();
+    tracing::info!(
+        ?budget,
+        "stopping: no new messages; finishing those in flight"
+    );
     shutdown.cancel();
-    broker.join().await;
+    if tokio::time::timeout(budget, broker.join()).await.is_err() {
+        tracing::warn!(
+            ?budget,
+            "shutdown_timeout reached while closing connectors; exiting, the brokers redeliver what was not acknowledged"
+        );
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -80,6 +80,14 @@ fn build_function(
     }))
 }
 
+/// The part of `shutdown_timeout` in-flight deliveries may take to finish; the rest is kept for
+/// closing the sources (the last acknowledgements and offset commits) and the connectors, so
+/// that what finished is acknowledged before the process exits at `shutdown_timeout`.
+pub(crate) fn drain_budget(shutdown_timeout: std::time::Duration) -> std::time::Duration {
+    let reserve = (shutdown_timeout / 5).min(std::time::Duration::from_secs(5));
+    shutdown_timeout.saturating_sub(reserve)
+}
+
 /// Triggers with the same source: they share one subscription.
 struct Group {
     from: config::TriggerSource,
@@ -187,7 +195,7 @@ impl Broker {
                 triggers: Arc::from(list),
                 max_in_flight,
                 ordered,
-                shutdown_timeout: config.shutdown_timeout.get(),
+                shutdown_timeout: drain_budget(config.shutdown_timeout.get()),
             };
             pumps.push(tokio::spawn(pump(source, cfg, shutdown.clone())));
         }

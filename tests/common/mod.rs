@@ -84,6 +84,28 @@ impl Fnbroker {
         me
     }
 
+    /// Writes `yaml` plus an `admin` section on a free port and starts the binary, without
+    /// waiting for it to be ready.
+    pub fn spawn(yaml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let admin = free_port();
+        let config = dir.path().join("fnbroker.yaml");
+        std::fs::write(
+            &config,
+            format!("{yaml}\nadmin: {{ listen: 127.0.0.1:{admin} }}\n"),
+        )
+        .expect("write config");
+        Self::spawn_with(dir, &config, admin)
+    }
+
+    /// Waits until the log contains `text`, failing after `timeout`.
+    pub async fn wait_log(&self, text: &str, timeout: Duration) {
+        wait_for(&format!("`{text}` in the log"), timeout, || {
+            self.logs().contains(text)
+        })
+        .await;
+    }
+
     /// Starts the binary on an existing configuration file.
     pub fn spawn_with(dir: tempfile::TempDir, config: &Path, admin: u16) -> Self {
         let log = dir.path().join("fnbroker.log");

@@ -29,8 +29,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fnbroker_core::config::{AmqpConnector as AmqpConfig, AmqpDeclare, Destination};
+use fnbroker_core::kit::{self, ChannelSource, Settler, source_buffer};
 use fnbroker_core::{
-    AckHandle, Connector, ConnectorError, Event, Incoming, Settlement, Sink, Source, Subscription,
+    Connector, ConnectorError, Event, Incoming, Settlement, Sink, Source, Subscription,
 };
 use futures::StreamExt;
 use lapin::options::{
@@ -48,7 +49,6 @@ pub struct AmqpConnector {
     name: String,
     config: AmqpConfig,
     connection_name: String,
-    stop: CancellationToken,
     /// Subscriptions, and how many of them are consuming right now.
     subscriptions: AtomicUsize,
     consuming: Arc<AtomicUsize>,
@@ -66,7 +66,6 @@ impl AmqpConnector {
             name,
             config,
             connection_name,
-            stop: CancellationToken::new(),
             subscriptions: AtomicUsize::new(0),
             consuming: Arc::default(),
         }
@@ -119,16 +118,12 @@ impl Connector for AmqpConnector {
             connector: self.name.clone(),
             message: e,
         })?;
-        let (tx, rx) = mpsc::channel(sub.max_in_flight.clamp(1, 1024));
         self.subscriptions.fetch_add(1, Ordering::AcqRel);
-        tokio::spawn(consume(
-            spec,
-            Some((conn, first)),
-            tx,
-            Arc::clone(&self.consuming),
-            self.stop.clone(),
-        ));
-        Ok(Box::new(AmqpSource { rx }))
+        let consuming = Arc::clone(&self.consuming);
+        let source = ChannelSource::spawn(source_buffer(sub.max_in_flight), move |tx, stop| {
+            consume(spec, Some((conn, first)), tx, consuming, stop)
+        });
+        Ok(Box::new(source))
     }
 
     async fn sink(&self, destination: &Destination) -> Result<Arc<dyn Sink>, ConnectorError> {
@@ -149,10 +144,6 @@ impl Connector for AmqpConnector {
 
     fn is_ready(&self) -> bool {
         self.consuming.load(Ordering::Acquire) >= self.subscriptions.load(Ordering::Acquire)
-    }
-
-    async fn stop(&self) {
-        self.stop.cancel();
     }
 }
 
@@ -247,35 +238,33 @@ async fn declare(channel: &Channel, queue: &str, d: &AmqpDeclare) -> Result<(), 
     Ok(())
 }
 
-struct AmqpSource {
-    rx: mpsc::Receiver<Incoming>,
+/// Tells RabbitMQ how one delivery was settled: ack, reject (no requeue) after a dead letter,
+/// or nack with requeue when it is handed back.
+struct AmqpSettler {
+    connector: String,
 }
 
 #[async_trait]
-impl Source for AmqpSource {
-    async fn next(&mut self) -> Option<Incoming> {
-        self.rx.recv().await
-    }
-}
+impl Settler for AmqpSettler {
+    type Token = Acker;
 
-/// Tells RabbitMQ how one delivery was settled: ack, reject (no requeue) after a dead letter,
-/// or nack with requeue when it is handed back.
-async fn settle(acker: Acker, settlement: Settlement, connector: &str) {
-    let result = match settlement {
-        Settlement::Delivered { .. } => acker.ack(BasicAckOptions::default()).await,
-        Settlement::Failed { .. } => acker.reject(BasicRejectOptions { requeue: false }).await,
-        Settlement::Retry { .. } | Settlement::Released => {
-            acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
+    async fn settle(&self, acker: &Acker, settlement: Settlement) {
+        let result = match settlement {
+            Settlement::Delivered { .. } => acker.ack(BasicAckOptions::default()).await,
+            Settlement::Failed { .. } => acker.reject(BasicRejectOptions { requeue: false }).await,
+            Settlement::Retry { .. } | Settlement::Released => {
+                acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+            }
+        };
+        if let Err(e) = result {
+            // The channel is gone: RabbitMQ requeued the message when it closed.
+            tracing::debug!(connector = %self.connector, error = %e, "acknowledgement on a closed channel; the message is redelivered");
         }
-    };
-    if let Err(e) = result {
-        // The channel is gone: RabbitMQ requeued the message when it closed.
-        tracing::debug!(connector = %connector, error = %e, "acknowledgement on a closed channel; the message is redelivered");
     }
 }
 
@@ -287,23 +276,13 @@ async fn consume(
     consuming: Arc<AtomicUsize>,
     stop: CancellationToken,
 ) {
-    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(Acker, Settlement)>();
-    let name = spec.connector.clone();
-    // Acknowledgements go out concurrently: awaiting each before the next would hold the
-    // prefetch window behind one round trip to lapin's connection per message.
-    tokio::spawn(async move {
-        let mut pending = futures::stream::FuturesUnordered::new();
-        loop {
-            tokio::select! {
-                next = ack_rx.recv() => match next {
-                    Some((acker, settlement)) => pending.push(settle(acker, settlement, &name)),
-                    None => break,
-                },
-                Some(()) = pending.next(), if !pending.is_empty() => {}
-            }
-        }
-        while pending.next().await.is_some() {}
+    // Acknowledgements go out concurrently (awaiting each before the next would hold the
+    // prefetch window behind one round trip per message), on a task this loop finishes before
+    // it closes the connection.
+    let (acker, acks) = kit::Acker::new(AmqpSettler {
+        connector: spec.connector.clone(),
     });
+    let mut current: Option<Connection> = None;
     let mut backoff = Duration::from_millis(500);
     loop {
         let (conn, mut consumer) = match first.take() {
@@ -319,7 +298,7 @@ async fn consume(
                     Err(e) => {
                         tracing::warn!(connector = %spec.connector, queue = %spec.queue, error = %e, retry_in = ?backoff, "cannot consume; retrying");
                         tokio::select! {
-                            () = stop.cancelled() => return,
+                            () = stop.cancelled() => break,
                             () = tokio::time::sleep(backoff) => {}
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -331,24 +310,21 @@ async fn consume(
         backoff = Duration::from_millis(500);
         consuming.fetch_add(1, Ordering::AcqRel);
         tracing::info!(connector = %spec.connector, queue = %spec.queue, "amqp consumer started");
-        loop {
+        current = Some(conn);
+        let stopping = loop {
             let next = tokio::select! {
-                () = stop.cancelled() => {
-                    consuming.fetch_sub(1, Ordering::AcqRel);
-                    let _ = conn.close(200, "fnbroker stopping".into()).await;
-                    return;
-                }
+                () = stop.cancelled() => break true,
                 d = consumer.next() => d,
             };
             let delivery = match next {
                 Some(Ok(d)) => d,
                 Some(Err(e)) => {
                     tracing::warn!(connector = %spec.connector, queue = %spec.queue, error = %e, "amqp consumer lost; reconnecting");
-                    break;
+                    break false;
                 }
                 None => {
                     tracing::warn!(connector = %spec.connector, queue = %spec.queue, "amqp consumer closed; reconnecting");
-                    break;
+                    break false;
                 }
             };
             let view = binding::Message {
@@ -359,26 +335,29 @@ async fn consume(
             };
             let (event, origin) = binding::decode(&spec.connector, &view);
             let key = key_of(delivery.routing_key.as_str());
-            let acker = delivery.acker;
-            let ack_tx = ack_tx.clone();
-            let ack = AckHandle::new(move |s| {
-                let _ = ack_tx.send((acker, s));
-            });
             let incoming = Incoming {
                 event,
                 origin,
                 key,
                 redeliveries: u32::from(delivery.redelivered),
-                ack,
+                ack: acker.handle(delivery.acker),
             };
             if tx.send(incoming).await.is_err() {
-                consuming.fetch_sub(1, Ordering::AcqRel);
-                let _ = conn.close(200, "fnbroker stopping".into()).await;
-                return;
+                break true;
             }
-        }
+        };
         consuming.fetch_sub(1, Ordering::AcqRel);
-        drop(conn);
+        if stopping {
+            break;
+        }
+        current = None;
+    }
+    // Stopping: every handle the engine held was settled or dropped before the source was
+    // closed; send their acknowledgements, then close the connection.
+    drop(acker);
+    acks.finish().await;
+    if let Some(conn) = current {
+        let _ = conn.close(200, "fnbroker stopping".into()).await;
     }
 }
 

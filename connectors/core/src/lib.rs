@@ -6,6 +6,8 @@
 //!   "redeliver", is stated there.
 //! - [`event`]: the CloudEvents 1.0 model, strict validation, the JSON format (single and batch)
 //!   and the normalization of plain messages.
+//! - [`kit`]: what every broker connector shares: the owned acknowledgement task with lease
+//!   extension ([`kit::Acker`]) and the channel-backed source ([`kit::ChannelSource`]).
 //! - [`binding`]: helpers for binary content mode shared by the protocol bindings.
 //! - [`cesql`]: CloudEvents SQL, the `sql` filter dialect.
 //! - [`config`]: every configuration type, loaded and validated in one place.
@@ -18,6 +20,7 @@ pub mod cesql;
 pub mod config;
 pub mod contract;
 pub mod event;
+pub mod kit;
 
 pub use contract::{
     AckHandle, Connector, ConnectorError, Incoming, Origin, Settlement, Sink, Source, Subscription,

@@ -1,0 +1,366 @@
+//! The connector kit: the parts every broker connector shares, so that each connector crate is
+//! left with its protocol and nothing else.
+//!
+//! # Acknowledgements: [`Acker`]
+//!
+//! A connector gives every message an [`AckHandle`] built by its [`Acker`]. Settling the handle
+//! (or dropping it) sends the settlement to one task per source, which applies it to the broker
+//! with the connector's [`Settler`] (`basic.ack`, a JetStream `+ACK`, a PUBACK), many at once so
+//! that one round trip does not hold the next. That task is owned: [`AckerTask::finish`] waits
+//! until every handle that was given out was settled or dropped and every acknowledgement it
+//! caused was sent. A source calls it in [`Source::close`](crate::Source::close) *before* it
+//! closes its connection, so a clean stop acknowledges everything that finished and a restart
+//! redelivers nothing that was delivered.
+//!
+//! # Leases
+//!
+//! Brokers that redeliver what is not acknowledged within a deadline (JetStream's `ack_wait`,
+//! SQS-like visibility timeouts) would hand a message to another consumer while fnbroker still
+//! holds it (its deliveries retry in memory, or wait behind an ordered key). With
+//! [`Acker::with_lease`], the task remembers every message handed out and not yet settled and
+//! calls [`Settler::extend`] for each of them on an interval, so the broker never redelivers a
+//! message fnbroker still works on.
+//!
+//! # The channel-backed source: [`ChannelSource`]
+//!
+//! A connector's consume loop runs on a task of its own and sends [`Incoming`] messages into a
+//! bounded channel; [`ChannelSource`] is the [`Source`](crate::Source) the engine reads. Its
+//! `next` is cancel-safe (a message is either returned or still in the channel), and its `close`
+//! releases what was fetched but never handed out, stops the loop, and waits for it; the loop
+//! finishes its acknowledgements (with [`AckerTask::finish`]) before it returns.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::contract::{AckHandle, Incoming, Settlement};
+
+/// How many messages a source's channel holds at most, between its consume loop and the engine,
+/// whatever the subscription's `max_in_flight`: a bound on memory per subscription.
+pub const MAX_SOURCE_BUFFER: usize = 1024;
+
+/// The size of a source's channel for a subscription with `max_in_flight`.
+pub fn source_buffer(max_in_flight: usize) -> usize {
+    max_in_flight.clamp(1, MAX_SOURCE_BUFFER)
+}
+
+/// Applies settlements to one broker. Implemented by each connector for its acknowledgement
+/// token (a lapin `Acker`, a JetStream message, an MQTT packet id).
+#[async_trait]
+pub trait Settler: Send + Sync + 'static {
+    /// What the broker needs to acknowledge one message.
+    type Token: Send + Sync + 'static;
+
+    /// Tells the broker how the message was settled. Errors are the settler's to log: the
+    /// broker redelivers what it did not hear about.
+    async fn settle(&self, token: &Self::Token, settlement: Settlement);
+
+    /// Tells the broker that the message is still being worked on (JetStream `+WPI`). Called
+    /// only for an [`Acker::with_lease`].
+    async fn extend(&self, _token: &Self::Token) {}
+}
+
+enum TokenRef<T> {
+    /// The token travels with the handle.
+    Owned(T),
+    /// The token is held by the acker task (leases), under this id.
+    Held(u64),
+}
+
+enum Command<T> {
+    Hold(u64, T),
+    Settle(TokenRef<T>, Settlement),
+}
+
+/// Builds the [`AckHandle`]s of one source; cheap to clone. See the module documentation.
+pub struct Acker<T> {
+    tx: mpsc::UnboundedSender<Command<T>>,
+    leased: bool,
+    ids: Arc<AtomicU64>,
+}
+
+impl<T> Clone for Acker<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            leased: self.leased,
+            ids: Arc::clone(&self.ids),
+        }
+    }
+}
+
+/// The task that applies an [`Acker`]'s settlements; see [`AckerTask::finish`].
+#[must_use = "finish the acker task before closing the connection, or acknowledgements are lost"]
+pub struct AckerTask {
+    task: JoinHandle<()>,
+}
+
+impl<T: Send + Sync + 'static> Acker<T> {
+    /// An acker applying settlements with `settler`.
+    pub fn new<S: Settler<Token = T>>(settler: S) -> (Self, AckerTask) {
+        Self::start(settler, None)
+    }
+
+    /// An acker that also calls [`Settler::extend`] every `every` for each message it handed out
+    /// and that is not settled yet.
+    pub fn with_lease<S: Settler<Token = T>>(settler: S, every: Duration) -> (Self, AckerTask) {
+        Self::start(settler, Some(every))
+    }
+
+    fn start<S: Settler<Token = T>>(settler: S, lease: Option<Duration>) -> (Self, AckerTask) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(Arc::new(settler), rx, lease));
+        let acker = Self {
+            tx,
+            leased: lease.is_some(),
+            ids: Arc::default(),
+        };
+        (acker, AckerTask { task })
+    }
+
+    /// The acknowledgement handle of one message.
+    pub fn handle(&self, token: T) -> AckHandle {
+        let tx = self.tx.clone();
+        let token = if self.leased {
+            let id = self.ids.fetch_add(1, Ordering::Relaxed);
+            // The task is gone only after every sender, this one included, was dropped.
+            let _ = self.tx.send(Command::Hold(id, token));
+            TokenRef::Held(id)
+        } else {
+            TokenRef::Owned(token)
+        };
+        AckHandle::new(move |settlement| {
+            let _ = tx.send(Command::Settle(token, settlement));
+        })
+    }
+}
+
+impl AckerTask {
+    /// Waits until every handle of the acker was settled or dropped, the acker itself (and its
+    /// clones) dropped, and every acknowledgement sent. Call it after the consume loop let go
+    /// of its [`Acker`], and before closing the connection.
+    pub async fn finish(self) {
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "the acknowledgement task failed");
+        }
+    }
+}
+
+type Pending = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+async fn run<S: Settler>(
+    settler: Arc<S>,
+    mut rx: mpsc::UnboundedReceiver<Command<S::Token>>,
+    lease: Option<Duration>,
+) {
+    let mut held: HashMap<u64, Arc<S::Token>> = HashMap::new();
+    let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
+    let mut tick = tokio::time::interval(lease.unwrap_or(Duration::from_secs(3600)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.reset();
+    loop {
+        tokio::select! {
+            // Cancel safe: `recv` loses nothing when another branch wins.
+            command = rx.recv() => match command {
+                None => break,
+                Some(Command::Hold(id, token)) => {
+                    held.insert(id, Arc::new(token));
+                }
+                Some(Command::Settle(token, settlement)) => {
+                    let token = match token {
+                        TokenRef::Owned(t) => Some(Arc::new(t)),
+                        TokenRef::Held(id) => held.remove(&id),
+                    };
+                    if let Some(token) = token {
+                        let settler = Arc::clone(&settler);
+                        pending.push(Box::pin(async move { settler.settle(&token, settlement).await }));
+                    }
+                }
+            },
+            Some(()) = pending.next(), if !pending.is_empty() => {}
+            _ = tick.tick(), if lease.is_some() && !held.is_empty() => {
+                for token in held.values() {
+                    let settler = Arc::clone(&settler);
+                    let token = Arc::clone(token);
+                    pending.push(Box::pin(async move { settler.extend(&token).await }));
+                }
+            }
+        }
+    }
+    while pending.next().await.is_some() {}
+}
+
+/// The [`Source`](crate::Source) of a connector whose consume loop runs on a task of its own and
+/// sends messages into a bounded channel (see the module documentation).
+pub struct ChannelSource {
+    rx: mpsc::Receiver<Incoming>,
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+    redelivers_with_delay: bool,
+}
+
+impl ChannelSource {
+    /// Spawns `consume` with the sending side of a channel of `buffer` messages and a token that
+    /// asks it to stop. The loop must return once the token fires or the channel closes, after
+    /// dropping its [`Acker`] and awaiting [`AckerTask::finish`], and only then close its
+    /// connection.
+    pub fn spawn<F, Fut>(buffer: usize, consume: F) -> Self
+    where
+        F: FnOnce(mpsc::Sender<Incoming>, CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(buffer.max(1));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(consume(tx, stop.clone()));
+        Self {
+            rx,
+            stop,
+            task: Some(task),
+            redelivers_with_delay: false,
+        }
+    }
+
+    /// Marks the source as one whose broker redelivers after a [`Settlement::Retry`] delay
+    /// (see [`Source::redelivers_with_delay`](crate::Source::redelivers_with_delay)).
+    pub fn redelivering_with_delay(mut self) -> Self {
+        self.redelivers_with_delay = true;
+        self
+    }
+}
+
+#[async_trait]
+impl crate::Source for ChannelSource {
+    /// Cancel safe: a message is either returned or still in the channel.
+    async fn next(&mut self) -> Option<Incoming> {
+        self.rx.recv().await
+    }
+
+    async fn close(mut self: Box<Self>) {
+        // What was fetched and never handed out is released here (its handles drop), then the
+        // loop stops, finishes its acknowledgements, and closes its connection.
+        self.rx.close();
+        while self.rx.try_recv().is_ok() {}
+        self.stop.cancel();
+        if let Some(task) = self.task.take()
+            && let Err(e) = task.await
+        {
+            tracing::error!(error = %e, "a consume task failed");
+        }
+    }
+
+    fn redelivers_with_delay(&self) -> bool {
+        self.redelivers_with_delay
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Source;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Log(Arc<Mutex<Vec<String>>>);
+
+    #[async_trait]
+    impl Settler for Log {
+        type Token = u32;
+        async fn settle(&self, token: &u32, settlement: Settlement) {
+            // A broker round trip.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let name = match settlement {
+                Settlement::Delivered { .. } => "ack",
+                Settlement::Failed { .. } => "term",
+                Settlement::Retry { .. } => "retry",
+                Settlement::Released => "release",
+            };
+            self.0.lock().expect("lock").push(format!("{name} {token}"));
+        }
+        async fn extend(&self, token: &u32) {
+            self.0.lock().expect("lock").push(format!("extend {token}"));
+        }
+    }
+
+    fn sorted(log: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
+        let mut v = log.lock().expect("lock").clone();
+        v.sort();
+        v
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finish_waits_for_every_acknowledgement() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (acker, task) = Acker::new(Log(Arc::clone(&log)));
+        let a = acker.handle(1);
+        let b = acker.handle(2);
+        drop(acker);
+        a.settle(Settlement::Delivered { reply: None });
+        drop(b);
+        task.finish().await;
+        assert_eq!(sorted(&log), vec!["ack 1", "release 2"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leases_are_extended_until_settled() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (acker, task) = Acker::with_lease(Log(Arc::clone(&log)), Duration::from_secs(5));
+        let a = acker.handle(1);
+        let b = acker.handle(2);
+        tokio::time::sleep(Duration::from_millis(5001)).await;
+        a.settle(Settlement::Delivered { reply: None });
+        tokio::time::sleep(Duration::from_millis(5001)).await;
+        b.settle(Settlement::Failed {
+            reason: "x".into(),
+            timed_out: false,
+        });
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        drop(acker);
+        task.finish().await;
+        assert_eq!(
+            sorted(&log),
+            vec!["ack 1", "extend 1", "extend 2", "extend 2", "term 2"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closing_a_channel_source_releases_what_was_never_handed_out() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let closed = Arc::new(Mutex::new(false));
+        let log2 = Arc::clone(&log);
+        let closed2 = Arc::clone(&closed);
+        let mut source = Box::new(ChannelSource::spawn(4, move |tx, stop| async move {
+            let (acker, task) = Acker::new(Log(log2));
+            for i in 0..3 {
+                let event = crate::event::normalize(crate::event::PlainMessage::default(), vec![]);
+                let incoming = Incoming {
+                    event,
+                    origin: crate::Origin::Plain,
+                    key: 0,
+                    redeliveries: 0,
+                    ack: acker.handle(i),
+                };
+                if tx.send(incoming).await.is_err() {
+                    break;
+                }
+            }
+            stop.cancelled().await;
+            drop(acker);
+            task.finish().await;
+            *closed2.lock().expect("lock") = true;
+        }));
+        let first = source.next().await.expect("a message");
+        first.ack.settle(Settlement::Delivered { reply: None });
+        source.close().await;
+        assert!(*closed.lock().expect("lock"), "the loop finished first");
+        assert_eq!(sorted(&log), vec!["ack 0", "release 1", "release 2"]);
+    }
+}
