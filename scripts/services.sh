@@ -56,21 +56,29 @@ ensure_rabbitmq() {
   ensure "RabbitMQ" 5672 120 rabbitmq-server -detached
 }
 
-# tansu keeps its data in memory (the `dynostore` feature, which its default build leaves out), so
-# it is installed with that feature into a folder of its own, outside the clone and reused.
-TANSU_ROOT="${FNBROKER_TANSU_ROOT:-$HOME/.cache/fnbroker/tansu}"
+# tansu stores its data in SQLite (the `libsql` feature, which its default build leaves out): its
+# in-memory storage returns nothing to a fetch that starts inside a record batch, so a consumer
+# that resumes from a committed offset mid-batch never receives the rest (measured with a plain
+# librdkafka client: shared/notes/tansu-resume.md, and the closing note of issue 12). It is
+# installed with that feature into a folder of its own, outside the clone and reused; the
+# database is new at every start.
+TANSU_ROOT="${FNBROKER_TANSU_ROOT:-$HOME/.cache/fnbroker/tansu-sqlite}"
+TANSU_DATA="${FNBROKER_TANSU_DATA:-${TMPDIR:-/tmp}/fnbroker-tansu}"
 
 ensure_tansu() {
   if up 9092; then return 0; fi
   local bin="$TANSU_ROOT/bin/tansu"
   if [ ! -x "$bin" ]; then
-    log "installing tansu 0.6.0 (with in-memory storage) from crates.io: a long first build, cached afterwards"
-    cargo install --root "$TANSU_ROOT" tansu --version 0.6.0 --locked --features dynostore >&2
+    log "installing tansu 0.6.0 (with SQLite storage) from crates.io: a long first build, cached afterwards"
+    cargo install --root "$TANSU_ROOT" tansu --version 0.6.0 --locked --features libsql >&2
   fi
-  log "starting tansu (Kafka API) on 127.0.0.1:9092"
-  nohup "$bin" broker --listener-url tcp://127.0.0.1:9092 \
-    --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/ \
-    >/tmp/fnbroker-tansu.log 2>&1 &
+  rm -rf "$TANSU_DATA"
+  mkdir -p "$TANSU_DATA"
+  log "starting tansu (Kafka API, SQLite storage in $TANSU_DATA) on 127.0.0.1:9092"
+  # tansu reads the path of a sqlite:// URL as relative to its working directory.
+  (cd "$TANSU_DATA" && exec nohup "$bin" broker --listener-url tcp://127.0.0.1:9092 \
+    --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine "sqlite://tansu.db") \
+    </dev/null >/tmp/fnbroker-tansu.log 2>&1 &
   wait_for "tansu" 9092 60
 }
 

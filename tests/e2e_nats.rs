@@ -392,3 +392,31 @@ async fn sigterm_exits_within_shutdown_timeout_when_nats_cannot_connect() {
         );
     }
 }
+
+/// Finding 2 of issue 12: SIGTERM in the middle of a JetStream stream, then start again:
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_sigterm_in_the_middle_delivers_every_message_exactly_once() {
+    const N: usize = 2_000;
+    let root = format!("t{}", uid());
+    let stream = format!("S{}", uid());
+    let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_millis(20))).await;
+    nats::create_stream(SHARED_URL, &stream, &[&format!("{root}.>")]).await;
+    nats::js_publish(
+        SHARED_URL,
+        (0..N)
+            .map(|i| (format!("{root}.x"), format!("{i}").into_bytes()))
+            .collect(),
+    )
+    .await;
+    let cfg = config(
+        SHARED_URL,
+        "",
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: \"{root}.>\", group: g{} }}, to: f }}\n",
+            uid()
+        ),
+    );
+    common::sigterm_midway_exactly_once("jetstream", &server, &cfg, N).await;
+}

@@ -113,6 +113,44 @@ pub async fn produce_many(producer: &FutureProducer, topic: &str, n: usize, size
     }
 }
 
+/// Produces the plain records `range` (payload = the number), letting the partitioner spread
+/// them, and waits for every delivery report.
+pub async fn produce_range(producer: &FutureProducer, topic: &str, range: std::ops::Range<usize>) {
+    let sends = range.map(|i| {
+        let payload = i.to_string();
+        async move {
+            producer
+                .send(
+                    FutureRecord::<(), _>::to(topic).payload(&payload),
+                    Duration::from_secs(60),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+        }
+    });
+    for r in futures::future::join_all(sends).await {
+        r.unwrap_or_else(|e| panic!("produce to {topic}: {e}"));
+    }
+}
+
+/// How many records a partition holds (its high watermark; the tests' topics start at 0).
+pub async fn partition_size(topic: &str, partition: i32) -> usize {
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .create()
+        .expect("consumer");
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+            .map(|(_, high)| usize::try_from(high).unwrap_or(0))
+            .unwrap_or_else(|e| panic!("watermarks of {topic}/{partition}: {e}"))
+    })
+    .await
+    .expect("watermarks")
+}
+
 /// A record read back: headers, key, payload.
 #[derive(Debug, Clone)]
 pub struct In {
