@@ -278,3 +278,105 @@ async fn a_reply_is_published_to_an_mqtt_topic() {
     assert_eq!(r.payload, br#"{"setpoint":20}"#);
     drop(fb);
 }
+
+/// Finding 2 of issue 12: SIGTERM in the middle of a QoS 1 stream, then start again: exactly
+/// once (the persistent session keeps what fnbroker did not acknowledge).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_in_the_middle_delivers_every_message_exactly_once() {
+    const N: usize = 2_000;
+    let broker = Mosquitto::start().await;
+    let root = format!("s{}", uid());
+    let server = FnServer::with(|_, _| common::Answer::ok().delay(Duration::from_millis(20))).await;
+    let cfg = config(
+        &connector("iot", broker.port, &uid(), ""),
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/#\", qos: 1 }}, to: f }}\n"
+        ),
+    );
+    // Subscribe once (the session is created), then publish everything while nobody listens:
+    // the broker queues it for the session.
+    let mut fb = Fnbroker::start(&cfg).await;
+    fb.signal("TERM");
+    fb.wait_exit(WAIT).await;
+    drop(fb);
+    let msgs = (0..N)
+        .map(|i| Msg::plain(&format!("{root}/d{}", i % 10), format!("{i}").as_bytes()))
+        .collect();
+    mqtt::publish(broker.port, msgs).await;
+    common::sigterm_midway_exactly_once("mqtt", &server, &cfg, N).await;
+}
+
+/// Finding 7 of issue 12: two replicas with the same configuration (no `client_id`) on one
+/// `$share` group: the default client id `fnbroker-<connector>-<hostname>` differs per host, so
+/// they split the work and neither knocks the other off the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_with_the_default_client_id_share_a_group_without_reconnects() {
+    const N: usize = 200;
+    let root = format!("r{}", uid());
+    let group = format!("g{}", uid());
+    let server = FnServer::start().await;
+    let cfg = |path: &str| {
+        config(
+            &format!(
+                "  iot: {{ mqtt: {{ url: \"mqtt://127.0.0.1:{SHARED_PORT}\", session_expiry: 1m }} }}\n"
+            ),
+            &http_fn("f", &server.url(path)),
+            &format!(
+                "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/#\", qos: 1, group: {group} }}, to: f }}\n"
+            ),
+        )
+    };
+    let a = Fnbroker::start_env(&cfg("/a"), &[("HOSTNAME", &format!("a{}", uid()))]).await;
+    let b = Fnbroker::start_env(&cfg("/b"), &[("HOSTNAME", &format!("b{}", uid()))]).await;
+    let msgs = (0..N)
+        .map(|i| Msg::plain(&format!("{root}/m"), format!("{i}").as_bytes()))
+        .collect();
+    mqtt::publish(SHARED_PORT, msgs).await;
+    wait_for("every message", WAIT, || {
+        server.count("/a") + server.count("/b") >= N
+    })
+    .await;
+    let (na, nb) = (server.count("/a"), server.count("/b"));
+    assert!(na > 0 && nb > 0, "both got some ({na} + {nb})");
+    for (name, fb) in [("a", &a), ("b", &b)] {
+        let logs = fb.logs();
+        assert!(
+            !logs.contains("connection lost"),
+            "replica {name} was knocked off the broker:\n{logs}"
+        );
+        assert_eq!(
+            logs.matches("mqtt connected").count(),
+            1,
+            "replica {name} reconnected:\n{logs}"
+        );
+    }
+}
+
+/// Finding 7 of issue 12: a slow function and a full trigger queue must not stop rumqttc's
+/// event loop from being polled: keep-alive pings go on (MQTT 3.1.1, 1 s keep-alive, the
+/// broker's 20 in-flight messages waiting behind one slow call), the connection stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_trigger_queue_does_not_stall_the_connection() {
+    let root = format!("q{}", uid());
+    let server = FnServer::with(|_, _| common::Answer::ok().delay(Duration::from_secs(2))).await;
+    let fb = Fnbroker::start(&config(
+        &connector("iot", SHARED_PORT, &uid(), ", version: 3, keep_alive: 1s"),
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/#\", qos: 1 }}, to: f, delivery: {{ max_in_flight: 1 }} }}\n"
+        ),
+    ))
+    .await;
+    let msgs = (0..30)
+        .map(|i| Msg::plain(&format!("{root}/m"), format!("{i}").as_bytes()))
+        .collect();
+    mqtt::publish(SHARED_PORT, msgs).await;
+    // Two calls of 4 s: the broker drops a client silent for 1.5 s long before.
+    server.wait_count("/f", 3, WAIT).await;
+    let logs = fb.logs();
+    assert!(
+        !logs.contains("connection lost"),
+        "the connection dropped while the trigger was full:\n{logs}"
+    );
+}

@@ -106,13 +106,33 @@ impl Fnbroker {
         .await;
     }
 
+    /// Like [`Fnbroker::start`], with extra environment variables.
+    pub async fn start_env(yaml: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let admin = free_port();
+        let config = dir.path().join("fnbroker.yaml");
+        std::fs::write(
+            &config,
+            format!("{yaml}\nadmin: {{ listen: 127.0.0.1:{admin} }}\n"),
+        )
+        .expect("write config");
+        let mut me = Self::spawn_env(dir, &config, admin, env);
+        me.wait_ready().await;
+        me
+    }
+
     /// Starts the binary on an existing configuration file.
     pub fn spawn_with(dir: tempfile::TempDir, config: &Path, admin: u16) -> Self {
+        Self::spawn_env(dir, config, admin, &[])
+    }
+
+    fn spawn_env(dir: tempfile::TempDir, config: &Path, admin: u16, env: &[(&str, &str)]) -> Self {
         let log = dir.path().join("fnbroker.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(binary())
             .args(["run", "-c"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info,fnbroker=debug")
             .stdout(Stdio::null())
             .stderr(log_file)

@@ -41,6 +41,8 @@ pub(crate) struct Received {
 pub(crate) enum AckToken {
     V5(rumqttc::v5::mqttbytes::v5::Publish),
     V3(rumqttc::Publish),
+    /// Taken: the token moved to the acknowledger.
+    None,
 }
 
 /// What the event loop reports, in both versions' terms.
@@ -59,6 +61,8 @@ pub(crate) enum Ev {
     },
     /// The broker acknowledged a subscription.
     Subscribed,
+    /// Our DISCONNECT went out (flushed): the connection is closed on purpose.
+    Disconnected,
     Other,
 }
 
@@ -156,6 +160,7 @@ impl EventLoop {
                     },
                     Event::Outgoing(Outgoing::Publish(pkid)) => Ev::Sent(pkid),
                     Event::Incoming(Packet5::SubAck(_)) => Ev::Subscribed,
+                    Event::Outgoing(Outgoing::Disconnect) => Ev::Disconnected,
                     _ => Ev::Other,
                 })
             }
@@ -184,6 +189,7 @@ impl EventLoop {
                     },
                     Event::Outgoing(Outgoing::Publish(pkid)) => Ev::Sent(pkid),
                     Event::Incoming(Packet::SubAck(_)) => Ev::Subscribed,
+                    Event::Outgoing(Outgoing::Disconnect) => Ev::Disconnected,
                     _ => Ev::Other,
                 })
             }
@@ -218,7 +224,16 @@ impl Client {
         match (self, token) {
             (Client::V5(c), AckToken::V5(p)) => c.ack(p).await.map_err(|e| e.to_string()),
             (Client::V3(c), AckToken::V3(p)) => c.ack(p).await.map_err(|e| e.to_string()),
+            (_, AckToken::None) => Err("no packet to acknowledge".into()),
             _ => Err("acknowledgement of another protocol version".into()),
+        }
+    }
+
+    /// Queues a DISCONNECT behind everything queued before it.
+    pub(crate) async fn disconnect(&self) -> Result<(), String> {
+        match self {
+            Client::V5(c) => c.disconnect().await.map_err(|e| e.to_string()),
+            Client::V3(c) => c.disconnect().await.map_err(|e| e.to_string()),
         }
     }
 

@@ -26,22 +26,21 @@
 
 pub mod binding;
 mod client;
+mod consume;
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use fnbroker_core::config::MqttConnector as MqttConfig;
-use fnbroker_core::{
-    AckHandle, Connector, ConnectorError, Event, Incoming, Settlement, Sink, Source, Subscription,
-};
+use fnbroker_core::{Connector, ConnectorError, Event, Incoming, Sink, Source, Subscription};
 use tokio::sync::{OnceCell, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{AckToken, Client, Ev, EventLoop, Options, Received};
+use crate::client::{Client, Ev, EventLoop, Options};
+use crate::consume::{Consumer, Sub};
 
 /// The MQTT connector of one configuration entry.
 pub struct MqttConnector {
@@ -51,15 +50,8 @@ pub struct MqttConnector {
     subs: Mutex<Vec<Sub>>,
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
+    consumer: tokio::sync::Mutex<Option<Consumer>>,
     sink: OnceCell<Arc<MqttSink>>,
-}
-
-#[derive(Clone)]
-struct Sub {
-    id: usize,
-    filter: String,
-    qos: u8,
-    tx: mpsc::Sender<Incoming>,
 }
 
 impl MqttConnector {
@@ -78,7 +70,7 @@ impl MqttConnector {
             client_id: cfg
                 .client_id
                 .clone()
-                .unwrap_or_else(|| format!("fnbroker-{name}")),
+                .unwrap_or_else(|| default_client_id(name, &hostname())),
             host,
             port: url.port().unwrap_or(1883),
             v5: cfg.version.as_ref().is_none_or(|v| **v == 5),
@@ -98,9 +90,37 @@ impl MqttConnector {
             subs: Mutex::new(Vec::new()),
             ready: Arc::new(AtomicBool::new(false)),
             stop: CancellationToken::new(),
+            consumer: tokio::sync::Mutex::new(None),
             sink: OnceCell::new(),
         })
     }
+}
+
+/// The default client id, `fnbroker-<connector>-<hostname>`: stable across restarts (so the
+/// broker keeps the session and what it queued) and different on every replica (two replicas
+/// with one id would knock each other off the broker). Characters outside `[A-Za-z0-9_-]` become
+/// `-`.
+fn default_client_id(connector: &str, hostname: &str) -> String {
+    format!("fnbroker-{connector}-{hostname}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// This replica's host name: `HOSTNAME` (a Kubernetes pod's name), else the kernel's.
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 #[async_trait]
@@ -162,13 +182,8 @@ impl Connector for MqttConnector {
         // hold in flight, so a full queue never stalls the connection.
         let room: usize = subs.iter().map(|s| s.tx.max_capacity()).sum();
         options.receive_maximum = u16::try_from(room.clamp(1, 65_535)).unwrap_or(u16::MAX);
-        tokio::spawn(consume(
-            self.name.clone(),
-            options,
-            subs,
-            Arc::clone(&self.ready),
-            self.stop.clone(),
-        ));
+        let consumer = Consumer::start(self.name.clone(), &options, subs, Arc::clone(&self.ready));
+        *self.consumer.lock().await = Some(consumer);
         Ok(())
     }
 
@@ -181,181 +196,33 @@ impl Connector for MqttConnector {
                 .is_none_or(|s| s.ready.load(Ordering::Acquire))
     }
 
+    /// Stops consuming once every source was closed: the PUBACKs of everything that finished go
+    /// out, then a DISCONNECT; then the publisher stops.
     async fn stop(&self) {
+        if let Some(consumer) = self.consumer.lock().await.take() {
+            consumer.stop().await;
+        }
         self.stop.cancel();
     }
 }
 
+/// The source of one subscription: the dispatcher fills its channel.
 struct MqttSource {
     rx: mpsc::Receiver<Incoming>,
 }
 
 #[async_trait]
 impl Source for MqttSource {
+    /// Cancel safe: a message is either returned or still in the channel.
     async fn next(&mut self) -> Option<Incoming> {
         self.rx.recv().await
     }
-}
 
-fn key_of(topic: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    topic.hash(&mut h);
-    h.finish()
-}
-
-/// The consuming connection: connect, subscribe on every connect, dispatch, acknowledge.
-async fn consume(
-    name: String,
-    options: Options,
-    subs: Vec<Sub>,
-    ready: Arc<AtomicBool>,
-    stop: CancellationToken,
-) {
-    let (client, mut events) = client::connect(&options);
-    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<AckToken>();
-    let acker = client.clone();
-    let acker_name = name.clone();
-    tokio::spawn(async move {
-        while let Some(token) = ack_rx.recv().await {
-            if let Err(e) = acker.ack(&token).await {
-                tracing::warn!(connector = %acker_name, error = %e, "cannot acknowledge; the broker will redeliver");
-            }
-        }
-    });
-    let mut backoff = Duration::from_secs(1);
-    // Ready once every subscription of this connection was acknowledged.
-    let mut unacknowledged = subs.len();
-    loop {
-        let ev = tokio::select! {
-            () = stop.cancelled() => break,
-            ev = events.poll() => ev,
-        };
-        match ev {
-            Ok(Ev::Subscribed) => {
-                unacknowledged = unacknowledged.saturating_sub(1);
-                if unacknowledged == 0 {
-                    ready.store(true, Ordering::Release);
-                }
-            }
-            Ok(Ev::Connected { session_present }) => {
-                backoff = Duration::from_secs(1);
-                unacknowledged = subs.len();
-                tracing::info!(connector = %name, session_present, "mqtt connected; subscribing");
-                let c = client.clone();
-                let to_subscribe: Vec<(String, u8, usize)> = subs
-                    .iter()
-                    .map(|s| (s.filter.clone(), s.qos, s.id))
-                    .collect();
-                let n = name.clone();
-                // Subscribing goes through the event loop's queue: not from this task, which
-                // must keep polling for the queue to drain.
-                tokio::spawn(async move {
-                    for (filter, qos, id) in to_subscribe {
-                        if let Err(e) = c.subscribe(&filter, qos, id).await {
-                            tracing::warn!(connector = %n, %filter, error = %e, "cannot subscribe");
-                        }
-                    }
-                });
-            }
-            Ok(Ev::Message(msg)) => dispatch(&name, options.v5, &subs, *msg, &ack_tx).await,
-            Ok(_) => {}
-            Err(e) => {
-                ready.store(false, Ordering::Release);
-                tracing::warn!(connector = %name, error = %e, retry_in = ?backoff, "mqtt connection lost; reconnecting");
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-        }
-    }
-    ready.store(false, Ordering::Release);
-}
-
-/// Hands a message to every subscription it is for, with one acknowledgement for all of them.
-async fn dispatch(
-    name: &str,
-    v5: bool,
-    subs: &[Sub],
-    msg: Received,
-    ack_tx: &mpsc::UnboundedSender<AckToken>,
-) {
-    let targets: Vec<&Sub> = if !msg.subscription_ids.is_empty() {
-        subs.iter()
-            .filter(|s| msg.subscription_ids.contains(&s.id))
-            .collect()
-    } else {
-        subs.iter()
-            .filter(|s| binding::topic_matches(&s.filter, &msg.topic))
-            .collect()
-    };
-    let view = binding::Message {
-        topic: &msg.topic,
-        payload: &msg.payload,
-        content_type: msg.content_type.as_deref(),
-        user_properties: &msg.user_properties,
-        v5,
-    };
-    if targets.is_empty() {
-        tracing::debug!(connector = name, topic = %msg.topic, "no trigger for this message; acknowledging it");
-        if msg.qos > 0 {
-            let _ = ack_tx.send(msg.token);
-        }
-        return;
-    }
-    let (event, origin) = binding::decode(name, &view);
-    let shared = Arc::new(Pending {
-        remaining: AtomicUsize::new(targets.len()),
-        released: AtomicBool::new(false),
-        token: Mutex::new(Some(msg.token)),
-        ack_tx: ack_tx.clone(),
-    });
-    let key = key_of(&msg.topic);
-    for sub in targets {
-        let ack = if msg.qos == 0 {
-            AckHandle::none()
-        } else {
-            let shared = Arc::clone(&shared);
-            AckHandle::new(move |s| shared.settle(&s))
-        };
-        let incoming = Incoming {
-            event: event.clone(),
-            origin: origin.clone(),
-            key,
-            redeliveries: 0,
-            ack,
-        };
-        if msg.qos == 0 {
-            // At-most-once: a full queue drops rather than stall the connection's keep-alive.
-            if sub.tx.try_send(incoming).is_err() {
-                tracing::debug!(connector = name, topic = %msg.topic, "QoS 0 message dropped: the trigger is full");
-            }
-        } else if sub.tx.send(incoming).await.is_err() {
-            // The engine is stopping: the handle was dropped, so the message is not acknowledged.
-        }
-    }
-}
-
-/// One received message shared by the subscriptions it went to.
-struct Pending {
-    remaining: AtomicUsize,
-    released: AtomicBool,
-    token: Mutex<Option<AckToken>>,
-    ack_tx: mpsc::UnboundedSender<AckToken>,
-}
-
-impl Pending {
-    fn settle(&self, s: &Settlement) {
-        if matches!(s, Settlement::Released | Settlement::Retry { .. }) {
-            self.released.store(true, Ordering::Release);
-        }
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1
-            && !self.released.load(Ordering::Acquire)
-            && let Some(token) = self.token.lock().ok().and_then(|mut t| t.take())
-        {
-            let _ = self.ack_tx.send(token);
-        }
+    async fn close(mut self: Box<Self>) {
+        // What the dispatcher queued and the engine never took is handed back (not
+        // acknowledged) now, so that the connector's stop can acknowledge the rest and go.
+        self.rx.close();
+        while self.rx.try_recv().is_ok() {}
     }
 }
 
@@ -492,5 +359,18 @@ impl Sink for MqttSink {
             Ok(Err(_)) => Err(err("the publisher stopped".into())),
             Err(_) => Err(err("no acknowledgement within 30s".into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_client_id_names_the_connector_and_the_host() {
+        assert_eq!(
+            default_client_id("iot", "pod-7f9c.example"),
+            "fnbroker-iot-pod-7f9c-example"
+        );
     }
 }

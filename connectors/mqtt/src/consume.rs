@@ -1,0 +1,416 @@
+//! The consuming connection of an MQTT connector: three tasks with one job each.
+//!
+//! - The **poller** owns rumqttc's event loop and does nothing but poll it and forward what it
+//!   reports. rumqttc's rule is that the event loop must never wait on anything else: keep-alive
+//!   pings, acknowledgements and reconnects all happen inside `poll`. So the poller never awaits
+//!   a trigger's queue; it hands events to the dispatcher through an unbounded channel, which the
+//!   broker's own in-flight window bounds for QoS 1 and 2 (MQTT 5's receive maximum, set to what
+//!   the triggers can hold; Mosquitto's `max_inflight_messages` for 3.1.1). QoS 0 messages beyond
+//!   [`MAX_QUEUED_QOS0`] queued events are dropped there, as at-most-once allows.
+//! - The **dispatcher** turns messages into events and waits for room in the triggers' queues
+//!   (backpressure), subscribes again on every connect, and tracks readiness.
+//! - The **acknowledger** sends PUBACK (QoS 1) / PUBREC (QoS 2) in the order the messages were
+//!   received, as MQTT 3.1.1 and 5 require (section 4.6), whatever order the engine settles them
+//!   in: a settled message waits for the ones received before it. A message handed back
+//!   (released at shutdown) is not acknowledged, so the broker sends it again on the next
+//!   connection of the persistent session; the ones after it are acknowledged.
+//!
+//! Stopping: the dispatcher stops; the acknowledger finishes once every handle was settled or
+//! dropped and every PUBACK was queued; then a DISCONNECT is queued behind them, and the poller
+//! ends once it went out. So a clean stop acknowledges everything that finished.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fnbroker_core::{AckHandle, Incoming, Settlement};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::binding;
+use crate::client::{self, AckToken, Client, Ev, EventLoop, Options, Received};
+
+/// QoS 0 messages are dropped by the poller while more events than this wait for the
+/// dispatcher.
+pub(crate) const MAX_QUEUED_QOS0: usize = 1024;
+
+/// The first and the longest wait before reconnecting.
+const RECONNECT_MIN: Duration = Duration::from_secs(1);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+/// One subscription of the connection.
+#[derive(Clone)]
+pub(crate) struct Sub {
+    pub(crate) id: usize,
+    pub(crate) filter: String,
+    pub(crate) qos: u8,
+    pub(crate) tx: mpsc::Sender<Incoming>,
+}
+
+/// The running consumer; [`Consumer::stop`] ends it cleanly.
+pub(crate) struct Consumer {
+    stop: CancellationToken,
+    dispatcher: JoinHandle<()>,
+}
+
+impl Consumer {
+    /// Connects and starts the three tasks.
+    pub(crate) fn start(
+        name: String,
+        options: &Options,
+        subs: Vec<Sub>,
+        ready: Arc<AtomicBool>,
+    ) -> Self {
+        let (client, events) = client::connect(options);
+        let stop = CancellationToken::new();
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let poller_done = CancellationToken::new();
+        tokio::spawn(poll(
+            name.clone(),
+            events,
+            ev_tx,
+            Arc::clone(&queued),
+            poller_done.clone(),
+        ));
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let acks = tokio::spawn(acknowledge(name.clone(), client.clone(), ack_rx));
+        let dispatcher = tokio::spawn(dispatch_loop(Dispatcher {
+            name,
+            v5: options.v5,
+            subs,
+            ready,
+            client,
+            ack_tx,
+            next_seq: 0,
+            events: ev_rx,
+            queued,
+            stop: stop.clone(),
+            acks,
+            poller_done,
+        }));
+        Self { stop, dispatcher }
+    }
+
+    /// Stops consuming, sends the acknowledgements of everything settled, disconnects.
+    pub(crate) async fn stop(self) {
+        self.stop.cancel();
+        if let Err(e) = self.dispatcher.await {
+            tracing::error!(error = %e, "the mqtt dispatcher failed");
+        }
+    }
+}
+
+/// Polls the event loop and forwards every event; never waits on anything else.
+async fn poll(
+    name: String,
+    mut events: EventLoop,
+    tx: mpsc::UnboundedSender<Result<Ev, String>>,
+    queued: Arc<AtomicUsize>,
+    done: CancellationToken,
+) {
+    let mut backoff = RECONNECT_MIN;
+    loop {
+        let ev = tokio::select! {
+            () = done.cancelled() => return,
+            ev = events.poll() => ev,
+        };
+        match ev {
+            Ok(Ev::Disconnected) => return,
+            Ok(Ev::Message(m))
+                if m.qos == 0 && queued.load(Ordering::Acquire) > MAX_QUEUED_QOS0 =>
+            {
+                tracing::debug!(connector = %name, topic = %m.topic, "QoS 0 message dropped: the triggers are behind");
+            }
+            Ok(ev) => {
+                if matches!(ev, Ev::Connected { .. }) {
+                    backoff = RECONNECT_MIN;
+                }
+                queued.fetch_add(1, Ordering::AcqRel);
+                if tx.send(Ok(ev)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(format!("{e} (reconnecting in {backoff:?})")));
+                tokio::select! {
+                    () = done.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+            }
+        }
+    }
+}
+
+/// What the acknowledger hears.
+enum AckCommand {
+    /// A QoS 1/2 message was received, as number `seq` of this connection.
+    Received(u64, Box<AckToken>),
+    /// Message `seq` was settled: acknowledge it (finished) or not (handed back).
+    Settled(u64, bool),
+}
+
+/// Received QoS 1/2 messages in receive order, each with its verdict once settled: the
+/// acknowledgements come out in receive order, for the settled prefix.
+struct InOrder<T> {
+    queue: BTreeMap<u64, (T, Option<bool>)>,
+}
+
+impl<T> InOrder<T> {
+    fn new() -> Self {
+        Self {
+            queue: BTreeMap::new(),
+        }
+    }
+
+    fn received(&mut self, seq: u64, token: T) {
+        self.queue.insert(seq, (token, None));
+    }
+
+    /// Records a verdict; returns the tokens to acknowledge now, in receive order (a message
+    /// handed back is passed over: the broker sends it again on the next connection).
+    fn settled(&mut self, seq: u64, ack: bool) -> Vec<T> {
+        if let Some(entry) = self.queue.get_mut(&seq) {
+            entry.1 = Some(ack);
+        }
+        let mut out = Vec::new();
+        while let Some(entry) = self.queue.first_entry() {
+            let Some(ack) = entry.get().1 else { break };
+            let (token, _) = entry.remove();
+            if ack {
+                out.push(token);
+            }
+        }
+        out
+    }
+}
+
+/// Sends PUBACK/PUBREC in receive order (see the module documentation).
+async fn acknowledge(name: String, client: Client, mut rx: mpsc::UnboundedReceiver<AckCommand>) {
+    let mut order = InOrder::new();
+    while let Some(command) = rx.recv().await {
+        match command {
+            AckCommand::Received(seq, token) => order.received(seq, token),
+            AckCommand::Settled(seq, ack) => {
+                for token in order.settled(seq, ack) {
+                    if let Err(e) = client.ack(&token).await {
+                        tracing::warn!(connector = %name, error = %e, "cannot acknowledge; the broker will redeliver");
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Dispatcher {
+    name: String,
+    v5: bool,
+    subs: Vec<Sub>,
+    ready: Arc<AtomicBool>,
+    client: Client,
+    ack_tx: mpsc::UnboundedSender<AckCommand>,
+    next_seq: u64,
+    events: mpsc::UnboundedReceiver<Result<Ev, String>>,
+    queued: Arc<AtomicUsize>,
+    stop: CancellationToken,
+    acks: JoinHandle<()>,
+    poller_done: CancellationToken,
+}
+
+/// Dispatches until asked to stop, then finishes the acknowledgements and disconnects.
+async fn dispatch_loop(mut d: Dispatcher) {
+    // Ready once every subscription of this connection was acknowledged.
+    let mut unacknowledged = d.subs.len();
+    loop {
+        let ev = tokio::select! {
+            () = d.stop.cancelled() => break,
+            ev = d.events.recv() => match ev {
+                Some(ev) => ev,
+                None => break,
+            },
+        };
+        d.queued.fetch_sub(1, Ordering::AcqRel);
+        match ev {
+            Ok(Ev::Subscribed) => {
+                unacknowledged = unacknowledged.saturating_sub(1);
+                if unacknowledged == 0 {
+                    d.ready.store(true, Ordering::Release);
+                }
+            }
+            Ok(Ev::Connected { session_present }) => {
+                unacknowledged = d.subs.len();
+                tracing::info!(connector = %d.name, session_present, "mqtt connected; subscribing");
+                // The acknowledgements of the old connection's messages are void: the broker
+                // sends those messages again on this one.
+                d.next_seq = d.next_seq.saturating_add(1 << 32);
+                for s in &d.subs {
+                    if let Err(e) = d.client.subscribe(&s.filter, s.qos, s.id).await {
+                        tracing::warn!(connector = %d.name, filter = %s.filter, error = %e, "cannot subscribe");
+                    }
+                }
+            }
+            Ok(Ev::Message(msg)) => {
+                let stop = d.stop.clone();
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = d.dispatch(*msg) => {}
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                d.ready.store(false, Ordering::Release);
+                tracing::warn!(connector = %d.name, error = %e, "mqtt connection lost");
+            }
+        }
+    }
+    d.ready.store(false, Ordering::Release);
+    // Every handle was settled or dropped before the connector was stopped: once the
+    // acknowledger has queued their PUBACKs, a DISCONNECT goes out behind them.
+    let Dispatcher {
+        name,
+        client,
+        ack_tx,
+        acks,
+        poller_done,
+        ..
+    } = d;
+    drop(ack_tx);
+    if let Err(e) = acks.await {
+        tracing::error!(connector = %name, error = %e, "the mqtt acknowledger failed");
+    }
+    if let Err(e) = client.disconnect().await {
+        tracing::debug!(connector = %name, error = %e, "cannot disconnect");
+        poller_done.cancel();
+    }
+}
+
+impl Dispatcher {
+    /// Hands a message to every subscription it is for, with one acknowledgement for all of
+    /// them; waits while a trigger's queue is full.
+    async fn dispatch(&mut self, mut msg: Received) {
+        let token = std::mem::replace(&mut msg.token, AckToken::None);
+        let targets: Vec<&Sub> = if !msg.subscription_ids.is_empty() {
+            self.subs
+                .iter()
+                .filter(|s| msg.subscription_ids.contains(&s.id))
+                .collect()
+        } else {
+            self.subs
+                .iter()
+                .filter(|s| binding::topic_matches(&s.filter, &msg.topic))
+                .collect()
+        };
+        let seq = (msg.qos > 0).then(|| {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let _ = self.ack_tx.send(AckCommand::Received(seq, Box::new(token)));
+            seq
+        });
+        if targets.is_empty() {
+            tracing::debug!(connector = %self.name, topic = %msg.topic, "no trigger for this message; acknowledging it");
+            if let Some(seq) = seq {
+                let _ = self.ack_tx.send(AckCommand::Settled(seq, true));
+            }
+            return;
+        }
+        let view = binding::Message {
+            topic: &msg.topic,
+            payload: &msg.payload,
+            content_type: msg.content_type.as_deref(),
+            user_properties: &msg.user_properties,
+            v5: self.v5,
+        };
+        let (event, origin) = binding::decode(&self.name, &view);
+        let shared = seq.map(|seq| {
+            Arc::new(Pending {
+                seq,
+                remaining: AtomicUsize::new(targets.len()),
+                released: AtomicBool::new(false),
+                ack_tx: Mutex::new(Some(self.ack_tx.clone())),
+            })
+        });
+        let key = key_of(&msg.topic);
+        for sub in targets {
+            let ack = match &shared {
+                None => AckHandle::none(),
+                Some(shared) => {
+                    let shared = Arc::clone(shared);
+                    AckHandle::new(move |s| shared.settle(&s))
+                }
+            };
+            let incoming = Incoming {
+                event: event.clone(),
+                origin: origin.clone(),
+                key,
+                redeliveries: 0,
+                ack,
+            };
+            if msg.qos == 0 {
+                // At-most-once: a full queue drops rather than hold the others.
+                if sub.tx.try_send(incoming).is_err() {
+                    tracing::debug!(connector = %self.name, topic = %msg.topic, "QoS 0 message dropped: the trigger is full");
+                }
+            } else if sub.tx.send(incoming).await.is_err() {
+                // The engine is stopping: the handle was dropped, so the message is not
+                // acknowledged and comes back on the next connection.
+            }
+        }
+    }
+}
+
+/// The ordering key of a topic.
+fn key_of(topic: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    topic.hash(&mut h);
+    h.finish()
+}
+
+/// One received message shared by the subscriptions it went to: acknowledged once all of them
+/// finished it, not at all if one handed it back.
+struct Pending {
+    seq: u64,
+    remaining: AtomicUsize,
+    released: AtomicBool,
+    ack_tx: Mutex<Option<mpsc::UnboundedSender<AckCommand>>>,
+}
+
+impl Pending {
+    fn settle(&self, s: &Settlement) {
+        if matches!(s, Settlement::Released | Settlement::Retry { .. }) {
+            self.released.store(true, Ordering::Release);
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(tx) = self.ack_tx.lock().ok().and_then(|mut t| t.take())
+        {
+            let _ = tx.send(AckCommand::Settled(
+                self.seq,
+                !self.released.load(Ordering::Acquire),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acknowledgements_leave_in_receive_order() {
+        let mut order = InOrder::new();
+        for seq in 1..=4 {
+            order.received(seq, seq);
+        }
+        // Settled 3, then 2: nothing leaves while 1 is unsettled.
+        assert!(order.settled(3, true).is_empty());
+        assert!(order.settled(2, true).is_empty());
+        assert_eq!(order.settled(1, true), vec![1, 2, 3]);
+        // A message handed back is passed over, not acknowledged, and holds nothing.
+        order.received(5, 5);
+        assert!(order.settled(5, true).is_empty());
+        assert_eq!(order.settled(4, false), vec![5]);
+    }
+}
