@@ -34,6 +34,7 @@ use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
 use async_nats::{Client, ConnectOptions};
 use async_trait::async_trait;
 use fnbroker_core::config::{NatsConnector as NatsConfig, NatsPublish};
+use fnbroker_core::kit::{self, ChannelSource, Settler, source_buffer};
 use fnbroker_core::{
     AckHandle, Connector, ConnectorError, Event, Incoming, Settlement, Sink, Source, Subscription,
 };
@@ -46,7 +47,6 @@ pub struct NatsConnector {
     name: String,
     config: NatsConfig,
     client: OnceCell<Client>,
-    stop: CancellationToken,
 }
 
 impl NatsConnector {
@@ -56,7 +56,6 @@ impl NatsConnector {
             name: name.into(),
             config,
             client: OnceCell::new(),
-            stop: CancellationToken::new(),
         }
     }
 
@@ -111,7 +110,7 @@ impl Connector for NatsConnector {
     async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
         let client = self.client().await?;
         let subject = sub.from.topic().to_string();
-        let (tx, rx) = mpsc::channel(sub.max_in_flight.clamp(1, 1024));
+        let buffer = source_buffer(sub.max_in_flight);
         match &sub.from.stream {
             None => {
                 let subscriber = match &sub.from.group {
@@ -119,16 +118,10 @@ impl Connector for NatsConnector {
                     None => client.subscribe(subject.clone()).await,
                 }
                 .map_err(|e| self.error(format!("cannot subscribe to `{subject}`: {e}")))?;
-                tokio::spawn(core_loop(
-                    self.name.clone(),
-                    subscriber,
-                    tx,
-                    self.stop.clone(),
-                ));
-                Ok(Box::new(NatsSource {
-                    rx,
-                    broker_retries: false,
-                }))
+                let name = self.name.clone();
+                Ok(Box::new(ChannelSource::spawn(buffer, move |tx, stop| {
+                    core_loop(name, subscriber, tx, stop)
+                })))
             }
             Some(stream_name) => {
                 let js = jetstream::new(client);
@@ -173,17 +166,18 @@ impl Connector for NatsConnector {
                         ))
                     })?;
                 tracing::info!(connector = %self.name, stream = %stream_name, consumer = %durable, ?ack_wait, "jetstream consumer ready");
-                tokio::spawn(jetstream_loop(
-                    self.name.clone(),
-                    consumer,
-                    sub.max_in_flight,
-                    tx,
-                    self.stop.clone(),
-                ));
-                Ok(Box::new(NatsSource {
-                    rx,
-                    broker_retries: true,
-                }))
+                let name = self.name.clone();
+                let batch = sub.max_in_flight;
+                // Progress (`+WPI`) for every message fnbroker holds, three times per `ack_wait`:
+                // the server never redelivers a message that is still being worked on, however
+                // long its retries take.
+                let lease = ack_wait / 3;
+                Ok(Box::new(
+                    ChannelSource::spawn(buffer, move |tx, stop| {
+                        jetstream_loop(name, consumer, batch, lease, tx, stop)
+                    })
+                    .redelivering_with_delay(),
+                ))
             }
         }
     }
@@ -207,27 +201,43 @@ impl Connector for NatsConnector {
             .is_none_or(|c| c.connection_state() == async_nats::connection::State::Connected)
     }
 
+    /// Flushes what was published and acknowledged, if connected (a client that never
+    /// connected has nothing to flush, and would wait for a server).
     async fn stop(&self) {
-        self.stop.cancel();
-        if let Some(c) = self.client.get() {
+        if let Some(c) = self.client.get()
+            && c.connection_state() == async_nats::connection::State::Connected
+        {
             let _ = c.flush().await;
         }
     }
 }
 
-struct NatsSource {
-    rx: mpsc::Receiver<Incoming>,
-    broker_retries: bool,
+/// Acknowledges JetStream messages: `+ACK`, `+TERM` after a dead letter, `-NAK` with the
+/// backoff delay, `+WPI` while fnbroker holds a message.
+struct JetStreamSettler {
+    connector: String,
 }
 
 #[async_trait]
-impl Source for NatsSource {
-    async fn next(&mut self) -> Option<Incoming> {
-        self.rx.recv().await
+impl Settler for JetStreamSettler {
+    type Token = jetstream::Message;
+
+    async fn settle(&self, msg: &jetstream::Message, settlement: Settlement) {
+        let kind = match settlement {
+            Settlement::Delivered { .. } => AckKind::Ack,
+            Settlement::Failed { .. } => AckKind::Term,
+            Settlement::Retry { delay } => AckKind::Nak(Some(delay)),
+            Settlement::Released => AckKind::Nak(None),
+        };
+        if let Err(e) = msg.ack_with(kind).await {
+            tracing::warn!(connector = %self.connector, error = %e, "cannot acknowledge; the server will redeliver");
+        }
     }
 
-    fn redelivers_with_delay(&self) -> bool {
-        self.broker_retries
+    async fn extend(&self, msg: &jetstream::Message) {
+        if let Err(e) = msg.ack_with(AckKind::Progress).await {
+            tracing::debug!(connector = %self.connector, error = %e, "cannot send progress");
+        }
     }
 }
 
@@ -268,25 +278,32 @@ async fn jetstream_loop(
     name: String,
     consumer: jetstream::consumer::Consumer<pull::Config>,
     batch: usize,
+    lease: Duration,
     tx: mpsc::Sender<Incoming>,
     stop: CancellationToken,
 ) {
-    // Acknowledgements are sent by a task of their own: a handle's closure must not block.
-    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(jetstream::Message, Settlement)>();
-    let acker_name = name.clone();
-    tokio::spawn(async move {
-        while let Some((msg, settlement)) = ack_rx.recv().await {
-            let kind = match settlement {
-                Settlement::Delivered { .. } => AckKind::Ack,
-                Settlement::Failed { .. } => AckKind::Term,
-                Settlement::Retry { delay } => AckKind::Nak(Some(delay)),
-                Settlement::Released => AckKind::Nak(None),
-            };
-            if let Err(e) = msg.ack_with(kind).await {
-                tracing::warn!(connector = %acker_name, error = %e, "cannot acknowledge; the server will redeliver");
-            }
-        }
-    });
+    let (acker, acks) = kit::Acker::with_lease(
+        JetStreamSettler {
+            connector: name.clone(),
+        },
+        lease,
+    );
+    pull_loop(&name, &consumer, batch, &acker, &tx, &stop).await;
+    // Stopping: the engine settled or dropped every handle; send those acknowledgements (and
+    // flush them) before the connection may close.
+    drop(acker);
+    acks.finish().await;
+}
+
+/// Pulls until asked to stop or the engine is gone.
+async fn pull_loop(
+    name: &str,
+    consumer: &jetstream::consumer::Consumer<pull::Config>,
+    batch: usize,
+    acker: &kit::Acker<jetstream::Message>,
+    tx: &mpsc::Sender<Incoming>,
+    stop: &CancellationToken,
+) {
     let mut backoff = Duration::from_millis(500);
     'outer: loop {
         let messages = consumer
@@ -338,18 +355,14 @@ async fn jetstream_loop(
                 sequence,
                 time,
             };
-            let (event, origin) = binding::decode(&name, &view);
+            let (event, origin) = binding::decode(name, &view);
             let key = key_of(msg.subject.as_str());
-            let ack_tx = ack_tx.clone();
-            let ack = AckHandle::new(move |s| {
-                let _ = ack_tx.send((msg, s));
-            });
             let incoming = Incoming {
                 event,
                 origin,
                 key,
                 redeliveries: u32::try_from(delivered.saturating_sub(1)).unwrap_or(0),
-                ack,
+                ack: acker.handle(msg),
             };
             if tx.send(incoming).await.is_err() {
                 break 'outer;
