@@ -420,3 +420,44 @@ async fn jetstream_sigterm_in_the_middle_delivers_every_message_exactly_once() {
     );
     common::sigterm_midway_exactly_once("jetstream", &server, &cfg, N).await;
 }
+
+/// Finding 4 of issue 12: in-memory retries (an ordered trigger) that take longer than the
+/// consumer's `ack_wait` (12 s: twice the 1 s timeout plus 10 s). fnbroker sends progress while
+/// it holds the message, so the server never redelivers it meanwhile: the function sees exactly
+/// the three attempts the policy allows, one after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_never_redelivers_a_message_that_is_still_retrying() {
+    let root = format!("w{}", uid());
+    let stream = format!("S{}", uid());
+    let server = FnServer::with(|_, _| Answer::status(500)).await;
+    nats::create_stream(SHARED_URL, &stream, &[&format!("{root}.>")]).await;
+    let fb = Fnbroker::start(&config(
+        SHARED_URL,
+        "",
+        &format!("  f: {{ http: {{ url: \"{}\" }}, timeout: 1s }}\n", server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: \"{root}.>\", group: g{} }}, to: f, delivery: {{ ordered: true, retries: 2, backoff: constant, delay: 7s }} }}\n",
+            uid()
+        ),
+    ))
+    .await;
+    nats::js_publish(SHARED_URL, vec![(format!("{root}.x"), b"once".to_vec())]).await;
+    let first = server.wait_count("/f", 1, WAIT).await[0].at;
+    // The last attempt is at 14 s; a redelivery at ack_wait (12 s) would add more after it.
+    wait_for("the retry schedule to end", Duration::from_secs(30), || {
+        first.elapsed() > Duration::from_secs(18)
+    })
+    .await;
+    let calls = server.on("/f");
+    let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1].at - w[0].at).collect();
+    assert_eq!(
+        calls.len(),
+        3,
+        "attempts at gaps {gaps:?}: the server redelivered a message fnbroker held:\n{}",
+        fb.logs()
+    );
+    assert!(
+        gaps.iter().all(|g| *g > Duration::from_secs(6)),
+        "two attempts at once: {gaps:?}"
+    );
+}

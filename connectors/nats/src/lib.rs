@@ -9,7 +9,9 @@
 //! **JetStream** (`from: { connector, stream, topic, group }`): a durable pull consumer named
 //! `group` (default `fnbroker`) on `stream`, filtered by `topic`, with explicit acks and
 //! `max_ack_pending` = the trigger's `max_in_flight`; `ack_wait` is twice the longest attempt
-//! timeout plus ten seconds. A delivered message is `ack`ed; a failed attempt that may be retried
+//! timeout plus ten seconds, and while fnbroker holds a message (retrying it in memory, or
+//! waiting behind its subject with `ordered: true`) it sends progress (`+WPI`) every third of
+//! `ack_wait`, so the server never redelivers a message that is still being worked on. A delivered message is `ack`ed; a failed attempt that may be retried
 //! is `nak`ed with the backoff delay, so the server redelivers it later and the retry state
 //! survives a restart of fnbroker; a dead-lettered one is `term`inated; one in flight at shutdown
 //! is `nak`ed for immediate redelivery. **At-least-once.** With `create: true` a missing stream
