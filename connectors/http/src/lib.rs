@@ -124,7 +124,7 @@ impl Connector for HttpIngress {
             path,
             Route {
                 tx,
-                sync: sub.from.sync,
+                sync: sub.from.sync(),
             },
         );
         Ok(Box::new(HttpSource { rx }))

@@ -91,8 +91,8 @@ impl Connector for KafkaConnector {
     async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
         let group = sub
             .from
-            .group
-            .clone()
+            .group()
+            .map(str::to_string)
             .or_else(|| self.config.group.clone())
             .unwrap_or_else(|| "fnbroker".to_string());
         let topics: Vec<String> = sub

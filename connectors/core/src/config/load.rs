@@ -191,7 +191,38 @@ impl Errors<'_> {
     }
 }
 
-/// Replaces `${NAME}` and `${NAME:-default}` with the environment's values; `$${` is a literal
+/// Where a YAML comment starts in `line` (its length when there is none): a `#` at the start or
+/// after white space, outside single- and double-quoted text.
+fn comment_start(line: &str) -> usize {
+    let (mut single, mut double, mut escaped) = (false, false, false);
+    // A quote opens quoted text only where a scalar starts (`it's` is plain text).
+    let mut at_scalar_start = true;
+    let mut after_space = true;
+    for (i, c) in line.char_indices() {
+        if double {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => double = false,
+                _ => {}
+            }
+        } else if single {
+            single = c != '\'';
+        } else if c == '#' && after_space {
+            return i;
+        } else if at_scalar_start && c == '"' {
+            double = true;
+        } else if at_scalar_start && c == '\'' {
+            single = true;
+        }
+        after_space = c.is_whitespace();
+        at_scalar_start = after_space || matches!(c, ':' | '[' | '{' | ',' | '-');
+    }
+    line.len()
+}
+
+/// Replaces `${NAME}` and `${NAME:-default}` with the environment's values (not inside
+/// comments); `$${` is a literal
 /// `${`. An unset variable without a default is an error at its place.
 fn substitute_env(
     text: &str,
@@ -199,7 +230,9 @@ fn substitute_env(
     errors: &mut Errors<'_>,
 ) -> String {
     let mut out = String::with_capacity(text.len());
-    for (lineno, line) in text.split_inclusive('\n').enumerate() {
+    for (lineno, whole) in text.split_inclusive('\n').enumerate() {
+        // A comment is kept as it is: `# or token: ${NATS_TOKEN}` must not need the variable.
+        let (line, comment) = whole.split_at(comment_start(whole));
         let mut rest = line;
         let mut col = 1u64;
         while let Some(i) = rest.find('$') {
@@ -257,6 +290,7 @@ fn substitute_env(
             rest = &after[end + 1..];
         }
         out.push_str(rest);
+        out.push_str(comment);
     }
     out
 }
@@ -539,13 +573,13 @@ fn validate_trigger(
                     }
                     let key = (from.connector.to_string(), path.to_string());
                     match http_paths.get(&key) {
-                        Some(sync) if *sync != from.sync => errors.at(
+                        Some(sync) if *sync != from.sync() => errors.at(
                             path,
                             format!("trigger `{tname}`: every trigger on path `{}` must agree on `sync`", **path),
                         ),
                         Some(_) => {}
                         None => {
-                            http_paths.insert(key, from.sync);
+                            http_paths.insert(key, from.sync());
                         }
                     }
                 }
@@ -558,10 +592,37 @@ fn validate_trigger(
             if let Some(q) = from.qos.as_ref().filter(|q| ***q > 2) {
                 errors.at(q, format!("trigger `{tname}`: `qos` must be 0, 1 or 2"));
             }
-            if from.sync && kind != "http" {
+            // Each key of `from` belongs to some connectors: elsewhere it would be ignored,
+            // silently, so it is an error at its own place.
+            let takes = source_keys(kind);
+            for (key, line, column) in from.protocol_keys() {
+                if !takes.contains(&key) {
+                    let with = if takes.is_empty() {
+                        String::from("only `connector` and `topic`")
+                    } else {
+                        takes
+                            .iter()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    errors.push(
+                        line,
+                        column,
+                        format!(
+                            "trigger `{tname}`: `{key}` does not apply to a {kind} source (its `from` takes {with} besides `connector`{})",
+                            if kind == "amqp" { "" } else { " and `topic`" }
+                        ),
+                    );
+                }
+            }
+            if let Some(c) = &from.create
+                && from.stream.is_none()
+                && kind == "nats"
+            {
                 errors.at(
-                    &from.connector,
-                    format!("trigger `{tname}`: `sync` applies to http sources only"),
+                    c,
+                    format!("trigger `{tname}`: `create` needs a JetStream `stream`"),
                 );
             }
         }
@@ -606,6 +667,18 @@ fn validate_trigger(
     }
     if let Some(r) = &trigger.reply {
         validate_destination(config, r, tname, "reply", errors);
+    }
+}
+
+/// The keys of `from`, besides `connector` and `topic`, that a connector kind reads.
+fn source_keys(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "kafka" => &["group"],
+        "nats" => &["group", "stream", "create"],
+        "amqp" => &["queue", "declare"],
+        "mqtt" => &["qos", "group"],
+        "http" => &["sync"],
+        _ => &[],
     }
 }
 
@@ -769,6 +842,59 @@ triggers:
             m[1].starts_with("t.yaml:10:17: unknown key `retriez`"),
             "{m:?}"
         );
+    }
+
+    /// Finding 8 of issue 12: a key of `from` that the connector does not read was ignored;
+    /// now it is an error at its own line and column, saying what the source takes.
+    #[test]
+    fn a_misplaced_source_key_is_an_error_at_its_place() {
+        let text = "\
+connectors:
+  k: { kafka: { brokers: [127.0.0.1:9092] } }
+  bus: { nats: { url: nats://127.0.0.1:4222 } }
+  iot: { mqtt: { url: mqtt://127.0.0.1:1883 } }
+functions:
+  f: { http: { url: http://127.0.0.1:9000/f } }
+triggers:
+  - { name: a, from: { connector: k, topic: t, queue: q }, to: f }
+  - { name: b, from: { connector: bus, topic: t, qos: 1 }, to: f }
+  - { name: c, from: { connector: iot, topic: t, stream: s }, to: f }
+  - { name: d, from: { connector: k, topic: t, group: g }, to: f }
+";
+        let m = messages(text);
+        assert_eq!(m.len(), 3, "{m:?}");
+        assert_eq!(
+            m[0],
+            "t.yaml:8:55: trigger `a`: `queue` does not apply to a kafka source (its `from` takes `group` besides `connector` and `topic`)"
+        );
+        assert!(
+            m[1].starts_with("t.yaml:9:55: trigger `b`: `qos` does not apply to a nats source"),
+            "{m:?}"
+        );
+        assert!(
+            m[2].starts_with("t.yaml:10:58: trigger `c`: `stream` does not apply to a mqtt source"),
+            "{m:?}"
+        );
+    }
+
+    /// Issue 12: `${VAR}` in a comment is left alone (the README's NATS example has
+    /// `# or token: ${NATS_TOKEN}`); in values, quoted or not, it is still replaced.
+    #[test]
+    fn variables_in_comments_are_not_substituted() {
+        let text = "a: 1 # or token: ${SURELY_UNSET_VARIABLE}\n# ${ALSO_UNSET}\nb: \"x # ${HOME_X:-d}\"\nc: ${HOME_X:-e} # ${UNSET_TOO}\n";
+        let mut errors = Errors {
+            file: "t.yaml",
+            list: Vec::new(),
+        };
+        let out = substitute_env(text, &|_| None, &mut errors);
+        assert!(errors.list.is_empty(), "{:?}", errors.list);
+        assert_eq!(
+            out,
+            "a: 1 # or token: ${SURELY_UNSET_VARIABLE}\n# ${ALSO_UNSET}\nb: \"x # d\"\nc: e # ${UNSET_TOO}\n"
+        );
+        assert_eq!(comment_start("url: \"a#b\" # c"), 11);
+        assert_eq!(comment_start("url: a#b"), 8);
+        assert_eq!(comment_start("it's: 'a # b' # c"), 14);
     }
 
     #[test]

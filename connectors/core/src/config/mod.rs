@@ -181,9 +181,11 @@ fn default_header_prefix() -> String {
 pub struct MqttConnector {
     /// The broker URL, `mqtt://host:port` (`tcp://` is the same).
     pub url: Loc<String>,
-    /// The client id; keep it stable, so that the broker keeps the session (and the messages
-    /// queued for it) across restarts. Default `fnbroker-<connector name>`. Replies and dead
-    /// letters use a second connection, `<client_id>-pub`.
+    /// The client id. Default `fnbroker-<connector>-<hostname>` (`HOSTNAME`, else the kernel's
+    /// host name): stable across restarts, so the broker keeps the session (and the messages it
+    /// queued for it), and different on every replica, so replicas sharing one configuration do
+    /// not knock each other off the broker. Replies and dead letters use a second connection,
+    /// `<client_id>-pub`.
     #[serde(default)]
     pub client_id: Option<String>,
     /// The protocol version: 5 (default) or 3 (3.1.1).
@@ -322,29 +324,29 @@ pub struct TriggerSource {
     /// `#`), HTTP path (`/orders`).
     #[serde(default)]
     pub topic: Option<Loc<String>>,
-    /// The AMQP queue.
+    /// AMQP only: the queue.
     #[serde(default)]
-    pub queue: Option<String>,
-    /// The JetStream stream.
+    pub queue: Option<Loc<String>>,
+    /// NATS only: the JetStream stream (without it, a core NATS subscription).
     #[serde(default)]
-    pub stream: Option<String>,
-    /// The MQTT QoS of the subscription: 0 (at-most-once), 1 (default) or 2.
+    pub stream: Option<Loc<String>>,
+    /// MQTT only: the QoS of the subscription: 0 (at-most-once), 1 (default) or 2.
     #[serde(default)]
     pub qos: Option<Loc<u8>>,
-    /// The consumer group, queue group, durable name or `$share` group: replicas that share
-    /// it share the work.
+    /// Kafka, NATS and MQTT: the consumer group, queue group, durable name or `$share` group:
+    /// replicas that share it share the work.
     #[serde(default)]
-    pub group: Option<String>,
+    pub group: Option<Loc<String>>,
     /// HTTP only: answer the request after the delivery, with the function's reply.
     #[serde(default)]
-    pub sync: bool,
+    pub sync: Option<Loc<bool>>,
     /// JetStream only: create the stream (capturing `topic`) and the durable consumer when they
     /// are missing. Without it a missing stream is an error at start.
     #[serde(default)]
-    pub create: bool,
+    pub create: Option<Loc<bool>>,
     /// AMQP only: declare the queue (and bind it to an exchange) instead of using an existing one.
     #[serde(default)]
-    pub declare: Option<AmqpDeclare>,
+    pub declare: Option<Loc<AmqpDeclare>>,
 }
 
 /// How an AMQP source declares its queue.
@@ -378,6 +380,40 @@ impl TriggerSource {
     /// The topic, or the empty string.
     pub fn topic(&self) -> &str {
         self.topic.as_ref().map_or("", |t| t.as_str())
+    }
+
+    /// The group, if one is given.
+    pub fn group(&self) -> Option<&str> {
+        self.group.as_ref().map(|g| g.as_str())
+    }
+
+    /// HTTP: whether the answer waits for the delivery.
+    pub fn sync(&self) -> bool {
+        self.sync.as_ref().is_some_and(|s| **s)
+    }
+
+    /// JetStream: whether a missing stream is created.
+    pub fn create(&self) -> bool {
+        self.create.as_ref().is_some_and(|c| **c)
+    }
+
+    /// The keys of `from` that are set, with their locations, besides `connector` and `topic`.
+    pub fn protocol_keys(&self) -> Vec<(&'static str, u64, u64)> {
+        fn at<T>(key: &'static str, v: &Option<Loc<T>>) -> Option<(&'static str, u64, u64)> {
+            v.as_ref().map(|l| (key, l.line(), l.column()))
+        }
+        [
+            at("queue", &self.queue),
+            at("stream", &self.stream),
+            at("qos", &self.qos),
+            at("group", &self.group),
+            at("sync", &self.sync),
+            at("create", &self.create),
+            at("declare", &self.declare),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
 
