@@ -283,3 +283,54 @@ async fn sigterm_in_the_middle_delivers_every_message_exactly_once() {
     );
     common::sigterm_midway_exactly_once("amqp", &server, &cfg, N).await;
 }
+
+/// Finding 5 of issue 12: a reply to a routing key no queue is bound to. Reported: the
+/// function was called 4 times, then the event was dropped. Now the start names the missing
+/// queue, the function is called once per delivery (the publish is what fails, and it is
+/// permanent, so it is not retried at once), and the message goes back to RabbitMQ after
+/// `max_delay`: never dropped, never in a tight loop, counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unroutable_reply_hands_the_message_back_without_calling_again() {
+    let q = format!("q-{}", uid());
+    let missing = format!("nobody-{}", uid());
+    let (_conn, ch) = amqp::channel().await;
+    amqp::queue(&ch, &q).await;
+    let server =
+        FnServer::with(|_, _| Answer::ok().body("application/json", br#"{"done":true}"#)).await;
+    let fb = Fnbroker::start(&config(
+        &format!("fb-{}", uid()),
+        "",
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: rabbit, queue: {q} }}, to: f, delivery: {{ max_delay: 2s }}, reply: {{ connector: rabbit, topic: {missing} }} }}\n"
+        ),
+    ))
+    .await;
+    assert!(
+        fb.logs().contains(&format!("no queue `{missing}`")),
+        "the start does not name the missing destination:\n{}",
+        fb.logs()
+    );
+    amqp::publish(&ch, &q, &[], Some("text/plain"), b"ping").await;
+    // Handed back after max_delay (2 s) and delivered again: one call per pause, no more.
+    let calls = server.wait_count("/f", 2, WAIT).await;
+    let gap = calls[1].at - calls[0].at;
+    assert!(
+        gap >= Duration::from_millis(1900),
+        "called again after {gap:?}, not after the 2 s pause:\n{}",
+        fb.logs()
+    );
+    let metrics = fb.metrics().await;
+    assert!(
+        metrics.contains("fnbroker_events_handed_back_total{trigger=\"t\",function=\"f\"}"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("fnbroker_events_dropped_total{trigger=\"t\",function=\"f\"} 1"),
+        "{metrics}"
+    );
+    // Once the queue exists, the reply lands and the message is acknowledged.
+    amqp::queue(&ch, &missing).await;
+    let got = amqp::read(&ch, &missing, 1, WAIT).await;
+    assert_eq!(got[0].body, br#"{"done":true}"#);
+}

@@ -380,3 +380,42 @@ async fn a_full_trigger_queue_does_not_stall_the_connection() {
         "the connection dropped while the trigger was full:\n{logs}"
     );
 }
+
+async fn mqtt_outage(outage: Duration) {
+    const N: usize = 1_000;
+    let broker = Mosquitto::start().await;
+    let root = format!("o{}", uid());
+    let (server, down) = common::switchable_function().await;
+    let cfg = config(
+        &connector("iot", broker.port, &uid(), ""),
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/#\", qos: 1 }}, to: f }}\n"
+        ),
+    );
+    let port = broker.port;
+    common::outage_loses_nothing("mqtt", &cfg, &server, &down, N, outage, move |range| {
+        let root = root.clone();
+        async move {
+            let msgs = range
+                .map(|i| Msg::plain(&format!("{root}/d{}", i % 10), i.to_string().as_bytes()))
+                .collect();
+            mqtt::publish(port, msgs).await;
+        }
+    })
+    .await;
+    drop(broker);
+}
+
+/// Finding 9 of issue 12: with default delivery settings and no dead letter, a function down
+/// for 5 s loses nothing of a QoS 1 stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_five_second_function_outage_loses_nothing() {
+    mqtt_outage(Duration::from_secs(5)).await;
+}
+
+/// Finding 9 of issue 12: ... and one down for 60 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sixty_second_function_outage_loses_nothing() {
+    mqtt_outage(Duration::from_secs(60)).await;
+}

@@ -188,7 +188,7 @@ async fn jetstream_naks_with_the_backoff_then_dead_letters_and_terminates() {
     let stream = format!("S{}", uid());
     let durable = format!("g{}", uid());
     let server = FnServer::with(|path, _| match path {
-        "/f" => Answer::status(503),
+        "/f" => Answer::status(500),
         _ => Answer::ok(),
     })
     .await;
@@ -206,7 +206,7 @@ async fn jetstream_naks_with_the_backoff_then_dead_letters_and_terminates() {
     .await;
     let letters = server.wait_count("/dlq", 1, WAIT).await;
     assert_eq!(letters[0].header("ce-dlqattempts"), Some("3"));
-    assert_eq!(letters[0].header("ce-dlqstatus"), Some("503"));
+    assert_eq!(letters[0].header("ce-dlqstatus"), Some("500"));
     let calls = server.on("/f");
     assert_eq!(
         calls.len(),
@@ -460,4 +460,45 @@ async fn jetstream_never_redelivers_a_message_that_is_still_retrying() {
         gaps.iter().all(|g| *g > Duration::from_secs(6)),
         "two attempts at once: {gaps:?}"
     );
+}
+
+async fn jetstream_outage(outage: Duration) {
+    const N: usize = 1_000;
+    let root = format!("o{}", uid());
+    let stream = format!("S{}", uid());
+    let (server, down) = common::switchable_function().await;
+    nats::create_stream(SHARED_URL, &stream, &[&format!("{root}.>")]).await;
+    let cfg = config(
+        SHARED_URL,
+        "",
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: \"{root}.>\", group: g{} }}, to: f }}\n",
+            uid()
+        ),
+    );
+    let subject = format!("{root}.x");
+    common::outage_loses_nothing("jetstream", &cfg, &server, &down, N, outage, move |range| {
+        let subject = subject.clone();
+        async move {
+            let msgs = range
+                .map(|i| (subject.clone(), i.to_string().into_bytes()))
+                .collect();
+            nats::js_publish(SHARED_URL, msgs).await;
+        }
+    })
+    .await;
+}
+
+/// Finding 9 of issue 12: with default delivery settings and no dead letter, a function down
+/// for 5 s loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_a_five_second_function_outage_loses_nothing() {
+    jetstream_outage(Duration::from_secs(5)).await;
+}
+
+/// Finding 9 of issue 12: ... and one down for 60 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_a_sixty_second_function_outage_loses_nothing() {
+    jetstream_outage(Duration::from_secs(60)).await;
 }

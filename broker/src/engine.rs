@@ -13,13 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fnbroker_core::event::{self, AttributesReader, AttributesWriter, Data, Event};
-use fnbroker_core::{Incoming, Origin, Settlement, Sink, Source};
+use fnbroker_core::{ErrorKind, Incoming, Origin, Settlement, Sink, Source};
 use fnbroker_functions::{InvokeError, Invoker, Reply};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::filter::Filter;
+use crate::health::{Health, Turn};
 use crate::metrics::{FunctionStats, TriggerStats};
 use crate::retry::RetryPolicy;
 
@@ -30,6 +31,8 @@ pub(crate) struct FunctionRuntime {
     pub(crate) limit: Arc<Semaphore>,
     pub(crate) timeout: Duration,
     pub(crate) stats: FunctionStats,
+    /// Whether the function is down (an outage) rather than failing single events.
+    pub(crate) health: Health,
 }
 
 impl FunctionRuntime {
@@ -53,6 +56,8 @@ impl FunctionRuntime {
         if result.is_err() {
             self.stats.failures.inc();
         }
+        self.health
+            .record(result.as_ref().is_err_and(InvokeError::is_unavailable));
         result
     }
 }
@@ -115,6 +120,10 @@ impl TriggerRuntime {
     /// With `broker_retry`, the broker delivered the message that many times before, and waits
     /// between attempts itself: a failed attempt that may be retried returns [`Outcome::Retry`]
     /// instead of sleeping here.
+    ///
+    /// While the function is down (see [`crate::health`]), a failure that says so spends no
+    /// attempt: the event is held here (also with `broker_retry`: the broker must not count an
+    /// outage against it either) and one delivery at a time probes the function.
     async fn deliver(
         &self,
         event: &Event,
@@ -123,19 +132,50 @@ impl TriggerRuntime {
     ) -> Outcome {
         let started = Instant::now();
         let mut attempt: u32 = broker_retry.unwrap_or(0);
+        let health = &self.function.health;
+        let mut probing = None;
         loop {
-            attempt += 1;
+            match health.turn(probing.take(), shutdown).await {
+                Turn::Stop => return Outcome::Released,
+                Turn::Call => {}
+                Turn::Probe(permit) => probing = Some(permit),
+            }
             let error = match self.function.call(event, self.timeout).await {
-                Ok(success) => match self.handle_reply(event, success.reply).await {
-                    Ok(reply) => {
-                        self.stats.delivered.inc();
-                        self.stats.latency.observe(started.elapsed().as_secs_f64());
-                        return Outcome::Delivered(reply.map(Box::new));
+                Ok(success) => {
+                    let reply = success
+                        .reply
+                        .map(|r| reply_event(event, &self.function.name, r));
+                    if let (Some(reply), Some(target)) = (&reply, &self.reply)
+                        && !self.publish(target, reply, "reply", shutdown).await
+                    {
+                        // The function is not called again for it: the broker redelivers the
+                        // message after the pause, and only then is it delivered again.
+                        return self.hand_back(shutdown).await;
                     }
-                    Err(e) => e,
-                },
+                    self.stats.delivered.inc();
+                    self.stats.latency.observe(started.elapsed().as_secs_f64());
+                    return Outcome::Delivered(reply.map(Box::new));
+                }
                 Err(e) => e,
             };
+            if error.is_unavailable() && health.is_down() {
+                self.stats.held.inc();
+                tracing::debug!(trigger = %self.name, id = event.id(), error = %error, "function unavailable; holding the event");
+                if let Some(permit) = probing.take() {
+                    // The next probe waits out the backoff, and is another held delivery's
+                    // (the semaphore is fair): an event that fails on its own cannot keep a
+                    // function marked down while others would succeed.
+                    let wait = health.next_probe_delay(&mut rand::rng());
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = shutdown.cancelled() => return Outcome::Released,
+                    }
+                    drop(permit);
+                }
+                continue;
+            }
+            probing = None;
+            attempt += 1;
             if !error.is_retryable() || attempt > self.policy.retries {
                 return self.fail(event, &error, attempt, shutdown).await;
             }
@@ -152,37 +192,6 @@ impl TriggerRuntime {
                 () = shutdown.cancelled() => return Outcome::Released,
             }
         }
-    }
-
-    /// Publishes the reply, if the trigger has a destination for it. A reply that cannot be
-    /// published fails the attempt, so replies are at-least-once too.
-    async fn handle_reply(
-        &self,
-        original: &Event,
-        reply: Option<Reply>,
-    ) -> Result<Option<Event>, InvokeError> {
-        let Some(reply) = reply else {
-            return Ok(None);
-        };
-        let reply = reply_event(original, &self.function.name, reply);
-        if let Some(target) = &self.reply {
-            let published = match target {
-                Target::Sink { sink, topic } => {
-                    sink.publish(topic, &reply).await.map_err(|e| e.to_string())
-                }
-                Target::Function(f) => f
-                    .call(&reply, f.timeout)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("reply function `{}`: {e}", f.name)),
-            };
-            if let Err(reason) = published {
-                return Err(InvokeError::Connect(format!(
-                    "cannot publish the reply: {reason}"
-                )));
-            }
-        }
-        Ok(Some(reply))
     }
 
     /// The delivery failed for good: dead-letter the event, or drop it by policy.
@@ -211,11 +220,11 @@ impl TriggerRuntime {
             &self.name,
             &self.function.name,
         );
-        if self.publish_dead_letter(target, &letter, shutdown).await {
+        if self.publish(target, &letter, "dead letter", shutdown).await {
             self.stats.dead_lettered.inc();
             outcome
         } else {
-            Outcome::Released
+            self.hand_back(shutdown).await
         }
     }
 
@@ -237,53 +246,72 @@ impl TriggerRuntime {
             return outcome;
         };
         let letter = dead_letter_event(event, reason, None, 0, &self.name, &self.function.name);
-        if self.publish_dead_letter(target, &letter, shutdown).await {
+        if self.publish(target, &letter, "dead letter", shutdown).await {
             self.stats.dead_lettered.inc();
             outcome
         } else {
-            Outcome::Released
+            self.hand_back(shutdown).await
         }
     }
 
-    /// Publishes a dead letter, retrying with the trigger's policy. `false` when it could not be
-    /// published: the message is then released for redelivery rather than lost.
-    async fn publish_dead_letter(
+    /// Publishes a reply or a dead letter (`what`) to `target`, through the one path both take.
+    /// A transient failure is tried again with the trigger's backoff, at least
+    /// [`PUBLISH_RETRIES`] times (the function is not called again for it); a permanent one
+    /// (the destination does not exist) is not. `false` when it could not be published.
+    async fn publish(
         &self,
         target: &Target,
-        letter: &Event,
+        event: &Event,
+        what: &'static str,
         shutdown: &CancellationToken,
     ) -> bool {
-        let mut attempt = 0;
+        let mut tries = 0;
         loop {
-            attempt += 1;
+            tries += 1;
             let result = match target {
-                Target::Sink { sink, topic } => {
-                    sink.publish(topic, letter).await.map_err(|e| e.to_string())
-                }
+                Target::Sink { sink, topic } => sink.publish(topic, event).await.map_err(|e| {
+                    let transient = e.kind() == ErrorKind::Transient;
+                    (format!("{e} (topic `{topic}`)"), transient)
+                }),
                 Target::Function(f) => f
-                    .call(letter, f.timeout)
+                    .call(event, f.timeout)
                     .await
                     .map(|_| ())
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| (format!("function `{}`: {e}", f.name), e.is_retryable())),
             };
-            match result {
-                Ok(()) => return true,
-                Err(e) if attempt > self.policy.retries => {
-                    tracing::error!(trigger = %self.name, id = letter.id(), error = %e, "cannot publish the dead letter; releasing the message for redelivery");
-                    return false;
-                }
-                Err(e) => {
-                    tracing::debug!(trigger = %self.name, id = letter.id(), error = %e, "dead letter publish failed; retrying");
-                    let wait = self.policy.delay(attempt, None, &mut rand::rng());
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = shutdown.cancelled() => return false,
-                    }
-                }
+            let Err((error, transient)) = result else {
+                return true;
+            };
+            self.stats.publish_failed.inc();
+            if !transient || tries > self.policy.retries.max(PUBLISH_RETRIES) {
+                tracing::warn!(trigger = %self.name, id = event.id(), what, error = %error, transient, tries, "cannot publish; handing the message back to its broker");
+                return false;
+            }
+            tracing::debug!(trigger = %self.name, id = event.id(), what, error = %error, tries, "publish failed; trying again");
+            let wait = self.policy.delay(tries, None, &mut rand::rng());
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return false,
             }
         }
     }
+
+    /// Hands the message back to its broker for redelivery, after a pause of `max_delay`: a
+    /// destination that stays broken costs one delivery per pause, never a tight loop, and the
+    /// message is never dropped.
+    async fn hand_back(&self, shutdown: &CancellationToken) -> Outcome {
+        self.stats.handed_back.inc();
+        tokio::select! {
+            () = tokio::time::sleep(self.policy.max_delay()) => {}
+            () = shutdown.cancelled() => return Outcome::Released,
+        }
+        Outcome::Retry(Duration::ZERO)
+    }
 }
+
+/// A reply or dead letter whose publish fails transiently is tried at least this many times
+/// more, whatever the trigger's `retries`.
+pub(crate) const PUBLISH_RETRIES: u32 = 3;
 
 /// The dead letter of `event`: the original id, source, type and data, and the `dlq*`
 /// extensions that say why.
@@ -563,6 +591,7 @@ mod tests {
             limit: Arc::new(Semaphore::new(8)),
             timeout: Duration::from_secs(1),
             stats: FunctionStats::detached(),
+            health: Health::default(),
         })
     }
 
@@ -759,6 +788,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn exhausted_retries_count_every_attempt() {
+        // Two timeouts in a row: fewer than an outage takes (three), so a per-event failure.
         let calls = Arc::new(Mutex::new(Vec::new()));
         let f = function(Flaky {
             failures: usize::MAX,
@@ -773,7 +803,7 @@ mod tests {
         let (msg, mut rx) = incoming("a", 0);
         process_test(
             msg,
-            Arc::from(vec![trigger(f, 2, Some(dead))]),
+            Arc::from(vec![trigger(f, 1, Some(dead))]),
             CancellationToken::new(),
         )
         .await;
@@ -784,11 +814,11 @@ mod tests {
                 ..
             })
         ));
-        assert_eq!(calls.lock().expect("lock").len(), 3);
+        assert_eq!(calls.lock().expect("lock").len(), 2);
         let letters = letters.lock().expect("lock");
         assert_eq!(
             event::attribute(&letters[0], "dlqattempts").as_deref(),
-            Some("3")
+            Some("2")
         );
         assert_eq!(event::attribute(&letters[0], "dlqstatus"), None);
     }
@@ -867,7 +897,7 @@ mod tests {
             CancellationToken::new(),
         )
         .await;
-        assert!(matches!(rx.recv().await, Some(Settlement::Released)));
+        assert!(matches!(rx.recv().await, Some(Settlement::Retry { .. })));
     }
 
     #[tokio::test(start_paused = true)]
@@ -990,6 +1020,231 @@ mod tests {
         };
         assert_eq!(of("1-"), vec!["1-0", "1-2", "1-4", "1-6"]);
         assert_eq!(of("2-"), vec!["2-1", "2-3", "2-5", "2-7"]);
+    }
+
+    /// An invoker that is down (connection refused) until `until`, then answers 200; it counts
+    /// calls and the most at once.
+    struct DownUntil {
+        until: tokio::time::Instant,
+        calls: AtomicUsize,
+        current: AtomicUsize,
+        peak: AtomicUsize,
+    }
+
+    struct DownRef(Arc<DownUntil>);
+
+    #[async_trait]
+    impl Invoker for DownRef {
+        async fn invoke(&self, _: &Event, _: Duration) -> Result<Success, InvokeError> {
+            let d = &self.0;
+            d.calls.fetch_add(1, Ordering::SeqCst);
+            let now = d.current.fetch_add(1, Ordering::SeqCst) + 1;
+            d.peak.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            d.current.fetch_sub(1, Ordering::SeqCst);
+            if tokio::time::Instant::now() < d.until {
+                Err(InvokeError::Connect("connection refused".into()))
+            } else {
+                Ok(Success {
+                    status: 200,
+                    reply: None,
+                })
+            }
+        }
+    }
+
+    /// Finding 9 of issue 12: a function down for 5 s and for 60 s, default delivery settings
+    /// and no dead letter: every event is held (no attempt spent, one probe at a time) and
+    /// delivered once the function answers; none is dropped.
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_holds_events_instead_of_spending_their_retries() {
+        for outage in [Duration::from_secs(5), Duration::from_secs(60)] {
+            let down = Arc::new(DownUntil {
+                until: tokio::time::Instant::now() + outage,
+                calls: AtomicUsize::new(0),
+                current: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
+            });
+            let f = function(DownRef(Arc::clone(&down)));
+            let t = Arc::new(TriggerRuntime {
+                name: "t".into(),
+                filter: None,
+                event_type: None,
+                function: f,
+                policy: RetryPolicy::from_config(&Delivery::default()),
+                timeout: Duration::from_secs(1),
+                dead_letter: None,
+                reply: None,
+                stats: TriggerStats::detached(),
+            });
+            let triggers: Arc<[Arc<TriggerRuntime>]> = Arc::from(vec![Arc::clone(&t)]);
+            let mut tasks = Vec::new();
+            let mut rxs = Vec::new();
+            for i in 0..50 {
+                let (msg, rx) = incoming(&format!("e{i}"), i);
+                rxs.push(rx);
+                tasks.push(tokio::spawn(process_test(
+                    msg,
+                    Arc::clone(&triggers),
+                    CancellationToken::new(),
+                )));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            for task in tasks {
+                task.await.expect("join");
+            }
+            for rx in &mut rxs {
+                let settled = rx.recv().await;
+                assert!(
+                    matches!(settled, Some(Settlement::Delivered { .. })),
+                    "outage {outage:?}: {settled:?}"
+                );
+            }
+            assert_eq!(t.stats.dropped.get(), 0, "outage {outage:?}");
+            assert_eq!(t.stats.delivered.get(), 50, "outage {outage:?}");
+            // Probing is one call at a time with backoff capped at 5 s: a few per second at
+            // most, not 50 events x 4 attempts in the first second.
+            let calls = down.calls.load(Ordering::SeqCst);
+            assert!(
+                calls < 50 + 10 + 3 * outage.as_secs() as usize,
+                "outage {outage:?}: {calls} calls"
+            );
+        }
+    }
+
+    struct Replying;
+
+    #[async_trait]
+    impl Invoker for Replying {
+        async fn invoke(&self, _: &Event, _: Duration) -> Result<Success, InvokeError> {
+            Ok(Success {
+                status: 200,
+                reply: Some(Reply::Raw {
+                    content_type: Some("text/plain".into()),
+                    body: bytes::Bytes::from_static(b"pong"),
+                }),
+            })
+        }
+    }
+
+    /// A sink failing `failures` times with `kind` of error, then publishing.
+    struct FailingSink {
+        failures: usize,
+        permanent: bool,
+        tries: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Sink for FailingSink {
+        async fn publish(&self, _: &str, _: &Event) -> Result<(), fnbroker_core::ConnectorError> {
+            let n = self.tries.fetch_add(1, Ordering::SeqCst) + 1;
+            if n > self.failures {
+                return Ok(());
+            }
+            let (connector, message) = ("rabbit".to_string(), "unroutable".to_string());
+            Err(if self.permanent {
+                fnbroker_core::ConnectorError::Permanent { connector, message }
+            } else {
+                fnbroker_core::ConnectorError::Io { connector, message }
+            })
+        }
+    }
+
+    fn replying_trigger(
+        sink: Arc<FailingSink>,
+        calls: Arc<Mutex<Vec<tokio::time::Instant>>>,
+    ) -> Arc<TriggerRuntime> {
+        struct Counting(Arc<Mutex<Vec<tokio::time::Instant>>>);
+        #[async_trait]
+        impl Invoker for Counting {
+            async fn invoke(&self, e: &Event, t: Duration) -> Result<Success, InvokeError> {
+                self.0
+                    .lock()
+                    .expect("lock")
+                    .push(tokio::time::Instant::now());
+                Replying.invoke(e, t).await
+            }
+        }
+        let base = trigger(function(Counting(calls)), 3, None);
+        Arc::new(TriggerRuntime {
+            name: "t".into(),
+            filter: None,
+            event_type: None,
+            function: Arc::clone(&base.function),
+            policy: base.policy.clone(),
+            timeout: base.timeout,
+            dead_letter: None,
+            reply: Some(Target::Sink {
+                sink,
+                topic: "replies".into(),
+            }),
+            stats: TriggerStats::detached(),
+        })
+    }
+
+    /// Finding 5 of issue 12: a reply that cannot be published (no queue behind the routing
+    /// key) does not call the function again: one call, one publish try (it is permanent), then
+    /// the message goes back to its broker after `max_delay`, counted.
+    #[tokio::test(start_paused = true)]
+    async fn an_unpublishable_reply_hands_the_message_back_without_calling_again() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::new(FailingSink {
+            failures: usize::MAX,
+            permanent: true,
+            tries: AtomicUsize::new(0),
+        });
+        let t = replying_trigger(Arc::clone(&sink), Arc::clone(&calls));
+        let (msg, mut rx) = incoming("a", 0);
+        let started = tokio::time::Instant::now();
+        process_test(
+            msg,
+            Arc::from(vec![Arc::clone(&t)]),
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(matches!(rx.recv().await, Some(Settlement::Retry { .. })));
+        assert_eq!(
+            calls.lock().expect("lock").len(),
+            1,
+            "the function was called again"
+        );
+        assert_eq!(
+            sink.tries.load(Ordering::SeqCst),
+            1,
+            "a permanent failure is not retried"
+        );
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(10),
+            "handed back after max_delay"
+        );
+        assert_eq!(t.stats.handed_back.get(), 1);
+        assert_eq!(t.stats.publish_failed.get(), 1);
+    }
+
+    /// A transient reply failure is retried on its own, without another call.
+    #[tokio::test(start_paused = true)]
+    async fn a_transient_reply_failure_is_published_again_not_called_again() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::new(FailingSink {
+            failures: 2,
+            permanent: false,
+            tries: AtomicUsize::new(0),
+        });
+        let t = replying_trigger(Arc::clone(&sink), Arc::clone(&calls));
+        let (msg, mut rx) = incoming("a", 0);
+        process_test(
+            msg,
+            Arc::from(vec![Arc::clone(&t)]),
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(matches!(
+            rx.recv().await,
+            Some(Settlement::Delivered { .. })
+        ));
+        assert_eq!(calls.lock().expect("lock").len(), 1);
+        assert_eq!(sink.tries.load(Ordering::SeqCst), 3);
     }
 
     #[test]

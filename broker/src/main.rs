@@ -9,6 +9,7 @@
 mod admin;
 mod engine;
 mod filter;
+mod health;
 mod metrics;
 mod retry;
 mod runtime;

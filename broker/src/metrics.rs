@@ -37,6 +37,9 @@ pub(crate) struct TriggerStats {
     pub(crate) retried: Counter,
     pub(crate) dead_lettered: Counter,
     pub(crate) dropped: Counter,
+    pub(crate) held: Counter,
+    pub(crate) publish_failed: Counter,
+    pub(crate) handed_back: Counter,
     pub(crate) in_flight: Gauge,
     pub(crate) latency: Histogram,
 }
@@ -51,6 +54,9 @@ impl TriggerStats {
             retried: Counter::default(),
             dead_lettered: Counter::default(),
             dropped: Counter::default(),
+            held: Counter::default(),
+            publish_failed: Counter::default(),
+            handed_back: Counter::default(),
             in_flight: Gauge::default(),
             latency: latency_histogram(),
         }
@@ -85,6 +91,9 @@ pub(crate) struct Metrics {
     retried: Family<TriggerLabels, Counter>,
     dead_lettered: Family<TriggerLabels, Counter>,
     dropped: Family<TriggerLabels, Counter>,
+    held: Family<TriggerLabels, Counter>,
+    publish_failed: Family<TriggerLabels, Counter>,
+    handed_back: Family<TriggerLabels, Counter>,
     in_flight: Family<TriggerLabels, Gauge>,
     latency: HistogramFamily<TriggerLabels>,
     calls: Family<FunctionLabels, Counter>,
@@ -101,6 +110,9 @@ impl Metrics {
             retried: Family::default(),
             dead_lettered: Family::default(),
             dropped: Family::default(),
+            held: Family::default(),
+            publish_failed: Family::default(),
+            handed_back: Family::default(),
             in_flight: Family::default(),
             latency: HistogramFamily::new_with_constructor(latency_histogram),
             calls: Family::default(),
@@ -132,6 +144,21 @@ impl Metrics {
             "events_dropped",
             "Events that failed with no dead letter destination",
             m.dropped.clone(),
+        );
+        registry.register(
+            "events_held",
+            "Attempts that found the function down (an outage): the event was held, no attempt spent",
+            m.held.clone(),
+        );
+        registry.register(
+            "publish_failures",
+            "Reply and dead-letter publishes that failed (each try)",
+            m.publish_failed.clone(),
+        );
+        registry.register(
+            "events_handed_back",
+            "Messages handed back to their broker because a reply or dead letter could not be published",
+            m.handed_back.clone(),
         );
         registry.register(
             "events_in_flight",
@@ -172,6 +199,9 @@ impl Metrics {
             retried: self.retried.get_or_create(&l).clone(),
             dead_lettered: self.dead_lettered.get_or_create(&l).clone(),
             dropped: self.dropped.get_or_create(&l).clone(),
+            held: self.held.get_or_create(&l).clone(),
+            publish_failed: self.publish_failed.get_or_create(&l).clone(),
+            handed_back: self.handed_back.get_or_create(&l).clone(),
             in_flight: self.in_flight.get_or_create(&l).clone(),
             latency: self.latency.get_or_create(&l).clone(),
         }

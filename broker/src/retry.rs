@@ -30,6 +30,11 @@ impl RetryPolicy {
         }
     }
 
+    /// The longest wait between attempts.
+    pub(crate) fn max_delay(&self) -> Duration {
+        self.max_delay
+    }
+
     /// The longest wait before retry number `retry` (1 for the first retry).
     pub(crate) fn ceiling(&self, retry: u32) -> Duration {
         let retry = retry.max(1);
@@ -45,8 +50,9 @@ impl RetryPolicy {
     }
 
     /// The wait before retry number `retry`. A `Retry-After` from the function wins, capped at
-    /// `max_delay`; otherwise exponential backoff draws uniformly between `delay` and its ceiling
-    /// (full jitter above the floor), and linear and constant backoff wait exactly their ceiling.
+    /// `max_delay`; otherwise exponential backoff draws uniformly between zero and its ceiling
+    /// (full jitter, the first retry included, so events that failed together do not retry
+    /// together), and linear and constant backoff wait exactly their ceiling.
     pub(crate) fn delay(
         &self,
         retry: u32,
@@ -58,7 +64,7 @@ impl RetryPolicy {
         }
         let ceiling = self.ceiling(retry);
         match self.backoff {
-            Backoff::Exponential if ceiling > self.delay => rng.random_range(self.delay..=ceiling),
+            Backoff::Exponential => rng.random_range(Duration::ZERO..=ceiling),
             _ => ceiling,
         }
     }
@@ -86,18 +92,25 @@ mod tests {
     }
 
     #[test]
-    fn jitter_stays_between_delay_and_ceiling() {
+    fn jitter_stays_below_the_ceiling() {
         let p = policy(Backoff::Exponential);
         let mut rng = rand::rng();
         for n in 1..=8 {
             for _ in 0..200 {
                 let d = p.delay(n, None, &mut rng);
-                assert!(
-                    d >= Duration::from_millis(100) && d <= p.ceiling(n),
-                    "{n}: {d:?}"
-                );
+                assert!(d <= p.ceiling(n), "{n}: {d:?}");
             }
         }
+    }
+
+    /// Events that failed together must not retry together: the first retry is jittered too.
+    #[test]
+    fn the_first_retry_is_jittered() {
+        let p = policy(Backoff::Exponential);
+        let mut rng = rand::rng();
+        let first: std::collections::HashSet<Duration> =
+            (0..50).map(|_| p.delay(1, None, &mut rng)).collect();
+        assert!(first.len() > 10, "{first:?}");
     }
 
     #[test]

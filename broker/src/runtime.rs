@@ -77,6 +77,7 @@ fn build_function(
         limit: Arc::new(Semaphore::new(concurrency)),
         timeout: cfg.timeout(),
         stats: metrics.function(name),
+        health: crate::health::Health::default(),
     }))
 }
 
@@ -286,8 +287,12 @@ async fn target(
         .get(name.as_str())
         .with_context(|| format!("unknown connector `{}`", **name))?;
     let sink = connector.sink(dest).await?;
-    Ok(Some(Target::Sink {
-        sink,
-        topic: dest.topic.clone().unwrap_or_default(),
-    }))
+    let topic = dest.topic.clone().unwrap_or_default();
+    // A destination that cannot exist is said at start, where an operator looks; the broker
+    // still starts (the queue or stream may be created later), and until then each message
+    // whose reply or dead letter cannot be published goes back to its broker after a pause.
+    if let Err(e) = sink.check(&topic).await {
+        tracing::error!(connector = %name.as_str(), %topic, error = %e, kind = ?e.kind(), "a reply or dead-letter destination is not there: messages that need it will be handed back to their broker until it is");
+    }
+    Ok(Some(Target::Sink { sink, topic }))
 }

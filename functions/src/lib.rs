@@ -94,6 +94,18 @@ impl InvokeError {
         }
     }
 
+    /// Whether the failure says the function is unavailable rather than failing this event: it
+    /// could not be reached, did not answer in time, or answered 429, 502, 503 or 504 (overloaded,
+    /// or a gateway in front of it found nothing behind). When most calls fail this way, the
+    /// function is down: an outage, not a reason to spend each event's retries.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            InvokeError::Connect(_) | InvokeError::Timeout(_) => true,
+            InvokeError::Status { status, .. } => matches!(*status, 429 | 502 | 503 | 504),
+            _ => false,
+        }
+    }
+
     /// The HTTP status of the answer, if there was one.
     pub fn status(&self) -> Option<u16> {
         match self {

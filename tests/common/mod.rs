@@ -272,18 +272,102 @@ pub async fn sigterm_midway_exactly_once(what: &str, server: &FnServer, cfg: &st
         total - n
     );
     assert_eq!(unique().len(), n, "{what}: messages lost");
+    let all = server.on("/f");
+    let mut seen: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
+    for (i, r) in all.iter().enumerate() {
+        seen.entry(r.body.to_vec()).or_default().push(i);
+    }
+    let duplicated: Vec<String> = seen
+        .iter()
+        .filter(|(_, at)| at.len() > 1)
+        .map(|(body, at)| format!("{} at requests {at:?}", String::from_utf8_lossy(body)))
+        .collect();
     assert_eq!(
         total,
         n,
-        "{what}: {} duplicates after a clean stop\n---- first run ----\n{first_logs}\n---- second run ----\n{}",
+        "{what}: {} duplicates after a clean stop ({duplicated:?}; the first run made {before} requests)\n---- first run ----\n{first_logs}\n---- second run ----\n{}",
         total - n,
         fb.logs()
+    );
+}
+
+/// A function server at `/f` that answers 503 while `down` is set, and 200 otherwise.
+pub async fn switchable_function() -> (FnServer, Arc<std::sync::atomic::AtomicBool>) {
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&down);
+    let server = FnServer::with(move |_, _| {
+        if flag.load(Ordering::SeqCst) {
+            Answer::status(503)
+        } else {
+            Answer::ok()
+        }
+    })
+    .await;
+    (server, down)
+}
+
+/// Finding 9 of issue 12: `n` messages published at 200/s by `publish(chunk)` (20 every 100
+/// ms), the function down (503) for `outage` from the 100th delivery on, default delivery
+/// settings and no dead letter: every message must reach the function once it is back.
+pub async fn outage_loses_nothing<F, Fut>(
+    what: &str,
+    cfg: &str,
+    server: &FnServer,
+    down: &std::sync::atomic::AtomicBool,
+    n: usize,
+    outage: Duration,
+    publish: F,
+) where
+    F: Fn(std::ops::Range<usize>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let fb = Fnbroker::start(cfg).await;
+    let publishing = tokio::spawn(async move {
+        for start in (0..n).step_by(20) {
+            publish(start..(start + 20).min(n)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    server.wait_count("/f", 100, Duration::from_secs(60)).await;
+    down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(outage).await;
+    down.store(false, Ordering::SeqCst);
+    publishing.await.expect("publisher");
+    let delivered = || -> std::collections::HashSet<Vec<u8>> {
+        server
+            .on("/f")
+            .iter()
+            .filter(|r| r.status == 200)
+            .map(|r| r.body.to_vec())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while delivered().len() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = fb.metrics().await;
+    println!(
+        "{what} outage of {outage:?}: {n} messages, {} reached the function, {} requests",
+        delivered().len(),
+        server.count("/f")
+    );
+    assert_eq!(
+        delivered().len(),
+        n,
+        "{what}: messages lost in an outage of {outage:?}\n{metrics}\n{}",
+        fb.logs()
+    );
+    assert!(
+        !metrics.contains("fnbroker_events_dropped_total{trigger=\"t\",function=\"f\"} 1"),
+        "{metrics}"
     );
 }
 
 /// One request the function server received.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// The status the server answered with.
+    pub status: u16,
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -434,13 +518,14 @@ async fn record(State(state): State<ServerState>, request: Request) -> Response 
         *c += 1;
         *c - 1
     };
+    let answer = (state.behaviour)(&path, n);
     state.received.lock().expect("lock").push(Received {
+        status: answer.status,
         path: path.clone(),
         headers,
         body,
         at: Instant::now(),
     });
-    let answer = (state.behaviour)(&path, n);
     if !answer.delay.is_zero() {
         tokio::time::sleep(answer.delay).await;
     }

@@ -93,10 +93,15 @@ impl Connector for AmqpConnector {
     }
 
     async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
-        let queue = sub.from.queue.clone().ok_or_else(|| ConnectorError::Io {
-            connector: self.name.clone(),
-            message: "an amqp trigger needs a `queue`".into(),
-        })?;
+        let queue = sub
+            .from
+            .queue
+            .as_ref()
+            .map(|q| q.to_string())
+            .ok_or_else(|| ConnectorError::Io {
+                connector: self.name.clone(),
+                message: "an amqp trigger needs a `queue`".into(),
+            })?;
         // Fail at start when the server is unreachable or the queue is missing; later drops are
         // reconnected.
         let conn = connect(&self.config.url, &self.connection_name)
@@ -111,7 +116,7 @@ impl Connector for AmqpConnector {
             url: self.config.url.to_string(),
             connection_name: self.connection_name.clone(),
             queue,
-            declare: sub.from.declare.clone(),
+            declare: sub.from.declare.as_ref().map(|d| d.get().clone()),
             prefetch,
         };
         let first = spec.open(&conn).await.map_err(|e| ConnectorError::Io {
@@ -392,6 +397,62 @@ impl AmqpSink {
 
 #[async_trait]
 impl Sink for AmqpSink {
+    /// On the default exchange, a queue named `topic` must exist; on another, the exchange
+    /// (its bindings cannot be asked for over AMQP 0-9-1: an unroutable publish says it later).
+    async fn check(&self, topic: &str) -> Result<(), ConnectorError> {
+        let permanent = |message: String| ConnectorError::Permanent {
+            connector: self.connector.clone(),
+            message,
+        };
+        // A passive declare that fails closes its channel: use one of its own.
+        let conn = connect(&self.url, &self.connection_name)
+            .await
+            .map_err(|e| ConnectorError::Io {
+                connector: self.connector.clone(),
+                message: format!("cannot connect: {e}"),
+            })?;
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(|e| ConnectorError::Io {
+                connector: self.connector.clone(),
+                message: e.to_string(),
+            })?;
+        let result = if self.exchange.is_empty() {
+            channel
+                .queue_declare(
+                    topic.to_string().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    permanent(format!(
+                        "routing key `{topic}` on the default exchange: no queue `{topic}` ({e})"
+                    ))
+                })
+        } else {
+            channel
+                .exchange_declare(
+                    self.exchange.clone().into(),
+                    ExchangeKind::Direct,
+                    ExchangeDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| permanent(format!("no exchange `{}` ({e})", self.exchange)))
+        };
+        let _ = conn.close(200, "checked".into()).await;
+        result
+    }
+
     async fn publish(&self, topic: &str, event: &Event) -> Result<(), ConnectorError> {
         let err = |message: String| ConnectorError::Io {
             connector: self.connector.clone(),
@@ -419,9 +480,13 @@ impl Sink for AmqpSink {
             .map_err(|e| err(e.to_string()))?;
         match confirm {
             lapin::Confirmation::Ack(None) => Ok(()),
-            lapin::Confirmation::Ack(Some(_)) => {
-                Err(err("unroutable: no queue is bound for it".into()))
-            }
+            lapin::Confirmation::Ack(Some(_)) => Err(ConnectorError::Permanent {
+                connector: self.connector.clone(),
+                message: format!(
+                    "cannot publish to exchange `{}` with routing key `{topic}`: unroutable, no queue is bound for it",
+                    self.exchange
+                ),
+            }),
             lapin::Confirmation::Nack(_) => Err(err("the broker refused it (nack)".into())),
             lapin::Confirmation::NotRequested => Ok(()),
         }

@@ -10,8 +10,8 @@
 //! |---|---|---|---|---|---|
 //! | [`Settlement::Delivered`] | every matched trigger finished | offset may be committed | `ack` | `basic.ack` | PUBACK / PUBREC |
 //! | [`Settlement::Failed`] | dead-lettered or dropped by policy: do not redeliver | offset may be committed | `term` | `basic.reject` (no requeue) | PUBACK / PUBREC |
-//! | [`Settlement::Retry`] | try again later | not committed; redelivered after a restart | `nak` with the delay | `basic.nack` (requeue) | not acknowledged |
-//! | [`Settlement::Released`] | not processed (shutdown) | not committed | `nak` | `basic.nack` (requeue) | not acknowledged |
+//! | [`Settlement::Retry`] | try again later (also: a reply or dead letter could not be published) | not committed; redelivered after a restart | `nak` with the delay | `basic.nack` (requeue) | not acknowledged |
+//! | [`Settlement::Released`] | not processed (shutdown) | not committed | nothing: redelivered after `ack_wait` | `basic.nack` (requeue) | not acknowledged |
 //!
 //! A handle that is dropped without being settled counts as [`Settlement::Released`]: the message
 //! must be redelivered, never lost. That is what happens to every message in flight when the
@@ -182,6 +182,12 @@ pub trait Sink: Send + Sync {
     /// (delivery report, publisher confirm, PUBACK, publish ack); an error means it may not
     /// have arrived.
     async fn publish(&self, topic: &str, event: &Event) -> Result<(), ConnectorError>;
+
+    /// Whether `topic` can exist as a destination, asked once at start (an AMQP passive declare,
+    /// a JetStream stream lookup). A [`ConnectorError::Permanent`] says it cannot as things are.
+    async fn check(&self, _topic: &str) -> Result<(), ConnectorError> {
+        Ok(())
+    }
 }
 
 /// A configured connection to one broker (or one listening socket).
@@ -231,7 +237,7 @@ pub enum ConnectorError {
         /// What it cannot do.
         what: &'static str,
     },
-    /// Connecting, subscribing or publishing failed.
+    /// Connecting, subscribing or publishing failed; trying again may work.
     #[error("connector `{connector}`: {message}")]
     Io {
         /// The connector's name.
@@ -239,6 +245,38 @@ pub enum ConnectorError {
         /// What went wrong.
         message: String,
     },
+    /// The destination cannot take the event as things are (an AMQP routing key no queue is
+    /// bound to, a JetStream subject no stream captures): trying again at once does not help;
+    /// an operator must create the destination.
+    #[error("connector `{connector}`: {message}")]
+    Permanent {
+        /// The connector's name.
+        connector: String,
+        /// What went wrong, naming the destination.
+        message: String,
+    },
+}
+
+/// What a caller does about a [`ConnectorError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// It may work if tried again (a connection dropped, a timeout, a broker nack).
+    Transient,
+    /// It will not work until something outside changes (see [`ConnectorError::Permanent`]).
+    Permanent,
+    /// The connector cannot do it at all.
+    Unsupported,
+}
+
+impl ConnectorError {
+    /// How to treat this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ConnectorError::Io { .. } => ErrorKind::Transient,
+            ConnectorError::Permanent { .. } => ErrorKind::Permanent,
+            ConnectorError::Unsupported { .. } => ErrorKind::Unsupported,
+        }
+    }
 }
 
 #[cfg(test)]

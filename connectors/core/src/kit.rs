@@ -26,7 +26,7 @@
 //! A connector's consume loop runs on a task of its own and sends [`Incoming`] messages into a
 //! bounded channel; [`ChannelSource`] is the [`Source`](crate::Source) the engine reads. Its
 //! `next` is cancel-safe (a message is either returned or still in the channel), and its `close`
-//! releases what was fetched but never handed out, stops the loop, and waits for it; the loop
+//! stops the loop, releases what it fetched but never handed out, and waits for it; the loop
 //! finishes its acknowledgements (with [`AckerTask::finish`]) before it returns.
 
 use std::collections::HashMap;
@@ -245,14 +245,27 @@ impl crate::Source for ChannelSource {
     }
 
     async fn close(mut self: Box<Self>) {
-        // What was fetched and never handed out is released here (its handles drop), then the
-        // loop stops, finishes its acknowledgements, and closes its connection.
+        // The loop stops fetching first; only then is what it fetched and never handed out
+        // released (its handles drop). Released earlier, a message would be redelivered into
+        // the fetch still running here (a JetStream pull) and sit there unseen, pending, while
+        // the next consumer gets it too. Meanwhile the loop finishes its acknowledgements,
+        // which wait for those handles, and closes its connection.
+        self.stop.cancel();
+        let Some(mut task) = self.task.take() else {
+            return;
+        };
+        let finished = loop {
+            tokio::select! {
+                joined = &mut task => break joined,
+                msg = self.rx.recv() => match msg {
+                    Some(released) => drop(released),
+                    None => break (&mut task).await,
+                },
+            }
+        };
         self.rx.close();
         while self.rx.try_recv().is_ok() {}
-        self.stop.cancel();
-        if let Some(task) = self.task.take()
-            && let Err(e) = task.await
-        {
+        if let Err(e) = finished {
             tracing::error!(error = %e, "a consume task failed");
         }
     }

@@ -23,7 +23,8 @@ pub mod event;
 pub mod kit;
 
 pub use contract::{
-    AckHandle, Connector, ConnectorError, Incoming, Origin, Settlement, Sink, Source, Subscription,
+    AckHandle, Connector, ConnectorError, ErrorKind, Incoming, Origin, Settlement, Sink, Source,
+    Subscription,
 };
 pub use event::{Data, Event, InvalidEvent};
 

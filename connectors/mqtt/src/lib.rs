@@ -131,7 +131,7 @@ impl Connector for MqttConnector {
 
     async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
         let topic = sub.from.topic();
-        let filter = match &sub.from.group {
+        let filter = match sub.from.group() {
             Some(g) => format!("$share/{g}/{topic}"),
             None => topic.to_string(),
         };
