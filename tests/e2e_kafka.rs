@@ -526,3 +526,40 @@ async fn sigterm_in_the_middle_delivers_every_record_exactly_once() {
     );
     common::sigterm_midway_exactly_once("kafka", &server, &cfg, N).await;
 }
+
+/// Finding 6 of issue 12: a saturated engine (one slow call in flight, the queue full) must not
+/// stop the consumer from being polled: with `max.poll.interval.ms` at 7 s and calls of 8 s, the
+/// member stays in its group (no "maximum poll interval exceeded", no second assignment) and
+/// every record arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_engine_keeps_the_consumer_in_its_group() {
+    let topic = kafka::unique("busy");
+    kafka::create_topic(&topic, 1).await;
+    kafka::produce_range(&kafka::producer(), &topic, 0..4).await;
+    let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_secs(8))).await;
+    let fb = Fnbroker::start(&format!(
+        "connectors:\n  k: {{ kafka: {{ brokers: [\"{}\"], options: {{ session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\", max.poll.interval.ms: \"7000\" }} }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }}, timeout: 20s }}\ntriggers:\n  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f, delivery: {{ max_in_flight: 1 }} }}\n",
+        kafka::BROKERS,
+        server.url("/f"),
+        kafka::unique("g")
+    ))
+    .await;
+    // Two calls of 8 s: the engine was full for longer than max.poll.interval.ms.
+    server.wait_count("/f", 3, WAIT).await;
+    let logs = fb.logs();
+    assert!(
+        !logs.contains("maximum poll interval"),
+        "evicted from the group while the engine was full:\n{logs}"
+    );
+    assert_eq!(
+        logs.matches("partitions revoked").count(),
+        0,
+        "the partitions moved:\n{logs}"
+    );
+    let bodies: Vec<String> = server
+        .on("/f")
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert_eq!(bodies, vec!["0", "1", "2"], "each record once, in order");
+}

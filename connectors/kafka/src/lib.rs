@@ -6,7 +6,10 @@
 //! message (see `offsets`), every `commit_interval`, synchronously when partitions are revoked,
 //! and at shutdown. The ordering key is the partition, so `ordered: true` delivers each partition
 //! strictly in order while partitions proceed in parallel. A new group starts at the `earliest`
-//! offset unless `options` say `auto.offset.reset: latest`.
+//! offset unless `options` say `auto.offset.reset: latest`. The consumer is polled on a thread of
+//! its own all the time (see `source`): a full engine pauses partitions instead of leaving the
+//! consumer unpolled, a record handed back rewinds its partition, and a partition that stalls
+//! (records waiting, none arriving) is logged and sought to its position.
 //!
 //! **Binding.** Binary (`ce_` headers) and structured (`application/cloudevents+json`) modes are
 //! read; plain records are normalized with the stable id `topic-partition-offset`.
@@ -32,12 +35,13 @@ use async_trait::async_trait;
 use fnbroker_core::config::KafkaConnector as KafkaConfig;
 use fnbroker_core::{Connector, ConnectorError, Event, Sink, Source, Subscription};
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::OnceCell;
 
 use crate::offsets::Tracker;
-use crate::source::{Context, KafkaSource};
+use crate::source::Context;
+use fnbroker_core::kit::source_buffer;
 
 /// The Kafka connector of one configuration entry.
 pub struct KafkaConnector {
@@ -110,6 +114,8 @@ impl Connector for KafkaConnector {
             connector: self.name.clone(),
             tracker: Arc::clone(&tracker),
             ready: Arc::clone(&self.ready),
+            revoked: Mutex::default(),
+            stalls: Default::default(),
         };
         let mut cfg = self.client_config(&[
             ("enable.auto.commit", "false"),
@@ -124,7 +130,7 @@ impl Connector for KafkaConnector {
             ("queued.max.messages.kbytes", "8192"),
         ]);
         cfg.set("group.id", &group);
-        let consumer: StreamConsumer<Context> = cfg
+        let consumer: BaseConsumer<Context> = cfg
             .create_with_context(context)
             .map_err(|e| self.error(format!("cannot create the consumer: {e}")))?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -133,11 +139,11 @@ impl Connector for KafkaConnector {
             .map_err(|e| self.error(format!("cannot subscribe to {}: {e}", names.join(", "))))?;
         self.subscribed.store(true, Ordering::Release);
         tracing::info!(connector = %self.name, topics = %names.join(","), %group, "kafka consumer subscribed");
-        Ok(Box::new(KafkaSource::start(
+        Ok(Box::new(source::start(
             self.name.clone(),
             consumer,
             tracker,
-            sub.max_in_flight.min(1024),
+            source_buffer(sub.max_in_flight),
             self.config.commit_interval.get(),
         )))
     }

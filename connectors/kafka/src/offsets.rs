@@ -79,6 +79,17 @@ impl Tracker {
         }
     }
 
+    /// Forgets `offset` and everything after it in the partition (the consumer is sent back to
+    /// `offset` to read them again): their old copies' settlements change nothing, and the new
+    /// copies are tracked as they come.
+    pub(crate) fn rewind(&mut self, topic: &str, partition: i32, generation: u64, offset: i64) {
+        if let Some(state) = self.parts.get_mut(&(topic.to_string(), partition))
+            && state.generation == generation
+        {
+            state.pending.retain(|&o, _| o < offset);
+        }
+    }
+
     /// The offsets to commit now (those that moved since the last commit), marked as committed.
     /// With `only`, just those partitions.
     pub(crate) fn take_commits(&mut self, only: Option<&[Partition]>) -> Vec<(Partition, i64)> {
@@ -155,6 +166,24 @@ mod tests {
         t.settle("t", 0, g, 1, false);
         t.settle("t", 0, g, 2, true);
         assert!(t.take_commits(None).is_empty());
+    }
+
+    #[test]
+    fn a_rewound_partition_commits_only_after_the_record_is_read_again() {
+        let mut t = Tracker::default();
+        let g = t.track("t", 0, 1);
+        t.track("t", 0, 2);
+        t.track("t", 0, 3);
+        t.settle("t", 0, g, 1, true);
+        t.rewind("t", 0, g, 2);
+        // The old copy of 3 finishing changes nothing: 2 is read again first.
+        t.settle("t", 0, g, 3, true);
+        assert_eq!(t.take_commits(None), vec![(p(0), 2)]);
+        t.track("t", 0, 2);
+        t.track("t", 0, 3);
+        t.settle("t", 0, g, 2, true);
+        t.settle("t", 0, g, 3, true);
+        assert_eq!(t.take_commits(None), vec![(p(0), 4)]);
     }
 
     #[test]

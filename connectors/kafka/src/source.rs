@@ -1,24 +1,48 @@
-//! The Kafka source: one consumer-group member per subscription.
+//! The Kafka source: one consumer-group member per subscription, polled on a thread of its own.
+//!
+//! librdkafka expects its consumer to be polled at least every `max.poll.interval.ms` whatever
+//! the application is doing, or the member is evicted from its group; rebalance callbacks and
+//! offset commits run inside that poll, and a synchronous commit blocks. So the consumer lives on
+//! a blocking thread, never on a runtime worker, and is polled all the time:
+//!
+//! - a record goes to the engine's channel if it has room; if not, it waits in a small stash and
+//!   its partition is **paused** (backpressure without leaving the poll loop), and resumed once
+//!   the stash handed its records out. The stash holds at most about one record per assigned
+//!   partition;
+//! - settlements arrive on a channel and move the offset tracker; finished prefixes are committed
+//!   every `commit_interval`, synchronously when partitions are revoked and at the end;
+//! - a record handed back for redelivery while running ([`Settlement::Retry`]: its reply or dead
+//!   letter could not be published) would hold its partition's commits until a restart, so the
+//!   partition is **rewound** to it (seek): it and what followed are delivered again;
+//! - a partition that is assigned, has records beyond its position and delivers nothing for
+//!   [`STALL_AFTER`] while not paused is **stalled** (a broker that returns nothing to a fetch,
+//!   as tansu's memory storage does from inside a record batch): it is logged, counted, and
+//!   recovered by seeking to its position.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use fnbroker_core::{AckHandle, Incoming, Settlement, Source};
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use fnbroker_core::kit::ChannelSource;
+use fnbroker_core::{AckHandle, Incoming, Settlement};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::binding::{self, Record};
 use crate::offsets::{Partition, Tracker};
+
+/// How long one poll waits for a record when there is none.
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long an assigned partition with records beyond its position may deliver nothing.
+pub(crate) const STALL_AFTER: Duration = Duration::from_secs(30);
+/// How long a seek or a watermark query may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The end of one message, sent by its acknowledgement handle.
 struct Settled {
@@ -26,7 +50,17 @@ struct Settled {
     partition: i32,
     generation: u64,
     offset: i64,
-    finished: bool,
+    outcome: Outcome,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Delivered, dead-lettered or dropped: the commit may move past it.
+    Finished,
+    /// Handed back while running: deliver it again.
+    Again,
+    /// Released at shutdown: not committed, redelivered after a restart.
+    Released,
 }
 
 /// The consumer's context: rebalance callbacks commit what finished before partitions go, and
@@ -35,6 +69,10 @@ pub(crate) struct Context {
     pub(crate) connector: String,
     pub(crate) tracker: Arc<Mutex<Tracker>>,
     pub(crate) ready: Arc<AtomicBool>,
+    /// Partitions revoked since the poll loop last looked: their stashed records are dropped.
+    pub(crate) revoked: Mutex<Vec<Partition>>,
+    /// Stalled partitions found and recovered, for the logs and the tests.
+    pub(crate) stalls: AtomicU64,
 }
 
 impl ClientContext for Context {
@@ -65,10 +103,14 @@ impl ConsumerContext for Context {
             Err(_) => Vec::new(),
         };
         tracing::info!(connector = %self.connector, partitions = revoked.len(), "partitions revoked");
+        // On the poll thread: a synchronous commit blocks no runtime worker.
         if let Some(tpl) = to_list(&commits)
             && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
         {
             tracing::warn!(connector = %self.connector, error = %e, "commit on revoke failed; those messages will be redelivered");
+        }
+        if let Ok(mut r) = self.revoked.lock() {
+            r.extend(revoked);
         }
     }
 
@@ -92,6 +134,12 @@ fn to_list(commits: &[(Partition, i64)]) -> Option<TopicPartitionList> {
     Some(tpl)
 }
 
+fn one(topic: &str, partition: i32) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    tpl
+}
+
 /// The ordering key of a partition.
 fn key_of(topic: &str, partition: i32) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -100,199 +148,348 @@ fn key_of(topic: &str, partition: i32) -> u64 {
     h.finish()
 }
 
-/// The source handed to the engine; a task owns the consumer.
-pub(crate) struct KafkaSource {
-    rx: mpsc::Receiver<Incoming>,
-    stop: CancellationToken,
-    task: Option<JoinHandle<()>>,
-}
-
-impl KafkaSource {
-    pub(crate) fn start(
-        connector: String,
-        consumer: StreamConsumer<Context>,
-        tracker: Arc<Mutex<Tracker>>,
-        buffer: usize,
-        commit_interval: Duration,
-    ) -> Self {
-        let (tx, rx) = mpsc::channel(buffer.max(1));
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(run(
-            connector,
-            consumer,
-            tracker,
-            tx,
-            stop.clone(),
-            commit_interval,
-        ));
-        Self {
-            rx,
-            stop,
-            task: Some(task),
-        }
-    }
-}
-
-#[async_trait]
-impl Source for KafkaSource {
-    async fn next(&mut self) -> Option<Incoming> {
-        self.rx.recv().await
-    }
-
-    async fn close(mut self: Box<Self>) {
-        // Messages fetched but never handed out are released (their handles drop here), then
-        // the task commits what finished and leaves the group.
-        self.rx.close();
-        while self.rx.try_recv().is_ok() {}
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-async fn run(
+/// Starts the poll thread behind a channel-backed source.
+pub(crate) fn start(
     connector: String,
-    consumer: StreamConsumer<Context>,
+    consumer: BaseConsumer<Context>,
+    tracker: Arc<Mutex<Tracker>>,
+    buffer: usize,
+    commit_interval: Duration,
+) -> ChannelSource {
+    ChannelSource::spawn(buffer, move |tx, stop| async move {
+        let polled = tokio::task::spawn_blocking(move || {
+            Poller {
+                connector,
+                consumer,
+                tracker,
+                tx,
+                stop,
+                commit_interval,
+                stash: VecDeque::new(),
+                paused: HashSet::new(),
+                last_seen: HashMap::new(),
+            }
+            .run();
+        })
+        .await;
+        if let Err(e) = polled {
+            tracing::error!(error = %e, "the kafka poll thread failed");
+        }
+    })
+}
+
+struct Poller {
+    connector: String,
+    consumer: BaseConsumer<Context>,
     tracker: Arc<Mutex<Tracker>>,
     tx: mpsc::Sender<Incoming>,
     stop: CancellationToken,
     commit_interval: Duration,
-) {
-    let consumer = Arc::new(consumer);
-    let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<Settled>();
-    let mut tick = tokio::time::interval(commit_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut permit = None;
-    let mut last_error: Option<(String, Instant)> = None;
+    /// Records that found the engine's channel full, in arrival order, with their partition.
+    stash: VecDeque<(Partition, Incoming)>,
+    /// Partitions paused because a record of theirs waits in the stash.
+    paused: HashSet<Partition>,
+    /// When each partition last delivered a record (or was found caught up).
+    last_seen: HashMap<Partition, Instant>,
+}
 
-    loop {
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            Some(s) = settle_rx.recv() => settle(&tracker, s),
-            _ = tick.tick() => {
-                commit(&consumer, &tracker, CommitMode::Async, &connector);
-                probe_readiness(&consumer).await;
+impl Poller {
+    fn run(mut self) {
+        let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<Settled>();
+        let mut last_commit = Instant::now();
+        let mut last_stall_check = Instant::now();
+        let mut last_error: Option<(String, Instant)> = None;
+        while !self.stop.is_cancelled() && !self.tx.is_closed() {
+            while let Ok(s) = settle_rx.try_recv() {
+                self.settle(s);
             }
-            p = tx.clone().reserve_owned(), if permit.is_none() => match p {
-                Ok(p) => permit = Some(p),
-                Err(_) => break,
-            },
-            msg = consumer.recv(), if permit.is_some() => match msg {
-                Ok(m) => {
-                    consumer.context().ready.store(true, Ordering::Release);
-                    let headers: Vec<(&str, Option<&[u8]>)> = m
-                        .headers()
-                        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
-                        .unwrap_or_default();
-                    let record = Record {
-                        topic: m.topic(),
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key(),
-                        payload: m.payload(),
-                        headers,
-                        timestamp_ms: m.timestamp().to_millis(),
-                    };
-                    let (event, origin) = binding::decode(&connector, &record);
-                    let generation = match tracker.lock() {
-                        Ok(mut t) => t.track(m.topic(), m.partition(), m.offset()),
-                        Err(_) => 0,
-                    };
-                    let settled = Settled {
-                        topic: m.topic().to_string(),
-                        partition: m.partition(),
-                        generation,
-                        offset: m.offset(),
-                        finished: false,
-                    };
-                    let settle_tx = settle_tx.clone();
-                    let ack = AckHandle::new(move |s| {
-                        let finished = matches!(s, Settlement::Delivered { .. } | Settlement::Failed { .. });
-                        let _ = settle_tx.send(Settled { finished, ..settled });
-                    });
-                    let incoming = Incoming {
-                        event,
-                        origin,
-                        key: key_of(m.topic(), m.partition()),
-                        redeliveries: 0,
-                        ack,
-                    };
-                    if let Some(p) = permit.take() {
-                        p.send(incoming);
-                    }
+            self.forget_revoked();
+            self.hand_out_stash();
+            if last_commit.elapsed() >= self.commit_interval {
+                self.commit(CommitMode::Async);
+                self.probe_readiness();
+                last_commit = Instant::now();
+            }
+            if last_stall_check.elapsed() >= STALL_AFTER / 3 {
+                self.check_stalls();
+                last_stall_check = Instant::now();
+            }
+            match self.consumer.poll(POLL_TIMEOUT) {
+                None => {}
+                Some(Ok(m)) => {
+                    self.consumer.context().ready.store(true, Ordering::Release);
+                    let (partition, incoming) = self.incoming(&m, &settle_tx);
+                    self.last_seen.insert(partition.clone(), Instant::now());
+                    self.offer(partition, incoming);
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     let text = e.to_string();
-                    let repeat = last_error
-                        .as_ref()
-                        .is_some_and(|(t, at)| *t == text && at.elapsed() < Duration::from_secs(30));
+                    let repeat = last_error.as_ref().is_some_and(|(t, at)| {
+                        *t == text && at.elapsed() < Duration::from_secs(30)
+                    });
                     if !repeat {
-                        if matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)) {
-                            tracing::warn!(connector = %connector, error = %text, "the topic does not exist (yet); it is picked up once created");
+                        if matches!(
+                            e.rdkafka_error_code(),
+                            Some(
+                                RDKafkaErrorCode::UnknownTopicOrPartition
+                                    | RDKafkaErrorCode::UnknownTopic
+                            )
+                        ) {
+                            tracing::warn!(connector = %self.connector, error = %text, "the topic does not exist (yet); it is picked up once created");
                         } else {
-                            tracing::warn!(connector = %connector, error = %text, "kafka consume error");
+                            tracing::warn!(connector = %self.connector, error = %text, "kafka consume error");
                         }
                         last_error = Some((text, Instant::now()));
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-            },
+            }
+        }
+        // Stopping: records never handed out are released (not committed); every handle the
+        // engine held was settled or dropped before the source was closed: take their news,
+        // commit synchronously (on this thread), and leave the group.
+        self.stash.clear();
+        drop(settle_tx);
+        while let Ok(s) = settle_rx.try_recv() {
+            self.settle(s);
+        }
+        self.commit(CommitMode::Sync);
+        self.consumer.unsubscribe();
+    }
+
+    /// The record as an in-flight message, tracked.
+    fn incoming(
+        &self,
+        m: &BorrowedMessage<'_>,
+        settle_tx: &mpsc::UnboundedSender<Settled>,
+    ) -> (Partition, Incoming) {
+        let headers: Vec<(&str, Option<&[u8]>)> = m
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+            .unwrap_or_default();
+        let record = Record {
+            topic: m.topic(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key(),
+            payload: m.payload(),
+            headers,
+            timestamp_ms: m.timestamp().to_millis(),
+        };
+        let (event, origin) = binding::decode(&self.connector, &record);
+        let generation = match self.tracker.lock() {
+            Ok(mut t) => t.track(m.topic(), m.partition(), m.offset()),
+            Err(_) => 0,
+        };
+        let settled = Settled {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            generation,
+            offset: m.offset(),
+            outcome: Outcome::Released,
+        };
+        let settle_tx = settle_tx.clone();
+        let ack = AckHandle::new(move |s| {
+            let outcome = match s {
+                Settlement::Delivered { .. } | Settlement::Failed { .. } => Outcome::Finished,
+                Settlement::Retry { .. } => Outcome::Again,
+                Settlement::Released => Outcome::Released,
+            };
+            let _ = settle_tx.send(Settled { outcome, ..settled });
+        });
+        let incoming = Incoming {
+            event,
+            origin,
+            key: key_of(m.topic(), m.partition()),
+            redeliveries: 0,
+            ack,
+        };
+        ((m.topic().to_string(), m.partition()), incoming)
+    }
+
+    /// Hands a record to the engine, or stashes it and pauses its partition.
+    fn offer(&mut self, partition: Partition, incoming: Incoming) {
+        if self.stash.is_empty() {
+            match self.tx.try_send(incoming) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Err(mpsc::error::TrySendError::Full(incoming)) => {
+                    self.stash.push_back((partition.clone(), incoming));
+                }
+            }
+        } else {
+            self.stash.push_back((partition.clone(), incoming));
+        }
+        if self.paused.insert(partition.clone()) {
+            let (topic, p) = &partition;
+            if let Err(e) = self.consumer.pause(&one(topic, *p)) {
+                tracing::debug!(connector = %self.connector, %topic, partition = p, error = %e, "cannot pause");
+            }
         }
     }
 
-    // Stopping: every handle was settled or dropped before `close`; take their news, commit
-    // synchronously, and leave the group.
-    drop(permit);
-    while let Ok(s) = settle_rx.try_recv() {
-        settle(&tracker, s);
+    /// Hands out stashed records while the engine has room; resumes partitions left with none.
+    fn hand_out_stash(&mut self) {
+        while let Some((partition, incoming)) = self.stash.pop_front() {
+            match self.tx.try_send(incoming) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {
+                    if !self.stash.iter().any(|(p, _)| *p == partition) {
+                        self.resume(&partition);
+                    }
+                }
+                Err(mpsc::error::TrySendError::Full(incoming)) => {
+                    self.stash.push_front((partition, incoming));
+                    return;
+                }
+            }
+        }
     }
-    commit(&consumer, &tracker, CommitMode::Sync, &connector);
-    consumer.unsubscribe();
-}
 
-/// While not ready (no assignment yet, or the brokers went away), asks the cluster for metadata:
-/// an answer means connected, whether or not the topics exist yet.
-async fn probe_readiness(consumer: &Arc<StreamConsumer<Context>>) {
-    if consumer.context().ready.load(Ordering::Acquire) {
-        return;
+    fn resume(&mut self, partition: &Partition) {
+        if self.paused.remove(partition) {
+            let (topic, p) = partition;
+            if let Err(e) = self.consumer.resume(&one(topic, *p)) {
+                tracing::debug!(connector = %self.connector, %topic, partition = p, error = %e, "cannot resume");
+            }
+            // Paused time is not a stall.
+            self.last_seen.insert(partition.clone(), Instant::now());
+        }
     }
-    let c = Arc::clone(consumer);
-    let ok =
-        tokio::task::spawn_blocking(move || c.fetch_metadata(None, Duration::from_secs(2)).is_ok())
-            .await
-            .unwrap_or(false);
-    if ok {
-        consumer.context().ready.store(true, Ordering::Release);
-    }
-}
 
-fn settle(tracker: &Mutex<Tracker>, s: Settled) {
-    if let Ok(mut t) = tracker.lock() {
-        t.settle(&s.topic, s.partition, s.generation, s.offset, s.finished);
+    /// Drops what is stashed for partitions that were revoked: their new owner reads them.
+    fn forget_revoked(&mut self) {
+        let revoked = match self.consumer.context().revoked.lock() {
+            Ok(mut r) if !r.is_empty() => std::mem::take(&mut *r),
+            _ => return,
+        };
+        self.stash.retain(|(p, _)| !revoked.contains(p));
+        for p in &revoked {
+            self.paused.remove(p);
+            self.last_seen.remove(p);
+        }
     }
-}
 
-fn commit(
-    consumer: &StreamConsumer<Context>,
-    tracker: &Mutex<Tracker>,
-    mode: CommitMode,
-    connector: &str,
-) {
-    let commits = match tracker.lock() {
-        Ok(mut t) => t.take_commits(None),
-        Err(_) => return,
-    };
-    if let Some(tpl) = to_list(&commits) {
-        match consumer.commit(&tpl, mode) {
-            Ok(()) => tracing::debug!(connector, partitions = commits.len(), "offsets committed"),
+    fn settle(&mut self, s: Settled) {
+        let rewind = s.outcome == Outcome::Again && !self.stop.is_cancelled();
+        if let Ok(mut t) = self.tracker.lock() {
+            if rewind {
+                t.rewind(&s.topic, s.partition, s.generation, s.offset);
+            } else {
+                t.settle(
+                    &s.topic,
+                    s.partition,
+                    s.generation,
+                    s.offset,
+                    s.outcome == Outcome::Finished,
+                );
+            }
+        }
+        if rewind {
+            // Handed back: read it (and what followed) again, so that it cannot hold the
+            // partition's commits until a restart.
+            tracing::debug!(connector = %self.connector, topic = %s.topic, partition = s.partition, offset = s.offset, "rewinding to a record handed back");
+            if let Err(e) = self.consumer.seek(
+                &s.topic,
+                s.partition,
+                Offset::Offset(s.offset),
+                CALL_TIMEOUT,
+            ) {
+                tracing::warn!(connector = %self.connector, topic = %s.topic, partition = s.partition, error = %e, "cannot rewind; the record is redelivered after a restart");
+            }
+        }
+    }
+
+    fn commit(&self, mode: CommitMode) {
+        let commits = match self.tracker.lock() {
+            Ok(mut t) => t.take_commits(None),
+            Err(_) => return,
+        };
+        let Some(tpl) = to_list(&commits) else {
+            return;
+        };
+        match self.consumer.commit(&tpl, mode) {
+            Ok(()) => {
+                tracing::debug!(connector = %self.connector, partitions = commits.len(), "offsets committed");
+            }
             Err(e) => {
-                tracing::warn!(connector, error = %e, "offset commit failed; it is sent again with the next one");
-                if let Ok(mut t) = tracker.lock() {
+                tracing::warn!(connector = %self.connector, error = %e, "offset commit failed; it is sent again with the next one");
+                if let Ok(mut t) = self.tracker.lock() {
                     t.failed(&commits);
                 }
             }
+        }
+    }
+
+    /// While not ready (no assignment yet, or the brokers went away), asks the cluster for
+    /// metadata: an answer means connected, whether or not the topics exist yet.
+    fn probe_readiness(&self) {
+        let ready = &self.consumer.context().ready;
+        if !ready.load(Ordering::Acquire)
+            && self
+                .consumer
+                .fetch_metadata(None, Duration::from_secs(2))
+                .is_ok()
+        {
+            ready.store(true, Ordering::Release);
+        }
+    }
+
+    /// Finds assigned, unpaused partitions with records beyond their position that delivered
+    /// nothing for [`STALL_AFTER`], and seeks each to its position.
+    fn check_stalls(&mut self) {
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        for e in positions.elements() {
+            let partition = (e.topic().to_string(), e.partition());
+            if self.paused.contains(&partition) {
+                continue;
+            }
+            let Offset::Offset(position) = e.offset() else {
+                continue;
+            };
+            let seen = *self
+                .last_seen
+                .entry(partition.clone())
+                .or_insert_with(Instant::now);
+            if seen.elapsed() < STALL_AFTER {
+                continue;
+            }
+            let Ok((_, high)) =
+                self.consumer
+                    .fetch_watermarks(e.topic(), e.partition(), CALL_TIMEOUT)
+            else {
+                continue;
+            };
+            if high <= position {
+                // Caught up: quiet, not stalled.
+                self.last_seen.insert(partition, Instant::now());
+                continue;
+            }
+            let stalls = self
+                .consumer
+                .context()
+                .stalls
+                .fetch_add(1, Ordering::Relaxed)
+                + 1;
+            tracing::warn!(
+                connector = %self.connector,
+                topic = e.topic(),
+                partition = e.partition(),
+                position,
+                high_watermark = high,
+                idle = ?seen.elapsed(),
+                stalls,
+                "partition stalled: records are waiting but none arrived; seeking to its position"
+            );
+            if let Err(err) = self.consumer.seek(
+                e.topic(),
+                e.partition(),
+                Offset::Offset(position),
+                CALL_TIMEOUT,
+            ) {
+                tracing::warn!(connector = %self.connector, topic = e.topic(), partition = e.partition(), error = %err, "cannot seek the stalled partition");
+            }
+            self.last_seen.insert(partition, Instant::now());
         }
     }
 }
