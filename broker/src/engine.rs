@@ -519,6 +519,7 @@ pub(crate) async fn pump(
     }
 
     // Stopping: messages waiting behind a key were never started; release them now.
+    source.stopping();
     drop(waiting);
     let pending = in_flight.len();
     if pending > 0 {

@@ -54,6 +54,19 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// A temporary folder with `yaml` plus an `admin` section on a free port as `fnbroker.yaml`.
+fn write_config(yaml: &str) -> (tempfile::TempDir, PathBuf, u16) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = free_port();
+    let config = dir.path().join("fnbroker.yaml");
+    std::fs::write(
+        &config,
+        format!("{yaml}\nadmin: {{ listen: 127.0.0.1:{admin} }}\n"),
+    )
+    .expect("write config");
+    (dir, config, admin)
+}
+
 /// The `fnbroker` binary that cargo built for these tests.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_fnbroker")
@@ -71,15 +84,13 @@ impl Fnbroker {
     /// Writes `yaml` plus an `admin` section on a free port, starts the binary, and waits until
     /// `/readyz` answers 200.
     pub async fn start(yaml: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let admin = free_port();
-        let config = dir.path().join("fnbroker.yaml");
-        std::fs::write(
-            &config,
-            format!("{yaml}\nadmin: {{ listen: 127.0.0.1:{admin} }}\n"),
-        )
-        .expect("write config");
-        let mut me = Self::spawn_with(dir, &config, admin);
+        Self::start_env(yaml, &[]).await
+    }
+
+    /// Like [`Fnbroker::start`], with extra environment variables.
+    pub async fn start_env(yaml: &str, env: &[(&str, &str)]) -> Self {
+        let (dir, config, admin) = write_config(yaml);
+        let mut me = Self::spawn_env(dir, &config, admin, env);
         me.wait_ready().await;
         me
     }
@@ -87,14 +98,7 @@ impl Fnbroker {
     /// Writes `yaml` plus an `admin` section on a free port and starts the binary, without
     /// waiting for it to be ready.
     pub fn spawn(yaml: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let admin = free_port();
-        let config = dir.path().join("fnbroker.yaml");
-        std::fs::write(
-            &config,
-            format!("{yaml}\nadmin: {{ listen: 127.0.0.1:{admin} }}\n"),
-        )
-        .expect("write config");
+        let (dir, config, admin) = write_config(yaml);
         Self::spawn_with(dir, &config, admin)
     }
 
@@ -104,21 +108,6 @@ impl Fnbroker {
             self.logs().contains(text)
         })
         .await;
-    }
-
-    /// Like [`Fnbroker::start`], with extra environment variables.
-    pub async fn start_env(yaml: &str, env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let admin = free_port();
-        let config = dir.path().join("fnbroker.yaml");
-        std::fs::write(
-            &config,
-            format!("{yaml}\nadmin: {{ listen: 127.0.0.1:{admin} }}\n"),
-        )
-        .expect("write config");
-        let mut me = Self::spawn_env(dir, &config, admin, env);
-        me.wait_ready().await;
-        me
     }
 
     /// Starts the binary on an existing configuration file.

@@ -85,11 +85,74 @@ impl AckHandle {
         Self { settle: None }
     }
 
+    /// Splits the handle in `n` (one message, several settlements: a fan-out, or the events of a
+    /// batch that came from one message). The message is settled once, when the last part is,
+    /// with the strongest outcome of the parts: [`Settlement::Released`] over
+    /// [`Settlement::Retry`] (the longest delay) over [`Settlement::Failed`] over
+    /// [`Settlement::Delivered`] (the first reply). A dropped part counts as released.
+    pub fn split(self, n: usize) -> Vec<AckHandle> {
+        if n <= 1 {
+            return vec![self];
+        }
+        let merged = Arc::new(std::sync::Mutex::new(Merge {
+            remaining: n,
+            outcome: None,
+            handle: Some(self),
+        }));
+        (0..n)
+            .map(|_| {
+                let merged = Arc::clone(&merged);
+                AckHandle::new(move |s| {
+                    let Ok(mut m) = merged.lock() else { return };
+                    m.outcome = Some(match m.outcome.take() {
+                        None => s,
+                        Some(previous) => strongest(previous, s),
+                    });
+                    m.remaining -= 1;
+                    if m.remaining == 0
+                        && let (Some(handle), Some(outcome)) = (m.handle.take(), m.outcome.take())
+                    {
+                        handle.settle(outcome);
+                    }
+                })
+            })
+            .collect()
+    }
+
     /// Settles the message. Consumes the handle, so a message is settled at most once.
     pub fn settle(mut self, settlement: Settlement) {
         if let Some(f) = self.settle.take() {
             f(settlement);
         }
+    }
+}
+
+/// The parts of a split handle, merging as they settle.
+struct Merge {
+    remaining: usize,
+    outcome: Option<Settlement>,
+    handle: Option<AckHandle>,
+}
+
+/// The settlement that wins when two parts of one message disagree.
+fn strongest(a: Settlement, b: Settlement) -> Settlement {
+    fn rank(s: &Settlement) -> u8 {
+        match s {
+            Settlement::Delivered { .. } => 0,
+            Settlement::Failed { .. } => 1,
+            Settlement::Retry { .. } => 2,
+            Settlement::Released => 3,
+        }
+    }
+    match (a, b) {
+        (Settlement::Retry { delay: x }, Settlement::Retry { delay: y }) => {
+            Settlement::Retry { delay: x.max(y) }
+        }
+        (Settlement::Delivered { reply: None }, Settlement::Delivered { reply }) => {
+            Settlement::Delivered { reply }
+        }
+        (a, b) if rank(&b) > rank(&a) => b,
+        (a, _) => a,
     }
 }
 
@@ -160,7 +223,17 @@ pub trait Source: Send {
     ///
     /// The engine calls this only while it has room for another message in flight, so a source
     /// that fetches lazily (or whose buffer is bounded) passes backpressure to its broker.
+    ///
+    /// **Must be cancel safe**: the engine awaits it in a `select!` beside its shutdown and its
+    /// finished deliveries, and drops the future when another branch wins. A message is either
+    /// returned or still there for the next call, never taken and lost
+    /// ([`kit::ChannelSource`](crate::kit::ChannelSource) is, being an `mpsc::Receiver`).
     async fn next(&mut self) -> Option<Incoming>;
+
+    /// Called once when the engine starts stopping, before it waits for the deliveries in
+    /// flight: the acknowledgements that follow are the last ones (a source may make them
+    /// confirmed rather than fire-and-forget).
+    fn stopping(&mut self) {}
 
     /// Stops the source once the engine has settled or dropped every handle it gave out: the
     /// place for a final offset commit or an orderly unsubscribe.
@@ -297,6 +370,40 @@ mod tests {
     fn dropped_handle_releases() {
         let (handle, log) = recording();
         drop(handle);
+        assert_eq!(*log.lock().expect("lock"), vec!["Released".to_string()]);
+    }
+
+    #[test]
+    fn a_split_handle_settles_once_with_the_strongest_outcome() {
+        let (handle, log) = recording();
+        let mut parts = handle.split(3);
+        let c = parts.pop().expect("part");
+        let b = parts.pop().expect("part");
+        let a = parts.pop().expect("part");
+        a.settle(Settlement::Delivered { reply: None });
+        b.settle(Settlement::Failed {
+            reason: "x".into(),
+            timed_out: false,
+        });
+        assert!(
+            log.lock().expect("lock").is_empty(),
+            "not before the last part"
+        );
+        c.settle(Settlement::Delivered { reply: None });
+        let log = log.lock().expect("lock");
+        assert_eq!(log.len(), 1);
+        assert!(log[0].starts_with("Failed"), "{log:?}");
+    }
+
+    #[test]
+    fn a_dropped_part_releases_the_message() {
+        let (handle, log) = recording();
+        let mut parts = handle.split(2);
+        parts
+            .pop()
+            .expect("part")
+            .settle(Settlement::Delivered { reply: None });
+        drop(parts);
         assert_eq!(*log.lock().expect("lock"), vec!["Released".to_string()]);
     }
 

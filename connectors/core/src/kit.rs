@@ -206,6 +206,7 @@ pub struct ChannelSource {
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
     redelivers_with_delay: bool,
+    stopping: Option<CancellationToken>,
 }
 
 impl ChannelSource {
@@ -226,7 +227,15 @@ impl ChannelSource {
             stop,
             task: Some(task),
             redelivers_with_delay: false,
+            stopping: None,
         }
+    }
+
+    /// Cancels `token` when the engine starts stopping (see
+    /// [`Source::stopping`](crate::Source::stopping)).
+    pub fn notify_stopping(mut self, token: CancellationToken) -> Self {
+        self.stopping = Some(token);
+        self
     }
 
     /// Marks the source as one whose broker redelivers after a [`Settlement::Retry`] delay
@@ -272,6 +281,12 @@ impl crate::Source for ChannelSource {
 
     fn redelivers_with_delay(&self) -> bool {
         self.redelivers_with_delay
+    }
+
+    fn stopping(&mut self) {
+        if let Some(token) = &self.stopping {
+            token.cancel();
+        }
     }
 }
 
@@ -342,6 +357,33 @@ mod tests {
             sorted(&log),
             vec!["ack 1", "extend 1", "extend 2", "extend 2", "term 2"]
         );
+    }
+
+    /// `Source::next` is cancel safe: a call dropped by a `select!` loses no message.
+    #[tokio::test(start_paused = true)]
+    async fn next_is_cancel_safe() {
+        let mut source = ChannelSource::spawn(4, move |tx, stop| async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let event = crate::event::normalize(crate::event::PlainMessage::default(), vec![]);
+            let incoming = Incoming {
+                event,
+                origin: crate::Origin::Plain,
+                key: 7,
+                redeliveries: 0,
+                ack: AckHandle::none(),
+            };
+            let _ = tx.send(incoming).await;
+            stop.cancelled().await;
+        });
+        // Cancelled while waiting, before the message exists...
+        tokio::select! {
+            _ = source.next() => panic!("no message yet"),
+            () = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+        // ...and the message still arrives on the next call.
+        let got = source.next().await.expect("the message");
+        assert_eq!(got.key, 7);
+        Box::new(source).close().await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,10 +5,11 @@
 //! offset commits run inside that poll, and a synchronous commit blocks. So the consumer lives on
 //! a blocking thread, never on a runtime worker, and is polled all the time:
 //!
-//! - a record goes to the engine's channel if it has room; if not, it waits in a small stash and
-//!   its partition is **paused** (backpressure without leaving the poll loop), and resumed once
-//!   the stash handed its records out. The stash holds at most about one record per assigned
-//!   partition;
+//! - a record goes to the engine's channel if it has room; if not, it waits in a small stash
+//!   that is handed out as room appears; if the engine stays full for [`PAUSE_AFTER`], the
+//!   stashed partitions are **paused** (backpressure without leaving the poll loop) and resumed
+//!   once the stash handed their records out. The stash holds about one poll's worth of records
+//!   per assigned partition;
 //! - settlements arrive on a channel and move the offset tracker; finished prefixes are committed
 //!   every `commit_interval`, synchronously when partitions are revoked and at the end;
 //! - a record handed back for redelivery while running ([`Settlement::Retry`]: its reply or dead
@@ -39,6 +40,9 @@ use crate::offsets::{Partition, Tracker};
 
 /// How long one poll waits for a record when there is none.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long records may wait for room in the engine before their partitions are paused (and
+/// the longest time between two polls while the engine is full).
+const PAUSE_AFTER: Duration = Duration::from_millis(500);
 /// How long an assigned partition with records beyond its position may deliver nothing.
 pub(crate) const STALL_AFTER: Duration = Duration::from_secs(30);
 /// How long a seek or a watermark query may take.
@@ -204,7 +208,6 @@ impl Poller {
                 self.settle(s);
             }
             self.forget_revoked();
-            self.hand_out_stash();
             if last_commit.elapsed() >= self.commit_interval {
                 self.commit(CommitMode::Async);
                 self.probe_readiness();
@@ -214,7 +217,19 @@ impl Poller {
                 self.check_stalls();
                 last_stall_check = Instant::now();
             }
-            match self.consumer.poll(POLL_TIMEOUT) {
+            let wait = if self.stash.is_empty() {
+                POLL_TIMEOUT
+            } else {
+                // The engine is full: wait for room (handing the stash out as it comes), and
+                // only if it stays full, pause the stashed partitions. Then poll without
+                // waiting, for the callbacks and the group's heartbeat of the poll loop.
+                self.wait_for_room(PAUSE_AFTER);
+                if !self.stash.is_empty() {
+                    self.pause_stashed();
+                }
+                Duration::ZERO
+            };
+            match self.consumer.poll(wait) {
                 None => {}
                 Some(Ok(m)) => {
                     self.consumer.context().ready.store(true, Ordering::Release);
@@ -306,39 +321,64 @@ impl Poller {
         ((m.topic().to_string(), m.partition()), incoming)
     }
 
-    /// Hands a record to the engine, or stashes it and pauses its partition.
+    /// Hands a record to the engine, or stashes it (behind what is stashed already).
     fn offer(&mut self, partition: Partition, incoming: Incoming) {
         if self.stash.is_empty() {
             match self.tx.try_send(incoming) {
-                Ok(()) => return,
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
                 Err(mpsc::error::TrySendError::Full(incoming)) => {
-                    self.stash.push_back((partition.clone(), incoming));
+                    self.stash.push_back((partition, incoming));
                 }
             }
         } else {
-            self.stash.push_back((partition.clone(), incoming));
+            self.stash.push_back((partition, incoming));
         }
-        if self.paused.insert(partition.clone()) {
-            let (topic, p) = &partition;
-            if let Err(e) = self.consumer.pause(&one(topic, *p)) {
-                tracing::debug!(connector = %self.connector, %topic, partition = p, error = %e, "cannot pause");
+    }
+
+    /// Hands stashed records out as the engine makes room, for up to `max`; resumes the
+    /// partitions left with nothing stashed.
+    fn wait_for_room(&mut self, max: Duration) {
+        let deadline = Instant::now() + max;
+        let tx = self.tx.clone();
+        let runtime = tokio::runtime::Handle::current();
+        while !self.stash.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let permit = runtime.block_on(tokio::time::timeout(left, tx.reserve()));
+            match permit {
+                Err(_) => return,
+                Ok(Err(_)) => {
+                    // The engine is gone: what is stashed is released.
+                    self.stash.clear();
+                    return;
+                }
+                Ok(Ok(permit)) => {
+                    if let Some((partition, incoming)) = self.stash.pop_front() {
+                        permit.send(incoming);
+                        if !self.stash.iter().any(|(p, _)| *p == partition) {
+                            self.resume(&partition);
+                        }
+                    }
+                }
             }
         }
     }
 
-    /// Hands out stashed records while the engine has room; resumes partitions left with none.
-    fn hand_out_stash(&mut self) {
-        while let Some((partition, incoming)) = self.stash.pop_front() {
-            match self.tx.try_send(incoming) {
-                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {
-                    if !self.stash.iter().any(|(p, _)| *p == partition) {
-                        self.resume(&partition);
-                    }
-                }
-                Err(mpsc::error::TrySendError::Full(incoming)) => {
-                    self.stash.push_front((partition, incoming));
-                    return;
+    /// Pauses every partition with a record in the stash, so that polling brings no more.
+    fn pause_stashed(&mut self) {
+        let stashed: Vec<Partition> = self
+            .stash
+            .iter()
+            .map(|(p, _)| p.clone())
+            .filter(|p| !self.paused.contains(p))
+            .collect();
+        for partition in stashed {
+            if self.paused.insert(partition.clone()) {
+                let (topic, p) = &partition;
+                if let Err(e) = self.consumer.pause(&one(topic, *p)) {
+                    tracing::debug!(connector = %self.connector, %topic, partition = p, error = %e, "cannot pause");
                 }
             }
         }

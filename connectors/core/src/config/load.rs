@@ -486,6 +486,19 @@ fn validate_connector(name: &str, connector: &Connector, errors: &mut Errors<'_>
                 &format!("connectors.{name}.mqtt.keep_alive"),
                 errors,
             );
+            // The MQTT 5 client refuses (panics on) a keep-alive under 5 s; 3.1.1 takes 1 s.
+            let v5 = m.version.as_ref().is_none_or(|v| **v == 5);
+            let least = if v5 { 5 } else { 1 };
+            if m.keep_alive.is_valid() && m.keep_alive.get() < std::time::Duration::from_secs(least)
+            {
+                errors.at(
+                    m.keep_alive.text(),
+                    format!(
+                        "connector `{name}`: `keep_alive` must be at least {least}s with MQTT {}",
+                        if v5 { "5" } else { "3.1.1" }
+                    ),
+                );
+            }
             if m.publish_qos > 2 {
                 errors.push(
                     0,
@@ -895,6 +908,18 @@ triggers:
         assert_eq!(comment_start("url: \"a#b\" # c"), 11);
         assert_eq!(comment_start("url: a#b"), 8);
         assert_eq!(comment_start("it's: 'a # b' # c"), 14);
+    }
+
+    /// rumqttc's MQTT 5 client panics on a keep-alive under 5 s: a located error instead.
+    #[test]
+    fn a_short_mqtt_5_keep_alive_is_an_error() {
+        let text = "connectors:\n  iot: { mqtt: { url: mqtt://127.0.0.1:1883, keep_alive: 2s } }\n  old: { mqtt: { url: mqtt://127.0.0.1:1883, version: 3, keep_alive: 1s } }\n";
+        let m = messages(text);
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert!(
+            m[0].starts_with("t.yaml:2:58: connector `iot`: `keep_alive` must be at least 5s"),
+            "{m:?}"
+        );
     }
 
     #[test]
