@@ -37,6 +37,9 @@ use crate::client::{self, AckToken, Client, Ev, EventLoop, Options, Received};
 /// dispatcher.
 pub(crate) const MAX_QUEUED_QOS0: usize = 1024;
 
+/// How long a stop waits for the DISCONNECT (and the PUBACKs before it) to go out.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(5);
+
 /// The first and the longest wait before reconnecting.
 const RECONNECT_MIN: Duration = Duration::from_secs(1);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
@@ -69,7 +72,7 @@ impl Consumer {
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let poller_done = CancellationToken::new();
-        tokio::spawn(poll(
+        let poller = tokio::spawn(poll(
             name.clone(),
             events,
             ev_tx,
@@ -90,6 +93,7 @@ impl Consumer {
             queued,
             stop: stop.clone(),
             acks,
+            poller,
             poller_done,
         }));
         Self { stop, dispatcher }
@@ -218,6 +222,7 @@ struct Dispatcher {
     queued: Arc<AtomicUsize>,
     stop: CancellationToken,
     acks: JoinHandle<()>,
+    poller: JoinHandle<()>,
     poller_done: CancellationToken,
 }
 
@@ -275,6 +280,7 @@ async fn dispatch_loop(mut d: Dispatcher) {
         client,
         ack_tx,
         acks,
+        poller,
         poller_done,
         ..
     } = d;
@@ -284,6 +290,12 @@ async fn dispatch_loop(mut d: Dispatcher) {
     }
     if let Err(e) = client.disconnect().await {
         tracing::debug!(connector = %name, error = %e, "cannot disconnect");
+        poller_done.cancel();
+    }
+    // The poller ends once the DISCONNECT (behind every PUBACK) went out; a broker that is
+    // away gets no more than a few seconds of waiting.
+    if tokio::time::timeout(DISCONNECT_WAIT, poller).await.is_err() {
+        tracing::debug!(connector = %name, "the DISCONNECT did not go out in time");
         poller_done.cancel();
     }
 }
