@@ -81,6 +81,7 @@ pub fn load_str(
     let mut errors = Errors {
         file,
         list: Vec::new(),
+        placed_by_path: Vec::new(),
     };
     let text = substitute_env(text, &env, &mut errors);
 
@@ -89,7 +90,17 @@ pub fn load_str(
         Ok(c) => Some(c),
         Err(e) => {
             let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-            errors.push(line, column, yaml_message(&e));
+            let tree = serde_saphyr::from_str::<Spanned<Node>>(&text).ok();
+            let key = tree.as_ref().and_then(|t| key_at(t, line, column));
+            let message = plain_message(&yaml_message(&e));
+            errors.push(
+                line,
+                column,
+                match key {
+                    Some(key) => format!("`{key}`: {message}"),
+                    None => message,
+                },
+            );
             None
         }
     };
@@ -110,12 +121,24 @@ pub fn load_str(
             } else {
                 format!("in `{parent}`")
             };
-            errors.push(line, column, format!("unknown key `{key}` {place}"));
+            let hint = suggestion(&key).map_or(String::new(), |s| format!("; did you mean `{s}`?"));
+            errors.push(line, column, format!("unknown key `{key}` {place}{hint}"));
         }
     }
 
     if let Some(config) = &config {
         validate(config, &mut errors);
+    }
+    if !errors.placed_by_path.is_empty() {
+        let tree = serde_saphyr::from_str::<Spanned<Node>>(&text).ok();
+        for (i, path) in std::mem::take(&mut errors.placed_by_path) {
+            if let Some((line, column)) = tree.as_ref().and_then(|t| locate(t, &path))
+                && let Some(e) = errors.list.get_mut(i)
+            {
+                e.line = line;
+                e.column = column;
+            }
+        }
     }
     errors.list.sort_by_key(|e| (e.line, e.column));
     match config {
@@ -156,6 +179,103 @@ fn path_segments(path: &serde_ignored::Path<'_>, out: &mut Vec<String>) {
     }
 }
 
+/// The key whose value (or whose entry) is written at `line`:`column`, as a dotted path.
+fn key_at(root: &Spanned<Node>, line: u64, column: u64) -> Option<String> {
+    fn walk(node: &Spanned<Node>, line: u64, column: u64, path: &mut Vec<String>) -> bool {
+        match &node.value {
+            Node::Map(entries) => {
+                // The last entry that starts at or before the place holds it.
+                let found = entries.iter().rev().find(|(k, _)| {
+                    let (l, c) = (k.referenced.line(), k.referenced.column());
+                    l < line || (l == line && c <= column)
+                });
+                let Some((k, v)) = found else { return false };
+                path.push(k.value.0.clone());
+                walk(v, line, column, path);
+                true
+            }
+            Node::Seq(items) => {
+                let found = items.iter().enumerate().rev().find(|(_, item)| {
+                    let (l, c) = (item.referenced.line(), item.referenced.column());
+                    l < line || (l == line && c <= column)
+                });
+                let Some((i, item)) = found else { return false };
+                path.push(i.to_string());
+                walk(item, line, column, path);
+                true
+            }
+            Node::Scalar => true,
+        }
+    }
+    let mut path = Vec::new();
+    walk(root, line, column, &mut path);
+    (!path.is_empty()).then(|| path.join("."))
+}
+
+/// The parser's wording, in the user's terms.
+fn plain_message(message: &str) -> String {
+    let number = |kind: &str| -> Option<String> {
+        let range = match kind {
+            "u8" => "from 0 to 255",
+            "u16" => "from 0 to 65535",
+            "u32" => "from 0 to 4294967295",
+            "u64" | "usize" => "of 0 or more",
+            _ => return None,
+        };
+        Some(format!("expected a whole number {range}"))
+    };
+    if let Some(kind) = message.strip_prefix("invalid ")
+        && let Some(text) = number(kind.trim())
+    {
+        return text;
+    }
+    if message.contains("expected end of mapping after enum variant value") {
+        return "only one kind may be given here (a connector is one of http, kafka, nats, amqp, mqtt; a filter is one dialect)".to_string();
+    }
+    message.to_string()
+}
+
+/// The known key closest to a misspelled one (at most two edits away), from the schema.
+fn suggestion(key: &str) -> Option<String> {
+    fn names(v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(serde_json::Value::Object(props)) = m.get("properties") {
+                    out.extend(props.keys().cloned());
+                }
+                for v in m.values() {
+                    names(v, out);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| names(v, out)),
+            _ => {}
+        }
+    }
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut previous = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cost = usize::from(ca != *cb);
+                let next = (row[j] + 1).min(row[j + 1] + 1).min(previous + cost);
+                previous = row[j + 1];
+                row[j + 1] = next;
+            }
+        }
+        row[b.len()]
+    }
+    let mut known = std::collections::BTreeSet::new();
+    names(&super::json_schema(), &mut known);
+    known
+        .into_iter()
+        .map(|k| (distance(key, &k), k))
+        .filter(|(d, _)| *d > 0 && *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
 fn yaml_message(e: &serde_saphyr::Error) -> String {
     let text = e.without_snippet().to_string();
     let first = text.lines().next().unwrap_or("invalid YAML").trim();
@@ -174,6 +294,8 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
 struct Errors<'a> {
     file: &'a str,
     list: Vec<ConfigError>,
+    /// Errors whose place is a key path, found in the document once validation is done.
+    placed_by_path: Vec<(usize, Vec<String>)>,
 }
 
 impl Errors<'_> {
@@ -188,6 +310,15 @@ impl Errors<'_> {
 
     fn at<T>(&mut self, loc: &Loc<T>, message: impl Into<String>) {
         self.push(loc.line(), loc.column(), message);
+    }
+
+    /// An error at the key `path` (a value with no location of its own: a default, a list).
+    fn at_path(&mut self, path: &[&str], message: impl Into<String>) {
+        self.placed_by_path.push((
+            self.list.len(),
+            path.iter().map(|s| s.to_string()).collect(),
+        ));
+        self.push(0, 0, message);
     }
 }
 
@@ -465,9 +596,8 @@ fn validate_connector(name: &str, connector: &Connector, errors: &mut Errors<'_>
                 errors,
             );
             if k.brokers.is_empty() {
-                errors.push(
-                    0,
-                    0,
+                errors.at_path(
+                    &["connectors", name, "kafka", "brokers"],
                     format!("connector `{name}`: `brokers` must list at least one broker"),
                 );
             }
@@ -500,9 +630,8 @@ fn validate_connector(name: &str, connector: &Connector, errors: &mut Errors<'_>
                 );
             }
             if m.publish_qos > 2 {
-                errors.push(
-                    0,
-                    0,
+                errors.at_path(
+                    &["connectors", name, "mqtt", "publish_qos"],
                     format!("connector `{name}`: `publish_qos` must be 0, 1 or 2"),
                 );
             }
@@ -534,8 +663,8 @@ fn validate_function(name: &str, function: &Function, errors: &mut Errors<'_>) {
             &http.url,
             format!("function `{name}` must have exactly one of `http` or `exec`, not both"),
         ),
-        (None, None) => errors.at(
-            &function.concurrency,
+        (None, None) => errors.at_path(
+            &["functions", name],
             format!("function `{name}` must have one of `http` or `exec`"),
         ),
     }
@@ -898,6 +1027,7 @@ triggers:
         let mut errors = Errors {
             file: "t.yaml",
             list: Vec::new(),
+            placed_by_path: Vec::new(),
         };
         let out = substitute_env(text, &|_| None, &mut errors);
         assert!(errors.list.is_empty(), "{:?}", errors.list);
@@ -920,6 +1050,51 @@ triggers:
             m[0].starts_with("t.yaml:2:58: connector `iot`: `keep_alive` must be at least 5s"),
             "{m:?}"
         );
+    }
+
+    /// Issue 12: an error about a value with no place of its own is at its key, not at 1:1.
+    #[test]
+    fn a_function_without_a_kind_is_reported_at_its_name() {
+        let text = GOOD.replace(
+            "f: { http: { url: http://127.0.0.1:9000/f } }",
+            "f: { timeout: 5s }",
+        );
+        assert_eq!(
+            messages(&text),
+            vec!["t.yaml:4:3: function `f` must have one of `http` or `exec`"]
+        );
+    }
+
+    /// Issue 12: every message names the key and its place, without serde jargon, and a
+    /// misspelled key gets a suggestion.
+    #[test]
+    fn messages_name_the_key_and_suggest_the_right_one() {
+        let typo = GOOD.replace(
+            "f: { http: { url: http://127.0.0.1:9000/f } }",
+            "f: { http: { url: http://127.0.0.1:9000/f }, concurency: 3 }",
+        );
+        let m = messages(&typo);
+        assert!(
+            m[0].ends_with(
+                "unknown key `concurency` in `functions.f`; did you mean `concurrency`?"
+            ),
+            "{m:?}"
+        );
+        let negative = GOOD.replace("to: f\n", "to: f\n    delivery: { retries: -1 }\n");
+        let m = messages(&negative);
+        assert_eq!(
+            m,
+            vec![
+                "t.yaml:9:26: `triggers.0.delivery.retries`: expected a whole number from 0 to 4294967295"
+            ],
+        );
+        let two_kinds = GOOD.replace(
+            "web: { http: { listen: 127.0.0.1:8080 } }",
+            "web: { http: { listen: 127.0.0.1:8080 }, kafka: { brokers: [a] } }",
+        );
+        let m = messages(&two_kinds);
+        assert!(m[0].contains("`connectors.web"), "{m:?}");
+        assert!(m[0].contains("only one kind may be given here"), "{m:?}");
     }
 
     #[test]
