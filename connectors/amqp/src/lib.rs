@@ -25,7 +25,6 @@ pub mod binding;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use fnbroker_core::config::{AmqpConnector as AmqpConfig, AmqpDeclare, Destination};
@@ -288,7 +287,7 @@ async fn consume(
         connector: spec.connector.clone(),
     });
     let mut current: Option<Connection> = None;
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = kit::Backoff::reconnect();
     loop {
         let (conn, mut consumer) = match first.take() {
             Some(c) => c,
@@ -301,18 +300,18 @@ async fn consume(
                 match opened.await {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::warn!(connector = %spec.connector, queue = %spec.queue, error = %e, retry_in = ?backoff, "cannot consume; retrying");
+                        let wait = backoff.next_delay();
+                        tracing::warn!(connector = %spec.connector, queue = %spec.queue, error = %e, retry_in = ?wait, "cannot consume; retrying");
                         tokio::select! {
                             () = stop.cancelled() => break,
-                            () = tokio::time::sleep(backoff) => {}
+                            () = tokio::time::sleep(wait) => {}
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
                         continue;
                     }
                 }
             }
         };
-        backoff = Duration::from_millis(500);
+        backoff.reset();
         consuming.fetch_add(1, Ordering::AcqRel);
         tracing::info!(connector = %spec.connector, queue = %spec.queue, "amqp consumer started");
         current = Some(conn);

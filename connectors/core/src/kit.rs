@@ -21,6 +21,10 @@
 //! calls [`Settler::extend`] for each of them on an interval, so the broker never redelivers a
 //! message fnbroker still works on.
 //!
+//! # Reconnecting: [`Backoff`]
+//!
+//! One jittered exponential schedule for every connector's reconnect loop.
+//!
 //! # The channel-backed source: [`ChannelSource`]
 //!
 //! A connector's consume loop runs on a task of its own and sends [`Incoming`] messages into a
@@ -43,6 +47,45 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::contract::{AckHandle, Incoming, Settlement};
+
+/// The wait before reconnecting to a broker: exponential from `min` to `max`, with full jitter
+/// (drawn from zero up to the current ceiling), so that replicas that lost a broker together do
+/// not reconnect together. Every connector's reconnect loop uses it.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    /// The usual reconnect schedule: 500 ms doubling up to 30 s.
+    pub fn reconnect() -> Self {
+        Self::new(Duration::from_millis(500), Duration::from_secs(30))
+    }
+
+    /// A schedule from `min` up to `max`.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max: max.max(min),
+            failures: 0,
+        }
+    }
+
+    /// The wait after one more failure.
+    pub fn next_delay(&mut self) -> Duration {
+        let factor = 1u32.checked_shl(self.failures).unwrap_or(u32::MAX);
+        self.failures = self.failures.saturating_add(1);
+        let ceiling = self.min.saturating_mul(factor).min(self.max);
+        rand::Rng::random_range(&mut rand::rng(), Duration::ZERO..=ceiling)
+    }
+
+    /// Back to the start, after a success.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
 
 /// How many messages a source's channel holds at most, between its consume loop and the engine,
 /// whatever the subscription's `max_in_flight`: a bound on memory per subscription.
@@ -322,6 +365,23 @@ mod tests {
         let mut v = log.lock().expect("lock").clone();
         v.sort();
         v
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let ceilings = [100, 200, 400, 800, 1000, 1000];
+        for ceiling in ceilings {
+            assert!(b.next_delay() <= Duration::from_millis(ceiling));
+        }
+        b.reset();
+        let firsts: std::collections::HashSet<Duration> = (0..20)
+            .map(|_| {
+                let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+                b.next_delay()
+            })
+            .collect();
+        assert!(firsts.len() > 5, "no jitter: {firsts:?}");
     }
 
     #[tokio::test(start_paused = true)]

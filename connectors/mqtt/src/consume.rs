@@ -116,7 +116,7 @@ async fn poll(
     queued: Arc<AtomicUsize>,
     done: CancellationToken,
 ) {
-    let mut backoff = RECONNECT_MIN;
+    let mut backoff = fnbroker_core::kit::Backoff::new(RECONNECT_MIN, RECONNECT_MAX);
     loop {
         let ev = tokio::select! {
             () = done.cancelled() => return,
@@ -131,7 +131,7 @@ async fn poll(
             }
             Ok(ev) => {
                 if matches!(ev, Ev::Connected { .. }) {
-                    backoff = RECONNECT_MIN;
+                    backoff.reset();
                 }
                 queued.fetch_add(1, Ordering::AcqRel);
                 if tx.send(Ok(ev)).is_err() {
@@ -139,12 +139,12 @@ async fn poll(
                 }
             }
             Err(e) => {
-                let _ = tx.send(Err(format!("{e} (reconnecting in {backoff:?})")));
+                let wait = backoff.next_delay();
+                let _ = tx.send(Err(format!("{e} (reconnecting in {wait:?})")));
                 tokio::select! {
                     () = done.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(wait) => {}
                 }
-                backoff = (backoff * 2).min(RECONNECT_MAX);
             }
         }
     }

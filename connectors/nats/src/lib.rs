@@ -326,7 +326,7 @@ async fn pull_loop(
     tx: &mpsc::Sender<Incoming>,
     stop: &CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = kit::Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     'outer: loop {
         let messages = consumer
             .stream()
@@ -339,9 +339,8 @@ async fn pull_loop(
                 tracing::warn!(connector = %name, error = %e, "cannot pull from jetstream; retrying");
                 tokio::select! {
                     () = stop.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
                 continue;
             }
         };
@@ -359,7 +358,7 @@ async fn pull_loop(
                 }
                 None => break,
             };
-            backoff = Duration::from_millis(500);
+            backoff.reset();
             let (sequence, time, delivered) = match msg.info() {
                 Ok(info) => (
                     Some(info.stream_sequence),
