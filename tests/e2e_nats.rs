@@ -27,6 +27,30 @@ fn http_fn(name: &str, url: &str) -> String {
     format!("  {name}: {{ http: {{ url: \"{url}\" }}, timeout: 5s }}\n")
 }
 
+/// A new stream holding the plain messages `0..n`, and the configuration of a trigger (with
+/// `extra` after `to: f`) that consumes it into `/f` of `server` with its own durable consumer.
+async fn stream_of_numbers(n: usize, server: &FnServer, extra: &str) -> String {
+    let root = format!("k{}", uid());
+    let stream = format!("S{}", uid());
+    nats::create_stream(SHARED_URL, &stream, &[&format!("{root}.>")]).await;
+    nats::js_publish(
+        SHARED_URL,
+        (0..n)
+            .map(|i| (format!("{root}.x"), format!("{i}").into_bytes()))
+            .collect(),
+    )
+    .await;
+    config(
+        SHARED_URL,
+        "",
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: \"{root}.>\", group: g{} }}, to: f{extra} }}\n",
+            uid()
+        ),
+    )
+}
+
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in pairs {
@@ -131,26 +155,8 @@ async fn two_processes_in_one_queue_group_split_a_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_kill_9_in_the_middle_loses_nothing() {
     const N: usize = 10_000;
-    let root = format!("k{}", uid());
-    let stream = format!("S{}", uid());
     let server = FnServer::start().await;
-    nats::create_stream(SHARED_URL, &stream, &[&format!("{root}.>")]).await;
-    nats::js_publish(
-        SHARED_URL,
-        (0..N)
-            .map(|i| (format!("{root}.x"), format!("{i}").into_bytes()))
-            .collect(),
-    )
-    .await;
-    let cfg = config(
-        SHARED_URL,
-        "",
-        &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: \"{root}.>\", group: g{} }}, to: f, delivery: {{ max_in_flight: 128 }} }}\n",
-            uid()
-        ),
-    );
+    let cfg = stream_of_numbers(N, &server, ", delivery: { max_in_flight: 128 }").await;
     let fb = Fnbroker::start(&cfg).await;
     let kill_at = 1000 + rand::random_range(0..(N / 2));
     server.wait_count("/f", kill_at, WAIT).await;
@@ -398,26 +404,8 @@ async fn sigterm_exits_within_shutdown_timeout_when_nats_cannot_connect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_sigterm_in_the_middle_delivers_every_message_exactly_once() {
     const N: usize = 2_000;
-    let root = format!("t{}", uid());
-    let stream = format!("S{}", uid());
     let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_millis(20))).await;
-    nats::create_stream(SHARED_URL, &stream, &[&format!("{root}.>")]).await;
-    nats::js_publish(
-        SHARED_URL,
-        (0..N)
-            .map(|i| (format!("{root}.x"), format!("{i}").into_bytes()))
-            .collect(),
-    )
-    .await;
-    let cfg = config(
-        SHARED_URL,
-        "",
-        &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: \"{root}.>\", group: g{} }}, to: f }}\n",
-            uid()
-        ),
-    );
+    let cfg = stream_of_numbers(N, &server, "").await;
     common::sigterm_midway_exactly_once("jetstream", &server, &cfg, N).await;
 }
 

@@ -123,6 +123,10 @@ impl Health {
         probing: Option<OwnedSemaphorePermit>,
         shutdown: &CancellationToken,
     ) -> Turn {
+        // The common case, on every attempt: up, and no receiver to make.
+        if !self.is_down() {
+            return Turn::Call;
+        }
         let mut down = self.down.subscribe();
         loop {
             if !*down.borrow_and_update() {
