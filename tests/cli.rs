@@ -216,6 +216,41 @@ fn example_configs_match_the_schema() {
     assert!(!validator.is_valid(&bad));
 }
 
+/// The README stays complete: every key of the schema (the core's and every connector kind's)
+/// is named in it.
+#[test]
+fn the_readme_names_every_key_of_the_schema() {
+    fn keys(v: &Value, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::Object(props)) = m.get("properties") {
+                    out.extend(props.keys().cloned());
+                }
+                m.values().for_each(|v| keys(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| keys(v, out)),
+            _ => {}
+        }
+    }
+    let out = fnbroker(&["schema"]);
+    let schema: Value = serde_json::from_slice(&out.stdout).expect("schema");
+    let mut all = std::collections::BTreeSet::new();
+    keys(&schema, &mut all);
+    assert!(
+        all.contains("queue") && all.contains("publish_qos"),
+        "{all:?}"
+    );
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
+    let missing: Vec<_> = all
+        .iter()
+        .filter(|k| !readme.contains(&format!("`{k}`")) && !readme.contains(&format!("{k}:")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "keys the README does not name: {missing:?}"
+    );
+}
+
 /// The README's first command and its curl: the quickstart on a free port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_answers_the_readme_curl() {

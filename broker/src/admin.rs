@@ -85,14 +85,7 @@ pub(crate) fn triggers_view(cfg: &Config) -> Value {
             .map(|t| {
                 json!({
                     "name": t.name.as_str(),
-                    "from": {
-                        "connector": t.from.connector.as_str(),
-                        "topic": t.from.topic.as_ref().map(|s| s.as_str()),
-                        "queue": t.from.queue.as_ref().map(|q| q.as_str()),
-                        "stream": t.from.stream.as_ref().map(|q| q.as_str()),
-                        "group": t.from.group(),
-                        "sync": t.from.sync(),
-                    },
+                    "from": source(&t.from),
                     "filter": t.filter.as_ref().map(|f| format!("{f:?}")),
                     "to": t.to.as_str(),
                     "delivery": {
@@ -111,12 +104,30 @@ pub(crate) fn triggers_view(cfg: &Config) -> Value {
     )
 }
 
+/// `connector` and `topic`, then the keys of the connector's kind as written.
+fn source(from: &config::TriggerSource) -> Value {
+    let mut view = serde_json::Map::new();
+    view.insert("connector".into(), from.connector.as_str().into());
+    view.insert(
+        "topic".into(),
+        from.topic.as_ref().map(|s| s.as_str()).into(),
+    );
+    for (k, v) in from.keys.raw() {
+        view.insert(k.clone(), v.clone());
+    }
+    Value::Object(view)
+}
+
 fn destination(d: &config::Destination) -> Value {
-    json!({
+    let mut view = json!({
         "connector": d.connector.as_ref().map(|s| s.as_str()),
         "topic": d.topic,
         "function": d.function.as_ref().map(|s| s.as_str()),
-    })
+    });
+    for (k, v) in d.keys.raw() {
+        view[k] = v.clone();
+    }
+    view
 }
 
 /// The JSON view of the functions (static header values are not shown: they may be secrets).

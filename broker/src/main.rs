@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod connectors;
 mod engine;
 mod filter;
 mod health;
@@ -106,7 +107,7 @@ fn main() -> ExitCode {
     init_logs(cli.log_format);
     match cli.command {
         Command::Schema => {
-            let schema = config::json_schema();
+            let schema = config::json_schema(&connectors::REGISTRY);
             match serde_json::to_string_pretty(&schema) {
                 Ok(text) => {
                     println!("{text}");
@@ -184,7 +185,7 @@ fn main() -> ExitCode {
 
 /// Loads and validates the configuration; on errors prints each one and returns exit code 2.
 fn load(path: &Path) -> Result<config::Config, ExitCode> {
-    config::load(path).map_err(|errors| {
+    config::load(path, &connectors::REGISTRY).map_err(|errors| {
         for e in &errors.0 {
             eprintln!("{e}");
         }
@@ -301,11 +302,18 @@ async fn send(cfg: &config::Config, args: SendArgs) -> anyhow::Result<String> {
         event.set_data_unchecked(Data::Binary(data));
     }
     let connector = runtime::build_connector(&args.connector, connector_cfg)?;
+    let mut keys = std::collections::BTreeMap::new();
+    if let Some(exchange) = &args.exchange {
+        if connector_cfg.kind() != "amqp" {
+            anyhow::bail!("`--exchange` is for amqp connectors only");
+        }
+        keys.insert("exchange".to_string(), exchange.as_str().into());
+    }
     let destination = config::Destination {
         connector: None,
         topic: Some(args.topic.clone()),
         function: None,
-        exchange: args.exchange.clone(),
+        keys: config::ConnectorKeys::new(keys),
     };
     let sink = connector.sink(&destination).await?;
     sink.publish(&args.topic, &event).await?;
@@ -314,9 +322,11 @@ async fn send(cfg: &config::Config, args: SendArgs) -> anyhow::Result<String> {
 }
 
 fn connector_kind_can_publish(name: &str, cfg: &config::Config) -> bool {
-    cfg.connectors
-        .get(name)
-        .is_none_or(config::Connector::can_publish)
+    cfg.connectors.get(name).is_none_or(|c| {
+        connectors::REGISTRY
+            .get(c.kind())
+            .is_some_and(|k| k.can_publish())
+    })
 }
 
 async fn wait_for_signal() {

@@ -12,44 +12,24 @@ use fnbroker_functions::{ExecInvoker, HttpInvoker, Invoker};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::connectors::REGISTRY;
 use crate::engine::{FunctionRuntime, PumpConfig, Target, TriggerRuntime, pump};
 use crate::filter::Filter;
 use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
 
-/// Creates the connector of one configuration entry. The one place that knows every kind.
+/// Creates the connector of one (validated) configuration entry, through the registry.
 pub(crate) fn build_connector(
     name: &str,
-    cfg: &config::Connector,
+    cfg: &config::ConnectorConfig,
 ) -> anyhow::Result<Arc<dyn Connector>> {
-    match cfg {
-        config::Connector::Http(http) => {
-            let listen: SocketAddr = http
-                .listen
-                .parse()
-                .with_context(|| format!("connector `{name}`: invalid listen address"))?;
-            let max_body = usize::try_from(http.max_body.get()).unwrap_or(usize::MAX);
-            Ok(Arc::new(fnbroker_http::HttpIngress::new(
-                name, listen, max_body,
-            )))
-        }
-        config::Connector::Kafka(kafka) => Ok(Arc::new(fnbroker_kafka::KafkaConnector::new(
-            name,
-            kafka.clone(),
-        ))),
-        config::Connector::Mqtt(mqtt) => Ok(Arc::new(
-            fnbroker_mqtt::MqttConnector::new(name, mqtt)
-                .with_context(|| format!("connector `{name}`"))?,
-        )),
-        config::Connector::Nats(nats) => Ok(Arc::new(fnbroker_nats::NatsConnector::new(
-            name,
-            nats.clone(),
-        ))),
-        config::Connector::Amqp(amqp) => Ok(Arc::new(fnbroker_amqp::AmqpConnector::new(
-            name,
-            amqp.clone(),
-        ))),
-    }
+    let kind = REGISTRY
+        .get(cfg.kind())
+        .with_context(|| format!("connector `{name}`: unknown kind `{}`", cfg.kind()))?;
+    let settings = cfg
+        .settings()
+        .with_context(|| format!("connector `{name}`: settings not validated"))?;
+    Ok(kind.build(name, settings)?)
 }
 
 fn build_function(

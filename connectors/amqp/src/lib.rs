@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use fnbroker_core::config::{AmqpConnector as AmqpConfig, AmqpDeclare, Destination};
+use fnbroker_core::config::Destination;
 use fnbroker_core::kit::{self, ChannelSource, Settler, source_buffer};
 use fnbroker_core::{
     Connector, ConnectorError, Event, Incoming, Settlement, Sink, Source, Subscription,
@@ -43,10 +43,14 @@ use lapin::{Acker, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
+mod config;
+
+pub use config::{AmqpDeclare, AmqpDestinationSettings, AmqpSettings, AmqpSourceSettings, Plugin};
+
 /// The AMQP connector of one configuration entry.
 pub struct AmqpConnector {
     name: String,
-    config: AmqpConfig,
+    config: AmqpSettings,
     connection_name: String,
     /// Subscriptions, and how many of them are consuming right now.
     subscriptions: AtomicUsize,
@@ -55,7 +59,7 @@ pub struct AmqpConnector {
 
 impl AmqpConnector {
     /// A connector named `name`; it connects when subscribed to or asked for a sink.
-    pub fn new(name: impl Into<String>, config: AmqpConfig) -> Self {
+    pub fn new(name: impl Into<String>, config: AmqpSettings) -> Self {
         let name = name.into();
         let connection_name = config
             .connection_name
@@ -92,15 +96,11 @@ impl Connector for AmqpConnector {
     }
 
     async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
-        let queue = sub
-            .from
-            .queue
-            .as_ref()
-            .map(|q| q.to_string())
-            .ok_or_else(|| ConnectorError::Io {
-                connector: self.name.clone(),
-                message: "an amqp trigger needs a `queue`".into(),
-            })?;
+        let source: AmqpSourceSettings = sub.settings()?;
+        let queue = source.queue.clone().ok_or_else(|| ConnectorError::Io {
+            connector: self.name.clone(),
+            message: "an amqp trigger needs a `queue`".into(),
+        })?;
         // Fail at start when the server is unreachable or the queue is missing; later drops are
         // reconnected.
         let conn = connect(&self.config.url, &self.connection_name)
@@ -115,7 +115,7 @@ impl Connector for AmqpConnector {
             url: self.config.url.to_string(),
             connection_name: self.connection_name.clone(),
             queue,
-            declare: sub.from.declare.as_ref().map(|d| d.get().clone()),
+            declare: source.declare,
             prefetch,
         };
         let first = spec.open(&conn).await.map_err(|e| ConnectorError::Io {
@@ -131,9 +131,16 @@ impl Connector for AmqpConnector {
     }
 
     async fn sink(&self, destination: &Destination) -> Result<Arc<dyn Sink>, ConnectorError> {
-        let exchange = destination
+        let keys: AmqpDestinationSettings =
+            destination
+                .keys
+                .get()
+                .map_err(|message| ConnectorError::Permanent {
+                    connector: self.name.clone(),
+                    message: format!("invalid destination: {message}"),
+                })?;
+        let exchange = keys
             .exchange
-            .clone()
             .or_else(|| self.config.exchange.clone())
             .unwrap_or_default();
         Ok(Arc::new(AmqpSink {

@@ -216,6 +216,24 @@ pub struct Subscription {
     pub triggers: Vec<String>,
 }
 
+impl Subscription {
+    /// The keys of `from` in the connector kind's type ([`ConnectorPlugin::Source`]).
+    ///
+    /// [`ConnectorPlugin::Source`]: crate::registry::ConnectorPlugin::Source
+    pub fn settings<T>(&self) -> Result<T, ConnectorError>
+    where
+        T: serde::de::DeserializeOwned + Clone + Send + Sync + fmt::Debug + 'static,
+    {
+        self.from
+            .keys
+            .get()
+            .map_err(|message| ConnectorError::Permanent {
+                connector: self.from.connector.to_string(),
+                message: format!("invalid source settings: {message}"),
+            })
+    }
+}
+
 /// A stream of in-flight messages from one subscription.
 #[async_trait]
 pub trait Source: Send {

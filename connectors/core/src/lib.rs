@@ -10,7 +10,9 @@
 //!   extension ([`kit::Acker`]) and the channel-backed source ([`kit::ChannelSource`]).
 //! - [`binding`]: helpers for binary content mode shared by the protocol bindings.
 //! - [`cesql`]: CloudEvents SQL, the `sql` filter dialect.
-//! - [`config`]: every configuration type, loaded and validated in one place.
+//! - [`config`]: the configuration types every trigger shares, loaded and validated in one place.
+//! - [`registry`]: how a connector crate plugs in: its own settings types, their validation and
+//!   its construction, behind [`registry::ConnectorPlugin`].
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub)]
 #![warn(missing_docs)]
@@ -21,6 +23,7 @@ pub mod config;
 pub mod contract;
 pub mod event;
 pub mod kit;
+pub mod registry;
 
 pub use contract::{
     AckHandle, Connector, ConnectorError, ErrorKind, Incoming, Origin, Settlement, Sink, Source,

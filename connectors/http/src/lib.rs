@@ -20,6 +20,10 @@
 #![deny(unreachable_pub)]
 #![warn(missing_docs)]
 
+mod config;
+
+pub use config::{HttpSettings, HttpSourceSettings, Plugin};
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -110,6 +114,7 @@ impl Connector for HttpIngress {
 
     async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
         let path = sub.from.topic().to_string();
+        let settings: HttpSourceSettings = sub.settings()?;
         // The engine pulls only while it has room, so a small buffer is enough: a full one makes
         // the request wait, which is the backpressure an HTTP client can see.
         let (tx, rx) = mpsc::channel(sub.max_in_flight.clamp(1, 1024));
@@ -124,7 +129,7 @@ impl Connector for HttpIngress {
             path,
             Route {
                 tx,
-                sync: sub.from.sync(),
+                sync: settings.sync,
             },
         );
         Ok(Box::new(HttpSource { rx }))

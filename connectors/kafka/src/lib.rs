@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod binding;
+mod config;
 mod offsets;
 mod source;
 
@@ -32,13 +33,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fnbroker_core::config::KafkaConnector as KafkaConfig;
 use fnbroker_core::{Connector, ConnectorError, Event, Sink, Source, Subscription};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::OnceCell;
 
+pub use crate::config::{KafkaSettings, KafkaSourceSettings, Plugin};
 use crate::offsets::Tracker;
 use crate::source::Context;
 use fnbroker_core::kit::source_buffer;
@@ -46,7 +47,7 @@ use fnbroker_core::kit::source_buffer;
 /// The Kafka connector of one configuration entry.
 pub struct KafkaConnector {
     name: String,
-    config: KafkaConfig,
+    config: KafkaSettings,
     producer: OnceCell<Arc<KafkaSink>>,
     ready: Arc<AtomicBool>,
     subscribed: AtomicBool,
@@ -54,7 +55,7 @@ pub struct KafkaConnector {
 
 impl KafkaConnector {
     /// A connector named `name`; nothing connects before a subscription or a sink is asked for.
-    pub fn new(name: impl Into<String>, config: KafkaConfig) -> Self {
+    pub fn new(name: impl Into<String>, config: KafkaSettings) -> Self {
         Self {
             name: name.into(),
             config,
@@ -93,10 +94,9 @@ impl Connector for KafkaConnector {
     }
 
     async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
-        let group = sub
-            .from
-            .group()
-            .map(str::to_string)
+        let source: KafkaSourceSettings = sub.settings()?;
+        let group = source
+            .group
             .or_else(|| self.config.group.clone())
             .unwrap_or_else(|| "fnbroker".to_string());
         let topics: Vec<String> = sub

@@ -26,6 +26,7 @@
 
 pub mod binding;
 mod client;
+mod config;
 mod consume;
 
 use std::collections::{HashMap, VecDeque};
@@ -34,10 +35,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fnbroker_core::config::MqttConnector as MqttConfig;
 use fnbroker_core::{Connector, ConnectorError, Event, Incoming, Sink, Source, Subscription};
 use tokio::sync::{OnceCell, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+pub use crate::config::{MqttSettings, MqttSourceSettings, Plugin};
 
 use crate::client::{Client, Ev, EventLoop, Options};
 use crate::consume::{Consumer, Sub};
@@ -56,7 +58,7 @@ pub struct MqttConnector {
 
 impl MqttConnector {
     /// A connector named `name`; it connects in `start` (after every subscription is known).
-    pub fn new(name: &str, cfg: &MqttConfig) -> Result<Self, ConnectorError> {
+    pub fn new(name: &str, cfg: &MqttSettings) -> Result<Self, ConnectorError> {
         let err = |message: String| ConnectorError::Io {
             connector: name.to_string(),
             message,
@@ -73,7 +75,7 @@ impl MqttConnector {
                 .unwrap_or_else(|| default_client_id(name, &hostname())),
             host,
             port: url.port().unwrap_or(1883),
-            v5: cfg.version.as_ref().is_none_or(|v| **v == 5),
+            v5: cfg.version != 3,
             clean: false,
             keep_alive: cfg.keep_alive.get(),
             session_expiry: cfg.session_expiry.get(),
@@ -131,11 +133,12 @@ impl Connector for MqttConnector {
 
     async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
         let topic = sub.from.topic();
-        let filter = match sub.from.group() {
+        let source: MqttSourceSettings = sub.settings()?;
+        let filter = match source.group.as_deref() {
             Some(g) => format!("$share/{g}/{topic}"),
             None => topic.to_string(),
         };
-        let qos = sub.from.qos.as_ref().map_or(1, |q| **q);
+        let qos = source.qos.min(2);
         let (tx, rx) = mpsc::channel(sub.max_in_flight.clamp(1, 1024));
         let mut subs = self.subs.lock().map_err(|_| ConnectorError::Io {
             connector: self.name.clone(),

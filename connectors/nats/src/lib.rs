@@ -35,7 +35,6 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
 use async_nats::{Client, ConnectOptions};
 use async_trait::async_trait;
-use fnbroker_core::config::{NatsConnector as NatsConfig, NatsPublish};
 use fnbroker_core::kit::{self, ChannelSource, Settler, source_buffer};
 use fnbroker_core::{
     AckHandle, Connector, ConnectorError, Event, Incoming, Settlement, Sink, Source, Subscription,
@@ -44,16 +43,20 @@ use futures::StreamExt;
 use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 
+mod config;
+
+pub use config::{NatsPublish, NatsSettings, NatsSourceSettings, Plugin};
+
 /// The NATS connector of one configuration entry.
 pub struct NatsConnector {
     name: String,
-    config: NatsConfig,
+    config: NatsSettings,
     client: OnceCell<Client>,
 }
 
 impl NatsConnector {
     /// A connector named `name`; it connects on first use.
-    pub fn new(name: impl Into<String>, config: NatsConfig) -> Self {
+    pub fn new(name: impl Into<String>, config: NatsSettings) -> Self {
         Self {
             name: name.into(),
             config,
@@ -90,7 +93,7 @@ impl NatsConnector {
                 });
                 opts.connect(self.config.url.as_str())
                     .await
-                    .map_err(|e| self.error(format!("cannot connect to {}: {e}", *self.config.url)))
+                    .map_err(|e| self.error(format!("cannot connect to {}: {e}", self.config.url)))
             })
             .await
             .cloned()
@@ -113,9 +116,10 @@ impl Connector for NatsConnector {
         let client = self.client().await?;
         let subject = sub.from.topic().to_string();
         let buffer = source_buffer(sub.max_in_flight);
-        match &sub.from.stream {
+        let source: NatsSourceSettings = sub.settings()?;
+        match &source.stream {
             None => {
-                let subscriber = match sub.from.group() {
+                let subscriber = match source.group.as_deref() {
                     Some(g) => client.queue_subscribe(subject.clone(), g.to_string()).await,
                     None => client.subscribe(subject.clone()).await,
                 }
@@ -128,7 +132,7 @@ impl Connector for NatsConnector {
             Some(stream_name) => {
                 let stream_name: &str = stream_name.as_str();
                 let js = jetstream::new(client);
-                let stream = if sub.from.create() {
+                let stream = if source.create {
                     js.get_or_create_stream(stream::Config {
                         name: stream_name.to_string(),
                         subjects: vec![subject.clone()],
@@ -143,7 +147,7 @@ impl Connector for NatsConnector {
                         ))
                     })?
                 };
-                let durable = sub.from.group().unwrap_or("fnbroker").to_string();
+                let durable = source.group.as_deref().unwrap_or("fnbroker").to_string();
                 let ack_wait = sub.attempt_timeout * 2 + Duration::from_secs(10);
                 let max_pending = i64::try_from(sub.max_in_flight).unwrap_or(i64::MAX);
                 let consumer: jetstream::consumer::Consumer<pull::Config> = stream

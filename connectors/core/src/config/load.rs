@@ -1,6 +1,7 @@
 //! Loading and validating a configuration file: every error at once, each with its line and
 //! column, and no IO beyond reading the file.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
@@ -10,8 +11,9 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
-use super::{ConfDuration, Config, Connector, Destination, Filter, Function, Loc, Trigger};
+use super::{ConfDuration, Config, ConnectorConfig, Destination, Filter, Function, Loc, Trigger};
 use crate::event::is_valid_attribute_name;
+use crate::registry::{ConnectorKind, Finding, ParseError, Registry, Report, Settings, SourceUse};
 
 /// One configuration error, at a place in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,8 +59,9 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// Reads, substitutes, parses and validates the configuration file at `path`.
-pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+/// Reads, substitutes, parses and validates the configuration file at `path`, with the connector
+/// kinds of `registry`.
+pub fn load(path: &Path, registry: &Registry) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
@@ -68,7 +71,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read the file: {e}"),
         }])
     })?;
-    load_str(&file, &text, |name| std::env::var(name).ok())
+    load_str(&file, &text, |name| std::env::var(name).ok(), registry)
 }
 
 /// Substitutes, parses and validates configuration text; `file` names it in errors and `env`
@@ -77,6 +80,7 @@ pub fn load_str(
     file: &str,
     text: &str,
     env: impl Fn(&str) -> Option<String>,
+    registry: &Registry,
 ) -> Result<Config, ConfigErrors> {
     let mut errors = Errors {
         file,
@@ -86,7 +90,7 @@ pub fn load_str(
     let text = substitute_env(text, &env, &mut errors);
 
     let mut ignored = Vec::new();
-    let config = match parse_collecting_ignored(&text, &mut ignored) {
+    let mut config = match parse_collecting_ignored(&text, &mut ignored) {
         Ok(c) => Some(c),
         Err(e) => {
             let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
@@ -113,7 +117,7 @@ pub fn load_str(
             let (line, column) = tree
                 .as_ref()
                 .and_then(|t| locate(t, &path))
-                .unwrap_or((0, 0));
+                .map_or((0, 0), |f| f.key);
             let key = path.last().cloned().unwrap_or_default();
             let parent = path[..path.len().saturating_sub(1)].join(".");
             let place = if parent.is_empty() {
@@ -121,22 +125,25 @@ pub fn load_str(
             } else {
                 format!("in `{parent}`")
             };
-            let hint = suggestion(&key).map_or(String::new(), |s| format!("; did you mean `{s}`?"));
+            let hint = suggestion(&key, registry)
+                .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
             errors.push(line, column, format!("unknown key `{key}` {place}{hint}"));
         }
     }
 
-    if let Some(config) = &config {
-        validate(config, &mut errors);
+    if let Some(config) = &mut config {
+        validate(config, registry, &mut errors);
     }
     if !errors.placed_by_path.is_empty() {
         let tree = serde_saphyr::from_str::<Spanned<Node>>(&text).ok();
-        for (i, path) in std::mem::take(&mut errors.placed_by_path) {
-            if let Some((line, column)) = tree.as_ref().and_then(|t| locate(t, &path))
+        for (i, path, place) in std::mem::take(&mut errors.placed_by_path) {
+            if let Some(found) = tree.as_ref().and_then(|t| locate(t, &path))
                 && let Some(e) = errors.list.get_mut(i)
             {
-                e.line = line;
-                e.column = column;
+                (e.line, e.column) = match place {
+                    Place::Key => found.key,
+                    Place::Value => found.value,
+                };
             }
         }
     }
@@ -161,7 +168,8 @@ fn parse_collecting_ignored(
     })
 }
 
-fn path_segments(path: &serde_ignored::Path<'_>, out: &mut Vec<String>) {
+/// The keys of a path serde_ignored reports, outermost first.
+pub(crate) fn path_segments(path: &serde_ignored::Path<'_>, out: &mut Vec<String>) {
     use serde_ignored::Path as P;
     match path {
         P::Root => {}
@@ -229,15 +237,24 @@ fn plain_message(message: &str) -> String {
     {
         return text;
     }
+    // serde_json's wording, for the settings of a connector kind.
+    if let Some((found, kind)) = message.rsplit_once(", expected ")
+        && let Some(text) = number(kind.trim())
+    {
+        let found = found
+            .trim_start_matches("invalid value: ")
+            .trim_start_matches("invalid type: ");
+        return format!("{text}, not {found}");
+    }
     if message.contains("expected end of mapping after enum variant value") {
-        return "only one kind may be given here (a connector is one of http, kafka, nats, amqp, mqtt; a filter is one dialect)".to_string();
+        return "only one kind may be given here (a filter is one dialect)".to_string();
     }
     message.to_string()
 }
 
 /// The known key closest to a misspelled one (at most two edits away), from the schema.
-fn suggestion(key: &str) -> Option<String> {
-    fn names(v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+fn suggestion(key: &str, registry: &Registry) -> Option<String> {
+    fn names(v: &serde_json::Value, out: &mut Vec<String>) {
         match v {
             serde_json::Value::Object(m) => {
                 if let Some(serde_json::Value::Object(props)) = m.get("properties") {
@@ -251,29 +268,36 @@ fn suggestion(key: &str) -> Option<String> {
             _ => {}
         }
     }
-    fn distance(a: &str, b: &str) -> usize {
-        let b: Vec<char> = b.chars().collect();
-        let mut row: Vec<usize> = (0..=b.len()).collect();
-        for (i, ca) in a.chars().enumerate() {
-            let mut previous = row[0];
-            row[0] = i + 1;
-            for (j, cb) in b.iter().enumerate() {
-                let cost = usize::from(ca != *cb);
-                let next = (row[j] + 1).min(row[j + 1] + 1).min(previous + cost);
-                previous = row[j + 1];
-                row[j + 1] = next;
-            }
-        }
-        row[b.len()]
-    }
-    let mut known = std::collections::BTreeSet::new();
-    names(&super::json_schema(), &mut known);
+    let mut known = Vec::new();
+    names(&super::json_schema(registry), &mut known);
+    suggestion_among(key, &known)
+}
+
+/// The one of `known` closest to `key`, at most two edits away.
+fn suggestion_among(key: &str, known: &[String]) -> Option<String> {
     known
-        .into_iter()
-        .map(|k| (distance(key, &k), k))
+        .iter()
+        .map(|k| (distance(key, k), k))
         .filter(|(d, _)| *d > 0 && *d <= 2)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
+        .min_by_key(|(d, k)| (*d, *k))
+        .map(|(_, k)| k.clone())
+}
+
+/// The edit distance between two words.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            let next = (row[j] + 1).min(row[j + 1] + 1).min(previous + cost);
+            previous = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 fn yaml_message(e: &serde_saphyr::Error) -> String {
@@ -295,7 +319,14 @@ struct Errors<'a> {
     file: &'a str,
     list: Vec<ConfigError>,
     /// Errors whose place is a key path, found in the document once validation is done.
-    placed_by_path: Vec<(usize, Vec<String>)>,
+    placed_by_path: Vec<(usize, Vec<String>, Place)>,
+}
+
+/// Which end of a `key: value` an error points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Key,
+    Value,
 }
 
 impl Errors<'_> {
@@ -314,10 +345,13 @@ impl Errors<'_> {
 
     /// An error at the key `path` (a value with no location of its own: a default, a list).
     fn at_path(&mut self, path: &[&str], message: impl Into<String>) {
-        self.placed_by_path.push((
-            self.list.len(),
-            path.iter().map(|s| s.to_string()).collect(),
-        ));
+        let path = path.iter().map(|s| s.to_string()).collect();
+        self.placed(path, Place::Key, message);
+    }
+
+    /// An error at the key or the value at `path`, found in the document at the end.
+    fn placed(&mut self, path: Vec<String>, place: Place, message: impl Into<String>) {
+        self.placed_by_path.push((self.list.len(), path, place));
         self.push(0, 0, message);
     }
 }
@@ -511,49 +545,62 @@ impl<'de> Deserialize<'de> for Key {
     }
 }
 
-/// The place of the key at the end of `path`. A key that is not found in a one-entry mapping is
-/// looked for one level down: that entry is an enum variant (`mqtt: {...}`), which the path
-/// leaves out.
-fn locate(root: &Spanned<Node>, path: &[String]) -> Option<(u64, u64)> {
+/// Where a key and its value were written.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    key: (u64, u64),
+    value: (u64, u64),
+}
+
+/// The place of the key at the end of `path`, and of its value. A key that is not found in a
+/// one-entry mapping is looked for one level down: that entry is an enum variant (`exec: {...}`),
+/// which the path leaves out. Where the path goes deeper than the document, the deepest key found.
+fn locate(root: &Spanned<Node>, path: &[String]) -> Option<Found> {
+    let at = |s: &Spanned<Node>| (s.referenced.line(), s.referenced.column());
     let mut node = root;
-    let mut place = None;
+    let mut found = None;
     let mut segs = path.iter().peekable();
     while let Some(seg) = segs.next() {
         match &node.value {
             Node::Map(entries) => {
                 if let Some((k, v)) = entries.iter().find(|(k, _)| k.value.0 == *seg) {
-                    place = Some((k.referenced.line(), k.referenced.column()));
+                    found = Some(Found {
+                        key: (k.referenced.line(), k.referenced.column()),
+                        value: at(v),
+                    });
                     node = v;
                 } else if let [(_, v)] = entries.as_slice() {
                     // Retry the same segment one level down.
                     let rest: Vec<String> =
                         std::iter::once(seg.clone()).chain(segs.cloned()).collect();
-                    return locate(v, &rest).or(place);
+                    return locate(v, &rest).or(found);
                 } else {
-                    return place;
+                    return found;
                 }
             }
             Node::Seq(items) => {
                 let item = items.get(seg.parse::<usize>().ok()?)?;
-                place = Some((item.referenced.line(), item.referenced.column()));
+                found = Some(Found {
+                    key: at(item),
+                    value: at(item),
+                });
                 node = item;
             }
-            Node::Scalar => return place,
+            Node::Scalar => return found,
         }
     }
-    place
+    found
 }
 
-fn validate(config: &Config, errors: &mut Errors<'_>) {
-    for (name, connector) in &config.connectors {
-        validate_connector(name, connector, errors);
+fn validate(config: &mut Config, registry: &Registry, errors: &mut Errors<'_>) {
+    let findings = RefCell::new(Vec::new());
+    for (name, connector) in &mut config.connectors {
+        validate_connector(name, connector, registry, &findings, errors);
     }
     for (name, function) in &config.functions {
         validate_function(name, function, errors);
     }
     let mut names = HashSet::new();
-    // HTTP paths per connector, with the `sync` flag the first trigger on it chose.
-    let mut http_paths: BTreeMap<(String, String), bool> = BTreeMap::new();
     for trigger in &config.triggers {
         if trigger.name.is_empty() {
             errors.at(&trigger.name, "a trigger name must not be empty");
@@ -563,88 +610,142 @@ fn validate(config: &Config, errors: &mut Errors<'_>) {
                 format!("duplicate trigger name `{}`", *trigger.name),
             );
         }
-        validate_trigger(config, trigger, &mut http_paths, errors);
     }
+    let connectors = &config.connectors;
+    let functions = &config.functions;
+    for (i, trigger) in config.triggers.iter_mut().enumerate() {
+        validate_trigger(
+            connectors, functions, i, trigger, registry, &findings, errors,
+        );
+    }
+    validate_sources_together(config, registry, &findings);
     duration(&config.shutdown_timeout, "shutdown_timeout", errors);
     if let Some(admin) = &config.admin {
         address(&admin.listen, "admin.listen", errors);
     }
+    for Finding { path, message } in findings.into_inner() {
+        errors.placed(path, Place::Value, message);
+    }
 }
 
-fn validate_connector(name: &str, connector: &Connector, errors: &mut Errors<'_>) {
-    match connector {
-        Connector::Http(http) => {
-            address(
-                &http.listen,
-                &format!("connectors.{name}.http.listen"),
-                errors,
-            );
-            if !http.max_body.is_valid() || http.max_body.get() == 0 {
-                errors.at(
-                    http.max_body.text(),
-                    format!(
-                        "`max_body` of connector `{name}` is not a size: `{}` (write `1MiB`, `512KiB` or bytes)",
-                        **http.max_body.text()
-                    ),
-                );
-            }
+/// Parses `value` with `parse` (a kind's type), reporting unknown keys (with `unknown`'s
+/// wording) and values that do not fit, below `base`.
+fn parse_keys(
+    base: &[String],
+    owner: &str,
+    value: serde_json::Value,
+    parse: impl FnOnce(serde_json::Value, &mut dyn FnMut(Vec<String>)) -> Result<Settings, ParseError>,
+    unknown: impl Fn(&[String]) -> String,
+    errors: &mut Errors<'_>,
+) -> Option<Settings> {
+    let mut ignored = Vec::new();
+    let parsed = parse(value, &mut |path| ignored.push(path));
+    for path in ignored {
+        let message = unknown(&path);
+        errors.placed([base, &path].concat(), Place::Key, message);
+    }
+    match parsed {
+        Ok(settings) => Some(settings),
+        Err(e) => {
+            let key = e.path.last().cloned();
+            let message = plain_message(&e.message);
+            let message = match key {
+                Some(key) => format!("{owner}: `{key}`: {message}"),
+                None => format!("{owner}: {message}"),
+            };
+            errors.placed([base, &e.path].concat(), Place::Value, message);
+            None
         }
-        Connector::Kafka(k) => {
-            duration(
-                &k.commit_interval,
-                &format!("connectors.{name}.kafka.commit_interval"),
-                errors,
-            );
-            if k.brokers.is_empty() {
-                errors.at_path(
-                    &["connectors", name, "kafka", "brokers"],
-                    format!("connector `{name}`: `brokers` must list at least one broker"),
-                );
-            }
-        }
-        Connector::Nats(n) => url(&n.url, &["nats", "tls", "ws", "wss"], name, errors),
-        Connector::Amqp(a) => url(&a.url, &["amqp", "amqps"], name, errors),
-        Connector::Mqtt(m) => {
-            url(&m.url, &["mqtt", "tcp"], name, errors);
-            duration(
-                &m.session_expiry,
-                &format!("connectors.{name}.mqtt.session_expiry"),
-                errors,
-            );
-            duration(
-                &m.keep_alive,
-                &format!("connectors.{name}.mqtt.keep_alive"),
-                errors,
-            );
-            // The MQTT 5 client refuses (panics on) a keep-alive under 5 s; 3.1.1 takes 1 s.
-            let v5 = m.version.as_ref().is_none_or(|v| **v == 5);
-            let least = if v5 { 5 } else { 1 };
-            if m.keep_alive.is_valid() && m.keep_alive.get() < std::time::Duration::from_secs(least)
-            {
-                errors.at(
-                    m.keep_alive.text(),
-                    format!(
-                        "connector `{name}`: `keep_alive` must be at least {least}s with MQTT {}",
-                        if v5 { "5" } else { "3.1.1" }
-                    ),
-                );
-            }
-            if m.publish_qos > 2 {
-                errors.at_path(
-                    &["connectors", name, "mqtt", "publish_qos"],
-                    format!("connector `{name}`: `publish_qos` must be 0, 1 or 2"),
-                );
-            }
-            if let Some(v) = m.version.as_ref().filter(|v| !matches!(***v, 3 | 5)) {
-                errors.at(
-                    v,
-                    format!(
-                        "connector `{name}`: MQTT `version` must be 3 or 5, not {}",
-                        **v
-                    ),
-                );
-            }
-        }
+    }
+}
+
+/// The property names of a schema (resolving a reference to a definition).
+fn schema_keys(schema: &schemars::Schema, generator: &schemars::SchemaGenerator) -> Vec<String> {
+    let value = schema.as_value();
+    let resolved = match value.get("$ref").and_then(|r| r.as_str()) {
+        Some(r) => generator
+            .definitions()
+            .get(r.trim_start_matches("#/$defs/"))
+            .cloned()
+            .unwrap_or_default(),
+        None => value.clone(),
+    };
+    resolved
+        .get("properties")
+        .and_then(|p| p.as_object())
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// The keys a kind takes in its settings (0), its sources (1) or its destinations (2).
+fn kind_keys(kind: &dyn ConnectorKind, which: usize) -> Vec<String> {
+    let mut generator = schemars::SchemaGenerator::default();
+    let schemas = kind.schemas(&mut generator);
+    schema_keys(&schemas[which], &generator)
+}
+
+/// `an amqp`, `a kafka`.
+fn with_article(kind: &str) -> String {
+    let an = kind.starts_with(['a', 'e', 'i', 'o', 'u']);
+    format!("{} {kind}", if an { "an" } else { "a" })
+}
+
+fn listed(keys: &[String]) -> String {
+    keys.iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn validate_connector(
+    name: &str,
+    connector: &mut ConnectorConfig,
+    registry: &Registry,
+    findings: &RefCell<Vec<Finding>>,
+    errors: &mut Errors<'_>,
+) {
+    let kind_name = connector.kind().to_string();
+    let base = vec![
+        "connectors".to_string(),
+        name.to_string(),
+        kind_name.clone(),
+    ];
+    let Some(kind) = registry.get(&kind_name) else {
+        let hint = registry
+            .kinds()
+            .map(|k| k.kind())
+            .find(|k| distance(k, &kind_name) <= 2)
+            .map_or(String::new(), |k| format!("; did you mean `{k}`?"));
+        errors.placed(
+            base,
+            Place::Key,
+            format!(
+                "connector `{name}`: unknown kind `{kind_name}` (the kinds are {}){hint}",
+                registry.names()
+            ),
+        );
+        return;
+    };
+    let owner = format!("connector `{name}`");
+    let parsed = parse_keys(
+        &base,
+        &owner,
+        connector.raw().clone(),
+        |v, ignored| kind.parse_settings(v, ignored),
+        |path| {
+            let key = path.last().cloned().unwrap_or_default();
+            let place = [&base[..], &path[..path.len().saturating_sub(1)]]
+                .concat()
+                .join(".");
+            let hint = suggestion_among(&key, &kind_keys(kind, 0))
+                .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
+            format!("unknown key `{key}` in `{place}`{hint}")
+        },
+        errors,
+    );
+    if let Some(settings) = parsed {
+        kind.validate(&settings, &Report::new(findings, base, owner));
+        connector.set_settings(settings);
     }
 }
 
@@ -680,14 +781,18 @@ fn validate_function(name: &str, function: &Function, errors: &mut Errors<'_>) {
 }
 
 fn validate_trigger(
-    config: &Config,
-    trigger: &Trigger,
-    http_paths: &mut BTreeMap<(String, String), bool>,
+    connectors: &BTreeMap<String, ConnectorConfig>,
+    functions: &BTreeMap<String, Function>,
+    index: usize,
+    trigger: &mut Trigger,
+    registry: &Registry,
+    findings: &RefCell<Vec<Finding>>,
     errors: &mut Errors<'_>,
 ) {
-    let tname = trigger.name.as_str();
-    let from = &trigger.from;
-    match config.connectors.get(from.connector.as_str()) {
+    let tname = trigger.name.to_string();
+    let base: Vec<String> = vec!["triggers".into(), index.to_string(), "from".into()];
+    let from = &mut trigger.from;
+    match connectors.get(from.connector.as_str()) {
         None => errors.at(
             &from.connector,
             format!(
@@ -696,87 +801,48 @@ fn validate_trigger(
             ),
         ),
         Some(connector) => {
-            let kind = connector.kind();
-            match (kind, &from.topic) {
-                ("amqp", _) if from.queue.is_none() => {
-                    errors.at(
-                        &from.connector,
-                        format!("trigger `{tname}`: an amqp source needs a `queue`"),
-                    );
-                }
-                ("amqp", _) => {}
-                (_, None) => errors.at(
-                    &from.connector,
-                    format!("trigger `{tname}`: `from` needs a `topic`"),
-                ),
-                ("http", Some(path)) => {
-                    if !path.starts_with('/') {
-                        errors.at(path, format!("trigger `{tname}`: an http topic is a path starting with `/`, not `{}`", **path));
-                    }
-                    let key = (from.connector.to_string(), path.to_string());
-                    match http_paths.get(&key) {
-                        Some(sync) if *sync != from.sync() => errors.at(
-                            path,
-                            format!("trigger `{tname}`: every trigger on path `{}` must agree on `sync`", **path),
-                        ),
-                        Some(_) => {}
-                        None => {
-                            http_paths.insert(key, from.sync());
-                        }
-                    }
-                }
-                (_, Some(topic)) if topic.is_empty() => errors.at(
-                    topic,
-                    format!("trigger `{tname}`: `topic` must not be empty"),
-                ),
-                _ => {}
-            }
-            if let Some(q) = from.qos.as_ref().filter(|q| ***q > 2) {
-                errors.at(q, format!("trigger `{tname}`: `qos` must be 0, 1 or 2"));
-            }
-            // Each key of `from` belongs to some connectors: elsewhere it would be ignored,
-            // silently, so it is an error at its own place.
-            let takes = source_keys(kind);
-            for (key, line, column) in from.protocol_keys() {
-                if !takes.contains(&key) {
-                    let with = if takes.is_empty() {
-                        String::from("only `connector` and `topic`")
-                    } else {
-                        takes
-                            .iter()
-                            .map(|k| format!("`{k}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    };
-                    errors.push(
-                        line,
-                        column,
+            if let Some(kind) = registry.get(connector.kind()) {
+                let takes = kind_keys(kind, 1);
+                let parsed = parse_keys(
+                    &base,
+                    &format!("trigger `{tname}`"),
+                    from.keys.object(),
+                    |v, ignored| kind.parse_source(v, ignored),
+                    |path| {
+                        let key = path.join(".");
+                        let with = if takes.is_empty() {
+                            String::from("only `connector` and `topic`")
+                        } else {
+                            format!("{} besides `connector` and `topic`", listed(&takes))
+                        };
                         format!(
-                            "trigger `{tname}`: `{key}` does not apply to a {kind} source (its `from` takes {with} besides `connector`{})",
-                            if kind == "amqp" { "" } else { " and `topic`" }
-                        ),
-                    );
-                }
-            }
-            if let Some(c) = &from.create
-                && from.stream.is_none()
-                && kind == "nats"
-            {
-                errors.at(
-                    c,
-                    format!("trigger `{tname}`: `create` needs a JetStream `stream`"),
+                            "trigger `{tname}`: `{key}` does not apply to {} source (its `from` takes {with})",
+                            with_article(kind.kind())
+                        )
+                    },
+                    errors,
                 );
+                if let Some(settings) = parsed {
+                    let used = SourceUse {
+                        trigger: &tname,
+                        connector: from.connector.as_str(),
+                        topic: from.topic.as_ref().map(|t| t.as_str()),
+                    };
+                    let report = Report::new(findings, base, format!("trigger `{tname}`"));
+                    kind.validate_source(&settings, &used, &report);
+                    from.keys.set(settings);
+                }
             }
         }
     }
-    if !config.functions.contains_key(trigger.to.as_str()) {
+    if !functions.contains_key(trigger.to.as_str()) {
         errors.at(
             &trigger.to,
             format!("unknown function `{}` in trigger `{tname}`", *trigger.to),
         );
     }
     if let Some(filter) = &trigger.filter {
-        validate_filter(filter, tname, &trigger.name, errors);
+        validate_filter(filter, &tname, &trigger.name, errors);
     }
     let d = &trigger.delivery;
     duration(
@@ -804,23 +870,49 @@ fn validate_trigger(
             format!("trigger `{tname}`: `max_in_flight` must be at least 1"),
         );
     }
-    if let Some(dl) = &trigger.dead_letter {
-        validate_destination(config, dl, tname, "dead_letter", errors);
-    }
-    if let Some(r) = &trigger.reply {
-        validate_destination(config, r, tname, "reply", errors);
+    for (what, dest) in [
+        ("dead_letter", &mut trigger.dead_letter),
+        ("reply", &mut trigger.reply),
+    ] {
+        if let Some(dest) = dest {
+            let base = vec!["triggers".into(), index.to_string(), what.to_string()];
+            validate_destination(
+                connectors, functions, registry, dest, &tname, what, base, findings, errors,
+            );
+        }
     }
 }
 
-/// The keys of `from`, besides `connector` and `topic`, that a connector kind reads.
-fn source_keys(kind: &str) -> &'static [&'static str] {
-    match kind {
-        "kafka" => &["group"],
-        "nats" => &["group", "stream", "create"],
-        "amqp" => &["queue", "declare"],
-        "mqtt" => &["qos", "group"],
-        "http" => &["sync"],
-        _ => &[],
+/// Hands each kind the sources of all triggers on each of its connectors.
+fn validate_sources_together(
+    config: &Config,
+    registry: &Registry,
+    findings: &RefCell<Vec<Finding>>,
+) {
+    for (name, connector) in &config.connectors {
+        let Some(kind) = registry.get(connector.kind()) else {
+            continue;
+        };
+        let uses: Vec<_> = config
+            .triggers
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.from.connector.as_str() == name)
+            .filter_map(|(i, t)| {
+                let settings = t.from.keys.parsed()?;
+                let used = SourceUse {
+                    trigger: t.name.as_str(),
+                    connector: name,
+                    topic: t.from.topic.as_ref().map(|t| t.as_str()),
+                };
+                let base = vec!["triggers".into(), i.to_string(), "from".into()];
+                let report = Report::new(findings, base, format!("trigger `{}`", *t.name));
+                Some((used, settings, report))
+            })
+            .collect();
+        if !uses.is_empty() {
+            kind.validate_together(&uses);
+        }
     }
 }
 
@@ -859,28 +951,41 @@ fn validate_filter(filter: &Filter, tname: &str, at: &Loc<String>, errors: &mut 
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn validate_destination(
-    config: &Config,
-    dest: &Destination,
+    connectors: &BTreeMap<String, ConnectorConfig>,
+    functions: &BTreeMap<String, Function>,
+    registry: &Registry,
+    dest: &mut Destination,
     tname: &str,
     what: &str,
+    base: Vec<String>,
+    findings: &RefCell<Vec<Finding>>,
     errors: &mut Errors<'_>,
 ) {
+    let kind = dest
+        .connector
+        .as_ref()
+        .and_then(|c| connectors.get(c.as_str()))
+        .and_then(|c| registry.get(c.kind()));
     match (&dest.connector, &dest.function) {
-        (Some(c), None) => match config.connectors.get(c.as_str()) {
-            None => errors.at(c, format!("unknown connector `{}` in {what} of trigger `{tname}`", **c)),
-            Some(conn) if !conn.can_publish() => errors.at(
+        (Some(c), None) => match kind {
+            None if !connectors.contains_key(c.as_str()) => errors.at(
                 c,
-                format!("{what} of trigger `{tname}`: connector `{}` ({}) cannot publish; name a function instead", **c, conn.kind()),
+                format!("unknown connector `{}` in {what} of trigger `{tname}`", **c),
             ),
-            Some(_) => {
-                if dest.topic.as_deref().is_none_or(str::is_empty) {
-                    errors.at(c, format!("{what} of trigger `{tname}` needs a `topic`"));
-                }
+            None => {}
+            Some(kind) if !kind.can_publish() => errors.at(
+                c,
+                format!("{what} of trigger `{tname}`: connector `{}` ({}) cannot publish; name a function instead", **c, kind.kind()),
+            ),
+            Some(_) if dest.topic.as_deref().is_none_or(str::is_empty) => {
+                errors.at(c, format!("{what} of trigger `{tname}` needs a `topic`"));
             }
+            Some(_) => {}
         },
         (None, Some(f)) => {
-            if !config.functions.contains_key(f.as_str()) {
+            if !functions.contains_key(f.as_str()) {
                 errors.at(f, format!("unknown function `{}` in {what} of trigger `{tname}`", **f));
             }
         }
@@ -888,11 +993,58 @@ fn validate_destination(
             c,
             format!("{what} of trigger `{tname}` names both a connector and a function; choose one"),
         ),
-        (None, None) => errors.push(
-            0,
-            0,
+        (None, None) => errors.placed(
+            base.clone(),
+            Place::Key,
             format!("{what} of trigger `{tname}` needs a `connector` and `topic`, or a `function`"),
         ),
+    }
+    let owner = format!("{what} of trigger `{tname}`");
+    match kind.filter(|_| dest.function.is_none()) {
+        Some(kind) => {
+            let takes = kind_keys(kind, 2);
+            let parsed = parse_keys(
+                &base,
+                &owner,
+                dest.keys.object(),
+                |v, ignored| kind.parse_destination(v, ignored),
+                |path| {
+                    let with = if takes.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {}", listed(&takes))
+                    };
+                    format!(
+                        "{owner}: `{}` does not apply to {} destination (it takes `connector`, `topic`{with})",
+                        path.join("."),
+                        with_article(kind.kind())
+                    )
+                },
+                errors,
+            );
+            if let Some(settings) = parsed {
+                let report = Report::new(findings, base, owner);
+                kind.validate_destination(&settings, dest.topic.as_deref(), &report);
+                dest.keys.set(settings);
+            }
+        }
+        None => {
+            // A function destination, or a connector already reported: no kind's keys apply.
+            for key in dest.keys.raw().keys() {
+                let message = if dest.function.is_some() {
+                    format!(
+                        "{owner}: `{key}` does not apply to a function destination (it takes `function`)"
+                    )
+                } else {
+                    format!("{owner}: unknown key `{key}`")
+                };
+                errors.placed(
+                    [&base[..], std::slice::from_ref(key)].concat(),
+                    Place::Key,
+                    message,
+                );
+            }
+        }
     }
 }
 
@@ -940,85 +1092,6 @@ fn url(u: &Loc<String>, schemes: &[&str], owner: &str, errors: &mut Errors<'_>) 
 mod tests {
     use super::*;
 
-    fn load(text: &str) -> Result<Config, ConfigErrors> {
-        load_str("t.yaml", text, |n| {
-            (n == "SET").then(|| "value".to_string())
-        })
-    }
-
-    fn messages(text: &str) -> Vec<String> {
-        match load(text) {
-            Ok(_) => vec![],
-            Err(e) => e.0.iter().map(ToString::to_string).collect(),
-        }
-    }
-
-    const GOOD: &str = "\
-connectors:
-  web: { http: { listen: 127.0.0.1:8080 } }
-functions:
-  f: { http: { url: http://127.0.0.1:9000/f } }
-triggers:
-  - name: t
-    from: { connector: web, topic: /orders }
-    to: f
-";
-
-    #[test]
-    fn good_config_loads() {
-        let c = load(GOOD).expect("valid");
-        assert_eq!(c.triggers[0].to.as_str(), "f");
-        assert_eq!(c.triggers[0].delivery.retries, 3);
-    }
-
-    #[test]
-    fn unknown_keys_are_all_reported_with_places() {
-        let text = GOOD.replace(
-            "to: f\n",
-            "to: f\n    colour: blue\n    delivery: { retriez: 3 }\n",
-        );
-        let m = messages(&text);
-        assert_eq!(m.len(), 2, "{m:?}");
-        assert_eq!(m[0], "t.yaml:9:5: unknown key `colour` in `triggers.0`");
-        assert!(
-            m[1].starts_with("t.yaml:10:17: unknown key `retriez`"),
-            "{m:?}"
-        );
-    }
-
-    /// Finding 8 of issue 12: a key of `from` that the connector does not read was ignored;
-    /// now it is an error at its own line and column, saying what the source takes.
-    #[test]
-    fn a_misplaced_source_key_is_an_error_at_its_place() {
-        let text = "\
-connectors:
-  k: { kafka: { brokers: [127.0.0.1:9092] } }
-  bus: { nats: { url: nats://127.0.0.1:4222 } }
-  iot: { mqtt: { url: mqtt://127.0.0.1:1883 } }
-functions:
-  f: { http: { url: http://127.0.0.1:9000/f } }
-triggers:
-  - { name: a, from: { connector: k, topic: t, queue: q }, to: f }
-  - { name: b, from: { connector: bus, topic: t, qos: 1 }, to: f }
-  - { name: c, from: { connector: iot, topic: t, stream: s }, to: f }
-  - { name: d, from: { connector: k, topic: t, group: g }, to: f }
-";
-        let m = messages(text);
-        assert_eq!(m.len(), 3, "{m:?}");
-        assert_eq!(
-            m[0],
-            "t.yaml:8:55: trigger `a`: `queue` does not apply to a kafka source (its `from` takes `group` besides `connector` and `topic`)"
-        );
-        assert!(
-            m[1].starts_with("t.yaml:9:55: trigger `b`: `qos` does not apply to a nats source"),
-            "{m:?}"
-        );
-        assert!(
-            m[2].starts_with("t.yaml:10:58: trigger `c`: `stream` does not apply to a mqtt source"),
-            "{m:?}"
-        );
-    }
-
     /// Issue 12: `${VAR}` in a comment is left alone (the README's NATS example has
     /// `# or token: ${NATS_TOKEN}`); in values, quoted or not, it is still replaced.
     #[test]
@@ -1038,131 +1111,5 @@ triggers:
         assert_eq!(comment_start("url: \"a#b\" # c"), 11);
         assert_eq!(comment_start("url: a#b"), 8);
         assert_eq!(comment_start("it's: 'a # b' # c"), 14);
-    }
-
-    /// rumqttc's MQTT 5 client panics on a keep-alive under 5 s: a located error instead.
-    #[test]
-    fn a_short_mqtt_5_keep_alive_is_an_error() {
-        let text = "connectors:\n  iot: { mqtt: { url: mqtt://127.0.0.1:1883, keep_alive: 2s } }\n  old: { mqtt: { url: mqtt://127.0.0.1:1883, version: 3, keep_alive: 1s } }\n";
-        let m = messages(text);
-        assert_eq!(m.len(), 1, "{m:?}");
-        assert!(
-            m[0].starts_with("t.yaml:2:58: connector `iot`: `keep_alive` must be at least 5s"),
-            "{m:?}"
-        );
-    }
-
-    /// Issue 12: an error about a value with no place of its own is at its key, not at 1:1.
-    #[test]
-    fn a_function_without_a_kind_is_reported_at_its_name() {
-        let text = GOOD.replace(
-            "f: { http: { url: http://127.0.0.1:9000/f } }",
-            "f: { timeout: 5s }",
-        );
-        assert_eq!(
-            messages(&text),
-            vec!["t.yaml:4:3: function `f` must have one of `http` or `exec`"]
-        );
-    }
-
-    /// Issue 12: every message names the key and its place, without serde jargon, and a
-    /// misspelled key gets a suggestion.
-    #[test]
-    fn messages_name_the_key_and_suggest_the_right_one() {
-        let typo = GOOD.replace(
-            "f: { http: { url: http://127.0.0.1:9000/f } }",
-            "f: { http: { url: http://127.0.0.1:9000/f }, concurency: 3 }",
-        );
-        let m = messages(&typo);
-        assert!(
-            m[0].ends_with(
-                "unknown key `concurency` in `functions.f`; did you mean `concurrency`?"
-            ),
-            "{m:?}"
-        );
-        let negative = GOOD.replace("to: f\n", "to: f\n    delivery: { retries: -1 }\n");
-        let m = messages(&negative);
-        assert_eq!(
-            m,
-            vec![
-                "t.yaml:9:26: `triggers.0.delivery.retries`: expected a whole number from 0 to 4294967295"
-            ],
-        );
-        let two_kinds = GOOD.replace(
-            "web: { http: { listen: 127.0.0.1:8080 } }",
-            "web: { http: { listen: 127.0.0.1:8080 }, kafka: { brokers: [a] } }",
-        );
-        let m = messages(&two_kinds);
-        assert!(m[0].contains("`connectors.web"), "{m:?}");
-        assert!(m[0].contains("only one kind may be given here"), "{m:?}");
-    }
-
-    #[test]
-    fn unknown_key_inside_a_connector_kind() {
-        let text = GOOD.replace("listen: 127.0.0.1:8080", "listen: 127.0.0.1:8080, port: 1");
-        let m = messages(&text);
-        assert_eq!(m.len(), 1, "{m:?}");
-        assert!(m[0].starts_with("t.yaml:2:42: unknown key `port`"), "{m:?}");
-    }
-
-    #[test]
-    fn semantic_errors_come_together() {
-        let text = GOOD
-            .replace("to: f", "to: g\n    delivery: { delay: soon }")
-            .replace("connector: web", "connector: webb");
-        let m = messages(&text);
-        assert_eq!(m.len(), 3, "{m:?}");
-        assert!(m[0].contains(":7:24: unknown connector `webb`"), "{m:?}");
-        assert!(m[1].contains(":8:9: unknown function `g`"), "{m:?}");
-        assert!(
-            m[2].contains(":9:24: ") && m[2].contains("`soon` is not a duration"),
-            "{m:?}"
-        );
-    }
-
-    #[test]
-    fn env_vars_are_substituted_and_unset_ones_reported() {
-        let text = GOOD.replace("/orders", "/${SET}/${UNSET}/${MISSING:-x}");
-        let m = messages(&text);
-        assert_eq!(
-            m,
-            vec!["t.yaml:7:44: environment variable `UNSET` is not set".to_string()]
-        );
-        let ok = load(&GOOD.replace("/orders", "\"/${SET}/$${LIT}\"")).expect("valid");
-        assert_eq!(ok.triggers[0].from.topic(), "/value/${LIT}");
-    }
-
-    #[test]
-    fn invalid_yaml_has_a_place() {
-        let m = messages("connectors: [\n");
-        assert_eq!(m.len(), 1);
-        assert!(m[0].starts_with("t.yaml:"), "{m:?}");
-    }
-
-    #[test]
-    fn bad_urls_and_addresses() {
-        let text = GOOD
-            .replace("http://127.0.0.1:9000/f", "ftp://x/f")
-            .replace("127.0.0.1:8080", "nowhere");
-        let m = messages(&text);
-        assert_eq!(m.len(), 2, "{m:?}");
-        assert!(m[0].contains("not an address"), "{m:?}");
-        assert!(m[1].contains("scheme `ftp`"), "{m:?}");
-    }
-
-    #[test]
-    fn sql_filters_are_parsed_at_load() {
-        let ok = GOOD.replace(
-            "to: f",
-            "to: f\n    filter: { all: [ { sql: \"type = 'x' AND EXISTS subject\" } ] }",
-        );
-        assert!(load(&ok).is_ok());
-        let bad = GOOD.replace("to: f", "to: f\n    filter: { sql: \"type = 'x' AND (\" }");
-        let m = messages(&bad);
-        assert_eq!(m.len(), 1, "{m:?}");
-        assert!(
-            m[0].contains(":9:20: trigger `t`: invalid sql filter") && m[0].contains("position 17"),
-            "{m:?}"
-        );
     }
 }

@@ -5,16 +5,26 @@
 //! that came out of it is valid: every reference resolves, every duration, URL and address
 //! parses, so the broker can use the accessors below without checking again.
 //!
+//! The core types hold what every trigger has; each connector kind's settings (its connection,
+//! the keys its triggers' `from` and destinations add) belong to its crate and come in through
+//! the [`Registry`](crate::registry::Registry): they are parsed into the crate's types at load.
+//!
 //! `fnbroker schema` prints the JSON Schema generated from these same types.
 
 mod load;
 mod values;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, Visitor};
 
+use crate::registry::{Registry, Settings};
+
+pub(crate) use load::path_segments;
 pub use load::{ConfigError, ConfigErrors, load, load_str};
 pub use values::{ByteSize, ConfDuration, Loc};
 
@@ -24,7 +34,7 @@ pub use values::{ByteSize, ConfDuration, Loc};
 pub struct Config {
     /// Named connections to brokers and listeners; each entry has exactly one kind.
     #[serde(default)]
-    pub connectors: BTreeMap<String, Connector>,
+    pub connectors: BTreeMap<String, ConnectorConfig>,
     /// Named functions: how to invoke each one.
     #[serde(default)]
     pub functions: BTreeMap<String, Function>,
@@ -44,181 +54,147 @@ fn default_shutdown_timeout() -> ConfDuration {
     ConfDuration::from_secs(30)
 }
 
-/// A named connector: exactly one kind.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-#[schemars(deny_unknown_fields)]
-pub enum Connector {
-    /// CloudEvents over HTTP: webhooks and `curl`.
-    Http(HttpConnector),
-    /// Kafka (and Kafka-API brokers).
-    Kafka(KafkaConnector),
-    /// NATS core and JetStream.
-    Nats(NatsConnector),
-    /// AMQP 0-9-1 (RabbitMQ).
-    Amqp(AmqpConnector),
-    /// MQTT 3.1.1 and 5.
-    Mqtt(MqttConnector),
+/// A named connector: exactly one kind (`kafka: {...}`), whose settings the connector crate of
+/// that kind defines (see [`crate::registry`]). Parsed into the crate's types at load.
+#[derive(Debug, Clone)]
+pub struct ConnectorConfig {
+    kind: String,
+    raw: serde_json::Value,
+    settings: Option<Settings>,
 }
 
-impl Connector {
+impl ConnectorConfig {
     /// The kind as written in the configuration.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Connector::Http(_) => "http",
-            Connector::Kafka(_) => "kafka",
-            Connector::Nats(_) => "nats",
-            Connector::Amqp(_) => "amqp",
-            Connector::Mqtt(_) => "mqtt",
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The settings in the plugin's type; `None` before validation (and for an unknown kind).
+    pub fn settings(&self) -> Option<&Settings> {
+        self.settings.as_ref()
+    }
+
+    /// The settings as written.
+    pub fn raw(&self) -> &serde_json::Value {
+        &self.raw
+    }
+
+    pub(crate) fn set_settings(&mut self, settings: Settings) {
+        self.settings = Some(settings);
+    }
+}
+
+impl<'de> Deserialize<'de> for ConnectorConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ConnectorConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a connector kind and its settings (`kafka: { brokers: [...] }`)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let Some((kind, raw)) = map.next_entry::<String, serde_json::Value>()? else {
+                    return Err(de::Error::custom("a connector needs a kind"));
+                };
+                if map.next_key::<de::IgnoredAny>()?.is_some() {
+                    return Err(de::Error::custom(ONE_KIND));
+                }
+                Ok(ConnectorConfig {
+                    kind,
+                    raw,
+                    settings: None,
+                })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The message for a mapping that gives two kinds where one is expected.
+pub(crate) const ONE_KIND: &str = "only one kind may be given here";
+
+impl JsonSchema for ConnectorConfig {
+    fn schema_name() -> Cow<'static, str> {
+        "Connector".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // Replaced by the registry's kinds in [`json_schema`].
+        json_schema!({ "type": "object", "minProperties": 1, "maxProperties": 1 })
+    }
+}
+
+/// The keys of a `from` or a destination that belong to its connector's kind, as written, and
+/// parsed into the kind's type at load.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectorKeys {
+    raw: BTreeMap<String, serde_json::Value>,
+    parsed: Option<Settings>,
+}
+
+impl ConnectorKeys {
+    /// Keys as written (parsed when used).
+    pub fn new(raw: BTreeMap<String, serde_json::Value>) -> Self {
+        Self { raw, parsed: None }
+    }
+
+    /// The keys as written.
+    pub fn raw(&self) -> &BTreeMap<String, serde_json::Value> {
+        &self.raw
+    }
+
+    /// The keys in the kind's type. A configuration that went through [`load`] has them parsed
+    /// already; one built otherwise (a test) is parsed here.
+    pub fn get<T: DeserializeOwned + Clone + Send + Sync + fmt::Debug + 'static>(
+        &self,
+    ) -> Result<T, String> {
+        if let Some(t) = self.parsed.as_ref().and_then(Settings::get::<T>) {
+            return Ok(t.clone());
+        }
+        let object = serde_json::Value::Object(self.raw.clone().into_iter().collect());
+        serde_json::from_value(object).map_err(|e| e.to_string())
+    }
+
+    /// The keys in the kind's type, once validation parsed them.
+    pub fn parsed(&self) -> Option<&Settings> {
+        self.parsed.as_ref()
+    }
+
+    pub(crate) fn set(&mut self, parsed: Settings) {
+        self.parsed = Some(parsed);
+    }
+
+    pub(crate) fn object(&self) -> serde_json::Value {
+        serde_json::Value::Object(self.raw.clone().into_iter().collect())
+    }
+}
+
+impl PartialEq for ConnectorKeys {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw
+    }
+}
+
+impl Eq for ConnectorKeys {}
+
+/// Reads a mapping: `fixed` keys go to `on_fixed`, every other key into a [`ConnectorKeys`].
+fn read_keys<'de, A: MapAccess<'de>>(
+    mut map: A,
+    fixed: &[&str],
+    mut on_fixed: impl FnMut(&str, &mut A) -> Result<(), A::Error>,
+) -> Result<ConnectorKeys, A::Error> {
+    let mut keys = ConnectorKeys::default();
+    while let Some(key) = map.next_key::<String>()? {
+        if fixed.contains(&key.as_str()) {
+            on_fixed(&key, &mut map)?;
+        } else {
+            let value = map.next_value::<serde_json::Value>()?;
+            if keys.raw.insert(key.clone(), value).is_some() {
+                return Err(de::Error::custom(format_args!("duplicate key `{key}`")));
+            }
         }
     }
-
-    /// Whether this kind can publish (replies and dead letters).
-    pub fn can_publish(&self) -> bool {
-        !matches!(self, Connector::Http(_))
-    }
+    Ok(keys)
 }
-
-/// The HTTP ingress: accepts CloudEvents (binary, structured, batch) and plain POSTs.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
-pub struct HttpConnector {
-    /// The address to listen on, `host:port`.
-    pub listen: Loc<String>,
-    /// The largest request body accepted, in bytes or with a unit (`512KiB`, `1MiB`); larger
-    /// requests get 413. Default 1 MiB.
-    #[serde(default = "default_max_body")]
-    pub max_body: ByteSize,
-}
-
-fn default_max_body() -> ByteSize {
-    ByteSize::new(1024 * 1024)
-}
-
-/// A Kafka connection.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
-pub struct KafkaConnector {
-    /// Bootstrap brokers, `host:port`.
-    pub brokers: Vec<String>,
-    /// The default consumer group of this connector's triggers.
-    #[serde(default)]
-    pub group: Option<String>,
-    /// How often the offsets of finished messages are committed (also on every rebalance and at
-    /// shutdown). Default `1s`.
-    #[serde(default = "default_commit_interval")]
-    pub commit_interval: ConfDuration,
-    /// librdkafka settings passed through as they are, to the consumers and the producer
-    /// (security settings included). They win over fnbroker's defaults, e.g.
-    /// `auto.offset.reset: latest` (the default for a new group is `earliest`).
-    #[serde(default)]
-    pub options: BTreeMap<String, String>,
-}
-
-fn default_commit_interval() -> ConfDuration {
-    ConfDuration::from_secs(1)
-}
-
-/// A NATS connection.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
-pub struct NatsConnector {
-    /// The server URL, `nats://host:port` (several separated by commas).
-    pub url: Loc<String>,
-    /// The user name, if the server wants one.
-    #[serde(default)]
-    pub user: Option<String>,
-    /// The password (use `${ENV}`).
-    #[serde(default)]
-    pub password: Option<String>,
-    /// A token, if the server wants one (use `${ENV}`).
-    #[serde(default)]
-    pub token: Option<String>,
-    /// How replies and dead letters are published: `core` (default; flushed, at-most-once) or
-    /// `jetstream` (resolves on the stream's publish acknowledgement).
-    #[serde(default)]
-    pub publish: NatsPublish,
-}
-
-/// How a NATS connector publishes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum NatsPublish {
-    /// A core NATS publish, flushed to the server.
-    #[default]
-    Core,
-    /// A JetStream publish, confirmed by the stream.
-    Jetstream,
-}
-
-/// An AMQP 0-9-1 connection.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
-pub struct AmqpConnector {
-    /// The server URL, `amqp://user:pass@host:port/vhost` (`%2f` is the default vhost).
-    pub url: Loc<String>,
-    /// The exchange replies and dead letters are published to, their `topic` being the routing
-    /// key. Default: the default exchange (`""`), so `topic: orders` lands in the queue `orders`.
-    #[serde(default)]
-    pub exchange: Option<String>,
-    /// The prefix of the CloudEvents attribute headers written (`ce-` by default; `ce-`, `ce_`,
-    /// `cloudEvents_` and `cloudEvents:` are all read).
-    #[serde(default = "default_header_prefix")]
-    pub header_prefix: String,
-    /// The connection name shown by the broker (`rabbitmqctl list_connections`). Default
-    /// `fnbroker-<connector name>`; the publisher's connection adds `-pub`.
-    #[serde(default)]
-    pub connection_name: Option<String>,
-}
-
-fn default_header_prefix() -> String {
-    "ce-".to_string()
-}
-
-/// An MQTT connection.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
-pub struct MqttConnector {
-    /// The broker URL, `mqtt://host:port` (`tcp://` is the same).
-    pub url: Loc<String>,
-    /// The client id. Default `fnbroker-<connector>-<hostname>` (`HOSTNAME`, else the kernel's
-    /// host name): stable across restarts, so the broker keeps the session (and the messages it
-    /// queued for it), and different on every replica, so replicas sharing one configuration do
-    /// not knock each other off the broker. Replies and dead letters use a second connection,
-    /// `<client_id>-pub`.
-    #[serde(default)]
-    pub client_id: Option<String>,
-    /// The protocol version: 5 (default) or 3 (3.1.1).
-    #[serde(default)]
-    pub version: Option<Loc<u8>>,
-    /// The user name, if the broker wants one.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// The password (use `${ENV}`).
-    #[serde(default)]
-    pub password: Option<String>,
-    /// How long the broker keeps the session (subscriptions and queued QoS 1/2 messages) while
-    /// fnbroker is away (MQTT 5). Default `1h`.
-    #[serde(default = "default_session_expiry")]
-    pub session_expiry: ConfDuration,
-    /// The keep-alive interval. Default `30s`.
-    #[serde(default = "default_keep_alive")]
-    pub keep_alive: ConfDuration,
-    /// The QoS of replies and dead letters published through this connector: 0, 1 (default) or 2.
-    #[serde(default = "default_publish_qos")]
-    pub publish_qos: u8,
-}
-
-fn default_session_expiry() -> ConfDuration {
-    ConfDuration::from_secs(3600)
-}
-fn default_keep_alive() -> ConfDuration {
-    ConfDuration::from_secs(30)
-}
-fn default_publish_qos() -> u8 {
-    1
-}
-
 /// A named function: how to invoke it (`http` or `exec`), and limits.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
@@ -314,66 +290,17 @@ pub struct Trigger {
     pub reply: Option<Destination>,
 }
 
-/// The source of a trigger's events.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
+/// The source of a trigger's events: the connector and topic every trigger has, and the keys
+/// the connector's kind adds (a Kafka `group`, an AMQP `queue`, a JetStream `stream`...).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TriggerSource {
     /// The connector's name.
     pub connector: Loc<String>,
     /// The protocol's address: Kafka topic, NATS subject (`*`, `>`), MQTT topic filter (`+`,
     /// `#`), HTTP path (`/orders`).
-    #[serde(default)]
     pub topic: Option<Loc<String>>,
-    /// AMQP only: the queue.
-    #[serde(default)]
-    pub queue: Option<Loc<String>>,
-    /// NATS only: the JetStream stream (without it, a core NATS subscription).
-    #[serde(default)]
-    pub stream: Option<Loc<String>>,
-    /// MQTT only: the QoS of the subscription: 0 (at-most-once), 1 (default) or 2.
-    #[serde(default)]
-    pub qos: Option<Loc<u8>>,
-    /// Kafka, NATS and MQTT: the consumer group, queue group, durable name or `$share` group:
-    /// replicas that share it share the work.
-    #[serde(default)]
-    pub group: Option<Loc<String>>,
-    /// HTTP only: answer the request after the delivery, with the function's reply.
-    #[serde(default)]
-    pub sync: Option<Loc<bool>>,
-    /// JetStream only: create the stream (capturing `topic`) and the durable consumer when they
-    /// are missing. Without it a missing stream is an error at start.
-    #[serde(default)]
-    pub create: Option<Loc<bool>>,
-    /// AMQP only: declare the queue (and bind it to an exchange) instead of using an existing one.
-    #[serde(default)]
-    pub declare: Option<Loc<AmqpDeclare>>,
-}
-
-/// How an AMQP source declares its queue.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
-pub struct AmqpDeclare {
-    /// An exchange to declare and bind the queue to; none: the queue only.
-    #[serde(default)]
-    pub exchange: Option<String>,
-    /// The exchange type: `direct`, `fanout`, `topic` (default) or `headers`.
-    #[serde(rename = "type", default)]
-    pub kind: Option<String>,
-    /// The binding's routing key (default `#`).
-    #[serde(default)]
-    pub routing_key: Option<String>,
-    /// Whether the queue and exchange survive a broker restart. Default true.
-    #[serde(default = "default_true")]
-    pub durable: bool,
-    /// Queue arguments (`x-dead-letter-exchange`, `x-queue-type`, ...).
-    #[serde(default)]
-    pub arguments: BTreeMap<String, serde_json::Value>,
-}
-
-impl Eq for AmqpDeclare {}
-
-fn default_true() -> bool {
-    true
+    /// The keys of the connector's kind.
+    pub keys: ConnectorKeys,
 }
 
 impl TriggerSource {
@@ -381,42 +308,57 @@ impl TriggerSource {
     pub fn topic(&self) -> &str {
         self.topic.as_ref().map_or("", |t| t.as_str())
     }
+}
 
-    /// The group, if one is given.
-    pub fn group(&self) -> Option<&str> {
-        self.group.as_ref().map(|g| g.as_str())
-    }
-
-    /// HTTP: whether the answer waits for the delivery.
-    pub fn sync(&self) -> bool {
-        self.sync.as_ref().is_some_and(|s| **s)
-    }
-
-    /// JetStream: whether a missing stream is created.
-    pub fn create(&self) -> bool {
-        self.create.as_ref().is_some_and(|c| **c)
-    }
-
-    /// The keys of `from` that are set, with their locations, besides `connector` and `topic`.
-    pub fn protocol_keys(&self) -> Vec<(&'static str, u64, u64)> {
-        fn at<T>(key: &'static str, v: &Option<Loc<T>>) -> Option<(&'static str, u64, u64)> {
-            v.as_ref().map(|l| (key, l.line(), l.column()))
+impl<'de> Deserialize<'de> for TriggerSource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TriggerSource;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a source: `{ connector: ..., topic: ... }`")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let (mut connector, mut topic) = (None, None);
+                let keys = read_keys(map, &["connector", "topic"], |key, map| {
+                    if key == "connector" {
+                        connector = Some(map.next_value::<Loc<String>>()?);
+                    } else {
+                        topic = Some(map.next_value::<Loc<String>>()?);
+                    }
+                    Ok(())
+                })?;
+                Ok(TriggerSource {
+                    connector: connector.ok_or_else(|| de::Error::missing_field("connector"))?,
+                    topic,
+                    keys,
+                })
+            }
         }
-        [
-            at("queue", &self.queue),
-            at("stream", &self.stream),
-            at("qos", &self.qos),
-            at("group", &self.group),
-            at("sync", &self.sync),
-            at("create", &self.create),
-            at("declare", &self.declare),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
+        d.deserialize_map(V)
     }
 }
 
+impl JsonSchema for TriggerSource {
+    fn schema_name() -> Cow<'static, str> {
+        "TriggerSource".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // The kinds' keys are added by the registry in [`json_schema`].
+        json_schema!({
+            "type": "object",
+            "properties": {
+                "connector": { "type": "string", "description": "The connector's name." },
+                "topic": {
+                    "type": "string",
+                    "description": "The protocol's address: Kafka topic, NATS subject (`*`, `>`), MQTT topic filter (`+`, `#`), HTTP path (`/orders`)."
+                }
+            },
+            "required": ["connector"],
+            "additionalProperties": false
+        })
+    }
+}
 /// Attributes for messages that are not CloudEvents.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
@@ -516,23 +458,62 @@ pub enum Backoff {
 }
 
 /// A destination for dead letters or replies: a connector's topic, or a function.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct Destination {
     /// Publish through this connector...
-    #[serde(default)]
     pub connector: Option<Loc<String>>,
     /// ...to this topic (subject, routing key).
-    #[serde(default)]
     pub topic: Option<String>,
     /// Or deliver to this function.
-    #[serde(default)]
     pub function: Option<Loc<String>>,
-    /// AMQP: the exchange to publish to, instead of the connector's `exchange`.
-    #[serde(default)]
-    pub exchange: Option<String>,
+    /// The keys of the connector's kind (an AMQP `exchange`).
+    pub keys: ConnectorKeys,
 }
 
+impl<'de> Deserialize<'de> for Destination {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Destination;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a destination: `{ connector: ..., topic: ... }` or `{ function: ... }`",
+                )
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Destination::default();
+                out.keys = read_keys(map, &["connector", "topic", "function"], |key, map| {
+                    match key {
+                        "connector" => out.connector = Some(map.next_value()?),
+                        "topic" => out.topic = Some(map.next_value()?),
+                        _ => out.function = Some(map.next_value()?),
+                    }
+                    Ok(())
+                })?;
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl JsonSchema for Destination {
+    fn schema_name() -> Cow<'static, str> {
+        "Destination".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // The kinds' keys are added by the registry in [`json_schema`].
+        json_schema!({
+            "type": "object",
+            "properties": {
+                "connector": { "type": "string", "description": "Publish through this connector..." },
+                "topic": { "type": "string", "description": "...to this topic (subject, routing key)." },
+                "function": { "type": "string", "description": "Or deliver to this function." }
+            },
+            "additionalProperties": false
+        })
+    }
+}
 /// The admin endpoint.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
@@ -541,7 +522,75 @@ pub struct Admin {
     pub listen: Loc<String>,
 }
 
-/// The JSON Schema of the configuration, as `fnbroker schema` prints it.
-pub fn json_schema() -> serde_json::Value {
-    serde_json::to_value(schemars::schema_for!(Config)).unwrap_or_default()
+/// The JSON Schema of the configuration, as `fnbroker schema` prints it: the core types, with
+/// each registered kind's settings under `connectors`, and its keys in `from` and destinations.
+pub fn json_schema(registry: &Registry) -> serde_json::Value {
+    let mut generator = SchemaGenerator::default();
+    let kinds: Vec<_> = registry
+        .kinds()
+        .map(|k| (k, k.schemas(&mut generator).map(Schema::to_value)))
+        .collect();
+    let mut root = generator.root_schema_for::<Config>().to_value();
+    root["title"] = "fnbroker configuration".into();
+    let defs = root["$defs"].clone();
+    let resolve = |s: &serde_json::Value| -> serde_json::Value {
+        match s.get("$ref").and_then(|r| r.as_str()) {
+            Some(r) => defs[r.trim_start_matches("#/$defs/")].clone(),
+            None => s.clone(),
+        }
+    };
+    let connector: Vec<serde_json::Value> = kinds
+        .iter()
+        .map(|(k, [settings, _, _])| {
+            let mut settings = settings.clone();
+            if settings.get("$ref").is_none() {
+                settings["description"] = k.about().into();
+            }
+            serde_json::json!({
+                "type": "object",
+                "description": k.about(),
+                "properties": { k.kind(): settings },
+                "required": [k.kind()],
+                "additionalProperties": false
+            })
+        })
+        .collect();
+    root["$defs"]["Connector"] = serde_json::json!({
+        "description": "A named connector: exactly one kind.",
+        "oneOf": connector
+    });
+    // A `from` or a destination may carry the keys of any kind: which kind is known only from
+    // the connector it names, so the schema takes the union and `validate` checks the rest.
+    for (def, which) in [("TriggerSource", 1), ("Destination", 2)] {
+        for (k, schemas) in &kinds {
+            let keys = resolve(&schemas[which]);
+            let Some(props) = keys.get("properties").and_then(|p| p.as_object()) else {
+                continue;
+            };
+            for (key, schema) in props {
+                let slot = &mut root["$defs"][def]["properties"][key];
+                let about = schema
+                    .get("description")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or_default();
+                let line = format!("{}: {about}", k.kind());
+                if slot.is_null() {
+                    *slot = schema.clone();
+                    slot["description"] = line.into();
+                } else {
+                    let before = slot["description"].as_str().unwrap_or_default().to_string();
+                    slot["description"] = format!("{before}\n{line}").into();
+                    let mut without = slot.clone();
+                    without.as_object_mut().map(|o| o.remove("description"));
+                    let mut theirs = schema.clone();
+                    theirs.as_object_mut().map(|o| o.remove("description"));
+                    if without != theirs {
+                        let description = slot["description"].clone();
+                        *slot = serde_json::json!({ "anyOf": [without, theirs], "description": description });
+                    }
+                }
+            }
+        }
+    }
+    root
 }

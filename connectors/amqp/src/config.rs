@@ -1,0 +1,116 @@
+//! The AMQP connector's configuration: the connection, `queue` and `declare` on a trigger's
+//! `from`, and `exchange` on a destination.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use fnbroker_core::registry::{ConnectorPlugin, Report, SourceUse};
+use fnbroker_core::{Connector, ConnectorError};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::AmqpConnector;
+
+/// An AMQP 0-9-1 connection.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// The server URL, `amqp://user:pass@host:port/vhost` (`%2f` is the default vhost).
+    pub url: String,
+    /// The exchange replies and dead letters are published to, their `topic` being the routing
+    /// key. Default: the default exchange (`""`), so `topic: orders` lands in the queue `orders`.
+    #[serde(default)]
+    pub exchange: Option<String>,
+    /// The prefix of the CloudEvents attribute headers written (`ce-` by default; `ce-`, `ce_`,
+    /// `cloudEvents_` and `cloudEvents:` are all read).
+    #[serde(default = "default_header_prefix")]
+    pub header_prefix: String,
+    /// The connection name shown by the broker (`rabbitmqctl list_connections`). Default
+    /// `fnbroker-<connector name>`; the publisher's connection adds `-pub`.
+    #[serde(default)]
+    pub connection_name: Option<String>,
+}
+
+fn default_header_prefix() -> String {
+    "ce-".to_string()
+}
+
+/// The keys of an AMQP trigger's `from` (which takes a `queue` instead of a `topic`).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct AmqpSourceSettings {
+    /// The queue to consume.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Declare the queue (and bind it to an exchange) instead of using an existing one.
+    #[serde(default)]
+    pub declare: Option<AmqpDeclare>,
+}
+
+/// How an AMQP source declares its queue.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct AmqpDeclare {
+    /// An exchange to declare and bind the queue to; none: the queue only.
+    #[serde(default)]
+    pub exchange: Option<String>,
+    /// The exchange type: `direct`, `fanout`, `topic` (default), `headers`, or a plugin's type
+    /// (`x-consistent-hash`...).
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    /// The binding's routing key (default `#`).
+    #[serde(default)]
+    pub routing_key: Option<String>,
+    /// Whether the queue and exchange survive a broker restart. Default true.
+    #[serde(default = "default_true")]
+    pub durable: bool,
+    /// Queue arguments (`x-dead-letter-exchange`, `x-queue-type`, ...).
+    #[serde(default)]
+    pub arguments: BTreeMap<String, serde_json::Value>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The keys of an AMQP reply or dead-letter destination.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct AmqpDestinationSettings {
+    /// The exchange to publish to, instead of the connector's `exchange`.
+    #[serde(default)]
+    pub exchange: Option<String>,
+}
+
+/// AMQP 0-9-1 as a registered connector kind.
+pub struct Plugin;
+
+impl ConnectorPlugin for Plugin {
+    const KIND: &'static str = "amqp";
+    const ABOUT: &'static str = "AMQP 0-9-1 (RabbitMQ).";
+    type Settings = AmqpSettings;
+    type Source = AmqpSourceSettings;
+    type Destination = AmqpDestinationSettings;
+
+    fn validate(settings: &AmqpSettings, report: &Report<'_>) {
+        report.url("url", &settings.url, &["amqp", "amqps"]);
+    }
+
+    fn validate_source(source: &AmqpSourceSettings, from: &SourceUse<'_>, report: &Report<'_>) {
+        match source.queue.as_deref() {
+            None => report.error(&["connector"], "an amqp source needs a `queue`"),
+            Some("") => report.error(&["queue"], "`queue` must not be empty"),
+            Some(_) => {}
+        }
+        if from.topic.is_some() {
+            report.error(
+                &["topic"],
+                "an amqp source reads a `queue`, not a `topic` (bind the queue with `declare.routing_key`)",
+            );
+        }
+    }
+
+    fn build(name: &str, settings: &AmqpSettings) -> Result<Arc<dyn Connector>, ConnectorError> {
+        Ok(Arc::new(AmqpConnector::new(name, settings.clone())))
+    }
+}

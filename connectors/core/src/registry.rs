@@ -1,0 +1,527 @@
+//! The connector registry: how a connector crate plugs into fnbroker.
+//!
+//! A connector crate owns its configuration: the connection settings under its kind
+//! (`connectors.<name>.<kind>`), the settings a trigger's `from` may add besides `connector` and
+//! `topic`, and the settings a reply or dead-letter destination may add besides `connector` and
+//! `topic`. It implements [`ConnectorPlugin`] once: the typed settings (serde + JSON Schema),
+//! their validation, and how to build the connector. The broker lists every plugin in one
+//! [`Registry`], one line per connector; loading, `validate`, `fnbroker schema` and the runtime
+//! all go through it, and the core knows no kind by name.
+//!
+//! Settings are parsed once, at load, into the plugin's types: a [`Settings`] value carries them
+//! to the connector, which takes them back with [`Settings::get`].
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::de::DeserializeOwned;
+
+use crate::config::ConfDuration;
+use crate::contract::{Connector, ConnectorError};
+
+/// What a connector crate implements to be registered: its kind, its typed settings, their
+/// validation, and how to build the connector from them.
+pub trait ConnectorPlugin: Send + Sync + 'static {
+    /// The kind, as the configuration writes it (`connectors.<name>.<KIND>`).
+    const KIND: &'static str;
+    /// One line about the kind, for the schema (`Kafka (and Kafka-API brokers)`).
+    const ABOUT: &'static str;
+    /// Whether the connector publishes (replies and dead letters). Default true.
+    const CAN_PUBLISH: bool = true;
+
+    /// The connection settings, `connectors.<name>.<KIND>`.
+    type Settings: DeserializeOwned + JsonSchema + fmt::Debug + Send + Sync + 'static;
+    /// The keys a trigger's `from` may add besides `connector` and `topic`.
+    type Source: DeserializeOwned + JsonSchema + fmt::Debug + Clone + Send + Sync + 'static;
+    /// The keys a reply or dead-letter destination may add besides `connector` and `topic`.
+    type Destination: DeserializeOwned + JsonSchema + fmt::Debug + Clone + Send + Sync + 'static;
+
+    /// Checks what the types cannot say (a URL's scheme, a duration's text, a range), reporting
+    /// each problem at its key.
+    fn validate(_settings: &Self::Settings, _report: &Report<'_>) {}
+
+    /// Checks one trigger's source: its `topic` and the keys of [`Self::Source`].
+    fn validate_source(_source: &Self::Source, _from: &SourceUse<'_>, _report: &Report<'_>) {}
+
+    /// Checks the sources of every trigger on one connector together (an HTTP path's triggers
+    /// must agree on `sync`).
+    fn validate_together(_sources: &[(SourceUse<'_>, &Self::Source, Report<'_>)]) {}
+
+    /// Checks one reply or dead-letter destination.
+    fn validate_destination(
+        _destination: &Self::Destination,
+        _topic: Option<&str>,
+        _report: &Report<'_>,
+    ) {
+    }
+
+    /// Builds the connector named `name`. Nothing connects yet: that is
+    /// [`Connector::subscribe`] and [`Connector::start`].
+    fn build(name: &str, settings: &Self::Settings) -> Result<Arc<dyn Connector>, ConnectorError>;
+}
+
+/// A trigger's use of a source, as validation sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceUse<'a> {
+    /// The trigger's name.
+    pub trigger: &'a str,
+    /// The connector's name.
+    pub connector: &'a str,
+    /// The trigger's `topic`, when it has one.
+    pub topic: Option<&'a str>,
+}
+
+impl SourceUse<'_> {
+    /// Reports a missing or empty `topic` (a source that needs one), returning it when it is
+    /// there.
+    pub fn require_topic(&self, report: &Report<'_>) -> Option<&str> {
+        match self.topic {
+            None => {
+                report.error(&["connector"], "`from` needs a `topic`");
+                None
+            }
+            Some("") => {
+                report.error(&["topic"], "`topic` must not be empty");
+                None
+            }
+            Some(t) => Some(t),
+        }
+    }
+}
+
+/// Settings parsed into a plugin's type, carried to its connector.
+#[derive(Clone)]
+pub struct Settings(Arc<dyn SettingsValue>);
+
+trait SettingsValue: Any + fmt::Debug + Send + Sync {
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: Any + fmt::Debug + Send + Sync> SettingsValue for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl Settings {
+    /// Wraps typed settings.
+    pub fn new<T: Any + fmt::Debug + Send + Sync>(value: T) -> Self {
+        Self(Arc::new(value))
+    }
+
+    /// The settings as the plugin's type; `None` for another type.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        // Through the `dyn`, not the `Arc` (which is itself `Any`).
+        let value: &dyn SettingsValue = &*self.0;
+        value.as_any().downcast_ref()
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connector kind as a new crate would add it: its types, its checks, one registration.
+    struct Echo;
+
+    #[derive(Debug, Clone, serde::Deserialize, JsonSchema)]
+    struct EchoSettings {
+        /// Where to echo.
+        url: String,
+        #[serde(default)]
+        lanes: u8,
+    }
+
+    #[derive(Debug, Clone, serde::Deserialize, JsonSchema)]
+    struct EchoSource {
+        /// Which lane.
+        lane: u8,
+    }
+
+    impl ConnectorPlugin for Echo {
+        const KIND: &'static str = "echo";
+        const ABOUT: &'static str = "Echoes.";
+        type Settings = EchoSettings;
+        type Source = EchoSource;
+        type Destination = NoSettings;
+
+        fn validate(settings: &EchoSettings, report: &Report<'_>) {
+            report.url("url", &settings.url, &["echo"]);
+        }
+
+        fn validate_source(source: &EchoSource, from: &SourceUse<'_>, report: &Report<'_>) {
+            from.require_topic(report);
+            if source.lane > 3 {
+                report.error(&["lane"], "`lane` must be 0 to 3");
+            }
+        }
+
+        fn build(name: &str, _: &EchoSettings) -> Result<Arc<dyn Connector>, ConnectorError> {
+            Err(ConnectorError::Unsupported {
+                connector: name.to_string(),
+                kind: "echo",
+                what: "run in a unit test",
+            })
+        }
+    }
+
+    static ONLY_ECHO: Registry = Registry::new(&[&Kind::<Echo>::NEW]);
+
+    fn load(text: &str) -> Result<crate::config::Config, Vec<String>> {
+        crate::config::load_str("t.yaml", text, |_| None, &ONLY_ECHO)
+            .map_err(|e| e.0.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn a_registered_kind_is_parsed_validated_and_described() {
+        let text = "\
+connectors:
+  e: { echo: { url: echo://here, lanes: 2 } }
+functions:
+  f: { exec: { command: [cat] } }
+triggers:
+  - { name: t, from: { connector: e, topic: x, lane: 1 }, to: f }
+";
+        let config = load(text).expect("valid");
+        let settings = config.connectors["e"].settings().expect("parsed");
+        assert_eq!(settings.get::<EchoSettings>().map(|s| s.lanes), Some(2));
+        let source: EchoSource = config.triggers[0].from.keys.get().expect("source");
+        assert_eq!(source.lane, 1);
+
+        let bad = text
+            .replace("echo://here", "http://here")
+            .replace("lane: 1", "lane: 7, lame: 1");
+        assert_eq!(
+            load(&bad).expect_err("invalid"),
+            vec![
+                "t.yaml:2:21: connector `e`: `url`: URL scheme `http` is not one of echo",
+                "t.yaml:6:54: trigger `t`: `lane` must be 0 to 3",
+                "t.yaml:6:57: trigger `t`: `lame` does not apply to an echo source (its `from` takes `lane` besides `connector` and `topic`)",
+            ]
+        );
+        let unknown = text.replace("echo: {", "kafka: {");
+        assert!(
+            load(&unknown).expect_err("unknown kind")[0]
+                .contains("unknown kind `kafka` (the kinds are echo)")
+        );
+
+        let schema = crate::config::json_schema(&ONLY_ECHO);
+        assert_eq!(
+            schema["$defs"]["Connector"]["oneOf"][0]["required"][0],
+            "echo"
+        );
+        assert_eq!(
+            schema["$defs"]["TriggerSource"]["properties"]["lane"]["description"],
+            "echo: Which lane."
+        );
+        let kind = ONLY_ECHO.get("echo").expect("registered");
+        assert!(kind.build("e", &Settings::new(0_u8)).is_err());
+    }
+
+    #[test]
+    fn settings_give_back_their_type_only() {
+        let s = Settings::new(String::from("x"));
+        assert_eq!(s.get::<String>().map(String::as_str), Some("x"));
+        assert!(s.get::<u32>().is_none());
+        assert!(s.clone().get::<String>().is_some());
+    }
+}
+
+/// A problem found while validating, at a key path of the document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Finding {
+    /// The key path from the document's root.
+    pub(crate) path: Vec<String>,
+    /// The whole message.
+    pub(crate) message: String,
+}
+
+/// Where a plugin reports what is wrong: each problem at a key below the place being
+/// validated, with the owner (`connector `k``, `trigger `t``) named in the message.
+#[derive(Clone)]
+pub struct Report<'a> {
+    findings: &'a RefCell<Vec<Finding>>,
+    base: Vec<String>,
+    owner: String,
+}
+
+impl<'a> Report<'a> {
+    pub(crate) fn new(
+        findings: &'a RefCell<Vec<Finding>>,
+        base: Vec<String>,
+        owner: String,
+    ) -> Self {
+        Self {
+            findings,
+            base,
+            owner,
+        }
+    }
+
+    /// Reports `message` at `key` (a path below this place; empty: the place itself).
+    pub fn error(&self, key: &[&str], message: impl fmt::Display) {
+        let mut path = self.base.clone();
+        path.extend(key.iter().map(|k| k.to_string()));
+        self.findings.borrow_mut().push(Finding {
+            path,
+            message: format!("{}: {message}", self.owner),
+        });
+    }
+
+    /// Reports a duration whose text did not parse.
+    pub fn duration(&self, key: &str, value: &ConfDuration) {
+        if !value.is_valid() {
+            self.error(
+                &[key],
+                format_args!(
+                    "`{key}`: `{}` is not a duration (write `250ms`, `5s`, `1m`)",
+                    value.text().as_str()
+                ),
+            );
+        }
+    }
+
+    /// Reports a value that is not an address `host:port`.
+    pub fn address(&self, key: &str, value: &str) {
+        if value.parse::<SocketAddr>().is_err() {
+            self.error(
+                &[key],
+                format_args!(
+                    "`{key}`: `{value}` is not an address `host:port` (e.g. `127.0.0.1:8080`)"
+                ),
+            );
+        }
+    }
+
+    /// Reports a value that is not a URL with a host and one of `schemes`.
+    pub fn url(&self, key: &str, value: &str, schemes: &[&str]) {
+        match url::Url::parse(value) {
+            Ok(u) if !schemes.contains(&u.scheme()) => self.error(
+                &[key],
+                format_args!(
+                    "`{key}`: URL scheme `{}` is not one of {}",
+                    u.scheme(),
+                    schemes.join(", ")
+                ),
+            ),
+            Ok(u) if !u.has_host() => {
+                self.error(&[key], format_args!("`{key}`: URL `{value}` has no host"))
+            }
+            Ok(_) => {}
+            Err(e) => self.error(&[key], format_args!("`{key}`: `{value}` is not a URL: {e}")),
+        }
+    }
+}
+
+/// A plugin with its types erased, as the [`Registry`] holds it.
+pub trait ConnectorKind: Send + Sync {
+    /// The kind, as the configuration writes it.
+    fn kind(&self) -> &'static str;
+    /// Whether the connector publishes.
+    fn can_publish(&self) -> bool;
+    /// One line about the kind.
+    fn about(&self) -> &'static str;
+    /// Parses connection settings (unknown keys go to `ignored`, as paths below the value).
+    fn parse_settings(
+        &self,
+        value: serde_json::Value,
+        ignored: &mut dyn FnMut(Vec<String>),
+    ) -> Result<Settings, ParseError>;
+    /// Parses a trigger's source keys.
+    fn parse_source(
+        &self,
+        value: serde_json::Value,
+        ignored: &mut dyn FnMut(Vec<String>),
+    ) -> Result<Settings, ParseError>;
+    /// Parses a destination's keys.
+    fn parse_destination(
+        &self,
+        value: serde_json::Value,
+        ignored: &mut dyn FnMut(Vec<String>),
+    ) -> Result<Settings, ParseError>;
+    /// [`ConnectorPlugin::validate`].
+    fn validate(&self, settings: &Settings, report: &Report<'_>);
+    /// [`ConnectorPlugin::validate_source`].
+    fn validate_source(&self, source: &Settings, from: &SourceUse<'_>, report: &Report<'_>);
+    /// [`ConnectorPlugin::validate_together`].
+    fn validate_together(&self, sources: &[(SourceUse<'_>, &Settings, Report<'_>)]);
+    /// [`ConnectorPlugin::validate_destination`].
+    fn validate_destination(
+        &self,
+        destination: &Settings,
+        topic: Option<&str>,
+        report: &Report<'_>,
+    );
+    /// Builds the connector.
+    fn build(&self, name: &str, settings: &Settings) -> Result<Arc<dyn Connector>, ConnectorError>;
+    /// The schemas of the settings, the source keys and the destination keys.
+    fn schemas(&self, generator: &mut SchemaGenerator) -> [Schema; 3];
+}
+
+/// A value that does not fit a plugin's type: where, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// The key path below the parsed value.
+    pub path: Vec<String>,
+    /// The parser's message.
+    pub message: String,
+}
+
+/// The erased form of a [`ConnectorPlugin`]: `&Kind::<P>::NEW` is what a [`Registry`] lists.
+pub struct Kind<P>(PhantomData<fn() -> P>);
+
+impl<P> Kind<P> {
+    /// The erased plugin.
+    pub const NEW: Self = Kind(PhantomData);
+}
+
+fn parse<T: DeserializeOwned + fmt::Debug + Send + Sync + 'static>(
+    value: serde_json::Value,
+    ignored: &mut dyn FnMut(Vec<String>),
+) -> Result<Settings, ParseError> {
+    let mut collect = |path: serde_ignored::Path<'_>| {
+        let mut segments = Vec::new();
+        crate::config::path_segments(&path, &mut segments);
+        ignored(segments);
+    };
+    let de = serde_ignored::Deserializer::new(value, &mut collect);
+    serde_path_to_error::deserialize::<_, T>(de)
+        .map(Settings::new)
+        .map_err(|e| ParseError {
+            path: e
+                .path()
+                .iter()
+                .filter_map(|s| match s {
+                    serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                    serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
+                    _ => None,
+                })
+                .collect(),
+            message: e.into_inner().to_string(),
+        })
+}
+
+impl<P: ConnectorPlugin> ConnectorKind for Kind<P> {
+    fn kind(&self) -> &'static str {
+        P::KIND
+    }
+    fn can_publish(&self) -> bool {
+        P::CAN_PUBLISH
+    }
+    fn about(&self) -> &'static str {
+        P::ABOUT
+    }
+    fn parse_settings(
+        &self,
+        value: serde_json::Value,
+        ignored: &mut dyn FnMut(Vec<String>),
+    ) -> Result<Settings, ParseError> {
+        parse::<P::Settings>(value, ignored)
+    }
+    fn parse_source(
+        &self,
+        value: serde_json::Value,
+        ignored: &mut dyn FnMut(Vec<String>),
+    ) -> Result<Settings, ParseError> {
+        parse::<P::Source>(value, ignored)
+    }
+    fn parse_destination(
+        &self,
+        value: serde_json::Value,
+        ignored: &mut dyn FnMut(Vec<String>),
+    ) -> Result<Settings, ParseError> {
+        parse::<P::Destination>(value, ignored)
+    }
+    fn validate(&self, settings: &Settings, report: &Report<'_>) {
+        if let Some(s) = settings.get::<P::Settings>() {
+            P::validate(s, report);
+        }
+    }
+    fn validate_source(&self, source: &Settings, from: &SourceUse<'_>, report: &Report<'_>) {
+        if let Some(s) = source.get::<P::Source>() {
+            P::validate_source(s, from, report);
+        }
+    }
+    fn validate_together(&self, sources: &[(SourceUse<'_>, &Settings, Report<'_>)]) {
+        let typed: Vec<_> = sources
+            .iter()
+            .filter_map(|(u, s, r)| Some((*u, s.get::<P::Source>()?, r.clone())))
+            .collect();
+        P::validate_together(&typed);
+    }
+    fn validate_destination(
+        &self,
+        destination: &Settings,
+        topic: Option<&str>,
+        report: &Report<'_>,
+    ) {
+        if let Some(d) = destination.get::<P::Destination>() {
+            P::validate_destination(d, topic, report);
+        }
+    }
+    fn build(&self, name: &str, settings: &Settings) -> Result<Arc<dyn Connector>, ConnectorError> {
+        let settings = settings
+            .get::<P::Settings>()
+            .ok_or_else(|| ConnectorError::Permanent {
+                connector: name.to_string(),
+                message: format!("the settings are not those of a {} connector", P::KIND),
+            })?;
+        P::build(name, settings)
+    }
+    fn schemas(&self, generator: &mut SchemaGenerator) -> [Schema; 3] {
+        [
+            generator.subschema_for::<P::Settings>(),
+            generator.subschema_for::<P::Source>(),
+            generator.subschema_for::<P::Destination>(),
+        ]
+    }
+}
+
+/// Every connector kind fnbroker knows.
+#[derive(Clone, Copy)]
+pub struct Registry {
+    kinds: &'static [&'static dyn ConnectorKind],
+}
+
+impl Registry {
+    /// A registry of `kinds`, one line per connector crate:
+    /// `&Kind::<fnbroker_kafka::Plugin>::NEW`.
+    pub const fn new(kinds: &'static [&'static dyn ConnectorKind]) -> Self {
+        Self { kinds }
+    }
+
+    /// The kind named `kind`.
+    pub fn get(&self, kind: &str) -> Option<&'static dyn ConnectorKind> {
+        self.kinds.iter().copied().find(|k| k.kind() == kind)
+    }
+
+    /// Every kind, in registration order.
+    pub fn kinds(&self) -> impl Iterator<Item = &'static dyn ConnectorKind> + '_ {
+        self.kinds.iter().copied()
+    }
+
+    /// The kinds' names, comma-separated, for messages.
+    pub fn names(&self) -> String {
+        self.kinds
+            .iter()
+            .map(|k| k.kind())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Settings for a kind that takes no keys (a destination of a connector without options).
+#[derive(Debug, Clone, Default, serde::Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct NoSettings {}

@@ -1,0 +1,104 @@
+//! The HTTP ingress's configuration: its listener, and `sync` on a trigger's `from`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use fnbroker_core::config::ByteSize;
+use fnbroker_core::registry::{ConnectorPlugin, NoSettings, Report, SourceUse};
+use fnbroker_core::{Connector, ConnectorError};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::HttpIngress;
+
+/// The HTTP ingress: accepts CloudEvents (binary, structured, batch) and plain POSTs.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// The address to listen on, `host:port`.
+    pub listen: String,
+    /// The largest request body accepted, in bytes or with a unit (`512KiB`, `1MiB`); larger
+    /// requests get 413. Default 1 MiB.
+    #[serde(default = "default_max_body")]
+    pub max_body: ByteSize,
+}
+
+fn default_max_body() -> ByteSize {
+    ByteSize::new(1024 * 1024)
+}
+
+/// The keys of an HTTP trigger's `from`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct HttpSourceSettings {
+    /// Answer the request after the delivery, with the function's reply (default false: 202
+    /// once the event is routed).
+    #[serde(default)]
+    pub sync: bool,
+}
+
+/// The HTTP ingress as a registered connector kind.
+pub struct Plugin;
+
+impl ConnectorPlugin for Plugin {
+    const KIND: &'static str = "http";
+    const ABOUT: &'static str = "CloudEvents over HTTP: webhooks and `curl`.";
+    const CAN_PUBLISH: bool = false;
+    type Settings = HttpSettings;
+    type Source = HttpSourceSettings;
+    type Destination = NoSettings;
+
+    fn validate(settings: &HttpSettings, report: &Report<'_>) {
+        report.address("listen", &settings.listen);
+        if !settings.max_body.is_valid() || settings.max_body.get() == 0 {
+            report.error(
+                &["max_body"],
+                format_args!(
+                    "`max_body` is not a size: `{}` (write `1MiB`, `512KiB` or bytes)",
+                    settings.max_body.text().as_str()
+                ),
+            );
+        }
+    }
+
+    fn validate_source(_: &HttpSourceSettings, from: &SourceUse<'_>, report: &Report<'_>) {
+        if let Some(path) = from.require_topic(report)
+            && !path.starts_with('/')
+        {
+            report.error(
+                &["topic"],
+                format_args!("an http topic is a path starting with `/`, not `{path}`"),
+            );
+        }
+    }
+
+    fn validate_together(sources: &[(SourceUse<'_>, &HttpSourceSettings, Report<'_>)]) {
+        // The first trigger on a path decides whether its answers wait for the delivery.
+        let mut first: BTreeMap<&str, bool> = BTreeMap::new();
+        for (used, source, report) in sources {
+            let Some(path) = used.topic else { continue };
+            match first.get(path) {
+                Some(sync) if *sync != source.sync => report.error(
+                    &["topic"],
+                    format_args!("every trigger on path `{path}` must agree on `sync`"),
+                ),
+                Some(_) => {}
+                None => {
+                    first.insert(path, source.sync);
+                }
+            }
+        }
+    }
+
+    fn build(name: &str, settings: &HttpSettings) -> Result<Arc<dyn Connector>, ConnectorError> {
+        let listen = settings
+            .listen
+            .parse()
+            .map_err(|e| ConnectorError::Permanent {
+                connector: name.to_string(),
+                message: format!("invalid listen address `{}`: {e}", settings.listen),
+            })?;
+        let max_body = usize::try_from(settings.max_body.get()).unwrap_or(usize::MAX);
+        Ok(Arc::new(HttpIngress::new(name, listen, max_body)))
+    }
+}

@@ -1,0 +1,91 @@
+//! The NATS connector's configuration: the connection, and `stream`, `group` and `create` on a
+//! trigger's `from`.
+
+use std::sync::Arc;
+
+use fnbroker_core::registry::{ConnectorPlugin, NoSettings, Report, SourceUse};
+use fnbroker_core::{Connector, ConnectorError};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::NatsConnector;
+
+/// A NATS connection.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct NatsSettings {
+    /// The server URL, `nats://host:port` (several separated by commas).
+    pub url: String,
+    /// The user name, if the server wants one.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The password (use `${ENV}`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A token, if the server wants one (use `${ENV}`).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// How replies and dead letters are published: `core` (default; flushed, at-most-once) or
+    /// `jetstream` (resolves on the stream's publish acknowledgement).
+    #[serde(default)]
+    pub publish: NatsPublish,
+}
+
+/// How a NATS connector publishes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NatsPublish {
+    /// A core NATS publish, flushed to the server.
+    #[default]
+    Core,
+    /// A JetStream publish, confirmed by the stream.
+    Jetstream,
+}
+
+/// The keys of a NATS trigger's `from`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct NatsSourceSettings {
+    /// The JetStream stream (without it, a core NATS subscription).
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Core NATS: the queue group; JetStream: the durable consumer's name (default
+    /// `fnbroker`). Replicas that share it share the work.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// JetStream: create the stream (capturing `topic`) and the durable consumer when they are
+    /// missing. Without it a missing stream is an error at start.
+    #[serde(default)]
+    pub create: bool,
+}
+
+/// NATS as a registered connector kind.
+pub struct Plugin;
+
+impl ConnectorPlugin for Plugin {
+    const KIND: &'static str = "nats";
+    const ABOUT: &'static str = "NATS core and JetStream.";
+    type Settings = NatsSettings;
+    type Source = NatsSourceSettings;
+    type Destination = NoSettings;
+
+    fn validate(settings: &NatsSettings, report: &Report<'_>) {
+        for url in settings.url.split(',') {
+            report.url("url", url.trim(), &["nats", "tls", "ws", "wss"]);
+        }
+    }
+
+    fn validate_source(source: &NatsSourceSettings, from: &SourceUse<'_>, report: &Report<'_>) {
+        from.require_topic(report);
+        if source.create && source.stream.is_none() {
+            report.error(&["create"], "`create` needs a JetStream `stream`");
+        }
+        if source.stream.as_deref() == Some("") {
+            report.error(&["stream"], "`stream` must not be empty");
+        }
+    }
+
+    fn build(name: &str, settings: &NatsSettings) -> Result<Arc<dyn Connector>, ConnectorError> {
+        Ok(Arc::new(NatsConnector::new(name, settings.clone())))
+    }
+}
