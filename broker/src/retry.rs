@@ -1,5 +1,7 @@
 //! The retry policy of a trigger: how many attempts, and how long to wait between them.
 //!
+//! The exponential schedule and its full jitter are the connector kit's
+//! ([`kit::exponential_ceiling`], [`kit::full_jitter`]), the same that reconnects use.
 //! Hand-written rather than taken from `backon`: backon's jitter is added on top of the delay
 //! (so a capped delay can reach twice `max_delay`), it has no linear schedule, and its schedules
 //! are iterators, where we need the delay of attempt *n* directly (a broker may tell us how often
@@ -8,6 +10,7 @@
 use std::time::Duration;
 
 use fnbroker_core::config::{Backoff, Delivery};
+use fnbroker_core::kit;
 use rand::Rng;
 
 /// When and how often to try again.
@@ -41,10 +44,7 @@ impl RetryPolicy {
         let d = match self.backoff {
             Backoff::Constant => self.delay,
             Backoff::Linear => self.delay.saturating_mul(retry),
-            Backoff::Exponential => {
-                let factor = 1u32.checked_shl(retry - 1).unwrap_or(u32::MAX);
-                self.delay.saturating_mul(factor)
-            }
+            Backoff::Exponential => kit::exponential_ceiling(self.delay, self.max_delay, retry),
         };
         d.min(self.max_delay)
     }
@@ -64,7 +64,7 @@ impl RetryPolicy {
         }
         let ceiling = self.ceiling(retry);
         match self.backoff {
-            Backoff::Exponential => rng.random_range(Duration::ZERO..=ceiling),
+            Backoff::Exponential => kit::full_jitter(ceiling, rng),
             _ => ceiling,
         }
     }

@@ -100,6 +100,7 @@ impl Connector for AmqpConnector {
         let queue = source.queue.clone().ok_or_else(|| ConnectorError::Io {
             connector: self.name.clone(),
             message: "an amqp trigger needs a `queue`".into(),
+            source: None,
         })?;
         // Fail at start when the server is unreachable or the queue is missing; later drops are
         // reconnected.
@@ -108,6 +109,7 @@ impl Connector for AmqpConnector {
             .map_err(|e| ConnectorError::Io {
                 connector: self.name.clone(),
                 message: format!("cannot connect: {e}"),
+                source: None,
             })?;
         let prefetch = u16::try_from(sub.max_in_flight).unwrap_or(u16::MAX);
         let spec = ConsumerSpec {
@@ -121,6 +123,7 @@ impl Connector for AmqpConnector {
         let first = spec.open(&conn).await.map_err(|e| ConnectorError::Io {
             connector: self.name.clone(),
             message: e,
+            source: None,
         })?;
         self.subscriptions.fetch_add(1, Ordering::AcqRel);
         let consuming = Arc::clone(&self.consuming);
@@ -138,6 +141,7 @@ impl Connector for AmqpConnector {
                 .map_err(|message| ConnectorError::Permanent {
                     connector: self.name.clone(),
                     message: format!("invalid destination: {message}"),
+                    source: None,
                 })?;
         let exchange = keys
             .exchange
@@ -409,6 +413,7 @@ impl Sink for AmqpSink {
         let permanent = |message: String| ConnectorError::Permanent {
             connector: self.connector.clone(),
             message,
+            source: None,
         };
         // A passive declare that fails closes its channel: use one of its own.
         let conn = connect(&self.url, &self.connection_name)
@@ -416,6 +421,7 @@ impl Sink for AmqpSink {
             .map_err(|e| ConnectorError::Io {
                 connector: self.connector.clone(),
                 message: format!("cannot connect: {e}"),
+                source: None,
             })?;
         let channel = conn
             .create_channel()
@@ -423,6 +429,7 @@ impl Sink for AmqpSink {
             .map_err(|e| ConnectorError::Io {
                 connector: self.connector.clone(),
                 message: e.to_string(),
+                source: None,
             })?;
         let result = if self.exchange.is_empty() {
             channel
@@ -466,6 +473,7 @@ impl Sink for AmqpSink {
                 "cannot publish to exchange `{}` with routing key `{topic}`: {message}",
                 self.exchange
             ),
+            source: None,
         };
         let channel = self.channel().await.map_err(err)?;
         let (body, props) = binding::encode(event, &self.prefix);
@@ -492,6 +500,7 @@ impl Sink for AmqpSink {
                     "cannot publish to exchange `{}` with routing key `{topic}`: unroutable, no queue is bound for it",
                     self.exchange
                 ),
+                source: None,
             }),
             lapin::Confirmation::Nack(_) => Err(err("the broker refused it (nack)".into())),
             lapin::Confirmation::NotRequested => Ok(()),

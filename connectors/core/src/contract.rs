@@ -224,13 +224,12 @@ impl Subscription {
     where
         T: serde::de::DeserializeOwned + Clone + Send + Sync + fmt::Debug + 'static,
     {
-        self.from
-            .keys
-            .get()
-            .map_err(|message| ConnectorError::Permanent {
-                connector: self.from.connector.to_string(),
-                message: format!("invalid source settings: {message}"),
-            })
+        self.from.keys.get().map_err(|message| {
+            ConnectorError::permanent(
+                self.from.connector.as_str(),
+                format!("invalid source settings: {message}"),
+            )
+        })
     }
 }
 
@@ -335,6 +334,9 @@ pub enum ConnectorError {
         connector: String,
         /// What went wrong.
         message: String,
+        /// The client library's error, when there is one.
+        #[source]
+        source: Option<BoxError>,
     },
     /// The destination cannot take the event as things are (an AMQP routing key no queue is
     /// bound to, a JetStream subject no stream captures): trying again at once does not help;
@@ -345,7 +347,43 @@ pub enum ConnectorError {
         connector: String,
         /// What went wrong, naming the destination.
         message: String,
+        /// The client library's error, when there is one.
+        #[source]
+        source: Option<BoxError>,
     },
+}
+
+/// A client library's error, kept as the source of a [`ConnectorError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl ConnectorError {
+    /// A transient error of `connector`.
+    pub fn io(connector: impl Into<String>, message: impl Into<String>) -> Self {
+        ConnectorError::Io {
+            connector: connector.into(),
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A permanent error of `connector` (see [`ConnectorError::Permanent`]).
+    pub fn permanent(connector: impl Into<String>, message: impl Into<String>) -> Self {
+        ConnectorError::Permanent {
+            connector: connector.into(),
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The same error, keeping the client library's error as its source.
+    pub fn caused_by(mut self, error: impl Into<BoxError>) -> Self {
+        if let ConnectorError::Io { source, .. } | ConnectorError::Permanent { source, .. } =
+            &mut self
+        {
+            *source = Some(error.into());
+        }
+        self
+    }
 }
 
 /// What a caller does about a [`ConnectorError`].
@@ -382,6 +420,21 @@ mod tests {
             l.lock().expect("lock").push(format!("{s:?}"));
         });
         (handle, log)
+    }
+
+    #[test]
+    fn connector_errors_carry_kind_connector_and_source() {
+        use std::error::Error as _;
+        let e = ConnectorError::permanent("rabbit", "no queue `q`")
+            .caused_by(std::io::Error::other("NOT_FOUND"));
+        assert_eq!(e.kind(), ErrorKind::Permanent);
+        assert_eq!(e.to_string(), "connector `rabbit`: no queue `q`");
+        assert_eq!(
+            e.source().map(ToString::to_string).as_deref(),
+            Some("NOT_FOUND")
+        );
+        assert_eq!(ConnectorError::io("k", "down").kind(), ErrorKind::Transient);
+        assert!(ConnectorError::io("k", "down").source().is_none());
     }
 
     #[test]

@@ -75,16 +75,31 @@ impl Backoff {
 
     /// The wait after one more failure.
     pub fn next_delay(&mut self) -> Duration {
-        let factor = 1u32.checked_shl(self.failures).unwrap_or(u32::MAX);
         self.failures = self.failures.saturating_add(1);
-        let ceiling = self.min.saturating_mul(factor).min(self.max);
-        rand::Rng::random_range(&mut rand::rng(), Duration::ZERO..=ceiling)
+        full_jitter(
+            exponential_ceiling(self.min, self.max, self.failures),
+            &mut rand::rng(),
+        )
     }
 
     /// Back to the start, after a success.
     pub fn reset(&mut self) {
         self.failures = 0;
     }
+}
+
+/// The longest wait after `failure` failures (1 for the first): `min * 2^(failure - 1)`, capped
+/// at `max`. The one exponential schedule of fnbroker: reconnects ([`Backoff`]) and the engine's
+/// retries between delivery attempts both use it.
+pub fn exponential_ceiling(min: Duration, max: Duration, failure: u32) -> Duration {
+    let factor = 1u32.checked_shl(failure.max(1) - 1).unwrap_or(u32::MAX);
+    min.saturating_mul(factor).min(max)
+}
+
+/// A wait drawn uniformly between zero and `ceiling` ("full jitter"): clients that failed together
+/// spread out instead of coming back together.
+pub fn full_jitter(ceiling: Duration, rng: &mut impl rand::Rng) -> Duration {
+    rng.random_range(Duration::ZERO..=ceiling)
 }
 
 /// How many messages a source's channel holds at most, between its consume loop and the engine,

@@ -476,6 +476,7 @@ impl<P: ConnectorPlugin> ConnectorKind for Kind<P> {
             .ok_or_else(|| ConnectorError::Permanent {
                 connector: name.to_string(),
                 message: format!("the settings are not those of a {} connector", P::KIND),
+                source: None,
             })?;
         P::build(name, settings)
     }

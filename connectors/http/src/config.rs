@@ -97,6 +97,7 @@ impl ConnectorPlugin for Plugin {
             .map_err(|e| ConnectorError::Permanent {
                 connector: name.to_string(),
                 message: format!("invalid listen address `{}`: {e}", settings.listen),
+                source: None,
             })?;
         let max_body = usize::try_from(settings.max_body.get()).unwrap_or(usize::MAX);
         Ok(Arc::new(HttpIngress::new(name, listen, max_body)))

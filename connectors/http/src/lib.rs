@@ -92,6 +92,7 @@ impl HttpIngress {
         ConnectorError::Io {
             connector: self.name.clone(),
             message,
+            source: None,
         }
     }
 }

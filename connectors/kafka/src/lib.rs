@@ -69,6 +69,7 @@ impl KafkaConnector {
         ConnectorError::Io {
             connector: self.name.clone(),
             message: message.into(),
+            source: None,
         }
     }
 
@@ -210,9 +211,9 @@ impl Sink for KafkaSink {
             .send(record, Duration::from_secs(30))
             .await
             .map(|_| ())
-            .map_err(|(e, _)| ConnectorError::Io {
-                connector: self.connector.clone(),
-                message: format!("cannot publish to `{topic}`: {e}"),
+            .map_err(|(e, _)| {
+                ConnectorError::io(&self.connector, format!("cannot publish to `{topic}`: {e}"))
+                    .caused_by(e)
             })
     }
 }

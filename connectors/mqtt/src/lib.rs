@@ -62,6 +62,7 @@ impl MqttConnector {
         let err = |message: String| ConnectorError::Io {
             connector: name.to_string(),
             message,
+            source: None,
         };
         let url = url::Url::parse(&cfg.url).map_err(|e| err(format!("invalid URL: {e}")))?;
         let host = url
@@ -143,6 +144,7 @@ impl Connector for MqttConnector {
         let mut subs = self.subs.lock().map_err(|_| ConnectorError::Io {
             connector: self.name.clone(),
             message: "subscription table poisoned".into(),
+            source: None,
         })?;
         let id = subs.len() + 1;
         subs.push(Sub {
@@ -333,6 +335,7 @@ impl Sink for MqttSink {
         let err = |message: String| ConnectorError::Io {
             connector: self.connector.clone(),
             message: format!("cannot publish to `{topic}`: {message}"),
+            source: None,
         };
         let (payload, content_type, props) = if self.v5 {
             binding::encode_binary(event)

@@ -68,6 +68,7 @@ impl NatsConnector {
         ConnectorError::Io {
             connector: self.name.clone(),
             message: message.into(),
+            source: None,
         }
     }
 
@@ -416,19 +417,20 @@ impl Sink for NatsSink {
         let Some(js) = &self.jetstream else {
             return Ok(());
         };
-        js.stream_by_subject(topic)
-            .await
-            .map(|_| ())
-            .map_err(|e| ConnectorError::Permanent {
-                connector: self.connector.clone(),
-                message: format!("no JetStream stream captures the subject `{topic}` ({e})"),
-            })
+        js.stream_by_subject(topic).await.map(|_| ()).map_err(|e| {
+            ConnectorError::permanent(
+                &self.connector,
+                format!("no JetStream stream captures the subject `{topic}` ({e})"),
+            )
+            .caused_by(e)
+        })
     }
 
     async fn publish(&self, topic: &str, event: &Event) -> Result<(), ConnectorError> {
         let err = |message: String| ConnectorError::Io {
             connector: self.connector.clone(),
             message: format!("cannot publish to `{topic}`: {message}"),
+            source: None,
         };
         let (headers, payload) = binding::encode(event);
         let classify = |e: async_nats::jetstream::context::PublishError| {
@@ -438,6 +440,7 @@ impl Sink for NatsSink {
                     message: format!(
                         "cannot publish to `{topic}`: no JetStream stream captures this subject"
                     ),
+                    source: None,
                 }
             } else {
                 err(e.to_string())

@@ -1,0 +1,282 @@
+//! One trigger and one event: the filter, the attempts (retry schedule, outage hold, broker-side
+//! retries), and the one publish path of replies and dead letters.
+
+use std::time::{Duration, Instant};
+
+use fnbroker_core::event::{self, AttributesReader, AttributesWriter, Data, Event};
+use fnbroker_core::{ErrorKind, Origin};
+use fnbroker_functions::{InvokeError, Reply};
+use tokio_util::sync::CancellationToken;
+
+use crate::health::Turn;
+
+use super::{Outcome, Target, TriggerRuntime};
+
+impl TriggerRuntime {
+    /// The event as this trigger sees it: a plain message gets the trigger's `event.type`.
+    pub(super) fn view<'a>(
+        &self,
+        event: &'a Event,
+        origin: &Origin,
+    ) -> std::borrow::Cow<'a, Event> {
+        match (&self.event_type, origin) {
+            (Some(ty), Origin::Plain) => {
+                let mut e = event.clone();
+                e.set_type(ty.as_str());
+                std::borrow::Cow::Owned(e)
+            }
+            _ => std::borrow::Cow::Borrowed(event),
+        }
+    }
+
+    pub(super) fn matches(&self, event: &Event) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.matches(event))
+    }
+
+    /// Delivers one event with retries; then dead-letters it if it failed for good.
+    ///
+    /// With `broker_retry`, the broker delivered the message that many times before, and waits
+    /// between attempts itself: a failed attempt that may be retried returns [`Outcome::Retry`]
+    /// instead of sleeping here.
+    ///
+    /// While the function is down (see [`crate::health`]), a failure that says so spends no
+    /// attempt: the event is held here (also with `broker_retry`: the broker must not count an
+    /// outage against it either) and one delivery at a time probes the function.
+    pub(super) async fn deliver(
+        &self,
+        event: &Event,
+        shutdown: &CancellationToken,
+        broker_retry: Option<u32>,
+    ) -> Outcome {
+        let started = Instant::now();
+        let mut attempt: u32 = broker_retry.unwrap_or(0);
+        let health = &self.function.health;
+        let mut probing = None;
+        loop {
+            match health.turn(probing.take(), shutdown).await {
+                Turn::Stop => return Outcome::Released,
+                Turn::Call => {}
+                Turn::Probe(permit) => probing = Some(permit),
+            }
+            let error = match self.function.call(event, self.timeout).await {
+                Ok(success) => {
+                    let reply = success
+                        .reply
+                        .map(|r| reply_event(event, &self.function.name, r));
+                    if let (Some(reply), Some(target)) = (&reply, &self.reply)
+                        && !self.publish(target, reply, "reply", shutdown).await
+                    {
+                        // The function is not called again for it: the broker redelivers the
+                        // message after the pause, and only then is it delivered again.
+                        return self.hand_back(shutdown).await;
+                    }
+                    self.stats.delivered.inc();
+                    self.stats.latency.observe(started.elapsed().as_secs_f64());
+                    return Outcome::Delivered(reply.map(Box::new));
+                }
+                Err(e) => e,
+            };
+            if error.is_unavailable() && health.is_down() {
+                self.stats.held.inc();
+                tracing::debug!(trigger = %self.name, id = event.id(), error = %error, "function unavailable; holding the event");
+                if let Some(permit) = probing.take() {
+                    // The next probe waits out the backoff, and is another held delivery's
+                    // (the semaphore is fair): an event that fails on its own cannot keep a
+                    // function marked down while others would succeed.
+                    let wait = health.next_probe_delay(&mut rand::rng());
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = shutdown.cancelled() => return Outcome::Released,
+                    }
+                    drop(permit);
+                }
+                continue;
+            }
+            probing = None;
+            attempt += 1;
+            if !error.is_retryable() || attempt > self.policy.retries {
+                return self.fail(event, &error, attempt, shutdown).await;
+            }
+            let wait = self
+                .policy
+                .delay(attempt, error.retry_after(), &mut rand::rng());
+            tracing::debug!(trigger = %self.name, id = event.id(), attempt, ?wait, error = %error, "retrying");
+            self.stats.retried.inc();
+            if broker_retry.is_some() {
+                return Outcome::Retry(wait);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return Outcome::Released,
+            }
+        }
+    }
+
+    /// The delivery failed for good: dead-letter the event, or drop it by policy.
+    pub(super) async fn fail(
+        &self,
+        event: &Event,
+        error: &InvokeError,
+        attempts: u32,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
+        let reason = error.to_string();
+        let outcome = Outcome::Failed {
+            reason: reason.clone(),
+            timed_out: error.is_timeout(),
+        };
+        let Some(target) = &self.dead_letter else {
+            tracing::warn!(trigger = %self.name, function = %self.function.name, id = event.id(), attempts, error = %reason, "delivery failed; no dead_letter configured, dropping the event");
+            self.stats.dropped.inc();
+            return outcome;
+        };
+        let letter = dead_letter_event(
+            event,
+            &reason,
+            error.status(),
+            attempts,
+            &self.name,
+            &self.function.name,
+        );
+        if self.publish(target, &letter, "dead letter", shutdown).await {
+            self.stats.dead_lettered.inc();
+            outcome
+        } else {
+            self.hand_back(shutdown).await
+        }
+    }
+
+    /// Dead-letters an event that could not become a valid CloudEvent.
+    pub(super) async fn reject_invalid(
+        &self,
+        event: &Event,
+        reason: &str,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
+        self.stats.received.inc();
+        let outcome = Outcome::Failed {
+            reason: reason.to_string(),
+            timed_out: false,
+        };
+        let Some(target) = &self.dead_letter else {
+            tracing::warn!(trigger = %self.name, id = event.id(), error = reason, "invalid CloudEvent; no dead_letter configured, dropping it");
+            self.stats.dropped.inc();
+            return outcome;
+        };
+        let letter = dead_letter_event(event, reason, None, 0, &self.name, &self.function.name);
+        if self.publish(target, &letter, "dead letter", shutdown).await {
+            self.stats.dead_lettered.inc();
+            outcome
+        } else {
+            self.hand_back(shutdown).await
+        }
+    }
+
+    /// Publishes a reply or a dead letter (`what`) to `target`, through the one path both take.
+    /// A transient failure is tried again with the trigger's backoff, at least
+    /// [`PUBLISH_RETRIES`] times (the function is not called again for it); a permanent one
+    /// (the destination does not exist) is not. `false` when it could not be published.
+    pub(super) async fn publish(
+        &self,
+        target: &Target,
+        event: &Event,
+        what: &'static str,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let result = match target {
+                Target::Sink { sink, topic } => sink.publish(topic, event).await.map_err(|e| {
+                    let transient = e.kind() == ErrorKind::Transient;
+                    (format!("{e} (topic `{topic}`)"), transient)
+                }),
+                Target::Function(f) => f
+                    .call(event, f.timeout)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| (format!("function `{}`: {e}", f.name), e.is_retryable())),
+            };
+            let Err((error, transient)) = result else {
+                return true;
+            };
+            self.stats.publish_failed.inc();
+            if !transient || tries > self.policy.retries.max(PUBLISH_RETRIES) {
+                tracing::warn!(trigger = %self.name, id = event.id(), what, error = %error, transient, tries, "cannot publish; handing the message back to its broker");
+                return false;
+            }
+            tracing::debug!(trigger = %self.name, id = event.id(), what, error = %error, tries, "publish failed; trying again");
+            let wait = self.policy.delay(tries, None, &mut rand::rng());
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return false,
+            }
+        }
+    }
+
+    /// Hands the message back to its broker for redelivery, after a pause of `max_delay`: a
+    /// destination that stays broken costs one delivery per pause, never a tight loop, and the
+    /// message is never dropped.
+    pub(super) async fn hand_back(&self, shutdown: &CancellationToken) -> Outcome {
+        self.stats.handed_back.inc();
+        tokio::select! {
+            () = tokio::time::sleep(self.policy.max_delay()) => {}
+            () = shutdown.cancelled() => return Outcome::Released,
+        }
+        Outcome::Retry(Duration::ZERO)
+    }
+}
+
+/// A reply or dead letter whose publish fails transiently is tried at least this many times
+/// more, whatever the trigger's `retries`.
+pub(crate) const PUBLISH_RETRIES: u32 = 3;
+
+/// The dead letter of `event`: the original id, source, type and data, and the `dlq*`
+/// extensions that say why.
+pub(crate) fn dead_letter_event(
+    event: &Event,
+    reason: &str,
+    status: Option<u16>,
+    attempts: u32,
+    trigger: &str,
+    function: &str,
+) -> Event {
+    let mut letter = event.clone();
+    letter.set_extension("dlqreason", reason);
+    if let Some(status) = status {
+        letter.set_extension("dlqstatus", i64::from(status));
+    }
+    letter.set_extension("dlqattempts", i64::from(attempts));
+    letter.set_extension("dlqtrigger", trigger);
+    letter.set_extension("dlqfunction", function);
+    letter
+}
+
+/// A function's reply as an event: a CloudEvent as it is; any other body wrapped with a new id,
+/// type `<original type>.reply`, source `fnbroker://functions/<name>` and the answer's content
+/// type.
+pub(crate) fn reply_event(original: &Event, function: &str, reply: Reply) -> Event {
+    match reply {
+        Reply::Event(e) => *e,
+        Reply::Raw { content_type, body } => {
+            let mut e = event::normalize(
+                event::PlainMessage {
+                    kind: "fnbroker",
+                    connector: "functions",
+                    topic: function,
+                    ..Default::default()
+                },
+                Vec::new(),
+            );
+            e.set_type(format!("{}.reply", original.ty()));
+            e.set_subject(original.subject());
+            e.set_datacontenttype(
+                content_type
+                    .as_deref()
+                    .filter(|ct| event::is_valid_media_type(ct)),
+            );
+            e.set_data_unchecked(Data::Binary(body.to_vec()));
+            e
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The pump of one subscription: pulls while fewer than `max_in_flight` are in flight, keeps
+//! messages of one key in order when asked, and drains within the shutdown budget.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fnbroker_core::{Incoming, Source};
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use super::TriggerRuntime;
+use super::settle::process;
+
+/// What a pump needs to run one subscription.
+pub(crate) struct PumpConfig {
+    pub(crate) name: String,
+    pub(crate) triggers: Arc<[Arc<TriggerRuntime>]>,
+    pub(crate) max_in_flight: usize,
+    pub(crate) ordered: bool,
+    pub(crate) shutdown_timeout: Duration,
+}
+
+/// Pulls messages from `source` while fewer than `max_in_flight` are in flight, delivers them,
+/// and on `shutdown` stops pulling, lets what is in flight finish within the shutdown timeout,
+/// and releases the rest.
+///
+/// With `ordered`, messages with the same key wait for the one before them; they count
+/// against `max_in_flight` while they wait, so memory stays bounded.
+pub(crate) async fn pump(
+    mut source: Box<dyn Source>,
+    cfg: PumpConfig,
+    shutdown: CancellationToken,
+) {
+    // Broker-side retries would let the next message of a key overtake a failed one.
+    let broker_retries = source.redelivers_with_delay() && !cfg.ordered;
+    let mut in_flight = FuturesUnordered::new();
+    // Ordered mode: keys with a message in flight, and the messages waiting behind them.
+    let mut waiting: HashMap<u64, VecDeque<Incoming>> = HashMap::new();
+    let mut queued = 0usize;
+    let mut open = true;
+
+    while open {
+        let room = in_flight.len() + queued < cfg.max_in_flight;
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some(key) = in_flight.next(), if !in_flight.is_empty() => {
+                if cfg.ordered {
+                    let next = waiting.get_mut(&key).and_then(VecDeque::pop_front);
+                    match next {
+                        Some(msg) => {
+                            queued -= 1;
+                            in_flight.push(process(
+                        msg,
+                        Arc::clone(&cfg.triggers),
+                        shutdown.clone(),
+                        broker_retries,
+                    ));
+                        }
+                        None => {
+                            waiting.remove(&key);
+                        }
+                    }
+                }
+            }
+            msg = source.next(), if room => match msg {
+                None => open = false,
+                Some(msg) => {
+                    if cfg.ordered {
+                        if let Some(queue) = waiting.get_mut(&msg.key) {
+                            queue.push_back(msg);
+                            queued += 1;
+                            continue;
+                        }
+                        waiting.insert(msg.key, VecDeque::new());
+                    }
+                    in_flight.push(process(
+                        msg,
+                        Arc::clone(&cfg.triggers),
+                        shutdown.clone(),
+                        broker_retries,
+                    ));
+                }
+            },
+        }
+    }
+
+    // Stopping: messages waiting behind a key were never started; release them now.
+    source.stopping();
+    drop(waiting);
+    let pending = in_flight.len();
+    if pending > 0 {
+        tracing::info!(subscription = %cfg.name, pending, "waiting for in-flight deliveries");
+        let drain = async { while in_flight.next().await.is_some() {} };
+        if tokio::time::timeout(cfg.shutdown_timeout, drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!(subscription = %cfg.name, left = in_flight.len(), "shutdown timeout reached; releasing the rest for redelivery");
+        }
+    }
+    // Dropping the futures drops their acknowledgement handles: released, not acknowledged.
+    drop(in_flight);
+    source.close().await;
+}

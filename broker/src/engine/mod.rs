@@ -1,0 +1,110 @@
+//! The delivery engine: from "a source gave us a message" to "every trigger that matched it
+//! finished", and only then the acknowledgement.
+//!
+//! One [`pump`] task per subscription pulls messages while fewer than `max_in_flight` are in
+//! flight, so a slow function slows consumption and memory is bounded by configuration, not by
+//! the backlog. Each message is matched against the subscription's triggers and delivered to
+//! every match at once (fan-out); its [`AckHandle`](fnbroker_core::AckHandle) is settled when the
+//! last of them finished: delivered, dead-lettered, or dropped by policy. A message that is still
+//! in flight when the process stops is released, never acknowledged: its broker redelivers it.
+//!
+//! By responsibility:
+//! - [`flow`]: the pump: pulling under `max_in_flight`, ordering per key, draining on shutdown.
+//! - [`delivery`]: one trigger and one event: filter, attempts with the retry schedule and the
+//!   outage hold, and the one publish path of replies and dead letters.
+//! - [`settle`]: one message and all its triggers: their outcomes combined into one settlement.
+
+mod delivery;
+mod flow;
+mod settle;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use flow::{PumpConfig, pump};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fnbroker_core::Sink;
+use fnbroker_core::event::Event;
+use fnbroker_functions::{InvokeError, Invoker};
+use tokio::sync::Semaphore;
+
+use crate::filter::Filter;
+use crate::health::Health;
+use crate::metrics::{FunctionStats, TriggerStats};
+use crate::retry::RetryPolicy;
+
+/// A function as the engine calls it: its invoker, its concurrency limit, its timeout.
+pub(crate) struct FunctionRuntime {
+    pub(crate) name: String,
+    pub(crate) invoker: Box<dyn Invoker>,
+    pub(crate) limit: Arc<Semaphore>,
+    pub(crate) timeout: Duration,
+    pub(crate) stats: FunctionStats,
+    /// Whether the function is down (an outage) rather than failing single events.
+    pub(crate) health: Health,
+}
+
+impl FunctionRuntime {
+    /// One attempt, waiting for a free slot of the function's `concurrency` first.
+    pub(super) async fn call(
+        &self,
+        event: &Event,
+        timeout: Duration,
+    ) -> Result<fnbroker_functions::Success, InvokeError> {
+        // The semaphore is never closed, so acquiring only fails if it were; treat that as a
+        // connection error so the attempt is retried rather than lost.
+        let _permit = self
+            .limit
+            .acquire()
+            .await
+            .map_err(|_| InvokeError::Connect("function limiter closed".into()))?;
+        self.stats.calls.inc();
+        self.stats.in_flight.inc();
+        let result = self.invoker.invoke(event, timeout).await;
+        self.stats.in_flight.dec();
+        if result.is_err() {
+            self.stats.failures.inc();
+        }
+        self.health
+            .record(result.as_ref().is_err_and(InvokeError::is_unavailable));
+        result
+    }
+}
+
+/// Where dead letters or replies go.
+pub(crate) enum Target {
+    /// A connector's topic.
+    Sink { sink: Arc<dyn Sink>, topic: String },
+    /// A function, called with the trigger's retry policy.
+    Function(Arc<FunctionRuntime>),
+}
+
+/// A trigger as the engine runs it.
+pub(crate) struct TriggerRuntime {
+    pub(crate) name: String,
+    pub(crate) filter: Option<Filter>,
+    pub(crate) event_type: Option<String>,
+    pub(crate) function: Arc<FunctionRuntime>,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) timeout: Duration,
+    pub(crate) dead_letter: Option<Target>,
+    pub(crate) reply: Option<Target>,
+    pub(crate) stats: TriggerStats,
+}
+
+/// How one trigger finished with one message.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    Delivered(Option<Box<Event>>),
+    /// Dead-lettered, or dropped by policy: final.
+    Failed {
+        reason: String,
+        timed_out: bool,
+    },
+    /// Not finished (stopping, or the dead letter could not be published): redeliver.
+    Released,
+    /// Failed an attempt; the broker redelivers it after the delay (broker-side retries).
+    Retry(Duration),
+}

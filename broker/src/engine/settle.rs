@@ -1,0 +1,90 @@
+//! One message and all the triggers it matched: their outcomes combined into the one settlement
+//! its acknowledgement handle gets.
+
+use std::sync::Arc;
+
+use fnbroker_core::{Incoming, Origin, Settlement};
+use tokio_util::sync::CancellationToken;
+
+use super::{Outcome, TriggerRuntime};
+
+/// Settles one message once all its triggers finished.
+pub(super) async fn process(
+    msg: Incoming,
+    triggers: Arc<[Arc<TriggerRuntime>]>,
+    shutdown: CancellationToken,
+    broker_retries: bool,
+) -> u64 {
+    let Incoming {
+        event,
+        origin,
+        key,
+        ack,
+        redeliveries,
+    } = msg;
+
+    if let Origin::Invalid(reason) = &origin {
+        let outcomes = futures::future::join_all(
+            triggers
+                .iter()
+                .map(|t| t.reject_invalid(&event, reason, &shutdown)),
+        )
+        .await;
+        ack.settle(combine(outcomes));
+        return key;
+    }
+
+    let views: Vec<_> = triggers
+        .iter()
+        .filter_map(|t| {
+            let view = t.view(&event, &origin);
+            t.matches(&view).then_some((t, view))
+        })
+        .collect();
+    if views.is_empty() {
+        ack.settle(Settlement::Delivered { reply: None });
+        return key;
+    }
+    for (t, _) in &views {
+        t.stats.received.inc();
+        t.stats.in_flight.inc();
+    }
+    // The broker may wait between attempts only when one trigger matched: a redelivery goes to
+    // every trigger of the subscription again.
+    let broker_retry = (broker_retries && views.len() == 1).then_some(redeliveries);
+    let outcomes = futures::future::join_all(views.iter().map(|(t, view)| async {
+        let outcome = t.deliver(view, &shutdown, broker_retry).await;
+        t.stats.in_flight.dec();
+        outcome
+    }))
+    .await;
+    ack.settle(combine(outcomes));
+    key
+}
+
+/// One settlement from the outcomes of every matched trigger: released if any must see the
+/// message again, retried later if one asked for it, else failed if any failed, else delivered
+/// with the first reply.
+pub(super) fn combine(outcomes: Vec<Outcome>) -> Settlement {
+    let mut failure = None;
+    let mut reply = None;
+    let mut retry = None;
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Released => return Settlement::Released,
+            Outcome::Retry(delay) => retry = Some(delay),
+            Outcome::Failed { reason, timed_out } => {
+                failure.get_or_insert(Settlement::Failed { reason, timed_out });
+            }
+            Outcome::Delivered(r) => {
+                if reply.is_none() {
+                    reply = r;
+                }
+            }
+        }
+    }
+    if let Some(delay) = retry {
+        return Settlement::Retry { delay };
+    }
+    failure.unwrap_or(Settlement::Delivered { reply })
+}

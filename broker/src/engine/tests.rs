@@ -1,0 +1,748 @@
+//! The engine's tests, with paused time.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fnbroker_core::event::{self, AttributesReader, Event};
+use fnbroker_core::{Incoming, Origin, Settlement, Sink, Source};
+use fnbroker_functions::{InvokeError, Invoker, Reply};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::Health;
+use crate::retry::RetryPolicy;
+
+use super::delivery::*;
+use super::flow::*;
+use super::settle::*;
+use super::*;
+use async_trait::async_trait;
+use fnbroker_core::AckHandle;
+use fnbroker_core::config::Delivery;
+use fnbroker_functions::Success;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::mpsc;
+
+/// An invoker that fails `failures` times with `error`, then succeeds; it records the
+/// (paused) time of every call.
+struct Flaky {
+    failures: usize,
+    error: InvokeError,
+    calls: Arc<Mutex<Vec<tokio::time::Instant>>>,
+}
+
+#[async_trait]
+impl Invoker for Flaky {
+    async fn invoke(&self, _: &Event, _: Duration) -> Result<Success, InvokeError> {
+        let n = {
+            let mut calls = self.calls.lock().expect("lock");
+            calls.push(tokio::time::Instant::now());
+            calls.len()
+        };
+        if n <= self.failures {
+            Err(self.error.clone())
+        } else {
+            Ok(Success {
+                status: 200,
+                reply: None,
+            })
+        }
+    }
+}
+
+struct Capture(Arc<Mutex<Vec<Event>>>);
+
+#[async_trait]
+impl Sink for Capture {
+    async fn publish(&self, _: &str, e: &Event) -> Result<(), fnbroker_core::ConnectorError> {
+        self.0.lock().expect("lock").push(e.clone());
+        Ok(())
+    }
+}
+
+fn function(invoker: impl Invoker + 'static) -> Arc<FunctionRuntime> {
+    Arc::new(FunctionRuntime {
+        name: "f".into(),
+        invoker: Box::new(invoker),
+        limit: Arc::new(Semaphore::new(8)),
+        timeout: Duration::from_secs(1),
+        stats: FunctionStats::detached(),
+        health: Health::default(),
+    })
+}
+
+fn trigger(f: Arc<FunctionRuntime>, retries: u32, dead: Option<Target>) -> Arc<TriggerRuntime> {
+    let delivery: Delivery = serde_saphyr::from_str(&format!(
+        "{{ retries: {retries}, backoff: constant, delay: 1s, max_delay: 10s }}"
+    ))
+    .expect("delivery");
+    Arc::new(TriggerRuntime {
+        name: "t".into(),
+        filter: None,
+        event_type: None,
+        function: f,
+        policy: RetryPolicy::from_config(&delivery),
+        timeout: Duration::from_secs(1),
+        dead_letter: dead,
+        reply: None,
+        stats: TriggerStats::detached(),
+    })
+}
+
+fn incoming(id: &str, key: u64) -> (Incoming, mpsc::UnboundedReceiver<Settlement>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let event = event::normalize(
+        event::PlainMessage {
+            kind: "http",
+            connector: "web",
+            topic: "/t",
+            id: Some(id.into()),
+            ..Default::default()
+        },
+        b"x".to_vec(),
+    );
+    let ack = AckHandle::new(move |s| {
+        let _ = tx.send(s);
+    });
+    (
+        Incoming {
+            event,
+            origin: Origin::Plain,
+            key,
+            redeliveries: 0,
+            ack,
+        },
+        rx,
+    )
+}
+
+async fn process_test(
+    msg: Incoming,
+    triggers: Arc<[Arc<TriggerRuntime>]>,
+    shutdown: CancellationToken,
+) -> u64 {
+    process(msg, triggers, shutdown, false).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn broker_side_retries_settle_retry_then_dead_letter() {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let f = function(Flaky {
+        failures: usize::MAX,
+        error: InvokeError::Status {
+            status: 503,
+            retry_after: None,
+            body: String::new(),
+        },
+        calls: Arc::clone(&calls),
+    });
+    let letters = Arc::new(Mutex::new(Vec::new()));
+    let dead = Target::Sink {
+        sink: Arc::new(Capture(Arc::clone(&letters))),
+        topic: "dlq".into(),
+    };
+    let t = trigger(f, 2, Some(dead));
+    // First delivery: one attempt, then the broker is asked to redeliver after the delay.
+    let (msg, mut rx) = incoming("a", 0);
+    process(
+        msg,
+        Arc::from(vec![t.clone()]),
+        CancellationToken::new(),
+        true,
+    )
+    .await;
+    assert!(
+        matches!(rx.recv().await, Some(Settlement::Retry { delay }) if delay == Duration::from_secs(1))
+    );
+    assert_eq!(calls.lock().expect("lock").len(), 1);
+    // The third delivery (two before it) is the last attempt: dead-lettered, not retried.
+    let (mut msg, mut rx) = incoming("a", 0);
+    msg.redeliveries = 2;
+    process(msg, Arc::from(vec![t]), CancellationToken::new(), true).await;
+    assert!(matches!(rx.recv().await, Some(Settlement::Failed { .. })));
+    assert_eq!(calls.lock().expect("lock").len(), 2);
+    let letters = letters.lock().expect("lock");
+    assert_eq!(
+        event::attribute(&letters[0], "dlqattempts").as_deref(),
+        Some("3")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_wait_and_then_succeed() {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let f = function(Flaky {
+        failures: 2,
+        error: InvokeError::Status {
+            status: 503,
+            retry_after: None,
+            body: String::new(),
+        },
+        calls: Arc::clone(&calls),
+    });
+    let t = trigger(f, 3, None);
+    let (msg, mut rx) = incoming("a", 0);
+    process_test(msg, Arc::from(vec![t.clone()]), CancellationToken::new()).await;
+    assert!(matches!(
+        rx.recv().await,
+        Some(Settlement::Delivered { .. })
+    ));
+    let calls = calls.lock().expect("lock");
+    assert_eq!(calls.len(), 3);
+    assert_eq!(calls[1] - calls[0], Duration::from_secs(1));
+    assert_eq!(t.stats.retried.get(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured() {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let f = function(Flaky {
+        failures: 1,
+        error: InvokeError::Status {
+            status: 429,
+            retry_after: Some(Duration::from_secs(7)),
+            body: String::new(),
+        },
+        calls: Arc::clone(&calls),
+    });
+    let (msg, mut rx) = incoming("a", 0);
+    process_test(
+        msg,
+        Arc::from(vec![trigger(f, 3, None)]),
+        CancellationToken::new(),
+    )
+    .await;
+    assert!(matches!(
+        rx.recv().await,
+        Some(Settlement::Delivered { .. })
+    ));
+    let calls = calls.lock().expect("lock");
+    assert_eq!(calls[1] - calls[0], Duration::from_secs(7));
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_errors_go_straight_to_the_dead_letter() {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let f = function(Flaky {
+        failures: usize::MAX,
+        error: InvokeError::Status {
+            status: 400,
+            retry_after: None,
+            body: "bad".into(),
+        },
+        calls: Arc::clone(&calls),
+    });
+    let letters = Arc::new(Mutex::new(Vec::new()));
+    let dead = Target::Sink {
+        sink: Arc::new(Capture(Arc::clone(&letters))),
+        topic: "dlq".into(),
+    };
+    let (msg, mut rx) = incoming("a", 0);
+    process_test(
+        msg,
+        Arc::from(vec![trigger(f, 5, Some(dead))]),
+        CancellationToken::new(),
+    )
+    .await;
+    assert!(matches!(rx.recv().await, Some(Settlement::Failed { .. })));
+    assert_eq!(calls.lock().expect("lock").len(), 1);
+    let letters = letters.lock().expect("lock");
+    assert_eq!(letters[0].id(), "a");
+    assert_eq!(
+        event::attribute(&letters[0], "dlqstatus").as_deref(),
+        Some("400")
+    );
+    assert_eq!(
+        event::attribute(&letters[0], "dlqattempts").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        event::attribute(&letters[0], "dlqtrigger").as_deref(),
+        Some("t")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhausted_retries_count_every_attempt() {
+    // Two timeouts in a row: fewer than an outage takes (three), so a per-event failure.
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let f = function(Flaky {
+        failures: usize::MAX,
+        error: InvokeError::Timeout(Duration::from_secs(1)),
+        calls: Arc::clone(&calls),
+    });
+    let letters = Arc::new(Mutex::new(Vec::new()));
+    let dead = Target::Sink {
+        sink: Arc::new(Capture(Arc::clone(&letters))),
+        topic: "dlq".into(),
+    };
+    let (msg, mut rx) = incoming("a", 0);
+    process_test(
+        msg,
+        Arc::from(vec![trigger(f, 1, Some(dead))]),
+        CancellationToken::new(),
+    )
+    .await;
+    assert!(matches!(
+        rx.recv().await,
+        Some(Settlement::Failed {
+            timed_out: true,
+            ..
+        })
+    ));
+    assert_eq!(calls.lock().expect("lock").len(), 2);
+    let letters = letters.lock().expect("lock");
+    assert_eq!(
+        event::attribute(&letters[0], "dlqattempts").as_deref(),
+        Some("2")
+    );
+    assert_eq!(event::attribute(&letters[0], "dlqstatus"), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_messages_are_dead_lettered_with_their_bytes_and_reason() {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let f = function(Flaky {
+        failures: 0,
+        error: InvokeError::Connect(String::new()),
+        calls: Arc::clone(&calls),
+    });
+    let letters = Arc::new(Mutex::new(Vec::new()));
+    let dead = Target::Sink {
+        sink: Arc::new(Capture(Arc::clone(&letters))),
+        topic: "dlq".into(),
+    };
+    let (mut msg, mut rx) = incoming("raw-1", 0);
+    msg.origin = Origin::Invalid("missing required attribute `id`".into());
+    process_test(
+        msg,
+        Arc::from(vec![trigger(f, 3, Some(dead))]),
+        CancellationToken::new(),
+    )
+    .await;
+    assert!(matches!(rx.recv().await, Some(Settlement::Failed { .. })));
+    assert!(
+        calls.lock().expect("lock").is_empty(),
+        "the function is not called"
+    );
+    let letters = letters.lock().expect("lock");
+    assert_eq!(&*event::data_bytes(&letters[0]), b"x");
+    assert_eq!(
+        event::attribute(&letters[0], "dlqreason").as_deref(),
+        Some("missing required attribute `id`")
+    );
+    assert_eq!(
+        event::attribute(&letters[0], "dlqattempts").as_deref(),
+        Some("0")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_letter_that_cannot_be_published_releases_the_message() {
+    struct Broken;
+    #[async_trait]
+    impl Sink for Broken {
+        async fn publish(&self, _: &str, _: &Event) -> Result<(), fnbroker_core::ConnectorError> {
+            Err(fnbroker_core::ConnectorError::Io {
+                connector: "k".into(),
+                message: "down".into(),
+                source: None,
+            })
+        }
+    }
+    let f = function(Flaky {
+        failures: usize::MAX,
+        error: InvokeError::Status {
+            status: 500,
+            retry_after: None,
+            body: String::new(),
+        },
+        calls: Arc::default(),
+    });
+    let dead = Target::Sink {
+        sink: Arc::new(Broken),
+        topic: "dlq".into(),
+    };
+    let (msg, mut rx) = incoming("a", 0);
+    process_test(
+        msg,
+        Arc::from(vec![trigger(f, 1, Some(dead))]),
+        CancellationToken::new(),
+    )
+    .await;
+    assert!(matches!(rx.recv().await, Some(Settlement::Retry { .. })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_during_backoff_releases() {
+    let f = function(Flaky {
+        failures: usize::MAX,
+        error: InvokeError::Connect("refused".into()),
+        calls: Arc::default(),
+    });
+    let shutdown = CancellationToken::new();
+    let (msg, mut rx) = incoming("a", 0);
+    let task = tokio::spawn(process_test(
+        msg,
+        Arc::from(vec![trigger(f, 5, None)]),
+        shutdown.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    shutdown.cancel();
+    task.await.expect("join");
+    assert!(matches!(rx.recv().await, Some(Settlement::Released)));
+}
+
+/// A source that hands out a fixed list of messages, then waits forever.
+struct ListSource(VecDeque<Incoming>);
+
+#[async_trait]
+impl Source for ListSource {
+    async fn next(&mut self) -> Option<Incoming> {
+        match self.0.pop_front() {
+            Some(m) => Some(m),
+            None => futures::future::pending().await,
+        }
+    }
+}
+
+/// Counts concurrent calls and records the order of ids.
+struct Slow {
+    current: AtomicUsize,
+    peak: AtomicUsize,
+    order: Mutex<Vec<String>>,
+}
+
+struct SlowRef(Arc<Slow>);
+
+#[async_trait]
+impl Invoker for SlowRef {
+    async fn invoke(&self, e: &Event, _: Duration) -> Result<Success, InvokeError> {
+        let slow = &self.0;
+        let now = slow.current.fetch_add(1, Ordering::SeqCst) + 1;
+        slow.peak.fetch_max(now, Ordering::SeqCst);
+        slow.order.lock().expect("lock").push(e.id().to_string());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        slow.current.fetch_sub(1, Ordering::SeqCst);
+        Ok(Success {
+            status: 200,
+            reply: None,
+        })
+    }
+}
+
+async fn run_pump(
+    max_in_flight: usize,
+    ordered: bool,
+    keys: &[u64],
+) -> (Arc<Slow>, Vec<Settlement>) {
+    let slow = Arc::new(Slow {
+        current: AtomicUsize::new(0),
+        peak: AtomicUsize::new(0),
+        order: Mutex::default(),
+    });
+    let f = function(SlowRef(Arc::clone(&slow)));
+    let mut msgs = VecDeque::new();
+    let mut rxs = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let (m, rx) = incoming(&format!("{key}-{i}"), *key);
+        msgs.push_back(m);
+        rxs.push(rx);
+    }
+    let shutdown = CancellationToken::new();
+    let cfg = PumpConfig {
+        name: "s".into(),
+        triggers: Arc::from(vec![trigger(f, 0, None)]),
+        max_in_flight,
+        ordered,
+        shutdown_timeout: Duration::from_secs(30),
+    };
+    let task = tokio::spawn(pump(Box::new(ListSource(msgs)), cfg, shutdown.clone()));
+    let mut settled = Vec::new();
+    for rx in &mut rxs {
+        settled.push(rx.recv().await.expect("settled"));
+    }
+    shutdown.cancel();
+    task.await.expect("join");
+    (slow, settled)
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_in_flight_bounds_concurrency() {
+    let (slow, settled) = run_pump(4, false, &[0; 20]).await;
+    assert_eq!(slow.peak.load(Ordering::SeqCst), 4);
+    assert!(
+        settled
+            .iter()
+            .all(|s| matches!(s, Settlement::Delivered { .. }))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn ordered_keys_are_serial_but_keys_run_in_parallel() {
+    let keys = [1, 2, 1, 2, 1, 2, 1, 2];
+    let (slow, _) = run_pump(16, true, &keys).await;
+    assert_eq!(slow.peak.load(Ordering::SeqCst), 2);
+    let order = slow.order.lock().expect("lock").clone();
+    let of = |k: &str| {
+        order
+            .iter()
+            .filter(|id| id.starts_with(k))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of("1-"), vec!["1-0", "1-2", "1-4", "1-6"]);
+    assert_eq!(of("2-"), vec!["2-1", "2-3", "2-5", "2-7"]);
+}
+
+/// An invoker that is down (connection refused) until `until`, then answers 200; it counts
+/// calls and the most at once.
+struct DownUntil {
+    until: tokio::time::Instant,
+    calls: AtomicUsize,
+    current: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+struct DownRef(Arc<DownUntil>);
+
+#[async_trait]
+impl Invoker for DownRef {
+    async fn invoke(&self, _: &Event, _: Duration) -> Result<Success, InvokeError> {
+        let d = &self.0;
+        d.calls.fetch_add(1, Ordering::SeqCst);
+        let now = d.current.fetch_add(1, Ordering::SeqCst) + 1;
+        d.peak.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        d.current.fetch_sub(1, Ordering::SeqCst);
+        if tokio::time::Instant::now() < d.until {
+            Err(InvokeError::Connect("connection refused".into()))
+        } else {
+            Ok(Success {
+                status: 200,
+                reply: None,
+            })
+        }
+    }
+}
+
+/// Finding 9 of issue 12: a function down for 5 s and for 60 s, default delivery settings
+/// and no dead letter: every event is held (no attempt spent, one probe at a time) and
+/// delivered once the function answers; none is dropped.
+#[tokio::test(start_paused = true)]
+async fn an_outage_holds_events_instead_of_spending_their_retries() {
+    for outage in [Duration::from_secs(5), Duration::from_secs(60)] {
+        let down = Arc::new(DownUntil {
+            until: tokio::time::Instant::now() + outage,
+            calls: AtomicUsize::new(0),
+            current: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        });
+        let f = function(DownRef(Arc::clone(&down)));
+        let t = Arc::new(TriggerRuntime {
+            name: "t".into(),
+            filter: None,
+            event_type: None,
+            function: f,
+            policy: RetryPolicy::from_config(&Delivery::default()),
+            timeout: Duration::from_secs(1),
+            dead_letter: None,
+            reply: None,
+            stats: TriggerStats::detached(),
+        });
+        let triggers: Arc<[Arc<TriggerRuntime>]> = Arc::from(vec![Arc::clone(&t)]);
+        let mut tasks = Vec::new();
+        let mut rxs = Vec::new();
+        for i in 0..50 {
+            let (msg, rx) = incoming(&format!("e{i}"), i);
+            rxs.push(rx);
+            tasks.push(tokio::spawn(process_test(
+                msg,
+                Arc::clone(&triggers),
+                CancellationToken::new(),
+            )));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for task in tasks {
+            task.await.expect("join");
+        }
+        for rx in &mut rxs {
+            let settled = rx.recv().await;
+            assert!(
+                matches!(settled, Some(Settlement::Delivered { .. })),
+                "outage {outage:?}: {settled:?}"
+            );
+        }
+        assert_eq!(t.stats.dropped.get(), 0, "outage {outage:?}");
+        assert_eq!(t.stats.delivered.get(), 50, "outage {outage:?}");
+        // Probing is one call at a time with backoff capped at 5 s: a few per second at
+        // most, not 50 events x 4 attempts in the first second.
+        let calls = down.calls.load(Ordering::SeqCst);
+        assert!(
+            calls < 50 + 10 + 3 * outage.as_secs() as usize,
+            "outage {outage:?}: {calls} calls"
+        );
+    }
+}
+
+struct Replying;
+
+#[async_trait]
+impl Invoker for Replying {
+    async fn invoke(&self, _: &Event, _: Duration) -> Result<Success, InvokeError> {
+        Ok(Success {
+            status: 200,
+            reply: Some(Reply::Raw {
+                content_type: Some("text/plain".into()),
+                body: bytes::Bytes::from_static(b"pong"),
+            }),
+        })
+    }
+}
+
+/// A sink failing `failures` times with `kind` of error, then publishing.
+struct FailingSink {
+    failures: usize,
+    permanent: bool,
+    tries: AtomicUsize,
+}
+
+#[async_trait]
+impl Sink for FailingSink {
+    async fn publish(&self, _: &str, _: &Event) -> Result<(), fnbroker_core::ConnectorError> {
+        let n = self.tries.fetch_add(1, Ordering::SeqCst) + 1;
+        if n > self.failures {
+            return Ok(());
+        }
+        let (connector, message) = ("rabbit".to_string(), "unroutable".to_string());
+        Err(if self.permanent {
+            fnbroker_core::ConnectorError::Permanent {
+                connector,
+                message,
+                source: None,
+            }
+        } else {
+            fnbroker_core::ConnectorError::Io {
+                connector,
+                message,
+                source: None,
+            }
+        })
+    }
+}
+
+fn replying_trigger(
+    sink: Arc<FailingSink>,
+    calls: Arc<Mutex<Vec<tokio::time::Instant>>>,
+) -> Arc<TriggerRuntime> {
+    struct Counting(Arc<Mutex<Vec<tokio::time::Instant>>>);
+    #[async_trait]
+    impl Invoker for Counting {
+        async fn invoke(&self, e: &Event, t: Duration) -> Result<Success, InvokeError> {
+            self.0
+                .lock()
+                .expect("lock")
+                .push(tokio::time::Instant::now());
+            Replying.invoke(e, t).await
+        }
+    }
+    let base = trigger(function(Counting(calls)), 3, None);
+    Arc::new(TriggerRuntime {
+        name: "t".into(),
+        filter: None,
+        event_type: None,
+        function: Arc::clone(&base.function),
+        policy: base.policy.clone(),
+        timeout: base.timeout,
+        dead_letter: None,
+        reply: Some(Target::Sink {
+            sink,
+            topic: "replies".into(),
+        }),
+        stats: TriggerStats::detached(),
+    })
+}
+
+/// Finding 5 of issue 12: a reply that cannot be published (no queue behind the routing
+/// key) does not call the function again: one call, one publish try (it is permanent), then
+/// the message goes back to its broker after `max_delay`, counted.
+#[tokio::test(start_paused = true)]
+async fn an_unpublishable_reply_hands_the_message_back_without_calling_again() {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::new(FailingSink {
+        failures: usize::MAX,
+        permanent: true,
+        tries: AtomicUsize::new(0),
+    });
+    let t = replying_trigger(Arc::clone(&sink), Arc::clone(&calls));
+    let (msg, mut rx) = incoming("a", 0);
+    let started = tokio::time::Instant::now();
+    process_test(
+        msg,
+        Arc::from(vec![Arc::clone(&t)]),
+        CancellationToken::new(),
+    )
+    .await;
+    assert!(matches!(rx.recv().await, Some(Settlement::Retry { .. })));
+    assert_eq!(
+        calls.lock().expect("lock").len(),
+        1,
+        "the function was called again"
+    );
+    assert_eq!(
+        sink.tries.load(Ordering::SeqCst),
+        1,
+        "a permanent failure is not retried"
+    );
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(10),
+        "handed back after max_delay"
+    );
+    assert_eq!(t.stats.handed_back.get(), 1);
+    assert_eq!(t.stats.publish_failed.get(), 1);
+}
+
+/// A transient reply failure is retried on its own, without another call.
+#[tokio::test(start_paused = true)]
+async fn a_transient_reply_failure_is_published_again_not_called_again() {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::new(FailingSink {
+        failures: 2,
+        permanent: false,
+        tries: AtomicUsize::new(0),
+    });
+    let t = replying_trigger(Arc::clone(&sink), Arc::clone(&calls));
+    let (msg, mut rx) = incoming("a", 0);
+    process_test(
+        msg,
+        Arc::from(vec![Arc::clone(&t)]),
+        CancellationToken::new(),
+    )
+    .await;
+    assert!(matches!(
+        rx.recv().await,
+        Some(Settlement::Delivered { .. })
+    ));
+    assert_eq!(calls.lock().expect("lock").len(), 1);
+    assert_eq!(sink.tries.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn raw_replies_are_wrapped() {
+    let (msg, _rx) = incoming("a", 0);
+    let reply = reply_event(
+        &msg.event,
+        "thermostat",
+        Reply::Raw {
+            content_type: Some("application/json".into()),
+            body: bytes::Bytes::from_static(b"{}"),
+        },
+    );
+    assert_eq!(reply.ty(), "fnbroker.http.message.reply");
+    assert_eq!(reply.source(), "fnbroker://functions/thermostat");
+    assert_eq!(reply.datacontenttype(), Some("application/json"));
+    assert_ne!(reply.id(), "a");
+}
