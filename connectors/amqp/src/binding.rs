@@ -10,6 +10,7 @@ use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 use fnbroker_core::Origin;
+use fnbroker_core::binding::Attributes;
 use fnbroker_core::event::{self, AttributesReader, Event, PlainMessage};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -56,34 +57,41 @@ fn attribute_name(header: &str) -> Option<Cow<'_, str>> {
 
 /// Turns a delivery into an event.
 pub fn decode(connector: &str, msg: &Message<'_>) -> (Event, Origin) {
-    let content_type = msg.properties.content_type().as_ref().map(|s| s.as_str());
-    let headers = msg.properties.headers().as_ref();
-    let mut attributes = Vec::new();
-    if let Some(h) = headers {
-        for (k, v) in h.inner() {
-            if let (Some(name), Some(value)) = (attribute_name(k.as_str()), value_text(v)) {
-                attributes.push((
-                    Cow::Owned(name.into_owned()),
-                    Cow::Owned(value.into_owned()),
-                ));
-            }
-        }
+    fnbroker_core::binding::decode(&Inbound { connector, msg })
+}
+
+struct Inbound<'a, 'm> {
+    connector: &'a str,
+    msg: &'a Message<'m>,
+}
+
+impl fnbroker_core::binding::Inbound for Inbound<'_, '_> {
+    fn content_type(&self) -> Option<&str> {
+        self.msg
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|s| s.as_str())
     }
-    let result = if content_type.is_some_and(event::is_structured_content_type) {
-        Some(event::from_json_slice(msg.body))
-    } else if !attributes.is_empty() {
-        Some(event::from_binary(
-            attributes,
-            content_type,
-            msg.body.to_vec(),
-        ))
-    } else {
-        None
-    };
-    match result {
-        Some(Ok(e)) => (e, Origin::CloudEvent),
-        Some(Err(err)) => (plain(connector, msg, content_type), Origin::Invalid(err.0)),
-        None => (plain(connector, msg, content_type), Origin::Plain),
+
+    fn payload(&self) -> &[u8] {
+        self.msg.body
+    }
+
+    fn attributes(&self) -> Result<Option<Attributes<'_>>, event::InvalidEvent> {
+        let Some(headers) = self.msg.properties.headers().as_ref() else {
+            return Ok(None);
+        };
+        let attributes: Attributes<'_> = headers
+            .inner()
+            .iter()
+            .filter_map(|(k, v)| Some((attribute_name(k.as_str())?, value_text(v)?)))
+            .collect();
+        Ok((!attributes.is_empty()).then_some(attributes))
+    }
+
+    fn plain(&self) -> Event {
+        plain(self.connector, self.msg, self.content_type())
     }
 }
 

@@ -1,4 +1,5 @@
-//! Helpers for the binary content mode of the protocol bindings.
+//! What the protocol bindings share: the one decoding of a received message ([`decode`], over
+//! each protocol's [`Inbound`]), and helpers for the binary content mode.
 //!
 //! Every binding carries attributes as `<prefix><name>` headers or properties. The HTTP binding
 //! (and so the HTTP ingress and the HTTP function invoker) also percent-encodes header values.
@@ -6,6 +7,68 @@
 use std::borrow::Cow;
 
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+
+use crate::contract::Origin;
+use crate::event::{self, Event, InvalidEvent};
+
+/// The binary-mode attributes of a message: `(name, value)` pairs, names without the prefix.
+pub type Attributes<'a> = Vec<(Cow<'a, str>, Cow<'a, str>)>;
+
+/// What a protocol binding tells [`decode`] about one received message.
+pub trait Inbound {
+    /// The content type, when the protocol carries one.
+    fn content_type(&self) -> Option<&str>;
+
+    /// The message's bytes.
+    fn payload(&self) -> &[u8];
+
+    /// The binary-mode attributes read from the protocol's headers, or `None` when the message
+    /// has none (it is not a binary-mode CloudEvent). An error when one cannot be read.
+    fn attributes(&self) -> Result<Option<Attributes<'_>>, InvalidEvent>;
+
+    /// Whether the message is a structured-mode event without a content type to say so (MQTT
+    /// 3.1.1, which has no properties). Asked only when there is no content type.
+    fn looks_structured(&self) -> bool {
+        false
+    }
+
+    /// The message as a plain (not CloudEvents) one, normalized with the protocol's metadata.
+    fn plain(&self) -> Event;
+}
+
+/// The one decoding of every broker binding: structured mode when the content type says so (or
+/// the protocol cannot, see [`Inbound::looks_structured`]), then binary mode when there are
+/// attribute headers, else a plain message. A message that claims to be a CloudEvent and is
+/// not a valid one comes back as the plain message with [`Origin::Invalid`] and the reason, so
+/// it is dead-lettered with its bytes rather than lost. The batch content type is defined for
+/// HTTP only: on a broker it is invalid.
+pub fn decode(message: &impl Inbound) -> (Event, Origin) {
+    let content_type = message.content_type();
+    let result = if content_type.is_some_and(event::is_structured_content_type)
+        || (content_type.is_none() && message.looks_structured())
+    {
+        Some(event::from_json_slice(message.payload()))
+    } else if content_type.is_some_and(event::is_batch_content_type) {
+        Some(Err(InvalidEvent(
+            "the batch content mode is defined for HTTP only; send the events one by one".into(),
+        )))
+    } else {
+        match message.attributes() {
+            Ok(Some(attributes)) => Some(event::from_binary(
+                attributes,
+                content_type,
+                message.payload().to_vec(),
+            )),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        }
+    };
+    match result {
+        Some(Ok(e)) => (e, Origin::CloudEvent),
+        Some(Err(err)) => (message.plain(), Origin::Invalid(err.0)),
+        None => (message.plain(), Origin::Plain),
+    }
+}
 
 /// What the HTTP binding percent-encodes in a header value: controls, space, `"`, `%`, and every
 /// byte outside printable ASCII.
@@ -46,6 +109,94 @@ mod tests {
         let enc = http_encode_value(v);
         assert_eq!(enc, "Euro%20%E2%82%AC%20%22quoted%22%20100%25");
         assert_eq!(http_decode_value(&enc).expect("utf8"), v);
+    }
+
+    /// A message as a test binding sees it.
+    struct Fake {
+        content_type: Option<&'static str>,
+        attributes: Option<Vec<(&'static str, &'static str)>>,
+        payload: &'static [u8],
+        structured_look: bool,
+    }
+
+    impl Inbound for Fake {
+        fn content_type(&self) -> Option<&str> {
+            self.content_type
+        }
+        fn payload(&self) -> &[u8] {
+            self.payload
+        }
+        fn attributes(&self) -> Result<Option<Attributes<'_>>, InvalidEvent> {
+            Ok(self.attributes.as_ref().map(|a| {
+                a.iter()
+                    .map(|(k, v)| (Cow::Borrowed(*k), Cow::Borrowed(*v)))
+                    .collect()
+            }))
+        }
+        fn looks_structured(&self) -> bool {
+            self.structured_look
+        }
+        fn plain(&self) -> Event {
+            event::normalize(
+                event::PlainMessage {
+                    kind: "fake",
+                    connector: "f",
+                    topic: "t",
+                    ..Default::default()
+                },
+                self.payload.to_vec(),
+            )
+        }
+    }
+
+    const EVENT: &[u8] = br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#;
+
+    #[test]
+    fn decode_tries_structured_then_binary_then_plain() {
+        use crate::event::AttributesReader;
+        let msg = |content_type, attributes, payload, structured_look| Fake {
+            content_type,
+            attributes,
+            payload,
+            structured_look,
+        };
+        let (e, o) = decode(&msg(
+            Some("application/cloudevents+json"),
+            None,
+            EVENT,
+            false,
+        ));
+        assert_eq!((e.id(), o), ("1", Origin::CloudEvent));
+        let (e, o) = decode(&msg(None, None, EVENT, true));
+        assert_eq!((e.id(), o), ("1", Origin::CloudEvent));
+        let binary = Some(vec![
+            ("specversion", "1.0"),
+            ("id", "b"),
+            ("source", "/s"),
+            ("type", "t"),
+        ]);
+        let (e, o) = decode(&msg(Some("text/plain"), binary, b"hi", false));
+        assert_eq!((e.id(), o), ("b", Origin::CloudEvent));
+        let (e, o) = decode(&msg(None, None, b"hi", false));
+        assert_eq!((e.ty(), o), ("fnbroker.fake.message", Origin::Plain));
+        // Claims to be a CloudEvent and is not: the plain message, with the reason.
+        let (_, o) = decode(&msg(
+            Some("application/cloudevents+json"),
+            None,
+            b"{}",
+            false,
+        ));
+        assert!(matches!(o, Origin::Invalid(_)), "{o:?}");
+        let (_, o) = decode(&msg(
+            Some("application/cloudevents-batch+json"),
+            None,
+            b"[]",
+            false,
+        ));
+        assert!(
+            matches!(&o, Origin::Invalid(r) if r.contains("HTTP only")),
+            "{o:?}"
+        );
     }
 
     #[test]

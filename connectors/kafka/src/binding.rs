@@ -12,6 +12,7 @@ use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 use fnbroker_core::Origin;
+use fnbroker_core::binding::Attributes;
 use fnbroker_core::event::{self, AttributesReader, Event, PlainMessage};
 use rdkafka::message::{Header, OwnedHeaders};
 
@@ -46,58 +47,51 @@ fn header<'a>(record: &Record<'a>, name: &str) -> Option<&'a [u8]> {
 
 /// Turns a record into an event. `connector` names the connector in normalized sources.
 pub fn decode(connector: &str, record: &Record<'_>) -> (Event, Origin) {
-    let payload = record.payload.unwrap_or_default();
-    let content_type = header(record, "content-type").and_then(|v| std::str::from_utf8(v).ok());
-    let has_ce_headers = record
-        .headers
-        .iter()
-        .any(|(n, _)| fnbroker_core::binding::strip_prefix_ci(n, PREFIX).is_some());
-
-    let result = if content_type.is_some_and(event::is_structured_content_type) {
-        event::from_json_slice(payload)
-    } else if content_type.is_some_and(event::is_batch_content_type) {
-        Err(event::InvalidEvent(
-            "the batch content mode is not defined for Kafka".into(),
-        ))
-    } else if has_ce_headers {
-        binary(record, content_type, payload)
-    } else {
-        return (
-            plain(connector, record, content_type, payload),
-            Origin::Plain,
-        );
-    };
-    match result {
-        Ok(mut e) => {
-            if e.extension("partitionkey").is_none()
-                && let Some(key) = record.key
-            {
-                e.set_extension("partitionkey", String::from_utf8_lossy(key).into_owned());
-            }
-            (e, Origin::CloudEvent)
-        }
-        Err(err) => (
-            plain(connector, record, content_type, payload),
-            Origin::Invalid(err.0),
-        ),
+    let (mut e, origin) = fnbroker_core::binding::decode(&Inbound { connector, record });
+    if origin == Origin::CloudEvent
+        && e.extension("partitionkey").is_none()
+        && let Some(key) = record.key
+    {
+        e.set_extension("partitionkey", String::from_utf8_lossy(key).into_owned());
     }
+    (e, origin)
 }
 
-fn binary(
-    record: &Record<'_>,
-    content_type: Option<&str>,
-    payload: &[u8],
-) -> Result<Event, event::InvalidEvent> {
-    let mut attributes = Vec::with_capacity(8);
-    for (name, value) in &record.headers {
-        let Some(attr) = fnbroker_core::binding::strip_prefix_ci(name, PREFIX) else {
-            continue;
-        };
-        let value = std::str::from_utf8(value.unwrap_or_default())
-            .map_err(|_| event::InvalidEvent(format!("header `{name}` is not UTF-8")))?;
-        attributes.push((attr, Cow::Borrowed(value)));
+struct Inbound<'a, 'r> {
+    connector: &'a str,
+    record: &'a Record<'r>,
+}
+
+impl fnbroker_core::binding::Inbound for Inbound<'_, '_> {
+    fn content_type(&self) -> Option<&str> {
+        header(self.record, "content-type").and_then(|v| std::str::from_utf8(v).ok())
     }
-    event::from_binary(attributes, content_type, payload.to_vec())
+
+    fn payload(&self) -> &[u8] {
+        self.record.payload.unwrap_or_default()
+    }
+
+    fn attributes(&self) -> Result<Option<Attributes<'_>>, event::InvalidEvent> {
+        let mut attributes = Vec::new();
+        for (name, value) in &self.record.headers {
+            let Some(attr) = fnbroker_core::binding::strip_prefix_ci(name, PREFIX) else {
+                continue;
+            };
+            let value = std::str::from_utf8(value.unwrap_or_default())
+                .map_err(|_| event::InvalidEvent(format!("header `{name}` is not UTF-8")))?;
+            attributes.push((attr, Cow::Borrowed(value)));
+        }
+        Ok((!attributes.is_empty()).then_some(attributes))
+    }
+
+    fn plain(&self) -> Event {
+        plain(
+            self.connector,
+            self.record,
+            self.content_type(),
+            self.payload(),
+        )
+    }
 }
 
 fn plain(

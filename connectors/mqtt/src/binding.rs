@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 
 use fnbroker_core::Origin;
+use fnbroker_core::binding::Attributes;
 use fnbroker_core::event::{self, AttributesReader, Event, PlainMessage};
 
 /// What the binding reads of a message.
@@ -28,32 +29,46 @@ pub struct Message<'a> {
 
 /// Turns a message into an event.
 pub fn decode(connector: &str, msg: &Message<'_>) -> (Event, Origin) {
-    let result = if msg
-        .content_type
-        .is_some_and(event::is_structured_content_type)
-    {
-        Some(event::from_json_slice(msg.payload))
-    } else if msg.v5 && msg.user_properties.iter().any(|(k, _)| k == "specversion") {
+    fnbroker_core::binding::decode(&Inbound { connector, msg })
+}
+
+struct Inbound<'a, 'm> {
+    connector: &'a str,
+    msg: &'a Message<'m>,
+}
+
+impl fnbroker_core::binding::Inbound for Inbound<'_, '_> {
+    fn content_type(&self) -> Option<&str> {
+        self.msg.content_type
+    }
+
+    fn payload(&self) -> &[u8] {
+        self.msg.payload
+    }
+
+    /// MQTT 5 user properties, when `specversion` is one of them.
+    fn attributes(&self) -> Result<Option<Attributes<'_>>, event::InvalidEvent> {
+        let props = &self.msg.user_properties;
+        if !self.msg.v5 || !props.iter().any(|(k, _)| k == "specversion") {
+            return Ok(None);
+        }
         // User properties that cannot be attribute names (`Device-ID`) are the application's own.
-        let attributes = msg
-            .user_properties
-            .iter()
-            .filter(|(k, _)| event::is_valid_attribute_name(k))
-            .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())));
-        Some(event::from_binary(
-            attributes,
-            msg.content_type,
-            msg.payload.to_vec(),
+        Ok(Some(
+            props
+                .iter()
+                .filter(|(k, _)| event::is_valid_attribute_name(k))
+                .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
+                .collect(),
         ))
-    } else if !msg.v5 && looks_structured(msg.payload) {
-        Some(event::from_json_slice(msg.payload))
-    } else {
-        None
-    };
-    match result {
-        Some(Ok(e)) => (e, Origin::CloudEvent),
-        Some(Err(err)) => (plain(connector, msg), Origin::Invalid(err.0)),
-        None => (plain(connector, msg), Origin::Plain),
+    }
+
+    /// MQTT 3.1.1 has no properties: a JSON object naming `specversion` is a structured event.
+    fn looks_structured(&self) -> bool {
+        !self.msg.v5 && looks_structured(self.msg.payload)
+    }
+
+    fn plain(&self) -> Event {
+        plain(self.connector, self.msg)
     }
 }
 

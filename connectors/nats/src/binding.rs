@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use async_nats::HeaderMap;
 use chrono::{DateTime, Utc};
 use fnbroker_core::Origin;
+use fnbroker_core::binding::Attributes;
 use fnbroker_core::event::{self, AttributesReader, Event, PlainMessage};
 
 /// What the binding reads of a message.
@@ -36,37 +37,39 @@ fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
 
 /// Turns a message into an event.
 pub fn decode(connector: &str, msg: &Message<'_>) -> (Event, Origin) {
-    let content_type = header(msg.headers, "content-type");
-    let ce_headers: Vec<(Cow<'_, str>, Cow<'_, str>)> = msg
-        .headers
-        .map(|h| {
-            h.iter()
-                .filter_map(|(k, v)| {
-                    let name =
-                        fnbroker_core::binding::strip_prefix_ci(AsRef::<str>::as_ref(k), "ce-")?;
-                    Some((
-                        Cow::Owned(name.into_owned()),
-                        Cow::Borrowed(v.first()?.as_str()),
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let result = if content_type.is_some_and(event::is_structured_content_type) {
-        Some(event::from_json_slice(msg.payload))
-    } else if !ce_headers.is_empty() {
-        Some(event::from_binary(
-            ce_headers,
-            content_type,
-            msg.payload.to_vec(),
-        ))
-    } else {
-        None
-    };
-    match result {
-        Some(Ok(e)) => (e, Origin::CloudEvent),
-        Some(Err(err)) => (plain(connector, msg, content_type), Origin::Invalid(err.0)),
-        None => (plain(connector, msg, content_type), Origin::Plain),
+    fnbroker_core::binding::decode(&Inbound { connector, msg })
+}
+
+struct Inbound<'a, 'm> {
+    connector: &'a str,
+    msg: &'a Message<'m>,
+}
+
+impl fnbroker_core::binding::Inbound for Inbound<'_, '_> {
+    fn content_type(&self) -> Option<&str> {
+        header(self.msg.headers, "content-type")
+    }
+
+    fn payload(&self) -> &[u8] {
+        self.msg.payload
+    }
+
+    fn attributes(&self) -> Result<Option<Attributes<'_>>, event::InvalidEvent> {
+        let Some(headers) = self.msg.headers else {
+            return Ok(None);
+        };
+        let attributes: Attributes<'_> = headers
+            .iter()
+            .filter_map(|(k, v)| {
+                let name = fnbroker_core::binding::strip_prefix_ci(AsRef::<str>::as_ref(k), "ce-")?;
+                Some((name, Cow::Borrowed(v.first()?.as_str())))
+            })
+            .collect();
+        Ok((!attributes.is_empty()).then_some(attributes))
+    }
+
+    fn plain(&self) -> Event {
+        plain(self.connector, self.msg, self.content_type())
     }
 }
 
