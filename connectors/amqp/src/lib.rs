@@ -22,7 +22,6 @@
 
 pub mod binding;
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -81,12 +80,6 @@ async fn connect(url: &str, connection_name: &str) -> Result<Connection, String>
     Connection::connect(url, props)
         .await
         .map_err(|e| e.to_string())
-}
-
-fn key_of(routing_key: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    routing_key.hash(&mut h);
-    h.finish()
 }
 
 #[async_trait]
@@ -349,7 +342,7 @@ async fn consume(
                 body: &delivery.data,
             };
             let (event, origin) = binding::decode(&spec.connector, &view);
-            let key = key_of(delivery.routing_key.as_str());
+            let key = kit::ordering_key(delivery.routing_key.as_str());
             let incoming = Incoming {
                 event,
                 origin,

@@ -102,6 +102,16 @@ pub fn full_jitter(ceiling: Duration, rng: &mut impl rand::Rng) -> Duration {
     rng.random_range(Duration::ZERO..=ceiling)
 }
 
+/// The ordering key of a message (see [`Incoming::key`](crate::Incoming::key)): a hash of
+/// what orders it in its broker (an MQTT topic, a NATS subject, an AMQP routing key, a Kafka
+/// topic and partition).
+pub fn ordering_key(parts: impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parts.hash(&mut h);
+    h.finish()
+}
+
 /// How many messages a source's channel holds at most, between its consume loop and the engine,
 /// whatever the subscription's `max_in_flight`: a bound on memory per subscription.
 pub const MAX_SOURCE_BUFFER: usize = 1024;

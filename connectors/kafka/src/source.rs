@@ -21,7 +21,6 @@
 //!   recovered by seeking to its position.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -142,14 +141,6 @@ fn one(topic: &str, partition: i32) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, partition);
     tpl
-}
-
-/// The ordering key of a partition.
-fn key_of(topic: &str, partition: i32) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    topic.hash(&mut h);
-    partition.hash(&mut h);
-    h.finish()
 }
 
 /// Starts the poll thread behind a channel-backed source.
@@ -314,7 +305,7 @@ impl Poller {
         let incoming = Incoming {
             event,
             origin,
-            key: key_of(m.topic(), m.partition()),
+            key: fnbroker_core::kit::ordering_key((m.topic(), m.partition())),
             redeliveries: 0,
             ack,
         };

@@ -20,11 +20,11 @@
 //! ends once it went out. So a clean stop acknowledges everything that finished.
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fnbroker_core::kit;
 use fnbroker_core::{AckHandle, Incoming, Settlement};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -345,7 +345,7 @@ impl Dispatcher {
                 ack_tx: Mutex::new(Some(self.ack_tx.clone())),
             })
         });
-        let key = key_of(&msg.topic);
+        let key = kit::ordering_key(&msg.topic);
         for sub in targets {
             let ack = match &shared {
                 None => AckHandle::none(),
@@ -372,13 +372,6 @@ impl Dispatcher {
             }
         }
     }
-}
-
-/// The ordering key of a topic.
-fn key_of(topic: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    topic.hash(&mut h);
-    h.finish()
 }
 
 /// One received message shared by the subscriptions it went to: acknowledged once all of them
