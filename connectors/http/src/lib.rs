@@ -118,7 +118,7 @@ impl Connector for HttpIngress {
         let settings: HttpSourceSettings = sub.settings()?;
         // The engine pulls only while it has room, so a small buffer is enough: a full one makes
         // the request wait, which is the backpressure an HTTP client can see.
-        let (tx, rx) = mpsc::channel(sub.max_in_flight.clamp(1, 1024));
+        let (tx, rx) = mpsc::channel(fnbroker_core::kit::source_buffer(sub.max_in_flight));
         let mut routes = self
             .routes
             .write()

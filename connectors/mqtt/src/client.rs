@@ -10,6 +10,10 @@ use rumqttc::v5::mqttbytes::v5::{
 };
 use rumqttc::{Outgoing, QoS};
 
+/// The capacity of the request queue between a client handle and its event loop (publishes,
+/// acknowledgements, subscribes waiting for the loop).
+const REQUEST_CAPACITY: usize = 64;
+
 /// How to connect.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
@@ -108,7 +112,7 @@ pub(crate) fn connect(o: &Options) -> (Client, EventLoop) {
         if let Some((u, p)) = &o.credentials {
             m.set_credentials(u, p);
         }
-        let (c, e) = rumqttc::v5::AsyncClient::new(m, 64);
+        let (c, e) = rumqttc::v5::AsyncClient::new(m, REQUEST_CAPACITY);
         (Client::V5(c), EventLoop::V5(Box::new(e)))
     } else {
         let mut m = rumqttc::MqttOptions::new(&o.client_id, &o.host, o.port);
@@ -118,7 +122,7 @@ pub(crate) fn connect(o: &Options) -> (Client, EventLoop) {
         if let Some((u, p)) = &o.credentials {
             m.set_credentials(u, p);
         }
-        let (c, e) = rumqttc::AsyncClient::new(m, 64);
+        let (c, e) = rumqttc::AsyncClient::new(m, REQUEST_CAPACITY);
         (Client::V3(c), EventLoop::V3(Box::new(e)))
     }
 }

@@ -44,6 +44,10 @@ pub use crate::config::{MqttSettings, MqttSourceSettings, Plugin};
 use crate::client::{Client, Ev, EventLoop, Options};
 use crate::consume::{Consumer, Sub};
 
+/// The most QoS 1 and 2 messages the broker may have unacknowledged towards fnbroker (MQTT 5
+/// Receive Maximum; 3.1.1 has none, and the acknowledger's in-order PUBACKs bound it instead).
+const RECEIVE_MAXIMUM: u16 = 100;
+
 /// The MQTT connector of one configuration entry.
 pub struct MqttConnector {
     name: String,
@@ -80,7 +84,7 @@ impl MqttConnector {
             clean: false,
             keep_alive: cfg.keep_alive.get(),
             session_expiry: cfg.session_expiry.get(),
-            receive_maximum: 100,
+            receive_maximum: RECEIVE_MAXIMUM,
             credentials: cfg
                 .username
                 .clone()
@@ -140,7 +144,7 @@ impl Connector for MqttConnector {
             None => topic.to_string(),
         };
         let qos = source.qos.min(2);
-        let (tx, rx) = mpsc::channel(sub.max_in_flight.clamp(1, 1024));
+        let (tx, rx) = mpsc::channel(fnbroker_core::kit::source_buffer(sub.max_in_flight));
         let mut subs = self.subs.lock().map_err(|_| ConnectorError::Io {
             connector: self.name.clone(),
             message: "subscription table poisoned".into(),

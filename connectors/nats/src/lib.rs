@@ -77,7 +77,7 @@ impl NatsConnector {
                 let mut opts = ConnectOptions::new()
                     .name(format!("fnbroker-{}", self.name))
                     .retry_on_initial_connect()
-                    .subscription_capacity(4096);
+                    .subscription_capacity(SUBSCRIPTION_CAPACITY);
                 if let (Some(u), Some(p)) = (&self.config.user, &self.config.password) {
                     opts = opts.user_and_password(u.clone(), p.clone());
                 }
@@ -315,6 +315,10 @@ async fn jetstream_loop(
     acks.finish().await;
 }
 
+/// How many messages async-nats buffers per subscription before the connection's reader waits
+/// (a slow consumer): core NATS has no redelivery, so a generous buffer loses less.
+const SUBSCRIPTION_CAPACITY: usize = 4096;
+
 /// How long one pull request waits at the server. With nats-server 2.9.10 and async-nats 0.51 a
 /// pull request is now and then left unserved while the stream has messages (a plain async-nats
 /// consumer, the bench's direct path, stalls the same way), until it expires: at async-nats'
@@ -334,7 +338,7 @@ async fn pull_loop(
     'outer: loop {
         let messages = consumer
             .stream()
-            .max_messages_per_batch(batch.clamp(1, 1024))
+            .max_messages_per_batch(kit::source_buffer(batch))
             .expires(PULL_EXPIRES)
             .messages()
             .await;
