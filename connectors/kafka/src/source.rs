@@ -225,7 +225,12 @@ impl Poller {
                 Some(Ok(m)) => {
                     self.consumer.context().ready.store(true, Ordering::Release);
                     let (partition, incoming) = self.incoming(&m, &settle_tx);
-                    self.last_seen.insert(partition.clone(), Instant::now());
+                    match self.last_seen.get_mut(&partition) {
+                        Some(seen) => *seen = Instant::now(),
+                        None => {
+                            self.last_seen.insert(partition.clone(), Instant::now());
+                        }
+                    }
                     self.offer(partition, incoming);
                 }
                 Some(Err(e)) => {
@@ -348,12 +353,31 @@ impl Poller {
                 Ok(Ok(permit)) => {
                     if let Some((partition, incoming)) = self.stash.pop_front() {
                         permit.send(incoming);
-                        if !self.stash.iter().any(|(p, _)| *p == partition) {
-                            self.resume(&partition);
+                        self.resume_if_unstashed(&partition);
+                    }
+                    // Whatever else fits now goes without another wait on the runtime.
+                    while let Some((partition, incoming)) = self.stash.pop_front() {
+                        match tx.try_send(incoming) {
+                            Ok(()) => self.resume_if_unstashed(&partition),
+                            Err(mpsc::error::TrySendError::Full(incoming)) => {
+                                self.stash.push_front((partition, incoming));
+                                break;
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => {
+                                self.stash.clear();
+                                return;
+                            }
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// Resumes `partition` once none of its records is stashed any more.
+    fn resume_if_unstashed(&mut self, partition: &Partition) {
+        if self.paused.contains(partition) && !self.stash.iter().any(|(p, _)| p == partition) {
+            self.resume(partition);
         }
     }
 
