@@ -74,12 +74,10 @@ impl AmqpConnector {
     }
 }
 
-async fn connect(url: &str, connection_name: &str) -> Result<Connection, String> {
+async fn connect(url: &str, connection_name: &str) -> Result<Connection, lapin::Error> {
     let props =
         ConnectionProperties::default().with_connection_name(connection_name.to_string().into());
-    Connection::connect(url, props)
-        .await
-        .map_err(|e| e.to_string())
+    Connection::connect(url, props).await
 }
 
 #[async_trait]
@@ -99,10 +97,8 @@ impl Connector for AmqpConnector {
         // reconnected.
         let conn = connect(&self.config.url, &self.connection_name)
             .await
-            .map_err(|e| ConnectorError::Io {
-                connector: self.name.clone(),
-                message: format!("cannot connect: {e}"),
-                source: None,
+            .map_err(|e| {
+                ConnectorError::io(&self.name, format!("cannot connect: {e}")).caused_by(e)
             })?;
         let prefetch = u16::try_from(sub.max_in_flight).unwrap_or(u16::MAX);
         let spec = ConsumerSpec {
@@ -297,7 +293,9 @@ async fn consume(
             Some(c) => c,
             None => {
                 let opened = async {
-                    let conn = connect(&spec.url, &spec.connection_name).await?;
+                    let conn = connect(&spec.url, &spec.connection_name)
+                        .await
+                        .map_err(|e| e.to_string())?;
                     let consumer = spec.open(&conn).await?;
                     Ok::<_, String>((conn, consumer))
                 };
@@ -388,7 +386,9 @@ impl AmqpSink {
         {
             return Ok(ch.clone());
         }
-        let conn = connect(&self.url, &self.connection_name).await?;
+        let conn = connect(&self.url, &self.connection_name)
+            .await
+            .map_err(|e| e.to_string())?;
         let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
@@ -411,10 +411,8 @@ impl Sink for AmqpSink {
         // A passive declare that fails closes its channel: use one of its own.
         let conn = connect(&self.url, &self.connection_name)
             .await
-            .map_err(|e| ConnectorError::Io {
-                connector: self.connector.clone(),
-                message: format!("cannot connect: {e}"),
-                source: None,
+            .map_err(|e| {
+                ConnectorError::io(&self.connector, format!("cannot connect: {e}")).caused_by(e)
             })?;
         let channel = conn
             .create_channel()
