@@ -15,13 +15,12 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::fmt;
 use std::marker::PhantomData;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
-use crate::config::ConfDuration;
+use crate::config::{ConfDuration, values};
 use crate::contract::{Connector, ConnectorError};
 
 /// What a connector crate implements to be registered: its kind, its typed settings, their
@@ -281,45 +280,22 @@ impl<'a> Report<'a> {
 
     /// Reports a duration whose text did not parse.
     pub fn duration(&self, key: &str, value: &ConfDuration) {
-        if !value.is_valid() {
-            self.error(
-                &[key],
-                format_args!(
-                    "`{key}`: `{}` is not a duration (write `250ms`, `5s`, `1m`)",
-                    value.text().as_str()
-                ),
-            );
+        if let Some(problem) = values::duration_problem(value) {
+            self.error(&[key], format_args!("`{key}`: {problem}"));
         }
     }
 
     /// Reports a value that is not an address `host:port`.
     pub fn address(&self, key: &str, value: &str) {
-        if value.parse::<SocketAddr>().is_err() {
-            self.error(
-                &[key],
-                format_args!(
-                    "`{key}`: `{value}` is not an address `host:port` (e.g. `127.0.0.1:8080`)"
-                ),
-            );
+        if let Some(problem) = values::address_problem(value) {
+            self.error(&[key], format_args!("`{key}`: {problem}"));
         }
     }
 
     /// Reports a value that is not a URL with a host and one of `schemes`.
     pub fn url(&self, key: &str, value: &str, schemes: &[&str]) {
-        match url::Url::parse(value) {
-            Ok(u) if !schemes.contains(&u.scheme()) => self.error(
-                &[key],
-                format_args!(
-                    "`{key}`: URL scheme `{}` is not one of {}",
-                    u.scheme(),
-                    schemes.join(", ")
-                ),
-            ),
-            Ok(u) if !u.has_host() => {
-                self.error(&[key], format_args!("`{key}`: URL `{value}` has no host"))
-            }
-            Ok(_) => {}
-            Err(e) => self.error(&[key], format_args!("`{key}`: `{value}` is not a URL: {e}")),
+        if let Some(problem) = values::url_problem(value, schemes) {
+            self.error(&[key], format_args!("`{key}`: {problem}"));
         }
     }
 }

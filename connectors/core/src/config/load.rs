@@ -4,13 +4,13 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::Path;
 
 use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
+use super::values;
 use super::{ConfDuration, Config, ConnectorConfig, Destination, Filter, Function, Loc, Trigger};
 use crate::event::is_valid_attribute_name;
 use crate::registry::{ConnectorKind, Finding, ParseError, Registry, Report, Settings, SourceUse};
@@ -802,7 +802,6 @@ fn validate_trigger(
         ),
         Some(connector) => {
             if let Some(kind) = registry.get(connector.kind()) {
-                let takes = kind_keys(kind, 1);
                 let parsed = parse_keys(
                     &base,
                     &format!("trigger `{tname}`"),
@@ -810,6 +809,7 @@ fn validate_trigger(
                     |v, ignored| kind.parse_source(v, ignored),
                     |path| {
                         let key = path.join(".");
+                        let takes = kind_keys(kind, 1);
                         let with = if takes.is_empty() {
                             String::from("only `connector` and `topic`")
                         } else {
@@ -1002,13 +1002,13 @@ fn validate_destination(
     let owner = format!("{what} of trigger `{tname}`");
     match kind.filter(|_| dest.function.is_none()) {
         Some(kind) => {
-            let takes = kind_keys(kind, 2);
             let parsed = parse_keys(
                 &base,
                 &owner,
                 dest.keys.object(),
                 |v, ignored| kind.parse_destination(v, ignored),
                 |path| {
+                    let takes = kind_keys(kind, 2);
                     let with = if takes.is_empty() {
                         String::new()
                     } else {
@@ -1049,42 +1049,20 @@ fn validate_destination(
 }
 
 fn duration(d: &ConfDuration, what: &str, errors: &mut Errors<'_>) {
-    if !d.is_valid() {
-        errors.at(
-            d.text(),
-            format!(
-                "{what}: `{}` is not a duration (write `250ms`, `5s`, `1m`)",
-                **d.text()
-            ),
-        );
+    if let Some(problem) = values::duration_problem(d) {
+        errors.at(d.text(), format!("{what}: {problem}"));
     }
 }
 
 fn address(a: &Loc<String>, what: &str, errors: &mut Errors<'_>) {
-    if a.parse::<SocketAddr>().is_err() {
-        errors.at(
-            a,
-            format!(
-                "{what}: `{}` is not an address `host:port` (e.g. `127.0.0.1:8080`)",
-                **a
-            ),
-        );
+    if let Some(problem) = values::address_problem(a) {
+        errors.at(a, format!("{what}: {problem}"));
     }
 }
 
 fn url(u: &Loc<String>, schemes: &[&str], owner: &str, errors: &mut Errors<'_>) {
-    match url::Url::parse(u) {
-        Ok(parsed) if schemes.contains(&parsed.scheme()) && parsed.has_host() => {}
-        Ok(parsed) if !schemes.contains(&parsed.scheme()) => errors.at(
-            u,
-            format!(
-                "`{owner}`: URL scheme `{}` is not one of {}",
-                parsed.scheme(),
-                schemes.join(", ")
-            ),
-        ),
-        Ok(_) => errors.at(u, format!("`{owner}`: URL `{}` has no host", **u)),
-        Err(e) => errors.at(u, format!("`{owner}`: `{}` is not a URL: {e}", **u)),
+    if let Some(problem) = values::url_problem(u, schemes) {
+        errors.at(u, format!("`{owner}`: {problem}"));
     }
 }
 

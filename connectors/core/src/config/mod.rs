@@ -12,7 +12,7 @@
 //! `fnbroker schema` prints the JSON Schema generated from these same types.
 
 mod load;
-mod values;
+pub(crate) mod values;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -270,6 +270,38 @@ impl JsonSchema for ByteSize {
     }
 }
 
+/// What is wrong with a duration, if anything (the wording of every duration error).
+pub(crate) fn duration_problem(d: &ConfDuration) -> Option<String> {
+    (!d.is_valid()).then(|| {
+        format!(
+            "`{}` is not a duration (write `250ms`, `5s`, `1m`)",
+            d.text().as_str()
+        )
+    })
+}
+
+/// What is wrong with an address `host:port`, if anything.
+pub(crate) fn address_problem(value: &str) -> Option<String> {
+    value
+        .parse::<std::net::SocketAddr>()
+        .is_err()
+        .then(|| format!("`{value}` is not an address `host:port` (e.g. `127.0.0.1:8080`)"))
+}
+
+/// What is wrong with a URL that needs a host and one of `schemes`, if anything.
+pub(crate) fn url_problem(value: &str, schemes: &[&str]) -> Option<String> {
+    match url::Url::parse(value) {
+        Ok(u) if !schemes.contains(&u.scheme()) => Some(format!(
+            "URL scheme `{}` is not one of {}",
+            u.scheme(),
+            schemes.join(", ")
+        )),
+        Ok(u) if !u.has_host() => Some(format!("URL `{value}` has no host")),
+        Ok(_) => None,
+        Err(e) => Some(format!("`{value}` is not a URL: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
