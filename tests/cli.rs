@@ -170,6 +170,26 @@ fn validate_reports_a_malformed_sql_filter_with_its_position() {
 }
 
 #[test]
+fn validate_refuses_a_sql_filter_nested_too_deep() {
+    for sql in [
+        format!("{}TRUE", "NOT ".repeat(10_000)),
+        "(".repeat(10_000),
+        vec!["id = 'x'"; 10_000].join(" OR "),
+    ] {
+        let (code, stderr, file) = validate(&GOOD.replace(
+            "    to: f\n",
+            &format!("    to: f\n    filter: {{ sql: \"{sql}\" }}\n"),
+        ));
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("{file}:9:20: trigger `t`: invalid sql filter:"))
+                && stderr.contains("nests deeper than 100 levels"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn version_and_schema() {
     let out = fnbroker(&["--version"]);
     assert!(out.status.success());

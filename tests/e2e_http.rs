@@ -635,3 +635,220 @@ async fn sql_filters_route_events() {
     assert_eq!(server.count("/f"), 1);
     drop(fb);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_in_attributes_are_refused() {
+    let server = FnServer::start().await;
+    let port = free_port();
+    let fb = Fnbroker::start(&config(
+        port,
+        &http_fn("f", &server.url("/f"), ""),
+        "  - { name: t, from: { connector: web, topic: /in }, to: f }",
+    ))
+    .await;
+    let url = format!("http://127.0.0.1:{port}/in");
+    // Binary mode: a percent-encoded NUL in an extension.
+    let res = client()
+        .post(&url)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "x")
+        .header("ce-source", "/s")
+        .header("ce-type", "t")
+        .header("ce-foo", "a%00b")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let reason = res.text().await.expect("text");
+    assert!(
+        reason.contains("`foo`") && reason.contains("control character"),
+        "{reason}"
+    );
+    // Structured mode: an escaped NUL in the id, a newline in the subject.
+    for (name, value) in [("id", "a\u{0}b"), ("subject", "line\nbreak")] {
+        let mut event = json!({"specversion": "1.0", "id": "y", "source": "/s", "type": "t"});
+        event[name] = json!(value);
+        let res = client()
+            .post(&url)
+            .header("content-type", "application/cloudevents+json")
+            .body(event.to_string())
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{name}");
+        let reason = res.text().await.expect("text");
+        assert!(reason.contains(&format!("`{name}`")), "{reason}");
+    }
+    // A clean event still goes through, and nothing refused reached the function.
+    let res = client()
+        .post(&url)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "ok")
+        .header("ce-source", "/s")
+        .header("ce-type", "t")
+        .header("ce-foo", "a%20b")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let got = server.wait_count("/f", 1, WAIT).await;
+    assert_eq!(got[0].header("ce-id"), Some("ok"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.count("/f"), 1);
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_capped_in_events_and_memory() {
+    let server = FnServer::start().await;
+    let port = free_port();
+    let fb = Fnbroker::start(&format!(
+        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port}, max_body: 16MiB }} }}\nfunctions:\n{}\ntriggers:\n  - {{ name: t, from: {{ connector: web, topic: /in }}, to: f }}\n",
+        http_fn("f", &server.url("/f"), "")
+    ))
+    .await;
+    let url = format!("http://127.0.0.1:{port}/in");
+    let batch = |n: usize| {
+        let one = r#"{"specversion":"1.0","id":"x","source":"/s","type":"t"}"#;
+        format!("[{}]", vec![one; n].join(","))
+    };
+    let post = |body: String| {
+        client()
+            .post(&url)
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(body)
+            .send()
+    };
+    // The default cap is 1000 events.
+    let res = post(batch(1001)).await.expect("post");
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let reason = res.text().await.expect("text");
+    assert!(reason.contains("more than 1000 events"), "{reason}");
+    let res = post(batch(1000)).await.expect("post");
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    server.wait_count("/f", 1000, WAIT).await;
+
+    // 200,000 tiny events (12 MB): refused without building them all, alone and eight at once.
+    let big = batch(200_000);
+    let before = common::peak_rss_kib(fb.pid());
+    let res = post(big.clone()).await.expect("post");
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let one = common::peak_rss_kib(fb.pid());
+    let posts: Vec<_> = (0..8).map(|_| post(big.clone())).collect();
+    for res in futures::future::join_all(posts).await {
+        assert_eq!(res.expect("post").status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    let eight = common::peak_rss_kib(fb.pid());
+    let mib = |kib: u64| kib / 1024;
+    eprintln!(
+        "peak RSS: {} MiB before, {} MiB after one 12 MB batch, {} MiB after eight",
+        mib(before),
+        mib(one),
+        mib(eight)
+    );
+    assert!(
+        one.saturating_sub(before) < 48 * 1024,
+        "one 12 MB batch took the peak from {before} to {one} KiB"
+    );
+    assert!(
+        eight.saturating_sub(before) < 8 * 48 * 1024,
+        "eight 12 MB batches took the peak from {before} to {eight} KiB"
+    );
+    assert_eq!(server.count("/f"), 1000);
+    drop(fb);
+}
+
+/// Reads a connection until the server closes it (EOF or reset), giving up after `limit`.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let until = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(until, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_idle_and_excess_connections_are_cut_and_the_admin_stays_up() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    let server = FnServer::start().await;
+    let port = free_port();
+    let fb = Fnbroker::start(&format!(
+        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port}, max_connections: 40, header_timeout: 2s }} }}\nfunctions:\n{}\ntriggers:\n  - {{ name: t, from: {{ connector: web, topic: /in }}, to: f }}\n",
+        http_fn("f", &server.url("/f"), "")
+    ))
+    .await;
+    let addr = format!("127.0.0.1:{port}");
+    // Slowloris: 40 connections with a request head that never ends fill the listener.
+    let mut slow = Vec::new();
+    for _ in 0..40 {
+        let mut s = TcpStream::connect(&addr).await.expect("connect");
+        s.write_all(b"POST /in HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n")
+            .await
+            .expect("write");
+        slow.push(s);
+    }
+    let opened = Instant::now();
+    let deadline = Instant::now() + WAIT;
+    while !fb
+        .metrics()
+        .await
+        .contains("fnbroker_connections_open{listener=\"web\"} 40")
+    {
+        assert!(Instant::now() < deadline, "{}", fb.metrics().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The 41st is refused at once with a 503 and closed.
+    let mut extra = TcpStream::connect(&addr).await.expect("connect");
+    let answer = read_until_closed(&mut extra, Duration::from_secs(2))
+        .await
+        .expect("an excess connection is closed at once");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 503"),
+        "{answer}"
+    );
+    // The admin endpoint answers meanwhile.
+    let health = reqwest::get(format!("http://127.0.0.1:{}/healthz", fb.admin))
+        .await
+        .expect("admin reachable while the ingress is full");
+    assert!(health.status().is_success());
+    // Every slow connection is closed by the header timeout (2 s), none lasts 10 s.
+    for s in &mut slow {
+        let left = Duration::from_secs(10).saturating_sub(opened.elapsed());
+        assert!(
+            read_until_closed(s, left).await.is_some(),
+            "a connection with an unfinished request head was still open after 10 s"
+        );
+    }
+    let metrics = fb.metrics().await;
+    assert!(
+        metrics.contains("fnbroker_connections_refused_total{listener=\"web\"} 1"),
+        "{metrics}"
+    );
+    fb.wait_log("connections refused", WAIT).await;
+
+    // An idle keep-alive connection is closed after the same timeout; a fresh request works.
+    let mut idle = TcpStream::connect(&addr).await.expect("connect");
+    idle.write_all(b"POST /in HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let answer = read_until_closed(&mut idle, Duration::from_secs(10))
+        .await
+        .expect("the idle keep-alive connection is closed");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 202"));
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "closed too early"
+    );
+    server.wait_count("/f", 1, WAIT).await;
+    drop(fb);
+}

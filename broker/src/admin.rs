@@ -16,9 +16,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
+/// The admin listener's limits: a few operators and scrapers, never a flood.
+const LIMITS: fnbroker_http::server::Limits = fnbroker_http::server::Limits {
+    max_connections: 256,
+    header_timeout: std::time::Duration::from_secs(10),
+};
+
 /// What the admin endpoint reads.
 pub(crate) struct AdminState {
     pub(crate) metrics: Arc<Metrics>,
+    /// The counts of every listening connector.
+    pub(crate) listeners:
+        Box<dyn Fn() -> Vec<(String, fnbroker_core::ListenerCounts)> + Send + Sync>,
+    /// The admin listener's own counts.
+    pub(crate) counts: Arc<fnbroker_http::server::Counts>,
     pub(crate) ready: Box<dyn Fn() -> bool + Send + Sync>,
     pub(crate) triggers: Value,
     pub(crate) functions: Value,
@@ -33,6 +44,7 @@ pub(crate) async fn serve(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("admin: cannot listen on {listen}"))?;
+    let counts = Arc::clone(&state.counts);
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -47,15 +59,15 @@ pub(crate) async fn serve(
         )
         .with_state(Arc::new(state));
     tracing::info!(%listen, "admin endpoint listening");
-    Ok(tokio::spawn(async move {
-        let stop = async move { shutdown.cancelled().await };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!(error = %e, "admin endpoint stopped");
-        }
-    }))
+    // Its own listener with its own limits: a flood on the ingress does not reach it.
+    Ok(fnbroker_http::server::spawn(
+        "admin".into(),
+        listener,
+        app,
+        LIMITS,
+        counts,
+        shutdown,
+    ))
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
@@ -67,6 +79,9 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
+    let mut listeners = (s.listeners)();
+    listeners.push(("admin".into(), s.counts.get()));
+    s.metrics.listeners(&listeners);
     (
         [(
             header::CONTENT_TYPE,

@@ -157,6 +157,10 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            // Listeners hold a descriptor per connection: use what the hard limit allows.
+            if let Some(limit) = fnbroker_http::server::raise_fd_limit() {
+                tracing::debug!(limit, "file descriptor limit");
+            }
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -22,6 +22,11 @@ struct FunctionLabels {
     function: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -99,6 +104,8 @@ pub(crate) struct Metrics {
     calls: Family<FunctionLabels, Counter>,
     failures: Family<FunctionLabels, Counter>,
     function_in_flight: Family<FunctionLabels, Gauge>,
+    connections_open: Family<ListenerLabels, Gauge>,
+    connections_refused: Family<ListenerLabels, Counter>,
 }
 
 impl Metrics {
@@ -118,6 +125,8 @@ impl Metrics {
             calls: Family::default(),
             failures: Family::default(),
             function_in_flight: Family::default(),
+            connections_open: Family::default(),
+            connections_refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -185,7 +194,31 @@ impl Metrics {
             "Calls in flight to the function",
             m.function_in_flight.clone(),
         );
+        registry.register(
+            "connections_open",
+            "Connections open on a listening socket (an HTTP connector, or `admin`)",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused because the listener was at its max_connections",
+            m.connections_refused.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Brings the listeners' counts up to date (they are kept by the listeners themselves).
+    pub(crate) fn listeners(&self, counts: &[(String, fnbroker_core::ListenerCounts)]) {
+        for (name, c) in counts {
+            let l = ListenerLabels {
+                listener: name.clone(),
+            };
+            self.connections_open
+                .get_or_create(&l)
+                .set(i64::try_from(c.open).unwrap_or(i64::MAX));
+            let refused = self.connections_refused.get_or_create(&l);
+            refused.inc_by(c.refused.saturating_sub(refused.get()));
+        }
     }
 
     pub(crate) fn trigger(&self, trigger: &str, function: &str) -> TriggerStats {

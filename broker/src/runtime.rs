@@ -45,7 +45,7 @@ fn build_function(
                 .with_context(|| format!("function `{name}`"))?,
         ),
         (None, Some(exec)) => Box::new(
-            ExecInvoker::new(&exec.command, &exec.env)
+            ExecInvoker::new(&exec.command, &exec.env, &exec.inherit_env)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("function `{name}`"))?,
         ),
@@ -195,8 +195,16 @@ impl Broker {
                     .parse()
                     .context("admin: invalid listen address")?;
                 let ready_connectors = Arc::clone(&connectors);
+                let listening = Arc::clone(&connectors);
                 let state = crate::admin::AdminState {
                     metrics: Arc::clone(&metrics),
+                    listeners: Box::new(move || {
+                        listening
+                            .iter()
+                            .filter_map(|(name, c)| c.listener_counts().map(|n| (name.clone(), n)))
+                            .collect()
+                    }),
+                    counts: Arc::default(),
                     ready: Box::new(move || ready_connectors.values().all(|c| c.is_ready())),
                     triggers: crate::admin::triggers_view(config),
                     functions: crate::admin::functions_view(config),

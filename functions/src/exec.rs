@@ -7,45 +7,75 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use fnbroker_core::event::{self, Event};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 use crate::{InvokeError, Invoker, Reply, Success, truncate};
 
-/// The most stdout kept as a reply, and stderr kept for an error.
-const MAX_STDOUT: usize = 16 * 1024 * 1024;
+/// The most stdout kept as a reply; a command that writes more is stopped.
+pub const MAX_STDOUT: usize = 16 * 1024 * 1024;
+/// The end of stderr kept for an error; the rest is read and dropped.
 const MAX_STDERR: usize = 2048;
+/// The variables a command gets from fnbroker's own environment besides those it names in
+/// `inherit_env`: never the secrets meant for `${VAR}` substitution.
+const BASE_ENV: [&str; 3] = ["PATH", "HOME", "LANG"];
+/// `PATH` when fnbroker itself has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// Runs a command per event: the event's data on stdin, its attributes as `CE_<NAME>` environment
-/// variables (`CE_ID`, `CE_TYPE`, `CE_SOURCE`, ...), stdout as the reply. A non-zero exit is a
-/// failure that keeps the end of stderr; at the timeout the process is killed.
+/// variables (`CE_ID`, `CE_TYPE`, `CE_SOURCE`, ...), stdout as the reply. The exit status decides
+/// success; a failure keeps the end of stderr.
+///
+/// The command runs in a clean environment (`PATH`, `HOME`, `LANG`, the `CE_*` variables, the
+/// configured `env` and the variables named in `inherit_env`) and in a process group of its own:
+/// at the timeout, and when the command exits, the whole group is killed, so that nothing it
+/// started in the background outlives it or keeps its output open.
 #[derive(Debug, Clone)]
 pub struct ExecInvoker {
     program: String,
     args: Vec<String>,
+    /// The environment every run starts from: the base and inherited variables, then `env`.
     env: BTreeMap<String, String>,
 }
 
 impl ExecInvoker {
-    /// An invoker for `command` (program and arguments) with extra `env`.
-    pub fn new(command: &[String], env: &BTreeMap<String, String>) -> Result<Self, String> {
+    /// An invoker for `command` (program and arguments) with extra `env`, and the variables named
+    /// in `inherit` copied from fnbroker's environment (those unset are left out).
+    pub fn new(
+        command: &[String],
+        env: &BTreeMap<String, String>,
+        inherit: &[String],
+    ) -> Result<Self, String> {
         let (program, args) = command
             .split_first()
             .ok_or_else(|| "the command is empty".to_string())?;
+        let mut base: BTreeMap<String, String> = BASE_ENV
+            .iter()
+            .map(|name| name.to_string())
+            .chain(inherit.iter().cloned())
+            .filter_map(|name| std::env::var(&name).ok().map(|value| (name, value)))
+            .collect();
+        base.entry("PATH".into())
+            .or_insert_with(|| DEFAULT_PATH.into());
+        base.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
         Ok(Self {
             program: program.clone(),
             args: args.to_vec(),
-            env: env.clone(),
+            env: base,
         })
     }
 
     async fn run(&self, event: &Event, stdin_data: Vec<u8>) -> Result<Success, InvokeError> {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
+            .env_clear()
             .envs(&self.env)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .kill_on_drop(true);
         for (name, value) in event::binary_attributes(event) {
             cmd.env(format!("CE_{}", name.to_ascii_uppercase()), value.as_ref());
@@ -56,34 +86,53 @@ impl ExecInvoker {
         let mut child = cmd
             .spawn()
             .map_err(|e| InvokeError::Spawn(format!("`{}`: {e}", self.program)))?;
+        // Killed when this future ends for any reason: exit, overflow, timeout (dropped).
+        let group = Group(child.id());
 
         // Feed stdin and drain stdout and stderr at the same time, so that a large event or a
         // chatty command cannot deadlock on a full pipe.
-        let mut stdin = child.stdin.take();
-        let mut stdout = child.stdout.take();
-        let mut stderr = child.stderr.take();
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
         let feed = async move {
-            if let Some(mut pipe) = stdin.take() {
+            if let Some(mut pipe) = stdin {
                 // A command that does not read its input closes the pipe early: not an error.
                 let _ = pipe.write_all(&stdin_data).await;
             }
         };
-        let read_out = async move {
+        let read_out = async {
             let mut buf = Vec::new();
-            if let Some(pipe) = stdout.as_mut() {
-                let _ = pipe.take(MAX_STDOUT as u64).read_to_end(&mut buf).await;
+            let mut overflow = false;
+            if let Some(pipe) = stdout {
+                let _ = pipe.take(MAX_STDOUT as u64 + 1).read_to_end(&mut buf).await;
+                if buf.len() > MAX_STDOUT {
+                    overflow = true;
+                    group.kill();
+                }
             }
-            buf
+            (buf, overflow)
         };
-        let read_err = async move {
-            let mut buf = Vec::new();
-            if let Some(pipe) = stderr.as_mut() {
-                let _ = pipe.read_to_end(&mut buf).await;
+        let read_err = async {
+            match stderr {
+                Some(pipe) => tail(pipe, MAX_STDERR).await,
+                None => Vec::new(),
             }
-            buf
         };
-        let ((), out, err, status) = tokio::join!(feed, read_out, read_err, child.wait());
+        // The exit status decides; once the command exited, what it left running in the
+        // background is killed, which closes the pipes it held.
+        let wait = async {
+            let status = child.wait().await;
+            group.kill();
+            status
+        };
+        let ((), (out, overflow), err, status) = tokio::join!(feed, read_out, read_err, wait);
         let status = status.map_err(|e| InvokeError::Spawn(format!("`{}`: {e}", self.program)))?;
+        if overflow {
+            return Err(InvokeError::Output(format!(
+                "the command wrote more than {} MiB to stdout and was stopped",
+                MAX_STDOUT / (1024 * 1024)
+            )));
+        }
         if !status.success() {
             let text = String::from_utf8_lossy(&err);
             let tail = text.trim();
@@ -104,6 +153,48 @@ impl ExecInvoker {
         });
         Ok(Success { status: 200, reply })
     }
+}
+
+/// A command's process group (its pid: it leads the group), killed on drop.
+struct Group(Option<u32>);
+
+impl Group {
+    /// Kills every process of the group; one that is gone already is no error.
+    fn kill(&self) {
+        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Reads `pipe` to its end, keeping only the last `keep` bytes: memory stays bounded
+/// whatever the command writes.
+async fn tail(mut pipe: impl AsyncRead + Unpin, keep: usize) -> Vec<u8> {
+    let mut kept = Vec::with_capacity(keep);
+    let mut chunk = [0u8; 8192];
+    loop {
+        match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let new = &chunk[..n];
+                if new.len() >= keep {
+                    kept.clear();
+                    kept.extend_from_slice(&new[new.len() - keep..]);
+                } else {
+                    let over = (kept.len() + new.len()).saturating_sub(keep);
+                    kept.drain(..over);
+                    kept.extend_from_slice(new);
+                }
+            }
+        }
+    }
+    kept
 }
 
 /// The content type of a command's output: JSON when it parses as JSON, text when it is UTF-8,
@@ -131,7 +222,7 @@ fn serde_json_like(out: &[u8]) -> bool {
 impl Invoker for ExecInvoker {
     async fn invoke(&self, event: &Event, timeout: Duration) -> Result<Success, InvokeError> {
         let data = event::data_bytes(event).into_owned();
-        // Dropping the future at the timeout drops the child, which kills it (`kill_on_drop`).
+        // Dropping the future at the timeout kills the command's whole process group.
         match tokio::time::timeout(timeout, self.run(event, data)).await {
             Ok(result) => result,
             Err(_) => Err(InvokeError::Timeout(timeout)),
@@ -161,6 +252,7 @@ mod tests {
         ExecInvoker::new(
             &["sh".to_string(), "-c".to_string(), script.to_string()],
             &BTreeMap::new(),
+            &[],
         )
         .expect("command")
     }
@@ -206,8 +298,98 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_timeout_kills_what_the_command_started() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pidfile = dir.path().join("pid");
+        let script = format!("sleep 1000 & echo $! > {}; wait", pidfile.display());
+        let err = sh(&script)
+            .invoke(&event(b""), Duration::from_millis(300))
+            .await
+            .expect_err("timeout");
+        assert!(err.is_timeout(), "{err:?}");
+        let pid = std::fs::read_to_string(&pidfile).expect("the command wrote its child's pid");
+        let stat = format!("/proc/{}/stat", pid.trim());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        // Gone, or a zombie waiting for a reaper that is not ours to be.
+        while let Ok(text) = std::fs::read_to_string(&stat) {
+            if text
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the background `sleep` outlived the timeout"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_exit_status_decides_even_with_a_background_child_holding_stdout() {
+        let start = std::time::Instant::now();
+        let ok = sh("sleep 300 & echo started")
+            .invoke(&event(b""), Duration::from_secs(20))
+            .await
+            .expect("exit 0 is a success");
+        assert!(start.elapsed() < Duration::from_secs(10));
+        match ok.reply {
+            Some(Reply::Raw { body, .. }) => assert_eq!(&body[..], b"started\n"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn too_much_stdout_says_so() {
+        let err = sh(&format!("head -c {} /dev/zero", MAX_STDOUT + 4096))
+            .invoke(&event(b""), Duration::from_secs(20))
+            .await
+            .expect_err("over the limit");
+        assert!(
+            matches!(&err, InvokeError::Output(text) if text.contains("stdout") && text.contains("16 MiB")),
+            "{err:?}"
+        );
+        assert!(!err.to_string().contains("141"), "{err}");
+        assert!(!err.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn the_environment_is_clean_but_for_what_is_named() {
+        // Cargo sets CARGO_PKG_NAME for the test process: a stand-in for a secret in ours.
+        let script = r#"printf '%s|%s|%s' "${CARGO_PKG_NAME-unset}" "$MODE" "${PATH:+path}""#;
+        let command = ["sh".to_string(), "-c".to_string(), script.to_string()];
+        let env = BTreeMap::from([("MODE".to_string(), "fast".to_string())]);
+        let reply = |inv: ExecInvoker| async move {
+            match inv.invoke(&event(b""), Duration::from_secs(10)).await {
+                Ok(Success {
+                    reply: Some(Reply::Raw { body, .. }),
+                    ..
+                }) => String::from_utf8_lossy(&body).into_owned(),
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        let clean = ExecInvoker::new(&command, &env, &[]).expect("command");
+        assert_eq!(reply(clean).await, "unset|fast|path");
+        let inherit =
+            ExecInvoker::new(&command, &env, &["CARGO_PKG_NAME".to_string()]).expect("command");
+        assert_eq!(reply(inherit).await, "fnbroker-functions|fast|path");
+    }
+
+    #[tokio::test]
+    async fn stderr_is_read_to_its_end_keeping_only_its_tail() {
+        let mut text = vec![b'x'; 50 * 1024 * 1024];
+        text.extend_from_slice(b"the end");
+        let kept = tail(&text[..], MAX_STDERR).await;
+        assert_eq!(kept.len(), MAX_STDERR);
+        assert!(kept.ends_with(b"the end"));
+        assert_eq!(kept.capacity(), MAX_STDERR);
+    }
+
+    #[tokio::test]
     async fn missing_program_is_not_retryable() {
-        let inv = ExecInvoker::new(&["/nonexistent/prog".to_string()], &BTreeMap::new())
+        let inv = ExecInvoker::new(&["/nonexistent/prog".to_string()], &BTreeMap::new(), &[])
             .expect("command");
         let err = inv
             .invoke(&event(b""), Duration::from_secs(5))

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fnbroker_core::Event;
 
-pub use exec::ExecInvoker;
+pub use exec::{ExecInvoker, MAX_STDOUT};
 pub use http_fn::{HttpInvoker, parse_retry_after};
 
 /// What a function answered when it succeeded.
@@ -73,6 +73,9 @@ pub enum InvokeError {
         /// The end of what it wrote to stderr.
         stderr: String,
     },
+    /// The command's output broke a limit (more stdout than a reply may hold).
+    #[error("{0}")]
+    Output(String),
     /// The command could not be started.
     #[error("cannot start the command: {0}")]
     Spawn(String),
@@ -90,7 +93,7 @@ impl InvokeError {
             InvokeError::Status { status, .. } => {
                 matches!(*status, 408 | 429) || (500..600).contains(status)
             }
-            InvokeError::Spawn(_) | InvokeError::InvalidReply(_) => false,
+            InvokeError::Spawn(_) | InvokeError::InvalidReply(_) | InvokeError::Output(_) => false,
         }
     }
 

@@ -43,11 +43,20 @@ pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> b
 
 /// The resident set size of a process in KiB (`VmRSS` of /proc/PID/status).
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The peak resident set size of a process in KiB (`VmHWM` of /proc/PID/status).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })

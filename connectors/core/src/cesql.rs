@@ -43,6 +43,11 @@ pub struct ParseError {
     pub message: String,
 }
 
+/// How deep an expression may nest: parentheses, `NOT`s, function calls and operators in a
+/// chain all count. Deeper expressions are refused at parse time, where they are, so that neither
+/// parsing nor evaluation can exhaust the stack (CESQL leaves the limit to implementations).
+pub const MAX_DEPTH: usize = 100;
+
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "at position {}: {}", self.position, self.message)
@@ -254,12 +259,18 @@ impl Expr {
             tokens,
             pos: 0,
             end: text.chars().count() + 1,
+            depth: 0,
         };
         let node = p.or()?;
-        match p.peek() {
-            None => Ok(Expr(node)),
-            Some(t) => Err(p.error_at(t.at, format!("unexpected {}", t.tok))),
+        if let Some(t) = p.peek() {
+            return Err(p.error_at(t.at, format!("unexpected {}", t.tok)));
         }
+        // The parser refuses deep nesting where it meets it; operands of long chains at several
+        // precedence levels can still add up: the tree itself is measured, without recursion.
+        if depth(&node) > MAX_DEPTH {
+            return Err(p.error_at(1, too_deep()));
+        }
+        Ok(Expr(node))
     }
 
     /// Evaluates the expression: its value, and the first error met.
@@ -694,6 +705,39 @@ struct Parser {
     tokens: Vec<Token>,
     pos: usize,
     end: usize,
+    /// How deep the parser is in the expression's tree.
+    depth: usize,
+}
+
+fn too_deep() -> String {
+    format!(
+        "the expression nests deeper than {MAX_DEPTH} levels (parentheses, NOTs, calls and chained operators); use IN for long lists"
+    )
+}
+
+/// The depth of a tree, measured with a stack of its own (a deep tree must not overflow ours).
+fn depth(root: &Node) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(root, 1)];
+    while let Some((node, d)) = stack.pop() {
+        deepest = deepest.max(d);
+        match node {
+            Node::Lit(_) | Node::Ident(_) | Node::Exists(_) => {}
+            Node::Not(n) | Node::Neg(n) | Node::Like(n, _, _) => stack.push((n, d + 1)),
+            Node::Bin(_, l, r) => {
+                stack.push((l, d + 1));
+                stack.push((r, d + 1));
+            }
+            Node::In(n, set, _) => {
+                stack.push((n, d + 1));
+                stack.extend(set.iter().map(|x| (x, d + 1)));
+            }
+            Node::Call(_, args) | Node::Missing(args) => {
+                stack.extend(args.iter().map(|x| (x, d + 1)));
+            }
+        }
+    }
+    deepest
 }
 
 impl Parser {
@@ -703,6 +747,15 @@ impl Parser {
 
     fn error_at(&self, position: usize, message: String) -> ParseError {
         ParseError { position, message }
+    }
+
+    /// One level deeper, refused past [`MAX_DEPTH`] at the token that goes too deep.
+    fn descend(&mut self, at: usize) -> Result<(), ParseError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.error_at(at, too_deep()));
+        }
+        Ok(())
     }
 
     fn here(&self) -> usize {
@@ -750,25 +803,35 @@ impl Parser {
         keywords: bool,
     ) -> Result<Node, ParseError> {
         let mut left = next(self)?;
+        // Each operator of a chain puts what came before one level deeper.
+        let outer = self.depth;
         'outer: loop {
             for (s, op) in ops {
+                let at = self.here();
                 let hit = if keywords {
                     self.keyword(s)
                 } else {
                     self.sym(s)
                 };
                 if hit {
+                    self.descend(at)?;
                     let right = next(self)?;
                     left = Node::Bin(*op, Box::new(left), Box::new(right));
                     continue 'outer;
                 }
             }
+            self.depth = outer;
             return Ok(left);
         }
     }
 
     fn or(&mut self) -> Result<Node, ParseError> {
-        self.binary_level(Parser::xor, &[("OR", BinOp::Or)], true)
+        // Every nested expression (parentheses, arguments, IN lists) starts here.
+        let outer = self.depth;
+        self.descend(self.here())?;
+        let node = self.binary_level(Parser::xor, &[("OR", BinOp::Or)], true)?;
+        self.depth = outer;
+        Ok(node)
     }
 
     fn xor(&mut self) -> Result<Node, ParseError> {
@@ -780,8 +843,13 @@ impl Parser {
     }
 
     fn not(&mut self) -> Result<Node, ParseError> {
+        let at = self.here();
         if self.keyword("NOT") {
-            return Ok(Node::Not(Box::new(self.not()?)));
+            let outer = self.depth;
+            self.descend(at)?;
+            let inner = self.not()?;
+            self.depth = outer;
+            return Ok(Node::Not(Box::new(inner)));
         }
         self.comparison()
     }
@@ -852,6 +920,8 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Node, ParseError> {
+        let outer = self.depth;
+        let at = self.here();
         if self.sym("-") {
             // A minus right before a number is part of the literal: -2147483648 is valid.
             if let Some(Token {
@@ -864,11 +934,17 @@ impl Parser {
                     .map(|v| Node::Lit(Value::Int(v)))
                     .map_err(|_| self.error_at(at, format!("-{n} is not a 32-bit integer")));
             }
-            return Ok(Node::Neg(Box::new(self.unary()?)));
+            self.descend(at)?;
+            let inner = self.unary()?;
+            self.depth = outer;
+            return Ok(Node::Neg(Box::new(inner)));
         }
         if self.keyword_ahead(0, "NOT") {
             self.pos += 1;
-            return Ok(Node::Not(Box::new(self.unary()?)));
+            self.descend(at)?;
+            let inner = self.unary()?;
+            self.depth = outer;
+            return Ok(Node::Not(Box::new(inner)));
         }
         self.primary()
     }
@@ -976,6 +1052,52 @@ mod tests {
         assert_eq!(e.position, 17);
         let e = Expr::parse("x LIKE 123").expect_err("pattern");
         assert_eq!(e.position, 8);
+    }
+
+    #[test]
+    fn deep_nesting_is_a_located_parse_error() {
+        let nots = format!("{}TRUE", "NOT ".repeat(10_000));
+        let e = Expr::parse(&nots).expect_err("too many NOTs");
+        assert_eq!(e.position, 4 * (MAX_DEPTH - 1) + 1, "{e}");
+        assert!(e.message.contains("deeper than 100"), "{e}");
+        let parens = "(".repeat(10_000);
+        let e = Expr::parse(&parens).expect_err("too many parentheses");
+        assert_eq!(e.position, MAX_DEPTH + 1, "{e}");
+        let minus = format!("{}1", "- ".repeat(10_000));
+        assert!(Expr::parse(&minus).is_err());
+        let chain = vec!["id = 'x'"; 10_000].join(" AND ");
+        let e = Expr::parse(&chain).expect_err("too long a chain");
+        assert!(e.position > 1, "{e}");
+        let calls = format!("{}1{}", "ABS(".repeat(10_000), ")".repeat(10_000));
+        assert!(Expr::parse(&calls).is_err());
+        // Chains at several precedence levels, each short, add up: the tree is measured.
+        let sum = vec!["1"; 60].join(" + ");
+        let mixed = format!("{sum} = {}", vec!["1"; 60].join(" * "));
+        assert!(
+            Expr::parse(&mixed).is_ok(),
+            "two chains side by side are not deep"
+        );
+        let deep = format!("{} AND ({sum}) = 1", vec!["TRUE"; 60].join(" AND "));
+        let e = Expr::parse(&deep).expect_err("a chain inside a chain");
+        assert!(e.position > 1, "{e}");
+        // What is accepted evaluates within the stack of a small thread.
+        let limit = format!("{}TRUE", "NOT ".repeat(MAX_DEPTH - 2));
+        let expr = Expr::parse(&limit).expect("at the limit");
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || assert_eq!(eval_owned(&expr), Value::Bool(true)))
+            .expect("thread")
+            .join()
+            .expect("no stack overflow");
+    }
+
+    fn eval_owned(expr: &Expr) -> Value<'static> {
+        let attrs = Map(HashMap::new());
+        match expr.eval(&attrs).0 {
+            Value::Bool(b) => Value::Bool(b),
+            Value::Int(i) => Value::Int(i),
+            Value::Str(s) => Value::Str(Cow::Owned(s.into_owned())),
+        }
     }
 
     #[test]

@@ -312,6 +312,22 @@ pub trait Connector: Send + Sync {
     /// Stops the connector once every subscription's pump finished: flush producers, close
     /// connections, let listeners answer what they still hold.
     async fn stop(&self) {}
+
+    /// The connections of the socket this connector serves, for a connector that listens (the
+    /// HTTP ingress); `None` for one that connects out.
+    fn listener_counts(&self) -> Option<ListenerCounts> {
+        None
+    }
+}
+
+/// The connections of a listening socket: open now, and refused so far because the listener was
+/// at its `max_connections`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenerCounts {
+    /// Connections open now.
+    pub open: u64,
+    /// Connections refused since the start, because `max_connections` were open.
+    pub refused: u64,
 }
 
 /// An error of a connector.

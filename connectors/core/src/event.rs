@@ -117,6 +117,79 @@ pub fn batch_from_json_slice(bytes: &[u8]) -> Result<Vec<Event>, InvalidEvent> {
     batch_from_json_value(value)
 }
 
+/// Why a batch was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// It holds more events than allowed (the limit is given).
+    #[error("the batch holds more than {0} events")]
+    TooMany(usize),
+    /// It is not a valid batch.
+    #[error(transparent)]
+    Invalid(#[from] InvalidEvent),
+}
+
+/// Parses a batch of the JSON format holding at most `max` events, one member at a time: each is
+/// validated and converted as it is read, so that memory holds the events, never the whole batch
+/// as a JSON tree, and a batch over the limit is refused at its `max + 1`th member.
+pub fn batch_from_json_slice_max(bytes: &[u8], max: usize) -> Result<Vec<Event>, BatchError> {
+    use serde::de::{DeserializeSeed, Deserializer, Error as _, SeqAccess, Visitor};
+
+    struct Batch<'s> {
+        max: usize,
+        refused: &'s mut Option<BatchError>,
+    }
+    impl<'de> DeserializeSeed<'de> for Batch<'_> {
+        type Value = Vec<Event>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Event>, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Batch<'_> {
+        type Value = Vec<Event>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON array of CloudEvents")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Event>, A::Error> {
+            let mut events = Vec::new();
+            while let Some(item) = seq.next_element::<Value>()? {
+                if events.len() == self.max {
+                    *self.refused = Some(BatchError::TooMany(self.max));
+                    return Err(A::Error::custom("too many events"));
+                }
+                match from_json_value(item) {
+                    Ok(event) => events.push(event),
+                    Err(e) => {
+                        let i = events.len();
+                        *self.refused =
+                            Some(InvalidEvent::new(format!("batch event {i}: {e}")).into());
+                        return Err(A::Error::custom("invalid event"));
+                    }
+                }
+            }
+            Ok(events)
+        }
+    }
+
+    let mut refused = None;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = Batch {
+        max,
+        refused: &mut refused,
+    }
+    .deserialize(&mut de)
+    .and_then(|events| de.end().map(|()| events));
+    match (parsed, refused) {
+        (_, Some(refused)) => Err(refused),
+        (Ok(events), None) => Ok(events),
+        (Err(e), None) if e.is_data() => {
+            Err(InvalidEvent::new("a CloudEvents batch must be a JSON array").into())
+        }
+        (Err(e), None) => {
+            Err(InvalidEvent::new(format!("not a JSON CloudEvents batch: {e}")).into())
+        }
+    }
+}
+
 /// Validates and converts a JSON array into a batch of events.
 pub fn batch_from_json_value(value: Value) -> Result<Vec<Event>, InvalidEvent> {
     let Value::Array(items) = value else {
@@ -222,7 +295,10 @@ pub fn from_json_value(value: Value) -> Result<Event, InvalidEvent> {
             )));
         }
         let value = match value {
-            Value::String(s) => ExtensionValue::String(s),
+            Value::String(s) => {
+                check_text(&name, &s)?;
+                ExtensionValue::String(s)
+            }
             Value::Bool(b) => ExtensionValue::Boolean(b),
             Value::Number(n) => match n.as_i64() {
                 Some(i) if i32::try_from(i).is_ok() => ExtensionValue::Integer(i),
@@ -243,6 +319,20 @@ pub fn from_json_value(value: Value) -> Result<Event, InvalidEvent> {
     Ok(event)
 }
 
+/// CloudEvents strings must not contain control characters (U+0000-U+001F, U+007F-U+009F).
+fn check_text(name: &str, value: &str) -> Result<(), InvalidEvent> {
+    match value
+        .chars()
+        .find(|c| matches!(*c, '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}'))
+    {
+        Some(c) => Err(InvalidEvent::new(format!(
+            "attribute `{name}` contains the control character U+{:04X}, which CloudEvents forbids",
+            u32::from(c)
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn take_required_string(map: &mut Map<String, Value>, name: &str) -> Result<String, InvalidEvent> {
     take_optional_string(map, name)?
         .ok_or_else(|| InvalidEvent::new(format!("missing required attribute `{name}`")))
@@ -257,7 +347,7 @@ fn take_optional_string(
         Some(Value::String(s)) if s.is_empty() => Err(InvalidEvent::new(format!(
             "attribute `{name}` must not be empty"
         ))),
-        Some(Value::String(s)) => Ok(Some(s)),
+        Some(Value::String(s)) => check_text(name, &s).map(|()| Some(s)),
         Some(_) => Err(InvalidEvent::new(format!(
             "attribute `{name}` must be a string"
         ))),
@@ -358,6 +448,7 @@ pub fn from_binary<'a>(
                 "attribute `{name}` must not be empty"
             )));
         }
+        check_text(&name, &value)?;
         let slot = match name.as_ref() {
             "specversion" => &mut specversion,
             "id" => &mut id,
@@ -543,6 +634,74 @@ mod tests {
         }))
         .expect("valid");
         assert_eq!(e.data(), Some(&Data::String("hi".into())));
+    }
+
+    #[test]
+    fn control_characters_in_strings_are_rejected() {
+        for (name, value) in [
+            ("id", "a\u{0}b"),
+            ("subject", "x\ny"),
+            ("foo", "\u{7f}"),
+            ("source", "/s\u{85}"),
+        ] {
+            let mut json = json!({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"});
+            json[name] = json!(value);
+            let err = from_json_value(json).expect_err(name);
+            assert!(
+                err.0.contains(&format!("`{name}`")) && err.0.contains("control character"),
+                "{err}"
+            );
+            let mut attrs = vec![
+                ("specversion", "1.0"),
+                ("id", "1"),
+                ("source", "/s"),
+                ("type", "t"),
+            ];
+            attrs.retain(|(n, _)| *n != name);
+            attrs.push((name, value));
+            let err = from_binary(
+                attrs
+                    .into_iter()
+                    .map(|(a, b)| (Cow::Borrowed(a), Cow::Borrowed(b))),
+                None,
+                vec![],
+            )
+            .expect_err(name);
+            assert!(err.0.contains("control character"), "{err}");
+        }
+        // Other characters beyond ASCII are fine.
+        let ok = json!({"specversion": "1.0", "id": "ü€😀\u{a0}", "source": "/s", "type": "t"});
+        assert!(from_json_value(ok).is_ok());
+    }
+
+    #[test]
+    fn a_batch_is_read_a_member_at_a_time_up_to_its_limit() {
+        let one = r#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#;
+        let batch = |n: usize| format!("[{}]", vec![one; n].join(","));
+        assert_eq!(
+            batch_from_json_slice_max(batch(3).as_bytes(), 3).map(|b| b.len()),
+            Ok(3)
+        );
+        assert_eq!(
+            batch_from_json_slice_max(batch(4).as_bytes(), 3),
+            Err(BatchError::TooMany(3))
+        );
+        assert_eq!(batch_from_json_slice_max(b"[]", 3).map(|b| b.len()), Ok(0));
+        let invalid = format!(r#"[{one},{{"specversion":"1.0"}}]"#);
+        let err = batch_from_json_slice_max(invalid.as_bytes(), 3).expect_err("invalid");
+        assert!(
+            err.to_string()
+                .starts_with("batch event 1: missing required attribute"),
+            "{err}"
+        );
+        let err = batch_from_json_slice_max(one.as_bytes(), 3).expect_err("an object");
+        assert_eq!(err.to_string(), "a CloudEvents batch must be a JSON array");
+        let err = batch_from_json_slice_max(br#"[{"a":"#, 3).expect_err("cut short");
+        assert!(
+            err.to_string().starts_with("not a JSON CloudEvents batch"),
+            "{err}"
+        );
+        assert!(batch_from_json_slice_max(format!("{} x", batch(1)).as_bytes(), 3).is_err());
     }
 
     #[test]

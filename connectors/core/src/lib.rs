@@ -26,8 +26,8 @@ pub mod kit;
 pub mod registry;
 
 pub use contract::{
-    AckHandle, Connector, ConnectorError, ErrorKind, Incoming, Origin, Settlement, Sink, Source,
-    Subscription,
+    AckHandle, Connector, ConnectorError, ErrorKind, Incoming, ListenerCounts, Origin, Settlement,
+    Sink, Source, Subscription,
 };
 pub use event::{Data, Event, InvalidEvent};
 

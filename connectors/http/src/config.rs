@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use fnbroker_core::config::ByteSize;
+use fnbroker_core::config::{ByteSize, ConfDuration};
 use fnbroker_core::registry::{ConnectorPlugin, NoSettings, Report, SourceUse};
 use fnbroker_core::{Connector, ConnectorError};
 use schemars::JsonSchema;
@@ -21,10 +21,36 @@ pub struct HttpSettings {
     /// requests get 413. Default 1 MiB.
     #[serde(default = "default_max_body")]
     pub max_body: ByteSize,
+    /// The most events one batch request (`application/cloudevents-batch+json`) may hold; larger
+    /// batches get 413. Default 1000.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// The most connections open at once; past it a new connection gets 503 and is closed
+    /// (counted in `fnbroker_connections_refused_total`). Lowered, with a warning, to what the
+    /// file descriptor limit allows. Default 10000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long a connection may take to send a complete request head, counted from when it
+    /// starts waiting for one (so it also closes idle keep-alive connections), and a request to
+    /// send its body (408 after it). Default `20s`.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: ConfDuration,
+}
+
+fn default_max_connections() -> usize {
+    10_000
+}
+
+fn default_header_timeout() -> ConfDuration {
+    ConfDuration::from_secs(20)
 }
 
 fn default_max_body() -> ByteSize {
     ByteSize::new(1024 * 1024)
+}
+
+fn default_max_batch() -> usize {
+    1000
 }
 
 /// The keys of an HTTP trigger's `from`.
@@ -59,6 +85,13 @@ impl ConnectorPlugin for Plugin {
                 ),
             );
         }
+        if settings.max_batch == 0 {
+            report.error(&["max_batch"], "`max_batch` must be at least 1");
+        }
+        if settings.max_connections == 0 {
+            report.error(&["max_connections"], "`max_connections` must be at least 1");
+        }
+        report.duration("header_timeout", &settings.header_timeout);
     }
 
     fn validate_source(_: &HttpSourceSettings, from: &SourceUse<'_>, report: &Report<'_>) {
@@ -100,6 +133,13 @@ impl ConnectorPlugin for Plugin {
                 source: None,
             })?;
         let max_body = usize::try_from(settings.max_body.get()).unwrap_or(usize::MAX);
-        Ok(Arc::new(HttpIngress::new(name, listen, max_body)))
+        Ok(Arc::new(
+            HttpIngress::new(name, listen, max_body)
+                .with_max_batch(settings.max_batch)
+                .with_limits(crate::server::Limits {
+                    max_connections: settings.max_connections,
+                    header_timeout: settings.header_timeout.get(),
+                }),
+        ))
     }
 }

@@ -13,7 +13,8 @@
 //! - With `sync: true`, the answer waits for the delivery: `200` with the function's reply as a
 //!   binary-mode CloudEvent, `204` when it had none, `502` (or `504` when the last attempt timed
 //!   out) with the reason when the delivery failed, so the caller can retry.
-//! - `400` with a one-line reason for an invalid CloudEvent, `413` for a body over `max_body`,
+//! - `400` with a one-line reason for an invalid CloudEvent, `413` for a body over `max_body` or
+//!   a batch of more than `max_batch` events,
 //!   `404` for a path no trigger listens on, `405` for a method other than POST, `503` while
 //!   stopping. A batch is accepted whole or not at all.
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@
 #![warn(missing_docs)]
 
 mod config;
+pub mod server;
 
 pub use config::{HttpSettings, HttpSourceSettings, Plugin};
 
@@ -52,11 +54,17 @@ pub struct HttpIngress {
     name: String,
     listen: SocketAddr,
     max_body: usize,
+    max_batch: usize,
+    limits: server::Limits,
+    counts: Arc<server::Counts>,
     routes: Arc<RwLock<HashMap<String, Route>>>,
     server: Mutex<Option<JoinHandle<()>>>,
     ready: Arc<AtomicBool>,
     stopping: CancellationToken,
 }
+
+/// The most events of one batch request unless configured.
+const DEFAULT_MAX_BATCH: usize = 1000;
 
 /// A message on its way to the engine, and the signal that the engine took it.
 type Handoff = (Incoming, oneshot::Sender<()>);
@@ -71,6 +79,8 @@ struct Route {
 struct AppState {
     name: Arc<str>,
     max_body: usize,
+    max_batch: usize,
+    body_timeout: Duration,
     routes: Arc<RwLock<HashMap<String, Route>>>,
 }
 
@@ -81,11 +91,29 @@ impl HttpIngress {
             name: name.into(),
             listen,
             max_body,
+            max_batch: DEFAULT_MAX_BATCH,
+            limits: server::Limits {
+                max_connections: 10_000,
+                header_timeout: Duration::from_secs(20),
+            },
+            counts: Arc::default(),
             routes: Arc::default(),
             server: Mutex::new(None),
             ready: Arc::new(AtomicBool::new(false)),
             stopping: CancellationToken::new(),
         }
+    }
+
+    /// Refuses batches of more than `max` events with 413 (default 1000).
+    pub fn with_max_batch(mut self, max: usize) -> Self {
+        self.max_batch = max;
+        self
+    }
+
+    /// Sets the listener's connection limits.
+    pub fn with_limits(mut self, limits: server::Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     fn io_error(&self, message: String) -> ConnectorError {
@@ -154,6 +182,8 @@ impl Connector for HttpIngress {
         let state = AppState {
             name: self.name.as_str().into(),
             max_body: self.max_body,
+            max_batch: self.max_batch,
+            body_timeout: self.limits.header_timeout,
             routes: Arc::clone(&self.routes),
         };
         let app = Router::new()
@@ -163,15 +193,16 @@ impl Connector for HttpIngress {
         let name = self.name.clone();
         let ready = Arc::clone(&self.ready);
         ready.store(true, Ordering::Release);
-        let stopping = self.stopping.clone();
+        let serving = server::spawn(
+            name,
+            listener,
+            app,
+            self.limits,
+            Arc::clone(&self.counts),
+            self.stopping.clone(),
+        );
         let handle = tokio::spawn(async move {
-            let stop = async move { stopping.cancelled().await };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::error!(connector = %name, error = %e, "http ingress stopped");
-            }
+            let _ = serving.await;
             ready.store(false, Ordering::Release);
         });
         if let Ok(mut server) = self.server.lock() {
@@ -183,6 +214,10 @@ impl Connector for HttpIngress {
 
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    fn listener_counts(&self) -> Option<fnbroker_core::ListenerCounts> {
+        Some(self.counts.get())
     }
 
     /// Stops accepting connections and waits (up to 5 s) for the requests in progress to get
@@ -255,13 +290,32 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
     {
         return too_large();
     }
-    let body = match axum::body::to_bytes(body, state.max_body).await {
-        Ok(b) => b,
-        Err(_) => return too_large(),
+    let body = match tokio::time::timeout(
+        state.body_timeout,
+        axum::body::to_bytes(body, state.max_body),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => return too_large(),
+        Err(_) => {
+            return text(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {:?}", state.body_timeout),
+            );
+        }
     };
-    let events = match decode(&state.name, &path, &parts.headers, body) {
+    let events = match decode(&state, &path, &parts.headers, body) {
         Ok(events) => events,
-        Err(reason) => return text(StatusCode::BAD_REQUEST, reason.0),
+        Err(event::BatchError::TooMany(max)) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the batch holds more than {max} events (max_batch)"),
+            );
+        }
+        Err(event::BatchError::Invalid(reason)) => {
+            return text(StatusCode::BAD_REQUEST, reason.0);
+        }
     };
 
     let mut waiting = Vec::with_capacity(if route.sync { events.len() } else { 0 });
@@ -301,18 +355,19 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
 
 /// Decodes a request into events: one, or several for a batch; all valid, or an error.
 fn decode(
-    connector: &str,
+    state: &AppState,
     path: &str,
     headers: &HeaderMap,
     body: Bytes,
-) -> Result<Vec<(Event, Origin)>, event::InvalidEvent> {
+) -> Result<Vec<(Event, Origin)>, event::BatchError> {
+    let connector = &*state.name;
     match binding::mode(headers) {
         Mode::Binary => Ok(vec![(
             binding::decode_binary(headers, body.to_vec())?,
             Origin::CloudEvent,
         )]),
         Mode::Structured => Ok(vec![(event::from_json_slice(&body)?, Origin::CloudEvent)]),
-        Mode::Batch => Ok(event::batch_from_json_slice(&body)?
+        Mode::Batch => Ok(event::batch_from_json_slice_max(&body, state.max_batch)?
             .into_iter()
             .map(|e| (e, Origin::CloudEvent))
             .collect()),

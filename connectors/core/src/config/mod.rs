@@ -258,9 +258,14 @@ pub struct ExecFunction {
     /// The program and its arguments. The event's data arrives on stdin, its attributes as
     /// `CE_<NAME>` environment variables; stdout is the reply; a non-zero exit is a failure.
     pub command: Loc<Vec<String>>,
-    /// Extra environment variables for the command.
+    /// Extra environment variables for the command. The command starts from a clean
+    /// environment: `PATH`, `HOME`, `LANG`, the `CE_*` attributes, these, and `inherit_env`.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Names of fnbroker's own environment variables the command also gets (others, such as
+    /// the secrets meant for `${VAR}` substitution, are never passed on).
+    #[serde(default)]
+    pub inherit_env: Vec<String>,
 }
 
 /// A trigger: where events come from, which ones, and which function gets them.
