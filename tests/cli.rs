@@ -190,6 +190,34 @@ fn validate_refuses_a_sql_filter_nested_too_deep() {
 }
 
 #[test]
+fn validate_never_prints_a_substituted_password() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("secret.yaml");
+    let text = GOOD.replace(
+        "  web: { http: { listen: 127.0.0.1:8080 } }\n",
+        "  web: { http: { listen: 127.0.0.1:8080 } }\n  q: { amqp: { url: \"${FNB_TEST_AMQP_URL}\" } }\n",
+    )
+    .replace("http://127.0.0.1:9000/f", "\"${FNB_TEST_FN_URL}\"");
+    std::fs::write(&path, text).expect("write");
+    let out = Command::new(common::binary())
+        .args(["validate", "-c"])
+        .arg(&path)
+        .env("FNB_TEST_AMQP_URL", "amqp://admin:SECRET@")
+        .env(
+            "FNB_TEST_FN_URL",
+            "ftp://fnb:OTHERSECRET@host/f?token=TOKENSECRET",
+        )
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("amqp://admin:***@"), "{stderr}");
+    for secret in ["SECRET@", "OTHERSECRET", "TOKENSECRET"] {
+        assert!(!stderr.contains(secret), "{secret} printed: {stderr}");
+    }
+}
+
+#[test]
 fn version_and_schema() {
     let out = fnbroker(&["--version"]);
     assert!(out.status.success());

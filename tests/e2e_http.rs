@@ -852,3 +852,48 @@ async fn slow_idle_and_excess_connections_are_cut_and_the_admin_stays_up() {
     server.wait_count("/f", 1, WAIT).await;
     drop(fb);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_views_show_no_secrets() {
+    let server = FnServer::start().await;
+    let port = free_port();
+    let secret_url = server
+        .url("/f?token=TOPSECRET")
+        .replace("http://", "http://fnb:PASSWORD@");
+    let functions = format!(
+        "{}  script: {{ exec: {{ command: [sh, -c, \"echo ARGSECRET\"], env: {{ KEY: ENVSECRET }} }} }}\n",
+        http_fn("f", &secret_url, "")
+    );
+    let fb = Fnbroker::start(&config(
+        port,
+        &functions,
+        "  - { name: t, from: { connector: web, topic: /in }, to: f }",
+    ))
+    .await;
+    let view = reqwest::get(format!("http://127.0.0.1:{}/v1/functions", fb.admin))
+        .await
+        .expect("functions view")
+        .text()
+        .await
+        .expect("text");
+    for secret in ["PASSWORD", "TOPSECRET", "ARGSECRET", "ENVSECRET"] {
+        assert!(!view.contains(secret), "{secret} shown: {view}");
+    }
+    assert!(view.contains("http://fnb:***@127.0.0.1"), "{view}");
+    assert!(view.contains("token=***"), "{view}");
+    // The credentials still work: the function gets them.
+    let res = client()
+        .post(format!("http://127.0.0.1:{port}/in"))
+        .body("x")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let got = server.wait_count("/f", 1, WAIT).await;
+    assert!(
+        got[0]
+            .header("authorization")
+            .is_some_and(|a| a.starts_with("Basic "))
+    );
+    drop(fb);
+}

@@ -490,3 +490,51 @@ async fn jetstream_a_five_second_function_outage_loses_nothing() {
 async fn jetstream_a_sixty_second_function_outage_loses_nothing() {
     jetstream_outage(Duration::from_secs(60)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_the_url_work_and_never_reach_the_log() {
+    let password = format!("S3CRET{}", uid());
+    let nats = NatsServer::start_with(&["--user", "fnb", "--pass", &password]).await;
+    let url = nats
+        .url()
+        .replace("nats://", &format!("nats://fnb:{password}@"));
+    let subject = format!("auth{}", uid());
+    let server = FnServer::start().await;
+    let fb = Fnbroker::start_env(
+        &config(
+            &url,
+            "",
+            &http_fn("f", &server.url("/f")),
+            &format!(
+                "  - {{ name: t, from: {{ connector: bus, topic: \"{subject}\" }}, to: f }}\n"
+            ),
+        ),
+        &[("RUST_LOG", "debug")],
+    )
+    .await;
+    // async-nats 0.51 does not take credentials from the URL it is given (a plain
+    // `async_nats::connect("nats://fnb:PASS@...")` fails with "authorization violation"), which
+    // is why fnbroker moves them into the options: the publisher here does the same.
+    let publisher =
+        async_nats::ConnectOptions::with_user_and_password("fnb".into(), password.clone())
+            .connect(nats.url())
+            .await
+            .expect("connect with the password");
+    publisher
+        .publish(subject.clone(), "hello".into())
+        .await
+        .expect("publish");
+    publisher.flush().await.expect("flush");
+    let got = server.wait_count("/f", 1, WAIT).await;
+    assert_eq!(&got[0].body[..], b"hello");
+    let logs = fb.logs();
+    assert!(
+        logs.contains("async_nats"),
+        "debug logs of the client are on"
+    );
+    assert!(
+        !logs.contains(&password),
+        "the password is in the log:\n{logs}"
+    );
+    drop(fb);
+}

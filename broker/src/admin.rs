@@ -145,7 +145,9 @@ fn destination(d: &config::Destination) -> Value {
     view
 }
 
-/// The JSON view of the functions (static header values are not shown: they may be secrets).
+/// The JSON view of the functions. Nothing that may be a secret is shown: URLs without their
+/// password and query values, static headers by name only, a command's program without its
+/// arguments (their number instead), environment variables by name only.
 pub(crate) fn functions_view(cfg: &Config) -> Value {
     Value::Object(
         cfg.functions
@@ -153,11 +155,16 @@ pub(crate) fn functions_view(cfg: &Config) -> Value {
             .map(|(name, f)| {
                 let kind = match (&f.http, &f.exec) {
                     (Some(h), _) => json!({ "http": {
-                        "url": h.url.as_str(),
+                        "url": fnbroker_core::redact::url(h.url.as_str()),
                         "mode": format!("{:?}", h.mode).to_lowercase(),
                         "headers": h.headers.keys().collect::<Vec<_>>(),
                     }}),
-                    (None, Some(e)) => json!({ "exec": { "command": e.command.get() } }),
+                    (None, Some(e)) => json!({ "exec": {
+                        "program": e.command.first(),
+                        "arguments": e.command.len().saturating_sub(1),
+                        "env": e.env.keys().collect::<Vec<_>>(),
+                        "inherit_env": e.inherit_env,
+                    }}),
                     (None, None) => Value::Null,
                 };
                 let mut v = kind;

@@ -202,10 +202,32 @@ fn init_logs(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| Redacting(std::io::stderr()));
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+/// The log's writer: every line goes out with URL passwords, tokens and query values masked,
+/// whichever crate wrote it (client libraries log their server addresses at debug, credentials
+/// included). The formatter writes an event at once, so a URL is never split between writes.
+struct Redacting<W>(W);
+
+impl<W: std::io::Write> std::io::Write for Redacting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.windows(3).any(|w| w == b"://") {
+            let text = String::from_utf8_lossy(buf);
+            self.0
+                .write_all(fnbroker_core::redact::url(&text).as_bytes())?;
+        } else {
+            self.0.write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }
 

@@ -30,7 +30,8 @@ impl HttpInvoker {
         headers: &BTreeMap<String, String>,
         concurrency: usize,
     ) -> Result<Self, String> {
-        let url = reqwest::Url::parse(url).map_err(|e| format!("invalid URL `{url}`: {e}"))?;
+        let url = reqwest::Url::parse(url)
+            .map_err(|e| format!("invalid URL `{}`: {e}", fnbroker_core::redact::url(url)))?;
         let mut static_headers = HeaderMap::new();
         for (k, v) in headers {
             let name = HeaderName::try_from(k.as_str())
@@ -75,13 +76,13 @@ impl HttpInvoker {
             .body(body)
             .send()
             .await
-            .map_err(|e| InvokeError::Connect(error_chain(&e)))?;
+            .map_err(|e| InvokeError::Connect(error_chain(&e.without_url())))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response
             .bytes()
             .await
-            .map_err(|e| InvokeError::Connect(error_chain(&e)))?;
+            .map_err(|e| InvokeError::Connect(error_chain(&e.without_url())))?;
         if !(200..300).contains(&status) {
             let retry_after = headers
                 .get(RETRY_AFTER)

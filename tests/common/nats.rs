@@ -24,14 +24,21 @@ pub struct NatsServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    args: Vec<String>,
 }
 
 impl NatsServer {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// A server started with extra command line arguments (`--user`, `--pass`, `--tls`...).
+    pub async fn start_with(args: &[&str]) -> Self {
         let mut me = Self {
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         me.run().await;
         me
@@ -52,6 +59,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.dir.path())
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

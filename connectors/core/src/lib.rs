@@ -23,6 +23,7 @@ pub mod config;
 pub mod contract;
 pub mod event;
 pub mod kit;
+pub mod redact;
 pub mod registry;
 
 pub use contract::{

@@ -46,6 +46,47 @@ mod config;
 
 pub use config::{NatsPublish, NatsSettings, NatsSourceSettings, Plugin};
 
+/// Credentials found in a server URL.
+#[derive(Debug, PartialEq, Eq)]
+enum Credentials {
+    /// `nats://user:password@host`.
+    User(String, String),
+    /// `nats://token@host`.
+    Token(String),
+}
+
+/// The server URLs (comma-separated) without their credentials, and the first credentials found.
+fn split_credentials(urls: &str) -> (String, Option<Credentials>) {
+    let mut found = None;
+    let stripped: Vec<String> = urls
+        .split(',')
+        .map(|one| {
+            let one = one.trim();
+            let Ok(mut url) = url::Url::parse(one) else {
+                return one.to_string();
+            };
+            if url.username().is_empty() {
+                return one.to_string();
+            }
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            let user = decode(url.username());
+            let credentials = match url.password() {
+                Some(p) => Credentials::User(user, decode(p)),
+                None => Credentials::Token(user),
+            };
+            found.get_or_insert(credentials);
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        })
+        .collect();
+    (stripped.join(","), found)
+}
+
 /// The NATS connector of one configuration entry.
 pub struct NatsConnector {
     name: String,
@@ -78,11 +119,20 @@ impl NatsConnector {
                     .name(format!("fnbroker-{}", self.name))
                     .retry_on_initial_connect()
                     .subscription_capacity(SUBSCRIPTION_CAPACITY);
-                if let (Some(u), Some(p)) = (&self.config.user, &self.config.password) {
-                    opts = opts.user_and_password(u.clone(), p.clone());
-                }
-                if let Some(t) = &self.config.token {
-                    opts = opts.token(t.clone());
+                // Credentials in the URL travel as options, never in the address async-nats
+                // logs (at debug, with its `server` field).
+                let (urls, in_url) = split_credentials(&self.config.url);
+                match (
+                    &self.config.user,
+                    &self.config.password,
+                    &self.config.token,
+                    in_url,
+                ) {
+                    (Some(u), Some(p), _, _) => opts = opts.user_and_password(u.clone(), p.clone()),
+                    (_, _, Some(t), _) => opts = opts.token(t.clone()),
+                    (_, _, _, Some(Credentials::User(u, p))) => opts = opts.user_and_password(u, p),
+                    (_, _, _, Some(Credentials::Token(t))) => opts = opts.token(t),
+                    _ => {}
                 }
                 let name = self.name.clone();
                 opts = opts.event_callback(move |event| {
@@ -91,9 +141,9 @@ impl NatsConnector {
                         tracing::info!(connector = %name, %event, "nats connection event");
                     }
                 });
-                opts.connect(self.config.url.as_str())
+                opts.connect(urls.as_str())
                     .await
-                    .map_err(|e| self.error(format!("cannot connect to {}: {e}", self.config.url)))
+                    .map_err(|e| self.error(format!("cannot connect to {urls}: {e}")))
             })
             .await
             .cloned()
@@ -466,5 +516,32 @@ impl Sink for NatsSink {
                 self.client.flush().await.map_err(|e| err(e.to_string()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Credentials, split_credentials};
+
+    #[test]
+    fn credentials_leave_the_url() {
+        assert_eq!(
+            split_credentials("nats://fnb:s%40cret@127.0.0.1:4222"),
+            (
+                "nats://127.0.0.1:4222".to_string(),
+                Some(Credentials::User("fnb".into(), "s@cret".into()))
+            )
+        );
+        assert_eq!(
+            split_credentials("nats://tok@h1:4222, nats://h2:4222"),
+            (
+                "nats://h1:4222,nats://h2:4222".to_string(),
+                Some(Credentials::Token("tok".into()))
+            )
+        );
+        assert_eq!(
+            split_credentials("127.0.0.1:4222"),
+            ("127.0.0.1:4222".to_string(), None)
+        );
     }
 }

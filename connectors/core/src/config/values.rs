@@ -296,9 +296,9 @@ pub(crate) fn url_problem(value: &str, schemes: &[&str]) -> Option<String> {
             u.scheme(),
             schemes.join(", ")
         )),
-        Ok(u) if !u.has_host() => Some(format!("URL `{value}` has no host")),
+        Ok(u) if !u.has_host() => Some(format!("URL `{}` has no host", crate::redact::url(value))),
         Ok(_) => None,
-        Err(e) => Some(format!("`{value}` is not a URL: {e}")),
+        Err(e) => Some(format!("`{}` is not a URL: {e}", crate::redact::url(value))),
     }
 }
 
