@@ -897,3 +897,138 @@ async fn the_admin_views_show_no_secrets() {
     );
     drop(fb);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingress_authenticates_bearer_basic_and_signed_webhooks() {
+    let server = FnServer::start().await;
+    let [bearer, basic, signed] = [free_port(), free_port(), free_port()];
+    let fb = Fnbroker::start(&format!(
+        "connectors:
+  a: {{ http: {{ listen: 127.0.0.1:{bearer}, auth: {{ bearer: [old-token, new-token] }} }} }}
+  b: {{ http: {{ listen: 127.0.0.1:{basic}, auth: {{ basic: {{ username: hook, password: pa55 }} }} }} }}
+  c: {{ http: {{ listen: 127.0.0.1:{signed}, auth: {{ hmac: {{ header: X-Hub-Signature-256, secret: \"It's a Secret to Everybody\", prefix: \"sha256=\" }} }} }} }}
+functions:
+{}triggers:
+  - {{ name: a, from: {{ connector: a, topic: /in }}, to: f }}
+  - {{ name: b, from: {{ connector: b, topic: /in }}, to: f }}
+  - {{ name: c, from: {{ connector: c, topic: /in }}, to: f }}
+",
+        http_fn("f", &server.url("/f"), "")
+    ))
+    .await;
+    let post = |port: u16, path: &str| client().post(format!("http://127.0.0.1:{port}{path}"));
+    let challenge = |r: &reqwest::Response| {
+        r.headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+
+    // Bearer: none, a wrong one, and an unknown path all get 401 (paths are not revealed).
+    for req in [
+        post(bearer, "/in"),
+        post(bearer, "/in").bearer_auth("nope"),
+        post(bearer, "/elsewhere"),
+    ] {
+        let res = req.body("x").send().await.expect("post");
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert!(challenge(&res).starts_with("Bearer"), "{}", challenge(&res));
+    }
+    for token in ["old-token", "new-token"] {
+        let res = post(bearer, "/in")
+            .bearer_auth(token)
+            .body("x")
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+    }
+
+    // Basic.
+    let res = post(basic, "/in")
+        .basic_auth("hook", Some("wrong"))
+        .body("x")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(challenge(&res), r#"Basic realm="fnbroker""#);
+    let res = post(basic, "/in")
+        .basic_auth("hook", Some("pa55"))
+        .body("x")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+
+    // GitHub's published example: this secret, this payload, this signature.
+    let github = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+    let res = post(signed, "/in")
+        .header("x-hub-signature-256", github)
+        .body("Hello, World!")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    for (signature, body) in [(Some(github), "Hello, World?"), (None, "Hello, World!")] {
+        let mut req = post(signed, "/in").body(body);
+        if let Some(s) = signature {
+            req = req.header("x-hub-signature-256", s);
+        }
+        let res = req.send().await.expect("post");
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(challenge(&res), r#"Signature header="X-Hub-Signature-256""#);
+    }
+
+    let got = server.wait_count("/f", 4, WAIT).await;
+    assert!(got.iter().any(|r| &r.body[..] == b"Hello, World!"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        server.count("/f"),
+        4,
+        "only authenticated requests were delivered"
+    );
+    drop(fb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_guards_everything_but_the_probes() {
+    let server = FnServer::start().await;
+    let port = free_port();
+    let admin = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("fnbroker.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}admin: {{ listen: 127.0.0.1:{admin}, token: adm1n }}\n",
+            self::config(
+                port,
+                &http_fn("f", &server.url("/f"), ""),
+                "  - { name: t, from: { connector: web, topic: /in }, to: f }"
+            )
+        ),
+    )
+    .expect("write");
+    let mut fb = Fnbroker::spawn_with(dir, &config, admin);
+    fb.wait_ready().await;
+    let get = |path: &str| client().get(format!("http://127.0.0.1:{admin}{path}"));
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            get(path).send().await.expect("get").status(),
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    for path in ["/metrics", "/v1/triggers", "/v1/functions"] {
+        let res = get(path).send().await.expect("get");
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert!(res.headers().contains_key("www-authenticate"));
+        let res = get(path).bearer_auth("wrong").send().await.expect("get");
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{path}");
+        let res = get(path).bearer_auth("adm1n").send().await.expect("get");
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+    }
+    drop(fb);
+}

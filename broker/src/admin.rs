@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use fnbroker_core::config::{self, Config};
 use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -30,6 +32,8 @@ pub(crate) struct AdminState {
         Box<dyn Fn() -> Vec<(String, fnbroker_core::ListenerCounts)> + Send + Sync>,
     /// The admin listener's own counts.
     pub(crate) counts: Arc<fnbroker_http::server::Counts>,
+    /// The bearer token required beyond the probes.
+    pub(crate) token: Option<String>,
     pub(crate) ready: Box<dyn Fn() -> bool + Send + Sync>,
     pub(crate) triggers: Value,
     pub(crate) functions: Value,
@@ -45,6 +49,10 @@ pub(crate) async fn serve(
         .await
         .with_context(|| format!("admin: cannot listen on {listen}"))?;
     let counts = Arc::clone(&state.counts);
+    let token = state.token.clone();
+    if token.is_none() && !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "the admin endpoint listens beyond loopback without a token: anyone who reaches it reads the configuration views and metrics (set admin.token)");
+    }
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -57,7 +65,13 @@ pub(crate) async fn serve(
             "/v1/functions",
             get(|State(s): State<Arc<AdminState>>| async move { Json(s.functions.clone()) }),
         )
-        .with_state(Arc::new(state));
+        .with_state(Arc::new(state))
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| {
+                let token = token.clone();
+                async move { authorize(token.as_deref(), request, next).await }
+            },
+        ));
     tracing::info!(%listen, "admin endpoint listening");
     // Its own listener with its own limits: a flood on the ingress does not reach it.
     Ok(fnbroker_http::server::spawn(
@@ -68,6 +82,30 @@ pub(crate) async fn serve(
         counts,
         shutdown,
     ))
+}
+
+/// With a token, every path but the probes needs `Authorization: Bearer <token>`.
+async fn authorize(token: Option<&str>, request: Request, next: Next) -> Response {
+    let open = matches!(request.uri().path(), "/healthz" | "/readyz");
+    let Some(token) = token.filter(|_| !open) else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    match given {
+        Some(t) if bool::from(t.as_bytes().ct_eq(token.as_bytes())) => next.run(request).await,
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, r#"Bearer realm="fnbroker-admin""#)],
+            "a valid bearer token is required\n",
+        )
+            .into_response(),
+    }
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {

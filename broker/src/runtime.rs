@@ -205,6 +205,7 @@ impl Broker {
                             .collect()
                     }),
                     counts: Arc::default(),
+                    token: admin.token.clone(),
                     ready: Box::new(move || ready_connectors.values().all(|c| c.is_ready())),
                     triggers: crate::admin::triggers_view(config),
                     functions: crate::admin::functions_view(config),

@@ -35,6 +35,11 @@ pub struct HttpSettings {
     /// send its body (408 after it). Default `20s`.
     #[serde(default = "default_header_timeout")]
     pub header_timeout: ConfDuration,
+    /// How requests authenticate: `bearer: [tokens]`, `basic: { username, password }` or
+    /// `hmac: { header, secret, prefix, algorithm }` (signed webhooks). Default: none. Others
+    /// get 401 with `www-authenticate`.
+    #[serde(default)]
+    pub auth: Option<crate::auth::Auth>,
 }
 
 fn default_max_connections() -> usize {
@@ -92,6 +97,31 @@ impl ConnectorPlugin for Plugin {
             report.error(&["max_connections"], "`max_connections` must be at least 1");
         }
         report.duration("header_timeout", &settings.header_timeout);
+        match &settings.auth {
+            Some(crate::auth::Auth::Bearer(tokens))
+                if tokens.is_empty() || tokens.iter().any(|t| t.is_empty()) =>
+            {
+                report.error(&["auth", "bearer"], "`bearer` needs tokens, none empty");
+            }
+            Some(crate::auth::Auth::Basic(b)) if b.username.is_empty() => {
+                report.error(
+                    &["auth", "basic", "username"],
+                    "`username` must not be empty",
+                );
+            }
+            Some(crate::auth::Auth::Hmac(h)) => {
+                if http::HeaderName::from_bytes(h.header.as_bytes()).is_err() {
+                    report.error(
+                        &["auth", "hmac", "header"],
+                        format_args!("`{}` is not a header name", h.header),
+                    );
+                }
+                if h.secret.is_empty() {
+                    report.error(&["auth", "hmac", "secret"], "`secret` must not be empty");
+                }
+            }
+            _ => {}
+        }
     }
 
     fn validate_source(_: &HttpSourceSettings, from: &SourceUse<'_>, report: &Report<'_>) {
@@ -136,6 +166,7 @@ impl ConnectorPlugin for Plugin {
         Ok(Arc::new(
             HttpIngress::new(name, listen, max_body)
                 .with_max_batch(settings.max_batch)
+                .with_auth(settings.auth.clone())
                 .with_limits(crate::server::Limits {
                     max_connections: settings.max_connections,
                     header_timeout: settings.header_timeout.get(),

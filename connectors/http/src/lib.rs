@@ -21,8 +21,11 @@
 #![deny(unreachable_pub)]
 #![warn(missing_docs)]
 
+mod auth;
 mod config;
 pub mod server;
+
+pub use auth::{Auth, BasicAuth, HmacAlgorithm, HmacAuth};
 
 pub use config::{HttpSettings, HttpSourceSettings, Plugin};
 
@@ -55,6 +58,7 @@ pub struct HttpIngress {
     listen: SocketAddr,
     max_body: usize,
     max_batch: usize,
+    auth: Option<Arc<Auth>>,
     limits: server::Limits,
     counts: Arc<server::Counts>,
     routes: Arc<RwLock<HashMap<String, Route>>>,
@@ -81,6 +85,7 @@ struct AppState {
     max_body: usize,
     max_batch: usize,
     body_timeout: Duration,
+    auth: Option<Arc<Auth>>,
     routes: Arc<RwLock<HashMap<String, Route>>>,
 }
 
@@ -92,6 +97,7 @@ impl HttpIngress {
             listen,
             max_body,
             max_batch: DEFAULT_MAX_BATCH,
+            auth: None,
             limits: server::Limits {
                 max_connections: 10_000,
                 header_timeout: Duration::from_secs(20),
@@ -107,6 +113,12 @@ impl HttpIngress {
     /// Refuses batches of more than `max` events with 413 (default 1000).
     pub fn with_max_batch(mut self, max: usize) -> Self {
         self.max_batch = max;
+        self
+    }
+
+    /// Requires every request to authenticate this way.
+    pub fn with_auth(mut self, auth: Option<Auth>) -> Self {
+        self.auth = auth.map(Arc::new);
         self
     }
 
@@ -184,6 +196,7 @@ impl Connector for HttpIngress {
             max_body: self.max_body,
             max_batch: self.max_batch,
             body_timeout: self.limits.header_timeout,
+            auth: self.auth.clone(),
             routes: Arc::clone(&self.routes),
         };
         let app = Router::new()
@@ -259,7 +272,24 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, [(CONTENT_TYPE, "text/plain; charset=utf-8")], msg).into_response()
 }
 
+/// 401 with the challenge.
+fn unauthorized(refused: auth::Refused) -> Response {
+    let mut response = text(StatusCode::UNAUTHORIZED, refused.reason);
+    if let Ok(v) = HeaderValue::from_str(&refused.challenge) {
+        response
+            .headers_mut()
+            .insert(http::header::WWW_AUTHENTICATE, v);
+    }
+    response
+}
+
 async fn handle(State(state): State<AppState>, request: Request) -> Response {
+    // Credentials first: an unauthenticated client learns nothing, not even which paths exist.
+    if let Some(auth) = state.auth.as_deref().filter(|a| !a.needs_body())
+        && let Err(refused) = auth.check(request.headers(), &[])
+    {
+        return unauthorized(refused);
+    }
     let path = request.uri().path().to_string();
     let route = match state.routes.read() {
         Ok(routes) => routes.get(&path).cloned(),
@@ -305,6 +335,11 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
             );
         }
     };
+    if let Some(auth) = state.auth.as_deref().filter(|a| a.needs_body())
+        && let Err(refused) = auth.check(&parts.headers, &body)
+    {
+        return unauthorized(refused);
+    }
     let events = match decode(&state, &path, &parts.headers, body) {
         Ok(events) => events,
         Err(event::BatchError::TooMany(max)) => {

@@ -386,9 +386,10 @@ fn comment_start(line: &str) -> usize {
     line.len()
 }
 
-/// Replaces `${NAME}` and `${NAME:-default}` with the environment's values (not inside
-/// comments); `$${` is a literal
-/// `${`. An unset variable without a default is an error at its place.
+/// Replaces `${NAME}` and `${NAME:-default}` with the environment's values and `${file:PATH}`
+/// with a file's content less its trailing newline (a mounted secret), not inside comments;
+/// `$${` is a literal `${`. An unset variable without a default, or a file that cannot be read,
+/// is an error at its place.
 fn substitute_env(
     text: &str,
     env: &impl Fn(&str) -> Option<String>,
@@ -427,6 +428,19 @@ fn substitute_env(
                 break;
             };
             let inner = &after[2..end];
+            if let Some(path) = inner.strip_prefix("file:") {
+                match std::fs::read_to_string(path) {
+                    Ok(content) => out.push_str(content.trim_end_matches(['\n', '\r'])),
+                    Err(e) => errors.push(
+                        lineno as u64 + 1,
+                        col,
+                        format!("cannot read the secret file `{path}`: {e}"),
+                    ),
+                }
+                col += after[..=end].chars().count() as u64;
+                rest = &after[end + 1..];
+                continue;
+            }
             let (name, default) = match inner.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
                 None => (inner, None),
@@ -1069,6 +1083,34 @@ fn url(u: &Loc<String>, schemes: &[&str], owner: &str, errors: &mut Errors<'_>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_references_read_a_secret_without_its_newline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").expect("write");
+        let text = format!("a: ${{file:{}}}\nb: x\n", secret.display());
+        let mut errors = Errors {
+            file: "f.yaml",
+            list: Vec::new(),
+            placed_by_path: Vec::new(),
+        };
+        assert_eq!(
+            substitute_env(&text, &|_| None, &mut errors),
+            "a: s3cret\nb: x\n"
+        );
+        assert!(errors.list.is_empty());
+        let missing = format!("a: 1\nb: ${{file:{}/nope}}\n", dir.path().display());
+        substitute_env(&missing, &|_| None, &mut errors);
+        assert_eq!(errors.list.len(), 1);
+        let e = &errors.list[0];
+        assert_eq!((e.line, e.column), (2, 4));
+        assert!(
+            e.message.starts_with("cannot read the secret file `"),
+            "{}",
+            e.message
+        );
+    }
 
     /// Issue 12: `${VAR}` in a comment is left alone (the README's NATS example has
     /// `# or token: ${NATS_TOKEN}`); in values, quoted or not, it is still replaced.

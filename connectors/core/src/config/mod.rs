@@ -525,6 +525,11 @@ impl JsonSchema for Destination {
 pub struct Admin {
     /// The address to listen on, `host:port`.
     pub listen: Loc<String>,
+    /// A bearer token every request but `/healthz` and `/readyz` must carry
+    /// (`Authorization: Bearer <token>`; use `${ENV}` or `${file:PATH}`). Without it, listening
+    /// beyond loopback is warned about at start.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// The JSON Schema of the configuration, as `fnbroker schema` prints it: the core types, with
