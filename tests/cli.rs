@@ -218,6 +218,21 @@ fn validate_never_prints_a_substituted_password() {
 }
 
 #[test]
+fn validate_reads_tls_files_and_reports_them_at_their_key() {
+    let (code, stderr, file) = validate(&GOOD.replace(
+        "listen: 127.0.0.1:8080 }",
+        "listen: 127.0.0.1:8080, tls: { cert: /nonexistent/server.pem, key: /nonexistent/server.key } }",
+    ));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{file}:2:"))
+            && stderr.contains("connector `web`")
+            && stderr.contains("/nonexistent/server.pem"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn version_and_schema() {
     let out = fnbroker(&["--version"]);
     assert!(out.status.success());

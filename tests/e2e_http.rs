@@ -1032,3 +1032,102 @@ async fn the_admin_token_guards_everything_but_the_probes() {
     }
     drop(fb);
 }
+
+/// A client that trusts `ca`, with a client certificate when given.
+fn tls_client(
+    ca: &std::path::Path,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> reqwest::Client {
+    use common::pki::Pki;
+    let mut builder = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&Pki::read(ca)).expect("ca")]);
+    if let Some((cert, key)) = identity {
+        let mut pem = Pki::read(cert);
+        pem.extend(Pki::read(key));
+        builder = builder.identity(reqwest::Identity::from_pem(&pem).expect("identity"));
+    }
+    builder.build().expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingress_and_the_admin_serve_tls_with_client_certificates() {
+    use common::pki::{Pki, pki};
+    let pki = pki();
+    let server = FnServer::start().await;
+    let port = free_port();
+    let admin = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("fnbroker.yaml");
+    let tls = format!(
+        "{{ cert: {}, key: {}, client_ca: {} }}",
+        Pki::s(&pki.server_cert),
+        Pki::s(&pki.server_key),
+        Pki::s(&pki.ca)
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port}, tls: {tls} }} }}\nfunctions:\n{}triggers:\n  - {{ name: t, from: {{ connector: web, topic: /in }}, to: f }}\nadmin: {{ listen: 127.0.0.1:{admin}, tls: {{ cert: {}, key: {} }} }}\n",
+            http_fn("f", &server.url("/f"), ""),
+            Pki::s(&pki.server_cert),
+            Pki::s(&pki.server_key),
+        ),
+    )
+    .expect("write");
+    let fb = Fnbroker::spawn_with(dir, &config, admin);
+
+    // The admin endpoint answers over HTTPS (server certificate only).
+    let trusting = tls_client(&pki.ca, None);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match trusting
+            .get(format!("https://localhost:{admin}/readyz"))
+            .send()
+            .await
+        {
+            Ok(r) if r.status() == StatusCode::OK => break,
+            _ => {
+                assert!(
+                    Instant::now() < deadline,
+                    "admin over TLS not ready:\n{}",
+                    fb.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    // Plain HTTP to a TLS listener gets nothing useful.
+    assert!(
+        client()
+            .get(format!("http://127.0.0.1:{admin}/healthz"))
+            .send()
+            .await
+            .map(|r| !r.status().is_success())
+            .unwrap_or(true)
+    );
+
+    // The ingress requires a client certificate signed by client_ca.
+    let url = format!("https://localhost:{port}/in");
+    let with_cert = tls_client(&pki.ca, Some((&pki.client_cert, &pki.client_key)));
+    let res = with_cert
+        .post(&url)
+        .body("over mTLS")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert!(
+        trusting.post(&url).body("no cert").send().await.is_err(),
+        "a client without a certificate is refused by the handshake"
+    );
+    let wrong_ca = tls_client(&pki.other_ca, Some((&pki.client_cert, &pki.client_key)));
+    assert!(
+        wrong_ca.post(&url).body("x").send().await.is_err(),
+        "a client that does not trust the server's CA cannot connect"
+    );
+    let got = server.wait_count("/f", 1, WAIT).await;
+    assert_eq!(&got[0].body[..], b"over mTLS");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.count("/f"), 1);
+    drop(fb);
+}

@@ -19,10 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 
 /// The admin listener's limits: a few operators and scrapers, never a flood.
-const LIMITS: fnbroker_http::server::Limits = fnbroker_http::server::Limits {
-    max_connections: 256,
-    header_timeout: std::time::Duration::from_secs(10),
-};
+const MAX_CONNECTIONS: usize = 256;
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What the admin endpoint reads.
 pub(crate) struct AdminState {
@@ -34,6 +32,8 @@ pub(crate) struct AdminState {
     pub(crate) counts: Arc<fnbroker_http::server::Counts>,
     /// The bearer token required beyond the probes.
     pub(crate) token: Option<String>,
+    /// TLS for the admin listener.
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     pub(crate) ready: Box<dyn Fn() -> bool + Send + Sync>,
     pub(crate) triggers: Value,
     pub(crate) functions: Value,
@@ -50,6 +50,7 @@ pub(crate) async fn serve(
         .with_context(|| format!("admin: cannot listen on {listen}"))?;
     let counts = Arc::clone(&state.counts);
     let token = state.token.clone();
+    let tls = state.tls.clone();
     if token.is_none() && !listen.ip().is_loopback() {
         tracing::warn!(%listen, "the admin endpoint listens beyond loopback without a token: anyone who reaches it reads the configuration views and metrics (set admin.token)");
     }
@@ -72,13 +73,17 @@ pub(crate) async fn serve(
                 async move { authorize(token.as_deref(), request, next).await }
             },
         ));
-    tracing::info!(%listen, "admin endpoint listening");
+    tracing::info!(%listen, tls = tls.is_some(), "admin endpoint listening");
     // Its own listener with its own limits: a flood on the ingress does not reach it.
     Ok(fnbroker_http::server::spawn(
         "admin".into(),
         listener,
         app,
-        LIMITS,
+        fnbroker_http::server::Limits {
+            max_connections: MAX_CONNECTIONS,
+            header_timeout: HEADER_TIMEOUT,
+            tls: tls.clone(),
+        },
         counts,
         shutdown,
     ))

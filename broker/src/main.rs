@@ -100,8 +100,8 @@ struct SendArgs {
 }
 
 fn main() -> ExitCode {
-    // Both rustls providers are linked (async-nats brings ring, the others aws-lc-rs); with two,
-    // rustls cannot pick a default and panics on the first TLS connection. Choose one.
+    // One rustls crypto provider for every rustls user (async-nats is built with aws-lc-rs too,
+    // ring is not linked); installed explicitly so that no client has to guess.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     init_logs(cli.log_format);

@@ -206,6 +206,13 @@ impl Broker {
                     }),
                     counts: Arc::default(),
                     token: admin.token.clone(),
+                    tls: match &admin.tls {
+                        Some(tls) => Some(Arc::new(
+                            tls.server_config()
+                                .map_err(|e| anyhow::anyhow!("admin: tls: {e}"))?,
+                        )),
+                        None => None,
+                    },
                     ready: Box::new(move || ready_connectors.values().all(|c| c.is_ready())),
                     triggers: crate::admin::triggers_view(config),
                     functions: crate::admin::functions_view(config),

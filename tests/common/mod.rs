@@ -7,6 +7,7 @@ pub mod amqp;
 pub mod kafka;
 pub mod mqtt;
 pub mod nats;
+pub mod pki;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};

@@ -25,6 +25,7 @@ pub mod event;
 pub mod kit;
 pub mod redact;
 pub mod registry;
+pub mod tls;
 
 pub use contract::{
     AckHandle, Connector, ConnectorError, ErrorKind, Incoming, ListenerCounts, Origin, Settlement,

@@ -40,6 +40,9 @@ pub struct HttpSettings {
     /// get 401 with `www-authenticate`.
     #[serde(default)]
     pub auth: Option<crate::auth::Auth>,
+    /// Serve HTTPS: `cert` and `key`, and `client_ca` to require client certificates.
+    #[serde(default)]
+    pub tls: Option<fnbroker_core::tls::ServerTls>,
 }
 
 fn default_max_connections() -> usize {
@@ -97,6 +100,11 @@ impl ConnectorPlugin for Plugin {
             report.error(&["max_connections"], "`max_connections` must be at least 1");
         }
         report.duration("header_timeout", &settings.header_timeout);
+        if let Some(tls) = &settings.tls
+            && let Err(e) = tls.check()
+        {
+            report.error(&["tls", e.key], format_args!("{}", e.message));
+        }
         match &settings.auth {
             Some(crate::auth::Auth::Bearer(tokens))
                 if tokens.is_empty() || tokens.iter().any(|t| t.is_empty()) =>
@@ -170,6 +178,14 @@ impl ConnectorPlugin for Plugin {
                 .with_limits(crate::server::Limits {
                     max_connections: settings.max_connections,
                     header_timeout: settings.header_timeout.get(),
+                    tls: match &settings.tls {
+                        Some(tls) => {
+                            Some(Arc::new(tls.server_config().map_err(|e| {
+                                ConnectorError::permanent(name, format!("tls: {e}"))
+                            })?))
+                        }
+                        None => None,
+                    },
                 }),
         ))
     }

@@ -101,6 +101,7 @@ impl HttpIngress {
             limits: server::Limits {
                 max_connections: 10_000,
                 header_timeout: Duration::from_secs(20),
+                tls: None,
             },
             counts: Arc::default(),
             routes: Arc::default(),
@@ -210,7 +211,7 @@ impl Connector for HttpIngress {
             name,
             listener,
             app,
-            self.limits,
+            self.limits.clone(),
             Arc::clone(&self.counts),
             self.stopping.clone(),
         );

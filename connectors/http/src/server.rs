@@ -10,6 +10,8 @@
 //!   connection between requests, and a client trickling its headers (slowloris) are all closed
 //!   after it. hyper runs this one timer for both cases, so the idle keep-alive timeout is the
 //!   same duration.
+//! - **`tls`**: the handshake runs on the connection's own task, bounded by `header_timeout`;
+//!   a client without the certificate `client_ca` requires is refused by the handshake.
 //! - A failing `accept` (out of descriptors) is logged and retried after a pause instead of
 //!   spinning.
 
@@ -38,12 +40,15 @@ const FD_RESERVE: u64 = 256;
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 21\r\n\r\ntoo many connections\n";
 
 /// The limits of one listener.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// The most connections open at once.
     pub max_connections: usize,
-    /// How long a connection may wait for a complete request head (and a request for its body).
+    /// How long a connection may wait for a complete request head (and a request for its body,
+    /// and a TLS handshake).
     pub header_timeout: Duration,
+    /// TLS, when the listener serves HTTPS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The counts of one listener, shared with whoever reports them.
@@ -121,6 +126,7 @@ async fn accept_loop(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
+    let acceptor = limits.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let mut quiet_until: Option<Instant> = None;
     let mut refused_unlogged = 0u64;
     loop {
@@ -159,18 +165,27 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let connection =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
         let stop = stop.clone();
         let counts = Arc::clone(&counts);
+        let http = http.clone();
+        let app = app.clone();
+        let acceptor = acceptor.clone();
+        let handshake_timeout = limits.header_timeout;
+        let name = name.clone();
         counts.open.fetch_add(1, Ordering::Relaxed);
         connections.spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            match acceptor {
+                None => serve_one(&http, stream, app, &stop).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_one(&http, tls, app, &stop).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(listener = %name, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            tracing::debug!(listener = %name, "TLS handshake timed out");
+                        }
+                    }
                 }
             }
             counts.open.fetch_sub(1, Ordering::Relaxed);
@@ -179,4 +194,20 @@ async fn accept_loop(
     }
     connections.close();
     connections.wait().await;
+}
+
+/// Serves one connection until it ends, or gracefully once `stop` is cancelled.
+async fn serve_one<I>(http: &http1::Builder, io: I, app: Router, stop: &CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
 }

@@ -636,6 +636,13 @@ fn validate(config: &mut Config, registry: &Registry, errors: &mut Errors<'_>) {
     duration(&config.shutdown_timeout, "shutdown_timeout", errors);
     if let Some(admin) = &config.admin {
         address(&admin.listen, "admin.listen", errors);
+        if let Some(Err(e)) = admin.tls.as_ref().map(crate::tls::ServerTls::check) {
+            errors.placed(
+                vec!["admin".into(), "tls".into(), e.key.into()],
+                Place::Value,
+                format!("admin.tls.{}: {}", e.key, e.message),
+            );
+        }
     }
     for Finding { path, message } in findings.into_inner() {
         errors.placed(path, Place::Value, message);

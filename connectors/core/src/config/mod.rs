@@ -530,6 +530,9 @@ pub struct Admin {
     /// beyond loopback is warned about at start.
     #[serde(default)]
     pub token: Option<String>,
+    /// Serve the admin endpoint over HTTPS: `cert`, `key`, and `client_ca` for mutual TLS.
+    #[serde(default)]
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 /// The JSON Schema of the configuration, as `fnbroker schema` prints it: the core types, with

@@ -1,0 +1,83 @@
+//! Certificates made at test time (rcgen): a private CA, a server certificate for `localhost` and
+//! `127.0.0.1`, a client certificate, an expired server certificate, and a CA that signed none of
+//! them. All PEM files in a temporary folder.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
+
+/// The files of a test PKI.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub expired_cert: PathBuf,
+    pub expired_key: PathBuf,
+    pub other_ca: PathBuf,
+}
+
+impl Pki {
+    /// The path of one of its files as a string, for configurations.
+    pub fn s(path: &std::path::Path) -> String {
+        path.display().to_string()
+    }
+
+    /// The bytes of one of its files.
+    pub fn read(path: &std::path::Path) -> Vec<u8> {
+        std::fs::read(path).expect("read a PKI file")
+    }
+}
+
+fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("CA")
+}
+
+/// Makes a new PKI.
+pub fn pki() -> Pki {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    let issuer = ca("fnbroker test CA");
+    let leaf = |names: Vec<String>, expired: bool| {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(names).expect("params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "fnbroker test");
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        }
+        let cert = params.signed_by(&key, &issuer).expect("sign");
+        (cert.pem(), key.serialize_pem())
+    };
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let (server_cert, server_key) = leaf(names.clone(), false);
+    let (client_cert, client_key) = leaf(vec!["fnbroker-client".to_string()], false);
+    let (expired_cert, expired_key) = leaf(names, true);
+    let other = ca("some other CA");
+    Pki {
+        ca: write("ca.pem", &issuer.pem()),
+        server_cert: write("server.pem", &server_cert),
+        server_key: write("server.key", &server_key),
+        client_cert: write("client.pem", &client_cert),
+        client_key: write("client.key", &client_key),
+        expired_cert: write("expired.pem", &expired_cert),
+        expired_key: write("expired.key", &expired_key),
+        other_ca: write("other-ca.pem", &other.pem()),
+        dir,
+    }
+}
