@@ -1131,3 +1131,135 @@ async fn the_ingress_and_the_admin_serve_tls_with_client_certificates() {
     assert_eq!(server.count("/f"), 1);
     drop(fb);
 }
+
+/// An HTTPS function that requires a client certificate signed by the test CA: counts the bodies
+/// it gets on `/f`.
+async fn https_function(
+    pki: &common::pki::Pki,
+) -> (
+    u16,
+    std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    tokio_util::sync::CancellationToken,
+) {
+    use common::pki::Pki;
+    use std::sync::{Arc, Mutex};
+    let got: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let seen = Arc::clone(&got);
+    let app = axum::Router::new().route(
+        "/f",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let seen = Arc::clone(&seen);
+            async move {
+                if let Ok(mut s) = seen.lock() {
+                    s.push(body.to_vec());
+                }
+                StatusCode::OK
+            }
+        }),
+    );
+    let tls = fnbroker_core::tls::ServerTls {
+        cert: Pki::s(&pki.server_cert),
+        key: Pki::s(&pki.server_key),
+        client_ca: Some(Pki::s(&pki.ca)),
+    }
+    .server_config()
+    .expect("server tls");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let stop = tokio_util::sync::CancellationToken::new();
+    fnbroker_http::server::spawn(
+        "https-function".into(),
+        listener,
+        app,
+        fnbroker_http::server::Limits {
+            max_connections: 100,
+            header_timeout: Duration::from_secs(10),
+            tls: Some(Arc::new(tls)),
+        },
+        Arc::default(),
+        stop.clone(),
+    );
+    (port, got, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_functions_with_a_private_ca_and_client_certificates() {
+    use common::pki::{Pki, pki};
+    let pki = pki();
+    let (fn_port, got, stop) = https_function(&pki).await;
+    let audit = FnServer::start().await;
+    let port = free_port();
+    let tls = |ca: &std::path::Path, extra: &str| {
+        format!(
+            "tls: {{ ca: {}, cert: {}, key: {}{extra} }}",
+            Pki::s(ca),
+            Pki::s(&pki.client_cert),
+            Pki::s(&pki.client_key)
+        )
+    };
+    let functions = format!(
+        "  good: {{ http: {{ url: \"https://localhost:{fn_port}/f\", {} }}, timeout: 2s }}
+  named: {{ http: {{ url: \"https://127.0.0.1:{fn_port}/f\", {} }}, timeout: 2s }}
+  untrusted: {{ http: {{ url: \"https://localhost:{fn_port}/f\", {} }}, timeout: 2s }}
+  nocert: {{ http: {{ url: \"https://localhost:{fn_port}/f\", tls: {{ ca: {} }} }}, timeout: 2s }}
+{}",
+        tls(&pki.ca, ""),
+        tls(&pki.ca, ", server_name: localhost"),
+        tls(&pki.other_ca, ""),
+        Pki::s(&pki.ca),
+        http_fn("audit", &audit.url("/dlq"), "")
+    );
+    let fb = Fnbroker::start(&config(
+        port,
+        &functions,
+        "  - { name: good, from: { connector: web, topic: /good }, to: good }
+  - { name: named, from: { connector: web, topic: /named }, to: named }
+  - { name: untrusted, from: { connector: web, topic: /untrusted }, to: untrusted, delivery: { retries: 0 }, dead_letter: { function: audit } }
+  - { name: nocert, from: { connector: web, topic: /nocert }, to: nocert, delivery: { retries: 0 }, dead_letter: { function: audit } }",
+    ))
+    .await;
+    for path in ["good", "named", "untrusted", "nocert"] {
+        let res = client()
+            .post(format!("http://127.0.0.1:{port}/{path}"))
+            .body(path)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+    }
+    let dead = audit.wait_count("/dlq", 2, WAIT).await;
+    let mut reasons: Vec<(String, String)> = dead
+        .iter()
+        .map(|r| {
+            (
+                r.header("ce-dlqtrigger").unwrap_or("").to_string(),
+                r.header("ce-dlqreason").unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons[0].0, "nocert");
+    assert_eq!(reasons[1].0, "untrusted");
+    assert!(
+        reasons[1].1.to_lowercase().contains("certificate")
+            || reasons[1].1.contains("UnknownIssuer"),
+        "the reason says why: {reasons:?}"
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut bodies = got.lock().map(|g| g.clone()).unwrap_or_default();
+        bodies.sort();
+        if bodies == vec![b"good".to_vec(), b"named".to_vec()] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the HTTPS function got {bodies:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    drop(fb);
+}

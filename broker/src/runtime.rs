@@ -38,11 +38,25 @@ fn build_function(
     metrics: &Metrics,
 ) -> anyhow::Result<Arc<FunctionRuntime>> {
     let concurrency = *cfg.concurrency;
+    if cfg
+        .http
+        .as_ref()
+        .and_then(|h| h.tls.as_ref())
+        .is_some_and(|t| t.insecure_skip_verify)
+    {
+        tracing::warn!(function = %name, "tls.insecure_skip_verify: the function's certificate is not verified; for development only");
+    }
     let invoker: Box<dyn Invoker> = match (&cfg.http, &cfg.exec) {
         (Some(http), _) => Box::new(
-            HttpInvoker::new(&http.url, http.mode, &http.headers, concurrency)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("function `{name}`"))?,
+            HttpInvoker::new(
+                &http.url,
+                http.mode,
+                &http.headers,
+                concurrency,
+                http.tls.as_ref(),
+            )
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("function `{name}`"))?,
         ),
         (None, Some(exec)) => Box::new(
             ExecInvoker::new(&exec.command, &exec.env, &exec.inherit_env)

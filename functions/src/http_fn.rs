@@ -29,8 +29,9 @@ impl HttpInvoker {
         mode: ContentMode,
         headers: &BTreeMap<String, String>,
         concurrency: usize,
+        tls: Option<&fnbroker_core::tls::Tls>,
     ) -> Result<Self, String> {
-        let url = reqwest::Url::parse(url)
+        let mut url = reqwest::Url::parse(url)
             .map_err(|e| format!("invalid URL `{}`: {e}", fnbroker_core::redact::url(url)))?;
         let mut static_headers = HeaderMap::new();
         for (k, v) in headers {
@@ -40,10 +41,34 @@ impl HttpInvoker {
                 .map_err(|e| format!("invalid value of header `{k}`: {e}"))?;
             static_headers.insert(name, value);
         }
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .pool_max_idle_per_host(concurrency)
             .tcp_nodelay(true)
-            .no_proxy()
+            .no_proxy();
+        if let Some(tls) = tls {
+            let mut config = tls.client_config().map_err(|e| format!("tls: {e}"))?;
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            builder = builder.tls_backend_preconfigured(config);
+            // A name to verify other than the URL's host: the URL is addressed by that name
+            // and the name resolved to the URL's IP address.
+            if let Some(name) = &tls.server_name {
+                let ip = match url.host() {
+                    Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip),
+                    Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
+                    _ => {
+                        return Err(
+                            "tls: `server_name` needs a URL with an IP address (with a host name, that name is verified)"
+                                .into(),
+                        );
+                    }
+                };
+                let port = url.port_or_known_default().unwrap_or(443);
+                builder = builder.resolve(name, std::net::SocketAddr::new(ip, port));
+                url.set_host(Some(name))
+                    .map_err(|e| format!("tls: `server_name` `{name}`: {e}"))?;
+            }
+        }
+        let client = builder
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self {

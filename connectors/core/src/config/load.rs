@@ -772,7 +772,22 @@ fn validate_connector(
 
 fn validate_function(name: &str, function: &Function, errors: &mut Errors<'_>) {
     match (&function.http, &function.exec) {
-        (Some(http), None) => url(&http.url, &["http", "https"], name, errors),
+        (Some(http), None) => {
+            url(&http.url, &["http", "https"], name, errors);
+            if let Some(Err(e)) = http.tls.as_ref().map(crate::tls::Tls::check) {
+                errors.placed(
+                    vec![
+                        "functions".into(),
+                        name.into(),
+                        "http".into(),
+                        "tls".into(),
+                        e.key.into(),
+                    ],
+                    Place::Value,
+                    format!("function `{name}`: tls: {}", e.message),
+                );
+            }
+        }
         (None, Some(exec)) => {
             if exec.command.is_empty() || exec.command[0].is_empty() {
                 errors.at(

@@ -238,6 +238,10 @@ pub struct HttpFunction {
     /// Static headers sent with every request (tokens from `${ENV}`).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// TLS for `https` URLs: `ca` (default: the system's roots), `cert` + `key` (mTLS),
+    /// `server_name` (with an IP address in the URL), `insecure_skip_verify`.
+    #[serde(default)]
+    pub tls: Option<crate::tls::Tls>,
 }
 
 /// A CloudEvents content mode.
