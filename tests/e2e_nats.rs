@@ -538,3 +538,156 @@ async fn credentials_in_the_url_work_and_never_reach_the_log() {
     );
     drop(fb);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates_and_a_wrong_ca_is_not_ready() {
+    use common::pki::{Pki, pki};
+    let pki = pki();
+    let nats = NatsServer::start_with(&[
+        "--tls",
+        "--tlscert",
+        &Pki::s(&pki.server_cert),
+        "--tlskey",
+        &Pki::s(&pki.server_key),
+        "--tlsverify",
+        "--tlscacert",
+        &Pki::s(&pki.ca),
+    ])
+    .await;
+    let url = format!("tls://localhost:{}", nats.port);
+    let subject = format!("tls{}", uid());
+    let server = FnServer::start().await;
+    let tls = |ca: &std::path::Path| {
+        format!(
+            ", tls: {{ ca: {}, cert: {}, key: {} }}",
+            Pki::s(ca),
+            Pki::s(&pki.client_cert),
+            Pki::s(&pki.client_key)
+        )
+    };
+    let trigger =
+        format!("  - {{ name: t, from: {{ connector: bus, topic: \"{subject}\" }}, to: f }}\n");
+    let fb = Fnbroker::start(&config(
+        &url,
+        &tls(&pki.ca),
+        &http_fn("f", &server.url("/f")),
+        &trigger,
+    ))
+    .await;
+    let publisher = async_nats::ConnectOptions::new()
+        .add_root_certificates(pki.ca.clone())
+        .add_client_certificate(pki.client_cert.clone(), pki.client_key.clone())
+        .require_tls(true)
+        .connect(&url)
+        .await
+        .expect("connect over mTLS");
+    publisher
+        .publish(subject.clone(), "over tls".into())
+        .await
+        .expect("publish");
+    publisher.flush().await.expect("flush");
+    let got = server.wait_count("/f", 1, WAIT).await;
+    assert_eq!(&got[0].body[..], b"over tls");
+    drop(fb);
+
+    // A CA that did not sign the server's certificate: never ready, and the log says why.
+    let wrong = Fnbroker::spawn(&config(
+        &url,
+        &tls(&pki.other_ca),
+        &http_fn("f", &server.url("/f")),
+        &trigger,
+    ));
+    wrong.wait_log("bus", Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ready = reqwest::get(format!("http://127.0.0.1:{}/readyz", wrong.admin))
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    assert_ne!(
+        ready, 200,
+        "not ready with a CA that does not verify the server"
+    );
+    let logs = wrong.logs();
+    // async-nats 0.51 reports the failed attempt as "IO error" without its cause; the warning
+    // names the connector, the servers and what to check.
+    let warning = logs
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("connector=bus"))
+        .unwrap_or_else(|| panic!("no warning naming the connector:\n{logs}"));
+    assert!(
+        warning.contains("tls.ca") && warning.contains(&url),
+        "{warning}"
+    );
+    assert!(
+        logs.lines()
+            .filter(|l| l.contains("WARN") && l.contains("connector=bus"))
+            .count()
+            <= 2,
+        "warnings are rate-limited:\n{logs}"
+    );
+    drop(wrong);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_nkey_user_connects_and_a_wrong_seed_does_not() {
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().expect("seed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "authorization {{ users = [ {{ nkey: {} }} ] }}\n",
+            user.public_key()
+        ),
+    )
+    .expect("write");
+    let nats = NatsServer::start_with(&["-c", &conf.display().to_string()]).await;
+    let subject = format!("nkey{}", uid());
+    let server = FnServer::start().await;
+    let trigger =
+        format!("  - {{ name: t, from: {{ connector: bus, topic: \"{subject}\" }}, to: f }}\n");
+    let fb = Fnbroker::start(&config(
+        &nats.url(),
+        &format!(", nkey: {seed}"),
+        &http_fn("f", &server.url("/f")),
+        &trigger,
+    ))
+    .await;
+    let publisher = async_nats::ConnectOptions::with_nkey(seed.clone())
+        .connect(nats.url())
+        .await
+        .expect("connect with the nkey");
+    publisher
+        .publish(subject.clone(), "signed".into())
+        .await
+        .expect("publish");
+    publisher.flush().await.expect("flush");
+    let got = server.wait_count("/f", 1, WAIT).await;
+    assert_eq!(&got[0].body[..], b"signed");
+    assert!(!fb.logs().contains(&seed), "the seed is never logged");
+    drop(fb);
+
+    let other = nkeys::KeyPair::new_user().seed().expect("seed");
+    let wrong = Fnbroker::spawn(&config(
+        &nats.url(),
+        &format!(", nkey: {other}"),
+        &http_fn("f", &server.url("/f")),
+        &trigger,
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ready = reqwest::get(format!("http://127.0.0.1:{}/readyz", wrong.admin))
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    assert_ne!(ready, 200, "an unknown nkey is not ready");
+    assert!(
+        wrong
+            .logs()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("connector=bus")),
+        "{}",
+        wrong.logs()
+    );
+    drop(wrong);
+}

@@ -25,6 +25,16 @@ pub struct NatsSettings {
     /// A token, if the server wants one (use `${ENV}`).
     #[serde(default)]
     pub token: Option<String>,
+    /// A `.creds` file (a user JWT and its NKey seed), as Synadia's NGS and `nsc` issue them.
+    #[serde(default)]
+    pub credentials: Option<String>,
+    /// An NKey seed (`SU...`) to sign the server's challenge with (use `${ENV}` or `${file:PATH}`).
+    #[serde(default)]
+    pub nkey: Option<String>,
+    /// TLS: `ca`, `cert` + `key` (client certificate), `server_name`, `insecure_skip_verify`.
+    /// With it (or a `tls://` URL) TLS is required.
+    #[serde(default)]
+    pub tls: Option<fnbroker_core::tls::Tls>,
     /// How replies and dead letters are published: `core` (default; flushed, at-most-once) or
     /// `jetstream` (resolves on the stream's publish acknowledgement).
     #[serde(default)]
@@ -72,6 +82,44 @@ impl ConnectorPlugin for Plugin {
     fn validate(settings: &NatsSettings, report: &Report<'_>) {
         for url in settings.url.split(',') {
             report.url("url", url.trim(), &["nats", "tls", "ws", "wss"]);
+        }
+        if settings
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.server_name.is_some())
+        {
+            report.error(
+                &["tls", "server_name"],
+                "the NATS client verifies the host of the URL; `server_name` is not supported here",
+            );
+        }
+        if let Some(Err(e)) = settings.tls.as_ref().map(fnbroker_core::tls::Tls::check) {
+            report.error(&["tls", e.key], format_args!("{}", e.message));
+        }
+        if let Some(path) = &settings.credentials
+            && let Err(e) = std::fs::read_to_string(path)
+        {
+            report.error(
+                &["credentials"],
+                format_args!("cannot read the credentials file `{path}`: {e}"),
+            );
+        }
+        let auth = [
+            settings.user.is_some(),
+            settings.token.is_some(),
+            settings.credentials.is_some(),
+            settings.nkey.is_some(),
+        ];
+        if auth.iter().filter(|set| **set).count() > 1 {
+            report.error(
+                &["url"],
+                "give one of `user`/`password`, `token`, `credentials` or `nkey`",
+            );
+        }
+        if let Some(seed) = &settings.nkey
+            && !seed.starts_with("SU")
+        {
+            report.error(&["nkey"], "`nkey` is a user seed, starting with `SU`");
         }
     }
 

@@ -46,6 +46,9 @@ mod config;
 
 pub use config::{NatsPublish, NatsSettings, NatsSourceSettings, Plugin};
 
+/// The least time between two warnings about a failing connection.
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Credentials found in a server URL.
 #[derive(Debug, PartialEq, Eq)]
 enum Credentials {
@@ -134,11 +137,59 @@ impl NatsConnector {
                     (_, _, _, Some(Credentials::Token(t))) => opts = opts.token(t),
                     _ => {}
                 }
+                if let Some(seed) = &self.config.nkey {
+                    opts = opts.nkey(seed.clone());
+                }
+                if let Some(path) = &self.config.credentials {
+                    opts = opts.credentials_file(path).await.map_err(|e| {
+                        self.error(format!("cannot read the credentials file `{path}`: {e}"))
+                    })?;
+                }
+                if let Some(tls) = &self.config.tls {
+                    let config = tls
+                        .client_config()
+                        .map_err(|e| self.error(format!("tls: {e}")))?;
+                    opts = opts.tls_client_config(config).require_tls(true);
+                }
                 let name = self.name.clone();
+                let servers = urls.clone();
+                let tls = self.config.tls.is_some() || urls.contains("tls://");
+                // Failures are warnings, one per WARN_EVERY (the client retries much faster);
+                // the rest go to debug. async-nats reports a failed attempt by its kind only
+                // ("IO error"), dropping the cause (a TLS verification failure included).
+                let last_warning = Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
                 opts = opts.event_callback(move |event| {
                     let name = name.clone();
+                    let servers = servers.clone();
+                    let last_warning = Arc::clone(&last_warning);
                     async move {
-                        tracing::info!(connector = %name, %event, "nats connection event");
+                        let failure = matches!(
+                            event,
+                            async_nats::Event::ClientError(_)
+                                | async_nats::Event::ServerError(_)
+                                | async_nats::Event::Disconnected
+                        );
+                        if !failure {
+                            tracing::info!(connector = %name, %event, "nats connection event");
+                            return;
+                        }
+                        let due = last_warning.lock().is_ok_and(|mut last| {
+                            let due = last.is_none_or(|t| t.elapsed() >= WARN_EVERY);
+                            if due {
+                                *last = Some(std::time::Instant::now());
+                            }
+                            due
+                        });
+                        let hint = if tls {
+                            "; with TLS, check that `tls.ca` signed the server's certificate and that the client certificate is accepted"
+                        } else {
+                            ""
+                        };
+                        if due {
+                            tracing::warn!(connector = %name, servers = %servers, %event, "cannot reach or use the NATS server{hint}");
+                        } else {
+                            tracing::debug!(connector = %name, %event, "nats connection event");
+                        }
                     }
                 });
                 opts.connect(urls.as_str())
