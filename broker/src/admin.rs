@@ -12,8 +12,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use fnbroker_core::config::{self, Config};
+use fnbroker_http::Auth;
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -49,9 +49,9 @@ pub(crate) async fn serve(
         .await
         .with_context(|| format!("admin: cannot listen on {listen}"))?;
     let counts = Arc::clone(&state.counts);
-    let token = state.token.clone();
+    let auth = state.token.clone().map(|t| Arc::new(Auth::Bearer(vec![t])));
     let tls = state.tls.clone();
-    if token.is_none() && !listen.ip().is_loopback() {
+    if auth.is_none() && !listen.ip().is_loopback() {
         tracing::warn!(%listen, "the admin endpoint listens beyond loopback without a token: anyone who reaches it reads the configuration views and metrics (set admin.token)");
     }
     let app = Router::new()
@@ -69,8 +69,8 @@ pub(crate) async fn serve(
         .with_state(Arc::new(state))
         .layer(axum::middleware::from_fn(
             move |request: Request, next: Next| {
-                let token = token.clone();
-                async move { authorize(token.as_deref(), request, next).await }
+                let auth = auth.clone();
+                async move { authorize(auth, request, next).await }
             },
         ));
     tracing::info!(%listen, tls = tls.is_some(), "admin endpoint listening");
@@ -89,27 +89,16 @@ pub(crate) async fn serve(
     ))
 }
 
-/// With a token, every path but the probes needs `Authorization: Bearer <token>`.
-async fn authorize(token: Option<&str>, request: Request, next: Next) -> Response {
+/// With a token, every path but the probes needs `Authorization: Bearer <token>`: the ingress's
+/// bearer check, with its constant-time comparison and its 401.
+async fn authorize(auth: Option<Arc<Auth>>, request: Request, next: Next) -> Response {
     let open = matches!(request.uri().path(), "/healthz" | "/readyz");
-    let Some(token) = token.filter(|_| !open) else {
-        return next.run(request).await;
-    };
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim());
-    match given {
-        Some(t) if bool::from(t.as_bytes().ct_eq(token.as_bytes())) => next.run(request).await,
-        _ => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, r#"Bearer realm="fnbroker-admin""#)],
-            "a valid bearer token is required\n",
-        )
-            .into_response(),
+    match auth
+        .filter(|_| !open)
+        .map(|a| a.check(request.headers(), &[]))
+    {
+        Some(Err(refused)) => refused.into_response(),
+        _ => next.run(request).await,
     }
 }
 

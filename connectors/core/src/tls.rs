@@ -123,13 +123,14 @@ impl Tls {
                 format!("`{name}` is not a DNS name or an IP address"),
             ));
         }
-        let builder = ClientConfig::builder_with_provider(provider())
+        let provider = provider();
+        let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| error("ca", e.to_string()))?;
         let builder = if self.insecure_skip_verify {
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
         } else {
             let store = match &self.ca {
                 Some(path) => roots("ca", path)?,
@@ -164,14 +165,15 @@ impl ServerTls {
     /// The rustls server configuration, requiring client certificates when `client_ca` is set.
     /// HTTP/1.1 is offered by ALPN.
     pub fn server_config(&self) -> Result<ServerConfig, TlsError> {
-        let builder = ServerConfig::builder_with_provider(provider())
+        let provider = provider();
+        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| error("cert", e.to_string()))?;
         let builder = match &self.client_ca {
             Some(path) => {
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots("client_ca", path)?),
-                    provider(),
+                    provider,
                 )
                 .build()
                 .map_err(|e| error("client_ca", e.to_string()))?;

@@ -71,6 +71,25 @@ pub struct Refused {
     pub reason: &'static str,
 }
 
+impl Refused {
+    /// The answer: 401 with the challenge in `www-authenticate` and the reason as text.
+    pub fn into_response(self) -> axum::response::Response {
+        use axum::response::IntoResponse as _;
+        let mut response = (
+            http::StatusCode::UNAUTHORIZED,
+            [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{}\n", self.reason),
+        )
+            .into_response();
+        if let Ok(v) = http::HeaderValue::from_str(&self.challenge) {
+            response
+                .headers_mut()
+                .insert(http::header::WWW_AUTHENTICATE, v);
+        }
+        response
+    }
+}
+
 impl Auth {
     /// Whether the check needs the body (signatures do; it then runs after the body is read).
     pub fn needs_body(&self) -> bool {

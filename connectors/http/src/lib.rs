@@ -25,7 +25,7 @@ mod auth;
 mod config;
 pub mod server;
 
-pub use auth::{Auth, BasicAuth, HmacAlgorithm, HmacAuth};
+pub use auth::{Auth, BasicAuth, HmacAlgorithm, HmacAuth, Refused};
 
 pub use config::{HttpSettings, HttpSourceSettings, Plugin};
 
@@ -273,23 +273,12 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, [(CONTENT_TYPE, "text/plain; charset=utf-8")], msg).into_response()
 }
 
-/// 401 with the challenge.
-fn unauthorized(refused: auth::Refused) -> Response {
-    let mut response = text(StatusCode::UNAUTHORIZED, refused.reason);
-    if let Ok(v) = HeaderValue::from_str(&refused.challenge) {
-        response
-            .headers_mut()
-            .insert(http::header::WWW_AUTHENTICATE, v);
-    }
-    response
-}
-
 async fn handle(State(state): State<AppState>, request: Request) -> Response {
     // Credentials first: an unauthenticated client learns nothing, not even which paths exist.
     if let Some(auth) = state.auth.as_deref().filter(|a| !a.needs_body())
         && let Err(refused) = auth.check(request.headers(), &[])
     {
-        return unauthorized(refused);
+        return refused.into_response();
     }
     let path = request.uri().path().to_string();
     let route = match state.routes.read() {
@@ -339,7 +328,7 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
     if let Some(auth) = state.auth.as_deref().filter(|a| a.needs_body())
         && let Err(refused) = auth.check(&parts.headers, &body)
     {
-        return unauthorized(refused);
+        return refused.into_response();
     }
     let events = match decode(&state, &path, &parts.headers, body) {
         Ok(events) => events,
