@@ -334,3 +334,78 @@ async fn an_unroutable_reply_hands_the_message_back_without_calling_again() {
     let got = amqp::read(&ch, &missing, 1, WAIT).await;
     assert_eq!(got[0].body, br#"{"done":true}"#);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_with_a_client_certificate_authenticates_with_external() {
+    use common::pki::{Pki, pki};
+    let pki = pki();
+    let node = amqp::RabbitNode::start_tls(&pki.ca, &pki.server_cert, &pki.server_key).await;
+    let (_conn, ch) = amqp::channel_at(&node.url()).await;
+    let q = format!("q-{}", uid());
+    amqp::queue(&ch, &q).await;
+    let server = FnServer::start().await;
+    let conf = |url: &str, tls: &str| {
+        format!(
+            "connectors:\n  rabbit: {{ amqp: {{ url: \"{url}\"{tls} }} }}\nfunctions:\n{}triggers:\n  - {{ name: t, from: {{ connector: rabbit, queue: {q} }}, to: f }}\n",
+            http_fn("f", &server.url("/f"))
+        )
+    };
+    let url = format!("amqps://localhost:{}/%2f", node.tls_port);
+    let client_cert = format!(
+        "cert: {}, key: {}",
+        Pki::s(&pki.client_cert),
+        Pki::s(&pki.client_key)
+    );
+    let fb = Fnbroker::start(&conf(
+        &url,
+        &format!(", tls: {{ ca: {}, {client_cert} }}", Pki::s(&pki.ca)),
+    ))
+    .await;
+    amqp::publish(&ch, &q, &[], Some("text/plain"), b"over tls").await;
+    let got = server.wait_count("/f", 1, WAIT).await;
+    assert_eq!(&got[0].body[..], b"over tls");
+    let connections = node.ctl(&[
+        "list_connections",
+        "user",
+        "ssl",
+        "auth_mechanism",
+        "--no-table-headers",
+    ]);
+    assert!(
+        connections
+            .lines()
+            .any(|l| l.split('\t').collect::<Vec<_>>() == ["fnbroker test", "true", "EXTERNAL"]),
+        "fnbroker's connection is TLS, authenticated by its certificate:\n{connections}"
+    );
+    drop(fb);
+
+    let cases = [
+        (
+            "a CA that did not sign the server's certificate",
+            url.clone(),
+            format!(", tls: {{ ca: {}, {client_cert} }}", Pki::s(&pki.other_ca)),
+            "UnknownIssuer",
+        ),
+        (
+            "no client certificate",
+            format!("amqps://guest:guest@localhost:{}/%2f", node.tls_port),
+            format!(", tls: {{ ca: {} }}", Pki::s(&pki.ca)),
+            "cannot connect to the AMQP server",
+        ),
+        (
+            "a wrong password",
+            format!("amqp://guest:wrong@127.0.0.1:{}/%2f", node.port),
+            String::new(),
+            "ACCESS_REFUSED",
+        ),
+    ];
+    for (what, url, tls, says) in cases {
+        let wrong = Fnbroker::spawn(&conf(&url, &tls));
+        let warning = common::not_ready_with_a_warning(&wrong, "rabbit").await;
+        assert!(warning.contains(says), "{what}: {warning}");
+        assert!(
+            !wrong.logs().contains("wrong@"),
+            "the password is not logged"
+        );
+    }
+}

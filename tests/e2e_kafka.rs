@@ -563,3 +563,62 @@ async fn a_saturated_engine_keeps_the_consumer_in_its_group() {
         .collect();
     assert_eq!(bodies, vec!["0", "1", "2"], "each record once, in order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_scram_authenticates_and_a_wrong_password_is_not_ready() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::producer::FutureProducer;
+    let tansu = kafka::SaslTansu::start("fnb", "scram-secret").await;
+    let topic = kafka::unique("sasl");
+    let admin: AdminClient<DefaultClientContext> =
+        tansu.client("fnb", "scram-secret").create().expect("admin");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin
+        .create_topics(
+            [&NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &opts,
+        )
+        .await
+        .expect("create the topic as fnb")
+    {
+        r.expect("topic created");
+    }
+    let producer: FutureProducer = tansu
+        .client("fnb", "scram-secret")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("producer");
+    kafka::produce(
+        &producer,
+        &topic,
+        Out {
+            key: None,
+            partition: None,
+            headers: vec![],
+            payload: b"authenticated",
+        },
+    )
+    .await;
+    let server = FnServer::start().await;
+    let conf = |password: &str| {
+        format!(
+            "connectors:\n  k: {{ kafka: {{ brokers: [\"127.0.0.1:{}\"], sasl: {{ mechanism: SCRAM-SHA-512, username: fnb, password: {password} }}, options: {{ session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\" }} }} }}\nfunctions:\n{}triggers:\n  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f }}\n",
+            tansu.port,
+            http_fn("f", &server.url("/f")),
+            kafka::unique("g")
+        )
+    };
+    let fb = Fnbroker::start(&conf("scram-secret")).await;
+    let got = server.wait_count("/f", 1, WAIT).await;
+    assert_eq!(&got[0].body[..], b"authenticated");
+    drop(fb);
+
+    let wrong = Fnbroker::spawn(&conf("not-the-password"));
+    let warning = common::not_ready_with_a_warning(&wrong, "k").await;
+    assert!(
+        warning.contains("Authentication") && !warning.contains("not-the-password"),
+        "{warning}"
+    );
+    assert!(!wrong.logs().contains("not-the-password"));
+}

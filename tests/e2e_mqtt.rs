@@ -419,3 +419,67 @@ async fn a_five_second_function_outage_loses_nothing() {
 async fn a_sixty_second_function_outage_loses_nothing() {
     mqtt_outage(Duration::from_secs(60)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtts_with_a_client_certificate_delivers_and_bad_certificates_are_not_ready() {
+    use common::pki::{Pki, pki};
+    let pki = pki();
+    let broker = Mosquitto::start_tls(&pki.ca, &pki.server_cert, &pki.server_key).await;
+    let expired = Mosquitto::start_tls(&pki.ca, &pki.expired_cert, &pki.expired_key).await;
+    let server = FnServer::start().await;
+    let topic = format!("tls{}/reading", uid());
+    let connector = |port: u16, tls: &str| {
+        format!(
+            "  dev: {{ mqtt: {{ url: \"mqtts://localhost:{port}\", client_id: c{}, tls: {{ {tls} }} }} }}\n",
+            uid()
+        )
+    };
+    let client_cert = format!(
+        "cert: {}, key: {}",
+        Pki::s(&pki.client_cert),
+        Pki::s(&pki.client_key)
+    );
+    let good = format!("ca: {}, {client_cert}", Pki::s(&pki.ca));
+    let trigger =
+        format!("  - {{ name: t, from: {{ connector: dev, topic: \"{topic}\" }}, to: f }}\n");
+    let fb = Fnbroker::start(&config(
+        &connector(broker.tls_port, &good),
+        &http_fn("f", &server.url("/f")),
+        &trigger,
+    ))
+    .await;
+    mqtt::publish(broker.port, vec![Msg::plain(&topic, b"over tls")]).await;
+    let got = server.wait_count("/f", 1, WAIT).await;
+    assert_eq!(&got[0].body[..], b"over tls");
+    drop(fb);
+
+    let cases = [
+        (
+            "a CA that did not sign the server's certificate",
+            broker.tls_port,
+            format!("ca: {}, {client_cert}", Pki::s(&pki.other_ca)),
+            "UnknownIssuer",
+        ),
+        (
+            "no client certificate",
+            broker.tls_port,
+            format!("ca: {}", Pki::s(&pki.ca)),
+            "mqtt connection lost",
+        ),
+        (
+            "an expired server certificate",
+            expired.tls_port,
+            good.clone(),
+            "certificate expired",
+        ),
+    ];
+    for (what, port, tls, says) in cases {
+        let wrong = Fnbroker::spawn(&config(
+            &connector(port, &tls),
+            &http_fn("f", &server.url("/f")),
+            &trigger,
+        ));
+        let warning = common::not_ready_with_a_warning(&wrong, "dev").await;
+        assert!(warning.contains(says), "{what}: {warning}");
+    }
+}

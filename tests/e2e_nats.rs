@@ -539,25 +539,6 @@ async fn credentials_in_the_url_work_and_never_reach_the_log() {
     drop(fb);
 }
 
-/// Waits for the connector `bus` to warn that it cannot connect, then checks `/readyz` says so.
-async fn not_ready_with_a_warning(fb: &Fnbroker) {
-    wait_for(
-        "a warning naming connector bus",
-        Duration::from_secs(20),
-        || {
-            fb.logs()
-                .lines()
-                .any(|l| l.contains("WARN") && l.contains("connector=bus"))
-        },
-    )
-    .await;
-    let ready = reqwest::get(format!("http://127.0.0.1:{}/readyz", fb.admin))
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0);
-    assert_ne!(ready, 200, "ready although the connector cannot connect");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_client_certificates_and_a_wrong_ca_is_not_ready() {
     use common::pki::{Pki, pki};
@@ -616,7 +597,7 @@ async fn tls_with_client_certificates_and_a_wrong_ca_is_not_ready() {
         &http_fn("f", &server.url("/f")),
         &trigger,
     ));
-    not_ready_with_a_warning(&wrong).await;
+    common::not_ready_with_a_warning(&wrong, "bus").await;
     let logs = wrong.logs();
     // async-nats 0.51 reports the failed attempt as "IO error" without its cause; the warning
     // names the connector, the servers and what to check.
@@ -685,6 +666,6 @@ async fn an_nkey_user_connects_and_a_wrong_seed_does_not() {
         &http_fn("f", &server.url("/f")),
         &trigger,
     ));
-    not_ready_with_a_warning(&wrong).await;
+    common::not_ready_with_a_warning(&wrong, "bus").await;
     drop(wrong);
 }

@@ -15,10 +15,15 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 pub const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 pub async fn channel() -> (Connection, Channel) {
-    let conn = Connection::connect(URL, ConnectionProperties::default())
+    channel_at(URL).await
+}
+
+/// A confirmed channel on the RabbitMQ at `url`.
+pub async fn channel_at(url: &str) -> (Connection, Channel) {
+    let conn = Connection::connect(url, ConnectionProperties::default())
         .await
         .unwrap_or_else(|e| {
-            panic!("cannot connect to RabbitMQ at {URL} (scripts/services.sh starts it): {e}")
+            panic!("cannot connect to RabbitMQ at {url} (scripts/services.sh starts it): {e}")
         });
     let ch = conn.create_channel().await.expect("channel");
     ch.confirm_select(ConfirmSelectOptions::default())
@@ -197,4 +202,133 @@ pub fn close_connections(name: &str) -> usize {
         }
     }
     closed
+}
+
+/// A RabbitMQ node of the test's own (its own name, ports and data folder, beside the machine's
+/// node): a plain listener for the test's publisher, and a TLS listener that requires client
+/// certificates signed by `ca` and offers EXTERNAL authentication (the certificate's common name
+/// is the user, `fnbroker test` for the test PKI's client). Stopped on drop.
+pub struct RabbitNode {
+    pub node: String,
+    pub port: u16,
+    pub tls_port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl RabbitNode {
+    pub async fn start_tls(
+        ca: &std::path::Path,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Self {
+        // The server runs as the rabbitmq user: it writes into the folder and reads the files.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut perms = std::fs::metadata(dir.path()).expect("dir").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
+        std::fs::set_permissions(dir.path(), perms).expect("chmod");
+        super::pki::Pki::readable_by_all(&[ca, cert, key]);
+        let (port, tls_port, dist) = (super::free_port(), super::free_port(), super::free_port());
+        let node = format!("fnbtest{}@localhost", uuid::Uuid::new_v4().simple());
+        let conf = dir.path().join("rabbitmq.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listeners.tcp.1 = 127.0.0.1:{port}\nlisteners.ssl.1 = 127.0.0.1:{tls_port}\n\
+                 ssl_options.cacertfile = {}\nssl_options.certfile = {}\nssl_options.keyfile = {}\n\
+                 ssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = true\n\
+                 auth_mechanisms.1 = PLAIN\nauth_mechanisms.2 = EXTERNAL\n\
+                 ssl_cert_login_from = common_name\n",
+                ca.display(),
+                cert.display(),
+                key.display()
+            ),
+        )
+        .expect("rabbitmq.conf");
+        let plugins = dir.path().join("enabled_plugins");
+        std::fs::write(&plugins, "[rabbitmq_auth_mechanism_ssl].\n").expect("enabled_plugins");
+        let child = std::process::Command::new("rabbitmq-server")
+            .env("RABBITMQ_NODENAME", &node)
+            .env("RABBITMQ_CONFIG_FILE", &conf)
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", &plugins)
+            .env("RABBITMQ_MNESIA_BASE", dir.path().join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.path().join("log"))
+            .env("RABBITMQ_DIST_PORT", dist.to_string())
+            .stdout(std::fs::File::create(dir.path().join("server.log")).expect("log"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("rabbitmq-server is not installed (scripts/services.sh installs it)");
+        let me = Self {
+            node,
+            port,
+            tls_port,
+            dir,
+            child: Some(child),
+        };
+        // `await_startup` fails at once until the node has registered with epmd.
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let started = std::process::Command::new("rabbitmqctl")
+                .args(["-n", &me.node, "await_startup", "--timeout", "60"])
+                .output()
+                .expect("rabbitmqctl");
+            if started.status.success() {
+                break;
+            }
+            let log = std::fs::read_to_string(me.dir.path().join("server.log")).unwrap_or_default();
+            assert!(
+                std::time::Instant::now() < deadline && !log.contains("BOOT FAILED"),
+                "RabbitMQ node {} did not start:\n{log}",
+                me.node
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        me.ctl(&["add_user", "fnbroker test", "unused-password"]);
+        me.ctl(&[
+            "set_permissions",
+            "-p",
+            "/",
+            "fnbroker test",
+            ".*",
+            ".*",
+            ".*",
+        ]);
+        me
+    }
+
+    /// Runs `rabbitmqctl` on this node; its standard output.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("rabbitmqctl")
+            .arg("-n")
+            .arg(&self.node)
+            .args(args)
+            .output()
+            .expect("rabbitmqctl");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?} on {}: {}{} (logs in {})",
+            self.node,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.dir.path().display()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The plain listener, as guest.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "stop"])
+            .output();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

@@ -213,3 +213,104 @@ pub async fn consume(topic: &str, n: usize, timeout: Duration) -> Vec<In> {
     }
     out
 }
+
+/// The tansu that scripts/services.sh installs (with SQLite storage).
+pub fn tansu_binary() -> std::path::PathBuf {
+    let root = std::env::var_os("FNBROKER_TANSU_ROOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+                .join(".cache/fnbroker/tansu-sqlite")
+        });
+    let bin = root.join("bin/tansu");
+    assert!(
+        bin.exists(),
+        "{} is missing (scripts/services.sh installs tansu)",
+        bin.display()
+    );
+    bin
+}
+
+/// A tansu of the test's own that requires SASL authentication, with one SCRAM-SHA-512 user.
+/// Stopped on drop.
+pub struct SaslTansu {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl SaslTansu {
+    /// tansu creates users only for an authenticated client once `--authentication` is on, so
+    /// the user is created on a first run without it, on the same SQLite database.
+    pub async fn start(user: &str, password: &str) -> Self {
+        let mut me = Self {
+            port: super::free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        me.run(false).await;
+        let out = std::process::Command::new(tansu_binary())
+            .args(["user", "create", "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", me.port))
+            .args([user, password, "--mechanism", "scram512"])
+            .output()
+            .expect("tansu user create");
+        assert!(
+            out.status.success(),
+            "tansu user create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        me.stop();
+        me.run(true).await;
+        me
+    }
+
+    async fn run(&mut self, authentication: bool) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let mut cmd = std::process::Command::new(tansu_binary());
+        cmd.current_dir(self.dir.path())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db", "--silent"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if authentication {
+            cmd.arg("--authentication");
+        }
+        self.child = Some(cmd.spawn().expect("start tansu"));
+        let port = self.port;
+        super::wait_for("tansu to listen", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A client configuration that authenticates with SCRAM-SHA-512.
+    pub fn client(&self, user: &str, password: &str) -> ClientConfig {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", format!("127.0.0.1:{}", self.port))
+            .set("security.protocol", "SASL_PLAINTEXT")
+            .set("sasl.mechanism", "SCRAM-SHA-512")
+            .set("sasl.username", user)
+            .set("sasl.password", password);
+        cfg
+    }
+}
+
+impl Drop for SaslTansu {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

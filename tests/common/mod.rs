@@ -42,6 +42,33 @@ pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> b
     }
 }
 
+/// Waits for a WARN line naming `connector` (it cannot connect), then checks that `/readyz`
+/// does not say ready. Returns that warning.
+pub async fn not_ready_with_a_warning(fb: &Fnbroker, connector: &str) -> String {
+    let tag = format!("connector={connector}");
+    let warning = || {
+        fb.logs()
+            .lines()
+            .find(|l| l.contains("WARN") && l.contains(&tag))
+            .map(str::to_string)
+    };
+    wait_for(
+        &format!("a warning naming connector {connector}"),
+        Duration::from_secs(20),
+        || warning().is_some(),
+    )
+    .await;
+    let ready = reqwest::get(format!("http://127.0.0.1:{}/readyz", fb.admin))
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    assert_ne!(
+        ready, 200,
+        "ready although connector {connector} cannot connect"
+    );
+    warning().unwrap_or_default()
+}
+
 /// The resident set size of a process in KiB (`VmRSS` of /proc/PID/status).
 pub fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS:")

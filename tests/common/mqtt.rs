@@ -18,12 +18,40 @@ pub const SHARED_PORT: u16 = 1883;
 /// A Mosquitto of the test's own, stopped on drop.
 pub struct Mosquitto {
     pub port: u16,
+    /// The TLS listener's port (`start_tls`), else 0.
+    pub tls_port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
 impl Mosquitto {
     pub async fn start() -> Self {
+        Self::start_with(0, "").await
+    }
+
+    /// A Mosquitto with a second listener, TLS with `cert` and `key` (signed by `ca`) that
+    /// requires client certificates signed by `ca`; the plain one is for the test's publisher.
+    pub async fn start_tls(
+        ca: &std::path::Path,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Self {
+        // Mosquitto drops to its own user: it must be able to read the files.
+        super::pki::Pki::readable_by_all(&[ca, cert, key]);
+        let tls_port = free_port();
+        Self::start_with(
+            tls_port,
+            &format!(
+                "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+                ca.display(),
+                cert.display(),
+                key.display()
+            ),
+        )
+        .await
+    }
+
+    async fn start_with(tls_port: u16, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         // Started as root, Mosquitto drops to its own user: let it write its persistence file.
         let mut perms = std::fs::metadata(dir.path()).expect("dir").permissions();
@@ -34,13 +62,14 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\n",
+                "allow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\nlistener {port} 127.0.0.1\n{extra}",
                 dir.path().display()
             ),
         )
         .expect("mosquitto.conf");
         let mut me = Self {
             port,
+            tls_port,
             dir,
             child: None,
         };
@@ -58,11 +87,12 @@ impl Mosquitto {
             .spawn()
             .expect("mosquitto is not installed (scripts/services.sh installs it)");
         self.child = Some(child);
-        let port = self.port;
-        wait_for("mosquitto to listen", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })
-        .await;
+        for port in [self.port, self.tls_port].into_iter().filter(|p| *p != 0) {
+            wait_for("mosquitto to listen", Duration::from_secs(20), || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            })
+            .await;
+        }
     }
 
     /// Stops it cleanly (it saves its persistence file) and starts it again on the same port.

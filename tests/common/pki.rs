@@ -28,6 +28,18 @@ impl Pki {
         path.display().to_string()
     }
 
+    /// Lets brokers that drop to a user of their own (Mosquitto, RabbitMQ) read the files.
+    pub fn readable_by_all(paths: &[&std::path::Path]) {
+        for path in paths {
+            let dir = path.parent().expect("a folder");
+            for (p, mode) in [(dir, 0o755), (*path, 0o644)] {
+                let mut perms = std::fs::metadata(p).expect("metadata").permissions();
+                std::os::unix::fs::PermissionsExt::set_mode(&mut perms, mode);
+                std::fs::set_permissions(p, perms).expect("chmod");
+            }
+        }
+    }
+
     /// The bytes of one of its files.
     pub fn read(path: &std::path::Path) -> Vec<u8> {
         std::fs::read(path).expect("read a PKI file")

@@ -15,8 +15,14 @@ use crate::AmqpConnector;
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct AmqpSettings {
-    /// The server URL, `amqp://user:pass@host:port/vhost` (`%2f` is the default vhost).
+    /// The server URL, `amqp://user:pass@host:port/vhost` (`%2f` is the default vhost), or
+    /// `amqps://...` (port 5671 by default) for AMQP over TLS.
     pub url: String,
+    /// TLS: `ca`, `cert` + `key` (a client certificate: with no user in the URL, the connection
+    /// authenticates with it, SASL EXTERNAL), `server_name`, `insecure_skip_verify`. With it, or
+    /// with an `amqps://` URL (then the system's roots are trusted), the connection is TLS.
+    #[serde(default)]
+    pub tls: Option<fnbroker_core::tls::Tls>,
     /// The exchange replies and dead letters are published to, their `topic` being the routing
     /// key. Default: the default exchange (`""`), so `topic: orders` lands in the queue `orders`.
     #[serde(default)]
@@ -94,6 +100,9 @@ impl ConnectorPlugin for Plugin {
 
     fn validate(settings: &AmqpSettings, report: &Report<'_>) {
         report.url("url", &settings.url, &["amqp", "amqps"]);
+        if let Some(Err(e)) = settings.tls.as_ref().map(fnbroker_core::tls::Tls::check) {
+            report.error(&["tls", e.key], format_args!("{}", e.message));
+        }
     }
 
     fn validate_source(source: &AmqpSourceSettings, from: &SourceUse<'_>, report: &Report<'_>) {
@@ -111,6 +120,6 @@ impl ConnectorPlugin for Plugin {
     }
 
     fn build(name: &str, settings: &AmqpSettings) -> Result<Arc<dyn Connector>, ConnectorError> {
-        Ok(Arc::new(AmqpConnector::new(name, settings.clone())))
+        Ok(Arc::new(AmqpConnector::new(name, settings.clone())?))
     }
 }

@@ -38,11 +38,14 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Acker, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Acker, Channel, Connection, ExchangeKind};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
 mod config;
+mod dial;
+
+use dial::Dial;
 
 pub use config::{AmqpDeclare, AmqpDestinationSettings, AmqpSettings, AmqpSourceSettings, Plugin};
 
@@ -50,7 +53,7 @@ pub use config::{AmqpDeclare, AmqpDestinationSettings, AmqpSettings, AmqpSourceS
 pub struct AmqpConnector {
     name: String,
     config: AmqpSettings,
-    connection_name: String,
+    dial: Dial,
     /// Subscriptions, and how many of them are consuming right now.
     subscriptions: AtomicUsize,
     consuming: Arc<AtomicUsize>,
@@ -58,26 +61,30 @@ pub struct AmqpConnector {
 
 impl AmqpConnector {
     /// A connector named `name`; it connects when subscribed to or asked for a sink.
-    pub fn new(name: impl Into<String>, config: AmqpSettings) -> Self {
+    pub fn new(name: impl Into<String>, config: AmqpSettings) -> Result<Self, ConnectorError> {
         let name = name.into();
         let connection_name = config
             .connection_name
             .clone()
             .unwrap_or_else(|| format!("fnbroker-{name}"));
-        Self {
+        if let Some(tls) = &config.tls {
+            tls.warn_if_insecure("connector", &name);
+        }
+        let dial = Dial::new(&config.url, connection_name, config.tls.as_ref()).map_err(|e| {
+            ConnectorError::Permanent {
+                connector: name.clone(),
+                message: e,
+                source: None,
+            }
+        })?;
+        Ok(Self {
             name,
             config,
-            connection_name,
+            dial,
             subscriptions: AtomicUsize::new(0),
             consuming: Arc::default(),
-        }
+        })
     }
-}
-
-async fn connect(url: &str, connection_name: &str) -> Result<Connection, lapin::Error> {
-    let props =
-        ConnectionProperties::default().with_connection_name(connection_name.to_string().into());
-    Connection::connect(url, props).await
 }
 
 #[async_trait]
@@ -93,31 +100,35 @@ impl Connector for AmqpConnector {
             message: "an amqp trigger needs a `queue`".into(),
             source: None,
         })?;
-        // Fail at start when the server is unreachable or the queue is missing; later drops are
-        // reconnected.
-        let conn = connect(&self.config.url, &self.connection_name)
-            .await
-            .map_err(|e| {
-                ConnectorError::io(&self.name, format!("cannot connect: {e}")).caused_by(e)
-            })?;
         let prefetch = u16::try_from(sub.max_in_flight).unwrap_or(u16::MAX);
         let spec = ConsumerSpec {
             connector: self.name.clone(),
-            url: self.config.url.to_string(),
-            connection_name: self.connection_name.clone(),
+            dial: self.dial.clone(),
             queue,
             declare: source.declare,
             prefetch,
         };
-        let first = spec.open(&conn).await.map_err(|e| ConnectorError::Io {
-            connector: self.name.clone(),
-            message: e,
-            source: None,
-        })?;
+        // A server that cannot be reached (or refuses the TLS handshake or the credentials) is
+        // retried in the background, warned about and not ready, as every connector does; a
+        // missing queue on a server that answers is a configuration error, at start.
+        let first = match self.dial.connect().await {
+            Ok(conn) => {
+                let consumer = spec.open(&conn).await.map_err(|e| ConnectorError::Io {
+                    connector: self.name.clone(),
+                    message: e,
+                    source: None,
+                })?;
+                Some((conn, consumer))
+            }
+            Err(e) => {
+                spec.warn_unreachable(&e.to_string());
+                None
+            }
+        };
         self.subscriptions.fetch_add(1, Ordering::AcqRel);
         let consuming = Arc::clone(&self.consuming);
         let source = ChannelSource::spawn(source_buffer(sub.max_in_flight), move |tx, stop| {
-            consume(spec, Some((conn, first)), tx, consuming, stop)
+            consume(spec, first, tx, consuming, stop)
         });
         Ok(Box::new(source))
     }
@@ -138,8 +149,9 @@ impl Connector for AmqpConnector {
             .unwrap_or_default();
         Ok(Arc::new(AmqpSink {
             connector: self.name.clone(),
-            url: self.config.url.to_string(),
-            connection_name: format!("{}-pub", self.connection_name),
+            dial: self
+                .dial
+                .named(format!("{}-pub", self.dial.connection_name())),
             exchange,
             prefix: self.config.header_prefix.clone(),
             channel: Mutex::new(None),
@@ -154,14 +166,23 @@ impl Connector for AmqpConnector {
 /// What a consumer needs to (re)open its channel.
 struct ConsumerSpec {
     connector: String,
-    url: String,
-    connection_name: String,
+    dial: Dial,
     queue: String,
     declare: Option<AmqpDeclare>,
     prefetch: u16,
 }
 
 impl ConsumerSpec {
+    /// The connection cannot be opened: a warning naming the connector (retried with backoff).
+    fn warn_unreachable(&self, error: &str) {
+        let hint = if self.dial.is_tls() {
+            "; with TLS, check that `tls.ca` signed the server's certificate and that the client certificate is accepted"
+        } else {
+            ""
+        };
+        tracing::warn!(connector = %self.connector, queue = %self.queue, error = %error, "cannot connect to the AMQP server; retrying{hint}");
+    }
+
     /// A channel with prefetch, the declarations, and the consumer.
     async fn open(&self, conn: &Connection) -> Result<lapin::Consumer, String> {
         let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
@@ -187,7 +208,7 @@ impl ConsumerSpec {
         channel
             .basic_consume(
                 self.queue.clone().into(),
-                format!("{}-{}", self.connection_name, self.queue).into(),
+                format!("{}-{}", self.dial.connection_name(), self.queue).into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -293,9 +314,7 @@ async fn consume(
             Some(c) => c,
             None => {
                 let opened = async {
-                    let conn = connect(&spec.url, &spec.connection_name)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let conn = spec.dial.connect().await.map_err(|e| e.to_string())?;
                     let consumer = spec.open(&conn).await?;
                     Ok::<_, String>((conn, consumer))
                 };
@@ -303,7 +322,7 @@ async fn consume(
                     Ok(c) => c,
                     Err(e) => {
                         let wait = backoff.next_delay();
-                        tracing::warn!(connector = %spec.connector, queue = %spec.queue, error = %e, retry_in = ?wait, "cannot consume; retrying");
+                        spec.warn_unreachable(&e);
                         tokio::select! {
                             () = stop.cancelled() => break,
                             () = tokio::time::sleep(wait) => {}
@@ -370,8 +389,7 @@ async fn consume(
 /// Publishes with confirms through a connection of its own, reconnecting when needed.
 struct AmqpSink {
     connector: String,
-    url: String,
-    connection_name: String,
+    dial: Dial,
     exchange: String,
     prefix: String,
     channel: Mutex<Option<(Connection, Channel)>>,
@@ -386,9 +404,7 @@ impl AmqpSink {
         {
             return Ok(ch.clone());
         }
-        let conn = connect(&self.url, &self.connection_name)
-            .await
-            .map_err(|e| e.to_string())?;
+        let conn = self.dial.connect().await.map_err(|e| e.to_string())?;
         let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
@@ -409,11 +425,9 @@ impl Sink for AmqpSink {
             source: None,
         };
         // A passive declare that fails closes its channel: use one of its own.
-        let conn = connect(&self.url, &self.connection_name)
-            .await
-            .map_err(|e| {
-                ConnectorError::io(&self.connector, format!("cannot connect: {e}")).caused_by(e)
-            })?;
+        let conn = self.dial.connect().await.map_err(|e| {
+            ConnectorError::io(&self.connector, format!("cannot connect: {e}")).caused_by(e)
+        })?;
         let channel = conn
             .create_channel()
             .await

@@ -2,8 +2,8 @@
 //! configurations built from it (one crypto provider, aws-lc-rs, for everything rustls-based).
 //!
 //! A client (`Tls`): `ca` (PEM roots; default: the system's), `cert` + `key` (a client
-//! certificate, for mTLS), `server_name` (the name verified and sent as SNI, when it is not the
-//! host of the URL), `insecure_skip_verify` (development only: warned about at start). A listener
+//! certificate, for mTLS), `server_name` (the name verified when it is not the host of the
+//! URL), `insecure_skip_verify` (development only: warned about at start). A listener
 //! (`ServerTls`): its own `cert` + `key`, and `client_ca` to require client certificates signed by
 //! it. Files are read and parsed when the configuration loads, so a missing or malformed one is an
 //! error at its key, not at the first connection.
@@ -30,8 +30,9 @@ pub struct Tls {
     /// A PEM file with the client certificate's private key.
     #[serde(default)]
     pub key: Option<String>,
-    /// The name to verify the server's certificate against (and send as SNI) when it is not the
-    /// host in the URL.
+    /// The name to verify the server's certificate against when it is not the host in the URL
+    /// (a URL with an IP address, say). HTTP functions also send it as SNI; the brokers' clients
+    /// send the URL's host.
     #[serde(default)]
     pub server_name: Option<String>,
     /// Accept any server certificate. For development only: warned about at start.
@@ -136,7 +137,20 @@ impl Tls {
                 Some(path) => roots("ca", path)?,
                 None => system_roots(),
             };
-            builder.with_root_certificates(store)
+            match self.server_name() {
+                Some(name) => {
+                    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                        Arc::new(store),
+                        provider,
+                    )
+                    .build()
+                    .map_err(|e| error("ca", e.to_string()))?;
+                    builder
+                        .dangerous()
+                        .with_custom_certificate_verifier(Arc::new(VerifiedAs { name, webpki }))
+                }
+                None => builder.with_root_certificates(store),
+            }
         };
         match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => builder
@@ -153,6 +167,16 @@ impl Tls {
         self.server_name
             .as_deref()
             .and_then(|n| ServerName::try_from(n.to_string()).ok())
+    }
+
+    /// Warns (once, at start) that `insecure_skip_verify` is set for the connection of `owner`
+    /// (a connector or a function).
+    pub fn warn_if_insecure(&self, kind: &str, owner: &str) {
+        if self.insecure_skip_verify {
+            tracing::warn!(
+                "{kind} `{owner}`: tls.insecure_skip_verify: the server's certificate is not verified; for development only"
+            );
+        }
     }
 }
 
@@ -197,6 +221,51 @@ fn system_roots() -> RootCertStore {
         let _ = store.add(cert);
     }
     store
+}
+
+/// `server_name`: the certificate is verified (chain, validity, name) against the configured
+/// name instead of the host the client connected to (an IP address, say). Clients that cannot set
+/// the name they verify (rumqttc, lapin, async-nats take it from the URL) get it this way.
+#[derive(Debug)]
+struct VerifiedAs {
+    name: ServerName<'static>,
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for VerifiedAs {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.webpki
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
 }
 
 /// `insecure_skip_verify`: every certificate is taken, signatures are still checked.

@@ -24,11 +24,95 @@ pub struct KafkaSettings {
     /// shutdown). Default `1s`.
     #[serde(default = "default_commit_interval")]
     pub commit_interval: ConfDuration,
-    /// librdkafka settings passed through as they are, to the consumers and the producer
-    /// (security settings included). They win over fnbroker's defaults, e.g.
+    /// TLS to the brokers: `ca`, `cert` + `key` (a client certificate), `insecure_skip_verify`
+    /// (librdkafka verifies the broker's host name; `server_name` is not supported). With
+    /// `sasl`, SASL_SSL; without, SSL.
+    #[serde(default)]
+    pub tls: Option<fnbroker_core::tls::Tls>,
+    /// SASL authentication (Confluent Cloud, MSK, Redpanda): `mechanism` and credentials.
+    #[serde(default)]
+    pub sasl: Option<Sasl>,
+    /// librdkafka settings passed through as they are, to the consumers and the producer. They
+    /// win over fnbroker's defaults and over what `tls` and `sasl` set, e.g.
     /// `auto.offset.reset: latest` (the default for a new group is `earliest`).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+}
+
+/// SASL authentication to Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Sasl {
+    /// `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` or `OAUTHBEARER`.
+    pub mechanism: SaslMechanism,
+    /// The user name.
+    pub username: String,
+    /// The password (use `${ENV}` or `${file:PATH}`).
+    pub password: String,
+}
+
+/// A SASL mechanism librdkafka speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum SaslMechanism {
+    /// User name and password in the clear (use it with `tls`).
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// SCRAM with SHA-256.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// SCRAM with SHA-512.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+    /// OAuth 2.0 bearer tokens: not supported by this build yet (refused at load).
+    #[serde(rename = "OAUTHBEARER")]
+    OAuthBearer,
+}
+
+impl SaslMechanism {
+    /// librdkafka's name of the mechanism.
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::OAuthBearer => "OAUTHBEARER",
+        }
+    }
+}
+
+impl KafkaSettings {
+    /// The librdkafka properties of `tls` and `sasl` (before `options`, which win).
+    pub fn security_properties(&self) -> Vec<(&'static str, String)> {
+        let mut props = Vec::new();
+        let protocol = match (&self.tls, &self.sasl) {
+            (None, None) => return props,
+            (Some(_), None) => "SSL",
+            (None, Some(_)) => "SASL_PLAINTEXT",
+            (Some(_), Some(_)) => "SASL_SSL",
+        };
+        props.push(("security.protocol", protocol.to_string()));
+        if let Some(tls) = &self.tls {
+            if let Some(ca) = &tls.ca {
+                props.push(("ssl.ca.location", ca.clone()));
+            }
+            if let Some(cert) = &tls.cert {
+                props.push(("ssl.certificate.location", cert.clone()));
+            }
+            if let Some(key) = &tls.key {
+                props.push(("ssl.key.location", key.clone()));
+            }
+            if tls.insecure_skip_verify {
+                props.push(("enable.ssl.certificate.verification", "false".into()));
+                props.push(("ssl.endpoint.identification.algorithm", "none".into()));
+            }
+        }
+        if let Some(sasl) = &self.sasl {
+            props.push(("sasl.mechanism", sasl.mechanism.name().to_string()));
+            props.push(("sasl.username", sasl.username.clone()));
+            props.push(("sasl.password", sasl.password.clone()));
+        }
+        props
+    }
 }
 
 fn default_commit_interval() -> ConfDuration {
@@ -60,6 +144,27 @@ impl ConnectorPlugin for Plugin {
         if settings.brokers.is_empty() {
             report.error(&["brokers"], "`brokers` must list at least one broker");
         }
+        if let Some(tls) = &settings.tls {
+            if tls.server_name.is_some() {
+                report.error(
+                    &["tls", "server_name"],
+                    "librdkafka verifies the host name each broker advertises; `server_name` is not supported for Kafka",
+                );
+            }
+            if let Err(e) = tls.check() {
+                report.error(&["tls", e.key], format_args!("{}", e.message));
+            }
+        }
+        if settings
+            .sasl
+            .as_ref()
+            .is_some_and(|s| s.mechanism == SaslMechanism::OAuthBearer)
+        {
+            report.error(
+                &["sasl", "mechanism"],
+                "OAUTHBEARER is not supported by this build yet (librdkafka's OIDC client needs libcurl); use PLAIN or SCRAM",
+            );
+        }
     }
 
     fn validate_source(_: &KafkaSourceSettings, from: &SourceUse<'_>, report: &Report<'_>) {
@@ -68,5 +173,71 @@ impl ConnectorPlugin for Plugin {
 
     fn build(name: &str, settings: &KafkaSettings) -> Result<Arc<dyn Connector>, ConnectorError> {
         Ok(Arc::new(KafkaConnector::new(name, settings.clone())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(yaml: &str) -> KafkaSettings {
+        serde_saphyr::from_str(yaml).expect("settings")
+    }
+
+    fn props(s: &KafkaSettings) -> BTreeMap<&'static str, String> {
+        s.security_properties().into_iter().collect()
+    }
+
+    #[test]
+    fn tls_and_sasl_map_onto_librdkafka() {
+        assert!(props(&settings("brokers: [k:9092]")).is_empty());
+        let scram = settings(
+            "brokers: [k:9093]\nsasl: { mechanism: SCRAM-SHA-512, username: fnb, password: pw }\ntls: { ca: /ca.pem, cert: /c.pem, key: /c.key }",
+        );
+        let p = props(&scram);
+        assert_eq!(p["security.protocol"], "SASL_SSL");
+        assert_eq!(p["sasl.mechanism"], "SCRAM-SHA-512");
+        assert_eq!(p["sasl.username"], "fnb");
+        assert_eq!(p["sasl.password"], "pw");
+        assert_eq!(p["ssl.ca.location"], "/ca.pem");
+        assert_eq!(p["ssl.certificate.location"], "/c.pem");
+        assert_eq!(p["ssl.key.location"], "/c.key");
+        let p = props(&settings(
+            "brokers: [k:9092]\nsasl: { mechanism: PLAIN, username: u, password: p }",
+        ));
+        assert_eq!(p["security.protocol"], "SASL_PLAINTEXT");
+        assert_eq!(p["sasl.mechanism"], "PLAIN");
+        let p = props(&settings(
+            "brokers: [k:9093]\ntls: { insecure_skip_verify: true }",
+        ));
+        assert_eq!(p["security.protocol"], "SSL");
+        assert_eq!(p["enable.ssl.certificate.verification"], "false");
+    }
+
+    /// librdkafka itself takes every mapping.
+    #[test]
+    fn librdkafka_accepts_every_mapping() {
+        for yaml in [
+            "brokers: [127.0.0.1:1]\nsasl: { mechanism: SCRAM-SHA-256, username: u, password: p }",
+            "brokers: [127.0.0.1:1]\ntls: {}\nsasl: { mechanism: PLAIN, username: u, password: p }",
+        ] {
+            let mut cfg = rdkafka::ClientConfig::new();
+            for (k, v) in settings(yaml).security_properties() {
+                cfg.set(k, v);
+            }
+            cfg.set("bootstrap.servers", "127.0.0.1:1");
+            if let Err(e) = cfg.create::<rdkafka::consumer::BaseConsumer>() {
+                panic!("{yaml}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_mechanism_is_refused() {
+        let e = serde_saphyr::from_str::<KafkaSettings>(
+            "brokers: [k]\nsasl: { mechanism: GSSAPI, username: u, password: p }",
+        )
+        .expect_err("GSSAPI is not offered");
+        assert!(e.to_string().contains("GSSAPI"), "{e}");
     }
 }

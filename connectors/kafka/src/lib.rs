@@ -39,7 +39,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::OnceCell;
 
-pub use crate::config::{KafkaSettings, KafkaSourceSettings, Plugin};
+pub use crate::config::{KafkaSettings, KafkaSourceSettings, Plugin, Sasl, SaslMechanism};
 use crate::offsets::Tracker;
 use crate::source::Context;
 use fnbroker_core::kit::source_buffer;
@@ -56,8 +56,12 @@ pub struct KafkaConnector {
 impl KafkaConnector {
     /// A connector named `name`; nothing connects before a subscription or a sink is asked for.
     pub fn new(name: impl Into<String>, config: KafkaSettings) -> Self {
+        let name = name.into();
+        if let Some(tls) = &config.tls {
+            tls.warn_if_insecure("connector", &name);
+        }
         Self {
-            name: name.into(),
+            name,
             config,
             producer: OnceCell::new(),
             ready: Arc::new(AtomicBool::new(false)),
@@ -80,6 +84,9 @@ impl KafkaConnector {
             .set("client.id", format!("fnbroker-{}", self.name));
         for (k, v) in defaults {
             cfg.set(*k, *v);
+        }
+        for (k, v) in self.config.security_properties() {
+            cfg.set(k, v);
         }
         for (k, v) in &self.config.options {
             cfg.set(k, v);

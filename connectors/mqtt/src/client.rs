@@ -1,6 +1,7 @@
 //! One face for rumqttc's two clients (MQTT 5 and 3.1.1): connect, poll events, subscribe,
 //! acknowledge, publish.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,6 +27,19 @@ pub(crate) struct Options {
     pub(crate) session_expiry: Duration,
     pub(crate) receive_maximum: u16,
     pub(crate) credentials: Option<(String, String)>,
+    /// TLS, when the connection uses it.
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Options {
+    fn transport(&self) -> rumqttc::Transport {
+        match &self.tls {
+            Some(config) => rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+                Arc::clone(config),
+            )),
+            None => rumqttc::Transport::tcp(),
+        }
+    }
 }
 
 /// A received message and what acknowledging it needs.
@@ -112,6 +126,7 @@ pub(crate) fn connect(o: &Options) -> (Client, EventLoop) {
         if let Some((u, p)) = &o.credentials {
             m.set_credentials(u, p);
         }
+        m.set_transport(o.transport());
         let (c, e) = rumqttc::v5::AsyncClient::new(m, REQUEST_CAPACITY);
         (Client::V5(c), EventLoop::V5(Box::new(e)))
     } else {
@@ -122,6 +137,7 @@ pub(crate) fn connect(o: &Options) -> (Client, EventLoop) {
         if let Some((u, p)) = &o.credentials {
             m.set_credentials(u, p);
         }
+        m.set_transport(o.transport());
         let (c, e) = rumqttc::AsyncClient::new(m, REQUEST_CAPACITY);
         (Client::V3(c), EventLoop::V3(Box::new(e)))
     }

@@ -16,8 +16,14 @@ use crate::MqttConnector;
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct MqttSettings {
-    /// The broker URL, `mqtt://host:port` (`tcp://` is the same).
+    /// The broker URL: `mqtt://host:port` (`tcp://` is the same; port 1883 by default), or
+    /// `mqtts://host:port` (`ssl://` is the same; port 8883 by default) for MQTT over TLS.
     pub url: String,
+    /// TLS: `ca`, `cert` + `key` (a client certificate, as AWS IoT and brokers with
+    /// `require_certificate` want), `server_name`, `insecure_skip_verify`. With it, or with an
+    /// `mqtts://` URL (then the system's roots are trusted), the connection is TLS.
+    #[serde(default)]
+    pub tls: Option<fnbroker_core::tls::Tls>,
     /// The client id. Default `fnbroker-<connector>-<hostname>` (`HOSTNAME`, else the kernel's
     /// host name): stable across restarts, so the broker keeps the session (and the messages it
     /// queued for it), and different on every replica, so replicas sharing one configuration do
@@ -83,7 +89,10 @@ impl ConnectorPlugin for Plugin {
     type Destination = NoSettings;
 
     fn validate(settings: &MqttSettings, report: &Report<'_>) {
-        report.url("url", &settings.url, &["mqtt", "tcp"]);
+        report.url("url", &settings.url, &["mqtt", "tcp", "mqtts", "ssl"]);
+        if let Some(Err(e)) = settings.tls.as_ref().map(fnbroker_core::tls::Tls::check) {
+            report.error(&["tls", e.key], format_args!("{}", e.message));
+        }
         report.duration("session_expiry", &settings.session_expiry);
         report.duration("keep_alive", &settings.keep_alive);
         let v5 = match settings.version {

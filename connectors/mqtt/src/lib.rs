@@ -73,13 +73,29 @@ impl MqttConnector {
             .host_str()
             .ok_or_else(|| err("the URL has no host".into()))?
             .to_string();
+        let secure = matches!(url.scheme(), "mqtts" | "ssl");
+        let tls = match (&cfg.tls, secure) {
+            (Some(tls), _) => Some(tls.clone()),
+            (None, true) => Some(fnbroker_core::tls::Tls::default()),
+            (None, false) => None,
+        };
+        let tls = tls
+            .map(|t| {
+                t.warn_if_insecure("connector", name);
+                t.client_config().map(Arc::new)
+            })
+            .transpose()
+            .map_err(|e| err(format!("tls: {e}")))?;
         let options = Options {
             client_id: cfg
                 .client_id
                 .clone()
                 .unwrap_or_else(|| default_client_id(name, &hostname())),
             host,
-            port: url.port().unwrap_or(1883),
+            port: url
+                .port()
+                .unwrap_or(if tls.is_some() { 8883 } else { 1883 }),
+            tls,
             v5: cfg.version != 3,
             clean: false,
             keep_alive: cfg.keep_alive.get(),

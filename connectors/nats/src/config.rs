@@ -83,16 +83,6 @@ impl ConnectorPlugin for Plugin {
         for url in settings.url.split(',') {
             report.url("url", url.trim(), &["nats", "tls", "ws", "wss"]);
         }
-        if settings
-            .tls
-            .as_ref()
-            .is_some_and(|t| t.server_name.is_some())
-        {
-            report.error(
-                &["tls", "server_name"],
-                "the NATS client verifies the host of the URL; `server_name` is not supported here",
-            );
-        }
         if let Some(Err(e)) = settings.tls.as_ref().map(fnbroker_core::tls::Tls::check) {
             report.error(&["tls", e.key], format_args!("{}", e.message));
         }

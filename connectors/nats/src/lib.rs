@@ -146,6 +146,7 @@ impl NatsConnector {
                     })?;
                 }
                 if let Some(tls) = &self.config.tls {
+                    tls.warn_if_insecure("connector", &self.name);
                     let config = tls
                         .client_config()
                         .map_err(|e| self.error(format!("tls: {e}")))?;

@@ -1,0 +1,97 @@
+//! Opening a connection: plain (`amqp://`), or TLS (`amqps://`, or any URL with a `tls` block)
+//! with the rustls configuration of the connector's `tls` block (CA, client certificate, server
+//! name). With a client certificate and no user in the URL, the connection authenticates with
+//! SASL EXTERNAL (RabbitMQ's `rabbitmq_auth_mechanism_ssl`: the certificate is the identity).
+
+use std::sync::Arc;
+
+use lapin::tcp::{AMQPUriTcpExt, RustlsConnector, TLSConfig};
+use lapin::uri::{AMQPScheme, AMQPUri, SASLMechanism};
+use lapin::{Connection, ConnectionProperties};
+
+/// How to open a connection of the connector; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Dial {
+    uri: AMQPUri,
+    connection_name: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Dial {
+    /// Parses `url` and builds the TLS configuration (`tls`, or the system's roots for an
+    /// `amqps://` URL without one).
+    pub(crate) fn new(
+        url: &str,
+        connection_name: String,
+        tls: Option<&fnbroker_core::tls::Tls>,
+    ) -> Result<Self, String> {
+        let mut uri: AMQPUri = url
+            .parse()
+            .map_err(|e| format!("invalid URL {}: {e}", fnbroker_core::redact::url(url)))?;
+        let tls = match (tls, &uri.scheme) {
+            (Some(tls), _) => Some(tls.clone()),
+            (None, AMQPScheme::AMQPS) => Some(fnbroker_core::tls::Tls::default()),
+            (None, AMQPScheme::AMQP) => None,
+        };
+        let config = match &tls {
+            Some(t) => Some(Arc::new(
+                t.client_config().map_err(|e| format!("tls: {e}"))?,
+            )),
+            None => None,
+        };
+        if let Some(t) = &tls {
+            let no_user = url::Url::parse(url).is_ok_and(|u| u.username().is_empty());
+            if t.cert.is_some() && no_user && uri.query.auth_mechanism.is_none() {
+                uri.query.auth_mechanism = Some(SASLMechanism::External);
+            }
+        }
+        Ok(Self {
+            uri,
+            connection_name,
+            tls: config,
+        })
+    }
+
+    /// The same server under another connection name.
+    pub(crate) fn named(&self, connection_name: String) -> Self {
+        Self {
+            connection_name,
+            ..self.clone()
+        }
+    }
+
+    /// The connection name shown by the broker.
+    pub(crate) fn connection_name(&self) -> &str {
+        &self.connection_name
+    }
+
+    /// Whether the connection uses TLS.
+    pub(crate) fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Opens a connection (and, with TLS, completes the handshake).
+    pub(crate) async fn connect(&self) -> Result<Connection, lapin::Error> {
+        let props = ConnectionProperties::default()
+            .with_connection_name(self.connection_name.clone().into());
+        let Some(config) = &self.tls else {
+            return Connection::connect_uri(self.uri.clone(), props).await;
+        };
+        let connector = RustlsConnector::from(Arc::clone(config));
+        let runtime = lapin::runtime::default_runtime()?;
+        Connection::connector(
+            self.uri.clone(),
+            runtime,
+            async move |uri: AMQPUri, runtime| {
+                let mut plain = uri.clone();
+                plain.scheme = AMQPScheme::AMQP;
+                let stream = plain
+                    .connect_with_config_async(TLSConfig::default(), &runtime)
+                    .await?;
+                Ok(stream.into_rustls(&connector, &uri.authority.host).await?)
+            },
+            props,
+        )
+        .await
+    }
+}
