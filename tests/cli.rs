@@ -233,6 +233,28 @@ fn validate_reads_tls_files_and_reports_them_at_their_key() {
 }
 
 #[test]
+fn kafka_security_settings_are_checked_at_their_key() {
+    let (code, stderr, file) = validate(&GOOD.replace(
+        "  web: { http: { listen: 127.0.0.1:8080 } }\n",
+        "  web: { http: { listen: 127.0.0.1:8080 } }\n  k: { kafka: { brokers: [\"k:9093\"], sasl: { mechanism: OAUTHBEARER, username: u, password: p }, tls: { ca: /nonexistent/ca.pem } } }\n",
+    ));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{file}:3:"))
+            && stderr.contains("connector `k`")
+            && stderr.contains("OAUTHBEARER is not supported")
+            && stderr.contains("/nonexistent/ca.pem"),
+        "{stderr}"
+    );
+    let (code, stderr, _) = validate(&GOOD.replace(
+        "  web: { http: { listen: 127.0.0.1:8080 } }\n",
+        "  web: { http: { listen: 127.0.0.1:8080 } }\n  k: { kafka: { brokers: [\"k:9093\"], sasl: { mechanism: GSSAPI, username: u, password: p } } }\n",
+    ));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("GSSAPI"), "{stderr}");
+}
+
+#[test]
 fn version_and_schema() {
     let out = fnbroker(&["--version"]);
     assert!(out.status.success());

@@ -1033,6 +1033,41 @@ async fn the_admin_token_guards_everything_but_the_probes() {
     drop(fb);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_beyond_loopback_without_a_token_is_warned_about() {
+    let server = FnServer::start().await;
+    for (host, token, warned) in [
+        ("0.0.0.0", "", true),
+        ("0.0.0.0", ", token: adm1n", false),
+        ("127.0.0.1", "", false),
+    ] {
+        let admin = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("fnbroker.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "{}admin: {{ listen: \"{host}:{admin}\"{token} }}\n",
+                self::config(
+                    free_port(),
+                    &http_fn("f", &server.url("/f"), ""),
+                    "  - { name: t, from: { connector: web, topic: /in }, to: f }"
+                )
+            ),
+        )
+        .expect("write");
+        let mut fb = Fnbroker::spawn_with(dir, &config, admin);
+        fb.wait_ready().await;
+        let logs = fb.logs();
+        assert_eq!(
+            logs.lines()
+                .any(|l| l.contains("WARN") && l.contains("beyond loopback without a token")),
+            warned,
+            "{host}{token}:\n{logs}"
+        );
+    }
+}
+
 /// A client that trusts `ca`, with a client certificate when given.
 fn tls_client(
     ca: &std::path::Path,

@@ -94,7 +94,8 @@ pub fn load_str(
         Ok(c) => Some(c),
         Err(e) => {
             let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-            let tree = serde_saphyr::from_str::<Spanned<Node>>(&text).ok();
+            let tree =
+                serde_saphyr::from_str_with_options::<Spanned<Node>>(&text, yaml_options()).ok();
             let key = tree.as_ref().and_then(|t| key_at(t, line, column));
             let message = plain_message(&yaml_message(&e));
             errors.push(
@@ -110,7 +111,7 @@ pub fn load_str(
     };
 
     if !ignored.is_empty() {
-        let tree = serde_saphyr::from_str::<Spanned<Node>>(&text).ok();
+        let tree = serde_saphyr::from_str_with_options::<Spanned<Node>>(&text, yaml_options()).ok();
         // The location wrapper's internal marker shows up as an ignored key; it is not the user's.
         ignored.retain(|p| !p.iter().any(|s| s.starts_with("__serde_saphyr")));
         for path in ignored {
@@ -135,7 +136,7 @@ pub fn load_str(
         validate(config, registry, &mut errors);
     }
     if !errors.placed_by_path.is_empty() {
-        let tree = serde_saphyr::from_str::<Spanned<Node>>(&text).ok();
+        let tree = serde_saphyr::from_str_with_options::<Spanned<Node>>(&text, yaml_options()).ok();
         for (i, path, place) in std::mem::take(&mut errors.placed_by_path) {
             if let Some(found) = tree.as_ref().and_then(|t| locate(t, &path))
                 && let Some(e) = errors.list.get_mut(i)
@@ -163,9 +164,22 @@ fn parse_collecting_ignored(
         path_segments(&path, &mut segs);
         ignored.push(segs);
     };
-    serde_saphyr::with_deserializer_from_str(text, |de| {
+    serde_saphyr::with_deserializer_from_str_with_options(text, yaml_options(), |de| {
         serde_ignored::deserialize(de, &mut collect)
     })
+}
+
+/// How deep mappings and sequences may nest. A configuration needs about ten levels; the parser
+/// recurses per level, and the default (64) overflowed the 2 MiB stack of a thread in a debug
+/// build (found by fuzzing the loader).
+const MAX_DEPTH: usize = 24;
+
+fn yaml_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = MAX_DEPTH;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
 }
 
 /// The keys of a path serde_ignored reports, outermost first.
@@ -1105,6 +1119,30 @@ fn url(u: &Loc<String>, schemes: &[&str], owner: &str, errors: &mut Errors<'_>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing: 50 nested flow sequences overflowed a 2 MiB stack (a tokio worker's)
+    /// in the debug build. Deep nesting is an error now, on such a thread too.
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let depth = 200;
+        let text = format!(
+            "connectors:\n  web: {{ http: {{ listen: {}{} }} }}\n",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        let registry = Registry::new(&[]);
+        let loaded = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || load_str("deep.yaml", &text, |_| None, &registry).map(|_| ()))
+            .expect("thread")
+            .join()
+            .expect("no stack overflow");
+        let errors = loaded.expect_err("too deep");
+        assert!(
+            errors.to_string().contains("depth"),
+            "the error says why: {errors}"
+        );
+    }
 
     #[test]
     fn file_references_read_a_secret_without_its_newline() {
