@@ -622,3 +622,89 @@ async fn sasl_scram_authenticates_and_a_wrong_password_is_not_ready() {
     );
     assert!(!wrong.logs().contains("not-the-password"));
 }
+
+/// tansu 0.6 serves no TLS (its `--cert`/`--key` build an acceptor that is never used), so TLS
+/// is a front of the test's own: SASL_SSL with SCRAM and a client certificate, end to end
+/// through librdkafka's OpenSSL, and a wrong CA not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_ssl_with_a_client_certificate_reaches_the_broker() {
+    use common::pki::{Pki, pki};
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::producer::FutureProducer;
+    let pki = pki();
+    let front = free_port();
+    let tansu = kafka::SaslTansu::start_advertising(
+        "fnb",
+        "scram-secret",
+        Some(format!("localhost:{front}")),
+    )
+    .await;
+    let proxy = common::tls_front(
+        front,
+        tansu.port,
+        fnbroker_core::tls::ServerTls {
+            cert: Pki::s(&pki.server_cert),
+            key: Pki::s(&pki.server_key),
+            client_ca: Some(Pki::s(&pki.ca)),
+        },
+    )
+    .await;
+    let client = || {
+        let mut c = tansu.client("fnb", "scram-secret");
+        c.set("bootstrap.servers", format!("localhost:{front}"))
+            .set("security.protocol", "SASL_SSL")
+            .set("ssl.ca.location", Pki::s(&pki.ca))
+            .set("ssl.certificate.location", Pki::s(&pki.client_cert))
+            .set("ssl.key.location", Pki::s(&pki.client_key));
+        c
+    };
+    let topic = kafka::unique("tls");
+    let admin: AdminClient<DefaultClientContext> = client().create().expect("admin");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin
+        .create_topics(
+            [&NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &opts,
+        )
+        .await
+        .expect("create the topic over TLS")
+    {
+        r.expect("topic created");
+    }
+    let producer: FutureProducer = client()
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("producer");
+    kafka::produce(
+        &producer,
+        &topic,
+        Out {
+            key: None,
+            partition: None,
+            headers: vec![],
+            payload: b"over tls",
+        },
+    )
+    .await;
+    let server = FnServer::start().await;
+    let conf = |ca: &std::path::Path| {
+        format!(
+            "connectors:\n  k: {{ kafka: {{ brokers: [\"localhost:{front}\"], sasl: {{ mechanism: SCRAM-SHA-512, username: fnb, password: scram-secret }}, tls: {{ ca: {}, cert: {}, key: {} }}, options: {{ session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\" }} }} }}\nfunctions:\n{}triggers:\n  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f }}\n",
+            Pki::s(ca),
+            Pki::s(&pki.client_cert),
+            Pki::s(&pki.client_key),
+            http_fn("f", &server.url("/f")),
+            kafka::unique("g")
+        )
+    };
+    let fb = Fnbroker::start(&conf(&pki.ca)).await;
+    let got = server.wait_count("/f", 1, WAIT).await;
+    assert_eq!(&got[0].body[..], b"over tls");
+    drop(fb);
+
+    let wrong = Fnbroker::spawn(&conf(&pki.other_ca));
+    let warning = common::not_ready_with_a_warning(&wrong, "k").await;
+    assert!(warning.contains("certificate verify failed"), "{warning}");
+    proxy.abort();
+}

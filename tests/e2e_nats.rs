@@ -669,3 +669,124 @@ async fn an_nkey_user_connects_and_a_wrong_seed_does_not() {
     common::not_ready_with_a_warning(&wrong, "bus").await;
     drop(wrong);
 }
+
+/// A NATS JWT (the format `nsc` writes), signed by `issuer`.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, nats: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let claims = serde_json::json!({
+        "jti": uid().to_uppercase(),
+        "iat": iat,
+        "iss": issuer.public_key(),
+        "name": "fnbroker-test",
+        "sub": subject,
+        "nats": nats,
+    });
+    let signed = format!("{header}.{}", b64.encode(claims.to_string()));
+    let signature = issuer.sign(signed.as_bytes()).expect("sign");
+    format!("{signed}.{}", b64.encode(signature))
+}
+
+/// A .creds file (user JWT and seed) of a new user signed by `account`.
+fn creds(dir: &std::path::Path, name: &str, account: &nkeys::KeyPair) -> String {
+    let user = nkeys::KeyPair::new_user();
+    let jwt = nats_jwt(
+        account,
+        &user.public_key(),
+        serde_json::json!({ "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2 }),
+    );
+    let seed = user.seed().expect("seed");
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n************************* IMPORTANT *************************\nNKEY Seed printed below can be used to sign and prove identity.\n\n-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        ),
+    )
+    .expect("write creds");
+    path.display().to_string()
+}
+
+/// Synadia Cloud and `nsc`-managed servers authenticate users by a .creds file: a nats-server
+/// in operator mode (operator and account JWTs made here) takes fnbroker's user, and refuses a
+/// user signed by an account it does not know.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creds_file_user_connects_and_an_unknown_account_does_not() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        serde_json::json!({ "type": "operator", "version": 2 }),
+    );
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        serde_json::json!({
+            "limits": { "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": true, "conn": -1, "leaf": -1 },
+            "default_permissions": { "pub": {}, "sub": {} },
+            "type": "account",
+            "version": 2
+        }),
+    );
+    // JetStream (the test servers run with -js) needs a system account in operator mode.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = nats_jwt(
+        &operator,
+        &system.public_key(),
+        serde_json::json!({ "type": "account", "version": 2 }),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "operator: {operator_jwt}\nsystem_account: {sys}\nresolver: MEMORY\nresolver_preload: {{\n  {acc}: {account_jwt}\n  {sys}: {system_jwt}\n}}\n",
+            acc = account.public_key(),
+            sys = system.public_key(),
+        ),
+    )
+    .expect("write");
+    let nats = NatsServer::start_with(&["-c", &conf.display().to_string()]).await;
+    let fnbroker_creds = creds(dir.path(), "fnbroker.creds", &account);
+    let publisher_creds = creds(dir.path(), "publisher.creds", &account);
+    let subject = format!("creds{}", uid());
+    let server = FnServer::start().await;
+    let trigger =
+        format!("  - {{ name: t, from: {{ connector: bus, topic: \"{subject}\" }}, to: f }}\n");
+    let fb = Fnbroker::start(&config(
+        &nats.url(),
+        &format!(", credentials: {fnbroker_creds}"),
+        &http_fn("f", &server.url("/f")),
+        &trigger,
+    ))
+    .await;
+    let publisher = async_nats::ConnectOptions::with_credentials_file(&publisher_creds)
+        .await
+        .expect("read the creds")
+        .connect(nats.url())
+        .await
+        .expect("connect with the creds");
+    publisher
+        .publish(subject.clone(), "signed by the account".into())
+        .await
+        .expect("publish");
+    publisher.flush().await.expect("flush");
+    let got = server.wait_count("/f", 1, WAIT).await;
+    assert_eq!(&got[0].body[..], b"signed by the account");
+    drop(fb);
+
+    let stranger = creds(dir.path(), "stranger.creds", &nkeys::KeyPair::new_account());
+    let wrong = Fnbroker::spawn(&config(
+        &nats.url(),
+        &format!(", credentials: {stranger}"),
+        &http_fn("f", &server.url("/f")),
+        &trigger,
+    ));
+    common::not_ready_with_a_warning(&wrong, "bus").await;
+}

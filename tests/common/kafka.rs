@@ -235,6 +235,8 @@ pub fn tansu_binary() -> std::path::PathBuf {
 /// Stopped on drop.
 pub struct SaslTansu {
     pub port: u16,
+    /// The address brokers are advertised at, when it is not `port` (a TLS front's).
+    advertised: Option<String>,
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
 }
@@ -243,8 +245,15 @@ impl SaslTansu {
     /// tansu creates users only for an authenticated client once `--authentication` is on, so
     /// the user is created on a first run without it, on the same SQLite database.
     pub async fn start(user: &str, password: &str) -> Self {
+        Self::start_advertising(user, password, None).await
+    }
+
+    /// Like `start`, advertising the brokers at `advertised` (`host:port`) once authentication
+    /// is on, so that clients reach them through whatever listens there.
+    pub async fn start_advertising(user: &str, password: &str, advertised: Option<String>) -> Self {
         let mut me = Self {
             port: super::free_port(),
+            advertised: None,
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
         };
@@ -261,21 +270,21 @@ impl SaslTansu {
             String::from_utf8_lossy(&out.stderr)
         );
         me.stop();
+        me.advertised = advertised;
         me.run(true).await;
         me
     }
 
     async fn run(&mut self, authentication: bool) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = self
+            .advertised
+            .as_ref()
+            .map_or_else(|| url.clone(), |a| format!("tcp://{a}"));
         let mut cmd = std::process::Command::new(tansu_binary());
         cmd.current_dir(self.dir.path())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &advertised])
             .args(["--storage-engine", "sqlite://tansu.db", "--silent"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());

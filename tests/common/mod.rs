@@ -69,6 +69,37 @@ pub async fn not_ready_with_a_warning(fb: &Fnbroker, connector: &str) -> String 
     warning().unwrap_or_default()
 }
 
+/// A TLS front for a server that does not speak TLS itself (tansu 0.6 accepts `--cert` and
+/// `--key` but serves plain TCP): TLS on 127.0.0.1:`port` with `tls` (client certificates
+/// required when it has a `client_ca`), the plain bytes forwarded to 127.0.0.1:`upstream`.
+/// Stops when the returned task is aborted.
+pub async fn tls_front(
+    port: u16,
+    upstream: u16,
+    tls: fnbroker_core::tls::ServerTls,
+) -> tokio::task::JoinHandle<()> {
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(Arc::new(tls.server_config().expect("tls front")));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the TLS front");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    })
+}
+
 /// The resident set size of a process in KiB (`VmRSS` of /proc/PID/status).
 pub fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS:")
