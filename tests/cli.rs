@@ -242,7 +242,7 @@ fn kafka_security_settings_are_checked_at_their_key() {
     assert!(
         stderr.contains(&format!("{file}:3:"))
             && stderr.contains("connector `k`")
-            && stderr.contains("OAUTHBEARER is not supported")
+            && stderr.contains("OAUTHBEARER needs the `token_endpoint`")
             && stderr.contains("/nonexistent/ca.pem"),
         "{stderr}"
     );

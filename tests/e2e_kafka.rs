@@ -708,3 +708,68 @@ async fn sasl_ssl_with_a_client_certificate_reaches_the_broker() {
     assert!(warning.contains("certificate verify failed"), "{warning}");
     proxy.abort();
 }
+
+/// OAUTHBEARER: fnbroker asks the token endpoint by the client-credentials grant (the client id
+/// and secret as Basic authentication) and hands the token to librdkafka. tansu 0.6 offers no
+/// OAUTHBEARER, so the connector stays not ready there; a token endpoint that refuses is a
+/// warning naming the connector. The secret is never logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauthbearer_tokens_come_from_the_token_endpoint() {
+    use base64::Engine;
+    let idp = FnServer::with(|path, _| {
+        if path == "/token" {
+            Answer::ok().body(
+                "application/json",
+                br#"{"access_token":"eyJhbGciOiJub25lIn0.eyJzdWIiOiJmbmIifQ.","token_type":"Bearer","expires_in":300}"#,
+            )
+        } else {
+            Answer::status(401).body("application/json", br#"{"error":"invalid_client"}"#)
+        }
+    })
+    .await;
+    let conf = |path: &str| {
+        format!(
+            "connectors:\n  k: {{ kafka: {{ brokers: [\"{}\"], sasl: {{ mechanism: OAUTHBEARER, username: fnb-client, password: oauth-secret, token_endpoint: \"{}\", scope: kafka }} }} }}\nfunctions:\n  f: {{ http: {{ url: \"http://127.0.0.1:9/f\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: k, topic: {}, group: {} }}, to: f }}\n",
+            kafka::BROKERS,
+            idp.url(path),
+            kafka::unique("oauth"),
+            kafka::unique("g")
+        )
+    };
+    let fb = Fnbroker::spawn(&conf("/token"));
+    let asked = idp.wait_count("/token", 1, WAIT).await;
+    let request = &asked[0];
+    let form = String::from_utf8_lossy(&request.body);
+    assert!(
+        form.contains("grant_type=client_credentials") && form.contains("scope=kafka"),
+        "{form}"
+    );
+    let basic = base64::engine::general_purpose::STANDARD.encode("fnb-client:oauth-secret");
+    assert_eq!(
+        request.header("authorization"),
+        Some(format!("Basic {basic}").as_str())
+    );
+    // tansu refuses the mechanism: not ready, and the warning names the connector.
+    let warning = common::not_ready_with_a_warning(&fb, "k").await;
+    assert!(
+        warning.contains("SASL OAUTHBEARER mechanism handshake failed"),
+        "with a token, librdkafka reached the handshake: {warning}"
+    );
+    assert!(!fb.logs().contains("oauth-secret"));
+    drop(fb);
+
+    let refused = Fnbroker::spawn(&conf("/wrong"));
+    idp.wait_count("/wrong", 1, WAIT).await;
+    refused
+        .wait_log("cannot get an OAUTHBEARER token", WAIT)
+        .await;
+    let logs = refused.logs();
+    assert!(
+        logs.lines().any(|l| l.contains("WARN")
+            && l.contains("connector=k")
+            && l.contains("cannot get an OAUTHBEARER token")
+            && l.contains("401")),
+        "{logs}"
+    );
+    assert!(!logs.contains("oauth-secret"));
+}

@@ -45,10 +45,17 @@ pub struct KafkaSettings {
 pub struct Sasl {
     /// `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` or `OAUTHBEARER`.
     pub mechanism: SaslMechanism,
-    /// The user name.
+    /// The user name; with `OAUTHBEARER`, the OAuth client id (also the principal).
     pub username: String,
-    /// The password (use `${ENV}` or `${file:PATH}`).
+    /// The password (use `${ENV}` or `${file:PATH}`); with `OAUTHBEARER`, the client secret.
     pub password: String,
+    /// `OAUTHBEARER` only: the OAuth 2.0 token endpoint fnbroker asks for tokens (the
+    /// client-credentials grant, the client id and secret as HTTP Basic authentication).
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
+    /// `OAUTHBEARER` only: the scope asked for.
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 /// A SASL mechanism librdkafka speaks.
@@ -63,7 +70,7 @@ pub enum SaslMechanism {
     /// SCRAM with SHA-512.
     #[serde(rename = "SCRAM-SHA-512")]
     ScramSha512,
-    /// OAuth 2.0 bearer tokens: not supported by this build yet (refused at load).
+    /// OAuth 2.0 bearer tokens, fetched from `token_endpoint` by the client-credentials grant.
     #[serde(rename = "OAUTHBEARER")]
     OAuthBearer,
 }
@@ -108,8 +115,11 @@ impl KafkaSettings {
         }
         if let Some(sasl) = &self.sasl {
             props.push(("sasl.mechanism", sasl.mechanism.name().to_string()));
-            props.push(("sasl.username", sasl.username.clone()));
-            props.push(("sasl.password", sasl.password.clone()));
+            // OAUTHBEARER's tokens come from the client context (crate::oauth).
+            if sasl.mechanism != SaslMechanism::OAuthBearer {
+                props.push(("sasl.username", sasl.username.clone()));
+                props.push(("sasl.password", sasl.password.clone()));
+            }
         }
         props
     }
@@ -155,15 +165,23 @@ impl ConnectorPlugin for Plugin {
                 report.error(&["tls", e.key], format_args!("{}", e.message));
             }
         }
-        if settings
-            .sasl
-            .as_ref()
-            .is_some_and(|s| s.mechanism == SaslMechanism::OAuthBearer)
-        {
-            report.error(
-                &["sasl", "mechanism"],
-                "OAUTHBEARER is not supported by this build yet (librdkafka's OIDC client needs libcurl); use PLAIN or SCRAM",
-            );
+        if let Some(sasl) = &settings.sasl {
+            let oauth = sasl.mechanism == SaslMechanism::OAuthBearer;
+            match (&sasl.token_endpoint, oauth) {
+                (None, true) => report.error(
+                    &["sasl", "token_endpoint"],
+                    "OAUTHBEARER needs the `token_endpoint` of the OAuth server",
+                ),
+                (Some(url), true) => report.url("token_endpoint", url, &["https", "http"]),
+                (Some(_), false) => report.error(
+                    &["sasl", "token_endpoint"],
+                    "`token_endpoint` is for OAUTHBEARER only",
+                ),
+                (None, false) => {}
+            }
+            if !oauth && sasl.scope.is_some() {
+                report.error(&["sasl", "scope"], "`scope` is for OAUTHBEARER only");
+            }
         }
     }
 
@@ -172,7 +190,7 @@ impl ConnectorPlugin for Plugin {
     }
 
     fn build(name: &str, settings: &KafkaSettings) -> Result<Arc<dyn Connector>, ConnectorError> {
-        Ok(Arc::new(KafkaConnector::new(name, settings.clone())))
+        Ok(Arc::new(KafkaConnector::new(name, settings.clone())?))
     }
 }
 
@@ -212,6 +230,16 @@ mod tests {
         ));
         assert_eq!(p["security.protocol"], "SSL");
         assert_eq!(p["enable.ssl.certificate.verification"], "false");
+    }
+
+    #[test]
+    fn oauthbearer_leaves_the_credentials_to_the_token_source() {
+        let p = props(&settings(
+            "brokers: [k:9093]\ntls: {}\nsasl: { mechanism: OAUTHBEARER, username: client, password: secret, token_endpoint: \"https://idp/token\" }",
+        ));
+        assert_eq!(p["security.protocol"], "SASL_SSL");
+        assert_eq!(p["sasl.mechanism"], "OAUTHBEARER");
+        assert!(!p.contains_key("sasl.username") && !p.contains_key("sasl.password"));
     }
 
     /// librdkafka itself takes every mapping.

@@ -25,6 +25,7 @@
 
 pub mod binding;
 mod config;
+mod oauth;
 mod offsets;
 mod source;
 
@@ -48,6 +49,7 @@ use fnbroker_core::kit::source_buffer;
 pub struct KafkaConnector {
     name: String,
     config: KafkaSettings,
+    oauth: Option<Arc<oauth::TokenSource>>,
     producer: OnceCell<Arc<KafkaSink>>,
     ready: Arc<AtomicBool>,
     subscribed: AtomicBool,
@@ -55,18 +57,31 @@ pub struct KafkaConnector {
 
 impl KafkaConnector {
     /// A connector named `name`; nothing connects before a subscription or a sink is asked for.
-    pub fn new(name: impl Into<String>, config: KafkaSettings) -> Self {
+    pub fn new(name: impl Into<String>, config: KafkaSettings) -> Result<Self, ConnectorError> {
         let name = name.into();
         if let Some(tls) = &config.tls {
             tls.warn_if_insecure("connector", &name);
         }
-        Self {
+        let oauth = match &config.sasl {
+            Some(sasl) if sasl.mechanism == SaslMechanism::OAuthBearer => {
+                Some(oauth::TokenSource::new(&name, sasl).map_err(|message| {
+                    ConnectorError::Permanent {
+                        connector: name.clone(),
+                        message,
+                        source: None,
+                    }
+                })?)
+            }
+            _ => None,
+        };
+        Ok(Self {
             name,
+            oauth,
             config,
             producer: OnceCell::new(),
             ready: Arc::new(AtomicBool::new(false)),
             subscribed: AtomicBool::new(false),
-        }
+        })
     }
 
     fn error(&self, message: impl Into<String>) -> ConnectorError {
@@ -124,6 +139,7 @@ impl Connector for KafkaConnector {
             ready: Arc::clone(&self.ready),
             revoked: Mutex::default(),
             stalls: Default::default(),
+            oauth: self.oauth.clone(),
         };
         let mut cfg = self.client_config(&[
             ("enable.auto.commit", "false"),
@@ -163,14 +179,17 @@ impl Connector for KafkaConnector {
         let sink = self
             .producer
             .get_or_try_init(|| async {
-                let producer: FutureProducer = self
+                let context = ProducerContext {
+                    oauth: self.oauth.clone(),
+                };
+                let producer: FutureProducer<ProducerContext> = self
                     .client_config(&[
                         ("enable.idempotence", "true"),
                         ("acks", "all"),
                         ("linger.ms", "5"),
                         ("message.timeout.ms", "30000"),
                     ])
-                    .create()
+                    .create_with_context(context)
                     .map_err(|e| self.error(format!("cannot create the producer: {e}")))?;
                 Ok::<_, ConnectorError>(Arc::new(KafkaSink {
                     connector: self.name.clone(),
@@ -198,10 +217,26 @@ impl Connector for KafkaConnector {
     }
 }
 
+/// The producer's context: OAUTHBEARER tokens when the connector uses them.
+struct ProducerContext {
+    oauth: Option<Arc<oauth::TokenSource>>,
+}
+
+impl rdkafka::ClientContext for ProducerContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        oauth::token_for(self.oauth.as_ref())
+    }
+}
+
 /// Publishes events in binary mode and waits for the delivery report.
 struct KafkaSink {
     connector: String,
-    producer: FutureProducer,
+    producer: FutureProducer<ProducerContext>,
 }
 
 #[async_trait]

@@ -76,9 +76,20 @@ pub(crate) struct Context {
     pub(crate) revoked: Mutex<Vec<Partition>>,
     /// Stalled partitions found and recovered, for the logs and the tests.
     pub(crate) stalls: AtomicU64,
+    /// OAUTHBEARER tokens, when the connector uses them.
+    pub(crate) oauth: Option<Arc<crate::oauth::TokenSource>>,
 }
 
 impl ClientContext for Context {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        crate::oauth::token_for(self.oauth.as_ref())
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         let transport = matches!(
             error.rdkafka_error_code(),
