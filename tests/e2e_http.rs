@@ -1239,11 +1239,14 @@ async fn https_functions_with_a_private_ca_and_client_certificates() {
   named: {{ http: {{ url: \"https://127.0.0.1:{fn_port}/f\", {} }}, timeout: 2s }}
   untrusted: {{ http: {{ url: \"https://localhost:{fn_port}/f\", {} }}, timeout: 2s }}
   nocert: {{ http: {{ url: \"https://localhost:{fn_port}/f\", tls: {{ ca: {} }} }}, timeout: 2s }}
+  insecure: {{ http: {{ url: \"https://localhost:{fn_port}/f\", tls: {{ insecure_skip_verify: true, cert: {}, key: {} }} }}, timeout: 2s }}
 {}",
         tls(&pki.ca, ""),
         tls(&pki.ca, ", server_name: localhost"),
         tls(&pki.other_ca, ""),
         Pki::s(&pki.ca),
+        Pki::s(&pki.client_cert),
+        Pki::s(&pki.client_key),
         http_fn("audit", &audit.url("/dlq"), "")
     );
     let fb = Fnbroker::start(&config(
@@ -1252,10 +1255,18 @@ async fn https_functions_with_a_private_ca_and_client_certificates() {
         "  - { name: good, from: { connector: web, topic: /good }, to: good }
   - { name: named, from: { connector: web, topic: /named }, to: named }
   - { name: untrusted, from: { connector: web, topic: /untrusted }, to: untrusted, delivery: { retries: 0 }, dead_letter: { function: audit } }
-  - { name: nocert, from: { connector: web, topic: /nocert }, to: nocert, delivery: { retries: 0 }, dead_letter: { function: audit } }",
+  - { name: nocert, from: { connector: web, topic: /nocert }, to: nocert, delivery: { retries: 0 }, dead_letter: { function: audit } }
+  - { name: insecure, from: { connector: web, topic: /insecure }, to: insecure }",
     ))
     .await;
-    for path in ["good", "named", "untrusted", "nocert"] {
+    let logs = fb.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("WARN")
+                && l.contains("function `insecure`: tls.insecure_skip_verify")),
+        "insecure_skip_verify is warned about at start:\n{logs}"
+    );
+    for path in ["good", "named", "untrusted", "nocert", "insecure"] {
         let res = client()
             .post(format!("http://127.0.0.1:{port}/{path}"))
             .body(path)
@@ -1286,7 +1297,7 @@ async fn https_functions_with_a_private_ca_and_client_certificates() {
     loop {
         let mut bodies = got.lock().map(|g| g.clone()).unwrap_or_default();
         bodies.sort();
-        if bodies == vec![b"good".to_vec(), b"named".to_vec()] {
+        if bodies == vec![b"good".to_vec(), b"insecure".to_vec(), b"named".to_vec()] {
             break;
         }
         assert!(

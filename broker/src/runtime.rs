@@ -38,13 +38,8 @@ fn build_function(
     metrics: &Metrics,
 ) -> anyhow::Result<Arc<FunctionRuntime>> {
     let concurrency = *cfg.concurrency;
-    if cfg
-        .http
-        .as_ref()
-        .and_then(|h| h.tls.as_ref())
-        .is_some_and(|t| t.insecure_skip_verify)
-    {
-        tracing::warn!(function = %name, "tls.insecure_skip_verify: the function's certificate is not verified; for development only");
+    if let Some(tls) = cfg.http.as_ref().and_then(|h| h.tls.as_ref()) {
+        tls.warn_if_insecure("function", name);
     }
     let invoker: Box<dyn Invoker> = match (&cfg.http, &cfg.exec) {
         (Some(http), _) => Box::new(
