@@ -12,9 +12,10 @@
 //! progress of the partition's new owner.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
-/// A topic and a partition.
-pub(crate) type Partition = (String, i32);
+/// A topic and a partition. The topic is shared (one allocation per topic, not per record).
+pub(crate) type Partition = (Arc<str>, i32);
 
 #[derive(Debug, Default)]
 struct State {
@@ -36,32 +37,26 @@ pub(crate) struct Tracker {
 
 impl Tracker {
     /// Records a message handed to the engine; returns its partition's generation.
-    pub(crate) fn track(&mut self, topic: &str, partition: i32, offset: i64) -> u64 {
-        let key = (topic.to_string(), partition);
-        if !self.parts.contains_key(&key) {
-            self.generations += 1;
-            let state = State {
-                generation: self.generations,
-                ..State::default()
-            };
-            self.parts.insert(key.clone(), state);
-        }
-        let state = self.parts.entry(key).or_default();
+    pub(crate) fn track(&mut self, key: &Partition, offset: i64) -> u64 {
+        let state = match self.parts.get_mut(key) {
+            Some(state) => state,
+            None => {
+                self.generations += 1;
+                let state = State {
+                    generation: self.generations,
+                    ..State::default()
+                };
+                self.parts.entry(key.clone()).or_insert(state)
+            }
+        };
         state.pending.insert(offset, false);
         state.generation
     }
 
     /// Records the end of a message: `finished` (delivered, dead-lettered or dropped) lets the
     /// commit move past it; not finished (released) holds it back.
-    pub(crate) fn settle(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        generation: u64,
-        offset: i64,
-        finished: bool,
-    ) {
-        let Some(state) = self.parts.get_mut(&(topic.to_string(), partition)) else {
+    pub(crate) fn settle(&mut self, key: &Partition, generation: u64, offset: i64, finished: bool) {
+        let Some(state) = self.parts.get_mut(key) else {
             return;
         };
         if state.generation != generation || !finished {
@@ -82,8 +77,8 @@ impl Tracker {
     /// Forgets `offset` and everything after it in the partition (the consumer is sent back to
     /// `offset` to read them again): their old copies' settlements change nothing, and the new
     /// copies are tracked as they come.
-    pub(crate) fn rewind(&mut self, topic: &str, partition: i32, generation: u64, offset: i64) {
-        if let Some(state) = self.parts.get_mut(&(topic.to_string(), partition))
+    pub(crate) fn rewind(&mut self, key: &Partition, generation: u64, offset: i64) {
+        if let Some(state) = self.parts.get_mut(key)
             && state.generation == generation
         {
             state.pending.retain(|&o, _| o < offset);
@@ -140,19 +135,19 @@ mod tests {
     use super::*;
 
     fn p(n: i32) -> Partition {
-        ("t".to_string(), n)
+        (Arc::from("t"), n)
     }
 
     #[test]
     fn commits_only_the_finished_prefix() {
         let mut t = Tracker::default();
-        let g = t.track("t", 0, 10);
-        t.track("t", 0, 11);
-        t.track("t", 0, 12);
-        t.settle("t", 0, g, 11, true);
-        t.settle("t", 0, g, 12, true);
+        let g = t.track(&p(0), 10);
+        t.track(&p(0), 11);
+        t.track(&p(0), 12);
+        t.settle(&p(0), g, 11, true);
+        t.settle(&p(0), g, 12, true);
         assert!(t.take_commits(None).is_empty(), "10 is unfinished");
-        t.settle("t", 0, g, 10, true);
+        t.settle(&p(0), g, 10, true);
         assert_eq!(t.take_commits(None), vec![(p(0), 13)]);
         assert!(t.take_commits(None).is_empty(), "nothing new");
         assert_eq!(t.in_flight(), 0);
@@ -161,55 +156,55 @@ mod tests {
     #[test]
     fn released_messages_hold_the_partition_back() {
         let mut t = Tracker::default();
-        let g = t.track("t", 0, 1);
-        t.track("t", 0, 2);
-        t.settle("t", 0, g, 1, false);
-        t.settle("t", 0, g, 2, true);
+        let g = t.track(&p(0), 1);
+        t.track(&p(0), 2);
+        t.settle(&p(0), g, 1, false);
+        t.settle(&p(0), g, 2, true);
         assert!(t.take_commits(None).is_empty());
     }
 
     #[test]
     fn a_rewound_partition_commits_only_after_the_record_is_read_again() {
         let mut t = Tracker::default();
-        let g = t.track("t", 0, 1);
-        t.track("t", 0, 2);
-        t.track("t", 0, 3);
-        t.settle("t", 0, g, 1, true);
-        t.rewind("t", 0, g, 2);
+        let g = t.track(&p(0), 1);
+        t.track(&p(0), 2);
+        t.track(&p(0), 3);
+        t.settle(&p(0), g, 1, true);
+        t.rewind(&p(0), g, 2);
         // The old copy of 3 finishing changes nothing: 2 is read again first.
-        t.settle("t", 0, g, 3, true);
+        t.settle(&p(0), g, 3, true);
         assert_eq!(t.take_commits(None), vec![(p(0), 2)]);
-        t.track("t", 0, 2);
-        t.track("t", 0, 3);
-        t.settle("t", 0, g, 2, true);
-        t.settle("t", 0, g, 3, true);
+        t.track(&p(0), 2);
+        t.track(&p(0), 3);
+        t.settle(&p(0), g, 2, true);
+        t.settle(&p(0), g, 3, true);
         assert_eq!(t.take_commits(None), vec![(p(0), 4)]);
     }
 
     #[test]
     fn partitions_are_independent() {
         let mut t = Tracker::default();
-        let g0 = t.track("t", 0, 5);
-        let g1 = t.track("t", 1, 7);
-        t.settle("t", 1, g1, 7, true);
+        let g0 = t.track(&p(0), 5);
+        let g1 = t.track(&p(1), 7);
+        t.settle(&p(1), g1, 7, true);
         assert_eq!(t.take_commits(None), vec![(p(1), 8)]);
-        t.settle("t", 0, g0, 5, true);
+        t.settle(&p(0), g0, 5, true);
         assert_eq!(t.take_commits(None), vec![(p(0), 6)]);
     }
 
     #[test]
     fn revoke_commits_what_finished_and_ignores_late_settlements() {
         let mut t = Tracker::default();
-        let g = t.track("t", 0, 1);
-        t.track("t", 0, 2);
-        t.settle("t", 0, g, 1, true);
+        let g = t.track(&p(0), 1);
+        t.track(&p(0), 2);
+        t.settle(&p(0), g, 1, true);
         assert_eq!(t.revoke(&[p(0)]), vec![(p(0), 2)]);
         // Reassigned later: a new generation; the old in-flight message settling changes nothing.
-        let g2 = t.track("t", 0, 2);
+        let g2 = t.track(&p(0), 2);
         assert_ne!(g, g2);
-        t.settle("t", 0, g, 2, true);
+        t.settle(&p(0), g, 2, true);
         assert!(t.take_commits(None).is_empty());
-        t.settle("t", 0, g2, 2, true);
+        t.settle(&p(0), g2, 2, true);
         assert_eq!(t.take_commits(None), vec![(p(0), 3)]);
     }
 }

@@ -49,8 +49,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The end of one message, sent by its acknowledgement handle.
 struct Settled {
-    topic: String,
-    partition: i32,
+    partition: Partition,
     generation: u64,
     offset: i64,
     outcome: Outcome,
@@ -110,7 +109,7 @@ impl ConsumerContext for Context {
         let revoked: Vec<Partition> = list
             .elements()
             .iter()
-            .map(|e| (e.topic().to_string(), e.partition()))
+            .map(|e| (Arc::from(e.topic()), e.partition()))
             .collect();
         let commits = match self.tracker.lock() {
             Ok(mut t) => t.revoke(&revoked),
@@ -148,6 +147,19 @@ fn to_list(commits: &[(Partition, i64)]) -> Option<TopicPartitionList> {
     Some(tpl)
 }
 
+/// The key of `partition` of `topic`, its topic name shared with every other key of the topic.
+fn intern(topics: &mut HashSet<Arc<str>>, topic: &str, partition: i32) -> Partition {
+    let name = match topics.get(topic) {
+        Some(name) => Arc::clone(name),
+        None => {
+            let name: Arc<str> = Arc::from(topic);
+            topics.insert(Arc::clone(&name));
+            name
+        }
+    };
+    (name, partition)
+}
+
 fn one(topic: &str, partition: i32) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, partition);
@@ -174,6 +186,7 @@ pub(crate) fn start(
                 stash: VecDeque::new(),
                 paused: HashSet::new(),
                 last_seen: HashMap::new(),
+                topics: HashSet::new(),
             }
             .run();
         })
@@ -197,6 +210,8 @@ struct Poller {
     paused: HashSet<Partition>,
     /// When each partition last delivered a record (or was found caught up).
     last_seen: HashMap<Partition, Instant>,
+    /// Every topic name seen, shared by the records' partition keys.
+    topics: HashSet<Arc<str>>,
 }
 
 impl Poller {
@@ -235,7 +250,8 @@ impl Poller {
                 None => {}
                 Some(Ok(m)) => {
                     self.consumer.context().ready.store(true, Ordering::Release);
-                    let (partition, incoming) = self.incoming(&m, &settle_tx);
+                    let partition = intern(&mut self.topics, m.topic(), m.partition());
+                    let (partition, incoming) = self.incoming(&m, partition, &settle_tx);
                     match self.last_seen.get_mut(&partition) {
                         Some(seen) => *seen = Instant::now(),
                         None => {
@@ -282,6 +298,7 @@ impl Poller {
     fn incoming(
         &self,
         m: &BorrowedMessage<'_>,
+        partition: Partition,
         settle_tx: &mpsc::UnboundedSender<Settled>,
     ) -> (Partition, Incoming) {
         let headers: Vec<(&str, Option<&[u8]>)> = m
@@ -299,12 +316,11 @@ impl Poller {
         };
         let (event, origin) = binding::decode(&self.connector, &record);
         let generation = match self.tracker.lock() {
-            Ok(mut t) => t.track(m.topic(), m.partition(), m.offset()),
+            Ok(mut t) => t.track(&partition, m.offset()),
             Err(_) => 0,
         };
         let settled = Settled {
-            topic: m.topic().to_string(),
-            partition: m.partition(),
+            partition: partition.clone(),
             generation,
             offset: m.offset(),
             outcome: Outcome::Released,
@@ -325,7 +341,7 @@ impl Poller {
             redeliveries: 0,
             ack,
         };
-        ((m.topic().to_string(), m.partition()), incoming)
+        (partition, incoming)
     }
 
     /// Hands a record to the engine, or stashes it (behind what is stashed already).
@@ -438,11 +454,10 @@ impl Poller {
         let rewind = s.outcome == Outcome::Again && !self.stop.is_cancelled();
         if let Ok(mut t) = self.tracker.lock() {
             if rewind {
-                t.rewind(&s.topic, s.partition, s.generation, s.offset);
+                t.rewind(&s.partition, s.generation, s.offset);
             } else {
                 t.settle(
-                    &s.topic,
-                    s.partition,
+                    &s.partition,
                     s.generation,
                     s.offset,
                     s.outcome == Outcome::Finished,
@@ -452,14 +467,13 @@ impl Poller {
         if rewind {
             // Handed back: read it (and what followed) again, so that it cannot hold the
             // partition's commits until a restart.
-            tracing::debug!(connector = %self.connector, topic = %s.topic, partition = s.partition, offset = s.offset, "rewinding to a record handed back");
-            if let Err(e) = self.consumer.seek(
-                &s.topic,
-                s.partition,
-                Offset::Offset(s.offset),
-                CALL_TIMEOUT,
-            ) {
-                tracing::warn!(connector = %self.connector, topic = %s.topic, partition = s.partition, error = %e, "cannot rewind; the record is redelivered after a restart");
+            let (topic, partition) = &s.partition;
+            tracing::debug!(connector = %self.connector, %topic, partition, offset = s.offset, "rewinding to a record handed back");
+            if let Err(e) =
+                self.consumer
+                    .seek(topic, *partition, Offset::Offset(s.offset), CALL_TIMEOUT)
+            {
+                tracing::warn!(connector = %self.connector, %topic, partition, error = %e, "cannot rewind; the record is redelivered after a restart");
             }
         }
     }
@@ -506,7 +520,7 @@ impl Poller {
             return;
         };
         for e in positions.elements() {
-            let partition = (e.topic().to_string(), e.partition());
+            let partition = intern(&mut self.topics, e.topic(), e.partition());
             if self.paused.contains(&partition) {
                 continue;
             }
