@@ -44,6 +44,9 @@ const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 const PAUSE_AFTER: Duration = Duration::from_millis(500);
 /// How long an assigned partition with records beyond its position may deliver nothing.
 pub(crate) const STALL_AFTER: Duration = Duration::from_secs(30);
+/// At most this many records that librdkafka has ready are decoded before they are handed to
+/// the engine together.
+const HAND_OFF_BATCH: usize = 64;
 /// How long a seek or a watermark query may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -220,6 +223,7 @@ impl Poller {
         let mut last_commit = Instant::now();
         let mut last_stall_check = Instant::now();
         let mut last_error: Option<(String, Instant)> = None;
+        let mut batch = Vec::with_capacity(HAND_OFF_BATCH);
         while !self.stop.is_cancelled() && !self.tx.is_closed() {
             while let Ok(s) = settle_rx.try_recv() {
                 self.settle(s);
@@ -246,40 +250,33 @@ impl Poller {
                 }
                 Duration::ZERO
             };
-            match self.consumer.poll(wait) {
-                None => {}
-                Some(Ok(m)) => {
-                    self.consumer.context().ready.store(true, Ordering::Release);
-                    let partition = intern(&mut self.topics, m.topic(), m.partition());
-                    let (partition, incoming) = self.incoming(&m, partition, &settle_tx);
-                    match self.last_seen.get_mut(&partition) {
-                        Some(seen) => *seen = Instant::now(),
-                        None => {
-                            self.last_seen.insert(partition.clone(), Instant::now());
+            // What librdkafka has ready is decoded first and handed out together: the engine,
+            // woken by the first, finds the rest waiting instead of being woken (a futex wake
+            // and a context switch) for each record.
+            let mut polled = self.consumer.poll(wait);
+            while let Some(result) = polled {
+                match result {
+                    Ok(m) => {
+                        self.consumer.context().ready.store(true, Ordering::Release);
+                        let partition = intern(&mut self.topics, m.topic(), m.partition());
+                        let (partition, incoming) = self.incoming(&m, partition, &settle_tx);
+                        match self.last_seen.get_mut(&partition) {
+                            Some(seen) => *seen = Instant::now(),
+                            None => {
+                                self.last_seen.insert(partition.clone(), Instant::now());
+                            }
                         }
+                        batch.push((partition, incoming));
                     }
-                    self.offer(partition, incoming);
+                    Err(e) => self.report(&e, &mut last_error),
                 }
-                Some(Err(e)) => {
-                    let text = e.to_string();
-                    let repeat = last_error.as_ref().is_some_and(|(t, at)| {
-                        *t == text && at.elapsed() < Duration::from_secs(30)
-                    });
-                    if !repeat {
-                        if matches!(
-                            e.rdkafka_error_code(),
-                            Some(
-                                RDKafkaErrorCode::UnknownTopicOrPartition
-                                    | RDKafkaErrorCode::UnknownTopic
-                            )
-                        ) {
-                            tracing::warn!(connector = %self.connector, error = %text, "the topic does not exist (yet); it is picked up once created");
-                        } else {
-                            tracing::warn!(connector = %self.connector, error = %text, "kafka consume error");
-                        }
-                        last_error = Some((text, Instant::now()));
-                    }
+                if batch.len() >= HAND_OFF_BATCH {
+                    break;
                 }
+                polled = self.consumer.poll(Duration::ZERO);
+            }
+            for (partition, incoming) in batch.drain(..) {
+                self.offer(partition, incoming);
             }
         }
         // Stopping: records never handed out are released (not committed); every handle the
@@ -292,6 +289,26 @@ impl Poller {
         }
         self.commit(CommitMode::Sync);
         self.consumer.unsubscribe();
+    }
+
+    /// A consume error, at warn unless it repeats the last one within 30 s.
+    fn report(&self, e: &KafkaError, last_error: &mut Option<(String, Instant)>) {
+        let text = e.to_string();
+        let repeat = last_error
+            .as_ref()
+            .is_some_and(|(t, at)| *t == text && at.elapsed() < Duration::from_secs(30));
+        if repeat {
+            return;
+        }
+        if matches!(
+            e.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+        ) {
+            tracing::warn!(connector = %self.connector, error = %text, "the topic does not exist (yet); it is picked up once created");
+        } else {
+            tracing::warn!(connector = %self.connector, error = %text, "kafka consume error");
+        }
+        *last_error = Some((text, Instant::now()));
     }
 
     /// The record as an in-flight message, tracked.
@@ -369,16 +386,23 @@ impl Poller {
             if left.is_zero() {
                 return;
             }
-            let permit = runtime.block_on(tokio::time::timeout(left, tx.reserve()));
-            match permit {
+            // Wait for room for a good part of the stash at once, not for one slot: woken for
+            // each slot the engine frees, this thread would cost a futex wake and two context
+            // switches per record (measured: the regression of issue 12's poll thread).
+            let want = self.stash.len().min((tx.max_capacity() / 4).max(1));
+            let permits = runtime.block_on(tokio::time::timeout(left, tx.reserve_many(want)));
+            match permits {
                 Err(_) => return,
                 Ok(Err(_)) => {
                     // The engine is gone: what is stashed is released.
                     self.stash.clear();
                     return;
                 }
-                Ok(Ok(permit)) => {
-                    if let Some((partition, incoming)) = self.stash.pop_front() {
+                Ok(Ok(permits)) => {
+                    for permit in permits {
+                        let Some((partition, incoming)) = self.stash.pop_front() else {
+                            break;
+                        };
                         permit.send(incoming);
                         self.resume_if_unstashed(&partition);
                     }
