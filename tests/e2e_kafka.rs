@@ -566,38 +566,12 @@ async fn a_saturated_engine_keeps_the_consumer_in_its_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_scram_authenticates_and_a_wrong_password_is_not_ready() {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    use rdkafka::producer::FutureProducer;
     let tansu = kafka::SaslTansu::start("fnb", "scram-secret").await;
     let topic = kafka::unique("sasl");
-    let admin: AdminClient<DefaultClientContext> =
-        tansu.client("fnb", "scram-secret").create().expect("admin");
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for r in admin
-        .create_topics(
-            [&NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
-            &opts,
-        )
-        .await
-        .expect("create the topic as fnb")
-    {
-        r.expect("topic created");
-    }
-    let producer: FutureProducer = tansu
-        .client("fnb", "scram-secret")
-        .set("message.timeout.ms", "30000")
-        .create()
-        .expect("producer");
-    kafka::produce(
-        &producer,
+    kafka::create_and_produce_as(
+        &tansu.client("fnb", "scram-secret"),
         &topic,
-        Out {
-            key: None,
-            partition: None,
-            headers: vec![],
-            payload: b"authenticated",
-        },
+        b"authenticated",
     )
     .await;
     let server = FnServer::start().await;
@@ -629,9 +603,6 @@ async fn sasl_scram_authenticates_and_a_wrong_password_is_not_ready() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_ssl_with_a_client_certificate_reaches_the_broker() {
     use common::pki::{Pki, pki};
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    use rdkafka::producer::FutureProducer;
     let pki = pki();
     let front = free_port();
     let tansu = kafka::SaslTansu::start_advertising(
@@ -660,33 +631,7 @@ async fn sasl_ssl_with_a_client_certificate_reaches_the_broker() {
         c
     };
     let topic = kafka::unique("tls");
-    let admin: AdminClient<DefaultClientContext> = client().create().expect("admin");
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for r in admin
-        .create_topics(
-            [&NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
-            &opts,
-        )
-        .await
-        .expect("create the topic over TLS")
-    {
-        r.expect("topic created");
-    }
-    let producer: FutureProducer = client()
-        .set("message.timeout.ms", "30000")
-        .create()
-        .expect("producer");
-    kafka::produce(
-        &producer,
-        &topic,
-        Out {
-            key: None,
-            partition: None,
-            headers: vec![],
-            payload: b"over tls",
-        },
-    )
-    .await;
+    kafka::create_and_produce_as(&client(), &topic, b"over tls").await;
     let server = FnServer::start().await;
     let conf = |ca: &std::path::Path| {
         format!(

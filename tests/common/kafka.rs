@@ -27,10 +27,14 @@ pub fn unique(prefix: &str) -> String {
 
 /// Creates a topic with `partitions` partitions; panics if the broker is not there.
 pub async fn create_topic(name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", BROKERS)
-        .create()
-        .expect("admin client");
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", BROKERS);
+    create_topic_as(&client, name, partitions).await;
+}
+
+/// Creates a topic as the client `client` describes (its brokers, TLS and credentials).
+pub async fn create_topic_as(client: &ClientConfig, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = client.create().expect("admin client");
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let result = admin
@@ -80,6 +84,27 @@ pub async fn produce(producer: &FutureProducer, topic: &str, out: Out<'_>) {
         .send(record, Duration::from_secs(30))
         .await
         .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+}
+
+/// Creates `topic` and produces one plain record to it, as the client `client` describes.
+pub async fn create_and_produce_as(client: &ClientConfig, topic: &str, payload: &[u8]) {
+    create_topic_as(client, topic, 1).await;
+    let producer: FutureProducer = client
+        .clone()
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("producer");
+    produce(
+        &producer,
+        topic,
+        Out {
+            key: None,
+            partition: None,
+            headers: vec![],
+            payload,
+        },
+    )
+    .await;
 }
 
 /// Produces `n` plain records `0..n` (payload = the number) as fast as the producer takes them.
