@@ -483,3 +483,30 @@ async fn mqtts_with_a_client_certificate_delivers_and_bad_certificates_are_not_r
         assert!(warning.contains(says), "{what}: {warning}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_a_warning_and_not_ready() {
+    let broker = Mosquitto::start_auth("fnb", "mqtt-secret").await;
+    let server = FnServer::start().await;
+    let conf = |password: &str| {
+        config(
+            &connector(
+                "dev",
+                broker.port,
+                &uid(),
+                &format!(", username: fnb, password: {password}"),
+            ),
+            &http_fn("f", &server.url("/f")),
+            "  - { name: t, from: { connector: dev, topic: \"a/b\" }, to: f }\n",
+        )
+    };
+    let fb = Fnbroker::start(&conf("mqtt-secret")).await;
+    drop(fb);
+    let wrong = Fnbroker::spawn(&conf("not-the-password"));
+    let warning = common::not_ready_with_a_warning(&wrong, "dev").await;
+    assert!(
+        warning.contains("NotAuthorized") || warning.contains("BadUserNamePassword"),
+        "{warning}"
+    );
+    assert!(!wrong.logs().contains("not-the-password"));
+}

@@ -22,6 +22,8 @@ pub struct Mosquitto {
     pub tls_port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Files of the configuration outside `dir` (a password file), removed on drop.
+    files: Vec<tempfile::TempPath>,
 }
 
 impl Mosquitto {
@@ -51,6 +53,27 @@ impl Mosquitto {
         .await
     }
 
+    /// A Mosquitto that takes only `user` with `password` (no anonymous clients).
+    pub async fn start_auth(user: &str, password: &str) -> Self {
+        let file = tempfile::NamedTempFile::new().expect("password file");
+        let out = Command::new("mosquitto_passwd")
+            .args(["-b"])
+            .arg(file.path())
+            .args([user, password])
+            .output()
+            .expect("mosquitto_passwd (Debian's mosquitto package)");
+        assert!(out.status.success(), "mosquitto_passwd: {out:?}");
+        let path = file.into_temp_path();
+        super::pki::Pki::readable_by_all(&[&path]);
+        let mut me = Self::start_with(
+            0,
+            &format!("allow_anonymous false\npassword_file {}\n", path.display()),
+        )
+        .await;
+        me.files.push(path);
+        me
+    }
+
     async fn start_with(tls_port: u16, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         // Started as root, Mosquitto drops to its own user: let it write its persistence file.
@@ -72,6 +95,7 @@ impl Mosquitto {
             tls_port,
             dir,
             child: None,
+            files: Vec::new(),
         };
         me.run().await;
         me

@@ -30,11 +30,13 @@ impl Pki {
 
     /// Lets brokers that drop to a user of their own (Mosquitto, RabbitMQ) read the files.
     pub fn readable_by_all(paths: &[&std::path::Path]) {
+        use std::os::unix::fs::PermissionsExt;
         for path in paths {
             let dir = path.parent().expect("a folder");
-            for (p, mode) in [(dir, 0o755), (*path, 0o644)] {
+            // Bits are added, never taken away (/tmp keeps its 1777).
+            for (p, bits) in [(dir, 0o755), (*path, 0o644)] {
                 let mut perms = std::fs::metadata(p).expect("metadata").permissions();
-                std::os::unix::fs::PermissionsExt::set_mode(&mut perms, mode);
+                perms.set_mode(perms.mode() | bits);
                 std::fs::set_permissions(p, perms).expect("chmod");
             }
         }
