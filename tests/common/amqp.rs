@@ -281,7 +281,8 @@ impl RabbitNode {
                 "RabbitMQ node {} did not start:\n{log}",
                 me.node
             );
-            std::thread::sleep(Duration::from_millis(500));
+            // rabbitmqctl itself takes a second or so: a short pause between attempts is enough.
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         me.ctl(&["add_user", "fnbroker test", "unused-password"]);
         me.ctl(&[
