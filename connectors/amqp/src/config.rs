@@ -100,9 +100,7 @@ impl ConnectorPlugin for Plugin {
 
     fn validate(settings: &AmqpSettings, report: &Report<'_>) {
         report.url("url", &settings.url, &["amqp", "amqps"]);
-        if let Some(Err(e)) = settings.tls.as_ref().map(fnbroker_core::tls::Tls::check) {
-            report.error(&["tls", e.key], format_args!("{}", e.message));
-        }
+        report.tls(settings.tls.as_ref());
     }
 
     fn validate_source(source: &AmqpSourceSettings, from: &SourceUse<'_>, report: &Report<'_>) {

@@ -298,6 +298,20 @@ impl<'a> Report<'a> {
             self.error(&[key], format_args!("`{key}`: {problem}"));
         }
     }
+
+    /// Reads and checks the files of a client `tls` block; a problem is reported at its key.
+    pub fn tls(&self, tls: Option<&crate::tls::Tls>) {
+        if let Some(Err(e)) = tls.map(crate::tls::Tls::check) {
+            self.error(&["tls", e.key], format_args!("{}", e.message));
+        }
+    }
+
+    /// Reads and checks the files of a listener's `tls` block; a problem is reported at its key.
+    pub fn server_tls(&self, tls: Option<&crate::tls::ServerTls>) {
+        if let Some(Err(e)) = tls.map(crate::tls::ServerTls::check) {
+            self.error(&["tls", e.key], format_args!("{}", e.message));
+        }
+    }
 }
 
 /// A plugin with its types erased, as the [`Registry`] holds it.

@@ -100,11 +100,7 @@ impl ConnectorPlugin for Plugin {
             report.error(&["max_connections"], "`max_connections` must be at least 1");
         }
         report.duration("header_timeout", &settings.header_timeout);
-        if let Some(tls) = &settings.tls
-            && let Err(e) = tls.check()
-        {
-            report.error(&["tls", e.key], format_args!("{}", e.message));
-        }
+        report.server_tls(settings.tls.as_ref());
         match &settings.auth {
             Some(crate::auth::Auth::Bearer(tokens))
                 if tokens.is_empty() || tokens.iter().any(|t| t.is_empty()) =>

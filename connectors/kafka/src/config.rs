@@ -154,17 +154,17 @@ impl ConnectorPlugin for Plugin {
         if settings.brokers.is_empty() {
             report.error(&["brokers"], "`brokers` must list at least one broker");
         }
-        if let Some(tls) = &settings.tls {
-            if tls.server_name.is_some() {
-                report.error(
-                    &["tls", "server_name"],
-                    "librdkafka verifies the host name each broker advertises; `server_name` is not supported for Kafka",
-                );
-            }
-            if let Err(e) = tls.check() {
-                report.error(&["tls", e.key], format_args!("{}", e.message));
-            }
+        if settings
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.server_name.is_some())
+        {
+            report.error(
+                &["tls", "server_name"],
+                "librdkafka verifies the host name each broker advertises; `server_name` is not supported for Kafka",
+            );
         }
+        report.tls(settings.tls.as_ref());
         if let Some(sasl) = &settings.sasl {
             let oauth = sasl.mechanism == SaslMechanism::OAuthBearer;
             match (&sasl.token_endpoint, oauth) {

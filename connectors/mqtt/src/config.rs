@@ -90,9 +90,7 @@ impl ConnectorPlugin for Plugin {
 
     fn validate(settings: &MqttSettings, report: &Report<'_>) {
         report.url("url", &settings.url, &["mqtt", "tcp", "mqtts", "ssl"]);
-        if let Some(Err(e)) = settings.tls.as_ref().map(fnbroker_core::tls::Tls::check) {
-            report.error(&["tls", e.key], format_args!("{}", e.message));
-        }
+        report.tls(settings.tls.as_ref());
         report.duration("session_expiry", &settings.session_expiry);
         report.duration("keep_alive", &settings.keep_alive);
         let v5 = match settings.version {

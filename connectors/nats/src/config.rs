@@ -83,9 +83,7 @@ impl ConnectorPlugin for Plugin {
         for url in settings.url.split(',') {
             report.url("url", url.trim(), &["nats", "tls", "ws", "wss"]);
         }
-        if let Some(Err(e)) = settings.tls.as_ref().map(fnbroker_core::tls::Tls::check) {
-            report.error(&["tls", e.key], format_args!("{}", e.message));
-        }
+        report.tls(settings.tls.as_ref());
         if let Some(path) = &settings.credentials
             && let Err(e) = std::fs::read_to_string(path)
         {
