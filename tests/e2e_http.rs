@@ -1309,3 +1309,45 @@ async fn https_functions_with_a_private_ca_and_client_certificates() {
     stop.cancel();
     drop(fb);
 }
+
+/// A function behind a token: its static `headers` (here `authorization`) go with every call,
+/// from `${ENV}`, and the admin view names the header without its value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_behind_a_bearer_token_gets_it_and_the_admin_hides_it() {
+    let server = FnServer::start().await;
+    let port = free_port();
+    let fb = Fnbroker::start_env(
+        &config(
+            port,
+            &format!(
+                "  f: {{ http: {{ url: \"{}\", headers: {{ authorization: \"Bearer ${{FN_TOKEN}}\" }} }}, timeout: 2s }}\n",
+                server.url("/f")
+            ),
+            "  - { name: t, from: { connector: web, topic: /in }, to: f }",
+        ),
+        &[("FN_TOKEN", "fn-s3cret")],
+    )
+    .await;
+    let res = client()
+        .post(format!("http://127.0.0.1:{port}/in"))
+        .body("x")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let got = server.wait_count("/f", 1, WAIT).await;
+    assert_eq!(got[0].header("authorization"), Some("Bearer fn-s3cret"));
+    let view = client()
+        .get(format!("http://127.0.0.1:{}/v1/functions", fb.admin))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        view.contains("authorization") && !view.contains("fn-s3cret"),
+        "{view}"
+    );
+    assert!(!fb.logs().contains("fn-s3cret"));
+}
