@@ -41,8 +41,8 @@ pub(crate) const MAX_QUEUED_QOS0: usize = 1024;
 const DISCONNECT_WAIT: Duration = Duration::from_secs(5);
 
 /// The first and the longest wait before reconnecting.
-const RECONNECT_MIN: Duration = Duration::from_secs(1);
-const RECONNECT_MAX: Duration = Duration::from_secs(30);
+pub(crate) const RECONNECT_MIN: Duration = Duration::from_secs(1);
+pub(crate) const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 /// One subscription of the connection.
 #[derive(Clone)]

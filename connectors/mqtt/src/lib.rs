@@ -298,7 +298,8 @@ async fn publisher(
     stop: CancellationToken,
 ) {
     let mut sent: HashMap<u16, Waiter> = HashMap::new();
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff =
+        fnbroker_core::kit::Backoff::new(consume::RECONNECT_MIN, consume::RECONNECT_MAX);
     loop {
         let ev = tokio::select! {
             () = stop.cancelled() => break,
@@ -306,7 +307,7 @@ async fn publisher(
         };
         match ev {
             Ok(Ev::Connected { .. }) => {
-                backoff = Duration::from_secs(1);
+                backoff.reset();
                 ready.store(true, Ordering::Release);
             }
             Ok(Ev::Sent(pkid)) => {
@@ -341,9 +342,8 @@ async fn publisher(
                 tracing::warn!(connector = %name, error = %e, "mqtt publisher connection lost; reconnecting");
                 tokio::select! {
                     () = stop.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
     }
