@@ -539,6 +539,36 @@ async fn credentials_in_the_url_work_and_never_reach_the_log() {
     drop(fb);
 }
 
+/// Authentication end to end: a fnbroker on `url` with the connection keys `good` delivers what
+/// `publisher` publishes (`body`, to a new subject) to its function; one with `bad` warns, naming
+/// the connector, and is not ready. Returns the good run's log and the bad fnbroker.
+async fn authenticates_and_refuses(
+    url: &str,
+    good: &str,
+    publisher: async_nats::Client,
+    body: &'static str,
+    bad: &str,
+) -> (String, Fnbroker) {
+    let subject = format!("auth{}", uid());
+    let server = FnServer::start().await;
+    let trigger =
+        format!("  - {{ name: t, from: {{ connector: bus, topic: \"{subject}\" }}, to: f }}\n");
+    let conf = |keys: &str| config(url, keys, &http_fn("f", &server.url("/f")), &trigger);
+    let fb = Fnbroker::start(&conf(good)).await;
+    publisher
+        .publish(subject.clone(), body.into())
+        .await
+        .expect("publish");
+    publisher.flush().await.expect("flush");
+    let got = server.wait_count("/f", 1, WAIT).await;
+    assert_eq!(&got[0].body[..], body.as_bytes());
+    let logs = fb.logs();
+    drop(fb);
+    let wrong = Fnbroker::spawn(&conf(bad));
+    common::not_ready_with_a_warning(&wrong, "bus").await;
+    (logs, wrong)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_client_certificates_and_a_wrong_ca_is_not_ready() {
     use common::pki::{Pki, pki};
@@ -555,8 +585,6 @@ async fn tls_with_client_certificates_and_a_wrong_ca_is_not_ready() {
     ])
     .await;
     let url = format!("tls://localhost:{}", nats.port);
-    let subject = format!("tls{}", uid());
-    let server = FnServer::start().await;
     let tls = |ca: &std::path::Path| {
         format!(
             ", tls: {{ ca: {}, cert: {}, key: {} }}",
@@ -565,15 +593,6 @@ async fn tls_with_client_certificates_and_a_wrong_ca_is_not_ready() {
             Pki::s(&pki.client_key)
         )
     };
-    let trigger =
-        format!("  - {{ name: t, from: {{ connector: bus, topic: \"{subject}\" }}, to: f }}\n");
-    let fb = Fnbroker::start(&config(
-        &url,
-        &tls(&pki.ca),
-        &http_fn("f", &server.url("/f")),
-        &trigger,
-    ))
-    .await;
     let publisher = async_nats::ConnectOptions::new()
         .add_root_certificates(pki.ca.clone())
         .add_client_certificate(pki.client_cert.clone(), pki.client_key.clone())
@@ -581,23 +600,15 @@ async fn tls_with_client_certificates_and_a_wrong_ca_is_not_ready() {
         .connect(&url)
         .await
         .expect("connect over mTLS");
-    publisher
-        .publish(subject.clone(), "over tls".into())
-        .await
-        .expect("publish");
-    publisher.flush().await.expect("flush");
-    let got = server.wait_count("/f", 1, WAIT).await;
-    assert_eq!(&got[0].body[..], b"over tls");
-    drop(fb);
-
     // A CA that did not sign the server's certificate: never ready, and the log says why.
-    let wrong = Fnbroker::spawn(&config(
+    let (_, wrong) = authenticates_and_refuses(
         &url,
+        &tls(&pki.ca),
+        publisher,
+        "over tls",
         &tls(&pki.other_ca),
-        &http_fn("f", &server.url("/f")),
-        &trigger,
-    ));
-    common::not_ready_with_a_warning(&wrong, "bus").await;
+    )
+    .await;
     let logs = wrong.logs();
     // async-nats 0.51 reports the failed attempt as "IO error" without its cause; the warning
     // names the connector, the servers and what to check.
@@ -634,40 +645,20 @@ async fn an_nkey_user_connects_and_a_wrong_seed_does_not() {
     )
     .expect("write");
     let nats = NatsServer::start_with(&["-c", &conf.display().to_string()]).await;
-    let subject = format!("nkey{}", uid());
-    let server = FnServer::start().await;
-    let trigger =
-        format!("  - {{ name: t, from: {{ connector: bus, topic: \"{subject}\" }}, to: f }}\n");
-    let fb = Fnbroker::start(&config(
-        &nats.url(),
-        &format!(", nkey: {seed}"),
-        &http_fn("f", &server.url("/f")),
-        &trigger,
-    ))
-    .await;
     let publisher = async_nats::ConnectOptions::with_nkey(seed.clone())
         .connect(nats.url())
         .await
         .expect("connect with the nkey");
-    publisher
-        .publish(subject.clone(), "signed".into())
-        .await
-        .expect("publish");
-    publisher.flush().await.expect("flush");
-    let got = server.wait_count("/f", 1, WAIT).await;
-    assert_eq!(&got[0].body[..], b"signed");
-    assert!(!fb.logs().contains(&seed), "the seed is never logged");
-    drop(fb);
-
     let other = nkeys::KeyPair::new_user().seed().expect("seed");
-    let wrong = Fnbroker::spawn(&config(
+    let (logs, _) = authenticates_and_refuses(
         &nats.url(),
+        &format!(", nkey: {seed}"),
+        publisher,
+        "signed",
         &format!(", nkey: {other}"),
-        &http_fn("f", &server.url("/f")),
-        &trigger,
-    ));
-    common::not_ready_with_a_warning(&wrong, "bus").await;
-    drop(wrong);
+    )
+    .await;
+    assert!(!logs.contains(&seed), "the seed is never logged");
 }
 
 /// A NATS JWT (the format `nsc` writes), signed by `issuer`.
@@ -755,38 +746,19 @@ async fn a_creds_file_user_connects_and_an_unknown_account_does_not() {
     let nats = NatsServer::start_with(&["-c", &conf.display().to_string()]).await;
     let fnbroker_creds = creds(dir.path(), "fnbroker.creds", &account);
     let publisher_creds = creds(dir.path(), "publisher.creds", &account);
-    let subject = format!("creds{}", uid());
-    let server = FnServer::start().await;
-    let trigger =
-        format!("  - {{ name: t, from: {{ connector: bus, topic: \"{subject}\" }}, to: f }}\n");
-    let fb = Fnbroker::start(&config(
-        &nats.url(),
-        &format!(", credentials: {fnbroker_creds}"),
-        &http_fn("f", &server.url("/f")),
-        &trigger,
-    ))
-    .await;
+    let stranger = creds(dir.path(), "stranger.creds", &nkeys::KeyPair::new_account());
     let publisher = async_nats::ConnectOptions::with_credentials_file(&publisher_creds)
         .await
         .expect("read the creds")
         .connect(nats.url())
         .await
         .expect("connect with the creds");
-    publisher
-        .publish(subject.clone(), "signed by the account".into())
-        .await
-        .expect("publish");
-    publisher.flush().await.expect("flush");
-    let got = server.wait_count("/f", 1, WAIT).await;
-    assert_eq!(&got[0].body[..], b"signed by the account");
-    drop(fb);
-
-    let stranger = creds(dir.path(), "stranger.creds", &nkeys::KeyPair::new_account());
-    let wrong = Fnbroker::spawn(&config(
+    authenticates_and_refuses(
         &nats.url(),
+        &format!(", credentials: {fnbroker_creds}"),
+        publisher,
+        "signed by the account",
         &format!(", credentials: {stranger}"),
-        &http_fn("f", &server.url("/f")),
-        &trigger,
-    ));
-    common::not_ready_with_a_warning(&wrong, "bus").await;
+    )
+    .await;
 }

@@ -131,7 +131,10 @@ impl Tls {
         let builder = if self.insecure_skip_verify {
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_custom_certificate_verifier(Arc::new(Verifier {
+                    provider,
+                    check: Check::Any,
+                }))
         } else {
             let store = match &self.ca {
                 Some(path) => roots("ca", path)?,
@@ -141,13 +144,16 @@ impl Tls {
                 Some(name) => {
                     let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
                         Arc::new(store),
-                        provider,
+                        Arc::clone(&provider),
                     )
                     .build()
                     .map_err(|e| error("ca", e.to_string()))?;
                     builder
                         .dangerous()
-                        .with_custom_certificate_verifier(Arc::new(VerifiedAs { name, webpki }))
+                        .with_custom_certificate_verifier(Arc::new(Verifier {
+                            provider,
+                            check: Check::As { name, webpki },
+                        }))
                 }
                 None => builder.with_root_certificates(store),
             }
@@ -223,16 +229,28 @@ fn system_roots() -> RootCertStore {
     store
 }
 
-/// `server_name`: the certificate is verified (chain, validity, name) against the configured
-/// name instead of the host the client connected to (an IP address, say). Clients that cannot set
-/// the name they verify (rumqttc, lapin, async-nats take it from the URL) get it this way.
+/// A server-certificate check other than rustls' default; handshake signatures are checked with
+/// the provider's algorithms either way.
 #[derive(Debug)]
-struct VerifiedAs {
-    name: ServerName<'static>,
-    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+struct Verifier {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    check: Check,
 }
 
-impl ServerCertVerifier for VerifiedAs {
+#[derive(Debug)]
+enum Check {
+    /// `server_name`: the certificate is verified (chain, validity, name) against the configured
+    /// name instead of the host the client connected to (an IP address, say). Clients that cannot
+    /// set the name they verify (rumqttc, lapin, async-nats take it from the URL) get it this way.
+    As {
+        name: ServerName<'static>,
+        webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    },
+    /// `insecure_skip_verify`: every certificate is taken.
+    Any,
+}
+
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -241,47 +259,12 @@ impl ServerCertVerifier for VerifiedAs {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.webpki
-            .verify_server_cert(end_entity, intermediates, &self.name, ocsp, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
-    }
-}
-
-/// `insecure_skip_verify`: every certificate is taken, signatures are still checked.
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        match &self.check {
+            Check::As { name, webpki } => {
+                webpki.verify_server_cert(end_entity, intermediates, name, ocsp, now)
+            }
+            Check::Any => Ok(ServerCertVerified::assertion()),
+        }
     }
 
     fn verify_tls12_signature(
@@ -294,7 +277,7 @@ impl ServerCertVerifier for AnyCertificate {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -308,12 +291,14 @@ impl ServerCertVerifier for AnyCertificate {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
