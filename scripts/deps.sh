@@ -16,3 +16,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+
+# botocore (the AWS SDK for Python's signer) checks the Lambda function kind's SigV4 signatures in
+# the tests: one virtual environment outside the clone, made once.
+venv="$HOME/.cache/fnbroker/venv"
+if ! "$venv/bin/python3" -c "import botocore" >/dev/null 2>&1; then
+  echo "deps: installing botocore into $venv" >&2
+  python3 -m venv "$venv" >&2
+  "$venv/bin/pip" install -q "botocore==1.35.*" >&2
+fi

@@ -37,7 +37,12 @@ pub(crate) struct AdminState {
     pub(crate) ready: Box<dyn Fn() -> bool + Send + Sync>,
     pub(crate) triggers: Value,
     pub(crate) functions: Value,
+    /// The asynchronous OpenFaaS calls waiting for their callback.
+    pub(crate) callbacks: Arc<fnbroker_functions::Callbacks>,
 }
+
+/// The largest callback body taken: a function's answer, as large as an `exec` reply may be.
+const MAX_CALLBACK_BODY: usize = fnbroker_functions::MAX_STDOUT;
 
 /// Binds `listen` and serves until `shutdown`.
 pub(crate) async fn serve(
@@ -66,6 +71,11 @@ pub(crate) async fn serve(
             "/v1/functions",
             get(|State(s): State<Arc<AdminState>>| async move { Json(s.functions.clone()) }),
         )
+        .route(
+            "/v1/callbacks/openfaas/{secret}",
+            axum::routing::post(openfaas_callback)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_CALLBACK_BODY)),
+        )
         .with_state(Arc::new(state))
         .layer(axum::middleware::from_fn(
             move |request: Request, next: Next| {
@@ -92,13 +102,40 @@ pub(crate) async fn serve(
 /// With a token, every path but the probes needs `Authorization: Bearer <token>`: the ingress's
 /// bearer check, with its constant-time comparison and its 401.
 async fn authorize(auth: Option<Arc<Auth>>, request: Request, next: Next) -> Response {
-    let open = matches!(request.uri().path(), "/healthz" | "/readyz");
+    // The probes are open; a callback carries its own secret in its path (the gateway's queue
+    // worker sends no token).
+    let path = request.uri().path();
+    let open = matches!(path, "/healthz" | "/readyz") || path.starts_with("/v1/callbacks/");
     match auth
         .filter(|_| !open)
         .map(|a| a.check(request.headers(), &[]))
     {
         Some(Err(refused)) => refused.into_response(),
         _ => next.run(request).await,
+    }
+}
+
+/// An OpenFaaS queue worker posting a function's answer (`X-Call-Id`, `X-Function-Status`, the
+/// function's headers and body).
+async fn openfaas_callback(
+    State(s): State<Arc<AdminState>>,
+    axum::extract::Path(secret): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(call_id) = headers
+        .get(fnbroker_functions::CALL_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+    else {
+        return (StatusCode::BAD_REQUEST, "X-Call-Id is missing\n").into_response();
+    };
+    let completion = fnbroker_functions::Completion::from_callback(headers, body);
+    if s.callbacks.complete(&secret, &call_id, completion) {
+        StatusCode::ACCEPTED.into_response()
+    } else {
+        tracing::warn!("an OpenFaaS callback with a wrong secret in its path was refused");
+        StatusCode::NOT_FOUND.into_response()
     }
 }
 
@@ -185,19 +222,51 @@ pub(crate) fn functions_view(cfg: &Config) -> Value {
         cfg.functions
             .iter()
             .map(|(name, f)| {
-                let kind = match (&f.http, &f.exec) {
-                    (Some(h), _) => json!({ "http": {
-                        "url": fnbroker_core::redact::url(h.url.as_str()),
+                use fnbroker_core::config::FunctionKind as K;
+                let url = |u: &str| fnbroker_core::redact::url(u).into_owned();
+                let view = match f.kind() {
+                    Some(K::Http(h)) => json!({
+                        "url": url(&h.url),
                         "mode": format!("{:?}", h.mode).to_lowercase(),
                         "headers": h.headers.keys().collect::<Vec<_>>(),
-                    }}),
-                    (None, Some(e)) => json!({ "exec": {
+                    }),
+                    Some(K::Exec(e)) => json!({
                         "program": e.command.first(),
                         "arguments": e.command.len().saturating_sub(1),
                         "env": e.env.keys().collect::<Vec<_>>(),
                         "inherit_env": e.inherit_env,
-                    }}),
-                    (None, None) => Value::Null,
+                    }),
+                    Some(K::OpenFaas(o)) => json!({
+                        "gateway": url(&o.gateway),
+                        "name": o.name.as_str(),
+                        "namespace": o.namespace,
+                        "async": o.asynchronous,
+                        "username": o.username,
+                    }),
+                    Some(K::OpenWhisk(o)) => json!({
+                        "api": url(&o.api),
+                        "namespace": o.namespace,
+                        "action": o.action.as_str(),
+                    }),
+                    Some(K::Fission(o)) => json!({
+                        "router": url(&o.router),
+                        "name": o.name.as_str(),
+                        "namespace": o.namespace,
+                    }),
+                    Some(K::Knative(o)) => json!({ "url": url(&o.url) }),
+                    Some(K::Fn(o)) => json!({ "endpoint": url(&o.endpoint), "id": o.id.as_str() }),
+                    Some(K::Lambda(o)) => json!({
+                        "function": o.function.as_str(),
+                        "region": o.region.as_ref().map(|r| r.as_str()),
+                        "qualifier": o.qualifier,
+                        "invocation": format!("{:?}", o.invocation).to_lowercase(),
+                        "endpoint": o.endpoint.as_ref().map(|e| url(e)),
+                    }),
+                    None => Value::Null,
+                };
+                let kind = match f.kind() {
+                    Some(k) => json!({ k.key(): view }),
+                    None => Value::Null,
                 };
                 let mut v = kind;
                 if let Value::Object(m) = &mut v {

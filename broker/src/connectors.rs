@@ -120,7 +120,9 @@ triggers:
         );
         assert_eq!(
             messages(&text),
-            vec!["t.yaml:4:3: function `f` must have one of `http` or `exec`"]
+            vec![
+                "t.yaml:4:3: function `f` must have one of `http`, `exec`, `openfaas`, `openwhisk`, `fission`, `knative`, `fn` or `lambda`"
+            ]
         );
     }
 

@@ -5,10 +5,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use fnbroker_core::config::{self, Config, Destination};
 use fnbroker_core::{Connector, Subscription};
-use fnbroker_functions::{ExecInvoker, HttpInvoker, Invoker};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -36,30 +35,18 @@ fn build_function(
     name: &str,
     cfg: &config::Function,
     metrics: &Metrics,
+    platform: &fnbroker_functions::Platform,
 ) -> anyhow::Result<Arc<FunctionRuntime>> {
     let concurrency = *cfg.concurrency;
-    if let Some(tls) = cfg.http.as_ref().and_then(|h| h.tls.as_ref()) {
+    let kind = cfg
+        .kind()
+        .with_context(|| format!("function `{name}` has no kind"))?;
+    if let Some(tls) = kind.tls() {
         tls.warn_if_insecure("function", name);
     }
-    let invoker: Box<dyn Invoker> = match (&cfg.http, &cfg.exec) {
-        (Some(http), _) => Box::new(
-            HttpInvoker::new(
-                &http.url,
-                http.mode,
-                &http.headers,
-                concurrency,
-                http.tls.as_ref(),
-            )
-            .map_err(anyhow::Error::msg)
-            .with_context(|| format!("function `{name}`"))?,
-        ),
-        (None, Some(exec)) => Box::new(
-            ExecInvoker::new(&exec.command, &exec.env, &exec.inherit_env)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("function `{name}`"))?,
-        ),
-        (None, None) => bail!("function `{name}` has neither `http` nor `exec`"),
-    };
+    let invoker = fnbroker_functions::build(kind, concurrency, platform)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("function `{name}`"))?;
     Ok(Arc::new(FunctionRuntime {
         name: name.to_string(),
         invoker,
@@ -107,9 +94,16 @@ impl Broker {
         for (name, cfg) in &config.connectors {
             connectors.insert(name.clone(), build_connector(name, cfg)?);
         }
+        let platform = fnbroker_functions::Platform {
+            callbacks: Arc::default(),
+            admin_url: config.admin.as_ref().and_then(config::Admin::base_url),
+        };
         let mut functions = HashMap::new();
         for (name, cfg) in &config.functions {
-            functions.insert(name.clone(), build_function(name, cfg, &metrics)?);
+            functions.insert(
+                name.clone(),
+                build_function(name, cfg, &metrics, &platform)?,
+            );
         }
 
         let mut triggers = Vec::new();
@@ -223,6 +217,7 @@ impl Broker {
                         None => None,
                     },
                     ready: Box::new(move || ready_connectors.values().all(|c| c.is_ready())),
+                    callbacks: Arc::clone(&platform.callbacks),
                     triggers: crate::admin::triggers_view(config),
                     functions: crate::admin::functions_view(config),
                 };

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fnbroker_core::binding::http::{self as binding, Mode};
 use fnbroker_core::config::ContentMode;
-use fnbroker_core::event::{self, Event};
+use fnbroker_core::event::{self, AttributesReader as _, Event};
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 
 use crate::{InvokeError, Invoker, Reply, Success, truncate};
@@ -19,6 +19,7 @@ pub struct HttpInvoker {
     url: reqwest::Url,
     mode: ContentMode,
     headers: HeaderMap,
+    topic_header: bool,
 }
 
 impl HttpInvoker {
@@ -31,56 +32,33 @@ impl HttpInvoker {
         concurrency: usize,
         tls: Option<&fnbroker_core::tls::Tls>,
     ) -> Result<Self, String> {
-        let mut url = reqwest::Url::parse(url)
-            .map_err(|e| format!("invalid URL `{}`: {e}", fnbroker_core::redact::url(url)))?;
-        let mut static_headers = HeaderMap::new();
-        for (k, v) in headers {
-            let name = HeaderName::try_from(k.as_str())
-                .map_err(|e| format!("invalid header name `{k}`: {e}"))?;
-            let value = HeaderValue::try_from(v.as_str())
-                .map_err(|e| format!("invalid value of header `{k}`: {e}"))?;
-            static_headers.insert(name, value);
-        }
-        let mut builder = reqwest::Client::builder()
-            .pool_max_idle_per_host(concurrency)
-            .tcp_nodelay(true)
-            .no_proxy();
-        if let Some(tls) = tls {
-            let mut config = tls.client_config().map_err(|e| format!("tls: {e}"))?;
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            builder = builder.tls_backend_preconfigured(config);
-            // A name to verify other than the URL's host: the URL is addressed by that name
-            // and the name resolved to the URL's IP address.
-            if let Some(name) = &tls.server_name {
-                let ip = match url.host() {
-                    Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip),
-                    Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
-                    _ => {
-                        return Err(
-                            "tls: `server_name` needs a URL with an IP address (with a host name, that name is verified)"
-                                .into(),
-                        );
-                    }
-                };
-                let port = url.port_or_known_default().unwrap_or(443);
-                builder = builder.resolve(name, std::net::SocketAddr::new(ip, port));
-                url.set_host(Some(name))
-                    .map_err(|e| format!("tls: `server_name` `{name}`: {e}"))?;
-            }
-        }
-        let client = builder
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let (client, url) = client_for(url, concurrency, tls)?;
         Ok(Self {
             client,
             url,
             mode,
-            headers: static_headers,
+            headers: header_map(headers)?,
+            topic_header: false,
         })
     }
 
-    async fn call(&self, event: &Event) -> Result<Success, InvokeError> {
+    /// Also sends the event's subject (the topic it came on) as `X-Topic`, as the OpenFaaS
+    /// connectors do.
+    pub(crate) fn with_topic_header(mut self) -> Self {
+        self.topic_header = true;
+        self
+    }
+
+    /// The request that delivers `event`: its URL, the static headers, the event in the content
+    /// mode (and `X-Topic` where asked for).
+    pub(crate) fn request(&self, event: &Event) -> reqwest::RequestBuilder {
         let mut headers = self.headers.clone();
+        if self.topic_header
+            && let Some(topic) = event.subject()
+            && let Ok(value) = HeaderValue::try_from(topic)
+        {
+            headers.insert(X_TOPIC, value);
+        }
         let body = match self.mode {
             ContentMode::Binary => {
                 binding::encode_binary(event, &mut headers);
@@ -94,36 +72,111 @@ impl HttpInvoker {
                 event::to_json_vec(event)
             }
         };
-        let response = self
-            .client
+        self.client
             .post(self.url.clone())
             .headers(headers)
             .body(body)
-            .send()
-            .await
-            .map_err(|e| InvokeError::Connect(error_chain(&e.without_url())))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| InvokeError::Connect(error_chain(&e.without_url())))?;
-        if !(200..300).contains(&status) {
-            let retry_after = headers
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, SystemTime::now()));
-            return Err(InvokeError::Status {
-                status,
-                retry_after,
-                body: truncate(String::from_utf8_lossy(&body).trim().to_string(), 512),
-            });
-        }
+    }
+
+    async fn call(&self, event: &Event) -> Result<Success, InvokeError> {
+        let (status, headers, body) = send(self.request(event)).await?;
         Ok(Success {
             status,
             reply: decode_reply(&headers, body)?,
         })
     }
+}
+
+/// The header the OpenFaaS connectors name the message's topic in.
+const X_TOPIC: HeaderName = HeaderName::from_static("x-topic");
+
+/// Sends a request and reads the whole answer: a 2xx answer's status, headers and body; any other
+/// status is an [`InvokeError::Status`] (with `Retry-After`).
+pub(crate) async fn send(
+    request: reqwest::RequestBuilder,
+) -> Result<(u16, HeaderMap, Bytes), InvokeError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| InvokeError::Connect(error_chain(&e.without_url())))?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| InvokeError::Connect(error_chain(&e.without_url())))?;
+    if !(200..300).contains(&status) {
+        return Err(status_error(status, &headers, &body));
+    }
+    Ok((status, headers, body))
+}
+
+/// A non-2xx answer as an error: its status, `Retry-After`, and the start of its body.
+pub(crate) fn status_error(status: u16, headers: &HeaderMap, body: &[u8]) -> InvokeError {
+    let retry_after = headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    InvokeError::Status {
+        status,
+        retry_after,
+        body: truncate(String::from_utf8_lossy(body).trim().to_string(), 512),
+    }
+}
+
+/// Static headers from the configuration.
+pub(crate) fn header_map(headers: &BTreeMap<String, String>) -> Result<HeaderMap, String> {
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        let name = HeaderName::try_from(k.as_str())
+            .map_err(|e| format!("invalid header name `{k}`: {e}"))?;
+        let value = HeaderValue::try_from(v.as_str())
+            .map_err(|e| format!("invalid value of header `{k}`: {e}"))?;
+        map.insert(name, value);
+    }
+    Ok(map)
+}
+
+/// An HTTP client for one endpoint: pooled keep-alive connections (up to `concurrency` idle),
+/// no proxy, and fnbroker's TLS configuration when there is a `tls` block. A `server_name` other
+/// than the URL's host (which must then be an IP address) is verified and sent as SNI: the URL
+/// is rewritten to that name, resolved to the address.
+pub(crate) fn client_for(
+    url: &str,
+    concurrency: usize,
+    tls: Option<&fnbroker_core::tls::Tls>,
+) -> Result<(reqwest::Client, reqwest::Url), String> {
+    let mut url = reqwest::Url::parse(url)
+        .map_err(|e| format!("invalid URL `{}`: {e}", fnbroker_core::redact::url(url)))?;
+    let mut builder = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .tcp_nodelay(true)
+        .no_proxy();
+    if let Some(tls) = tls {
+        let mut config = tls.client_config().map_err(|e| format!("tls: {e}"))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        builder = builder.tls_backend_preconfigured(config);
+        if let Some(name) = &tls.server_name {
+            let ip = match url.host() {
+                Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip),
+                Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
+                _ => {
+                    return Err(
+                        "tls: `server_name` needs a URL with an IP address (with a host name, that name is verified)"
+                            .into(),
+                    );
+                }
+            };
+            let port = url.port_or_known_default().unwrap_or(443);
+            builder = builder.resolve(name, std::net::SocketAddr::new(ip, port));
+            url.set_host(Some(name))
+                .map_err(|e| format!("tls: `server_name` `{name}`: {e}"))?;
+        }
+    }
+    let client = builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    Ok((client, url))
 }
 
 #[async_trait]
@@ -138,7 +191,7 @@ impl Invoker for HttpInvoker {
 
 /// A 2xx answer as a reply: a CloudEvent (binary or structured) as it is, any other non-empty body
 /// as raw bytes with its content type.
-fn decode_reply(headers: &HeaderMap, body: Bytes) -> Result<Option<Reply>, InvokeError> {
+pub(crate) fn decode_reply(headers: &HeaderMap, body: Bytes) -> Result<Option<Reply>, InvokeError> {
     match binding::mode(headers) {
         Mode::Binary => binding::decode_binary(headers, body.to_vec())
             .map(|e| Some(Reply::Event(Box::new(e))))
@@ -166,7 +219,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 }
 
 /// An error and its sources, on one line: reqwest's own text hides the cause.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -7,12 +7,19 @@
 //! - [`HttpInvoker`]: POSTs the event over a pooled keep-alive client, in binary (default) or
 //!   structured content mode.
 //! - [`ExecInvoker`]: runs a command per event, as OpenFaaS's classic watchdog does.
+//! - The platforms' kinds ([`build`] makes each): OpenFaaS, Knative, Fission and Fn through
+//!   [`HttpInvoker`] with their URLs and headers, [`OpenWhiskInvoker`] and [`LambdaInvoker`]
+//!   with their own protocols.
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub)]
 #![warn(missing_docs)]
 
 mod exec;
 mod http_fn;
+mod lambda;
+mod openfaas_async;
+mod openwhisk;
+mod platforms;
 
 use std::time::Duration;
 
@@ -22,6 +29,64 @@ use fnbroker_core::Event;
 
 pub use exec::{ExecInvoker, MAX_STDOUT};
 pub use http_fn::{HttpInvoker, parse_retry_after};
+pub use lambda::{Credentials, LambdaInvoker};
+pub use openfaas_async::{CALL_ID, Callbacks, Completion, OpenFaasAsyncInvoker};
+pub use openwhisk::{ATTRIBUTES_PARAMETER, OpenWhiskInvoker};
+
+use std::sync::Arc;
+
+use fnbroker_core::config::FunctionKind;
+
+/// What some kinds need from the running broker.
+#[derive(Debug, Clone, Default)]
+pub struct Platform {
+    /// The calls waiting for an asynchronous OpenFaaS callback (served on the admin listener).
+    pub callbacks: Arc<Callbacks>,
+    /// The admin listener's base URL (`http://127.0.0.1:9464`), where callbacks arrive unless a
+    /// function names its own `callback_url`.
+    pub admin_url: Option<String>,
+}
+
+/// The invoker of a function's kind, with `concurrency` pooled connections for the HTTP kinds.
+pub fn build(
+    kind: FunctionKind<'_>,
+    concurrency: usize,
+    platform: &Platform,
+) -> Result<Box<dyn Invoker>, String> {
+    Ok(match kind {
+        FunctionKind::Http(h) => Box::new(HttpInvoker::new(
+            &h.url,
+            h.mode,
+            &h.headers,
+            concurrency,
+            h.tls.as_ref(),
+        )?),
+        FunctionKind::Exec(e) => Box::new(ExecInvoker::new(&e.command, &e.env, &e.inherit_env)?),
+        FunctionKind::OpenFaas(f) if f.asynchronous => {
+            let base = f
+                .callback_url
+                .as_ref()
+                .map(|u| u.as_str())
+                .or(platform.admin_url.as_deref())
+                .ok_or("`async: true` needs `callback_url` or an admin listener on a specific address: the gateway's queue worker posts the result there")?;
+            Box::new(OpenFaasAsyncInvoker::new(
+                platforms::openfaas(f, concurrency)?,
+                Arc::clone(&platform.callbacks),
+                base,
+            )?)
+        }
+        FunctionKind::OpenFaas(f) => Box::new(platforms::openfaas(f, concurrency)?),
+        FunctionKind::OpenWhisk(f) => Box::new(OpenWhiskInvoker::new(f, concurrency)?),
+        FunctionKind::Fission(f) => Box::new(platforms::fission(f, concurrency)?),
+        FunctionKind::Knative(f) => Box::new(platforms::knative(f, concurrency)?),
+        FunctionKind::Fn(f) => Box::new(platforms::fn_project(f, concurrency)?),
+        FunctionKind::Lambda(f) => Box::new(LambdaInvoker::new(
+            f,
+            concurrency,
+            Credentials::from_environment(f.profile.as_deref())?,
+        )?),
+    })
+}
 
 /// What a function answered when it succeeded.
 #[derive(Debug, Clone)]
@@ -79,6 +144,15 @@ pub enum InvokeError {
     /// The command could not be started.
     #[error("cannot start the command: {0}")]
     Spawn(String),
+    /// The function ran and reported a failure through its platform (an OpenWhisk application
+    /// error, a Lambda function error).
+    #[error("the function failed: {message}")]
+    Function {
+        /// What the platform reported.
+        message: String,
+        /// Whether the platform's contract makes another attempt sensible.
+        retryable: bool,
+    },
     /// The function answered 2xx, but with a reply that claims to be a CloudEvent and is not one.
     #[error("invalid CloudEvent in the reply: {0}")]
     InvalidReply(String),
@@ -93,6 +167,7 @@ impl InvokeError {
             InvokeError::Status { status, .. } => {
                 matches!(*status, 408 | 429) || (500..600).contains(status)
             }
+            InvokeError::Function { retryable, .. } => *retryable,
             InvokeError::Spawn(_) | InvokeError::InvalidReply(_) | InvokeError::Output(_) => false,
         }
     }

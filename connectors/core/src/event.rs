@@ -355,10 +355,39 @@ fn take_optional_string(
 }
 
 /// Writes an event in the JSON format (`application/cloudevents+json`).
+///
+/// Data held as bytes is written as the format's section 3.1 asks: as a JSON value under `data`
+/// when the content type is JSON and the bytes parse, as a string when it is `text/*` and the
+/// bytes are UTF-8, else base64 under `data_base64`.
 pub fn to_json_vec(event: &Event) -> Vec<u8> {
+    let readable = match (event.data(), event.datacontenttype()) {
+        (Some(Data::Binary(bytes)), Some(ct)) if is_json_content_type(ct) => {
+            serde_json::from_slice::<Value>(bytes).ok().map(Data::Json)
+        }
+        (Some(Data::Binary(bytes)), Some(ct)) if media_type_is_text(ct) => {
+            std::str::from_utf8(bytes)
+                .ok()
+                .map(|s| Data::String(s.to_string()))
+        }
+        _ => None,
+    };
     // Serializing an `Event` into a Vec cannot fail: every key is a string and every value is
     // representable in JSON.
-    serde_json::to_vec(event).unwrap_or_default()
+    match readable {
+        Some(data) => {
+            let mut event = event.clone();
+            event.set_data_unchecked(data);
+            serde_json::to_vec(&event).unwrap_or_default()
+        }
+        None => serde_json::to_vec(event).unwrap_or_default(),
+    }
+}
+
+/// Whether a content type is `text/*`.
+fn media_type_is_text(ct: &str) -> bool {
+    ct.trim_start()
+        .get(..5)
+        .is_some_and(|t| t.eq_ignore_ascii_case("text/"))
 }
 
 /// Writes a batch in the JSON batch format (`application/cloudevents-batch+json`).
@@ -613,6 +642,36 @@ mod tests {
         assert_eq!(&*data_bytes(&e), br#"{"b":1,"a":2}"#);
         let back: Value = serde_json::from_slice(&to_json_vec(&e)).expect("json");
         assert_eq!(back["data"], json!({"b": 1, "a": 2}));
+    }
+
+    /// Found with the Lambda kind: a plain JSON message (bytes, `application/json`) was written
+    /// in structured mode as `data_base64`, which a function reading `data` does not see.
+    #[test]
+    fn plain_json_and_text_messages_are_written_readable() {
+        let plain = |ct: &'static str, data: &[u8]| {
+            let e = normalize(
+                PlainMessage {
+                    kind: "nats",
+                    connector: "bus",
+                    topic: "t",
+                    content_type: Some(ct),
+                    ..PlainMessage::default()
+                },
+                data.to_vec(),
+            );
+            serde_json::from_slice::<Value>(&to_json_vec(&e)).expect("json")
+        };
+        assert_eq!(
+            plain("application/json", br#"{"celsius":31}"#)["data"]["celsius"],
+            31
+        );
+        assert_eq!(plain("text/plain; charset=utf-8", b"hi")["data"], "hi");
+        let broken = plain("application/json", b"{not json");
+        assert_eq!(broken["data_base64"], BASE64_STANDARD.encode(b"{not json"));
+        assert_eq!(
+            plain("application/octet-stream", b"\x01")["data_base64"],
+            "AQ=="
+        );
     }
 
     #[test]

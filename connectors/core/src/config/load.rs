@@ -11,7 +11,10 @@ use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
 use super::values;
-use super::{ConfDuration, Config, ConnectorConfig, Destination, Filter, Function, Loc, Trigger};
+use super::{
+    ConfDuration, Config, ConnectorConfig, Destination, Filter, Function, FunctionKind, Loc,
+    Trigger,
+};
 use crate::event::is_valid_attribute_name;
 use crate::registry::{ConnectorKind, Finding, ParseError, Registry, Report, Settings, SourceUse};
 
@@ -627,6 +630,20 @@ fn validate(config: &mut Config, registry: &Registry, errors: &mut Errors<'_>) {
     }
     for (name, function) in &config.functions {
         validate_function(name, function, errors);
+        if let Some(FunctionKind::OpenFaas(f)) = function.kind()
+            && f.asynchronous
+            && f.callback_url.is_none()
+            && config
+                .admin
+                .as_ref()
+                .and_then(super::Admin::base_url)
+                .is_none()
+        {
+            errors.at(
+                &f.name,
+                format!("function `{name}`: `async: true` needs `callback_url`, or an `admin` listener on a specific address: the gateway's queue worker posts each result there"),
+            );
+        }
     }
     let mut names = HashSet::new();
     for trigger in &config.triggers {
@@ -785,38 +802,21 @@ fn validate_connector(
 }
 
 fn validate_function(name: &str, function: &Function, errors: &mut Errors<'_>) {
-    match (&function.http, &function.exec) {
-        (Some(http), None) => {
-            url(&http.url, &["http", "https"], name, errors);
-            if let Some(Err(e)) = http.tls.as_ref().map(crate::tls::Tls::check) {
-                errors.placed(
-                    vec![
-                        "functions".into(),
-                        name.into(),
-                        "http".into(),
-                        "tls".into(),
-                        e.key.into(),
-                    ],
-                    Place::Value,
-                    format!("function `{name}`: tls: {}", e.message),
-                );
-            }
-        }
-        (None, Some(exec)) => {
-            if exec.command.is_empty() || exec.command[0].is_empty() {
-                errors.at(
-                    &exec.command,
-                    format!("function `{name}`: `exec.command` must name a program"),
-                );
-            }
-        }
-        (Some(http), Some(_)) => errors.at(
-            &http.url,
-            format!("function `{name}` must have exactly one of `http` or `exec`, not both"),
-        ),
-        (None, None) => errors.at_path(
+    let kinds = function.kinds();
+    match kinds.as_slice() {
+        [] => errors.at_path(
             &["functions", name],
-            format!("function `{name}` must have one of `http` or `exec`"),
+            format!(
+                "function `{name}` must have one of `http`, `exec`, `openfaas`, `openwhisk`, `fission`, `knative`, `fn` or `lambda`"
+            ),
+        ),
+        [kind] => validate_function_kind(name, *kind, errors),
+        [_, second, ..] => errors.at_path(
+            &["functions", name, second.key()],
+            format!(
+                "function `{name}` must have exactly one kind, not {}",
+                kinds.iter().map(|k| format!("`{}`", k.key())).collect::<Vec<_>>().join(" and ")
+            ),
         ),
     }
     if let Some(t) = &function.timeout {
@@ -1110,6 +1110,82 @@ fn address(a: &Loc<String>, what: &str, errors: &mut Errors<'_>) {
     }
 }
 
+/// The settings of one function kind: URLs parse with the right scheme, names are not empty,
+/// the `tls` block's files are readable.
+fn validate_function_kind(name: &str, kind: FunctionKind<'_>, errors: &mut Errors<'_>) {
+    let web = &["http", "https"];
+    let not_empty = |v: &Loc<String>, key: &str, errors: &mut Errors<'_>| {
+        if v.trim().is_empty() {
+            errors.at(v, format!("function `{name}`: `{key}` must not be empty"));
+        }
+    };
+    match kind {
+        FunctionKind::Http(http) => url(&http.url, web, name, errors),
+        FunctionKind::Exec(exec) => {
+            if exec.command.is_empty() || exec.command[0].is_empty() {
+                errors.at(
+                    &exec.command,
+                    format!("function `{name}`: `exec.command` must name a program"),
+                );
+            }
+        }
+        FunctionKind::OpenFaas(f) => {
+            url(&f.gateway, web, name, errors);
+            not_empty(&f.name, "openfaas.name", errors);
+            if f.username.is_some() != f.password.is_some() {
+                errors.at(
+                    &f.gateway,
+                    format!("function `{name}`: `openfaas` needs both `username` and `password`, or neither"),
+                );
+            }
+            if let Some(cb) = &f.callback_url {
+                url(cb, web, name, errors);
+            }
+        }
+        FunctionKind::OpenWhisk(f) => {
+            url(&f.api, web, name, errors);
+            not_empty(&f.action, "openwhisk.action", errors);
+            if !f.auth.contains(':') {
+                errors.at(
+                    &f.auth,
+                    format!("function `{name}`: `openwhisk.auth` must be the `uuid:key` string (`wsk property get --auth`)"),
+                );
+            }
+        }
+        FunctionKind::Fission(f) => {
+            url(&f.router, web, name, errors);
+            not_empty(&f.name, "fission.name", errors);
+        }
+        FunctionKind::Knative(f) => url(&f.url, web, name, errors),
+        FunctionKind::Fn(f) => {
+            url(&f.endpoint, web, name, errors);
+            not_empty(&f.id, "fn.id", errors);
+        }
+        FunctionKind::Lambda(f) => {
+            not_empty(&f.function, "lambda.function", errors);
+            if let Some(e) = &f.endpoint {
+                url(e, web, name, errors);
+            }
+            if let Some(r) = &f.region {
+                not_empty(r, "lambda.region", errors);
+            }
+        }
+    }
+    if let Some(Err(e)) = kind.tls().map(crate::tls::Tls::check) {
+        errors.placed(
+            vec![
+                "functions".into(),
+                name.into(),
+                kind.key().into(),
+                "tls".into(),
+                e.key.into(),
+            ],
+            Place::Value,
+            format!("function `{name}`: tls: {}", e.message),
+        );
+    }
+}
+
 fn url(u: &Loc<String>, schemes: &[&str], owner: &str, errors: &mut Errors<'_>) {
     if let Some(problem) = values::url_problem(u, schemes) {
         errors.at(u, format!("`{owner}`: {problem}"));
@@ -1142,6 +1218,48 @@ mod tests {
             errors.to_string().contains("depth"),
             "the error says why: {errors}"
         );
+    }
+
+    #[test]
+    fn a_function_has_exactly_one_kind_and_each_kind_is_checked() {
+        let registry = Registry::new(&[]);
+        let load = |functions: &str| {
+            load_str(
+                "f.yaml",
+                &format!("functions:\n{functions}"),
+                |_| None,
+                &registry,
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        assert!(load("  a: { knative: { url: \"http://kn\" } }\n").is_ok());
+        let both = load(
+            "  a: { knative: { url: \"http://kn\" }, fn: { endpoint: \"http://fn\", id: x } }\n",
+        )
+        .expect_err("two kinds");
+        assert!(
+            both.contains("f.yaml:2:") && both.contains("`knative` and `fn`"),
+            "{both}"
+        );
+        let none = load("  a: { timeout: 1s }\n").expect_err("no kind");
+        assert!(
+            none.contains("`openwhisk`") && none.contains("`lambda`"),
+            "{none}"
+        );
+        let whisk = load("  a: { openwhisk: { api: \"http://w\", action: x, auth: nocolon } }\n")
+            .expect_err("auth");
+        assert!(whisk.contains("uuid:key"), "{whisk}");
+        let faas = load("  a: { openfaas: { gateway: \"ftp://gw\", name: x, username: admin } }\n")
+            .expect_err("scheme and half a login");
+        assert!(
+            faas.contains("ftp") && faas.contains("both `username` and `password`"),
+            "{faas}"
+        );
+        let lonely = load("  a: { openfaas: { gateway: \"http://gw\", name: x, async: true } }\n")
+            .expect_err("no place for the callback");
+        assert!(lonely.contains("`callback_url`"), "{lonely}");
+        assert!(load("  a: { openfaas: { gateway: \"http://gw\", name: x, async: true, callback_url: \"http://fnb:9464\" } }\n").is_ok());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! `fnbroker schema` prints the JSON Schema generated from these same types.
 
 mod load;
+mod platforms;
 pub(crate) mod values;
 
 use std::borrow::Cow;
@@ -26,6 +27,10 @@ use crate::registry::{Registry, Settings};
 
 pub(crate) use load::path_segments;
 pub use load::{ConfigError, ConfigErrors, load, load_str};
+pub use platforms::{
+    FissionFunction, FnFunction, KnativeFunction, LambdaFunction, LambdaInvocation,
+    OpenFaasFunction, OpenWhiskFunction,
+};
 pub use values::{ByteSize, ConfDuration, Loc};
 
 /// The whole configuration file.
@@ -195,7 +200,8 @@ fn read_keys<'de, A: MapAccess<'de>>(
     }
     Ok(keys)
 }
-/// A named function: how to invoke it (`http` or `exec`), and limits.
+/// A named function: how to invoke it (exactly one kind: `http`, `exec` or a platform's), and
+/// limits.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct Function {
@@ -205,6 +211,24 @@ pub struct Function {
     /// Invoke a command per event, as OpenFaaS's classic watchdog does.
     #[serde(default)]
     pub exec: Option<ExecFunction>,
+    /// An OpenFaaS function through its gateway.
+    #[serde(default)]
+    pub openfaas: Option<OpenFaasFunction>,
+    /// An Apache OpenWhisk action.
+    #[serde(default)]
+    pub openwhisk: Option<OpenWhiskFunction>,
+    /// A Fission function through its router.
+    #[serde(default)]
+    pub fission: Option<FissionFunction>,
+    /// A Knative service (CloudEvents binary mode).
+    #[serde(default)]
+    pub knative: Option<KnativeFunction>,
+    /// An Fn Project function.
+    #[serde(default, rename = "fn")]
+    pub fn_project: Option<FnFunction>,
+    /// An AWS Lambda function (the Invoke API, signed with SigV4).
+    #[serde(default)]
+    pub lambda: Option<LambdaFunction>,
     /// The time one attempt may take. Default `30s`.
     #[serde(default)]
     pub timeout: Option<ConfDuration>,
@@ -217,7 +241,77 @@ fn default_concurrency() -> Loc<usize> {
     Loc::new(64)
 }
 
+/// A function's kind, borrowed from its configuration.
+#[derive(Debug, Clone, Copy)]
+pub enum FunctionKind<'a> {
+    /// `http`
+    Http(&'a HttpFunction),
+    /// `exec`
+    Exec(&'a ExecFunction),
+    /// `openfaas`
+    OpenFaas(&'a OpenFaasFunction),
+    /// `openwhisk`
+    OpenWhisk(&'a OpenWhiskFunction),
+    /// `fission`
+    Fission(&'a FissionFunction),
+    /// `knative`
+    Knative(&'a KnativeFunction),
+    /// `fn`
+    Fn(&'a FnFunction),
+    /// `lambda`
+    Lambda(&'a LambdaFunction),
+}
+
+impl FunctionKind<'_> {
+    /// The kind's key in the configuration.
+    pub fn key(&self) -> &'static str {
+        match self {
+            FunctionKind::Http(_) => "http",
+            FunctionKind::Exec(_) => "exec",
+            FunctionKind::OpenFaas(_) => "openfaas",
+            FunctionKind::OpenWhisk(_) => "openwhisk",
+            FunctionKind::Fission(_) => "fission",
+            FunctionKind::Knative(_) => "knative",
+            FunctionKind::Fn(_) => "fn",
+            FunctionKind::Lambda(_) => "lambda",
+        }
+    }
+
+    /// The kind's `tls` block, if it has one.
+    pub fn tls(&self) -> Option<&crate::tls::Tls> {
+        match self {
+            FunctionKind::Http(f) => f.tls.as_ref(),
+            FunctionKind::Exec(_) => None,
+            FunctionKind::OpenFaas(f) => f.tls.as_ref(),
+            FunctionKind::OpenWhisk(f) => f.tls.as_ref(),
+            FunctionKind::Fission(f) => f.tls.as_ref(),
+            FunctionKind::Knative(f) => f.tls.as_ref(),
+            FunctionKind::Fn(f) => f.tls.as_ref(),
+            FunctionKind::Lambda(f) => f.tls.as_ref(),
+        }
+    }
+}
+
 impl Function {
+    /// Every kind this entry names (a valid configuration names exactly one).
+    pub fn kinds(&self) -> Vec<FunctionKind<'_>> {
+        let mut kinds = Vec::with_capacity(1);
+        kinds.extend(self.http.as_ref().map(FunctionKind::Http));
+        kinds.extend(self.exec.as_ref().map(FunctionKind::Exec));
+        kinds.extend(self.openfaas.as_ref().map(FunctionKind::OpenFaas));
+        kinds.extend(self.openwhisk.as_ref().map(FunctionKind::OpenWhisk));
+        kinds.extend(self.fission.as_ref().map(FunctionKind::Fission));
+        kinds.extend(self.knative.as_ref().map(FunctionKind::Knative));
+        kinds.extend(self.fn_project.as_ref().map(FunctionKind::Fn));
+        kinds.extend(self.lambda.as_ref().map(FunctionKind::Lambda));
+        kinds
+    }
+
+    /// The function's kind; `None` only for an entry that did not pass validation.
+    pub fn kind(&self) -> Option<FunctionKind<'_>> {
+        self.kinds().first().copied()
+    }
+
     /// The per-attempt timeout of this function.
     pub fn timeout(&self) -> std::time::Duration {
         self.timeout
@@ -537,6 +631,19 @@ pub struct Admin {
     /// Serve the admin endpoint over HTTPS: `cert`, `key`, and `client_ca` for mutual TLS.
     #[serde(default)]
     pub tls: Option<crate::tls::ServerTls>,
+}
+
+impl Admin {
+    /// The admin listener's base URL as another host may use it (`http://127.0.0.1:9464`, `https`
+    /// with `tls`); `None` when it listens on every address (`0.0.0.0`), which names no host.
+    pub fn base_url(&self) -> Option<String> {
+        let addr: std::net::SocketAddr = self.listen.parse().ok()?;
+        if addr.ip().is_unspecified() {
+            return None;
+        }
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        Some(format!("{scheme}://{addr}"))
+    }
 }
 
 /// The JSON Schema of the configuration, as `fnbroker schema` prints it: the core types, with
