@@ -361,10 +361,15 @@ async fn lambda_invocations_are_signed_with_sigv4_and_a_wrong_secret_is_refused(
     })
     .await;
     // The stand-in prints a request before it answers; its stdout is read by a thread.
-    wait_for("the stand-in's four accepted requests", WAIT, || {
-        api.accepted().len() >= 4
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while api.accepted().len() < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stand-in accepted {:?}",
+            api.accepted()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let accepted = api.accepted();
     let sync = accepted
         .iter()
@@ -594,4 +599,250 @@ async fn openfaas_async_results_arrive_through_the_callback() {
         "no reply from a callback without a call"
     );
     drop(fb);
+}
+
+/// A fake OpenFaaS gateway for discovery, after the gateway's API (`GET /system/functions`:
+/// the `FunctionStatus` list with `name`, `image`, `namespace`, `replicas`, `annotations`,
+/// `labels`; basic authentication as the gateway's `basic_auth` plugin requires) with
+/// `/function/{name}` served by `server`'s behaviour: the list can be changed while it runs.
+async fn fake_gateway(list: Arc<Mutex<serde_json::Value>>, functions: String) -> String {
+    use axum::http::{HeaderMap, StatusCode};
+    let app = axum::Router::new()
+        .route(
+            "/system/functions",
+            axum::routing::get(move |headers: HeaderMap| {
+                let list = Arc::clone(&list);
+                async move {
+                    // admin:s3cret
+                    if headers.get("authorization").and_then(|v| v.to_str().ok())
+                        != Some("Basic YWRtaW46czNjcmV0")
+                    {
+                        return (StatusCode::UNAUTHORIZED, String::new());
+                    }
+                    (StatusCode::OK, list.lock().expect("lock").to_string())
+                }
+            }),
+        )
+        .fallback(move |request: axum::extract::Request| {
+            // Invocations go to the function server, as the gateway proxies them.
+            let target = format!("{functions}{}", request.uri().path());
+            async move {
+                let headers = request.headers().clone();
+                let body = axum::body::to_bytes(request.into_body(), 1 << 20)
+                    .await
+                    .unwrap_or_default();
+                let answer = reqwest::Client::new()
+                    .post(target)
+                    .headers(headers)
+                    .body(body)
+                    .send()
+                    .await;
+                match answer {
+                    Ok(a) => (
+                        StatusCode::from_u16(a.status().as_u16())
+                            .unwrap_or(StatusCode::BAD_GATEWAY),
+                        a.bytes().await.unwrap_or_default(),
+                    ),
+                    Err(_) => (StatusCode::BAD_GATEWAY, axum::body::Bytes::new()),
+                }
+            }
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    url
+}
+
+fn function_status(name: &str, topics: Option<&str>) -> serde_json::Value {
+    let mut annotations = serde_json::json!({ "prometheus.io.scrape": "false" });
+    if let Some(t) = topics {
+        annotations["topic"] = t.into();
+    }
+    serde_json::json!({
+        "name": name, "image": format!("ghcr.io/example/{name}:0.1"), "namespace": "openfaas-fn",
+        "replicas": 1, "availableReplicas": 1, "invocationCount": 0,
+        "annotations": annotations, "labels": { "faas_function": name },
+    })
+}
+
+/// Discovery, the drop-in for the OpenFaaS connectors: functions annotated with NATS subjects get
+/// their messages; a function removed (with deliveries in flight) and one added while messages
+/// flow: each message reaches exactly the functions annotated at the time, none is lost, the
+/// removed function's in-flight deliveries finish, and `/v1/triggers` follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_follows_the_gateways_annotations_without_losing_a_message() {
+    let root = format!("dc{}", uid());
+    let (t1, t2) = (format!("{root}.one"), format!("{root}.two"));
+    // `a` is slow, so that it has deliveries in flight when it is removed.
+    let server = FnServer::with(|path, _| {
+        let answer = Answer::ok();
+        if path.starts_with("/function/a.") {
+            answer.delay(Duration::from_secs(2))
+        } else {
+            answer
+        }
+    })
+    .await;
+    let list = Arc::new(Mutex::new(serde_json::json!([
+        function_status("a", Some(&t1)),
+        function_status("b", Some(&format!("{t1}, {t2}"))),
+        function_status("unannotated", None),
+    ])));
+    let gateway = fake_gateway(Arc::clone(&list), server.url("")).await;
+    let fb = Fnbroker::start(&format!(
+        "connectors:\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\ndiscover:\n  - openfaas: {{ gateway: \"{gateway}\", username: admin, password: s3cret, namespaces: [openfaas-fn], connector: bus, refresh: 1s, delivery: {{ retries: 2, delay: 10ms }} }}\n"
+    ))
+    .await;
+    let triggers = |fb: &Fnbroker| {
+        let url = format!("http://127.0.0.1:{}/v1/triggers", fb.admin);
+        async move {
+            let text = reqwest::get(url)
+                .await
+                .expect("get")
+                .text()
+                .await
+                .expect("body");
+            let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+            let mut names: Vec<String> = v
+                .as_array()
+                .expect("array")
+                .iter()
+                .map(|t| t["name"].as_str().unwrap_or_default().to_string())
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    let first = vec![
+        format!("openfaas:a.openfaas-fn:{t1}"),
+        format!("openfaas:b.openfaas-fn:{t1}"),
+        format!("openfaas:b.openfaas-fn:{t2}"),
+    ];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let listed = |want: Vec<String>| {
+        let triggers = &triggers;
+        let fb = &fb;
+        async move {
+            while triggers(fb).await != want {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "discovered: {:?}",
+                    triggers(fb).await
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    listed(first).await;
+
+    // Phase 1: 20 messages on each subject.
+    let publish_n = |subject: String, from: usize, n: usize| async move {
+        for i in from..from + n {
+            publish(&subject, format!("{i}").as_bytes()).await;
+        }
+    };
+    publish_n(t1.clone(), 0, 20).await;
+    publish_n(t2.clone(), 0, 20).await;
+    server.wait_count("/function/a.openfaas-fn", 20, WAIT).await;
+    server.wait_count("/function/b.openfaas-fn", 40, WAIT).await;
+
+    // `a` goes (its last answers still on their way), `c` comes on t2; messages keep flowing on
+    // t2 meanwhile, for `b`.
+    *list.lock().expect("lock") = serde_json::json!([
+        function_status("b", Some(&format!("{t1},{t2}"))),
+        function_status("c", Some(&t2)),
+    ]);
+    let flowing = tokio::spawn(publish_n(t2.clone(), 20, 30));
+    let second = vec![
+        format!("openfaas:b.openfaas-fn:{t1}"),
+        format!("openfaas:b.openfaas-fn:{t2}"),
+        format!("openfaas:c.openfaas-fn:{t2}"),
+    ];
+    listed(second).await;
+    flowing.await.expect("publisher");
+
+    // Phase 2: with `c` running.
+    publish_n(t1.clone(), 100, 10).await;
+    publish_n(t2.clone(), 100, 10).await;
+    server
+        .wait_count("/function/b.openfaas-fn", 40 + 30 + 20, WAIT)
+        .await;
+    server.wait_count("/function/c.openfaas-fn", 10, WAIT).await;
+
+    let bodies = |path: &str| -> Vec<String> {
+        let mut v: Vec<String> = server
+            .on(path)
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}:{}",
+                    r.header("x-topic").unwrap_or("?"),
+                    String::from_utf8_lossy(&r.body)
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let expect = |subject: &str, range: std::ops::Range<usize>| {
+        range.map(|i| format!("{subject}:{i}")).collect::<Vec<_>>()
+    };
+    // `a`: exactly phase 1, each once, and every one of them finished (delivered) though `a`
+    // was removed while they were in flight.
+    let mut a_want = expect(&t1, 0..20);
+    a_want.sort();
+    assert_eq!(bodies("/function/a.openfaas-fn"), a_want);
+    let metrics = fb.metrics().await;
+    let delivered_a = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("fnbroker_events_delivered_total")
+                && l.contains("trigger=\"openfaas:a.openfaas-fn")
+        })
+        .unwrap_or_default()
+        .to_string();
+    assert!(delivered_a.ends_with(" 20"), "{delivered_a}");
+    let logs = fb.logs();
+    assert!(
+        logs.contains("discovered trigger stopping")
+            && logs.contains("waiting for in-flight deliveries"),
+        "`a` was removed with deliveries in flight, which finished"
+    );
+    // `b`: everything, each once (none lost while the others changed).
+    let mut b_want: Vec<String> = expect(&t1, 0..20)
+        .into_iter()
+        .chain(expect(&t2, 0..50))
+        .chain(expect(&t1, 100..110))
+        .chain(expect(&t2, 100..110))
+        .collect();
+    b_want.sort();
+    assert_eq!(bodies("/function/b.openfaas-fn"), b_want);
+    // `c`: none of phase 1; every message of phase 2. (Of the 30 sent while it was being
+    // discovered, it gets those published after its subscription opened: core NATS keeps
+    // nothing for a subscriber that is not there yet.)
+    let c = bodies("/function/c.openfaas-fn");
+    let phase2: Vec<String> = expect(&t2, 100..110);
+    assert!(phase2.iter().all(|m| c.contains(m)), "{c:?}");
+    assert!(c.iter().all(|m| !expect(&t2, 0..20).contains(m)), "{c:?}");
+    drop(fb);
+}
+
+/// Discovery needs a connector that opens subscriptions while it runs: on another kind, fnbroker
+/// refuses to start and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_on_a_connector_that_cannot_subscribe_while_running_is_refused_at_start() {
+    let mut fb = Fnbroker::spawn(
+        "connectors:\n  iot: { mqtt: { url: \"mqtt://127.0.0.1:1883\" } }\ndiscover:\n  - openfaas: { gateway: \"http://127.0.0.1:9\", connector: iot }\n",
+    );
+    let status = fb.wait_exit(WAIT).await;
+    assert!(!status.success());
+    let logs = fb.logs();
+    assert!(
+        logs.contains("discover[0]") && logs.contains("cannot open subscriptions while it runs"),
+        "{logs}"
+    );
 }

@@ -36,6 +36,8 @@ pub(crate) struct AdminState {
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     pub(crate) ready: Box<dyn Fn() -> bool + Send + Sync>,
     pub(crate) triggers: Value,
+    /// The triggers discovery runs now.
+    pub(crate) discovered: crate::discovery::Views,
     pub(crate) functions: Value,
     /// The asynchronous OpenFaaS calls waiting for their callback.
     pub(crate) callbacks: Arc<fnbroker_functions::Callbacks>,
@@ -65,7 +67,7 @@ pub(crate) async fn serve(
         .route("/metrics", get(metrics))
         .route(
             "/v1/triggers",
-            get(|State(s): State<Arc<AdminState>>| async move { Json(s.triggers.clone()) }),
+            get(|State(s): State<Arc<AdminState>>| async move { Json(s.triggers_now()) }),
         )
         .route(
             "/v1/functions",
@@ -112,6 +114,19 @@ async fn authorize(auth: Option<Arc<Auth>>, request: Request, next: Next) -> Res
     {
         Some(Err(refused)) => refused.into_response(),
         _ => next.run(request).await,
+    }
+}
+
+impl AdminState {
+    /// The configured triggers and those discovery runs now.
+    fn triggers_now(&self) -> Value {
+        let mut all = self.triggers.as_array().cloned().unwrap_or_default();
+        let discovered = self
+            .discovered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.extend(discovered.values().cloned());
+        Value::Array(all)
     }
 }
 

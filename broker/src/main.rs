@@ -8,6 +8,7 @@
 
 mod admin;
 mod connectors;
+mod discovery;
 mod engine;
 mod filter;
 mod health;

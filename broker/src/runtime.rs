@@ -79,6 +79,8 @@ pub(crate) struct Broker {
     connectors: Arc<HashMap<String, Arc<dyn Connector>>>,
     admin: Option<tokio::task::JoinHandle<()>>,
     pumps: Vec<tokio::task::JoinHandle<()>>,
+    /// One task per `discover` entry, owning the pumps of its discovered triggers.
+    discoveries: Vec<tokio::task::JoinHandle<()>>,
     triggers: Vec<Arc<TriggerRuntime>>,
 }
 
@@ -189,6 +191,29 @@ impl Broker {
                 .await
                 .with_context(|| format!("cannot start connector `{name}`"))?;
         }
+        let views = crate::discovery::Views::default();
+        let mut discoveries = Vec::new();
+        for (index, entry) in config.discover.iter().enumerate() {
+            let entry = entry.openfaas.clone();
+            let connector = connectors.get(entry.connector.as_str()).with_context(|| {
+                format!(
+                    "discover[{index}]: unknown connector `{}`",
+                    *entry.connector
+                )
+            })?;
+            let discovery = crate::discovery::Discovery {
+                index,
+                connector: Arc::clone(connector),
+                dead_letter: target(entry.dead_letter.as_ref(), &connectors, &functions).await?,
+                reply: target(entry.reply.as_ref(), &connectors, &functions).await?,
+                entry,
+                metrics: Arc::clone(&metrics),
+                platform: platform.clone(),
+                drain: drain_budget(config.shutdown_timeout.get()),
+                views: Arc::clone(&views),
+            };
+            discoveries.push(discovery.spawn(shutdown.clone())?);
+        }
         let connectors = Arc::new(connectors);
         let admin = match &config.admin {
             None => None,
@@ -219,6 +244,7 @@ impl Broker {
                     ready: Box::new(move || ready_connectors.values().all(|c| c.is_ready())),
                     callbacks: Arc::clone(&platform.callbacks),
                     triggers: crate::admin::triggers_view(config),
+                    discovered: Arc::clone(&views),
                     functions: crate::admin::functions_view(config),
                 };
                 Some(crate::admin::serve(listen, state, shutdown.clone()).await?)
@@ -228,6 +254,7 @@ impl Broker {
             connectors,
             admin,
             pumps,
+            discoveries,
             triggers,
         })
     }
@@ -239,7 +266,7 @@ impl Broker {
 
     /// Waits until every pump has drained (after the shutdown token fired), then logs a summary.
     pub(crate) async fn join(self) {
-        for p in self.pumps {
+        for p in self.pumps.into_iter().chain(self.discoveries) {
             if let Err(e) = p.await {
                 tracing::error!(error = %e, "a subscription task failed");
             }

@@ -95,6 +95,18 @@ const X_TOPIC: HeaderName = HeaderName::from_static("x-topic");
 pub(crate) async fn send(
     request: reqwest::RequestBuilder,
 ) -> Result<(u16, HeaderMap, Bytes), InvokeError> {
+    let (status, headers, body) = exchange(request).await?;
+    if !(200..300).contains(&status) {
+        return Err(status_error(status, &headers, &body));
+    }
+    Ok((status, headers, body))
+}
+
+/// Sends a request and reads the whole answer, whatever its status: for the platforms whose
+/// protocol gives some non-2xx answers a meaning of their own.
+pub(crate) async fn exchange(
+    request: reqwest::RequestBuilder,
+) -> Result<(u16, HeaderMap, Bytes), InvokeError> {
     let response = request
         .send()
         .await
@@ -105,9 +117,6 @@ pub(crate) async fn send(
         .bytes()
         .await
         .map_err(|e| InvokeError::Connect(error_chain(&e.without_url())))?;
-    if !(200..300).contains(&status) {
-        return Err(status_error(status, &headers, &body));
-    }
     Ok((status, headers, body))
 }
 
@@ -182,10 +191,7 @@ pub(crate) fn client_for(
 #[async_trait]
 impl Invoker for HttpInvoker {
     async fn invoke(&self, event: &Event, timeout: Duration) -> Result<Success, InvokeError> {
-        match tokio::time::timeout(timeout, self.call(event)).await {
-            Ok(result) => result,
-            Err(_) => Err(InvokeError::Timeout(timeout)),
-        }
+        crate::within(timeout, self.call(event)).await
     }
 }
 

@@ -19,7 +19,7 @@ use fnbroker_core::config::{LambdaFunction, LambdaInvocation};
 use fnbroker_core::event::{self, Event};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::http_fn::{client_for, error_chain, status_error};
+use crate::http_fn::{client_for, send};
 use crate::platforms::endpoint;
 use crate::{InvokeError, Invoker, Reply, Success, truncate};
 
@@ -218,23 +218,13 @@ impl LambdaInvoker {
         let headers = self
             .signed_headers(&body, SystemTime::now())
             .map_err(InvokeError::InvalidReply)?;
-        let response = self
-            .client
-            .post(self.url.clone())
-            .headers(headers)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| InvokeError::Connect(error_chain(&e.without_url())))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| InvokeError::Connect(error_chain(&e.without_url())))?;
-        if !(200..300).contains(&status) {
-            return Err(status_error(status, &headers, &body));
-        }
+        let (status, headers, body) = send(
+            self.client
+                .post(self.url.clone())
+                .headers(headers)
+                .body(body),
+        )
+        .await?;
         if let Some(kind) = headers.get("x-amz-function-error") {
             return Err(InvokeError::Function {
                 message: format!(
@@ -275,10 +265,7 @@ fn reply(body: Bytes) -> Result<Option<Reply>, InvokeError> {
 #[async_trait]
 impl Invoker for LambdaInvoker {
     async fn invoke(&self, event: &Event, timeout: Duration) -> Result<Success, InvokeError> {
-        match tokio::time::timeout(timeout, self.call(event)).await {
-            Ok(result) => result,
-            Err(_) => Err(InvokeError::Timeout(timeout)),
-        }
+        crate::within(timeout, self.call(event)).await
     }
 }
 

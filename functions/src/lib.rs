@@ -18,6 +18,7 @@ mod exec;
 mod http_fn;
 mod lambda;
 mod openfaas_async;
+mod openfaas_discovery;
 mod openwhisk;
 mod platforms;
 
@@ -31,6 +32,7 @@ pub use exec::{ExecInvoker, MAX_STDOUT};
 pub use http_fn::{HttpInvoker, parse_retry_after};
 pub use lambda::{Credentials, LambdaInvoker};
 pub use openfaas_async::{CALL_ID, Callbacks, Completion, OpenFaasAsyncInvoker};
+pub use openfaas_discovery::{Discovered, Gateway, topics};
 pub use openwhisk::{ATTRIBUTES_PARAMETER, OpenWhiskInvoker};
 
 use std::sync::Arc;
@@ -211,6 +213,16 @@ impl InvokeError {
 pub trait Invoker: Send + Sync {
     /// Invokes the function with `event`, giving up after `timeout`.
     async fn invoke(&self, event: &Event, timeout: Duration) -> Result<Success, InvokeError>;
+}
+
+/// One attempt, given up after `timeout`.
+pub(crate) async fn within(
+    timeout: Duration,
+    attempt: impl std::future::Future<Output = Result<Success, InvokeError>>,
+) -> Result<Success, InvokeError> {
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or(Err(InvokeError::Timeout(timeout)))
 }
 
 /// Keeps at most `max` bytes of a text (on a character boundary), marking the cut.

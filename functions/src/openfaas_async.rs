@@ -251,10 +251,7 @@ impl OpenFaasAsyncInvoker {
 #[async_trait]
 impl Invoker for OpenFaasAsyncInvoker {
     async fn invoke(&self, event: &Event, timeout: Duration) -> Result<Success, InvokeError> {
-        match tokio::time::timeout(timeout, self.call(event)).await {
-            Ok(result) => result,
-            Err(_) => Err(InvokeError::Timeout(timeout)),
-        }
+        crate::within(timeout, self.call(event)).await
     }
 }
 

@@ -18,7 +18,7 @@ use fnbroker_core::event::{self, AttributesReader as _, Event};
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde_json::{Map, Value};
 
-use crate::http_fn::{client_for, error_chain, status_error};
+use crate::http_fn::{client_for, exchange, status_error};
 use crate::platforms::{basic, endpoint};
 use crate::{InvokeError, Invoker, Reply, Success, truncate};
 
@@ -66,21 +66,14 @@ impl OpenWhiskInvoker {
 
     async fn call(&self, event: &Event) -> Result<Success, InvokeError> {
         let body = serde_json::to_vec(&parameters(event)).unwrap_or_default();
-        let response = self
-            .client
-            .post(self.invoke.clone())
-            .header(AUTHORIZATION, self.auth.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| InvokeError::Connect(error_chain(&e.without_url())))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| InvokeError::Connect(error_chain(&e.without_url())))?;
+        let (status, headers, body) = exchange(
+            self.client
+                .post(self.invoke.clone())
+                .header(AUTHORIZATION, self.auth.clone())
+                .header(CONTENT_TYPE, "application/json")
+                .body(body),
+        )
+        .await?;
         match status {
             200 => Ok(result(status, body)),
             202 => {
@@ -108,19 +101,12 @@ impl OpenWhiskInvoker {
             .push(id);
         let mut pause = Duration::from_millis(50);
         loop {
-            let response = self
-                .client
-                .get(url.clone())
-                .header(AUTHORIZATION, self.auth.clone())
-                .send()
-                .await
-                .map_err(|e| InvokeError::Connect(error_chain(&e.without_url())))?;
-            let status = response.status().as_u16();
-            let headers = response.headers().clone();
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| InvokeError::Connect(error_chain(&e.without_url())))?;
+            let (status, headers, body) = exchange(
+                self.client
+                    .get(url.clone())
+                    .header(AUTHORIZATION, self.auth.clone()),
+            )
+            .await?;
             match status {
                 200 => return activation_outcome(&body),
                 404 => {
@@ -136,10 +122,7 @@ impl OpenWhiskInvoker {
 #[async_trait]
 impl Invoker for OpenWhiskInvoker {
     async fn invoke(&self, event: &Event, timeout: Duration) -> Result<Success, InvokeError> {
-        match tokio::time::timeout(timeout, self.call(event)).await {
-            Ok(result) => result,
-            Err(_) => Err(InvokeError::Timeout(timeout)),
-        }
+        crate::within(timeout, self.call(event)).await
     }
 }
 

@@ -12,6 +12,7 @@ accepted request is printed as one JSON line on stdout.
 import json
 import re
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
@@ -24,6 +25,8 @@ AUTH = re.compile(
     r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)/aws4_request, "
     r"SignedHeaders=(?P<signed>[^,]+), Signature=(?P<signature>[0-9a-f]{64})$"
 )
+# Requests are handled on threads: one line at a time, or two could interleave.
+PRINTED = threading.Lock()
 PATH = re.compile(r"^/2015-03-31/functions/(?P<name>[^/]+)/invocations(\?.*)?$")
 
 
@@ -66,8 +69,11 @@ class Invoke(BaseHTTPRequestHandler):
         name = unquote(path["name"])
         event = json.loads(body)
         kind = self.headers.get("x-amz-invocation-type", "RequestResponse")
-        print(json.dumps({"function": name, "query": self.path.partition("?")[2], "type": kind,
-                          "region": match["region"], "content_type": self.headers.get("content-type"), "event": event}), flush=True)
+        line = json.dumps({"function": name, "query": self.path.partition("?")[2], "type": kind,
+                           "region": match["region"], "content_type": self.headers.get("content-type"), "event": event})
+        with PRINTED:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
         if kind == "Event":
             return self.answer(202, {})
         if name == "fails":

@@ -74,6 +74,7 @@ impl FunctionRuntime {
 }
 
 /// Where dead letters or replies go.
+#[derive(Clone)]
 pub(crate) enum Target {
     /// A connector's topic.
     Sink { sink: Arc<dyn Sink>, topic: String },

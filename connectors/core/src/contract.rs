@@ -286,7 +286,14 @@ pub trait Connector: Send + Sync {
     /// The kind, as in the configuration: `http`, `kafka`, `nats`, `amqp`, `mqtt`.
     fn kind(&self) -> &'static str;
 
-    /// Opens a subscription. Called for every subscription before [`Connector::start`].
+    /// Whether [`Connector::subscribe`] may also be called after [`Connector::start`], and a
+    /// subscription closed while the connector runs (what discovered triggers need).
+    fn subscribes_while_running(&self) -> bool {
+        false
+    }
+
+    /// Opens a subscription. Called for every subscription before [`Connector::start`] (and
+    /// later too, where [`Connector::subscribes_while_running`] says so).
     async fn subscribe(
         &self,
         subscription: &Subscription,

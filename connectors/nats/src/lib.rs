@@ -208,6 +208,11 @@ impl Connector for NatsConnector {
         "nats"
     }
 
+    /// A subscription is the client's own: it can be opened and closed at any time.
+    fn subscribes_while_running(&self) -> bool {
+        true
+    }
+
     async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
         let client = self.client().await?;
         let subject = sub.from.topic().to_string();

@@ -663,6 +663,19 @@ fn validate(config: &mut Config, registry: &Registry, errors: &mut Errors<'_>) {
             connectors, functions, i, trigger, registry, &findings, errors,
         );
     }
+    let admin_url = config.admin.as_ref().and_then(super::Admin::base_url);
+    for (i, entry) in config.discover.iter_mut().enumerate() {
+        validate_discovery(
+            connectors,
+            functions,
+            registry,
+            i,
+            &mut entry.openfaas,
+            admin_url.is_some(),
+            &findings,
+            errors,
+        );
+    }
     validate_sources_together(config, registry, &findings);
     duration(&config.shutdown_timeout, "shutdown_timeout", errors);
     if let Some(admin) = &config.admin {
@@ -1001,6 +1014,87 @@ fn validate_filter(filter: &Filter, tname: &str, at: &Loc<String>, errors: &mut 
     }
 }
 
+/// An OpenFaaS discovery entry: its gateway, its connector, and the settings its triggers share.
+#[allow(clippy::too_many_arguments)]
+fn validate_discovery(
+    connectors: &BTreeMap<String, ConnectorConfig>,
+    functions: &BTreeMap<String, Function>,
+    registry: &Registry,
+    index: usize,
+    d: &mut super::OpenFaasDiscovery,
+    has_admin_url: bool,
+    findings: &RefCell<Vec<Finding>>,
+    errors: &mut Errors<'_>,
+) {
+    let owner = format!("discover[{index}]");
+    url(&d.gateway, &["http", "https"], &owner, errors);
+    if !connectors.contains_key(d.connector.as_str()) {
+        errors.at(
+            &d.connector,
+            format!("{owner}: unknown connector `{}`", *d.connector),
+        );
+    }
+    if d.username.is_some() != d.password.is_some() {
+        errors.at(
+            &d.gateway,
+            format!("{owner}: `openfaas` needs both `username` and `password`, or neither"),
+        );
+    }
+    duration(&d.refresh, &format!("{owner}.openfaas.refresh"), errors);
+    if d.refresh.get() < std::time::Duration::from_secs(1) {
+        errors.at(
+            d.refresh.text(),
+            format!("{owner}: `refresh` must be at least 1s"),
+        );
+    }
+    if let Some(t) = &d.timeout {
+        duration(t, &format!("{owner}.openfaas.timeout"), errors);
+    }
+    if *d.concurrency == 0 {
+        errors.at(
+            &d.concurrency,
+            format!("{owner}: `concurrency` must be at least 1"),
+        );
+    }
+    if let Some(cb) = &d.callback_url {
+        url(cb, &["http", "https"], &owner, errors);
+    } else if d.asynchronous && !has_admin_url {
+        errors.at(
+            &d.gateway,
+            format!("{owner}: `async: true` needs `callback_url`, or an `admin` listener on a specific address: the gateway's queue worker posts each result there"),
+        );
+    }
+    if let Some(Err(e)) = d.tls.as_ref().map(crate::tls::Tls::check) {
+        errors.placed(
+            vec![
+                "discover".into(),
+                index.to_string(),
+                "openfaas".into(),
+                "tls".into(),
+                e.key.into(),
+            ],
+            Place::Value,
+            format!("{owner}: tls: {}", e.message),
+        );
+    }
+    for (what, dest) in [
+        ("dead_letter", d.dead_letter.as_mut()),
+        ("reply", d.reply.as_mut()),
+    ] {
+        if let Some(dest) = dest {
+            let base = vec![
+                "discover".into(),
+                index.to_string(),
+                "openfaas".into(),
+                what.to_string(),
+            ];
+            validate_destination(
+                connectors, functions, registry, dest, &owner, what, base, findings, errors,
+            );
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn validate_destination(
     connectors: &BTreeMap<String, ConnectorConfig>,
@@ -1260,6 +1354,29 @@ mod tests {
             .expect_err("no place for the callback");
         assert!(lonely.contains("`callback_url`"), "{lonely}");
         assert!(load("  a: { openfaas: { gateway: \"http://gw\", name: x, async: true, callback_url: \"http://fnb:9464\" } }\n").is_ok());
+    }
+
+    #[test]
+    fn a_discovery_entry_is_checked_where_it_is_written() {
+        let registry = Registry::new(&[]);
+        let errors = load_str(
+            "d.yaml",
+            "discover:\n  - openfaas: { gateway: \"gw:8080\", connector: nope, refresh: 100ms, username: admin, async: true }\n",
+            |_| None,
+            &registry,
+        )
+        .map(|_| ())
+        .expect_err("invalid")
+        .to_string();
+        for expected in [
+            "d.yaml:2:",
+            "unknown connector `nope`",
+            "`refresh` must be at least 1s",
+            "both `username` and `password`",
+            "`callback_url`",
+        ] {
+            assert!(errors.contains(expected), "{expected}: {errors}");
+        }
     }
 
     #[test]

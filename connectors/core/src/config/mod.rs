@@ -28,8 +28,8 @@ use crate::registry::{Registry, Settings};
 pub(crate) use load::path_segments;
 pub use load::{ConfigError, ConfigErrors, load, load_str};
 pub use platforms::{
-    FissionFunction, FnFunction, KnativeFunction, LambdaFunction, LambdaInvocation,
-    OpenFaasFunction, OpenWhiskFunction,
+    Discover, FissionFunction, FnFunction, KnativeFunction, LambdaFunction, LambdaInvocation,
+    OpenFaasDiscovery, OpenFaasFunction, OpenWhiskFunction,
 };
 pub use values::{ByteSize, ConfDuration, Loc};
 
@@ -46,6 +46,10 @@ pub struct Config {
     /// Triggers route the events of a connector's topic, filtered, to a function.
     #[serde(default)]
     pub triggers: Vec<Trigger>,
+    /// Functions found on a platform (an OpenFaaS gateway's `topic` annotations), each with a
+    /// trigger made and dropped as the platform's functions change.
+    #[serde(default)]
+    pub discover: Vec<Discover>,
     /// The admin endpoint (`/healthz`, `/readyz`, `/metrics`); off when absent.
     #[serde(default)]
     pub admin: Option<Admin>,
@@ -237,7 +241,7 @@ pub struct Function {
     pub concurrency: Loc<usize>,
 }
 
-fn default_concurrency() -> Loc<usize> {
+pub(crate) fn default_concurrency() -> Loc<usize> {
     Loc::new(64)
 }
 

@@ -139,3 +139,79 @@ pub enum LambdaInvocation {
     /// `Event`: Lambda queues the event; no reply.
     Async,
 }
+
+/// Where functions are found rather than listed: one platform per entry.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Discover {
+    /// An OpenFaaS gateway whose functions' `topic` annotations name the topics they get.
+    pub openfaas: OpenFaasDiscovery,
+}
+
+/// The drop-in for the OpenFaaS connectors: every function of the gateway with a `topic`
+/// annotation (comma-separated topics) gets a trigger from each of those topics of `connector`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct OpenFaasDiscovery {
+    /// The gateway's base URL (`http://gateway.openfaas:8080`).
+    pub gateway: Loc<String>,
+    /// The gateway's basic-authentication user, for `/system/functions` and the invocations.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The gateway's basic-authentication password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The namespaces to read (`/system/functions?namespace=...`); the gateway's default when
+    /// empty.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// The connector whose topics the annotations name.
+    pub connector: Loc<String>,
+    /// How often the gateway is read again. Default `10s`.
+    #[serde(default = "default_refresh")]
+    pub refresh: super::ConfDuration,
+    /// Invoke through the gateway's queue (`/async-function/`), as `openfaas.async`.
+    #[serde(default, rename = "async")]
+    pub asynchronous: bool,
+    /// With `async: true`: where the queue worker reaches fnbroker's admin listener.
+    #[serde(default)]
+    pub callback_url: Option<Loc<String>>,
+    /// Retries, backoff and concurrency of every discovered trigger.
+    #[serde(default)]
+    pub delivery: super::Delivery,
+    /// Where an event goes when its delivery failed for good.
+    #[serde(default)]
+    pub dead_letter: Option<super::Destination>,
+    /// Where a function's answer goes.
+    #[serde(default)]
+    pub reply: Option<super::Destination>,
+    /// The time one attempt may take. Default `30s`.
+    #[serde(default)]
+    pub timeout: Option<super::ConfDuration>,
+    /// The most calls in flight to each discovered function. Default 64.
+    #[serde(default = "super::default_concurrency")]
+    pub concurrency: Loc<usize>,
+    /// TLS for an `https` gateway.
+    #[serde(default)]
+    pub tls: Option<Tls>,
+}
+
+fn default_refresh() -> super::ConfDuration {
+    super::ConfDuration::from_secs(10)
+}
+
+impl OpenFaasDiscovery {
+    /// The function kind that invokes the discovered function `name` in `namespace`.
+    pub fn function(&self, name: &str, namespace: Option<&str>) -> OpenFaasFunction {
+        OpenFaasFunction {
+            gateway: self.gateway.clone(),
+            name: Loc::new(name.to_string()),
+            namespace: namespace.map(str::to_string),
+            asynchronous: self.asynchronous,
+            username: self.username.clone(),
+            password: self.password.clone(),
+            callback_url: self.callback_url.clone(),
+            tls: self.tls.clone(),
+        }
+    }
+}
