@@ -609,6 +609,10 @@ async fn fake_gateway(list: Arc<Mutex<serde_json::Value>>, functions: String) ->
     use axum::http::{HeaderMap, StatusCode};
     let app = axum::Router::new()
         .route(
+            "/system/namespaces",
+            axum::routing::get(|| async { "[\"openfaas-fn\"]" }),
+        )
+        .route(
             "/system/functions",
             axum::routing::get(move |headers: HeaderMap| {
                 let list = Arc::clone(&list);
@@ -836,7 +840,7 @@ async fn discovery_follows_the_gateways_annotations_without_losing_a_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_on_a_connector_that_cannot_subscribe_while_running_is_refused_at_start() {
     let mut fb = Fnbroker::spawn(
-        "connectors:\n  iot: { mqtt: { url: \"mqtt://127.0.0.1:1883\" } }\ndiscover:\n  - openfaas: { gateway: \"http://127.0.0.1:9\", connector: iot }\n",
+        "connectors:\n  k: { kafka: { brokers: [\"127.0.0.1:9092\"] } }\ndiscover:\n  - openfaas: { gateway: \"http://127.0.0.1:9\", connector: k }\n",
     );
     let status = fb.wait_exit(WAIT).await;
     assert!(!status.success());
@@ -845,4 +849,83 @@ async fn discovery_on_a_connector_that_cannot_subscribe_while_running_is_refused
         logs.contains("discover[0]") && logs.contains("cannot open subscriptions while it runs"),
         "{logs}"
     );
+}
+
+/// Discovery on MQTT: subscriptions opened and closed on the running connection. Two functions
+/// on one topic share the broker's subscription: removing one keeps the other's messages coming
+/// (MQTT 5 names one subscription identifier per filter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_on_mqtt_subscribes_and_unsubscribes_while_running() {
+    use common::mqtt::{self, Msg};
+    let root = format!("dm{}", uid());
+    let (one, two) = (format!("{root}/one"), format!("{root}/two"));
+    let server = FnServer::start().await;
+    let list = Arc::new(Mutex::new(serde_json::json!([
+        function_status("x", Some(&one)),
+        function_status("y", Some(&one)),
+    ])));
+    let gateway = fake_gateway(Arc::clone(&list), server.url("")).await;
+    let fb = Fnbroker::start(&format!(
+        "connectors:\n  iot: {{ mqtt: {{ url: \"mqtt://127.0.0.1:{}\", client_id: fnb-{root} }} }}\ndiscover:\n  - openfaas: {{ gateway: \"{gateway}\", username: admin, password: s3cret, namespaces: [\"*\"], connector: iot, refresh: 1s }}\n",
+        mqtt::SHARED_PORT
+    ))
+    .await;
+    let send = |topic: String, range: std::ops::Range<usize>| async move {
+        mqtt::publish(
+            mqtt::SHARED_PORT,
+            range
+                .map(|i| Msg::plain(&topic, format!("{i}").as_bytes()))
+                .collect(),
+        )
+        .await;
+    };
+    // The first subscriptions are opened by discovery on a connector that had none at start.
+    wait_for("x and y subscribed", WAIT, || {
+        fb.logs().matches("discovered trigger started").count() >= 2
+    })
+    .await;
+    let ready = |fb: &Fnbroker| {
+        let url = format!("http://127.0.0.1:{}/readyz", fb.admin);
+        async move { reqwest::get(url).await.is_ok_and(|r| r.status() == 200) }
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !ready(&fb).await {
+        assert!(tokio::time::Instant::now() < deadline, "not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    send(one.clone(), 0..10).await;
+    server.wait_count("/function/x.openfaas-fn", 10, WAIT).await;
+    server.wait_count("/function/y.openfaas-fn", 10, WAIT).await;
+
+    *list.lock().expect("lock") = serde_json::json!([
+        function_status("y", Some(&one)),
+        function_status("z", Some(&two)),
+    ]);
+    wait_for("x stopped and z started", WAIT, || {
+        let logs = fb.logs();
+        logs.contains("discovered trigger stopping")
+            && logs.matches("discovered trigger started").count() >= 3
+    })
+    .await;
+    // The broker has the SUBACK of z's SUBSCRIBE once fnbroker is ready again.
+    while !ready(&fb).await {
+        assert!(tokio::time::Instant::now() < deadline, "not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    send(one.clone(), 10..20).await;
+    send(two.clone(), 0..10).await;
+    let y = server.wait_count("/function/y.openfaas-fn", 20, WAIT).await;
+    server.wait_count("/function/z.openfaas-fn", 10, WAIT).await;
+    assert_eq!(
+        server.count("/function/x.openfaas-fn"),
+        10,
+        "x got nothing after its removal"
+    );
+    let mut got: Vec<usize> = y
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).parse().expect("number"))
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..20).collect::<Vec<_>>(), "y got each message once");
+    drop(fb);
 }

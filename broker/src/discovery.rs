@@ -39,6 +39,7 @@ pub(crate) struct Discovery {
 /// One running discovered trigger.
 struct Running {
     stop: CancellationToken,
+    retire: Arc<std::sync::atomic::AtomicBool>,
     pump: tokio::task::JoinHandle<()>,
 }
 
@@ -60,7 +61,7 @@ impl Discovery {
         let owner = format!("discover[{}]", self.index);
         anyhow::ensure!(
             self.connector.subscribes_while_running(),
-            "{owner}: connector `{}` ({}) cannot open subscriptions while it runs, which discovery needs; this version discovers on nats connectors",
+            "{owner}: connector `{}` ({}) cannot open subscriptions while it runs, which discovery needs; this version discovers on nats and mqtt connectors",
             *self.entry.connector,
             self.connector.kind()
         );
@@ -134,6 +135,7 @@ impl Discovery {
                 tracing::info!(function = %key.0, topic = %key.1, "discovered trigger stopping: the function is gone or no longer names the topic");
                 // The subscription closes at once; the deliveries in flight finish (within the
                 // drain budget) while the other triggers go on.
+                r.retire.store(true, std::sync::atomic::Ordering::Release);
                 r.stop.cancel();
                 stopping.push(r.pump);
                 self.lock_views().remove(&trigger_name(&key));
@@ -225,6 +227,7 @@ impl Discovery {
             })
             .await?;
         let stop = shutdown.child_token();
+        let retire = Arc::<std::sync::atomic::AtomicBool>::default();
         let pump = tokio::spawn(pump(
             source,
             PumpConfig {
@@ -233,6 +236,7 @@ impl Discovery {
                 max_in_flight,
                 ordered: delivery.ordered,
                 shutdown_timeout: self.drain,
+                retire: Arc::clone(&retire),
             },
             stop.clone(),
         ));
@@ -245,7 +249,7 @@ impl Discovery {
                 "discovered": { "openfaas": fnbroker_core::redact::url(&self.entry.gateway) },
             }),
         );
-        Ok(Running { stop, pump })
+        Ok(Running { stop, retire, pump })
     }
 
     fn lock_views(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Value>> {

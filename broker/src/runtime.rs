@@ -182,6 +182,7 @@ impl Broker {
                 max_in_flight,
                 ordered,
                 shutdown_timeout: drain_budget(config.shutdown_timeout.get()),
+                retire: Arc::default(),
             };
             pumps.push(tokio::spawn(pump(source, cfg, shutdown.clone())));
         }

@@ -51,6 +51,8 @@ pub fn topics(annotation: &str) -> Vec<String> {
 pub struct Gateway {
     client: reqwest::Client,
     functions: reqwest::Url,
+    /// `/system/namespaces`, read each time when the entry asks for every namespace (`*`).
+    all_namespaces: Option<reqwest::Url>,
     namespaces: Vec<String>,
     auth: Option<HeaderValue>,
 }
@@ -70,9 +72,17 @@ impl Gateway {
             ),
             _ => None,
         };
+        let all_namespaces = match d.namespaces.iter().any(|n| n == "*") {
+            true => Some(
+                reqwest::Url::parse(&endpoint(&d.gateway, &["system", "namespaces"])?)
+                    .map_err(|e| e.to_string())?,
+            ),
+            false => None,
+        };
         Ok(Self {
             client,
             functions,
+            all_namespaces,
             namespaces: d.namespaces.clone(),
             auth,
         })
@@ -81,10 +91,19 @@ impl Gateway {
     /// Every function with topics, in every namespace asked for (the default one when none).
     pub async fn functions(&self) -> Result<Vec<Discovered>, String> {
         let mut found = Vec::new();
-        if self.namespaces.is_empty() {
+        let namespaces = match &self.all_namespaces {
+            Some(url) => {
+                let body = self.get(url.clone(), "/system/namespaces").await?;
+                serde_json::from_slice::<Vec<String>>(&body).map_err(|e| {
+                    format!("/system/namespaces answered no list of namespaces: {e}")
+                })?
+            }
+            None => self.namespaces.clone(),
+        };
+        if namespaces.is_empty() {
             found.extend(self.read(None).await?);
         }
-        for ns in &self.namespaces {
+        for ns in &namespaces {
             found.extend(self.read(Some(ns)).await?);
         }
         found.sort();
@@ -96,6 +115,24 @@ impl Gateway {
         if let Some(ns) = namespace {
             url.query_pairs_mut().append_pair("namespace", ns);
         }
+        let body = self.get(url, "/system/functions").await?;
+        let list: Vec<FunctionStatus> = serde_json::from_slice(&body)
+            .map_err(|e| format!("/system/functions answered no function list: {e}"))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|f| {
+                let topics = topics(f.annotations.as_ref()?.get("topic")?);
+                (!topics.is_empty()).then(|| Discovered {
+                    name: f.name,
+                    namespace: f.namespace.or_else(|| namespace.map(str::to_string)),
+                    topics,
+                })
+            })
+            .collect())
+    }
+
+    /// A GET of the gateway's API with its authentication: the body of a 2xx answer.
+    async fn get(&self, url: reqwest::Url, what: &str) -> Result<bytes::Bytes, String> {
         let mut request = self.client.get(url);
         if let Some(auth) = &self.auth {
             request = request.header(AUTHORIZATION, auth.clone());
@@ -112,23 +149,11 @@ impl Gateway {
             .map_err(|e| error_chain(&e.without_url()))?;
         if !status.is_success() {
             return Err(format!(
-                "/system/functions answered {status}: {}",
+                "{what} answered {status}: {}",
                 crate::truncate(String::from_utf8_lossy(&body).trim().to_string(), 200)
             ));
         }
-        let list: Vec<FunctionStatus> = serde_json::from_slice(&body)
-            .map_err(|e| format!("/system/functions answered no function list: {e}"))?;
-        Ok(list
-            .into_iter()
-            .filter_map(|f| {
-                let topics = topics(f.annotations.as_ref()?.get("topic")?);
-                (!topics.is_empty()).then(|| Discovered {
-                    name: f.name,
-                    namespace: f.namespace.or_else(|| namespace.map(str::to_string)),
-                    topics,
-                })
-            })
-            .collect())
+        Ok(body)
     }
 }
 

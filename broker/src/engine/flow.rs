@@ -19,6 +19,9 @@ pub(crate) struct PumpConfig {
     pub(crate) max_in_flight: usize,
     pub(crate) ordered: bool,
     pub(crate) shutdown_timeout: Duration,
+    /// Set when the subscription is given up for good rather than stopped with the broker
+    /// (a discovered trigger removed): the source is retired before it closes.
+    pub(crate) retire: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Pulls messages from `source` while fewer than `max_in_flight` are in flight, delivers them,
@@ -102,5 +105,8 @@ pub(crate) async fn pump(
     }
     // Dropping the futures drops their acknowledgement handles: released, not acknowledged.
     drop(in_flight);
+    if cfg.retire.load(std::sync::atomic::Ordering::Acquire) {
+        source.retire();
+    }
     source.close().await;
 }

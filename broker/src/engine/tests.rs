@@ -458,6 +458,7 @@ async fn run_pump(
         max_in_flight,
         ordered,
         shutdown_timeout: Duration::from_secs(30),
+        retire: Arc::default(),
     };
     let task = tokio::spawn(pump(Box::new(ListSource(msgs)), cfg, shutdown.clone()));
     let mut settled = Vec::new();

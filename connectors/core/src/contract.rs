@@ -252,6 +252,12 @@ pub trait Source: Send {
     /// confirmed rather than fire-and-forget).
     fn stopping(&mut self) {}
 
+    /// Called before [`Source::close`] when the subscription is given up for good (its
+    /// discovered trigger was removed), not closed for a restart: a source whose broker keeps
+    /// the subscription in a session (MQTT) may end it; otherwise it must keep it, so that what
+    /// arrives while fnbroker restarts is kept for it.
+    fn retire(&mut self) {}
+
     /// Stops the source once the engine has settled or dropped every handle it gave out: the
     /// place for a final offset commit or an orderly unsubscribe.
     async fn close(self: Box<Self>) {}

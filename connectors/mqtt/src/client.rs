@@ -239,6 +239,14 @@ impl Client {
         }
     }
 
+    /// Unsubscribes from `filter`.
+    pub(crate) async fn unsubscribe(&self, filter: &str) -> Result<(), String> {
+        match self {
+            Client::V5(c) => c.unsubscribe(filter).await.map_err(|e| e.to_string()),
+            Client::V3(c) => c.unsubscribe(filter).await.map_err(|e| e.to_string()),
+        }
+    }
+
     /// Sends the PUBACK (QoS 1) or PUBREC (QoS 2) of a received message.
     pub(crate) async fn ack(&self, token: &AckToken) -> Result<(), String> {
         match (self, token) {

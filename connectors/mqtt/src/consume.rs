@@ -53,6 +53,14 @@ pub(crate) struct Sub {
     pub(crate) tx: mpsc::Sender<Incoming>,
 }
 
+/// A change of the subscriptions while the consumer runs (discovered triggers come and go).
+pub(crate) enum Control {
+    /// Subscribe (now, and again on every connect).
+    Add(Sub),
+    /// Stop routing to this subscription; unsubscribe when no other has its filter.
+    Remove(usize),
+}
+
 /// The running consumer; [`Consumer::stop`] ends it cleanly.
 pub(crate) struct Consumer {
     stop: CancellationToken,
@@ -66,6 +74,7 @@ impl Consumer {
         options: &Options,
         subs: Vec<Sub>,
         ready: Arc<AtomicBool>,
+        control: mpsc::UnboundedReceiver<Control>,
     ) -> Self {
         let (client, events) = client::connect(options);
         let stop = CancellationToken::new();
@@ -86,6 +95,7 @@ impl Consumer {
             v5: options.v5,
             subs,
             ready,
+            control,
             client,
             ack_tx,
             next_seq: 0,
@@ -215,6 +225,7 @@ struct Dispatcher {
     v5: bool,
     subs: Vec<Sub>,
     ready: Arc<AtomicBool>,
+    control: mpsc::UnboundedReceiver<Control>,
     client: Client,
     ack_tx: mpsc::UnboundedSender<AckCommand>,
     next_seq: u64,
@@ -233,6 +244,10 @@ async fn dispatch_loop(mut d: Dispatcher) {
     loop {
         let ev = tokio::select! {
             () = d.stop.cancelled() => break,
+            Some(change) = d.control.recv() => {
+                d.change(change, &mut unacknowledged).await;
+                continue;
+            }
             ev = d.events.recv() => match ev {
                 Some(ev) => ev,
                 None => break,
@@ -301,14 +316,57 @@ async fn dispatch_loop(mut d: Dispatcher) {
 }
 
 impl Dispatcher {
+    /// Adds or removes a subscription while connected (or not: a connect subscribes to all).
+    async fn change(&mut self, change: Control, unacknowledged: &mut usize) {
+        match change {
+            Control::Add(s) => {
+                // Not ready until the broker acknowledged it: messages sent before are not
+                // routed to it.
+                *unacknowledged += 1;
+                self.ready.store(false, Ordering::Release);
+                if let Err(e) = self.client.subscribe(&s.filter, s.qos, s.id).await {
+                    tracing::warn!(connector = %self.name, filter = %s.filter, error = %e, "cannot subscribe");
+                }
+                self.subs.push(s);
+            }
+            Control::Remove(id) => {
+                let Some(pos) = self.subs.iter().position(|s| s.id == id) else {
+                    return;
+                };
+                let gone = self.subs.remove(pos);
+                // Another subscription with the filter keeps it; MQTT 5 then tags its messages
+                // with the identifier of the last SUBSCRIBE, so subscribe again with a live one.
+                let result = match self.subs.iter().find(|s| s.filter == gone.filter) {
+                    Some(other) => {
+                        *unacknowledged += 1;
+                        self.client
+                            .subscribe(&other.filter, other.qos, other.id)
+                            .await
+                    }
+                    None => self.client.unsubscribe(&gone.filter).await,
+                };
+                if let Err(e) = result {
+                    tracing::warn!(connector = %self.name, filter = %gone.filter, error = %e, "cannot change the subscription");
+                }
+            }
+        }
+    }
+
     /// Hands a message to every subscription it is for, with one acknowledgement for all of
     /// them; waits while a trigger's queue is full.
     async fn dispatch(&mut self, mut msg: Received) {
         let token = std::mem::replace(&mut msg.token, AckToken::None);
         let targets: Vec<&Sub> = if !msg.subscription_ids.is_empty() {
-            self.subs
+            // Subscriptions with one filter are one at the broker, which names one of them.
+            let filters: Vec<&str> = self
+                .subs
                 .iter()
                 .filter(|s| msg.subscription_ids.contains(&s.id))
+                .map(|s| s.filter.as_str())
+                .collect();
+            self.subs
+                .iter()
+                .filter(|s| filters.contains(&s.filter.as_str()))
                 .collect()
         } else {
             self.subs

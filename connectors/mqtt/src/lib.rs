@@ -30,7 +30,7 @@ mod config;
 mod consume;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 pub use crate::config::{MqttSettings, MqttSourceSettings, Plugin};
 
 use crate::client::{Client, Ev, EventLoop, Options};
-use crate::consume::{Consumer, Sub};
+use crate::consume::{Consumer, Control, Sub};
 
 /// The most QoS 1 and 2 messages the broker may have unacknowledged towards fnbroker (MQTT 5
 /// Receive Maximum; 3.1.1 has none, and the acknowledger's in-order PUBACKs bound it instead).
@@ -54,6 +54,13 @@ pub struct MqttConnector {
     options: Options,
     publish_qos: u8,
     subs: Mutex<Vec<Sub>>,
+    /// Subscriptions opened or closed while the consumer runs.
+    control: mpsc::UnboundedSender<Control>,
+    /// The consumer's end of `control`, until it starts.
+    control_rx: Mutex<Option<mpsc::UnboundedReceiver<Control>>>,
+    next_id: AtomicUsize,
+    /// Whether `start` was called: later subscriptions go to the running consumer.
+    started: AtomicBool,
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
     consumer: tokio::sync::Mutex<Option<Consumer>>,
@@ -106,16 +113,49 @@ impl MqttConnector {
                 .clone()
                 .map(|u| (u, cfg.password.clone().unwrap_or_default())),
         };
+        let (control, control_rx) = mpsc::unbounded_channel();
         Ok(Self {
             name: name.to_string(),
             options,
             publish_qos: cfg.publish_qos.min(2),
             subs: Mutex::new(Vec::new()),
+            control,
+            control_rx: Mutex::new(Some(control_rx)),
+            next_id: AtomicUsize::new(0),
+            started: AtomicBool::new(false),
             ready: Arc::new(AtomicBool::new(false)),
             stop: CancellationToken::new(),
             consumer: tokio::sync::Mutex::new(None),
             sink: OnceCell::new(),
         })
+    }
+}
+
+impl MqttConnector {
+    fn lock_subs(&self) -> Result<std::sync::MutexGuard<'_, Vec<Sub>>, ConnectorError> {
+        self.subs.lock().map_err(|_| ConnectorError::Io {
+            connector: self.name.clone(),
+            message: "subscription table poisoned".into(),
+            source: None,
+        })
+    }
+
+    /// Connects and consumes `subs` (and what comes later through `control`).
+    fn start_consumer(&self, subs: Vec<Sub>) -> Option<Consumer> {
+        let control = self.control_rx.lock().ok()?.take()?;
+        let mut options = self.options.clone();
+        // The broker may send at most this many unacknowledged messages: what the triggers can
+        // hold in flight, so a full queue never stalls the connection. (Subscriptions opened
+        // later share it.)
+        let room: usize = subs.iter().map(|s| s.tx.max_capacity()).sum();
+        options.receive_maximum = u16::try_from(room.clamp(1, 65_535)).unwrap_or(u16::MAX);
+        Some(Consumer::start(
+            self.name.clone(),
+            &options,
+            subs,
+            Arc::clone(&self.ready),
+            control,
+        ))
     }
 }
 
@@ -161,19 +201,38 @@ impl Connector for MqttConnector {
         };
         let qos = source.qos.min(2);
         let (tx, rx) = mpsc::channel(fnbroker_core::kit::source_buffer(sub.max_in_flight));
-        let mut subs = self.subs.lock().map_err(|_| ConnectorError::Io {
-            connector: self.name.clone(),
-            message: "subscription table poisoned".into(),
-            source: None,
-        })?;
-        let id = subs.len() + 1;
-        subs.push(Sub {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let new = Sub {
             id,
             filter,
             qos,
             tx,
+        };
+        let source = Box::new(MqttSource {
+            rx,
+            id,
+            control: self.control.clone(),
+            retired: false,
         });
-        Ok(Box::new(MqttSource { rx }))
+        if !self.started.load(Ordering::Acquire) {
+            self.lock_subs()?.push(new);
+            return Ok(source);
+        }
+        // Running: the consumer takes it, or starts with it if it is the first.
+        let mut consumer = self.consumer.lock().await;
+        if consumer.is_some() {
+            let _ = self.control.send(Control::Add(new));
+        } else {
+            self.lock_subs()?.push(new.clone());
+            *consumer = self.start_consumer(vec![new]);
+        }
+        Ok(source)
+    }
+
+    /// A subscription can be opened while the connection runs (SUBSCRIBE on it) and closed
+    /// (UNSUBSCRIBE).
+    fn subscribes_while_running(&self) -> bool {
+        true
     }
 
     async fn sink(
@@ -198,21 +257,18 @@ impl Connector for MqttConnector {
     }
 
     async fn start(&self) -> Result<(), ConnectorError> {
+        let mut consumer = self.consumer.lock().await;
+        self.started.store(true, Ordering::Release);
         let subs = self.subs.lock().map(|s| s.clone()).unwrap_or_default();
         if subs.is_empty() {
             return Ok(());
         }
-        let mut options = self.options.clone();
-        // The broker may send at most this many unacknowledged messages: what the triggers can
-        // hold in flight, so a full queue never stalls the connection.
-        let room: usize = subs.iter().map(|s| s.tx.max_capacity()).sum();
-        options.receive_maximum = u16::try_from(room.clamp(1, 65_535)).unwrap_or(u16::MAX);
-        let consumer = Consumer::start(self.name.clone(), &options, subs, Arc::clone(&self.ready));
-        *self.consumer.lock().await = Some(consumer);
+        *consumer = self.start_consumer(subs);
         Ok(())
     }
 
     fn is_ready(&self) -> bool {
+        // (A connector whose first subscription comes while it runs counts it from then.)
         let consuming = self.subs.lock().is_ok_and(|s| !s.is_empty());
         (!consuming || self.ready.load(Ordering::Acquire))
             && self
@@ -234,6 +290,9 @@ impl Connector for MqttConnector {
 /// The source of one subscription: the dispatcher fills its channel.
 struct MqttSource {
     rx: mpsc::Receiver<Incoming>,
+    id: usize,
+    control: mpsc::UnboundedSender<Control>,
+    retired: bool,
 }
 
 #[async_trait]
@@ -243,7 +302,18 @@ impl Source for MqttSource {
         self.rx.recv().await
     }
 
+    /// Given up for good: unsubscribed at close (when no other subscription has the filter).
+    fn retire(&mut self) {
+        self.retired = true;
+    }
+
     async fn close(mut self: Box<Self>) {
+        // Retired: nothing more is routed here and the broker forgets the subscription. Closed
+        // for a restart, the subscription stays in the session, so that the broker keeps what
+        // arrives meanwhile.
+        if self.retired {
+            let _ = self.control.send(Control::Remove(self.id));
+        }
         // What the dispatcher queued and the engine never took is handed back (not
         // acknowledged) now, so that the connector's stop can acknowledge the rest and go.
         self.rx.close();

@@ -162,7 +162,7 @@ pub struct OpenFaasDiscovery {
     #[serde(default)]
     pub password: Option<String>,
     /// The namespaces to read (`/system/functions?namespace=...`); the gateway's default when
-    /// empty.
+    /// empty; `["*"]`: every namespace `/system/namespaces` lists, at each refresh.
     #[serde(default)]
     pub namespaces: Vec<String>,
     /// The connector whose topics the annotations name.
