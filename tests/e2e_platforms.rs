@@ -422,6 +422,18 @@ async fn lambda_invocations_are_signed_with_sigv4_and_a_wrong_secret_is_refused(
     drop(fb);
 }
 
+/// Serves a fake platform on a free port; its base URL.
+async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    url
+}
+
 /// One request the fake OpenFaaS gateway received on `/async-function/`.
 #[derive(Debug, Clone)]
 struct Queued {
@@ -495,14 +507,7 @@ async fn fake_async_gateway() -> (String, Arc<Mutex<Vec<Queued>>>) {
             ),
         )
         .with_state(Arc::clone(&queued));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (url, queued)
+    (serve(app).await, queued)
 }
 
 /// OpenFaaS asynchronous invocation: the gateway queues the call, the queue worker posts the
@@ -651,14 +656,7 @@ async fn fake_gateway(list: Arc<Mutex<serde_json::Value>>, functions: String) ->
                 }
             }
         });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    url
+    serve(app).await
 }
 
 fn function_status(name: &str, topics: Option<&str>) -> serde_json::Value {

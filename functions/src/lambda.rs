@@ -217,7 +217,7 @@ impl LambdaInvoker {
         let body = event::to_json_vec(event);
         let headers = self
             .signed_headers(&body, SystemTime::now())
-            .map_err(InvokeError::InvalidReply)?;
+            .map_err(InvokeError::Request)?;
         let (status, headers, body) = send(
             self.client
                 .post(self.url.clone())

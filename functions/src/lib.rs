@@ -155,6 +155,9 @@ pub enum InvokeError {
         /// Whether the platform's contract makes another attempt sensible.
         retryable: bool,
     },
+    /// The request could not be made (a signature could not be computed): final.
+    #[error("cannot make the request: {0}")]
+    Request(String),
     /// The function answered 2xx, but with a reply that claims to be a CloudEvent and is not one.
     #[error("invalid CloudEvent in the reply: {0}")]
     InvalidReply(String),
@@ -170,7 +173,10 @@ impl InvokeError {
                 matches!(*status, 408 | 429) || (500..600).contains(status)
             }
             InvokeError::Function { retryable, .. } => *retryable,
-            InvokeError::Spawn(_) | InvokeError::InvalidReply(_) | InvokeError::Output(_) => false,
+            InvokeError::Spawn(_)
+            | InvokeError::Request(_)
+            | InvokeError::InvalidReply(_)
+            | InvokeError::Output(_) => false,
         }
     }
 

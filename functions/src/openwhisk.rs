@@ -37,19 +37,25 @@ pub struct OpenWhiskInvoker {
 impl OpenWhiskInvoker {
     /// An invoker of the configured action.
     pub fn new(f: &OpenWhiskFunction, concurrency: usize) -> Result<Self, String> {
+        let action: Vec<&str> = f.action.split('/').filter(|s| !s.is_empty()).collect();
         let mut path = vec!["api", "v1", "namespaces", f.namespace.as_str(), "actions"];
-        path.extend(f.action.split('/').filter(|s| !s.is_empty()));
+        path.extend(&action);
         let (client, mut invoke) =
             client_for(&endpoint(&f.api, &path)?, concurrency, f.tls.as_ref())?;
         invoke.set_query(Some("blocking=true&result=true"));
-        let (_, activations) = client_for(
-            &endpoint(
-                &f.api,
-                &["api", "v1", "namespaces", &f.namespace, "activations"],
-            )?,
-            concurrency,
-            f.tls.as_ref(),
-        )?;
+        // The same URL (and `server_name` rewriting) with `actions/<action>` replaced by
+        // `activations`.
+        let mut activations = invoke.clone();
+        activations.set_query(None);
+        {
+            let mut segments = activations
+                .path_segments_mut()
+                .map_err(|()| "the API URL cannot have a path".to_string())?;
+            for _ in 0..=action.len() {
+                segments.pop();
+            }
+            segments.push("activations");
+        }
         let (user, key) = f
             .auth
             .split_once(':')
