@@ -22,6 +22,16 @@ fn http_fn(name: &str, url: &str, extra: &str) -> String {
     format!("  {name}: {{ http: {{ url: \"{url}\" }}, timeout: 2s{extra} }}\n")
 }
 
+/// POSTs the body `x` to the ingress' `/in` on `port`.
+async fn post_x(port: u16) -> reqwest::Response {
+    client()
+        .post(format!("http://127.0.0.1:{port}/in"))
+        .body("x")
+        .send()
+        .await
+        .expect("post")
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
@@ -295,12 +305,7 @@ async fn a_function_failing_n_times_is_called_n_plus_one_times() {
         "  - { name: t, from: { connector: web, topic: /in, sync: true }, to: f, delivery: { retries: 3, delay: 50ms, max_delay: 200ms } }",
     ))
     .await;
-    let res = client()
-        .post(format!("http://127.0.0.1:{port}/in"))
-        .body("x")
-        .send()
-        .await
-        .expect("post");
+    let res = post_x(port).await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let got = server.on("/f");
     assert_eq!(got.len(), 3, "two failures and one success");
@@ -378,12 +383,7 @@ async fn a_function_that_never_answers_is_cut_at_the_timeout_and_dead_lettered()
     ))
     .await;
     let started = Instant::now();
-    let res = client()
-        .post(format!("http://127.0.0.1:{port}/in"))
-        .body("x")
-        .send()
-        .await
-        .expect("post");
+    let res = post_x(port).await;
     assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
     assert!(
         started.elapsed() >= Duration::from_millis(600),
@@ -420,12 +420,7 @@ async fn retry_after_delays_the_next_attempt() {
         "  - { name: t, from: { connector: web, topic: /in, sync: true }, to: f, delivery: { retries: 1, delay: 10ms, max_delay: 5s } }",
     ))
     .await;
-    let res = client()
-        .post(format!("http://127.0.0.1:{port}/in"))
-        .body("x")
-        .send()
-        .await
-        .expect("post");
+    let res = post_x(port).await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let got = server.on("/f");
     assert_eq!(got.len(), 2);
@@ -882,12 +877,7 @@ async fn the_admin_views_show_no_secrets() {
     assert!(view.contains("http://fnb:***@127.0.0.1"), "{view}");
     assert!(view.contains("token=***"), "{view}");
     // The credentials still work: the function gets them.
-    let res = client()
-        .post(format!("http://127.0.0.1:{port}/in"))
-        .body("x")
-        .send()
-        .await
-        .expect("post");
+    let res = post_x(port).await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let got = server.wait_count("/f", 1, WAIT).await;
     assert!(
@@ -1328,12 +1318,7 @@ async fn a_function_behind_a_bearer_token_gets_it_and_the_admin_hides_it() {
         &[("FN_TOKEN", "fn-s3cret")],
     )
     .await;
-    let res = client()
-        .post(format!("http://127.0.0.1:{port}/in"))
-        .body("x")
-        .send()
-        .await
-        .expect("post");
+    let res = post_x(port).await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let got = server.wait_count("/f", 1, WAIT).await;
     assert_eq!(got[0].header("authorization"), Some("Bearer fn-s3cret"));

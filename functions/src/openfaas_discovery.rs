@@ -11,7 +11,7 @@ use http::header::{AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
 
 use crate::http_fn::{client_for, error_chain};
-use crate::platforms::{basic, endpoint};
+use crate::platforms::{basic_login, endpoint};
 
 /// A function the gateway lists with topics.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -65,13 +65,10 @@ impl Gateway {
             2,
             d.tls.as_ref(),
         )?;
-        let auth = match (&d.username, &d.password) {
-            (Some(u), Some(p)) => Some(
-                HeaderValue::try_from(basic(u, p))
-                    .map_err(|_| "the gateway's credentials hold characters a header cannot")?,
-            ),
-            _ => None,
-        };
+        let auth = basic_login(d.username.as_deref(), d.password.as_deref())
+            .map(HeaderValue::try_from)
+            .transpose()
+            .map_err(|_| "the gateway's credentials hold characters a header cannot")?;
         let all_namespaces = match d.namespaces.iter().any(|n| n == "*") {
             true => Some(
                 reqwest::Url::parse(&endpoint(&d.gateway, &["system", "namespaces"])?)

@@ -83,8 +83,13 @@ pub(crate) fn openfaas_name(f: &OpenFaasFunction) -> String {
 
 /// The gateway's basic authentication, as a header.
 pub(crate) fn openfaas_auth(f: &OpenFaasFunction) -> Option<(String, String)> {
-    let (user, password) = (f.username.as_ref()?, f.password.as_ref()?);
-    Some(("Authorization".into(), basic(user, password)))
+    let value = basic_login(f.username.as_deref(), f.password.as_deref())?;
+    Some(("Authorization".into(), value))
+}
+
+/// An `Authorization` value for a user and password given together (neither: none).
+pub(crate) fn basic_login(user: Option<&str>, password: Option<&str>) -> Option<String> {
+    Some(basic(user?, password?))
 }
 
 /// An `Authorization` value for basic authentication.

@@ -1014,6 +1014,22 @@ fn validate_filter(filter: &Filter, tname: &str, at: &Loc<String>, errors: &mut 
     }
 }
 
+/// A gateway login is a user and a password together, or neither.
+fn half_a_login(
+    at: &Loc<String>,
+    username: &Option<String>,
+    password: &Option<String>,
+    owner: &str,
+    errors: &mut Errors<'_>,
+) {
+    if username.is_some() != password.is_some() {
+        errors.at(
+            at,
+            format!("{owner}: `openfaas` needs both `username` and `password`, or neither"),
+        );
+    }
+}
+
 /// An OpenFaaS discovery entry: its gateway, its connector, and the settings its triggers share.
 #[allow(clippy::too_many_arguments)]
 fn validate_discovery(
@@ -1034,12 +1050,7 @@ fn validate_discovery(
             format!("{owner}: unknown connector `{}`", *d.connector),
         );
     }
-    if d.username.is_some() != d.password.is_some() {
-        errors.at(
-            &d.gateway,
-            format!("{owner}: `openfaas` needs both `username` and `password`, or neither"),
-        );
-    }
+    half_a_login(&d.gateway, &d.username, &d.password, &owner, errors);
     duration(&d.refresh, &format!("{owner}.openfaas.refresh"), errors);
     if d.refresh.get() < std::time::Duration::from_secs(1) {
         errors.at(
@@ -1226,12 +1237,13 @@ fn validate_function_kind(name: &str, kind: FunctionKind<'_>, errors: &mut Error
         FunctionKind::OpenFaas(f) => {
             url(&f.gateway, web, name, errors);
             not_empty(&f.name, "openfaas.name", errors);
-            if f.username.is_some() != f.password.is_some() {
-                errors.at(
-                    &f.gateway,
-                    format!("function `{name}`: `openfaas` needs both `username` and `password`, or neither"),
-                );
-            }
+            half_a_login(
+                &f.gateway,
+                &f.username,
+                &f.password,
+                &format!("function `{name}`"),
+                errors,
+            );
             if let Some(cb) = &f.callback_url {
                 url(cb, web, name, errors);
             }
