@@ -798,16 +798,28 @@ async fn discovery_follows_the_gateways_annotations_without_losing_a_message() {
     let mut a_want = expect(&t1, 0..20);
     a_want.sort();
     assert_eq!(bodies("/function/a.openfaas-fn"), a_want);
-    let metrics = fb.metrics().await;
-    let delivered_a = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("fnbroker_events_delivered_total")
-                && l.contains("trigger=\"openfaas:a.openfaas-fn")
-        })
-        .unwrap_or_default()
-        .to_string();
-    assert!(delivered_a.ends_with(" 20"), "{delivered_a}");
+    // The last of them (2 s each) may still be finishing in the background: `a`'s drain goes
+    // on beside the other triggers.
+    let delivered_a = || async {
+        fb.metrics()
+            .await
+            .lines()
+            .find(|l| {
+                l.starts_with("fnbroker_events_delivered_total")
+                    && l.contains("trigger=\"openfaas:a.openfaas-fn")
+            })
+            .unwrap_or_default()
+            .to_string()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !delivered_a().await.ends_with(" 20") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            delivered_a().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let logs = fb.logs();
     assert!(
         logs.contains("discovered trigger stopping")
@@ -833,20 +845,201 @@ async fn discovery_follows_the_gateways_annotations_without_losing_a_message() {
     drop(fb);
 }
 
-/// Discovery needs a connector that opens subscriptions while it runs: on another kind, fnbroker
-/// refuses to start and says why.
+/// Discovery needs a connector that opens subscriptions while it runs (the HTTP ingress does
+/// not), and on AMQP an exchange to bind each function's queue to: otherwise fnbroker refuses
+/// to start and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn discovery_on_a_connector_that_cannot_subscribe_while_running_is_refused_at_start() {
-    let mut fb = Fnbroker::spawn(
-        "connectors:\n  k: { kafka: { brokers: [\"127.0.0.1:9092\"] } }\ndiscover:\n  - openfaas: { gateway: \"http://127.0.0.1:9\", connector: k }\n",
+async fn discovery_on_a_connector_that_cannot_serve_it_is_refused_at_start() {
+    for (connector, says) in [
+        (
+            format!(
+                "web: {{ http: {{ listen: \"127.0.0.1:{}\" }} }}",
+                free_port()
+            ),
+            "cannot open subscriptions while it runs",
+        ),
+        (
+            format!("web: {{ amqp: {{ url: \"{}\" }} }}", common::amqp::URL),
+            "discovery on amqp needs the connector's `exchange`",
+        ),
+    ] {
+        let mut fb = Fnbroker::spawn(&format!(
+            "connectors:\n  {connector}\ndiscover:\n  - openfaas: {{ gateway: \"http://127.0.0.1:9\", connector: web }}\n"
+        ));
+        let status = fb.wait_exit(WAIT).await;
+        assert!(!status.success());
+        let logs = fb.logs();
+        assert!(
+            logs.contains("discover[0]") && logs.contains(says),
+            "{logs}"
+        );
+    }
+}
+
+/// The bodies `function` received, as numbers, sorted.
+fn numbers(server: &FnServer, function: &str) -> Vec<usize> {
+    let mut got: Vec<usize> = server
+        .on(&format!("/function/{function}.openfaas-fn"))
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).parse().expect("number"))
+        .collect();
+    got.sort_unstable();
+    got
+}
+
+/// Waits until fnbroker logged `started` discovered triggers in all and, when `stopped`, one
+/// stopping.
+async fn discovered(fb: &Fnbroker, started: usize, stopped: bool) {
+    wait_for("the discovered triggers", WAIT, || {
+        let logs = fb.logs();
+        logs.matches("discovered trigger started").count() >= started
+            && (!stopped || logs.contains("discovered trigger stopping"))
+    })
+    .await;
+}
+
+/// Discovery on Kafka: each discovered function consumes in a consumer group of its own
+/// (`<group>.<function>.<topic>`), so two functions on one topic each get every record (the
+/// OpenFaaS kafka-connector invokes every function for each record); a function added later
+/// starts its group at the connector's `auto.offset.reset` (earliest) and a removed one stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_on_kafka_gives_each_function_a_consumer_group() {
+    use common::kafka;
+    let topic = kafka::unique("dk");
+    kafka::create_topic(&topic, 2).await;
+    let producer = kafka::producer();
+    let server = FnServer::start().await;
+    let list = Arc::new(Mutex::new(serde_json::json!([
+        function_status("x", Some(&topic)),
+        function_status("y", Some(&topic)),
+    ])));
+    let gateway = fake_gateway(Arc::clone(&list), server.url("")).await;
+    let group = kafka::unique("of");
+    let fb = Fnbroker::start(&format!(
+        "connectors:\n{}discover:\n  - openfaas: {{ gateway: \"{gateway}\", username: admin, password: s3cret, namespaces: [openfaas-fn], connector: k, group: {group}, refresh: 1s }}\n",
+        kafka::connector("k", "")
+    ))
+    .await;
+    discovered(&fb, 2, false).await;
+    kafka::produce_range(&producer, &topic, 0..20).await;
+    server.wait_count("/function/x.openfaas-fn", 20, WAIT).await;
+    server.wait_count("/function/y.openfaas-fn", 20, WAIT).await;
+
+    *list.lock().expect("lock") = serde_json::json!([
+        function_status("y", Some(&topic)),
+        function_status("z", Some(&topic)),
+    ]);
+    discovered(&fb, 3, true).await;
+    kafka::produce_range(&producer, &topic, 20..30).await;
+    server.wait_count("/function/y.openfaas-fn", 30, WAIT).await;
+    server.wait_count("/function/z.openfaas-fn", 30, WAIT).await;
+    assert_eq!(numbers(&server, "y"), (0..30).collect::<Vec<_>>());
+    assert_eq!(
+        numbers(&server, "z"),
+        (0..30).collect::<Vec<_>>(),
+        "z's new group starts at the earliest offset"
     );
-    let status = fb.wait_exit(WAIT).await;
-    assert!(!status.success());
+    assert_eq!(numbers(&server, "x"), (0..20).collect::<Vec<_>>());
     let logs = fb.logs();
-    assert!(
-        logs.contains("discover[0]") && logs.contains("cannot open subscriptions while it runs"),
-        "{logs}"
-    );
+    for f in ["x", "y", "z"] {
+        assert!(
+            logs.contains(&format!("{group}.{f}.openfaas-fn.{topic}")),
+            "{f}'s group is named after it: {logs}"
+        );
+    }
+    drop(fb);
+}
+
+/// Discovery on AMQP: each discovered function gets a durable queue of its own, bound to the
+/// connector's exchange with the annotation's topic as routing key (as the OpenFaaS
+/// rabbitmq-connector maps topics to routing keys), so each function gets every message; a
+/// removed function's queue is unbound (it stops filling, and keeps what it holds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_on_amqp_gives_each_function_a_queue_bound_to_the_exchange() {
+    use common::amqp;
+    use lapin::options::{
+        BasicPublishOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+    };
+    let id = uid();
+    let (exchange, group, key) = (format!("dx-{id}"), format!("dq-{id}"), "orders.created");
+    let server = FnServer::start().await;
+    let list = Arc::new(Mutex::new(serde_json::json!([
+        function_status("p", Some(key)),
+        function_status("q", Some(key)),
+    ])));
+    let gateway = fake_gateway(Arc::clone(&list), server.url("")).await;
+    let fb = Fnbroker::start(&format!(
+        "connectors:\n  mq: {{ amqp: {{ url: \"{}\", exchange: {exchange} }} }}\ndiscover:\n  - openfaas: {{ gateway: \"{gateway}\", username: admin, password: s3cret, namespaces: [openfaas-fn], connector: mq, group: {group}, refresh: 1s }}\n",
+        amqp::URL
+    ))
+    .await;
+    let (_conn, ch) = amqp::channel().await;
+    let send = |range: std::ops::Range<usize>| {
+        let ch = ch.clone();
+        let exchange = exchange.clone();
+        async move {
+            for i in range {
+                ch.basic_publish(
+                    exchange.clone().into(),
+                    key.into(),
+                    BasicPublishOptions::default(),
+                    i.to_string().as_bytes(),
+                    lapin::BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm");
+            }
+        }
+    };
+    // A discovered trigger starts once its queue is declared and bound.
+    discovered(&fb, 2, false).await;
+    send(0..10).await;
+    server.wait_count("/function/p.openfaas-fn", 10, WAIT).await;
+    server.wait_count("/function/q.openfaas-fn", 10, WAIT).await;
+
+    *list.lock().expect("lock") = serde_json::json!([
+        function_status("q", Some(key)),
+        function_status("r", Some(key)),
+    ]);
+    discovered(&fb, 3, true).await;
+    let p_queue = format!("{group}.p.openfaas-fn.{key}");
+    wait_for("p's queue unbound", WAIT, || {
+        fb.logs().contains("queue unbound")
+    })
+    .await;
+    send(10..20).await;
+    server.wait_count("/function/q.openfaas-fn", 20, WAIT).await;
+    server.wait_count("/function/r.openfaas-fn", 10, WAIT).await;
+    assert_eq!(numbers(&server, "q"), (0..20).collect::<Vec<_>>());
+    assert_eq!(numbers(&server, "r"), (10..20).collect::<Vec<_>>());
+    assert_eq!(numbers(&server, "p"), (0..10).collect::<Vec<_>>());
+    let p_holds = ch
+        .queue_declare(
+            p_queue.clone().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("p's queue is kept")
+        .message_count();
+    assert_eq!(p_holds, 0, "p's queue no longer receives the routing key");
+    drop(fb);
+    for f in ["p", "q", "r"] {
+        let _ = ch
+            .queue_delete(
+                format!("{group}.{f}.openfaas-fn.{key}").into(),
+                QueueDeleteOptions::default(),
+            )
+            .await;
+    }
+    let _ = ch
+        .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+        .await;
 }
 
 /// Discovery on MQTT: subscriptions opened and closed on the running connection. Two functions

@@ -61,10 +61,16 @@ impl Discovery {
         let owner = format!("discover[{}]", self.index);
         anyhow::ensure!(
             self.connector.subscribes_while_running(),
-            "{owner}: connector `{}` ({}) cannot open subscriptions while it runs, which discovery needs; this version discovers on nats and mqtt connectors",
+            "{owner}: connector `{}` ({}) cannot open subscriptions while it runs, which discovery needs; discovery works on kafka, nats, amqp and mqtt connectors",
             *self.entry.connector,
             self.connector.kind()
         );
+        // What makes a connector unfit for discovery does not depend on the function or topic:
+        // asked once here, it fails the start instead of every refresh.
+        self.connector
+            .discovery_keys(&self.entry.subscriber("function", "topic"), "topic")
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("{owner}: connector `{}`", *self.entry.connector))?;
         let gateway = Gateway::new(&self.entry)
             .map_err(anyhow::Error::msg)
             .with_context(|| owner.clone())?;
@@ -213,7 +219,11 @@ impl Discovery {
         let from = TriggerSource {
             connector: self.entry.connector.clone(),
             topic: Some(Loc::new(key.1.clone())),
-            keys: config::ConnectorKeys::new(BTreeMap::new()),
+            keys: config::ConnectorKeys::new(
+                self.connector
+                    .discovery_keys(&self.entry.subscriber(&key.0, &key.1), &key.1)
+                    .map_err(anyhow::Error::msg)?,
+            ),
         };
         let max_in_flight = *delivery.max_in_flight;
         let source = self

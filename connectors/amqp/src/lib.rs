@@ -55,7 +55,7 @@ pub struct AmqpConnector {
     config: AmqpSettings,
     dial: Dial,
     /// Subscriptions, and how many of them are consuming right now.
-    subscriptions: AtomicUsize,
+    subscriptions: Arc<AtomicUsize>,
     consuming: Arc<AtomicUsize>,
 }
 
@@ -81,7 +81,7 @@ impl AmqpConnector {
             name,
             config,
             dial,
-            subscriptions: AtomicUsize::new(0),
+            subscriptions: Arc::default(),
             consuming: Arc::default(),
         })
     }
@@ -91,6 +91,34 @@ impl AmqpConnector {
 impl Connector for AmqpConnector {
     fn kind(&self) -> &'static str {
         "amqp"
+    }
+
+    /// Each subscription has a connection of its own, so one can open or close at any time.
+    fn subscribes_while_running(&self) -> bool {
+        true
+    }
+
+    /// A durable queue per subscriber, declared and bound to the connector's `exchange` with the
+    /// topic as routing key: each subscriber gets every message, its replicas compete for them.
+    fn discovery_keys(
+        &self,
+        subscriber: &str,
+        topic: &str,
+    ) -> Result<std::collections::BTreeMap<String, serde_json::Value>, String> {
+        let exchange = self
+            .config
+            .exchange
+            .as_deref()
+            .filter(|e| !e.is_empty())
+            .ok_or("discovery on amqp needs the connector's `exchange`: each function gets a queue of its own, bound to that exchange with the annotation's topic as routing key (the default exchange cannot be bound)")?;
+        Ok([
+            ("queue".to_string(), subscriber.into()),
+            (
+                "declare".to_string(),
+                serde_json::json!({ "exchange": exchange, "routing_key": topic }),
+            ),
+        ]
+        .into())
     }
 
     async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
@@ -127,10 +155,24 @@ impl Connector for AmqpConnector {
         };
         self.subscriptions.fetch_add(1, Ordering::AcqRel);
         let consuming = Arc::clone(&self.consuming);
-        let source = ChannelSource::spawn(source_buffer(sub.max_in_flight), move |tx, stop| {
+        let unbind = spec.declare.as_ref().and_then(|d| {
+            Some(Unbind {
+                dial: spec.dial.clone(),
+                queue: spec.queue.clone(),
+                exchange: d.exchange.clone()?,
+                routing_key: d.routing_key.clone().unwrap_or_else(|| "#".into()),
+            })
+        });
+        let inner = ChannelSource::spawn(source_buffer(sub.max_in_flight), move |tx, stop| {
             consume(spec, first, tx, consuming, stop)
         });
-        Ok(Box::new(source))
+        Ok(Box::new(AmqpSource {
+            connector: self.name.clone(),
+            inner,
+            subscriptions: Arc::clone(&self.subscriptions),
+            unbind,
+            retired: false,
+        }))
     }
 
     async fn sink(&self, destination: &Destination) -> Result<Arc<dyn Sink>, ConnectorError> {
@@ -160,6 +202,83 @@ impl Connector for AmqpConnector {
 
     fn is_ready(&self) -> bool {
         self.consuming.load(Ordering::Acquire) >= self.subscriptions.load(Ordering::Acquire)
+    }
+}
+
+/// One subscription's consumer. Closed, it no longer counts for readiness; retired (its
+/// discovered function is gone), the queue it declared is unbound from its exchange, so that it
+/// stops filling while what it holds stays (a function that comes back finds it).
+struct AmqpSource {
+    connector: String,
+    inner: ChannelSource,
+    subscriptions: Arc<AtomicUsize>,
+    unbind: Option<Unbind>,
+    retired: bool,
+}
+
+/// The binding a declared queue was given.
+struct Unbind {
+    dial: Dial,
+    queue: String,
+    exchange: String,
+    routing_key: String,
+}
+
+impl Unbind {
+    async fn run(&self) -> Result<(), String> {
+        let conn = self.dial.connect().await.map_err(|e| e.to_string())?;
+        let result = async {
+            let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+            channel
+                .queue_unbind(
+                    self.queue.clone().into(),
+                    self.exchange.clone().into(),
+                    self.routing_key.clone().into(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        let _ = conn.close(200, "fnbroker: queue unbound".into()).await;
+        result
+    }
+}
+
+#[async_trait]
+impl Source for AmqpSource {
+    async fn next(&mut self) -> Option<Incoming> {
+        self.inner.next().await
+    }
+
+    fn stopping(&mut self) {
+        self.inner.stopping();
+    }
+
+    fn retire(&mut self) {
+        self.retired = true;
+    }
+
+    async fn close(self: Box<Self>) {
+        let Self {
+            connector,
+            inner,
+            subscriptions,
+            unbind,
+            retired,
+        } = *self;
+        Box::new(inner).close().await;
+        subscriptions.fetch_sub(1, Ordering::AcqRel);
+        if let (true, Some(unbind)) = (retired, unbind) {
+            match unbind.run().await {
+                Ok(()) => {
+                    tracing::info!(connector = %connector, queue = %unbind.queue, exchange = %unbind.exchange, routing_key = %unbind.routing_key, "queue unbound: its subscription was retired; what it holds stays");
+                }
+                Err(e) => {
+                    tracing::warn!(connector = %connector, queue = %unbind.queue, exchange = %unbind.exchange, error = %e, "cannot unbind the retired subscription's queue; it goes on filling");
+                }
+            }
+        }
     }
 }
 

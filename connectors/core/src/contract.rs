@@ -298,6 +298,19 @@ pub trait Connector: Send + Sync {
         false
     }
 
+    /// The `from` keys of a subscription to `topic` opened for a discovered function: each
+    /// `subscriber` (one per function and topic) must get every message on `topic`, and the
+    /// replicas of fnbroker sharing a subscriber must share its messages (a Kafka consumer group,
+    /// a NATS queue group, an AMQP queue of its own bound to the exchange). An error says why
+    /// this connector cannot serve discovery as configured. Default: no keys.
+    fn discovery_keys(
+        &self,
+        _subscriber: &str,
+        _topic: &str,
+    ) -> Result<std::collections::BTreeMap<String, serde_json::Value>, String> {
+        Ok(std::collections::BTreeMap::new())
+    }
+
     /// Opens a subscription. Called for every subscription before [`Connector::start`] (and
     /// later too, where [`Connector::subscribes_while_running`] says so).
     async fn subscribe(

@@ -116,6 +116,20 @@ impl Connector for KafkaConnector {
         "kafka"
     }
 
+    /// Each subscription is a consumer of its own, so one can open or close at any time.
+    fn subscribes_while_running(&self) -> bool {
+        true
+    }
+
+    /// A consumer group per subscriber: each gets every record, its replicas split them.
+    fn discovery_keys(
+        &self,
+        subscriber: &str,
+        _topic: &str,
+    ) -> Result<std::collections::BTreeMap<String, serde_json::Value>, String> {
+        Ok([("group".to_string(), subscriber.into())].into())
+    }
+
     async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
         let source: KafkaSourceSettings = sub.settings()?;
         let group = source

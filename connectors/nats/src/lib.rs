@@ -213,6 +213,15 @@ impl Connector for NatsConnector {
         true
     }
 
+    /// A queue group per subscriber: each gets every message, its replicas split them.
+    fn discovery_keys(
+        &self,
+        subscriber: &str,
+        _topic: &str,
+    ) -> Result<std::collections::BTreeMap<String, serde_json::Value>, String> {
+        Ok([("group".to_string(), subscriber.into())].into())
+    }
+
     async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
         let client = self.client().await?;
         let subject = sub.from.topic().to_string();

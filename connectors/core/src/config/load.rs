@@ -1051,6 +1051,20 @@ fn validate_discovery(
         );
     }
     half_a_login(&d.gateway, &d.username, &d.password, &owner, errors);
+    if d.group.trim().is_empty() {
+        errors.placed(
+            vec![
+                "discover".into(),
+                index.to_string(),
+                "openfaas".into(),
+                "group".into(),
+            ],
+            Place::Value,
+            format!(
+                "{owner}: `group` must not be empty: it names the replicas' shared subscriptions"
+            ),
+        );
+    }
     duration(&d.refresh, &format!("{owner}.openfaas.refresh"), errors);
     if d.refresh.get() < std::time::Duration::from_secs(1) {
         errors.at(
@@ -1373,7 +1387,7 @@ mod tests {
         let registry = Registry::new(&[]);
         let errors = load_str(
             "d.yaml",
-            "discover:\n  - openfaas: { gateway: \"gw:8080\", connector: nope, refresh: 100ms, username: admin, async: true }\n",
+            "discover:\n  - openfaas: { gateway: \"gw:8080\", connector: nope, refresh: 100ms, username: admin, async: true, group: \" \" }\n",
             |_| None,
             &registry,
         )
@@ -1386,6 +1400,7 @@ mod tests {
             "`refresh` must be at least 1s",
             "both `username` and `password`",
             "`callback_url`",
+            "`group` must not be empty",
         ] {
             assert!(errors.contains(expected), "{expected}: {errors}");
         }

@@ -167,6 +167,12 @@ pub struct OpenFaasDiscovery {
     pub namespaces: Vec<String>,
     /// The connector whose topics the annotations name.
     pub connector: Loc<String>,
+    /// The prefix of the names under which the replicas of fnbroker share each discovered
+    /// function's messages: the Kafka consumer group, the NATS queue group, the AMQP queue of
+    /// each function and topic is `<group>.<function>.<topic>` (characters other than letters,
+    /// digits, `.`, `-` and `_` become `_`). Default `fnbroker-openfaas`.
+    #[serde(default = "default_group")]
+    pub group: String,
     /// How often the gateway is read again. Default `10s`.
     #[serde(default = "default_refresh")]
     pub refresh: super::ConfDuration,
@@ -196,11 +202,30 @@ pub struct OpenFaasDiscovery {
     pub tls: Option<Tls>,
 }
 
+fn default_group() -> String {
+    "fnbroker-openfaas".to_string()
+}
+
 fn default_refresh() -> super::ConfDuration {
     super::ConfDuration::from_secs(10)
 }
 
 impl OpenFaasDiscovery {
+    /// The name under which replicas share the messages of `topic` for `function`
+    /// (`name.namespace`): see [`OpenFaasDiscovery::group`].
+    pub fn subscriber(&self, function: &str, topic: &str) -> String {
+        format!("{}.{function}.{topic}", self.group)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    }
+
     /// The function kind that invokes the discovered function `name` in `namespace`.
     pub fn function(&self, name: &str, namespace: Option<&str>) -> OpenFaasFunction {
         OpenFaasFunction {
@@ -213,5 +238,25 @@ impl OpenFaasDiscovery {
             callback_url: self.callback_url.clone(),
             tls: self.tls.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscriber_is_named_after_group_function_and_topic_in_safe_characters() {
+        let d: OpenFaasDiscovery =
+            serde_saphyr::from_str("{ gateway: \"http://gw:8080\", connector: bus }")
+                .expect("entry");
+        assert_eq!(
+            d.subscriber("figlet.openfaas-fn", "orders.created"),
+            "fnbroker-openfaas.figlet.openfaas-fn.orders.created"
+        );
+        assert_eq!(
+            d.subscriber("f", "sensors/+/temp #1"),
+            "fnbroker-openfaas.f.sensors___temp__1"
+        );
     }
 }
