@@ -25,3 +25,19 @@ if ! "$venv/bin/python3" -c "import botocore" >/dev/null 2>&1; then
   python3 -m venv "$venv" >&2
   "$venv/bin/pip" install -q "botocore==1.35.*" >&2
 fi
+
+# promtool (Prometheus' own exposition parser and linter, `promtool check metrics`) checks
+# /metrics in the tests. Only the binary is taken from Debian's prometheus package, unpacked
+# outside the clone: installing the package would also start a Prometheus server.
+promtool="$HOME/.cache/fnbroker/promtool/usr/bin/promtool"
+if ! "$promtool" --version >/dev/null 2>&1; then
+  echo "deps: unpacking promtool from Debian's prometheus package" >&2
+  work=$(mktemp -d)
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq >&2 || true; fi
+  (cd "$work" && apt-get download prometheus >&2)
+  rm -rf "$HOME/.cache/fnbroker/promtool"
+  dpkg-deb -x "$work"/prometheus_*.deb "$HOME/.cache/fnbroker/promtool"
+  # The server binary is not needed.
+  rm -f "$HOME/.cache/fnbroker/promtool/usr/bin/prometheus"
+  rm -rf "$work"
+fi

@@ -34,13 +34,22 @@ pub(crate) struct AdminState {
     pub(crate) token: Option<String>,
     /// TLS for the admin listener.
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
-    pub(crate) ready: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Every connector's state, for `/readyz` and `connector_up`.
+    pub(crate) connectors: Box<dyn Fn() -> Vec<ConnectorState> + Send + Sync>,
     pub(crate) triggers: Value,
     /// The triggers discovery runs now.
     pub(crate) discovered: crate::discovery::Views,
     pub(crate) functions: Value,
     /// The asynchronous OpenFaaS calls waiting for their callback.
     pub(crate) callbacks: Arc<fnbroker_functions::Callbacks>,
+}
+
+/// One connector as `/readyz` and `/metrics` show it.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectorState {
+    pub(crate) name: String,
+    pub(crate) kind: &'static str,
+    pub(crate) ready: bool,
 }
 
 /// The largest callback body taken: a function's answer, as large as an `exec` reply may be.
@@ -154,26 +163,67 @@ async fn openfaas_callback(
     }
 }
 
+/// 200 when every connector is ready, else 503; either way a JSON body naming the connectors
+/// that are not ready (`{"ready": false, "not_ready": [{"name", "kind"}]}`).
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
-    if (s.ready)() {
-        (StatusCode::OK, "ready\n").into_response()
+    let not_ready: Vec<Value> = (s.connectors)()
+        .into_iter()
+        .filter(|c| !c.ready)
+        .map(|c| json!({ "name": c.name, "kind": c.kind }))
+        .collect();
+    let status = if not_ready.is_empty() {
+        StatusCode::OK
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({ "ready": not_ready.is_empty(), "not_ready": not_ready })),
+    )
+        .into_response()
 }
 
-async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
+/// The OpenMetrics content type, and the classic text format's.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// OpenMetrics unless the scraper's `Accept` prefers the classic text format: a `text/plain`
+/// with a higher quality than any `application/openmetrics-text` (Prometheus asks for both,
+/// OpenMetrics first; `curl` sends `*/*`).
+fn wants_classic(accept: Option<&str>) -> bool {
+    let Some(accept) = accept else { return false };
+    let mut best = (0.0f32, 0.0f32);
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let q = parts
+            .find_map(|p| p.strip_prefix("q="))
+            .and_then(|q| q.parse::<f32>().ok())
+            .unwrap_or(1.0);
+        match media.as_str() {
+            "application/openmetrics-text" => best.0 = best.0.max(q),
+            "text/plain" => best.1 = best.1.max(q),
+            _ => {}
+        }
+    }
+    best.1 > best.0
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>, headers: axum::http::HeaderMap) -> Response {
     let mut listeners = (s.listeners)();
     listeners.push(("admin".into(), s.counts.get()));
     s.metrics.listeners(&listeners);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
-        .into_response()
+    s.metrics.connectors(&(s.connectors)());
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if wants_classic(accept) {
+        (
+            [(header::CONTENT_TYPE, CLASSIC)],
+            s.metrics.encode_classic(),
+        )
+            .into_response()
+    } else {
+        ([(header::CONTENT_TYPE, OPENMETRICS)], s.metrics.encode()).into_response()
+    }
 }
 
 /// The JSON view of the triggers.
@@ -292,4 +342,23 @@ pub(crate) fn functions_view(cfg: &Config) -> Value {
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wants_classic;
+
+    #[test]
+    fn the_exposition_format_follows_accept() {
+        // Prometheus 2.x's scrape header: OpenMetrics first.
+        assert!(!wants_classic(Some(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        )));
+        assert!(wants_classic(Some("text/plain;version=0.0.4")));
+        assert!(wants_classic(Some(
+            "text/plain; q=0.9, application/openmetrics-text; q=0.5"
+        )));
+        assert!(!wants_classic(Some("*/*")));
+        assert!(!wants_classic(None));
+    }
 }

@@ -24,6 +24,16 @@ pub(crate) enum Compare {
     Suffix,
 }
 
+impl Compare {
+    fn passes(self, actual: &str, expected: &str) -> bool {
+        match self {
+            Compare::Exact => actual == expected,
+            Compare::Prefix => actual.starts_with(expected),
+            Compare::Suffix => actual.ends_with(expected),
+        }
+    }
+}
+
 impl Filter {
     /// Compiles a validated configuration filter. Validation parsed every `sql` expression
     /// already; one that would not parse here matches nothing.
@@ -49,16 +59,61 @@ impl Filter {
     pub(crate) fn matches(&self, event: &Event) -> bool {
         match self {
             Filter::Compare(cmp, pairs) => pairs.iter().all(|(name, expected)| {
-                event::attribute(event, name).is_some_and(|actual| match cmp {
-                    Compare::Exact => actual == expected.as_str(),
-                    Compare::Prefix => actual.starts_with(expected.as_str()),
-                    Compare::Suffix => actual.ends_with(expected.as_str()),
-                })
+                event::attribute(event, name).is_some_and(|actual| cmp.passes(&actual, expected))
             }),
             Filter::All(fs) => fs.iter().all(|f| f.matches(event)),
             Filter::Any(fs) => fs.iter().any(|f| f.matches(event)),
             Filter::Not(f) => !f.matches(event),
             Filter::Sql(expr) => expr.matches(event),
+        }
+    }
+}
+
+impl Filter {
+    /// Why `event` does not pass, for the debug line of a filtered-out event.
+    pub(crate) fn explain(&self, event: &Event) -> String {
+        match self {
+            Filter::Compare(cmp, pairs) => pairs
+                .iter()
+                .find_map(|(name, expected)| match event::attribute(event, name) {
+                    None => Some(format!("the event has no `{name}`")),
+                    Some(actual) if !cmp.passes(&actual, expected) => Some(format!(
+                        "`{name}` is \"{actual}\"; the filter wants {} \"{expected}\"",
+                        match cmp {
+                            Compare::Exact => "exactly",
+                            Compare::Prefix => "the prefix",
+                            Compare::Suffix => "the suffix",
+                        }
+                    )),
+                    Some(_) => None,
+                })
+                .unwrap_or_else(|| "it matches".into()),
+            Filter::All(fs) => fs
+                .iter()
+                .find(|f| !f.matches(event))
+                .map_or_else(|| "it matches".into(), |f| f.explain(event)),
+            Filter::Any(fs) if fs.is_empty() => "the filter matches nothing".into(),
+            Filter::Any(fs) => format!(
+                "no alternative matches: {}",
+                fs.iter()
+                    .map(|f| f.explain(event))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            Filter::Not(_) => "the filter under `not` matches".into(),
+            Filter::Sql(expr) => {
+                use fnbroker_core::cesql::Value;
+                match expr.eval(event) {
+                    (_, Some(error)) => format!("the sql expression fails: {error:?}"),
+                    (Value::Bool(b), None) => format!("the sql expression is {b}"),
+                    (Value::Int(i), None) => {
+                        format!("the sql expression is the integer {i}, not a boolean")
+                    }
+                    (Value::Str(s), None) => {
+                        format!("the sql expression is the string '{s}', not a boolean")
+                    }
+                }
+            }
         }
     }
 }
@@ -117,5 +172,25 @@ mod tests {
         assert!(!parse("prefix: { myext: \"\" }").matches(&e));
         // ...and so their negation does.
         assert!(parse("not: { exact: { myext: x } }").matches(&e));
+    }
+
+    #[test]
+    fn a_filtered_out_event_is_explained() {
+        let e = ev();
+        let exact = Filter::Compare(Compare::Exact, vec![("type".into(), "x".into())]);
+        assert!(
+            exact.explain(&e).contains("the filter wants exactly \"x\""),
+            "{}",
+            exact.explain(&e)
+        );
+        let missing = Filter::Compare(Compare::Prefix, vec![("celsius".into(), "3".into())]);
+        assert_eq!(missing.explain(&e), "the event has no `celsius`");
+        let sql = Filter::compile(&config::Filter::Sql(fnbroker_core::config::Loc::new(
+            "INT(celsius) > 30".to_string(),
+        )));
+        assert_eq!(
+            sql.explain(&e),
+            "the sql expression fails: MissingAttribute"
+        );
     }
 }

@@ -13,6 +13,7 @@ mod engine;
 mod filter;
 mod health;
 mod metrics;
+mod process;
 mod retry;
 mod runtime;
 

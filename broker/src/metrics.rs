@@ -1,5 +1,7 @@
-//! Counters, gauges and the delivery latency histogram, per trigger and per function, in a
-//! Prometheus registry that `/metrics` encodes.
+//! Counters, gauges and the delivery latency histogram, per trigger, function and connector, in a
+//! Prometheus registry that `/metrics` encodes: OpenMetrics 1.0 by default (what
+//! prometheus-client writes), the classic text format 0.0.4 when the scraper asks for it
+//! (`Accept: text/plain`), each with its own content type.
 //!
 //! Each trigger and function gets its handles once at start, so counting on the hot path is an
 //! atomic add, never a label lookup.
@@ -9,7 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TriggerLabels {
@@ -23,8 +25,51 @@ struct FunctionLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    function: String,
+    status_class: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabels {
     listener: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectorLabels {
+    connector: String,
+    kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    revision: &'static str,
+}
+
+/// The outcome classes of a function call, as `status_class` labels.
+const CLASSES: [&str; 7] = ["2xx", "3xx", "4xx", "5xx", "timeout", "connect", "error"];
+
+/// The `status_class` of one call's outcome: the HTTP status class when the function answered
+/// (an `exec` function that exited 0 counts as `2xx`), `timeout`, `connect` (not reached), or
+/// `error` (a command that failed, a platform's function error, a request not made).
+pub(crate) fn status_class(
+    result: &Result<fnbroker_functions::Success, fnbroker_functions::InvokeError>,
+) -> usize {
+    use fnbroker_functions::InvokeError as E;
+    let status = match result {
+        Ok(s) => Some(s.status),
+        Err(e) => e.status(),
+    };
+    match (status, result) {
+        (Some(s), _) if (200..300).contains(&s) => 0,
+        (Some(s), _) if (300..400).contains(&s) => 1,
+        (Some(s), _) if (400..500).contains(&s) => 2,
+        (Some(_), _) => 3,
+        (None, Err(E::Timeout(_))) => 4,
+        (None, Err(E::Connect(_))) => 5,
+        _ => 6,
+    }
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -38,12 +83,17 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug, Clone)]
 pub(crate) struct TriggerStats {
     pub(crate) received: Counter,
+    pub(crate) redelivered: Counter,
+    pub(crate) received_bytes: Counter,
+    pub(crate) filtered: Counter,
     pub(crate) delivered: Counter,
     pub(crate) retried: Counter,
     pub(crate) dead_lettered: Counter,
     pub(crate) dropped: Counter,
     pub(crate) held: Counter,
-    pub(crate) publish_failed: Counter,
+    pub(crate) replies: Counter,
+    pub(crate) reply_failed: Counter,
+    pub(crate) dead_letter_failed: Counter,
     pub(crate) handed_back: Counter,
     pub(crate) in_flight: Gauge,
     pub(crate) latency: Histogram,
@@ -55,12 +105,17 @@ impl TriggerStats {
     pub(crate) fn detached() -> Self {
         Self {
             received: Counter::default(),
+            redelivered: Counter::default(),
+            received_bytes: Counter::default(),
+            filtered: Counter::default(),
             delivered: Counter::default(),
             retried: Counter::default(),
             dead_lettered: Counter::default(),
             dropped: Counter::default(),
             held: Counter::default(),
-            publish_failed: Counter::default(),
+            replies: Counter::default(),
+            reply_failed: Counter::default(),
+            dead_letter_failed: Counter::default(),
             handed_back: Counter::default(),
             in_flight: Gauge::default(),
             latency: latency_histogram(),
@@ -71,8 +126,10 @@ impl TriggerStats {
 /// The handles of one function.
 #[derive(Debug, Clone)]
 pub(crate) struct FunctionStats {
-    pub(crate) calls: Counter,
-    pub(crate) failures: Counter,
+    /// Calls by outcome, indexed by [`status_class`].
+    pub(crate) calls: [Counter; CLASSES.len()],
+    pub(crate) request_bytes: Counter,
+    pub(crate) response_bytes: Counter,
     pub(crate) in_flight: Gauge,
 }
 
@@ -81,9 +138,25 @@ impl FunctionStats {
     #[cfg(test)]
     pub(crate) fn detached() -> Self {
         Self {
-            calls: Counter::default(),
-            failures: Counter::default(),
+            calls: Default::default(),
+            request_bytes: Counter::default(),
+            response_bytes: Counter::default(),
             in_flight: Gauge::default(),
+        }
+    }
+
+    /// Counts one finished call.
+    pub(crate) fn record(
+        &self,
+        result: &Result<fnbroker_functions::Success, fnbroker_functions::InvokeError>,
+    ) {
+        self.calls[status_class(result)].inc();
+        if let Ok(fnbroker_functions::Success {
+            reply: Some(fnbroker_functions::Reply::Raw { body, .. }),
+            ..
+        }) = result
+        {
+            self.response_bytes.inc_by(body.len() as u64);
         }
     }
 }
@@ -92,88 +165,136 @@ impl FunctionStats {
 pub(crate) struct Metrics {
     registry: Registry,
     received: Family<TriggerLabels, Counter>,
+    redelivered: Family<TriggerLabels, Counter>,
+    received_bytes: Family<TriggerLabels, Counter>,
+    filtered: Family<TriggerLabels, Counter>,
     delivered: Family<TriggerLabels, Counter>,
     retried: Family<TriggerLabels, Counter>,
     dead_lettered: Family<TriggerLabels, Counter>,
     dropped: Family<TriggerLabels, Counter>,
     held: Family<TriggerLabels, Counter>,
-    publish_failed: Family<TriggerLabels, Counter>,
+    replies: Family<TriggerLabels, Counter>,
+    reply_failed: Family<TriggerLabels, Counter>,
+    dead_letter_failed: Family<TriggerLabels, Counter>,
     handed_back: Family<TriggerLabels, Counter>,
     in_flight: Family<TriggerLabels, Gauge>,
     latency: HistogramFamily<TriggerLabels>,
-    calls: Family<FunctionLabels, Counter>,
-    failures: Family<FunctionLabels, Counter>,
+    calls: Family<CallLabels, Counter>,
+    request_bytes: Family<FunctionLabels, Counter>,
+    response_bytes: Family<FunctionLabels, Counter>,
     function_in_flight: Family<FunctionLabels, Gauge>,
+    connector_up: Family<ConnectorLabels, Gauge>,
     connections_open: Family<ListenerLabels, Gauge>,
     connections_refused: Family<ListenerLabels, Counter>,
 }
 
 impl Metrics {
     pub(crate) fn new() -> Self {
-        let mut registry = Registry::with_prefix("fnbroker");
+        let mut root = Registry::default();
         let m = Self {
             received: Family::default(),
+            redelivered: Family::default(),
+            received_bytes: Family::default(),
+            filtered: Family::default(),
             delivered: Family::default(),
             retried: Family::default(),
             dead_lettered: Family::default(),
             dropped: Family::default(),
             held: Family::default(),
-            publish_failed: Family::default(),
+            replies: Family::default(),
+            reply_failed: Family::default(),
+            dead_letter_failed: Family::default(),
             handed_back: Family::default(),
             in_flight: Family::default(),
             latency: HistogramFamily::new_with_constructor(latency_histogram),
             calls: Family::default(),
-            failures: Family::default(),
+            request_bytes: Family::default(),
+            response_bytes: Family::default(),
             function_in_flight: Family::default(),
+            connector_up: Family::default(),
             connections_open: Family::default(),
             connections_refused: Family::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "events_received",
-            "Events that matched a trigger",
-            m.received.clone(),
-        );
-        registry.register(
-            "events_delivered",
-            "Events the function accepted (2xx)",
-            m.delivered.clone(),
-        );
-        registry.register(
-            "events_retried",
-            "Attempts that failed and were retried",
-            m.retried.clone(),
-        );
-        registry.register(
-            "events_dead_lettered",
-            "Events published to the dead letter destination",
-            m.dead_lettered.clone(),
-        );
-        registry.register(
-            "events_dropped",
-            "Events that failed with no dead letter destination",
-            m.dropped.clone(),
-        );
-        registry.register(
-            "events_held",
-            "Attempts that found the function down (an outage): the event was held, no attempt spent",
-            m.held.clone(),
-        );
-        registry.register(
-            "publish_failures",
-            "Reply and dead-letter publishes that failed (each try)",
-            m.publish_failed.clone(),
-        );
-        registry.register(
-            "events_handed_back",
-            "Messages handed back to their broker because a reply or dead letter could not be published",
-            m.handed_back.clone(),
+        let registry = root.sub_registry_with_prefix("fnbroker");
+        let counters: [(&str, &str, &Family<TriggerLabels, Counter>); 12] = [
+            (
+                "events_received",
+                "Events that matched a trigger, first deliveries by their broker",
+                &m.received,
+            ),
+            (
+                "events_redelivered",
+                "Events that matched a trigger, delivered again by their broker (after a restart, a handed-back message, a broker-side retry)",
+                &m.redelivered,
+            ),
+            (
+                "events_filtered",
+                "Events of a trigger's subscription that its filter did not match",
+                &m.filtered,
+            ),
+            (
+                "events_delivered",
+                "Events the function accepted (2xx)",
+                &m.delivered,
+            ),
+            (
+                "events_retried",
+                "Attempts that failed and were retried",
+                &m.retried,
+            ),
+            (
+                "events_dead_lettered",
+                "Dead letters published (each confirmed by the destination)",
+                &m.dead_lettered,
+            ),
+            (
+                "events_dropped",
+                "Events that failed with no dead letter destination",
+                &m.dropped,
+            ),
+            (
+                "events_held",
+                "Attempts that found the function down (an outage): the event was held, no attempt spent",
+                &m.held,
+            ),
+            (
+                "replies_published",
+                "Replies published (each confirmed by the destination)",
+                &m.replies,
+            ),
+            (
+                "reply_publish_failures",
+                "Reply publishes that failed (each try)",
+                &m.reply_failed,
+            ),
+            (
+                "dead_letter_publish_failures",
+                "Dead-letter publishes that failed (each try)",
+                &m.dead_letter_failed,
+            ),
+            (
+                "events_handed_back",
+                "Messages handed back to their broker because a reply or dead letter could not be published",
+                &m.handed_back,
+            ),
+        ];
+        for (name, help, family) in counters {
+            registry.register(name, help, family.clone());
+        }
+        registry.register_with_unit(
+            "received",
+            "Payload bytes of the messages that matched a trigger, redeliveries included",
+            Unit::Bytes,
+            m.received_bytes.clone(),
         );
         registry.register(
             "events_in_flight",
             "Events being delivered",
             m.in_flight.clone(),
         );
+        // Named with its unit but declared without `# UNIT`: OpenMetrics allows a unit on a
+        // histogram, the openmetrics-parser crate (0.4) refuses it, and nothing is lost.
         registry.register(
             "delivery_latency_seconds",
             "From the first attempt to the function's 2xx",
@@ -181,18 +302,30 @@ impl Metrics {
         );
         registry.register(
             "function_calls",
-            "Attempts to invoke the function",
+            "Calls of the function by outcome: status_class 2xx, 3xx, 4xx, 5xx, timeout, connect (not reached) or error",
             m.calls.clone(),
         );
-        registry.register(
-            "function_failures",
-            "Attempts that failed",
-            m.failures.clone(),
+        registry.register_with_unit(
+            "function_request",
+            "Event data bytes sent to the function",
+            Unit::Bytes,
+            m.request_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "function_response",
+            "Reply bytes the function answered with",
+            Unit::Bytes,
+            m.response_bytes.clone(),
         );
         registry.register(
             "function_in_flight",
             "Calls in flight to the function",
             m.function_in_flight.clone(),
+        );
+        registry.register(
+            "connector_up",
+            "1 when the connector is connected and serving (what /readyz checks), else 0",
+            m.connector_up.clone(),
         );
         registry.register(
             "connections_open",
@@ -204,7 +337,23 @@ impl Metrics {
             "Connections refused because the listener was at its max_connections",
             m.connections_refused.clone(),
         );
-        Self { registry, ..m }
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                revision: option_env!("FNBROKER_REVISION").unwrap_or("unknown"),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "fnbroker's version and source revision (the value is 1)",
+            build,
+        );
+        root.register_collector(Box::new(crate::process::Collector::new()));
+        Self {
+            registry: root,
+            ..m
+        }
     }
 
     /// Brings the listeners' counts up to date (they are kept by the listeners themselves).
@@ -221,6 +370,18 @@ impl Metrics {
         }
     }
 
+    /// Brings `connector_up` up to date: `(name, kind, ready)` of every connector.
+    pub(crate) fn connectors(&self, states: &[crate::admin::ConnectorState]) {
+        for c in states {
+            self.connector_up
+                .get_or_create(&ConnectorLabels {
+                    connector: c.name.clone(),
+                    kind: c.kind.to_string(),
+                })
+                .set(i64::from(c.ready));
+        }
+    }
+
     pub(crate) fn trigger(&self, trigger: &str, function: &str) -> TriggerStats {
         let l = TriggerLabels {
             trigger: trigger.to_string(),
@@ -228,12 +389,17 @@ impl Metrics {
         };
         TriggerStats {
             received: self.received.get_or_create(&l).clone(),
+            redelivered: self.redelivered.get_or_create(&l).clone(),
+            received_bytes: self.received_bytes.get_or_create(&l).clone(),
+            filtered: self.filtered.get_or_create(&l).clone(),
             delivered: self.delivered.get_or_create(&l).clone(),
             retried: self.retried.get_or_create(&l).clone(),
             dead_lettered: self.dead_lettered.get_or_create(&l).clone(),
             dropped: self.dropped.get_or_create(&l).clone(),
             held: self.held.get_or_create(&l).clone(),
-            publish_failed: self.publish_failed.get_or_create(&l).clone(),
+            replies: self.replies.get_or_create(&l).clone(),
+            reply_failed: self.reply_failed.get_or_create(&l).clone(),
+            dead_letter_failed: self.dead_letter_failed.get_or_create(&l).clone(),
             handed_back: self.handed_back.get_or_create(&l).clone(),
             in_flight: self.in_flight.get_or_create(&l).clone(),
             latency: self.latency.get_or_create(&l).clone(),
@@ -245,13 +411,21 @@ impl Metrics {
             function: function.to_string(),
         };
         FunctionStats {
-            calls: self.calls.get_or_create(&l).clone(),
-            failures: self.failures.get_or_create(&l).clone(),
+            calls: CLASSES.map(|status_class| {
+                self.calls
+                    .get_or_create(&CallLabels {
+                        function: function.to_string(),
+                        status_class,
+                    })
+                    .clone()
+            }),
+            request_bytes: self.request_bytes.get_or_create(&l).clone(),
+            response_bytes: self.response_bytes.get_or_create(&l).clone(),
             in_flight: self.function_in_flight.get_or_create(&l).clone(),
         }
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics 1.0 text exposition.
     pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
@@ -259,6 +433,46 @@ impl Metrics {
         }
         out
     }
+
+    /// The classic Prometheus text format (0.0.4), for scrapers that do not take OpenMetrics.
+    pub(crate) fn encode_classic(&self) -> String {
+        classic(&self.encode())
+    }
+}
+
+/// OpenMetrics text as the classic format 0.0.4: a counter family is named with its `_total`
+/// suffix there; `# UNIT` and `# EOF` do not exist. (Nothing here writes exemplars or
+/// `_created` samples, which the classic format would not take either.)
+fn classic(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let descriptor = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match descriptor {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -271,7 +485,14 @@ mod tests {
         let t = m.trigger("t1", "f1");
         t.received.inc();
         t.latency.observe(0.01);
-        m.function("f1").calls.inc();
+        m.function("f1").record(&Ok(fnbroker_functions::Success {
+            status: 204,
+            reply: None,
+        }));
+        m.function("f1")
+            .record(&Err(fnbroker_functions::InvokeError::Timeout(
+                std::time::Duration::from_secs(1),
+            )));
         let text = m.encode();
         assert!(
             text.contains("fnbroker_events_received_total{trigger=\"t1\",function=\"f1\"} 1"),
@@ -283,9 +504,50 @@ mod tests {
             ),
             "{text}"
         );
+        for class in ["2xx", "timeout"] {
+            assert!(
+                text.contains(&format!(
+                    "fnbroker_function_calls_total{{function=\"f1\",status_class=\"{class}\"}} 1"
+                )),
+                "{text}"
+            );
+        }
         assert!(
-            text.contains("fnbroker_function_calls_total{function=\"f1\"} 1"),
+            text.contains("fnbroker_build_info{version=\"") && text.ends_with("# EOF\n"),
             "{text}"
+        );
+        assert!(text.contains("process_cpu_seconds_total "), "{text}");
+    }
+
+    #[test]
+    fn status_classes() {
+        use fnbroker_functions::InvokeError as E;
+        let status = |s: u16| E::Status {
+            status: s,
+            retry_after: None,
+            body: String::new(),
+        };
+        let class = |r| CLASSES[status_class(&r)];
+        assert_eq!(class(Err(status(302))), "3xx");
+        assert_eq!(class(Err(status(404))), "4xx");
+        assert_eq!(class(Err(status(503))), "5xx");
+        assert_eq!(class(Err(E::Connect("refused".into()))), "connect");
+        assert_eq!(
+            class(Err(E::Exit {
+                code: Some(1),
+                stderr: String::new()
+            })),
+            "error"
+        );
+    }
+
+    /// The classic format names counter families with `_total` and has no `# UNIT`/`# EOF`.
+    #[test]
+    fn the_classic_format_is_written_from_openmetrics() {
+        let om = "# HELP a_b Things.\n# TYPE a_b counter\n# UNIT a_b bytes\na_b_total{x=\"1\"} 3\n# HELP g A gauge.\n# TYPE g gauge\ng 2\n# EOF\n";
+        assert_eq!(
+            classic(om),
+            "# HELP a_b_total Things.\n# TYPE a_b_total counter\na_b_total{x=\"1\"} 3\n# HELP g A gauge.\n# TYPE g gauge\ng 2\n"
         );
     }
 }

@@ -242,7 +242,16 @@ impl Broker {
                         )),
                         None => None,
                     },
-                    ready: Box::new(move || ready_connectors.values().all(|c| c.is_ready())),
+                    connectors: Box::new(move || {
+                        ready_connectors
+                            .iter()
+                            .map(|(name, c)| crate::admin::ConnectorState {
+                                name: name.clone(),
+                                kind: c.kind(),
+                                ready: c.is_ready(),
+                            })
+                            .collect()
+                    }),
                     callbacks: Arc::clone(&platform.callbacks),
                     triggers: crate::admin::triggers_view(config),
                     discovered: Arc::clone(&views),

@@ -64,7 +64,7 @@ impl TriggerRuntime {
                         .reply
                         .map(|r| reply_event(event, &self.function.name, r));
                     if let (Some(reply), Some(target)) = (&reply, &self.reply)
-                        && !self.publish(target, reply, "reply", shutdown).await
+                        && !self.publish(target, reply, REPLY, shutdown).await
                     {
                         // The function is not called again for it: the broker redelivers the
                         // message after the pause, and only then is it delivered again.
@@ -198,9 +198,16 @@ impl TriggerRuntime {
                     .map_err(|e| (format!("function `{}`: {e}", f.name), e.is_retryable())),
             };
             let Err((error, transient)) = result else {
+                if what == REPLY {
+                    self.stats.replies.inc();
+                }
                 return true;
             };
-            self.stats.publish_failed.inc();
+            if what == REPLY {
+                self.stats.reply_failed.inc();
+            } else {
+                self.stats.dead_letter_failed.inc();
+            }
             if !transient || tries > self.policy.retries.max(PUBLISH_RETRIES) {
                 tracing::warn!(trigger = %self.name, id = event.id(), what, error = %error, transient, tries, "cannot publish; handing the message back to its broker");
                 return false;
@@ -226,6 +233,9 @@ impl TriggerRuntime {
         Outcome::Retry(Duration::ZERO)
     }
 }
+
+/// What [`TriggerRuntime::publish`] publishes: a reply, or else a dead letter.
+const REPLY: &str = "reply";
 
 /// A reply or dead letter whose publish fails transiently is tried at least this many times
 /// more, whatever the trigger's `retries`.

@@ -60,13 +60,13 @@ impl FunctionRuntime {
             .acquire()
             .await
             .map_err(|_| InvokeError::Connect("function limiter closed".into()))?;
-        self.stats.calls.inc();
         self.stats.in_flight.inc();
+        self.stats
+            .request_bytes
+            .inc_by(fnbroker_core::event::data_len(event) as u64);
         let result = self.invoker.invoke(event, timeout).await;
         self.stats.in_flight.dec();
-        if result.is_err() {
-            self.stats.failures.inc();
-        }
+        self.stats.record(&result);
         self.health
             .record(result.as_ref().is_err_and(InvokeError::is_unavailable));
         result

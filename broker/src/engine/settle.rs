@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use fnbroker_core::event::AttributesReader;
 use fnbroker_core::{Incoming, Origin, Settlement};
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +22,7 @@ pub(super) async fn process(
         key,
         ack,
         redeliveries,
+        size,
     } = msg;
 
     if let Origin::Invalid(reason) = &origin {
@@ -38,7 +40,15 @@ pub(super) async fn process(
         .iter()
         .filter_map(|t| {
             let view = t.view(&event, &origin);
-            t.matches(&view).then_some((t, view))
+            if t.matches(&view) {
+                return Some((t, view));
+            }
+            t.stats.filtered.inc();
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let reason = t.filter.as_ref().map(|f| f.explain(&view)).unwrap_or_default();
+                tracing::debug!(trigger = %t.name, id = view.id(), ty = view.ty(), source = view.source().as_str(), %reason, "event filtered out");
+            }
+            None
         })
         .collect();
     if views.is_empty() {
@@ -46,7 +56,12 @@ pub(super) async fn process(
         return key;
     }
     for (t, _) in &views {
-        t.stats.received.inc();
+        if redeliveries == 0 {
+            t.stats.received.inc();
+        } else {
+            t.stats.redelivered.inc();
+        }
+        t.stats.received_bytes.inc_by(size as u64);
         t.stats.in_flight.inc();
     }
     // The broker may wait between attempts only when one trigger matched: a redelivery goes to

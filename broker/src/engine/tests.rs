@@ -112,6 +112,7 @@ fn incoming(id: &str, key: u64) -> (Incoming, mpsc::UnboundedReceiver<Settlement
             origin: Origin::Plain,
             key,
             redeliveries: 0,
+            size: 0,
             ack,
         },
         rx,
@@ -703,7 +704,10 @@ async fn an_unpublishable_reply_hands_the_message_back_without_calling_again() {
         "handed back after max_delay"
     );
     assert_eq!(t.stats.handed_back.get(), 1);
-    assert_eq!(t.stats.publish_failed.get(), 1);
+    assert_eq!(
+        t.stats.dead_letter_failed.get() + t.stats.reply_failed.get(),
+        1
+    );
 }
 
 /// A transient reply failure is retried on its own, without another call.

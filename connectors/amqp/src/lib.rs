@@ -484,6 +484,7 @@ async fn consume(
                 origin,
                 key,
                 redeliveries: u32::from(delivery.redelivered),
+                size: delivery.data.len(),
                 ack: acker.handle(delivery.acker),
             };
             if tx.send(incoming).await.is_err() {

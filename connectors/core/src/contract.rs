@@ -196,6 +196,9 @@ pub struct Incoming {
     pub key: u64,
     /// How many times the broker delivered this message before, where it says so (0 otherwise).
     pub redeliveries: u32,
+    /// The size of the message's payload as the broker delivered it, in bytes (the body of an
+    /// HTTP request; headers and properties not counted): `fnbroker_received_bytes_total`.
+    pub size: usize,
     /// The acknowledgement handle.
     pub ack: AckHandle,
 }

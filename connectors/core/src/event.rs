@@ -405,6 +405,34 @@ pub fn data_bytes(event: &Event) -> Cow<'_, [u8]> {
     }
 }
 
+/// The length in bytes of [`data_bytes`], without building them (JSON data is serialized into
+/// a counter, not a buffer).
+pub fn data_len(event: &Event) -> usize {
+    /// Counts what is written to it.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    match event.data() {
+        None => 0,
+        Some(Data::Binary(b)) => b.len(),
+        Some(Data::String(s)) => s.len(),
+        Some(Data::Json(v)) => {
+            let mut count = Count(0);
+            match serde_json::to_writer(&mut count, v) {
+                Ok(()) => count.0,
+                Err(_) => 0,
+            }
+        }
+    }
+}
+
 /// The value of any context attribute or extension as text, as filters and bindings see it.
 /// `None` when the event does not carry it.
 pub fn attribute<'a>(event: &'a Event, name: &str) -> Option<Cow<'a, str>> {

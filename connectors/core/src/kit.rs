@@ -455,6 +455,7 @@ mod tests {
                 origin: crate::Origin::Plain,
                 key: 7,
                 redeliveries: 0,
+                size: 0,
                 ack: AckHandle::none(),
             };
             let _ = tx.send(incoming).await;
@@ -486,6 +487,7 @@ mod tests {
                     origin: crate::Origin::Plain,
                     key: 0,
                     redeliveries: 0,
+                    size: 0,
                     ack: acker.handle(i),
                 };
                 if tx.send(incoming).await.is_err() {

@@ -330,6 +330,7 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
     {
         return refused.into_response();
     }
+    let body_size = body.len();
     let events = match decode(&state, &path, &parts.headers, body) {
         Ok(events) => events,
         Err(event::BatchError::TooMany(max)) => {
@@ -344,6 +345,8 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
     };
 
     let mut waiting = Vec::with_capacity(if route.sync { events.len() } else { 0 });
+    // A batch's body is shared out among its events.
+    let size = body_size / events.len().max(1);
     for (event, origin) in events {
         let ack = if route.sync {
             let (tx, rx) = oneshot::channel();
@@ -359,6 +362,7 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
             origin,
             key: 0,
             redeliveries: 0,
+            size,
             ack,
         };
         // Answer only once the engine took the event: an event still in the queue when

@@ -356,6 +356,7 @@ impl Poller {
             origin,
             key: fnbroker_core::kit::ordering_key((m.topic(), m.partition())),
             redeliveries: 0,
+            size: m.payload_len(),
             ack,
         };
         (partition, incoming)

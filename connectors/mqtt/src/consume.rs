@@ -417,6 +417,7 @@ impl Dispatcher {
                 origin: origin.clone(),
                 key,
                 redeliveries: 0,
+                size: msg.payload.len(),
                 ack,
             };
             if msg.qos == 0 {

@@ -405,6 +405,7 @@ async fn core_loop(
             origin,
             key: kit::ordering_key(msg.subject.as_str()),
             redeliveries: 0,
+            size: msg.payload.len(),
             ack: AckHandle::none(),
         };
         if tx.send(incoming).await.is_err() {
@@ -509,6 +510,7 @@ async fn pull_loop(
                 origin,
                 key,
                 redeliveries: u32::try_from(delivered.saturating_sub(1)).unwrap_or(0),
+                size: msg.payload.len(),
                 ack: acker.handle(msg),
             };
             let sent = tokio::select! {
