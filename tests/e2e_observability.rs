@@ -263,3 +263,334 @@ async fn readyz_names_the_connectors_that_are_not_ready() {
     fb.signal("TERM");
     fb.wait_exit(WAIT).await;
 }
+
+mod otlp {
+    //! A real OTLP receiver: `POST /v1/traces` (HTTP/protobuf) and the gRPC `TraceService`,
+    //! decoding the requests with the opentelemetry-proto crate's generated types.
+
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use prost::Message as _;
+
+    /// The spans received so far.
+    pub(crate) type Spans = Arc<Mutex<Vec<Span>>>;
+
+    fn keep(spans: &Spans, request: ExportTraceServiceRequest) {
+        let mut all = spans.lock().expect("lock");
+        for rs in request.resource_spans {
+            for ss in rs.scope_spans {
+                all.extend(ss.spans);
+            }
+        }
+    }
+
+    /// An HTTP/protobuf receiver: its base URL and what it received.
+    pub(crate) async fn http() -> (String, Spans) {
+        let spans: Spans = Arc::default();
+        let kept = Arc::clone(&spans);
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let kept = Arc::clone(&kept);
+                async move {
+                    match ExportTraceServiceRequest::decode(body) {
+                        Ok(request) => {
+                            keep(&kept, request);
+                            (
+                                axum::http::StatusCode::OK,
+                                [("content-type", "application/x-protobuf")],
+                                ExportTraceServiceResponse::default().encode_to_vec(),
+                            )
+                        }
+                        Err(_) => (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            [("content-type", "text/plain")],
+                            b"not an ExportTraceServiceRequest".to_vec(),
+                        ),
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (format!("http://{addr}"), spans)
+    }
+
+    struct Receiver(Spans);
+
+    #[tonic::async_trait]
+    impl TraceService for Receiver {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            keep(&self.0, request.into_inner());
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    /// A gRPC receiver: its URL and what it received.
+    pub(crate) async fn grpc() -> (String, Spans) {
+        let spans: Spans = Arc::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let service = TraceServiceServer::new(Receiver(Arc::clone(&spans)));
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
+        (format!("http://{addr}"), spans)
+    }
+
+    pub(crate) fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Waits until a span named `name` arrived, and returns it.
+async fn span(spans: &otlp::Spans, name: &str) -> opentelemetry_proto::tonic::trace::v1::Span {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(s) = spans.lock().expect("lock").iter().find(|s| s.name == name) {
+            return s.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no span `{name}`: {:?}",
+            spans
+                .lock()
+                .expect("lock")
+                .iter()
+                .map(|s| s.name.clone())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `(trace id, parent id)` of a W3C `traceparent`.
+fn ids(traceparent: &str) -> (String, String) {
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    (parts[1].to_string(), parts[2].to_string())
+}
+
+/// One event followed by its trace id from the incoming Kafka record (a plain record with a
+/// `traceparent` header, as an instrumented producer writes it) through the trigger's span, the
+/// function request's W3C `traceparent` header (the attempt's span as parent), to the reply on
+/// NATS; and one NATS event through two failed attempts to its dead letter. Spans exported by
+/// OTLP over HTTP/protobuf to a real receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_follow_an_event_from_kafka_to_the_function_its_reply_and_a_dead_letter() {
+    use common::kafka;
+    let (collector, spans) = otlp::http().await;
+    let topic = kafka::unique("tr");
+    kafka::create_topic(&topic, 1).await;
+    let root = format!("tr{}", uid());
+    let server = FnServer::with(|path, _| match path {
+        "/fails" => Answer::status(500),
+        _ => Answer::ok().body("application/json", b"{\"ok\":true}"),
+    })
+    .await;
+    let replies = nats::subscribe(SHARED_URL, &format!("{root}.reply")).await;
+    let letters = nats::subscribe(SHARED_URL, &format!("{root}.dlq")).await;
+    let fb = Fnbroker::start_env(
+        &format!(
+            "connectors:\n{}  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\n  g: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: orders, from: {{ connector: k, topic: {topic}, group: {} }}, to: f, reply: {{ connector: bus, topic: \"{root}.reply\" }} }}\n  - {{ name: poison, from: {{ connector: bus, topic: \"{root}.in\" }}, to: g, delivery: {{ retries: 1, delay: 10ms }}, dead_letter: {{ connector: bus, topic: \"{root}.dlq\" }} }}\ntelemetry:\n  otlp: {{ endpoint: \"{collector}\", protocol: http/protobuf }}\n  service_name: fnbroker-test\n",
+            kafka::connector("k", ""),
+            server.url("/f"),
+            server.url("/fails"),
+            kafka::unique("g"),
+        ),
+        &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    )
+    .await;
+    let (trace, parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    kafka::produce(
+        &kafka::producer(),
+        &topic,
+        kafka::Out {
+            key: None,
+            partition: None,
+            headers: vec![("traceparent", &format!("00-{trace}-{parent}-01"))],
+            payload: b"{\"order\":1}",
+        },
+    )
+    .await;
+    let call = server.wait_count("/f", 1, WAIT).await.remove(0);
+
+    // The event's span: the message's context as parent.
+    let process = span(&spans, "process orders").await;
+    assert_eq!(otlp::hex(&process.trace_id), trace);
+    assert_eq!(otlp::hex(&process.parent_span_id), parent);
+    // The attempt: a child of the event's span, and the parent the function sees.
+    let invoke = span(&spans, "invoke f").await;
+    assert_eq!(otlp::hex(&invoke.trace_id), trace);
+    assert_eq!(invoke.parent_span_id, process.span_id);
+    let header = call
+        .header("traceparent")
+        .expect("a W3C traceparent header");
+    assert_eq!(ids(header), (trace.to_string(), otlp::hex(&invoke.span_id)));
+    // The reply: published under a child span, carrying the event span's context on.
+    let publish = span(&spans, &format!("publish {root}.reply")).await;
+    assert_eq!(publish.parent_span_id, process.span_id);
+    common::wait_for("the reply", WAIT, || {
+        !replies.lock().expect("lock").is_empty()
+    })
+    .await;
+    let reply_tp = replies.lock().expect("lock")[0]
+        .0
+        .get("ce-traceparent")
+        .map(|v| v.as_str().to_string())
+        .expect("the reply carries the trace context");
+    assert_eq!(
+        ids(&reply_tp),
+        (trace.to_string(), otlp::hex(&process.span_id))
+    );
+
+    // A dead letter: two attempts, the event span failed, the letter in the same trace.
+    let (trace2, parent2) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("traceparent", format!("00-{trace2}-{parent2}-01").as_str());
+    nats::publish(
+        SHARED_URL,
+        vec![(format!("{root}.in"), headers, b"bad".to_vec())],
+    )
+    .await;
+    common::wait_for("the dead letter", WAIT, || {
+        !letters.lock().expect("lock").is_empty()
+    })
+    .await;
+    let letter_tp = letters.lock().expect("lock")[0]
+        .0
+        .get("ce-traceparent")
+        .map(|v| v.as_str().to_string())
+        .expect("the dead letter carries the trace context");
+    let poison = span(&spans, "process poison").await;
+    assert_eq!(otlp::hex(&poison.parent_span_id), parent2);
+    assert_eq!(
+        ids(&letter_tp),
+        (trace2.to_string(), otlp::hex(&poison.span_id))
+    );
+    let status = poison.status.clone().expect("status");
+    assert_eq!(status.code, 2, "the failed event's span is an error");
+    common::wait_for("both attempts", WAIT, || {
+        spans
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|s| s.name == "invoke g" && s.parent_span_id == poison.span_id)
+            .count()
+            == 2
+    })
+    .await;
+    let dlq = span(&spans, &format!("publish {root}.dlq")).await;
+    assert_eq!(dlq.parent_span_id, poison.span_id);
+    drop(fb);
+}
+
+/// gRPC export, and a trace that starts here (no context on the message): the function gets
+/// a `traceparent` all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_are_exported_over_grpc_and_start_where_no_context_came() {
+    let (collector, spans) = otlp::grpc().await;
+    let root = format!("tg{}", uid());
+    let server = FnServer::start().await;
+    let fb = Fnbroker::start_env(
+        &format!(
+            "connectors:\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: bus, topic: \"{root}\" }}, to: f }}\ntelemetry:\n  otlp: {{ endpoint: \"{collector}\", protocol: grpc }}\n",
+            server.url("/f"),
+        ),
+        &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    )
+    .await;
+    nats::publish(
+        SHARED_URL,
+        vec![(root.clone(), async_nats::HeaderMap::new(), b"1".to_vec())],
+    )
+    .await;
+    let call = server.wait_count("/f", 1, WAIT).await.remove(0);
+    let process = span(&spans, "process t").await;
+    assert!(process.parent_span_id.is_empty(), "a root span");
+    let invoke = span(&spans, "invoke f").await;
+    let (trace, parent) = ids(call.header("traceparent").expect("traceparent"));
+    assert_eq!(trace, otlp::hex(&process.trace_id));
+    assert_eq!(parent, otlp::hex(&invoke.span_id));
+    drop(fb);
+}
+
+/// JSON logs are one flat object per line (the fields beside `message`, not under `fields`),
+/// with the trace id on the lines about a traced event; `/v1/triggers` shows a filter as it was
+/// written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_flat_with_trace_ids_and_filters_are_shown_as_written() {
+    let (collector, _spans) = otlp::http().await;
+    let root = format!("jl{}", uid());
+    let server = FnServer::with(|_, _| Answer::status(500)).await;
+    let fb = Fnbroker::start_env(
+        &format!(
+            "connectors:\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: bus, topic: \"{root}\" }}, event: {{ type: com.example.x }}, filter: {{ sql: \"type = 'com.example.x'\" }}, to: f, delivery: {{ retries: 1, delay: 10ms }} }}\ntelemetry:\n  otlp: {{ endpoint: \"{collector}\" }}\n",
+            server.url("/f"),
+        ),
+        &[("FNBROKER_LOG_FORMAT", "json")],
+    )
+    .await;
+    let views: serde_json::Value = serde_json::from_str(
+        &reqwest::get(format!("http://127.0.0.1:{}/v1/triggers", fb.admin))
+            .await
+            .expect("triggers")
+            .text()
+            .await
+            .expect("body"),
+    )
+    .expect("json");
+    assert_eq!(
+        views[0]["filter"],
+        serde_json::json!({ "sql": "type = 'com.example.x'" })
+    );
+    nats::publish(
+        SHARED_URL,
+        vec![(root.clone(), async_nats::HeaderMap::new(), b"1".to_vec())],
+    )
+    .await;
+    fb.wait_log("delivery failed", WAIT).await;
+    let logs = fb.logs();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let retrying = lines
+        .iter()
+        .find(|l| l["message"] == "retrying")
+        .unwrap_or_else(|| panic!("no retrying line: {logs}"));
+    assert!(retrying.get("fields").is_none(), "{retrying}");
+    assert_eq!(retrying["trigger"], "t");
+    let trace_id = retrying["trace_id"].as_str().unwrap_or_default();
+    assert_eq!(trace_id.len(), 32, "{retrying}");
+    let failed = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("delivery failed"))
+        })
+        .expect("failed line");
+    assert_eq!(failed["trace_id"], trace_id, "one trace id per event");
+    drop(fb);
+}

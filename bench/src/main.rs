@@ -60,6 +60,10 @@ struct Args {
     /// every event arrives, not a measurement.
     #[arg(long)]
     quick: bool,
+    /// Also run fnbroker with traces on (every event sampled, exported by OTLP/HTTP to the
+    /// bench's own server, which drops them) and report what tracing costs, as ratios.
+    #[arg(long)]
+    traced: bool,
     /// The fnbroker binary; by default it is built with cargo in this bench's profile.
     #[arg(long)]
     fnbroker: Option<PathBuf>,
@@ -235,7 +239,46 @@ async fn measure(
     sink.set_slow(false);
     drop(publisher);
     bus.remove(&lane).await;
+    if args.traced {
+        step("fnbroker traced");
+        let (eps, cpu, lost) = traced(bus, sink, binary, args, size).await?;
+        row.traced = Some((eps, cpu));
+        row.lost += lost;
+    }
     Ok(row)
+}
+
+/// fnbroker with every event traced and exported: (events/s, CPU s per 100k, lost).
+async fn traced(
+    bus: &dyn Bus,
+    sink: &Arc<Sink>,
+    binary: &std::path::Path,
+    args: &Args,
+    size: usize,
+) -> anyhow::Result<(f64, f64, u64)> {
+    let lane = bus.create(&lane_id()).await?;
+    let mut config = bus.config(&lane, &sink.url(), args.concurrency);
+    if !config.ends_with('\n') {
+        config.push('\n');
+    }
+    config.push_str(&format!(
+        "telemetry:\n  otlp: {{ endpoint: \"{}\", protocol: http/protobuf }}\n  sample_ratio: 1.0\n",
+        sink.base_url()
+    ));
+    let fb = process::Fnbroker::start(binary, &config).await?;
+    let mut publisher = bus.publisher(&lane).await?;
+    warm_up(publisher.as_mut(), sink).await?;
+    let cpu_before = fb.cpu()?;
+    let t = throughput(publisher.as_mut(), sink, bus.window(), args.events, size).await?;
+    let cpu = fb.cpu()?.saturating_sub(cpu_before);
+    fb.stop(Duration::from_secs(2)).await;
+    drop(publisher);
+    bus.remove(&lane).await;
+    Ok((
+        t.eps,
+        cpu.as_secs_f64() * 100_000.0 / args.events as f64,
+        t.lost,
+    ))
 }
 
 /// What a path run inside the bench measured.

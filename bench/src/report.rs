@@ -65,6 +65,8 @@ pub(crate) struct Row {
     pub(crate) lost: u64,
     /// Events fnbroker delivered more than once.
     pub(crate) duplicates: u64,
+    /// With `--traced`: fnbroker's throughput and CPU s per 100k with every event traced.
+    pub(crate) traced: Option<(f64, f64)>,
 }
 
 impl Row {
@@ -84,6 +86,7 @@ impl Row {
             ready_ms: 0.0,
             lost: 0,
             duplicates: 0,
+            traced: None,
         }
     }
 
@@ -184,6 +187,26 @@ pub(crate) fn render(rows: &[Row], http_raw: f64, settings: &str) -> String {
         s,
         "\nratio = fnbroker / direct, both measured in this run. Throughput is events from the first publish to the last receipt, with a window of unconfirmed events per broker (Mosquitto 100, core NATS 2,000, HTTP 5,000, others 20,000). Latency is publish -> function at the fixed rate. CPU and RSS are fnbroker's own (from /proc). The backlog is measured for brokers that hold one (Kafka, JetStream, AMQP) behind a function that takes 1 s per event."
     );
+    if rows.iter().any(|r| r.traced.is_some()) {
+        let _ = writeln!(
+            s,
+            "\n## What tracing costs\n\nfnbroker with every event traced (sample ratio 1, spans exported by OTLP/HTTP to the bench's server) against the same fnbroker untraced, both in this run.\n\n| connector | payload | untraced ev/s | traced ev/s | ratio | untraced CPU s / 100k | traced CPU s / 100k | ratio |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for r in rows {
+            if let Some((eps, cpu)) = r.traced {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} B | {:.0} | {eps:.0} | {:.2} | {:.2} | {cpu:.2} | {:.2} |",
+                    r.connector,
+                    r.size,
+                    r.fnbroker_eps,
+                    eps / r.fnbroker_eps,
+                    r.cpu_per_100k,
+                    cpu / r.cpu_per_100k
+                );
+            }
+        }
+    }
     s
 }
 

@@ -235,7 +235,7 @@ pub(crate) fn triggers_view(cfg: &Config) -> Value {
                 json!({
                     "name": t.name.as_str(),
                     "from": source(&t.from),
-                    "filter": t.filter.as_ref().map(|f| format!("{f:?}")),
+                    "filter": t.filter.as_ref().map(config::Filter::written),
                     "to": t.to.as_str(),
                     "delivery": {
                         "retries": t.delivery.retries,

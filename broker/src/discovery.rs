@@ -34,6 +34,7 @@ pub(crate) struct Discovery {
     pub(crate) platform: Platform,
     pub(crate) drain: Duration,
     pub(crate) views: Views,
+    pub(crate) telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 /// One running discovered trigger.
@@ -215,6 +216,7 @@ impl Discovery {
             dead_letter: self.dead_letter.clone(),
             reply: self.reply.clone(),
             stats: self.metrics.trigger(&name, &key.0),
+            telemetry: self.telemetry.clone(),
         });
         let from = TriggerSource {
             connector: self.entry.connector.clone(),

@@ -16,6 +16,7 @@ mod metrics;
 mod process;
 mod retry;
 mod runtime;
+mod telemetry;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -33,8 +34,9 @@ const RUNTIME_EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis
 #[derive(Debug, Parser)]
 #[command(name = "fnbroker", version, about)]
 struct Cli {
-    /// Log format: `human` (default) or `json`. The level comes from RUST_LOG (default `info`).
-    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    /// Log format: `human` (default) or `json` (one flat object per line). The level comes from
+    /// RUST_LOG (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true, env = "FNBROKER_LOG_FORMAT")]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -206,7 +208,9 @@ fn init_logs(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(|| Redacting(std::io::stderr()));
     match format {
-        LogFormat::Json => builder.json().init(),
+        // One flat object per line: the event's fields beside `timestamp`, `level` and
+        // `message`, not nested under `fields`.
+        LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
 }

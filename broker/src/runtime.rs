@@ -82,6 +82,7 @@ pub(crate) struct Broker {
     /// One task per `discover` entry, owning the pumps of its discovered triggers.
     discoveries: Vec<tokio::task::JoinHandle<()>>,
     triggers: Vec<Arc<TriggerRuntime>>,
+    telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 impl Broker {
@@ -91,6 +92,8 @@ impl Broker {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
+        let telemetry =
+            crate::telemetry::Telemetry::start(config.telemetry.as_ref())?.map(Arc::new);
         // Only the connectors that some trigger or destination uses.
         let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
         for (name, cfg) in &config.connectors {
@@ -132,6 +135,7 @@ impl Broker {
                 dead_letter: target(t.dead_letter.as_ref(), &connectors, &functions).await?,
                 reply: target(t.reply.as_ref(), &connectors, &functions).await?,
                 stats: metrics.trigger(&t.name, &t.to),
+                telemetry: telemetry.clone(),
             });
             triggers.push(Arc::clone(&runtime));
             let max = *t.delivery.max_in_flight;
@@ -212,6 +216,7 @@ impl Broker {
                 platform: platform.clone(),
                 drain: drain_budget(config.shutdown_timeout.get()),
                 views: Arc::clone(&views),
+                telemetry: telemetry.clone(),
             };
             discoveries.push(discovery.spawn(shutdown.clone())?);
         }
@@ -266,6 +271,7 @@ impl Broker {
             pumps,
             discoveries,
             triggers,
+            telemetry,
         })
     }
 
@@ -286,6 +292,10 @@ impl Broker {
         }
         if let Some(admin) = self.admin {
             let _ = admin.await;
+        }
+        if let Some(telemetry) = self.telemetry {
+            // Exporting the last batch blocks (the exporter's own thread does the work).
+            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
         }
         for t in &self.triggers {
             let s = &t.stats;

@@ -59,6 +59,16 @@ impl HttpInvoker {
         {
             headers.insert(X_TOPIC, value);
         }
+        // The W3C trace context as HTTP carries it, whatever the content mode: the function's
+        // own instrumentation continues the trace (binary mode also has it as `ce-traceparent`).
+        for name in [TRACEPARENT, TRACESTATE] {
+            if let Some(fnbroker_core::event::ExtensionValue::String(v)) =
+                event.extension(name.as_str())
+                && let Ok(value) = HeaderValue::try_from(v.as_str())
+            {
+                headers.insert(name, value);
+            }
+        }
         let body = match self.mode {
             ContentMode::Binary => {
                 binding::encode_binary(event, &mut headers);
@@ -86,6 +96,10 @@ impl HttpInvoker {
         })
     }
 }
+
+/// The W3C Trace Context headers.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The header the OpenFaaS connectors name the message's topic in.
 const X_TOPIC: HeaderName = HeaderName::from_static("x-topic");

@@ -227,6 +227,7 @@ mod tests {
                 content_type: Some(content_type),
                 partition_key: None,
                 traceparent: None,
+                tracestate: None,
             },
             data.to_vec(),
         )

@@ -48,6 +48,30 @@ impl TriggerRuntime {
         shutdown: &CancellationToken,
         broker_retry: Option<u32>,
     ) -> Outcome {
+        let Some(telemetry) = &self.telemetry else {
+            return self.attempts(event, shutdown, broker_retry, None).await;
+        };
+        let traced = telemetry.delivery(&self.name, &self.function.name, event);
+        let outcome = self
+            .attempts(event, shutdown, broker_retry, Some((telemetry, &traced)))
+            .await;
+        match &outcome {
+            Outcome::Delivered(_) => traced.end("delivered", None),
+            Outcome::Failed { reason, .. } => traced.end("failed", Some(reason)),
+            Outcome::Retry(_) => traced.end("retry", None),
+            Outcome::Released => traced.end("released", None),
+        }
+        outcome
+    }
+
+    /// [`TriggerRuntime::deliver`], with the event's span when traced.
+    async fn attempts(
+        &self,
+        event: &Event,
+        shutdown: &CancellationToken,
+        broker_retry: Option<u32>,
+        trace: Trace<'_>,
+    ) -> Outcome {
         let started = Instant::now();
         let mut attempt: u32 = broker_retry.unwrap_or(0);
         let health = &self.function.health;
@@ -58,13 +82,32 @@ impl TriggerRuntime {
                 Turn::Call => {}
                 Turn::Probe(permit) => probing = Some(permit),
             }
-            let error = match self.function.call(event, self.timeout).await {
+            let result = match trace {
+                None => self.function.call(event, self.timeout).await,
+                Some((telemetry, traced)) => {
+                    let (span, carried) =
+                        traced.attempt(telemetry, &self.function.name, attempt + 1, event);
+                    let result = self.function.call(&carried, self.timeout).await;
+                    let status = match &result {
+                        Ok(s) => Some(s.status),
+                        Err(e) => e.status(),
+                    };
+                    span.end(status, result.as_ref().err().map(ToString::to_string));
+                    result
+                }
+            };
+            let error = match result {
                 Ok(success) => {
-                    let reply = success
-                        .reply
-                        .map(|r| reply_event(event, &self.function.name, r));
+                    let reply = success.reply.map(|r| {
+                        let mut reply = reply_event(event, &self.function.name, r);
+                        match trace {
+                            Some((_, traced)) => traced.carry_to(&mut reply),
+                            None => carry_context(event, &mut reply),
+                        }
+                        reply
+                    });
                     if let (Some(reply), Some(target)) = (&reply, &self.reply)
-                        && !self.publish(target, reply, REPLY, shutdown).await
+                        && !self.publish(target, reply, REPLY, shutdown, trace).await
                     {
                         // The function is not called again for it: the broker redelivers the
                         // message after the pause, and only then is it delivered again.
@@ -95,12 +138,12 @@ impl TriggerRuntime {
             probing = None;
             attempt += 1;
             if !error.is_retryable() || attempt > self.policy.retries {
-                return self.fail(event, &error, attempt, shutdown).await;
+                return self.fail(event, &error, attempt, shutdown, trace).await;
             }
             let wait = self
                 .policy
                 .delay(attempt, error.retry_after(), &mut rand::rng());
-            tracing::debug!(trigger = %self.name, id = event.id(), attempt, ?wait, error = %error, "retrying");
+            tracing::debug!(trigger = %self.name, id = event.id(), trace_id = trace.map(|(_, t)| t.trace_id()), attempt, ?wait, error = %error, "retrying");
             self.stats.retried.inc();
             if broker_retry.is_some() {
                 return Outcome::Retry(wait);
@@ -119,6 +162,7 @@ impl TriggerRuntime {
         error: &InvokeError,
         attempts: u32,
         shutdown: &CancellationToken,
+        trace: Trace<'_>,
     ) -> Outcome {
         let reason = error.to_string();
         let outcome = Outcome::Failed {
@@ -126,11 +170,11 @@ impl TriggerRuntime {
             timed_out: error.is_timeout(),
         };
         let Some(target) = &self.dead_letter else {
-            tracing::warn!(trigger = %self.name, function = %self.function.name, id = event.id(), attempts, error = %reason, "delivery failed; no dead_letter configured, dropping the event");
+            tracing::warn!(trigger = %self.name, function = %self.function.name, id = event.id(), trace_id = trace.map(|(_, t)| t.trace_id()), attempts, error = %reason, "delivery failed; no dead_letter configured, dropping the event");
             self.stats.dropped.inc();
             return outcome;
         };
-        let letter = dead_letter_event(
+        let mut letter = dead_letter_event(
             event,
             &reason,
             error.status(),
@@ -138,7 +182,13 @@ impl TriggerRuntime {
             &self.name,
             &self.function.name,
         );
-        if self.publish(target, &letter, "dead letter", shutdown).await {
+        if let Some((_, traced)) = trace {
+            traced.carry_to(&mut letter);
+        }
+        if self
+            .publish(target, &letter, "dead letter", shutdown, trace)
+            .await
+        {
             self.stats.dead_lettered.inc();
             outcome
         } else {
@@ -164,7 +214,10 @@ impl TriggerRuntime {
             return outcome;
         };
         let letter = dead_letter_event(event, reason, None, 0, &self.name, &self.function.name);
-        if self.publish(target, &letter, "dead letter", shutdown).await {
+        if self
+            .publish(target, &letter, "dead letter", shutdown, None)
+            .await
+        {
             self.stats.dead_lettered.inc();
             outcome
         } else {
@@ -182,10 +235,18 @@ impl TriggerRuntime {
         event: &Event,
         what: &'static str,
         shutdown: &CancellationToken,
+        trace: Trace<'_>,
     ) -> bool {
         let mut tries = 0;
         loop {
             tries += 1;
+            let span = trace.map(|(telemetry, traced)| {
+                let topic = match target {
+                    Target::Sink { topic, .. } => topic.as_str(),
+                    Target::Function(f) => f.name.as_str(),
+                };
+                traced.publish(telemetry, what, topic)
+            });
             let result = match target {
                 Target::Sink { sink, topic } => sink.publish(topic, event).await.map_err(|e| {
                     let transient = e.kind() == ErrorKind::Transient;
@@ -197,6 +258,9 @@ impl TriggerRuntime {
                     .map(|_| ())
                     .map_err(|e| (format!("function `{}`: {e}", f.name), e.is_retryable())),
             };
+            if let Some(span) = span {
+                span.end(None, result.as_ref().err().map(|(e, _)| e.clone()));
+            }
             let Err((error, transient)) = result else {
                 if what == REPLY {
                     self.stats.replies.inc();
@@ -231,6 +295,24 @@ impl TriggerRuntime {
             () = shutdown.cancelled() => return Outcome::Released,
         }
         Outcome::Retry(Duration::ZERO)
+    }
+}
+
+/// The tracer and the event's span, when traced.
+type Trace<'a> = Option<(
+    &'a crate::telemetry::Telemetry,
+    &'a crate::telemetry::Delivery,
+)>;
+
+/// Untraced, a reply still carries the trace context the event came with, so the next hop
+/// continues the trace.
+fn carry_context(event: &Event, reply: &mut Event) {
+    for name in ["traceparent", "tracestate"] {
+        if reply.extension(name).is_none()
+            && let Some(v) = event.extension(name)
+        {
+            reply.set_extension(name, v.clone());
+        }
     }
 }
 

@@ -93,6 +93,8 @@ pub(crate) struct TriggerRuntime {
     pub(crate) dead_letter: Option<Target>,
     pub(crate) reply: Option<Target>,
     pub(crate) stats: TriggerStats,
+    /// The tracer, when traces are exported.
+    pub(crate) telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 /// How one trigger finished with one message.

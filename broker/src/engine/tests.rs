@@ -88,6 +88,7 @@ fn trigger(f: Arc<FunctionRuntime>, retries: u32, dead: Option<Target>) -> Arc<T
         dead_letter: dead,
         reply: None,
         stats: TriggerStats::detached(),
+        telemetry: None,
     })
 }
 
@@ -553,6 +554,7 @@ async fn an_outage_holds_events_instead_of_spending_their_retries() {
             dead_letter: None,
             reply: None,
             stats: TriggerStats::detached(),
+            telemetry: None,
         });
         let triggers: Arc<[Arc<TriggerRuntime>]> = Arc::from(vec![Arc::clone(&t)]);
         let mut tasks = Vec::new();
@@ -664,6 +666,7 @@ fn replying_trigger(
             topic: "replies".into(),
         }),
         stats: TriggerStats::detached(),
+        telemetry: None,
     })
 }
 

@@ -96,12 +96,14 @@ impl fnbroker_core::binding::Inbound for Inbound<'_, '_> {
 }
 
 fn plain(connector: &str, msg: &Message<'_>, content_type: Option<&str>) -> Event {
-    let traceparent = msg
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get("traceparent"))
-        .and_then(value_text);
+    let header = |name: &str| {
+        msg.properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(name))
+            .and_then(value_text)
+    };
+    let (traceparent, tracestate) = (header("traceparent"), header("tracestate"));
     let mut e = event::normalize(
         PlainMessage {
             kind: "amqp",
@@ -114,6 +116,7 @@ fn plain(connector: &str, msg: &Message<'_>, content_type: Option<&str>) -> Even
                 .and_then(|t| DateTime::<Utc>::from_timestamp(i64::try_from(t).ok()?, 0)),
             content_type,
             traceparent: traceparent.as_deref(),
+            tracestate: tracestate.as_deref(),
             ..Default::default()
         },
         msg.body.to_vec(),

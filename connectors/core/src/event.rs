@@ -10,10 +10,11 @@ use std::borrow::Cow;
 use base64::Engine as _;
 use base64::prelude::BASE64_STANDARD;
 use chrono::{DateTime, FixedOffset, Utc};
-use cloudevents::event::{ExtensionValue, SpecVersion};
+use cloudevents::event::SpecVersion;
 use cloudevents::{EventBuilder, EventBuilderV10};
 use serde_json::{Map, Value};
 
+pub use cloudevents::event::ExtensionValue;
 pub use cloudevents::{AttributesReader, AttributesWriter, Data, Event};
 
 /// The content type of a structured-mode CloudEvent in the JSON format.
@@ -600,6 +601,8 @@ pub struct PlainMessage<'a> {
     pub partition_key: Option<&'a str>,
     /// A W3C `traceparent` carried by the message, kept as the extension of that name.
     pub traceparent: Option<&'a str>,
+    /// The W3C `tracestate` that goes with it.
+    pub tracestate: Option<&'a str>,
 }
 
 /// Turns a message that is no CloudEvent into one, as DESIGN.md lays down: `source`
@@ -627,6 +630,9 @@ pub fn normalize(msg: PlainMessage<'_>, data: Vec<u8>) -> Event {
     }
     if let Some(tp) = msg.traceparent {
         event.set_extension("traceparent", tp);
+        if let Some(ts) = msg.tracestate.filter(|s| !s.is_empty()) {
+            event.set_extension("tracestate", ts);
+        }
     }
     event.set_data_unchecked(Data::Binary(data));
     event

@@ -402,14 +402,15 @@ fn decode(
             .collect()),
         Mode::Plain => {
             let content_type = binding::content_type(headers);
-            let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
             let event = event::normalize(
                 PlainMessage {
                     kind: "http",
                     connector,
                     topic: path,
                     content_type,
-                    traceparent,
+                    traceparent: header("traceparent"),
+                    tracestate: header("tracestate"),
                     ..Default::default()
                 },
                 body.to_vec(),

@@ -101,7 +101,7 @@ fn plain(
     payload: &[u8],
 ) -> Event {
     let key = record.key.map(String::from_utf8_lossy);
-    let traceparent = header(record, "traceparent").and_then(|v| std::str::from_utf8(v).ok());
+    let text = |name: &str| header(record, name).and_then(|v| std::str::from_utf8(v).ok());
     event::normalize(
         PlainMessage {
             kind: "kafka",
@@ -116,7 +116,8 @@ fn plain(
                 .and_then(DateTime::<Utc>::from_timestamp_millis),
             content_type,
             partition_key: key.as_deref(),
-            traceparent,
+            traceparent: text("traceparent"),
+            tracestate: text("tracestate"),
         },
         payload.to_vec(),
     )

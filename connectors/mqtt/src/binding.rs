@@ -87,18 +87,20 @@ fn serde_json_has_specversion(payload: &[u8]) -> bool {
 }
 
 fn plain(connector: &str, msg: &Message<'_>) -> Event {
-    let traceparent = msg
-        .user_properties
-        .iter()
-        .find(|(k, _)| k == "traceparent")
-        .map(|(_, v)| v.as_str());
+    let property = |name: &str| {
+        msg.user_properties
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
     event::normalize(
         PlainMessage {
             kind: "mqtt",
             connector,
             topic: msg.topic,
             content_type: msg.content_type,
-            traceparent,
+            traceparent: property("traceparent"),
+            tracestate: property("tracestate"),
             ..Default::default()
         },
         msg.payload.to_vec(),

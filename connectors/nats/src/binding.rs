@@ -83,6 +83,7 @@ fn plain(connector: &str, msg: &Message<'_>, content_type: Option<&str>) -> Even
             time: msg.time,
             content_type,
             traceparent: header(msg.headers, "traceparent"),
+            tracestate: header(msg.headers, "tracestate"),
             ..Default::default()
         },
         msg.payload.to_vec(),

@@ -678,6 +678,24 @@ fn validate(config: &mut Config, registry: &Registry, errors: &mut Errors<'_>) {
     }
     validate_sources_together(config, registry, &findings);
     duration(&config.shutdown_timeout, "shutdown_timeout", errors);
+    if let Some(telemetry) = &config.telemetry {
+        if let Some(endpoint) = telemetry.otlp.as_ref().and_then(|o| o.endpoint.as_ref()) {
+            url(
+                endpoint,
+                &["http", "https"],
+                "telemetry.otlp.endpoint",
+                errors,
+            );
+        }
+        if let Some(r) = telemetry.sample_ratio
+            && !(0.0..=1.0).contains(&r)
+        {
+            errors.at_path(
+                &["telemetry", "sample_ratio"],
+                format!("telemetry: `sample_ratio` must be between 0 and 1, not {r}"),
+            );
+        }
+    }
     if let Some(admin) = &config.admin {
         address(&admin.listen, "admin.listen", errors);
         if let Some(Err(e)) = admin.tls.as_ref().map(crate::tls::ServerTls::check) {
@@ -1404,6 +1422,45 @@ mod tests {
         ] {
             assert!(errors.contains(expected), "{expected}: {errors}");
         }
+    }
+
+    #[test]
+    fn telemetry_is_checked_at_load() {
+        let registry = Registry::new(&[]);
+        let errors = load_str(
+            "t.yaml",
+            "telemetry:\n  otlp: { endpoint: \"collector:4318\", protocol: grpc }\n  sample_ratio: 1.5\n",
+            |_| None,
+            &registry,
+        )
+        .map(|_| ())
+        .expect_err("invalid")
+        .to_string();
+        for expected in [
+            "telemetry.otlp.endpoint",
+            "`sample_ratio` must be between 0 and 1",
+        ] {
+            assert!(errors.contains(expected), "{expected}: {errors}");
+        }
+        let wrong = load_str(
+            "t.yaml",
+            "telemetry: { otlp: { protocol: http/json } }\n",
+            |_| None,
+            &registry,
+        )
+        .map(|_| ())
+        .expect_err("unknown protocol")
+        .to_string();
+        assert!(wrong.contains("http/json"), "{wrong}");
+        assert!(
+            load_str(
+                "t.yaml",
+                "telemetry: { otlp: { endpoint: \"http://c:4317\", protocol: grpc }, sample_ratio: 0.5 }\n",
+                |_| None,
+                &registry,
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -57,6 +57,57 @@ pub struct Config {
     /// to their brokers for redelivery. Default `30s`.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: ConfDuration,
+    /// OpenTelemetry traces, exported by OTLP. Off when absent (unless the `OTEL_EXPORTER_OTLP_*`
+    /// environment variables name an endpoint).
+    #[serde(default)]
+    pub telemetry: Option<Telemetry>,
+}
+
+/// OpenTelemetry traces: a span per event and trigger, a child per delivery attempt and per
+/// reply or dead-letter publish, exported by OTLP. The standard `OTEL_*` environment variables
+/// fill in what is not written here.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Telemetry {
+    /// Where spans are exported.
+    #[serde(default)]
+    pub otlp: Option<Otlp>,
+    /// The `service.name` of the spans. Default: `OTEL_SERVICE_NAME`, else `fnbroker`.
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// The share of the traces that start here which are kept, 0 to 1; a trace that arrives with
+    /// a sampled parent is always kept. Default: `OTEL_TRACES_SAMPLER_ARG`, else 1.
+    #[serde(default)]
+    pub sample_ratio: Option<f64>,
+}
+
+/// An OTLP exporter.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Otlp {
+    /// The collector: `http://collector:4318` for `http/protobuf` (`/v1/traces` is added when
+    /// the URL has no path), `http://collector:4317` for `grpc`. Default:
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    #[serde(default)]
+    pub endpoint: Option<Loc<String>>,
+    /// `http/protobuf` or `grpc`. Default: `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`, else `http/protobuf`.
+    #[serde(default)]
+    pub protocol: Option<OtlpProtocol>,
+    /// Headers sent with every export (an API key of a tracing service).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// How spans travel to the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum OtlpProtocol {
+    /// Protobuf over HTTP (port 4318).
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// gRPC (port 4317).
+    #[serde(rename = "grpc")]
+    Grpc,
 }
 
 fn default_shutdown_timeout() -> ConfDuration {
@@ -495,6 +546,25 @@ pub enum Filter {
     Not(Box<Filter>),
     /// A CloudEvents SQL expression.
     Sql(Loc<String>),
+}
+
+impl Filter {
+    /// The filter as it was written (`{"sql": "..."}`, `{"all": [...]}`), for views and logs.
+    pub fn written(&self) -> serde_json::Value {
+        use serde_json::json;
+        let pairs = |m: &BTreeMap<String, String>| json!(m);
+        let list =
+            |fs: &[Filter]| serde_json::Value::Array(fs.iter().map(Filter::written).collect());
+        match self {
+            Filter::Exact(m) => json!({ "exact": pairs(m) }),
+            Filter::Prefix(m) => json!({ "prefix": pairs(m) }),
+            Filter::Suffix(m) => json!({ "suffix": pairs(m) }),
+            Filter::All(fs) => json!({ "all": list(fs) }),
+            Filter::Any(fs) => json!({ "any": list(fs) }),
+            Filter::Not(f) => json!({ "not": f.written() }),
+            Filter::Sql(text) => json!({ "sql": text.as_str() }),
+        }
+    }
 }
 
 /// How a trigger delivers: retries, backoff, timeout, ordering, concurrency.
