@@ -17,6 +17,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# Chromium (Debian's package) loads the admin status page in the tests, as a person's browser does.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "deps: installing chromium" >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
+  else
+    echo "deps: chromium is missing; install it (apt-get install chromium)" >&2
+    exit 1
+  fi
+fi
+
 # botocore (the AWS SDK for Python's signer) checks the Lambda function kind's SigV4 signatures in
 # the tests: one virtual environment outside the clone, made once.
 venv="$HOME/.cache/fnbroker/venv"

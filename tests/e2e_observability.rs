@@ -241,20 +241,48 @@ async fn readyz_names_the_connectors_that_are_not_ready() {
     ));
     let url = format!("http://127.0.0.1:{}/readyz", fb.admin);
     let deadline = tokio::time::Instant::now() + WAIT;
-    let answer = loop {
+    // Until the first attempt failed, the reason is that it is connecting; then the cause.
+    let body = loop {
         if let Ok(r) = reqwest::get(&url).await {
-            break r;
+            assert_eq!(r.status(), 503);
+            let body: serde_json::Value =
+                serde_json::from_str(&r.text().await.expect("body")).expect("json");
+            if body["not_ready"][0]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("refused"))
+            {
+                break body;
+            }
         }
         assert!(tokio::time::Instant::now() < deadline, "{}", fb.logs());
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(answer.status(), 503);
-    let body: serde_json::Value =
-        serde_json::from_str(&answer.text().await.expect("body")).expect("json");
-    assert_eq!(
-        body,
-        serde_json::json!({ "ready": false, "not_ready": [{ "name": "rabbit", "kind": "amqp" }] })
+    assert_eq!(body["ready"], false, "{body}");
+    let not_ready = body["not_ready"].as_array().expect("not_ready");
+    assert_eq!(not_ready.len(), 1, "only rabbit: {body}");
+    assert_eq!(not_ready[0]["name"], "rabbit");
+    assert_eq!(not_ready[0]["kind"], "amqp");
+    // The log said it once, with the address (the password masked) and the cause, though the
+    // connector went on trying (a summary follows every 30 s).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let warnings: Vec<String> = fb
+        .logs()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("connector=rabbit"))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        warnings[0].contains(&format!("address=amqp://guest:***@127.0.0.1:{closed}/%2f"))
+            && warnings[0].contains("refused"),
+        "{warnings:?}"
     );
+    let attempts = fb
+        .logs()
+        .lines()
+        .filter(|l| l.contains("connector=rabbit") && l.contains("cannot connect"))
+        .count();
+    assert!(attempts > 1, "it kept trying ({attempts} attempts logged)");
+    assert_eq!(warnings.len(), 1, "one warning for the run: {warnings:?}");
     let (_, text) = scrape(&fb, "*/*").await;
     assert_eq!(
         sample(&text, "fnbroker_connector_up", &["connector=\"rabbit\""]),
@@ -592,5 +620,150 @@ async fn json_logs_are_flat_with_trace_ids_and_filters_are_shown_as_written() {
         })
         .expect("failed line");
     assert_eq!(failed["trace_id"], trace_id, "one trace id per event");
+    drop(fb);
+}
+
+/// Headless Chromium (Debian's package, installed by scripts/deps.sh).
+fn chromium() -> &'static str {
+    let path = "/usr/bin/chromium";
+    assert!(
+        std::path::Path::new(path).exists(),
+        "chromium is not installed (scripts/deps.sh installs Debian's chromium package)"
+    );
+    path
+}
+
+/// What Chromium shows of `url` once its scripts ran for `budget_ms` of virtual time: the DOM,
+/// and a screenshot written to `shot` when given.
+fn browse(url: &str, budget_ms: u64, shot: Option<&std::path::Path>) -> String {
+    let profile = tempfile::tempdir().expect("profile");
+    let mut cmd = Command::new(chromium());
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--hide-scrollbars",
+        "--window-size=1400,1100",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()))
+    .arg(format!("--virtual-time-budget={budget_ms}"));
+    match shot {
+        Some(path) => cmd.arg(format!("--screenshot={}", path.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    let out = cmd
+        .arg(url)
+        .stderr(Stdio::null())
+        .output()
+        .expect("chromium");
+    assert!(out.status.success(), "chromium failed on {url}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The number in the cell `class` of the row of trigger `name` in the page's DOM.
+fn cell(dom: &str, name: &str, class: &str) -> Option<u64> {
+    let row = dom.split(&format!("data-trigger=\"{name}\"")).nth(1)?;
+    let row = &row[..row.find("</tr>")?];
+    let at = row.find(&format!("class=\"n {class}\">"))?;
+    let rest = &row[at..];
+    let value = &rest[rest.find('>')? + 1..rest.find("</td>")?];
+    value.trim().parse().ok()
+}
+
+/// The status page, as a person sees it in a real browser during a run with traffic: the
+/// connectors, the triggers with counts that move, the functions, and the last errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_a_live_run_in_chromium() {
+    let root = format!("sp{}", uid());
+    let server = FnServer::with(|path, _| match path {
+        "/broken" => Answer::status(500),
+        _ => Answer::ok(),
+    })
+    .await;
+    let fb = Fnbroker::start(&format!(
+        "connectors:\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\nfunctions:\n  thumbnail: {{ http: {{ url: \"{}\" }} }}\n  broken: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: resize-images, from: {{ connector: bus, topic: \"{root}.images\" }}, to: thumbnail }}\n  - {{ name: always-fails, from: {{ connector: bus, topic: \"{root}.bad\" }}, to: broken, delivery: {{ retries: 0 }} }}\n",
+        server.url("/ok"),
+        server.url("/broken"),
+    ))
+    .await;
+    // Traffic all along: 20 events every 100 ms, and now and then one that fails.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let traffic = {
+        let (stop, root) = (stop.clone(), root.clone());
+        tokio::spawn(async move {
+            let client = nats::connect(SHARED_URL).await;
+            let mut i = 0u64;
+            while !stop.is_cancelled() {
+                for _ in 0..20 {
+                    i += 1;
+                    let _ = client
+                        .publish(format!("{root}.images"), i.to_string().into())
+                        .await;
+                }
+                if i.is_multiple_of(200) {
+                    let _ = client.publish(format!("{root}.bad"), "x".into()).await;
+                }
+                let _ = client.flush().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    server.wait_count("/ok", 100, WAIT).await;
+    let page = format!("http://127.0.0.1:{}/", fb.admin);
+    let first = tokio::task::spawn_blocking({
+        let page = page.clone();
+        move || browse(&page, 3000, None)
+    })
+    .await
+    .expect("browse");
+    for what in [
+        "resize-images",
+        "always-fails",
+        "thumbnail",
+        "broken",
+        "data-connector=\"bus\"",
+    ] {
+        assert!(first.contains(what), "the page shows {what}:\n{first}");
+    }
+    assert!(
+        first.contains("class=\"up\">up</td>"),
+        "bus is shown up:\n{first}"
+    );
+    let delivered_first = cell(&first, "resize-images", "delivered").expect("a delivered count");
+    assert!(delivered_first >= 100, "{delivered_first}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = tokio::task::spawn_blocking({
+        let page = page.clone();
+        move || browse(&page, 3000, None)
+    })
+    .await
+    .expect("browse");
+    let delivered_second = cell(&second, "resize-images", "delivered").expect("a delivered count");
+    assert!(
+        delivered_second > delivered_first,
+        "the counts move: {delivered_first} then {delivered_second}"
+    );
+    assert!(
+        second.contains("delivery failed"),
+        "the last errors show the failed delivery:\n{second}"
+    );
+    // A screenshot of what a person sees, kept with the test's output.
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    tokio::task::spawn_blocking({
+        let (page, shot) = (page.clone(), shot.clone());
+        move || browse(&page, 3000, Some(&shot))
+    })
+    .await
+    .expect("screenshot");
+    let png = std::fs::read(&shot).expect("the screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{}",
+        shot.display()
+    );
+    stop.cancel();
+    let _ = traffic.await;
     drop(fb);
 }

@@ -50,6 +50,33 @@ pub(crate) struct ConnectorState {
     pub(crate) name: String,
     pub(crate) kind: &'static str,
     pub(crate) ready: bool,
+    /// Where it connects, its password masked (empty for a listener).
+    pub(crate) address: String,
+    /// The cause of the connection failures going on now.
+    pub(crate) last_error: Option<String>,
+    pub(crate) reconnects: u64,
+}
+
+impl ConnectorState {
+    /// The state of `connector`, named `name`, now.
+    pub(crate) fn of(name: &str, connector: &dyn fnbroker_core::Connector) -> Self {
+        let link = connector.link();
+        Self {
+            name: name.to_string(),
+            kind: connector.kind(),
+            ready: connector.is_ready(),
+            address: link.map(|l| l.address().to_string()).unwrap_or_default(),
+            last_error: link.and_then(fnbroker_core::kit::Link::last_error),
+            reconnects: link.map_or(0, fnbroker_core::kit::Link::reconnects),
+        }
+    }
+
+    fn view(&self) -> Value {
+        json!({
+            "name": self.name, "kind": self.kind, "ready": self.ready, "address": self.address,
+            "last_error": self.last_error, "reconnects": self.reconnects,
+        })
+    }
 }
 
 /// The largest callback body taken: a function's answer, as large as an `exec` reply may be.
@@ -73,6 +100,8 @@ pub(crate) async fn serve(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/", get(status_page))
+        .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
         .route(
             "/v1/triggers",
@@ -116,7 +145,8 @@ async fn authorize(auth: Option<Arc<Auth>>, request: Request, next: Next) -> Res
     // The probes are open; a callback carries its own secret in its path (the gateway's queue
     // worker sends no token).
     let path = request.uri().path();
-    let open = matches!(path, "/healthz" | "/readyz") || path.starts_with("/v1/callbacks/");
+    // The status page's HTML holds no data (its script reads the rest with the token).
+    let open = matches!(path, "/healthz" | "/readyz" | "/") || path.starts_with("/v1/callbacks/");
     match auth
         .filter(|_| !open)
         .map(|a| a.check(request.headers(), &[]))
@@ -169,7 +199,12 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
     let not_ready: Vec<Value> = (s.connectors)()
         .into_iter()
         .filter(|c| !c.ready)
-        .map(|c| json!({ "name": c.name, "kind": c.kind }))
+        .map(|c| {
+            let why = c.last_error.clone().unwrap_or_else(|| {
+                "connecting, or waiting for its subscriptions to be acknowledged".into()
+            });
+            json!({ "name": c.name, "kind": c.kind, "reason": why })
+        })
         .collect();
     let status = if not_ready.is_empty() {
         StatusCode::OK
@@ -181,6 +216,36 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
         axum::Json(json!({ "ready": not_ready.is_empty(), "not_ready": not_ready })),
     )
         .into_response()
+}
+
+/// The status page: one self-contained HTML file (no external assets) whose script reads
+/// `/v1/status`, `/v1/triggers`, `/v1/functions` and `/metrics` every second. With a token, open
+/// it as `/#token=<token>`: the fragment never leaves the browser, and the script sends it as a
+/// bearer token.
+async fn status_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        include_str!("status.html"),
+    )
+        .into_response()
+}
+
+/// The connectors' state and the last warnings and errors, for the status page.
+async fn status(State(s): State<Arc<AdminState>>) -> Response {
+    let connectors: Vec<Value> = (s.connectors)().iter().map(ConnectorState::view).collect();
+    let errors: Vec<Value> = crate::recent::entries()
+        .into_iter()
+        .map(|e| json!({ "time": e.time, "level": e.level, "target": e.target, "text": e.text }))
+        .collect();
+    axum::Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "connectors": connectors,
+        "errors": errors,
+    }))
+    .into_response()
 }
 
 /// The OpenMetrics content type, and the classic text format's.

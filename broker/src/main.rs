@@ -14,6 +14,7 @@ mod filter;
 mod health;
 mod metrics;
 mod process;
+mod recent;
 mod retry;
 mod runtime;
 mod telemetry;
@@ -204,14 +205,19 @@ fn load(path: &Path) -> Result<config::Config, ExitCode> {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(|| Redacting(std::io::stderr()));
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let lines = tracing_subscriber::fmt::layer().with_writer(|| Redacting(std::io::stderr()));
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(recent::Recent);
     match format {
         // One flat object per line: the event's fields beside `timestamp`, `level` and
         // `message`, not nested under `fields`.
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => registry.with(lines.json().flatten_event(true)).init(),
+        LogFormat::Human => registry
+            .with(lines.with_ansi(std::io::stderr().is_terminal()))
+            .init(),
     }
 }
 

@@ -184,6 +184,7 @@ pub(crate) struct Metrics {
     response_bytes: Family<FunctionLabels, Counter>,
     function_in_flight: Family<FunctionLabels, Gauge>,
     connector_up: Family<ConnectorLabels, Gauge>,
+    connector_reconnects: Family<ConnectorLabels, Counter>,
     connections_open: Family<ListenerLabels, Gauge>,
     connections_refused: Family<ListenerLabels, Counter>,
 }
@@ -212,6 +213,7 @@ impl Metrics {
             response_bytes: Family::default(),
             function_in_flight: Family::default(),
             connector_up: Family::default(),
+            connector_reconnects: Family::default(),
             connections_open: Family::default(),
             connections_refused: Family::default(),
             registry: Registry::default(),
@@ -328,6 +330,11 @@ impl Metrics {
             m.connector_up.clone(),
         );
         registry.register(
+            "connector_reconnects",
+            "Times the connector's connection came back after it failed",
+            m.connector_reconnects.clone(),
+        );
+        registry.register(
             "connections_open",
             "Connections open on a listening socket (an HTTP connector, or `admin`)",
             m.connections_open.clone(),
@@ -373,12 +380,13 @@ impl Metrics {
     /// Brings `connector_up` up to date: `(name, kind, ready)` of every connector.
     pub(crate) fn connectors(&self, states: &[crate::admin::ConnectorState]) {
         for c in states {
-            self.connector_up
-                .get_or_create(&ConnectorLabels {
-                    connector: c.name.clone(),
-                    kind: c.kind.to_string(),
-                })
-                .set(i64::from(c.ready));
+            let l = ConnectorLabels {
+                connector: c.name.clone(),
+                kind: c.kind.to_string(),
+            };
+            self.connector_up.get_or_create(&l).set(i64::from(c.ready));
+            let reconnects = self.connector_reconnects.get_or_create(&l);
+            reconnects.inc_by(c.reconnects.saturating_sub(reconnects.get()));
         }
     }
 

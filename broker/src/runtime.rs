@@ -250,11 +250,7 @@ impl Broker {
                     connectors: Box::new(move || {
                         ready_connectors
                             .iter()
-                            .map(|(name, c)| crate::admin::ConnectorState {
-                                name: name.clone(),
-                                kind: c.kind(),
-                                ready: c.is_ready(),
-                            })
+                            .map(|(name, c)| crate::admin::ConnectorState::of(name, c.as_ref()))
                             .collect()
                     }),
                     callbacks: Arc::clone(&platform.callbacks),

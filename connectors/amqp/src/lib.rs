@@ -57,6 +57,7 @@ pub struct AmqpConnector {
     /// Subscriptions, and how many of them are consuming right now.
     subscriptions: Arc<AtomicUsize>,
     consuming: Arc<AtomicUsize>,
+    link: Arc<kit::Link>,
 }
 
 impl AmqpConnector {
@@ -78,6 +79,7 @@ impl AmqpConnector {
             }
         })?;
         Ok(Self {
+            link: kit::Link::new(&name, "the AMQP server", &config.url),
             name,
             config,
             dial,
@@ -130,6 +132,7 @@ impl Connector for AmqpConnector {
         })?;
         let prefetch = u16::try_from(sub.max_in_flight).unwrap_or(u16::MAX);
         let spec = ConsumerSpec {
+            link: Arc::clone(&self.link),
             connector: self.name.clone(),
             dial: self.dial.clone(),
             queue,
@@ -202,6 +205,10 @@ impl Connector for AmqpConnector {
 
     fn is_ready(&self) -> bool {
         self.consuming.load(Ordering::Acquire) >= self.subscriptions.load(Ordering::Acquire)
+    }
+
+    fn link(&self) -> Option<&kit::Link> {
+        Some(&self.link)
     }
 }
 
@@ -284,6 +291,7 @@ impl Source for AmqpSource {
 
 /// What a consumer needs to (re)open its channel.
 struct ConsumerSpec {
+    link: Arc<kit::Link>,
     connector: String,
     dial: Dial,
     queue: String,
@@ -299,7 +307,8 @@ impl ConsumerSpec {
         } else {
             ""
         };
-        tracing::warn!(connector = %self.connector, queue = %self.queue, error = %error, "cannot connect to the AMQP server; retrying{hint}");
+        self.link
+            .failed(&format!("queue `{}`: {error}", self.queue), hint);
     }
 
     /// A channel with prefetch, the declarations, and the consumer.
@@ -454,6 +463,7 @@ async fn consume(
         backoff.reset();
         consuming.fetch_add(1, Ordering::AcqRel);
         tracing::info!(connector = %spec.connector, queue = %spec.queue, "amqp consumer started");
+        spec.link.connected();
         current = Some(conn);
         let stopping = loop {
             let next = tokio::select! {
@@ -463,11 +473,15 @@ async fn consume(
             let delivery = match next {
                 Some(Ok(d)) => d,
                 Some(Err(e)) => {
-                    tracing::warn!(connector = %spec.connector, queue = %spec.queue, error = %e, "amqp consumer lost; reconnecting");
+                    spec.link
+                        .failed(&format!("consumer of `{}` lost: {e}", spec.queue), "");
                     break false;
                 }
                 None => {
-                    tracing::warn!(connector = %spec.connector, queue = %spec.queue, "amqp consumer closed; reconnecting");
+                    spec.link.failed(
+                        &format!("consumer of `{}` closed by the server", spec.queue),
+                        "",
+                    );
                     break false;
                 }
             };

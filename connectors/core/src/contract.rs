@@ -338,6 +338,12 @@ pub trait Connector: Send + Sync {
         true
     }
 
+    /// The connection's health (address, the failure going on, reconnections), for a
+    /// connector that connects out.
+    fn link(&self) -> Option<&crate::kit::Link> {
+        None
+    }
+
     /// Stops the connector once every subscription's pump finished: flush producers, close
     /// connections, let listeners answer what they still hold.
     async fn stop(&self) {}

@@ -53,6 +53,7 @@ pub struct KafkaConnector {
     producer: OnceCell<Arc<KafkaSink>>,
     ready: Arc<AtomicBool>,
     subscribed: AtomicBool,
+    link: Arc<fnbroker_core::kit::Link>,
 }
 
 impl KafkaConnector {
@@ -75,6 +76,11 @@ impl KafkaConnector {
             _ => None,
         };
         Ok(Self {
+            link: fnbroker_core::kit::Link::new(
+                &name,
+                "the Kafka brokers",
+                &config.brokers.join(","),
+            ),
             name,
             oauth,
             config,
@@ -154,6 +160,7 @@ impl Connector for KafkaConnector {
             revoked: Mutex::default(),
             stalls: Default::default(),
             oauth: self.oauth.clone(),
+            link: Arc::clone(&self.link),
         };
         let mut cfg = self.client_config(&[
             ("enable.auto.commit", "false"),
@@ -212,6 +219,10 @@ impl Connector for KafkaConnector {
             })
             .await?;
         Ok(Arc::clone(sink) as Arc<dyn Sink>)
+    }
+
+    fn link(&self) -> Option<&fnbroker_core::kit::Link> {
+        Some(&self.link)
     }
 
     /// Ready once a consumer got its partitions (or a message), and not after the client lost

@@ -80,6 +80,17 @@ pub(crate) struct Context {
     pub(crate) stalls: AtomicU64,
     /// OAUTHBEARER tokens, when the connector uses them.
     pub(crate) oauth: Option<Arc<crate::oauth::TokenSource>>,
+    /// The connection's health, shared by the connector's consumers.
+    pub(crate) link: Arc<fnbroker_core::kit::Link>,
+}
+
+impl Context {
+    /// Connected: ready, and the link says so once (not per message).
+    pub(crate) fn up(&self) {
+        if !self.ready.swap(true, Ordering::AcqRel) {
+            self.link.connected();
+        }
+    }
 }
 
 impl ClientContext for Context {
@@ -98,9 +109,13 @@ impl ClientContext for Context {
             Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
         );
         if transport {
+            // A warning for the first of a run, then a summary every 30 s: librdkafka reports
+            // each broker's failure on its own, many times a second.
             self.ready.store(false, Ordering::Release);
+            self.link.failed(&format!("{error}: {reason}"), "");
+        } else {
+            tracing::warn!(connector = %self.connector, %error, reason, "kafka client error");
         }
-        tracing::warn!(connector = %self.connector, %error, reason, "kafka client error");
     }
 }
 
@@ -132,7 +147,7 @@ impl ConsumerContext for Context {
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
-            self.ready.store(true, Ordering::Release);
+            self.up();
             tracing::info!(connector = %self.connector, partitions = list.count(), "partitions assigned");
         }
     }
@@ -257,7 +272,7 @@ impl Poller {
             while let Some(result) = polled {
                 match result {
                     Ok(m) => {
-                        self.consumer.context().ready.store(true, Ordering::Release);
+                        self.consumer.context().up();
                         let partition = intern(&mut self.topics, m.topic(), m.partition());
                         let (partition, incoming) = self.incoming(&m, partition, &settle_tx);
                         match self.last_seen.get_mut(&partition) {
@@ -527,14 +542,14 @@ impl Poller {
     /// While not ready (no assignment yet, or the brokers went away), asks the cluster for
     /// metadata: an answer means connected, whether or not the topics exist yet.
     fn probe_readiness(&self) {
-        let ready = &self.consumer.context().ready;
-        if !ready.load(Ordering::Acquire)
+        let context = self.consumer.context();
+        if !context.ready.load(Ordering::Acquire)
             && self
                 .consumer
                 .fetch_metadata(None, Duration::from_secs(2))
                 .is_ok()
         {
-            ready.store(true, Ordering::Release);
+            context.up();
         }
     }
 

@@ -74,6 +74,7 @@ impl Consumer {
         options: &Options,
         subs: Vec<Sub>,
         ready: Arc<AtomicBool>,
+        link: Arc<fnbroker_core::kit::Link>,
         control: mpsc::UnboundedReceiver<Control>,
     ) -> Self {
         let (client, events) = client::connect(options);
@@ -95,6 +96,7 @@ impl Consumer {
             v5: options.v5,
             subs,
             ready,
+            link,
             control,
             client,
             ack_tx,
@@ -225,6 +227,7 @@ struct Dispatcher {
     v5: bool,
     subs: Vec<Sub>,
     ready: Arc<AtomicBool>,
+    link: Arc<fnbroker_core::kit::Link>,
     control: mpsc::UnboundedReceiver<Control>,
     client: Client,
     ack_tx: mpsc::UnboundedSender<AckCommand>,
@@ -264,6 +267,7 @@ async fn dispatch_loop(mut d: Dispatcher) {
             Ok(Ev::Connected { session_present }) => {
                 unacknowledged = d.subs.len();
                 tracing::info!(connector = %d.name, session_present, "mqtt connected; subscribing");
+                d.link.connected();
                 // The acknowledgements of the old connection's messages are void: the broker
                 // sends those messages again on this one.
                 d.next_seq = d.next_seq.saturating_add(1 << 32);
@@ -283,7 +287,7 @@ async fn dispatch_loop(mut d: Dispatcher) {
             Ok(_) => {}
             Err(e) => {
                 d.ready.store(false, Ordering::Release);
-                tracing::warn!(connector = %d.name, error = %e, "mqtt connection lost");
+                d.link.failed(&e, "");
             }
         }
     }

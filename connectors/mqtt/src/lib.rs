@@ -62,6 +62,7 @@ pub struct MqttConnector {
     /// Whether `start` was called: later subscriptions go to the running consumer.
     started: AtomicBool,
     ready: Arc<AtomicBool>,
+    link: Arc<fnbroker_core::kit::Link>,
     stop: CancellationToken,
     consumer: tokio::sync::Mutex<Option<Consumer>>,
     sink: OnceCell<Arc<MqttSink>>,
@@ -124,6 +125,7 @@ impl MqttConnector {
             next_id: AtomicUsize::new(0),
             started: AtomicBool::new(false),
             ready: Arc::new(AtomicBool::new(false)),
+            link: fnbroker_core::kit::Link::new(name, "the MQTT broker", &cfg.url),
             stop: CancellationToken::new(),
             consumer: tokio::sync::Mutex::new(None),
             sink: OnceCell::new(),
@@ -154,6 +156,7 @@ impl MqttConnector {
             &options,
             subs,
             Arc::clone(&self.ready),
+            Arc::clone(&self.link),
             control,
         ))
     }
@@ -265,6 +268,10 @@ impl Connector for MqttConnector {
         }
         *consumer = self.start_consumer(subs);
         Ok(())
+    }
+
+    fn link(&self) -> Option<&fnbroker_core::kit::Link> {
+        Some(&self.link)
     }
 
     fn is_ready(&self) -> bool {

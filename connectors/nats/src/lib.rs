@@ -46,9 +46,6 @@ mod config;
 
 pub use config::{NatsPublish, NatsSettings, NatsSourceSettings, Plugin};
 
-/// The least time between two warnings about a failing connection.
-const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Credentials found in a server URL.
 #[derive(Debug, PartialEq, Eq)]
 enum Credentials {
@@ -95,13 +92,16 @@ pub struct NatsConnector {
     name: String,
     config: NatsSettings,
     client: OnceCell<Client>,
+    link: Arc<fnbroker_core::kit::Link>,
 }
 
 impl NatsConnector {
     /// A connector named `name`; it connects on first use.
     pub fn new(name: impl Into<String>, config: NatsSettings) -> Self {
+        let name = name.into();
         Self {
-            name: name.into(),
+            link: fnbroker_core::kit::Link::new(&name, "the NATS server", &config.url),
+            name,
             config,
             client: OnceCell::new(),
         }
@@ -153,16 +153,13 @@ impl NatsConnector {
                     opts = opts.tls_client_config(config).require_tls(true);
                 }
                 let name = self.name.clone();
-                let servers = urls.clone();
                 let tls = self.config.tls.is_some() || urls.contains("tls://");
-                // Failures are warnings, one per WARN_EVERY (the client retries much faster);
-                // the rest go to debug. async-nats reports a failed attempt by its kind only
-                // ("IO error"), dropping the cause (a TLS verification failure included).
-                let last_warning = Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
+                // Failures go through the link: a warning for the first of a run, then a
+                // summary every 30 s (the client retries much faster).
+                let link = Arc::clone(&self.link);
                 opts = opts.event_callback(move |event| {
                     let name = name.clone();
-                    let servers = servers.clone();
-                    let last_warning = Arc::clone(&last_warning);
+                    let link = Arc::clone(&link);
                     async move {
                         let failure = matches!(
                             event,
@@ -170,27 +167,19 @@ impl NatsConnector {
                                 | async_nats::Event::ServerError(_)
                                 | async_nats::Event::Disconnected
                         );
+                        if matches!(event, async_nats::Event::Connected) {
+                            link.connected();
+                        }
                         if !failure {
                             tracing::info!(connector = %name, %event, "nats connection event");
                             return;
                         }
-                        let due = last_warning.lock().is_ok_and(|mut last| {
-                            let due = last.is_none_or(|t| t.elapsed() >= WARN_EVERY);
-                            if due {
-                                *last = Some(std::time::Instant::now());
-                            }
-                            due
-                        });
                         let hint = if tls {
                             "; with TLS, check that `tls.ca` signed the server's certificate and that the client certificate is accepted"
                         } else {
                             ""
                         };
-                        if due {
-                            tracing::warn!(connector = %name, servers = %servers, %event, "cannot reach or use the NATS server{hint}");
-                        } else {
-                            tracing::debug!(connector = %name, %event, "nats connection event");
-                        }
+                        link.failed(&event.to_string(), hint);
                     }
                 });
                 opts.connect(urls.as_str())
@@ -206,6 +195,10 @@ impl NatsConnector {
 impl Connector for NatsConnector {
     fn kind(&self) -> &'static str {
         "nats"
+    }
+
+    fn link(&self) -> Option<&fnbroker_core::kit::Link> {
+        Some(&self.link)
     }
 
     /// A subscription is the client's own: it can be opened and closed at any time.
