@@ -767,3 +767,114 @@ async fn the_status_page_shows_a_live_run_in_chromium() {
     let _ = traffic.await;
     drop(fb);
 }
+
+/// Consumer lag where the broker tells it (a Kafka partition's high watermark minus its
+/// committed offset, a JetStream consumer's pending count, an AMQP queue's depth), and a
+/// subscription that has messages waiting and takes none (its function hangs) reported stuck
+/// in `/metrics` and `/readyz`, which stays ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_lag_is_measured_and_a_stuck_subscription_is_reported() {
+    use common::{amqp, kafka};
+    let topic = kafka::unique("lag");
+    kafka::create_topic(&topic, 1).await;
+    kafka::produce_range(&kafka::producer(), &topic, 0..50).await;
+    let root = format!("lg{}", uid());
+    let stream = format!("L{}", uid());
+    nats::create_stream(SHARED_URL, &stream, &[&format!("{root}.>")]).await;
+    nats::js_publish(
+        SHARED_URL,
+        (0..50)
+            .map(|i| (format!("{root}.x"), i.to_string().into_bytes()))
+            .collect(),
+    )
+    .await;
+    let queue = format!("lag-{}", uid());
+    let (_conn, ch) = amqp::channel().await;
+    amqp::queue(&ch, &queue).await;
+    amqp::publish_many(&ch, &queue, 50).await;
+    // The function never answers in time: one message in flight per subscription, the rest wait.
+    let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_secs(120))).await;
+    let fb = Fnbroker::start(&format!(
+        "connectors:\n{}  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\n  rabbit: {{ amqp: {{ url: \"{}\" }} }}\nfunctions:\n  hangs: {{ http: {{ url: \"{}\" }}, timeout: 300s }}\ntriggers:\n  - {{ name: k, from: {{ connector: k, topic: {topic}, group: {} }}, to: hangs, delivery: {{ max_in_flight: 1 }} }}\n  - {{ name: js, from: {{ connector: bus, stream: {stream}, topic: \"{root}.>\", group: lag }}, to: hangs, delivery: {{ max_in_flight: 1 }} }}\n  - {{ name: q, from: {{ connector: rabbit, queue: {queue} }}, to: hangs, delivery: {{ max_in_flight: 1 }} }}\nadmin: {{ listen: \"127.0.0.1:ADMIN_PORT\", stuck_after: 1s }}\n",
+        kafka::connector("k", ""),
+        amqp::URL,
+        server.url("/f"),
+        kafka::unique("g"),
+    ))
+    .await;
+    let lag = |text: &str, connector: &str, source: &str| {
+        sample(
+            text,
+            "fnbroker_consumer_lag",
+            &[
+                &format!("connector=\"{connector}\""),
+                &format!("source=\"{source}\""),
+            ],
+        )
+    };
+    let js_source = format!("{stream}/lag");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let (_, text) = scrape(&fb, "*/*").await;
+        let all = [
+            lag(&text, "k", &topic),
+            lag(&text, "bus", &js_source),
+            lag(&text, "rabbit", &queue),
+        ];
+        let stalled = ["k", "bus", "rabbit"].iter().all(|c| {
+            sample(
+                &text,
+                "fnbroker_consumer_stalled_seconds",
+                &[&format!("connector=\"{c}\"")],
+            )
+            .is_some_and(|s| s >= 1.0)
+        });
+        if all.iter().all(|l| l.is_some_and(|l| l > 0.0)) && stalled {
+            break text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{all:?}\n{text}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // Most of the 50 wait at each broker (a few are prefetched or in flight).
+    for (c, s) in [
+        ("k", topic.as_str()),
+        ("bus", &js_source),
+        ("rabbit", &queue),
+    ] {
+        let waiting = lag(&text, c, s).unwrap_or_default();
+        assert!((20.0..=50.0).contains(&waiting), "{c} {s}: {waiting}");
+    }
+    let r = reqwest::get(format!("http://127.0.0.1:{}/readyz", fb.admin))
+        .await
+        .expect("readyz");
+    assert_eq!(
+        r.status(),
+        200,
+        "a stuck subscription does not make fnbroker unready"
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(&r.text().await.expect("body")).expect("json");
+    let stuck: Vec<String> = body["stuck"]
+        .as_array()
+        .expect("stuck")
+        .iter()
+        .map(|s| {
+            format!(
+                "{}:{}",
+                s["connector"].as_str().unwrap_or("?"),
+                s["source"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    for want in [
+        format!("k:{topic}"),
+        format!("bus:{js_source}"),
+        format!("rabbit:{queue}"),
+    ] {
+        assert!(stuck.contains(&want), "{want} in {stuck:?}");
+    }
+    drop(fb);
+    let _ = ch
+        .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
+        .await;
+}

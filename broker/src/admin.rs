@@ -34,6 +34,8 @@ pub(crate) struct AdminState {
     pub(crate) token: Option<String>,
     /// TLS for the admin listener.
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// How long a subscription may have messages waiting and take none before it is stuck.
+    pub(crate) stuck_after: std::time::Duration,
     /// Every connector's state, for `/readyz` and `connector_up`.
     pub(crate) connectors: Box<dyn Fn() -> Vec<ConnectorState> + Send + Sync>,
     pub(crate) triggers: Value,
@@ -55,6 +57,8 @@ pub(crate) struct ConnectorState {
     /// The cause of the connection failures going on now.
     pub(crate) last_error: Option<String>,
     pub(crate) reconnects: u64,
+    /// What its subscriptions have waiting at the broker.
+    pub(crate) backlog: Vec<fnbroker_core::backlog::Backlog>,
 }
 
 impl ConnectorState {
@@ -68,6 +72,7 @@ impl ConnectorState {
             address: link.map(|l| l.address().to_string()).unwrap_or_default(),
             last_error: link.and_then(fnbroker_core::kit::Link::last_error),
             reconnects: link.map_or(0, fnbroker_core::kit::Link::reconnects),
+            backlog: connector.backlog(),
         }
     }
 
@@ -211,9 +216,29 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // Stuck subscriptions are reported, not made unready: the cause is usually beyond this
+    // process (a function down, a broker that serves nothing), which a restart does not cure.
+    let now = std::time::Instant::now();
+    let stuck: Vec<Value> = (s.connectors)()
+        .iter()
+        .flat_map(|c| {
+            c.backlog
+                .iter()
+                .filter(|b| b.stalled_for(now) >= s.stuck_after)
+                .map(|b| {
+                    json!({
+                        "connector": c.name, "source": b.source, "partition": b.partition,
+                        "waiting": b.messages, "stalled_seconds": b.stalled_for(now).as_secs(),
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
     (
         status,
-        axum::Json(json!({ "ready": not_ready.is_empty(), "not_ready": not_ready })),
+        axum::Json(
+            json!({ "ready": not_ready.is_empty(), "not_ready": not_ready, "stuck": stuck }),
+        ),
     )
         .into_response()
 }

@@ -42,6 +42,13 @@ struct ConnectorLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BacklogLabels {
+    connector: String,
+    source: String,
+    partition: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
     revision: &'static str,
@@ -185,6 +192,10 @@ pub(crate) struct Metrics {
     function_in_flight: Family<FunctionLabels, Gauge>,
     connector_up: Family<ConnectorLabels, Gauge>,
     connector_reconnects: Family<ConnectorLabels, Counter>,
+    consumer_lag: Family<BacklogLabels, Gauge>,
+    consumer_stalled: Family<BacklogLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// The backlog labels of the last scrape, to drop those gone since.
+    backlog_seen: std::sync::Mutex<Vec<BacklogLabels>>,
     connections_open: Family<ListenerLabels, Gauge>,
     connections_refused: Family<ListenerLabels, Counter>,
 }
@@ -214,6 +225,9 @@ impl Metrics {
             function_in_flight: Family::default(),
             connector_up: Family::default(),
             connector_reconnects: Family::default(),
+            consumer_lag: Family::default(),
+            consumer_stalled: Family::default(),
+            backlog_seen: std::sync::Mutex::default(),
             connections_open: Family::default(),
             connections_refused: Family::default(),
             registry: Registry::default(),
@@ -335,6 +349,16 @@ impl Metrics {
             m.connector_reconnects.clone(),
         );
         registry.register(
+            "consumer_lag",
+            "Messages waiting at the broker for a subscription (Kafka: high watermark minus committed offset per partition; JetStream: the consumer's pending; AMQP: the queue's ready messages)",
+            m.consumer_lag.clone(),
+        );
+        registry.register(
+            "consumer_stalled_seconds",
+            "How long a subscription has had messages waiting and taken none (0 while it makes progress)",
+            m.consumer_stalled.clone(),
+        );
+        registry.register(
             "connections_open",
             "Connections open on a listening socket (an HTTP connector, or `admin`)",
             m.connections_open.clone(),
@@ -387,6 +411,31 @@ impl Metrics {
             self.connector_up.get_or_create(&l).set(i64::from(c.ready));
             let reconnects = self.connector_reconnects.get_or_create(&l);
             reconnects.inc_by(c.reconnects.saturating_sub(reconnects.get()));
+        }
+        let now = std::time::Instant::now();
+        let mut seen = Vec::new();
+        for c in states {
+            for b in &c.backlog {
+                let l = BacklogLabels {
+                    connector: c.name.clone(),
+                    source: b.source.clone(),
+                    partition: b.partition.map(|p| p.to_string()).unwrap_or_default(),
+                };
+                self.consumer_lag
+                    .get_or_create(&l)
+                    .set(i64::try_from(b.messages).unwrap_or(i64::MAX));
+                self.consumer_stalled
+                    .get_or_create(&l)
+                    .set(b.stalled_for(now).as_secs_f64());
+                seen.push(l);
+            }
+        }
+        if let Ok(mut before) = self.backlog_seen.lock() {
+            for gone in before.iter().filter(|l| !seen.contains(l)) {
+                self.consumer_lag.remove(gone);
+                self.consumer_stalled.remove(gone);
+            }
+            *before = seen;
         }
     }
 

@@ -231,6 +231,7 @@ impl Broker {
                 let ready_connectors = Arc::clone(&connectors);
                 let listening = Arc::clone(&connectors);
                 let state = crate::admin::AdminState {
+                    stuck_after: admin.stuck_after.get(),
                     metrics: Arc::clone(&metrics),
                     listeners: Box::new(move || {
                         listening

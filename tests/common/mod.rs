@@ -127,11 +127,13 @@ fn write_config(yaml: &str) -> (tempfile::TempDir, PathBuf, u16) {
     let dir = tempfile::tempdir().expect("tempdir");
     let admin = free_port();
     let config = dir.path().join("fnbroker.yaml");
-    std::fs::write(
-        &config,
-        format!("{yaml}\nadmin: {{ listen: 127.0.0.1:{admin} }}\n"),
-    )
-    .expect("write config");
+    // A configuration with its own `admin` section names the port `ADMIN_PORT`.
+    let text = if yaml.contains("ADMIN_PORT") {
+        yaml.replace("ADMIN_PORT", &admin.to_string())
+    } else {
+        format!("{yaml}\nadmin: {{ listen: 127.0.0.1:{admin} }}\n")
+    };
+    std::fs::write(&config, text).expect("write config");
     (dir, config, admin)
 }
 

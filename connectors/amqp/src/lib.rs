@@ -58,6 +58,8 @@ pub struct AmqpConnector {
     subscriptions: Arc<AtomicUsize>,
     consuming: Arc<AtomicUsize>,
     link: Arc<kit::Link>,
+    /// The depth of each consumed queue.
+    backlogs: Arc<fnbroker_core::backlog::Backlogs>,
 }
 
 impl AmqpConnector {
@@ -79,6 +81,7 @@ impl AmqpConnector {
             }
         })?;
         Ok(Self {
+            backlogs: Arc::default(),
             link: kit::Link::new(&name, "the AMQP server", &config.url),
             name,
             config,
@@ -132,6 +135,7 @@ impl Connector for AmqpConnector {
         })?;
         let prefetch = u16::try_from(sub.max_in_flight).unwrap_or(u16::MAX);
         let spec = ConsumerSpec {
+            backlogs: Arc::clone(&self.backlogs),
             link: Arc::clone(&self.link),
             connector: self.name.clone(),
             dial: self.dial.clone(),
@@ -209,6 +213,10 @@ impl Connector for AmqpConnector {
 
     fn link(&self) -> Option<&kit::Link> {
         Some(&self.link)
+    }
+
+    fn backlog(&self) -> Vec<fnbroker_core::backlog::Backlog> {
+        self.backlogs.all()
     }
 }
 
@@ -291,6 +299,7 @@ impl Source for AmqpSource {
 
 /// What a consumer needs to (re)open its channel.
 struct ConsumerSpec {
+    backlogs: Arc<fnbroker_core::backlog::Backlogs>,
     link: Arc<kit::Link>,
     connector: String,
     dial: Dial,
@@ -437,6 +446,8 @@ async fn consume(
     });
     let mut current: Option<Connection> = None;
     let mut backoff = kit::Backoff::reconnect();
+    // Deliveries taken from the queue, for the stall report.
+    let taken = Arc::new(std::sync::atomic::AtomicU64::new(0));
     loop {
         let (conn, mut consumer) = match first.take() {
             Some(c) => c,
@@ -464,6 +475,16 @@ async fn consume(
         consuming.fetch_add(1, Ordering::AcqRel);
         tracing::info!(connector = %spec.connector, queue = %spec.queue, "amqp consumer started");
         spec.link.connected();
+        // The queue's depth, every few seconds, on a channel of its own.
+        let watcher = match conn.create_channel().await {
+            Ok(channel) => Some(tokio::spawn(watch_queue(
+                channel,
+                spec.queue.clone(),
+                Arc::clone(&spec.backlogs),
+                Arc::clone(&taken),
+            ))),
+            Err(_) => None,
+        };
         current = Some(conn);
         let stopping = loop {
             let next = tokio::select! {
@@ -493,6 +514,7 @@ async fn consume(
             };
             let (event, origin) = binding::decode(&spec.connector, &view);
             let key = kit::ordering_key(delivery.routing_key.as_str());
+            taken.fetch_add(1, Ordering::Relaxed);
             let incoming = Incoming {
                 event,
                 origin,
@@ -506,17 +528,58 @@ async fn consume(
             }
         };
         consuming.fetch_sub(1, Ordering::AcqRel);
+        if let Some(w) = watcher {
+            w.abort();
+        }
         if stopping {
             break;
         }
         current = None;
     }
+    spec.backlogs.remove(&spec.queue, None);
     // Stopping: every handle the engine held was settled or dropped before the source was
     // closed; send their acknowledgements, then close the connection.
     drop(acker);
     acks.finish().await;
     if let Some(conn) = current {
         let _ = conn.close(200, "fnbroker stopping".into()).await;
+    }
+}
+
+/// How often a consumed queue's depth is read.
+const BACKLOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads `queue`'s depth (a passive declare: the messages ready, not those unacknowledged) every
+/// [`BACKLOG_EVERY`], until aborted with its consumer's connection.
+async fn watch_queue(
+    channel: Channel,
+    queue: String,
+    backlogs: Arc<fnbroker_core::backlog::Backlogs>,
+    taken: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let mut tick = tokio::time::interval(BACKLOG_EVERY);
+    loop {
+        tick.tick().await;
+        let declared = channel
+            .queue_declare(
+                queue.clone().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(q) => backlogs.update(
+                &queue,
+                None,
+                u64::from(q.message_count()),
+                taken.load(Ordering::Relaxed),
+            ),
+            // The channel is closed with its connection; the consume loop reconnects.
+            Err(_) => return,
+        }
     }
 }
 

@@ -344,6 +344,12 @@ pub trait Connector: Send + Sync {
         None
     }
 
+    /// What its subscriptions have waiting at the broker, where the broker says (Kafka
+    /// partitions, JetStream consumers, AMQP queues; not core NATS, MQTT or HTTP).
+    fn backlog(&self) -> Vec<crate::backlog::Backlog> {
+        Vec::new()
+    }
+
     /// Stops the connector once every subscription's pump finished: flush producers, close
     /// connections, let listeners answer what they still hold.
     async fn stop(&self) {}

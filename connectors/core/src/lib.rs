@@ -17,6 +17,7 @@
 #![deny(unreachable_pub)]
 #![warn(missing_docs)]
 
+pub mod backlog;
 pub mod binding;
 pub mod cesql;
 pub mod config;

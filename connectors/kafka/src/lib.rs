@@ -54,6 +54,7 @@ pub struct KafkaConnector {
     ready: Arc<AtomicBool>,
     subscribed: AtomicBool,
     link: Arc<fnbroker_core::kit::Link>,
+    backlogs: Arc<fnbroker_core::backlog::Backlogs>,
 }
 
 impl KafkaConnector {
@@ -76,6 +77,7 @@ impl KafkaConnector {
             _ => None,
         };
         Ok(Self {
+            backlogs: Arc::default(),
             link: fnbroker_core::kit::Link::new(
                 &name,
                 "the Kafka brokers",
@@ -161,6 +163,7 @@ impl Connector for KafkaConnector {
             stalls: Default::default(),
             oauth: self.oauth.clone(),
             link: Arc::clone(&self.link),
+            backlogs: Arc::clone(&self.backlogs),
         };
         let mut cfg = self.client_config(&[
             ("enable.auto.commit", "false"),
@@ -168,6 +171,8 @@ impl Connector for KafkaConnector {
             ("auto.offset.reset", "earliest"),
             ("enable.partition.eof", "false"),
             ("topic.metadata.refresh.interval.ms", "10000"),
+            // Consumer lag per partition, for /metrics and the stall report.
+            ("statistics.interval.ms", "5000"),
             // Bound what librdkafka prefetches, so a backlog costs little memory: 8 MiB of
             // payload (plus librdkafka's per-message overhead). Measured with bench/ against
             // tansu: 4 MiB cost a quarter of the throughput, 16 MiB gained nothing over 8; and
@@ -223,6 +228,10 @@ impl Connector for KafkaConnector {
 
     fn link(&self) -> Option<&fnbroker_core::kit::Link> {
         Some(&self.link)
+    }
+
+    fn backlog(&self) -> Vec<fnbroker_core::backlog::Backlog> {
+        self.backlogs.all()
     }
 
     /// Ready once a consumer got its partitions (or a message), and not after the client lost

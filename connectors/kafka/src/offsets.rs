@@ -53,6 +53,16 @@ impl Tracker {
         state.generation
     }
 
+    /// The first offset of `key` not finished yet, as far as this consumer knows: what a
+    /// commit would say now (before the group's first commit, the lowest record taken).
+    pub(crate) fn position(&self, key: &Partition) -> Option<i64> {
+        let state = self.parts.get(key)?;
+        state
+            .committable
+            .or(state.committed)
+            .or_else(|| state.pending.keys().next().copied())
+    }
+
     /// Records the end of a message: `finished` (delivered, dead-lettered or dropped) lets the
     /// commit move past it; not finished (released) holds it back.
     pub(crate) fn settle(&mut self, key: &Partition, generation: u64, offset: i64, finished: bool) {

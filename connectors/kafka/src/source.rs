@@ -82,6 +82,8 @@ pub(crate) struct Context {
     pub(crate) oauth: Option<Arc<crate::oauth::TokenSource>>,
     /// The connection's health, shared by the connector's consumers.
     pub(crate) link: Arc<fnbroker_core::kit::Link>,
+    /// Consumer lag per partition, from librdkafka's statistics.
+    pub(crate) backlogs: Arc<fnbroker_core::backlog::Backlogs>,
 }
 
 impl Context {
@@ -101,6 +103,39 @@ impl ClientContext for Context {
         _: Option<&str>,
     ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
         crate::oauth::token_for(self.oauth.as_ref())
+    }
+
+    /// Every `statistics.interval.ms`: the lag of each assigned partition (high watermark minus
+    /// committed offset), and whether records are taken from it (the application offset moves).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (&partition, p) in &t.partitions {
+                if partition < 0 {
+                    continue;
+                }
+                // librdkafka's lag needs an offset committed to the broker; before the group's
+                // first commit, the tracker's position (records taken but not finished count
+                // as waiting: they are not done).
+                let lag = if p.consumer_lag >= 0 {
+                    Some(p.consumer_lag)
+                } else {
+                    let key: Partition = (Arc::from(topic.as_str()), partition);
+                    let position = self.tracker.lock().ok().and_then(|t| t.position(&key));
+                    position
+                        .filter(|_| p.hi_offset >= 0)
+                        .map(|pos| p.hi_offset.saturating_sub(pos).max(0))
+                };
+                match lag.filter(|_| p.desired) {
+                    Some(lag) => self.backlogs.update(
+                        topic,
+                        Some(partition),
+                        u64::try_from(lag).unwrap_or(0),
+                        u64::try_from(p.app_offset).unwrap_or(0),
+                    ),
+                    None => self.backlogs.remove(topic, Some(partition)),
+                }
+            }
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -303,6 +338,13 @@ impl Poller {
             self.settle(s);
         }
         self.commit(CommitMode::Sync);
+        // This consumer's partitions are no longer its backlog (another member's, or nobody's).
+        let backlogs = &self.consumer.context().backlogs;
+        for b in backlogs.all() {
+            if self.topics.contains(b.source.as_str()) {
+                backlogs.remove(&b.source, b.partition);
+            }
+        }
         self.consumer.unsubscribe();
     }
 

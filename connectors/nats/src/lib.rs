@@ -93,6 +93,8 @@ pub struct NatsConnector {
     config: NatsSettings,
     client: OnceCell<Client>,
     link: Arc<fnbroker_core::kit::Link>,
+    /// What the JetStream consumers have pending, from their info.
+    backlogs: Arc<fnbroker_core::backlog::Backlogs>,
 }
 
 impl NatsConnector {
@@ -100,6 +102,7 @@ impl NatsConnector {
     pub fn new(name: impl Into<String>, config: NatsSettings) -> Self {
         let name = name.into();
         Self {
+            backlogs: Arc::default(),
             link: fnbroker_core::kit::Link::new(&name, "the NATS server", &config.url),
             name,
             config,
@@ -201,6 +204,10 @@ impl Connector for NatsConnector {
         Some(&self.link)
     }
 
+    fn backlog(&self) -> Vec<fnbroker_core::backlog::Backlog> {
+        self.backlogs.all()
+    }
+
     /// A subscription is the client's own: it can be opened and closed at any time.
     fn subscribes_while_running(&self) -> bool {
         true
@@ -278,6 +285,10 @@ impl Connector for NatsConnector {
                 // the server never redelivers a message that is still being worked on, however
                 // long its retries take.
                 let lease = ack_wait / 3;
+                let watch = Watch {
+                    key: format!("{stream_name}/{durable}"),
+                    backlogs: Arc::clone(&self.backlogs),
+                };
                 let stopping = CancellationToken::new();
                 let settler = JetStreamSettler {
                     connector: self.name.clone(),
@@ -285,7 +296,7 @@ impl Connector for NatsConnector {
                 };
                 Ok(Box::new(
                     ChannelSource::spawn(buffer, move |tx, stop| {
-                        jetstream_loop(name, consumer, batch, settler, lease, tx, stop)
+                        jetstream_loop(name, consumer, batch, settler, lease, watch, tx, stop)
                     })
                     .redelivering_with_delay()
                     .notify_stopping(stopping),
@@ -408,17 +419,63 @@ async fn core_loop(
     let _ = subscriber.unsubscribe().await;
 }
 
+/// Where a JetStream consumer's pending count goes.
+struct Watch {
+    /// `stream/consumer`.
+    key: String,
+    backlogs: Arc<fnbroker_core::backlog::Backlogs>,
+}
+
+/// How often a consumer's info (its pending messages) is read.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+
+impl Watch {
+    /// Reads the consumer's info every [`BACKLOG_EVERY`] until `stop`: the messages pending
+    /// for it, and its delivered stream sequence (which moves while messages are taken).
+    async fn run(
+        &self,
+        consumer: &jetstream::consumer::Consumer<pull::Config>,
+        stop: &CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(BACKLOG_EVERY);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if let Ok(info) = consumer.get_info().await {
+                self.backlogs.update(
+                    &self.key,
+                    None,
+                    info.num_pending,
+                    info.delivered.stream_sequence,
+                );
+            }
+        }
+        self.backlogs.remove(&self.key, None);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn jetstream_loop(
     name: String,
     consumer: jetstream::consumer::Consumer<pull::Config>,
     batch: usize,
     settler: JetStreamSettler,
     lease: Duration,
+    watch: Watch,
     tx: mpsc::Sender<Incoming>,
     stop: CancellationToken,
 ) {
     let (acker, acks) = kit::Acker::with_lease(settler, lease);
-    pull_loop(&name, &consumer, batch, &acker, &tx, &stop).await;
+    let watching = stop.child_token();
+    let ((), ()) = tokio::join!(
+        async {
+            pull_loop(&name, &consumer, batch, &acker, &tx, &stop).await;
+            watching.cancel();
+        },
+        watch.run(&consumer, &watching)
+    );
     // Stopping: the engine settled or dropped every handle; send those acknowledgements (and
     // flush them) before the connection may close.
     drop(acker);

@@ -698,6 +698,7 @@ fn validate(config: &mut Config, registry: &Registry, errors: &mut Errors<'_>) {
     }
     if let Some(admin) = &config.admin {
         address(&admin.listen, "admin.listen", errors);
+        duration(&admin.stuck_after, "admin.stuck_after", errors);
         if let Some(Err(e)) = admin.tls.as_ref().map(crate::tls::ServerTls::check) {
             errors.placed(
                 vec!["admin".into(), "tls".into(), e.key.into()],

@@ -705,6 +705,14 @@ pub struct Admin {
     /// Serve the admin endpoint over HTTPS: `cert`, `key`, and `client_ca` for mutual TLS.
     #[serde(default)]
     pub tls: Option<crate::tls::ServerTls>,
+    /// A subscription with messages waiting at its broker and none taken for this long is
+    /// reported stuck (`/readyz` detail, `fnbroker_consumer_stalled`). Default `60s`.
+    #[serde(default = "default_stuck_after")]
+    pub stuck_after: ConfDuration,
+}
+
+fn default_stuck_after() -> ConfDuration {
+    ConfDuration::from_secs(60)
 }
 
 impl Admin {
