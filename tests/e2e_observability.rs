@@ -111,7 +111,7 @@ async fn metrics_parse_strictly_and_count_redeliveries_and_filtered_events_apart
         );
         let settled = [
             "fnbroker_events_delivered_total",
-            "fnbroker_replies_published_total",
+            "fnbroker_reply_published_total",
         ]
         .iter()
         .all(|name| sample(&body, name, &["trigger=\"js\""]) == Some(1.0));

@@ -260,7 +260,7 @@ impl Metrics {
                 &m.retried,
             ),
             (
-                "events_dead_lettered",
+                "dead_letter_published",
                 "Dead letters published (each confirmed by the destination)",
                 &m.dead_lettered,
             ),
@@ -275,7 +275,7 @@ impl Metrics {
                 &m.held,
             ),
             (
-                "replies_published",
+                "reply_published",
                 "Replies published (each confirmed by the destination)",
                 &m.replies,
             ),
