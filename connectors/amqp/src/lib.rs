@@ -109,7 +109,7 @@ impl Connector for AmqpConnector {
         &self,
         subscriber: &str,
         topic: &str,
-    ) -> Result<std::collections::BTreeMap<String, serde_json::Value>, String> {
+    ) -> Result<fnbroker_core::contract::SourceKeys, String> {
         let exchange = self
             .config
             .exchange

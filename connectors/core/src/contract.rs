@@ -236,6 +236,16 @@ impl Subscription {
     }
 }
 
+/// The keys of a trigger's `from` beyond `connector` and `topic`, as written.
+pub type SourceKeys = std::collections::BTreeMap<String, serde_json::Value>;
+
+/// `{ group: subscriber }`: the [`Connector::discovery_keys`] of a connector whose `group`
+/// (a Kafka consumer group, a NATS queue group) gives each subscriber every message and splits
+/// them among the replicas that share it.
+pub fn group_keys(subscriber: &str) -> SourceKeys {
+    [("group".to_string(), subscriber.into())].into()
+}
+
 /// A stream of in-flight messages from one subscription.
 #[async_trait]
 pub trait Source: Send {
@@ -306,12 +316,8 @@ pub trait Connector: Send + Sync {
     /// replicas of fnbroker sharing a subscriber must share its messages (a Kafka consumer group,
     /// a NATS queue group, an AMQP queue of its own bound to the exchange). An error says why
     /// this connector cannot serve discovery as configured. Default: no keys.
-    fn discovery_keys(
-        &self,
-        _subscriber: &str,
-        _topic: &str,
-    ) -> Result<std::collections::BTreeMap<String, serde_json::Value>, String> {
-        Ok(std::collections::BTreeMap::new())
+    fn discovery_keys(&self, _subscriber: &str, _topic: &str) -> Result<SourceKeys, String> {
+        Ok(SourceKeys::new())
     }
 
     /// Opens a subscription. Called for every subscription before [`Connector::start`] (and

@@ -134,8 +134,8 @@ impl Connector for KafkaConnector {
         &self,
         subscriber: &str,
         _topic: &str,
-    ) -> Result<std::collections::BTreeMap<String, serde_json::Value>, String> {
-        Ok([("group".to_string(), subscriber.into())].into())
+    ) -> Result<fnbroker_core::contract::SourceKeys, String> {
+        Ok(fnbroker_core::contract::group_keys(subscriber))
     }
 
     async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
