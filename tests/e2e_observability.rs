@@ -614,6 +614,9 @@ async fn json_logs_are_flat_with_trace_ids_and_filters_are_shown_as_written() {
         })
         .expect("failed line");
     assert_eq!(failed["trace_id"], trace_id, "one trace id per event");
+    let span_id = retrying["span_id"].as_str().unwrap_or_default();
+    assert_eq!(span_id.len(), 16, "{retrying}");
+    assert_eq!(failed["span_id"], span_id, "the event's span");
     drop(fb);
 }
 

@@ -237,6 +237,11 @@ impl Delivery {
         self.cx.span().span_context().trace_id().to_string()
     }
 
+    /// The event span's id, for log lines about this event.
+    pub(crate) fn span_id(&self) -> String {
+        self.cx.span().span_context().span_id().to_string()
+    }
+
     /// Ends the span with the trigger's outcome (`delivered`, `failed`, `retry`, `released`).
     pub(crate) fn end(self, outcome: &'static str, error: Option<&str>) {
         let span = self.cx.span();

@@ -143,7 +143,7 @@ impl TriggerRuntime {
             let wait = self
                 .policy
                 .delay(attempt, error.retry_after(), &mut rand::rng());
-            tracing::debug!(trigger = %self.name, id = event.id(), trace_id = trace.map(|(_, t)| t.trace_id()), attempt, ?wait, error = %error, "retrying");
+            tracing::debug!(trigger = %self.name, id = event.id(), trace_id = trace.map(|(_, t)| t.trace_id()), span_id = trace.map(|(_, t)| t.span_id()), attempt, ?wait, error = %error, "retrying");
             self.stats.retried.inc();
             if broker_retry.is_some() {
                 return Outcome::Retry(wait);
@@ -170,7 +170,7 @@ impl TriggerRuntime {
             timed_out: error.is_timeout(),
         };
         let Some(target) = &self.dead_letter else {
-            tracing::warn!(trigger = %self.name, function = %self.function.name, id = event.id(), trace_id = trace.map(|(_, t)| t.trace_id()), attempts, error = %reason, "delivery failed; no dead_letter configured, dropping the event");
+            tracing::warn!(trigger = %self.name, function = %self.function.name, id = event.id(), trace_id = trace.map(|(_, t)| t.trace_id()), span_id = trace.map(|(_, t)| t.span_id()), attempts, error = %reason, "delivery failed; no dead_letter configured, dropping the event");
             self.stats.dropped.inc();
             return outcome;
         };
