@@ -17,6 +17,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# systemd-analyze checks the systemd unit in deploy/ (Debian's systemd package; no systemd needs
+# to run).
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "deps: installing systemd (for systemd-analyze)" >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >&2
+  else
+    echo "deps: systemd-analyze is missing; install it (apt-get install systemd)" >&2
+    exit 1
+  fi
+fi
+
 # Chromium (Debian's package) loads the admin status page in the tests, as a person's browser does.
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then

@@ -17,6 +17,7 @@ mod process;
 mod recent;
 mod retry;
 mod runtime;
+mod systemd;
 mod telemetry;
 
 use std::io::IsTerminal;
@@ -273,7 +274,11 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
         ready = broker.is_ready(),
         "fnbroker running"
     );
+    let notifier = systemd::Notifier::start(broker.readiness(), shutdown.clone());
     signal.await;
+    if let Some(n) = &notifier {
+        n.stopping();
+    }
     let budget = cfg.shutdown_timeout.get();
     tracing::info!(
         ?budget,

@@ -277,6 +277,12 @@ impl Broker {
         self.connectors.values().all(|c| c.is_ready())
     }
 
+    /// [`Broker::is_ready`], for a task of its own.
+    pub(crate) fn readiness(&self) -> impl Fn() -> bool + Send + 'static {
+        let connectors = Arc::clone(&self.connectors);
+        move || connectors.values().all(|c| c.is_ready())
+    }
+
     /// Waits until every pump has drained (after the shutdown token fired), then logs a summary.
     pub(crate) async fn join(self) {
         for p in self.pumps.into_iter().chain(self.discoveries) {
