@@ -2,44 +2,28 @@
 # Installs the system packages the build needs (rdkafka builds its bundled librdkafka with
 # OpenSSL and zlib). Quick when they are there.
 set -euo pipefail
+# Installs Debian packages when run as root, or says which are missing.
+apt_install() {
+  echo "deps: installing $*" >&2
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+  else
+    echo "deps: missing $*; install them (apt-get install $*)" >&2
+    exit 1
+  fi
+}
+
 missing=()
 for pkg in libssl-dev zlib1g-dev pkg-config make g++; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "deps: installing ${missing[*]}" >&2
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
-  else
-    echo "deps: missing ${missing[*]}; install them (apt-get install ${missing[*]})" >&2
-    exit 1
-  fi
-fi
-
 # systemd-analyze checks the systemd unit in deploy/ (Debian's systemd package; no systemd needs
-# to run).
-if ! command -v systemd-analyze >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then
-    echo "deps: installing systemd (for systemd-analyze)" >&2
-    apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >&2
-  else
-    echo "deps: systemd-analyze is missing; install it (apt-get install systemd)" >&2
-    exit 1
-  fi
-fi
-
-# Chromium (Debian's package) loads the admin status page in the tests, as a person's browser does.
-if ! command -v chromium >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then
-    echo "deps: installing chromium" >&2
-    apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
-  else
-    echo "deps: chromium is missing; install it (apt-get install chromium)" >&2
-    exit 1
-  fi
+# to run); Chromium loads the admin status page in the tests, as a person's browser does.
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt_install "${missing[@]}"
 fi
 
 # botocore (the AWS SDK for Python's signer) checks the Lambda function kind's SigV4 signatures in

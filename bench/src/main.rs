@@ -216,14 +216,11 @@ async fn measure(
     row.ready_ms = fb.ready.as_secs_f64() * 1e3;
     row.idle_rss = fb.rss().ok();
     let mut publisher = bus.publisher(&lane).await?;
-    warm_up(publisher.as_mut(), sink).await?;
-    let cpu_before = fb.cpu()?;
-    let fnb = throughput(publisher.as_mut(), sink, bus.window(), args.events, size).await?;
-    let cpu = fb.cpu()?.saturating_sub(cpu_before);
+    let (fnb, cpu) = full_speed(&fb, publisher.as_mut(), bus, sink, args, size).await?;
     row.fnbroker_eps = fnb.eps;
     row.lost += fnb.lost;
     row.duplicates += fnb.duplicates;
-    row.cpu_per_100k = cpu.as_secs_f64() * 100_000.0 / args.events as f64;
+    row.cpu_per_100k = cpu;
     row.peak_rss = fb.peak_rss().ok();
     step("fnbroker latency");
     row.latency = latency(publisher.as_mut(), sink, args, size).await?;
@@ -267,18 +264,28 @@ async fn traced(
     ));
     let fb = process::Fnbroker::start(binary, &config).await?;
     let mut publisher = bus.publisher(&lane).await?;
-    warm_up(publisher.as_mut(), sink).await?;
-    let cpu_before = fb.cpu()?;
-    let t = throughput(publisher.as_mut(), sink, bus.window(), args.events, size).await?;
-    let cpu = fb.cpu()?.saturating_sub(cpu_before);
+    let (t, cpu) = full_speed(&fb, publisher.as_mut(), bus, sink, args, size).await?;
     fb.stop(Duration::from_secs(2)).await;
     drop(publisher);
     bus.remove(&lane).await;
-    Ok((
-        t.eps,
-        cpu.as_secs_f64() * 100_000.0 / args.events as f64,
-        t.lost,
-    ))
+    Ok((t.eps, cpu, t.lost))
+}
+
+/// A running fnbroker at full throughput, after a warm-up: what arrived, and its CPU seconds per
+/// 100,000 events.
+async fn full_speed(
+    fb: &process::Fnbroker,
+    publisher: &mut dyn Publish,
+    bus: &dyn Bus,
+    sink: &Sink,
+    args: &Args,
+    size: usize,
+) -> anyhow::Result<(Throughput, f64)> {
+    warm_up(publisher, sink).await?;
+    let cpu_before = fb.cpu()?;
+    let t = throughput(publisher, sink, bus.window(), args.events, size).await?;
+    let cpu = fb.cpu()?.saturating_sub(cpu_before);
+    Ok((t, cpu.as_secs_f64() * 100_000.0 / args.events as f64))
 }
 
 /// What a path run inside the bench measured.
