@@ -4,11 +4,12 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
 use common::nats::SHARED_URL;
-use common::{FnServer, Fnbroker};
+use common::{Answer, FnServer, Fnbroker};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -98,4 +99,243 @@ async fn under_type_notify_fnbroker_says_ready_pings_the_watchdog_and_says_stopp
     };
     assert_eq!(stopping, "STOPPING=1");
     assert!(fb.wait_exit(WAIT).await.success());
+}
+
+fn uid() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Replaces the configuration file as editors and Kubernetes do: a new file renamed over it.
+fn rewrite(fb: &Fnbroker, yaml: &str) {
+    let path = fb.dir.path().join("fnbroker.yaml");
+    let next = fb.dir.path().join(".fnbroker.yaml.new");
+    let text = format!("{yaml}\nadmin: {{ listen: 127.0.0.1:{} }}\n", fb.admin);
+    std::fs::write(&next, text).expect("write config");
+    std::fs::rename(&next, &path).expect("rename config");
+}
+
+async fn config_view(fb: &Fnbroker) -> serde_json::Value {
+    reqwest::get(format!("http://127.0.0.1:{}/v1/config", fb.admin))
+        .await
+        .expect("/v1/config")
+        .text()
+        .await
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .expect("/v1/config JSON")
+}
+
+/// Waits until `/v1/config` has counted `ok` applied and `failed` refused reloads.
+async fn reloads(fb: &Fnbroker, ok: u64, failed: u64) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let view = config_view(fb).await;
+        if view["reloads"]["succeeded"] == ok && view["reloads"]["failed"] == failed {
+            return view;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected {ok} applied and {failed} refused reloads, /v1/config says {view}\n{}",
+            fb.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 16: `run --watch` while 10,000 JetStream messages flow. The trigger `main` gets a new
+/// function (swapped in, its subscription stays open), then a new `max_in_flight` (its
+/// subscription drained and opened again); `gone` is removed, `added` added; between them a
+/// file with an error is refused with its line and column and changes nothing. Every message
+/// of `main` reaches a function exactly once, `added` gets its whole subject, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_while_messages_flow_loses_and_duplicates_nothing() {
+    const N: usize = 10_000;
+    const ADDED: usize = 300;
+    let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_millis(1))).await;
+    let root = format!("r{}", uid());
+    let stream = format!("S{}", uid());
+    common::nats::create_stream(SHARED_URL, &stream, &[&format!("{root}.>")]).await;
+    let (ga, gb, gc) = (uid(), uid(), uid());
+    let head = format!(
+        "connectors:\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\nfunctions:\n  f1: {{ http: {{ url: \"{}\" }} }}\n  f2: {{ http: {{ url: \"{}\" }} }}\n  gb: {{ http: {{ url: \"{}\" }} }}\n  gc: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n",
+        server.url("/f1"),
+        server.url("/f2"),
+        server.url("/gb"),
+        server.url("/gc")
+    );
+    let main = |to: &str, max: usize| {
+        format!(
+            "  - {{ name: main, from: {{ connector: bus, stream: {stream}, topic: {root}.a, group: g{ga} }}, to: {to}, delivery: {{ max_in_flight: {max} }} }}\n"
+        )
+    };
+    let gone = format!(
+        "  - {{ name: gone, from: {{ connector: bus, stream: {stream}, topic: {root}.b, group: g{gb} }}, to: gb }}\n"
+    );
+    let added = format!(
+        "  - {{ name: added, from: {{ connector: bus, stream: {stream}, topic: {root}.c, group: g{gc} }}, to: gc }}\n"
+    );
+    let v1 = format!("{head}{}{gone}", main("f1", 32));
+    let v2 = format!("{head}{}{added}", main("f2", 32));
+    let broken =
+        format!("{v2}  - {{ name: bad, from: {{ connector: nope, topic: x }}, to: f1 }}\n");
+    let v3 = format!("{head}{}{added}", main("f2", 16));
+    common::nats::js_publish(
+        SHARED_URL,
+        (0..ADDED)
+            .map(|i| (format!("{root}.c"), format!("c{i}").into_bytes()))
+            .chain((0..100).map(|i| (format!("{root}.b"), format!("b{i}").into_bytes())))
+            .collect(),
+    )
+    .await;
+    let fb = Fnbroker::start_env(&v1, &[("FNBROKER_WATCH", "true")]).await;
+    let first = config_view(&fb).await;
+    let publisher = tokio::spawn({
+        let subject = format!("{root}.a");
+        async move {
+            for chunk in (0..N).collect::<Vec<_>>().chunks(250) {
+                common::nats::js_publish(
+                    SHARED_URL,
+                    chunk
+                        .iter()
+                        .map(|i| (subject.clone(), i.to_string().into_bytes()))
+                        .collect(),
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let main_count = || server.count("/f1") + server.count("/f2");
+    common::wait_for("a first part on f1", WAIT, || main_count() >= 1_500).await;
+    rewrite(&fb, &v2);
+    let second = reloads(&fb, 1, 0).await;
+    assert_ne!(first["revision"], second["revision"]);
+    let changes = &second["last_reload"]["changes"];
+    assert_eq!(
+        changes["updated"],
+        serde_json::json!(["trigger main"]),
+        "{second}"
+    );
+    assert_eq!(
+        changes["added"],
+        serde_json::json!(["trigger added"]),
+        "{second}"
+    );
+    assert_eq!(
+        changes["removed"],
+        serde_json::json!(["trigger gone"]),
+        "{second}"
+    );
+
+    common::wait_for("more on f2", WAIT, || server.count("/f2") >= 1_000).await;
+    rewrite(&fb, &broken);
+    let refused = reloads(&fb, 1, 1).await;
+    assert_eq!(
+        refused["revision"], second["revision"],
+        "a refused file runs nothing"
+    );
+    let errors = refused["last_reload"]["errors"].to_string();
+    assert!(
+        errors.contains("fnbroker.yaml:") && errors.contains("nope"),
+        "{refused}"
+    );
+    assert!(fb.logs().contains("configuration not reloaded"));
+
+    common::wait_for("more on f2", WAIT, || server.count("/f2") >= 3_000).await;
+    rewrite(&fb, &v3);
+    let third = reloads(&fb, 2, 1).await;
+    assert_eq!(
+        third["last_reload"]["changes"]["replaced"],
+        serde_json::json!(["trigger main"]),
+        "{third}"
+    );
+    publisher.await.expect("publisher");
+
+    let seen = |path: &str| -> Vec<String> {
+        server
+            .on(path)
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .collect()
+    };
+    common::wait_for("every message of main", Duration::from_secs(120), || {
+        main_count() >= N
+    })
+    .await;
+    common::wait_for("every message of added", WAIT, || {
+        server.count("/gc") >= ADDED
+    })
+    .await;
+    // Late duplicates would come from redelivery after ack_wait; give them a moment to show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut all = seen("/f1");
+    all.extend(seen("/f2"));
+    let unique: HashSet<&String> = all.iter().collect();
+    println!(
+        "reload under load: {} on f1, {} on f2, {} deliveries of {N}; added got {}",
+        server.count("/f1"),
+        server.count("/f2"),
+        all.len(),
+        server.count("/gc")
+    );
+    assert_eq!(unique.len(), N, "every message of main arrived");
+    assert_eq!(all.len(), N, "no message of main arrived twice");
+    let added_seen = seen("/gc");
+    assert_eq!(added_seen.len(), ADDED, "added: each once");
+    assert_eq!(added_seen.iter().collect::<HashSet<_>>().len(), ADDED);
+    let gone_seen = seen("/gb");
+    assert_eq!(
+        gone_seen.len(),
+        gone_seen.iter().collect::<HashSet<_>>().len(),
+        "gone: none twice"
+    );
+    let metrics = fb.metrics().await;
+    assert!(
+        metrics.contains("fnbroker_config_reloads_total{result=\"success\"} 2")
+            && metrics.contains("fnbroker_config_reloads_total{result=\"failure\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// Issue 16: SIGHUP reloads (it used to end the process with 129); a SIGHUP with nothing
+/// changed changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_configuration() {
+    let server = FnServer::start().await;
+    let subject = format!("h{}", uid());
+    let cfg = |path: &str| {
+        format!(
+            "connectors:\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: bus, topic: {subject} }}, to: f }}\n",
+            server.url(path)
+        )
+    };
+    let fb = Fnbroker::start(&cfg("/one")).await;
+    let send = |body: &'static str| {
+        common::nats::publish(
+            SHARED_URL,
+            vec![(subject.clone(), async_nats::HeaderMap::new(), body.into())],
+        )
+    };
+    send("1").await;
+    server.wait_count("/one", 1, WAIT).await;
+    fb.signal("HUP");
+    let same = reloads(&fb, 1, 0).await;
+    assert_eq!(
+        same["last_reload"]["changes"]["updated"],
+        serde_json::json!([])
+    );
+    rewrite(&fb, &cfg("/two"));
+    fb.signal("HUP");
+    let view = reloads(&fb, 2, 0).await;
+    assert_eq!(view["last_reload"]["cause"], "SIGHUP");
+    send("2").await;
+    server.wait_count("/two", 1, WAIT).await;
+    assert_eq!(server.count("/one"), 1);
+    let functions = reqwest::get(format!("http://127.0.0.1:{}/v1/functions", fb.admin))
+        .await
+        .expect("/v1/functions")
+        .text()
+        .await
+        .expect("body");
+    assert!(functions.contains("/two"), "{functions}");
 }

@@ -1,5 +1,6 @@
 //! The admin endpoint: `/healthz` (the process is up), `/readyz` (every connector is connected),
-//! `/metrics` (Prometheus text), and read-only JSON views `/v1/triggers` and `/v1/functions`.
+//! `/metrics` (Prometheus text), and read-only JSON views `/v1/triggers`, `/v1/functions` and
+//! `/v1/config` (the revision running).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,9 +26,6 @@ const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// What the admin endpoint reads.
 pub(crate) struct AdminState {
     pub(crate) metrics: Arc<Metrics>,
-    /// The counts of every listening connector.
-    pub(crate) listeners:
-        Box<dyn Fn() -> Vec<(String, fnbroker_core::ListenerCounts)> + Send + Sync>,
     /// The admin listener's own counts.
     pub(crate) counts: Arc<fnbroker_http::server::Counts>,
     /// The bearer token required beyond the probes.
@@ -36,14 +34,25 @@ pub(crate) struct AdminState {
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     /// How long a subscription may have messages waiting and take none before it is stuck.
     pub(crate) stuck_after: std::time::Duration,
-    /// Every connector's state, for `/readyz` and `connector_up`.
-    pub(crate) connectors: Box<dyn Fn() -> Vec<ConnectorState> + Send + Sync>,
-    pub(crate) triggers: Value,
+    /// What the running configuration has: its connectors, triggers, functions and revision
+    /// (replaced by a reload).
+    pub(crate) live: Arc<arc_swap::ArcSwap<Live>>,
     /// The triggers discovery runs now.
     pub(crate) discovered: crate::discovery::Views,
-    pub(crate) functions: Value,
     /// The asynchronous OpenFaaS calls waiting for their callback.
     pub(crate) callbacks: Arc<fnbroker_functions::Callbacks>,
+}
+
+/// The part of the admin views a reload replaces.
+pub(crate) struct Live {
+    /// The running connectors.
+    pub(crate) connectors: Vec<(String, Arc<dyn fnbroker_core::Connector>)>,
+    /// `/v1/triggers`: the configured triggers.
+    pub(crate) triggers: Value,
+    /// `/v1/functions`.
+    pub(crate) functions: Value,
+    /// `/v1/config`: the revision running, when it was loaded, the reloads.
+    pub(crate) config: Value,
 }
 
 /// One connector as `/readyz` and `/metrics` show it.
@@ -102,32 +111,41 @@ pub(crate) async fn serve(
     if auth.is_none() && !listen.ip().is_loopback() {
         tracing::warn!(%listen, "the admin endpoint listens beyond loopback without a token: anyone who reaches it reads the configuration views and metrics (set admin.token)");
     }
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/", get(status_page))
-        .route("/v1/status", get(status))
-        .route("/metrics", get(metrics))
-        .route(
-            "/v1/triggers",
-            get(|State(s): State<Arc<AdminState>>| async move { Json(s.triggers_now()) }),
-        )
-        .route(
-            "/v1/functions",
-            get(|State(s): State<Arc<AdminState>>| async move { Json(s.functions.clone()) }),
-        )
-        .route(
-            "/v1/callbacks/openfaas/{secret}",
-            axum::routing::post(openfaas_callback)
-                .layer(axum::extract::DefaultBodyLimit::max(MAX_CALLBACK_BODY)),
-        )
-        .with_state(Arc::new(state))
-        .layer(axum::middleware::from_fn(
-            move |request: Request, next: Next| {
-                let auth = auth.clone();
-                async move { authorize(auth, request, next).await }
-            },
-        ));
+    let app =
+        Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/", get(status_page))
+            .route("/v1/status", get(status))
+            .route("/metrics", get(metrics))
+            .route(
+                "/v1/triggers",
+                get(|State(s): State<Arc<AdminState>>| async move { Json(s.triggers_now()) }),
+            )
+            .route(
+                "/v1/functions",
+                get(|State(s): State<Arc<AdminState>>| async move {
+                    Json(s.live.load().functions.clone())
+                }),
+            )
+            .route(
+                "/v1/config",
+                get(|State(s): State<Arc<AdminState>>| async move {
+                    Json(s.live.load().config.clone())
+                }),
+            )
+            .route(
+                "/v1/callbacks/openfaas/{secret}",
+                axum::routing::post(openfaas_callback)
+                    .layer(axum::extract::DefaultBodyLimit::max(MAX_CALLBACK_BODY)),
+            )
+            .with_state(Arc::new(state))
+            .layer(axum::middleware::from_fn(
+                move |request: Request, next: Next| {
+                    let auth = auth.clone();
+                    async move { authorize(auth, request, next).await }
+                },
+            ));
     tracing::info!(%listen, tls = tls.is_some(), "admin endpoint listening");
     // Its own listener with its own limits: a flood on the ingress does not reach it.
     Ok(fnbroker_http::server::spawn(
@@ -162,9 +180,35 @@ async fn authorize(auth: Option<Arc<Auth>>, request: Request, next: Next) -> Res
 }
 
 impl AdminState {
+    /// Every connector's state, for `/readyz` and `connector_up`.
+    fn connectors(&self) -> Vec<ConnectorState> {
+        self.live
+            .load()
+            .connectors
+            .iter()
+            .map(|(name, c)| ConnectorState::of(name, c.as_ref()))
+            .collect()
+    }
+
+    /// The counts of every listening connector.
+    fn listeners(&self) -> Vec<(String, fnbroker_core::ListenerCounts)> {
+        self.live
+            .load()
+            .connectors
+            .iter()
+            .filter_map(|(name, c)| c.listener_counts().map(|n| (name.clone(), n)))
+            .collect()
+    }
+
     /// The configured triggers and those discovery runs now.
     fn triggers_now(&self) -> Value {
-        let mut all = self.triggers.as_array().cloned().unwrap_or_default();
+        let mut all = self
+            .live
+            .load()
+            .triggers
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let discovered = self
             .discovered
             .lock()
@@ -201,7 +245,8 @@ async fn openfaas_callback(
 /// 200 when every connector is ready, else 503; either way a JSON body naming the connectors
 /// that are not ready (`{"ready": false, "not_ready": [{"name", "kind"}]}`).
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
-    let not_ready: Vec<Value> = (s.connectors)()
+    let not_ready: Vec<Value> = s
+        .connectors()
         .into_iter()
         .filter(|c| !c.ready)
         .map(|c| {
@@ -219,7 +264,8 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
     // Stuck subscriptions are reported, not made unready: the cause is usually beyond this
     // process (a function down, a broker that serves nothing), which a restart does not cure.
     let now = std::time::Instant::now();
-    let stuck: Vec<Value> = (s.connectors)()
+    let stuck: Vec<Value> = s
+        .connectors()
         .iter()
         .flat_map(|c| {
             c.backlog
@@ -260,7 +306,7 @@ async fn status_page() -> Response {
 
 /// The connectors' state and the last warnings and errors, for the status page.
 async fn status(State(s): State<Arc<AdminState>>) -> Response {
-    let connectors: Vec<Value> = (s.connectors)().iter().map(ConnectorState::view).collect();
+    let connectors: Vec<Value> = s.connectors().iter().map(ConnectorState::view).collect();
     let errors: Vec<Value> = crate::recent::entries()
         .into_iter()
         .map(|e| json!({ "time": e.time, "level": e.level, "target": e.target, "text": e.text }))
@@ -300,10 +346,10 @@ fn wants_classic(accept: Option<&str>) -> bool {
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>, headers: axum::http::HeaderMap) -> Response {
-    let mut listeners = (s.listeners)();
+    let mut listeners = s.listeners();
     listeners.push(("admin".into(), s.counts.get()));
     s.metrics.listeners(&listeners);
-    s.metrics.connectors(&(s.connectors)());
+    s.metrics.connectors(&s.connectors());
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     if wants_classic(accept) {
         (

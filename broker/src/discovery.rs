@@ -244,7 +244,7 @@ impl Discovery {
             source,
             PumpConfig {
                 name: format!("{}:{}", *self.entry.connector, key.1),
-                triggers: Arc::from(vec![trigger]),
+                triggers: Arc::new(crate::engine::TriggerSet::new(vec![trigger])),
                 max_in_flight,
                 ordered: delivery.ordered,
                 shutdown_timeout: self.drain,

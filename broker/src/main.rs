@@ -15,6 +15,7 @@ mod health;
 mod metrics;
 mod process;
 mod recent;
+mod reload;
 mod retry;
 mod runtime;
 mod systemd;
@@ -52,11 +53,15 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run until SIGINT or SIGTERM, then finish or hand back what is in flight.
+    /// Run until SIGINT or SIGTERM, then finish or hand back what is in flight. SIGHUP reloads
+    /// the configuration.
     Run {
         /// The configuration file.
         #[arg(short, long, env = "FNBROKER_CONFIG")]
         config: PathBuf,
+        /// Reload the configuration when its file changes (as SIGHUP does).
+        #[arg(long, env = "FNBROKER_WATCH")]
+        watch: bool,
     },
     /// Check a configuration: exit 0, or exit 2 with every error as FILE:LINE:COL: message.
     Validate {
@@ -158,10 +163,15 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Run { config } => {
-            let cfg = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
+        Command::Run { config, watch } => {
+            let loaded = match reload::read(&config) {
+                Ok(loaded) => loaded,
+                Err(refused) => {
+                    for e in &refused.errors {
+                        eprintln!("{e}");
+                    }
+                    return ExitCode::from(2);
+                }
             };
             // Listeners hold a descriptor per connection: use what the hard limit allows.
             if let Some(limit) = fnbroker_http::server::raise_fd_limit() {
@@ -177,7 +187,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let result = rt.block_on(run(cfg));
+            let reloader = reload::Reloader::new(config, loaded.revision);
+            let result = rt.block_on(run(loaded.config, reloader, watch));
             // Blocking calls still running (a librdkafka metadata probe, a flush) must not hold
             // the exit: `run` already bounded the stop by `shutdown_timeout`.
             rt.shutdown_timeout(RUNTIME_EXIT_GRACE);
@@ -244,16 +255,24 @@ impl<W: std::io::Write> std::io::Write for Redacting<W> {
     }
 }
 
-/// Runs until SIGINT or SIGTERM. The signal is heard from the first moment: a connector that is
-/// still connecting (a closed port, a TLS handshake that fails, a JetStream lookup that waits for
-/// a server) does not hold the process, and the whole stop is bounded by `shutdown_timeout`.
-async fn run(cfg: config::Config) -> anyhow::Result<()> {
+/// Runs until SIGINT or SIGTERM, reloading the configuration on SIGHUP (and, with `watch`,
+/// when its file changes). The signal is heard from the first moment: a connector that is still
+/// connecting (a closed port, a TLS handshake that fails, a JetStream lookup that waits for a
+/// server) does not hold the process, and the whole stop is bounded by `shutdown_timeout`.
+async fn run(
+    cfg: config::Config,
+    mut reloader: reload::Reloader,
+    watch: bool,
+) -> anyhow::Result<()> {
     let signal = wait_for_signal();
     tokio::pin!(signal);
     // One poll registers the signal handlers, before anything can take time.
     if futures::poll!(&mut signal).is_ready() {
         return Ok(());
     }
+    // Reload requests, coalesced: one waiting is enough.
+    let (requests, mut reloads) = tokio::sync::mpsc::channel(1);
+    reload::on_sighup(requests.clone())?;
     tracing::info!(
         connectors = cfg.connectors.len(),
         triggers = cfg.triggers.len(),
@@ -261,25 +280,53 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
     );
     let shutdown = CancellationToken::new();
     let started = tokio::select! {
-        broker = runtime::Broker::start(&cfg, &shutdown) => broker,
+        broker = runtime::Broker::start(&cfg, reloader.about(), &shutdown) => broker,
         () = &mut signal => {
             tracing::warn!("stopped while starting: some connectors had not connected yet");
             shutdown.cancel();
             return Ok(());
         }
     };
-    let broker = started?;
+    let mut broker = started?;
     tracing::info!(
         triggers = cfg.triggers.len(),
         ready = broker.is_ready(),
         "fnbroker running"
     );
+    let _watcher = if watch {
+        Some(reload::watch(reloader.path(), requests.clone())?)
+    } else {
+        None
+    };
+    drop(requests);
     let notifier = systemd::Notifier::start(broker.readiness(), shutdown.clone());
-    signal.await;
+    let mut budget = cfg.shutdown_timeout.get();
+    loop {
+        tokio::select! {
+            () = &mut signal => break,
+            Some(cause) = reloads.recv() => {
+                if let Some(n) = &notifier {
+                    n.reloading();
+                }
+                // A stop asked for during a reload is not held by it: what the reload started
+                // is recorded as it starts, and the stop below drains it.
+                let stopped = tokio::select! {
+                    () = reloader.reload(&mut broker, cause) => false,
+                    () = &mut signal => true,
+                };
+                if stopped {
+                    break;
+                }
+                budget = reloader.shutdown_timeout().unwrap_or(budget);
+                if let Some(n) = &notifier {
+                    n.reloaded();
+                }
+            }
+        }
+    }
     if let Some(n) = &notifier {
         n.stopping();
     }
-    let budget = cfg.shutdown_timeout.get();
     tracing::info!(
         ?budget,
         "stopping: no new messages; finishing those in flight"

@@ -198,6 +198,26 @@ pub(crate) struct Metrics {
     backlog_seen: std::sync::Mutex<Vec<BacklogLabels>>,
     connections_open: Family<ListenerLabels, Gauge>,
     connections_refused: Family<ListenerLabels, Counter>,
+    /// Configuration reloads, by `result` (`success`, `failure`).
+    reloads: Family<ReloadLabels, Counter>,
+    /// 1 when the last reload applied, 0 when it failed and the previous configuration runs on.
+    reload_ok: Gauge,
+    /// When the configuration running now was loaded (Unix seconds).
+    reload_time: Gauge,
+}
+
+/// The labels of `config_reloads`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReloadLabels {
+    /// `success` or `failure`.
+    pub(crate) result: &'static str,
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl Metrics {
@@ -230,6 +250,9 @@ impl Metrics {
             backlog_seen: std::sync::Mutex::default(),
             connections_open: Family::default(),
             connections_refused: Family::default(),
+            reloads: Family::default(),
+            reload_ok: Gauge::default(),
+            reload_time: Gauge::default(),
             registry: Registry::default(),
         };
         let registry = root.sub_registry_with_prefix("fnbroker");
@@ -368,6 +391,23 @@ impl Metrics {
             "Connections refused because the listener was at its max_connections",
             m.connections_refused.clone(),
         );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP or --watch), by result; a failed one leaves the previous configuration running",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "config_last_reload_successful",
+            "1 when the last reload applied, 0 when it failed and the previous configuration runs on",
+            m.reload_ok.clone(),
+        );
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "When the configuration running now was loaded (Unix time)",
+            m.reload_time.clone(),
+        );
+        m.reload_ok.set(1);
+        m.reload_time.set(unix_now());
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
@@ -384,6 +424,16 @@ impl Metrics {
         Self {
             registry: root,
             ..m
+        }
+    }
+
+    /// Counts a reload: applied (`ok`) or refused, the previous configuration running on.
+    pub(crate) fn reloaded(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+        self.reload_ok.set(i64::from(ok));
+        if ok {
+            self.reload_time.set(unix_now());
         }
     }
 

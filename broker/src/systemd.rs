@@ -1,6 +1,7 @@
 //! systemd's service notifications, for `Type=notify` units: `READY=1` once every connector is
-//! ready (what `/readyz` answers), `STOPPING=1` when a stop begins, and `WATCHDOG=1` at half of
-//! `WatchdogSec` while the runtime is alive. Outside systemd (no `NOTIFY_SOCKET`) nothing runs.
+//! ready (what `/readyz` answers), `RELOADING=1` and `READY=1` around a reload, `STOPPING=1`
+//! when a stop begins, and `WATCHDOG=1` at half of `WatchdogSec` while the runtime is alive.
+//! Outside systemd (no `NOTIFY_SOCKET`) nothing runs.
 
 use std::time::Duration;
 
@@ -60,6 +61,19 @@ impl Notifier {
             }
         });
         Some(Self { task })
+    }
+
+    /// A reload began (`Type=notify-reload` units wait for the `READY=1` that ends it).
+    pub(crate) fn reloading(&self) {
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => notify(&[NotifyState::Reloading, now]),
+            Err(e) => tracing::warn!(error = %e, "cannot read the monotonic clock for systemd"),
+        }
+    }
+
+    /// A reload ended, applied or not: the service is running again.
+    pub(crate) fn reloaded(&self) {
+        notify(&[NotifyState::Ready]);
     }
 
     /// A stop began: say so, and stop pinging.

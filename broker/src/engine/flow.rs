@@ -15,13 +15,35 @@ use super::settle::process;
 /// What a pump needs to run one subscription.
 pub(crate) struct PumpConfig {
     pub(crate) name: String,
-    pub(crate) triggers: Arc<[Arc<TriggerRuntime>]>,
+    pub(crate) triggers: Arc<TriggerSet>,
     pub(crate) max_in_flight: usize,
     pub(crate) ordered: bool,
     pub(crate) shutdown_timeout: Duration,
     /// Set when the subscription is given up for good rather than stopped with the broker
     /// (a discovered trigger removed): the source is retired before it closes.
     pub(crate) retire: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The triggers of one subscription. A reload that changes triggers but not the subscription
+/// swaps them here: each message is matched against the set current when it arrives, and
+/// deliveries in flight finish with the set they started with.
+pub(crate) struct TriggerSet(arc_swap::ArcSwap<Arc<[Arc<TriggerRuntime>]>>);
+
+impl TriggerSet {
+    /// A set of `triggers`.
+    pub(crate) fn new(triggers: Vec<Arc<TriggerRuntime>>) -> Self {
+        Self(arc_swap::ArcSwap::from_pointee(Arc::from(triggers)))
+    }
+
+    /// The triggers now.
+    pub(crate) fn current(&self) -> Arc<[Arc<TriggerRuntime>]> {
+        Arc::clone(&self.0.load())
+    }
+
+    /// Replaces the triggers, for the messages that arrive from now on.
+    pub(crate) fn replace(&self, triggers: Vec<Arc<TriggerRuntime>>) {
+        self.0.store(Arc::new(Arc::from(triggers)));
+    }
 }
 
 /// Pulls messages from `source` while fewer than `max_in_flight` are in flight, delivers them,
@@ -56,7 +78,7 @@ pub(crate) async fn pump(
                             queued -= 1;
                             in_flight.push(process(
                         msg,
-                        Arc::clone(&cfg.triggers),
+                        cfg.triggers.current(),
                         shutdown.clone(),
                         broker_retries,
                     ));
@@ -80,7 +102,7 @@ pub(crate) async fn pump(
                     }
                     in_flight.push(process(
                         msg,
-                        Arc::clone(&cfg.triggers),
+                        cfg.triggers.current(),
                         shutdown.clone(),
                         broker_retries,
                     ));

@@ -20,7 +20,7 @@ mod settle;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use flow::{PumpConfig, pump};
+pub(crate) use flow::{PumpConfig, TriggerSet, pump};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -456,7 +456,7 @@ async fn run_pump(
     let shutdown = CancellationToken::new();
     let cfg = PumpConfig {
         name: "s".into(),
-        triggers: Arc::from(vec![trigger(f, 0, None)]),
+        triggers: Arc::new(super::TriggerSet::new(vec![trigger(f, 0, None)])),
         max_in_flight,
         ordered,
         shutdown_timeout: Duration::from_secs(30),

@@ -355,11 +355,13 @@ impl Settler for JetStreamSettler {
             Settlement::Delivered { .. } => AckKind::Ack,
             Settlement::Failed { .. } => AckKind::Term,
             Settlement::Retry { delay } => AckKind::Nak(Some(delay)),
-            // Released at shutdown: no `-NAK`. A nak makes the server redeliver at once, into
-            // the pull request of this very consumer that is still open at the server, where
-            // it sits unread and pending; measured, that ended with one message delivered
-            // twice to the next process. Unacknowledged, it comes back after `ack_wait`.
-            Settlement::Released => return,
+            // Released (a stop, or a reload that reopens the subscription): a `-NAK` with a
+            // delay past the pull request's expiry. An immediate nak makes the server
+            // redeliver at once, into the pull request of this very consumer that is still
+            // open at the server, where it sits unread and pending; measured, that ended with
+            // one message delivered twice to the next process. Not acknowledged at all, it
+            // would come back only after `ack_wait` (70 s with the default timeout).
+            Settlement::Released => AckKind::Nak(Some(RELEASE_DELAY)),
         };
         // Once stopping, `+ACK` and `+TERM` wait for the server's confirmation (`AckAck`): a
         // fire-and-forget one sent just before the connection closes was measured to come back
@@ -492,6 +494,34 @@ const SUBSCRIPTION_CAPACITY: usize = 4096;
 /// default of 30 s that stalled the stream for 35 s; with 5 s it costs at most about 10 s.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
+/// How long the server keeps a released message before it redelivers it: past the expiry of
+/// any pull request still open, so that it goes to the next pull (of a reloaded subscription,
+/// or of the next process), not into one that nobody reads.
+const RELEASE_DELAY: Duration = Duration::from_secs(6);
+
+/// Hands back, with a delayed `-NAK`, the messages the server already sent into the pull
+/// request and nobody will read: otherwise they stay pending until `ack_wait`.
+async fn release_unread(messages: &mut jetstream::consumer::pull::Stream) {
+    use futures::FutureExt as _;
+    let mut released = 0usize;
+    while let Some(Some(next)) = messages.next().now_or_never() {
+        if let Ok(msg) = next
+            && msg
+                .ack_with(AckKind::Nak(Some(RELEASE_DELAY)))
+                .await
+                .is_ok()
+        {
+            released += 1;
+        }
+    }
+    if released > 0 {
+        tracing::debug!(
+            released,
+            "released the unread messages of the last pull request"
+        );
+    }
+}
+
 /// Pulls until asked to stop or the engine is gone.
 async fn pull_loop(
     name: &str,
@@ -523,7 +553,10 @@ async fn pull_loop(
         loop {
             let next = tokio::select! {
                 biased;
-                () = stop.cancelled() => break 'outer,
+                () = stop.cancelled() => {
+                    release_unread(&mut messages).await;
+                    break 'outer;
+                }
                 m = messages.next() => m,
             };
             let msg = match next {
@@ -569,6 +602,7 @@ async fn pull_loop(
                 sent = tx.send(incoming) => sent.is_ok(),
             };
             if !sent {
+                release_unread(&mut messages).await;
                 break 'outer;
             }
         }
