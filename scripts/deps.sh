@@ -22,17 +22,27 @@ done
 # to run); Chromium loads the admin status page in the tests, as a person's browser does.
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# musl-gcc builds the static release binary (scripts/release.sh); buildah builds the container
+# image's runtime stage in the tests (chroot isolation, vfs storage: no daemon).
+command -v musl-gcc >/dev/null 2>&1 || missing+=(musl-tools)
+command -v buildah >/dev/null 2>&1 || missing+=(buildah)
 if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}"
 fi
+if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  echo "deps: adding the x86_64-unknown-linux-musl target" >&2
+  rustup target add x86_64-unknown-linux-musl >&2
+fi
 
 # botocore (the AWS SDK for Python's signer) checks the Lambda function kind's SigV4 signatures in
-# the tests: one virtual environment outside the clone, made once.
+# the tests; kubernetes-validate (the Kubernetes OpenAPI schemas) and cloudcoil.models.keda (the
+# KEDA CRD's schema) check the manifests in deploy/kubernetes offline. One virtual environment
+# outside the clone, made once.
 venv="$HOME/.cache/fnbroker/venv"
-if ! "$venv/bin/python3" -c "import botocore" >/dev/null 2>&1; then
-  echo "deps: installing botocore into $venv" >&2
+if ! "$venv/bin/python3" -c "import botocore, kubernetes_validate, cloudcoil.models.keda" >/dev/null 2>&1; then
+  echo "deps: installing botocore, kubernetes-validate and cloudcoil.models.keda into $venv" >&2
   python3 -m venv "$venv" >&2
-  "$venv/bin/pip" install -q "botocore==1.35.*" >&2
+  "$venv/bin/pip" install -q "botocore==1.35.*" "kubernetes-validate==1.37.0" "cloudcoil.models.keda==2.16.1.0" >&2
 fi
 
 # promtool (Prometheus' own exposition parser and linter, `promtool check metrics`) checks

@@ -13,6 +13,10 @@ cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The static release binary: the tests run it from the container image's root filesystem.
+echo "== scripts/release.sh (static binary)"
+scripts/release.sh
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

@@ -412,3 +412,39 @@ async fn amqps_with_a_client_certificate_authenticates_with_external() {
         );
     }
 }
+
+/// Issue 16, replicas: two processes on one queue are competing consumers; one is killed with
+/// SIGKILL mid-stream, the other takes every later message, and RabbitMQ gives it what the
+/// killed one had unacknowledged: every message arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_hands_its_messages_to_the_other() {
+    const N: usize = 1_000;
+    let q = format!("q-{}", uid());
+    let (_conn, ch) = amqp::channel().await;
+    amqp::queue(&ch, &q).await;
+    let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_millis(5))).await;
+    let cfg = |path: &str| {
+        config(
+            &format!("fb-{}", uid()),
+            "",
+            &http_fn("f", &server.url(path)),
+            &format!(
+                "  - {{ name: t, from: {{ connector: rabbit, queue: {q} }}, to: f, delivery: {{ max_in_flight: 16 }} }}\n"
+            ),
+        )
+    };
+    let b = common::replica_killed(
+        "amqp",
+        &server,
+        cfg,
+        N,
+        common::AfterKill::Survivor,
+        |range| amqp::publish_range(&ch, &q, range),
+    )
+    .await;
+    wait_for("every message", WAIT, || {
+        common::delivered_numbers(&server, &["/a", "/b"]).0.len() >= N
+    })
+    .await;
+    drop(b);
+}

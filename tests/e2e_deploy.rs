@@ -339,3 +339,310 @@ async fn sighup_reloads_the_configuration() {
         .expect("body");
     assert!(functions.contains("/two"), "{functions}");
 }
+
+/// The repository's root.
+fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The static binary `scripts/release.sh` built (`scripts/test.sh` runs it before the tests).
+fn static_binary() -> std::path::PathBuf {
+    let path = repo().join("dist/fnbroker");
+    assert!(
+        path.exists(),
+        "{} is missing: scripts/release.sh builds it (scripts/test.sh runs it first)",
+        path.display()
+    );
+    path
+}
+
+/// Runs `cmd`, failing the test with its output unless it succeeds; returns its stdout.
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// buildah with a storage of its own (vfs: no overlay mounts needed), removed with the test.
+struct Buildah {
+    dir: tempfile::TempDir,
+}
+
+impl Buildah {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("buildah");
+        cmd.arg("--storage-driver=vfs")
+            .arg("--root")
+            .arg(self.dir.path().join("storage"))
+            .arg("--runroot")
+            .arg(self.dir.path().join("run"))
+            .args(args);
+        cmd
+    }
+}
+
+impl Drop for Buildah {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["umount", "--all"]).output();
+        let _ = self.cmd(&["rm", "--all"]).output();
+        let _ = self.cmd(&["rmi", "--all", "--force"]).output();
+    }
+}
+
+/// Issue 16: the static binary is static, and the Dockerfile's runtime stage, built by buildah
+/// from it (base images cannot be pulled here, and the runtime stage needs none: it is `FROM
+/// scratch`), makes an image whose root filesystem runs fnbroker as its non-root user against
+/// a real JetStream, and stops it cleanly on SIGTERM. The binary runs in that root filesystem
+/// with chroot: podman is not available here (see the README), and chroot runs the image's
+/// files as they are, which is what is under test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_root_filesystem_runs_the_static_binary() {
+    let binary = static_binary();
+    let ldd = Command::new("ldd").arg(&binary).output().expect("ldd");
+    let verdict = format!(
+        "{}{}",
+        String::from_utf8_lossy(&ldd.stdout),
+        String::from_utf8_lossy(&ldd.stderr)
+    );
+    assert!(
+        verdict.contains("statically linked") || verdict.contains("not a dynamic executable"),
+        "ldd: {verdict}"
+    );
+
+    // The build context the runtime stage copies from: what the build stage leaves in /out.
+    let context = tempfile::tempdir().expect("tempdir");
+    let out = context.path().join("out");
+    std::fs::create_dir_all(&out).expect("out");
+    std::fs::copy(&binary, out.join("fnbroker")).expect("copy binary");
+    for file in ["fnbroker.yaml", "passwd", "group"] {
+        std::fs::copy(repo().join("deploy/container").join(file), out.join(file)).expect(file);
+    }
+    std::fs::copy(
+        "/etc/ssl/certs/ca-certificates.crt",
+        out.join("ca-certificates.crt"),
+    )
+    .expect("CA certificates (Debian's ca-certificates)");
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).expect("Dockerfile");
+    let runtime = dockerfile
+        .split_once("FROM scratch AS runtime")
+        .map(|(_, stage)| format!("FROM scratch AS runtime{stage}"))
+        .expect("a `FROM scratch AS runtime` stage");
+    let containerfile = context.path().join("Containerfile");
+    std::fs::write(
+        &containerfile,
+        runtime
+            .replace("--from=build ", "")
+            .replace(" /out/", " out/"),
+    )
+    .expect("Containerfile");
+
+    let buildah = Buildah::new();
+    let tag = format!("localhost/fnbroker-test-{}", uid());
+    run_ok(
+        buildah
+            .cmd(&["build", "--isolation", "chroot", "--tag", &tag, "--file"])
+            .arg(&containerfile)
+            .arg(context.path()),
+    );
+    let inspect = run_ok(&mut buildah.cmd(&["inspect", "--type", "image", &tag]));
+    let image: serde_json::Value = serde_json::from_str(&inspect).expect("inspect JSON");
+    let config = &image["OCIv1"]["config"];
+    assert_eq!(config["User"], "65532:65532", "{config}");
+    assert!(config["ExposedPorts"]["9464/tcp"].is_object(), "{config}");
+    assert_eq!(
+        config["Entrypoint"],
+        serde_json::json!(["/usr/local/bin/fnbroker"])
+    );
+    assert!(
+        config["Env"]
+            .to_string()
+            .contains("FNBROKER_CONFIG=/etc/fnbroker/fnbroker.yaml"),
+        "{config}"
+    );
+    let container = run_ok(&mut buildah.cmd(&["from", &tag])).trim().to_string();
+    let rootfs = std::path::PathBuf::from(
+        run_ok(&mut buildah.cmd(&["mount", &container]))
+            .trim()
+            .to_string(),
+    );
+    let in_image = |args: &[&str]| {
+        let mut cmd = Command::new("chroot");
+        cmd.arg("--userspec=65532:65532")
+            .arg(&rootfs)
+            .arg("/usr/local/bin/fnbroker")
+            .args(args);
+        cmd
+    };
+    let said = run_ok(&mut in_image(&[
+        "validate",
+        "-c",
+        "/etc/fnbroker/fnbroker.yaml",
+    ]));
+    assert!(said.contains("ok"), "{said}");
+
+    // A JetStream stream to a function, run from the image's files as its user.
+    let server = FnServer::start().await;
+    let subject = format!("img{}", uid());
+    let stream = format!("S{}", uid());
+    common::nats::create_stream(SHARED_URL, &stream, &[&subject]).await;
+    let admin = common::free_port();
+    std::fs::create_dir_all(rootfs.join("tmp")).expect("tmp");
+    std::fs::write(
+        rootfs.join("tmp/fnbroker.yaml"),
+        format!(
+            "connectors:\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: {subject}, group: g{} }}, to: f }}\nadmin: {{ listen: 127.0.0.1:{admin} }}\nshutdown_timeout: 5s\n",
+            server.url("/f"),
+            uid()
+        ),
+    )
+    .expect("config");
+    let log = tempfile::NamedTempFile::new().expect("log");
+    let mut child = in_image(&["run", "-c", "/tmp/fnbroker.yaml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(log.reopen().expect("log"))
+        .spawn()
+        .expect("chroot");
+    let logs = || std::fs::read_to_string(log.path()).unwrap_or_default();
+    let ready = format!("http://127.0.0.1:{admin}/readyz");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !reqwest::get(&ready)
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            std::time::Instant::now() < deadline && child.try_wait().ok().flatten().is_none(),
+            "fnbroker from the image did not become ready:\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).expect("status");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("65532")),
+        "runs as the image's user:\n{status}"
+    );
+    common::nats::js_publish(
+        SHARED_URL,
+        (0..100)
+            .map(|i| (subject.clone(), i.to_string().into_bytes()))
+            .collect(),
+    )
+    .await;
+    server.wait_count("/f", 100, WAIT).await;
+    let pid = child.id().to_string();
+    run_ok(Command::new("kill").args(["-TERM", &pid]));
+    let exit = child.wait().expect("wait");
+    assert!(exit.success(), "{exit}:\n{}", logs());
+    assert_eq!(server.count("/f"), 100);
+}
+
+/// Issue 16: every manifest of deploy/kubernetes validates strictly and offline (the Kubernetes
+/// schemas of kubernetes-validate, the KEDA CRD's schema), the validation does refuse an
+/// unknown field, and the configuration the ConfigMap carries is a valid fnbroker
+/// configuration whose `shutdown_timeout` fits in the pod's grace period.
+#[test]
+fn the_kubernetes_manifests_validate() {
+    let python = std::env::var("HOME")
+        .map(|h| format!("{h}/.cache/fnbroker/venv/bin/python3"))
+        .expect("HOME");
+    let script = repo().join("scripts/validate-manifests.py");
+    let k8s = repo().join("deploy/kubernetes");
+    let said = run_ok(
+        Command::new(&python)
+            .arg(&script)
+            .arg(k8s.join("base"))
+            .arg(k8s.join("base/secret.example.yaml"))
+            .arg(k8s.join("scaling")),
+    );
+    for kind in [
+        "Deployment fnbroker",
+        "Service fnbroker",
+        "PodDisruptionBudget fnbroker",
+        "ConfigMap fnbroker-config",
+        "Secret fnbroker-secrets",
+        "HorizontalPodAutoscaler fnbroker",
+        "ScaledObject fnbroker-kafka",
+        "ScaledObject fnbroker-backlog",
+    ] {
+        assert!(said.contains(kind), "{kind} not validated:\n{said}");
+    }
+
+    // The validators refuse what the API server's strict field validation refuses.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let deployment = std::fs::read_to_string(k8s.join("base/deployment.yaml")).expect("read");
+    let scaled = std::fs::read_to_string(k8s.join("scaling/keda-kafka.yaml")).expect("read");
+    for (name, text) in [
+        (
+            "deployment.yaml",
+            deployment.replace("  replicas: 2", "  replicaz: 2"),
+        ),
+        (
+            "keda.yaml",
+            scaled.replace("  maxReplicaCount: 12", "  maxReplicaCountt: 12"),
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        let out = Command::new(&python)
+            .arg(&script)
+            .arg(&path)
+            .output()
+            .expect("python");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("was unexpected"),
+            "{name} with an unknown field passed: {err}"
+        );
+    }
+
+    // The ConfigMap's configuration, with its secret file present.
+    let token = dir.path().join("nats-token");
+    std::fs::write(&token, "s3cret").expect("token");
+    let config = std::fs::read_to_string(k8s.join("base/fnbroker.yaml"))
+        .expect("read")
+        .replace(
+            "/etc/fnbroker-secrets/nats-token",
+            &token.display().to_string(),
+        );
+    let path = dir.path().join("fnbroker.yaml");
+    std::fs::write(&path, &config).expect("write");
+    run_ok(
+        Command::new(common::binary())
+            .args(["validate", "-c"])
+            .arg(&path),
+    );
+    let deployment: serde_json::Value =
+        serde_saphyr::from_str(&deployment).expect("deployment YAML");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let grace = pod["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("grace");
+    let pause = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_u64()
+        .expect("preStop sleep");
+    assert!(
+        config.contains("shutdown_timeout: 30s") && grace > 30 + pause,
+        "terminationGracePeriodSeconds {grace} must exceed shutdown_timeout 30 s + preStop {pause} s"
+    );
+    assert_eq!(
+        pod["containers"][0]["args"],
+        serde_json::json!(["run", "--watch", "-c", "/etc/fnbroker/fnbroker.yaml"]),
+        "the pods reload the ConfigMap when it changes"
+    );
+}

@@ -718,3 +718,43 @@ async fn oauthbearer_tokens_come_from_the_token_endpoint() {
     );
     assert!(!logs.contains("oauth-secret"));
 }
+
+/// Issue 16, replicas: two processes in one consumer group share the partitions; one is killed
+/// with SIGKILL mid-stream and started again (as Kubernetes or systemd would), and every record
+/// arrives, what the killed one had not committed included. On Apache Kafka the survivor would
+/// take the killed one's partitions after the session timeout; tansu keeps a killed member in
+/// the group's assignment (the survivor is given back only its own partitions, reproduced with
+/// plain librdkafka consumers, see the README's Replicas), so its partitions wait for a member
+/// to come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_hands_its_partitions_to_the_other() {
+    const N: usize = 1_000;
+    let topic = kafka::unique("replicas");
+    kafka::create_topic(&topic, 4).await;
+    let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_millis(2))).await;
+    let group = kafka::unique("g");
+    let cfg = |path: &str| {
+        config(
+            "",
+            &http_fn("f", &server.url(path)),
+            &format!(
+                "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {group} }}, to: f, delivery: {{ max_in_flight: 16 }} }}\n"
+            ),
+        )
+    };
+    let p = kafka::producer();
+    let b = common::replica_killed(
+        "kafka",
+        &server,
+        cfg,
+        N,
+        common::AfterKill::Restart,
+        |range| kafka::produce_range(&p, &topic, range),
+    )
+    .await;
+    wait_for("every record", WAIT, || {
+        common::delivered_numbers(&server, &["/a", "/b"]).0.len() >= N
+    })
+    .await;
+    drop(b);
+}

@@ -762,3 +762,95 @@ async fn a_creds_file_user_connects_and_an_unknown_account_does_not() {
     )
     .await;
 }
+
+/// Issue 16, replicas: two processes on one JetStream durable consumer share it; one is killed
+/// with SIGKILL mid-stream, the other takes every later message and, after `ack_wait` (14 s
+/// with a 2 s timeout), what the killed one held unacknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_a_replica_killed_hands_its_messages_to_the_other() {
+    const N: usize = 1_000;
+    let root = format!("rk{}", uid());
+    let stream = format!("S{}", uid());
+    nats::create_stream(SHARED_URL, &stream, &[&format!("{root}.>")]).await;
+    let group = format!("g{}", uid());
+    let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_millis(2))).await;
+    let cfg = |path: &str| {
+        config(
+            SHARED_URL,
+            "",
+            &format!(
+                "  f: {{ http: {{ url: \"{}\" }}, timeout: 2s }}\n",
+                server.url(path)
+            ),
+            &format!(
+                "  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: \"{root}.>\", group: {group} }}, to: f, delivery: {{ max_in_flight: 16 }} }}\n"
+            ),
+        )
+    };
+    let subject = format!("{root}.m");
+    let b = common::replica_killed(
+        "jetstream",
+        &server,
+        cfg,
+        N,
+        common::AfterKill::Survivor,
+        |range| {
+            nats::js_publish(
+                SHARED_URL,
+                range
+                    .map(|i| (subject.clone(), i.to_string().into_bytes()))
+                    .collect(),
+            )
+        },
+    )
+    .await;
+    wait_for("every message", WAIT, || {
+        common::delivered_numbers(&server, &["/a", "/b"]).0.len() >= N
+    })
+    .await;
+    drop(b);
+}
+
+/// Issue 16, replicas: two processes in one core NATS queue group; one is killed with SIGKILL,
+/// the other gets every message published from then on (core NATS keeps nothing: what the
+/// killed one held is gone, at most once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_a_replica_killed_leaves_the_queue_group_to_the_other() {
+    const N: usize = 1_000;
+    let root = format!("qk{}", uid());
+    let server = FnServer::start().await;
+    let cfg = |path: &str| {
+        config(
+            SHARED_URL,
+            "",
+            &http_fn("f", &server.url(path)),
+            &format!(
+                "  - {{ name: t, from: {{ connector: bus, topic: \"{root}.>\", group: workers }}, to: f }}\n"
+            ),
+        )
+    };
+    let subject = format!("{root}.m");
+    let b = common::replica_killed(
+        "nats core",
+        &server,
+        cfg,
+        N,
+        common::AfterKill::Survivor,
+        |range| {
+            nats::publish(
+                SHARED_URL,
+                range
+                    .map(|i| {
+                        (
+                            subject.clone(),
+                            HeaderMap::new(),
+                            i.to_string().into_bytes(),
+                        )
+                    })
+                    .collect(),
+            )
+        },
+    )
+    .await;
+    drop(b);
+}

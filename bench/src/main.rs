@@ -67,6 +67,11 @@ struct Args {
     /// The fnbroker binary; by default it is built with cargo in this bench's profile.
     #[arg(long)]
     fnbroker: Option<PathBuf>,
+    /// A second fnbroker binary (another build: the static musl release against the glibc
+    /// one), measured at full throughput right after the first on the same connector and
+    /// payload, and reported as ratios against it.
+    #[arg(long)]
+    against: Option<PathBuf>,
     /// Where to write the report; by default `bench/results/` for full runs, nowhere for quick
     /// ones.
     #[arg(long)]
@@ -162,13 +167,17 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
 
 fn args_summary(args: &Args, binary: &std::path::Path) -> String {
     format!(
-        "events {} per throughput run, in flight {}, latency at {}/s for {} s, backlog {}, fnbroker `{}`",
+        "events {} per throughput run, in flight {}, latency at {}/s for {} s, backlog {}, fnbroker `{}`{}",
         args.events,
         args.concurrency,
         args.rate,
         args.latency_secs,
         args.backlog,
-        binary.display()
+        binary.display(),
+        args.against
+            .as_ref()
+            .map(|a| format!(", against `{}`", a.display()))
+            .unwrap_or_default()
     )
 }
 
@@ -238,37 +247,54 @@ async fn measure(
     bus.remove(&lane).await;
     if args.traced {
         step("fnbroker traced");
-        let (eps, cpu, lost) = traced(bus, sink, binary, args, size).await?;
-        row.traced = Some((eps, cpu));
-        row.lost += lost;
+        let telemetry = format!(
+            "telemetry:\n  otlp: {{ endpoint: \"{}\", protocol: http/protobuf }}\n  sample_ratio: 1.0\n",
+            sink.base_url()
+        );
+        let other = second_run(bus, sink, binary, args, size, &telemetry).await?;
+        row.traced = Some((other.eps, other.cpu));
+        row.lost += other.lost;
+    }
+    if let Some(against) = &args.against {
+        step("the other build");
+        let other = second_run(bus, sink, against, args, size, "").await?;
+        row.against = Some(other.clone());
+        row.lost += other.lost;
     }
     Ok(row)
 }
 
-/// fnbroker with every event traced and exported: (events/s, CPU s per 100k, lost).
-async fn traced(
+/// A second fnbroker run at full throughput on a lane of its own: `binary` with `extra` added
+/// to the configuration (traces on), or another build of fnbroker.
+async fn second_run(
     bus: &dyn Bus,
     sink: &Arc<Sink>,
     binary: &std::path::Path,
     args: &Args,
     size: usize,
-) -> anyhow::Result<(f64, f64, u64)> {
+    extra: &str,
+) -> anyhow::Result<report::Other> {
     let lane = bus.create(&lane_id()).await?;
     let mut config = bus.config(&lane, &sink.url(), args.concurrency);
     if !config.ends_with('\n') {
         config.push('\n');
     }
-    config.push_str(&format!(
-        "telemetry:\n  otlp: {{ endpoint: \"{}\", protocol: http/protobuf }}\n  sample_ratio: 1.0\n",
-        sink.base_url()
-    ));
+    config.push_str(extra);
     let fb = process::Fnbroker::start(binary, &config).await?;
+    let idle_rss = fb.rss().ok();
     let mut publisher = bus.publisher(&lane).await?;
     let (t, cpu) = full_speed(&fb, publisher.as_mut(), bus, sink, args, size).await?;
+    let peak_rss = fb.peak_rss().ok();
     fb.stop(Duration::from_secs(2)).await;
     drop(publisher);
     bus.remove(&lane).await;
-    Ok((t.eps, cpu, t.lost))
+    Ok(report::Other {
+        eps: t.eps,
+        cpu,
+        lost: t.lost,
+        idle_rss,
+        peak_rss,
+    })
 }
 
 /// A running fnbroker at full throughput, after a warm-up: what arrived, and its CPU seconds per

@@ -67,6 +67,23 @@ pub(crate) struct Row {
     pub(crate) duplicates: u64,
     /// With `--traced`: fnbroker's throughput and CPU s per 100k with every event traced.
     pub(crate) traced: Option<(f64, f64)>,
+    /// With `--against`: the other build, at full throughput.
+    pub(crate) against: Option<Other>,
+}
+
+/// A second fnbroker run of a row (traced, or another build).
+#[derive(Debug, Clone)]
+pub(crate) struct Other {
+    /// Events per second at full throughput.
+    pub(crate) eps: f64,
+    /// CPU seconds per 100,000 events.
+    pub(crate) cpu: f64,
+    /// Events that never arrived.
+    pub(crate) lost: u64,
+    /// RSS just after it was ready.
+    pub(crate) idle_rss: Option<u64>,
+    /// Peak RSS after the throughput run.
+    pub(crate) peak_rss: Option<u64>,
 }
 
 impl Row {
@@ -87,6 +104,7 @@ impl Row {
             lost: 0,
             duplicates: 0,
             traced: None,
+            against: None,
         }
     }
 
@@ -203,6 +221,32 @@ pub(crate) fn render(rows: &[Row], http_raw: f64, settings: &str) -> String {
                     eps / r.fnbroker_eps,
                     r.cpu_per_100k,
                     cpu / r.cpu_per_100k
+                );
+            }
+        }
+    }
+    if rows.iter().any(|r| r.against.is_some()) {
+        let _ = writeln!(
+            s,
+            "\n## Against the other build\n\nThe fnbroker above (`this`) against the `--against` binary (`other`), the same configuration at full throughput right after it, on a lane of its own. Ratios are other / this.\n\n| connector | payload | this ev/s | other ev/s | ratio | this CPU s / 100k | other CPU s / 100k | ratio | this idle / peak RSS MiB | other idle / peak RSS MiB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for r in rows {
+            if let Some(o) = &r.against {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} B | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} / {} | {} / {} |",
+                    r.connector,
+                    r.size,
+                    r.fnbroker_eps,
+                    o.eps,
+                    o.eps / r.fnbroker_eps,
+                    r.cpu_per_100k,
+                    o.cpu,
+                    o.cpu / r.cpu_per_100k,
+                    mib(r.idle_rss),
+                    mib(r.peak_rss),
+                    mib(o.idle_rss),
+                    mib(o.peak_rss)
                 );
             }
         }

@@ -110,8 +110,14 @@ pub async fn publish(
 
 /// Publishes `n` persistent plain messages (`0..n`), confirmed.
 pub async fn publish_many(ch: &Channel, queue: &str, n: usize) {
+    publish_range(ch, queue, 0..n).await;
+}
+
+/// Publishes persistent messages whose bodies are the numbers of `range` to `queue`, waiting for
+/// every confirm.
+pub async fn publish_range(ch: &Channel, queue: &str, range: std::ops::Range<usize>) {
     let mut confirms = futures::stream::FuturesUnordered::new();
-    for i in 0..n {
+    for i in range {
         let c = ch
             .basic_publish(
                 "".into(),

@@ -9,7 +9,7 @@ pub mod mqtt;
 pub mod nats;
 pub mod pki;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -603,4 +603,103 @@ async fn record(State(state): State<ServerState>, request: Request) -> Response 
         }
     }
     response
+}
+
+/// How long a replica test waits for a group to notice a killed member (a Kafka session
+/// timeout, a rebalance) and for redeliveries.
+const WAIT_LONG: Duration = Duration::from_secs(90);
+
+/// Two replicas, `a` and `b`, with one configuration (`cfg(path)`: only the function's path
+/// differs, to tell who delivered what), share a stream of `n` messages whose bodies are their
+/// numbers. `publish(range)` publishes them. The first half is published while both run; once
+/// both delivered some, `a` is killed with SIGKILL and the second half is published; then what
+/// `after` says must happen. Returns the replicas still running.
+pub async fn replica_killed<F, Fut>(
+    what: &str,
+    server: &FnServer,
+    cfg: impl Fn(&str) -> String,
+    n: usize,
+    after: AfterKill,
+    publish: F,
+) -> Vec<Fnbroker>
+where
+    F: Fn(std::ops::Range<usize>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let a = Fnbroker::start(&cfg("/a")).await;
+    let b = Fnbroker::start(&cfg("/b")).await;
+    let half = n / 2;
+    // In small steps, so that a group that rebalances when `b` joins gives it a share.
+    let step = (half / 10).max(1);
+    let mut next = 0;
+    while next < half {
+        let end = (next + step).min(half);
+        publish(next..end).await;
+        next = end;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for(&format!("{what}: both replicas at work"), WAIT_LONG, || {
+        server.count("/a") > 0 && server.count("/b") > 0
+    })
+    .await;
+    a.signal("KILL");
+    let killed_after = (server.count("/a"), server.count("/b"));
+    drop(a);
+    publish(half..n).await;
+    if after == AfterKill::Restart {
+        let a = Fnbroker::start(&cfg("/a")).await;
+        wait_for(
+            &format!("{what}: every message, once the killed replica is back"),
+            WAIT_LONG,
+            || delivered_numbers(server, &["/a", "/b"]).0.len() >= n,
+        )
+        .await;
+        println!(
+            "{what}: replica a killed after a {} + b {}, then restarted: every message arrived",
+            killed_after.0, killed_after.1
+        );
+        return vec![a, b];
+    }
+    let second_half = || -> HashSet<usize> {
+        server
+            .on("/b")
+            .iter()
+            .filter_map(|r| std::str::from_utf8(&r.body).ok()?.parse().ok())
+            .filter(|i| *i >= half)
+            .collect()
+    };
+    wait_for(
+        &format!("{what}: the survivor takes the second half"),
+        WAIT_LONG,
+        || second_half().len() >= n - half,
+    )
+    .await;
+    println!(
+        "{what}: replica a killed after a {} + b {}; b then delivered the whole second half ({} messages)",
+        killed_after.0,
+        killed_after.1,
+        n - half
+    );
+    vec![b]
+}
+
+/// What [`replica_killed`] expects once a replica is killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterKill {
+    /// The survivor takes every message published after the kill.
+    Survivor,
+    /// The killed replica is started again (with the same configuration and client id) and
+    /// every message arrives, at one or the other.
+    Restart,
+}
+
+/// The numbers in the bodies the function got at `paths`: (distinct, deliveries).
+pub fn delivered_numbers(server: &FnServer, paths: &[&str]) -> (HashSet<usize>, usize) {
+    let all: Vec<usize> = paths
+        .iter()
+        .flat_map(|p| server.on(p))
+        .filter_map(|r| std::str::from_utf8(&r.body).ok()?.parse().ok())
+        .collect();
+    let total = all.len();
+    (all.into_iter().collect(), total)
 }

@@ -229,16 +229,50 @@ pub async fn subscribe(
         port,
     );
     opts.set_keep_alive(Duration::from_secs(30));
+    subscribe_with(opts, filter).await
+}
+
+/// Like [`subscribe`], with a persistent session of `client_id` (clean start off, kept 10
+/// minutes): aborting the task drops the connection without a DISCONNECT, as a killed process
+/// would, and the broker keeps the session.
+pub async fn session_subscriber(
+    port: u16,
+    client_id: &str,
+    filter: &str,
+) -> (Arc<Mutex<Vec<Got>>>, tokio::task::JoinHandle<()>) {
+    let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_clean_start(false);
+    opts.set_session_expiry_interval(Some(600));
+    subscribe_with(opts, filter).await
+}
+
+async fn subscribe_with(
+    opts: MqttOptions,
+    filter: &str,
+) -> (Arc<Mutex<Vec<Got>>>, tokio::task::JoinHandle<()>) {
+    let port = opts.broker_address().1;
     let (client, mut events) = AsyncClient::new(opts, 100);
     client
         .subscribe(filter, QoS::AtLeastOnce)
         .await
         .expect("subscribe");
     let got: Arc<Mutex<Vec<Got>>> = Arc::default();
-    // Poll until the SUBACK, so that nothing published afterwards is missed.
+    let keep = |got: &Mutex<Vec<Got>>, p: rumqttc::v5::mqttbytes::v5::Publish| {
+        let props = p.properties.unwrap_or_default();
+        got.lock().expect("lock").push(Got {
+            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+            payload: p.payload.to_vec(),
+            content_type: props.content_type,
+            user_properties: props.user_properties,
+        });
+    };
+    // Poll until the SUBACK, so that nothing published afterwards is missed (what a resumed
+    // session had queued may come before it).
     loop {
         match tokio::time::timeout(Duration::from_secs(20), events.poll()).await {
             Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => keep(&got, p),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => panic!("mqtt subscriber on port {port}: {e}"),
             Err(_) => panic!("no SUBACK"),
@@ -249,13 +283,7 @@ pub async fn subscribe(
         let _client = client;
         while let Ok(ev) = events.poll().await {
             if let Event::Incoming(Packet::Publish(p)) = ev {
-                let props = p.properties.unwrap_or_default();
-                sink.lock().expect("lock").push(Got {
-                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                    payload: p.payload.to_vec(),
-                    content_type: props.content_type,
-                    user_properties: props.user_properties,
-                });
+                keep(&sink, p);
             }
         }
     });
