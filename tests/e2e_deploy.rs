@@ -407,8 +407,9 @@ impl Drop for Buildah {
 /// from it (base images cannot be pulled here, and the runtime stage needs none: it is `FROM
 /// scratch`), makes an image whose root filesystem runs fnbroker as its non-root user against
 /// a real JetStream, and stops it cleanly on SIGTERM. The binary runs in that root filesystem
-/// with chroot: podman is not available here (see the README), and chroot runs the image's
-/// files as they are, which is what is under test.
+/// with chroot: podman cannot start containers here (crun fails to set `RLIMIT_NPROC` in this
+/// sandbox), `buildah run` kills its child on SIGTERM, and chroot runs the image's files as they
+/// are, which is what is under test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_image_root_filesystem_runs_the_static_binary() {
     let binary = static_binary();
