@@ -149,6 +149,53 @@ fn validate_reports_every_error_at_once() {
     assert!(lines[3].contains(":9:5: unknown key `colour`"), "{stderr}");
 }
 
+/// Issue 17: a `cel` filter is compiled at load; an error names its place in the file and in
+/// the expression.
+#[test]
+fn validate_reports_a_malformed_cel_filter_with_its_position() {
+    let (code, stderr, file) = validate(&GOOD.replace(
+        "    to: f\n",
+        "    to: f\n    filter: { cel: \"event.data.celsius >> 30\" }\n",
+    ));
+    assert_eq!(code, 2, "{stderr}");
+    let line = stderr.trim();
+    assert!(
+        line.starts_with(&format!("{file}:9:20: trigger `t`: invalid cel filter: "))
+            && line.contains("(at line 1, column "),
+        "{stderr}"
+    );
+    let (code, stderr, _) = validate(&GOOD.replace(
+        "    to: f\n",
+        "    to: f\n    filter: { cel: \"event.data.celsius > 30 && event.type.startsWith('com.')\" }\n",
+    ));
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// Issue 17: a rate limit and a circuit breaker are checked at load, each error at its value.
+#[test]
+fn validate_checks_rate_limits_and_circuit_breakers() {
+    let text = GOOD.replace(
+        "timeout: 5s",
+        "timeout: 5s, rate_limit: { per_second: 0 }, circuit_breaker: { failure_ratio: 1.5, min_calls: 0, open_for: soon }",
+    );
+    let (code, stderr, _) = validate(&text);
+    assert_eq!(code, 2, "{stderr}");
+    for wanted in [
+        "`rate_limit.per_second` must be at least 1",
+        "`circuit_breaker.failure_ratio` must be above 0 and at most 1, not 1.5",
+        "`circuit_breaker.min_calls` must be at least 1",
+        "circuit_breaker.open_for",
+    ] {
+        assert!(stderr.contains(wanted), "{wanted}: {stderr}");
+    }
+    let good = GOOD.replace(
+        "timeout: 5s",
+        "timeout: 5s, rate_limit: { per_second: 10, burst: 2 }, circuit_breaker: { min_calls: 5 }",
+    );
+    let (code, stderr, _) = validate(&good);
+    assert_eq!(code, 0, "{stderr}");
+}
+
 #[test]
 fn validate_reports_a_malformed_sql_filter_with_its_position() {
     let (code, stderr, file) = validate(&GOOD.replace(

@@ -599,3 +599,44 @@ async fn mosquitto_keeps_sending_a_dead_shared_member_its_share() {
     a.abort();
     b.abort();
 }
+
+/// Issue 17: a `cel` filter reads an MQTT device's JSON payload (the README's example): only the
+/// hot reading reaches the function; the cold one and a payload that is not JSON are filtered
+/// and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cel_filter_reads_the_json_payload() {
+    let root = format!("cel{}", uid());
+    let server = FnServer::start().await;
+    let cfg = config(
+        &connector("iot", SHARED_PORT, &uid(), ""),
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - name: hot\n    from: {{ connector: iot, topic: \"{root}/+/temperature\", qos: 1 }}\n    event: {{ type: com.example.temperature }}\n    filter: {{ cel: \"event.type == 'com.example.temperature' && event.data.celsius > 30\" }}\n    to: f\n"
+        ),
+    );
+    let fb = Fnbroker::start(&cfg).await;
+    let topic = format!("{root}/kitchen/temperature");
+    mqtt::publish(
+        SHARED_PORT,
+        vec![
+            Msg::plain(&topic, br#"{"celsius": 21.5}"#),
+            Msg::plain(&topic, b"31 degrees"),
+            Msg::plain(&topic, br#"{"celsius": 35}"#),
+        ],
+    )
+    .await;
+    server.wait_count("/f", 1, WAIT).await;
+    wait_for("two filtered", WAIT, || {
+        fb.logs().matches("filtered out").count() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = server.on("/f");
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].body[..], br#"{"celsius": 35}"#);
+    let metrics = fb.metrics().await;
+    assert!(
+        metrics.contains("fnbroker_events_filtered_total{trigger=\"hot\",function=\"f\"} 2"),
+        "{metrics}"
+    );
+}

@@ -854,3 +854,172 @@ async fn core_a_replica_killed_leaves_the_queue_group_to_the_other() {
     .await;
     drop(b);
 }
+
+/// A stream holding the plain messages `0..n` under a new root subject: (stream, root).
+async fn numbers(n: usize) -> (String, String) {
+    let root = format!("g{}", uid());
+    let stream = format!("S{}", uid());
+    nats::create_stream(SHARED_URL, &stream, &[&format!("{root}.>")]).await;
+    nats::js_publish(
+        SHARED_URL,
+        (0..n)
+            .map(|i| (format!("{root}.x"), i.to_string().into_bytes()))
+            .collect(),
+    )
+    .await;
+    (stream, root)
+}
+
+async fn functions_view(fb: &Fnbroker) -> serde_json::Value {
+    let text = reqwest::get(format!("http://127.0.0.1:{}/v1/functions", fb.admin))
+        .await
+        .expect("/v1/functions")
+        .text()
+        .await
+        .expect("body");
+    serde_json::from_str(&text).expect("JSON")
+}
+
+fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Issue 17: a function that fails every call (500) behind a circuit breaker. Once `min_calls`
+/// calls failed the breaker opens: deliveries wait instead of spending their attempts (the
+/// function sees a probe per `open_for`, not a storm of retries, and the events are not
+/// dropped); when the function recovers, a probe closes the breaker and everything else is
+/// delivered. `/v1/functions` and the metrics show the state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_a_circuit_breaker_holds_deliveries_instead_of_spending_retries() {
+    const N: usize = 100;
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = std::sync::Arc::clone(&failing);
+    let server = FnServer::with(move |_, _| {
+        if flag.load(std::sync::atomic::Ordering::SeqCst) {
+            Answer::status(500)
+        } else {
+            Answer::ok()
+        }
+    })
+    .await;
+    let (stream, root) = numbers(N).await;
+    let cfg = config(
+        SHARED_URL,
+        "",
+        &format!(
+            "  f:\n    http: {{ url: \"{}\" }}\n    timeout: 2s\n    circuit_breaker: {{ failure_ratio: 0.5, min_calls: 5, window: 30s, open_for: 1s }}\n",
+            server.url("/f")
+        ),
+        &format!(
+            "  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: \"{root}.>\", group: g{} }}, to: f, delivery: {{ retries: 2, delay: 100ms, max_delay: 200ms, max_in_flight: 4 }} }}\n",
+            uid()
+        ),
+    );
+    let fb = Fnbroker::start(&cfg).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let view = functions_view(&fb).await;
+        if view["f"]["circuit_state"] != "closed" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the breaker never opened: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let opened_after = server.count("/f");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = server.count("/f") - opened_after;
+    let metrics = fb.metrics().await;
+    println!("circuit breaker: open after {opened_after} calls; {during} calls in the next 3 s");
+    // Open for 1 s at a time: a probe a second or so, not the retries of 100 events.
+    assert!(during <= 8, "{during} calls while the breaker was open");
+    assert!(
+        metrics.contains("fnbroker_function_circuit_state{function=\"f\"} 1")
+            || metrics.contains("fnbroker_function_circuit_state{function=\"f\"} 2"),
+        "{metrics}"
+    );
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let delivered = || {
+        server
+            .on("/f")
+            .iter()
+            .filter(|r| r.status == 200)
+            .map(|r| r.body.clone())
+            .collect::<HashSet<_>>()
+            .len()
+    };
+    let dropped = || async { sample(&fb.metrics().await, "fnbroker_events_dropped_total") };
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let d = dropped().await as usize;
+        if delivered() + d >= N {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "delivered {} + dropped {d} of {N}",
+            delivered()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let d = dropped().await as usize;
+    println!(
+        "circuit breaker: {} delivered, {d} dropped (failed before it opened)",
+        delivered()
+    );
+    assert!(
+        d <= 2,
+        "{d} events spent their attempts: the breaker should hold them"
+    );
+    assert_eq!(functions_view(&fb).await["f"]["circuit_state"], "closed");
+    assert!(sample(&fb.metrics().await, "fnbroker_function_held_total") > 0.0);
+}
+
+/// Issue 17: a rate limit of 20 calls per second with a burst of 5: over the whole stream, no
+/// second holds more than 25 calls (slower machines only spread them more), and every event
+/// arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_a_rate_limit_spaces_the_calls() {
+    const N: usize = 60;
+    let server = FnServer::start().await;
+    let (stream, root) = numbers(N).await;
+    let cfg = config(
+        SHARED_URL,
+        "",
+        &format!(
+            "  f:\n    http: {{ url: \"{}\" }}\n    rate_limit: {{ per_second: 20, burst: 5 }}\n",
+            server.url("/f")
+        ),
+        &format!(
+            "  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: \"{root}.>\", group: g{} }}, to: f }}\n",
+            uid()
+        ),
+    );
+    let fb = Fnbroker::start(&cfg).await;
+    server.wait_count("/f", N, WAIT).await;
+    let mut at: Vec<std::time::Instant> = server.on("/f").iter().map(|r| r.at).collect();
+    at.sort();
+    let busiest = at
+        .iter()
+        .map(|start| {
+            at.iter()
+                .filter(|t| **t >= *start && t.duration_since(*start) < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    println!("rate limit 20/s, burst 5: at most {busiest} calls in one second");
+    assert!(busiest <= 25, "{busiest} calls in one second");
+    assert!(sample(&fb.metrics().await, "fnbroker_function_held_total") > 0.0);
+    assert_eq!(
+        functions_view(&fb).await["f"]["rate_limit"]["per_second"],
+        20
+    );
+}

@@ -49,8 +49,10 @@ pub(crate) struct Live {
     pub(crate) connectors: Vec<(String, Arc<dyn fnbroker_core::Connector>)>,
     /// `/v1/triggers`: the configured triggers.
     pub(crate) triggers: Value,
-    /// `/v1/functions`.
+    /// `/v1/functions`, as configured.
     pub(crate) functions: Value,
+    /// The running functions, for their live state (the circuit breaker's).
+    pub(crate) runtimes: Vec<(String, Arc<crate::engine::FunctionRuntime>)>,
     /// `/v1/config`: the revision running, when it was loaded, the reloads.
     pub(crate) config: Value,
 }
@@ -124,9 +126,7 @@ pub(crate) async fn serve(
             )
             .route(
                 "/v1/functions",
-                get(|State(s): State<Arc<AdminState>>| async move {
-                    Json(s.live.load().functions.clone())
-                }),
+                get(|State(s): State<Arc<AdminState>>| async move { Json(s.functions_now()) }),
             )
             .route(
                 "/v1/config",
@@ -198,6 +198,23 @@ impl AdminState {
             .iter()
             .filter_map(|(name, c)| c.listener_counts().map(|n| (name.clone(), n)))
             .collect()
+    }
+
+    /// The configured functions, with the state of their circuit breakers.
+    fn functions_now(&self) -> Value {
+        let live = self.live.load();
+        let mut view = live.functions.clone();
+        for (name, f) in &live.runtimes {
+            if let (Some(state), Some(Value::Object(m))) = (
+                f.guard
+                    .as_ref()
+                    .and_then(crate::guard::Guard::breaker_state),
+                view.get_mut(name),
+            ) {
+                m.insert("circuit_state".into(), json!(state.as_str()));
+            }
+        }
+        view
     }
 
     /// The configured triggers and those discovery runs now.
@@ -473,6 +490,23 @@ pub(crate) fn functions_view(cfg: &Config) -> Value {
                 if let Value::Object(m) = &mut v {
                     m.insert("timeout".into(), json!(format!("{:?}", f.timeout())));
                     m.insert("concurrency".into(), json!(*f.concurrency));
+                    if let Some(r) = &f.rate_limit {
+                        m.insert(
+                            "rate_limit".into(),
+                            json!({ "per_second": *r.per_second, "burst": r.burst.as_ref().map(|b| **b) }),
+                        );
+                    }
+                    if let Some(b) = &f.circuit_breaker {
+                        m.insert(
+                            "circuit_breaker".into(),
+                            json!({
+                                "failure_ratio": *b.failure_ratio,
+                                "min_calls": *b.min_calls,
+                                "window": format!("{:?}", b.window.get()),
+                                "open_for": format!("{:?}", b.open_for.get()),
+                            }),
+                        );
+                    }
                 }
                 (name.clone(), v)
             })

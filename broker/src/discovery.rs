@@ -195,6 +195,7 @@ impl Discovery {
                         .map_or(Duration::from_secs(30), config::ConfDuration::get),
                     stats: self.metrics.function(&key.0),
                     health: crate::health::Health::default(),
+                    guard: None,
                 });
                 functions.insert(key.0.clone(), Arc::clone(&runtime));
                 runtime

@@ -1,7 +1,7 @@
 //! Trigger filters, compiled once at start: the `exact`, `prefix`, `suffix`, `all`, `any` and `not`
-//! dialects of the CloudEvents Subscriptions API, and `sql` (CloudEvents SQL). A missing
-//! attribute does not match; an `sql` expression passes only when it yields boolean `true` with
-//! no error.
+//! dialects of the CloudEvents Subscriptions API, `sql` (CloudEvents SQL) and `cel` (the Common
+//! Expression Language, over the attributes and the data). A missing attribute does not match;
+//! an `sql` or `cel` expression passes only when it yields boolean `true` with no error.
 
 use fnbroker_core::config;
 use fnbroker_core::event::{self, Event};
@@ -15,6 +15,7 @@ pub(crate) enum Filter {
     Any(Vec<Filter>),
     Not(Box<Filter>),
     Sql(std::sync::Arc<fnbroker_core::cesql::Expr>),
+    Cel(fnbroker_core::celexpr::CelExpr),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +53,10 @@ impl Filter {
                 Ok(expr) => Filter::Sql(std::sync::Arc::new(expr)),
                 Err(_) => Filter::Any(Vec::new()),
             },
+            config::Filter::Cel(text) => match fnbroker_core::celexpr::CelExpr::parse(text) {
+                Ok(expr) => Filter::Cel(expr),
+                Err(_) => Filter::Any(Vec::new()),
+            },
         }
     }
 
@@ -65,6 +70,7 @@ impl Filter {
             Filter::Any(fs) => fs.iter().any(|f| f.matches(event)),
             Filter::Not(f) => !f.matches(event),
             Filter::Sql(expr) => expr.matches(event),
+            Filter::Cel(expr) => expr.matches(event),
         }
     }
 }
@@ -101,6 +107,10 @@ impl Filter {
                     .join("; ")
             ),
             Filter::Not(_) => "the filter under `not` matches".into(),
+            Filter::Cel(expr) => match expr.eval(event) {
+                Ok(b) => format!("the cel expression is {b}"),
+                Err(error) => format!("the cel expression cannot be evaluated: {error}"),
+            },
             Filter::Sql(expr) => {
                 use fnbroker_core::cesql::Value;
                 match expr.eval(event) {

@@ -11,6 +11,7 @@ mod connectors;
 mod discovery;
 mod engine;
 mod filter;
+mod guard;
 mod health;
 mod metrics;
 mod process;

@@ -138,6 +138,8 @@ pub(crate) struct FunctionStats {
     pub(crate) request_bytes: Counter,
     pub(crate) response_bytes: Counter,
     pub(crate) in_flight: Gauge,
+    /// Calls that waited at the function's rate limit or circuit breaker.
+    pub(crate) held: Counter,
 }
 
 impl FunctionStats {
@@ -149,6 +151,7 @@ impl FunctionStats {
             request_bytes: Counter::default(),
             response_bytes: Counter::default(),
             in_flight: Gauge::default(),
+            held: Counter::default(),
         }
     }
 
@@ -190,6 +193,8 @@ pub(crate) struct Metrics {
     request_bytes: Family<FunctionLabels, Counter>,
     response_bytes: Family<FunctionLabels, Counter>,
     function_in_flight: Family<FunctionLabels, Gauge>,
+    function_held: Family<FunctionLabels, Counter>,
+    function_circuit: Family<FunctionLabels, Gauge>,
     connector_up: Family<ConnectorLabels, Gauge>,
     connector_reconnects: Family<ConnectorLabels, Counter>,
     consumer_lag: Family<BacklogLabels, Gauge>,
@@ -243,6 +248,8 @@ impl Metrics {
             request_bytes: Family::default(),
             response_bytes: Family::default(),
             function_in_flight: Family::default(),
+            function_held: Family::default(),
+            function_circuit: Family::default(),
             connector_up: Family::default(),
             connector_reconnects: Family::default(),
             consumer_lag: Family::default(),
@@ -360,6 +367,16 @@ impl Metrics {
             "function_in_flight",
             "Calls in flight to the function",
             m.function_in_flight.clone(),
+        );
+        registry.register(
+            "function_held",
+            "Calls that waited at the function's rate limit or open circuit breaker (no attempt spent)",
+            m.function_held.clone(),
+        );
+        registry.register(
+            "function_circuit_state",
+            "The function's circuit breaker: 0 closed, 1 open, 2 half-open (functions with one)",
+            m.function_circuit.clone(),
         );
         registry.register(
             "connector_up",
@@ -529,7 +546,17 @@ impl Metrics {
             request_bytes: self.request_bytes.get_or_create(&l).clone(),
             response_bytes: self.response_bytes.get_or_create(&l).clone(),
             in_flight: self.function_in_flight.get_or_create(&l).clone(),
+            held: self.function_held.get_or_create(&l).clone(),
         }
+    }
+
+    /// The circuit-breaker state gauge of `function` (only functions with a breaker have one).
+    pub(crate) fn circuit(&self, function: &str) -> Gauge {
+        self.function_circuit
+            .get_or_create(&FunctionLabels {
+                function: function.to_string(),
+            })
+            .clone()
     }
 
     /// The OpenMetrics 1.0 text exposition.

@@ -74,6 +74,15 @@ fn build_function(
         timeout: cfg.timeout(),
         stats: metrics.function(name),
         health: crate::health::Health::default(),
+        guard: crate::guard::Guard::new(
+            cfg.rate_limit.as_ref(),
+            cfg.circuit_breaker.as_ref(),
+            if cfg.circuit_breaker.is_some() {
+                metrics.circuit(name)
+            } else {
+                prometheus_client::metrics::gauge::Gauge::default()
+            },
+        ),
     }))
 }
 
@@ -238,6 +247,7 @@ impl Broker {
                 connectors: Vec::new(),
                 triggers: Value::Array(Vec::new()),
                 functions: Value::Array(Vec::new()),
+                runtimes: Vec::new(),
                 config: Value::Null,
             })),
             admin: None,
@@ -285,6 +295,11 @@ impl Broker {
                 .collect(),
             triggers: crate::admin::triggers_view(config),
             functions: crate::admin::functions_view(config),
+            runtimes: self
+                .functions
+                .iter()
+                .map(|(name, f)| (name.clone(), Arc::clone(&f.value)))
+                .collect(),
             config: about,
         }));
     }
@@ -296,6 +311,7 @@ impl Broker {
             connectors: live.connectors.clone(),
             triggers: live.triggers.clone(),
             functions: live.functions.clone(),
+            runtimes: live.runtimes.clone(),
             config: about,
         }));
     }

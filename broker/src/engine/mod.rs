@@ -44,6 +44,8 @@ pub(crate) struct FunctionRuntime {
     pub(crate) stats: FunctionStats,
     /// Whether the function is down (an outage) rather than failing single events.
     pub(crate) health: Health,
+    /// The function's rate limit and circuit breaker, when configured.
+    pub(crate) guard: Option<crate::guard::Guard>,
 }
 
 impl FunctionRuntime {
@@ -53,6 +55,18 @@ impl FunctionRuntime {
         event: &Event,
         timeout: Duration,
     ) -> Result<fnbroker_functions::Success, InvokeError> {
+        // An exhausted rate or an open breaker holds the call here, before it takes a slot of
+        // the function's concurrency: no attempt is spent while it waits.
+        let pass = match &self.guard {
+            Some(guard) => {
+                let pass = guard.pass().await;
+                if !pass.waited.is_zero() {
+                    self.stats.held.inc();
+                }
+                Some(pass)
+            }
+            None => None,
+        };
         // The semaphore is never closed, so acquiring only fails if it were; treat that as a
         // connection error so the attempt is retried rather than lost.
         let _permit = self
@@ -69,6 +83,9 @@ impl FunctionRuntime {
         self.stats.record(&result);
         self.health
             .record(result.as_ref().is_err_and(InvokeError::is_unavailable));
+        if let Some(pass) = pass {
+            pass.done(result.as_ref().map(|_| ()));
+        }
         result
     }
 }

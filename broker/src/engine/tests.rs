@@ -70,6 +70,7 @@ fn function(invoker: impl Invoker + 'static) -> Arc<FunctionRuntime> {
         timeout: Duration::from_secs(1),
         stats: FunctionStats::detached(),
         health: Health::default(),
+        guard: None,
     })
 }
 

@@ -19,6 +19,7 @@
 
 pub mod backlog;
 pub mod binding;
+pub mod celexpr;
 pub mod cesql;
 pub mod config;
 pub mod contract;

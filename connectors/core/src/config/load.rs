@@ -860,6 +860,45 @@ fn validate_function(name: &str, function: &Function, errors: &mut Errors<'_>) {
             format!("function `{name}`: `concurrency` must be at least 1"),
         );
     }
+    if let Some(r) = &function.rate_limit {
+        if *r.per_second == 0 {
+            errors.at(
+                &r.per_second,
+                format!("function `{name}`: `rate_limit.per_second` must be at least 1"),
+            );
+        }
+        if let Some(b) = r.burst.as_ref().filter(|b| ***b == 0) {
+            errors.at(
+                b,
+                format!("function `{name}`: `rate_limit.burst` must be at least 1"),
+            );
+        }
+    }
+    if let Some(b) = &function.circuit_breaker {
+        let ratio = *b.failure_ratio;
+        if !(ratio > 0.0 && ratio <= 1.0) {
+            errors.at(
+                &b.failure_ratio,
+                format!("function `{name}`: `circuit_breaker.failure_ratio` must be above 0 and at most 1, not {ratio}"),
+            );
+        }
+        if *b.min_calls == 0 {
+            errors.at(
+                &b.min_calls,
+                format!("function `{name}`: `circuit_breaker.min_calls` must be at least 1"),
+            );
+        }
+        duration(
+            &b.window,
+            &format!("functions.{name}.circuit_breaker.window"),
+            errors,
+        );
+        duration(
+            &b.open_for,
+            &format!("functions.{name}.circuit_breaker.open_for"),
+            errors,
+        );
+    }
 }
 
 fn validate_trigger(
@@ -1026,6 +1065,17 @@ fn validate_filter(filter: &Filter, tname: &str, at: &Loc<String>, errors: &mut 
                     format!(
                         "trigger `{tname}`: invalid sql filter: {} (at position {} of the expression)",
                         e.message, e.position
+                    ),
+                );
+            }
+        }
+        Filter::Cel(expr) => {
+            if let Err(e) = crate::celexpr::CelExpr::parse(expr) {
+                errors.at(
+                    expr,
+                    format!(
+                        "trigger `{tname}`: invalid cel filter: {} (at line {}, column {} of the expression)",
+                        e.message, e.line, e.column
                     ),
                 );
             }

@@ -290,6 +290,57 @@ pub struct Function {
     /// The most calls in flight to this function, all triggers together. Default 64.
     #[serde(default = "default_concurrency")]
     pub concurrency: Loc<usize>,
+    /// At most this many calls per second (all triggers together); a call over the rate waits
+    /// (its delivery holds, consumption slows) instead of failing.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    /// Stops calling a function that fails: deliveries wait while the breaker is open, then one
+    /// call probes it.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+/// A function's rate limit.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Calls per second, sustained.
+    pub per_second: Loc<u32>,
+    /// Calls that may go at once after a quiet spell. Default: `per_second`.
+    #[serde(default)]
+    pub burst: Option<Loc<u32>>,
+}
+
+/// A function's circuit breaker: when at least `min_calls` were made in the last `window` and
+/// `failure_ratio` of them failed on the function's side (unreachable, timed out, 408, 429, 5xx,
+/// a failed command), no call is made for `open_for`; then one call probes.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// The share of failed calls that opens the breaker, above 0 and at most 1. Default 0.5.
+    #[serde(default = "default_failure_ratio")]
+    pub failure_ratio: Loc<f64>,
+    /// The fewest calls in the window before the ratio counts. Default 20.
+    #[serde(default = "default_min_calls")]
+    pub min_calls: Loc<u32>,
+    /// How far back calls count. Default `30s`.
+    #[serde(default = "default_breaker_window")]
+    pub window: ConfDuration,
+    /// How long the breaker stays open before a probe. Default `30s`.
+    #[serde(default = "default_breaker_window")]
+    pub open_for: ConfDuration,
+}
+
+fn default_failure_ratio() -> Loc<f64> {
+    Loc::new(0.5)
+}
+
+fn default_min_calls() -> Loc<u32> {
+    Loc::new(20)
+}
+
+fn default_breaker_window() -> ConfDuration {
+    ConfDuration::from_secs(30)
 }
 
 pub(crate) fn default_concurrency() -> Loc<usize> {
@@ -546,6 +597,9 @@ pub enum Filter {
     Not(Box<Filter>),
     /// A CloudEvents SQL expression.
     Sql(Loc<String>),
+    /// A CEL (Common Expression Language) expression over `event`: its attributes
+    /// (`event.type`) and its data (`event.data`, parsed JSON).
+    Cel(Loc<String>),
 }
 
 impl Filter {
@@ -563,6 +617,7 @@ impl Filter {
             Filter::Any(fs) => json!({ "any": list(fs) }),
             Filter::Not(f) => json!({ "not": f.written() }),
             Filter::Sql(text) => json!({ "sql": text.as_str() }),
+            Filter::Cel(text) => json!({ "cel": text.as_str() }),
         }
     }
 }
