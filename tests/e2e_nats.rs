@@ -934,12 +934,21 @@ async fn jetstream_a_circuit_breaker_holds_deliveries_instead_of_spending_retrie
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let opened_after = server.count("/f");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let during = server.count("/f") - opened_after;
     let metrics = fb.metrics().await;
-    println!("circuit breaker: open after {opened_after} calls; {during} calls in the next 3 s");
-    // Open for 1 s at a time: a probe a second or so, not the retries of 100 events.
-    assert!(during <= 8, "{during} calls while the breaker was open");
+    // Open for 1 s at a time: the next calls are the probes, one per second at the most, not
+    // the retries of 100 events.
+    let opened_at = std::time::Instant::now();
+    wait_for("two probes", WAIT, || {
+        server.count("/f") >= opened_after + 2
+    })
+    .await;
+    let took = opened_at.elapsed();
+    let during = server.count("/f") - opened_after;
+    println!(
+        "circuit breaker: open after {opened_after} calls; {during} calls in the next {took:?}"
+    );
+    assert!(during <= 3, "{during} calls while the breaker was open");
+    assert!(took >= Duration::from_millis(900), "two probes in {took:?}");
     assert!(
         metrics.contains("fnbroker_function_circuit_state{function=\"f\"} 1")
             || metrics.contains("fnbroker_function_circuit_state{function=\"f\"} 2"),

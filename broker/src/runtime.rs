@@ -111,6 +111,29 @@ fn fingerprint(entry: &impl std::fmt::Debug) -> String {
     format!("{entry:?}")
 }
 
+/// The fingerprints of a configuration's connectors and functions, by name.
+struct Prints<'a> {
+    connectors: BTreeMap<&'a str, String>,
+    functions: BTreeMap<&'a str, String>,
+}
+
+impl<'a> Prints<'a> {
+    fn of(config: &'a Config) -> Self {
+        Self {
+            connectors: config
+                .connectors
+                .iter()
+                .map(|(name, c)| (name.as_str(), connector_fingerprint(c)))
+                .collect(),
+            functions: config
+                .functions
+                .iter()
+                .map(|(name, f)| (name.as_str(), fingerprint(f)))
+                .collect(),
+        }
+    }
+}
+
 /// One subscription as a configuration asks for it: the triggers with the same `from`.
 struct Planned<'a> {
     from: config::TriggerSource,
@@ -330,17 +353,9 @@ impl Broker {
                 "the admin and telemetry sections changed: they take effect at the next restart"
             );
         }
-        let connector_prints: BTreeMap<&str, String> = config
-            .connectors
-            .iter()
-            .map(|(name, c)| (name.as_str(), connector_fingerprint(c)))
-            .collect();
-        let function_prints: BTreeMap<&str, String> = config
-            .functions
-            .iter()
-            .map(|(name, f)| (name.as_str(), fingerprint(f)))
-            .collect();
-        let plan = plan(config, &connector_prints, &function_prints)?;
+        let prints = Prints::of(config);
+        let (connector_prints, function_prints) = (&prints.connectors, &prints.functions);
+        let plan = plan(config, &prints)?;
 
         // Connectors that cannot stay: changed or gone; then those that would need a new
         // subscription while running and cannot open one.
@@ -435,7 +450,7 @@ impl Broker {
             .map(|(new, old)| (*old, new))
             .collect();
         self.groups = remaining;
-        let discoveries = self.discovery_prints(config, &connector_prints, &function_prints);
+        let discoveries = self.discovery_prints(config, &prints);
         let running = std::mem::take(&mut self.discoveries);
         for d in running {
             let stays = discoveries.iter().any(|(print, _)| *print == d.fingerprint)
@@ -661,12 +676,8 @@ impl Broker {
     }
 
     /// The fingerprints of the configuration's discovery entries, with their index.
-    fn discovery_prints(
-        &self,
-        config: &Config,
-        connectors: &BTreeMap<&str, String>,
-        functions: &BTreeMap<&str, String>,
-    ) -> Vec<(String, usize)> {
+    fn discovery_prints(&self, config: &Config, prints: &Prints<'_>) -> Vec<(String, usize)> {
+        let (connectors, functions) = (&prints.connectors, &prints.functions);
         config
             .discover
             .iter()
@@ -824,11 +835,8 @@ fn discovery_uses(entry: &config::OpenFaasDiscovery) -> BTreeSet<String> {
 }
 
 /// The subscriptions `config` asks for: triggers with the same source share one (fan-out).
-fn plan<'a>(
-    config: &'a Config,
-    connectors: &BTreeMap<&str, String>,
-    functions: &BTreeMap<&str, String>,
-) -> anyhow::Result<Vec<Planned<'a>>> {
+fn plan<'a>(config: &'a Config, prints: &Prints<'_>) -> anyhow::Result<Vec<Planned<'a>>> {
+    let (connectors, functions) = (&prints.connectors, &prints.functions);
     let mut groups: Vec<Planned<'a>> = Vec::new();
     for t in &config.triggers {
         let function = config
@@ -889,24 +897,6 @@ fn plan<'a>(
     Ok(groups)
 }
 
-/// The triggers as a map by name, for a test to look at a plan.
-#[cfg(test)]
-fn plan_names(config: &Config) -> Vec<Vec<String>> {
-    let connectors: BTreeMap<&str, String> = config
-        .connectors
-        .iter()
-        .map(|(n, c)| (n.as_str(), connector_fingerprint(c)))
-        .collect();
-    let functions: BTreeMap<&str, String> = config
-        .functions
-        .iter()
-        .map(|(n, f)| (n.as_str(), fingerprint(f)))
-        .collect();
-    plan(config, &connectors, &functions)
-        .map(|p| p.iter().map(Planned::names).collect())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -931,18 +921,14 @@ triggers:
 ";
 
     fn prints(config: &Config) -> Vec<(String, String)> {
-        let connectors: BTreeMap<&str, String> = config
-            .connectors
-            .iter()
-            .map(|(n, c)| (n.as_str(), connector_fingerprint(c)))
-            .collect();
-        let functions: BTreeMap<&str, String> = config
-            .functions
-            .iter()
-            .map(|(n, f)| (n.as_str(), fingerprint(f)))
-            .collect();
-        plan(config, &connectors, &functions)
+        plan(config, &Prints::of(config))
             .map(|p| p.into_iter().map(|g| (g.source, g.routing)).collect())
+            .unwrap_or_default()
+    }
+
+    fn plan_names(config: &Config) -> Vec<Vec<String>> {
+        plan(config, &Prints::of(config))
+            .map(|p| p.iter().map(Planned::names).collect())
             .unwrap_or_default()
     }
 
