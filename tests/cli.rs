@@ -386,6 +386,23 @@ fn the_readme_names_every_key_of_the_schema() {
 /// The README's first command and its curl: the quickstart on a free port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_answers_the_readme_curl() {
+    quickstart_with(Path::new(common::binary())).await;
+}
+
+/// Issue 16: the static binary `scripts/release.sh` built (`scripts/test.sh` runs it first)
+/// runs the quickstart too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_static_release_binary_runs_the_quickstart() {
+    let binary = repo().join("dist/fnbroker");
+    assert!(
+        binary.exists(),
+        "{} is missing: scripts/release.sh builds it (scripts/test.sh runs it first)",
+        binary.display()
+    );
+    quickstart_with(&binary).await;
+}
+
+async fn quickstart_with(program: &Path) {
     let port = free_port();
     let admin = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -399,7 +416,7 @@ async fn quickstart_answers_the_readme_curl() {
     )
     .expect("write");
     let config = config.to_path_buf();
-    let mut fb = Fnbroker::spawn_with(dir, &config, admin);
+    let mut fb = Fnbroker::spawn_program(program, dir, &config, admin, &[]);
     fb.wait_ready().await;
 
     let res = reqwest::Client::new()

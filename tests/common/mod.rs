@@ -186,9 +186,21 @@ impl Fnbroker {
     }
 
     fn spawn_env(dir: tempfile::TempDir, config: &Path, admin: u16, env: &[(&str, &str)]) -> Self {
+        Self::spawn_program(Path::new(binary()), dir, config, admin, env)
+    }
+
+    /// Starts `program` (another build of fnbroker: the static release binary) on an existing
+    /// configuration file.
+    pub fn spawn_program(
+        program: &Path,
+        dir: tempfile::TempDir,
+        config: &Path,
+        admin: u16,
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = dir.path().join("fnbroker.log");
         let log_file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(binary())
+        let child = Command::new(program)
             .args(["run", "-c"])
             .arg(config)
             .env("RUST_LOG", "info,fnbroker=debug")
