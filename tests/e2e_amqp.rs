@@ -23,6 +23,18 @@ fn config(connection: &str, extra: &str, functions: &str, triggers: &str) -> Str
     )
 }
 
+/// A competing consumer of `queue` (a connection of its own), calling `path` of `server`.
+fn competing(server: &FnServer, queue: &str, path: &str, max_in_flight: usize) -> String {
+    config(
+        &format!("fb-{}", uid()),
+        "",
+        &http_fn("f", &server.url(path)),
+        &format!(
+            "  - {{ name: t, from: {{ connector: rabbit, queue: {queue} }}, to: f, delivery: {{ max_in_flight: {max_in_flight} }} }}\n"
+        ),
+    )
+}
+
 fn http_fn(name: &str, url: &str) -> String {
     format!("  {name}: {{ http: {{ url: \"{url}\" }}, timeout: 5s }}\n")
 }
@@ -246,16 +258,7 @@ async fn two_processes_on_one_queue_share_it() {
     let (_conn, ch) = amqp::channel().await;
     amqp::queue(&ch, &q).await;
     let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_millis(5))).await;
-    let cfg = |path: &str| {
-        config(
-            &format!("fb-{}", uid()),
-            "",
-            &http_fn("f", &server.url(path)),
-            &format!(
-                "  - {{ name: t, from: {{ connector: rabbit, queue: {q} }}, to: f, delivery: {{ max_in_flight: 8 }} }}\n"
-            ),
-        )
-    };
+    let cfg = |path: &str| competing(&server, &q, path, 8);
     let a = Fnbroker::start(&cfg("/a")).await;
     let b = Fnbroker::start(&cfg("/b")).await;
     amqp::publish_many(&ch, &q, N).await;
@@ -423,16 +426,7 @@ async fn a_replica_killed_hands_its_messages_to_the_other() {
     let (_conn, ch) = amqp::channel().await;
     amqp::queue(&ch, &q).await;
     let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_millis(5))).await;
-    let cfg = |path: &str| {
-        config(
-            &format!("fb-{}", uid()),
-            "",
-            &http_fn("f", &server.url(path)),
-            &format!(
-                "  - {{ name: t, from: {{ connector: rabbit, queue: {q} }}, to: f, delivery: {{ max_in_flight: 16 }} }}\n"
-            ),
-        )
-    };
+    let cfg = |path: &str| competing(&server, &q, path, 16);
     let b = common::replica_killed(
         "amqp",
         &server,

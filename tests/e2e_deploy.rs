@@ -277,8 +277,8 @@ async fn reload_while_messages_flow_loses_and_duplicates_nothing() {
         server.count("/gc") >= ADDED
     })
     .await;
-    // Late duplicates would come from redelivery after ack_wait; give them a moment to show.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every message of main acknowledged at the server: none can come again.
+    common::nats::wait_settled(SHARED_URL, &stream, &format!("g{ga}"), WAIT).await;
     let mut all = seen("/f1");
     all.extend(seen("/f2"));
     let unique: HashSet<&String> = all.iter().collect();

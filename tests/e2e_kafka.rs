@@ -20,6 +20,17 @@ fn config(connector_extra: &str, functions: &str, triggers: &str) -> String {
     )
 }
 
+/// A member of `group` on `topic`, calling `path` of `server`; `extra` follows `to: f`.
+fn group_member(server: &FnServer, topic: &str, group: &str, path: &str, extra: &str) -> String {
+    config(
+        "",
+        &http_fn("f", &server.url(path)),
+        &format!(
+            "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {group} }}, to: f{extra} }}\n"
+        ),
+    )
+}
+
 fn http_fn(name: &str, url: &str) -> String {
     format!("  {name}: {{ http: {{ url: \"{url}\" }}, timeout: 5s }}\n")
 }
@@ -381,15 +392,7 @@ async fn two_processes_in_one_group_share_the_partitions() {
     kafka::create_topic(&topic, 4).await;
     let server = FnServer::start().await;
     let group = kafka::unique("g");
-    let cfg = |path: &str| {
-        config(
-            "",
-            &http_fn("f", &server.url(path)),
-            &format!(
-                "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {group} }}, to: f }}\n"
-            ),
-        )
-    };
+    let cfg = |path: &str| group_member(&server, &topic, &group, path, "");
     let a = Fnbroker::start(&cfg("/a")).await;
     let b = Fnbroker::start(&cfg("/b")).await;
     // Let the first member take its share after the second joined.
@@ -734,12 +737,12 @@ async fn a_replica_killed_hands_its_partitions_to_the_other() {
     let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_millis(2))).await;
     let group = kafka::unique("g");
     let cfg = |path: &str| {
-        config(
-            "",
-            &http_fn("f", &server.url(path)),
-            &format!(
-                "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {group} }}, to: f, delivery: {{ max_in_flight: 16 }} }}\n"
-            ),
+        group_member(
+            &server,
+            &topic,
+            &group,
+            path,
+            ", delivery: { max_in_flight: 16 }",
         )
     };
     let p = kafka::producer();

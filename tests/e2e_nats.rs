@@ -23,6 +23,18 @@ fn config(url: &str, extra: &str, functions: &str, triggers: &str) -> String {
     )
 }
 
+/// A replica in the queue group `workers` on `<root>.>`, calling `path` of `server`.
+fn queue_group(server: &FnServer, root: &str, path: &str) -> String {
+    config(
+        SHARED_URL,
+        "",
+        &http_fn("f", &server.url(path)),
+        &format!(
+            "  - {{ name: t, from: {{ connector: bus, topic: \"{root}.>\", group: workers }}, to: f }}\n"
+        ),
+    )
+}
+
 fn http_fn(name: &str, url: &str) -> String {
     format!("  {name}: {{ http: {{ url: \"{url}\" }}, timeout: 5s }}\n")
 }
@@ -117,16 +129,7 @@ async fn two_processes_in_one_queue_group_split_a_stream() {
     const N: usize = 300;
     let root = format!("q{}", uid());
     let server = FnServer::start().await;
-    let cfg = |path: &str| {
-        config(
-            SHARED_URL,
-            "",
-            &http_fn("f", &server.url(path)),
-            &format!(
-                "  - {{ name: t, from: {{ connector: bus, topic: \"{root}.>\", group: workers }}, to: f }}\n"
-            ),
-        )
-    };
+    let cfg = |path: &str| queue_group(&server, &root, path);
     let a = Fnbroker::start(&cfg("/a")).await;
     let b = Fnbroker::start(&cfg("/b")).await;
     let msgs = (0..N)
@@ -227,24 +230,7 @@ async fn jetstream_naks_with_the_backoff_then_dead_letters_and_terminates() {
         );
     }
     // Terminated: the server has nothing pending or unacknowledged for the consumer.
-    let js = async_nats::jetstream::new(nats::connect(SHARED_URL).await);
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream(&stream)
-        .await
-        .expect("stream")
-        .get_consumer(&durable)
-        .await
-        .expect("consumer");
-    let mut settled = false;
-    for _ in 0..100 {
-        let info = consumer.info().await.expect("info");
-        if info.num_ack_pending == 0 && info.num_pending == 0 {
-            settled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(settled, "the message was terminated");
+    nats::wait_settled(SHARED_URL, &stream, &durable, Duration::from_secs(5)).await;
     assert_eq!(server.count("/f"), 3);
     drop(fb);
 }
@@ -819,16 +805,7 @@ async fn core_a_replica_killed_leaves_the_queue_group_to_the_other() {
     const N: usize = 1_000;
     let root = format!("qk{}", uid());
     let server = FnServer::start().await;
-    let cfg = |path: &str| {
-        config(
-            SHARED_URL,
-            "",
-            &http_fn("f", &server.url(path)),
-            &format!(
-                "  - {{ name: t, from: {{ connector: bus, topic: \"{root}.>\", group: workers }}, to: f }}\n"
-            ),
-        )
-    };
+    let cfg = |path: &str| queue_group(&server, &root, path);
     let subject = format!("{root}.m");
     let b = common::replica_killed(
         "nats core",

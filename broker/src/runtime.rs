@@ -453,9 +453,10 @@ impl Broker {
         let discoveries = self.discovery_prints(config, &prints);
         let running = std::mem::take(&mut self.discoveries);
         for d in running {
+            // Its fingerprint holds those of the connectors and functions it uses; a connector
+            // rebuilt without a change of its own still takes the discovery with it.
             let stays = discoveries.iter().any(|(print, _)| *print == d.fingerprint)
-                && d.uses.is_disjoint(&rebuilt)
-                && !d.uses.iter().any(|f| new_functions.contains_key(f));
+                && d.uses.is_disjoint(&rebuilt);
             if stays {
                 self.discoveries.push(d);
             } else {

@@ -157,3 +157,30 @@ pub async fn subscribe(url: &str, subject: &str) -> Collected {
     });
     got
 }
+
+/// Waits until the server has nothing pending and nothing unacknowledged for `consumer` of
+/// `stream`: every message was acknowledged or terminated, so none can come again.
+pub async fn wait_settled(url: &str, stream: &str, consumer: &str, timeout: Duration) {
+    let js = async_nats::jetstream::new(connect(url).await);
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(stream)
+        .await
+        .expect("stream")
+        .get_consumer(consumer)
+        .await
+        .expect("consumer");
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let info = consumer.info().await.expect("info");
+        if info.num_ack_pending == 0 && info.num_pending == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "consumer not settled after {timeout:?}: {} pending, {} unacknowledged",
+            info.num_pending,
+            info.num_ack_pending
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

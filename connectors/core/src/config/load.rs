@@ -1451,18 +1451,20 @@ mod tests {
         assert!(load("  a: { openfaas: { gateway: \"http://gw\", name: x, async: true, callback_url: \"http://fnb:9464\" } }\n").is_ok());
     }
 
+    /// The errors of a configuration that must be refused (no connector kinds registered).
+    fn refused(file: &str, text: &str) -> String {
+        load_str(file, text, |_| None, &Registry::new(&[]))
+            .map(|_| ())
+            .expect_err("invalid")
+            .to_string()
+    }
+
     #[test]
     fn a_discovery_entry_is_checked_where_it_is_written() {
-        let registry = Registry::new(&[]);
-        let errors = load_str(
+        let errors = refused(
             "d.yaml",
             "discover:\n  - openfaas: { gateway: \"gw:8080\", connector: nope, refresh: 100ms, username: admin, async: true, group: \" \" }\n",
-            |_| None,
-            &registry,
-        )
-        .map(|_| ())
-        .expect_err("invalid")
-        .to_string();
+        );
         for expected in [
             "d.yaml:2:",
             "unknown connector `nope`",
@@ -1477,38 +1479,24 @@ mod tests {
 
     #[test]
     fn telemetry_is_checked_at_load() {
-        let registry = Registry::new(&[]);
-        let errors = load_str(
+        let errors = refused(
             "t.yaml",
             "telemetry:\n  otlp: { endpoint: \"collector:4318\", protocol: grpc }\n  sample_ratio: 1.5\n",
-            |_| None,
-            &registry,
-        )
-        .map(|_| ())
-        .expect_err("invalid")
-        .to_string();
+        );
         for expected in [
             "telemetry.otlp.endpoint",
             "`sample_ratio` must be between 0 and 1",
         ] {
             assert!(errors.contains(expected), "{expected}: {errors}");
         }
-        let wrong = load_str(
-            "t.yaml",
-            "telemetry: { otlp: { protocol: http/json } }\n",
-            |_| None,
-            &registry,
-        )
-        .map(|_| ())
-        .expect_err("unknown protocol")
-        .to_string();
+        let wrong = refused("t.yaml", "telemetry: { otlp: { protocol: http/json } }\n");
         assert!(wrong.contains("http/json"), "{wrong}");
         assert!(
             load_str(
                 "t.yaml",
                 "telemetry: { otlp: { endpoint: \"http://c:4317\", protocol: grpc }, sample_ratio: 0.5 }\n",
                 |_| None,
-                &registry,
+                &Registry::new(&[]),
             )
             .is_ok()
         );
