@@ -322,7 +322,11 @@ fn example_configs_match_the_schema() {
     let mut seen = 0;
     for entry in std::fs::read_dir(repo().join("config")).expect("config/") {
         let path = entry.expect("entry").path();
-        if path.extension().is_none_or(|e| e != "yaml") {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if !name.ends_with(".yaml") || name.ends_with(".test.yaml") {
             continue;
         }
         seen += 1;
@@ -439,4 +443,134 @@ async fn quickstart_with(program: &Path) {
     fb.signal("INT");
     let status = fb.wait_exit(Duration::from_secs(20)).await;
     assert!(status.success(), "{}", fb.logs());
+}
+
+/// `fnbroker test` on the quickstart's own test file (found beside the configuration): every
+/// case passes, exit 0. A failed expectation: exit 1, with a diff of what was expected and what
+/// there is; a test file with an unknown key: exit 2, at its line.
+#[test]
+fn configuration_unit_tests_pass_fail_with_a_diff_and_refuse_bad_files() {
+    let config = repo().join("config/quickstart.yaml");
+    let out = fnbroker(&["test", "-c", &config.display().to_string()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("3 passed, 0 failed"), "{stdout}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let failing = dir.path().join("wrong.test.yaml");
+    std::fs::write(
+        &failing,
+        "tests:\n  - name: hello is audited\n    message: { connector: web, topic: /hello, data: hi }\n    expect:\n      triggers: [audit-orders]\n      functions: { hello: { type: com.example.hello } }\n",
+    )
+    .expect("write");
+    let out = fnbroker(&[
+        "test",
+        "-c",
+        &config.display().to_string(),
+        &dir.path().display().to_string(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for line in [
+        "FAIL  ",
+        "  triggers:\n    - audit-orders\n    + greet\n",
+        "  `hello` receives: type:\n    - com.example.hello\n    + com.example.greeting\n",
+        "0 passed, 1 failed",
+    ] {
+        assert!(stdout.contains(line), "{line:?} in:\n{stdout}");
+    }
+
+    std::fs::write(&failing, "tests:\n  - name: x\n    mesage: {}\n").expect("write");
+    let out = fnbroker(&[
+        "test",
+        "-c",
+        &config.display().to_string(),
+        &failing.display().to_string(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("mesage") && stderr.contains("line 3"),
+        "{stderr}"
+    );
+}
+
+/// `fnbroker explain`: each attribute with where it came from, and each trigger's verdict with
+/// the part of its filter that decided.
+#[test]
+fn explain_shows_provenance_and_the_deciding_filter() {
+    let config = repo().join("config/quickstart.yaml");
+    let config = config.display().to_string();
+    let out = fnbroker(&[
+        "explain",
+        "-c",
+        &config,
+        "--connector",
+        "web",
+        "--topic",
+        "/events",
+        "--header",
+        "ce-specversion=1.0",
+        "--header",
+        "ce-id=7",
+        "--header",
+        "ce-source=/shop",
+        "--header",
+        "ce-type=com.example.user.created",
+        "--header",
+        "content-type=application/json",
+        "--data",
+        "{\"a\":1}",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "a CloudEvent",
+        "<- header `ce-type`",
+        "<- the message's content type",
+        "{\"a\":1}",
+        "audit-orders -> audit: filtered out (`type` is \"com.example.user.created\"; the filter wants the prefix \"com.example.order.\")",
+    ] {
+        assert!(stdout.contains(line), "{line:?} in:\n{stdout}");
+    }
+    let out = fnbroker(&[
+        "explain",
+        "-c",
+        &config,
+        "--connector",
+        "web",
+        "--topic",
+        "/hello",
+        "--data",
+        "hi",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("a plain message"), "{stdout}");
+    assert!(
+        stdout.contains("greet -> hello: MATCHES (no filter)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("the function receives type `com.example.greeting`"),
+        "{stdout}"
+    );
+    let out = fnbroker(&[
+        "explain",
+        "-c",
+        &config,
+        "--connector",
+        "nope",
+        "--topic",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no connector `nope`"));
 }

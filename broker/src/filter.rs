@@ -128,6 +128,58 @@ impl Filter {
     }
 }
 
+impl Filter {
+    /// Whether `event` passes, and the part of the filter that decided it (for `fnbroker
+    /// explain` and `fnbroker test`): the comparison that failed or held, the alternative that
+    /// matched, the sub-expression of an `sql` or `cel` expression.
+    pub(crate) fn decide(&self, event: &Event) -> (bool, String) {
+        let passes = self.matches(event);
+        let why = match self {
+            Filter::Compare(cmp, pairs) if passes => pairs
+                .iter()
+                .map(|(name, expected)| {
+                    let how = match cmp {
+                        Compare::Exact => "is",
+                        Compare::Prefix => "starts with",
+                        Compare::Suffix => "ends with",
+                    };
+                    format!("`{name}` {how} \"{expected}\"")
+                })
+                .collect::<Vec<_>>()
+                .join(" and "),
+            Filter::Compare(..) => self.explain(event),
+            Filter::All(fs) => match fs.iter().find(|f| !f.matches(event)) {
+                Some(f) => format!("all: {}", f.decide(event).1),
+                None if fs.is_empty() => "all: nothing to check".into(),
+                None => format!(
+                    "all: {}",
+                    fs.iter()
+                        .map(|f| f.decide(event).1)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            },
+            Filter::Any(fs) => match fs.iter().find(|f| f.matches(event)) {
+                Some(f) => format!("any: {}", f.decide(event).1),
+                None => self.explain(event),
+            },
+            Filter::Not(f) => format!("not: {}", f.decide(event).1),
+            Filter::Sql(expr) => {
+                let d = expr.decide(event);
+                format!("sql `{}` is {}", d.expression, d.outcome)
+            }
+            Filter::Cel(expr) => {
+                let d = expr.decide(event);
+                match d.outcome.strip_prefix("fails: ") {
+                    Some(error) => format!("cel `{}` fails: {error}", d.expression),
+                    None => format!("cel `{}` is {}", d.expression, d.outcome),
+                }
+            }
+        };
+        (passes, why)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +234,41 @@ mod tests {
         assert!(!parse("prefix: { myext: \"\" }").matches(&e));
         // ...and so their negation does.
         assert!(parse("not: { exact: { myext: x } }").matches(&e));
+    }
+
+    #[test]
+    fn the_deciding_part_is_named_either_way() {
+        let e = ev();
+        let decide = |yaml: &str| parse(yaml).decide(&e);
+        assert_eq!(
+            decide(
+                "all: [ { prefix: { subject: sensors/ } }, { sql: \"type = 'x' OR subject LIKE '%/humidity'\" } ]"
+            ),
+            (
+                false,
+                "all: sql `subject LIKE '%/humidity'` is false".to_string()
+            )
+        );
+        assert_eq!(
+            decide("any: [ { exact: { type: x } }, { suffix: { subject: /temperature } } ]"),
+            (
+                true,
+                "any: `subject` ends with \"/temperature\"".to_string()
+            )
+        );
+        assert_eq!(
+            decide("not: { cel: \"event.subject.startsWith('lights/')\" }"),
+            (
+                true,
+                "not: cel `event.subject.startsWith('lights/')` is false".to_string()
+            )
+        );
+        let (passes, why) = decide("cel: \"event.data.celsius > 30\"");
+        assert!(!passes);
+        assert!(
+            why.starts_with("cel `event.data.celsius > 30` fails: "),
+            "{why}"
+        );
     }
 
     #[test]

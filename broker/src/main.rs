@@ -7,9 +7,11 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod cases;
 mod connectors;
 mod discovery;
 mod engine;
+mod explain;
 mod filter;
 mod guard;
 mod health;
@@ -80,6 +82,55 @@ enum Command {
     Schema,
     /// Publish one CloudEvent through a configured connector (to try triggers by hand).
     Send(Box<SendArgs>),
+    /// Show what one message becomes, with no broker and no function: each attribute of its
+    /// CloudEvent and where it came from, and each trigger's filter verdict with the part of the
+    /// filter that decided.
+    Explain(Box<ExplainArgs>),
+    /// Run the configuration's unit tests (YAML cases: a message, the event it becomes, the
+    /// triggers that take it, what each function receives), with no broker and no function.
+    /// Exit 1 when an expectation fails, with a diff.
+    Test {
+        /// The configuration file.
+        #[arg(short, long, env = "FNBROKER_CONFIG")]
+        config: PathBuf,
+        /// Test files, or directories of `*.test.yaml` files. Default: `<config>.test.yaml`
+        /// (or `<config>_test.yaml`) beside the configuration.
+        tests: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ExplainArgs {
+    /// The configuration file.
+    #[arg(short, long, env = "FNBROKER_CONFIG")]
+    config: PathBuf,
+    /// The connector the message arrives on.
+    #[arg(long)]
+    connector: String,
+    /// The topic it arrives on (Kafka topic, NATS subject, MQTT topic, AMQP queue, HTTP path).
+    #[arg(long)]
+    topic: String,
+    /// A header (Kafka, NATS, HTTP), header-table entry (AMQP) or user property (MQTT 5), as
+    /// NAME=VALUE; repeat for more. `content-type` is the protocol's content type.
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = name_value)]
+    headers: Vec<(String, String)>,
+    /// The message key (Kafka).
+    #[arg(long)]
+    key: Option<String>,
+    /// The data, as text.
+    #[arg(long, conflicts_with = "data_file")]
+    data: Option<String>,
+    /// A file whose bytes are the data.
+    #[arg(long)]
+    data_file: Option<PathBuf>,
+}
+
+/// `NAME=VALUE`.
+fn name_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("`{text}` is not NAME=VALUE")),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -160,6 +211,63 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("fnbroker: {e:#}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Explain(args) => {
+            let cfg = match load(&args.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let data = match (&args.data, &args.data_file) {
+                (Some(d), _) => d.clone().into_bytes(),
+                (None, Some(f)) => match std::fs::read(f) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        eprintln!("fnbroker: cannot read {}: {e}", f.display());
+                        return ExitCode::FAILURE;
+                    }
+                },
+                (None, None) => Vec::new(),
+            };
+            let arrival = explain::Arrival {
+                connector: &args.connector,
+                sample: fnbroker_core::binding::Sample {
+                    topic: &args.topic,
+                    headers: &args.headers,
+                    key: args.key.as_deref(),
+                    data: &data,
+                },
+            };
+            match explain::explain(&cfg, &arrival) {
+                Ok(explained) => {
+                    print!("{}", explain::render(&arrival, &explained));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fnbroker: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Test { config, tests } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let report = cases::files(&config, &tests).and_then(|files| cases::run(&cfg, &files));
+            match report {
+                Ok(report) => {
+                    print!("{}", report.text);
+                    if report.failed == 0 && report.passed > 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("fnbroker: {e}");
+                    ExitCode::from(2)
                 }
             }
         }

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use fnbroker_core::binding::Sample;
 use fnbroker_core::registry::{ConnectorPlugin, Report, SourceUse};
-use fnbroker_core::{Connector, ConnectorError};
+use fnbroker_core::{Connector, ConnectorError, Event, Origin};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -115,6 +116,37 @@ impl ConnectorPlugin for Plugin {
                 "an amqp source reads a `queue`, not a `topic` (bind the queue with `declare.routing_key`)",
             );
         }
+    }
+
+    /// The topic is the queue; the message is taken to have been published with it as routing
+    /// key. Headers other than `content-type` go into the header table.
+    fn decode_sample(
+        name: &str,
+        _: &AmqpSettings,
+        sample: &Sample<'_>,
+    ) -> Result<Vec<(Event, Origin)>, String> {
+        let mut table = lapin::types::FieldTable::default();
+        for (k, v) in sample.other_headers() {
+            table.insert(
+                lapin::types::ShortString::from(k.to_string()),
+                lapin::types::AMQPValue::LongString(v.into()),
+            );
+        }
+        let mut properties = lapin::BasicProperties::default().with_headers(table);
+        if let Some(ct) = sample.header("content-type") {
+            properties = properties.with_content_type(ct.into());
+        }
+        let message = crate::binding::Message {
+            queue: sample.topic,
+            routing_key: sample.topic,
+            properties: &properties,
+            body: sample.data,
+        };
+        Ok(vec![crate::binding::decode(name, &message)])
+    }
+
+    fn source_takes(source: &AmqpSourceSettings, _: Option<&str>, topic: &str) -> bool {
+        source.queue.as_deref() == Some(topic)
     }
 
     fn build(name: &str, settings: &AmqpSettings) -> Result<Arc<dyn Connector>, ConnectorError> {

@@ -70,6 +70,39 @@ pub fn decode(message: &impl Inbound) -> (Event, Origin) {
     }
 }
 
+/// A message given by hand rather than received (`fnbroker explain`, `fnbroker test`): what a
+/// connector would read of it, in terms every protocol has.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample<'a> {
+    /// The topic, subject, queue or path it arrives on.
+    pub topic: &'a str,
+    /// Headers (Kafka, NATS, HTTP), header table entries (AMQP) or user properties (MQTT 5), in
+    /// order; `content-type` is the protocol's content type wherever the protocol keeps it.
+    pub headers: &'a [(String, String)],
+    /// The message key (Kafka).
+    pub key: Option<&'a str>,
+    /// The payload.
+    pub data: &'a [u8],
+}
+
+impl<'a> Sample<'a> {
+    /// The value of the header `name` (ASCII case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The headers but the content type, which protocols keep apart.
+    pub fn other_headers(&self) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("content-type"))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
 /// What the HTTP binding percent-encodes in a header value: controls, space, `"`, `%`, and every
 /// byte outside printable ASCII.
 const HTTP_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub use crate::cesql::Decision;
 use crate::event::{self, Data, Event, ExtensionValue};
 
 /// A compiled `cel` filter.
@@ -95,6 +96,107 @@ impl CelExpr {
     /// Whether `event` passes.
     pub fn matches(&self, event: &Event) -> bool {
         self.eval(event) == Ok(true)
+    }
+
+    /// The sub-expression that decided whether `event` passes (for `fnbroker explain`): through
+    /// `!`, and through the operand of `&&` that is not true or of `||` that is true (an operand
+    /// that fails decides too; else the last one), down to the first node that is neither.
+    pub fn decide(&self, event: &Event) -> Decision {
+        use cel::common::ast::{Expr, operators};
+        let mut context = cel::Context::with_env(Arc::clone(&self.env));
+        context.add_variable_from_value("event", self.value_of(event));
+        let value = |e: &cel::IdedExpr| cel::Value::resolve(e, &context);
+        let mut node = self.program.expression();
+        while let Expr::Call(call) = &node.expr {
+            let args = &call.args;
+            node = match (call.func_name.as_str(), args.as_slice()) {
+                (operators::LOGICAL_NOT, [x]) => x,
+                (operators::LOGICAL_AND, [_, .., last]) => args
+                    .iter()
+                    .find(|a| !matches!(value(a), Ok(cel::Value::Bool(true))))
+                    .unwrap_or(last),
+                (operators::LOGICAL_OR, [_, .., last]) => args
+                    .iter()
+                    .find(|a| matches!(value(a), Ok(cel::Value::Bool(true)) | Err(_)))
+                    .unwrap_or(last),
+                _ => break,
+            };
+        }
+        Decision {
+            expression: self.text_of(node),
+            outcome: match value(node) {
+                Ok(cel::Value::Bool(b)) => b.to_string(),
+                Ok(cel::Value::Int(i)) => i.to_string(),
+                Ok(cel::Value::UInt(u)) => u.to_string(),
+                Ok(cel::Value::Float(f)) => f.to_string(),
+                Ok(cel::Value::String(s)) => format!("{:?}", s.as_str()),
+                Ok(cel::Value::Null) => "null".into(),
+                Ok(other) => format!("{other:?}"),
+                Err(e) => format!("fails: {e}"),
+            },
+        }
+    }
+
+    /// The text of a node: from the first to the last character any node under it was parsed
+    /// from, with the name and the closing parentheses of calls the span leaves out.
+    fn text_of(&self, node: &cel::IdedExpr) -> String {
+        let info = self.program.source_info();
+        let mut span: Option<(u32, u32)> = None;
+        let mut stack = vec![node];
+        while let Some(n) = stack.pop() {
+            if let Some((start, stop)) = info.offset_for(n.id) {
+                span = Some(span.map_or((start, stop), |(a, b)| (a.min(start), b.max(stop))));
+            }
+            match &n.expr {
+                cel::common::ast::Expr::Call(call) => {
+                    stack.extend(call.target.as_deref());
+                    stack.extend(call.args.iter());
+                }
+                cel::common::ast::Expr::Select(select) => stack.push(&select.operand),
+                cel::common::ast::Expr::List(list) => stack.extend(list.elements.iter()),
+                _ => {}
+            }
+        }
+        let text: &str = &self.text;
+        let Some((start, stop)) = span else {
+            return text.to_string();
+        };
+        let mut start = usize::try_from(start).unwrap_or(0).min(text.len());
+        while !text.is_char_boundary(start) {
+            start -= 1;
+        }
+        // A global call's node is at its parenthesis: take its name too.
+        if text[start..].starts_with('(') {
+            let name = text[..start]
+                .trim_end_matches(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                .len();
+            start = name;
+        }
+        // `stop` is the offset of the last character.
+        let mut end = usize::try_from(stop)
+            .map_or(usize::MAX, |s| s.saturating_add(1))
+            .min(text.len())
+            .max(start);
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        let Some(mut part) = text.get(start..end).map(str::to_string) else {
+            return text.to_string();
+        };
+        let mut open = part
+            .matches(['(', '['])
+            .count()
+            .saturating_sub(part.matches([')', ']']).count());
+        for c in text[end..].chars() {
+            if open == 0 {
+                break;
+            }
+            if c == ')' || c == ']' {
+                open -= 1;
+            }
+            part.push(c);
+        }
+        part.trim().to_string()
     }
 
     /// The `event` variable.
@@ -240,6 +342,39 @@ mod tests {
     fn a_value_that_is_not_a_boolean_does_not_match() {
         let r = passes("event.floor + 1", &event(None));
         assert!(r.is_err_and(|e| e.contains("not a boolean")));
+    }
+
+    #[test]
+    fn the_deciding_sub_expression_is_found() {
+        let hot = event(Some(("application/json", br#"{"celsius": 31.5}"#.to_vec())));
+        let decide = |expr: &str| {
+            let d = CelExpr::parse(expr)
+                .unwrap_or_else(|e| panic!("{expr}: {e:?}"))
+                .decide(&hot);
+            format!("{} => {}", d.expression, d.outcome)
+        };
+        assert_eq!(
+            decide("event.type == 'com.example.temperature' && event.data.celsius > 40"),
+            "event.data.celsius > 40 => false"
+        );
+        assert_eq!(
+            decide("event.type.startsWith('org.') && event.data.celsius > 40"),
+            "event.type.startsWith('org.') => false"
+        );
+        assert_eq!(
+            decide("event.floor == 1 || !(size(event.subject) > 3)"),
+            "size(event.subject) > 3 => true"
+        );
+        assert!(
+            decide("event.data.missing > 1 || event.floor == 3")
+                .starts_with("event.data.missing > 1 => fails: "),
+            "{}",
+            decide("event.data.missing > 1 || event.floor == 3")
+        );
+        assert_eq!(
+            decide("event.floor + 1 == 4"),
+            "event.floor + 1 == 4 => true"
+        );
     }
 
     #[test]

@@ -205,6 +205,24 @@ impl Func {
         Some(f)
     }
 
+    fn name(self) -> &'static str {
+        match self {
+            Func::Length => "LENGTH",
+            Func::Concat => "CONCAT",
+            Func::ConcatWs => "CONCAT_WS",
+            Func::Lower => "LOWER",
+            Func::Upper => "UPPER",
+            Func::Trim => "TRIM",
+            Func::Left => "LEFT",
+            Func::Right => "RIGHT",
+            Func::Substring => "SUBSTRING",
+            Func::Abs => "ABS",
+            Func::Int => "INT",
+            Func::Bool => "BOOL",
+            Func::String => "STRING",
+        }
+    }
+
     /// The parameter types, the last one repeating for variadic functions.
     fn param(self, i: usize) -> Option<Ty> {
         match (self, i) {
@@ -283,6 +301,155 @@ impl Expr {
     /// Whether `attrs` passes the expression as a filter: boolean `true` and no error.
     pub fn matches(&self, attrs: &dyn Attributes) -> bool {
         matches!(self.eval(attrs), (Value::Bool(true), None))
+    }
+}
+
+/// The sub-expression that decided an evaluation (for `fnbroker explain`): the operand of
+/// `AND`/`OR`/`NOT` that made the whole true or false, as text, with its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The deciding sub-expression, written back as CESQL.
+    pub expression: String,
+    /// Its value (`true`, `'text'`, `3`) or, when it failed, the error.
+    pub outcome: String,
+}
+
+impl Expr {
+    /// The sub-expression that decided whether `attrs` passes: through `NOT`, and through the
+    /// operand of `AND` that is not true (else the last one) or of `OR` that is true (else the
+    /// last one), an operand that fails deciding for both, down to the first node that is neither.
+    pub fn decide(&self, attrs: &dyn Attributes) -> Decision {
+        // An operand's error is the whole expression's (`eval` stops at the first), so an
+        // operand that fails decides as much as one that is false under `AND`.
+        let value = |n: &Node| {
+            let mut err = None;
+            let v = eval(n, attrs, &mut err);
+            err.map_or(Some(matches!(v, Value::Bool(true))), |_| None)
+        };
+        let mut node = &self.0;
+        loop {
+            node = match node {
+                Node::Not(x) => x,
+                Node::Bin(BinOp::And, l, r) => match value(l) {
+                    Some(true) => r,
+                    _ => l,
+                },
+                Node::Bin(BinOp::Or, l, r) => match value(l) {
+                    Some(false) => r,
+                    _ => l,
+                },
+                _ => break,
+            };
+        }
+        let mut err = None;
+        let value = eval(node, attrs, &mut err);
+        Decision {
+            expression: node.to_string(),
+            outcome: match err {
+                Some(kind) => format!("fails: {kind:?}"),
+                None => match value {
+                    Value::Bool(b) => b.to_string(),
+                    Value::Int(i) => i.to_string(),
+                    Value::Str(s) => quote(&s),
+                },
+            },
+        }
+    }
+}
+
+/// A string literal as CESQL writes it.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "\\'"))
+}
+
+impl BinOp {
+    fn text(self) -> &'static str {
+        match self {
+            BinOp::And => "AND",
+            BinOp::Or => "OR",
+            BinOp::Xor => "XOR",
+            BinOp::Eq => "=",
+            BinOp::Ne => "!=",
+            BinOp::Lt => "<",
+            BinOp::Le => "<=",
+            BinOp::Gt => ">",
+            BinOp::Ge => ">=",
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+            BinOp::Div => "/",
+            BinOp::Mod => "%",
+        }
+    }
+}
+
+/// The expression written back as CESQL; nested operations in parentheses, so the text reads
+/// as the tree was parsed.
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let operand = |f: &mut std::fmt::Formatter<'_>, n: &Node| match n {
+            Node::Bin(..) | Node::Like(..) | Node::In(..) => write!(f, "({n})"),
+            _ => write!(f, "{n}"),
+        };
+        let list = |f: &mut std::fmt::Formatter<'_>, items: &[Node]| {
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                write!(f, "{item}")?;
+            }
+            Ok(())
+        };
+        match self {
+            Node::Lit(Value::Str(s)) => f.write_str(&quote(s)),
+            Node::Lit(Value::Int(i)) => write!(f, "{i}"),
+            Node::Lit(Value::Bool(b)) => f.write_str(if *b { "TRUE" } else { "FALSE" }),
+            Node::Ident(name) => f.write_str(name),
+            Node::Not(x) => {
+                f.write_str("NOT ")?;
+                operand(f, x)
+            }
+            Node::Neg(x) => {
+                f.write_str("-")?;
+                operand(f, x)
+            }
+            Node::Bin(op, l, r) => {
+                operand(f, l)?;
+                write!(f, " {} ", op.text())?;
+                operand(f, r)
+            }
+            Node::Like(x, pattern, negated) => {
+                operand(f, x)?;
+                f.write_str(if *negated { " NOT LIKE " } else { " LIKE " })?;
+                let text: String = pattern
+                    .iter()
+                    .map(|p| match p {
+                        Pat::Many => "%".to_string(),
+                        Pat::One => "_".to_string(),
+                        Pat::Char(c @ ('%' | '_')) => format!("\\{c}"),
+                        Pat::Char(c) => c.to_string(),
+                    })
+                    .collect();
+                f.write_str(&quote(&text))
+            }
+            Node::In(x, set, negated) => {
+                operand(f, x)?;
+                f.write_str(if *negated { " NOT IN (" } else { " IN (" })?;
+                list(f, set)?;
+                f.write_str(")")
+            }
+            Node::Exists(name) => write!(f, "EXISTS {name}"),
+            Node::Call(func, args) => {
+                write!(f, "{}(", func.name())?;
+                list(f, args)?;
+                f.write_str(")")
+            }
+            Node::Missing(args) => {
+                f.write_str("<unknown function>(")?;
+                list(f, args)?;
+                f.write_str(")")
+            }
+        }
     }
 }
 
@@ -1026,6 +1193,49 @@ mod tests {
             },
             err,
         )
+    }
+
+    #[test]
+    fn the_deciding_sub_expression_is_found_and_written_back() {
+        let attrs = Map(HashMap::from([
+            ("type", Value::Str(Cow::Borrowed("com.example.temp"))),
+            ("celsius", Value::Str(Cow::Borrowed("28"))),
+        ]));
+        let decide = |text: &str| {
+            let d = Expr::parse(text).expect("parses").decide(&attrs);
+            format!("{} => {}", d.expression, d.outcome)
+        };
+        assert_eq!(
+            decide("type LIKE 'com.%' AND INT(celsius) > 30"),
+            "INT(celsius) > 30 => false"
+        );
+        assert_eq!(
+            decide("type = 'x' AND INT(celsius) > 30"),
+            "type = 'x' => false"
+        );
+        assert_eq!(
+            decide("type = 'x' OR NOT (missing IN ('a', 'b\\'s'))"),
+            "missing IN ('a', 'b\\'s') => fails: MissingAttribute"
+        );
+        assert_eq!(
+            decide("(type = 'x' OR celsius = '28') OR c"),
+            "celsius = '28' => true"
+        );
+        assert_eq!(decide("(a OR TRUE) OR c"), "a => fails: MissingAttribute");
+        assert_eq!(decide("LOWER(type)"), "LOWER(type) => 'com.example.temp'");
+        // What is written back parses to the same tree.
+        for text in [
+            "a = 1 + 2 * 3 AND NOT b LIKE 'x\\%_' OR EXISTS c",
+            "-(1 - 2) <= ABS(x) XOR y NOT IN (1, 'z')",
+        ] {
+            let e = Expr::parse(text).expect("parses");
+            assert_eq!(
+                Expr::parse(&e.0.to_string()).expect("re-parses"),
+                e,
+                "{}",
+                e.0
+            );
+        }
     }
 
     #[test]

@@ -20,8 +20,10 @@ use std::sync::Arc;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
+use crate::binding::Sample;
 use crate::config::{ConfDuration, values};
-use crate::contract::{Connector, ConnectorError};
+use crate::contract::{Connector, ConnectorError, Origin};
+use crate::event::Event;
 
 /// What a connector crate implements to be registered: its kind, its typed settings, their
 /// validation, and how to build the connector from them.
@@ -62,6 +64,21 @@ pub trait ConnectorPlugin: Send + Sync + 'static {
     /// Builds the connector named `name`. Nothing connects yet: that is
     /// [`Connector::subscribe`] and [`Connector::start`].
     fn build(name: &str, settings: &Self::Settings) -> Result<Arc<dyn Connector>, ConnectorError>;
+
+    /// Decodes a message given by hand as the connector named `name` would receive it, with no
+    /// connection (`fnbroker explain` and `fnbroker test`): its event (several for an HTTP
+    /// batch) and where each came from. An error says why the message cannot arrive so.
+    fn decode_sample(
+        name: &str,
+        settings: &Self::Settings,
+        sample: &Sample<'_>,
+    ) -> Result<Vec<(Event, Origin)>, String>;
+
+    /// Whether a message that arrives on `topic` comes through a trigger's source (`from_topic`
+    /// and the kind's keys): its wildcards, or its queue. Default: the topics are equal.
+    fn source_takes(_source: &Self::Source, from_topic: Option<&str>, topic: &str) -> bool {
+        from_topic == Some(topic)
+    }
 }
 
 /// A trigger's use of a source, as validation sees it.
@@ -172,6 +189,14 @@ mod tests {
                 kind: "echo",
                 what: "run in a unit test",
             })
+        }
+
+        fn decode_sample(
+            _: &str,
+            _: &EchoSettings,
+            _: &Sample<'_>,
+        ) -> Result<Vec<(Event, Origin)>, String> {
+            Err("echo decodes nothing".into())
         }
     }
 
@@ -355,6 +380,15 @@ pub trait ConnectorKind: Send + Sync {
     );
     /// Builds the connector.
     fn build(&self, name: &str, settings: &Settings) -> Result<Arc<dyn Connector>, ConnectorError>;
+    /// [`ConnectorPlugin::decode_sample`].
+    fn decode_sample(
+        &self,
+        name: &str,
+        settings: &Settings,
+        sample: &Sample<'_>,
+    ) -> Result<Vec<(Event, Origin)>, String>;
+    /// [`ConnectorPlugin::source_takes`].
+    fn source_takes(&self, source: &Settings, from_topic: Option<&str>, topic: &str) -> bool;
     /// The schemas of the settings, the source keys and the destination keys.
     fn schemas(&self, generator: &mut SchemaGenerator) -> [Schema; 3];
 }
@@ -469,6 +503,22 @@ impl<P: ConnectorPlugin> ConnectorKind for Kind<P> {
                 source: None,
             })?;
         P::build(name, settings)
+    }
+    fn decode_sample(
+        &self,
+        name: &str,
+        settings: &Settings,
+        sample: &Sample<'_>,
+    ) -> Result<Vec<(Event, Origin)>, String> {
+        let settings = settings
+            .get::<P::Settings>()
+            .ok_or_else(|| format!("the settings are not those of a {} connector", P::KIND))?;
+        P::decode_sample(name, settings, sample)
+    }
+    fn source_takes(&self, source: &Settings, from_topic: Option<&str>, topic: &str) -> bool {
+        source
+            .get::<P::Source>()
+            .is_some_and(|s| P::source_takes(s, from_topic, topic))
     }
     fn schemas(&self, generator: &mut SchemaGenerator) -> [Schema; 3] {
         [

@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use fnbroker_core::binding::Sample;
 use fnbroker_core::config::{ByteSize, ConfDuration};
 use fnbroker_core::registry::{ConnectorPlugin, NoSettings, Report, SourceUse};
-use fnbroker_core::{Connector, ConnectorError};
+use fnbroker_core::{Connector, ConnectorError, Event, Origin};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -155,6 +156,29 @@ impl ConnectorPlugin for Plugin {
                 }
             }
         }
+    }
+
+    /// As a POST to the path `topic`; headers as given (`ce-*` for binary mode).
+    fn decode_sample(
+        name: &str,
+        settings: &HttpSettings,
+        sample: &Sample<'_>,
+    ) -> Result<Vec<(Event, Origin)>, String> {
+        let mut headers = http::HeaderMap::new();
+        for (k, v) in sample.headers {
+            let name = http::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| format!("header `{k}`: {e}"))?;
+            let value = http::HeaderValue::from_str(v).map_err(|e| format!("header `{k}`: {e}"))?;
+            headers.append(name, value);
+        }
+        crate::decode(
+            name,
+            settings.max_batch,
+            sample.topic,
+            &headers,
+            sample.data,
+        )
+        .map_err(|e| e.to_string())
     }
 
     fn build(name: &str, settings: &HttpSettings) -> Result<Arc<dyn Connector>, ConnectorError> {

@@ -40,7 +40,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use fnbroker_core::binding::http::{self as binding, Mode};
 use fnbroker_core::event::{self, Event, PlainMessage};
 use fnbroker_core::{
@@ -331,7 +330,7 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
         return refused.into_response();
     }
     let body_size = body.len();
-    let events = match decode(&state, &path, &parts.headers, body) {
+    let events = match decode(&state.name, state.max_batch, &path, &parts.headers, &body) {
         Ok(events) => events,
         Err(event::BatchError::TooMany(max)) => {
             return text(
@@ -382,21 +381,22 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
     sync_response(outcomes)
 }
 
-/// Decodes a request into events: one, or several for a batch; all valid, or an error.
-fn decode(
-    state: &AppState,
+/// Decodes a request to `path` on the connector named `connector` into events: one, or several
+/// (at most `max_batch`) for a batch; all valid, or an error.
+pub(crate) fn decode(
+    connector: &str,
+    max_batch: usize,
     path: &str,
     headers: &HeaderMap,
-    body: Bytes,
+    body: &[u8],
 ) -> Result<Vec<(Event, Origin)>, event::BatchError> {
-    let connector = &*state.name;
     match binding::mode(headers) {
         Mode::Binary => Ok(vec![(
             binding::decode_binary(headers, body.to_vec())?,
             Origin::CloudEvent,
         )]),
-        Mode::Structured => Ok(vec![(event::from_json_slice(&body)?, Origin::CloudEvent)]),
-        Mode::Batch => Ok(event::batch_from_json_slice_max(&body, state.max_batch)?
+        Mode::Structured => Ok(vec![(event::from_json_slice(body)?, Origin::CloudEvent)]),
+        Mode::Batch => Ok(event::batch_from_json_slice_max(body, max_batch)?
             .into_iter()
             .map(|e| (e, Origin::CloudEvent))
             .collect()),

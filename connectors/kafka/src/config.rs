@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use fnbroker_core::binding::Sample;
 use fnbroker_core::config::ConfDuration;
 use fnbroker_core::registry::{ConnectorPlugin, NoSettings, Report, SourceUse};
-use fnbroker_core::{Connector, ConnectorError};
+use fnbroker_core::{Connector, ConnectorError, Event, Origin};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -191,6 +192,26 @@ impl ConnectorPlugin for Plugin {
 
     fn build(name: &str, settings: &KafkaSettings) -> Result<Arc<dyn Connector>, ConnectorError> {
         Ok(Arc::new(KafkaConnector::new(name, settings.clone())?))
+    }
+
+    /// As a record at offset 0 of partition 0.
+    fn decode_sample(
+        name: &str,
+        _: &KafkaSettings,
+        sample: &Sample<'_>,
+    ) -> Result<Vec<(Event, Origin)>, String> {
+        let record = crate::binding::Record {
+            topic: sample.topic,
+            key: sample.key.map(str::as_bytes),
+            payload: Some(sample.data),
+            headers: sample
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), Some(v.as_bytes())))
+                .collect(),
+            ..Default::default()
+        };
+        Ok(vec![crate::binding::decode(name, &record)])
     }
 }
 

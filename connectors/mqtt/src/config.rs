@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fnbroker_core::binding::Sample;
 use fnbroker_core::config::ConfDuration;
 use fnbroker_core::registry::{ConnectorPlugin, NoSettings, Report, SourceUse};
-use fnbroker_core::{Connector, ConnectorError};
+use fnbroker_core::{Connector, ConnectorError, Event, Origin};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -126,6 +127,37 @@ impl ConnectorPlugin for Plugin {
         if source.qos > 2 {
             report.error(&["qos"], "`qos` must be 0, 1 or 2");
         }
+    }
+
+    /// With MQTT 3.1.1 (`version: 3`) there are no properties: headers other than nothing are
+    /// refused, as the protocol could not carry them.
+    fn decode_sample(
+        name: &str,
+        settings: &MqttSettings,
+        sample: &Sample<'_>,
+    ) -> Result<Vec<(Event, Origin)>, String> {
+        let v5 = settings.version == 5;
+        if !v5 && !sample.headers.is_empty() {
+            return Err(
+                "MQTT 3.1.1 (`version: 3`) has no properties: a message has no headers".into(),
+            );
+        }
+        let user_properties: Vec<(String, String)> = sample
+            .other_headers()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let message = crate::binding::Message {
+            topic: sample.topic,
+            payload: sample.data,
+            content_type: sample.header("content-type"),
+            user_properties: &user_properties,
+            v5,
+        };
+        Ok(vec![crate::binding::decode(name, &message)])
+    }
+
+    fn source_takes(_: &MqttSourceSettings, from_topic: Option<&str>, topic: &str) -> bool {
+        from_topic.is_some_and(|filter| crate::binding::topic_matches(filter, topic))
     }
 
     fn build(name: &str, settings: &MqttSettings) -> Result<Arc<dyn Connector>, ConnectorError> {

@@ -90,6 +90,22 @@ fn plain(connector: &str, msg: &Message<'_>, content_type: Option<&str>) -> Even
     )
 }
 
+/// Whether a subject matches a subscription's subject (`*` one token, `>` one or more at the
+/// end).
+pub fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut f = filter.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (f.next(), s.next()) {
+            (Some(">"), Some(_)) => return f.next().is_none(),
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 /// Binary mode: `ce-` headers, `Content-Type`, the data as payload.
 pub fn encode(event: &Event) -> (HeaderMap, Vec<u8>) {
     let mut headers = HeaderMap::new();
@@ -105,6 +121,17 @@ pub fn encode(event: &Event) -> (HeaderMap, Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subject_wildcards() {
+        assert!(subject_matches("orders.*", "orders.eu"));
+        assert!(!subject_matches("orders.*", "orders.eu.paid"));
+        assert!(subject_matches("orders.>", "orders.eu.paid"));
+        assert!(!subject_matches("orders.>", "orders"));
+        assert!(subject_matches("orders", "orders"));
+        assert!(!subject_matches("orders", "orders.eu"));
+        assert!(subject_matches("*.eu.>", "orders.eu.paid"));
+    }
 
     #[test]
     fn binary_round_trip_and_case_insensitive_headers() {

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use fnbroker_core::binding::Sample;
 use fnbroker_core::registry::{ConnectorPlugin, NoSettings, Report, SourceUse};
-use fnbroker_core::{Connector, ConnectorError};
+use fnbroker_core::{Connector, ConnectorError, Event, Origin};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -119,6 +120,29 @@ impl ConnectorPlugin for Plugin {
         if source.stream.as_deref() == Some("") {
             report.error(&["stream"], "`stream` must not be empty");
         }
+    }
+
+    /// As a core NATS message (a JetStream one would have its stream sequence as `id`).
+    fn decode_sample(
+        name: &str,
+        _: &NatsSettings,
+        sample: &Sample<'_>,
+    ) -> Result<Vec<(Event, Origin)>, String> {
+        let mut headers = async_nats::HeaderMap::new();
+        for (k, v) in sample.headers {
+            headers.append(k.as_str(), v.as_str());
+        }
+        let message = crate::binding::Message {
+            subject: sample.topic,
+            payload: sample.data,
+            headers: (!sample.headers.is_empty()).then_some(&headers),
+            ..Default::default()
+        };
+        Ok(vec![crate::binding::decode(name, &message)])
+    }
+
+    fn source_takes(_: &NatsSourceSettings, from_topic: Option<&str>, topic: &str) -> bool {
+        from_topic.is_some_and(|filter| crate::binding::subject_matches(filter, topic))
     }
 
     fn build(name: &str, settings: &NatsSettings) -> Result<Arc<dyn Connector>, ConnectorError> {
