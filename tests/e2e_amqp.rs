@@ -442,3 +442,37 @@ async fn a_replica_killed_hands_its_messages_to_the_other() {
     .await;
     drop(b);
 }
+
+/// Issue 17: `fnbroker redrive` of a RabbitMQ dead-letter queue, back into the trigger's queue
+/// (through the default exchange); what it passes over stays in the dead-letter queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_moves_dead_letters_back_exactly_once() {
+    let q = format!("q-{}", uid());
+    let dlq = format!("dlq-{}", uid());
+    let (_conn, ch) = amqp::channel().await;
+    amqp::queue(&ch, &q).await;
+    amqp::queue(&ch, &dlq).await;
+    let cfg = |url: &str| {
+        config(
+            &format!("c{}", uid()),
+            "",
+            &http_fn("f", url),
+            &format!(
+                "  - {{ name: t, from: {{ connector: rabbit, queue: {q} }}, to: f, dead_letter: {{ connector: rabbit, topic: {dlq} }} }}\n"
+            ),
+        )
+    };
+    let from = format!("rabbit:{dlq}");
+    let publish_q = q.clone();
+    common::redrive_round_trip(
+        cfg,
+        &from,
+        6,
+        common::Kept::Released,
+        false,
+        |n| async move {
+            amqp::publish_many(&ch, &publish_q, n).await;
+        },
+    )
+    .await;
+}

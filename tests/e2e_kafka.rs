@@ -761,3 +761,29 @@ async fn a_replica_killed_hands_its_partitions_to_the_other() {
     .await;
     drop(b);
 }
+
+/// Issue 17: `fnbroker redrive` of a Kafka dead-letter topic (its own consumer group, read
+/// from the earliest offset; what it passes over stays in the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_moves_dead_letters_back_exactly_once() {
+    let topic = kafka::unique("redrive-in");
+    let dlq = kafka::unique("redrive-dlq");
+    kafka::create_topic(&topic, 2).await;
+    kafka::create_topic(&dlq, 1).await;
+    let group = kafka::unique("g");
+    let cfg = |url: &str| {
+        config(
+            "",
+            &http_fn("f", url),
+            &format!(
+                "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {group} }}, to: f, dead_letter: {{ connector: k, topic: {dlq} }} }}\n"
+            ),
+        )
+    };
+    let from = format!("k:{dlq}");
+    let publish_topic = topic.clone();
+    common::redrive_round_trip(cfg, &from, 6, common::Kept::Passed, false, |n| async move {
+        kafka::produce_many(&kafka::producer(), &publish_topic, n, 8).await;
+    })
+    .await;
+}

@@ -650,3 +650,42 @@ async fn a_cel_filter_reads_the_json_payload() {
         "{metrics}"
     );
 }
+
+/// Issue 17: `fnbroker redrive` of MQTT dead letters: the reader's own persistent session
+/// (opened by a first run) holds them; each goes back to the concrete topic it first came on
+/// under the trigger's wildcard filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_moves_dead_letters_back_exactly_once() {
+    let root = format!("r{}", uid());
+    let dlq = format!("dlq/{}", uid());
+    let cfg = |url: &str| {
+        config(
+            &connector("iot", SHARED_PORT, &root, ""),
+            &http_fn("f", url),
+            &format!(
+                "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/+/t\" }}, to: f, dead_letter: {{ connector: iot, topic: {dlq} }} }}\n"
+            ),
+        )
+    };
+    let from = format!("iot:{dlq}");
+    let publish_root = root.clone();
+    common::redrive_round_trip(
+        cfg,
+        &from,
+        6,
+        common::Kept::Released,
+        true,
+        |n| async move {
+            let messages = (0..n)
+                .map(|i| {
+                    Msg::plain(
+                        &format!("{publish_root}/dev{}/t", i % 3),
+                        format!("{i}").as_bytes(),
+                    )
+                })
+                .collect();
+            mqtt::publish(SHARED_PORT, messages).await;
+        },
+    )
+    .await;
+}

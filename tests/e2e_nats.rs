@@ -1009,3 +1009,46 @@ async fn jetstream_a_rate_limit_spaces_the_calls() {
         20
     );
 }
+
+/// Issue 17: `fnbroker redrive` of JetStream dead letters (a durable consumer of its own on the
+/// stream that captures the subject), back to a trigger on a wildcard subject: each goes to the
+/// concrete subject it first came on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_moves_dead_letters_back_exactly_once() {
+    let root = format!("r{}", uid());
+    let stream = format!("S{}", uid());
+    let dlq = format!("dlq{}", uid());
+    nats::create_stream(SHARED_URL, &format!("D{}", uid()), &[&format!("{dlq}.>")]).await;
+    let cfg = |url: &str| {
+        config(
+            SHARED_URL,
+            ", publish: jetstream",
+            &http_fn("f", url),
+            &format!(
+                "  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: \"{root}.>\", group: g{}, create: true }}, to: f, dead_letter: {{ connector: bus, topic: {dlq}.orders }} }}\n",
+                uid()
+            ),
+        )
+    };
+    let from = format!("bus:{dlq}.orders");
+    let publish_root = root.clone();
+    common::redrive_round_trip(
+        cfg,
+        &from,
+        6,
+        common::Kept::Released,
+        false,
+        |n| async move {
+            let messages = (0..n)
+                .map(|i| {
+                    (
+                        format!("{publish_root}.dev{}", i % 3),
+                        format!("{i}").into_bytes(),
+                    )
+                })
+                .collect();
+            nats::js_publish(SHARED_URL, messages).await;
+        },
+    )
+    .await;
+}

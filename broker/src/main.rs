@@ -18,6 +18,7 @@ mod health;
 mod metrics;
 mod process;
 mod recent;
+mod redrive;
 mod reload;
 mod retry;
 mod runtime;
@@ -86,6 +87,10 @@ enum Command {
     /// CloudEvent and where it came from, and each trigger's filter verdict with the part of the
     /// filter that decided.
     Explain(Box<ExplainArgs>),
+    /// Move dead letters back to where they came from: each is read from `--from`, stripped of
+    /// its `dlq*` attributes, republished to its trigger's source (or `--to`), and
+    /// acknowledged only once the republish is confirmed. Prints what it moved.
+    Redrive(Box<RedriveArgs>),
     /// Run the configuration's unit tests (YAML cases: a message, the event it becomes, the
     /// triggers that take it, what each function receives), with no broker and no function.
     /// Exit 1 when an expectation fails, with a diff.
@@ -123,6 +128,40 @@ struct ExplainArgs {
     /// A file whose bytes are the data.
     #[arg(long)]
     data_file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct RedriveArgs {
+    /// The configuration file.
+    #[arg(short, long, env = "FNBROKER_CONFIG")]
+    config: PathBuf,
+    /// Where the dead letters are, as CONNECTOR:TOPIC (an AMQP queue; a NATS subject a
+    /// JetStream stream captures; an MQTT topic the redrive session subscribed to before).
+    #[arg(long, value_name = "CONNECTOR:TOPIC")]
+    from: redrive::Place,
+    /// Where to send them all (default: each to the source of the trigger that dead-lettered
+    /// it, its `dlqtrigger`).
+    #[arg(long, value_name = "CONNECTOR:TOPIC")]
+    to: Option<redrive::Place>,
+    /// Only the dead letters that pass this CloudEvents SQL expression (the `dlq*` attributes
+    /// can be read: `dlqtrigger = 'orders' AND dlqstatus = 503`).
+    #[arg(long, value_name = "SQL")]
+    filter: Option<String>,
+    /// Move at most this many.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Read and print what would be moved; move nothing, acknowledge nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Stop when no dead letter arrived for this long (the first may take three times as
+    /// long: a Kafka group joining).
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    wait: std::time::Duration,
+}
+
+/// A duration as the configuration writes it (`5s`, `250ms`).
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("`{text}`: {e}"))
 }
 
 /// `NAME=VALUE`.
@@ -246,6 +285,69 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("fnbroker: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Redrive(args) => {
+            let cfg = match load(&args.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("fnbroker: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let plan = redrive::Plan {
+                from: args.from,
+                to: args.to,
+                filter: args.filter,
+                limit: args.limit,
+                dry_run: args.dry_run,
+                wait: args.wait,
+            };
+            let stop = CancellationToken::new();
+            let result = rt.block_on(async {
+                let on_signal = stop.clone();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    on_signal.cancel();
+                });
+                redrive::redrive(&cfg, &plan, &stop).await
+            });
+            rt.shutdown_timeout(RUNTIME_EXIT_GRACE);
+            match result {
+                Ok(outcome) => {
+                    print!("{}", outcome.lines);
+                    println!(
+                        "{} {}, {} skipped{}",
+                        if plan.dry_run { "would move" } else { "moved" },
+                        outcome.moved,
+                        outcome.skipped,
+                        if plan.dry_run {
+                            " (dry run: nothing moved)"
+                        } else {
+                            ""
+                        }
+                    );
+                    match outcome.failed {
+                        None => ExitCode::SUCCESS,
+                        Some(why) => {
+                            eprintln!(
+                                "fnbroker: stopped: {why}; that dead letter stays where it was"
+                            );
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
+                Err(e) => {
+                    eprintln!("fnbroker: {e:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -715,3 +715,141 @@ pub fn delivered_numbers(server: &FnServer, paths: &[&str]) -> (HashSet<usize>, 
     let total = all.len();
     (all.into_iter().collect(), total)
 }
+
+/// Runs `fnbroker ARGS -c <file>` once to its end, with `yaml` as the configuration file:
+/// (exit code, stdout, stderr).
+pub fn run_once(yaml: &str, args: &[&str]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("fnbroker.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    let out = Command::new(binary())
+        .args(args)
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("run fnbroker");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The sum of a metric's samples (every label set) in `fnbroker`'s `/metrics`.
+pub async fn metric_sum(fb: &Fnbroker, name: &str) -> f64 {
+    fb.metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// How a broker keeps what a redrive passes over: released for the next run, or passed by a
+/// reader of a log (Kafka).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    Released,
+    Passed,
+}
+
+/// Issue 17, dead-letter redrive, on one broker. `cfg(url)` has a trigger `t` to the function
+/// at `url` with its dead letters at `dlq` (CONNECTOR:TOPIC); `publish(n)` sends `n` plain
+/// messages to the trigger's source. The function refuses them (400, not retried), so each is
+/// dead-lettered. `fnbroker redrive` then: a dry run moves nothing; a filter that takes none
+/// moves none (and, where the broker releases, leaves them all); with the function fixed and
+/// fnbroker running, `--limit 2` moves two and a filter that takes all the rest; the function
+/// gets every message exactly once more, with its id and without the `dlq*` attributes; a last
+/// run finds nothing. With `prime`, a first dry run opens the reader's session before anything
+/// is dead-lettered (MQTT keeps messages only for sessions).
+pub async fn redrive_round_trip<F, Fut>(
+    cfg: impl Fn(&str) -> String,
+    dlq: &str,
+    n: usize,
+    kept: Kept,
+    prime: bool,
+    publish: F,
+) where
+    F: FnOnce(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let refusing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = Arc::clone(&refusing);
+    let server = FnServer::with(move |_, _| {
+        if flag.load(Ordering::SeqCst) {
+            Answer::status(400)
+        } else {
+            Answer::ok()
+        }
+    })
+    .await;
+    let yaml = cfg(&server.url("/f"));
+    let redrive = |extra: &[&str]| {
+        let mut args = vec!["redrive", "--from", dlq, "--wait", "3s"];
+        args.extend_from_slice(extra);
+        let (code, stdout, stderr) = run_once(&yaml, &args);
+        assert_eq!(code, 0, "redrive {extra:?}:\n{stdout}\n{stderr}");
+        stdout
+    };
+    if prime {
+        redrive(&["--dry-run"]);
+    }
+    let mut fb = Fnbroker::start(&yaml).await;
+    publish(n).await;
+    server.wait_count("/f", n, Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric_sum(&fb, "fnbroker_dead_letter_published_total").await < n as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "not dead-lettered:\n{}",
+            fb.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fb.signal("TERM");
+    fb.wait_exit(Duration::from_secs(30)).await;
+
+    let out = redrive(&["--dry-run"]);
+    assert!(out.contains(&format!("would move {n}, 0 skipped")), "{out}");
+    if kept == Kept::Released {
+        let out = redrive(&["--filter", "dlqstatus = 999"]);
+        assert!(out.contains(&format!("moved 0, {n} skipped")), "{out}");
+    }
+
+    refusing.store(false, Ordering::SeqCst);
+    let fb = Fnbroker::start(&yaml).await;
+    let out = redrive(&["--limit", "2"]);
+    assert!(out.contains("moved 2, 0 skipped"), "{out}");
+    assert_eq!(out.matches("-> ").count(), 2, "{out}");
+    let out = redrive(&["--filter", "dlqtrigger = 't' AND dlqstatus = 400"]);
+    assert!(
+        out.contains(&format!("moved {}, 0 skipped", n - 2)),
+        "{out}"
+    );
+    let ok = |server: &FnServer| {
+        server
+            .on("/f")
+            .into_iter()
+            .filter(|r| r.status == 200)
+            .collect::<Vec<_>>()
+    };
+    wait_for("every redriven message", Duration::from_secs(60), || {
+        ok(&server).len() >= n
+    })
+    .await;
+    let out = redrive(&[]);
+    assert!(out.contains("moved 0, 0 skipped"), "{out}");
+    let delivered = ok(&server);
+    assert_eq!(delivered.len(), n, "exactly once:\n{}", fb.logs());
+    let ids: HashSet<&str> = delivered.iter().filter_map(|r| r.header("ce-id")).collect();
+    assert_eq!(ids.len(), n, "each with its own id");
+    for r in &delivered {
+        let dlq: Vec<_> = r
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("ce-dlq"))
+            .collect();
+        assert!(dlq.is_empty(), "dlq attributes left: {dlq:?}");
+    }
+    drop(fb);
+}

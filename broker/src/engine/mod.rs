@@ -20,6 +20,8 @@ mod settle;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+pub(crate) use delivery::dead_letter_event;
 pub(crate) use flow::{PumpConfig, TriggerSet, pump};
 
 use std::sync::Arc;

@@ -149,6 +149,16 @@ impl ConnectorPlugin for Plugin {
         source.queue.as_deref() == Some(topic)
     }
 
+    /// Straight into the queue: the default exchange, the queue's name as routing key.
+    fn republish_to(
+        source: &AmqpSourceSettings,
+        _: Option<&str>,
+        _: Option<&str>,
+    ) -> Result<(String, fnbroker_core::SourceKeys), String> {
+        let queue = source.queue.clone().ok_or("the source has no `queue`")?;
+        Ok((queue, [("exchange".to_string(), "".into())].into()))
+    }
+
     fn build(name: &str, settings: &AmqpSettings) -> Result<Arc<dyn Connector>, ConnectorError> {
         Ok(Arc::new(AmqpConnector::new(name, settings.clone())?))
     }

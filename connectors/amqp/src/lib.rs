@@ -98,6 +98,21 @@ impl Connector for AmqpConnector {
         "amqp"
     }
 
+    /// A consumer on the queue `topic` (which must exist).
+    async fn reader(
+        &self,
+        _reader: &str,
+        topic: &str,
+        max_in_flight: usize,
+    ) -> Result<fnbroker_core::Reader, ConnectorError> {
+        let keys = [("queue".to_string(), serde_json::Value::from(topic))].into();
+        let sub = Subscription::reader(&self.name, None, keys, max_in_flight);
+        Ok(fnbroker_core::Reader {
+            source: self.subscribe(&sub).await?,
+            positional: false,
+        })
+    }
+
     /// Each subscription has a connection of its own, so one can open or close at any time.
     fn subscribes_while_running(&self) -> bool {
         true

@@ -220,6 +220,28 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// The subscription of a [`Connector::reader`]: `topic` and `keys` on the connector `name`,
+    /// unordered.
+    pub fn reader(
+        connector: &str,
+        topic: Option<&str>,
+        keys: SourceKeys,
+        max_in_flight: usize,
+    ) -> Self {
+        use crate::config::{ConnectorKeys, Loc};
+        Self {
+            from: TriggerSource {
+                connector: Loc::new(connector.to_string()),
+                topic: topic.map(|t| Loc::new(t.to_string())),
+                keys: ConnectorKeys::new(keys),
+            },
+            max_in_flight,
+            ordered: false,
+            attempt_timeout: std::time::Duration::from_secs(30),
+            triggers: vec!["(redrive)".to_string()],
+        }
+    }
+
     /// The keys of `from` in the connector kind's type ([`ConnectorPlugin::Source`]).
     ///
     /// [`ConnectorPlugin::Source`]: crate::registry::ConnectorPlugin::Source
@@ -320,6 +342,24 @@ pub trait Connector: Send + Sync {
         Ok(SourceKeys::new())
     }
 
+    /// A source that reads what `topic` holds (dead letters, for `fnbroker redrive`) as a
+    /// consumer named `reader` of its own, leaving a running fnbroker's consumers alone: a Kafka
+    /// group and a JetStream durable consumer of that name, an MQTT session of its own, the
+    /// AMQP queue `topic`. Opened before [`Connector::start`]. Default: `Unsupported` (core NATS
+    /// and HTTP keep nothing to read).
+    async fn reader(
+        &self,
+        _reader: &str,
+        _topic: &str,
+        _max_in_flight: usize,
+    ) -> Result<Reader, ConnectorError> {
+        Err(ConnectorError::Unsupported {
+            connector: String::new(),
+            kind: self.kind(),
+            what: "read back what a topic holds",
+        })
+    }
+
     /// Opens a subscription. Called for every subscription before [`Connector::start`] (and
     /// later too, where [`Connector::subscribes_while_running`] says so).
     async fn subscribe(
@@ -365,6 +405,16 @@ pub trait Connector: Send + Sync {
     fn listener_counts(&self) -> Option<ListenerCounts> {
         None
     }
+}
+
+/// A source opened by [`Connector::reader`].
+pub struct Reader {
+    /// The messages.
+    pub source: Box<dyn Source>,
+    /// Whether the broker keeps messages in a log read by position (Kafka): a message passed
+    /// over must be acknowledged to read on, and stays in the log; elsewhere a message passed
+    /// over is released and stays for the next reader.
+    pub positional: bool,
 }
 
 /// The connections of a listening socket: open now, and refused so far because the listener was

@@ -30,8 +30,8 @@ pub mod registry;
 pub mod tls;
 
 pub use contract::{
-    AckHandle, Connector, ConnectorError, ErrorKind, Incoming, ListenerCounts, Origin, Settlement,
-    Sink, Source, Subscription,
+    AckHandle, Connector, ConnectorError, ErrorKind, Incoming, ListenerCounts, Origin, Reader,
+    Settlement, Sink, Source, SourceKeys, Subscription,
 };
 pub use event::{Data, Event, InvalidEvent};
 

@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 
 use crate::binding::Sample;
 use crate::config::{ConfDuration, values};
-use crate::contract::{Connector, ConnectorError, Origin};
+use crate::contract::{Connector, ConnectorError, Origin, SourceKeys};
 use crate::event::Event;
 
 /// What a connector crate implements to be registered: its kind, its typed settings, their
@@ -73,6 +73,20 @@ pub trait ConnectorPlugin: Send + Sync + 'static {
         settings: &Self::Settings,
         sample: &Sample<'_>,
     ) -> Result<Vec<(Event, Origin)>, String>;
+
+    /// Where to publish an event so that it arrives again through a trigger's source
+    /// (`fnbroker redrive`): the topic, and the destination keys. `subject` is the event's,
+    /// which names the concrete topic where the source has wildcards. Default: the source's
+    /// `topic`.
+    fn republish_to(
+        _source: &Self::Source,
+        from_topic: Option<&str>,
+        _subject: Option<&str>,
+    ) -> Result<(String, SourceKeys), String> {
+        from_topic
+            .map(|t| (t.to_string(), SourceKeys::new()))
+            .ok_or_else(|| "the source has no topic".to_string())
+    }
 
     /// Whether a message that arrives on `topic` comes through a trigger's source (`from_topic`
     /// and the kind's keys): its wildcards, or its queue. Default: the topics are equal.
@@ -389,6 +403,13 @@ pub trait ConnectorKind: Send + Sync {
     ) -> Result<Vec<(Event, Origin)>, String>;
     /// [`ConnectorPlugin::source_takes`].
     fn source_takes(&self, source: &Settings, from_topic: Option<&str>, topic: &str) -> bool;
+    /// [`ConnectorPlugin::republish_to`].
+    fn republish_to(
+        &self,
+        source: &Settings,
+        from_topic: Option<&str>,
+        subject: Option<&str>,
+    ) -> Result<(String, SourceKeys), String>;
     /// The schemas of the settings, the source keys and the destination keys.
     fn schemas(&self, generator: &mut SchemaGenerator) -> [Schema; 3];
 }
@@ -519,6 +540,17 @@ impl<P: ConnectorPlugin> ConnectorKind for Kind<P> {
         source
             .get::<P::Source>()
             .is_some_and(|s| P::source_takes(s, from_topic, topic))
+    }
+    fn republish_to(
+        &self,
+        source: &Settings,
+        from_topic: Option<&str>,
+        subject: Option<&str>,
+    ) -> Result<(String, SourceKeys), String> {
+        let source = source
+            .get::<P::Source>()
+            .ok_or_else(|| format!("the source is not that of a {} connector", P::KIND))?;
+        P::republish_to(source, from_topic, subject)
     }
     fn schemas(&self, generator: &mut SchemaGenerator) -> [Schema; 3] {
         [

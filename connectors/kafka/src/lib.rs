@@ -124,6 +124,26 @@ impl Connector for KafkaConnector {
         "kafka"
     }
 
+    /// A consumer group named `reader`: it starts at the earliest offset, and each run goes on
+    /// where the last committed.
+    async fn reader(
+        &self,
+        reader: &str,
+        topic: &str,
+        max_in_flight: usize,
+    ) -> Result<fnbroker_core::Reader, ConnectorError> {
+        let sub = Subscription::reader(
+            &self.name,
+            Some(topic),
+            fnbroker_core::contract::group_keys(reader),
+            max_in_flight,
+        );
+        Ok(fnbroker_core::Reader {
+            source: self.subscribe(&sub).await?,
+            positional: true,
+        })
+    }
+
     /// Each subscription is a consumer of its own, so one can open or close at any time.
     fn subscribes_while_running(&self) -> bool {
         true

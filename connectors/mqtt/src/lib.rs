@@ -51,6 +51,8 @@ const RECEIVE_MAXIMUM: u16 = 100;
 /// The MQTT connector of one configuration entry.
 pub struct MqttConnector {
     name: String,
+    /// The settings it was built with (a reader is built from them, with its own client id).
+    settings: MqttSettings,
     options: Options,
     publish_qos: u8,
     subs: Mutex<Vec<Sub>>,
@@ -117,6 +119,7 @@ impl MqttConnector {
         let (control, control_rx) = mpsc::unbounded_channel();
         Ok(Self {
             name: name.to_string(),
+            settings: cfg.clone(),
             options,
             publish_qos: cfg.publish_qos.min(2),
             subs: Mutex::new(Vec::new()),
@@ -193,6 +196,26 @@ fn hostname() -> String {
 impl Connector for MqttConnector {
     fn kind(&self) -> &'static str {
         "mqtt"
+    }
+
+    /// A connection of its own, with the client id `<client_id>-<reader>` and a persistent
+    /// session: the broker keeps what arrives on `topic` for that session from its first run on.
+    async fn reader(
+        &self,
+        reader: &str,
+        topic: &str,
+        max_in_flight: usize,
+    ) -> Result<fnbroker_core::Reader, ConnectorError> {
+        let mut settings = self.settings.clone();
+        settings.client_id = Some(format!("{}-{reader}", self.options.client_id));
+        let connector = MqttConnector::new(&self.name, &settings)?;
+        let sub = Subscription::reader(&self.name, Some(topic), Default::default(), max_in_flight);
+        let source = connector.subscribe(&sub).await?;
+        connector.start().await?;
+        Ok(fnbroker_core::Reader {
+            source: Box::new(ReaderSource { source, connector }),
+            positional: false,
+        })
     }
 
     async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
@@ -325,6 +348,30 @@ impl Source for MqttSource {
         // acknowledged) now, so that the connector's stop can acknowledge the rest and go.
         self.rx.close();
         while self.rx.try_recv().is_ok() {}
+    }
+}
+
+/// A reader's source, with the connection it reads on: closed, it stops the connection (after
+/// acknowledging what was settled).
+struct ReaderSource {
+    source: Box<dyn Source>,
+    connector: MqttConnector,
+}
+
+#[async_trait]
+impl Source for ReaderSource {
+    async fn next(&mut self) -> Option<Incoming> {
+        self.source.next().await
+    }
+
+    fn stopping(&mut self) {
+        self.source.stopping();
+    }
+
+    async fn close(self: Box<Self>) {
+        let this = *self;
+        this.source.close().await;
+        this.connector.stop().await;
     }
 }
 

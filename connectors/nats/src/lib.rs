@@ -200,6 +200,32 @@ impl Connector for NatsConnector {
         "nats"
     }
 
+    /// A durable consumer named `reader` on the JetStream stream that captures `topic`; core
+    /// NATS keeps nothing to read back.
+    async fn reader(
+        &self,
+        reader: &str,
+        topic: &str,
+        max_in_flight: usize,
+    ) -> Result<fnbroker_core::Reader, ConnectorError> {
+        let js = jetstream::new(self.client().await?);
+        let stream = js.stream_by_subject(topic).await.map_err(|e| {
+            self.error(format!(
+                "no JetStream stream captures `{topic}` ({e}): core NATS keeps no messages to read back"
+            ))
+        })?;
+        let keys = [
+            ("stream".to_string(), serde_json::Value::from(stream)),
+            ("group".to_string(), serde_json::Value::from(reader)),
+        ]
+        .into();
+        let sub = Subscription::reader(&self.name, Some(topic), keys, max_in_flight);
+        Ok(fnbroker_core::Reader {
+            source: self.subscribe(&sub).await?,
+            positional: false,
+        })
+    }
+
     fn link(&self) -> Option<&fnbroker_core::kit::Link> {
         Some(&self.link)
     }
