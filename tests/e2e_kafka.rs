@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::kafka::{self, Out};
@@ -786,4 +787,167 @@ async fn redrive_moves_dead_letters_back_exactly_once() {
         kafka::produce_many(&kafka::producer(), &publish_topic, n, 8).await;
     })
     .await;
+}
+
+/// The events of each request of a batch (`application/cloudevents-batch+json`), or the one
+/// event of a binary-mode request: (id, data as text).
+fn events_of(r: &common::Received) -> Vec<(String, String)> {
+    if r.header("content-type") == Some(event::BATCH_JSON) {
+        return event::batch_from_json_slice(&r.body)
+            .expect("a valid batch")
+            .iter()
+            .map(|e| {
+                let data = String::from_utf8_lossy(&event::data_bytes(e))
+                    .trim()
+                    .to_string();
+                (e.id().to_string(), data)
+            })
+            .collect();
+    }
+    vec![(
+        r.header("ce-id").unwrap_or_default().to_string(),
+        String::from_utf8_lossy(&r.body).trim().to_string(),
+    )]
+}
+
+/// Issue 17, batching: 300 records on 3 partitions to a trigger batching 25 at a time. The
+/// function gets `application/cloudevents-batch+json` requests, never more than 25 events
+/// each; it names record 13 as failed in its batch, which is then tried again alone (binary
+/// mode) and succeeds. Every record arrives; only 13 twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_reach_the_function_and_named_failures_are_retried_alone() {
+    let topic = kafka::unique("batch");
+    kafka::create_topic(&topic, 3).await;
+    let server = FnServer::with_body(|_, body, _| {
+        let Ok(events) = event::batch_from_json_slice(body) else {
+            return Answer::ok();
+        };
+        let failed: Vec<serde_json::Value> = events
+            .iter()
+            .filter(|e| event::data_bytes(e).trim_ascii() == b"13")
+            .map(|e| serde_json::json!({ "itemIdentifier": e.id() }))
+            .collect();
+        Answer::ok().body(
+            "application/json",
+            serde_json::json!({ "batchItemFailures": failed })
+                .to_string()
+                .as_bytes(),
+        )
+    })
+    .await;
+    let fb = Fnbroker::start(&config(
+        "",
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f, delivery: {{ delay: 10ms, batch: {{ max_events: 25, max_wait: 50ms }} }} }}\n",
+            kafka::unique("g")
+        ),
+    ))
+    .await;
+    kafka::produce_many(&kafka::producer(), &topic, 300, 1).await;
+    wait_for("every record", WAIT, || {
+        let got: HashSet<String> = server
+            .on("/f")
+            .iter()
+            .flat_map(events_of)
+            .map(|(_, data)| data)
+            .collect();
+        got.len() == 300
+    })
+    .await;
+    let requests = server.on("/f");
+    let batches: Vec<_> = requests
+        .iter()
+        .filter(|r| r.header("content-type") == Some(event::BATCH_JSON))
+        .collect();
+    assert!(
+        batches.iter().all(|r| events_of(r).len() <= 25),
+        "no batch over max_events"
+    );
+    assert!(
+        batches.len() < 100,
+        "{} batches for 300 records: batched",
+        batches.len()
+    );
+    let alone: Vec<_> = requests
+        .iter()
+        .filter(|r| r.header("content-type") != Some(event::BATCH_JSON))
+        .flat_map(events_of)
+        .map(|(_, data)| data)
+        .collect();
+    assert_eq!(alone, ["13"], "only the named failure, alone, once");
+    let total: usize = requests.iter().map(|r| events_of(r).len()).sum();
+    assert_eq!(total, 301, "13 twice, every other record once");
+    assert!(
+        fb.metrics()
+            .await
+            .contains("fnbroker_events_delivered_total")
+    );
+}
+
+/// Issue 17, batching with `ordered: true`: 100 records on one partition, batches of 10. The
+/// function names record 15 as failed the first time it sees it; 15 and every record after it
+/// in that batch go again, and the next batch waits: the records reach the function in order,
+/// the one restart at 15 aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_batches_keep_the_partition_order() {
+    let topic = kafka::unique("ordered-batch");
+    kafka::create_topic(&topic, 1).await;
+    let named = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let once = Arc::clone(&named);
+    let server = FnServer::with_body(move |_, body, _| {
+        let Ok(events) = event::batch_from_json_slice(body) else {
+            return Answer::ok();
+        };
+        let fifteen = events
+            .iter()
+            .find(|e| event::data_bytes(e).trim_ascii() == b"15");
+        match fifteen {
+            Some(e) if !once.swap(true, std::sync::atomic::Ordering::SeqCst) => Answer::ok().body(
+                "application/json",
+                serde_json::json!({ "batchItemFailures": [{ "itemIdentifier": e.id() }] })
+                    .to_string()
+                    .as_bytes(),
+            ),
+            _ => Answer::ok(),
+        }
+    })
+    .await;
+    let _fb = Fnbroker::start(&config(
+        "",
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f, delivery: {{ ordered: true, delay: 10ms, batch: {{ max_events: 10, max_wait: 50ms }} }} }}\n",
+            kafka::unique("g")
+        ),
+    ))
+    .await;
+    kafka::produce_many(&kafka::producer(), &topic, 100, 1).await;
+    let seen = || -> Vec<usize> {
+        server
+            .on("/f")
+            .iter()
+            .flat_map(events_of)
+            .map(|(_, data)| data.parse::<usize>().expect("a number"))
+            .collect()
+    };
+    wait_for("every record", WAIT, || seen().last() == Some(&99)).await;
+    let seen = seen();
+    assert!(named.load(std::sync::atomic::Ordering::SeqCst));
+    let restart = seen
+        .windows(2)
+        .position(|w| w[1] <= w[0])
+        .expect("one restart")
+        + 1;
+    assert_eq!(
+        seen[..restart],
+        (0..restart).collect::<Vec<_>>()[..],
+        "{seen:?}"
+    );
+    assert!(restart > 15, "{seen:?}");
+    assert_eq!(
+        seen[restart..],
+        (15..100).collect::<Vec<_>>()[..],
+        "{seen:?}"
+    );
 }

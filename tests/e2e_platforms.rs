@@ -1120,3 +1120,61 @@ async fn discovery_on_mqtt_subscribes_and_unsubscribes_while_running() {
     assert_eq!(got, (0..20).collect::<Vec<_>>(), "y got each message once");
     drop(fb);
 }
+
+/// Issue 17, batching to Lambda: five events in one invocation whose payload is the JSON array
+/// of the structured events; the result's `batchItemFailures` names one, which is invoked again
+/// alone (a single event's payload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambda_takes_a_batch_as_its_payload_and_names_failed_items() {
+    let api = LambdaApi::start().await;
+    let subject = format!("lb{}", uid());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let credentials = dir.path().join("credentials");
+    std::fs::write(
+        &credentials,
+        format!("[default]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET}\n"),
+    )
+    .expect("write");
+    let yaml = format!(
+        "connectors:\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\nfunctions:\n  batch: {{ lambda: {{ function: batch, region: eu-west-1, endpoint: \"http://127.0.0.1:{}\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: bus, topic: \"{subject}\" }}, to: batch, delivery: {{ delay: 10ms, batch: {{ max_events: 5, max_wait: 2s }} }} }}\n",
+        api.port
+    );
+    let credentials = credentials.display().to_string();
+    let _fb = Fnbroker::start_env(
+        &yaml,
+        &[("AWS_SHARED_CREDENTIALS_FILE", credentials.as_str())],
+    )
+    .await;
+    for i in 0..5 {
+        publish(
+            &subject,
+            format!("{{\"n\":{i},\"fail\":{}}}", i == 2).as_bytes(),
+        )
+        .await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while api.accepted().len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stand-in accepted {:?}",
+            api.accepted()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let accepted = api.accepted();
+    let batch = accepted[0]["event"].as_array().expect("a batch payload");
+    let ns: Vec<i64> = batch
+        .iter()
+        .map(|e| e["data"]["n"].as_i64().expect("n"))
+        .collect();
+    assert_eq!(ns, [0, 1, 2, 3, 4]);
+    assert_eq!(
+        accepted[0]["content_type"],
+        "application/cloudevents-batch+json"
+    );
+    let alone = &accepted[1]["event"];
+    assert_eq!(alone["data"]["n"], 2, "the named event, alone: {alone}");
+    assert_eq!(alone["id"], batch[2]["id"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(api.accepted().len(), 2, "nothing else was invoked");
+}

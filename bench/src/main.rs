@@ -72,6 +72,11 @@ struct Args {
     /// payload, and reported as ratios against it.
     #[arg(long)]
     against: Option<PathBuf>,
+    /// Also run fnbroker with `delivery.batch` at these batch sizes (`max_events`, 5 ms
+    /// `max_wait`), each at full throughput on a lane of its own, and report throughput and CPU
+    /// per event as ratios against the first size given (`--batch 1,10,100`).
+    #[arg(long, value_delimiter = ',')]
+    batch: Vec<usize>,
     /// Where to write the report; by default `bench/results/` for full runs, nowhere for quick
     /// ones.
     #[arg(long)]
@@ -251,21 +256,28 @@ async fn measure(
             "telemetry:\n  otlp: {{ endpoint: \"{}\", protocol: http/protobuf }}\n  sample_ratio: 1.0\n",
             sink.base_url()
         );
-        let other = second_run(bus, sink, binary, args, size, &telemetry).await?;
+        let other = second_run(bus, sink, binary, args, size, &telemetry, None).await?;
         row.traced = Some((other.eps, other.cpu));
         row.lost += other.lost;
     }
     if let Some(against) = &args.against {
         step("the other build");
-        let other = second_run(bus, sink, against, args, size, "").await?;
+        let other = second_run(bus, sink, against, args, size, "", None).await?;
         row.against = Some(other.clone());
         row.lost += other.lost;
+    }
+    for &batch in &args.batch {
+        step(&format!("fnbroker, batches of {batch}"));
+        let other = second_run(bus, sink, binary, args, size, "", Some(batch)).await?;
+        row.lost += other.lost;
+        row.batches.push((batch, other));
     }
     Ok(row)
 }
 
 /// A second fnbroker run at full throughput on a lane of its own: `binary` with `extra` added
-/// to the configuration (traces on), or another build of fnbroker.
+/// to the configuration (traces on), or another build of fnbroker; with `batch`, its trigger
+/// batches that many events.
 async fn second_run(
     bus: &dyn Bus,
     sink: &Arc<Sink>,
@@ -273,9 +285,21 @@ async fn second_run(
     args: &Args,
     size: usize,
     extra: &str,
+    batch: Option<usize>,
 ) -> anyhow::Result<report::Other> {
     let lane = bus.create(&lane_id()).await?;
     let mut config = bus.config(&lane, &sink.url(), args.concurrency);
+    if let Some(n) = batch {
+        let with = config.replace(
+            "delivery: { max_in_flight:",
+            &format!("delivery: {{ batch: {{ max_events: {n}, max_wait: 5ms }}, max_in_flight:"),
+        );
+        anyhow::ensure!(
+            with != config,
+            "the bench's trigger has no `delivery` to batch"
+        );
+        config = with;
+    }
     if !config.ends_with('\n') {
         config.push('\n');
     }

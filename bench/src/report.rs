@@ -69,6 +69,8 @@ pub(crate) struct Row {
     pub(crate) traced: Option<(f64, f64)>,
     /// With `--against`: the other build, at full throughput.
     pub(crate) against: Option<Other>,
+    /// With `--batch`: fnbroker batching that many events per call, at full throughput.
+    pub(crate) batches: Vec<(usize, Other)>,
 }
 
 /// A second fnbroker run of a row (traced, or another build).
@@ -105,6 +107,7 @@ impl Row {
             duplicates: 0,
             traced: None,
             against: None,
+            batches: Vec::new(),
         }
     }
 
@@ -246,6 +249,30 @@ pub(crate) fn render(rows: &[Row], http_raw: f64, settings: &str) -> String {
                     mib(r.idle_rss),
                     mib(r.peak_rss),
                     mib(o.idle_rss),
+                    mib(o.peak_rss)
+                );
+            }
+        }
+    }
+    if rows.iter().any(|r| !r.batches.is_empty()) {
+        let _ = writeln!(
+            s,
+            "\n## Batching\n\nfnbroker with `delivery.batch` (`max_events` as given, `max_wait: 5ms`), each batch size at full throughput on a lane of its own in this run; the function gets `application/cloudevents-batch+json`. Ratios are against the first batch size.\n\n| connector | payload | batch | ev/s | ratio | CPU s / 100k | ratio | peak RSS MiB |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for r in rows {
+            let Some((_, base)) = r.batches.first() else {
+                continue;
+            };
+            for (n, o) in &r.batches {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} B | {n} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+                    r.connector,
+                    r.size,
+                    o.eps,
+                    o.eps / base.eps,
+                    o.cpu,
+                    o.cpu / base.cpu,
                     mib(o.peak_rss)
                 );
             }

@@ -201,7 +201,15 @@ impl Sink {
         if self.slow.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        self.current().record(&body);
+        if body.first() == Some(&b'[') {
+            // A batch (`application/cloudevents-batch+json`): each event's data is a payload.
+            let tally = self.current();
+            for data in batch_payloads(&body) {
+                tally.record(&data);
+            }
+        } else {
+            self.current().record(&body);
+        }
         status(StatusCode::OK)
     }
 
@@ -236,6 +244,26 @@ impl Sink {
     pub(crate) fn set_slow(&self, slow: bool) {
         self.slow.store(slow, Ordering::Relaxed);
     }
+}
+
+/// The data of each event of a batch in the JSON format: `data_base64` decoded, or `data` as
+/// text.
+fn batch_payloads(body: &[u8]) -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    let Ok(serde_json::Value::Array(events)) = serde_json::from_slice::<serde_json::Value>(body)
+    else {
+        return Vec::new();
+    };
+    events
+        .iter()
+        .filter_map(|e| match (e.get("data_base64"), e.get("data")) {
+            (Some(serde_json::Value::String(b)), _) => {
+                base64::engine::general_purpose::STANDARD.decode(b).ok()
+            }
+            (_, Some(serde_json::Value::String(text))) => Some(text.clone().into_bytes()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn status(code: StatusCode) -> Response<Full<Bytes>> {

@@ -52,6 +52,50 @@ triggers:
     }
 
     #[test]
+    fn batches_are_checked_at_load() {
+        let with = |delivery: &str, extra: &str| {
+            GOOD.replace(
+                "    to: f\n",
+                &format!("    to: f\n    delivery: {delivery}\n{extra}"),
+            )
+        };
+        assert!(
+            messages(&with(
+                "{ batch: { max_events: 50, max_bytes: 256KiB, max_wait: 5ms } }",
+                ""
+            ))
+            .is_empty()
+        );
+        let m = messages(&with(
+            "{ batch: { max_events: 0, max_bytes: lots, max_wait: soon } }",
+            "",
+        ));
+        for part in [
+            "`batch.max_events` must be 1 to 10000",
+            "`batch.max_bytes` is not a size",
+            "max_wait",
+        ] {
+            assert!(m.iter().any(|e| e.contains(part)), "{part}: {m:?}");
+        }
+        let m = messages(&with("{ batch: {} }", "    reply: { function: f }\n"));
+        assert!(
+            m.iter()
+                .any(|e| e.contains("`delivery.batch` and `reply` do not go together")),
+            "{m:?}"
+        );
+        let whisk = with("{ batch: {} }", "").replace(
+            "f: { http: { url: http://127.0.0.1:9000/f } }",
+            "f: { openwhisk: { api: http://127.0.0.1:3233, namespace: guest, action: a, auth: \"u:p\" } }",
+        );
+        let m = messages(&whisk);
+        assert!(
+            m.iter()
+                .any(|e| e.contains("function `f` (openwhisk) cannot take a batch")),
+            "{m:?}"
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_all_reported_with_places() {
         let text = GOOD.replace(
             "to: f\n",

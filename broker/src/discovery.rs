@@ -218,6 +218,8 @@ impl Discovery {
             reply: self.reply.clone(),
             stats: self.metrics.trigger(&name, &key.0),
             telemetry: self.telemetry.clone(),
+            batch: crate::engine::BatchConfig::from_config(delivery)
+                .map(crate::engine::Batcher::new),
         });
         let from = TriggerSource {
             connector: self.entry.connector.clone(),

@@ -623,6 +623,8 @@ impl Broker {
                 dead_letter: self.target(t.dead_letter.as_ref()).await?,
                 reply: self.target(t.reply.as_ref()).await?,
                 telemetry: self.telemetry.clone(),
+                batch: crate::engine::BatchConfig::from_config(&t.delivery)
+                    .map(crate::engine::Batcher::new),
             }));
         }
         Ok(list)

@@ -67,7 +67,28 @@ impl ExecInvoker {
         })
     }
 
-    async fn run(&self, event: &Event, stdin_data: Vec<u8>) -> Result<Success, InvokeError> {
+    /// The `CE_*` variables of one event: each attribute (`CE_ID`, `CE_TYPE`...) and
+    /// `CE_DATACONTENTTYPE`.
+    fn event_vars(event: &Event) -> Vec<(String, String)> {
+        let mut vars: Vec<(String, String)> = event::binary_attributes(event)
+            .map(|(name, value)| {
+                (
+                    format!("CE_{}", name.to_ascii_uppercase()),
+                    value.into_owned(),
+                )
+            })
+            .collect();
+        if let Some(ct) = event::AttributesReader::datacontenttype(event) {
+            vars.push(("CE_DATACONTENTTYPE".into(), ct.to_string()));
+        }
+        vars
+    }
+
+    async fn run(
+        &self,
+        vars: Vec<(String, String)>,
+        stdin_data: Vec<u8>,
+    ) -> Result<Success, InvokeError> {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
             .env_clear()
@@ -77,12 +98,7 @@ impl ExecInvoker {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        for (name, value) in event::binary_attributes(event) {
-            cmd.env(format!("CE_{}", name.to_ascii_uppercase()), value.as_ref());
-        }
-        if let Some(ct) = event::AttributesReader::datacontenttype(event) {
-            cmd.env("CE_DATACONTENTTYPE", ct);
-        }
+        cmd.envs(vars);
         let mut child = cmd
             .spawn()
             .map_err(|e| InvokeError::Spawn(format!("`{}`: {e}", self.program)))?;
@@ -223,7 +239,29 @@ impl Invoker for ExecInvoker {
     async fn invoke(&self, event: &Event, timeout: Duration) -> Result<Success, InvokeError> {
         let data = event::data_bytes(event).into_owned();
         // Dropping the future at the timeout kills the command's whole process group.
-        match tokio::time::timeout(timeout, self.run(event, data)).await {
+        match tokio::time::timeout(timeout, self.run(Self::event_vars(event), data)).await {
+            Ok(result) => result,
+            Err(_) => Err(InvokeError::Timeout(timeout)),
+        }
+    }
+
+    /// The events as a JSON array of structured events on stdin; `CE_DATACONTENTTYPE` is
+    /// `application/cloudevents-batch+json` and `FNBROKER_BATCH_SIZE` the number of events.
+    /// Stdout may name the failed events (`{"batchItemFailures": [...]}`).
+    async fn invoke_batch(
+        &self,
+        events: &[Event],
+        timeout: Duration,
+    ) -> Result<Success, InvokeError> {
+        let vars = vec![
+            (
+                "CE_DATACONTENTTYPE".to_string(),
+                event::BATCH_JSON.to_string(),
+            ),
+            ("FNBROKER_BATCH_SIZE".to_string(), events.len().to_string()),
+        ];
+        let data = event::batch_to_json_vec(events);
+        match tokio::time::timeout(timeout, self.run(vars, data)).await {
             Ok(result) => result,
             Err(_) => Err(InvokeError::Timeout(timeout)),
         }
@@ -271,6 +309,29 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_a_json_array_on_stdin_and_stdout_names_failures() {
+        let inv = sh(
+            r#"test "$FNBROKER_BATCH_SIZE" = 2 || exit 9; cat >/dev/null; echo '{"batchItemFailures":[{"itemIdentifier":"id-1"}]}'"#,
+        );
+        let events = [event(b"a"), event(b"b")];
+        let ok = inv
+            .invoke_batch(&events, Duration::from_secs(10))
+            .await
+            .expect("success");
+        let failed = crate::item_failures(ok.reply.as_ref()).expect("well formed");
+        assert_eq!(failed, Some(vec!["id-1".to_string()]));
+        let echo = sh("cat")
+            .invoke_batch(&events, Duration::from_secs(10))
+            .await
+            .expect("success");
+        let Some(Reply::Raw { body, .. }) = echo.reply else {
+            panic!("no stdout")
+        };
+        let parsed = event::batch_from_json_slice(&body).expect("a batch");
+        assert_eq!(parsed.len(), 2);
     }
 
     #[tokio::test]

@@ -88,6 +88,17 @@ impl HttpInvoker {
             .body(body)
     }
 
+    /// The request that delivers a batch: the static headers and the events as
+    /// `application/cloudevents-batch+json`.
+    pub(crate) fn batch_request(&self, events: &[Event]) -> reqwest::RequestBuilder {
+        let mut headers = self.headers.clone();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(event::BATCH_JSON));
+        self.client
+            .post(self.url.clone())
+            .headers(headers)
+            .body(event::batch_to_json_vec(events))
+    }
+
     async fn call(&self, event: &Event) -> Result<Success, InvokeError> {
         let (status, headers, body) = send(self.request(event)).await?;
         Ok(Success {
@@ -206,6 +217,21 @@ pub(crate) fn client_for(
 impl Invoker for HttpInvoker {
     async fn invoke(&self, event: &Event, timeout: Duration) -> Result<Success, InvokeError> {
         crate::within(timeout, self.call(event)).await
+    }
+
+    async fn invoke_batch(
+        &self,
+        events: &[Event],
+        timeout: Duration,
+    ) -> Result<Success, InvokeError> {
+        crate::within(timeout, async {
+            let (status, headers, body) = send(self.batch_request(events)).await?;
+            Ok(Success {
+                status,
+                reply: decode_reply(&headers, body)?,
+            })
+        })
+        .await
     }
 }
 

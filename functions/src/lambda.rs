@@ -169,8 +169,13 @@ impl LambdaInvoker {
         })
     }
 
-    /// The request's headers with the SigV4 signature of `body` at `time`.
-    fn signed_headers(&self, body: &[u8], time: SystemTime) -> Result<HeaderMap, String> {
+    /// The request's headers with the SigV4 signature of `body` (of `content_type`) at `time`.
+    fn signed_headers(
+        &self,
+        body: &[u8],
+        content_type: &'static str,
+        time: SystemTime,
+    ) -> Result<HeaderMap, String> {
         let invocation_type = match self.invocation {
             LambdaInvocation::Sync => "RequestResponse",
             LambdaInvocation::Async => "Event",
@@ -178,7 +183,7 @@ impl LambdaInvoker {
         let mut headers = HeaderMap::new();
         headers.insert(
             http::header::CONTENT_TYPE,
-            HeaderValue::from_static(event::STRUCTURED_JSON),
+            HeaderValue::from_static(content_type),
         );
         headers.insert(
             HeaderName::from_static("x-amz-invocation-type"),
@@ -213,10 +218,14 @@ impl LambdaInvoker {
         Ok(headers)
     }
 
-    async fn call(&self, event: &Event) -> Result<Success, InvokeError> {
-        let body = event::to_json_vec(event);
+    /// Invokes the function with `body` (of `content_type`) as its payload.
+    async fn call(
+        &self,
+        body: Vec<u8>,
+        content_type: &'static str,
+    ) -> Result<Success, InvokeError> {
         let headers = self
-            .signed_headers(&body, SystemTime::now())
+            .signed_headers(&body, content_type, SystemTime::now())
             .map_err(InvokeError::Request)?;
         let (status, headers, body) = send(
             self.client
@@ -265,7 +274,24 @@ fn reply(body: Bytes) -> Result<Option<Reply>, InvokeError> {
 #[async_trait]
 impl Invoker for LambdaInvoker {
     async fn invoke(&self, event: &Event, timeout: Duration) -> Result<Success, InvokeError> {
-        crate::within(timeout, self.call(event)).await
+        crate::within(
+            timeout,
+            self.call(event::to_json_vec(event), event::STRUCTURED_JSON),
+        )
+        .await
+    }
+
+    /// The payload is the JSON array of the events; the result may name the failed ones.
+    async fn invoke_batch(
+        &self,
+        events: &[Event],
+        timeout: Duration,
+    ) -> Result<Success, InvokeError> {
+        crate::within(
+            timeout,
+            self.call(event::batch_to_json_vec(events), event::BATCH_JSON),
+        )
+        .await
     }
 }
 

@@ -219,6 +219,62 @@ impl InvokeError {
 pub trait Invoker: Send + Sync {
     /// Invokes the function with `event`, giving up after `timeout`.
     async fn invoke(&self, event: &Event, timeout: Duration) -> Result<Success, InvokeError>;
+
+    /// Invokes the function once with a batch of `events` (`delivery.batch`), giving up after
+    /// `timeout`: over HTTP as `application/cloudevents-batch+json`, to a command and to Lambda
+    /// as a JSON array of structured events. The answer's body may name the events that failed
+    /// (see [`item_failures`]). Default: the kind takes no batches (validation refuses them).
+    async fn invoke_batch(
+        &self,
+        _events: &[Event],
+        _timeout: Duration,
+    ) -> Result<Success, InvokeError> {
+        Err(InvokeError::Request(
+            "this kind of function does not take batches".into(),
+        ))
+    }
+}
+
+/// The events a batch's answer names as failed, Lambda's partial batch response:
+/// `{"batchItemFailures": [{"itemIdentifier": "<event id>"}]}`. `None` when the answer says
+/// nothing of the kind (every event succeeded); an error when it says so malformed.
+pub fn item_failures(reply: Option<&Reply>) -> Result<Option<Vec<String>>, InvokeError> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Answer {
+        batch_item_failures: Option<Vec<Item>>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Item {
+        item_identifier: serde_json::Value,
+    }
+    let Some(Reply::Raw { body, .. }) = reply else {
+        return Ok(None);
+    };
+    let trimmed = body.trim_ascii_start();
+    if !trimmed.starts_with(b"{") {
+        return Ok(None);
+    }
+    let Ok(answer) = serde_json::from_slice::<Answer>(trimmed) else {
+        return Ok(None);
+    };
+    let Some(items) = answer.batch_item_failures else {
+        return Ok(None);
+    };
+    items
+        .into_iter()
+        .map(|item| match item.item_identifier {
+            serde_json::Value::String(id) if !id.is_empty() => Ok(id),
+            other => Err(InvokeError::Function {
+                message: format!(
+                    "batchItemFailures names `{other}`, which is no event id: the whole batch failed"
+                ),
+                retryable: true,
+            }),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 /// One attempt, given up after `timeout`.
@@ -247,6 +303,31 @@ pub(crate) fn truncate(mut s: String, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn item_failures_of_a_batch_answer() {
+        let raw = |body: &'static str| Reply::Raw {
+            content_type: Some("application/json".into()),
+            body: Bytes::from_static(body.as_bytes()),
+        };
+        let named =
+            raw(r#"{"batchItemFailures": [{"itemIdentifier": "a"}, {"itemIdentifier": "b"}]}"#);
+        assert_eq!(
+            item_failures(Some(&named)).ok().flatten(),
+            Some(vec!["a".to_string(), "b".to_string()])
+        );
+        assert_eq!(
+            item_failures(Some(&raw(r#"{"batchItemFailures": []}"#)))
+                .ok()
+                .flatten(),
+            Some(vec![])
+        );
+        assert!(item_failures(Some(&raw(r#"{"ok": true}"#))).is_ok_and(|f| f.is_none()));
+        assert!(item_failures(Some(&raw("plain text"))).is_ok_and(|f| f.is_none()));
+        assert!(item_failures(None).is_ok_and(|f| f.is_none()));
+        let bad = raw(r#"{"batchItemFailures": [{"itemIdentifier": ""}]}"#);
+        assert!(item_failures(Some(&bad)).is_err_and(|e| e.is_retryable()));
+    }
 
     #[test]
     fn retry_classification() {

@@ -489,7 +489,8 @@ impl Answer {
 }
 
 /// Decides the answer from the path and how many requests that path had before this one.
-pub type Behaviour = Arc<dyn Fn(&str, usize) -> Answer + Send + Sync>;
+/// How the server answers: by path, body, and the request's number on that path (0-based).
+pub type Behaviour = Arc<dyn Fn(&str, &[u8], usize) -> Answer + Send + Sync>;
 
 #[derive(Clone)]
 struct ServerState {
@@ -515,6 +516,13 @@ impl FnServer {
     }
 
     pub async fn with(behaviour: impl Fn(&str, usize) -> Answer + Send + Sync + 'static) -> Self {
+        Self::with_body(move |path, _, n| behaviour(path, n)).await
+    }
+
+    /// A server whose answer also depends on the request's body.
+    pub async fn with_body(
+        behaviour: impl Fn(&str, &[u8], usize) -> Answer + Send + Sync + 'static,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -589,7 +597,7 @@ async fn record(State(state): State<ServerState>, request: Request) -> Response 
         *c += 1;
         *c - 1
     };
-    let answer = (state.behaviour)(&path, n);
+    let answer = (state.behaviour)(&path, &body, n);
     state.received.lock().expect("lock").push(Received {
         status: answer.status,
         path: path.clone(),

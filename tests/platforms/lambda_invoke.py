@@ -6,8 +6,10 @@ botocore (the AWS SDK for Python's own signer), an implementation independent of
 Serves POST /2015-03-31/functions/{name}/invocations as the Lambda API reference's "Invoke"
 describes it: 403 InvalidSignatureException when the signature does not verify; otherwise
 X-Amz-Invocation-Type Event answers 202, and RequestResponse 200 with the function's result. The
-function named `fails` reports a function error (200 with X-Amz-Function-Error: Unhandled). Every
-accepted request is printed as one JSON line on stdout.
+function named `fails` reports a function error (200 with X-Amz-Function-Error: Unhandled). A
+payload that is a JSON array (a batch) is answered with Lambda's partial batch response, naming
+the events whose data has `"fail": true`. Every accepted request is printed as one JSON line on
+stdout.
 """
 import json
 import re
@@ -76,6 +78,11 @@ class Invoke(BaseHTTPRequestHandler):
             sys.stdout.flush()
         if kind == "Event":
             return self.answer(202, {})
+        if isinstance(event, list):
+            # A batch: the events whose data says `fail` are reported as Lambda's partial batch
+            # response has it.
+            failed = [{"itemIdentifier": e["id"]} for e in event if isinstance(e.get("data"), dict) and e["data"].get("fail")]
+            return self.answer(200, {"batchItemFailures": failed})
         if name == "fails":
             return self.answer(200, {"errorMessage": "boom", "errorType": "Error"}, [("X-Amz-Function-Error", "Unhandled")])
         return self.answer(200, {"echo": event.get("id"), "data": event.get("data")})

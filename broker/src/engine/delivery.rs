@@ -49,11 +49,18 @@ impl TriggerRuntime {
         broker_retry: Option<u32>,
     ) -> Outcome {
         let Some(telemetry) = &self.telemetry else {
-            return self.attempts(event, shutdown, broker_retry, None).await;
+            return self
+                .attempts(event, shutdown, Spent::from(broker_retry), None)
+                .await;
         };
         let traced = telemetry.delivery(&self.name, &self.function.name, event);
         let outcome = self
-            .attempts(event, shutdown, broker_retry, Some((telemetry, &traced)))
+            .attempts(
+                event,
+                shutdown,
+                Spent::from(broker_retry),
+                Some((telemetry, &traced)),
+            )
             .await;
         match &outcome {
             Outcome::Delivered(_) => traced.end("delivered", None),
@@ -69,11 +76,11 @@ impl TriggerRuntime {
         &self,
         event: &Event,
         shutdown: &CancellationToken,
-        broker_retry: Option<u32>,
+        spent: Spent,
         trace: Trace<'_>,
     ) -> Outcome {
         let started = Instant::now();
-        let mut attempt: u32 = broker_retry.unwrap_or(0);
+        let mut attempt: u32 = spent.attempts;
         let health = &self.function.health;
         let mut probing = None;
         loop {
@@ -145,7 +152,7 @@ impl TriggerRuntime {
                 .delay(attempt, error.retry_after(), &mut rand::rng());
             tracing::debug!(trigger = %self.name, id = event.id(), trace_id = trace.map(|(_, t)| t.trace_id()), span_id = trace.map(|(_, t)| t.span_id()), attempt, ?wait, error = %error, "retrying");
             self.stats.retried.inc();
-            if broker_retry.is_some() {
+            if spent.by_broker {
                 return Outcome::Retry(wait);
             }
             tokio::select! {
@@ -153,6 +160,21 @@ impl TriggerRuntime {
                 () = shutdown.cancelled() => return Outcome::Released,
             }
         }
+    }
+
+    /// Delivers one event alone after `spent` attempts of it failed (in a batch), with what is
+    /// left of the policy: the attempts that remain, then the dead letter.
+    pub(super) async fn resume(
+        &self,
+        event: &Event,
+        shutdown: &CancellationToken,
+        spent: u32,
+    ) -> Outcome {
+        let spent = Spent {
+            attempts: spent,
+            by_broker: false,
+        };
+        self.attempts(event, shutdown, spent, None).await
     }
 
     /// The delivery failed for good: dead-letter the event, or drop it by policy.
@@ -295,6 +317,24 @@ impl TriggerRuntime {
             () = shutdown.cancelled() => return Outcome::Released,
         }
         Outcome::Retry(Duration::ZERO)
+    }
+}
+
+/// The attempts of an event already made before this delivery, and whether its broker counts
+/// them and waits between them (broker-side retries).
+#[derive(Debug, Clone, Copy)]
+struct Spent {
+    attempts: u32,
+    by_broker: bool,
+}
+
+impl From<Option<u32>> for Spent {
+    /// A broker-side retry count, or none (in-memory retries from the first attempt).
+    fn from(broker_retry: Option<u32>) -> Self {
+        Self {
+            attempts: broker_retry.unwrap_or(0),
+            by_broker: broker_retry.is_some(),
+        }
     }
 }
 

@@ -92,7 +92,10 @@ pub(crate) async fn pump(
             msg = source.next(), if room => match msg {
                 None => open = false,
                 Some(msg) => {
-                    if cfg.ordered {
+                    let triggers = cfg.triggers.current();
+                    // Batching triggers keep the order themselves (one batch at a time, its
+                    // events in arrival order): a key need not wait for them.
+                    if cfg.ordered && !triggers.iter().all(|t| t.batch.is_some()) {
                         if let Some(queue) = waiting.get_mut(&msg.key) {
                             queue.push_back(msg);
                             queued += 1;
@@ -100,12 +103,7 @@ pub(crate) async fn pump(
                         }
                         waiting.insert(msg.key, VecDeque::new());
                     }
-                    in_flight.push(process(
-                        msg,
-                        cfg.triggers.current(),
-                        shutdown.clone(),
-                        broker_retries,
-                    ));
+                    in_flight.push(process(msg, triggers, shutdown.clone(), broker_retries));
                 }
             },
         }

@@ -13,13 +13,16 @@
 //! - [`delivery`]: one trigger and one event: filter, attempts with the retry schedule and the
 //!   outage hold, and the one publish path of replies and dead letters.
 //! - [`settle`]: one message and all its triggers: their outcomes combined into one settlement.
+//! - [`batch`]: a trigger's events collected into one call of its function.
 
+mod batch;
 mod delivery;
 mod flow;
 mod settle;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use batch::{BatchConfig, Batcher};
 #[cfg(test)]
 pub(crate) use delivery::dead_letter_event;
 pub(crate) use flow::{PumpConfig, TriggerSet, pump};
@@ -57,6 +60,33 @@ impl FunctionRuntime {
         event: &Event,
         timeout: Duration,
     ) -> Result<fnbroker_functions::Success, InvokeError> {
+        let bytes = fnbroker_core::event::data_len(event) as u64;
+        self.guarded(bytes, self.invoker.invoke(event, timeout))
+            .await
+    }
+
+    /// One attempt with a batch of events: one call, one slot of `concurrency`, one pass of
+    /// the rate limit and the breaker.
+    pub(super) async fn call_batch(
+        &self,
+        events: &[Event],
+        timeout: Duration,
+    ) -> Result<fnbroker_functions::Success, InvokeError> {
+        let bytes = events
+            .iter()
+            .map(|e| fnbroker_core::event::data_len(e) as u64)
+            .sum();
+        self.guarded(bytes, self.invoker.invoke_batch(events, timeout))
+            .await
+    }
+
+    /// Runs one call (`attempt`, of `bytes` of data) under the function's guard, concurrency
+    /// and health accounting.
+    async fn guarded(
+        &self,
+        bytes: u64,
+        attempt: impl std::future::Future<Output = Result<fnbroker_functions::Success, InvokeError>>,
+    ) -> Result<fnbroker_functions::Success, InvokeError> {
         // An exhausted rate or an open breaker holds the call here, before it takes a slot of
         // the function's concurrency: no attempt is spent while it waits.
         let pass = match &self.guard {
@@ -77,10 +107,8 @@ impl FunctionRuntime {
             .await
             .map_err(|_| InvokeError::Connect("function limiter closed".into()))?;
         self.stats.in_flight.inc();
-        self.stats
-            .request_bytes
-            .inc_by(fnbroker_core::event::data_len(event) as u64);
-        let result = self.invoker.invoke(event, timeout).await;
+        self.stats.request_bytes.inc_by(bytes);
+        let result = attempt.await;
         self.stats.in_flight.dec();
         self.stats.record(&result);
         self.health
@@ -114,6 +142,8 @@ pub(crate) struct TriggerRuntime {
     pub(crate) stats: TriggerStats,
     /// The tracer, when traces are exported.
     pub(crate) telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    /// The trigger's batches, when it batches (`delivery.batch`).
+    pub(crate) batch: Option<Batcher>,
 }
 
 /// How one trigger finished with one message.

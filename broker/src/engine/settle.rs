@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use fnbroker_core::event::AttributesReader;
 use fnbroker_core::{Incoming, Origin, Settlement};
+use futures::future::Either;
 use tokio_util::sync::CancellationToken;
 
 use super::{Outcome, TriggerRuntime};
@@ -67,12 +68,26 @@ pub(super) async fn process(
     // The broker may wait between attempts only when one trigger matched: a redelivery goes to
     // every trigger of the subscription again.
     let broker_retry = (broker_retries && views.len() == 1).then_some(redeliveries);
-    let outcomes = futures::future::join_all(views.iter().map(|(t, view)| async {
-        let outcome = t.deliver(view, &shutdown, broker_retry).await;
-        t.stats.in_flight.dec();
-        outcome
-    }))
-    .await;
+    let shutdown = &shutdown;
+    let deliveries: Vec<_> = views
+        .into_iter()
+        .map(|(t, view)| {
+            // A batching trigger takes the event here, before anything is awaited: events join
+            // its batches in the order the pump started their messages.
+            let work = match &t.batch {
+                Some(batcher) => Either::Left(t.batched(batcher, view.into_owned(), shutdown)),
+                None => {
+                    Either::Right(async move { t.deliver(&view, shutdown, broker_retry).await })
+                }
+            };
+            async move {
+                let outcome = work.await;
+                t.stats.in_flight.dec();
+                outcome
+            }
+        })
+        .collect();
+    let outcomes = futures::future::join_all(deliveries).await;
     ack.settle(combine(outcomes));
     key
 }

@@ -90,6 +90,7 @@ fn trigger(f: Arc<FunctionRuntime>, retries: u32, dead: Option<Target>) -> Arc<T
         reply: None,
         stats: TriggerStats::detached(),
         telemetry: None,
+        batch: None,
     })
 }
 
@@ -556,6 +557,7 @@ async fn an_outage_holds_events_instead_of_spending_their_retries() {
             reply: None,
             stats: TriggerStats::detached(),
             telemetry: None,
+            batch: None,
         });
         let triggers: Arc<[Arc<TriggerRuntime>]> = Arc::from(vec![Arc::clone(&t)]);
         let mut tasks = Vec::new();
@@ -668,6 +670,7 @@ fn replying_trigger(
         }),
         stats: TriggerStats::detached(),
         telemetry: None,
+        batch: None,
     })
 }
 
@@ -754,4 +757,310 @@ fn raw_replies_are_wrapped() {
     assert_eq!(reply.source(), "fnbroker://functions/thermostat");
     assert_eq!(reply.datacontenttype(), Some("application/json"));
     assert_ne!(reply.id(), "a");
+}
+
+/// What a batch answer is, by the call's number (0-based) and the batch's ids.
+type Answer = dyn Fn(usize, &[String]) -> Result<Vec<String>, InvokeError> + Send + Sync;
+
+/// A function that takes batches: it records each batch's ids and the calls of single events,
+/// counts batches at once, and answers with the item failures `answer` gives.
+struct Batches {
+    batches: Mutex<Vec<Vec<String>>>,
+    singles: Mutex<Vec<String>>,
+    single_fails: bool,
+    current: AtomicUsize,
+    peak: AtomicUsize,
+    answer: Box<Answer>,
+}
+
+struct BatchesRef(Arc<Batches>);
+
+#[async_trait]
+impl Invoker for BatchesRef {
+    async fn invoke(&self, e: &Event, _: Duration) -> Result<Success, InvokeError> {
+        self.0
+            .singles
+            .lock()
+            .expect("lock")
+            .push(e.id().to_string());
+        if self.0.single_fails {
+            return Err(InvokeError::Status {
+                status: 500,
+                retry_after: None,
+                body: String::new(),
+            });
+        }
+        Ok(Success {
+            status: 200,
+            reply: None,
+        })
+    }
+
+    async fn invoke_batch(&self, events: &[Event], _: Duration) -> Result<Success, InvokeError> {
+        let b = &self.0;
+        let ids: Vec<String> = events.iter().map(|e| e.id().to_string()).collect();
+        let n = {
+            let mut batches = b.batches.lock().expect("lock");
+            batches.push(ids.clone());
+            batches.len() - 1
+        };
+        let now = b.current.fetch_add(1, Ordering::SeqCst) + 1;
+        b.peak.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        b.current.fetch_sub(1, Ordering::SeqCst);
+        let failed = (b.answer)(n, &ids)?;
+        let body = serde_json::json!({
+            "batchItemFailures": failed.iter().map(|id| serde_json::json!({ "itemIdentifier": id })).collect::<Vec<_>>()
+        });
+        Ok(Success {
+            status: 200,
+            reply: Some(Reply::Raw {
+                content_type: Some("application/json".into()),
+                body: bytes::Bytes::from(body.to_string()),
+            }),
+        })
+    }
+}
+
+fn batches(single_fails: bool, answer: Box<Answer>) -> Arc<Batches> {
+    Arc::new(Batches {
+        batches: Mutex::default(),
+        singles: Mutex::default(),
+        single_fails,
+        current: AtomicUsize::new(0),
+        peak: AtomicUsize::new(0),
+        answer,
+    })
+}
+
+/// A trigger that batches up to `max_events` (1 KiB, 100 ms), `retries` retries 1 s apart.
+fn batch_trigger(
+    f: Arc<FunctionRuntime>,
+    retries: u32,
+    ordered: bool,
+    max_events: usize,
+    dead: Option<Target>,
+) -> Arc<TriggerRuntime> {
+    let delivery: Delivery = serde_saphyr::from_str(&format!(
+        "{{ retries: {retries}, backoff: constant, delay: 1s, max_delay: 10s, ordered: {ordered}, batch: {{ max_events: {max_events}, max_bytes: 1KiB, max_wait: 100ms }} }}"
+    ))
+    .expect("delivery");
+    Arc::new(TriggerRuntime {
+        name: "t".into(),
+        filter: None,
+        event_type: None,
+        function: f,
+        policy: RetryPolicy::from_config(&delivery),
+        timeout: Duration::from_secs(1),
+        dead_letter: dead,
+        reply: None,
+        stats: TriggerStats::detached(),
+        telemetry: None,
+        batch: BatchConfig::from_config(&delivery).map(Batcher::new),
+    })
+}
+
+/// Runs `n` messages (ids `0`..`n`, one key) through a pump of `t`: their settlements in order.
+async fn run_batches(t: Arc<TriggerRuntime>, n: usize, ordered: bool) -> Vec<Settlement> {
+    let mut msgs = VecDeque::new();
+    let mut rxs = Vec::new();
+    for i in 0..n {
+        let (m, rx) = incoming(&i.to_string(), 7);
+        msgs.push_back(m);
+        rxs.push(rx);
+    }
+    let shutdown = CancellationToken::new();
+    let cfg = PumpConfig {
+        name: "s".into(),
+        triggers: Arc::new(super::TriggerSet::new(vec![t])),
+        max_in_flight: 64,
+        ordered,
+        shutdown_timeout: Duration::from_secs(30),
+        retire: Arc::default(),
+    };
+    let task = tokio::spawn(pump(Box::new(ListSource(msgs)), cfg, shutdown.clone()));
+    let mut settled = Vec::new();
+    for rx in &mut rxs {
+        settled.push(rx.recv().await.expect("settled"));
+    }
+    shutdown.cancel();
+    task.await.expect("join");
+    settled
+}
+
+#[tokio::test(start_paused = true)]
+async fn batches_close_at_max_events_and_after_max_wait() {
+    let b = batches(false, Box::new(|_, _| Ok(Vec::new())));
+    let t = batch_trigger(function(BatchesRef(Arc::clone(&b))), 3, false, 10, None);
+    let settled = run_batches(Arc::clone(&t), 25, false).await;
+    assert!(
+        settled
+            .iter()
+            .all(|s| matches!(s, Settlement::Delivered { .. }))
+    );
+    let sizes: Vec<usize> = b
+        .batches
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(Vec::len)
+        .collect();
+    assert_eq!(sizes, [10, 10, 5], "the last one went after max_wait");
+    assert!(b.singles.lock().expect("lock").is_empty());
+    assert_eq!(t.stats.delivered.get(), 25);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_bytes_closes_a_batch_before_it_is_full() {
+    let b = batches(false, Box::new(|_, _| Ok(Vec::new())));
+    let t = batch_trigger(function(BatchesRef(Arc::clone(&b))), 3, false, 10, None);
+    let mut msgs = VecDeque::new();
+    let mut rxs = Vec::new();
+    for i in 0..4 {
+        let (mut m, rx) = incoming(&i.to_string(), 7);
+        m.event
+            .set_data_unchecked(event::Data::Binary(vec![b'x'; 400]));
+        msgs.push_back(m);
+        rxs.push(rx);
+    }
+    let shutdown = CancellationToken::new();
+    let cfg = PumpConfig {
+        name: "s".into(),
+        triggers: Arc::new(super::TriggerSet::new(vec![t])),
+        max_in_flight: 64,
+        ordered: false,
+        shutdown_timeout: Duration::from_secs(30),
+        retire: Arc::default(),
+    };
+    let task = tokio::spawn(pump(Box::new(ListSource(msgs)), cfg, shutdown.clone()));
+    for rx in &mut rxs {
+        rx.recv().await.expect("settled");
+    }
+    shutdown.cancel();
+    task.await.expect("join");
+    let sizes: Vec<usize> = b
+        .batches
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(Vec::len)
+        .collect();
+    assert_eq!(sizes, [2, 2], "400 B events, 1 KiB batches");
+}
+
+/// Unordered: the events a batch answer names are tried again alone, with what is left of the
+/// policy, then dead-lettered; the rest are delivered at once.
+#[tokio::test(start_paused = true)]
+async fn named_failures_are_retried_alone_then_dead_lettered() {
+    let b = batches(
+        true,
+        Box::new(|_, ids| Ok(ids.iter().filter(|id| *id == "3").cloned().collect())),
+    );
+    let letters = Arc::new(Mutex::new(Vec::new()));
+    let dead = Target::Sink {
+        sink: Arc::new(Capture(Arc::clone(&letters))),
+        topic: "dlq".into(),
+    };
+    let t = batch_trigger(
+        function(BatchesRef(Arc::clone(&b))),
+        2,
+        false,
+        10,
+        Some(dead),
+    );
+    let settled = run_batches(Arc::clone(&t), 5, false).await;
+    for (i, s) in settled.iter().enumerate() {
+        match i {
+            3 => assert!(matches!(s, Settlement::Failed { .. }), "{s:?}"),
+            _ => assert!(matches!(s, Settlement::Delivered { .. }), "{i}: {s:?}"),
+        }
+    }
+    assert_eq!(b.batches.lock().expect("lock").len(), 1);
+    assert_eq!(
+        *b.singles.lock().expect("lock"),
+        ["3", "3"],
+        "the two retries the policy leaves, alone"
+    );
+    let letters = letters.lock().expect("lock");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        event::attribute(&letters[0], "dlqattempts").as_deref(),
+        Some("3")
+    );
+}
+
+/// Any answer but 2xx fails the whole batch: it is tried again whole, then every event is
+/// dead-lettered.
+#[tokio::test(start_paused = true)]
+async fn a_failed_batch_is_retried_whole_then_each_event_dead_lettered() {
+    let b = batches(
+        false,
+        Box::new(|_, _| {
+            Err(InvokeError::Status {
+                status: 500,
+                retry_after: None,
+                body: String::new(),
+            })
+        }),
+    );
+    let letters = Arc::new(Mutex::new(Vec::new()));
+    let dead = Target::Sink {
+        sink: Arc::new(Capture(Arc::clone(&letters))),
+        topic: "dlq".into(),
+    };
+    let t = batch_trigger(
+        function(BatchesRef(Arc::clone(&b))),
+        1,
+        false,
+        10,
+        Some(dead),
+    );
+    let settled = run_batches(t, 3, false).await;
+    assert!(
+        settled
+            .iter()
+            .all(|s| matches!(s, Settlement::Failed { .. }))
+    );
+    assert_eq!(
+        *b.batches.lock().expect("lock"),
+        vec![vec!["0", "1", "2"]; 2],
+        "the whole batch, twice"
+    );
+    assert!(b.singles.lock().expect("lock").is_empty());
+    assert_eq!(letters.lock().expect("lock").len(), 3);
+}
+
+/// Ordered, one key: one batch at a time, several events of the key in each; a named failure
+/// sends it and every event after it again (no event overtakes an earlier one), and the next
+/// batch waits for that.
+#[tokio::test(start_paused = true)]
+async fn ordered_batches_keep_the_order_inside_and_across_batches() {
+    let b = batches(
+        false,
+        Box::new(|call, ids| {
+            Ok(if call == 0 {
+                ids.iter().filter(|id| *id == "2").cloned().collect()
+            } else {
+                Vec::new()
+            })
+        }),
+    );
+    let t = batch_trigger(function(BatchesRef(Arc::clone(&b))), 3, true, 4, None);
+    let settled = run_batches(t, 10, true).await;
+    assert!(
+        settled
+            .iter()
+            .all(|s| matches!(s, Settlement::Delivered { .. }))
+    );
+    let seen = b.batches.lock().expect("lock").clone();
+    assert_eq!(
+        seen,
+        [
+            vec!["0", "1", "2", "3"],
+            vec!["2", "3"],
+            vec!["4", "5", "6", "7"],
+            vec!["8", "9"],
+        ]
+    );
+    assert_eq!(b.peak.load(Ordering::SeqCst), 1, "one batch at a time");
 }

@@ -391,9 +391,19 @@ fn media_type_is_text(ct: &str) -> bool {
         .is_some_and(|t| t.eq_ignore_ascii_case("text/"))
 }
 
-/// Writes a batch in the JSON batch format (`application/cloudevents-batch+json`).
+/// Writes a batch in the JSON batch format (`application/cloudevents-batch+json`): each event
+/// as [`to_json_vec`] writes it (JSON data as JSON, text as text).
 pub fn batch_to_json_vec(events: &[Event]) -> Vec<u8> {
-    serde_json::to_vec(events).unwrap_or_default()
+    let mut out = Vec::with_capacity(events.iter().map(|e| data_len(e) + 256).sum::<usize>() + 2);
+    out.push(b'[');
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&to_json_vec(event));
+    }
+    out.push(b']');
+    out
 }
 
 /// The data of an event as the bytes a binary-mode message carries (JSON data serialized).
@@ -823,6 +833,24 @@ mod tests {
         assert_eq!(e.subject(), Some("/orders"));
         assert_eq!(e.id(), "x");
         assert_eq!(e.datacontenttype(), Some("application/json"));
+    }
+
+    #[test]
+    fn a_batch_writes_json_data_as_json_as_a_single_event_does() {
+        let e = normalize(
+            PlainMessage {
+                kind: "nats",
+                connector: "bus",
+                topic: "t",
+                content_type: Some("application/json"),
+                ..Default::default()
+            },
+            br#"{"n":1}"#.to_vec(),
+        );
+        let batch: Value = serde_json::from_slice(&batch_to_json_vec(&[e.clone(), e]))
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(batch[1]["data"]["n"], 1, "{batch}");
+        assert!(batch[0].get("data_base64").is_none(), "{batch}");
     }
 
     #[test]

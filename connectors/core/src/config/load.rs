@@ -12,7 +12,7 @@ use serde_saphyr::Spanned;
 
 use super::values;
 use super::{
-    ConfDuration, Config, ConnectorConfig, Destination, Filter, Function, FunctionKind, Loc,
+    Batch, ConfDuration, Config, ConnectorConfig, Destination, Filter, Function, FunctionKind, Loc,
     Trigger,
 };
 use crate::event::is_valid_attribute_name;
@@ -991,6 +991,32 @@ fn validate_trigger(
             format!("trigger `{tname}`: `max_in_flight` must be at least 1"),
         );
     }
+    if let Some(batch) = &d.batch {
+        let refused = functions
+            .get(trigger.to.as_str())
+            .and_then(Function::kind)
+            .filter(|kind| !kind.takes_batches())
+            .map(|kind| {
+                format!(
+                    "function `{}` ({}) cannot take a batch",
+                    *trigger.to,
+                    kind.key()
+                )
+            });
+        let at = if refused.is_some() {
+            &trigger.to
+        } else {
+            &trigger.name
+        };
+        validate_batch(
+            batch,
+            &format!("trigger `{tname}`"),
+            trigger.reply.is_some(),
+            refused,
+            at,
+            errors,
+        );
+    }
     for (what, dest) in [
         ("dead_letter", &mut trigger.dead_letter),
         ("reply", &mut trigger.reply),
@@ -1001,6 +1027,48 @@ fn validate_trigger(
                 connectors, functions, registry, dest, &tname, what, base, findings, errors,
             );
         }
+    }
+}
+
+/// `delivery.batch`: its sizes, a function that takes batches (`refused` says why not), and no
+/// `reply` (a batch's answer reports failed events; it is no reply). `owner` names the trigger
+/// or discovery entry, `at` is where an error that has no key of its own is placed.
+fn validate_batch(
+    batch: &Batch,
+    owner: &str,
+    reply: bool,
+    refused: Option<String>,
+    at: &Loc<String>,
+    errors: &mut Errors<'_>,
+) {
+    if !(1..=10_000).contains(&*batch.max_events) {
+        errors.at(
+            &batch.max_events,
+            format!("{owner}: `batch.max_events` must be 1 to 10000"),
+        );
+    }
+    if !batch.max_bytes.is_valid() || batch.max_bytes.get() == 0 {
+        errors.at(
+            batch.max_bytes.text(),
+            format!(
+                "{owner}: `batch.max_bytes` is not a size: `{}` (write `1MiB`, `512KiB` or bytes)",
+                batch.max_bytes.text().as_str()
+            ),
+        );
+    }
+    duration(
+        &batch.max_wait,
+        &format!("{owner} delivery.batch.max_wait"),
+        errors,
+    );
+    if reply {
+        errors.at(
+            at,
+            format!("{owner}: `delivery.batch` and `reply` do not go together (a batch's answer names the events that failed; it is no reply)"),
+        );
+    }
+    if let Some(why) = refused {
+        errors.at(at, format!("{owner}: {why}; remove `delivery.batch`"));
     }
 }
 
@@ -1156,6 +1224,19 @@ fn validate_discovery(
         errors.at(
             &d.gateway,
             format!("{owner}: `async: true` needs `callback_url`, or an `admin` listener on a specific address: the gateway's queue worker posts each result there"),
+        );
+    }
+    if let Some(batch) = &d.delivery.batch {
+        let refused = d
+            .asynchronous
+            .then(|| "an asynchronous OpenFaaS call cannot take a batch".to_string());
+        validate_batch(
+            batch,
+            &owner,
+            d.reply.is_some(),
+            refused,
+            &d.connector,
+            errors,
         );
     }
     if let Some(Err(e)) = d.tls.as_ref().map(crate::tls::Tls::check) {

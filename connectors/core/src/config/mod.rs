@@ -383,6 +383,16 @@ impl FunctionKind<'_> {
         }
     }
 
+    /// Whether the kind takes a batch of events in one call: HTTP (and the platforms called
+    /// over HTTP), `exec` and `lambda`; not OpenWhisk, nor OpenFaaS's asynchronous calls.
+    pub fn takes_batches(&self) -> bool {
+        match self {
+            FunctionKind::OpenFaas(f) => !f.asynchronous,
+            FunctionKind::OpenWhisk(_) => false,
+            _ => true,
+        }
+    }
+
     /// The kind's `tls` block, if it has one.
     pub fn tls(&self) -> Option<&crate::tls::Tls> {
         match self {
@@ -647,6 +657,48 @@ pub struct Delivery {
     /// The most messages of this trigger in flight. Default 256.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: Loc<usize>,
+    /// Collect events into one call of the function (`application/cloudevents-batch+json` over
+    /// HTTP, a JSON array for `exec` and `lambda`). Off when absent.
+    #[serde(default)]
+    pub batch: Option<Batch>,
+}
+
+/// How a trigger collects events into one call of its function. A batch goes when it holds
+/// `max_events`, when the next event would take it over `max_bytes`, or `max_wait` after its
+/// first event, whichever comes first. The function's answer may name failed events
+/// (`{"batchItemFailures": [{"itemIdentifier": "<id>"}]}`): only those are retried.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct Batch {
+    /// The most events in one call (1 to 10000). Default 10.
+    #[serde(default = "default_batch_events")]
+    pub max_events: Loc<usize>,
+    /// The most bytes of data in one call; an event larger than this goes alone. Default
+    /// `1MiB`.
+    #[serde(default = "default_batch_bytes")]
+    pub max_bytes: ByteSize,
+    /// How long the first event of a batch waits for others. Default `20ms`.
+    #[serde(default = "default_batch_wait")]
+    pub max_wait: ConfDuration,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self {
+            max_events: default_batch_events(),
+            max_bytes: default_batch_bytes(),
+            max_wait: default_batch_wait(),
+        }
+    }
+}
+
+fn default_batch_events() -> Loc<usize> {
+    Loc::new(10)
+}
+fn default_batch_bytes() -> ByteSize {
+    ByteSize::new(1024 * 1024)
+}
+fn default_batch_wait() -> ConfDuration {
+    ConfDuration::from_millis(20)
 }
 
 impl Default for Delivery {
@@ -659,6 +711,7 @@ impl Default for Delivery {
             timeout: None,
             ordered: false,
             max_in_flight: default_max_in_flight(),
+            batch: None,
         }
     }
 }
