@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::kafka::{self, Out};
@@ -949,5 +949,111 @@ async fn ordered_batches_keep_the_partition_order() {
         seen[restart..],
         (15..100).collect::<Vec<_>>()[..],
         "{seen:?}"
+    );
+}
+
+/// Issue 17, durable retry state: a trigger keeps its retries in a Kafka topic. The function
+/// fails (500) for its first 30 s; meanwhile records keep arriving and fnbroker is killed
+/// (SIGKILL) and started again twice. Each record's first attempt comes soon after it was
+/// produced (the source never waits for a retry), and once the function is back every record
+/// is delivered, none dead-lettered: the retry state survived both kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_state_in_a_topic_survives_two_kills() {
+    let topic = kafka::unique("retried");
+    let retries = kafka::unique("retry");
+    let dlq = kafka::unique("retry-dlq");
+    kafka::create_topic(&topic, 2).await;
+    kafka::create_topic(&retries, 1).await;
+    kafka::create_topic(&dlq, 1).await;
+    let back_at = std::time::Instant::now() + Duration::from_secs(30);
+    let server = FnServer::with(move |_, _| {
+        if std::time::Instant::now() < back_at {
+            Answer::status(500)
+        } else {
+            Answer::ok()
+        }
+    })
+    .await;
+    let cfg = config(
+        ", commit_interval: 50ms",
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f, delivery: {{ retries: 30, backoff: constant, delay: 2s, retry_topic: {{ connector: k, topic: {retries} }} }}, dead_letter: {{ connector: k, topic: {dlq} }} }}\n",
+            kafka::unique("g")
+        ),
+    );
+    let produced = Arc::new(Mutex::new(HashMap::<usize, std::time::Instant>::new()));
+    let producing = {
+        let (topic, produced) = (topic.clone(), Arc::clone(&produced));
+        tokio::spawn(async move {
+            let producer = kafka::producer();
+            for burst in 0..8 {
+                let range = burst * 5..(burst + 1) * 5;
+                let at = std::time::Instant::now();
+                kafka::produce_range(&producer, &topic, range.clone()).await;
+                produced
+                    .lock()
+                    .expect("lock")
+                    .extend(range.map(|i| (i, at)));
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+        })
+    };
+    let mut fb = Fnbroker::start(&cfg).await;
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        fb.signal("KILL");
+        drop(fb);
+        fb = Fnbroker::start(&cfg).await;
+    }
+    producing.await.expect("producer");
+    let delivered = || -> HashMap<usize, usize> {
+        let mut n = HashMap::new();
+        for r in server.on("/f").iter().filter(|r| r.status == 200) {
+            let i: usize = String::from_utf8_lossy(&r.body)
+                .trim()
+                .parse()
+                .expect("a number");
+            *n.entry(i).or_default() += 1;
+        }
+        n
+    };
+    wait_for("every record delivered", Duration::from_secs(90), || {
+        delivered().len() == 40
+    })
+    .await;
+    let mut first_attempt = HashMap::<usize, std::time::Instant>::new();
+    for r in server.on("/f") {
+        let i: usize = String::from_utf8_lossy(&r.body)
+            .trim()
+            .parse()
+            .expect("a number");
+        first_attempt.entry(i).or_insert(r.at);
+    }
+    let produced = produced.lock().expect("lock").clone();
+    for (i, at) in &produced {
+        let lag = first_attempt[i].duration_since(*at);
+        assert!(
+            lag < Duration::from_secs(20),
+            "record {i} was first tried {lag:?} after it was produced: the source waited"
+        );
+    }
+    let most = delivered().values().copied().max().unwrap_or(0);
+    assert!(most <= 3, "a record delivered {most} times");
+    // Every record failed at first: each went through the retry topic, several times.
+    let parked = kafka::partition_size(&retries, 0).await;
+    assert!(parked >= 40, "{parked} records on the retry topic");
+    let twice = delivered().values().filter(|n| **n > 1).count();
+    eprintln!(
+        "retry topic: {parked} moves for 40 records, {twice} delivered more than once, {} calls",
+        server.count("/f")
+    );
+    assert!(
+        fb.metrics()
+            .await
+            .lines()
+            .filter(|l| l.starts_with("fnbroker_dead_letter_published_total"))
+            .all(|l| l.ends_with(" 0")),
+        "nothing dead-lettered"
     );
 }

@@ -96,6 +96,56 @@ triggers:
     }
 
     #[test]
+    fn retry_topics_are_checked_at_load() {
+        let kafka = "  k: { kafka: { brokers: [127.0.0.1:9092], group: g } }\n";
+        let text = |delivery: &str, second: bool| {
+            let mut t = GOOD.replace("connectors:\n", &format!("connectors:\n{kafka}"));
+            t = t.replace(
+                "    to: f\n",
+                &format!("    to: f\n    delivery: {delivery}\n"),
+            );
+            if second {
+                t.push_str(&format!("  - name: u\n    from: {{ connector: web, topic: /other }}\n    to: f\n    delivery: {delivery}\n"));
+            }
+            t
+        };
+        assert!(
+            messages(&text(
+                "{ retry_topic: { connector: k, topic: retries } }",
+                false
+            ))
+            .is_empty()
+        );
+        let m = messages(&text(
+            "{ retry_topic: { connector: web, topic: retries } }",
+            false,
+        ));
+        assert!(
+            m.iter()
+                .any(|e| e.contains("a http connector cannot hold retry state")),
+            "{m:?}"
+        );
+        let m = messages(&text(
+            "{ ordered: true, retry_topic: { connector: k, topic: retries } }",
+            false,
+        ));
+        assert!(
+            m.iter()
+                .any(|e| e.contains("`retry_topic` and `ordered: true` do not go together")),
+            "{m:?}"
+        );
+        let m = messages(&text(
+            "{ retry_topic: { connector: k, topic: retries } }",
+            true,
+        ));
+        assert!(
+            m.iter()
+                .any(|e| e.contains("each trigger needs a retry topic of its own")),
+            "{m:?}"
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_all_reported_with_places() {
         let text = GOOD.replace(
             "to: f\n",

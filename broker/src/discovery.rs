@@ -220,6 +220,7 @@ impl Discovery {
             telemetry: self.telemetry.clone(),
             batch: crate::engine::BatchConfig::from_config(delivery)
                 .map(crate::engine::Batcher::new),
+            retry: None,
         });
         let from = TriggerSource {
             connector: self.entry.connector.clone(),

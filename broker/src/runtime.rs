@@ -347,6 +347,8 @@ impl Broker {
     /// Brings the running broker to `config`; see the module's documentation for what is
     /// replaced and what is left alone.
     pub(crate) async fn apply(&mut self, config: &Config) -> anyhow::Result<Changes> {
+        let with_consumers = with_retry_consumers(config)?;
+        let config = &with_consumers;
         let mut changes = Changes::default();
         if fixed_fingerprint(config) != self.fixed && !self.connectors.is_empty() {
             tracing::warn!(
@@ -625,6 +627,7 @@ impl Broker {
                 telemetry: self.telemetry.clone(),
                 batch: crate::engine::BatchConfig::from_config(&t.delivery)
                     .map(crate::engine::Batcher::new),
+                retry: self.retry_topic(t).await?,
             }));
         }
         Ok(list)
@@ -790,6 +793,49 @@ impl Broker {
         }
     }
 
+    /// A trigger's retry topic: the sink that publishes into it so that its consumer (see
+    /// [`with_retry_consumers`]) gets the event back.
+    async fn retry_topic(
+        &self,
+        t: &config::Trigger,
+    ) -> anyhow::Result<Option<crate::engine::RetryTopicRuntime>> {
+        let Some(retry) = &t.delivery.retry_topic else {
+            return Ok(None);
+        };
+        let name = retry.connector.as_str();
+        let connector = self
+            .connectors
+            .get(name)
+            .with_context(|| format!("unknown connector `{name}`"))?;
+        let kind = REGISTRY
+            .get(connector.value.kind())
+            .with_context(|| format!("connector `{name}`: unknown kind"))?;
+        let (source_topic, keys) = kind
+            .retry_source(&t.name, &retry.topic)
+            .map_err(|e| anyhow::anyhow!("trigger `{}`: retry_topic: {e}", *t.name))?;
+        let source = kind
+            .parse_source(
+                serde_json::Value::Object(keys.into_iter().collect()),
+                &mut |_| {},
+            )
+            .map_err(|e| anyhow::anyhow!("trigger `{}`: retry_topic: {}", *t.name, e.message))?;
+        let (topic, keys) = kind
+            .republish_to(&source, source_topic.as_deref(), None)
+            .map_err(|e| anyhow::anyhow!("trigger `{}`: retry_topic: {e}", *t.name))?;
+        let dest = Destination {
+            connector: Some(retry.connector.clone()),
+            topic: Some(topic.clone()),
+            function: None,
+            keys: config::ConnectorKeys::new(keys),
+        };
+        let sink = connector.value.sink(&dest).await?;
+        Ok(Some(crate::engine::RetryTopicRuntime {
+            sink,
+            topic,
+            consumer: t.retry_consumer,
+        }))
+    }
+
     async fn target(&self, dest: Option<&Destination>) -> anyhow::Result<Option<Target>> {
         let Some(dest) = dest else {
             return Ok(None);
@@ -835,6 +881,39 @@ fn discovery_uses(entry: &config::OpenFaasDiscovery) -> BTreeSet<String> {
         uses.extend(d.function.as_ref().map(|f| f.to_string()));
     }
     uses
+}
+
+/// `config` with, for each trigger that keeps its retries in a topic, the trigger that consumes
+/// that topic: the same name, function, policy and destinations, its source the retry topic as
+/// the connector's kind consumes it (a durable consumer of its own, shared by the replicas).
+/// Added here, the consumer is planned, reloaded and stopped as any subscription is.
+pub(crate) fn with_retry_consumers(config: &Config) -> anyhow::Result<Config> {
+    let mut out = config.clone();
+    for t in &config.triggers {
+        let Some(retry) = &t.delivery.retry_topic else {
+            continue;
+        };
+        let name = retry.connector.as_str();
+        let kind = config
+            .connectors
+            .get(name)
+            .and_then(|c| REGISTRY.get(c.kind()))
+            .with_context(|| format!("trigger `{}`: unknown connector `{name}`", *t.name))?;
+        let (topic, keys) = kind
+            .retry_source(&t.name, &retry.topic)
+            .map_err(|e| anyhow::anyhow!("trigger `{}`: retry_topic: {e}", *t.name))?;
+        let mut consumer = t.clone();
+        consumer.from = config::TriggerSource {
+            connector: retry.connector.clone(),
+            topic: topic.map(config::Loc::new),
+            keys: config::ConnectorKeys::new(keys),
+        };
+        consumer.filter = None;
+        consumer.event = None;
+        consumer.retry_consumer = true;
+        out.triggers.push(consumer);
+    }
+    Ok(out)
 }
 
 /// The subscriptions `config` asks for: triggers with the same source share one (fan-out).
@@ -885,6 +964,9 @@ fn plan<'a>(config: &'a Config, prints: &Prints<'_>) -> anyhow::Result<Vec<Plann
         for t in &g.triggers {
             routing.push_str(&fingerprint(t));
             routing.push_str(&print(functions, t.to.as_str()).unwrap_or_default());
+            if let Some(retry) = &t.delivery.retry_topic {
+                g.publishes_to.insert(retry.connector.to_string());
+            }
             for d in [&t.dead_letter, &t.reply].into_iter().flatten() {
                 if let Some(c) = &d.connector {
                     g.publishes_to.insert(c.to_string());

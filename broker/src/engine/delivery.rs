@@ -48,6 +48,9 @@ impl TriggerRuntime {
         shutdown: &CancellationToken,
         broker_retry: Option<u32>,
     ) -> Outcome {
+        if self.retry.as_ref().is_some_and(|r| r.consumer) {
+            return self.deliver_due(event, shutdown).await;
+        }
         let Some(telemetry) = &self.telemetry else {
             return self
                 .attempts(event, shutdown, Spent::from(broker_retry), None)
@@ -152,6 +155,9 @@ impl TriggerRuntime {
                 .delay(attempt, error.retry_after(), &mut rand::rng());
             tracing::debug!(trigger = %self.name, id = event.id(), trace_id = trace.map(|(_, t)| t.trace_id()), span_id = trace.map(|(_, t)| t.span_id()), attempt, ?wait, error = %error, "retrying");
             self.stats.retried.inc();
+            if let Some(retry) = &self.retry {
+                return self.park(retry, event, attempt, wait, shutdown).await;
+            }
             if spent.by_broker {
                 return Outcome::Retry(wait);
             }
@@ -160,6 +166,65 @@ impl TriggerRuntime {
                 () = shutdown.cancelled() => return Outcome::Released,
             }
         }
+    }
+
+    /// Moves an event that is to be tried again to the trigger's retry topic, with the attempts
+    /// it had (`retryattempts`), when the next is due (`retryat`) and whose it is
+    /// (`retrytrigger`); its source message is then acknowledged. A publish that fails hands
+    /// the message back to its broker, as a dead letter that cannot be published does.
+    async fn park(
+        &self,
+        retry: &super::RetryTopicRuntime,
+        event: &Event,
+        attempts: u32,
+        wait: Duration,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
+        let mut copy = event.clone();
+        let due = chrono::Utc::now()
+            + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::zero());
+        copy.set_extension(RETRY_ATTEMPTS, i64::from(attempts));
+        copy.set_extension(RETRY_AT, event::format_time(&due));
+        copy.set_extension(RETRY_TRIGGER, self.name.as_str());
+        let target = Target::Sink {
+            sink: std::sync::Arc::clone(&retry.sink),
+            topic: retry.topic.clone(),
+        };
+        if self.publish(&target, &copy, RETRY, shutdown, None).await {
+            tracing::debug!(trigger = %self.name, id = event.id(), attempts, ?wait, topic = %retry.topic, "moved to the retry topic");
+            Outcome::Delivered(None)
+        } else {
+            self.hand_back(shutdown).await
+        }
+    }
+
+    /// An event consumed back from the retry topic: another trigger's is passed over; this
+    /// trigger's waits until it is due (held in flight), then gets its next attempt, without
+    /// the `retry*` attributes, with what is left of the policy.
+    async fn deliver_due(&self, event: &Event, shutdown: &CancellationToken) -> Outcome {
+        let Some(parked) = Parked::of(event) else {
+            tracing::warn!(trigger = %self.name, id = event.id(), "not a retry of this trigger's (no `retrytrigger`, `retryattempts` and `retryat`) on its retry topic; passed over");
+            return Outcome::Delivered(None);
+        };
+        if parked.trigger != self.name {
+            return Outcome::Delivered(None);
+        }
+        let wait = (parked.at - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => return Outcome::Released,
+        }
+        let mut original = event.clone();
+        for name in [RETRY_ATTEMPTS, RETRY_AT, RETRY_TRIGGER] {
+            original.remove_extension(name);
+        }
+        let spent = Spent {
+            attempts: parked.attempts,
+            by_broker: false,
+        };
+        self.attempts(&original, shutdown, spent, None).await
     }
 
     /// Delivers one event alone after `spent` attempts of it failed (in a batch), with what is
@@ -289,10 +354,14 @@ impl TriggerRuntime {
                 }
                 return true;
             };
-            if what == REPLY {
-                self.stats.reply_failed.inc();
-            } else {
-                self.stats.dead_letter_failed.inc();
+            match what {
+                REPLY => {
+                    self.stats.reply_failed.inc();
+                }
+                RETRY => {}
+                _ => {
+                    self.stats.dead_letter_failed.inc();
+                }
             }
             if !transient || tries > self.policy.retries.max(PUBLISH_RETRIES) {
                 tracing::warn!(trigger = %self.name, id = event.id(), what, error = %error, transient, tries, "cannot publish; handing the message back to its broker");
@@ -317,6 +386,33 @@ impl TriggerRuntime {
             () = shutdown.cancelled() => return Outcome::Released,
         }
         Outcome::Retry(Duration::ZERO)
+    }
+}
+
+/// The attributes of an event on a retry topic.
+const RETRY_ATTEMPTS: &str = "retryattempts";
+const RETRY_AT: &str = "retryat";
+const RETRY_TRIGGER: &str = "retrytrigger";
+
+/// What [`TriggerRuntime::publish`] publishes to a retry topic.
+const RETRY: &str = "retry";
+
+/// An event's retry state, read back from the retry topic (extensions arrive as text through
+/// the bindings that carry them in headers).
+struct Parked {
+    trigger: String,
+    attempts: u32,
+    at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Parked {
+    fn of(event: &Event) -> Option<Self> {
+        let text = |name: &str| event::attribute(event, name);
+        Some(Self {
+            trigger: text(RETRY_TRIGGER)?.into_owned(),
+            attempts: text(RETRY_ATTEMPTS)?.parse().ok()?,
+            at: event::parse_time(&text(RETRY_AT)?).ok()?,
+        })
     }
 }
 

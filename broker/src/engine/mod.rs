@@ -144,6 +144,17 @@ pub(crate) struct TriggerRuntime {
     pub(crate) telemetry: Option<Arc<crate::telemetry::Telemetry>>,
     /// The trigger's batches, when it batches (`delivery.batch`).
     pub(crate) batch: Option<Batcher>,
+    /// The trigger's retry topic, when it keeps its retries there (`delivery.retry_topic`).
+    pub(crate) retry: Option<RetryTopicRuntime>,
+}
+
+/// A trigger's retry topic: where it publishes events to be tried again, and whether this
+/// runtime is the one that consumes them back.
+pub(crate) struct RetryTopicRuntime {
+    pub(crate) sink: Arc<dyn Sink>,
+    pub(crate) topic: String,
+    /// This runtime consumes the retry topic (the trigger fnbroker adds for it).
+    pub(crate) consumer: bool,
 }
 
 /// How one trigger finished with one message.

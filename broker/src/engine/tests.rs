@@ -91,6 +91,7 @@ fn trigger(f: Arc<FunctionRuntime>, retries: u32, dead: Option<Target>) -> Arc<T
         stats: TriggerStats::detached(),
         telemetry: None,
         batch: None,
+        retry: None,
     })
 }
 
@@ -558,6 +559,7 @@ async fn an_outage_holds_events_instead_of_spending_their_retries() {
             stats: TriggerStats::detached(),
             telemetry: None,
             batch: None,
+            retry: None,
         });
         let triggers: Arc<[Arc<TriggerRuntime>]> = Arc::from(vec![Arc::clone(&t)]);
         let mut tasks = Vec::new();
@@ -671,6 +673,7 @@ fn replying_trigger(
         stats: TriggerStats::detached(),
         telemetry: None,
         batch: None,
+        retry: None,
     })
 }
 
@@ -857,6 +860,7 @@ fn batch_trigger(
         stats: TriggerStats::detached(),
         telemetry: None,
         batch: BatchConfig::from_config(&delivery).map(Batcher::new),
+        retry: None,
     })
 }
 
@@ -1063,4 +1067,166 @@ async fn ordered_batches_keep_the_order_inside_and_across_batches() {
         ]
     );
     assert_eq!(b.peak.load(Ordering::SeqCst), 1, "one batch at a time");
+}
+
+/// An invoker that always fails with 500 and records the events it was called with.
+struct Refusing(Arc<Mutex<Vec<(tokio::time::Instant, Event)>>>);
+
+#[async_trait]
+impl Invoker for Refusing {
+    async fn invoke(&self, e: &Event, _: Duration) -> Result<Success, InvokeError> {
+        self.0
+            .lock()
+            .expect("lock")
+            .push((tokio::time::Instant::now(), e.clone()));
+        Err(InvokeError::Status {
+            status: 500,
+            retry_after: None,
+            body: String::new(),
+        })
+    }
+}
+
+/// A trigger (`retries: 2`, 1 s apart) whose retries go to a topic (captured), as the trigger
+/// itself or as the consumer of that topic.
+fn retrying_trigger(
+    f: Arc<FunctionRuntime>,
+    consumer: bool,
+    parked: &Arc<Mutex<Vec<Event>>>,
+    letters: &Arc<Mutex<Vec<Event>>>,
+) -> Arc<TriggerRuntime> {
+    let delivery: Delivery =
+        serde_saphyr::from_str("{ retries: 2, backoff: constant, delay: 1s, max_delay: 10s }")
+            .expect("delivery");
+    Arc::new(TriggerRuntime {
+        name: "t".into(),
+        filter: None,
+        event_type: None,
+        function: f,
+        policy: RetryPolicy::from_config(&delivery),
+        timeout: Duration::from_secs(1),
+        dead_letter: Some(Target::Sink {
+            sink: Arc::new(Capture(Arc::clone(letters))),
+            topic: "dlq".into(),
+        }),
+        reply: None,
+        stats: TriggerStats::detached(),
+        telemetry: None,
+        batch: None,
+        retry: Some(RetryTopicRuntime {
+            sink: Arc::new(Capture(Arc::clone(parked))),
+            topic: "retry".into(),
+            consumer,
+        }),
+    })
+}
+
+/// The message of an event (from the retry topic).
+fn incoming_event(event: Event) -> (Incoming, mpsc::UnboundedReceiver<Settlement>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let ack = AckHandle::new(move |s| {
+        let _ = tx.send(s);
+    });
+    (
+        Incoming {
+            event,
+            origin: Origin::CloudEvent,
+            key: 0,
+            redeliveries: 0,
+            size: 0,
+            ack,
+        },
+        rx,
+    )
+}
+
+/// `retry_topic`: a failed attempt moves the event to the retry topic (its attempts, when the
+/// next is due, whose it is) and acknowledges the source at once; consumed back, it waits
+/// until due, is tried again without those attributes, moved again, and after the last
+/// attempt the policy allows it is dead-lettered. Another trigger's retries are passed over.
+#[tokio::test(start_paused = true)]
+async fn a_retry_topic_holds_the_retry_state_between_attempts() {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let f = function(Refusing(Arc::clone(&calls)));
+    let (parked, letters) = (Arc::default(), Arc::default());
+    let source = retrying_trigger(Arc::clone(&f), false, &parked, &letters);
+    let consumer = retrying_trigger(f, true, &parked, &letters);
+    let start = tokio::time::Instant::now();
+
+    let (msg, mut rx) = incoming("a", 0);
+    process_test(msg, Arc::from(vec![source]), CancellationToken::new()).await;
+    assert!(matches!(
+        rx.recv().await,
+        Some(Settlement::Delivered { .. })
+    ));
+    let copy = parked.lock().expect("lock").pop().expect("moved");
+    assert_eq!(
+        event::attribute(&copy, "retryattempts").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        event::attribute(&copy, "retrytrigger").as_deref(),
+        Some("t")
+    );
+    assert!(event::attribute(&copy, "retryat").is_some());
+    assert_eq!(calls.lock().expect("lock").len(), 1);
+
+    // Another trigger's: passed over, not called.
+    let mut foreign = copy.clone();
+    foreign.set_extension("retrytrigger", "other");
+    let (msg, mut rx) = incoming_event(foreign);
+    process_test(
+        msg,
+        Arc::from(vec![Arc::clone(&consumer)]),
+        CancellationToken::new(),
+    )
+    .await;
+    assert!(matches!(
+        rx.recv().await,
+        Some(Settlement::Delivered { .. })
+    ));
+    assert_eq!(calls.lock().expect("lock").len(), 1);
+
+    // Back from the retry topic: due after the delay, called without the retry attributes,
+    // moved again with two attempts.
+    let (msg, mut rx) = incoming_event(copy);
+    process_test(
+        msg,
+        Arc::from(vec![Arc::clone(&consumer)]),
+        CancellationToken::new(),
+    )
+    .await;
+    assert!(matches!(
+        rx.recv().await,
+        Some(Settlement::Delivered { .. })
+    ));
+    {
+        let calls = calls.lock().expect("lock");
+        let (at, called) = &calls[1];
+        assert!(
+            *at - start >= Duration::from_millis(900),
+            "{:?}",
+            *at - start
+        );
+        assert!(event::attribute(called, "retryattempts").is_none());
+        assert!(event::attribute(called, "retryat").is_none());
+    }
+    let copy = parked.lock().expect("lock").pop().expect("moved again");
+    assert_eq!(
+        event::attribute(&copy, "retryattempts").as_deref(),
+        Some("2")
+    );
+
+    // The third attempt is the last one `retries: 2` allows: dead-lettered.
+    let (msg, mut rx) = incoming_event(copy);
+    process_test(msg, Arc::from(vec![consumer]), CancellationToken::new()).await;
+    assert!(matches!(rx.recv().await, Some(Settlement::Failed { .. })));
+    assert_eq!(calls.lock().expect("lock").len(), 3);
+    assert!(parked.lock().expect("lock").is_empty());
+    let letters = letters.lock().expect("lock");
+    assert_eq!(
+        event::attribute(&letters[0], "dlqattempts").as_deref(),
+        Some("3")
+    );
+    assert!(event::attribute(&letters[0], "retrytrigger").is_none());
 }

@@ -118,6 +118,21 @@ impl ConnectorPlugin for Plugin {
         }
     }
 
+    /// The queue `topic`, declared (durable) when missing.
+    fn retry_source(
+        _trigger: &str,
+        topic: &str,
+    ) -> Result<(Option<String>, fnbroker_core::SourceKeys), String> {
+        Ok((
+            None,
+            [
+                ("queue".to_string(), topic.into()),
+                ("declare".to_string(), serde_json::json!({})),
+            ]
+            .into(),
+        ))
+    }
+
     /// The topic is the queue; the message is taken to have been published with it as routing
     /// key. Headers other than `content-type` go into the header table.
     fn decode_sample(

@@ -88,6 +88,16 @@ pub trait ConnectorPlugin: Send + Sync + 'static {
             .ok_or_else(|| "the source has no topic".to_string())
     }
 
+    /// The source that consumes a trigger's `retry_topic` (`topic`, for the trigger named
+    /// `trigger`): its topic and keys, a durable consumer of its own shared by the replicas.
+    /// Default: an error, the kind keeps no messages to hold retry state in.
+    fn retry_source(_trigger: &str, _topic: &str) -> Result<(Option<String>, SourceKeys), String> {
+        Err(format!(
+            "a {} connector cannot hold retry state (Kafka, NATS with JetStream, AMQP and MQTT can)",
+            Self::KIND
+        ))
+    }
+
     /// Whether a message that arrives on `topic` comes through a trigger's source (`from_topic`
     /// and the kind's keys): its wildcards, or its queue. Default: the topics are equal.
     fn source_takes(_source: &Self::Source, from_topic: Option<&str>, topic: &str) -> bool {
@@ -403,6 +413,12 @@ pub trait ConnectorKind: Send + Sync {
     ) -> Result<Vec<(Event, Origin)>, String>;
     /// [`ConnectorPlugin::source_takes`].
     fn source_takes(&self, source: &Settings, from_topic: Option<&str>, topic: &str) -> bool;
+    /// [`ConnectorPlugin::retry_source`].
+    fn retry_source(
+        &self,
+        trigger: &str,
+        topic: &str,
+    ) -> Result<(Option<String>, SourceKeys), String>;
     /// [`ConnectorPlugin::republish_to`].
     fn republish_to(
         &self,
@@ -540,6 +556,13 @@ impl<P: ConnectorPlugin> ConnectorKind for Kind<P> {
         source
             .get::<P::Source>()
             .is_some_and(|s| P::source_takes(s, from_topic, topic))
+    }
+    fn retry_source(
+        &self,
+        trigger: &str,
+        topic: &str,
+    ) -> Result<(Option<String>, SourceKeys), String> {
+        P::retry_source(trigger, topic)
     }
     fn republish_to(
         &self,

@@ -194,6 +194,17 @@ impl ConnectorPlugin for Plugin {
         Ok(Arc::new(KafkaConnector::new(name, settings.clone())?))
     }
 
+    /// A consumer group of its own, `fnbroker-retry-<trigger>`.
+    fn retry_source(
+        trigger: &str,
+        topic: &str,
+    ) -> Result<(Option<String>, fnbroker_core::SourceKeys), String> {
+        Ok((
+            Some(topic.to_string()),
+            fnbroker_core::contract::group_keys(&format!("fnbroker-retry-{trigger}")),
+        ))
+    }
+
     /// As a record at offset 0 of partition 0.
     fn decode_sample(
         name: &str,

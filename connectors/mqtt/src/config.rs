@@ -129,6 +129,20 @@ impl ConnectorPlugin for Plugin {
         }
     }
 
+    /// The topic, at QoS 1, in the connector's persistent session.
+    fn retry_source(
+        _trigger: &str,
+        topic: &str,
+    ) -> Result<(Option<String>, fnbroker_core::SourceKeys), String> {
+        if topic.contains(['+', '#']) {
+            return Err("a retry topic cannot have wildcards".into());
+        }
+        Ok((
+            Some(topic.to_string()),
+            [("qos".to_string(), 1.into())].into(),
+        ))
+    }
+
     /// With MQTT 3.1.1 (`version: 3`) there are no properties: headers other than nothing are
     /// refused, as the protocol could not carry them.
     fn decode_sample(

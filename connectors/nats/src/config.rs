@@ -122,6 +122,39 @@ impl ConnectorPlugin for Plugin {
         }
     }
 
+    /// A JetStream stream of its own capturing the subject (`FNBROKER_RETRY_<trigger>`, created
+    /// when missing) and a durable consumer `fnbroker-retry-<trigger>`.
+    fn retry_source(
+        trigger: &str,
+        topic: &str,
+    ) -> Result<(Option<String>, fnbroker_core::SourceKeys), String> {
+        let stream: String = trigger
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Ok((
+            Some(topic.to_string()),
+            [
+                (
+                    "stream".to_string(),
+                    format!("FNBROKER_RETRY_{stream}").into(),
+                ),
+                (
+                    "group".to_string(),
+                    format!("fnbroker-retry-{trigger}").into(),
+                ),
+                ("create".to_string(), true.into()),
+            ]
+            .into(),
+        ))
+    }
+
     /// As a core NATS message (a JetStream one would have its stream sequence as `id`).
     fn decode_sample(
         name: &str,

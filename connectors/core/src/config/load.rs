@@ -663,6 +663,22 @@ fn validate(config: &mut Config, registry: &Registry, errors: &mut Errors<'_>) {
             connectors, functions, i, trigger, registry, &findings, errors,
         );
     }
+    let mut retry_topics = HashSet::new();
+    for trigger in &config.triggers {
+        if let Some(retry) = &trigger.delivery.retry_topic
+            && !retry_topics.insert((retry.connector.as_str(), retry.topic.as_str()))
+        {
+            errors.at(
+                &retry.connector,
+                format!(
+                    "trigger `{}`: another trigger keeps its retries in `{}` of `{}` already; each trigger needs a retry topic of its own",
+                    *trigger.name,
+                    retry.topic,
+                    *retry.connector
+                ),
+            );
+        }
+    }
     let admin_url = config.admin.as_ref().and_then(super::Admin::base_url);
     for (i, entry) in config.discover.iter_mut().enumerate() {
         validate_discovery(
@@ -1017,6 +1033,9 @@ fn validate_trigger(
             errors,
         );
     }
+    if let Some(retry) = &d.retry_topic {
+        validate_retry_topic(retry, d, connectors, registry, &tname, errors);
+    }
     for (what, dest) in [
         ("dead_letter", &mut trigger.dead_letter),
         ("reply", &mut trigger.reply),
@@ -1069,6 +1088,62 @@ fn validate_batch(
     }
     if let Some(why) = refused {
         errors.at(at, format!("{owner}: {why}; remove `delivery.batch`"));
+    }
+}
+
+/// `delivery.retry_topic`: a connector that can hold retry state and publish, and a trigger
+/// whose order need not be kept (a retried event is overtaken by the next ones) and that does
+/// not batch.
+fn validate_retry_topic(
+    retry: &super::RetryTopic,
+    delivery: &super::Delivery,
+    connectors: &BTreeMap<String, ConnectorConfig>,
+    registry: &Registry,
+    tname: &str,
+    errors: &mut Errors<'_>,
+) {
+    let owner = format!("trigger `{tname}`");
+    match connectors
+        .get(retry.connector.as_str())
+        .and_then(|c| registry.get(c.kind()))
+    {
+        None => errors.at(
+            &retry.connector,
+            format!(
+                "{owner}: unknown connector `{}` in `retry_topic`",
+                *retry.connector
+            ),
+        ),
+        Some(kind) => {
+            if retry.topic.is_empty() {
+                errors.at(
+                    &retry.connector,
+                    format!("{owner}: `retry_topic` needs a `topic`"),
+                );
+            } else if let Err(why) = kind.retry_source(tname, &retry.topic) {
+                errors.at(&retry.connector, format!("{owner}: `retry_topic`: {why}"));
+            } else if !kind.can_publish() {
+                errors.at(
+                    &retry.connector,
+                    format!(
+                        "{owner}: `retry_topic`: a {} connector cannot publish",
+                        kind.kind()
+                    ),
+                );
+            }
+        }
+    }
+    if delivery.ordered {
+        errors.at(
+            &retry.connector,
+            format!("{owner}: `retry_topic` and `ordered: true` do not go together (a retried event is overtaken by the ones after it)"),
+        );
+    }
+    if delivery.batch.is_some() {
+        errors.at(
+            &retry.connector,
+            format!("{owner}: `retry_topic` and `batch` do not go together yet"),
+        );
     }
 }
 

@@ -507,6 +507,11 @@ pub struct Trigger {
     /// Where the function's reply goes.
     #[serde(default)]
     pub reply: Option<Destination>,
+    /// Set on the trigger fnbroker adds to consume another's `retry_topic` (never read from
+    /// the file).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub retry_consumer: bool,
 }
 
 /// The source of a trigger's events: the connector and topic every trigger has, and the keys
@@ -661,6 +666,23 @@ pub struct Delivery {
     /// HTTP, a JSON array for `exec` and `lambda`). Off when absent.
     #[serde(default)]
     pub batch: Option<Batch>,
+    /// Keep retry state in a topic instead of in memory: after a failed attempt the event is
+    /// moved there (with `retryattempts` and `retryat`) and its source message acknowledged,
+    /// so a restart or a rebalance loses no retry and the source never waits for one.
+    #[serde(default)]
+    pub retry_topic: Option<RetryTopic>,
+}
+
+/// Where a trigger keeps its retries: a topic of a connector that holds messages (Kafka, NATS
+/// with JetStream, AMQP, MQTT). fnbroker publishes each event that is to be tried again there
+/// and consumes it back when it is due.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RetryTopic {
+    /// The connector.
+    pub connector: Loc<String>,
+    /// The topic (Kafka topic, NATS subject, AMQP queue, MQTT topic).
+    pub topic: String,
 }
 
 /// How a trigger collects events into one call of its function. A batch goes when it holds
@@ -712,6 +734,7 @@ impl Default for Delivery {
             ordered: false,
             max_in_flight: default_max_in_flight(),
             batch: None,
+            retry_topic: None,
         }
     }
 }
