@@ -954,7 +954,7 @@ async fn ordered_batches_keep_the_partition_order() {
 
 /// Issue 17, durable retry state: a trigger keeps its retries in a Kafka topic. The function
 /// fails (500) for its first 30 s; meanwhile records keep arriving and fnbroker is killed
-/// (SIGKILL) and started again twice. Each record's first attempt comes soon after it was
+/// (SIGKILL) and started again twice, after 30 and 80 calls. Each record's first attempt comes soon after it was
 /// produced (the source never waits for a retry), and once the function is back every record
 /// is delivered, none dead-lettered: the retry state survived both kills.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1000,8 +1000,9 @@ async fn retry_state_in_a_topic_survives_two_kills() {
         })
     };
     let mut fb = Fnbroker::start(&cfg).await;
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_secs(8)).await;
+    // Killed twice while the function still fails: after 30 and after 80 calls.
+    for calls in [30, 80] {
+        server.wait_count("/f", calls, WAIT).await;
         fb.signal("KILL");
         drop(fb);
         fb = Fnbroker::start(&cfg).await;

@@ -1175,6 +1175,4 @@ async fn lambda_takes_a_batch_as_its_payload_and_names_failed_items() {
     let alone = &accepted[1]["event"];
     assert_eq!(alone["data"]["n"], 2, "the named event, alone: {alone}");
     assert_eq!(alone["id"], batch[2]["id"]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(api.accepted().len(), 2, "nothing else was invoked");
 }

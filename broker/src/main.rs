@@ -232,15 +232,9 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("fnbroker: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match rt.block_on(send(&cfg, *args)) {
                 Ok(id) => {
@@ -258,16 +252,12 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let data = match (&args.data, &args.data_file) {
-                (Some(d), _) => d.clone().into_bytes(),
-                (None, Some(f)) => match std::fs::read(f) {
-                    Ok(bytes) => bytes,
-                    Err(e) => {
-                        eprintln!("fnbroker: cannot read {}: {e}", f.display());
-                        return ExitCode::FAILURE;
-                    }
-                },
-                (None, None) => Vec::new(),
+            let data = match data_of(args.data.as_deref(), args.data_file.as_deref()) {
+                Ok(data) => data,
+                Err(e) => {
+                    eprintln!("fnbroker: {e}");
+                    return ExitCode::FAILURE;
+                }
             };
             let arrival = explain::Arrival {
                 connector: &args.connector,
@@ -294,15 +284,9 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("fnbroker: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             let plan = redrive::Plan {
                 from: args.from,
@@ -394,15 +378,9 @@ fn main() -> ExitCode {
             if let Some(limit) = fnbroker_http::server::raise_fd_limit() {
                 tracing::debug!(limit, "file descriptor limit");
             }
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("fnbroker: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             let reloader = reload::Reloader::new(config, loaded.revision);
             let result = rt.block_on(run(loaded.config, reloader, watch));
@@ -422,6 +400,28 @@ fn main() -> ExitCode {
 }
 
 /// Loads and validates the configuration; on errors prints each one and returns exit code 2.
+/// The multi-threaded runtime of the commands that do IO; on failure, said and the exit code.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("fnbroker: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+/// The data of `--data` (text) or `--data-file` (bytes); none is empty data.
+fn data_of(data: Option<&str>, file: Option<&Path>) -> Result<Vec<u8>, String> {
+    match (data, file) {
+        (Some(d), _) => Ok(d.as_bytes().to_vec()),
+        (None, Some(f)) => {
+            std::fs::read(f).map_err(|e| format!("cannot read {}: {e}", f.display()))
+        }
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
 fn load(path: &Path) -> Result<config::Config, ExitCode> {
     config::load(path, &connectors::REGISTRY).map_err(|errors| {
         for e in &errors.0 {
@@ -573,13 +573,8 @@ async fn send(cfg: &config::Config, args: SendArgs) -> anyhow::Result<String> {
         .connectors
         .get(&args.connector)
         .with_context(|| format!("no connector `{}` in the configuration", args.connector))?;
-    let data = match (&args.data, &args.data_file) {
-        (Some(d), _) => d.clone().into_bytes(),
-        (None, Some(f)) => {
-            std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?
-        }
-        (None, None) => Vec::new(),
-    };
+    let data =
+        data_of(args.data.as_deref(), args.data_file.as_deref()).map_err(anyhow::Error::msg)?;
     let content_type = args.content_type.clone().or_else(|| {
         if data.is_empty() {
             None

@@ -75,11 +75,18 @@ fn function(invoker: impl Invoker + 'static) -> Arc<FunctionRuntime> {
 }
 
 fn trigger(f: Arc<FunctionRuntime>, retries: u32, dead: Option<Target>) -> Arc<TriggerRuntime> {
-    let delivery: Delivery = serde_saphyr::from_str(&format!(
-        "{{ retries: {retries}, backoff: constant, delay: 1s, max_delay: 10s }}"
+    Arc::new(runtime(
+        f,
+        &format!("{{ retries: {retries}, backoff: constant, delay: 1s, max_delay: 10s }}"),
+        dead,
     ))
-    .expect("delivery");
-    Arc::new(TriggerRuntime {
+}
+
+/// The trigger `t` of `f` with the `delivery` written, dead-lettering to `dead`; the tests
+/// set what else they need (a reply, batches, a retry topic) on it.
+fn runtime(f: Arc<FunctionRuntime>, delivery: &str, dead: Option<Target>) -> TriggerRuntime {
+    let delivery: Delivery = serde_saphyr::from_str(delivery).expect("delivery");
+    TriggerRuntime {
         name: "t".into(),
         filter: None,
         event_type: None,
@@ -90,9 +97,9 @@ fn trigger(f: Arc<FunctionRuntime>, retries: u32, dead: Option<Target>) -> Arc<T
         reply: None,
         stats: TriggerStats::detached(),
         telemetry: None,
-        batch: None,
+        batch: BatchConfig::from_config(&delivery).map(Batcher::new),
         retry: None,
-    })
+    }
 }
 
 fn incoming(id: &str, key: u64) -> (Incoming, mpsc::UnboundedReceiver<Settlement>) {
@@ -547,20 +554,8 @@ async fn an_outage_holds_events_instead_of_spending_their_retries() {
             peak: AtomicUsize::new(0),
         });
         let f = function(DownRef(Arc::clone(&down)));
-        let t = Arc::new(TriggerRuntime {
-            name: "t".into(),
-            filter: None,
-            event_type: None,
-            function: f,
-            policy: RetryPolicy::from_config(&Delivery::default()),
-            timeout: Duration::from_secs(1),
-            dead_letter: None,
-            reply: None,
-            stats: TriggerStats::detached(),
-            telemetry: None,
-            batch: None,
-            retry: None,
-        });
+        // The default delivery settings.
+        let t = Arc::new(runtime(f, "{}", None));
         let triggers: Arc<[Arc<TriggerRuntime>]> = Arc::from(vec![Arc::clone(&t)]);
         let mut tasks = Vec::new();
         let mut rxs = Vec::new();
@@ -657,24 +652,16 @@ fn replying_trigger(
             Replying.invoke(e, t).await
         }
     }
-    let base = trigger(function(Counting(calls)), 3, None);
-    Arc::new(TriggerRuntime {
-        name: "t".into(),
-        filter: None,
-        event_type: None,
-        function: Arc::clone(&base.function),
-        policy: base.policy.clone(),
-        timeout: base.timeout,
-        dead_letter: None,
-        reply: Some(Target::Sink {
-            sink,
-            topic: "replies".into(),
-        }),
-        stats: TriggerStats::detached(),
-        telemetry: None,
-        batch: None,
-        retry: None,
-    })
+    let mut t = runtime(
+        function(Counting(calls)),
+        "{ retries: 3, backoff: constant, delay: 1s, max_delay: 10s }",
+        None,
+    );
+    t.reply = Some(Target::Sink {
+        sink,
+        topic: "replies".into(),
+    });
+    Arc::new(t)
 }
 
 /// Finding 5 of issue 12: a reply that cannot be published (no queue behind the routing
@@ -844,24 +831,13 @@ fn batch_trigger(
     max_events: usize,
     dead: Option<Target>,
 ) -> Arc<TriggerRuntime> {
-    let delivery: Delivery = serde_saphyr::from_str(&format!(
-        "{{ retries: {retries}, backoff: constant, delay: 1s, max_delay: 10s, ordered: {ordered}, batch: {{ max_events: {max_events}, max_bytes: 1KiB, max_wait: 100ms }} }}"
+    Arc::new(runtime(
+        f,
+        &format!(
+            "{{ retries: {retries}, backoff: constant, delay: 1s, max_delay: 10s, ordered: {ordered}, batch: {{ max_events: {max_events}, max_bytes: 1KiB, max_wait: 100ms }} }}"
+        ),
+        dead,
     ))
-    .expect("delivery");
-    Arc::new(TriggerRuntime {
-        name: "t".into(),
-        filter: None,
-        event_type: None,
-        function: f,
-        policy: RetryPolicy::from_config(&delivery),
-        timeout: Duration::from_secs(1),
-        dead_letter: dead,
-        reply: None,
-        stats: TriggerStats::detached(),
-        telemetry: None,
-        batch: BatchConfig::from_config(&delivery).map(Batcher::new),
-        retry: None,
-    })
 }
 
 /// Runs `n` messages (ids `0`..`n`, one key) through a pump of `t`: their settlements in order.
@@ -1095,30 +1071,21 @@ fn retrying_trigger(
     parked: &Arc<Mutex<Vec<Event>>>,
     letters: &Arc<Mutex<Vec<Event>>>,
 ) -> Arc<TriggerRuntime> {
-    let delivery: Delivery =
-        serde_saphyr::from_str("{ retries: 2, backoff: constant, delay: 1s, max_delay: 10s }")
-            .expect("delivery");
-    Arc::new(TriggerRuntime {
-        name: "t".into(),
-        filter: None,
-        event_type: None,
-        function: f,
-        policy: RetryPolicy::from_config(&delivery),
-        timeout: Duration::from_secs(1),
-        dead_letter: Some(Target::Sink {
-            sink: Arc::new(Capture(Arc::clone(letters))),
-            topic: "dlq".into(),
-        }),
-        reply: None,
-        stats: TriggerStats::detached(),
-        telemetry: None,
-        batch: None,
-        retry: Some(RetryTopicRuntime {
-            sink: Arc::new(Capture(Arc::clone(parked))),
-            topic: "retry".into(),
-            consumer,
-        }),
-    })
+    let dead = Target::Sink {
+        sink: Arc::new(Capture(Arc::clone(letters))),
+        topic: "dlq".into(),
+    };
+    let mut t = runtime(
+        f,
+        "{ retries: 2, backoff: constant, delay: 1s, max_delay: 10s }",
+        Some(dead),
+    );
+    t.retry = Some(RetryTopicRuntime {
+        sink: Arc::new(Capture(Arc::clone(parked))),
+        topic: "retry".into(),
+        consumer,
+    });
+    Arc::new(t)
 }
 
 /// The message of an event (from the retry topic).

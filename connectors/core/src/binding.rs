@@ -103,6 +103,29 @@ impl<'a> Sample<'a> {
     }
 }
 
+/// Where to republish an event so that it arrives again through a source on `from_topic`
+/// (`fnbroker redrive`): the topic itself, or, where it has `wildcards`, the event's `subject`
+/// when the source `takes` it (a plain message's subject is the concrete topic it came on).
+pub fn concrete_topic(
+    from_topic: Option<&str>,
+    subject: Option<&str>,
+    wildcards: &[char],
+    takes: impl Fn(&str, &str) -> bool,
+) -> Result<(String, crate::SourceKeys), String> {
+    let topic = from_topic.ok_or("the source has no topic")?;
+    if !topic.contains(wildcards) {
+        return Ok((topic.to_string(), crate::SourceKeys::new()));
+    }
+    match subject {
+        Some(subject) if takes(topic, subject) => {
+            Ok((subject.to_string(), crate::SourceKeys::new()))
+        }
+        _ => Err(format!(
+            "`{topic}` has wildcards and the event's subject is no topic it takes"
+        )),
+    }
+}
+
 /// What the HTTP binding percent-encodes in a header value: controls, space, `"`, `%`, and every
 /// byte outside printable ASCII.
 const HTTP_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');

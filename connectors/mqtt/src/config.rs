@@ -174,25 +174,19 @@ impl ConnectorPlugin for Plugin {
         from_topic.is_some_and(|filter| crate::binding::topic_matches(filter, topic))
     }
 
-    /// The topic itself, or, where it has wildcards, the event's subject when the topic takes
-    /// it (a plain message's subject is the topic it came on).
+    /// The topic itself, or the concrete one the event came on (see
+    /// [`fnbroker_core::binding::concrete_topic`]).
     fn republish_to(
         _: &MqttSourceSettings,
         from_topic: Option<&str>,
         subject: Option<&str>,
     ) -> Result<(String, fnbroker_core::SourceKeys), String> {
-        let topic = from_topic.ok_or("the source has no topic")?;
-        if !topic.contains(['+', '#']) {
-            return Ok((topic.to_string(), Default::default()));
-        }
-        match subject {
-            Some(subject) if crate::binding::topic_matches(topic, subject) => {
-                Ok((subject.to_string(), Default::default()))
-            }
-            _ => Err(format!(
-                "`{topic}` has wildcards and the event's subject is no topic it takes"
-            )),
-        }
+        fnbroker_core::binding::concrete_topic(
+            from_topic,
+            subject,
+            &['+', '#'],
+            crate::binding::topic_matches,
+        )
     }
 
     fn build(name: &str, settings: &MqttSettings) -> Result<Arc<dyn Connector>, ConnectorError> {
