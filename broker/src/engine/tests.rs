@@ -890,6 +890,38 @@ async fn batches_close_at_max_events_and_after_max_wait() {
     assert_eq!(t.stats.delivered.get(), 25);
 }
 
+/// A batch cannot hold more events than the trigger may have in flight: it closes at that many
+/// instead of waiting out `max_wait` for events the pump will not take.
+#[tokio::test(start_paused = true)]
+async fn a_batch_closes_at_max_in_flight() {
+    let b = batches(false, Box::new(|_, _| Ok(Vec::new())));
+    let t = Arc::new(runtime(
+        function(BatchesRef(Arc::clone(&b))),
+        "{ max_in_flight: 4, batch: { max_events: 100, max_wait: 10s } }",
+        None,
+    ));
+    let started = tokio::time::Instant::now();
+    let settled = run_batches(t, 8, false).await;
+    assert!(
+        settled
+            .iter()
+            .all(|s| matches!(s, Settlement::Delivered { .. }))
+    );
+    let sizes: Vec<usize> = b
+        .batches
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(Vec::len)
+        .collect();
+    assert_eq!(sizes, [4, 4]);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn max_bytes_closes_a_batch_before_it_is_full() {
     let b = batches(false, Box::new(|_, _| Ok(Vec::new())));
