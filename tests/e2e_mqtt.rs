@@ -689,3 +689,27 @@ async fn redrive_moves_dead_letters_back_exactly_once() {
     )
     .await;
 }
+
+/// Issue 17, durable retry state on MQTT: the retry topic is subscribed at QoS 1 in the
+/// connector's persistent session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_in_a_topic_reach_the_function_once_it_is_back() {
+    let root = format!("rt{}", uid());
+    let cfg = |url: &str| {
+        config(
+            &connector("iot", SHARED_PORT, &root, ""),
+            &http_fn("f", url),
+            &format!(
+                "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/in\" }}, to: f, delivery: {{ retries: 20, backoff: constant, delay: 500ms, retry_topic: {{ connector: iot, topic: {root}/retry }} }} }}\n"
+            ),
+        )
+    };
+    let topic = format!("{root}/in");
+    common::retry_topic_outlives_an_outage(cfg, |n| async move {
+        let messages = (0..n)
+            .map(|i| Msg::plain(&topic, i.to_string().as_bytes()))
+            .collect();
+        mqtt::publish(SHARED_PORT, messages).await;
+    })
+    .await;
+}

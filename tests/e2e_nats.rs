@@ -1054,44 +1054,28 @@ async fn redrive_moves_dead_letters_back_exactly_once() {
 }
 
 /// Issue 17, durable retry state on JetStream: fnbroker creates the retry stream and its
-/// durable consumer; the function fails for its first 3 s and every message is delivered once
-/// it is back.
+/// durable consumer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_in_a_stream_reach_the_function_once_it_is_back() {
     let root = format!("rt{}", uid());
     let stream = format!("S{}", uid());
-    let back_at = std::time::Instant::now() + Duration::from_secs(3);
-    let server = FnServer::with(move |_, _| {
-        if std::time::Instant::now() < back_at {
-            Answer::status(500)
-        } else {
-            Answer::ok()
-        }
-    })
-    .await;
     let trigger = format!("t{}", uid());
-    let _fb = Fnbroker::start(&config(
-        SHARED_URL,
-        ", publish: jetstream",
-        &http_fn("f", &server.url("/f")),
-        &format!("  - {{ name: {trigger}, from: {{ connector: bus, stream: {stream}, topic: \"{root}.in\", group: g, create: true }}, to: f, delivery: {{ retries: 20, backoff: constant, delay: 500ms, retry_topic: {{ connector: bus, topic: {root}.retry }} }} }}\n"),
-    ))
-    .await;
-    let messages = (0..10)
-        .map(|i| (format!("{root}.in"), format!("{i}").into_bytes()))
-        .collect();
-    nats::js_publish(SHARED_URL, messages).await;
-    wait_for("every message delivered", WAIT, || {
-        server.on("/f").iter().filter(|r| r.status == 200).count() >= 10
+    let cfg = |url: &str| {
+        config(
+            SHARED_URL,
+            ", publish: jetstream",
+            &http_fn("f", url),
+            &format!(
+                "  - {{ name: {trigger}, from: {{ connector: bus, stream: {stream}, topic: \"{root}.in\", group: g, create: true }}, to: f, delivery: {{ retries: 20, backoff: constant, delay: 500ms, retry_topic: {{ connector: bus, topic: {root}.retry }} }} }}\n"
+            ),
+        )
+    };
+    let subject = format!("{root}.in");
+    common::retry_topic_outlives_an_outage(cfg, |n| async move {
+        let messages = (0..n)
+            .map(|i| (subject.clone(), i.to_string().into_bytes()))
+            .collect();
+        nats::js_publish(SHARED_URL, messages).await;
     })
     .await;
-    let delivered: HashSet<String> = server
-        .on("/f")
-        .iter()
-        .filter(|r| r.status == 200)
-        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-        .collect();
-    assert_eq!(delivered.len(), 10);
-    let failed = server.on("/f").iter().filter(|r| r.status == 500).count();
-    assert!(failed >= 10, "each failed first, {failed} failures");
 }

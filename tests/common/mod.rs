@@ -812,7 +812,7 @@ pub async fn redrive_round_trip<F, Fut>(
             "not dead-lettered:\n{}",
             fb.logs()
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     fb.signal("TERM");
     fb.wait_exit(Duration::from_secs(30)).await;
@@ -860,4 +860,43 @@ pub async fn redrive_round_trip<F, Fut>(
         assert!(dlq.is_empty(), "dlq attributes left: {dlq:?}");
     }
     drop(fb);
+}
+
+/// Issue 17, durable retry state, on one broker: `cfg(url)` has a trigger with a
+/// `retry_topic` (retries 20, 500 ms apart) to the function at `url`, which fails (500) for its
+/// first 3 s; `publish(n)` sends `n` messages `0..n` to the trigger's source. Each fails first,
+/// goes through the retry topic, and is delivered once the function is back.
+pub async fn retry_topic_outlives_an_outage<F, Fut>(cfg: impl Fn(&str) -> String, publish: F)
+where
+    F: FnOnce(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    const N: usize = 10;
+    let back_at = Instant::now() + Duration::from_secs(3);
+    let server = FnServer::with(move |_, _| {
+        if Instant::now() < back_at {
+            Answer::status(500)
+        } else {
+            Answer::ok()
+        }
+    })
+    .await;
+    let _fb = Fnbroker::start(&cfg(&server.url("/f"))).await;
+    publish(N).await;
+    let delivered = || -> HashSet<String> {
+        server
+            .on("/f")
+            .iter()
+            .filter(|r| r.status == 200)
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .collect()
+    };
+    wait_for("every message delivered", Duration::from_secs(60), || {
+        delivered().len() >= N
+    })
+    .await;
+    let expected: HashSet<String> = (0..N).map(|i| i.to_string()).collect();
+    assert_eq!(delivered(), expected);
+    let failed = server.on("/f").iter().filter(|r| r.status == 500).count();
+    assert!(failed >= N, "each failed first: {failed} failures");
 }
