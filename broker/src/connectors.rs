@@ -143,6 +143,13 @@ triggers:
                 .any(|e| e.contains("each trigger needs a retry topic of its own")),
             "{m:?}"
         );
+        let discovered = GOOD.replace("connectors:\n", &format!("connectors:\n{kafka}"))
+            + "discover:\n  - openfaas: { gateway: \"http://127.0.0.1:8080\", connector: k, delivery: { retry_topic: { connector: k, topic: r } } }\n";
+        let m = messages(&discovered);
+        assert!(
+            m.iter().any(|e| e.contains("not for discovered functions")),
+            "{m:?}"
+        );
     }
 
     #[test]

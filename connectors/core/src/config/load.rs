@@ -1301,6 +1301,12 @@ fn validate_discovery(
             format!("{owner}: `async: true` needs `callback_url`, or an `admin` listener on a specific address: the gateway's queue worker posts each result there"),
         );
     }
+    if d.delivery.retry_topic.is_some() {
+        errors.at(
+            &d.connector,
+            format!("{owner}: `retry_topic` is for triggers written in the file, not for discovered functions (their retries are in memory)"),
+        );
+    }
     if let Some(batch) = &d.delivery.batch {
         let refused = d
             .asynchronous
