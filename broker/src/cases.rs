@@ -444,13 +444,7 @@ triggers:
 "#;
 
     fn run_cases(cases: &str) -> Report {
-        let cfg = fnbroker_core::config::load_str(
-            "x.yaml",
-            CONFIG,
-            |_| None,
-            &crate::connectors::REGISTRY,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let cfg = crate::connectors::test_config(CONFIG);
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("x.test.yaml");
         std::fs::write(&path, cases).unwrap_or_else(|e| panic!("{e}"));
@@ -510,13 +504,7 @@ tests:
 
     #[test]
     fn a_bad_test_file_says_where() {
-        let cfg = fnbroker_core::config::load_str(
-            "x.yaml",
-            CONFIG,
-            |_| None,
-            &crate::connectors::REGISTRY,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let cfg = crate::connectors::test_config(CONFIG);
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("x.test.yaml");
         std::fs::write(&path, "tests:\n  - name: x\n    mesage: {}\n")

@@ -12,6 +12,13 @@ pub(crate) static REGISTRY: Registry = Registry::new(&[
     &Kind::<fnbroker_mqtt::Plugin>::NEW,
 ]);
 
+/// A configuration from text, for the tests of the offline commands; a test fails on errors.
+#[cfg(test)]
+pub(crate) fn test_config(text: &str) -> fnbroker_core::config::Config {
+    fnbroker_core::config::load_str("test.yaml", text, |_| None, &REGISTRY)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::REGISTRY;

@@ -343,8 +343,7 @@ triggers:
 "#;
 
     fn config() -> Config {
-        fnbroker_core::config::load_str("x.yaml", CONFIG, |_| None, &REGISTRY)
-            .unwrap_or_else(|e| panic!("{e}"))
+        crate::connectors::test_config(CONFIG)
     }
 
     fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -812,6 +812,16 @@ impl Invoker for BatchesRef {
     }
 }
 
+/// How many events each batch `b` received held, in order.
+fn batch_sizes(b: &Batches) -> Vec<usize> {
+    b.batches
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(Vec::len)
+        .collect()
+}
+
 fn batches(single_fails: bool, answer: Box<Answer>) -> Arc<Batches> {
     Arc::new(Batches {
         batches: Mutex::default(),
@@ -842,10 +852,24 @@ fn batch_trigger(
 
 /// Runs `n` messages (ids `0`..`n`, one key) through a pump of `t`: their settlements in order.
 async fn run_batches(t: Arc<TriggerRuntime>, n: usize, ordered: bool) -> Vec<Settlement> {
+    run_batches_of(t, n, ordered, None).await
+}
+
+/// [`run_batches`], each event with `size` bytes of data when given.
+async fn run_batches_of(
+    t: Arc<TriggerRuntime>,
+    n: usize,
+    ordered: bool,
+    size: Option<usize>,
+) -> Vec<Settlement> {
     let mut msgs = VecDeque::new();
     let mut rxs = Vec::new();
     for i in 0..n {
-        let (m, rx) = incoming(&i.to_string(), 7);
+        let (mut m, rx) = incoming(&i.to_string(), 7);
+        if let Some(size) = size {
+            m.event
+                .set_data_unchecked(event::Data::Binary(vec![b'x'; size]));
+        }
         msgs.push_back(m);
         rxs.push(rx);
     }
@@ -878,13 +902,7 @@ async fn batches_close_at_max_events_and_after_max_wait() {
             .iter()
             .all(|s| matches!(s, Settlement::Delivered { .. }))
     );
-    let sizes: Vec<usize> = b
-        .batches
-        .lock()
-        .expect("lock")
-        .iter()
-        .map(Vec::len)
-        .collect();
+    let sizes = batch_sizes(&b);
     assert_eq!(sizes, [10, 10, 5], "the last one went after max_wait");
     assert!(b.singles.lock().expect("lock").is_empty());
     assert_eq!(t.stats.delivered.get(), 25);
@@ -907,13 +925,7 @@ async fn a_batch_closes_at_max_in_flight() {
             .iter()
             .all(|s| matches!(s, Settlement::Delivered { .. }))
     );
-    let sizes: Vec<usize> = b
-        .batches
-        .lock()
-        .expect("lock")
-        .iter()
-        .map(Vec::len)
-        .collect();
+    let sizes = batch_sizes(&b);
     assert_eq!(sizes, [4, 4]);
     assert!(
         started.elapsed() < Duration::from_secs(1),
@@ -926,38 +938,8 @@ async fn a_batch_closes_at_max_in_flight() {
 async fn max_bytes_closes_a_batch_before_it_is_full() {
     let b = batches(false, Box::new(|_, _| Ok(Vec::new())));
     let t = batch_trigger(function(BatchesRef(Arc::clone(&b))), 3, false, 10, None);
-    let mut msgs = VecDeque::new();
-    let mut rxs = Vec::new();
-    for i in 0..4 {
-        let (mut m, rx) = incoming(&i.to_string(), 7);
-        m.event
-            .set_data_unchecked(event::Data::Binary(vec![b'x'; 400]));
-        msgs.push_back(m);
-        rxs.push(rx);
-    }
-    let shutdown = CancellationToken::new();
-    let cfg = PumpConfig {
-        name: "s".into(),
-        triggers: Arc::new(super::TriggerSet::new(vec![t])),
-        max_in_flight: 64,
-        ordered: false,
-        shutdown_timeout: Duration::from_secs(30),
-        retire: Arc::default(),
-    };
-    let task = tokio::spawn(pump(Box::new(ListSource(msgs)), cfg, shutdown.clone()));
-    for rx in &mut rxs {
-        rx.recv().await.expect("settled");
-    }
-    shutdown.cancel();
-    task.await.expect("join");
-    let sizes: Vec<usize> = b
-        .batches
-        .lock()
-        .expect("lock")
-        .iter()
-        .map(Vec::len)
-        .collect();
-    assert_eq!(sizes, [2, 2], "400 B events, 1 KiB batches");
+    run_batches_of(t, 4, false, Some(400)).await;
+    assert_eq!(batch_sizes(&b), [2, 2], "400 B events, 1 KiB batches");
 }
 
 /// Unordered: the events a batch answer names are tried again alone, with what is left of the
