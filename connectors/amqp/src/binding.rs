@@ -57,29 +57,20 @@ fn attribute_name(header: &str) -> Option<Cow<'_, str>> {
 
 /// Turns a delivery into an event.
 pub fn decode(connector: &str, msg: &Message<'_>) -> (Event, Origin) {
-    fnbroker_core::binding::decode(&Inbound { connector, msg })
+    fnbroker_core::binding::decode(connector, msg)
 }
 
-struct Inbound<'a, 'm> {
-    connector: &'a str,
-    msg: &'a Message<'m>,
-}
-
-impl fnbroker_core::binding::Inbound for Inbound<'_, '_> {
+impl fnbroker_core::binding::Inbound for Message<'_> {
     fn content_type(&self) -> Option<&str> {
-        self.msg
-            .properties
-            .content_type()
-            .as_ref()
-            .map(|s| s.as_str())
+        self.properties.content_type().as_ref().map(|s| s.as_str())
     }
 
     fn payload(&self) -> &[u8] {
-        self.msg.body
+        self.body
     }
 
     fn attributes(&self) -> Result<Option<Attributes<'_>>, event::InvalidEvent> {
-        let Some(headers) = self.msg.properties.headers().as_ref() else {
+        let Some(headers) = self.properties.headers().as_ref() else {
             return Ok(None);
         };
         let attributes: Attributes<'_> = headers
@@ -90,8 +81,8 @@ impl fnbroker_core::binding::Inbound for Inbound<'_, '_> {
         Ok((!attributes.is_empty()).then_some(attributes))
     }
 
-    fn plain(&self) -> Event {
-        plain(self.connector, self.msg, self.content_type())
+    fn plain(&self, connector: &str) -> Event {
+        plain(connector, self, self.content_type())
     }
 }
 

@@ -73,13 +73,8 @@ impl AmqpConnector {
         if let Some(tls) = &config.tls {
             tls.warn_if_insecure("connector", &name);
         }
-        let dial = Dial::new(&config.url, connection_name, config.tls.as_ref()).map_err(|e| {
-            ConnectorError::Permanent {
-                connector: name.clone(),
-                message: e,
-                source: None,
-            }
-        })?;
+        let dial = Dial::new(&config.url, connection_name, config.tls.as_ref())
+            .map_err(|e| ConnectorError::permanent(&name, e))?;
         Ok(Self {
             backlogs: Arc::default(),
             link: kit::Link::new(&name, "the AMQP server", &config.url),
@@ -143,11 +138,10 @@ impl Connector for AmqpConnector {
 
     async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
         let source: AmqpSourceSettings = sub.settings()?;
-        let queue = source.queue.clone().ok_or_else(|| ConnectorError::Io {
-            connector: self.name.clone(),
-            message: "an amqp trigger needs a `queue`".into(),
-            source: None,
-        })?;
+        let queue = source
+            .queue
+            .clone()
+            .ok_or_else(|| ConnectorError::io(&self.name, "an amqp trigger needs a `queue`"))?;
         let prefetch = u16::try_from(sub.max_in_flight).unwrap_or(u16::MAX);
         let spec = ConsumerSpec {
             backlogs: Arc::clone(&self.backlogs),
@@ -163,11 +157,10 @@ impl Connector for AmqpConnector {
         // missing queue on a server that answers is a configuration error, at start.
         let first = match self.dial.connect().await {
             Ok(conn) => {
-                let consumer = spec.open(&conn).await.map_err(|e| ConnectorError::Io {
-                    connector: self.name.clone(),
-                    message: e,
-                    source: None,
-                })?;
+                let consumer = spec
+                    .open(&conn)
+                    .await
+                    .map_err(|e| ConnectorError::io(&self.name, e))?;
                 Some((conn, consumer))
             }
             Err(e) => {
@@ -198,15 +191,9 @@ impl Connector for AmqpConnector {
     }
 
     async fn sink(&self, destination: &Destination) -> Result<Arc<dyn Sink>, ConnectorError> {
-        let keys: AmqpDestinationSettings =
-            destination
-                .keys
-                .get()
-                .map_err(|message| ConnectorError::Permanent {
-                    connector: self.name.clone(),
-                    message: format!("invalid destination: {message}"),
-                    source: None,
-                })?;
+        let keys: AmqpDestinationSettings = destination.keys.get().map_err(|message| {
+            ConnectorError::permanent(&self.name, format!("invalid destination: {message}"))
+        })?;
         let exchange = keys
             .exchange
             .or_else(|| self.config.exchange.clone())
@@ -631,11 +618,7 @@ impl Sink for AmqpSink {
     /// On the default exchange, a queue named `topic` must exist; on another, the exchange
     /// (its bindings cannot be asked for over AMQP 0-9-1: an unroutable publish says it later).
     async fn check(&self, topic: &str) -> Result<(), ConnectorError> {
-        let permanent = |message: String| ConnectorError::Permanent {
-            connector: self.connector.clone(),
-            message,
-            source: None,
-        };
+        let permanent = |message: String| ConnectorError::permanent(&self.connector, message);
         // A passive declare that fails closes its channel: use one of its own.
         let conn = self.dial.connect().await.map_err(|e| {
             ConnectorError::io(&self.connector, format!("cannot connect: {e}")).caused_by(e)
@@ -643,11 +626,7 @@ impl Sink for AmqpSink {
         let channel = conn
             .create_channel()
             .await
-            .map_err(|e| ConnectorError::Io {
-                connector: self.connector.clone(),
-                message: e.to_string(),
-                source: None,
-            })?;
+            .map_err(|e| ConnectorError::io(&self.connector, e.to_string()))?;
         let result = if self.exchange.is_empty() {
             channel
                 .queue_declare(
@@ -684,13 +663,14 @@ impl Sink for AmqpSink {
     }
 
     async fn publish(&self, topic: &str, event: &Event) -> Result<(), ConnectorError> {
-        let err = |message: String| ConnectorError::Io {
-            connector: self.connector.clone(),
-            message: format!(
-                "cannot publish to exchange `{}` with routing key `{topic}`: {message}",
-                self.exchange
-            ),
-            source: None,
+        let err = |message: String| {
+            ConnectorError::io(
+                &self.connector,
+                format!(
+                    "cannot publish to exchange `{}` with routing key `{topic}`: {message}",
+                    self.exchange
+                ),
+            )
         };
         let channel = self.channel().await.map_err(err)?;
         let (body, props) = binding::encode(event, &self.prefix);
@@ -711,14 +691,13 @@ impl Sink for AmqpSink {
             .map_err(|e| err(e.to_string()))?;
         match confirm {
             lapin::Confirmation::Ack(None) => Ok(()),
-            lapin::Confirmation::Ack(Some(_)) => Err(ConnectorError::Permanent {
-                connector: self.connector.clone(),
-                message: format!(
+            lapin::Confirmation::Ack(Some(_)) => Err(ConnectorError::permanent(
+                &self.connector,
+                format!(
                     "cannot publish to exchange `{}` with routing key `{topic}`: unroutable, no queue is bound for it",
                     self.exchange
                 ),
-                source: None,
-            }),
+            )),
             lapin::Confirmation::Nack(_) => Err(err("the broker refused it (nack)".into())),
             lapin::Confirmation::NotRequested => Ok(()),
         }

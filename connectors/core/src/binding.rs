@@ -32,8 +32,9 @@ pub trait Inbound {
         false
     }
 
-    /// The message as a plain (not CloudEvents) one, normalized with the protocol's metadata.
-    fn plain(&self) -> Event;
+    /// The message as a plain (not CloudEvents) one, normalized with the protocol's metadata;
+    /// `connector` names the connector it came through.
+    fn plain(&self, connector: &str) -> Event;
 }
 
 /// The one decoding of every broker binding: structured mode when the content type says so (or
@@ -41,8 +42,8 @@ pub trait Inbound {
 /// attribute headers, else a plain message. A message that claims to be a CloudEvent and is
 /// not a valid one comes back as the plain message with [`Origin::Invalid`] and the reason, so
 /// it is dead-lettered with its bytes rather than lost. The batch content type is defined for
-/// HTTP only: on a broker it is invalid.
-pub fn decode(message: &impl Inbound) -> (Event, Origin) {
+/// HTTP only: on a broker it is invalid. `connector` names the connector in plain events.
+pub fn decode(connector: &str, message: &impl Inbound) -> (Event, Origin) {
     let content_type = message.content_type();
     let result = if content_type.is_some_and(event::is_structured_content_type)
         || (content_type.is_none() && message.looks_structured())
@@ -65,8 +66,8 @@ pub fn decode(message: &impl Inbound) -> (Event, Origin) {
     };
     match result {
         Some(Ok(e)) => (e, Origin::CloudEvent),
-        Some(Err(err)) => (message.plain(), Origin::Invalid(err.0)),
-        None => (message.plain(), Origin::Plain),
+        Some(Err(err)) => (message.plain(connector), Origin::Invalid(err.0)),
+        None => (message.plain(connector), Origin::Plain),
     }
 }
 
@@ -192,7 +193,7 @@ mod tests {
         fn looks_structured(&self) -> bool {
             self.structured_look
         }
-        fn plain(&self) -> Event {
+        fn plain(&self, _connector: &str) -> Event {
             event::normalize(
                 event::PlainMessage {
                     kind: "fake",
@@ -216,14 +217,12 @@ mod tests {
             payload,
             structured_look,
         };
-        let (e, o) = decode(&msg(
-            Some("application/cloudevents+json"),
-            None,
-            EVENT,
-            false,
-        ));
+        let (e, o) = decode(
+            "c",
+            &msg(Some("application/cloudevents+json"), None, EVENT, false),
+        );
         assert_eq!((e.id(), o), ("1", Origin::CloudEvent));
-        let (e, o) = decode(&msg(None, None, EVENT, true));
+        let (e, o) = decode("c", &msg(None, None, EVENT, true));
         assert_eq!((e.id(), o), ("1", Origin::CloudEvent));
         let binary = Some(vec![
             ("specversion", "1.0"),
@@ -231,24 +230,25 @@ mod tests {
             ("source", "/s"),
             ("type", "t"),
         ]);
-        let (e, o) = decode(&msg(Some("text/plain"), binary, b"hi", false));
+        let (e, o) = decode("c", &msg(Some("text/plain"), binary, b"hi", false));
         assert_eq!((e.id(), o), ("b", Origin::CloudEvent));
-        let (e, o) = decode(&msg(None, None, b"hi", false));
+        let (e, o) = decode("c", &msg(None, None, b"hi", false));
         assert_eq!((e.ty(), o), ("fnbroker.fake.message", Origin::Plain));
         // Claims to be a CloudEvent and is not: the plain message, with the reason.
-        let (_, o) = decode(&msg(
-            Some("application/cloudevents+json"),
-            None,
-            b"{}",
-            false,
-        ));
+        let (_, o) = decode(
+            "c",
+            &msg(Some("application/cloudevents+json"), None, b"{}", false),
+        );
         assert!(matches!(o, Origin::Invalid(_)), "{o:?}");
-        let (_, o) = decode(&msg(
-            Some("application/cloudevents-batch+json"),
-            None,
-            b"[]",
-            false,
-        ));
+        let (_, o) = decode(
+            "c",
+            &msg(
+                Some("application/cloudevents-batch+json"),
+                None,
+                b"[]",
+                false,
+            ),
+        );
         assert!(
             matches!(&o, Origin::Invalid(r) if r.contains("HTTP only")),
             "{o:?}"

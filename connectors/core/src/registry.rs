@@ -20,7 +20,7 @@ use std::sync::Arc;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
-use crate::binding::Sample;
+use crate::binding::{Sample, concrete_topic};
 use crate::config::{ConfDuration, values};
 use crate::contract::{Connector, ConnectorError, Origin, SourceKeys};
 use crate::event::Event;
@@ -74,18 +74,26 @@ pub trait ConnectorPlugin: Send + Sync + 'static {
         sample: &Sample<'_>,
     ) -> Result<Vec<(Event, Origin)>, String>;
 
+    /// The wildcard characters a source's topic may hold (`+` and `#` for MQTT, `*` and `>`
+    /// for NATS). Default: none.
+    const WILDCARDS: &'static [char] = &[];
+
+    /// Whether a source topic (with the kind's [`WILDCARDS`](Self::WILDCARDS)) takes `topic`.
+    /// Default: they are equal.
+    fn topic_matches(filter: &str, topic: &str) -> bool {
+        filter == topic
+    }
+
     /// Where to publish an event so that it arrives again through a trigger's source
     /// (`fnbroker redrive`): the topic, and the destination keys. `subject` is the event's,
     /// which names the concrete topic where the source has wildcards. Default: the source's
-    /// `topic`.
+    /// `topic`, or the concrete one the event came on (see [`concrete_topic`]).
     fn republish_to(
         _source: &Self::Source,
         from_topic: Option<&str>,
-        _subject: Option<&str>,
+        subject: Option<&str>,
     ) -> Result<(String, SourceKeys), String> {
-        from_topic
-            .map(|t| (t.to_string(), SourceKeys::new()))
-            .ok_or_else(|| "the source has no topic".to_string())
+        concrete_topic(from_topic, subject, Self::WILDCARDS, Self::topic_matches)
     }
 
     /// The source that consumes a trigger's `retry_topic` (`topic`, for the trigger named
@@ -99,9 +107,9 @@ pub trait ConnectorPlugin: Send + Sync + 'static {
     }
 
     /// Whether a message that arrives on `topic` comes through a trigger's source (`from_topic`
-    /// and the kind's keys): its wildcards, or its queue. Default: the topics are equal.
+    /// and the kind's keys): its wildcards, or its queue. Default: [`topic_matches`](Self::topic_matches).
     fn source_takes(_source: &Self::Source, from_topic: Option<&str>, topic: &str) -> bool {
-        from_topic == Some(topic)
+        from_topic.is_some_and(|filter| Self::topic_matches(filter, topic))
     }
 }
 

@@ -182,14 +182,12 @@ impl ConnectorPlugin for Plugin {
     }
 
     fn build(name: &str, settings: &HttpSettings) -> Result<Arc<dyn Connector>, ConnectorError> {
-        let listen = settings
-            .listen
-            .parse()
-            .map_err(|e| ConnectorError::Permanent {
-                connector: name.to_string(),
-                message: format!("invalid listen address `{}`: {e}", settings.listen),
-                source: None,
-            })?;
+        let listen = settings.listen.parse().map_err(|e| {
+            ConnectorError::permanent(
+                name,
+                format!("invalid listen address `{}`: {e}", settings.listen),
+            )
+        })?;
         let max_body = usize::try_from(settings.max_body.get()).unwrap_or(usize::MAX);
         Ok(Arc::new(
             HttpIngress::new(name, listen, max_body)

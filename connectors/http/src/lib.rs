@@ -129,11 +129,7 @@ impl HttpIngress {
     }
 
     fn io_error(&self, message: String) -> ConnectorError {
-        ConnectorError::Io {
-            connector: self.name.clone(),
-            message,
-            source: None,
-        }
+        ConnectorError::io(&self.name, message)
     }
 }
 

@@ -47,7 +47,7 @@ fn header<'a>(record: &Record<'a>, name: &str) -> Option<&'a [u8]> {
 
 /// Turns a record into an event. `connector` names the connector in normalized sources.
 pub fn decode(connector: &str, record: &Record<'_>) -> (Event, Origin) {
-    let (mut e, origin) = fnbroker_core::binding::decode(&Inbound { connector, record });
+    let (mut e, origin) = fnbroker_core::binding::decode(connector, record);
     if origin == Origin::CloudEvent
         && e.extension("partitionkey").is_none()
         && let Some(key) = record.key
@@ -57,23 +57,18 @@ pub fn decode(connector: &str, record: &Record<'_>) -> (Event, Origin) {
     (e, origin)
 }
 
-struct Inbound<'a, 'r> {
-    connector: &'a str,
-    record: &'a Record<'r>,
-}
-
-impl fnbroker_core::binding::Inbound for Inbound<'_, '_> {
+impl fnbroker_core::binding::Inbound for Record<'_> {
     fn content_type(&self) -> Option<&str> {
-        header(self.record, "content-type").and_then(|v| std::str::from_utf8(v).ok())
+        header(self, "content-type").and_then(|v| std::str::from_utf8(v).ok())
     }
 
     fn payload(&self) -> &[u8] {
-        self.record.payload.unwrap_or_default()
+        self.payload.unwrap_or_default()
     }
 
     fn attributes(&self) -> Result<Option<Attributes<'_>>, event::InvalidEvent> {
         let mut attributes = Vec::new();
-        for (name, value) in &self.record.headers {
+        for (name, value) in &self.headers {
             let Some(attr) = fnbroker_core::binding::strip_prefix_ci(name, PREFIX) else {
                 continue;
             };
@@ -84,13 +79,8 @@ impl fnbroker_core::binding::Inbound for Inbound<'_, '_> {
         Ok((!attributes.is_empty()).then_some(attributes))
     }
 
-    fn plain(&self) -> Event {
-        plain(
-            self.connector,
-            self.record,
-            self.content_type(),
-            self.payload(),
-        )
+    fn plain(&self, connector: &str) -> Event {
+        plain(connector, self, self.content_type(), self.payload())
     }
 }
 

@@ -65,15 +65,10 @@ impl KafkaConnector {
             tls.warn_if_insecure("connector", &name);
         }
         let oauth = match &config.sasl {
-            Some(sasl) if sasl.mechanism == SaslMechanism::OAuthBearer => {
-                Some(oauth::TokenSource::new(&name, sasl).map_err(|message| {
-                    ConnectorError::Permanent {
-                        connector: name.clone(),
-                        message,
-                        source: None,
-                    }
-                })?)
-            }
+            Some(sasl) if sasl.mechanism == SaslMechanism::OAuthBearer => Some(
+                oauth::TokenSource::new(&name, sasl)
+                    .map_err(|message| ConnectorError::permanent(&name, message))?,
+            ),
             _ => None,
         };
         Ok(Self {
@@ -93,11 +88,7 @@ impl KafkaConnector {
     }
 
     fn error(&self, message: impl Into<String>) -> ConnectorError {
-        ConnectorError::Io {
-            connector: self.name.clone(),
-            message: message.into(),
-            source: None,
-        }
+        ConnectorError::io(&self.name, message)
     }
 
     /// fnbroker's defaults, then the user's `options`, which win.

@@ -29,27 +29,22 @@ pub struct Message<'a> {
 
 /// Turns a message into an event.
 pub fn decode(connector: &str, msg: &Message<'_>) -> (Event, Origin) {
-    fnbroker_core::binding::decode(&Inbound { connector, msg })
+    fnbroker_core::binding::decode(connector, msg)
 }
 
-struct Inbound<'a, 'm> {
-    connector: &'a str,
-    msg: &'a Message<'m>,
-}
-
-impl fnbroker_core::binding::Inbound for Inbound<'_, '_> {
+impl fnbroker_core::binding::Inbound for Message<'_> {
     fn content_type(&self) -> Option<&str> {
-        self.msg.content_type
+        self.content_type
     }
 
     fn payload(&self) -> &[u8] {
-        self.msg.payload
+        self.payload
     }
 
     /// MQTT 5 user properties, when `specversion` is one of them.
     fn attributes(&self) -> Result<Option<Attributes<'_>>, event::InvalidEvent> {
-        let props = &self.msg.user_properties;
-        if !self.msg.v5 || !props.iter().any(|(k, _)| k == "specversion") {
+        let props = &self.user_properties;
+        if !self.v5 || !props.iter().any(|(k, _)| k == "specversion") {
             return Ok(None);
         }
         // User properties that cannot be attribute names (`Device-ID`) are the application's own.
@@ -64,11 +59,11 @@ impl fnbroker_core::binding::Inbound for Inbound<'_, '_> {
 
     /// MQTT 3.1.1 has no properties: a JSON object naming `specversion` is a structured event.
     fn looks_structured(&self) -> bool {
-        !self.msg.v5 && looks_structured(self.msg.payload)
+        !self.v5 && looks_structured(self.payload)
     }
 
-    fn plain(&self) -> Event {
-        plain(self.connector, self.msg)
+    fn plain(&self, connector: &str) -> Event {
+        plain(connector, self)
     }
 }
 

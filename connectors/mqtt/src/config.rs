@@ -170,23 +170,10 @@ impl ConnectorPlugin for Plugin {
         Ok(vec![crate::binding::decode(name, &message)])
     }
 
-    fn source_takes(_: &MqttSourceSettings, from_topic: Option<&str>, topic: &str) -> bool {
-        from_topic.is_some_and(|filter| crate::binding::topic_matches(filter, topic))
-    }
+    const WILDCARDS: &'static [char] = &['+', '#'];
 
-    /// The topic itself, or the concrete one the event came on (see
-    /// [`fnbroker_core::binding::concrete_topic`]).
-    fn republish_to(
-        _: &MqttSourceSettings,
-        from_topic: Option<&str>,
-        subject: Option<&str>,
-    ) -> Result<(String, fnbroker_core::SourceKeys), String> {
-        fnbroker_core::binding::concrete_topic(
-            from_topic,
-            subject,
-            &['+', '#'],
-            crate::binding::topic_matches,
-        )
+    fn topic_matches(filter: &str, topic: &str) -> bool {
+        crate::binding::topic_matches(filter, topic)
     }
 
     fn build(name: &str, settings: &MqttSettings) -> Result<Arc<dyn Connector>, ConnectorError> {

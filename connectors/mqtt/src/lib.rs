@@ -73,11 +73,7 @@ pub struct MqttConnector {
 impl MqttConnector {
     /// A connector named `name`; it connects in `start` (after every subscription is known).
     pub fn new(name: &str, cfg: &MqttSettings) -> Result<Self, ConnectorError> {
-        let err = |message: String| ConnectorError::Io {
-            connector: name.to_string(),
-            message,
-            source: None,
-        };
+        let err = |message: String| ConnectorError::io(name, message);
         let url = url::Url::parse(&cfg.url).map_err(|e| err(format!("invalid URL: {e}")))?;
         let host = url
             .host_str()
@@ -138,11 +134,9 @@ impl MqttConnector {
 
 impl MqttConnector {
     fn lock_subs(&self) -> Result<std::sync::MutexGuard<'_, Vec<Sub>>, ConnectorError> {
-        self.subs.lock().map_err(|_| ConnectorError::Io {
-            connector: self.name.clone(),
-            message: "subscription table poisoned".into(),
-            source: None,
-        })
+        self.subs
+            .lock()
+            .map_err(|_| ConnectorError::io(&self.name, "subscription table poisoned"))
     }
 
     /// Connects and consumes `subs` (and what comes later through `control`).
@@ -476,10 +470,11 @@ async fn publisher(
 #[async_trait]
 impl Sink for MqttSink {
     async fn publish(&self, topic: &str, event: &Event) -> Result<(), ConnectorError> {
-        let err = |message: String| ConnectorError::Io {
-            connector: self.connector.clone(),
-            message: format!("cannot publish to `{topic}`: {message}"),
-            source: None,
+        let err = |message: String| {
+            ConnectorError::io(
+                &self.connector,
+                format!("cannot publish to `{topic}`: {message}"),
+            )
         };
         let (payload, content_type, props) = if self.v5 {
             binding::encode_binary(event)

@@ -37,25 +37,20 @@ fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
 
 /// Turns a message into an event.
 pub fn decode(connector: &str, msg: &Message<'_>) -> (Event, Origin) {
-    fnbroker_core::binding::decode(&Inbound { connector, msg })
+    fnbroker_core::binding::decode(connector, msg)
 }
 
-struct Inbound<'a, 'm> {
-    connector: &'a str,
-    msg: &'a Message<'m>,
-}
-
-impl fnbroker_core::binding::Inbound for Inbound<'_, '_> {
+impl fnbroker_core::binding::Inbound for Message<'_> {
     fn content_type(&self) -> Option<&str> {
-        header(self.msg.headers, "content-type")
+        header(self.headers, "content-type")
     }
 
     fn payload(&self) -> &[u8] {
-        self.msg.payload
+        self.payload
     }
 
     fn attributes(&self) -> Result<Option<Attributes<'_>>, event::InvalidEvent> {
-        let Some(headers) = self.msg.headers else {
+        let Some(headers) = self.headers else {
             return Ok(None);
         };
         let attributes: Attributes<'_> = headers
@@ -68,8 +63,8 @@ impl fnbroker_core::binding::Inbound for Inbound<'_, '_> {
         Ok((!attributes.is_empty()).then_some(attributes))
     }
 
-    fn plain(&self) -> Event {
-        plain(self.connector, self.msg, self.content_type())
+    fn plain(&self, connector: &str) -> Event {
+        plain(connector, self, self.content_type())
     }
 }
 

@@ -111,11 +111,7 @@ impl NatsConnector {
     }
 
     fn error(&self, message: impl Into<String>) -> ConnectorError {
-        ConnectorError::Io {
-            connector: self.name.clone(),
-            message: message.into(),
-            source: None,
-        }
+        ConnectorError::io(&self.name, message)
     }
 
     async fn client(&self) -> Result<Client, ConnectorError> {
@@ -661,21 +657,21 @@ impl Sink for NatsSink {
     }
 
     async fn publish(&self, topic: &str, event: &Event) -> Result<(), ConnectorError> {
-        let err = |message: String| ConnectorError::Io {
-            connector: self.connector.clone(),
-            message: format!("cannot publish to `{topic}`: {message}"),
-            source: None,
+        let err = |message: String| {
+            ConnectorError::io(
+                &self.connector,
+                format!("cannot publish to `{topic}`: {message}"),
+            )
         };
         let (headers, payload) = binding::encode(event);
         let classify = |e: async_nats::jetstream::context::PublishError| {
             if e.kind() == async_nats::jetstream::context::PublishErrorKind::StreamNotFound {
-                ConnectorError::Permanent {
-                    connector: self.connector.clone(),
-                    message: format!(
+                ConnectorError::permanent(
+                    &self.connector,
+                    format!(
                         "cannot publish to `{topic}`: no JetStream stream captures this subject"
                     ),
-                    source: None,
-                }
+                )
             } else {
                 err(e.to_string())
             }
