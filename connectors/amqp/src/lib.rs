@@ -478,15 +478,31 @@ async fn consume(
         tracing::info!(connector = %spec.connector, queue = %spec.queue, "amqp consumer started");
         spec.link.connected();
         // The queue's depth, every few seconds, on a channel of its own.
-        let watcher = match conn.create_channel().await {
-            Ok(channel) => Some(tokio::spawn(watch_queue(
-                channel,
+        // (A passive declare: the messages ready, not those unacknowledged.)
+        let watching = stop.child_token();
+        if let Ok(channel) = conn.create_channel().await {
+            let (queue, backlogs, taken) = (
                 spec.queue.clone(),
                 Arc::clone(&spec.backlogs),
                 Arc::clone(&taken),
-            ))),
-            Err(_) => None,
-        };
+            );
+            let watching = watching.clone();
+            tokio::spawn(async move {
+                backlogs
+                    .watch(&queue, &watching, || async {
+                        let passive = QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        };
+                        let q = channel
+                            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                            .await
+                            .ok()?;
+                        Some((u64::from(q.message_count()), taken.load(Ordering::Relaxed)))
+                    })
+                    .await;
+            });
+        }
         current = Some(conn);
         let stopping = loop {
             let next = tokio::select! {
@@ -530,58 +546,18 @@ async fn consume(
             }
         };
         consuming.fetch_sub(1, Ordering::AcqRel);
-        if let Some(w) = watcher {
-            w.abort();
-        }
+        watching.cancel();
         if stopping {
             break;
         }
         current = None;
     }
-    spec.backlogs.remove(&spec.queue, None);
     // Stopping: every handle the engine held was settled or dropped before the source was
     // closed; send their acknowledgements, then close the connection.
     drop(acker);
     acks.finish().await;
     if let Some(conn) = current {
         let _ = conn.close(200, "fnbroker stopping".into()).await;
-    }
-}
-
-/// How often a consumed queue's depth is read.
-const BACKLOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Reads `queue`'s depth (a passive declare: the messages ready, not those unacknowledged) every
-/// [`BACKLOG_EVERY`], until aborted with its consumer's connection.
-async fn watch_queue(
-    channel: Channel,
-    queue: String,
-    backlogs: Arc<fnbroker_core::backlog::Backlogs>,
-    taken: Arc<std::sync::atomic::AtomicU64>,
-) {
-    let mut tick = tokio::time::interval(BACKLOG_EVERY);
-    loop {
-        tick.tick().await;
-        let declared = channel
-            .queue_declare(
-                queue.clone().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        match declared {
-            Ok(q) => backlogs.update(
-                &queue,
-                None,
-                u64::from(q.message_count()),
-                taken.load(Ordering::Relaxed),
-            ),
-            // The channel is closed with its connection; the consume loop reconnects.
-            Err(_) => return,
-        }
     }
 }
 

@@ -4,8 +4,14 @@
 //! consumer's info, AMQP from the queue's depth); `/metrics` and `/readyz` read them.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+/// How often [`Backlogs::watch`] reads a backlog from its broker.
+pub const WATCH_EVERY: Duration = Duration::from_secs(5);
 
 /// One subscription (a Kafka partition, a JetStream consumer, an AMQP queue).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +90,30 @@ impl Backlogs {
         if let Ok(mut entries) = self.entries.lock() {
             entries.remove(&(source.to_string(), partition));
         }
+    }
+
+    /// Reads the backlog of `source` with `read` every [`WATCH_EVERY`] until `stop` fires, then
+    /// forgets it. `read` gives what [`Backlogs::update`] takes (the messages waiting, and a
+    /// count that grows as messages are taken), or `None` when the broker cannot say this time.
+    pub async fn watch<F, Fut>(&self, source: &str, stop: &CancellationToken, mut read: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<(u64, u64)>>,
+    {
+        let mut tick = tokio::time::interval(WATCH_EVERY);
+        loop {
+            let reading = tokio::select! {
+                () = stop.cancelled() => break,
+                reading = async {
+                    tick.tick().await;
+                    read().await
+                } => reading,
+            };
+            if let Some((messages, taken)) = reading {
+                self.update(source, None, messages, taken);
+            }
+        }
+        self.remove(source, None);
     }
 
     /// Every entry now.

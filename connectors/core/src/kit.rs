@@ -121,6 +121,39 @@ pub fn source_buffer(max_in_flight: usize) -> usize {
     max_in_flight.clamp(1, MAX_SOURCE_BUFFER)
 }
 
+/// A name for this replica's consumer on a broker, `fnbroker-<connector>-<hostname>`
+/// (`HOSTNAME`, a Kubernetes pod's name, else the kernel's host name): stable across restarts,
+/// so the broker keeps what it holds for it (an MQTT session, a Redis consumer's pending
+/// entries), and different on every replica, so replicas sharing one configuration do not
+/// knock each other off the broker or take each other's messages. Characters outside
+/// `[A-Za-z0-9_-]` become `-`.
+pub fn replica_name(connector: &str) -> String {
+    replica_name_on(connector, &hostname())
+}
+
+fn replica_name_on(connector: &str, hostname: &str) -> String {
+    format!("fnbroker-{connector}-{hostname}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// This replica's host name: `HOSTNAME` (a Kubernetes pod's name), else the kernel's.
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
 /// Applies settlements to one broker. Implemented by each connector for its acknowledgement
 /// token (a lapin `Acker`, a JetStream message, an MQTT packet id).
 #[async_trait]
@@ -548,6 +581,14 @@ mod tests {
         let mut v = log.lock().expect("lock").clone();
         v.sort();
         v
+    }
+
+    #[test]
+    fn the_replica_name_names_the_connector_and_the_host() {
+        assert_eq!(
+            replica_name_on("iot", "pod-7f9c.example"),
+            "fnbroker-iot-pod-7f9c-example"
+        );
     }
 
     #[test]

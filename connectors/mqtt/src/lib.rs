@@ -96,7 +96,7 @@ impl MqttConnector {
             client_id: cfg
                 .client_id
                 .clone()
-                .unwrap_or_else(|| default_client_id(name, &hostname())),
+                .unwrap_or_else(|| fnbroker_core::kit::replica_name(name)),
             host,
             port: url
                 .port()
@@ -157,33 +157,6 @@ impl MqttConnector {
             control,
         ))
     }
-}
-
-/// The default client id, `fnbroker-<connector>-<hostname>`: stable across restarts (so the
-/// broker keeps the session and what it queued) and different on every replica (two replicas
-/// with one id would knock each other off the broker). Characters outside `[A-Za-z0-9_-]` become
-/// `-`.
-fn default_client_id(connector: &str, hostname: &str) -> String {
-    format!("fnbroker-{connector}-{hostname}")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
-}
-
-/// This replica's host name: `HOSTNAME` (a Kubernetes pod's name), else the kernel's.
-fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
 }
 
 #[async_trait]
@@ -504,18 +477,5 @@ impl Sink for MqttSink {
             Ok(Err(_)) => Err(err("the publisher stopped".into())),
             Err(_) => Err(err("no acknowledgement within 30s".into())),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_default_client_id_names_the_connector_and_the_host() {
-        assert_eq!(
-            default_client_id("iot", "pod-7f9c.example"),
-            "fnbroker-iot-pod-7f9c-example"
-        );
     }
 }

@@ -307,10 +307,10 @@ impl Connector for NatsConnector {
                 // the server never redelivers a message that is still being worked on, however
                 // long its retries take.
                 let lease = ack_wait / 3;
-                let watch = Watch {
-                    key: format!("{stream_name}/{durable}"),
-                    backlogs: Arc::clone(&self.backlogs),
-                };
+                let watch = (
+                    format!("{stream_name}/{durable}"),
+                    Arc::clone(&self.backlogs),
+                );
                 let stopping = CancellationToken::new();
                 let settler = JetStreamSettler {
                     connector: self.name.clone(),
@@ -445,43 +445,6 @@ async fn core_loop(
     let _ = subscriber.unsubscribe().await;
 }
 
-/// Where a JetStream consumer's pending count goes.
-struct Watch {
-    /// `stream/consumer`.
-    key: String,
-    backlogs: Arc<fnbroker_core::backlog::Backlogs>,
-}
-
-/// How often a consumer's info (its pending messages) is read.
-const BACKLOG_EVERY: Duration = Duration::from_secs(5);
-
-impl Watch {
-    /// Reads the consumer's info every [`BACKLOG_EVERY`] until `stop`: the messages pending
-    /// for it, and its delivered stream sequence (which moves while messages are taken).
-    async fn run(
-        &self,
-        consumer: &jetstream::consumer::Consumer<pull::Config>,
-        stop: &CancellationToken,
-    ) {
-        let mut tick = tokio::time::interval(BACKLOG_EVERY);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            if let Ok(info) = consumer.get_info().await {
-                self.backlogs.update(
-                    &self.key,
-                    None,
-                    info.num_pending,
-                    info.delivered.stream_sequence,
-                );
-            }
-        }
-        self.backlogs.remove(&self.key, None);
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn jetstream_loop(
     name: String,
@@ -489,7 +452,7 @@ async fn jetstream_loop(
     batch: usize,
     settler: JetStreamSettler,
     lease: Duration,
-    watch: Watch,
+    (source, backlogs): (String, Arc<fnbroker_core::backlog::Backlogs>),
     tx: mpsc::Sender<Incoming>,
     stop: CancellationToken,
 ) {
@@ -500,7 +463,12 @@ async fn jetstream_loop(
             pull_loop(&name, &consumer, batch, &acker, &tx, &stop).await;
             watching.cancel();
         },
-        watch.run(&consumer, &watching)
+        // What is pending for the consumer, and its delivered stream sequence (which moves
+        // while messages are taken).
+        backlogs.watch(&source, &watching, || async {
+            let info = consumer.get_info().await.ok()?;
+            Some((info.num_pending, info.delivered.stream_sequence))
+        })
     );
     // Stopping: the engine settled or dropped every handle; send those acknowledgements (and
     // flush them) before the connection may close.
