@@ -10,6 +10,7 @@ pub(crate) static REGISTRY: Registry = Registry::new(&[
     &Kind::<fnbroker_nats::Plugin>::NEW,
     &Kind::<fnbroker_amqp::Plugin>::NEW,
     &Kind::<fnbroker_mqtt::Plugin>::NEW,
+    &Kind::<fnbroker_redis::Plugin>::NEW,
 ]);
 
 /// A configuration from text, for the tests of the offline commands; a test fails on errors.

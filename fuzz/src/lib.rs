@@ -265,6 +265,7 @@ static REGISTRY: Registry = Registry::new(&[
     &Kind::<fnbroker_nats::Plugin>::NEW,
     &Kind::<fnbroker_amqp::Plugin>::NEW,
     &Kind::<fnbroker_mqtt::Plugin>::NEW,
+    &Kind::<fnbroker_redis::Plugin>::NEW,
 ]);
 
 fn config(data: &[u8]) {

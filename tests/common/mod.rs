@@ -8,6 +8,7 @@ pub mod kafka;
 pub mod mqtt;
 pub mod nats;
 pub mod pki;
+pub mod redis;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener};
