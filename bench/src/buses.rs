@@ -93,7 +93,15 @@ pub(crate) trait Bus: Send + Sync {
 }
 
 /// Every connector in the order `--connector all` runs them.
-pub(crate) const ALL: [&str; 6] = ["http", "kafka", "nats", "jetstream", "amqp", "mqtt"];
+pub(crate) const ALL: [&str; 7] = [
+    "http",
+    "kafka",
+    "nats",
+    "jetstream",
+    "amqp",
+    "mqtt",
+    "redis",
+];
 
 /// The bus of a connector name.
 pub(crate) fn bus(name: &str) -> anyhow::Result<Box<dyn Bus>> {
@@ -104,6 +112,7 @@ pub(crate) fn bus(name: &str) -> anyhow::Result<Box<dyn Bus>> {
         "jetstream" => Box::new(NatsBus { jetstream: true }),
         "amqp" => Box::new(AmqpBus),
         "mqtt" => Box::new(MqttBus),
+        "redis" => Box::new(RedisBus),
         other => bail!(
             "unknown connector `{other}`; one of {} or all",
             ALL.join(", ")
@@ -789,6 +798,189 @@ impl Bus for AmqpBus {
             |acker: lapin::Acker| {
                 async move {
                     let _ = acker.ack(Default::default()).await;
+                }
+                .boxed()
+            },
+        ))
+    }
+    fn holds_backlog(&self) -> bool {
+        true
+    }
+    fn window(&self) -> u64 {
+        20_000
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis Streams
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+struct RedisBus;
+
+async fn redis_conn() -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    redis::Client::open(REDIS)?
+        .get_multiplexed_async_connection()
+        .await
+        .with_context(|| format!("cannot connect to Redis at {REDIS}"))
+}
+
+struct RedisPublisher {
+    conn: redis::aio::MultiplexedConnection,
+    stream: String,
+    pending: Pending<BoxFuture<'static, anyhow::Result<()>>>,
+}
+
+#[async_trait]
+impl Publish for RedisPublisher {
+    async fn send(&mut self, payload: Bytes) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.stream)
+            .arg("*")
+            .arg("data")
+            .arg(payload.as_ref());
+        // Sent now (a redis-rs command goes out when its future is first polled), confirmed
+        // later.
+        let added = tokio::spawn(async move { cmd.query_async::<redis::Value>(&mut conn).await });
+        self.pending
+            .push(async move { added.await?.map(|_| ()).context("XADD") }.boxed())
+            .await
+    }
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        self.pending.drain().await
+    }
+}
+
+/// The `data` field of each entry of an `XREADGROUP` answer, with its id.
+fn redis_entries(value: redis::Value) -> Vec<(Bytes, String)> {
+    use redis::Value::{Array, BulkString};
+    let mut out = Vec::new();
+    let Array(streams) = value else {
+        return out;
+    };
+    for stream in streams {
+        let Array(mut parts) = stream else { continue };
+        let Some(Array(entries)) = parts.pop() else {
+            continue;
+        };
+        for entry in entries {
+            let Array(parts) = entry else { continue };
+            let [BulkString(id), Array(fields)] = &parts[..] else {
+                continue;
+            };
+            let data = fields
+                .chunks(2)
+                .find(|pair| matches!(&pair[0], BulkString(k) if k == b"data"))
+                .and_then(|pair| match &pair[1] {
+                    BulkString(v) => Some(Bytes::copy_from_slice(v)),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            out.push((data, String::from_utf8_lossy(id).into_owned()));
+        }
+    }
+    out
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+    async fn create(&self, id: &str) -> anyhow::Result<String> {
+        let stream = format!("bench-{id}");
+        let mut conn = redis_conn().await?;
+        for group in ["fnbroker", "direct"] {
+            redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&stream)
+                .arg(group)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async::<redis::Value>(&mut conn)
+                .await
+                .context("XGROUP CREATE")?;
+        }
+        Ok(stream)
+    }
+    async fn remove(&self, lane: &str) {
+        if let Ok(mut conn) = redis_conn().await {
+            let _ = redis::cmd("DEL")
+                .arg(lane)
+                .query_async::<redis::Value>(&mut conn)
+                .await;
+        }
+    }
+    fn config(&self, lane: &str, function_url: &str, max_in_flight: usize) -> String {
+        format!(
+            "connectors:\n  bus: {{ redis: {{ url: \"{REDIS}\" }} }}\n{}{}",
+            function(function_url, max_in_flight),
+            trigger(
+                &format!("connector: bus, topic: \"{lane}\", group: fnbroker"),
+                max_in_flight
+            )
+        )
+    }
+    async fn publisher(&self, lane: &str) -> anyhow::Result<Box<dyn Publish>> {
+        Ok(Box::new(RedisPublisher {
+            conn: redis_conn().await?,
+            stream: lane.to_string(),
+            pending: Pending::new(PENDING),
+        }))
+    }
+    async fn consumer(
+        &self,
+        lane: &str,
+        forward: Forward,
+        concurrency: usize,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Consumer> {
+        // Blocking reads on a connection of their own; acknowledgements on another.
+        let client = redis::Client::open(REDIS)?;
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
+        let reader = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let acks = redis_conn().await?;
+        let lane = lane.to_string();
+        let read_lane = lane.clone();
+        let stream = futures::stream::unfold(reader, move |mut reader| {
+            let lane = read_lane.clone();
+            async move {
+                let value: redis::Value = redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg("direct")
+                    .arg("direct")
+                    .arg("COUNT")
+                    .arg(concurrency)
+                    .arg("BLOCK")
+                    .arg(1000)
+                    .arg("STREAMS")
+                    .arg(&lane)
+                    .arg(">")
+                    .query_async(&mut reader)
+                    .await
+                    .ok()?;
+                Some((futures::stream::iter(redis_entries(value)), reader))
+            }
+        })
+        .flatten();
+        Ok(run_forwarding(
+            stream,
+            forward,
+            concurrency,
+            stop,
+            move |id: String| {
+                let (mut acks, lane) = (acks.clone(), lane.clone());
+                async move {
+                    let _ = redis::cmd("XACK")
+                        .arg(&lane)
+                        .arg("direct")
+                        .arg(id)
+                        .query_async::<redis::Value>(&mut acks)
+                        .await;
                 }
                 .boxed()
             },
