@@ -11,6 +11,7 @@ pub(crate) static REGISTRY: Registry = Registry::new(&[
     &Kind::<fnbroker_amqp::Plugin>::NEW,
     &Kind::<fnbroker_mqtt::Plugin>::NEW,
     &Kind::<fnbroker_redis::Plugin>::NEW,
+    &Kind::<fnbroker_postgres::Plugin>::NEW,
 ]);
 
 /// A configuration from text, for the tests of the offline commands; a test fails on errors.
@@ -403,7 +404,7 @@ connectors:
         assert_eq!(m.len(), 3, "{m:?}");
         assert_eq!(
             m[0],
-            "t.yaml:2:8: connector `k`: unknown kind `kafak` (the kinds are http, kafka, nats, amqp, mqtt); did you mean `kafka`?"
+            "t.yaml:2:8: connector `k`: unknown kind `kafak` (the kinds are http, kafka, nats, amqp, mqtt, redis, postgres); did you mean `kafka`?"
         );
         assert_eq!(
             m[1],
@@ -429,7 +430,10 @@ connectors:
             .flat_map(|k| k["required"].as_array().cloned().unwrap_or_default())
             .filter_map(|k| k.as_str().map(str::to_string))
             .collect();
-        assert_eq!(kinds, ["http", "kafka", "nats", "amqp", "mqtt"]);
+        assert_eq!(
+            kinds,
+            ["http", "kafka", "nats", "amqp", "mqtt", "redis", "postgres"]
+        );
         let from = &schema["$defs"]["TriggerSource"]["properties"];
         for key in [
             "connector",
@@ -441,6 +445,7 @@ connectors:
             "qos",
             "group",
             "sync",
+            "start",
         ] {
             assert!(from[key].is_object(), "`from` lacks `{key}`: {from}");
         }

@@ -266,6 +266,7 @@ static REGISTRY: Registry = Registry::new(&[
     &Kind::<fnbroker_amqp::Plugin>::NEW,
     &Kind::<fnbroker_mqtt::Plugin>::NEW,
     &Kind::<fnbroker_redis::Plugin>::NEW,
+    &Kind::<fnbroker_postgres::Plugin>::NEW,
 ]);
 
 fn config(data: &[u8]) {

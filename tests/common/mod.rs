@@ -8,6 +8,7 @@ pub mod kafka;
 pub mod mqtt;
 pub mod nats;
 pub mod pki;
+pub mod postgres;
 pub mod redis;
 
 use std::collections::{HashMap, HashSet};

@@ -64,12 +64,27 @@ pub(crate) async fn pump(
     let mut waiting: HashMap<u64, VecDeque<Incoming>> = HashMap::new();
     let mut queued = 0usize;
     let mut open = true;
+    // A source that drains at stop is read to its end once stopping, within the timeout.
+    let drains = source.drains_at_stop();
+    let mut draining = false;
+    let mut drain_by = std::pin::pin!(tokio::time::sleep(Duration::MAX));
 
     while open {
         let room = in_flight.len() + queued < cfg.max_in_flight;
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => break,
+            () = shutdown.cancelled(), if !draining => {
+                if !drains {
+                    break;
+                }
+                draining = true;
+                source.stopping();
+                drain_by.as_mut().reset(tokio::time::Instant::now() + cfg.shutdown_timeout);
+            }
+            () = &mut drain_by, if draining => {
+                tracing::warn!(subscription = %cfg.name, "shutdown timeout reached while the source finished its unit; the rest goes back");
+                break;
+            }
             Some(key) = in_flight.next(), if !in_flight.is_empty() => {
                 if cfg.ordered {
                     let next = waiting.get_mut(&key).and_then(VecDeque::pop_front);
@@ -110,7 +125,9 @@ pub(crate) async fn pump(
     }
 
     // Stopping: messages waiting behind a key were never started; release them now.
-    source.stopping();
+    if !draining {
+        source.stopping();
+    }
     drop(waiting);
     let pending = in_flight.len();
     if pending > 0 {

@@ -304,6 +304,16 @@ pub trait Source: Send {
     fn redelivers_with_delay(&self) -> bool {
         false
     }
+
+    /// Whether, once stopping, the engine should go on taking this source's messages until
+    /// [`Source::next`] returns `None` (within `shutdown_timeout`), rather than stop taking at
+    /// once. For a source whose broker acknowledges a unit larger than a message (a PostgreSQL
+    /// transaction): after [`Source::stopping`] it hands out the rest of its current unit and
+    /// then ends, so that a clean stop leaves no unit half delivered (which would be delivered
+    /// again whole).
+    fn drains_at_stop(&self) -> bool {
+        false
+    }
 }
 
 /// Publishes events to a destination (replies, dead letters).

@@ -1,0 +1,711 @@
+//! The PostgreSQL connector: change data capture by logical replication, and a table sink.
+//!
+//! **Source** (`from: { connector, topic: <schema.table | table | *> }`): the connector reads
+//! its `slot` (created with the `pgoutput` plugin when missing) for the tables of its
+//! `publication`, one replication stream for all its triggers. Each inserted, updated or deleted
+//! row (and each truncated table) becomes an event of type `<type_prefix>.<op>`, subject
+//! `<schema>.<table>`, `id` `<commit LSN>/<position in the transaction>` (the same when
+//! redelivered), `time` the commit time and data `{"new": {...}, "old": {...}}` with typed
+//! values (see [`pgoutput::typed`]).
+//!
+//! **Acknowledgement**: the slot's confirmed flush position advances only over the finished
+//! prefix of transactions: a transaction is finished when every event made of it was delivered
+//! or dead-lettered. So a crash at any moment loses nothing: the server sends again every
+//! transaction after the confirmed position (at-least-once). A clean stop reports the last
+//! finished position before it closes the stream, so a restart repeats nothing. An event whose
+//! reply or dead letter could not be published holds its transaction and, after the delay, the
+//! stream is read again from the confirmed position.
+//!
+//! **Replicas**: a slot has one reader at a time. A replica that finds the slot in use stands
+//! by, trying again every [`STANDBY_RETRY`], and takes over when the reader goes.
+//!
+//! **Sink**: `INSERT` of the event into the table `topic` (columns `id`, `source`, `type`,
+//! `subject`, `time`, `datacontenttype`, `data` jsonb, `extensions` jsonb), one statement (its
+//! own transaction) per event.
+#![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
+#![warn(missing_docs)]
+
+mod config;
+mod pgoutput;
+mod sink;
+mod tracker;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use fnbroker_core::kit;
+use fnbroker_core::{Connector, ConnectorError, Event, Incoming, Sink, Source, Subscription};
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Plugin, PostgresSettings};
+use tracker::Tracker;
+
+/// How often a replica that found the slot in use tries again.
+pub const STANDBY_RETRY: Duration = Duration::from_secs(2);
+
+/// How often the confirmed position is reported while it moves.
+const STATUS_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Whether a trigger's `topic` takes the table `schema.table`: the same `schema.table`, the
+/// table name alone (any schema), or `*`.
+pub(crate) fn table_matches(filter: &str, qualified: &str) -> bool {
+    filter == "*"
+        || filter == qualified
+        || qualified
+            .split_once('.')
+            .is_some_and(|(_, table)| table == filter)
+}
+
+/// The event of one change: see the crate documentation.
+pub(crate) fn change_event(
+    connector: &str,
+    type_prefix: &str,
+    change: &pgoutput::Change,
+    commit_lsn: &str,
+    position: u32,
+    time: Option<DateTime<Utc>>,
+) -> Event {
+    use fnbroker_core::cloudevents::{EventBuilder, EventBuilderV10};
+    let subject = format!("{}.{}", change.schema, change.table);
+    let mut data = serde_json::Map::new();
+    if let Some(new) = &change.new {
+        data.insert("new".into(), serde_json::Value::Object(new.clone()));
+    }
+    if let Some(old) = &change.old {
+        data.insert("old".into(), serde_json::Value::Object(old.clone()));
+    }
+    let mut builder = EventBuilderV10::new()
+        .id(format!("{commit_lsn}/{position}"))
+        .source(format!("postgres://{connector}/{subject}"))
+        .ty(format!("{type_prefix}.{}", change.op.name()))
+        .subject(subject)
+        .data("application/json", serde_json::Value::Object(data));
+    if let Some(time) = time {
+        builder = builder.time(time);
+    }
+    // Every attribute above is valid: the build cannot fail.
+    builder.build().unwrap_or_default()
+}
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+struct Target {
+    host: String,
+    port: u16,
+    user: String,
+    password: String,
+    database: String,
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Self, String> {
+        let u = url::Url::parse(url).map_err(|e| format!("invalid url: {e}"))?;
+        let decode = |s: &str| {
+            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        let user = match u.username() {
+            "" => "postgres".to_string(),
+            user => decode(user),
+        };
+        Ok(Self {
+            host: u.host_str().unwrap_or("localhost").to_string(),
+            port: u.port().unwrap_or(5432),
+            password: u.password().map(decode).unwrap_or_default(),
+            database: match u.path().trim_start_matches('/') {
+                "" => user.clone(),
+                db => decode(db),
+            },
+            user,
+        })
+    }
+}
+
+/// One subscription: the tables it takes and where its events go.
+struct Sub {
+    filter: String,
+    tx: mpsc::Sender<Incoming>,
+}
+
+/// The PostgreSQL connector of one configuration entry.
+pub struct PostgresConnector {
+    name: String,
+    settings: PostgresSettings,
+    target: Target,
+    subs: Mutex<Vec<Sub>>,
+    task: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
+    link: Arc<kit::Link>,
+    /// Reading the slot, or standing by for it.
+    up: Arc<std::sync::atomic::AtomicBool>,
+    /// Fired when the engine stops: the stream ends its current transaction and closes the
+    /// subscriptions.
+    finish: CancellationToken,
+}
+
+impl PostgresConnector {
+    /// A connector named `name`; it connects in `start`.
+    pub fn new(name: &str, settings: &PostgresSettings) -> Result<Self, ConnectorError> {
+        let target =
+            Target::parse(&settings.url).map_err(|e| ConnectorError::permanent(name, e))?;
+        Ok(Self {
+            name: name.to_string(),
+            settings: settings.clone(),
+            target,
+            subs: Mutex::default(),
+            task: Mutex::default(),
+            link: kit::Link::new(name, "the PostgreSQL server", &settings.url),
+            up: Arc::default(),
+            finish: CancellationToken::new(),
+        })
+    }
+}
+
+#[async_trait]
+impl Connector for PostgresConnector {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
+        let (tx, rx) = mpsc::channel(kit::source_buffer(sub.max_in_flight));
+        self.subs
+            .lock()
+            .map_err(|_| ConnectorError::io(&self.name, "subscription table poisoned"))?
+            .push(Sub {
+                filter: sub.from.topic().to_string(),
+                tx,
+            });
+        Ok(Box::new(PostgresSource {
+            rx,
+            finish: self.finish.clone(),
+        }))
+    }
+
+    async fn sink(
+        &self,
+        _: &fnbroker_core::config::Destination,
+    ) -> Result<Arc<dyn Sink>, ConnectorError> {
+        Ok(Arc::new(sink::PostgresSink::new(
+            &self.name,
+            &self.settings.url,
+        )))
+    }
+
+    /// Checks the server (a missing publication or `wal_level` other than `logical` is an
+    /// error; a server that cannot be reached is retried in the background), makes the slot
+    /// when missing, and starts reading it.
+    async fn start(&self) -> Result<(), ConnectorError> {
+        let subs = std::mem::take(
+            &mut *self
+                .subs
+                .lock()
+                .map_err(|_| ConnectorError::io(&self.name, "subscription table poisoned"))?,
+        );
+        if subs.is_empty() {
+            return Ok(());
+        }
+        let replication = Arc::new(Replication {
+            connector: self.name.clone(),
+            settings: self.settings.clone(),
+            target: self.target.clone(),
+            link: Arc::clone(&self.link),
+            up: Arc::clone(&self.up),
+        });
+        match replication.prepare().await {
+            Ok(()) => {}
+            Err(Prepare::Refused(message)) => {
+                return Err(ConnectorError::permanent(&self.name, message));
+            }
+            Err(Prepare::Unreachable(message)) => self.link.failed(&message, ""),
+        }
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(replicate(
+            replication,
+            subs,
+            self.finish.clone(),
+            stop.clone(),
+        ));
+        if let Ok(mut slot) = self.task.lock() {
+            *slot = Some((stop, task));
+        }
+        Ok(())
+    }
+
+    fn is_ready(&self) -> bool {
+        let started = self.task.lock().map(|t| t.is_some()).unwrap_or(false);
+        !started || self.up.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn link(&self) -> Option<&kit::Link> {
+        Some(&self.link)
+    }
+
+    /// Reports the last finished position and closes the stream (the deliveries were settled
+    /// before).
+    async fn stop(&self) {
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some((stop, task)) = task {
+            stop.cancel();
+            if let Err(e) = task.await {
+                tracing::error!(connector = %self.name, error = %e, "the replication task failed");
+            }
+        }
+    }
+}
+
+/// One subscription's events, handed out by the replication task.
+struct PostgresSource {
+    rx: mpsc::Receiver<Incoming>,
+    finish: CancellationToken,
+}
+
+#[async_trait]
+impl Source for PostgresSource {
+    /// Cancel safe: an event is either returned or still in the channel.
+    async fn next(&mut self) -> Option<Incoming> {
+        self.rx.recv().await
+    }
+
+    /// The stream hands out the rest of the transaction it is in, then ends.
+    fn stopping(&mut self) {
+        self.finish.cancel();
+    }
+
+    fn drains_at_stop(&self) -> bool {
+        true
+    }
+
+    async fn close(mut self: Box<Self>) {
+        // What was never handed out is released (its transaction is read again next time).
+        self.rx.close();
+        while self.rx.try_recv().is_ok() {}
+    }
+}
+
+/// Why the server was not ready to be read.
+enum Prepare {
+    /// The server answered: it cannot be read as configured.
+    Refused(String),
+    /// It could not be reached (or failed).
+    Unreachable(String),
+}
+
+/// What the replication task needs.
+struct Replication {
+    connector: String,
+    settings: PostgresSettings,
+    target: Target,
+    link: Arc<kit::Link>,
+    up: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Replication {
+    /// A plain SQL session.
+    async fn sql(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.settings.url, tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    /// Checks `wal_level` and the publication, and makes the slot when missing.
+    async fn prepare(&self) -> Result<(), Prepare> {
+        let unreachable = |e: tokio_postgres::Error| Prepare::Unreachable(e.to_string());
+        let client = self.sql().await.map_err(unreachable)?;
+        let level: String = client
+            .query_one("SHOW wal_level", &[])
+            .await
+            .map_err(unreachable)?
+            .get(0);
+        if level != "logical" {
+            return Err(Prepare::Refused(format!(
+                "the server's wal_level is `{level}`; change data capture needs `wal_level = logical` (and a restart of PostgreSQL)"
+            )));
+        }
+        let publication = &self.settings.publication;
+        if client
+            .query_opt(
+                "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                &[publication],
+            )
+            .await
+            .map_err(unreachable)?
+            .is_none()
+        {
+            return Err(Prepare::Refused(format!(
+                "the publication `{publication}` does not exist; create it: CREATE PUBLICATION {publication} FOR TABLE <tables> (or FOR ALL TABLES)"
+            )));
+        }
+        let slot = &self.settings.slot;
+        let exists = client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &[slot],
+            )
+            .await
+            .map_err(unreachable)?
+            .is_some();
+        if !exists {
+            match client
+                .execute(
+                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[slot],
+                )
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(connector = %self.connector, slot = %slot, "replication slot created");
+                }
+                // Made by another replica meanwhile.
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {}
+                Err(e) => {
+                    return Err(Prepare::Refused(format!(
+                        "cannot create the replication slot `{slot}`: {e}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn config(&self) -> ReplicationConfig {
+        ReplicationConfig::new(
+            self.target.host.clone(),
+            self.target.user.clone(),
+            self.target.password.clone(),
+            self.target.database.clone(),
+            self.settings.slot.clone(),
+            self.settings.publication.as_str(),
+        )
+        .with_port(self.target.port)
+        .with_tls(TlsConfig::disabled())
+        .with_start_lsn(Lsn::ZERO)
+        .with_status_interval(STATUS_INTERVAL)
+        .with_buffer_size(1024)
+    }
+
+    /// Makes sure the slot's confirmed position is at least `lsn` once the stream is closed
+    /// (the stream's last status may not have reached the server before it closed).
+    async fn confirm(&self, lsn: Lsn) {
+        if lsn == Lsn::ZERO {
+            return;
+        }
+        let result = async {
+            let client = self.sql().await?;
+            // The server releases the slot shortly after the stream closed.
+            for _ in 0..50 {
+                let row = client
+                    .query_opt(
+                        "SELECT active, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&self.settings.slot],
+                    )
+                    .await?;
+                let Some(row) = row else { return Ok(()) };
+                let active: bool = row.get(0);
+                let confirmed: Option<String> = row.get(1);
+                if confirmed.as_deref().and_then(|c| c.parse::<Lsn>().ok()) >= Some(lsn) {
+                    return Ok(());
+                }
+                if !active {
+                    client
+                        .execute(
+                            "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+                            &[&self.settings.slot, &lsn.to_string()],
+                        )
+                        .await?;
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok::<(), tokio_postgres::Error>(())
+        };
+        if let Err(e) = result.await {
+            tracing::warn!(connector = %self.connector, error = %e, "cannot confirm the last position; the last transactions may be delivered again");
+        }
+    }
+}
+
+/// How a stream ended.
+enum Ended {
+    /// Stopping.
+    Stop,
+    /// An event was handed back: read again from the confirmed position after this delay.
+    Replay(Duration),
+}
+
+/// Reads the slot until `stop`, reconnecting with backoff, standing by while another replica
+/// reads it.
+async fn replicate(
+    replication: Arc<Replication>,
+    mut subs: Vec<Sub>,
+    finish: CancellationToken,
+    stop: CancellationToken,
+) {
+    let tracker = Arc::new(Tracker::default());
+    let mut backoff = kit::Backoff::reconnect();
+    let mut standing_by = false;
+    loop {
+        if stop.is_cancelled() {
+            break;
+        }
+        let ended = async {
+            if let Err(Prepare::Refused(m) | Prepare::Unreachable(m)) = replication.prepare().await
+            {
+                return Err(m);
+            }
+            let mut client = ReplicationClient::connect(replication.config())
+                .await
+                .map_err(|e| e.to_string())?;
+            let ended = stream(
+                &replication,
+                &mut client,
+                &mut subs,
+                &tracker,
+                &finish,
+                &stop,
+            )
+            .await;
+            let last = tracker.flushed();
+            client.update_applied_lsn(last);
+            client.stop();
+            let _ = client.shutdown().await;
+            if tracker.moved() {
+                replication.confirm(last).await;
+            }
+            ended
+        }
+        .await;
+        match ended {
+            Ok(Ended::Stop) => break,
+            Ok(Ended::Replay(delay)) => {
+                tracing::warn!(connector = %replication.connector, ?delay, "an event was handed back; reading the slot again from its confirmed position");
+                if wait(&stop, &finish, &mut subs, delay).await {
+                    break;
+                }
+            }
+            Err(e) if e.contains("is active for PID") => {
+                // Another replica reads the slot: stand by.
+                replication
+                    .up
+                    .store(true, std::sync::atomic::Ordering::Release);
+                if !standing_by {
+                    tracing::info!(connector = %replication.connector, slot = %replication.settings.slot, "the slot is read by another replica; standing by");
+                    standing_by = true;
+                }
+                if wait(&stop, &finish, &mut subs, STANDBY_RETRY).await {
+                    break;
+                }
+            }
+            Err(e) => {
+                replication
+                    .up
+                    .store(false, std::sync::atomic::Ordering::Release);
+                replication.link.failed(&e, "");
+                if wait(&stop, &finish, &mut subs, backoff.next_delay()).await {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Waits `delay` between sessions; true when `stop` fired first. Once the engine stops
+/// (`finish`), the subscriptions end: nothing is being read.
+async fn wait(
+    stop: &CancellationToken,
+    finish: &CancellationToken,
+    subs: &mut Vec<Sub>,
+    delay: Duration,
+) -> bool {
+    let sleep = tokio::time::sleep(delay);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return true,
+            () = &mut sleep => return false,
+            () = finish.cancelled(), if !subs.is_empty() => subs.clear(),
+        }
+    }
+}
+
+/// PostgreSQL's epoch (2000-01-01) in Unix microseconds.
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// The transaction being read: its commit position, commit time and the next position in it.
+struct Open {
+    txn: tracker::TxnId,
+    commit_lsn: String,
+    time: Option<DateTime<Utc>>,
+    position: u32,
+}
+
+/// Hands out the changes of one replication session until `stop` or a hand-back.
+async fn stream(
+    replication: &Replication,
+    client: &mut ReplicationClient,
+    subs: &mut Vec<Sub>,
+    tracker: &Arc<Tracker>,
+    finish: &CancellationToken,
+    stop: &CancellationToken,
+) -> Result<Ended, String> {
+    let mut decoder = pgoutput::Decoder::default();
+    let mut flushed = tracker.watch();
+    let mut open: Option<Open> = None;
+    let mut started = false;
+    tracker.restart();
+    loop {
+        // Once the engine stops, the transaction being read is finished and the subscriptions
+        // end; then only the finished position moves, until `stop`.
+        let finishing = finish.is_cancelled();
+        if finishing && open.is_none() {
+            subs.clear();
+        }
+        let reading = !subs.is_empty();
+        let event = tokio::select! {
+            biased;
+            () = stop.cancelled() => return Ok(Ended::Stop),
+            Ok(()) = flushed.changed() => {
+                client.update_applied_lsn(*flushed.borrow_and_update());
+                continue;
+            }
+            delay = tracker.handed_back(), if reading => return Ok(Ended::Replay(delay)),
+            () = finish.cancelled(), if !finishing => continue,
+            // Cancel safe: the client's events wait in its channel.
+            event = client.recv(), if reading => event.map_err(|e| e.to_string())?,
+        };
+        if !started {
+            started = true;
+            replication
+                .up
+                .store(true, std::sync::atomic::Ordering::Release);
+            replication.link.connected();
+            tracing::info!(connector = %replication.connector, slot = %replication.settings.slot, publication = %replication.settings.publication, "reading the replication slot");
+        }
+        match event {
+            None | Some(ReplicationEvent::StoppedAt { .. }) => return Ok(Ended::Stop),
+            Some(ReplicationEvent::Begin {
+                final_lsn,
+                commit_time_micros,
+                ..
+            }) => {
+                open = Some(Open {
+                    txn: tracker.begin(),
+                    commit_lsn: final_lsn.to_string(),
+                    time: DateTime::from_timestamp_micros(commit_time_micros + PG_EPOCH_MICROS),
+                    position: 0,
+                });
+            }
+            Some(ReplicationEvent::Commit { end_lsn, .. }) => {
+                if let Some(o) = open.take() {
+                    tracker.commit(o.txn, end_lsn);
+                }
+            }
+            Some(ReplicationEvent::KeepAlive { wal_end, .. }) => {
+                if open.is_none() {
+                    tracker.idle_at(wal_end);
+                }
+            }
+            Some(ReplicationEvent::XLogData { data, .. }) => {
+                let changes = decoder.decode(&data).map_err(|e| e.to_string())?;
+                let Some(o) = open.as_mut() else { continue };
+                for change in changes {
+                    o.position += 1;
+                    let qualified = format!("{}.{}", change.schema, change.table);
+                    for sub in subs.iter().filter(|s| table_matches(&s.filter, &qualified)) {
+                        let event = change_event(
+                            &replication.connector,
+                            &replication.settings.type_prefix,
+                            &change,
+                            &o.commit_lsn,
+                            o.position,
+                            o.time,
+                        );
+                        let incoming = Incoming {
+                            size: data.len(),
+                            event,
+                            origin: fnbroker_core::Origin::CloudEvent,
+                            key: kit::ordering_key(&qualified),
+                            redeliveries: 0,
+                            ack: tracker.hold(o.txn),
+                        };
+                        tokio::select! {
+                            () = stop.cancelled() => return Ok(Ended::Stop),
+                            sent = sub.tx.send(incoming) => {
+                                // A closed subscription releases the event: its transaction
+                                // stays unfinished and is read again next time.
+                                let _ = sent;
+                            }
+                        }
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_topic_names_a_table_with_or_without_its_schema_or_all() {
+        assert!(table_matches("public.orders", "public.orders"));
+        assert!(table_matches("orders", "public.orders"));
+        assert!(table_matches("*", "sales.orders"));
+        assert!(!table_matches("sales.orders", "public.orders"));
+        assert!(!table_matches("order", "public.orders"));
+    }
+
+    #[test]
+    fn the_url_gives_host_port_user_password_and_database() {
+        let t = Target::parse("postgres://fnb:p%40ss@db.internal:6543/app").expect("url");
+        assert_eq!(
+            (
+                t.host.as_str(),
+                t.port,
+                t.user.as_str(),
+                t.password.as_str(),
+                t.database.as_str()
+            ),
+            ("db.internal", 6543, "fnb", "p@ss", "app")
+        );
+        let t = Target::parse("postgres://127.0.0.1").expect("url");
+        assert_eq!(
+            (t.port, t.user.as_str(), t.database.as_str()),
+            (5432, "postgres", "postgres")
+        );
+    }
+
+    #[test]
+    fn a_change_event_has_the_contract_attributes() {
+        use fnbroker_core::event::AttributesReader;
+        let change = pgoutput::Change {
+            op: pgoutput::Op::Update,
+            schema: "public".into(),
+            table: "orders".into(),
+            new: Some(
+                serde_json::json!({"id": 1})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+            old: None,
+        };
+        let e = change_event("db", "com.fnbroker.postgres", &change, "0/16B3748", 2, None);
+        assert_eq!(e.ty(), "com.fnbroker.postgres.update");
+        assert_eq!(e.id(), "0/16B3748/2");
+        assert_eq!(e.subject(), Some("public.orders"));
+        assert_eq!(e.source().to_string(), "postgres://db/public.orders");
+    }
+}

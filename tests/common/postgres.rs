@@ -1,0 +1,133 @@
+//! A PostgreSQL cluster of a test's own, with `wal_level = logical` (the machine's server on
+//! 5432 runs with `replica`): Debian's `initdb` and `pg_ctl` in a temporary directory, on a free
+//! port, trust authentication on 127.0.0.1, stopped when dropped.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The directory of the PostgreSQL server programs (the newest installed).
+fn bin_dir() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL's server programs in /usr/lib/postgresql (Debian's postgresql package)")
+        .filter_map(|e| Some(e.ok()?.path().join("bin")))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .expect("initdb in /usr/lib/postgresql/<version>/bin")
+}
+
+/// Runs a server program as the `postgres` user when this is root (the server refuses root).
+fn run(program: &str, args: &[&str]) {
+    let path = bin_dir().join(program);
+    let is_root = std::env::var("USER").is_ok_and(|u| u == "root")
+        || Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let mut cmd = if is_root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(&path);
+        c
+    } else {
+        Command::new(&path)
+    };
+    let out = cmd
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A running cluster.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Cluster {
+    /// Makes and starts a cluster (`initdb` without fsync: a second or two).
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chown = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status();
+        assert!(
+            chown.is_ok_and(|s| s.success()),
+            "chown the cluster's directory"
+        );
+        let data = dir.path().join("data");
+        let data = data.to_str().expect("utf-8 path");
+        run(
+            "initdb",
+            &[
+                "-D",
+                data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        let port = super::free_port();
+        let socket = dir.path().to_str().expect("utf-8 path");
+        let options = format!(
+            "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={socket} -c wal_level=logical -c max_replication_slots=10 -c max_wal_senders=10 -c fsync=off -c synchronous_commit=off"
+        );
+        let log = dir.path().join("server.log");
+        run(
+            "pg_ctl",
+            &[
+                "-D",
+                data,
+                "-l",
+                log.to_str().expect("utf-8 path"),
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
+        );
+        Self { dir, port }
+    }
+
+    /// The URL of its `postgres` database as the superuser.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// A SQL session.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url()).await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        if let Some(data) = data.to_str() {
+            run("pg_ctl", &["-D", data, "-m", "immediate", "-w", "stop"]);
+        }
+    }
+}
+
+/// A SQL session to `url`; fails loudly when the server is not there.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
