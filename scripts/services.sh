@@ -3,7 +3,8 @@
 # everything is up. Used by scripts/test.sh (and so by CI).
 #
 #   RabbitMQ 127.0.0.1:5672, Mosquitto 127.0.0.1:1883, NATS with JetStream 127.0.0.1:4222,
-#   Kafka (tansu, installed from crates.io on first use) 127.0.0.1:9092.
+#   Kafka (tansu, installed from crates.io on first use) 127.0.0.1:9092, Redis 127.0.0.1:6379, and
+#   PostgreSQL's server programs (the PostgreSQL tests start clusters of their own with initdb).
 set -euo pipefail
 
 log() { printf 'services: %s\n' "$*" >&2; }
@@ -82,8 +83,22 @@ ensure_tansu() {
   wait_for "tansu" 9092 60
 }
 
+ensure_redis() {
+  need redis-server redis-server
+  ensure "Redis" 6379 30 redis-server --bind 127.0.0.1 --port 6379 --save "" --appendonly no --daemonize yes
+}
+
+# The PostgreSQL tests run initdb and pg_ctl (as the postgres user) for clusters with
+# wal_level=logical; the machine's server keeps running as it is.
+ensure_postgres_programs() {
+  if compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then return 0; fi
+  need pg_ctlcluster postgresql
+}
+
 ensure_nats
 ensure_mosquitto
+ensure_redis
+ensure_postgres_programs
 ensure_rabbitmq
 ensure_tansu
 log "all services up"
