@@ -311,3 +311,45 @@ async fn a_server_without_logical_wal_or_a_publication_is_an_error_at_start() {
         fb.logs()
     );
 }
+
+/// TLS: a cluster that accepts TLS only, its certificate signed by a private CA. With `tls.ca`
+/// changes arrive; with another CA the connector is not ready and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca_and_a_wrong_ca_is_not_ready() {
+    let pki = common::pki::pki();
+    let cluster = Cluster::start_tls(&pki);
+    // Plain TCP connections are refused (pg_hba: hostssl only); the test's session uses the
+    // Unix socket.
+    let c = items_table(&cluster).await;
+    let server = FnServer::start().await;
+    let with_ca = |ca: &std::path::Path| {
+        config(&cluster.url(), &server, "/f", "items", "").replace(
+            "postgres: { url: ",
+            &format!(
+                "postgres: {{ tls: {{ ca: \"{}\" }}, url: ",
+                common::pki::Pki::s(ca)
+            ),
+        )
+    };
+    let fb = Fnbroker::start(&with_ca(&pki.ca)).await;
+    // By name: the stream verifies the whole certificate (the IP address above, the chain).
+    let by_name = with_ca(&pki.ca).replace("@127.0.0.1:", "@localhost:");
+    let named = Fnbroker::start(&by_name).await;
+    drop(named);
+    c.batch_execute("INSERT INTO items VALUES (1)")
+        .await
+        .expect("insert");
+    let got = server.wait_count("/f", 1, WAIT).await;
+    assert_eq!(
+        got[0].header("ce-type"),
+        Some("com.fnbroker.postgres.insert")
+    );
+    drop(fb);
+
+    let fb = Fnbroker::spawn(&with_ca(&pki.other_ca));
+    let warning = common::not_ready_with_a_warning(&fb, "db").await;
+    assert!(
+        warning.to_lowercase().contains("certificate") || warning.contains("tls"),
+        "{warning}"
+    );
+}

@@ -391,3 +391,99 @@ async fn a_missing_group_is_an_error_at_start_and_send_adds_an_entry() {
     );
     r::delete(&mut conn, &[&stream]).await;
 }
+
+/// A failed attempt leaves the entry pending; this consumer claims it again after the backoff
+/// delay, the group counting the deliveries: the function sees the attempts the policy allows,
+/// spaced by the delay, and the dead letter says how many there were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_come_back_through_the_group_after_the_delay_then_dead_letter() {
+    let mut conn = r::connect().await;
+    let stream = r::unique("retry");
+    let server = FnServer::with(|path, _| match path {
+        "/f" => Answer::status(500),
+        _ => Answer::ok(),
+    })
+    .await;
+    let fb = Fnbroker::start(&config(
+        "",
+        &(http_fn("f", &server.url("/f")) + &http_fn("dlq", &server.url("/dlq"))),
+        &format!(
+            "  - {{ name: t, from: {{ connector: cache, topic: \"{stream}\", group: g, create: true }}, to: f, delivery: {{ retries: 2, backoff: constant, delay: 700ms }}, dead_letter: {{ function: dlq }} }}\n"
+        ),
+    ))
+    .await;
+    r::add(&mut conn, &stream, &[("data", b"bad")]).await;
+    let letters = server.wait_count("/dlq", 1, WAIT).await;
+    assert_eq!(
+        letters[0].header("ce-dlqattempts"),
+        Some("3"),
+        "{}",
+        fb.logs()
+    );
+    let calls = server.on("/f");
+    assert_eq!(calls.len(), 3, "one delivery and two redeliveries");
+    for pair in calls.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            gap >= Duration::from_millis(650),
+            "delivered again after {gap:?}, not the backoff delay"
+        );
+    }
+    let mut left = u64::MAX;
+    for _ in 0..100 {
+        left = r::pending(&mut conn, &stream, "g").await;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, 0, "acknowledged once dead-lettered");
+    drop(fb);
+    r::delete(&mut conn, &[&stream]).await;
+}
+
+/// TLS with a client certificate, through a TLS front (client certificates required) before
+/// the machine's Redis: entries arrive; with another CA the connector is not ready and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates_and_a_wrong_ca_is_not_ready() {
+    use common::pki::Pki;
+    let pki = common::pki::pki();
+    let front = common::free_port();
+    let proxy = common::tls_front(
+        front,
+        6379,
+        fnbroker_core::tls::ServerTls {
+            cert: Pki::s(&pki.server_cert),
+            key: Pki::s(&pki.server_key),
+            client_ca: Some(Pki::s(&pki.ca)),
+        },
+    )
+    .await;
+    let mut conn = r::connect().await;
+    let stream = r::unique("tls");
+    let server = FnServer::start().await;
+    let cfg = |ca: &std::path::Path| {
+        format!(
+            "connectors:\n  cache: {{ redis: {{ url: \"rediss://127.0.0.1:{front}\", tls: {{ ca: \"{}\", cert: \"{}\", key: \"{}\" }} }} }}\nfunctions:\n{}triggers:\n  - {{ name: t, from: {{ connector: cache, topic: \"{stream}\", group: g, create: true }}, to: f }}\n",
+            Pki::s(ca),
+            Pki::s(&pki.client_cert),
+            Pki::s(&pki.client_key),
+            http_fn("f", &server.url("/f"))
+        )
+    };
+    let fb = Fnbroker::start(&cfg(&pki.ca)).await;
+    r::add(&mut conn, &stream, &[("data", b"over tls")]).await;
+    let got = server.wait_count("/f", 1, WAIT).await;
+    assert_eq!(got[0].body.as_ref(), b"over tls");
+    drop(fb);
+
+    let fb = Fnbroker::spawn(&cfg(&pki.other_ca));
+    let warning = common::not_ready_with_a_warning(&fb, "cache").await;
+    assert!(
+        warning.to_lowercase().contains("certificate") || warning.contains("tls"),
+        "{warning}"
+    );
+    drop(fb);
+    proxy.abort();
+    r::delete(&mut conn, &[&stream]).await;
+}

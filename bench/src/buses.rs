@@ -93,7 +93,7 @@ pub(crate) trait Bus: Send + Sync {
 }
 
 /// Every connector in the order `--connector all` runs them.
-pub(crate) const ALL: [&str; 7] = [
+pub(crate) const ALL: [&str; 8] = [
     "http",
     "kafka",
     "nats",
@@ -101,6 +101,7 @@ pub(crate) const ALL: [&str; 7] = [
     "amqp",
     "mqtt",
     "redis",
+    "postgres",
 ];
 
 /// The bus of a connector name.
@@ -113,6 +114,7 @@ pub(crate) fn bus(name: &str) -> anyhow::Result<Box<dyn Bus>> {
         "amqp" => Box::new(AmqpBus),
         "mqtt" => Box::new(MqttBus),
         "redis" => Box::new(RedisBus),
+        "postgres" => Box::new(PostgresBus::default()),
         other => bail!(
             "unknown connector `{other}`; one of {} or all",
             ALL.join(", ")
@@ -985,6 +987,252 @@ impl Bus for RedisBus {
                 .boxed()
             },
         ))
+    }
+    fn holds_backlog(&self) -> bool {
+        true
+    }
+    fn window(&self) -> u64 {
+        20_000
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL change data capture, on a cluster of the bench's own (`wal_level = logical`)
+
+/// A PostgreSQL cluster made with `initdb` in a temporary directory (as the `postgres` user when
+/// the bench runs as root), stopped when dropped.
+struct PgCluster {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+fn pg_run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let bin = std::fs::read_dir("/usr/lib/postgresql")
+        .context("PostgreSQL's server programs in /usr/lib/postgresql")?
+        .filter_map(|e| Some(e.ok()?.path().join("bin")))
+        .filter(|p| p.join("initdb").exists())
+        .max()
+        .context("initdb in /usr/lib/postgresql/<version>/bin")?;
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let mut cmd = if root {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.join(program));
+        c
+    } else {
+        std::process::Command::new(bin.join(program))
+    };
+    let out = cmd.args(args).output()?;
+    if !out.status.success() {
+        bail!("{program}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+impl PgCluster {
+    fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status()?;
+        let data = dir.path().join("data");
+        let data = data.to_str().context("path")?;
+        pg_run(
+            "initdb",
+            &["-D", data, "-A", "trust", "-U", "postgres", "--no-sync"],
+        )?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let options = format!(
+            "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20 -c fsync=off",
+            dir.path().display()
+        );
+        let log = dir.path().join("server.log");
+        pg_run(
+            "pg_ctl",
+            &[
+                "-D",
+                data,
+                "-l",
+                log.to_str().context("path")?,
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
+        )?;
+        Ok(Self { dir, port })
+    }
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        if let Some(data) = self.dir.path().join("data").to_str() {
+            let _ = pg_run("pg_ctl", &["-D", data, "-m", "immediate", "-w", "stop"]);
+        }
+    }
+}
+
+#[derive(Default)]
+struct PostgresBus {
+    cluster: std::sync::Mutex<Option<Arc<PgCluster>>>,
+}
+
+impl PostgresBus {
+    fn cluster(&self) -> anyhow::Result<Arc<PgCluster>> {
+        let mut slot = self
+            .cluster
+            .lock()
+            .map_err(|_| anyhow!("cluster lock poisoned"))?;
+        if let Some(c) = slot.as_ref() {
+            return Ok(Arc::clone(c));
+        }
+        let c = Arc::new(PgCluster::start()?);
+        *slot = Some(Arc::clone(&c));
+        Ok(c)
+    }
+    async fn sql(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.cluster()?.url(), tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+}
+
+struct PostgresPublisher {
+    client: Arc<tokio_postgres::Client>,
+    insert: tokio_postgres::Statement,
+    pending: Pending<BoxFuture<'static, anyhow::Result<()>>>,
+}
+
+#[async_trait]
+impl Publish for PostgresPublisher {
+    async fn send(&mut self, payload: Bytes) -> anyhow::Result<()> {
+        // One transaction per event; sent now, confirmed later (pipelined on one session).
+        let (client, insert) = (Arc::clone(&self.client), self.insert.clone());
+        let text = String::from_utf8_lossy(&payload).into_owned();
+        let done = tokio::spawn(async move { client.execute(&insert, &[&text]).await });
+        self.pending
+            .push(async move { done.await?.map(|_| ()).context("INSERT") }.boxed())
+            .await
+    }
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        self.pending.drain().await
+    }
+}
+
+#[async_trait]
+impl Bus for PostgresBus {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+    async fn create(&self, id: &str) -> anyhow::Result<String> {
+        let table: String = format!("bench_{id}")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let c = self.sql().await?;
+        c.batch_execute(&format!(
+            "CREATE TABLE {table} (data text); CREATE PUBLICATION {table} FOR TABLE {table};"
+        ))
+        .await
+        .context("table and publication")?;
+        // A slot is made in a transaction of its own.
+        for reader in ["fnbroker", "direct"] {
+            c.execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&format!("{table}_{reader}")],
+            )
+            .await
+            .context("slot")?;
+        }
+        Ok(table)
+    }
+    async fn remove(&self, lane: &str) {
+        if let Ok(c) = self.sql().await {
+            for slot in ["fnbroker", "direct"] {
+                let _ = c
+                    .execute(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                        &[&format!("{lane}_{slot}")],
+                    )
+                    .await;
+            }
+            let _ = c
+                .batch_execute(&format!("DROP PUBLICATION {lane}; DROP TABLE {lane};"))
+                .await;
+        }
+    }
+    fn config(&self, lane: &str, function_url: &str, max_in_flight: usize) -> String {
+        let url = self.cluster().map(|c| c.url()).unwrap_or_default();
+        format!(
+            "connectors:\n  bus: {{ postgres: {{ url: \"{url}\", slot: {lane}_fnbroker, publication: {lane} }} }}\n{}{}",
+            function(function_url, max_in_flight),
+            trigger(&format!("connector: bus, topic: {lane}"), max_in_flight)
+        )
+    }
+    async fn publisher(&self, lane: &str) -> anyhow::Result<Box<dyn Publish>> {
+        let client = self.sql().await?;
+        let insert = client
+            .prepare(&format!("INSERT INTO {lane} VALUES ($1)"))
+            .await?;
+        Ok(Box::new(PostgresPublisher {
+            client: Arc::new(client),
+            insert,
+            pending: Pending::new(PENDING),
+        }))
+    }
+    async fn consumer(
+        &self,
+        lane: &str,
+        forward: Forward,
+        concurrency: usize,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Consumer> {
+        use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
+        let cluster = self.cluster()?;
+        let config = ReplicationConfig::new(
+            "127.0.0.1",
+            "postgres",
+            "",
+            "postgres",
+            format!("{lane}_direct"),
+            lane,
+        )
+        .with_port(cluster.port)
+        .with_tls(pgwire_replication::TlsConfig::disabled())
+        .with_status_interval(Duration::from_millis(500));
+        let client = ReplicationClient::connect(config).await?;
+        // The tuple bytes of each insert (the payload inside them), the position moved at each
+        // commit as it is read: the minimal consumer.
+        let stream = futures::stream::unfold(client, |mut client| async move {
+            loop {
+                match client.recv().await.ok()?? {
+                    ReplicationEvent::XLogData { data, .. } if data.first() == Some(&b'I') => {
+                        return Some((data, client));
+                    }
+                    ReplicationEvent::Commit { end_lsn, .. } => client.update_applied_lsn(end_lsn),
+                    _ => {}
+                }
+            }
+        })
+        .map(|data| (data, ()));
+        Ok(run_forwarding(stream, forward, concurrency, stop, |()| {
+            futures::future::ready(()).boxed()
+        }))
     }
     fn holds_backlog(&self) -> bool {
         true

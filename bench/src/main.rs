@@ -33,7 +33,7 @@ use sink::{Sink, Tally, now_ns, payload};
 #[derive(Debug, Parser)]
 #[command(name = "bench", version)]
 struct Args {
-    /// Connectors to measure: http, kafka, nats, jetstream, amqp, mqtt, redis (comma-separated), or all.
+    /// Connectors to measure: http, kafka, nats, jetstream, amqp, mqtt, redis, postgres (comma-separated), or all.
     #[arg(long, default_value = "all")]
     connector: String,
     /// Events per throughput measurement.

@@ -48,6 +48,17 @@ pub(crate) fn parse(p: &[u8]) -> Option<(u32, u64, u64)> {
     Some((phase, seq, ns))
 }
 
+/// The header of a payload that may be wrapped: at the start, or inside (a change event of the
+/// PostgreSQL connector carries it as a column value in its JSON data).
+fn find(p: &[u8]) -> Option<(u32, u64, u64)> {
+    if let Some(found) = parse(p) {
+        return Some(found);
+    }
+    (0..p.len().saturating_sub(HEADER_LEN))
+        .filter(|i| p[*i] == b'P')
+        .find_map(|i| parse(&p[i..]))
+}
+
 /// What one phase expects to receive and what it did receive.
 pub(crate) struct Tally {
     phase: u32,
@@ -79,7 +90,7 @@ impl Tally {
 
     /// Counts one payload; anything of another phase is ignored.
     pub(crate) fn record(&self, payload: &[u8]) {
-        let Some((phase, seq, published)) = parse(payload) else {
+        let Some((phase, seq, published)) = find(payload) else {
             return;
         };
         if phase != self.phase || seq >= self.expected {

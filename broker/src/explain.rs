@@ -321,6 +321,8 @@ mod tests {
 connectors:
   devices: { mqtt: { url: mqtt://127.0.0.1:1883 } }
   pipeline: { kafka: { brokers: [127.0.0.1:9092], group: g } }
+  cache: { redis: { url: redis://127.0.0.1:6379 } }
+  db: { postgres: { url: postgres://127.0.0.1/app } }
 functions:
   thermostat: { http: { url: http://127.0.0.1:9/t } }
   archive: { http: { url: http://127.0.0.1:9/a } }
@@ -339,6 +341,17 @@ triggers:
   - name: orders
     from: { connector: pipeline, topic: orders }
     filter: { sql: "type LIKE 'com.shop.%' AND partitionkey = 'eu'" }
+    to: archive
+  - name: entries
+    from: { connector: cache, topic: orders, group: g, create: true }
+    to: archive
+  - name: new-orders
+    from: { connector: db, topic: orders }
+    filter: { exact: { type: com.fnbroker.postgres.insert } }
+    to: archive
+  - name: every-table
+    from: { connector: db, topic: "*" }
+    filter: { exact: { type: com.fnbroker.postgres.delete } }
     to: archive
 "#;
 
@@ -437,6 +450,52 @@ triggers:
         assert_eq!(e.triggers.len(), 1);
         assert!(!e.triggers[0].passes);
         assert_eq!(e.triggers[0].why, "sql `partitionkey = 'eu'` is false");
+    }
+
+    #[test]
+    fn a_redis_entry_and_a_postgres_change() {
+        let cfg = config();
+        let fields = headers(&[
+            ("ce_specversion", "1.0"),
+            ("ce_id", "r-1"),
+            ("ce_source", "/shop"),
+            ("ce_type", "com.shop.order"),
+        ]);
+        let arrival = Arrival {
+            connector: "cache",
+            sample: Sample {
+                topic: "orders",
+                headers: &fields,
+                data: b"{}",
+                ..Default::default()
+            },
+        };
+        let e = explain(&cfg, &arrival).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (e[0].origin.clone(), e[0].event.id()),
+            (Origin::CloudEvent, "r-1")
+        );
+        assert_eq!(e[0].triggers.len(), 1);
+        assert!(e[0].triggers[0].passes);
+
+        let arrival = Arrival {
+            connector: "db",
+            sample: Sample {
+                topic: "public.orders",
+                data: br#"{"id": 7, "total": "9.50"}"#,
+                ..Default::default()
+            },
+        };
+        let e = explain(&cfg, &arrival).unwrap_or_else(|e| panic!("{e}"));
+        let e = &e[0];
+        assert_eq!(e.event.ty(), "com.fnbroker.postgres.insert");
+        assert_eq!(e.event.subject(), Some("public.orders"));
+        let verdicts: Vec<_> = e
+            .triggers
+            .iter()
+            .map(|t| (t.trigger.as_str(), t.passes))
+            .collect();
+        assert_eq!(verdicts, [("new-orders", true), ("every-table", false)]);
     }
 
     #[test]

@@ -56,8 +56,11 @@ fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("CA")
 }
 
-/// Makes a new PKI.
+/// Makes a new PKI, and installs the process's TLS provider (aws-lc-rs, as fnbroker does): the
+/// workspace's rustls has both providers' features (pgwire-replication asks for ring), so a TLS
+/// client or server in a test must not rely on rustls picking one by itself.
 pub fn pki() -> Pki {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().expect("tempdir");
     let write = |name: &str, text: &str| {
         let path = dir.path().join(name);

@@ -54,6 +54,15 @@ pub struct Cluster {
 impl Cluster {
     /// Makes and starts a cluster (`initdb` without fsync: a second or two).
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A cluster that accepts TLS connections only, with `pki`'s server certificate.
+    pub fn start_tls(pki: &super::pki::Pki) -> Self {
+        Self::start_with(Some(pki))
+    }
+
+    fn start_with(pki: Option<&super::pki::Pki>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let chown = Command::new("chown")
             .args(["-R", "postgres:postgres"])
@@ -81,9 +90,33 @@ impl Cluster {
         );
         let port = super::free_port();
         let socket = dir.path().to_str().expect("utf-8 path");
-        let options = format!(
+        let mut options = format!(
             "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={socket} -c wal_level=logical -c max_replication_slots=10 -c max_wal_senders=10 -c fsync=off -c synchronous_commit=off"
         );
+        if let Some(pki) = pki {
+            // The server reads its key only when the postgres user owns it, mode 0600.
+            for (from, to) in [
+                (&pki.server_cert, "server.crt"),
+                (&pki.server_key, "server.key"),
+            ] {
+                let to = std::path::Path::new(data).join(to);
+                std::fs::copy(from, &to).expect("copy the server's certificate");
+                let owned = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&to)
+                    .status();
+                assert!(owned.is_ok_and(|s| s.success()));
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod");
+            }
+            std::fs::write(
+                std::path::Path::new(data).join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl replication all 127.0.0.1/32 trust\n",
+            )
+            .expect("pg_hba.conf");
+            options.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+        }
         let log = dir.path().join("server.log");
         run(
             "pg_ctl",
@@ -106,9 +139,14 @@ impl Cluster {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
-    /// A SQL session.
+    /// A SQL session, through the Unix socket (so also to a cluster that takes TLS only on TCP).
     pub async fn client(&self) -> tokio_postgres::Client {
-        connect(&self.url()).await
+        let socket = format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.dir.path().display(),
+            self.port
+        );
+        connect(&socket).await
     }
 }
 

@@ -18,6 +18,13 @@ pub struct PostgresSettings {
     /// `REPLICATION` attribute (or to be a superuser) to capture changes; the server
     /// `wal_level = logical`.
     pub url: String,
+    /// TLS: `ca`, `cert` + `key` (a client certificate), `server_name`,
+    /// `insecure_skip_verify`. With it every connection (the replication stream, the SQL
+    /// sessions, the sink) is TLS (`sslmode=verify-full`, or `require` with
+    /// `insecure_skip_verify`). Without `ca`, the replication stream trusts the Mozilla roots
+    /// and the SQL sessions the system's.
+    #[serde(default)]
+    pub tls: Option<fnbroker_core::tls::Tls>,
     /// The logical replication slot that keeps the changes not yet delivered (created with the
     /// `pgoutput` plugin when missing). Default `fnbroker`. One replica at a time reads a slot;
     /// the others stand by and take over when it goes.
@@ -53,6 +60,7 @@ impl ConnectorPlugin for Plugin {
 
     fn validate(settings: &PostgresSettings, report: &Report<'_>) {
         report.url("url", &settings.url, &["postgres", "postgresql"]);
+        report.tls(settings.tls.as_ref());
         for (key, value) in [
             ("slot", &settings.slot),
             ("publication", &settings.publication),

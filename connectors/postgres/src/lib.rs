@@ -38,7 +38,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use fnbroker_core::kit;
 use fnbroker_core::{Connector, ConnectorError, Event, Incoming, Sink, Source, Subscription};
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use pgwire_replication::{
+    Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, SslMode, TlsConfig,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -91,6 +93,76 @@ pub(crate) fn change_event(
     }
     // Every attribute above is valid: the build cannot fail.
     builder.build().unwrap_or_default()
+}
+
+/// How the SQL sessions (checks, the slot, the sink) connect: plain, or TLS with the
+/// connector's `tls`.
+#[derive(Clone)]
+pub(crate) enum SqlTls {
+    Plain,
+    Rustls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+impl SqlTls {
+    fn new(tls: Option<&fnbroker_core::tls::Tls>) -> Result<Self, String> {
+        match tls {
+            None => Ok(SqlTls::Plain),
+            Some(t) => {
+                let config = t.client_config().map_err(|e| format!("tls: {e}"))?;
+                Ok(SqlTls::Rustls(
+                    tokio_postgres_rustls::MakeRustlsConnect::new(config),
+                ))
+            }
+        }
+    }
+
+    /// A SQL session to `url` (TLS required when configured).
+    pub(crate) async fn connect(
+        &self,
+        url: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let mut config: tokio_postgres::Config = url.parse()?;
+        let client = match self {
+            SqlTls::Plain => {
+                let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+                tokio::spawn(connection);
+                client
+            }
+            SqlTls::Rustls(tls) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let (client, connection) = config.connect(tls.clone()).await?;
+                tokio::spawn(connection);
+                client
+            }
+        };
+        Ok(client)
+    }
+}
+
+/// The replication stream's TLS from the connector's `tls`. pgwire-replication 0.5 refuses to
+/// check a host name that is an IP address: for an IP host without `server_name` the stream
+/// verifies the certificate chain only (the SQL sessions verify the address too).
+fn stream_tls(tls: Option<&fnbroker_core::tls::Tls>, host: &str) -> TlsConfig {
+    let mut config = TlsConfig::disabled();
+    if let Some(t) = tls {
+        let ip = host.parse::<std::net::IpAddr>().is_ok()
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok();
+        config.mode = if t.insecure_skip_verify {
+            SslMode::Require
+        } else if ip && t.server_name.is_none() {
+            SslMode::VerifyCa
+        } else {
+            SslMode::VerifyFull
+        };
+        config.ca_pem_path = t.ca.as_ref().map(Into::into);
+        config.sni_hostname = t.server_name.clone();
+        config.client_cert_pem_path = t.cert.as_ref().map(Into::into);
+        config.client_key_pem_path = t.key.as_ref().map(Into::into);
+    }
+    config
 }
 
 /// Where and as whom to connect.
@@ -148,6 +220,7 @@ pub struct PostgresConnector {
     /// Fired when the engine stops: the stream ends its current transaction and closes the
     /// subscriptions.
     finish: CancellationToken,
+    sql_tls: SqlTls,
 }
 
 impl PostgresConnector {
@@ -155,6 +228,11 @@ impl PostgresConnector {
     pub fn new(name: &str, settings: &PostgresSettings) -> Result<Self, ConnectorError> {
         let target =
             Target::parse(&settings.url).map_err(|e| ConnectorError::permanent(name, e))?;
+        if let Some(tls) = &settings.tls {
+            tls.warn_if_insecure("connector", name);
+        }
+        let sql_tls =
+            SqlTls::new(settings.tls.as_ref()).map_err(|e| ConnectorError::permanent(name, e))?;
         Ok(Self {
             name: name.to_string(),
             settings: settings.clone(),
@@ -164,6 +242,7 @@ impl PostgresConnector {
             link: kit::Link::new(name, "the PostgreSQL server", &settings.url),
             up: Arc::default(),
             finish: CancellationToken::new(),
+            sql_tls,
         })
     }
 }
@@ -196,6 +275,7 @@ impl Connector for PostgresConnector {
         Ok(Arc::new(sink::PostgresSink::new(
             &self.name,
             &self.settings.url,
+            self.sql_tls.clone(),
         )))
     }
 
@@ -218,6 +298,7 @@ impl Connector for PostgresConnector {
             target: self.target.clone(),
             link: Arc::clone(&self.link),
             up: Arc::clone(&self.up),
+            sql_tls: self.sql_tls.clone(),
         });
         match replication.prepare().await {
             Ok(()) => {}
@@ -305,22 +386,18 @@ struct Replication {
     target: Target,
     link: Arc<kit::Link>,
     up: Arc<std::sync::atomic::AtomicBool>,
+    sql_tls: SqlTls,
 }
 
 impl Replication {
-    /// A plain SQL session.
+    /// A SQL session.
     async fn sql(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, connection) =
-            tokio_postgres::connect(&self.settings.url, tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(client)
+        self.sql_tls.connect(&self.settings.url).await
     }
 
     /// Checks `wal_level` and the publication, and makes the slot when missing.
     async fn prepare(&self) -> Result<(), Prepare> {
-        let unreachable = |e: tokio_postgres::Error| Prepare::Unreachable(e.to_string());
+        let unreachable = |e: tokio_postgres::Error| Prepare::Unreachable(with_causes(&e));
         let client = self.sql().await.map_err(unreachable)?;
         let level: String = client
             .query_one("SHOW wal_level", &[])
@@ -388,7 +465,7 @@ impl Replication {
             self.settings.publication.as_str(),
         )
         .with_port(self.target.port)
-        .with_tls(TlsConfig::disabled())
+        .with_tls(stream_tls(self.settings.tls.as_ref(), &self.target.host))
         .with_start_lsn(Lsn::ZERO)
         .with_status_interval(STATUS_INTERVAL)
         .with_buffer_size(1024)
@@ -433,6 +510,20 @@ impl Replication {
             tracing::warn!(connector = %self.connector, error = %e, "cannot confirm the last position; the last transactions may be delivered again");
         }
     }
+}
+
+/// An error with its causes ("error performing TLS handshake: invalid peer certificate: ...").
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// How a stream ended.

@@ -9,6 +9,7 @@ use tokio::sync::Mutex;
 pub(crate) struct PostgresSink {
     connector: String,
     url: String,
+    tls: crate::SqlTls,
     client: Mutex<Option<tokio_postgres::Client>>,
 }
 
@@ -48,20 +49,22 @@ fn data_json(event: &Event) -> Option<String> {
 }
 
 impl PostgresSink {
-    pub(crate) fn new(connector: &str, url: &str) -> Self {
+    pub(crate) fn new(connector: &str, url: &str, tls: crate::SqlTls) -> Self {
         Self {
             connector: connector.to_string(),
             url: url.to_string(),
+            tls,
             client: Mutex::new(None),
         }
     }
 
     fn error(&self, e: tokio_postgres::Error, what: &str) -> ConnectorError {
         // The server refused the statement (no such table, a column missing): not transient.
+        let message = format!("{what}: {}", crate::with_causes(&e));
         if e.as_db_error().is_some() {
-            ConnectorError::permanent(&self.connector, format!("{what}: {e}")).caused_by(e)
+            ConnectorError::permanent(&self.connector, message).caused_by(e)
         } else {
-            ConnectorError::io(&self.connector, format!("{what}: {e}")).caused_by(e)
+            ConnectorError::io(&self.connector, message).caused_by(e)
         }
     }
 
@@ -73,12 +76,11 @@ impl PostgresSink {
     ) -> Result<T, ConnectorError> {
         let mut slot = self.client.lock().await;
         if slot.as_ref().is_none_or(|c| c.is_closed()) {
-            let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            let client = self
+                .tls
+                .connect(&self.url)
                 .await
                 .map_err(|e| self.error(e, "cannot connect"))?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
             *slot = Some(client);
         }
         let Some(client) = slot.as_ref() else {

@@ -5,12 +5,14 @@
 //! reading with `XREADGROUP`. A restarted replica first reads the entries it held when it stopped
 //! (its own pending entries), then new ones; entries left pending by a consumer that is gone (a
 //! replica killed, scaled down) are claimed with `XAUTOCLAIM` once idle for `claim_after`. An
-//! entry is acknowledged (`XACK`) once delivered or dead-lettered; an entry fnbroker still holds
-//! (retrying in memory, waiting behind an ordered key) has its idle time reset every third of
-//! `claim_after` (`XCLAIM ... JUSTID` to itself), so no other replica claims it; one released
-//! at a stop, or whose reply or dead letter could not be published, stays pending and comes
-//! back (to this replica at its restart, or to any after `claim_after`). How often the group
-//! delivered an entry before (`XPENDING`) is the event's redelivery count. **At-least-once.**
+//! entry is acknowledged (`XACK`) once delivered or dead-lettered. A failed attempt that may be
+//! retried leaves the entry pending and this consumer claims it again (`XCLAIM`) once the
+//! backoff delay is over, so the group counts the attempts (`XPENDING`'s delivery count, the
+//! event's redelivery count and its `dlqattempts`) and they survive a restart. An entry
+//! fnbroker still holds (an attempt in flight, waiting behind an ordered key) has its idle time
+//! reset every third of `claim_after` (`XCLAIM ... JUSTID` to itself), so no other replica
+//! claims it; one released at a stop stays pending and comes back (to this replica at its
+//! restart, or to any after `claim_after`). **At-least-once.**
 //!
 //! **Sink**: `XADD <topic> [MAXLEN ~ maxlen] *` with the event in binary mode (see
 //! [`binding`]).
@@ -40,8 +42,9 @@ use tokio_util::sync::CancellationToken;
 pub use config::{Plugin, RedisSettings, RedisSourceSettings, Start};
 use reply::RawEntry;
 
-/// How long one `XREADGROUP` waits at the server for new entries.
-const BLOCK: Duration = Duration::from_secs(2);
+/// How long one `XREADGROUP` waits at the server for new entries (also how late a retry that
+/// falls due meanwhile may come).
+const BLOCK: Duration = Duration::from_millis(500);
 
 /// The most entries one read or claim asks for.
 const MAX_BATCH: usize = 256;
@@ -228,16 +231,19 @@ impl Connector for RedisConnector {
                 None
             }
         };
+        let (retry_tx, retries) = mpsc::unbounded_channel();
         let settler = RedisSettler {
             spec: Arc::clone(&spec),
             shared: Arc::clone(&self.shared),
+            retries: retry_tx,
         };
         let watch = (Arc::clone(&self.shared), Arc::clone(&self.backlogs));
         self.subscriptions.fetch_add(1, Ordering::AcqRel);
         let reading = Arc::clone(&self.reading);
         let inner = ChannelSource::spawn(source_buffer(sub.max_in_flight), move |tx, stop| {
-            consume(spec, first, settler, watch, reading, tx, stop)
-        });
+            consume(spec, first, settler, retries, watch, reading, tx, stop)
+        })
+        .redelivering_with_delay();
         Ok(Box::new(RedisSource {
             inner,
             subscriptions: Arc::clone(&self.subscriptions),
@@ -441,6 +447,7 @@ async fn consume(
     spec: Arc<Spec>,
     mut first: Option<MultiplexedConnection>,
     settler: RedisSettler,
+    retries: mpsc::UnboundedReceiver<(String, Instant)>,
     (shared, backlogs): (Arc<Shared>, Arc<Backlogs>),
     reading: Arc<AtomicUsize>,
     tx: mpsc::Sender<Incoming>,
@@ -474,6 +481,10 @@ async fn consume(
     // A restarted replica reads what it held first; after a reconnect in the same run, what it
     // holds is in flight here (and what it released is claimed after `claim_after`).
     let mut phase = Phase::Held("0".into());
+    let mut retries = Retries {
+        rx: retries,
+        due: std::collections::BTreeSet::new(),
+    };
     loop {
         let mut conn = match first.take() {
             Some(c) => c,
@@ -499,7 +510,14 @@ async fn consume(
         spec.link.connected();
         reading.fetch_add(1, Ordering::AcqRel);
         tracing::info!(connector = %spec.connector, stream = %spec.stream, group = %spec.group, consumer = %spec.consumer, "redis consumer started");
-        let ended = read_loop(&spec, &mut conn, &mut phase, &acker, &taken, &tx, &stop).await;
+        let reader = Reader {
+            spec: &spec,
+            acker: &acker,
+            taken: &taken,
+            tx: &tx,
+            stop: &stop,
+        };
+        let ended = reader.run(&mut conn, &mut phase, &mut retries).await;
         reading.fetch_sub(1, Ordering::AcqRel);
         match ended {
             Ok(()) => break,
@@ -528,109 +546,166 @@ async fn wait(stop: &CancellationToken, delay: Duration) -> bool {
     }
 }
 
-/// Reads until `stop` (`Ok`) or a failed command (`Err`: reconnect).
-async fn read_loop(
-    spec: &Spec,
-    conn: &mut MultiplexedConnection,
-    phase: &mut Phase,
-    acker: &kit::Acker<String>,
-    taken: &AtomicU64,
-    tx: &mpsc::Sender<Incoming>,
-    stop: &CancellationToken,
-) -> Result<(), RedisError> {
-    let claim_every = (spec.claim_after / 2).max(Duration::from_millis(100));
-    let mut claim_at = Instant::now();
-    let mut claim_cursor = "0-0".to_string();
-    let key = kit::ordering_key(&spec.stream);
-    loop {
-        // Room for at least one entry first: what is read is handed out at once.
-        let room = tokio::select! {
-            () = stop.cancelled() => return Ok(()),
-            permit = tx.reserve() => match permit {
-                Ok(permit) => { drop(permit); tx.capacity().clamp(1, MAX_BATCH) }
-                Err(_) => return Ok(()),
-            },
-        };
-        let batch = if Instant::now() >= claim_at {
-            let (next, entries) = claim(spec, conn, &claim_cursor, room).await?;
-            if next == "0-0" {
-                claim_at = Instant::now() + claim_every;
-            }
-            claim_cursor = next;
-            Batch {
-                entries,
-                redelivered: true,
-            }
-        } else {
-            match phase {
-                Phase::Held(after) => {
-                    let mut cmd = spec.read_group(room);
-                    cmd.arg("STREAMS").arg(&spec.stream).arg(after.as_str());
-                    let entries = reply::read_entries(&cmd.query_async(conn).await?);
-                    match entries.last() {
-                        Some(last) => *phase = Phase::Held(last.id.clone()),
-                        None => *phase = Phase::New,
-                    }
-                    Batch {
-                        entries,
-                        redelivered: true,
-                    }
-                }
-                Phase::New => {
-                    let block = claim_at
-                        .saturating_duration_since(Instant::now())
-                        .clamp(Duration::from_millis(1), BLOCK);
-                    let mut cmd = spec.read_group(room);
-                    cmd.arg("BLOCK")
-                        .arg(block.as_millis() as u64)
-                        .arg("STREAMS")
-                        .arg(&spec.stream)
-                        .arg(">");
-                    // A stop while blocked drops the read: what the server gave this consumer
-                    // in the meantime stays pending for it, and is read first at its restart.
-                    let value: Value = tokio::select! {
-                        () = stop.cancelled() => return Ok(()),
-                        v = cmd.query_async(conn) => v?,
-                    };
-                    Batch {
-                        entries: reply::read_entries(&value),
-                        redelivered: false,
-                    }
-                }
-            }
-        };
-        if batch.entries.is_empty() {
-            continue;
+/// Entries to deliver again, each once its retry delay is over.
+struct Retries {
+    rx: mpsc::UnboundedReceiver<(String, Instant)>,
+    due: std::collections::BTreeSet<(Instant, String)>,
+}
+
+impl Retries {
+    /// The ids due now, at most `n`, and when the next one falls due.
+    fn take_due(&mut self, n: usize) -> (Vec<String>, Option<Instant>) {
+        while let Ok((id, at)) = self.rx.try_recv() {
+            self.due.insert((at, id));
         }
-        let counts = if batch.redelivered {
-            spec.delivery_counts(conn, &batch.entries).await?
-        } else {
-            Vec::new()
-        };
-        for (i, raw) in batch.entries.into_iter().enumerate() {
-            let Some(fields) = &raw.fields else {
-                // Deleted (XDEL, trimmed) while pending: nothing to deliver.
-                let _: Value = redis::cmd("XACK")
-                    .arg(&spec.stream)
+        let now = Instant::now();
+        let mut ids = Vec::new();
+        while ids.len() < n
+            && let Some(first) = self.due.first()
+            && first.0 <= now
+        {
+            if let Some((_, id)) = self.due.pop_first() {
+                ids.push(id);
+            }
+        }
+        (ids, self.due.first().map(|(at, _)| *at))
+    }
+}
+
+/// What one subscription's read loop works with.
+struct Reader<'a> {
+    spec: &'a Spec,
+    acker: &'a kit::Acker<String>,
+    taken: &'a AtomicU64,
+    tx: &'a mpsc::Sender<Incoming>,
+    stop: &'a CancellationToken,
+}
+
+impl Reader<'_> {
+    /// Reads until `stop` (`Ok`) or a failed command (`Err`: reconnect).
+    async fn run(
+        &self,
+        conn: &mut MultiplexedConnection,
+        phase: &mut Phase,
+        retries: &mut Retries,
+    ) -> Result<(), RedisError> {
+        let Reader {
+            spec,
+            acker,
+            taken,
+            tx,
+            stop,
+        } = *self;
+        let claim_every = (spec.claim_after / 2).max(Duration::from_millis(100));
+        let mut claim_at = Instant::now();
+        let mut claim_cursor = "0-0".to_string();
+        let key = kit::ordering_key(&spec.stream);
+        loop {
+            // Room for at least one entry first: what is read is handed out at once.
+            let room = tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                permit = tx.reserve() => match permit {
+                    Ok(permit) => { drop(permit); tx.capacity().clamp(1, MAX_BATCH) }
+                    Err(_) => return Ok(()),
+                },
+            };
+            let (again, next_due) = retries.take_due(room);
+            let batch = if !again.is_empty() {
+                // Claimed again by this consumer: the group counts one more delivery.
+                let mut cmd = redis::cmd("XCLAIM");
+                cmd.arg(&spec.stream)
                     .arg(&spec.group)
-                    .arg(&raw.id)
-                    .query_async(conn)
-                    .await?;
+                    .arg(&spec.consumer)
+                    .arg(0);
+                for id in &again {
+                    cmd.arg(id);
+                }
+                Batch {
+                    entries: reply::entries(&cmd.query_async(conn).await?),
+                    redelivered: true,
+                }
+            } else if Instant::now() >= claim_at {
+                let (next, entries) = claim(spec, conn, &claim_cursor, room).await?;
+                if next == "0-0" {
+                    claim_at = Instant::now() + claim_every;
+                }
+                claim_cursor = next;
+                Batch {
+                    entries,
+                    redelivered: true,
+                }
+            } else {
+                match phase {
+                    Phase::Held(after) => {
+                        let mut cmd = spec.read_group(room);
+                        cmd.arg("STREAMS").arg(&spec.stream).arg(after.as_str());
+                        let entries = reply::read_entries(&cmd.query_async(conn).await?);
+                        match entries.last() {
+                            Some(last) => *phase = Phase::Held(last.id.clone()),
+                            None => *phase = Phase::New,
+                        }
+                        Batch {
+                            entries,
+                            redelivered: true,
+                        }
+                    }
+                    Phase::New => {
+                        let wake = next_due.map_or(claim_at, |due| due.min(claim_at));
+                        let block = wake
+                            .saturating_duration_since(Instant::now())
+                            .clamp(Duration::from_millis(1), BLOCK);
+                        let mut cmd = spec.read_group(room);
+                        cmd.arg("BLOCK")
+                            .arg(block.as_millis() as u64)
+                            .arg("STREAMS")
+                            .arg(&spec.stream)
+                            .arg(">");
+                        // A stop while blocked drops the read: what the server gave this consumer
+                        // in the meantime stays pending for it, and is read first at its restart.
+                        let value: Value = tokio::select! {
+                            () = stop.cancelled() => return Ok(()),
+                            v = cmd.query_async(conn) => v?,
+                        };
+                        Batch {
+                            entries: reply::read_entries(&value),
+                            redelivered: false,
+                        }
+                    }
+                }
+            };
+            if batch.entries.is_empty() {
                 continue;
+            }
+            let counts = if batch.redelivered {
+                spec.delivery_counts(conn, &batch.entries).await?
+            } else {
+                Vec::new()
             };
-            let entry = binding::Entry::new(&spec.stream, &raw.id, fields);
-            let (event, origin) = binding::decode(&spec.connector, &entry);
-            taken.fetch_add(1, Ordering::Relaxed);
-            let incoming = Incoming {
-                event,
-                origin,
-                key,
-                redeliveries: counts.get(i).map_or(0, |c| c.saturating_sub(1)),
-                size: entry.size(),
-                ack: acker.handle(raw.id.clone()),
-            };
-            if tx.send(incoming).await.is_err() {
-                return Ok(());
+            for (i, raw) in batch.entries.into_iter().enumerate() {
+                let Some(fields) = &raw.fields else {
+                    // Deleted (XDEL, trimmed) while pending: nothing to deliver.
+                    let _: Value = redis::cmd("XACK")
+                        .arg(&spec.stream)
+                        .arg(&spec.group)
+                        .arg(&raw.id)
+                        .query_async(conn)
+                        .await?;
+                    continue;
+                };
+                let entry = binding::Entry::new(&spec.stream, &raw.id, fields);
+                let (event, origin) = binding::decode(&spec.connector, &entry);
+                taken.fetch_add(1, Ordering::Relaxed);
+                let incoming = Incoming {
+                    event,
+                    origin,
+                    key,
+                    redeliveries: counts.get(i).map_or(0, |c| c.saturating_sub(1)),
+                    size: entry.size(),
+                    ack: acker.handle(raw.id.clone()),
+                };
+                if tx.send(incoming).await.is_err() {
+                    return Ok(());
+                }
             }
         }
     }
@@ -665,6 +740,8 @@ async fn claim(
 struct RedisSettler {
     spec: Arc<Spec>,
     shared: Arc<Shared>,
+    /// Entries to deliver again after their delay (read by the consume loop).
+    retries: mpsc::UnboundedSender<(String, Instant)>,
 }
 
 #[async_trait]
@@ -674,9 +751,15 @@ impl Settler for RedisSettler {
     async fn settle(&self, id: &String, settlement: Settlement) {
         match settlement {
             Settlement::Delivered { .. } | Settlement::Failed { .. } => {}
-            // Left pending: read again at this replica's restart, or claimed after
-            // `claim_after`.
-            Settlement::Retry { .. } | Settlement::Released => return,
+            // Left pending, and claimed again by this consumer once the delay is over (the
+            // group counts the delivery); if the loop has stopped, read again at this
+            // replica's restart, or claimed by another after `claim_after`.
+            Settlement::Retry { delay } => {
+                let _ = self.retries.send((id.clone(), Instant::now() + delay));
+                return;
+            }
+            // Left pending: read again at this replica's restart.
+            Settlement::Released => return,
         }
         let acked = async {
             let mut conn = self.shared.get().await.map_err(|e| e.to_string())?;

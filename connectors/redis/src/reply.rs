@@ -54,8 +54,9 @@ fn items(v: &Value) -> Vec<&Value> {
     }
 }
 
-/// `[id, [field, value, ...]]` entries (the value nil for an entry deleted while pending).
-fn entries(v: &Value) -> Vec<RawEntry> {
+/// `[id, [field, value, ...]]` entries (the value nil for an entry deleted while pending), as
+/// `XRANGE` and `XCLAIM` answer.
+pub(crate) fn entries(v: &Value) -> Vec<RawEntry> {
     items(v)
         .into_iter()
         .filter_map(|entry| {
