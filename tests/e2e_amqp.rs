@@ -121,26 +121,7 @@ async fn kill_9_in_the_middle_loses_nothing() {
             "  - {{ name: t, from: {{ connector: rabbit, queue: {q} }}, to: f, delivery: {{ max_in_flight: 128 }} }}\n"
         ),
     );
-    let fb = Fnbroker::start(&cfg).await;
-    let kill_at = 1000 + rand::random_range(0..(N / 2));
-    server.wait_count("/f", kill_at, WAIT).await;
-    fb.signal("KILL");
-    drop(fb);
-    let before = server.count("/f");
-    let fb = Fnbroker::start(&cfg).await;
-    let seen = || -> HashSet<Vec<u8>> { server.on("/f").iter().map(|r| r.body.to_vec()).collect() };
-    wait_for(
-        "every message after the restart",
-        Duration::from_secs(120),
-        || seen().len() >= N,
-    )
-    .await;
-    let total = server.count("/f");
-    println!(
-        "amqp kill test: killed after {before}; {N} messages, {total} deliveries, {} duplicates",
-        total - N
-    );
-    drop(fb);
+    common::kill_9_midway_loses_nothing("amqp", &server, &cfg, N, 1000).await;
 }
 
 /// The server closes fnbroker's connection in the middle of a stream: it reconnects and nothing

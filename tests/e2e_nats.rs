@@ -160,25 +160,7 @@ async fn jetstream_kill_9_in_the_middle_loses_nothing() {
     const N: usize = 10_000;
     let server = FnServer::start().await;
     let cfg = stream_of_numbers(N, &server, ", delivery: { max_in_flight: 128 }").await;
-    let fb = Fnbroker::start(&cfg).await;
-    let kill_at = 1000 + rand::random_range(0..(N / 2));
-    server.wait_count("/f", kill_at, WAIT).await;
-    fb.signal("KILL");
-    drop(fb);
-    let before = server.count("/f");
-    let fb = Fnbroker::start(&cfg).await;
-    let seen = || -> HashSet<Vec<u8>> { server.on("/f").iter().map(|r| r.body.to_vec()).collect() };
-    wait_for(
-        "every message after the restart",
-        Duration::from_secs(120),
-        || seen().len() >= N,
-    )
-    .await;
-    let total = server.count("/f");
-    println!(
-        "nats jetstream kill test: killed after {before}; {N} messages, {total} deliveries, {} duplicates",
-        total - N
-    );
+    common::kill_9_midway_loses_nothing("nats jetstream", &server, &cfg, N, 1000).await;
     // Plain JetStream messages carry the stream sequence as their id.
     let ids: HashSet<String> = server
         .on("/f")
@@ -186,7 +168,6 @@ async fn jetstream_kill_9_in_the_middle_loses_nothing() {
         .filter_map(|r| r.header("ce-id").map(str::to_string))
         .collect();
     assert!(ids.contains("1") && ids.contains(&N.to_string()));
-    drop(fb);
 }
 
 /// A message the function keeps failing is redelivered by the server after the backoff delay

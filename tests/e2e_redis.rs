@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use common::redis::{self as r, URL};
@@ -111,15 +110,7 @@ async fn plain_binary_and_structured_entries_reach_the_function() {
     let s = find("structured");
     assert_eq!(s.header("ce-id"), Some("s-1"));
     // Every entry was acknowledged.
-    let mut settled = false;
-    for _ in 0..100 {
-        if r::pending(&mut conn, &stream, "g").await == 0 {
-            settled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(settled, "entries left pending:\n{}", fb.logs());
+    r::wait_settled(&mut conn, &stream, "g", &fb.logs()).await;
     drop(fb);
     r::delete(&mut conn, &[&stream]).await;
 }
@@ -161,26 +152,7 @@ async fn kill_9_in_the_middle_loses_nothing() {
     let server = FnServer::start().await;
     r::add_numbers(&mut conn, &stream, 0..N).await;
     let cfg = stream_to_f(&server, "/f", &stream, ", delivery: { max_in_flight: 128 }");
-    let fb = Fnbroker::start(&cfg).await;
-    let kill_at = 500 + rand::random_range(0..(N / 2));
-    server.wait_count("/f", kill_at, WAIT).await;
-    fb.signal("KILL");
-    drop(fb);
-    let before = server.count("/f");
-    let fb = Fnbroker::start(&cfg).await;
-    let seen = || -> HashSet<Vec<u8>> { server.on("/f").iter().map(|r| r.body.to_vec()).collect() };
-    wait_for(
-        "every entry after the restart",
-        Duration::from_secs(120),
-        || seen().len() >= N,
-    )
-    .await;
-    let total = server.count("/f");
-    println!(
-        "redis kill test: killed after {before}; {N} entries, {total} deliveries, {} duplicates",
-        total - N
-    );
-    drop(fb);
+    common::kill_9_midway_loses_nothing("redis", &server, &cfg, N, 500).await;
     r::delete(&mut conn, &[&stream]).await;
 }
 
@@ -244,15 +216,7 @@ async fn a_replica_killed_hands_its_entries_to_the_other() {
     .await;
     // What `a` held when it died was claimed by `b` and acknowledged.
     let mut conn = publisher.lock().await;
-    let mut left = u64::MAX;
-    for _ in 0..200 {
-        left = r::pending(&mut conn, &stream, "g").await;
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(left, 0, "entries still pending:\n{}", b[0].logs());
+    r::wait_settled(&mut conn, &stream, "g", &b[0].logs()).await;
     assert!(
         b[0].logs().contains("claimed entries idle for claim_after"),
         "{}",
@@ -325,15 +289,7 @@ async fn replies_and_dead_letters_are_added_to_streams() {
     assert_eq!(field(letter, "ce_dlqstatus").as_deref(), Some("400"));
     assert_eq!(field(letter, "ce_dlqtrigger").as_deref(), Some("t"));
     assert_eq!(field(letter, "data").as_deref(), Some("bad"));
-    let mut settled = false;
-    for _ in 0..100 {
-        if r::pending(&mut conn, &stream, "g").await == 0 {
-            settled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(settled, "entries left pending:\n{}", fb.logs());
+    r::wait_settled(&mut conn, &stream, "g", &fb.logs()).await;
     drop(fb);
     r::delete(&mut conn, &[&stream, &replies, &letters]).await;
 }
@@ -429,15 +385,7 @@ async fn retries_come_back_through_the_group_after_the_delay_then_dead_letter() 
             "delivered again after {gap:?}, not the backoff delay"
         );
     }
-    let mut left = u64::MAX;
-    for _ in 0..100 {
-        left = r::pending(&mut conn, &stream, "g").await;
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(left, 0, "acknowledged once dead-lettered");
+    r::wait_settled(&mut conn, &stream, "g", &fb.logs()).await;
     drop(fb);
     r::delete(&mut conn, &[&stream]).await;
 }

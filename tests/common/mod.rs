@@ -364,6 +364,41 @@ pub async fn sigterm_midway_exactly_once(what: &str, server: &FnServer, cfg: &st
     );
 }
 
+/// kill -9 once `kill_from` plus a random share of the first half of `n` messages reached the
+/// function `/f` of `server` through `cfg`; start again: every message (told apart by its body)
+/// must arrive (at-least-once). Returns the deliveries before the kill and in all.
+pub async fn kill_9_midway_loses_nothing(
+    what: &str,
+    server: &FnServer,
+    cfg: &str,
+    n: usize,
+    kill_from: usize,
+) -> (usize, usize) {
+    let fb = Fnbroker::start(cfg).await;
+    let kill_at = kill_from + rand::random_range(0..(n / 2));
+    server
+        .wait_count("/f", kill_at, Duration::from_secs(60))
+        .await;
+    fb.signal("KILL");
+    drop(fb);
+    let before = server.count("/f");
+    let fb = Fnbroker::start(cfg).await;
+    let seen = || -> HashSet<Vec<u8>> { server.on("/f").iter().map(|r| r.body.to_vec()).collect() };
+    wait_for(
+        &format!("{what}: every message after the restart"),
+        Duration::from_secs(120),
+        || seen().len() >= n,
+    )
+    .await;
+    let total = server.count("/f");
+    println!(
+        "{what} kill test: killed after {before}; {n} messages, {total} deliveries, {} duplicates",
+        total - n
+    );
+    drop(fb);
+    (before, total)
+}
+
 /// A function server at `/f` that answers 503 while `down` is set, and 200 otherwise.
 pub async fn switchable_function() -> (FnServer, Arc<std::sync::atomic::AtomicBool>) {
     let down = Arc::new(std::sync::atomic::AtomicBool::new(false));

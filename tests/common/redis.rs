@@ -96,6 +96,20 @@ pub async fn pending(conn: &mut MultiplexedConnection, stream: &str, group: &str
     }
 }
 
+/// Waits (up to 10 s) until `group` has nothing pending on `stream`: every entry acknowledged.
+/// `logs` go into the failure.
+pub async fn wait_settled(conn: &mut MultiplexedConnection, stream: &str, group: &str, logs: &str) {
+    let mut left = u64::MAX;
+    for _ in 0..200 {
+        left = pending(conn, stream, group).await;
+        if left == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{left} entries of `{stream}` still pending for `{group}`:\n{logs}");
+}
+
 /// Deletes the streams `keys` (a test's own cleanup).
 pub async fn delete(conn: &mut MultiplexedConnection, keys: &[&str]) {
     let _: i64 = conn.del(keys).await.unwrap_or(0);
