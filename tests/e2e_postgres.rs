@@ -353,3 +353,45 @@ async fn tls_with_a_private_ca_and_a_wrong_ca_is_not_ready() {
         "{warning}"
     );
 }
+
+/// `fnbroker send` inserts one event into a table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_inserts_one_event_into_a_table() {
+    let cluster = Cluster::start();
+    let c = cluster.client().await;
+    c.batch_execute("CREATE TABLE inbox (id text, source text, type text, subject text, time timestamptz, datacontenttype text, data jsonb, extensions jsonb)")
+        .await
+        .expect("table");
+    let (code, out, err) = common::run_once(
+        &format!(
+            "connectors:\n  db: {{ postgres: {{ url: \"{}\" }} }}\n",
+            cluster.url()
+        ),
+        &[
+            "send",
+            "--connector",
+            "db",
+            "--topic",
+            "inbox",
+            "--type",
+            "com.example.manual",
+            "--source",
+            "/me",
+            "--data",
+            r#"{"hello":"world"}"#,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let row = c
+        .query_one(
+            "SELECT id, type, source, data::text, time IS NOT NULL FROM inbox",
+            &[],
+        )
+        .await
+        .expect("one row");
+    assert_eq!(row.get::<_, String>(0), out.trim());
+    assert_eq!(row.get::<_, String>(1), "com.example.manual");
+    assert_eq!(row.get::<_, String>(2), "/me");
+    assert_eq!(row.get::<_, String>(3), r#"{"hello": "world"}"#);
+    assert!(row.get::<_, bool>(4));
+}
