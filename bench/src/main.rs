@@ -12,6 +12,7 @@
 //! ```
 
 mod buses;
+mod chart;
 mod process;
 mod report;
 mod sink;
@@ -166,6 +167,16 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
         let file = dir.join(report::file_name(&args.connector));
         std::fs::write(&file, &text)?;
         eprintln!("bench: report written to {}", file.display());
+        // The charts next to it: `<report>.svg` (ratios) and `<report>.latency.svg`.
+        let ratios = file.with_extension("svg");
+        let latency = file.with_extension("").with_extension("latency.svg");
+        chart::ratios(&rows, &ratios)?;
+        chart::latencies(&rows, &latency)?;
+        eprintln!(
+            "bench: charts written to {} and {}",
+            ratios.display(),
+            latency.display()
+        );
     }
     Ok(complete)
 }
