@@ -462,11 +462,9 @@ async fn consume(
                 match opened.await {
                     Ok(c) => c,
                     Err(e) => {
-                        let wait = backoff.next_delay();
                         spec.warn_unreachable(&e);
-                        tokio::select! {
-                            () = stop.cancelled() => break,
-                            () = tokio::time::sleep(wait) => {}
+                        if kit::sleep_unless_stopped(&stop, backoff.next_delay()).await {
+                            break;
                         }
                         continue;
                     }

@@ -88,6 +88,15 @@ impl Backoff {
     }
 }
 
+/// Sleeps `delay` unless `stop` fires first; true when it did (the caller stops). The wait of
+/// every reconnect loop.
+pub async fn sleep_unless_stopped(stop: &CancellationToken, delay: Duration) -> bool {
+    tokio::select! {
+        () = stop.cancelled() => true,
+        () = tokio::time::sleep(delay) => false,
+    }
+}
+
 /// The longest wait after `failure` failures (1 for the first): `min * 2^(failure - 1)`, capped
 /// at `max`. The one exponential schedule of fnbroker: reconnects ([`Backoff`]) and the engine's
 /// retries between delivery attempts both use it.

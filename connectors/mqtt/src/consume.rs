@@ -153,9 +153,8 @@ async fn poll(
             Err(e) => {
                 let wait = backoff.next_delay();
                 let _ = tx.send(Err(format!("{e} (reconnecting in {wait:?})")));
-                tokio::select! {
-                    () = done.cancelled() => return,
-                    () = tokio::time::sleep(wait) => {}
+                if fnbroker_core::kit::sleep_unless_stopped(&done, wait).await {
+                    return;
                 }
             }
         }

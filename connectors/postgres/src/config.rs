@@ -112,7 +112,7 @@ impl ConnectorPlugin for Plugin {
             new: Some(new),
             old: None,
         };
-        let event = crate::change_event(name, &settings.type_prefix, &change, "0/0", 0, None);
+        let event = crate::change_event(name, &settings.type_prefix, change, "0/0", 0, None);
         Ok(vec![(event, Origin::CloudEvent)])
     }
 

@@ -68,7 +68,7 @@ pub(crate) fn table_matches(filter: &str, qualified: &str) -> bool {
 pub(crate) fn change_event(
     connector: &str,
     type_prefix: &str,
-    change: &pgoutput::Change,
+    change: pgoutput::Change,
     commit_lsn: &str,
     position: u32,
     time: Option<DateTime<Utc>>,
@@ -76,11 +76,11 @@ pub(crate) fn change_event(
     use fnbroker_core::cloudevents::{EventBuilder, EventBuilderV10};
     let subject = format!("{}.{}", change.schema, change.table);
     let mut data = serde_json::Map::new();
-    if let Some(new) = &change.new {
-        data.insert("new".into(), serde_json::Value::Object(new.clone()));
+    if let Some(new) = change.new {
+        data.insert("new".into(), serde_json::Value::Object(new));
     }
-    if let Some(old) = &change.old {
-        data.insert("old".into(), serde_json::Value::Object(old.clone()));
+    if let Some(old) = change.old {
+        data.insert("old".into(), serde_json::Value::Object(old));
     }
     let mut builder = EventBuilderV10::new()
         .id(format!("{commit_lsn}/{position}"))
@@ -618,14 +618,15 @@ async fn wait(
     subs: &mut Vec<Sub>,
     delay: Duration,
 ) -> bool {
-    let sleep = tokio::time::sleep(delay);
-    tokio::pin!(sleep);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return true,
-            () = &mut sleep => return false,
-            () = finish.cancelled(), if !subs.is_empty() => subs.clear(),
-        }
+    // Never ends by itself: it only drops the subscriptions once the engine stops.
+    let ends = async {
+        finish.cancelled().await;
+        subs.clear();
+        std::future::pending::<bool>().await
+    };
+    tokio::select! {
+        stopped = kit::sleep_unless_stopped(stop, delay) => stopped,
+        never = ends => never,
     }
 }
 
@@ -712,20 +713,36 @@ async fn stream(
                 for change in changes {
                     o.position += 1;
                     let qualified = format!("{}.{}", change.schema, change.table);
-                    for sub in subs.iter().filter(|s| table_matches(&s.filter, &qualified)) {
-                        let event = change_event(
-                            &replication.connector,
-                            &replication.settings.type_prefix,
-                            &change,
-                            &o.commit_lsn,
-                            o.position,
-                            o.time,
-                        );
+                    let takers = subs
+                        .iter()
+                        .filter(|s| table_matches(&s.filter, &qualified))
+                        .count();
+                    if takers == 0 {
+                        continue;
+                    }
+                    // One event per change, cloned only for a second subscription taking it.
+                    let key = kit::ordering_key(&qualified);
+                    let mut event = Some(change_event(
+                        &replication.connector,
+                        &replication.settings.type_prefix,
+                        change,
+                        &o.commit_lsn,
+                        o.position,
+                        o.time,
+                    ));
+                    let matching = subs.iter().filter(|s| table_matches(&s.filter, &qualified));
+                    for (i, sub) in matching.enumerate() {
+                        let event = if i + 1 == takers {
+                            event.take()
+                        } else {
+                            event.clone()
+                        };
+                        let Some(event) = event else { break };
                         let incoming = Incoming {
                             size: data.len(),
                             event,
                             origin: fnbroker_core::Origin::CloudEvent,
-                            key: kit::ordering_key(&qualified),
+                            key,
                             redeliveries: 0,
                             ack: tracker.hold(o.txn),
                         };
@@ -793,7 +810,7 @@ mod tests {
             ),
             old: None,
         };
-        let e = change_event("db", "com.fnbroker.postgres", &change, "0/16B3748", 2, None);
+        let e = change_event("db", "com.fnbroker.postgres", change, "0/16B3748", 2, None);
         assert_eq!(e.ty(), "com.fnbroker.postgres.update");
         assert_eq!(e.id(), "0/16B3748/2");
         assert_eq!(e.subject(), Some("public.orders"));

@@ -128,14 +128,7 @@ impl ConnectorPlugin for Plugin {
     fn retry_source(trigger: &str, topic: &str) -> Result<(Option<String>, SourceKeys), String> {
         Ok((
             Some(topic.to_string()),
-            [
-                (
-                    "group".to_string(),
-                    format!("fnbroker-retry-{trigger}").into(),
-                ),
-                ("create".to_string(), true.into()),
-            ]
-            .into(),
+            crate::group_keys(&format!("fnbroker-retry-{trigger}")),
         ))
     }
 

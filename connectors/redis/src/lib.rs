@@ -273,7 +273,8 @@ impl Connector for RedisConnector {
     }
 }
 
-fn group_keys(group: &str) -> fnbroker_core::contract::SourceKeys {
+/// The keys of a group of that name, made (from the stream's first entry) when missing.
+pub(crate) fn group_keys(group: &str) -> fnbroker_core::contract::SourceKeys {
     [
         ("group".to_string(), serde_json::Value::from(group)),
         ("create".to_string(), true.into()),
@@ -492,14 +493,14 @@ async fn consume(
                 Ok(c) => c,
                 Err(Failure::Missing(m)) => {
                     spec.link.failed(&m, "");
-                    if wait(&stop, backoff.next_delay()).await {
+                    if kit::sleep_unless_stopped(&stop, backoff.next_delay()).await {
                         break;
                     }
                     continue;
                 }
                 Err(Failure::Redis(e)) => {
                     spec.link.failed(&e.to_string(), "");
-                    if wait(&stop, backoff.next_delay()).await {
+                    if kit::sleep_unless_stopped(&stop, backoff.next_delay()).await {
                         break;
                     }
                     continue;
@@ -524,7 +525,7 @@ async fn consume(
             Err(e) => {
                 spec.link
                     .failed(&format!("reading `{}`: {e}", spec.stream), "");
-                if wait(&stop, backoff.next_delay()).await {
+                if kit::sleep_unless_stopped(&stop, backoff.next_delay()).await {
                     break;
                 }
             }
@@ -536,14 +537,6 @@ async fn consume(
     // acknowledgements before the connection may close.
     drop(acker);
     acks.finish().await;
-}
-
-/// Waits `delay`; true when `stop` fired first.
-async fn wait(stop: &CancellationToken, delay: Duration) -> bool {
-    tokio::select! {
-        () = stop.cancelled() => true,
-        () = tokio::time::sleep(delay) => false,
-    }
 }
 
 /// Entries to deliver again, each once its retry delay is over.
@@ -694,14 +687,16 @@ impl Reader<'_> {
                 };
                 let entry = binding::Entry::new(&spec.stream, &raw.id, fields);
                 let (event, origin) = binding::decode(&spec.connector, &entry);
+                let size = entry.size();
                 taken.fetch_add(1, Ordering::Relaxed);
                 let incoming = Incoming {
                     event,
                     origin,
                     key,
                     redeliveries: counts.get(i).map_or(0, |c| c.saturating_sub(1)),
-                    size: entry.size(),
-                    ack: acker.handle(raw.id.clone()),
+                    size,
+                    // The id moves into its handle: the entry is done with.
+                    ack: acker.handle(raw.id),
                 };
                 if tx.send(incoming).await.is_err() {
                     return Ok(());
