@@ -27,17 +27,18 @@ pub(crate) fn ratios(rows: &[Row], path: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (width, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let ratio = |r: &Row| {
-        if r.direct_eps > 0.0 {
-            r.fnbroker_eps / r.direct_eps
-        } else {
-            0.0
-        }
+        let v = r.ratio();
+        if v.is_nan() { 0.0 } else { v }
     };
-    let top = rows.iter().map(ratio).fold(1.2_f64, f64::max);
+    let top = rows
+        .iter()
+        .map(|r| r.ratio_spread().max)
+        .filter(|v| !v.is_nan())
+        .fold(1.2_f64, f64::max);
     let n = rows.len();
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "fnbroker throughput / direct path (same run)",
+            "fnbroker throughput / direct path (same run; median of the pairs, whisker: range)",
             ("sans-serif", 18),
         )
         .margin(12)
@@ -74,6 +75,21 @@ pub(crate) fn ratios(rows: &[Row], path: &Path) -> anyhow::Result<()> {
             );
             bar.set_margin(0, 0, 12, 12);
             bar
+        }))
+        .map_err(|e| anyhow!("{e}"))?;
+    // The range of the pairs' ratios, as a whisker through the bar.
+    chart
+        .draw_series(rows.iter().enumerate().filter_map(|(i, r)| {
+            let s = r.ratio_spread();
+            (!s.min.is_nan() && s.min < s.max).then(|| {
+                PathElement::new(
+                    [
+                        (SegmentValue::CenterOf(i), s.min),
+                        (SegmentValue::CenterOf(i), s.max),
+                    ],
+                    BLACK.stroke_width(2),
+                )
+            })
         }))
         .map_err(|e| anyhow!("{e}"))?;
     chart

@@ -57,6 +57,15 @@ struct Args {
     /// Length of the latency measurement, in seconds.
     #[arg(long, default_value_t = 5)]
     latency_secs: u64,
+    /// Unconfirmed events the publisher may be ahead of the function in the throughput runs,
+    /// instead of each broker's own window (Mosquitto 100, core NATS 2,000, HTTP 5,000, the
+    /// others 20,000).
+    #[arg(long)]
+    window: Option<u64>,
+    /// Alternated throughput runs per row (direct, fnbroker, direct, fnbroker...): the report
+    /// gives medians and ranges. Quick runs make one.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
     /// A short run (5,000 events, 1 s of latency, a 20,000-event backlog): a smoke test that
     /// every event arrives, not a measurement.
     #[arg(long)]
@@ -115,9 +124,15 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
         args.events = args.events.min(5_000);
         args.latency_secs = 1;
         args.backlog = args.backlog.min(20_000);
+        args.runs = 1;
     }
-    if args.events == 0 || args.size.is_empty() || args.concurrency == 0 || args.rate == 0 {
-        bail!("--events, --size, --concurrency and --rate must be positive");
+    if args.events == 0
+        || args.runs == 0
+        || args.size.is_empty()
+        || args.concurrency == 0
+        || args.rate == 0
+    {
+        bail!("--events, --size, --concurrency and --rate and --runs must be positive");
     }
     let names: Vec<String> = if args.connector == "all" {
         buses::ALL.iter().map(ToString::to_string).collect()
@@ -183,8 +198,9 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
 
 fn args_summary(args: &Args, binary: &std::path::Path) -> String {
     format!(
-        "events {} per throughput run, in flight {}, latency at {}/s for {} s, backlog {}, fnbroker `{}`{}",
+        "events {} per throughput run, {} alternated runs per path, in flight {}, latency at {}/s for {} s, backlog {}, fnbroker `{}`{}",
         args.events,
+        args.runs,
         args.concurrency,
         args.rate,
         args.latency_secs,
@@ -194,7 +210,10 @@ fn args_summary(args: &Args, binary: &std::path::Path) -> String {
             .as_ref()
             .map(|a| format!(", against `{}`", a.display()))
             .unwrap_or_default()
-    )
+    ) + &args
+        .window
+        .map(|w| format!(", window {w} for every broker"))
+        .unwrap_or_default()
 }
 
 /// One connector at one payload size: raw consume, the direct path, then fnbroker.
@@ -223,30 +242,35 @@ async fn measure(
     row.lost += raw.throughput.lost;
 
     // The direct path: consume and POST, same client, same function server, same concurrency.
-    step("direct path");
-    let post = Forward::Post {
+    // Its first run also measures latency; it alternates with fnbroker's runs.
+    let post = || Forward::Post {
         client: reqwest::Client::new(),
         url: sink.url().into(),
     };
-    let direct = in_process(bus, sink, post, args, size, true).await?;
-    row.direct_eps = direct.throughput.eps;
+    step("direct path");
+    let direct = in_process(bus, sink, post(), args, size, true).await?;
     row.lost += direct.throughput.lost;
     row.direct_latency = direct.latency.unwrap_or_default();
 
-    // fnbroker.
+    // fnbroker: the first run also measures idle RSS, ready time, latency and the backlog.
     step("fnbroker");
     let lane = bus.create(&lane_id()).await?;
     let config = bus.config(&lane, &sink.url(), args.concurrency);
     let fb = process::Fnbroker::start(binary, &config).await?;
     row.ready_ms = fb.ready.as_secs_f64() * 1e3;
     row.idle_rss = fb.rss().ok();
+    row.idle_anon = fb.anon().ok();
     let mut publisher = bus.publisher(&lane).await?;
-    let (fnb, cpu) = full_speed(&fb, publisher.as_mut(), bus, sink, args, size).await?;
-    row.fnbroker_eps = fnb.eps;
+    let (fnb, cpu, peak_anon) = full_speed(&fb, publisher.as_mut(), bus, sink, args, size).await?;
     row.lost += fnb.lost;
     row.duplicates += fnb.duplicates;
-    row.cpu_per_100k = cpu;
-    row.peak_rss = fb.peak_rss().ok();
+    row.add_run(report::Pair {
+        direct_eps: direct.throughput.eps,
+        fnbroker_eps: fnb.eps,
+        cpu,
+        peak_rss: fb.peak_rss().ok(),
+        peak_anon,
+    });
     step("fnbroker latency");
     row.latency = latency(publisher.as_mut(), sink, args, size).await?;
     if backlog > 0 {
@@ -261,6 +285,22 @@ async fn measure(
     sink.set_slow(false);
     drop(publisher);
     bus.remove(&lane).await;
+    for run in 2..=args.runs {
+        step(&format!("direct path, run {run}"));
+        let direct = in_process(bus, sink, post(), args, size, false).await?;
+        row.lost += direct.throughput.lost;
+        step(&format!("fnbroker, run {run}"));
+        let other = second_run(bus, sink, binary, args, size, "", None).await?;
+        row.lost += other.lost;
+        row.duplicates += other.duplicates;
+        row.add_run(report::Pair {
+            direct_eps: direct.throughput.eps,
+            fnbroker_eps: other.eps,
+            cpu: other.cpu,
+            peak_rss: other.peak_rss,
+            peak_anon: other.peak_anon,
+        });
+    }
     if args.traced {
         step("fnbroker traced");
         let telemetry = format!(
@@ -318,7 +358,7 @@ async fn second_run(
     let fb = process::Fnbroker::start(binary, &config).await?;
     let idle_rss = fb.rss().ok();
     let mut publisher = bus.publisher(&lane).await?;
-    let (t, cpu) = full_speed(&fb, publisher.as_mut(), bus, sink, args, size).await?;
+    let (t, cpu, peak_anon) = full_speed(&fb, publisher.as_mut(), bus, sink, args, size).await?;
     let peak_rss = fb.peak_rss().ok();
     fb.stop(Duration::from_secs(2)).await;
     drop(publisher);
@@ -327,13 +367,15 @@ async fn second_run(
         eps: t.eps,
         cpu,
         lost: t.lost,
+        duplicates: t.duplicates,
         idle_rss,
         peak_rss,
+        peak_anon,
     })
 }
 
-/// A running fnbroker at full throughput, after a warm-up: what arrived, and its CPU seconds per
-/// 100,000 events.
+/// A running fnbroker at full throughput, after a warm-up: what arrived, its CPU seconds per
+/// 100,000 events, and its highest anonymous RSS.
 async fn full_speed(
     fb: &process::Fnbroker,
     publisher: &mut dyn Publish,
@@ -341,12 +383,24 @@ async fn full_speed(
     sink: &Sink,
     args: &Args,
     size: usize,
-) -> anyhow::Result<(Throughput, f64)> {
+) -> anyhow::Result<(Throughput, f64, Option<u64>)> {
+    let anon = fb.watch_anon();
     warm_up(publisher, sink).await?;
     let cpu_before = fb.cpu()?;
-    let t = throughput(publisher, sink, bus.window(), args.events, size).await?;
+    let t = throughput(
+        publisher,
+        sink,
+        args.window.unwrap_or(bus.window()),
+        args.events,
+        size,
+    )
+    .await?;
     let cpu = fb.cpu()?.saturating_sub(cpu_before);
-    Ok((t, cpu.as_secs_f64() * 100_000.0 / args.events as f64))
+    Ok((
+        t,
+        cpu.as_secs_f64() * 100_000.0 / args.events as f64,
+        anon.end(),
+    ))
 }
 
 /// What a path run inside the bench measured.
@@ -373,7 +427,14 @@ async fn in_process(
     let task = tokio::spawn(consumer);
     let mut publisher = bus.publisher(&lane).await?;
     warm_up(publisher.as_mut(), sink).await?;
-    let throughput = throughput(publisher.as_mut(), sink, bus.window(), args.events, size).await?;
+    let throughput = throughput(
+        publisher.as_mut(),
+        sink,
+        args.window.unwrap_or(bus.window()),
+        args.events,
+        size,
+    )
+    .await?;
     let latency = if with_latency {
         Some(latency(publisher.as_mut(), sink, args, size).await?)
     } else {

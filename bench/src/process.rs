@@ -94,6 +94,29 @@ impl Fnbroker {
         status_kib(self.pid, "VmHWM:").map(|k| k * 1024)
     }
 
+    /// Current anonymous resident memory (`RssAnon`: heap, stacks, relocated data), in bytes:
+    /// the resident set without the mapped program, which the page cache shares.
+    pub(crate) fn anon(&self) -> anyhow::Result<u64> {
+        status_kib(self.pid, "RssAnon:").map(|k| k * 1024)
+    }
+
+    /// Samples [`Fnbroker::anon`] every 10 ms until the watch is ended: the kernel keeps no
+    /// peak of it.
+    pub(crate) fn watch_anon(&self) -> AnonWatch {
+        let pid = self.pid;
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let p = std::sync::Arc::clone(&peak);
+        let task = tokio::spawn(async move {
+            loop {
+                if let Ok(k) = status_kib(pid, "RssAnon:") {
+                    p.fetch_max(k * 1024, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        AnonWatch { peak, task }
+    }
+
     /// Stops the process: SIGTERM and a clean shutdown, or a kill after `grace`.
     pub(crate) async fn stop(mut self, grace: Duration) {
         if let Ok(pid) = i32::try_from(self.pid) {
@@ -107,6 +130,20 @@ impl Fnbroker {
         {
             let _ = self.child.kill().await;
         }
+    }
+}
+
+/// A running sampler of a process's anonymous memory.
+pub(crate) struct AnonWatch {
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AnonWatch {
+    /// Stops sampling: the highest anonymous resident memory seen, in bytes.
+    pub(crate) fn end(self) -> Option<u64> {
+        self.task.abort();
+        Some(self.peak.load(std::sync::atomic::Ordering::Relaxed)).filter(|&b| b > 0)
     }
 }
 
@@ -182,5 +219,6 @@ mod tests {
         assert!(cpu_of(me).is_ok());
         assert!(status_kib(me, "VmRSS:").expect("rss") > 0);
         assert!(status_kib(me, "VmHWM:").expect("hwm") > 0);
+        assert!(status_kib(me, "RssAnon:").expect("anon") > 0);
     }
 }

@@ -41,22 +41,28 @@ pub(crate) struct Row {
     pub(crate) connector: &'static str,
     /// Payload bytes.
     pub(crate) size: usize,
-    /// fnbroker's throughput, events per second.
+    /// fnbroker's throughput, events per second: the median of the runs.
     pub(crate) fnbroker_eps: f64,
-    /// The direct path's throughput.
+    /// The direct path's throughput: the median of the runs.
     pub(crate) direct_eps: f64,
+    /// The alternated runs at full throughput (direct, then fnbroker), in order.
+    pub(crate) runs: Vec<Pair>,
     /// The broker's consume rate alone.
     pub(crate) raw_eps: f64,
     /// fnbroker's latency at the fixed rate.
     pub(crate) latency: Latency,
     /// The direct path's latency at the fixed rate.
     pub(crate) direct_latency: Latency,
-    /// fnbroker's CPU seconds per 100,000 events at full throughput.
+    /// fnbroker's CPU seconds per 100,000 events at full throughput: the median of the runs.
     pub(crate) cpu_per_100k: f64,
     /// fnbroker's RSS just after it was ready.
     pub(crate) idle_rss: Option<u64>,
-    /// fnbroker's peak RSS after the throughput run.
+    /// fnbroker's peak RSS after the throughput runs: the highest of the runs.
     pub(crate) peak_rss: Option<u64>,
+    /// fnbroker's anonymous RSS just after it was ready (without the mapped program).
+    pub(crate) idle_anon: Option<u64>,
+    /// fnbroker's highest anonymous RSS in the throughput runs.
+    pub(crate) peak_anon: Option<u64>,
     /// fnbroker's RSS behind a slow function with 10,000 and with the whole backlog waiting.
     pub(crate) backlog_rss: Option<(u64, u64)>,
     /// From process start to ready.
@@ -73,6 +79,72 @@ pub(crate) struct Row {
     pub(crate) batches: Vec<(usize, Other)>,
 }
 
+/// One direct run and the fnbroker run after it, at full throughput.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pair {
+    /// The direct path's events per second.
+    pub(crate) direct_eps: f64,
+    /// fnbroker's events per second.
+    pub(crate) fnbroker_eps: f64,
+    /// fnbroker's CPU seconds per 100,000 events.
+    pub(crate) cpu: f64,
+    /// fnbroker's peak RSS.
+    pub(crate) peak_rss: Option<u64>,
+    /// fnbroker's peak anonymous RSS (sampled).
+    pub(crate) peak_anon: Option<u64>,
+}
+
+/// The median of values and their range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Spread {
+    /// The median (of an even count, the mean of the middle two).
+    pub(crate) median: f64,
+    /// The smallest value.
+    pub(crate) min: f64,
+    /// The largest value.
+    pub(crate) max: f64,
+}
+
+impl Spread {
+    /// The spread of `values`; NaN everywhere when there are none.
+    pub(crate) fn of(values: impl IntoIterator<Item = f64>) -> Spread {
+        let mut v: Vec<f64> = values.into_iter().filter(|x| !x.is_nan()).collect();
+        if v.is_empty() {
+            return Spread {
+                median: f64::NAN,
+                min: f64::NAN,
+                max: f64::NAN,
+            };
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Spread {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        }
+    }
+
+    /// `median (min-max)` with `digits` decimals, or the value alone when there was one.
+    fn show(&self, digits: usize) -> String {
+        if self.median.is_nan() {
+            "n/a".into()
+        } else if self.min == self.max {
+            format!("{:.digits$}", self.median)
+        } else {
+            format!(
+                "{:.digits$} ({:.digits$}–{:.digits$})",
+                self.median, self.min, self.max
+            )
+        }
+    }
+}
+
 /// A second fnbroker run of a row (traced, or another build).
 #[derive(Debug, Clone)]
 pub(crate) struct Other {
@@ -82,10 +154,14 @@ pub(crate) struct Other {
     pub(crate) cpu: f64,
     /// Events that never arrived.
     pub(crate) lost: u64,
+    /// Events delivered more than once.
+    pub(crate) duplicates: u64,
     /// RSS just after it was ready.
     pub(crate) idle_rss: Option<u64>,
     /// Peak RSS after the throughput run.
     pub(crate) peak_rss: Option<u64>,
+    /// Highest anonymous RSS in the throughput run.
+    pub(crate) peak_anon: Option<u64>,
 }
 
 impl Row {
@@ -95,12 +171,15 @@ impl Row {
             size,
             fnbroker_eps: 0.0,
             direct_eps: 0.0,
+            runs: Vec::new(),
             raw_eps: 0.0,
             latency: Latency::default(),
             direct_latency: Latency::default(),
             cpu_per_100k: 0.0,
             idle_rss: None,
             peak_rss: None,
+            idle_anon: None,
+            peak_anon: None,
             backlog_rss: None,
             ready_ms: 0.0,
             lost: 0,
@@ -116,17 +195,49 @@ impl Row {
         self.lost + self.latency.lost + self.direct_latency.lost
     }
 
-    fn ratio(&self) -> f64 {
-        if self.direct_eps > 0.0 {
-            self.fnbroker_eps / self.direct_eps
-        } else {
-            f64::NAN
-        }
+    /// Adds a pair of runs and updates the medians.
+    pub(crate) fn add_run(&mut self, pair: Pair) {
+        self.runs.push(pair);
+        self.fnbroker_eps = Spread::of(self.runs.iter().map(|p| p.fnbroker_eps)).median;
+        self.direct_eps = Spread::of(self.runs.iter().map(|p| p.direct_eps)).median;
+        self.cpu_per_100k = self.cpu_spread().median;
+        self.peak_rss = self.runs.iter().filter_map(|p| p.peak_rss).max();
+        self.peak_anon = self.runs.iter().filter_map(|p| p.peak_anon).max();
+    }
+
+    /// fnbroker / direct of each pair of runs: the median is the row's ratio, the range its
+    /// spread.
+    pub(crate) fn ratio_spread(&self) -> Spread {
+        Spread::of(self.runs.iter().map(|p| {
+            if p.direct_eps > 0.0 {
+                p.fnbroker_eps / p.direct_eps
+            } else {
+                f64::NAN
+            }
+        }))
+    }
+
+    /// The row's ratio: the median of the pairs' ratios.
+    pub(crate) fn ratio(&self) -> f64 {
+        self.ratio_spread().median
+    }
+
+    /// fnbroker's CPU seconds per 100,000 events over the runs.
+    pub(crate) fn cpu_spread(&self) -> Spread {
+        Spread::of(self.runs.iter().map(|p| p.cpu))
     }
 }
 
 fn mib(b: Option<u64>) -> String {
     b.map_or_else(|| "n/a".into(), |b| format!("{:.1}", b as f64 / 1048576.0))
+}
+
+/// An RSS with its anonymous part in brackets.
+fn with_anon(rss: Option<u64>, anon: Option<u64>) -> String {
+    match anon {
+        Some(_) => format!("{} ({})", mib(rss), mib(anon)),
+        None => mib(rss),
+    }
 }
 
 fn ms(us: f64) -> String {
@@ -171,7 +282,7 @@ pub(crate) fn render(rows: &[Row], http_raw: f64, settings: &str) -> String {
     );
     let _ = writeln!(
         s,
-        "| connector | payload | fnbroker ev/s | direct ev/s | ratio | raw consume ev/s | p50 ms | p99 ms | p99.9 ms | direct p99 ms | CPU s / 100k | idle RSS MiB | peak RSS MiB | backlog RSS MiB (10k → all) | ready ms | lost | dup |"
+        "| connector | payload | fnbroker ev/s | direct ev/s | ratio (range) | raw consume ev/s | p50 ms | p99 ms | p99.9 ms | direct p99 ms | CPU s / 100k (range) | idle RSS MiB (anon) | peak RSS MiB (anon) | backlog RSS MiB (10k → all) | ready ms | lost | dup |"
     );
     let _ = writeln!(
         s,
@@ -184,20 +295,20 @@ pub(crate) fn render(rows: &[Row], http_raw: f64, settings: &str) -> String {
         );
         let _ = writeln!(
             s,
-            "| {} | {} B | {:.0} | {:.0} | {:.2} | {:.0} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {:.0} | {} | {} |",
+            "| {} | {} B | {:.0} | {:.0} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {} |",
             r.connector,
             r.size,
             r.fnbroker_eps,
             r.direct_eps,
-            r.ratio(),
+            r.ratio_spread().show(2),
             r.raw_eps,
             ms(r.latency.p50),
             ms(r.latency.p99),
             ms(r.latency.p999),
             ms(r.direct_latency.p99),
-            r.cpu_per_100k,
-            mib(r.idle_rss),
-            mib(r.peak_rss),
+            r.cpu_spread().show(2),
+            with_anon(r.idle_rss, r.idle_anon),
+            with_anon(r.peak_rss, r.peak_anon),
             backlog,
             r.ready_ms,
             r.lost_total(),
@@ -206,7 +317,7 @@ pub(crate) fn render(rows: &[Row], http_raw: f64, settings: &str) -> String {
     }
     let _ = writeln!(
         s,
-        "\nratio = fnbroker / direct, both measured in this run. Throughput is events from the first publish to the last receipt, with a window of unconfirmed events per broker (Mosquitto 100, core NATS 2,000, HTTP 5,000, others 20,000). Latency is publish -> function at the fixed rate. CPU and RSS are fnbroker's own (from /proc). The backlog is measured for brokers that hold one (Kafka, JetStream, AMQP) behind a function that takes 1 s per event."
+        "\nratio = fnbroker / direct, both measured in this run: the throughput runs alternate (direct, fnbroker, direct, fnbroker...); ev/s are the medians of the runs, the ratio is the median of each pair's ratio with the range of the pairs in brackets, CPU the median with its range, peak RSS the highest. RSS is the whole resident set (`VmRSS`, peak `VmHWM`); in brackets its anonymous part (`RssAnon`: heap, stacks, relocated data; the peak sampled every 10 ms), the rest being the mapped program, which the page cache holds and shares. Throughput is events from the first publish to the last receipt, with a window of unconfirmed events per broker (Mosquitto 100, core NATS 2,000, HTTP 5,000, others 20,000). Latency is publish -> function at the fixed rate. CPU and RSS are fnbroker's own (from /proc). The backlog is measured for brokers that hold one (Kafka, JetStream, AMQP) behind a function that takes 1 s per event."
     );
     if rows.iter().any(|r| r.traced.is_some()) {
         let _ = writeln!(
@@ -343,6 +454,31 @@ fn broker_settings() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spreads() {
+        let s = Spread::of([3.0, 1.0, 2.0]);
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!(Spread::of([1.0, 2.0, 4.0, 3.0]).median, 2.5);
+        assert_eq!(s.show(2), "2.00 (1.00–3.00)");
+        assert_eq!(Spread::of([0.5]).show(2), "0.50");
+        assert!(Spread::of([]).median.is_nan());
+        let mut r = Row::new("nats", 256);
+        for (d, f) in [(100.0, 90.0), (100.0, 80.0), (50.0, 50.0)] {
+            r.add_run(Pair {
+                direct_eps: d,
+                fnbroker_eps: f,
+                cpu: 1.0,
+                peak_rss: Some(d as u64),
+                peak_anon: None,
+            });
+        }
+        assert_eq!(r.ratio(), 0.9);
+        assert_eq!(
+            (r.fnbroker_eps, r.direct_eps, r.peak_rss),
+            (80.0, 100.0, Some(100))
+        );
+    }
 
     #[test]
     fn percentiles() {

@@ -10,13 +10,13 @@ use fnbroker_core::config::ContentMode;
 use fnbroker_core::event::{self, AttributesReader as _, Event};
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 
+use crate::client::Endpoint;
 use crate::{InvokeError, Invoker, Reply, Success, truncate};
 
 /// POSTs events to an HTTP endpoint over a pooled keep-alive client.
 #[derive(Debug, Clone)]
 pub struct HttpInvoker {
-    client: reqwest::Client,
-    url: reqwest::Url,
+    endpoint: Endpoint,
     mode: ContentMode,
     headers: HeaderMap,
     topic_header: bool,
@@ -32,10 +32,8 @@ impl HttpInvoker {
         concurrency: usize,
         tls: Option<&fnbroker_core::tls::Tls>,
     ) -> Result<Self, String> {
-        let (client, url) = client_for(url, concurrency, tls)?;
         Ok(Self {
-            client,
-            url,
+            endpoint: Endpoint::new(url, concurrency, tls)?,
             mode,
             headers: header_map(headers)?,
             topic_header: false,
@@ -49,9 +47,9 @@ impl HttpInvoker {
         self
     }
 
-    /// The request that delivers `event`: its URL, the static headers, the event in the content
-    /// mode (and `X-Topic` where asked for).
-    pub(crate) fn request(&self, event: &Event) -> reqwest::RequestBuilder {
+    /// The request that delivers `event`: the static headers and the event in the content mode
+    /// (and `X-Topic` where asked for), as headers and body.
+    pub(crate) fn request(&self, event: &Event) -> (HeaderMap, Bytes) {
         let mut headers = self.headers.clone();
         if self.topic_header
             && let Some(topic) = event.subject()
@@ -82,25 +80,28 @@ impl HttpInvoker {
                 event::to_json_vec(event)
             }
         };
-        self.client
-            .post(self.url.clone())
-            .headers(headers)
-            .body(body)
+        (headers, Bytes::from(body))
     }
 
     /// The request that delivers a batch: the static headers and the events as
     /// `application/cloudevents-batch+json`.
-    pub(crate) fn batch_request(&self, events: &[Event]) -> reqwest::RequestBuilder {
+    pub(crate) fn batch_request(&self, events: &[Event]) -> (HeaderMap, Bytes) {
         let mut headers = self.headers.clone();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(event::BATCH_JSON));
-        self.client
-            .post(self.url.clone())
-            .headers(headers)
-            .body(event::batch_to_json_vec(events))
+        (headers, Bytes::from(event::batch_to_json_vec(events)))
+    }
+
+    /// POSTs a request to the endpoint: a 2xx answer's status, headers and body; any other
+    /// status is an [`InvokeError::Status`].
+    pub(crate) async fn post(
+        &self,
+        (headers, body): (HeaderMap, Bytes),
+    ) -> Result<(u16, HeaderMap, Bytes), InvokeError> {
+        successful(self.endpoint.post(headers, body).await?)
     }
 
     async fn call(&self, event: &Event) -> Result<Success, InvokeError> {
-        let (status, headers, body) = send(self.request(event)).await?;
+        let (status, headers, body) = self.post(self.request(event)).await?;
         Ok(Success {
             status,
             reply: decode_reply(&headers, body)?,
@@ -120,7 +121,13 @@ const X_TOPIC: HeaderName = HeaderName::from_static("x-topic");
 pub(crate) async fn send(
     request: reqwest::RequestBuilder,
 ) -> Result<(u16, HeaderMap, Bytes), InvokeError> {
-    let (status, headers, body) = exchange(request).await?;
+    successful(exchange(request).await?)
+}
+
+/// A 2xx answer as it is; any other status as an [`InvokeError::Status`] (with `Retry-After`).
+fn successful(
+    (status, headers, body): (u16, HeaderMap, Bytes),
+) -> Result<(u16, HeaderMap, Bytes), InvokeError> {
     if !(200..300).contains(&status) {
         return Err(status_error(status, &headers, &body));
     }
@@ -225,7 +232,7 @@ impl Invoker for HttpInvoker {
         timeout: Duration,
     ) -> Result<Success, InvokeError> {
         crate::within(timeout, async {
-            let (status, headers, body) = send(self.batch_request(events)).await?;
+            let (status, headers, body) = self.post(self.batch_request(events)).await?;
             Ok(Success {
                 status,
                 reply: decode_reply(&headers, body)?,

@@ -14,6 +14,7 @@
 #![deny(unreachable_pub)]
 #![warn(missing_docs)]
 
+mod client;
 mod exec;
 mod http_fn;
 mod lambda;

@@ -21,7 +21,7 @@ use fnbroker_core::event::Event;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::oneshot;
 
-use crate::http_fn::{decode_reply, send, status_error};
+use crate::http_fn::{decode_reply, status_error};
 use crate::{HttpInvoker, InvokeError, Invoker, Success};
 
 /// The header that correlates a call with its callback.
@@ -222,12 +222,14 @@ impl OpenFaasAsyncInvoker {
     async fn call(&self, event: &Event) -> Result<Success, InvokeError> {
         let id = uuid::Uuid::new_v4().to_string();
         let mut waiter = self.callbacks.register(id.clone());
-        let request = self
-            .request
-            .request(event)
-            .header(CALL_ID, id.as_str())
-            .header(CALLBACK_URL, self.callback_url.clone());
-        let (_, headers, _) = send(request).await?;
+        let (mut headers, body) = self.request.request(event);
+        headers.insert(
+            CALL_ID,
+            HeaderValue::try_from(id.as_str())
+                .map_err(|e| InvokeError::Request(format!("call id: {e}")))?,
+        );
+        headers.insert(CALLBACK_URL, self.callback_url.clone());
+        let (_, headers, _) = self.request.post((headers, body)).await?;
         if let Some(theirs) = headers.get(CALL_ID).and_then(|v| v.to_str().ok()) {
             waiter.follow(theirs);
         }

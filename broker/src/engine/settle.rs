@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use fnbroker_core::event::AttributesReader;
 use fnbroker_core::{Incoming, Origin, Settlement};
-use futures::future::Either;
 use tokio_util::sync::CancellationToken;
 
 use super::{Outcome, TriggerRuntime};
@@ -69,33 +68,46 @@ pub(super) async fn process(
     // every trigger of the subscription again.
     let broker_retry = (broker_retries && views.len() == 1).then_some(redeliveries);
     let shutdown = &shutdown;
-    let deliveries: Vec<_> = views
-        .into_iter()
-        .map(|(t, view)| {
-            // A batching trigger takes the event here, before anything is awaited: events join
-            // its batches in the order the pump started their messages.
-            let work = match &t.batch {
-                Some(batcher) => Either::Left(t.batched(batcher, view.into_owned(), shutdown)),
-                None => {
-                    Either::Right(async move { t.deliver(&view, shutdown, broker_retry).await })
-                }
-            };
-            async move {
-                let outcome = work.await;
-                t.stats.in_flight.dec();
-                outcome
-            }
-        })
-        .collect();
-    let outcomes = futures::future::join_all(deliveries).await;
-    ack.settle(combine(outcomes));
+    // One matched trigger (the usual case) is awaited as it is: no vector of futures to build
+    // and move, which the profile showed as a tenth of the pump's time.
+    let mut views = views.into_iter();
+    let outcome = match (views.next(), views.len()) {
+        (Some((t, view)), 0) => combine([run(t, view, shutdown, broker_retry).await]),
+        (first, _) => combine(
+            futures::future::join_all(
+                first
+                    .into_iter()
+                    .chain(views)
+                    .map(|(t, view)| run(t, view, shutdown, broker_retry)),
+            )
+            .await,
+        ),
+    };
+    ack.settle(outcome);
     key
+}
+
+/// One matched trigger's work on the event.
+async fn run(
+    t: &Arc<TriggerRuntime>,
+    view: std::borrow::Cow<'_, fnbroker_core::Event>,
+    shutdown: &CancellationToken,
+    broker_retry: Option<u32>,
+) -> Outcome {
+    // A batching trigger takes the event before anything is awaited (this future is polled at
+    // once): events join its batches in the order the pump started their messages.
+    let outcome = match &t.batch {
+        Some(batcher) => t.batched(batcher, view.into_owned(), shutdown).await,
+        None => t.deliver(&view, shutdown, broker_retry).await,
+    };
+    t.stats.in_flight.dec();
+    outcome
 }
 
 /// One settlement from the outcomes of every matched trigger: released if any must see the
 /// message again, retried later if one asked for it, else failed if any failed, else delivered
 /// with the first reply.
-pub(super) fn combine(outcomes: Vec<Outcome>) -> Settlement {
+pub(super) fn combine(outcomes: impl IntoIterator<Item = Outcome>) -> Settlement {
     let mut failure = None;
     let mut reply = None;
     let mut retry = None;

@@ -1,0 +1,256 @@
+//! The HTTP/1.1 client of the HTTP kinds: hyper's pooled client, used directly.
+//!
+//! One [`Endpoint`] per function: its URI parsed once, keep-alive connections pooled (up to the
+//! function's concurrency idle), `TCP_NODELAY`, TLS through rustls when the URL is `https`.
+//! A request is the endpoint's URI, a header map and a body; the answer is read whole. No
+//! redirects are followed (a function that answers 3xx fails the attempt with that status), no
+//! proxy is used, nothing is added to the headers but `Host` and `Content-Length`.
+//!
+//! reqwest, which the platforms with protocols of their own (OpenWhisk, Lambda) still use, does
+//! the same over the same hyper client, with a URL parse, a redirect policy, a decompression
+//! check and a boxed future of its own per request: measured, that was a tenth of fnbroker's
+//! CPU per event (the note of issue 19).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HOST, HeaderMap, HeaderValue};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::InvokeError;
+use crate::http_fn::error_chain;
+
+/// How long an idle pooled connection is kept.
+const IDLE: Duration = Duration::from_secs(90);
+
+/// The connector of an endpoint: plain TCP, or TLS over it.
+#[derive(Debug, Clone)]
+enum Pool {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Tls(Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>),
+}
+
+/// One function's URL and its pool of keep-alive connections.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    pool: Pool,
+    uri: http::Uri,
+    /// `Host` when `server_name` names the server the URL gives by address.
+    host: Option<HeaderValue>,
+}
+
+impl Endpoint {
+    /// An endpoint for `url` keeping up to `concurrency` idle connections, with fnbroker's TLS
+    /// configuration when there is a `tls` block (the system's roots for an `https` URL
+    /// without one). A `server_name` other than the URL's host (which must then be an IP
+    /// address) is verified, sent as SNI and as `Host`.
+    pub(crate) fn new(
+        url: &str,
+        concurrency: usize,
+        tls: Option<&fnbroker_core::tls::Tls>,
+    ) -> Result<Self, String> {
+        let redacted = || fnbroker_core::redact::url(url);
+        let parsed =
+            url::Url::parse(url).map_err(|e| format!("invalid URL `{}`: {e}", redacted()))?;
+        let https = match parsed.scheme() {
+            "http" => false,
+            "https" => true,
+            other => {
+                return Err(format!(
+                    "invalid URL `{}`: the scheme must be http or https, not `{other}`",
+                    redacted()
+                ));
+            }
+        };
+        let uri: http::Uri = parsed
+            .as_str()
+            .parse()
+            .map_err(|e| format!("invalid URL `{}`: {e}", redacted()))?;
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        tcp.enforce_http(!https);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_max_idle_per_host(concurrency)
+            .pool_idle_timeout(IDLE)
+            .pool_timer(TokioTimer::new());
+        let mut host = None;
+        let pool = if https {
+            let default = fnbroker_core::tls::Tls::default();
+            let tls = tls.unwrap_or(&default);
+            // hyper-rustls offers ALPN `http/1.1` itself (`enable_http1`).
+            let config = tls.client_config().map_err(|e| format!("tls: {e}"))?;
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(config)
+                .https_only();
+            let connector = match (&tls.server_name, tls.server_name()) {
+                (Some(name), Some(server_name)) => {
+                    if !matches!(parsed.host(), Some(url::Host::Ipv4(_) | url::Host::Ipv6(_))) {
+                        return Err(
+                            "tls: `server_name` needs a URL with an IP address (with a host name, that name is verified)"
+                                .into(),
+                        );
+                    }
+                    let value = match parsed.port() {
+                        Some(port) => format!("{name}:{port}"),
+                        None => name.clone(),
+                    };
+                    host = Some(
+                        HeaderValue::try_from(value)
+                            .map_err(|e| format!("tls: `server_name` `{name}`: {e}"))?,
+                    );
+                    connector.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
+                        server_name,
+                    ))
+                }
+                _ => connector,
+            };
+            Pool::Tls(builder.build(connector.enable_http1().wrap_connector(tcp)))
+        } else {
+            // A `tls` block is for `https` URLs; over `http` there is nothing to apply it to.
+            Pool::Plain(builder.build(tcp))
+        };
+        Ok(Self { pool, uri, host })
+    }
+
+    /// POSTs `body` with `headers` and reads the whole answer, whatever its status.
+    pub(crate) async fn post(
+        &self,
+        mut headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<(u16, HeaderMap, Bytes), InvokeError> {
+        if let Some(host) = &self.host {
+            headers.insert(HOST, host.clone());
+        }
+        let mut request = http::Request::new(Full::new(body));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = headers;
+        let response = match &self.pool {
+            Pool::Plain(client) => client.request(request).await,
+            Pool::Tls(client) => client.request(request).await,
+        }
+        .map_err(|e| InvokeError::Connect(error_chain(&e)))?;
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| InvokeError::Connect(error_chain(&e)))?
+            .to_bytes();
+        Ok((parts.status.as_u16(), parts.headers, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// Reads one HTTP/1.1 request: its head (lower-cased) and body.
+    async fn read_request(
+        reader: &mut BufReader<tokio::net::TcpStream>,
+    ) -> Option<(String, Vec<u8>)> {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).await.ok()? == 0 {
+                return None;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line.to_ascii_lowercase());
+        }
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).await.ok()?;
+        Some((head, body))
+    }
+
+    #[tokio::test]
+    async fn posts_over_one_kept_alive_connection_and_follows_no_redirect() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            // One connection only: the second request must come over the first's.
+            let (stream, _) = listener.accept().await.expect("accept");
+            let mut reader = BufReader::new(stream);
+            let mut seen = Vec::new();
+            let answers = [
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok",
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: /elsewhere\r\ncontent-length: 0\r\n\r\n",
+            ];
+            for answer in answers {
+                let request = read_request(&mut reader).await.expect("a request");
+                seen.push(request);
+                reader
+                    .get_mut()
+                    .write_all(answer.as_bytes())
+                    .await
+                    .expect("answer");
+            }
+            seen
+        });
+        let endpoint =
+            Endpoint::new(&format!("http://127.0.0.1:{port}/f?x=1"), 4, None).expect("endpoint");
+        let mut headers = HeaderMap::new();
+        headers.insert("ce-id", HeaderValue::from_static("1"));
+        let (status, answer, body) = endpoint
+            .post(headers.clone(), Bytes::from_static(b"hello"))
+            .await
+            .expect("first");
+        assert_eq!((status, &body[..]), (200, &b"ok"[..]));
+        assert_eq!(answer["content-type"], "text/plain");
+        let (status, answer, _) = endpoint
+            .post(headers, Bytes::from_static(b"again"))
+            .await
+            .expect("second");
+        assert_eq!(status, 307, "the redirect is the answer, not followed");
+        assert_eq!(answer["location"], "/elsewhere");
+        let seen = server.await.expect("server");
+        let (head, body) = &seen[0];
+        assert!(head.starts_with("post /f?x=1 http/1.1\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("host: 127.0.0.1:{port}\r\n")),
+            "{head}"
+        );
+        assert!(head.contains("ce-id: 1\r\n"), "{head}");
+        assert_eq!(body, b"hello");
+        assert_eq!(seen[1].1, b"again");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_function_is_a_connect_error() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let endpoint =
+            Endpoint::new(&format!("http://127.0.0.1:{port}/"), 1, None).expect("endpoint");
+        match endpoint.post(HeaderMap::new(), Bytes::new()).await {
+            Err(InvokeError::Connect(e)) => assert!(e.contains("refused"), "{e}"),
+            other => panic!("expected a connect error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn urls_are_checked_when_built() {
+        let err = Endpoint::new("ftp://host/f", 1, None).expect_err("ftp");
+        assert!(err.contains("http or https"), "{err}");
+        let tls = fnbroker_core::tls::Tls {
+            server_name: Some("fn.internal".into()),
+            ..Default::default()
+        };
+        let err = Endpoint::new("https://fn.example/f", 1, Some(&tls)).expect_err("named host");
+        assert!(err.contains("needs a URL with an IP address"), "{err}");
+    }
+}
