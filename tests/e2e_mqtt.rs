@@ -381,6 +381,49 @@ async fn a_full_trigger_queue_does_not_stall_the_connection() {
     );
 }
 
+/// Mosquitto keeps at most `max_queued_messages` (1000 by default) for a client beyond its receive
+/// maximum and drops the rest. PUBACKs leave in receive order, so while the first message's
+/// delivery is slow, the ones after it are finished but unacknowledged: with a receive maximum
+/// equal to `max_in_flight` (4), 1,006 published messages overflowed the 1,004 the broker holds
+/// for the client, and two were lost. The receive maximum is twice `max_in_flight`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_first_message_does_not_use_up_the_brokers_queue() {
+    let root = format!("s{}", uid());
+    let server = FnServer::with(|_, n| {
+        common::Answer::ok().delay(if n == 0 {
+            Duration::from_secs(4)
+        } else {
+            Duration::ZERO
+        })
+    })
+    .await;
+    let _fb = Fnbroker::start(&config(
+        &connector("iot", SHARED_PORT, &uid(), ""),
+        &format!(
+            "  f: {{ http: {{ url: \"{}\" }}, timeout: 20s }}\n",
+            server.url("/f")
+        ),
+        &format!(
+            "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/#\", qos: 1 }}, to: f, delivery: {{ max_in_flight: 4 }} }}\n"
+        ),
+    ))
+    .await;
+    mqtt::publish(SHARED_PORT, vec![Msg::plain(&format!("{root}/m"), b"0")]).await;
+    server.wait_count("/f", 1, WAIT).await;
+    let n = 1_006;
+    let msgs = (1..n)
+        .map(|i| Msg::plain(&format!("{root}/m"), format!("{i}").as_bytes()))
+        .collect();
+    mqtt::publish(SHARED_PORT, msgs).await;
+    let got = server.wait_count("/f", n, WAIT).await;
+    let unique: HashSet<Vec<u8>> = got.iter().map(|r| r.body.to_vec()).collect();
+    assert_eq!(
+        unique.len(),
+        n,
+        "every message arrives; none dropped by the broker"
+    );
+}
+
 async fn mqtt_outage(outage: Duration) {
     const N: usize = 1_000;
     let broker = Mosquitto::start().await;

@@ -8,7 +8,12 @@
 //!   the triggers can hold; Mosquitto's `max_inflight_messages` for 3.1.1). QoS 0 messages beyond
 //!   [`MAX_QUEUED_QOS0`] queued events are dropped there, as at-most-once allows.
 //! - The **dispatcher** turns messages into events and waits for room in the triggers' queues
-//!   (backpressure), subscribes again on every connect, and tracks readiness.
+//!   (backpressure), subscribes again on every connect, and tracks readiness. A QoS 1/2 message
+//!   holds a place in the connection's window from the moment it is handed to the triggers until
+//!   its PUBACK/PUBREC was written: with half the receive maximum as the window, the messages a
+//!   function has finished whose acknowledgements are still on their way never reach the
+//!   receive maximum, so Mosquitto's queue allowance beyond it stays whole (see
+//!   `receive_maximum` in the crate root).
 //! - The **acknowledger** sends PUBACK (QoS 1) / PUBREC (QoS 2) in the order the messages were
 //!   received, as MQTT 3.1.1 and 5 require (section 4.6), whatever order the engine settles them
 //!   in: a settled message waits for the ones received before it. A message handed back
@@ -26,7 +31,7 @@ use std::time::Duration;
 
 use fnbroker_core::kit;
 use fnbroker_core::{AckHandle, Incoming, Settlement};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -76,20 +81,22 @@ impl Consumer {
         ready: Arc<AtomicBool>,
         link: Arc<fnbroker_core::kit::Link>,
         control: mpsc::UnboundedReceiver<Control>,
+        window: usize,
     ) -> Self {
         let (client, events) = client::connect(options);
         let stop = CancellationToken::new();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let poller_done = CancellationToken::new();
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let poller = tokio::spawn(poll(
             name.clone(),
             events,
             ev_tx,
+            ack_tx.downgrade(),
             Arc::clone(&queued),
             poller_done.clone(),
         ));
-        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let acks = tokio::spawn(acknowledge(name.clone(), client.clone(), ack_rx));
         let dispatcher = tokio::spawn(dispatch_loop(Dispatcher {
             name,
@@ -100,6 +107,7 @@ impl Consumer {
             control,
             client,
             ack_tx,
+            window: Arc::new(Semaphore::new(window.max(1))),
             next_seq: 0,
             events: ev_rx,
             queued,
@@ -125,6 +133,7 @@ async fn poll(
     name: String,
     mut events: EventLoop,
     tx: mpsc::UnboundedSender<Result<Ev, String>>,
+    acks: mpsc::WeakUnboundedSender<AckCommand>,
     queued: Arc<AtomicUsize>,
     done: CancellationToken,
 ) {
@@ -141,9 +150,19 @@ async fn poll(
             {
                 tracing::debug!(connector = %name, topic = %m.topic, "QoS 0 message dropped: the triggers are behind");
             }
+            // Straight to the acknowledger, not through the dispatcher: a dispatcher waiting for
+            // a window place waits for exactly these.
+            Ok(Ev::AckSent) => {
+                if let Some(acks) = acks.upgrade() {
+                    let _ = acks.send(AckCommand::Sent);
+                }
+            }
             Ok(ev) => {
                 if matches!(ev, Ev::Connected { .. }) {
                     backoff.reset();
+                    if let Some(acks) = acks.upgrade() {
+                        let _ = acks.send(AckCommand::Reconnected);
+                    }
                 }
                 queued.fetch_add(1, Ordering::AcqRel);
                 if tx.send(Ok(ev)).is_err() {
@@ -163,10 +182,15 @@ async fn poll(
 
 /// What the acknowledger hears.
 enum AckCommand {
-    /// A QoS 1/2 message was received, as number `seq` of this connection.
-    Received(u64, Box<AckToken>),
+    /// A QoS 1/2 message was received, as number `seq` of this connection; its place in the
+    /// window is given back once its acknowledgement went out (or it was passed over).
+    Received(u64, Box<AckToken>, OwnedSemaphorePermit),
     /// Message `seq` was settled: acknowledge it (finished) or not (handed back).
     Settled(u64, bool),
+    /// The event loop wrote the oldest PUBACK/PUBREC still on its way.
+    Sent,
+    /// The connection was made again: the acknowledgements on their way will not go out.
+    Reconnected,
 }
 
 /// Received QoS 1/2 messages in receive order, each with its verdict once settled: the
@@ -188,6 +212,7 @@ impl<T> InOrder<T> {
 
     /// Records a verdict; returns the tokens to acknowledge now, in receive order (a message
     /// handed back is passed over: the broker sends it again on the next connection).
+    /// (Its window place goes with the token: given back once this acknowledgement is queued.)
     fn settled(&mut self, seq: u64, ack: bool) -> Vec<T> {
         if let Some(entry) = self.queue.get_mut(&seq) {
             entry.1 = Some(ack);
@@ -207,16 +232,26 @@ impl<T> InOrder<T> {
 /// Sends PUBACK/PUBREC in receive order (see the module documentation).
 async fn acknowledge(name: String, client: Client, mut rx: mpsc::UnboundedReceiver<AckCommand>) {
     let mut order = InOrder::new();
+    // The window places of the acknowledgements queued to the event loop, oldest first: it
+    // writes them in that order, and each one written gives its place back.
+    let mut on_the_way = std::collections::VecDeque::new();
     while let Some(command) = rx.recv().await {
         match command {
-            AckCommand::Received(seq, token) => order.received(seq, token),
+            AckCommand::Received(seq, token, place) => order.received(seq, (token, place)),
             AckCommand::Settled(seq, ack) => {
-                for token in order.settled(seq, ack) {
-                    if let Err(e) = client.ack(&token).await {
-                        tracing::warn!(connector = %name, error = %e, "cannot acknowledge; the broker will redeliver");
+                for (token, place) in order.settled(seq, ack) {
+                    match client.ack(&token).await {
+                        Ok(()) => on_the_way.push_back(place),
+                        Err(e) => {
+                            tracing::warn!(connector = %name, error = %e, "cannot acknowledge; the broker will redeliver");
+                        }
                     }
                 }
             }
+            AckCommand::Sent => {
+                on_the_way.pop_front();
+            }
+            AckCommand::Reconnected => on_the_way.clear(),
         }
     }
 }
@@ -230,6 +265,8 @@ struct Dispatcher {
     control: mpsc::UnboundedReceiver<Control>,
     client: Client,
     ack_tx: mpsc::UnboundedSender<AckCommand>,
+    /// Places for the QoS 1/2 messages handed to the triggers and not yet acknowledged.
+    window: Arc<Semaphore>,
     next_seq: u64,
     events: mpsc::UnboundedReceiver<Result<Ev, String>>,
     queued: Arc<AtomicUsize>,
@@ -377,12 +414,20 @@ impl Dispatcher {
                 .filter(|s| binding::topic_matches(&s.filter, &msg.topic))
                 .collect()
         };
-        let seq = (msg.qos > 0).then(|| {
+        let seq = if msg.qos > 0 {
+            // The semaphore is never closed.
+            let Ok(place) = Arc::clone(&self.window).acquire_owned().await else {
+                return;
+            };
             let seq = self.next_seq;
             self.next_seq += 1;
-            let _ = self.ack_tx.send(AckCommand::Received(seq, Box::new(token)));
-            seq
-        });
+            let _ = self
+                .ack_tx
+                .send(AckCommand::Received(seq, Box::new(token), place));
+            Some(seq)
+        } else {
+            None
+        };
         if targets.is_empty() {
             tracing::debug!(connector = %self.name, topic = %msg.topic, "no trigger for this message; acknowledging it");
             if let Some(seq) = seq {

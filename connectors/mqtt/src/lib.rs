@@ -132,6 +132,22 @@ impl MqttConnector {
     }
 }
 
+/// The receive maximum of a consuming connection whose triggers hold `room` messages: the broker
+/// may send at most this many unacknowledged messages.
+///
+/// Twice the room. Mosquitto lets a client have `max_queued_messages` (1000) waiting beyond its
+/// receive maximum and drops what comes past that; a message whose delivery finished but whose
+/// PUBACK is still on its way counts against that allowance. With a receive maximum equal to the
+/// room, the moment the deliveries in flight all finished together (their PUBACKs leaving one
+/// by one) the allowance was used up, and publishers 1000 messages ahead of the functions lost
+/// messages (measured with Mosquitto 2.0.11, and reproduced with a plain client acknowledging
+/// 63 messages late under a receive maximum of 64). With twice the room, the PUBACKs in transit would have to
+/// reach twice what the triggers run at once. What waits beyond the room waits in the
+/// connection's queue, bounded by this number.
+fn receive_maximum(room: usize) -> u16 {
+    u16::try_from(room.saturating_mul(2).clamp(1, 65_535)).unwrap_or(u16::MAX)
+}
+
 impl MqttConnector {
     fn lock_subs(&self) -> Result<std::sync::MutexGuard<'_, Vec<Sub>>, ConnectorError> {
         self.subs
@@ -143,11 +159,9 @@ impl MqttConnector {
     fn start_consumer(&self, subs: Vec<Sub>) -> Option<Consumer> {
         let control = self.control_rx.lock().ok()?.take()?;
         let mut options = self.options.clone();
-        // The broker may send at most this many unacknowledged messages: what the triggers can
-        // hold in flight, so a full queue never stalls the connection. (Subscriptions opened
-        // later share it.)
+        // (Subscriptions opened later share the receive maximum.)
         let room: usize = subs.iter().map(|s| s.tx.max_capacity()).sum();
-        options.receive_maximum = u16::try_from(room.clamp(1, 65_535)).unwrap_or(u16::MAX);
+        options.receive_maximum = receive_maximum(room);
         Some(Consumer::start(
             self.name.clone(),
             &options,
@@ -155,6 +169,7 @@ impl MqttConnector {
             Arc::clone(&self.ready),
             Arc::clone(&self.link),
             control,
+            room,
         ))
     }
 }
@@ -476,6 +491,23 @@ impl Sink for MqttSink {
             Ok(Ok(result)) => result.map_err(err),
             Ok(Err(_)) => Err(err("the publisher stopped".into())),
             Err(_) => Err(err("no acknowledgement within 30s".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_receive_maximum_leaves_room_for_acknowledgements_in_transit() {
+        assert_eq!(receive_maximum(64), 128);
+        assert_eq!(receive_maximum(0), 1);
+        assert_eq!(receive_maximum(40_000), u16::MAX);
+        // Never what the triggers hold: then all of it may be finished and unacknowledged at
+        // once, and the broker's queue allowance is gone.
+        for room in [1, 20, 64, 1024] {
+            assert!(usize::from(receive_maximum(room)) > room);
         }
     }
 }
