@@ -271,6 +271,10 @@ async fn measure(
         peak_rss: fb.peak_rss().ok(),
         peak_anon,
     });
+    step(&format!(
+        "run 1: direct {:.0}/s, fnbroker {:.0}/s",
+        direct.throughput.eps, fnb.eps
+    ));
     step("fnbroker latency");
     row.latency = latency(publisher.as_mut(), sink, args, size).await?;
     if backlog > 0 {
@@ -293,6 +297,10 @@ async fn measure(
         let other = second_run(bus, sink, binary, args, size, "", None).await?;
         row.lost += other.lost;
         row.duplicates += other.duplicates;
+        step(&format!(
+            "run {run}: direct {:.0}/s, fnbroker {:.0}/s",
+            direct.throughput.eps, other.eps
+        ));
         row.add_run(report::Pair {
             direct_eps: direct.throughput.eps,
             fnbroker_eps: other.eps,
