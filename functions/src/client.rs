@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HOST, HeaderMap, HeaderValue};
+use http::header::{AUTHORIZATION, HOST, HeaderMap, HeaderValue};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -40,6 +40,9 @@ pub(crate) struct Endpoint {
     uri: http::Uri,
     /// `Host` when `server_name` names the server the URL gives by address.
     host: Option<HeaderValue>,
+    /// `Authorization: Basic` from the URL's user and password (`http://user:pass@host/`),
+    /// sent unless a request has an `Authorization` of its own.
+    authorization: Option<HeaderValue>,
 }
 
 impl Endpoint {
@@ -53,8 +56,16 @@ impl Endpoint {
         tls: Option<&fnbroker_core::tls::Tls>,
     ) -> Result<Self, String> {
         let redacted = || fnbroker_core::redact::url(url);
-        let parsed =
+        let mut parsed =
             url::Url::parse(url).map_err(|e| format!("invalid URL `{}`: {e}", redacted()))?;
+        let authorization = userinfo(&mut parsed)
+            .map(|(user, password)| {
+                let mut value = HeaderValue::try_from(crate::platforms::basic(&user, &password))
+                    .map_err(|_| format!("invalid URL `{}`: the user or password", redacted()))?;
+                value.set_sensitive(true);
+                Ok::<_, String>(value)
+            })
+            .transpose()?;
         let https = match parsed.scheme() {
             "http" => false,
             "https" => true,
@@ -113,7 +124,12 @@ impl Endpoint {
             // A `tls` block is for `https` URLs; over `http` there is nothing to apply it to.
             Pool::Plain(builder.build(tcp))
         };
-        Ok(Self { pool, uri, host })
+        Ok(Self {
+            pool,
+            uri,
+            host,
+            authorization,
+        })
     }
 
     /// POSTs `body` with `headers` and reads the whole answer, whatever its status.
@@ -124,6 +140,11 @@ impl Endpoint {
     ) -> Result<(u16, HeaderMap, Bytes), InvokeError> {
         if let Some(host) = &self.host {
             headers.insert(HOST, host.clone());
+        }
+        if let Some(authorization) = &self.authorization {
+            headers
+                .entry(AUTHORIZATION)
+                .or_insert_with(|| authorization.clone());
         }
         let mut request = http::Request::new(Full::new(body));
         *request.method_mut() = http::Method::POST;
@@ -142,6 +163,24 @@ impl Endpoint {
             .to_bytes();
         Ok((parts.status.as_u16(), parts.headers, body))
     }
+}
+
+/// Takes the user and password out of `url` (percent-decoded), if it has them.
+fn userinfo(url: &mut url::Url) -> Option<(String, String)> {
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let user = decode(url.username());
+    let password = decode(url.password().unwrap_or(""));
+    // Cannot fail for an http(s) URL, which has a host.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    Some((user, password))
 }
 
 #[cfg(test)]
@@ -200,8 +239,12 @@ mod tests {
             }
             seen
         });
-        let endpoint =
-            Endpoint::new(&format!("http://127.0.0.1:{port}/f?x=1"), 4, None).expect("endpoint");
+        let endpoint = Endpoint::new(
+            &format!("http://fn%40b:p%3Ass@127.0.0.1:{port}/f?x=1"),
+            4,
+            None,
+        )
+        .expect("endpoint");
         let mut headers = HeaderMap::new();
         headers.insert("ce-id", HeaderValue::from_static("1"));
         let (status, answer, body) = endpoint
@@ -224,6 +267,11 @@ mod tests {
             "{head}"
         );
         assert!(head.contains("ce-id: 1\r\n"), "{head}");
+        // The URL's user and password as Basic authentication (`fn@b:p:ss`), not in the URI.
+        assert!(
+            head.contains("authorization: basic zm5ayjpwonnz\r\n"),
+            "{head}"
+        );
         assert_eq!(body, b"hello");
         assert_eq!(seen[1].1, b"again");
     }
