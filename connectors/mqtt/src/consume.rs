@@ -4,8 +4,9 @@
 //!   reports. rumqttc's rule is that the event loop must never wait on anything else: keep-alive
 //!   pings, acknowledgements and reconnects all happen inside `poll`. So the poller never awaits
 //!   a trigger's queue; it hands events to the dispatcher through an unbounded channel, which the
-//!   broker's own in-flight window bounds for QoS 1 and 2 (MQTT 5's receive maximum, set to what
-//!   the triggers can hold; Mosquitto's `max_inflight_messages` for 3.1.1). QoS 0 messages beyond
+//!   broker's own in-flight window bounds for QoS 1 and 2 (MQTT 5's receive maximum, twice what
+//!   the triggers can hold; Mosquitto's `max_inflight_messages` for 3.1.1). The poller also
+//!   tells the acknowledger of every PUBACK/PUBREC written. QoS 0 messages beyond
 //!   [`MAX_QUEUED_QOS0`] queued events are dropped there, as at-most-once allows.
 //! - The **dispatcher** turns messages into events and waits for room in the triggers' queues
 //!   (backpressure), subscribes again on every connect, and tracks readiness. A QoS 1/2 message
@@ -212,7 +213,8 @@ impl<T> InOrder<T> {
 
     /// Records a verdict; returns the tokens to acknowledge now, in receive order (a message
     /// handed back is passed over: the broker sends it again on the next connection).
-    /// (Its window place goes with the token: given back once this acknowledgement is queued.)
+    /// (A token travels with its window place, which the acknowledger gives back once the
+    /// acknowledgement was written, or at once for a message passed over.)
     fn settled(&mut self, seq: u64, ack: bool) -> Vec<T> {
         if let Some(entry) = self.queue.get_mut(&seq) {
             entry.1 = Some(ack);
