@@ -2,7 +2,8 @@
 //!
 //! **Source** (`from: { connector, queue, declare }`): a consumer on an existing queue, or on one
 //! it declares (and binds to an exchange) with `declare`. Prefetch (`basic.qos`) is the trigger's
-//! `max_in_flight`; acknowledgements are manual: `basic.ack` once delivered, `basic.reject`
+//! `max_in_flight`; acknowledgements are manual: `basic.ack` once delivered (one `multiple` ack
+//! for a run of settled deliveries, see `acks`), `basic.reject`
 //! without requeue once dead-lettered or dropped (so a dead-letter exchange configured on the
 //! queue also sees it), `basic.nack` with requeue for what is handed back at shutdown. Replicas
 //! on one queue are competing consumers. **At-least-once.**
@@ -27,21 +28,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use fnbroker_core::config::Destination;
-use fnbroker_core::kit::{self, ChannelSource, Settler, source_buffer};
-use fnbroker_core::{
-    Connector, ConnectorError, Event, Incoming, Settlement, Sink, Source, Subscription,
-};
+use fnbroker_core::kit::{self, ChannelSource, source_buffer};
+use fnbroker_core::{Connector, ConnectorError, Event, Incoming, Sink, Source, Subscription};
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Acker, Channel, Connection, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
+mod acks;
 mod config;
 mod dial;
 
@@ -402,36 +401,6 @@ async fn declare(channel: &Channel, queue: &str, d: &AmqpDeclare) -> Result<(), 
     Ok(())
 }
 
-/// Tells RabbitMQ how one delivery was settled: ack, reject (no requeue) after a dead letter,
-/// or nack with requeue when it is handed back.
-struct AmqpSettler {
-    connector: String,
-}
-
-#[async_trait]
-impl Settler for AmqpSettler {
-    type Token = Acker;
-
-    async fn settle(&self, acker: &Acker, settlement: Settlement) {
-        let result = match settlement {
-            Settlement::Delivered { .. } => acker.ack(BasicAckOptions::default()).await,
-            Settlement::Failed { .. } => acker.reject(BasicRejectOptions { requeue: false }).await,
-            Settlement::Retry { .. } | Settlement::Released => {
-                acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
-            }
-        };
-        if let Err(e) = result {
-            // The channel is gone: RabbitMQ requeued the message when it closed.
-            tracing::debug!(connector = %self.connector, error = %e, "acknowledgement on a closed channel; the message is redelivered");
-        }
-    }
-}
-
 /// Consumes, reconnecting whenever the connection or the channel goes away.
 async fn consume(
     spec: ConsumerSpec,
@@ -440,12 +409,11 @@ async fn consume(
     consuming: Arc<AtomicUsize>,
     stop: CancellationToken,
 ) {
-    // Acknowledgements go out concurrently (awaiting each before the next would hold the
-    // prefetch window behind one round trip per message), on a task this loop finishes before
-    // it closes the connection.
-    let (acker, acks) = kit::Acker::new(AmqpSettler {
-        connector: spec.connector.clone(),
-    });
+    // Acknowledgements go out on a task this loop finishes before it closes the connection,
+    // coalesced into `multiple` acks where they can be (see `acks`).
+    let settler = acks::AmqpSettler::new(spec.connector.clone());
+    let handout = settler.handout();
+    let (acker, acks) = kit::Acker::new(settler);
     let mut current: Option<Connection> = None;
     let mut backoff = kit::Backoff::reconnect();
     // Deliveries taken from the queue, for the stall report.
@@ -472,6 +440,7 @@ async fn consume(
             }
         };
         backoff.reset();
+        let generation = handout.reopened();
         consuming.fetch_add(1, Ordering::AcqRel);
         tracing::info!(connector = %spec.connector, queue = %spec.queue, "amqp consumer started");
         spec.link.connected();
@@ -537,7 +506,11 @@ async fn consume(
                 key,
                 redeliveries: u32::from(delivery.redelivered),
                 size: delivery.data.len(),
-                ack: acker.handle(delivery.acker),
+                ack: acker.handle(handout.delivery(
+                    generation,
+                    delivery.delivery_tag,
+                    delivery.acker,
+                )),
             };
             if tx.send(incoming).await.is_err() {
                 break true;
