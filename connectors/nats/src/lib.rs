@@ -43,6 +43,7 @@ use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 
 mod config;
+mod puller;
 
 pub use config::{NatsPublish, NatsSettings, NatsSourceSettings, Plugin};
 
@@ -263,7 +264,7 @@ impl Connector for NatsConnector {
             }
             Some(stream_name) => {
                 let stream_name: &str = stream_name.as_str();
-                let js = jetstream::new(client);
+                let js = jetstream::new(client.clone());
                 let stream = if source.create {
                     js.get_or_create_stream(stream::Config {
                         name: stream_name.to_string(),
@@ -316,9 +317,16 @@ impl Connector for NatsConnector {
                     connector: self.name.clone(),
                     stopping: stopping.clone(),
                 };
+                let target = PullTarget {
+                    client: client.clone(),
+                    context: js.clone(),
+                    stream: stream_name.to_string(),
+                    consumer: durable.clone(),
+                    batch,
+                };
                 Ok(Box::new(
                     ChannelSource::spawn(buffer, move |tx, stop| {
-                        jetstream_loop(name, consumer, batch, settler, lease, watch, tx, stop)
+                        jetstream_loop(name, consumer, target, settler, lease, watch, tx, stop)
                     })
                     .redelivering_with_delay()
                     .notify_stopping(stopping),
@@ -449,7 +457,7 @@ async fn core_loop(
 async fn jetstream_loop(
     name: String,
     consumer: jetstream::consumer::Consumer<pull::Config>,
-    batch: usize,
+    target: PullTarget,
     settler: JetStreamSettler,
     lease: Duration,
     (source, backlogs): (String, Arc<fnbroker_core::backlog::Backlogs>),
@@ -460,7 +468,7 @@ async fn jetstream_loop(
     let watching = stop.child_token();
     let ((), ()) = tokio::join!(
         async {
-            pull_loop(&name, &consumer, batch, &acker, &tx, &stop).await;
+            pull_loop(&name, &target, &acker, &tx, &stop).await;
             watching.cancel();
         },
         // What is pending for the consumer, and its delivered stream sequence (which moves
@@ -480,10 +488,10 @@ async fn jetstream_loop(
 /// (a slow consumer): core NATS has no redelivery, so a generous buffer loses less.
 const SUBSCRIPTION_CAPACITY: usize = 4096;
 
-/// How long one pull request waits at the server. With nats-server 2.9.10 and async-nats 0.51 a
-/// pull request is now and then left unserved while the stream has messages (a plain async-nats
-/// consumer, the bench's direct path, stalls the same way), until it expires: at async-nats'
-/// default of 30 s that stalled the stream for 35 s; with 5 s it costs at most about 10 s.
+/// How long one pull request waits at the server. Short, so that the messages a request still
+/// brings after its inbox is gone (a reload, a stop) come back soon (see [`RELEASE_DELAY`]).
+/// (The stalls async-nats' own pull stream had, until its request expired, are gone with
+/// [`puller`]: see there.)
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
 /// How long the server keeps a released message before it redelivers it: past the expiry of
@@ -493,15 +501,13 @@ const RELEASE_DELAY: Duration = Duration::from_secs(6);
 
 /// Hands back, with a delayed `-NAK`, the messages the server already sent into the pull
 /// request and nobody will read: otherwise they stay pending until `ack_wait`.
-async fn release_unread(messages: &mut jetstream::consumer::pull::Stream) {
-    use futures::FutureExt as _;
+async fn release_unread(puller: &mut puller::Puller) {
     let mut released = 0usize;
-    while let Some(Some(next)) = messages.next().now_or_never() {
-        if let Ok(msg) = next
-            && msg
-                .ack_with(AckKind::Nak(Some(RELEASE_DELAY)))
-                .await
-                .is_ok()
+    while let Some(msg) = puller.buffered() {
+        if msg
+            .ack_with(AckKind::Nak(Some(RELEASE_DELAY)))
+            .await
+            .is_ok()
         {
             released += 1;
         }
@@ -514,26 +520,37 @@ async fn release_unread(messages: &mut jetstream::consumer::pull::Stream) {
     }
 }
 
+/// The consumer a pull loop pulls from, and how many messages per request.
+struct PullTarget {
+    client: Client,
+    context: jetstream::Context,
+    stream: String,
+    consumer: String,
+    batch: usize,
+}
+
 /// Pulls until asked to stop or the engine is gone.
 async fn pull_loop(
     name: &str,
-    consumer: &jetstream::consumer::Consumer<pull::Config>,
-    batch: usize,
+    target: &PullTarget,
     acker: &kit::Acker<jetstream::Message>,
     tx: &mpsc::Sender<Incoming>,
     stop: &CancellationToken,
 ) {
     let mut backoff = kit::Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     'outer: loop {
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(kit::source_buffer(batch))
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await;
+        let messages = puller::Puller::open(
+            &target.client,
+            &target.context,
+            &target.stream,
+            &target.consumer,
+            kit::source_buffer(target.batch),
+            PULL_EXPIRES,
+        )
+        .await;
         let mut messages = match messages {
             Ok(m) => m,
-            Err(e) => {
+            Err(puller::PullError(e)) => {
                 tracing::warn!(connector = %name, error = %e, "cannot pull from jetstream; retrying");
                 tokio::select! {
                     () = stop.cancelled() => break,
@@ -553,9 +570,16 @@ async fn pull_loop(
             };
             let msg = match next {
                 Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    tracing::debug!(connector = %name, error = %e, "jetstream pull error");
-                    continue;
+                Some(Err(puller::PullError(e))) => {
+                    // Pull again, on a new inbox, after a pause (a request the server refuses
+                    // would be refused again at once).
+                    tracing::warn!(connector = %name, error = %e, "jetstream pull failed; pulling again");
+                    release_unread(&mut messages).await;
+                    tokio::select! {
+                        () = stop.cancelled() => break 'outer,
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                    break;
                 }
                 None => break,
             };
