@@ -415,6 +415,9 @@ async fn consume(
     let handout = settler.handout();
     let (acker, acks) = kit::Acker::new(settler);
     let mut current: Option<Connection> = None;
+    // The consumer, kept once stopping: dropping it closes its channel, and the acknowledgements
+    // still on their way must go out on that channel (else RabbitMQ requeues what was delivered).
+    let mut consuming_on: Option<lapin::Consumer> = None;
     let mut backoff = kit::Backoff::reconnect();
     // Deliveries taken from the queue, for the stall report.
     let taken = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -519,6 +522,7 @@ async fn consume(
         consuming.fetch_sub(1, Ordering::AcqRel);
         watching.cancel();
         if stopping {
+            consuming_on = Some(consumer);
             break;
         }
         current = None;
@@ -527,6 +531,7 @@ async fn consume(
     // closed; send their acknowledgements, then close the connection.
     drop(acker);
     acks.finish().await;
+    drop(consuming_on);
     if let Some(conn) = current {
         let _ = conn.close(200, "fnbroker stopping".into()).await;
     }
