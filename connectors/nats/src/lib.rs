@@ -264,7 +264,7 @@ impl Connector for NatsConnector {
             }
             Some(stream_name) => {
                 let stream_name: &str = stream_name.as_str();
-                let js = jetstream::new(client.clone());
+                let js = jetstream::new(client);
                 let stream = if source.create {
                     js.get_or_create_stream(stream::Config {
                         name: stream_name.to_string(),
@@ -318,7 +318,6 @@ impl Connector for NatsConnector {
                     stopping: stopping.clone(),
                 };
                 let target = PullTarget {
-                    client: client.clone(),
                     context: js.clone(),
                     stream: stream_name.to_string(),
                     consumer: durable.clone(),
@@ -522,7 +521,6 @@ async fn release_unread(puller: &mut puller::Puller) {
 
 /// The consumer a pull loop pulls from, and how many messages per request.
 struct PullTarget {
-    client: Client,
     context: jetstream::Context,
     stream: String,
     consumer: String,
@@ -540,7 +538,6 @@ async fn pull_loop(
     let mut backoff = kit::Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     'outer: loop {
         let messages = puller::Puller::open(
-            &target.client,
             &target.context,
             &target.stream,
             &target.consumer,

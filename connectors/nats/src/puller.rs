@@ -86,13 +86,13 @@ impl Puller {
     /// Subscribes to a new inbox for `consumer` of `stream`; requests `batch` messages at a
     /// time, each request waiting at most `expires` at the server.
     pub(crate) async fn open(
-        client: &Client,
         context: &jetstream::Context,
         stream: &str,
         consumer: &str,
         batch: usize,
         expires: Duration,
     ) -> Result<Self, PullError> {
+        let client = context.client();
         let inbox = client.new_inbox();
         let subscriber = client
             .subscribe(inbox.clone())
@@ -104,7 +104,7 @@ impl Puller {
         }))
         .map_err(|e| PullError(e.to_string()))?;
         Ok(Self {
-            client: client.clone(),
+            client,
             context: context.clone(),
             subject: format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
             inbox,
