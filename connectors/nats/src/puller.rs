@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::{Client, StatusCode, Subscriber};
+use async_nats::{StatusCode, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::time::{Instant, Sleep};
@@ -64,9 +64,9 @@ impl Demand {
 
 /// The messages of one consumer, pulled on an inbox of its own.
 pub(crate) struct Puller {
-    client: Client,
     context: jetstream::Context,
-    /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`
+    /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>` (the connector's contexts use the
+    /// default API prefix; async-nats does not expose the context's).
     subject: String,
     inbox: String,
     subscriber: Subscriber,
@@ -104,7 +104,6 @@ impl Puller {
         }))
         .map_err(|e| PullError(e.to_string()))?;
         Ok(Self {
-            client,
             context: context.clone(),
             subject: format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
             inbox,
@@ -121,7 +120,8 @@ impl Puller {
         loop {
             if self.demand.want() {
                 let sent = self
-                    .client
+                    .context
+                    .client()
                     .publish_with_reply(
                         self.subject.clone(),
                         self.inbox.clone(),
