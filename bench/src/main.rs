@@ -58,7 +58,7 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     latency_secs: u64,
     /// Unconfirmed events the publisher may be ahead of the function in the throughput runs,
-    /// instead of each broker's own window (Mosquitto 100, core NATS 2,000, HTTP 5,000, the
+    /// instead of each broker's own window (Mosquitto 1,000, core NATS 2,000, HTTP 5,000, the
     /// others 20,000).
     #[arg(long)]
     window: Option<u64>,

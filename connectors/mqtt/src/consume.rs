@@ -4,16 +4,16 @@
 //!   reports. rumqttc's rule is that the event loop must never wait on anything else: keep-alive
 //!   pings, acknowledgements and reconnects all happen inside `poll`. So the poller never awaits
 //!   a trigger's queue; it hands events to the dispatcher through an unbounded channel, which the
-//!   broker's own in-flight window bounds for QoS 1 and 2 (MQTT 5's receive maximum, twice what
-//!   the triggers can hold; Mosquitto's `max_inflight_messages` for 3.1.1). The poller also
+//!   broker's own in-flight window bounds for QoS 1 and 2 (MQTT 5's receive maximum, what the
+//!   triggers can hold plus a headroom; Mosquitto's `max_inflight_messages` for 3.1.1). The poller also
 //!   tells the acknowledger of every PUBACK/PUBREC written. QoS 0 messages beyond
 //!   [`MAX_QUEUED_QOS0`] queued events are dropped there, as at-most-once allows.
 //! - The **dispatcher** turns messages into events and waits for room in the triggers' queues
 //!   (backpressure), subscribes again on every connect, and tracks readiness. A QoS 1/2 message
 //!   holds a place in the connection's window from the moment it is handed to the triggers until
-//!   its PUBACK/PUBREC was written: with half the receive maximum as the window, the messages a
-//!   function has finished whose acknowledgements are still on their way never reach the
-//!   receive maximum, so Mosquitto's queue allowance beyond it stays whole (see
+//!   its PUBACK/PUBREC was written. The window is what the triggers hold; the receive maximum
+//!   is that plus a headroom of 1,024, so the PUBACKs the broker has not read yet use up the
+//!   headroom before they reach Mosquitto's queue allowance beyond the receive maximum (see
 //!   `receive_maximum` in the crate root).
 //! - The **acknowledger** sends PUBACK (QoS 1) / PUBREC (QoS 2) in the order the messages were
 //!   received, as MQTT 3.1.1 and 5 require (section 4.6), whatever order the engine settles them
