@@ -325,11 +325,29 @@ pub mod http {
         event::from_binary(attributes, content_type(headers), body)
     }
 
+    /// The `ce-` header of an attribute: the context attributes' names are made once, an
+    /// extension's per event.
+    fn ce_header(name: &str) -> Result<HeaderName, http::header::InvalidHeaderName> {
+        const KNOWN: [(&str, HeaderName); 7] = [
+            ("specversion", HeaderName::from_static("ce-specversion")),
+            ("id", HeaderName::from_static("ce-id")),
+            ("source", HeaderName::from_static("ce-source")),
+            ("type", HeaderName::from_static("ce-type")),
+            ("subject", HeaderName::from_static("ce-subject")),
+            ("dataschema", HeaderName::from_static("ce-dataschema")),
+            ("time", HeaderName::from_static("ce-time")),
+        ];
+        match KNOWN.iter().find(|(known, _)| *known == name) {
+            Some((_, header)) => Ok(header.clone()),
+            None => HeaderName::try_from(format!("ce-{name}")),
+        }
+    }
+
     /// Writes the attributes of `event` as `ce-` headers and its `datacontenttype` as the
     /// content type: the binary content mode. The body is [`event::data_bytes`].
     pub fn encode_binary(event: &Event, headers: &mut HeaderMap) {
         for (name, value) in event::binary_attributes(event) {
-            let header = HeaderName::try_from(format!("ce-{name}"));
+            let header = ce_header(name);
             let value = HeaderValue::try_from(http_encode_value(&value).as_ref());
             if let (Ok(h), Ok(v)) = (header, value) {
                 headers.insert(h, v);
