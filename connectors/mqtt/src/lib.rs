@@ -150,7 +150,7 @@ pub(crate) const RECEIVE_HEADROOM: usize = 1024;
 /// (in order, unacknowledged: the broker sends it again if fnbroker stops first), so the memory
 /// this costs is bounded by the headroom: 1,024 messages, 4 MiB at 4 KiB each.
 fn receive_maximum(room: usize) -> u16 {
-    u16::try_from(room.saturating_add(RECEIVE_HEADROOM).clamp(1, 65_535)).unwrap_or(u16::MAX)
+    u16::try_from(room.saturating_add(RECEIVE_HEADROOM)).unwrap_or(u16::MAX)
 }
 
 impl MqttConnector {
