@@ -2,20 +2,30 @@
 //!
 //! An event that fails on its own (the function answers 500 or 400 for it and 200 for others)
 //! goes through its trigger's retry schedule and then to the dead letter. A function that is
-//! unreachable or overloaded (connection refused, timeouts, 429/502/503/504 on most calls) is an
-//! outage: spending every event's retries on it would drop or dead-letter the whole stream in
-//! the first second of a restart. So a function is marked **down** when its calls fail that way
-//! [`DOWN_AFTER_CONSECUTIVE`] times in a row, or on at least half of the last [`WINDOW`] calls.
-//! While it is down, deliveries hold their events without spending attempts (they keep their
-//! slots, so consumption slows to a stop and the backlog stays in the broker), and one of them
-//! at a time probes the function with capped, jittered backoff. The first answer that is not an
-//! unavailability (a 2xx, or a per-event error) marks it **up** and wakes every held delivery.
+//! unreachable or overloaded is an outage: spending every event's retries on it would drop or
+//! dead-letter the whole stream in the first second of a restart.
+//!
+//! What counts toward an outage is what says something about the function rather than the
+//! event: a connection that could not be made, and the answers that by their HTTP meaning are
+//! about the service (429, 502, 503) count at every call. A timeout (or a gateway's 504) may
+//! be one slow event, which must spend its own attempts and reach its dead letter like any
+//! other failure, so timeouts count once per distinct event: one event timing out again and
+//! again never makes an outage, several different events timing out do.
+//!
+//! A function is marked **down** when the failures of the last calls in a row weigh
+//! [`DOWN_AFTER_CONSECUTIVE`], or at least half of the last [`WINDOW`] calls do (each weighing
+//! as above). While it is down, deliveries hold their events without spending attempts (they
+//! keep their slots, so consumption slows to a stop and the backlog stays in the broker), and
+//! one of them at a time probes the function with capped, jittered backoff. The first answer
+//! that is not an unavailability (a 2xx, or a per-event error) marks it **up** and wakes every
+//! held delivery.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fnbroker_functions::InvokeError;
 use rand::Rng;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
@@ -28,11 +38,54 @@ pub(crate) const WINDOW: usize = 20;
 const PROBE_MIN: Duration = Duration::from_millis(100);
 const PROBE_MAX: Duration = Duration::from_secs(5);
 
+/// One call as the outage detection sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// The function answered (2xx, or an error about the event).
+    Answered,
+    /// The function could not be reached, or answered that it cannot serve (429, 502, 503).
+    Service,
+    /// The call ran out of time (or a gateway's did, 504): the event with this key may be slow.
+    Slow(u64),
+}
+
+impl Call {
+    /// How the outcome of a call counts, `event` being the key of what it carried.
+    fn of(error: Option<&InvokeError>, event: impl FnOnce() -> u64) -> Self {
+        match error {
+            Some(InvokeError::Connect(_)) => Call::Service,
+            Some(InvokeError::Status { status, .. }) if matches!(*status, 429 | 502 | 503) => {
+                Call::Service
+            }
+            Some(e) if e.is_unavailable() => Call::Slow(event()),
+            _ => Call::Answered,
+        }
+    }
+}
+
+/// The weight of unavailable `calls`: each failure about the service, plus each distinct event
+/// among the timeouts.
+fn weight<'a>(calls: impl Iterator<Item = &'a Call>) -> usize {
+    let mut slow: Vec<u64> = Vec::new();
+    let mut service = 0;
+    for call in calls {
+        match call {
+            Call::Answered => {}
+            Call::Service => service += 1,
+            Call::Slow(key) => {
+                if !slow.contains(key) {
+                    slow.push(*key);
+                }
+            }
+        }
+    }
+    service + slow.len()
+}
+
 #[derive(Debug, Default)]
 struct Recent {
-    /// The last calls, `true` for an unavailability.
-    calls: VecDeque<bool>,
-    consecutive: usize,
+    /// The last [`WINDOW`] calls.
+    calls: VecDeque<Call>,
 }
 
 /// The health of one function, shared by every trigger that calls it.
@@ -74,34 +127,32 @@ impl Health {
         *self.down.borrow()
     }
 
-    /// Records one call: `unavailable` as [`InvokeError::is_unavailable`]
-    /// (fnbroker_functions::InvokeError::is_unavailable) says, false for any answer. Returns
-    /// whether the function is down after it.
-    pub(crate) fn record(&self, unavailable: bool) -> bool {
+    /// Records one call's outcome: `error` when it failed, `event` the key of what it carried
+    /// (asked for only when the call timed out). Returns whether the function is down after it.
+    pub(crate) fn record(&self, error: Option<&InvokeError>, event: impl FnOnce() -> u64) -> bool {
+        let call = Call::of(error, event);
         let Ok(mut recent) = self.recent.lock() else {
             return false;
         };
-        recent.calls.push_back(unavailable);
+        recent.calls.push_back(call);
         if recent.calls.len() > WINDOW {
             recent.calls.pop_front();
         }
-        if unavailable {
-            recent.consecutive += 1;
-        } else {
-            recent.consecutive = 0;
-        }
-        let failing = recent.calls.iter().filter(|u| **u).count();
-        let down = if unavailable {
-            self.is_down()
-                || recent.consecutive >= DOWN_AFTER_CONSECUTIVE
-                || (recent.calls.len() >= WINDOW / 2 && failing * 2 >= recent.calls.len())
-        } else {
-            false
-        };
+        let down = call != Call::Answered
+            && (self.is_down() || {
+                let in_a_row = recent
+                    .calls
+                    .iter()
+                    .rev()
+                    .take_while(|c| **c != Call::Answered);
+                let failing = weight(recent.calls.iter());
+                weight(in_a_row) >= DOWN_AFTER_CONSECUTIVE
+                    || (recent.calls.len() >= WINDOW / 2 && failing * 2 >= recent.calls.len())
+            });
         if down != self.is_down() {
             if down {
                 tracing::warn!(
-                    failing,
+                    failing = weight(recent.calls.iter()),
                     of = recent.calls.len(),
                     "function unavailable: holding its deliveries and probing it"
                 );
@@ -169,22 +220,67 @@ impl Health {
 mod tests {
     use super::*;
 
+    fn refused() -> InvokeError {
+        InvokeError::Connect("connection refused".into())
+    }
+
+    fn timeout() -> InvokeError {
+        InvokeError::Timeout(Duration::from_millis(500))
+    }
+
+    fn status(status: u16) -> InvokeError {
+        InvokeError::Status {
+            status,
+            retry_after: None,
+            body: String::new(),
+        }
+    }
+
     #[test]
     fn three_unavailable_calls_in_a_row_mark_it_down_and_an_answer_up() {
         let h = Health::default();
-        assert!(!h.record(true));
-        assert!(!h.record(true));
-        assert!(h.record(true));
+        assert!(!h.record(Some(&refused()), || 1));
+        assert!(!h.record(Some(&status(503)), || 1));
+        assert!(h.record(Some(&refused()), || 1));
         assert!(h.is_down());
-        assert!(!h.record(false));
+        assert!(!h.record(None, || 1));
         assert!(!h.is_down());
     }
 
     #[test]
     fn per_event_failures_never_mark_it_down() {
         let h = Health::default();
-        for _ in 0..100 {
-            assert!(!h.record(false));
+        for i in 0..100 {
+            assert!(!h.record(Some(&status(500)), || i));
+            assert!(!h.record(None, || i));
+        }
+    }
+
+    #[test]
+    fn one_event_timing_out_again_and_again_is_no_outage() {
+        let h = Health::default();
+        for _ in 0..50 {
+            assert!(!h.record(Some(&timeout()), || 7));
+            assert!(!h.record(Some(&status(504)), || 7));
+        }
+        assert!(!h.is_down());
+    }
+
+    #[test]
+    fn distinct_events_timing_out_are_an_outage() {
+        let h = Health::default();
+        assert!(!h.record(Some(&timeout()), || 1));
+        assert!(!h.record(Some(&timeout()), || 1));
+        assert!(!h.record(Some(&timeout()), || 2));
+        assert!(h.record(Some(&timeout()), || 3));
+    }
+
+    #[test]
+    fn a_slow_event_among_answers_never_tips_the_window() {
+        let h = Health::default();
+        for _ in 0..WINDOW {
+            assert!(!h.record(Some(&timeout()), || 9));
+            assert!(!h.record(None, || 0));
         }
     }
 
@@ -194,7 +290,8 @@ mod tests {
         let mut went_down = false;
         for i in 0..WINDOW {
             // Alternating: never three in a row, but half of them.
-            went_down |= h.record(i % 2 == 1);
+            let error = (i % 2 == 1).then(refused);
+            went_down |= h.record(error.as_ref(), || i as u64);
         }
         assert!(went_down);
     }

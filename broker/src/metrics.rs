@@ -86,6 +86,26 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
+/// One unit of a gauge, held while the guard lives: raised when it is made, lowered when it is
+/// dropped. A future dropped in the middle of an await (a drain that ran out of time at a reload
+/// or a stop) still gives its unit back, so an in-flight gauge never stays up for good.
+#[must_use = "the unit is given back when the guard is dropped"]
+pub(crate) struct Held<'a>(&'a Gauge);
+
+impl<'a> Held<'a> {
+    /// Raises `gauge` by one until the guard is dropped.
+    pub(crate) fn new(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The handles of one trigger.
 #[derive(Debug, Clone)]
 pub(crate) struct TriggerStats {

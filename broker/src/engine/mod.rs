@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fnbroker_core::Sink;
-use fnbroker_core::event::Event;
+use fnbroker_core::event::{AttributesReader, Event};
 use fnbroker_functions::{InvokeError, Invoker};
 use tokio::sync::Semaphore;
 
@@ -61,7 +61,8 @@ impl FunctionRuntime {
         timeout: Duration,
     ) -> Result<fnbroker_functions::Success, InvokeError> {
         let bytes = fnbroker_core::event::data_len(event) as u64;
-        self.guarded(bytes, self.invoker.invoke(event, timeout))
+        let key = || fnbroker_core::kit::ordering_key((event.source().as_str(), event.id()));
+        self.guarded(bytes, key, self.invoker.invoke(event, timeout))
             .await
     }
 
@@ -76,15 +77,25 @@ impl FunctionRuntime {
             .iter()
             .map(|e| fnbroker_core::event::data_len(e) as u64)
             .sum();
-        self.guarded(bytes, self.invoker.invoke_batch(events, timeout))
+        let key = || {
+            fnbroker_core::kit::ordering_key(
+                events
+                    .iter()
+                    .map(|e| (e.source().as_str(), e.id()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        self.guarded(bytes, key, self.invoker.invoke_batch(events, timeout))
             .await
     }
 
     /// Runs one call (`attempt`, of `bytes` of data) under the function's guard, concurrency
-    /// and health accounting.
+    /// and health accounting; `key` names what it carries, for telling a slow event from an
+    /// outage.
     async fn guarded(
         &self,
         bytes: u64,
+        key: impl FnOnce() -> u64,
         attempt: impl std::future::Future<Output = Result<fnbroker_functions::Success, InvokeError>>,
     ) -> Result<fnbroker_functions::Success, InvokeError> {
         // An exhausted rate or an open breaker holds the call here, before it takes a slot of
@@ -106,13 +117,13 @@ impl FunctionRuntime {
             .acquire()
             .await
             .map_err(|_| InvokeError::Connect("function limiter closed".into()))?;
-        self.stats.in_flight.inc();
         self.stats.request_bytes.inc_by(bytes);
-        let result = attempt.await;
-        self.stats.in_flight.dec();
+        let result = {
+            let _in_flight = crate::metrics::Held::new(&self.stats.in_flight);
+            attempt.await
+        };
         self.stats.record(&result);
-        self.health
-            .record(result.as_ref().is_err_and(InvokeError::is_unavailable));
+        self.health.record(result.as_ref().err(), key);
         if let Some(pass) = pass {
             pass.done(result.as_ref().map(|_| ()));
         }

@@ -62,7 +62,6 @@ pub(super) async fn process(
             t.stats.redelivered.inc();
         }
         t.stats.received_bytes.inc_by(size as u64);
-        t.stats.in_flight.inc();
     }
     // The broker may wait between attempts only when one trigger matched: a redelivery goes to
     // every trigger of the subscription again.
@@ -94,14 +93,14 @@ async fn run(
     shutdown: &CancellationToken,
     broker_retry: Option<u32>,
 ) -> Outcome {
+    // Given back however this ends, also when the future is dropped (a drain that timed out).
+    let _in_flight = crate::metrics::Held::new(&t.stats.in_flight);
     // A batching trigger takes the event before anything is awaited (this future is polled at
     // once): events join its batches in the order the pump started their messages.
-    let outcome = match &t.batch {
+    match &t.batch {
         Some(batcher) => t.batched(batcher, view.into_owned(), shutdown).await,
         None => t.deliver(&view, shutdown, broker_retry).await,
-    };
-    t.stats.in_flight.dec();
-    outcome
+    }
 }
 
 /// One settlement from the outcomes of every matched trigger: released if any must see the

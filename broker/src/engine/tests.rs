@@ -1211,3 +1211,153 @@ async fn a_retry_topic_holds_the_retry_state_between_attempts() {
     );
     assert!(event::attribute(&letters[0], "retrytrigger").is_none());
 }
+
+/// Takes `took` for every call, cut off at the attempt's timeout as the real invokers do;
+/// counts the calls.
+struct Sleepy {
+    /// Milliseconds.
+    took: std::sync::atomic::AtomicU64,
+    calls: AtomicUsize,
+}
+
+impl Sleepy {
+    fn new(took: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            took: std::sync::atomic::AtomicU64::new(took.as_millis() as u64),
+            calls: AtomicUsize::new(0),
+        })
+    }
+}
+
+struct SleepyRef(Arc<Sleepy>);
+
+#[async_trait]
+impl Invoker for SleepyRef {
+    async fn invoke(&self, _: &Event, timeout: Duration) -> Result<Success, InvokeError> {
+        self.0.calls.fetch_add(1, Ordering::SeqCst);
+        let took = Duration::from_millis(self.0.took.load(Ordering::SeqCst));
+        match tokio::time::timeout(timeout, tokio::time::sleep(took)).await {
+            Ok(()) => Ok(Success {
+                status: 200,
+                reply: None,
+            }),
+            Err(_) => Err(InvokeError::Timeout(timeout)),
+        }
+    }
+}
+
+/// One event whose call takes 3 s against a 500 ms timeout, with nothing else flowing: its
+/// timeouts are its own failures, not an outage. It spends its three attempts and reaches its
+/// dead letter; the function is never marked down.
+#[tokio::test(start_paused = true)]
+async fn one_slow_event_spends_its_attempts_and_is_dead_lettered() {
+    let slow = Sleepy::new(Duration::from_secs(3));
+    let f = function(SleepyRef(Arc::clone(&slow)));
+    let letters = Arc::new(Mutex::new(Vec::new()));
+    let dead = Target::Sink {
+        sink: Arc::new(Capture(Arc::clone(&letters))),
+        topic: "dlq".into(),
+    };
+    let mut t = runtime(
+        Arc::clone(&f),
+        "{ retries: 2, backoff: constant, delay: 100ms, max_delay: 1s }",
+        Some(dead),
+    );
+    t.timeout = Duration::from_millis(500);
+    let (msg, mut rx) = incoming("slow", 0);
+    let run = process_test(msg, Arc::from(vec![Arc::new(t)]), CancellationToken::new());
+    // Held as an outage, it would be called again and again for as long as it is let run.
+    let finished = tokio::time::timeout(Duration::from_secs(60), run).await;
+    assert!(finished.is_ok(), "still held after 60 s");
+    assert!(matches!(
+        rx.recv().await,
+        Some(Settlement::Failed {
+            timed_out: true,
+            ..
+        })
+    ));
+    assert_eq!(slow.calls.load(Ordering::SeqCst), 3);
+    assert!(!f.health.is_down());
+    let letters = letters.lock().expect("lock");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        event::attribute(&letters[0], "dlqattempts").as_deref(),
+        Some("3")
+    );
+}
+
+/// Several events timing out at once are an outage all the same: they are held, not
+/// dead-lettered, and delivered once the function answers in time again.
+#[tokio::test(start_paused = true)]
+async fn many_events_timing_out_are_held_as_an_outage() {
+    let slow = Sleepy::new(Duration::from_secs(3));
+    let f = function(SleepyRef(Arc::clone(&slow)));
+    let mut t = runtime(
+        Arc::clone(&f),
+        "{ retries: 1, backoff: constant, delay: 100ms, max_delay: 1s }",
+        None,
+    );
+    t.timeout = Duration::from_millis(500);
+    let triggers: Arc<[Arc<TriggerRuntime>]> = Arc::from(vec![Arc::new(t)]);
+    let mut rxs = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let (msg, rx) = incoming(&format!("e{i}"), i);
+        rxs.push(rx);
+        tasks.push(tokio::spawn(process_test(
+            msg,
+            Arc::clone(&triggers),
+            CancellationToken::new(),
+        )));
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(f.health.is_down());
+    // The function is fast again: the held events are delivered, none dropped.
+    slow.took.store(10, Ordering::SeqCst);
+    for task in tasks {
+        task.await.expect("join");
+    }
+    for rx in &mut rxs {
+        let settled = rx.recv().await;
+        assert!(
+            matches!(settled, Some(Settlement::Delivered { .. })),
+            "{settled:?}"
+        );
+    }
+}
+
+/// A delivery dropped in the middle of its call (the drain at a stop or a reload ran out of
+/// time) gives its unit of the in-flight gauges back: they do not stay up for good.
+#[tokio::test(start_paused = true)]
+async fn in_flight_gauges_come_down_when_a_drain_times_out() {
+    let slow = Sleepy::new(Duration::from_secs(3600));
+    let f = function(SleepyRef(Arc::clone(&slow)));
+    let mut t = runtime(Arc::clone(&f), "{ retries: 0 }", None);
+    t.timeout = Duration::from_secs(3600);
+    let t = Arc::new(t);
+    let (msg, mut rx) = incoming("stuck", 0);
+    let shutdown = CancellationToken::new();
+    let cfg = PumpConfig {
+        name: "s".into(),
+        triggers: Arc::new(super::TriggerSet::new(vec![Arc::clone(&t)])),
+        max_in_flight: 4,
+        ordered: false,
+        shutdown_timeout: Duration::from_secs(1),
+        retire: Arc::default(),
+    };
+    let task = tokio::spawn(pump(
+        Box::new(ListSource(VecDeque::from([msg]))),
+        cfg,
+        shutdown.clone(),
+    ));
+    while slow.calls.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(t.stats.in_flight.get(), 1);
+    assert_eq!(f.stats.in_flight.get(), 1);
+    shutdown.cancel();
+    task.await.expect("join");
+    assert!(matches!(rx.recv().await, Some(Settlement::Released)));
+    assert_eq!(t.stats.in_flight.get(), 0, "trigger in-flight gauge");
+    assert_eq!(f.stats.in_flight.get(), 0, "function in-flight gauge");
+}
