@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::nats::SHARED_URL;
 use common::{Answer, FnServer, Fnbroker};
+use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -366,6 +367,118 @@ async fn sighup_reloads_the_configuration() {
         .await
         .expect("body");
     assert!(functions.contains("/two"), "{functions}");
+}
+
+/// A reload that fails part way (a JetStream trigger on a stream that does not exist, beside a
+/// new HTTP ingress) does what it can and says what it could not, in the log and in
+/// `/v1/config`'s `pending`; the file fixed and reloaded again, the new ingress listens. (The
+/// ingress used to stay installed and never started: "nothing to change" until a restart.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_failed_part_way_is_finished_by_the_next() {
+    let server = FnServer::start().await;
+    let (one, two) = (common::free_port(), common::free_port());
+    let base = format!(
+        "connectors:\n  web: {{ http: {{ listen: \"127.0.0.1:{one}\" }} }}\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: w, from: {{ connector: web, topic: /w }}, to: f }}\n",
+        server.url("/f")
+    );
+    let fixed = format!(
+        "{}  - {{ name: w2, from: {{ connector: web2, topic: /w2 }}, to: f }}\n",
+        base.replace(
+            "  bus: {",
+            &format!("  web2: {{ http: {{ listen: \"127.0.0.1:{two}\" }} }}\n  bus: {{")
+        )
+    );
+    let broken = format!(
+        "{fixed}  - {{ name: js, from: {{ connector: bus, stream: NOSUCH{}, topic: nope.x, group: g }}, to: f }}\n",
+        uid()
+    );
+    let fb = Fnbroker::start(&base).await;
+    rewrite(&fb, &broken);
+    fb.signal("HUP");
+    let failed = reloads(&fb, 0, 1).await;
+    let pending = failed["pending"].to_string();
+    assert!(pending.contains("js"), "pending names the trigger: {failed}");
+    rewrite(&fb, &fixed);
+    fb.signal("HUP");
+    let done = reloads(&fb, 1, 1).await;
+    assert_eq!(done["pending"], serde_json::json!([]), "{done}");
+    let post = |port: u16, path: &'static str| {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}{path}"))
+            .header("content-type", "text/plain")
+            .body("x")
+            .send()
+    };
+    let answer = post(two, "/w2")
+        .await
+        .unwrap_or_else(|e| panic!("the new ingress does not listen: {e}\n{}", fb.logs()));
+    assert!(answer.status().is_success(), "{}", answer.status());
+    let answer = post(one, "/w").await.expect("the first ingress");
+    assert!(answer.status().is_success(), "{}", answer.status());
+    server.wait_count("/f", 2, WAIT).await;
+}
+
+/// `run --watch` with the configuration in a folder where logs are written without pause: each
+/// edit of the file is its own reload within a second or two, an invalid edit in the middle is
+/// seen and refused, and the log writes next to it trigger nothing. (The watcher used to wait
+/// for the whole folder to be quiet: no reload at all while the log was written.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_hears_the_file_not_the_logs_beside_it() {
+    let server = FnServer::start().await;
+    let port = common::free_port();
+    let cfg = |path: &str| {
+        format!(
+            "connectors:\n  web: {{ http: {{ listen: \"127.0.0.1:{port}\" }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: web, topic: /in }}, to: f }}\n",
+            server.url(path)
+        )
+    };
+    let fb = Fnbroker::start_env(&cfg("/one"), &[("FNBROKER_WATCH", "true")]).await;
+    // A log written every 20 ms in the same folder, for as long as the test runs.
+    let noise = fb.dir.path().join("app.log");
+    let writing = CancellationToken::new();
+    let writer = tokio::spawn({
+        let writing = writing.clone();
+        async move {
+            let mut n = 0u64;
+            while !writing.is_cancelled() && n < 5_000 {
+                n += 1;
+                let line = format!("line {n}\n");
+                let mut text = std::fs::read_to_string(&noise).unwrap_or_default();
+                text.push_str(&line);
+                std::fs::write(&noise, text).expect("write the log");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let view = config_view(&fb).await;
+    assert_eq!(
+        view["reloads"]["succeeded"], 0,
+        "the log alone reloads nothing: {view}"
+    );
+    rewrite(&fb, &cfg("/two"));
+    reloads(&fb, 1, 0).await;
+    rewrite(
+        &fb,
+        "triggers: [ { name: t, from: { connector: nope, topic: x }, to: f } ]\n",
+    );
+    let refused = reloads(&fb, 1, 1).await;
+    assert_eq!(refused["last_reload"]["result"], "failure", "{refused}");
+    rewrite(&fb, &cfg("/three"));
+    let applied = reloads(&fb, 2, 1).await;
+    assert_eq!(applied["last_reload"]["cause"], "file changed", "{applied}");
+    writing.cancel();
+    writer.await.expect("writer");
+    let answer = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/in"))
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .expect("post");
+    assert!(answer.status().is_success(), "{}", answer.status());
+    server.wait_count("/three", 1, WAIT).await;
+    assert_eq!(server.count("/one") + server.count("/two"), 0);
 }
 
 /// The repository's root.

@@ -16,6 +16,7 @@ mod filter;
 mod guard;
 mod health;
 mod metrics;
+mod plan;
 mod process;
 mod recent;
 mod redrive;

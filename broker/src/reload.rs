@@ -18,6 +18,10 @@ use crate::runtime::Broker;
 /// write a file in several steps (a temporary file, a rename, a symlink swap).
 const SETTLE: Duration = Duration::from_millis(300);
 
+/// The longest a reload waits after the first change it heard, however often the file is
+/// written after it: a file rewritten without pause is still read.
+const SETTLE_AT_MOST: Duration = Duration::from_secs(2);
+
 /// Why a reload was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Cause {
@@ -83,6 +87,8 @@ pub(crate) struct Reloader {
     succeeded: u64,
     failed: u64,
     last: Value,
+    /// What the last apply could not do; the next one tries it again.
+    pending: Vec<String>,
     shutdown_timeout: Option<Duration>,
 }
 
@@ -97,6 +103,7 @@ impl Reloader {
             succeeded: 0,
             failed: 0,
             last: Value::Null,
+            pending: Vec::new(),
             shutdown_timeout: None,
         }
     }
@@ -119,6 +126,7 @@ impl Reloader {
             "loaded_at": self.loaded_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             "reloads": { "succeeded": self.succeeded, "failed": self.failed },
             "last_reload": self.last,
+            "pending": self.pending,
         })
     }
 
@@ -151,8 +159,15 @@ impl Reloader {
         }
         self.seen.clone_from(&loaded.revision);
         tracing::info!(cause = cause.as_str(), revision = %loaded.revision, "reloading the configuration");
-        match broker.apply(&loaded.config).await {
-            Ok(changes) => {
+        let applied = broker.apply(&loaded.config).await;
+        // Applied (wholly or in part), the new revision is what runs.
+        if applied.is_ok() {
+            self.shutdown_timeout = Some(loaded.config.shutdown_timeout.get());
+            self.revision = loaded.revision.clone();
+            self.loaded_at = chrono::Utc::now();
+        }
+        match applied {
+            Ok(changes) if changes.failed.is_empty() => {
                 if changes.is_empty() {
                     tracing::info!(revision = %loaded.revision, "configuration reloaded: nothing to change");
                 } else {
@@ -166,27 +181,33 @@ impl Reloader {
                     );
                 }
                 self.succeeded += 1;
-                self.shutdown_timeout = Some(loaded.config.shutdown_timeout.get());
-                self.revision = loaded.revision;
-                self.loaded_at = chrono::Utc::now();
+                self.pending.clear();
                 self.last = json!({ "at": at, "cause": cause.as_str(), "result": "success", "changes": changes.view() });
                 broker.metrics().reloaded(true);
-                broker.show(&loaded.config, self.about());
+            }
+            Ok(changes) => {
+                // The parts that failed did not stop the others; the next reload (a SIGHUP
+                // with the same file will do) tries them again.
+                for e in &changes.failed {
+                    tracing::error!(error = %e, "configuration reload failed part way: the rest runs with the new configuration, this is tried again at the next reload");
+                }
+                self.failed += 1;
+                self.pending.clone_from(&changes.failed);
+                self.last = json!({ "at": at, "cause": cause.as_str(), "result": "failure", "errors": changes.failed, "changes": changes.view() });
+                broker.metrics().reloaded(false);
             }
             Err(e) => {
-                // Applying stops at the first part that cannot start (a subscription refused by
-                // its broker); what was applied before it runs, the rest is tried again by the
-                // next reload.
+                // Nothing was stopped: the configuration could not be built.
                 let error = format!("{e:#}");
-                tracing::error!(error = %error, "configuration reload failed part way: the parts before the failure run with the new configuration");
+                tracing::error!(error = %error, "configuration not reloaded: keeping the running one");
                 self.failed += 1;
-                self.revision = loaded.revision;
-                self.loaded_at = chrono::Utc::now();
                 self.last = json!({ "at": at, "cause": cause.as_str(), "result": "failure", "errors": [error] });
                 broker.metrics().reloaded(false);
-                broker.show(&loaded.config, self.about());
+                broker.show_about(self.about());
+                return;
             }
         }
+        broker.show(&loaded.config, self.about());
     }
 }
 
@@ -206,8 +227,9 @@ pub(crate) fn on_sighup(requests: mpsc::Sender<Cause>) -> std::io::Result<()> {
 
 /// Watches the directory of the configuration file (so that a file replaced by a rename, or a
 /// Kubernetes ConfigMap's symlink swap, is seen) and sends a [`Cause::FileChanged`] once the
-/// directory has been quiet for a moment after a change. The watcher lives as long as the
-/// returned value.
+/// file has been quiet for a moment after a change. Only what happens to the file itself (and
+/// to a ConfigMap's `..data` link) counts: other files written in the same directory (logs) are
+/// not heard. The watcher lives as long as the returned value.
 pub(crate) fn watch(
     path: &Path,
     requests: mpsc::Sender<Cause>,
@@ -218,21 +240,26 @@ pub(crate) fn watch(
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf();
+    let file = path.file_name().map(std::ffi::OsStr::to_os_string);
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             Ok(e) if e.kind.is_access() => {}
-            Ok(_) => {
+            Ok(e) if concerns(&e.paths, file.as_deref()) => {
                 let _ = tx.send(());
             }
+            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "configuration watcher"),
         })?;
     watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
-            // Quiet for SETTLE: every write of one save is one reload.
+            // Quiet for SETTLE (every write of one save is one reload), and never longer than
+            // SETTLE_AT_MOST after the first write.
+            let latest = tokio::time::Instant::now() + SETTLE_AT_MOST;
             loop {
-                match tokio::time::timeout(SETTLE, rx.recv()).await {
+                let until = (tokio::time::Instant::now() + SETTLE).min(latest);
+                match tokio::time::timeout_at(until, rx.recv()).await {
                     Ok(Some(())) => {}
                     Ok(None) => return,
                     Err(_) => break,
@@ -243,13 +270,45 @@ pub(crate) fn watch(
             }
         }
     });
-    tracing::info!(directory = %dir.display(), "watching the configuration for changes");
+    tracing::info!(file = %path.display(), "watching the configuration for changes");
     Ok(watcher)
+}
+
+/// Whether a change of `paths` in the configuration's directory concerns the configuration
+/// named `file`: the file itself (written, or a new one renamed over it), or `..data`, the link
+/// a Kubernetes ConfigMap volume swaps to publish a new version of every file it holds.
+fn concerns(paths: &[PathBuf], file: Option<&std::ffi::OsStr>) -> bool {
+    paths.iter().any(|p| {
+        let name = p.file_name();
+        name.is_some() && (name == file || name == Some(std::ffi::OsStr::new("..data")))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_file_and_a_config_map_swap_concern_the_watcher() {
+        let file = Some(std::ffi::OsStr::new("fnbroker.yaml"));
+        let at = |names: &[&str]| -> Vec<PathBuf> {
+            names.iter().map(|n| Path::new("/etc/fb").join(n)).collect()
+        };
+        assert!(concerns(&at(&["fnbroker.yaml"]), file));
+        // An editor's or a deployer's new file renamed over it.
+        assert!(concerns(
+            &at(&[".fnbroker.yaml.new", "fnbroker.yaml"]),
+            file
+        ));
+        // A Kubernetes ConfigMap update: `..data_tmp` renamed to `..data`.
+        assert!(concerns(&at(&["..data_tmp", "..data"]), file));
+        assert!(concerns(&at(&["..data"]), file));
+        // Logs and other files next to it.
+        assert!(!concerns(&at(&["fnbroker.log"]), file));
+        assert!(!concerns(&at(&["..data_tmp"]), file));
+        assert!(!concerns(&at(&[".fnbroker.yaml.new"]), file));
+        assert!(!concerns(&[], file));
+    }
 
     #[test]
     fn the_revision_follows_the_text() {

@@ -1,20 +1,9 @@
 //! The running broker: connectors, functions, triggers and one pump per subscription, built from
 //! a validated configuration and brought to a new one by a reload.
 //!
-//! [`Broker::apply`] does both. It compares what runs with what the configuration asks for, by
-//! fingerprint (the settings after `${...}` substitution), and touches only what changed:
-//! - a connector whose settings changed, or that is gone, is stopped once its subscriptions have
-//!   drained, and a new one takes its place;
-//! - a subscription (the triggers with one `from`) keeps running when neither its source nor its
-//!   triggers changed; when only its triggers changed (a filter, a function, a retry policy),
-//!   the new triggers are swapped in and the subscription stays open, so no message passes
-//!   unseen; when its source changed (topic, keys, `max_in_flight`, `ordered`, the attempt
-//!   timeout) it is drained, closed (not retired: what its broker keeps for it stays) and opened
-//!   again, so nothing in flight is lost or delivered twice;
-//! - discovery entries are restarted when their entry changed.
-//!
-//! Everything that can fail without IO (building connectors and functions) is done before
-//! anything stops, so a configuration that cannot be built leaves the running one untouched.
+//! [`Broker::apply`] does both: it asks [`crate::plan`] what must change between what runs and
+//! what the configuration asks for (compared by value), and carries the plan out, touching only
+//! what changed. What the plan decides, and why, is documented there.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -35,6 +24,7 @@ use crate::connectors::REGISTRY;
 use crate::engine::{FunctionRuntime, PumpConfig, Target, TriggerRuntime, TriggerSet, pump};
 use crate::filter::Filter;
 use crate::metrics::Metrics;
+use crate::plan::{DiscoverySpec, Fate, Planned, Routing, Running, RunningConnector, SourceSpec};
 use crate::retry::RetryPolicy;
 
 /// Creates the connector of one (validated) configuration entry, through the registry.
@@ -94,76 +84,26 @@ pub(crate) fn drain_budget(shutdown_timeout: Duration) -> Duration {
     shutdown_timeout.saturating_sub(reserve)
 }
 
-/// Something built from a configuration entry, with the fingerprint of that entry.
-struct Versioned<T> {
-    fingerprint: String,
-    value: T,
+/// A connector installed from a configuration entry.
+struct Installed {
+    config: config::ConnectorConfig,
+    value: Arc<dyn Connector>,
+    /// Started (serving). A reload that failed part way may leave one installed and not
+    /// started; the next reload starts it.
+    started: bool,
 }
 
-/// The fingerprint of a connector entry: its kind and settings, after substitution.
-fn connector_fingerprint(cfg: &config::ConnectorConfig) -> String {
-    format!("{}:{}", cfg.kind(), cfg.raw())
-}
-
-/// The fingerprint of any other entry: its parsed form (locations are not part of it, so
-/// moving an entry in the file changes nothing).
-fn fingerprint(entry: &impl std::fmt::Debug) -> String {
-    format!("{entry:?}")
-}
-
-/// The fingerprints of a configuration's connectors and functions, by name.
-struct Prints<'a> {
-    connectors: BTreeMap<&'a str, String>,
-    functions: BTreeMap<&'a str, String>,
-}
-
-impl<'a> Prints<'a> {
-    fn of(config: &'a Config) -> Self {
-        Self {
-            connectors: config
-                .connectors
-                .iter()
-                .map(|(name, c)| (name.as_str(), connector_fingerprint(c)))
-                .collect(),
-            functions: config
-                .functions
-                .iter()
-                .map(|(name, f)| (name.as_str(), fingerprint(f)))
-                .collect(),
-        }
-    }
-}
-
-/// One subscription as a configuration asks for it: the triggers with the same `from`.
-struct Planned<'a> {
-    from: config::TriggerSource,
-    triggers: Vec<&'a config::Trigger>,
-    max_in_flight: usize,
-    ordered: bool,
-    attempt_timeout: Duration,
-    /// What the subscription is at its broker: a change here needs a new subscription.
-    source: String,
-    /// What its triggers are, with the functions and connectors they use.
-    routing: String,
-    /// The connectors its triggers publish to.
-    publishes_to: BTreeSet<String>,
-}
-
-impl Planned<'_> {
-    fn connector(&self) -> &str {
-        self.from.connector.as_str()
-    }
-
-    fn names(&self) -> Vec<String> {
-        self.triggers.iter().map(|t| t.name.to_string()).collect()
-    }
+/// A function built from a configuration entry.
+struct Built {
+    config: config::Function,
+    value: Arc<FunctionRuntime>,
 }
 
 /// A running subscription and its pump.
 struct RunningGroup {
     connector: String,
-    source: String,
-    routing: String,
+    source: SourceSpec,
+    routing: Routing,
     publishes_to: BTreeSet<String>,
     names: Vec<String>,
     triggers: Arc<TriggerSet>,
@@ -173,8 +113,7 @@ struct RunningGroup {
 
 /// A running discovery entry.
 struct RunningDiscovery {
-    fingerprint: String,
-    uses: BTreeSet<String>,
+    spec: DiscoverySpec,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -190,6 +129,9 @@ pub(crate) struct Changes {
     pub(crate) updated: Vec<String>,
     /// Stopped and not replaced.
     pub(crate) removed: Vec<String>,
+    /// What could not be done, each with its error: a subscription its broker refused, a
+    /// connector that could not start. The rest was done; the next apply tries these again.
+    pub(crate) failed: Vec<String>,
 }
 
 impl Changes {
@@ -199,6 +141,7 @@ impl Changes {
             && self.replaced.is_empty()
             && self.updated.is_empty()
             && self.removed.is_empty()
+            && self.failed.is_empty()
     }
 
     /// The changes as JSON.
@@ -206,18 +149,9 @@ impl Changes {
         json!({
             "added": self.added, "replaced": self.replaced,
             "updated": self.updated, "removed": self.removed,
+            "failed": self.failed,
         })
     }
-}
-
-/// What becomes of a running subscription.
-enum Fate {
-    /// Nothing changed.
-    Keep(usize),
-    /// The source stays open, the triggers are replaced.
-    Swap(usize),
-    /// A new subscription (a new source, or the running one replaced).
-    Open,
 }
 
 /// The running broker.
@@ -228,8 +162,8 @@ pub(crate) struct Broker {
     views: crate::discovery::Views,
     shutdown: CancellationToken,
     drain: Duration,
-    connectors: BTreeMap<String, Versioned<Arc<dyn Connector>>>,
-    functions: BTreeMap<String, Versioned<Arc<FunctionRuntime>>>,
+    connectors: BTreeMap<String, Installed>,
+    functions: BTreeMap<String, Built>,
     groups: Vec<RunningGroup>,
     discoveries: Vec<RunningDiscovery>,
     /// Subscriptions and discoveries a reload stopped and that are still finishing.
@@ -276,7 +210,12 @@ impl Broker {
             admin: None,
             fixed: fixed_fingerprint(config),
         };
-        broker.apply(config).await?;
+        let changes = broker.apply(config).await?;
+        if !changes.failed.is_empty() {
+            // At start nothing runs yet that an operator relies on: better a clear exit than
+            // a broker that runs part of its configuration.
+            anyhow::bail!("{}", changes.failed.join("; "));
+        }
         broker.show(config, about);
         if let Some(admin) = &config.admin {
             broker.admin = Some(broker.serve_admin(admin).await?);
@@ -344,130 +283,107 @@ impl Broker {
         &self.metrics
     }
 
-    /// Brings the running broker to `config`; see the module's documentation for what is
-    /// replaced and what is left alone.
+    /// What runs, as the plan sees it.
+    fn running(&self) -> Running<'_> {
+        Running {
+            connectors: self
+                .connectors
+                .iter()
+                .map(|(name, c)| {
+                    let running = RunningConnector {
+                        config: &c.config,
+                        started: c.started,
+                        subscribes_while_running: c.value.subscribes_while_running(),
+                    };
+                    (name.as_str(), running)
+                })
+                .collect(),
+            functions: self
+                .functions
+                .iter()
+                .map(|(name, f)| (name.as_str(), &f.config))
+                .collect(),
+            groups: self
+                .groups
+                .iter()
+                .map(|g| crate::plan::RunningGroup {
+                    source: &g.source,
+                    routing: &g.routing,
+                    publishes_to: &g.publishes_to,
+                })
+                .collect(),
+            discoveries: self.discoveries.iter().map(|d| &d.spec).collect(),
+        }
+    }
+
+    /// Brings the running broker to `config` by the [`plan`](crate::plan) of what changed.
+    ///
+    /// Everything that can fail without IO (building connectors and functions) is done before
+    /// anything stops, so a configuration that cannot be built leaves the running one untouched
+    /// (`Err`). A step that fails afterwards (a subscription its broker refuses, a connector
+    /// that cannot start) does not stop the others: it is recorded in [`Changes::failed`], and
+    /// what it left undone is part of the next plan (a subscription that is not running is
+    /// opened, a connector that is not started is started).
     pub(crate) async fn apply(&mut self, config: &Config) -> anyhow::Result<Changes> {
         let with_consumers = with_retry_consumers(config)?;
         let config = &with_consumers;
-        let mut changes = Changes::default();
         if fixed_fingerprint(config) != self.fixed && !self.connectors.is_empty() {
             tracing::warn!(
                 "the admin and telemetry sections changed: they take effect at the next restart"
             );
         }
-        let prints = Prints::of(config);
-        let (connector_prints, function_prints) = (&prints.connectors, &prints.functions);
-        let plan = plan(config, &prints)?;
-
-        // Connectors that cannot stay: changed or gone; then those that would need a new
-        // subscription while running and cannot open one.
-        let mut rebuilt: BTreeSet<String> = self
-            .connectors
-            .iter()
-            .filter(|(name, c)| connector_prints.get(name.as_str()) != Some(&c.fingerprint))
-            .map(|(name, _)| name.clone())
-            .collect();
-        let fates = loop {
-            let fates: Vec<Fate> = plan.iter().map(|p| self.fate(p, &rebuilt)).collect();
-            let cannot: Vec<String> = plan
-                .iter()
-                .zip(&fates)
-                .filter(|(p, fate)| {
-                    matches!(fate, Fate::Open)
-                        && !rebuilt.contains(p.connector())
-                        && self
-                            .connectors
-                            .get(p.connector())
-                            .is_some_and(|c| !c.value.subscribes_while_running())
-                })
-                .map(|(p, _)| p.connector().to_string())
-                .collect();
-            if cannot.is_empty() {
-                break fates;
-            }
-            rebuilt.extend(cannot);
-        };
+        let plan = crate::plan::plan(&self.running(), config)?;
+        let mut changes = Changes::default();
 
         // Build what is new before anything stops: a failure leaves everything running.
         let mut new_connectors = BTreeMap::new();
-        for (name, cfg) in &config.connectors {
-            if !self.connectors.contains_key(name) || rebuilt.contains(name) {
-                let connector = build_connector(name, cfg)?;
-                new_connectors.insert(
-                    name.clone(),
-                    Versioned {
-                        fingerprint: connector_prints[name.as_str()].clone(),
-                        value: connector,
-                    },
-                );
-            }
+        for name in &plan.build_connectors {
+            let cfg = &config.connectors[name];
+            new_connectors.insert(name.clone(), (cfg.clone(), build_connector(name, cfg)?));
         }
         let mut new_functions = BTreeMap::new();
-        for (name, cfg) in &config.functions {
-            let print = &function_prints[name.as_str()];
-            if self
-                .functions
-                .get(name)
-                .is_none_or(|f| &f.fingerprint != print)
-            {
-                let function = build_function(name, cfg, &self.metrics, &self.platform)?;
-                new_functions.insert(
-                    name.clone(),
-                    Versioned {
-                        fingerprint: print.clone(),
-                        value: function,
-                    },
-                );
-            }
+        for name in &plan.build_functions {
+            let cfg = &config.functions[name];
+            let function = build_function(name, cfg, &self.metrics, &self.platform)?;
+            new_functions.insert(
+                name.clone(),
+                Built {
+                    config: cfg.clone(),
+                    value: function,
+                },
+            );
         }
 
         // Stop what goes: the subscriptions first (each drains what it has in flight), then
         // the connectors they were on.
-        let kept: BTreeSet<usize> = fates
-            .iter()
-            .filter_map(|f| match f {
-                Fate::Keep(i) | Fate::Swap(i) => Some(*i),
-                Fate::Open => None,
-            })
-            .collect();
         let old_triggers: BTreeSet<String> = self
             .groups
             .iter()
             .flat_map(|g| g.names.iter().cloned())
             .collect();
         let groups = std::mem::take(&mut self.groups);
-        let mut remaining = Vec::new();
+        // A kept subscription's place among those that remain.
+        let mut renumber = BTreeMap::new();
         for (index, group) in groups.into_iter().enumerate() {
-            if kept.contains(&index) {
-                remaining.push(group);
-            } else {
+            if plan.close_groups.contains(&index) {
                 group.stop.cancel();
                 self.stopping.push(group.pump);
+            } else {
+                renumber.insert(index, self.groups.len());
+                self.groups.push(group);
             }
         }
-        // A kept subscription's place among those that remain.
-        let renumber: BTreeMap<usize, usize> = kept
-            .iter()
-            .enumerate()
-            .map(|(new, old)| (*old, new))
-            .collect();
-        self.groups = remaining;
-        let discoveries = self.discovery_prints(config, &prints);
         let running = std::mem::take(&mut self.discoveries);
-        for d in running {
-            // Its fingerprint holds those of the connectors and functions it uses; a connector
-            // rebuilt without a change of its own still takes the discovery with it.
-            let stays = discoveries.iter().any(|(print, _)| *print == d.fingerprint)
-                && d.uses.is_disjoint(&rebuilt);
-            if stays {
-                self.discoveries.push(d);
-            } else {
+        for (index, d) in running.into_iter().enumerate() {
+            if plan.stop_discoveries.contains(&index) {
                 d.stop.cancel();
                 self.stopping.push(d.task);
+            } else {
+                self.discoveries.push(d);
             }
         }
         self.finish_stopping().await;
-        for name in &rebuilt {
+        for name in &plan.stop_connectors {
             if let Some(old) = self.connectors.remove(name) {
                 old.value.stop().await;
                 if config.connectors.contains_key(name) {
@@ -479,25 +395,23 @@ impl Broker {
         }
 
         // Install and open what is new.
-        for (name, c) in new_connectors.iter() {
-            if !rebuilt.contains(name) {
+        for (name, (cfg, connector)) in new_connectors {
+            if !plan.stop_connectors.contains(&name) {
                 changes.added.push(format!("connector {name}"));
             }
             self.connectors.insert(
-                name.clone(),
-                Versioned {
-                    fingerprint: c.fingerprint.clone(),
-                    value: Arc::clone(&c.value),
+                name,
+                Installed {
+                    config: cfg,
+                    value: connector,
+                    started: false,
                 },
             );
         }
-        self.functions.retain(|name, _| {
-            let stays = config.functions.contains_key(name);
-            if !stays {
-                changes.removed.push(format!("function {name}"));
-            }
-            stays
-        });
+        for name in &plan.remove_functions {
+            self.functions.remove(name);
+            changes.removed.push(format!("function {name}"));
+        }
         for (name, f) in new_functions {
             let what = if self.functions.contains_key(&name) {
                 &mut changes.replaced
@@ -508,60 +422,67 @@ impl Broker {
             self.functions.insert(name, f);
         }
         self.drain = drain_budget(config.shutdown_timeout.get());
-        for (p, fate) in plan.iter().zip(&fates) {
+        // Connectors with a subscription that could not be opened: one that cannot subscribe
+        // once started is left unstarted, so that the next apply can still open it.
+        let mut incomplete = BTreeSet::new();
+        for (p, fate) in &plan.subscriptions {
             let names = p.names();
-            match fate {
-                Fate::Keep(_) => {}
-                Fate::Swap(old) => {
-                    let list = self.trigger_runtimes(p).await?;
-                    let Some(group) = renumber.get(old).and_then(|i| self.groups.get_mut(*i))
-                    else {
-                        anyhow::bail!("a kept subscription went missing");
-                    };
-                    group.triggers.replace(list);
-                    group.routing = p.routing.clone();
-                    group.publishes_to = p.publishes_to.clone();
-                    for n in &names {
-                        let what = if old_triggers.contains(n) {
-                            &mut changes.updated
-                        } else {
-                            &mut changes.added
-                        };
-                        what.push(format!("trigger {n}"));
-                    }
-                    group.names = names;
-                }
-                Fate::Open => {
-                    for n in &names {
-                        let what = if old_triggers.contains(n) {
-                            &mut changes.replaced
-                        } else {
-                            &mut changes.added
-                        };
-                        what.push(format!("trigger {n}"));
-                    }
-                    self.open(p).await?;
-                }
+            let opened = match fate {
+                Fate::Keep(_) => Ok(()),
+                Fate::Swap(old) => match renumber.get(old) {
+                    Some(i) => self.swap(*i, p).await,
+                    None => Err(anyhow::anyhow!("a kept subscription went missing")),
+                },
+                Fate::Open => self.open(p).await,
+            };
+            if let Err(e) = opened {
+                incomplete.insert(p.connector().to_string());
+                changes.failed.push(format!("{e:#}"));
+                continue;
+            }
+            for n in names {
+                let list = match fate {
+                    Fate::Keep(_) => continue,
+                    _ if !old_triggers.contains(&n) => &mut changes.added,
+                    Fate::Swap(_) => &mut changes.updated,
+                    Fate::Open => &mut changes.replaced,
+                };
+                list.push(format!("trigger {n}"));
             }
         }
-        let new_triggers: BTreeSet<String> = plan.iter().flat_map(Planned::names).collect();
+        let new_triggers: BTreeSet<String> = plan
+            .subscriptions
+            .iter()
+            .flat_map(|(p, _)| p.names())
+            .collect();
         changes.removed.extend(
             old_triggers
                 .difference(&new_triggers)
                 .map(|n| format!("trigger {n}")),
         );
-        // A new connector starts once its subscriptions are in place.
-        for (name, c) in &new_connectors {
-            c.value
-                .start()
-                .await
-                .with_context(|| format!("cannot start connector `{name}`"))?;
-        }
-        for (print, index) in discoveries {
-            if self.discoveries.iter().any(|d| d.fingerprint == print) {
+        // A connector starts once its subscriptions are in place.
+        for name in &plan.start_connectors {
+            let Some(c) = self.connectors.get_mut(name) else {
+                continue;
+            };
+            if incomplete.contains(name) && !c.value.subscribes_while_running() {
+                changes.failed.push(format!(
+                    "connector `{name}` not started: a subscription of it could not be opened"
+                ));
                 continue;
             }
-            self.discover(config, index, print).await?;
+            match c.value.start().await {
+                Ok(()) => c.started = true,
+                Err(e) => changes.failed.push(format!(
+                    "{:#}",
+                    anyhow::Error::new(e).context(format!("cannot start connector `{name}`"))
+                )),
+            }
+        }
+        for (spec, index) in plan.start_discoveries {
+            if let Err(e) = self.discover(config, index, spec).await {
+                changes.failed.push(format!("{e:#}"));
+            }
         }
         Ok(changes)
     }
@@ -577,24 +498,18 @@ impl Broker {
         }
     }
 
-    /// What becomes of the running subscription that has `p`'s source, if any.
-    fn fate(&self, p: &Planned<'_>, rebuilt: &BTreeSet<String>) -> Fate {
-        if rebuilt.contains(p.connector()) {
-            return Fate::Open;
-        }
-        let Some(index) = self.groups.iter().position(|g| g.source == p.source) else {
-            return Fate::Open;
-        };
-        let group = &self.groups[index];
-        if !group.publishes_to.is_disjoint(rebuilt) {
-            // Its deliveries in flight publish through a connector that is being replaced:
-            // drained first, it starts again on the new one.
-            Fate::Open
-        } else if group.routing == p.routing {
-            Fate::Keep(index)
-        } else {
-            Fate::Swap(index)
-        }
+    /// Swaps `p`'s triggers into the running subscription `index`, which stays open.
+    async fn swap(&mut self, index: usize, p: &Planned<'_>) -> anyhow::Result<()> {
+        let list = self.trigger_runtimes(p).await?;
+        let group = self
+            .groups
+            .get_mut(index)
+            .context("a kept subscription went missing")?;
+        group.triggers.replace(list);
+        group.routing = p.routing.clone();
+        group.publishes_to = p.publishes_to.clone();
+        group.names = p.names();
+        Ok(())
     }
 
     /// The trigger runtimes of a planned subscription, with the connectors and functions
@@ -646,10 +561,10 @@ impl Broker {
         let names = p.names();
         let source = connector
             .subscribe(&Subscription {
-                from: p.from.clone(),
-                max_in_flight: p.max_in_flight,
-                ordered: p.ordered,
-                attempt_timeout: p.attempt_timeout,
+                from: p.source.from.clone(),
+                max_in_flight: p.source.max_in_flight,
+                ordered: p.source.ordered,
+                attempt_timeout: p.source.attempt_timeout,
                 triggers: names.clone(),
             })
             .await
@@ -659,10 +574,10 @@ impl Broker {
         let pump = tokio::spawn(pump(
             source,
             PumpConfig {
-                name: format!("{}:{}", p.connector(), p.from.topic()),
+                name: format!("{}:{}", p.connector(), p.source.from.topic()),
                 triggers: Arc::clone(&triggers),
-                max_in_flight: p.max_in_flight,
-                ordered: p.ordered,
+                max_in_flight: p.source.max_in_flight,
+                ordered: p.source.ordered,
                 shutdown_timeout: self.drain,
                 retire: Arc::default(),
             },
@@ -681,33 +596,12 @@ impl Broker {
         Ok(())
     }
 
-    /// The fingerprints of the configuration's discovery entries, with their index.
-    fn discovery_prints(&self, config: &Config, prints: &Prints<'_>) -> Vec<(String, usize)> {
-        let (connectors, functions) = (&prints.connectors, &prints.functions);
-        config
-            .discover
-            .iter()
-            .enumerate()
-            .map(|(index, d)| {
-                let entry = &d.openfaas;
-                let mut print = fingerprint(entry);
-                for name in discovery_uses(entry) {
-                    let part = connectors
-                        .get(name.as_str())
-                        .or(functions.get(name.as_str()));
-                    print.push_str(part.map_or("", String::as_str));
-                }
-                (print, index)
-            })
-            .collect()
-    }
-
     /// Starts the discovery entry `index` of `config`.
     async fn discover(
         &mut self,
         config: &Config,
         index: usize,
-        fingerprint: String,
+        spec: DiscoverySpec,
     ) -> anyhow::Result<()> {
         let entry = config.discover[index].openfaas.clone();
         let connector = self
@@ -719,7 +613,6 @@ impl Broker {
                     *entry.connector
                 )
             })?;
-        let uses = discovery_uses(&entry);
         let stop = self.shutdown.child_token();
         let discovery = crate::discovery::Discovery {
             index,
@@ -734,12 +627,7 @@ impl Broker {
             telemetry: self.telemetry.clone(),
         };
         let task = discovery.spawn(stop.clone())?;
-        self.discoveries.push(RunningDiscovery {
-            fingerprint,
-            uses,
-            stop,
-            task,
-        });
+        self.discoveries.push(RunningDiscovery { spec, stop, task });
         Ok(())
     }
 
@@ -873,16 +761,6 @@ fn fixed_fingerprint(config: &Config) -> String {
     format!("{:?}{:?}", config.admin, config.telemetry)
 }
 
-/// The connectors and functions a discovery entry uses.
-fn discovery_uses(entry: &config::OpenFaasDiscovery) -> BTreeSet<String> {
-    let mut uses = BTreeSet::from([entry.connector.to_string()]);
-    for d in [&entry.dead_letter, &entry.reply].into_iter().flatten() {
-        uses.extend(d.connector.as_ref().map(|c| c.to_string()));
-        uses.extend(d.function.as_ref().map(|f| f.to_string()));
-    }
-    uses
-}
-
 /// `config` with, for each trigger that keeps its retries in a topic, the trigger that consumes
 /// that topic: the same name, function, policy and destinations, its source the retry topic as
 /// the connector's kind consumes it (a durable consumer of its own, shared by the replicas).
@@ -914,165 +792,4 @@ pub(crate) fn with_retry_consumers(config: &Config) -> anyhow::Result<Config> {
         out.triggers.push(consumer);
     }
     Ok(out)
-}
-
-/// The subscriptions `config` asks for: triggers with the same source share one (fan-out).
-fn plan<'a>(config: &'a Config, prints: &Prints<'_>) -> anyhow::Result<Vec<Planned<'a>>> {
-    let (connectors, functions) = (&prints.connectors, &prints.functions);
-    let mut groups: Vec<Planned<'a>> = Vec::new();
-    for t in &config.triggers {
-        let function = config
-            .functions
-            .get(t.to.as_str())
-            .with_context(|| format!("unknown function `{}`", *t.to))?;
-        let timeout = t
-            .delivery
-            .timeout
-            .as_ref()
-            .map_or(function.timeout(), config::ConfDuration::get);
-        let max = *t.delivery.max_in_flight;
-        match groups.iter_mut().find(|g| g.from == t.from) {
-            Some(g) => {
-                g.max_in_flight = g.max_in_flight.min(max);
-                g.ordered |= t.delivery.ordered;
-                g.attempt_timeout = g.attempt_timeout.max(timeout);
-                g.triggers.push(t);
-            }
-            None => groups.push(Planned {
-                from: t.from.clone(),
-                max_in_flight: max,
-                ordered: t.delivery.ordered,
-                attempt_timeout: timeout,
-                triggers: vec![t],
-                source: String::new(),
-                routing: String::new(),
-                publishes_to: BTreeSet::new(),
-            }),
-        }
-    }
-    let print = |map: &BTreeMap<&str, String>, name: &str| map.get(name).cloned();
-    for g in &mut groups {
-        g.source = format!(
-            "{:?}|{}|{}|{:?}|{}",
-            g.from,
-            g.max_in_flight,
-            g.ordered,
-            g.attempt_timeout,
-            print(connectors, g.from.connector.as_str()).unwrap_or_default()
-        );
-        let mut routing = String::new();
-        for t in &g.triggers {
-            routing.push_str(&fingerprint(t));
-            routing.push_str(&print(functions, t.to.as_str()).unwrap_or_default());
-            if let Some(retry) = &t.delivery.retry_topic {
-                g.publishes_to.insert(retry.connector.to_string());
-            }
-            for d in [&t.dead_letter, &t.reply].into_iter().flatten() {
-                if let Some(c) = &d.connector {
-                    g.publishes_to.insert(c.to_string());
-                    routing.push_str(&print(connectors, c.as_str()).unwrap_or_default());
-                }
-                if let Some(f) = &d.function {
-                    routing.push_str(&print(functions, f.as_str()).unwrap_or_default());
-                }
-            }
-        }
-        g.routing = routing;
-    }
-    Ok(groups)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn load(text: &str) -> Config {
-        match config::load_str("t.yaml", text, |_| None, &REGISTRY) {
-            Ok(c) => c,
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    const BASE: &str = "
-connectors:
-  n: { nats: { url: nats://127.0.0.1:4222 } }
-functions:
-  f: { http: { url: http://127.0.0.1:1/f } }
-  g: { http: { url: http://127.0.0.1:1/g } }
-triggers:
-  - { name: a, from: { connector: n, topic: a }, to: f }
-  - { name: b, from: { connector: n, topic: a }, to: g }
-  - { name: c, from: { connector: n, topic: c }, to: f }
-";
-
-    fn prints(config: &Config) -> Vec<(String, String)> {
-        plan(config, &Prints::of(config))
-            .map(|p| p.into_iter().map(|g| (g.source, g.routing)).collect())
-            .unwrap_or_default()
-    }
-
-    fn plan_names(config: &Config) -> Vec<Vec<String>> {
-        plan(config, &Prints::of(config))
-            .map(|p| p.iter().map(Planned::names).collect())
-            .unwrap_or_default()
-    }
-
-    #[test]
-    fn triggers_with_one_source_share_a_subscription() {
-        assert_eq!(
-            plan_names(&load(BASE)),
-            vec![
-                vec!["a".to_string(), "b".to_string()],
-                vec!["c".to_string()]
-            ]
-        );
-    }
-
-    /// Moving entries in the file, or rewriting them in another YAML style, is no change.
-    #[test]
-    fn layout_is_not_a_change() {
-        let moved = "
-functions:
-  g: { http: { url: http://127.0.0.1:1/g } }
-  f:
-    http:
-      url: http://127.0.0.1:1/f
-connectors:
-  n: { nats: { url: nats://127.0.0.1:4222 } }
-triggers:
-  - { name: a, from: { connector: n, topic: a }, to: f }
-  - { name: b, from: { connector: n, topic: a }, to: g }
-  - name: c
-    from: { connector: n, topic: c }
-    to: f
-";
-        assert_eq!(prints(&load(BASE)), prints(&load(moved)));
-    }
-
-    /// A function's URL changes the routing of the subscriptions that call it, not their
-    /// source: they are swapped, not reopened.
-    #[test]
-    fn a_function_change_is_a_routing_change() {
-        let before = prints(&load(BASE));
-        let after = prints(&load(&BASE.replace("1/g", "1/g2")));
-        assert_eq!(before[0].0, after[0].0);
-        assert_ne!(before[0].1, after[0].1);
-        assert_eq!(before[1], after[1], "trigger c does not call g");
-    }
-
-    /// `max_in_flight` and the connector's settings are the source's.
-    #[test]
-    fn delivery_limits_and_connector_settings_are_the_source() {
-        let before = prints(&load(BASE));
-        let limited = BASE.replace(
-            "{ name: c, from: { connector: n, topic: c }, to: f }",
-            "{ name: c, from: { connector: n, topic: c }, to: f, delivery: { max_in_flight: 7 } }",
-        );
-        let after = prints(&load(&limited));
-        assert_eq!(before[0], after[0]);
-        assert_ne!(before[1].0, after[1].0);
-        let moved = prints(&load(&BASE.replace("4222", "4223")));
-        assert_ne!(before[0].0, moved[0].0);
-        assert_ne!(before[1].0, moved[1].0);
-    }
 }

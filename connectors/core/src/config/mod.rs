@@ -34,7 +34,7 @@ pub use platforms::{
 pub use values::{ByteSize, ConfDuration, Loc};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields, title = "fnbroker configuration")]
 pub struct Config {
     /// Named connections to brokers and listeners; each entry has exactly one kind.
@@ -66,7 +66,7 @@ pub struct Config {
 /// OpenTelemetry traces: a span per event and trigger, a child per delivery attempt and per
 /// reply or dead-letter publish, exported by OTLP. The standard `OTEL_*` environment variables
 /// fill in what is not written here.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct Telemetry {
     /// Where spans are exported.
@@ -82,7 +82,7 @@ pub struct Telemetry {
 }
 
 /// An OTLP exporter.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct Otlp {
     /// The collector: `http://collector:4318` for `http/protobuf` (`/v1/traces` is added when
@@ -167,6 +167,14 @@ impl<'de> Deserialize<'de> for ConnectorConfig {
             }
         }
         d.deserialize_map(V)
+    }
+}
+
+/// Two connector entries are equal when their kind and settings as written are (after
+/// substitution): the settings parsed from them follow.
+impl PartialEq for ConnectorConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.raw == other.raw
     }
 }
 
@@ -257,7 +265,7 @@ fn read_keys<'de, A: MapAccess<'de>>(
 }
 /// A named function: how to invoke it (exactly one kind: `http`, `exec` or a platform's), and
 /// limits.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct Function {
     /// Invoke over HTTP: POST the event to a URL.
@@ -301,7 +309,7 @@ pub struct Function {
 }
 
 /// A function's rate limit.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct RateLimit {
     /// Calls per second, sustained.
@@ -314,7 +322,7 @@ pub struct RateLimit {
 /// A function's circuit breaker: when at least `min_calls` were made in the last `window` and
 /// `failure_ratio` of them failed on the function's side (unreachable, timed out, 408, 429, 5xx,
 /// a failed command), no call is made for `open_for`; then one call probes.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct CircuitBreaker {
     /// The share of failed calls that opens the breaker, above 0 and at most 1. Default 0.5.
@@ -437,7 +445,7 @@ impl Function {
 }
 
 /// An HTTP function endpoint.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct HttpFunction {
     /// The URL the event is POSTed to.
@@ -466,7 +474,7 @@ pub enum ContentMode {
 }
 
 /// A command run once per event.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct ExecFunction {
     /// The program and its arguments. The event's data arrives on stdin, its attributes as
@@ -483,7 +491,7 @@ pub struct ExecFunction {
 }
 
 /// A trigger: where events come from, which ones, and which function gets them.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct Trigger {
     /// A unique name, used in logs, metrics and dead letters.
@@ -584,7 +592,7 @@ impl JsonSchema for TriggerSource {
     }
 }
 /// Attributes for messages that are not CloudEvents.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct EventDefaults {
     /// The `type` given to such messages (default `fnbroker.<kind>.message`).
@@ -594,7 +602,7 @@ pub struct EventDefaults {
 
 /// A filter, in the dialects of the CloudEvents Subscriptions API. A missing attribute does not
 /// match.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 #[schemars(deny_unknown_fields)]
 pub enum Filter {
@@ -638,7 +646,7 @@ impl Filter {
 }
 
 /// How a trigger delivers: retries, backoff, timeout, ordering, concurrency.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct Delivery {
     /// Extra attempts after the first one. Default 3.
@@ -689,7 +697,7 @@ pub struct RetryTopic {
 /// `max_events`, when the next event would take it over `max_bytes`, or `max_wait` after its
 /// first event, whichever comes first. The function's answer may name failed events
 /// (`{"batchItemFailures": [{"itemIdentifier": "<id>"}]}`): only those are retried.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 pub struct Batch {
     /// The most events in one call (1 to 10000). Default 10.
     #[serde(default = "default_batch_events")]
@@ -766,7 +774,7 @@ pub enum Backoff {
 }
 
 /// A destination for dead letters or replies: a connector's topic, or a function.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Destination {
     /// Publish through this connector...
     pub connector: Option<Loc<String>>,
@@ -823,7 +831,7 @@ impl JsonSchema for Destination {
     }
 }
 /// The admin endpoint.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct Admin {
     /// The address to listen on, `host:port`.

@@ -8,7 +8,7 @@ use super::Loc;
 use crate::tls::Tls;
 
 /// An OpenFaaS function behind its gateway.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct OpenFaasFunction {
     /// The gateway's base URL (`http://gateway.openfaas:8080`).
@@ -38,7 +38,7 @@ pub struct OpenFaasFunction {
 }
 
 /// An Apache OpenWhisk action.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct OpenWhiskFunction {
     /// The API host's base URL (`https://whisk.example.com`).
@@ -60,7 +60,7 @@ fn default_whisk_namespace() -> String {
 }
 
 /// A Fission function behind its router.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct FissionFunction {
     /// The router's base URL (`http://router.fission`).
@@ -76,7 +76,7 @@ pub struct FissionFunction {
 }
 
 /// A Knative service (or any CloudEvents sink: a broker, a channel, `${K_SINK}`).
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct KnativeFunction {
     /// The service's URL (`http://greeter.default.svc.cluster.local`, or `${K_SINK}`).
@@ -87,7 +87,7 @@ pub struct KnativeFunction {
 }
 
 /// An Fn Project function.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct FnFunction {
     /// The Fn server's invoke endpoint (`http://fnserver:8080`).
@@ -100,7 +100,7 @@ pub struct FnFunction {
 }
 
 /// An AWS Lambda function, called with the Invoke API.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct LambdaFunction {
     /// The function's name, ARN or partial ARN.
@@ -141,7 +141,7 @@ pub enum LambdaInvocation {
 }
 
 /// Where functions are found rather than listed: one platform per entry.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct Discover {
     /// An OpenFaaS gateway whose functions' `topic` annotations name the topics they get.
@@ -150,7 +150,7 @@ pub struct Discover {
 
 /// The drop-in for the OpenFaaS connectors: every function of the gateway with a `topic`
 /// annotation (comma-separated topics) gets a trigger from each of those topics of `connector`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct OpenFaasDiscovery {
     /// The gateway's base URL (`http://gateway.openfaas:8080`).
