@@ -397,7 +397,10 @@ async fn a_reload_that_failed_part_way_is_finished_by_the_next() {
     fb.signal("HUP");
     let failed = reloads(&fb, 0, 1).await;
     let pending = failed["pending"].to_string();
-    assert!(pending.contains("js"), "pending names the trigger: {failed}");
+    assert!(
+        pending.contains("js"),
+        "pending names the trigger: {failed}"
+    );
     rewrite(&fb, &fixed);
     fb.signal("HUP");
     let done = reloads(&fb, 1, 1).await;

@@ -167,7 +167,7 @@ impl Connector for AmqpConnector {
                 None
             }
         };
-        self.subscriptions.fetch_add(1, Ordering::AcqRel);
+        let subscribed = kit::Counted::new(&self.subscriptions);
         let consuming = Arc::clone(&self.consuming);
         let unbind = spec.declare.as_ref().and_then(|d| {
             Some(Unbind {
@@ -183,7 +183,7 @@ impl Connector for AmqpConnector {
         Ok(Box::new(AmqpSource {
             connector: self.name.clone(),
             inner,
-            subscriptions: Arc::clone(&self.subscriptions),
+            subscribed,
             unbind,
             retired: false,
         }))
@@ -227,7 +227,9 @@ impl Connector for AmqpConnector {
 struct AmqpSource {
     connector: String,
     inner: ChannelSource,
-    subscriptions: Arc<AtomicUsize>,
+    /// Its unit of the connector's subscriptions, for readiness: given back when the source
+    /// goes, closed or dropped.
+    subscribed: kit::Counted,
     unbind: Option<Unbind>,
     retired: bool,
 }
@@ -279,12 +281,12 @@ impl Source for AmqpSource {
         let Self {
             connector,
             inner,
-            subscriptions,
+            subscribed,
             unbind,
             retired,
         } = *self;
         Box::new(inner).close().await;
-        subscriptions.fetch_sub(1, Ordering::AcqRel);
+        drop(subscribed);
         if let (true, Some(unbind)) = (retired, unbind) {
             match unbind.run().await {
                 Ok(()) => {
@@ -444,7 +446,7 @@ async fn consume(
         };
         backoff.reset();
         let generation = handout.reopened();
-        consuming.fetch_add(1, Ordering::AcqRel);
+        let consumer_up = kit::Counted::new(&consuming);
         tracing::info!(connector = %spec.connector, queue = %spec.queue, "amqp consumer started");
         spec.link.connected();
         // The queue's depth, every few seconds, on a channel of its own.
@@ -519,7 +521,7 @@ async fn consume(
                 break true;
             }
         };
-        consuming.fetch_sub(1, Ordering::AcqRel);
+        drop(consumer_up);
         watching.cancel();
         if stopping {
             consuming_on = Some(consumer);

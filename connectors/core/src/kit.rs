@@ -121,6 +121,28 @@ pub fn ordering_key(parts: impl std::hash::Hash) -> u64 {
     h.finish()
 }
 
+/// One unit of a shared count (subscriptions open, consumers reading), held while the guard
+/// lives: added when it is made, taken back when it is dropped. A task aborted or a source
+/// dropped without being closed (a drain that ran out of time) still takes its unit back, so a
+/// readiness that compares such counts never stays wrong for good.
+#[must_use = "the unit is taken back when the guard is dropped"]
+#[derive(Debug)]
+pub struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Counted {
+    /// Adds one to `count` until the guard is dropped.
+    pub fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// How many messages a source's channel holds at most, between its consume loop and the engine,
 /// whatever the subscription's `max_in_flight`: a bound on memory per subscription.
 pub const MAX_SOURCE_BUFFER: usize = 1024;
@@ -561,6 +583,25 @@ mod link_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A unit held across an await comes back when the future holding it is dropped midway
+    /// (a task aborted, a drain that ran out of time), not only when it runs to its end.
+    #[tokio::test(start_paused = true)]
+    async fn a_counted_unit_comes_back_when_its_future_is_dropped() {
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let held = {
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let _unit = Counted::new(&count);
+                std::future::pending::<()>().await;
+            })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(count.load(std::sync::atomic::Ordering::Acquire), 1);
+        held.abort();
+        let _ = held.await;
+        assert_eq!(count.load(std::sync::atomic::Ordering::Acquire), 0);
+    }
     use crate::Source;
     use std::sync::Mutex;
 

@@ -238,16 +238,13 @@ impl Connector for RedisConnector {
             retries: retry_tx,
         };
         let watch = (Arc::clone(&self.shared), Arc::clone(&self.backlogs));
-        self.subscriptions.fetch_add(1, Ordering::AcqRel);
+        let subscribed = kit::Counted::new(&self.subscriptions);
         let reading = Arc::clone(&self.reading);
         let inner = ChannelSource::spawn(source_buffer(sub.max_in_flight), move |tx, stop| {
             consume(spec, first, settler, retries, watch, reading, tx, stop)
         })
         .redelivering_with_delay();
-        Ok(Box::new(RedisSource {
-            inner,
-            subscriptions: Arc::clone(&self.subscriptions),
-        }))
+        Ok(Box::new(RedisSource { inner, subscribed }))
     }
 
     async fn sink(
@@ -285,7 +282,9 @@ pub(crate) fn group_keys(group: &str) -> fnbroker_core::contract::SourceKeys {
 /// One subscription's reader; closed, it no longer counts for readiness.
 struct RedisSource {
     inner: ChannelSource,
-    subscriptions: Arc<AtomicUsize>,
+    /// Its unit of the connector's subscriptions, for readiness: given back when the source
+    /// goes, closed or dropped.
+    subscribed: kit::Counted,
 }
 
 #[async_trait]
@@ -299,12 +298,9 @@ impl Source for RedisSource {
     }
 
     async fn close(self: Box<Self>) {
-        let Self {
-            inner,
-            subscriptions,
-        } = *self;
+        let Self { inner, subscribed } = *self;
         Box::new(inner).close().await;
-        subscriptions.fetch_sub(1, Ordering::AcqRel);
+        drop(subscribed);
     }
 }
 
@@ -509,7 +505,7 @@ async fn consume(
         };
         backoff.reset();
         spec.link.connected();
-        reading.fetch_add(1, Ordering::AcqRel);
+        let reader_up = kit::Counted::new(&reading);
         tracing::info!(connector = %spec.connector, stream = %spec.stream, group = %spec.group, consumer = %spec.consumer, "redis consumer started");
         let reader = Reader {
             spec: &spec,
@@ -519,7 +515,7 @@ async fn consume(
             stop: &stop,
         };
         let ended = reader.run(&mut conn, &mut phase, &mut retries).await;
-        reading.fetch_sub(1, Ordering::AcqRel);
+        drop(reader_up);
         match ended {
             Ok(()) => break,
             Err(e) => {
