@@ -106,41 +106,16 @@ fn uid() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// Replaces the configuration file as editors and Kubernetes do: a new file renamed over it.
 fn rewrite(fb: &Fnbroker, yaml: &str) {
-    let path = fb.dir.path().join("fnbroker.yaml");
-    let next = fb.dir.path().join(".fnbroker.yaml.new");
-    let text = format!("{yaml}\nadmin: {{ listen: 127.0.0.1:{} }}\n", fb.admin);
-    std::fs::write(&next, text).expect("write config");
-    std::fs::rename(&next, &path).expect("rename config");
+    fb.rewrite(yaml);
 }
 
 async fn config_view(fb: &Fnbroker) -> serde_json::Value {
-    reqwest::get(format!("http://127.0.0.1:{}/v1/config", fb.admin))
-        .await
-        .expect("/v1/config")
-        .text()
-        .await
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .expect("/v1/config JSON")
+    fb.config_view().await
 }
 
-/// Waits until `/v1/config` has counted `ok` applied and `failed` refused reloads.
 async fn reloads(fb: &Fnbroker, ok: u64, failed: u64) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let view = config_view(fb).await;
-        if view["reloads"]["succeeded"] == ok && view["reloads"]["failed"] == failed {
-            return view;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "expected {ok} applied and {failed} refused reloads, /v1/config says {view}\n{}",
-            fb.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    fb.wait_reloads(ok, failed).await
 }
 
 /// Issue 16: `run --watch` while 10,000 JetStream messages flow. The trigger `main` gets a new

@@ -122,6 +122,11 @@ pub(crate) struct Plan<'a> {
     pub(crate) subscriptions: Vec<(Planned<'a>, Fate)>,
     /// Running subscriptions closed (by index): their source changed, or they are gone.
     pub(crate) close_groups: BTreeSet<usize>,
+    /// Of those, the ones given up for good (retired): no subscription of the configuration
+    /// has their `from` any more, so what their broker keeps for them (an MQTT session's
+    /// subscription, a declared AMQP queue's binding) goes too. The others are reopened and
+    /// keep it.
+    pub(crate) retire_groups: BTreeSet<usize>,
     /// Running discovery entries stopped (by index).
     pub(crate) stop_discoveries: BTreeSet<usize>,
     /// Running connectors stopped: changed, gone, or unable to take a new subscription.
@@ -150,7 +155,13 @@ impl Plan<'_> {
     #[cfg(test)]
     fn summary(&self) -> Vec<String> {
         let mut out = Vec::new();
-        out.extend(self.close_groups.iter().map(|i| format!("close #{i}")));
+        out.extend(self.close_groups.iter().map(|i| {
+            if self.retire_groups.contains(i) {
+                format!("retire #{i}")
+            } else {
+                format!("close #{i}")
+            }
+        }));
         out.extend(
             self.stop_discoveries
                 .iter()
@@ -258,8 +269,16 @@ pub(crate) fn plan<'a>(running: &Running<'_>, config: &'a Config) -> anyhow::Res
             Fate::Open => None,
         })
         .collect();
-    let close_groups = (0..running.groups.len())
+    let close_groups: BTreeSet<usize> = (0..running.groups.len())
         .filter(|i| !kept.contains(i))
+        .collect();
+    let retire_groups = close_groups
+        .iter()
+        .copied()
+        .filter(|i| {
+            let from = &running.groups[*i].source.from;
+            !subscriptions.iter().any(|p| p.source.from == *from)
+        })
         .collect();
 
     let wanted = discoveries(config);
@@ -284,6 +303,7 @@ pub(crate) fn plan<'a>(running: &Running<'_>, config: &'a Config) -> anyhow::Res
     Ok(Plan {
         subscriptions: subscriptions.into_iter().zip(fates).collect(),
         close_groups,
+        retire_groups,
         stop_discoveries,
         stop_connectors,
         build_connectors,
@@ -609,6 +629,21 @@ triggers:
                     "{ name: c, from: { connector: n, topic: c }, to: f, delivery: { max_in_flight: 7 } }",
                 ),
                 plan: &["close #1", "open c"],
+            },
+            Case {
+                what: "a changed topic retires the old subscription and opens the new one",
+                ran: Ran::all(base()),
+                next: base_with("topic: c }", "topic: c2 }"),
+                plan: &["retire #1", "open c"],
+            },
+            Case {
+                what: "a removed trigger's subscription is retired",
+                ran: Ran::all(base()),
+                next: base_with(
+                    "  - { name: c, from: { connector: n, topic: c }, to: f }\n",
+                    "",
+                ),
+                plan: &["retire #1"],
             },
             Case {
                 what: "a connector's settings reopen every subscription on it",

@@ -107,6 +107,8 @@ struct RunningGroup {
     publishes_to: BTreeSet<String>,
     names: Vec<String>,
     triggers: Arc<TriggerSet>,
+    /// Set before `stop` when the subscription is given up for good (see [`PumpConfig`]).
+    retire: Arc<std::sync::atomic::AtomicBool>,
     stop: CancellationToken,
     pump: JoinHandle<()>,
 }
@@ -366,6 +368,11 @@ impl Broker {
         let mut renumber = BTreeMap::new();
         for (index, group) in groups.into_iter().enumerate() {
             if plan.close_groups.contains(&index) {
+                if plan.retire_groups.contains(&index) {
+                    group
+                        .retire
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
                 group.stop.cancel();
                 self.stopping.push(group.pump);
             } else {
@@ -570,6 +577,7 @@ impl Broker {
             .await
             .with_context(|| format!("cannot subscribe for trigger(s) {}", names.join(", ")))?;
         let triggers = Arc::new(TriggerSet::new(triggers));
+        let retire = Arc::default();
         let stop = self.shutdown.child_token();
         let pump = tokio::spawn(pump(
             source,
@@ -579,7 +587,7 @@ impl Broker {
                 max_in_flight: p.source.max_in_flight,
                 ordered: p.source.ordered,
                 shutdown_timeout: self.drain,
-                retire: Arc::default(),
+                retire: Arc::clone(&retire),
             },
             stop.clone(),
         ));
@@ -590,6 +598,7 @@ impl Broker {
             publishes_to: p.publishes_to.clone(),
             names,
             triggers,
+            retire,
             stop,
             pump,
         });

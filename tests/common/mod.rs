@@ -174,6 +174,45 @@ impl Fnbroker {
         Self::spawn_with(dir, &config, admin)
     }
 
+    /// Replaces the configuration file as editors and Kubernetes do: a new file renamed over
+    /// it (with this instance's `admin` section).
+    pub fn rewrite(&self, yaml: &str) {
+        let path = self.dir.path().join("fnbroker.yaml");
+        let next = self.dir.path().join(".fnbroker.yaml.new");
+        let text = format!("{yaml}\nadmin: {{ listen: 127.0.0.1:{} }}\n", self.admin);
+        std::fs::write(&next, text).expect("write config");
+        std::fs::rename(&next, &path).expect("rename config");
+    }
+
+    /// `/v1/config`.
+    pub async fn config_view(&self) -> serde_json::Value {
+        reqwest::get(format!("http://127.0.0.1:{}/v1/config", self.admin))
+            .await
+            .expect("/v1/config")
+            .text()
+            .await
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .expect("/v1/config JSON")
+    }
+
+    /// Waits until `/v1/config` has counted `ok` applied and `failed` refused reloads.
+    pub async fn wait_reloads(&self, ok: u64, failed: u64) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let view = self.config_view().await;
+            if view["reloads"]["succeeded"] == ok && view["reloads"]["failed"] == failed {
+                return view;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {ok} applied and {failed} refused reloads, /v1/config says {view}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until the log contains `text`, failing after `timeout`.
     pub async fn wait_log(&self, text: &str, timeout: Duration) {
         wait_for(&format!("`{text}` in the log"), timeout, || {

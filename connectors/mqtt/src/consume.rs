@@ -59,10 +59,15 @@ pub(crate) struct Sub {
     pub(crate) tx: mpsc::Sender<Incoming>,
 }
 
-/// A change of the subscriptions while the consumer runs (discovered triggers come and go).
+/// A change of the subscriptions while the consumer runs (discovered triggers come and go, a
+/// reload reopens or retires a subscription).
 pub(crate) enum Control {
     /// Subscribe (now, and again on every connect).
     Add(Sub),
+    /// Stop routing to this subscription, and keep its filter subscribed in the session: the
+    /// subscription that takes its place (a reload reopening it) gets what the broker holds
+    /// for it, and the messages it handed back.
+    Detach(usize),
     /// Stop routing to this subscription; unsubscribe when no other has its filter.
     Remove(usize),
 }
@@ -99,6 +104,7 @@ impl Consumer {
             poller_done.clone(),
         ));
         let acks = tokio::spawn(acknowledge(name.clone(), client.clone(), ack_rx));
+        let (again_tx, again_rx) = mpsc::unbounded_channel();
         let dispatcher = tokio::spawn(dispatch_loop(Dispatcher {
             name,
             v5: options.v5,
@@ -110,6 +116,10 @@ impl Consumer {
             ack_tx,
             window: Arc::new(Semaphore::new(window.max(1))),
             next_seq: 0,
+            again_tx,
+            again_rx,
+            held: Vec::new(),
+            detached: Vec::new(),
             events: ev_rx,
             queued,
             stop: stop.clone(),
@@ -270,6 +280,14 @@ struct Dispatcher {
     /// Places for the QoS 1/2 messages handed to the triggers and not yet acknowledged.
     window: Arc<Semaphore>,
     next_seq: u64,
+    /// Messages handed back by the engine while the connection lives (see [`Again`]).
+    again_tx: mpsc::UnboundedSender<Again>,
+    again_rx: mpsc::UnboundedReceiver<Again>,
+    /// Handed-back messages that no subscription routes now, kept (with their window places)
+    /// for the subscription that takes over their filter.
+    held: Vec<Again>,
+    /// Subscriptions detached and still subscribed in the session, with their filters.
+    detached: Vec<(usize, String)>,
     events: mpsc::UnboundedReceiver<Result<Ev, String>>,
     queued: Arc<AtomicUsize>,
     stop: CancellationToken,
@@ -287,6 +305,10 @@ async fn dispatch_loop(mut d: Dispatcher) {
             () = d.stop.cancelled() => break,
             Some(change) = d.control.recv() => {
                 d.change(change, &mut unacknowledged).await;
+                continue;
+            }
+            Some(again) = d.again_rx.recv() => {
+                d.redispatch(again);
                 continue;
             }
             ev = d.events.recv() => match ev {
@@ -339,8 +361,16 @@ async fn dispatch_loop(mut d: Dispatcher) {
         acks,
         poller,
         poller_done,
+        again_rx,
+        held,
         ..
     } = d;
+    // From now on a message handed back is passed over: not acknowledged, the session sends
+    // it again on the next connection. So are the ones held for a subscription.
+    drop(again_rx);
+    for again in held {
+        let _ = ack_tx.send(AckCommand::Settled(again.seq, false));
+    }
     drop(ack_tx);
     if let Err(e) = acks.await {
         tracing::error!(connector = %name, error = %e, "the mqtt acknowledger failed");
@@ -369,7 +399,20 @@ impl Dispatcher {
                 if let Err(e) = self.client.subscribe(&s.filter, s.qos, s.id).await {
                     tracing::warn!(connector = %self.name, filter = %s.filter, error = %e, "cannot subscribe");
                 }
+                self.detached.retain(|(_, filter)| *filter != s.filter);
                 self.subs.push(s);
+                // What a subscription with this filter handed back is this one's now.
+                for again in std::mem::take(&mut self.held) {
+                    self.redispatch(again);
+                }
+            }
+            Control::Detach(id) => {
+                if let Some(pos) = self.subs.iter().position(|s| s.id == id) {
+                    let gone = self.subs.remove(pos);
+                    if !self.subs.iter().any(|s| s.filter == gone.filter) {
+                        self.detached.push((gone.id, gone.filter));
+                    }
+                }
             }
             Control::Remove(id) => {
                 let Some(pos) = self.subs.iter().position(|s| s.id == id) else {
@@ -390,8 +433,73 @@ impl Dispatcher {
                 if let Err(e) = result {
                     tracing::warn!(connector = %self.name, filter = %gone.filter, error = %e, "cannot change the subscription");
                 }
+                // Held messages that no subscription wants any more are treated as a message
+                // for no trigger is: acknowledged.
+                let (wanted, unwanted): (Vec<Again>, Vec<Again>) = std::mem::take(&mut self.held)
+                    .into_iter()
+                    .partition(|a| self.wanted(&a.topic));
+                self.held = wanted;
+                if !unwanted.is_empty() {
+                    tracing::info!(connector = %self.name, filter = %gone.filter, messages = unwanted.len(), "handed-back messages of an unsubscribed filter acknowledged: no trigger wants them");
+                }
+                for again in unwanted {
+                    let _ = self.ack_tx.send(AckCommand::Settled(again.seq, true));
+                }
             }
         }
+    }
+
+    /// Delivers a handed-back message again, to the subscriptions that route its topic now;
+    /// with none, it is held for the one that takes over its filter.
+    fn redispatch(&mut self, mut again: Again) {
+        if !again.delay.is_zero() {
+            let delay = std::mem::take(&mut again.delay);
+            let tx = self.again_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = tx.send(again);
+            });
+            return;
+        }
+        let targets: Vec<&Sub> = self
+            .subs
+            .iter()
+            .filter(|s| !s.tx.is_closed() && binding::topic_matches(&s.filter, &again.topic))
+            .collect();
+        if targets.is_empty() {
+            if self.wanted(&again.topic) {
+                self.held.push(again);
+            } else {
+                tracing::debug!(connector = %self.name, topic = %again.topic, "handed-back message of an unsubscribed filter acknowledged: no trigger wants it");
+                let _ = self.ack_tx.send(AckCommand::Settled(again.seq, true));
+            }
+            return;
+        }
+        again.redeliveries = again.redeliveries.saturating_add(1);
+        for (tx, message) in deliver_qos1(&self.ack_tx, &self.again_tx, again, &targets) {
+            // A full queue is waited for off the dispatcher, which must go on polling.
+            tokio::spawn(async move {
+                let _ = tx.send(message).await;
+            });
+        }
+    }
+
+    /// Whether a subscription of the connection (routed, closing, or detached and still
+    /// subscribed in the session) has a filter for `topic`.
+    fn wanted(&self, topic: &str) -> bool {
+        self.subs
+            .iter()
+            .map(|s| &s.filter)
+            .chain(self.detached.iter().map(|(_, f)| f))
+            .any(|f| binding::topic_matches(f, topic))
+    }
+
+    /// Whether `msg` is for a subscription detached from its queue but still subscribed in the
+    /// session (a reload reopening it): held for the one that takes its place, not dropped.
+    fn for_detached(&self, msg: &Received) -> bool {
+        self.detached.iter().any(|(id, filter)| {
+            msg.subscription_ids.contains(id) || binding::topic_matches(filter, &msg.topic)
+        })
     }
 
     /// Hands a message to every subscription it is for, with one acknowledgement for all of
@@ -430,7 +538,8 @@ impl Dispatcher {
         } else {
             None
         };
-        if targets.is_empty() {
+        let hold = targets.is_empty() && seq.is_some() && self.for_detached(&msg);
+        if targets.is_empty() && !hold {
             tracing::debug!(connector = %self.name, topic = %msg.topic, "no trigger for this message; acknowledging it");
             if let Some(seq) = seq {
                 let _ = self.ack_tx.send(AckCommand::Settled(seq, true));
@@ -445,65 +554,152 @@ impl Dispatcher {
             v5: self.v5,
         };
         let (event, origin) = binding::decode(&self.name, &view);
-        let shared = seq.map(|seq| {
-            Arc::new(Pending {
-                seq,
-                remaining: AtomicUsize::new(targets.len()),
-                released: AtomicBool::new(false),
-                ack_tx: Mutex::new(Some(self.ack_tx.clone())),
-            })
-        });
         let key = kit::ordering_key(&msg.topic);
-        for sub in targets {
-            let ack = match &shared {
-                None => AckHandle::none(),
-                Some(shared) => {
-                    let shared = Arc::clone(shared);
-                    AckHandle::new(move |s| shared.settle(&s))
-                }
-            };
-            let incoming = Incoming {
-                event: event.clone(),
-                origin: origin.clone(),
-                key,
-                redeliveries: 0,
-                size: msg.payload.len(),
-                ack,
-            };
-            if msg.qos == 0 {
-                // At-most-once: a full queue drops rather than hold the others.
+        let size = msg.payload.len();
+        let Some(seq) = seq else {
+            // At-most-once: a full queue drops rather than hold the others.
+            for sub in targets {
+                let incoming = Incoming {
+                    event: event.clone(),
+                    origin: origin.clone(),
+                    key,
+                    redeliveries: 0,
+                    size,
+                    ack: AckHandle::none(),
+                };
                 if sub.tx.try_send(incoming).is_err() {
                     tracing::debug!(connector = %self.name, topic = %msg.topic, "QoS 0 message dropped: the trigger is full");
                 }
-            } else if sub.tx.send(incoming).await.is_err() {
-                // The engine is stopping: the handle was dropped, so the message is not
-                // acknowledged and comes back on the next connection.
+            }
+            return;
+        };
+        let again = Again {
+            seq,
+            topic: msg.topic,
+            event,
+            origin,
+            key,
+            size,
+            redeliveries: 0,
+            delay: Duration::ZERO,
+        };
+        if hold {
+            self.held.push(again);
+            return;
+        }
+        let waits = deliver_qos1(&self.ack_tx, &self.again_tx, again, &targets);
+        for (tx, incoming) in waits {
+            if tx.send(incoming).await.is_err() {
+                // The subscription closed meanwhile: the dropped handle hands the message back.
             }
         }
     }
 }
 
-/// One received message shared by the subscriptions it went to: acknowledged once all of them
-/// finished it, not at all if one handed it back.
-struct Pending {
+/// A QoS 1/2 message as it was handed to the triggers, kept until it is settled: a message the
+/// engine hands back (a reply or dead letter that could not be published, a subscription
+/// closed by a reload with the message in flight) is delivered again on the same connection,
+/// because MQTT redelivers an unacknowledged message only on the next connection of the
+/// session. It keeps its place in the receive order and in the window until then.
+struct Again {
     seq: u64,
+    topic: String,
+    event: fnbroker_core::Event,
+    origin: fnbroker_core::Origin,
+    key: u64,
+    size: usize,
+    redeliveries: u32,
+    /// How long to wait before delivering it again (a retry's delay).
+    delay: Duration,
+}
+
+/// Hands `again` to `targets` with one acknowledgement for all of them. A target whose queue
+/// has room takes it at once; the others are returned, to be awaited (backpressure).
+fn deliver_qos1(
+    ack_tx: &mpsc::UnboundedSender<AckCommand>,
+    again_tx: &mpsc::UnboundedSender<Again>,
+    again: Again,
+    targets: &[&Sub],
+) -> Vec<(mpsc::Sender<Incoming>, Incoming)> {
+    let incoming = |again: &Again, ack| Incoming {
+        event: again.event.clone(),
+        origin: again.origin.clone(),
+        key: again.key,
+        redeliveries: again.redeliveries,
+        size: again.size,
+        ack,
+    };
+    let mut made = Vec::with_capacity(targets.len());
+    let shared = Arc::new(Pending {
+        remaining: AtomicUsize::new(targets.len()),
+        handed_back: Mutex::new(None),
+        ack_tx: Mutex::new(Some(ack_tx.clone())),
+        again_tx: again_tx.clone(),
+        again: Mutex::new(None),
+    });
+    for _ in targets {
+        let part = Arc::clone(&shared);
+        made.push(AckHandle::new(move |s| part.settle(&s)));
+    }
+    let messages: Vec<Incoming> = made.into_iter().map(|ack| incoming(&again, ack)).collect();
+    if let Ok(mut slot) = shared.again.lock() {
+        *slot = Some(again);
+    }
+    let mut waits = Vec::new();
+    for (sub, message) in targets.iter().zip(messages) {
+        match sub.tx.try_send(message) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(message)) => waits.push((sub.tx.clone(), message)),
+            // Closed: the dropped handle hands the message back.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+    waits
+}
+
+/// One received message shared by the subscriptions it went to: acknowledged once all of them
+/// finished it; delivered again if one handed it back.
+struct Pending {
     remaining: AtomicUsize,
-    released: AtomicBool,
+    /// Set when a part was handed back: the longest delay asked for.
+    handed_back: Mutex<Option<Duration>>,
     ack_tx: Mutex<Option<mpsc::UnboundedSender<AckCommand>>>,
+    again_tx: mpsc::UnboundedSender<Again>,
+    again: Mutex<Option<Again>>,
 }
 
 impl Pending {
     fn settle(&self, s: &Settlement) {
-        if matches!(s, Settlement::Released | Settlement::Retry { .. }) {
-            self.released.store(true, Ordering::Release);
+        let delay = match s {
+            Settlement::Released => Some(Duration::ZERO),
+            Settlement::Retry { delay } => Some(*delay),
+            Settlement::Delivered { .. } | Settlement::Failed { .. } => None,
+        };
+        if let (Some(delay), Ok(mut back)) = (delay, self.handed_back.lock()) {
+            *back = Some(back.map_or(delay, |d| d.max(delay)));
         }
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1
-            && let Some(tx) = self.ack_tx.lock().ok().and_then(|mut t| t.take())
-        {
-            let _ = tx.send(AckCommand::Settled(
-                self.seq,
-                !self.released.load(Ordering::Acquire),
-            ));
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let Some(tx) = self.ack_tx.lock().ok().and_then(|mut t| t.take()) else {
+            return;
+        };
+        let Some(mut again) = self.again.lock().ok().and_then(|mut a| a.take()) else {
+            return;
+        };
+        let seq = again.seq;
+        match self.handed_back.lock().ok().and_then(|b| *b) {
+            None => {
+                let _ = tx.send(AckCommand::Settled(seq, true));
+            }
+            Some(delay) => {
+                again.delay = delay;
+                // The dispatcher is gone (stopping): passed over, the session sends it again
+                // on the next connection.
+                if self.again_tx.send(again).is_err() {
+                    let _ = tx.send(AckCommand::Settled(seq, false));
+                }
+            }
         }
     }
 }

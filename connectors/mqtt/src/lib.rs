@@ -326,13 +326,17 @@ impl Source for MqttSource {
 
     async fn close(mut self: Box<Self>) {
         // Retired: nothing more is routed here and the broker forgets the subscription. Closed
-        // for a restart, the subscription stays in the session, so that the broker keeps what
-        // arrives meanwhile.
-        if self.retired {
-            let _ = self.control.send(Control::Remove(self.id));
-        }
-        // What the dispatcher queued and the engine never took is handed back (not
-        // acknowledged) now, so that the connector's stop can acknowledge the rest and go.
+        // for a restart or a reopening, nothing more is routed here either, and the filter stays
+        // subscribed in the session: the broker keeps what arrives meanwhile, and the
+        // subscription that takes its place gets it (with what this one handed back).
+        let _ = self.control.send(if self.retired {
+            Control::Remove(self.id)
+        } else {
+            Control::Detach(self.id)
+        });
+        // What the dispatcher queued and the engine never took is handed back now: the
+        // dispatcher delivers it to the subscription that takes over the filter, or, stopping,
+        // leaves it unacknowledged for the session to send again.
         self.rx.close();
         while self.rx.try_recv().is_ok() {}
     }
