@@ -338,10 +338,32 @@ async fn dispatch_loop(mut d: Dispatcher) {
                 }
             }
             Ok(Ev::Message(msg)) => {
+                // A QoS 1/2 message first takes a place in the window. While it waits, the
+                // subscriptions may change and handed-back messages come in: a subscription
+                // reopened by a reload must be able to take over the held messages that fill
+                // the window, or nothing would ever give a place back.
+                let place = if msg.qos > 0 {
+                    loop {
+                        tokio::select! {
+                            () = d.stop.cancelled() => break None,
+                            Some(change) = d.control.recv() => {
+                                d.change(change, &mut unacknowledged).await;
+                            }
+                            Some(again) = d.again_rx.recv() => d.redispatch(again),
+                            // The semaphore is never closed.
+                            place = Arc::clone(&d.window).acquire_owned() => break place.ok(),
+                        }
+                    }
+                } else {
+                    None
+                };
+                if msg.qos > 0 && place.is_none() {
+                    break;
+                }
                 let stop = d.stop.clone();
                 tokio::select! {
                     () = stop.cancelled() => break,
-                    () = d.dispatch(*msg) => {}
+                    () = d.dispatch(*msg, place) => {}
                 }
             }
             Ok(_) => {}
@@ -504,7 +526,8 @@ impl Dispatcher {
 
     /// Hands a message to every subscription it is for, with one acknowledgement for all of
     /// them; waits while a trigger's queue is full.
-    async fn dispatch(&mut self, mut msg: Received) {
+    /// `place` is the message's place in the window (QoS 1/2).
+    async fn dispatch(&mut self, mut msg: Received, place: Option<OwnedSemaphorePermit>) {
         let token = std::mem::replace(&mut msg.token, AckToken::None);
         let targets: Vec<&Sub> = if !msg.subscription_ids.is_empty() {
             // Subscriptions with one filter are one at the broker, which names one of them.
@@ -524,11 +547,7 @@ impl Dispatcher {
                 .filter(|s| binding::topic_matches(&s.filter, &msg.topic))
                 .collect()
         };
-        let seq = if msg.qos > 0 {
-            // The semaphore is never closed.
-            let Ok(place) = Arc::clone(&self.window).acquire_owned().await else {
-                return;
-            };
+        let seq = if let Some(place) = place {
             let seq = self.next_seq;
             self.next_seq += 1;
             let _ = self
