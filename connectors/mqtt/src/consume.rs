@@ -120,6 +120,7 @@ impl Consumer {
             again_rx,
             held: Vec::new(),
             detached: Vec::new(),
+            former: Vec::new(),
             events: ev_rx,
             queued,
             stop: stop.clone(),
@@ -288,6 +289,9 @@ struct Dispatcher {
     held: Vec<Again>,
     /// Subscriptions detached and still subscribed in the session, with their filters.
     detached: Vec<(usize, String)>,
+    /// Every subscription ever detached, with its filter: the broker may still tag messages
+    /// with its identifier for a moment after the one that reopened it subscribed.
+    former: Vec<(usize, String)>,
     events: mpsc::UnboundedReceiver<Result<Ev, String>>,
     queued: Arc<AtomicUsize>,
     stop: CancellationToken,
@@ -431,6 +435,7 @@ impl Dispatcher {
             Control::Detach(id) => {
                 if let Some(pos) = self.subs.iter().position(|s| s.id == id) {
                     let gone = self.subs.remove(pos);
+                    self.former.push((gone.id, gone.filter.clone()));
                     if !self.subs.iter().any(|s| s.filter == gone.filter) {
                         self.detached.push((gone.id, gone.filter));
                     }
@@ -531,11 +536,15 @@ impl Dispatcher {
         let token = std::mem::replace(&mut msg.token, AckToken::None);
         let targets: Vec<&Sub> = if !msg.subscription_ids.is_empty() {
             // Subscriptions with one filter are one at the broker, which names one of them.
+            // A message still tagged with a detached subscription's identifier (sent before
+            // the broker took the SUBSCRIBE of the one that reopened it) goes by its filter.
             let filters: Vec<&str> = self
                 .subs
                 .iter()
-                .filter(|s| msg.subscription_ids.contains(&s.id))
-                .map(|s| s.filter.as_str())
+                .map(|s| (s.id, s.filter.as_str()))
+                .chain(self.former.iter().map(|(id, f)| (*id, f.as_str())))
+                .filter(|(id, _)| msg.subscription_ids.contains(id))
+                .map(|(_, f)| f)
                 .collect();
             self.subs
                 .iter()
