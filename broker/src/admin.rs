@@ -297,11 +297,15 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
                 .collect::<Vec<_>>()
         })
         .collect();
+    // Drops of an at-most-once source (a slow consumer) are reported the same way: the process
+    // is fine, its triggers are behind what is published.
+    let dropping = dropping(&s);
     (
         status,
-        axum::Json(
-            json!({ "ready": not_ready.is_empty(), "not_ready": not_ready, "stuck": stuck }),
-        ),
+        axum::Json(json!({
+            "ready": not_ready.is_empty(), "not_ready": not_ready, "stuck": stuck,
+            "dropping": dropping,
+        })),
     )
         .into_response()
 }
@@ -322,6 +326,18 @@ async fn status_page() -> Response {
 }
 
 /// The connectors' state and the last warnings and errors, for the status page.
+/// The subscriptions whose source dropped messages within `stuck_after` (a slow consumer).
+fn dropping(s: &AdminState) -> Vec<Value> {
+    s.metrics
+        .drops
+        .recent(s.stuck_after)
+        .into_iter()
+        .map(|(subscription, dropped, ago)| {
+            json!({ "subscription": subscription, "dropped": dropped, "last_seconds_ago": ago.as_secs() })
+        })
+        .collect()
+}
+
 async fn status(State(s): State<Arc<AdminState>>) -> Response {
     let connectors: Vec<Value> = s.connectors().iter().map(ConnectorState::view).collect();
     let errors: Vec<Value> = crate::recent::entries()
@@ -331,6 +347,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Response {
     axum::Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "connectors": connectors,
+        "dropping": dropping(&s),
         "errors": errors,
     }))
     .into_response()

@@ -253,6 +253,7 @@ impl Discovery {
                 ordered: delivery.ordered,
                 shutdown_timeout: self.drain,
                 retire: Arc::clone(&retire),
+                drops: self.metrics.drops.clone(),
             },
             stop.clone(),
         ));

@@ -12,11 +12,25 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TriggerLabels {
     trigger: String,
     function: String,
+}
+
+/// Why events were dropped.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    trigger: String,
+    function: String,
+    /// `failed`: the delivery failed (or the message was no valid CloudEvent) with no dead
+    /// letter destination; `slow_consumer`: an at-most-once source (core NATS) had more than its
+    /// buffer waiting and dropped the message before a trigger saw it.
+    reason: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -79,6 +93,15 @@ pub(crate) fn status_class(
     }
 }
 
+/// The labels of `events_dropped` for a trigger's `l` and `reason`.
+fn drop_labels(l: &TriggerLabels, reason: &'static str) -> DropLabels {
+    DropLabels {
+        trigger: l.trigger.clone(),
+        function: l.function.clone(),
+        reason,
+    }
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -106,6 +129,36 @@ impl Drop for Held<'_> {
     }
 }
 
+/// What the subscriptions' sources dropped before a trigger saw it (slow consumers), by
+/// subscription: the total and when the last drop was seen, for `/readyz` and the status page.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DropLog(Arc<Mutex<BTreeMap<String, (u64, std::time::Instant)>>>);
+
+impl DropLog {
+    /// Records `n` more dropped by `subscription`.
+    pub(crate) fn record(&self, subscription: &str, n: u64) {
+        if let Ok(mut log) = self.0.lock() {
+            let entry = log
+                .entry(subscription.to_string())
+                .or_insert((0, std::time::Instant::now()));
+            entry.0 += n;
+            entry.1 = std::time::Instant::now();
+        }
+    }
+
+    /// The subscriptions that dropped within `within`, with their totals and how long ago the
+    /// last drop was.
+    pub(crate) fn recent(&self, within: Duration) -> Vec<(String, u64, Duration)> {
+        let Ok(log) = self.0.lock() else {
+            return Vec::new();
+        };
+        log.iter()
+            .map(|(name, (n, at))| (name.clone(), *n, at.elapsed()))
+            .filter(|(_, _, ago)| *ago <= within)
+            .collect()
+    }
+}
+
 /// The handles of one trigger.
 #[derive(Debug, Clone)]
 pub(crate) struct TriggerStats {
@@ -117,6 +170,8 @@ pub(crate) struct TriggerStats {
     pub(crate) retried: Counter,
     pub(crate) dead_lettered: Counter,
     pub(crate) dropped: Counter,
+    /// Dropped by the source before the trigger saw them (a slow consumer).
+    pub(crate) dropped_slow: Counter,
     pub(crate) held: Counter,
     pub(crate) replies: Counter,
     pub(crate) reply_failed: Counter,
@@ -139,6 +194,7 @@ impl TriggerStats {
             retried: Counter::default(),
             dead_lettered: Counter::default(),
             dropped: Counter::default(),
+            dropped_slow: Counter::default(),
             held: Counter::default(),
             replies: Counter::default(),
             reply_failed: Counter::default(),
@@ -194,6 +250,8 @@ impl FunctionStats {
 /// Every metric of the process.
 pub(crate) struct Metrics {
     registry: Registry,
+    /// What sources dropped before a trigger saw it, by subscription.
+    pub(crate) drops: DropLog,
     received: Family<TriggerLabels, Counter>,
     redelivered: Family<TriggerLabels, Counter>,
     received_bytes: Family<TriggerLabels, Counter>,
@@ -201,7 +259,7 @@ pub(crate) struct Metrics {
     delivered: Family<TriggerLabels, Counter>,
     retried: Family<TriggerLabels, Counter>,
     dead_lettered: Family<TriggerLabels, Counter>,
-    dropped: Family<TriggerLabels, Counter>,
+    dropped: Family<DropLabels, Counter>,
     held: Family<TriggerLabels, Counter>,
     replies: Family<TriggerLabels, Counter>,
     reply_failed: Family<TriggerLabels, Counter>,
@@ -281,9 +339,10 @@ impl Metrics {
             reload_ok: Gauge::default(),
             reload_time: Gauge::default(),
             registry: Registry::default(),
+            drops: DropLog::default(),
         };
         let registry = root.sub_registry_with_prefix("fnbroker");
-        let counters: [(&str, &str, &Family<TriggerLabels, Counter>); 12] = [
+        let counters: [(&str, &str, &Family<TriggerLabels, Counter>); 11] = [
             (
                 "events_received",
                 "Events that matched a trigger, first deliveries by their broker",
@@ -315,11 +374,6 @@ impl Metrics {
                 &m.dead_lettered,
             ),
             (
-                "events_dropped",
-                "Events that failed with no dead letter destination",
-                &m.dropped,
-            ),
-            (
                 "events_held",
                 "Attempts that found the function down (an outage): the event was held, no attempt spent",
                 &m.held,
@@ -348,6 +402,11 @@ impl Metrics {
         for (name, help, family) in counters {
             registry.register(name, help, family.clone());
         }
+        registry.register(
+            "events_dropped",
+            "Events dropped: failed with no dead letter destination (reason failed), or dropped by an at-most-once source whose buffer was full (reason slow_consumer)",
+            m.dropped.clone(),
+        );
         registry.register_with_unit(
             "received",
             "Payload bytes of the messages that matched a trigger, redeliveries included",
@@ -531,6 +590,16 @@ impl Metrics {
             trigger: trigger.to_string(),
             function: function.to_string(),
         };
+        // One at a time: the guard `get_or_create` returns holds the family's lock until the
+        // end of the statement, and the second label set of the same family needs it to write.
+        let dropped = self
+            .dropped
+            .get_or_create(&drop_labels(&l, "failed"))
+            .clone();
+        let dropped_slow = self
+            .dropped
+            .get_or_create(&drop_labels(&l, "slow_consumer"))
+            .clone();
         TriggerStats {
             received: self.received.get_or_create(&l).clone(),
             redelivered: self.redelivered.get_or_create(&l).clone(),
@@ -539,7 +608,8 @@ impl Metrics {
             delivered: self.delivered.get_or_create(&l).clone(),
             retried: self.retried.get_or_create(&l).clone(),
             dead_lettered: self.dead_lettered.get_or_create(&l).clone(),
-            dropped: self.dropped.get_or_create(&l).clone(),
+            dropped,
+            dropped_slow,
             held: self.held.get_or_create(&l).clone(),
             replies: self.replies.get_or_create(&l).clone(),
             reply_failed: self.reply_failed.get_or_create(&l).clone(),

@@ -588,6 +588,7 @@ impl Broker {
                 ordered: p.source.ordered,
                 shutdown_timeout: self.drain,
                 retire: Arc::clone(&retire),
+                drops: self.metrics.drops.clone(),
             },
             stop.clone(),
         ));
@@ -684,7 +685,7 @@ impl Broker {
                 delivered = s.delivered.get(),
                 retried = s.retried.get(),
                 dead_lettered = s.dead_lettered.get(),
-                dropped = s.dropped.get(),
+                dropped = s.dropped.get() + s.dropped_slow.get(),
                 "trigger summary"
             );
         }

@@ -22,6 +22,52 @@ pub(crate) struct PumpConfig {
     /// Set when the subscription is given up for good rather than stopped with the broker
     /// (a discovered trigger removed): the source is retired before it closes.
     pub(crate) retire: Arc<std::sync::atomic::AtomicBool>,
+    /// Where the subscription's drops (a slow consumer) are shown.
+    pub(crate) drops: crate::metrics::DropLog,
+}
+
+/// How often the pump asks its source what it dropped, when no message comes.
+const DROPS_EVERY: Duration = Duration::from_secs(1);
+
+/// How long without a drop ends an episode of drops (said once at WARN when it starts).
+const EPISODE_QUIET: Duration = Duration::from_secs(10);
+
+/// A run of drops by the source, said once when it starts and summed up when it ends.
+struct Dropping {
+    total: u64,
+    last: tokio::time::Instant,
+}
+
+/// Counts what the source dropped since the last look on every trigger of the subscription.
+fn count_drops(source: &mut dyn Source, cfg: &PumpConfig, episode: &mut Option<Dropping>) {
+    let n = source.take_dropped();
+    let now = tokio::time::Instant::now();
+    if n == 0 {
+        if let Some(d) = episode
+            && now.duration_since(d.last) >= EPISODE_QUIET
+        {
+            tracing::info!(subscription = %cfg.name, dropped = d.total, "the source no longer drops messages");
+            *episode = None;
+        }
+        return;
+    }
+    for t in cfg.triggers.current().iter() {
+        t.stats.dropped_slow.inc_by(n);
+    }
+    cfg.drops.record(&cfg.name, n);
+    match episode {
+        Some(d) => {
+            d.total += n;
+            d.last = now;
+        }
+        None => {
+            tracing::warn!(subscription = %cfg.name, dropped = n, "messages dropped before a trigger saw them: the source's buffer is full (a slow consumer; an at-most-once source keeps nothing for a subscriber that falls behind)");
+            *episode = Some(Dropping {
+                total: n,
+                last: now,
+            });
+        }
+    }
 }
 
 /// The triggers of one subscription. A reload that changes triggers but not the subscription
@@ -68,6 +114,9 @@ pub(crate) async fn pump(
     let drains = source.drains_at_stop();
     let mut draining = false;
     let mut drain_by = std::pin::pin!(tokio::time::sleep(Duration::MAX));
+    let mut drops = tokio::time::interval(DROPS_EVERY);
+    drops.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dropping = None;
 
     while open {
         let room = in_flight.len() + queued < cfg.max_in_flight;
@@ -81,6 +130,7 @@ pub(crate) async fn pump(
                 source.stopping();
                 drain_by.as_mut().reset(tokio::time::Instant::now() + cfg.shutdown_timeout);
             }
+            _ = drops.tick() => count_drops(source.as_mut(), &cfg, &mut dropping),
             () = &mut drain_by, if draining => {
                 tracing::warn!(subscription = %cfg.name, "shutdown timeout reached while the source finished its unit; the rest goes back");
                 break;
@@ -124,6 +174,10 @@ pub(crate) async fn pump(
         }
     }
 
+    count_drops(source.as_mut(), &cfg, &mut dropping);
+    if let Some(d) = dropping {
+        tracing::info!(subscription = %cfg.name, dropped = d.total, "dropped by the source in its last episode");
+    }
     // Stopping: messages waiting behind a key were never started; release them now.
     if !draining {
         source.stopping();

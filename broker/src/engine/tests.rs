@@ -471,6 +471,7 @@ async fn run_pump(
         ordered,
         shutdown_timeout: Duration::from_secs(30),
         retire: Arc::default(),
+        drops: Default::default(),
     };
     let task = tokio::spawn(pump(Box::new(ListSource(msgs)), cfg, shutdown.clone()));
     let mut settled = Vec::new();
@@ -881,6 +882,7 @@ async fn run_batches_of(
         ordered,
         shutdown_timeout: Duration::from_secs(30),
         retire: Arc::default(),
+        drops: Default::default(),
     };
     let task = tokio::spawn(pump(Box::new(ListSource(msgs)), cfg, shutdown.clone()));
     let mut settled = Vec::new();
@@ -1344,6 +1346,7 @@ async fn in_flight_gauges_come_down_when_a_drain_times_out() {
         ordered: false,
         shutdown_timeout: Duration::from_secs(1),
         retire: Arc::default(),
+        drops: Default::default(),
     };
     let task = tokio::spawn(pump(
         Box::new(ListSource(VecDeque::from([msg]))),

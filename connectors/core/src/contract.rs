@@ -305,6 +305,14 @@ pub trait Source: Send {
         false
     }
 
+    /// How many messages the source lost since the last call, before the engine took them: an
+    /// at-most-once source (core NATS) whose buffer was full drops what arrives (a slow
+    /// consumer). The engine counts them on the subscription's triggers and says so. Default:
+    /// none (sources that can redeliver keep what they cannot take at their broker).
+    fn take_dropped(&mut self) -> u64 {
+        0
+    }
+
     /// Whether, once stopping, the engine should go on taking this source's messages until
     /// [`Source::next`] returns `None` (within `shutdown_timeout`), rather than stop taking at
     /// once. For a source whose broker acknowledges a unit larger than a message (a PostgreSQL

@@ -68,7 +68,23 @@ pub struct NatsSourceSettings {
     /// missing. Without it a missing stream is an error at start.
     #[serde(default)]
     pub create: bool,
+    /// Core NATS: the most messages held for the subscription before its triggers take them
+    /// (default 131,072: a burst of over two seconds at 50,000 events per second). Core NATS
+    /// keeps nothing for a subscriber that falls behind: past this (or `buffer_bytes`), what
+    /// arrives is dropped and counted (`fnbroker_events_dropped_total{reason="slow_consumer"}`).
+    /// For no loss under overload, use JetStream.
+    #[serde(default)]
+    pub buffer: Option<usize>,
+    /// Core NATS: the most payload bytes held that way (default 64 MiB).
+    #[serde(default)]
+    pub buffer_bytes: Option<fnbroker_core::config::ByteSize>,
 }
+
+/// The default of a core NATS subscription's `buffer`.
+pub(crate) const DEFAULT_BUFFER: usize = 131_072;
+
+/// The default of a core NATS subscription's `buffer_bytes`.
+pub(crate) const DEFAULT_BUFFER_BYTES: u64 = 64 * 1024 * 1024;
 
 /// NATS as a registered connector kind.
 pub struct Plugin;
@@ -119,6 +135,33 @@ impl ConnectorPlugin for Plugin {
         }
         if source.stream.as_deref() == Some("") {
             report.error(&["stream"], "`stream` must not be empty");
+        }
+        if source.stream.is_some() {
+            for (key, set) in [
+                ("buffer", source.buffer.is_some()),
+                ("buffer_bytes", source.buffer_bytes.is_some()),
+            ] {
+                if set {
+                    report.error(
+                        &[key],
+                        format_args!("`{key}` is for core NATS: a JetStream consumer keeps what fnbroker has not taken on the server"),
+                    );
+                }
+            }
+        }
+        if source.buffer == Some(0) {
+            report.error(&["buffer"], "`buffer` must hold at least one message");
+        }
+        if let Some(bytes) = &source.buffer_bytes
+            && (!bytes.is_valid() || bytes.get() == 0)
+        {
+            report.error(
+                &["buffer_bytes"],
+                format_args!(
+                    "`buffer_bytes` is not a size: `{}` (write `64MiB`, `512KiB` or bytes)",
+                    bytes.text().as_str()
+                ),
+            );
         }
     }
 

@@ -29,6 +29,7 @@
 pub mod binding;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
@@ -258,9 +259,19 @@ impl Connector for NatsConnector {
                 }
                 .map_err(|e| self.error(format!("cannot subscribe to `{subject}`: {e}")))?;
                 let name = self.name.clone();
-                Ok(Box::new(ChannelSource::spawn(buffer, move |tx, stop| {
-                    core_loop(name, subscriber, tx, stop)
-                })))
+                let limits = Held {
+                    messages: source.buffer.unwrap_or(config::DEFAULT_BUFFER),
+                    bytes: source
+                        .buffer_bytes
+                        .as_ref()
+                        .map_or(config::DEFAULT_BUFFER_BYTES, |b| b.get()),
+                };
+                let dropped = Arc::new(AtomicU64::new(0));
+                let counted = Arc::clone(&dropped);
+                let inner = ChannelSource::spawn(buffer, move |tx, stop| {
+                    core_loop(name, subscriber, limits, counted, tx, stop)
+                });
+                Ok(Box::new(CoreSource { inner, dropped }))
             }
             Some(stream_name) => {
                 let stream_name: &str = stream_name.as_str();
@@ -418,35 +429,91 @@ impl Settler for JetStreamSettler {
     }
 }
 
+/// The bounds of what a core subscription holds before its triggers take it.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    messages: usize,
+    bytes: u64,
+}
+
+/// A core NATS subscription: messages are taken off the connection as fast as they come (so
+/// that the client's own buffer, whose overflow nobody could count, stays empty) into a queue
+/// bounded by [`Held`]; what does not fit is dropped and counted, and the engine is told.
+struct CoreSource {
+    inner: ChannelSource,
+    dropped: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl Source for CoreSource {
+    async fn next(&mut self) -> Option<Incoming> {
+        self.inner.next().await
+    }
+
+    fn stopping(&mut self) {
+        self.inner.stopping();
+    }
+
+    fn take_dropped(&mut self) -> u64 {
+        self.dropped.swap(0, Ordering::AcqRel)
+    }
+
+    async fn close(self: Box<Self>) {
+        Box::new(self.inner).close().await;
+    }
+}
+
+/// The bytes a held core message counts for: its payload and headers.
+fn held_size(msg: &async_nats::Message) -> u64 {
+    (msg.payload.len() + msg.headers.as_ref().map_or(0, |h| h.len() * 32)) as u64
+}
+
 async fn core_loop(
     name: String,
     mut subscriber: async_nats::Subscriber,
+    limits: Held,
+    dropped: Arc<AtomicU64>,
     tx: mpsc::Sender<Incoming>,
     stop: CancellationToken,
 ) {
+    let mut queue: std::collections::VecDeque<async_nats::Message> =
+        std::collections::VecDeque::new();
+    let mut bytes = 0u64;
     loop {
-        let msg = tokio::select! {
+        tokio::select! {
+            biased;
             () = stop.cancelled() => break,
-            m = subscriber.next() => m,
-        };
-        let Some(msg) = msg else { break };
-        let view = binding::Message {
-            subject: msg.subject.as_str(),
-            payload: &msg.payload,
-            headers: msg.headers.as_ref(),
-            ..Default::default()
-        };
-        let (event, origin) = binding::decode(&name, &view);
-        let incoming = Incoming {
-            event,
-            origin,
-            key: kit::ordering_key(msg.subject.as_str()),
-            redeliveries: 0,
-            size: msg.payload.len(),
-            ack: AckHandle::none(),
-        };
-        if tx.send(incoming).await.is_err() {
-            break;
+            // Reading comes first: the connection is never left waiting on the triggers.
+            msg = subscriber.next() => {
+                let Some(msg) = msg else { break };
+                let size = held_size(&msg);
+                if queue.len() >= limits.messages || bytes + size > limits.bytes {
+                    dropped.fetch_add(1, Ordering::AcqRel);
+                    continue;
+                }
+                bytes += size;
+                queue.push_back(msg);
+            }
+            permit = tx.reserve(), if !queue.is_empty() => {
+                let Ok(permit) = permit else { break };
+                let Some(msg) = queue.pop_front() else { continue };
+                bytes -= held_size(&msg);
+                let view = binding::Message {
+                    subject: msg.subject.as_str(),
+                    payload: &msg.payload,
+                    headers: msg.headers.as_ref(),
+                    ..Default::default()
+                };
+                let (event, origin) = binding::decode(&name, &view);
+                permit.send(Incoming {
+                    event,
+                    origin,
+                    key: kit::ordering_key(msg.subject.as_str()),
+                    redeliveries: 0,
+                    size: msg.payload.len(),
+                    ack: AckHandle::none(),
+                });
+            }
         }
     }
     let _ = subscriber.unsubscribe().await;
@@ -483,9 +550,11 @@ async fn jetstream_loop(
     acks.finish().await;
 }
 
-/// How many messages async-nats buffers per subscription before the connection's reader waits
-/// (a slow consumer): core NATS has no redelivery, so a generous buffer loses less.
-const SUBSCRIPTION_CAPACITY: usize = 4096;
+/// How many messages async-nats buffers per subscription; past it, it drops them (a slow
+/// consumer) and only says so in an event. A core subscription's own loop empties this buffer
+/// as fast as messages come, into a queue it bounds and counts itself (see [`CoreSource`]), so
+/// this depth only has to cover the moments that loop is not scheduled.
+const SUBSCRIPTION_CAPACITY: usize = 65_536;
 
 /// How long one pull request waits at the server. Short, so that the messages a request still
 /// brings after its inbox is gone (a reload, a stop) come back soon (see [`RELEASE_DELAY`]).
