@@ -1163,3 +1163,61 @@ async fn core_a_burst_past_the_buffer_is_counted_exactly() {
         .count();
     assert_eq!(said, 1, "one warning per episode:\n{}", fb.logs());
 }
+
+/// A reload that narrows a JetStream trigger's topic (`orders.*` to `orders.eu`) and its
+/// `max_in_flight` brings the durable consumer on the server along: its filter, `ack_wait` and
+/// `max_ack_pending` are the trigger's afterwards (and after a restart), and the function no
+/// longer gets what the old filter let through. (The consumer used to keep its first settings
+/// for good, while the log said the new ones.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_a_reload_updates_the_durable_consumer() {
+    let server = FnServer::start().await;
+    let root = format!("u{}", uid());
+    let stream = format!("U{}", uid());
+    nats::create_stream(SHARED_URL, &stream, &[&format!("{root}.>")]).await;
+    let group = format!("g{}", uid());
+    let cfg = |topic: &str, max: usize, timeout: &str| {
+        config(
+            SHARED_URL,
+            "",
+            &http_fn("f", &server.url("/f")),
+            &format!(
+                "  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: \"{root}.{topic}\", group: {group} }}, to: f, delivery: {{ max_in_flight: {max}, timeout: {timeout} }} }}\n"
+            ),
+        )
+    };
+    let fb = Fnbroker::start(&cfg("orders.*", 256, "5s")).await;
+    let info = || async {
+        let js = async_nats::jetstream::new(nats::connect(SHARED_URL).await);
+        let mut s = js.get_stream(&stream).await.expect("stream");
+        s.consumer_info(&group)
+            .await
+            .expect("consumer info")
+            .config
+            .clone()
+    };
+    let before = info().await;
+    assert_eq!(before.filter_subject, format!("{root}.orders.*"));
+    assert_eq!(before.max_ack_pending, 256);
+    fb.rewrite(&cfg("orders.eu", 16, "2s"));
+    fb.signal("HUP");
+    let view = fb.wait_reloads(1, 0).await;
+    assert_eq!(view["pending"], serde_json::json!([]), "{view}");
+    let after = info().await;
+    assert_eq!(after.filter_subject, format!("{root}.orders.eu"));
+    assert_eq!(after.max_ack_pending, 16);
+    assert_eq!(after.ack_wait, Duration::from_secs(14), "2 x 2 s + 10 s");
+    fb.wait_log("jetstream consumer updated", WAIT).await;
+    nats::js_publish(
+        SHARED_URL,
+        vec![
+            (format!("{root}.orders.us"), b"us".to_vec()),
+            (format!("{root}.orders.eu"), b"eu".to_vec()),
+        ],
+    )
+    .await;
+    server.wait_count("/f", 1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bodies: Vec<_> = server.on("/f").iter().map(|r| r.body.clone()).collect();
+    assert_eq!(bodies, vec![bytes::Bytes::from_static(b"eu")]);
+}

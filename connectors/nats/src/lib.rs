@@ -294,25 +294,41 @@ impl Connector for NatsConnector {
                 let durable = source.group.as_deref().unwrap_or("fnbroker").to_string();
                 let ack_wait = sub.attempt_timeout * 2 + Duration::from_secs(10);
                 let max_pending = i64::try_from(sub.max_in_flight).unwrap_or(i64::MAX);
-                let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-                    .get_or_create_consumer(
-                        &durable,
-                        pull::Config {
-                            durable_name: Some(durable.clone()),
-                            filter_subject: subject.clone(),
-                            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                            ack_wait,
-                            max_ack_pending: max_pending,
-                            ..Default::default()
-                        },
-                    )
+                let wanted = pull::Config {
+                    durable_name: Some(durable.clone()),
+                    filter_subject: subject.clone(),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait,
+                    max_ack_pending: max_pending,
+                    ..Default::default()
+                };
+                let mut consumer: jetstream::consumer::Consumer<pull::Config> = stream
+                    .get_or_create_consumer(&durable, wanted.clone())
                     .await
                     .map_err(|e| {
                         self.error(format!(
                             "cannot get or create consumer `{durable}` on `{stream_name}`: {e}"
                         ))
                     })?;
-                tracing::info!(connector = %self.name, stream = %stream_name, consumer = %durable, ?ack_wait, "jetstream consumer ready");
+                // An existing durable consumer keeps the settings it was created with: bring it
+                // to what the trigger asks for (a reload that narrowed the topic, a new
+                // `max_in_flight` or timeout), or say why not.
+                let had = consumer.cached_info().config.clone();
+                if !consumer_matches(&had, &wanted) {
+                    consumer = stream.update_consumer(wanted.clone()).await.map_err(|e| {
+                        ConnectorError::permanent(
+                            &self.name,
+                            format!(
+                                "the durable consumer `{durable}` on `{stream_name}` has filter `{}`, ack_wait {:?}, max_ack_pending {}; the server refused to change it to filter `{subject}`, ack_wait {ack_wait:?}, max_ack_pending {max_pending} ({e}): delete the consumer (`nats consumer rm {stream_name} {durable}`) to start it anew, or give the trigger another `group`",
+                                had.filter_subject, had.ack_wait, had.max_ack_pending
+                            ),
+                        )
+                    })?;
+                    tracing::info!(connector = %self.name, stream = %stream_name, consumer = %durable, was_filter = %had.filter_subject, was_ack_wait = ?had.ack_wait, was_max_ack_pending = had.max_ack_pending, "jetstream consumer updated to the trigger's settings");
+                }
+                // What the server says it has, not what was asked for.
+                let now = &consumer.cached_info().config;
+                tracing::info!(connector = %self.name, stream = %stream_name, consumer = %durable, filter = %now.filter_subject, ack_wait = ?now.ack_wait, max_ack_pending = now.max_ack_pending, "jetstream consumer ready");
                 let name = self.name.clone();
                 let batch = sub.max_in_flight;
                 // Progress (`+WPI`) for every message fnbroker holds, three times per `ack_wait`:
@@ -548,6 +564,13 @@ async fn jetstream_loop(
     // flush them) before the connection may close.
     drop(acker);
     acks.finish().await;
+}
+
+/// Whether the server's consumer has the settings fnbroker asks for.
+fn consumer_matches(had: &jetstream::consumer::Config, wanted: &pull::Config) -> bool {
+    had.filter_subject == wanted.filter_subject
+        && had.ack_wait == wanted.ack_wait
+        && had.max_ack_pending == wanted.max_ack_pending
 }
 
 /// How many messages async-nats buffers per subscription; past it, it drops them (a slow
