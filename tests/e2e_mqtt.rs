@@ -871,3 +871,73 @@ async fn a_changed_topic_unsubscribes_the_old_filter_and_consumes_the_new() {
         drop(fb);
     }
 }
+
+/// `fnbroker send` with the running instance's configuration publishes on a connection of its
+/// own: the running instance's publisher (replies) is never knocked off the broker, and every
+/// reply arrives. (Both used the client id `<client_id>-pub`, so each `send` took the running
+/// publisher's connection away.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_does_not_knock_the_running_publisher_off() {
+    let root = format!("sd{}", uid());
+    let server = FnServer::with(|_, _| common::Answer::ok().body("text/plain", b"pong")).await;
+    let (got, _sub) = mqtt::subscribe(SHARED_PORT, &format!("{root}/replies")).await;
+    let cfg = config(
+        &connector("iot", SHARED_PORT, &uid(), ""),
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/in\", qos: 1 }}, to: f, reply: {{ connector: iot, topic: \"{root}/replies\" }} }}\n"
+        ),
+    );
+    let fb = Fnbroker::start(&cfg).await;
+    for i in 0..3 {
+        let (code, _, err) = common::run_once(
+            &cfg,
+            &[
+                "send",
+                "--connector",
+                "iot",
+                "--topic",
+                &format!("{root}/in"),
+                "--data",
+                &i.to_string(),
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        wait_for("the reply", WAIT, || got.lock().expect("lock").len() > i).await;
+    }
+    let logs = fb.logs();
+    assert!(
+        !logs.contains("mqtt publisher connection lost"),
+        "the running publisher was knocked off:\n{logs}"
+    );
+    assert!(
+        !logs.contains("a new MQTT session joins shared subscriptions"),
+        "no shared group here, no warning expected"
+    );
+}
+
+/// A persistent session new to the broker that joins a shared subscription is warned about
+/// once (a session left under an old client id would keep taking a share); the same client id
+/// started again finds its session, and says nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_session_in_a_shared_group_is_warned_about_once() {
+    const WARNING: &str = "a new MQTT session joins shared subscriptions";
+    let root = format!("ns{}", uid());
+    let server = FnServer::start().await;
+    let cfg = config(
+        &connector("iot", SHARED_PORT, &uid(), ""),
+        &http_fn("f", &server.url("/f")),
+        &format!(
+            "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/#\", qos: 1, group: g{root} }}, to: f }}\n"
+        ),
+    );
+    let mut fb = Fnbroker::start(&cfg).await;
+    fb.wait_log(WARNING, WAIT).await;
+    assert_eq!(fb.logs().matches(WARNING).count(), 1);
+    fb.signal("TERM");
+    fb.wait_exit(WAIT).await;
+    drop(fb);
+    let fb = Fnbroker::start(&cfg).await;
+    fb.wait_log("session_present=true", WAIT).await;
+    assert!(!fb.logs().contains(WARNING), "{}", fb.logs());
+}

@@ -1189,7 +1189,7 @@ async fn jetstream_a_reload_updates_the_durable_consumer() {
     let fb = Fnbroker::start(&cfg("orders.*", 256, "5s")).await;
     let info = || async {
         let js = async_nats::jetstream::new(nats::connect(SHARED_URL).await);
-        let mut s = js.get_stream(&stream).await.expect("stream");
+        let s = js.get_stream(&stream).await.expect("stream");
         s.consumer_info(&group)
             .await
             .expect("consumer info")

@@ -108,6 +108,8 @@ impl Consumer {
         let dispatcher = tokio::spawn(dispatch_loop(Dispatcher {
             name,
             v5: options.v5,
+            persistent: !options.clean,
+            said_new_session: false,
             subs,
             ready,
             link,
@@ -272,6 +274,10 @@ async fn acknowledge(name: String, client: Client, mut rx: mpsc::UnboundedReceiv
 struct Dispatcher {
     name: String,
     v5: bool,
+    /// The session outlives the connection (clean start off).
+    persistent: bool,
+    /// Whether the warning about a new session in a shared group was given.
+    said_new_session: bool,
     subs: Vec<Sub>,
     ready: Arc<AtomicBool>,
     link: Arc<fnbroker_core::kit::Link>,
@@ -331,6 +337,9 @@ async fn dispatch_loop(mut d: Dispatcher) {
             Ok(Ev::Connected { session_present }) => {
                 unacknowledged = d.subs.len();
                 tracing::info!(connector = %d.name, session_present, "mqtt connected; subscribing");
+                if !session_present && d.persistent && !d.said_new_session {
+                    d.warn_new_shared_session();
+                }
                 d.link.connected();
                 // The acknowledgements of the old connection's messages are void: the broker
                 // sends those messages again on this one.
@@ -414,6 +423,24 @@ async fn dispatch_loop(mut d: Dispatcher) {
 }
 
 impl Dispatcher {
+    /// Said once, when the broker had no session for this client id and the connection joins
+    /// shared subscriptions: a session that a replica left there under another client id (a
+    /// changed `client_id` or host name) goes on taking its share of every group's messages,
+    /// which wait for that client id, until its session expiry ends.
+    fn warn_new_shared_session(&mut self) {
+        let groups: Vec<&str> = self
+            .subs
+            .iter()
+            .filter_map(|s| s.filter.strip_prefix("$share/"))
+            .filter_map(|rest| rest.split_once('/').map(|(group, _)| group))
+            .collect();
+        if groups.is_empty() {
+            return;
+        }
+        self.said_new_session = true;
+        tracing::warn!(connector = %self.name, ?groups, "a new MQTT session joins shared subscriptions: if this replica ran before under another client id, its old session still takes a share of the messages (held for that client id) until its session_expiry ends; keep client ids stable, or the expiry short");
+    }
+
     /// Adds or removes a subscription while connected (or not: a connect subscribes to all).
     async fn change(&mut self, change: Control, unacknowledged: &mut usize) {
         match change {

@@ -16,7 +16,7 @@
 //! **Reconnect.** A dropped connection is retried with backoff (1 s doubling to 30 s), and every
 //! subscription is made again on each connect; `is_ready` reflects the connection.
 //!
-//! **Sink.** A second connection (`<client_id>-pub`, clean session) publishes replies and dead
+//! **Sink.** A second connection (`<client_id>-pub-<random>`, clean session) publishes replies and dead
 //! letters at `publish_qos`, in binary mode on MQTT 5 and structured mode on 3.1.1, and resolves
 //! only on the broker's PUBACK (QoS 1) or PUBCOMP (QoS 2), correlated by packet id: rumqttc's
 //! `publish` returns when the packet is queued, not when it is acknowledged.
@@ -256,7 +256,11 @@ impl Connector for MqttConnector {
             .sink
             .get_or_init(|| async {
                 let mut options = self.options.clone();
-                options.client_id = format!("{}-pub", options.client_id);
+                // A clean session keeps nothing worth a stable id, and an id of its own per
+                // process means two processes with one configuration (a replica and `fnbroker
+                // send`, replicas sharing a `client_id`) never knock each other's publisher off
+                // the broker.
+                options.client_id = publisher_id(&options.client_id);
                 options.clean = true;
                 Arc::new(MqttSink::start(
                     self.name.clone(),
@@ -302,6 +306,12 @@ impl Connector for MqttConnector {
         }
         self.stop.cancel();
     }
+}
+
+/// The client id of a publishing connection: `<client_id>-pub-<8 random hex digits>`.
+fn publisher_id(client_id: &str) -> String {
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    format!("{client_id}-pub-{}", &unique[..8])
 }
 
 /// The source of one subscription: the dispatcher fills its channel.
