@@ -1336,3 +1336,67 @@ async fn a_function_behind_a_bearer_token_gets_it_and_the_admin_hides_it() {
     );
     assert!(!fb.logs().contains("fn-s3cret"));
 }
+
+/// A webhook answered `202` whose function replies to a RabbitMQ routing key no queue takes:
+/// HTTP cannot redeliver, so the event is not handed back to nothing. With a dead letter it goes
+/// there, saying why; without one it is counted as dropped. Either way `/readyz` and
+/// `/v1/status` name the broken destination. (The event used to be lost with `dropped=0` and
+/// a log line about handing it back to a broker HTTP does not have.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_event_whose_reply_cannot_be_published_is_dead_lettered_or_counted() {
+    let server = FnServer::with(|_, _| Answer::ok().body("text/plain", b"pong")).await;
+    let nowhere = format!("nowhere{}", uuid::Uuid::new_v4().simple());
+    let dlq = format!("dlq{}", uuid::Uuid::new_v4().simple());
+    let (_conn, ch) = common::amqp::channel().await;
+    common::amqp::queue(&ch, &dlq).await;
+    let port = free_port();
+    let yaml = format!(
+        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port} }} }}\n  rabbit: {{ amqp: {{ url: \"{}\" }} }}\nfunctions:\n{}triggers:\n  - {{ name: dl, from: {{ connector: web, topic: /dl }}, to: f, delivery: {{ retries: 0, max_delay: 100ms }}, reply: {{ connector: rabbit, topic: {nowhere} }}, dead_letter: {{ connector: rabbit, topic: {dlq} }} }}\n  - {{ name: nodl, from: {{ connector: web, topic: /nodl }}, to: f, delivery: {{ retries: 0, max_delay: 100ms }}, reply: {{ connector: rabbit, topic: {nowhere} }} }}\n",
+        common::amqp::URL,
+        http_fn("f", &server.url("/f"), "")
+    );
+    let fb = Fnbroker::start(&yaml).await;
+    for path in ["/dl", "/nodl"] {
+        let answer = client()
+            .post(format!("http://127.0.0.1:{port}{path}"))
+            .body("x")
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(answer.status(), StatusCode::ACCEPTED);
+    }
+    let letters = common::amqp::read(&ch, &dlq, 1, WAIT).await;
+    let reason = letters[0].header("ce-dlqreason").unwrap_or_default();
+    assert!(
+        reason.contains("reply could not be published") && reason.contains(&nowhere),
+        "{reason}"
+    );
+    common::wait_for("the dropped event counted", WAIT, || {
+        fb.logs().contains("the event is dropped")
+    })
+    .await;
+    let metrics = fb.metrics().await;
+    assert!(
+        metrics.contains(
+            "fnbroker_events_dropped_total{trigger=\"nodl\",function=\"f\",reason=\"failed\"} 1"
+        ),
+        "{metrics}"
+    );
+    let ready: Value = serde_json::from_str(
+        &client()
+            .get(format!("http://127.0.0.1:{}/readyz", fb.admin))
+            .send()
+            .await
+            .expect("/readyz")
+            .text()
+            .await
+            .expect("body"),
+    )
+    .expect("JSON");
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(
+        ready["failing_destinations"][0]["destination"], nowhere,
+        "{ready}"
+    );
+    assert_eq!(server.count("/f"), 2, "the function ran once per event");
+}

@@ -300,11 +300,12 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
     // Drops of an at-most-once source (a slow consumer) are reported the same way: the process
     // is fine, its triggers are behind what is published.
     let dropping = dropping(&s);
+    let destinations = failing_destinations(&s);
     (
         status,
         axum::Json(json!({
             "ready": not_ready.is_empty(), "not_ready": not_ready, "stuck": stuck,
-            "dropping": dropping,
+            "dropping": dropping, "failing_destinations": destinations,
         })),
     )
         .into_response()
@@ -338,6 +339,19 @@ fn dropping(s: &AdminState) -> Vec<Value> {
         .collect()
 }
 
+/// The reply, dead-letter and retry destinations whose last publish failed for good: reported,
+/// not made unready (a restart does not create a missing queue).
+fn failing_destinations(s: &AdminState) -> Vec<Value> {
+    s.metrics
+        .destinations
+        .failing_now()
+        .into_iter()
+        .map(|(destination, error, since)| {
+            json!({ "destination": destination, "error": error, "failing_seconds": since.as_secs() })
+        })
+        .collect()
+}
+
 async fn status(State(s): State<Arc<AdminState>>) -> Response {
     let connectors: Vec<Value> = s.connectors().iter().map(ConnectorState::view).collect();
     let errors: Vec<Value> = crate::recent::entries()
@@ -348,6 +362,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "connectors": connectors,
         "dropping": dropping(&s),
+        "failing_destinations": failing_destinations(&s),
         "errors": errors,
     }))
     .into_response()

@@ -207,21 +207,6 @@ impl Discovery {
             .timeout
             .as_ref()
             .map_or(function.timeout, config::ConfDuration::get);
-        let trigger = Arc::new(TriggerRuntime {
-            name: name.clone(),
-            filter: None,
-            event_type: None,
-            function,
-            policy: RetryPolicy::from_config(delivery),
-            timeout,
-            dead_letter: self.dead_letter.clone(),
-            reply: self.reply.clone(),
-            stats: self.metrics.trigger(&name, &key.0),
-            telemetry: self.telemetry.clone(),
-            batch: crate::engine::BatchConfig::from_config(delivery)
-                .map(crate::engine::Batcher::new),
-            retry: None,
-        });
         let from = TriggerSource {
             connector: self.entry.connector.clone(),
             topic: Some(Loc::new(key.1.clone())),
@@ -242,6 +227,22 @@ impl Discovery {
                 triggers: vec![name.clone()],
             })
             .await?;
+        let trigger = Arc::new(TriggerRuntime {
+            name: name.clone(),
+            filter: None,
+            event_type: None,
+            function,
+            policy: RetryPolicy::from_config(delivery),
+            timeout,
+            dead_letter: self.dead_letter.clone(),
+            reply: self.reply.clone(),
+            stats: self.metrics.trigger(&name, &key.0),
+            telemetry: self.telemetry.clone(),
+            batch: crate::engine::BatchConfig::from_config(delivery)
+                .map(crate::engine::Batcher::new),
+            retry: None,
+            redelivery: source.redelivery(),
+        });
         let stop = shutdown.child_token();
         let retire = Arc::<std::sync::atomic::AtomicBool>::default();
         let pump = tokio::spawn(pump(

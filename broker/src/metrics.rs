@@ -159,6 +159,43 @@ impl DropLog {
     }
 }
 
+/// Reply, dead-letter and retry destinations whose last publish failed for good, with the
+/// error and since when they fail, for `/readyz` and the status page. A publish that succeeds
+/// takes its destination off.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DestinationLog(Arc<Mutex<BTreeMap<String, (String, std::time::Instant)>>>);
+
+impl DestinationLog {
+    /// `destination` (a topic, a function) could not be published to.
+    pub(crate) fn failing(&self, destination: &str, error: &str) {
+        if let Ok(mut log) = self.0.lock() {
+            let entry = log
+                .entry(destination.to_string())
+                .or_insert_with(|| (String::new(), std::time::Instant::now()));
+            error.clone_into(&mut entry.0);
+        }
+    }
+
+    /// `destination` took a publish.
+    pub(crate) fn ok(&self, destination: &str) {
+        if let Ok(mut log) = self.0.lock()
+            && !log.is_empty()
+        {
+            log.remove(destination);
+        }
+    }
+
+    /// The failing destinations: name, last error, for how long.
+    pub(crate) fn failing_now(&self) -> Vec<(String, String, Duration)> {
+        let Ok(log) = self.0.lock() else {
+            return Vec::new();
+        };
+        log.iter()
+            .map(|(name, (error, since))| (name.clone(), error.clone(), since.elapsed()))
+            .collect()
+    }
+}
+
 /// The handles of one trigger.
 #[derive(Debug, Clone)]
 pub(crate) struct TriggerStats {
@@ -172,6 +209,8 @@ pub(crate) struct TriggerStats {
     pub(crate) dropped: Counter,
     /// Dropped by the source before the trigger saw them (a slow consumer).
     pub(crate) dropped_slow: Counter,
+    /// The health of the destinations it publishes to (shared by every trigger).
+    pub(crate) destinations: DestinationLog,
     pub(crate) held: Counter,
     pub(crate) replies: Counter,
     pub(crate) reply_failed: Counter,
@@ -195,6 +234,7 @@ impl TriggerStats {
             dead_lettered: Counter::default(),
             dropped: Counter::default(),
             dropped_slow: Counter::default(),
+            destinations: DestinationLog::default(),
             held: Counter::default(),
             replies: Counter::default(),
             reply_failed: Counter::default(),
@@ -252,6 +292,8 @@ pub(crate) struct Metrics {
     registry: Registry,
     /// What sources dropped before a trigger saw it, by subscription.
     pub(crate) drops: DropLog,
+    /// Destinations that fail.
+    pub(crate) destinations: DestinationLog,
     received: Family<TriggerLabels, Counter>,
     redelivered: Family<TriggerLabels, Counter>,
     received_bytes: Family<TriggerLabels, Counter>,
@@ -340,6 +382,7 @@ impl Metrics {
             reload_time: Gauge::default(),
             registry: Registry::default(),
             drops: DropLog::default(),
+            destinations: DestinationLog::default(),
         };
         let registry = root.sub_registry_with_prefix("fnbroker");
         let counters: [(&str, &str, &Family<TriggerLabels, Counter>); 11] = [
@@ -610,6 +653,7 @@ impl Metrics {
             dead_lettered: self.dead_lettered.get_or_create(&l).clone(),
             dropped,
             dropped_slow,
+            destinations: self.destinations.clone(),
             held: self.held.get_or_create(&l).clone(),
             replies: self.replies.get_or_create(&l).clone(),
             reply_failed: self.reply_failed.get_or_create(&l).clone(),

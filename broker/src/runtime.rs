@@ -107,6 +107,8 @@ struct RunningGroup {
     publishes_to: BTreeSet<String>,
     names: Vec<String>,
     triggers: Arc<TriggerSet>,
+    /// How its source redelivers (the triggers swapped in are told).
+    redelivery: fnbroker_core::Redelivery,
     /// Set before `stop` when the subscription is given up for good (see [`PumpConfig`]).
     retire: Arc<std::sync::atomic::AtomicBool>,
     stop: CancellationToken,
@@ -507,7 +509,12 @@ impl Broker {
 
     /// Swaps `p`'s triggers into the running subscription `index`, which stays open.
     async fn swap(&mut self, index: usize, p: &Planned<'_>) -> anyhow::Result<()> {
-        let list = self.trigger_runtimes(p).await?;
+        let redelivery = self
+            .groups
+            .get(index)
+            .context("a kept subscription went missing")?
+            .redelivery;
+        let list = self.trigger_runtimes(p, redelivery).await?;
         let group = self
             .groups
             .get_mut(index)
@@ -521,7 +528,11 @@ impl Broker {
 
     /// The trigger runtimes of a planned subscription, with the connectors and functions
     /// installed now.
-    async fn trigger_runtimes(&self, p: &Planned<'_>) -> anyhow::Result<Vec<Arc<TriggerRuntime>>> {
+    async fn trigger_runtimes(
+        &self,
+        p: &Planned<'_>,
+        redelivery: fnbroker_core::Redelivery,
+    ) -> anyhow::Result<Vec<Arc<TriggerRuntime>>> {
         let mut list = Vec::with_capacity(p.triggers.len());
         for t in &p.triggers {
             let function = Arc::clone(
@@ -550,6 +561,7 @@ impl Broker {
                 batch: crate::engine::BatchConfig::from_config(&t.delivery)
                     .map(crate::engine::Batcher::new),
                 retry: self.retry_topic(t).await?,
+                redelivery,
             }));
         }
         Ok(list)
@@ -557,7 +569,6 @@ impl Broker {
 
     /// Subscribes for `p` and starts its pump.
     async fn open(&mut self, p: &Planned<'_>) -> anyhow::Result<()> {
-        let triggers = self.trigger_runtimes(p).await?;
         let connector = Arc::clone(
             &self
                 .connectors
@@ -576,6 +587,8 @@ impl Broker {
             })
             .await
             .with_context(|| format!("cannot subscribe for trigger(s) {}", names.join(", ")))?;
+        let redelivery = source.redelivery();
+        let triggers = self.trigger_runtimes(p, redelivery).await?;
         let triggers = Arc::new(TriggerSet::new(triggers));
         let retire = Arc::default();
         let stop = self.shutdown.child_token();
@@ -599,6 +612,7 @@ impl Broker {
             publishes_to: p.publishes_to.clone(),
             names,
             triggers,
+            redelivery,
             retire,
             stop,
             pump,

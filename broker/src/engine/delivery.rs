@@ -117,11 +117,12 @@ impl TriggerRuntime {
                         reply
                     });
                     if let (Some(reply), Some(target)) = (&reply, &self.reply)
-                        && !self.publish(target, reply, REPLY, shutdown, trace).await
+                        && let Err(error) =
+                            self.publish(target, reply, REPLY, shutdown, trace).await
                     {
                         // The function is not called again for it: the broker redelivers the
                         // message after the pause, and only then is it delivered again.
-                        return self.hand_back(shutdown).await;
+                        return self.hand_back(event, REPLY, &error, shutdown).await;
                     }
                     self.stats.delivered.inc();
                     self.stats.latency.observe(started.elapsed().as_secs_f64());
@@ -190,11 +191,12 @@ impl TriggerRuntime {
             sink: std::sync::Arc::clone(&retry.sink),
             topic: retry.topic.clone(),
         };
-        if self.publish(&target, &copy, RETRY, shutdown, None).await {
+        let published = self.publish(&target, &copy, RETRY, shutdown, None).await;
+        if let Err(error) = published {
+            self.hand_back(event, RETRY, &error, shutdown).await
+        } else {
             tracing::debug!(trigger = %self.name, id = event.id(), attempts, ?wait, topic = %retry.topic, "moved to the retry topic");
             Outcome::Delivered(None)
-        } else {
-            self.hand_back(shutdown).await
         }
     }
 
@@ -272,14 +274,15 @@ impl TriggerRuntime {
         if let Some((_, traced)) = trace {
             traced.carry_to(&mut letter);
         }
-        if self
-            .publish(target, &letter, "dead letter", shutdown, trace)
+        match self
+            .publish(target, &letter, DEAD_LETTER, shutdown, trace)
             .await
         {
-            self.stats.dead_lettered.inc();
-            outcome
-        } else {
-            self.hand_back(shutdown).await
+            Ok(()) => {
+                self.stats.dead_lettered.inc();
+                outcome
+            }
+            Err(error) => self.hand_back(event, DEAD_LETTER, &error, shutdown).await,
         }
     }
 
@@ -301,21 +304,23 @@ impl TriggerRuntime {
             return outcome;
         };
         let letter = dead_letter_event(event, reason, None, 0, &self.name, &self.function.name);
-        if self
-            .publish(target, &letter, "dead letter", shutdown, None)
+        match self
+            .publish(target, &letter, DEAD_LETTER, shutdown, None)
             .await
         {
-            self.stats.dead_lettered.inc();
-            outcome
-        } else {
-            self.hand_back(shutdown).await
+            Ok(()) => {
+                self.stats.dead_lettered.inc();
+                outcome
+            }
+            Err(error) => self.hand_back(event, DEAD_LETTER, &error, shutdown).await,
         }
     }
 
     /// Publishes a reply or a dead letter (`what`) to `target`, through the one path both take.
     /// A transient failure is tried again with the trigger's backoff, at least
     /// [`PUBLISH_RETRIES`] times (the function is not called again for it); a permanent one
-    /// (the destination does not exist) is not. `false` when it could not be published.
+    /// (the destination does not exist) is not. The error, when it could not be published; the
+    /// destination's health (`/readyz`) follows.
     pub(super) async fn publish(
         &self,
         target: &Target,
@@ -323,17 +328,16 @@ impl TriggerRuntime {
         what: &'static str,
         shutdown: &CancellationToken,
         trace: Trace<'_>,
-    ) -> bool {
+    ) -> Result<(), String> {
+        let destination = match target {
+            Target::Sink { topic, .. } => topic.as_str(),
+            Target::Function(f) => f.name.as_str(),
+        };
         let mut tries = 0;
         loop {
             tries += 1;
-            let span = trace.map(|(telemetry, traced)| {
-                let topic = match target {
-                    Target::Sink { topic, .. } => topic.as_str(),
-                    Target::Function(f) => f.name.as_str(),
-                };
-                traced.publish(telemetry, what, topic)
-            });
+            let span =
+                trace.map(|(telemetry, traced)| traced.publish(telemetry, what, destination));
             let result = match target {
                 Target::Sink { sink, topic } => sink.publish(topic, event).await.map_err(|e| {
                     let transient = e.kind() == ErrorKind::Transient;
@@ -352,7 +356,8 @@ impl TriggerRuntime {
                 if what == REPLY {
                     self.stats.replies.inc();
                 }
-                return true;
+                self.stats.destinations.ok(destination);
+                return Ok(());
             };
             match what {
                 REPLY => {
@@ -364,22 +369,35 @@ impl TriggerRuntime {
                 }
             }
             if !transient || tries > self.policy.retries.max(PUBLISH_RETRIES) {
-                tracing::warn!(trigger = %self.name, id = event.id(), what, error = %error, transient, tries, "cannot publish; handing the message back to its broker");
-                return false;
+                tracing::warn!(trigger = %self.name, id = event.id(), what, error = %error, transient, tries, "cannot publish");
+                self.stats.destinations.failing(destination, &error);
+                return Err(error);
             }
             tracing::debug!(trigger = %self.name, id = event.id(), what, error = %error, tries, "publish failed; trying again");
             let wait = self.policy.delay(tries, None, &mut rand::rng());
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                () = shutdown.cancelled() => return false,
+                () = shutdown.cancelled() => return Err(error),
             }
         }
     }
 
     /// Hands the message back to its broker for redelivery, after a pause of `max_delay`: a
     /// destination that stays broken costs one delivery per pause, never a tight loop, and the
-    /// message is never dropped.
-    pub(super) async fn hand_back(&self, shutdown: &CancellationToken) -> Outcome {
+    /// message is never dropped. `what` (a reply, a dead letter, a retry) could not be
+    /// published, with `error`. A source that cannot redeliver has nothing to hand back to: see
+    /// [`TriggerRuntime::lose`].
+    pub(super) async fn hand_back(
+        &self,
+        event: &Event,
+        what: &'static str,
+        error: &str,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
+        if self.redelivery == fnbroker_core::Redelivery::None {
+            return self.lose(event, what, error, shutdown).await;
+        }
+        tracing::warn!(trigger = %self.name, id = event.id(), what, "handing the message back to its broker");
         self.stats.handed_back.inc();
         tokio::select! {
             () = tokio::time::sleep(self.policy.max_delay()) => {}
@@ -387,7 +405,45 @@ impl TriggerRuntime {
         }
         Outcome::Retry(Duration::ZERO)
     }
+
+    /// An event from a source that cannot redeliver (an HTTP request answered `202`, core
+    /// NATS), whose `what` could not be published: it goes to the dead letter with the reason
+    /// (unless the dead letter is what failed), else it is dropped, and counted either way.
+    async fn lose(
+        &self,
+        event: &Event,
+        what: &'static str,
+        error: &str,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
+        let reason =
+            format!("the {what} could not be published and the source cannot redeliver: {error}");
+        let outcome = Outcome::Failed {
+            reason: reason.clone(),
+            timed_out: false,
+        };
+        if what != DEAD_LETTER
+            && let Some(target) = &self.dead_letter
+        {
+            let letter =
+                dead_letter_event(event, &reason, None, 0, &self.name, &self.function.name);
+            if self
+                .publish(target, &letter, DEAD_LETTER, shutdown, None)
+                .await
+                .is_ok()
+            {
+                self.stats.dead_lettered.inc();
+                return outcome;
+            }
+        }
+        tracing::warn!(trigger = %self.name, id = event.id(), what, error, "the event is dropped: it cannot be published and its source cannot redeliver");
+        self.stats.dropped.inc();
+        outcome
+    }
 }
+
+/// What [`TriggerRuntime::publish`] publishes as a dead letter.
+const DEAD_LETTER: &str = "dead letter";
 
 /// The attributes of an event on a retry topic.
 const RETRY_ATTEMPTS: &str = "retryattempts";

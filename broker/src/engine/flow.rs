@@ -104,7 +104,7 @@ pub(crate) async fn pump(
     shutdown: CancellationToken,
 ) {
     // Broker-side retries would let the next message of a key overtake a failed one.
-    let broker_retries = source.redelivers_with_delay() && !cfg.ordered;
+    let broker_retries = source.redelivery() == fnbroker_core::Redelivery::Delayed && !cfg.ordered;
     let mut in_flight = FuturesUnordered::new();
     // Ordered mode: keys with a message in flight, and the messages waiting behind them.
     let mut waiting: HashMap<u64, VecDeque<Incoming>> = HashMap::new();

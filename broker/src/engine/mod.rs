@@ -157,6 +157,12 @@ pub(crate) struct TriggerRuntime {
     pub(crate) batch: Option<Batcher>,
     /// The trigger's retry topic, when it keeps its retries there (`delivery.retry_topic`).
     pub(crate) retry: Option<RetryTopicRuntime>,
+    /// How the subscription's source redelivers: with [`Redelivery::None`] nothing can be
+    /// handed back, so an event whose reply or dead letter cannot be published is
+    /// dead-lettered or dropped, and counted.
+    ///
+    /// [`Redelivery::None`]: fnbroker_core::Redelivery::None
+    pub(crate) redelivery: fnbroker_core::Redelivery,
 }
 
 /// A trigger's retry topic: where it publishes events to be tried again, and whether this

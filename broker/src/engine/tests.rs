@@ -99,6 +99,7 @@ fn runtime(f: Arc<FunctionRuntime>, delivery: &str, dead: Option<Target>) -> Tri
         telemetry: None,
         batch: BatchConfig::from_config(&delivery).map(Batcher::new),
         retry: None,
+        redelivery: fnbroker_core::Redelivery::Later,
     }
 }
 

@@ -268,6 +268,24 @@ pub fn group_keys(subscriber: &str) -> SourceKeys {
     [("group".to_string(), subscriber.into())].into()
 }
 
+/// How a source's broker gives back a message that was not acknowledged
+/// ([`Settlement::Retry`], [`Settlement::Released`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redelivery {
+    /// Never: a message is gone once taken (core NATS, MQTT QoS 0, an HTTP request answered
+    /// `202`). A message the engine cannot finish (its reply or dead letter cannot be published)
+    /// is dead-lettered or counted as dropped, never handed back to nothing.
+    None,
+    /// When the broker will: at once or after a restart (Kafka, AMQP requeue, MQTT QoS 1/2 on
+    /// the same connection, an HTTP caller that gets `502` and tries again).
+    Later,
+    /// After the delay a [`Settlement::Retry`] asks for, counting the deliveries in
+    /// [`Incoming::redeliveries`] (JetStream's `nak` with a delay, Redis Streams' reclaim). The
+    /// engine then leaves the waiting between attempts to the broker, so retries survive a
+    /// restart of fnbroker and a retrying message holds no memory here.
+    Delayed,
+}
+
 /// A stream of in-flight messages from one subscription.
 #[async_trait]
 pub trait Source: Send {
@@ -297,12 +315,10 @@ pub trait Source: Send {
     /// place for a final offset commit or an orderly unsubscribe.
     async fn close(self: Box<Self>) {}
 
-    /// Whether the broker redelivers a message after a [`Settlement::Retry`] delay (JetStream's
-    /// `nak` with a delay) and counts its deliveries in [`Incoming::redeliveries`]. The engine
-    /// then leaves the waiting between attempts to the broker, so retries survive a restart of
-    /// fnbroker and a retrying message holds no memory here.
-    fn redelivers_with_delay(&self) -> bool {
-        false
+    /// How the source's broker gives back a message that was not acknowledged (see
+    /// [`Redelivery`]). Default: [`Redelivery::Later`].
+    fn redelivery(&self) -> Redelivery {
+        Redelivery::Later
     }
 
     /// How many messages the source lost since the last call, before the engine took them: an

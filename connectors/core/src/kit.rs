@@ -337,7 +337,7 @@ pub struct ChannelSource {
     rx: mpsc::Receiver<Incoming>,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
-    redelivers_with_delay: bool,
+    redelivery: crate::Redelivery,
     stopping: Option<CancellationToken>,
 }
 
@@ -358,7 +358,7 @@ impl ChannelSource {
             rx,
             stop,
             task: Some(task),
-            redelivers_with_delay: false,
+            redelivery: crate::Redelivery::Later,
             stopping: None,
         }
     }
@@ -370,10 +370,11 @@ impl ChannelSource {
         self
     }
 
-    /// Marks the source as one whose broker redelivers after a [`Settlement::Retry`] delay
-    /// (see [`Source::redelivers_with_delay`](crate::Source::redelivers_with_delay)).
-    pub fn redelivering_with_delay(mut self) -> Self {
-        self.redelivers_with_delay = true;
+    /// Says how the source's broker redelivers (see
+    /// [`Source::redelivery`](crate::Source::redelivery)); [`crate::Redelivery::Later`] unless
+    /// said.
+    pub fn with_redelivery(mut self, redelivery: crate::Redelivery) -> Self {
+        self.redelivery = redelivery;
         self
     }
 }
@@ -411,8 +412,8 @@ impl crate::Source for ChannelSource {
         }
     }
 
-    fn redelivers_with_delay(&self) -> bool {
-        self.redelivers_with_delay
+    fn redelivery(&self) -> crate::Redelivery {
+        self.redelivery
     }
 
     fn stopping(&mut self) {

@@ -31,7 +31,7 @@ pub mod tls;
 
 pub use contract::{
     AckHandle, Connector, ConnectorError, ErrorKind, Incoming, ListenerCounts, Origin, Reader,
-    Settlement, Sink, Source, SourceKeys, Subscription,
+    Redelivery, Settlement, Sink, Source, SourceKeys, Subscription,
 };
 pub use event::{Data, Event, InvalidEvent};
 

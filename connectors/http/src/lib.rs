@@ -169,7 +169,14 @@ impl Connector for HttpIngress {
                 sync: settings.sync,
             },
         );
-        Ok(Box::new(HttpSource { rx }))
+        // A sync caller gets 502 or 504 and may send the request again; an async one got 202
+        // and will not.
+        let redelivery = if settings.sync {
+            fnbroker_core::Redelivery::Later
+        } else {
+            fnbroker_core::Redelivery::None
+        };
+        Ok(Box::new(HttpSource { rx, redelivery }))
     }
 
     async fn sink(
@@ -247,6 +254,7 @@ impl Connector for HttpIngress {
 /// The events of one path.
 struct HttpSource {
     rx: mpsc::Receiver<Handoff>,
+    redelivery: fnbroker_core::Redelivery,
 }
 
 #[async_trait]
@@ -259,6 +267,10 @@ impl Source for HttpSource {
                 return Some(incoming);
             }
         }
+    }
+
+    fn redelivery(&self) -> fnbroker_core::Redelivery {
+        self.redelivery
     }
 }
 

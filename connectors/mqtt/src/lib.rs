@@ -226,6 +226,12 @@ impl Connector for MqttConnector {
             id,
             control: self.control.clone(),
             retired: false,
+            // QoS 0 is at-most-once; QoS 1/2 messages handed back are delivered again.
+            redelivery: if qos == 0 {
+                fnbroker_core::Redelivery::None
+            } else {
+                fnbroker_core::Redelivery::Later
+            },
         });
         if !self.started.load(Ordering::Acquire) {
             self.lock_subs()?.push(new);
@@ -320,6 +326,7 @@ struct MqttSource {
     id: usize,
     control: mpsc::UnboundedSender<Control>,
     retired: bool,
+    redelivery: fnbroker_core::Redelivery,
 }
 
 #[async_trait]
@@ -332,6 +339,10 @@ impl Source for MqttSource {
     /// Given up for good: unsubscribed at close (when no other subscription has the filter).
     fn retire(&mut self) {
         self.retired = true;
+    }
+
+    fn redelivery(&self) -> fnbroker_core::Redelivery {
+        self.redelivery
     }
 
     async fn close(mut self: Box<Self>) {

@@ -354,7 +354,7 @@ impl Connector for NatsConnector {
                     ChannelSource::spawn(buffer, move |tx, stop| {
                         jetstream_loop(name, consumer, target, settler, lease, watch, tx, stop)
                     })
-                    .redelivering_with_delay()
+                    .with_redelivery(fnbroker_core::Redelivery::Delayed)
                     .notify_stopping(stopping),
                 ))
             }
@@ -472,6 +472,11 @@ impl Source for CoreSource {
 
     fn take_dropped(&mut self) -> u64 {
         self.dropped.swap(0, Ordering::AcqRel)
+    }
+
+    /// Core NATS keeps nothing: a message taken is gone.
+    fn redelivery(&self) -> fnbroker_core::Redelivery {
+        fnbroker_core::Redelivery::None
     }
 
     async fn close(self: Box<Self>) {

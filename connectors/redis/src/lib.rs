@@ -243,7 +243,7 @@ impl Connector for RedisConnector {
         let inner = ChannelSource::spawn(source_buffer(sub.max_in_flight), move |tx, stop| {
             consume(spec, first, settler, retries, watch, reading, tx, stop)
         })
-        .redelivering_with_delay();
+        .with_redelivery(fnbroker_core::Redelivery::Delayed);
         Ok(Box::new(RedisSource { inner, subscribed }))
     }
 
@@ -295,6 +295,11 @@ impl Source for RedisSource {
 
     fn stopping(&mut self) {
         self.inner.stopping();
+    }
+
+    // The group redelivers a retried entry once its delay is over (`XCLAIM`), counting it.
+    fn redelivery(&self) -> fnbroker_core::Redelivery {
+        self.inner.redelivery()
     }
 
     async fn close(self: Box<Self>) {
