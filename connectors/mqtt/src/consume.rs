@@ -344,6 +344,11 @@ async fn dispatch_loop(mut d: Dispatcher) {
                 // The acknowledgements of the old connection's messages are void: the broker
                 // sends those messages again on this one.
                 d.next_seq = d.next_seq.saturating_add(1 << 32);
+                // Held messages were received on the old connection: the broker sends them
+                // again on this one (unacknowledged), so the held copies are passed over.
+                for again in std::mem::take(&mut d.held) {
+                    let _ = d.ack_tx.send(AckCommand::Settled(again.seq, false));
+                }
                 for s in &d.subs {
                     if let Err(e) = d.client.subscribe(&s.filter, s.qos, s.id).await {
                         tracing::warn!(connector = %d.name, filter = %s.filter, error = %e, "cannot subscribe");
