@@ -103,29 +103,25 @@ async fn run(
     }
 }
 
-/// One settlement from the outcomes of every matched trigger: released if any must see the
-/// message again, retried later if one asked for it, else failed if any failed, else delivered
-/// with the first reply.
+/// One settlement from the outcomes of every matched trigger, by the one merge rule
+/// ([`fnbroker_core::contract::strongest`]): released if any must see the message again, retried
+/// later (after the longest delay asked) if one asked for it, else failed if any failed, else
+/// delivered with the first reply.
 pub(super) fn combine(outcomes: impl IntoIterator<Item = Outcome>) -> Settlement {
-    let mut failure = None;
-    let mut reply = None;
-    let mut retry = None;
-    for outcome in outcomes {
+    outcomes
+        .into_iter()
+        .map(Settlement::from)
+        .reduce(fnbroker_core::contract::strongest)
+        .unwrap_or(Settlement::Delivered { reply: None })
+}
+
+impl From<Outcome> for Settlement {
+    fn from(outcome: Outcome) -> Self {
         match outcome {
-            Outcome::Released => return Settlement::Released,
-            Outcome::Retry(delay) => retry = Some(delay),
-            Outcome::Failed { reason, timed_out } => {
-                failure.get_or_insert(Settlement::Failed { reason, timed_out });
-            }
-            Outcome::Delivered(r) => {
-                if reply.is_none() {
-                    reply = r;
-                }
-            }
+            Outcome::Delivered(reply) => Settlement::Delivered { reply },
+            Outcome::Failed { reason, timed_out } => Settlement::Failed { reason, timed_out },
+            Outcome::Released => Settlement::Released,
+            Outcome::Retry(delay) => Settlement::Retry { delay },
         }
     }
-    if let Some(delay) = retry {
-        return Settlement::Retry { delay };
-    }
-    failure.unwrap_or(Settlement::Delivered { reply })
 }

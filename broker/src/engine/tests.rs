@@ -1365,3 +1365,38 @@ async fn in_flight_gauges_come_down_when_a_drain_times_out() {
     assert_eq!(t.stats.in_flight.get(), 0, "trigger in-flight gauge");
     assert_eq!(f.stats.in_flight.get(), 0, "function in-flight gauge");
 }
+
+/// The triggers of one message are merged by the same rule as the parts of a split handle:
+/// released over retried (the longest delay, so every trigger waits long enough) over failed
+/// (the first reason) over delivered (the first reply).
+#[test]
+fn the_outcomes_of_a_message_merge_by_the_one_rule() {
+    let failed = |r: &str| Outcome::Failed {
+        reason: r.into(),
+        timed_out: false,
+    };
+    let retry = combine([
+        Outcome::Retry(Duration::from_secs(1)),
+        failed("a"),
+        Outcome::Retry(Duration::from_secs(5)),
+        Outcome::Retry(Duration::from_secs(2)),
+    ]);
+    assert!(matches!(retry, Settlement::Retry { delay } if delay == Duration::from_secs(5)));
+    let released = combine([Outcome::Retry(Duration::from_secs(1)), Outcome::Released]);
+    assert!(matches!(released, Settlement::Released));
+    let first = combine([Outcome::Delivered(None), failed("first"), failed("second")]);
+    assert!(matches!(first, Settlement::Failed { ref reason, .. } if reason == "first"));
+    let reply = |id: &str| {
+        let (m, _) = incoming(id, 0);
+        Outcome::Delivered(Some(Box::new(m.event)))
+    };
+    let delivered = combine([Outcome::Delivered(None), reply("r1"), reply("r2")]);
+    assert!(
+        matches!(delivered, Settlement::Delivered { reply: Some(ref e) } if e.id() == "r1"),
+        "{delivered:?}"
+    );
+    assert!(matches!(
+        combine(Vec::<Outcome>::new()),
+        Settlement::Delivered { reply: None }
+    ));
+}

@@ -87,9 +87,7 @@ impl AckHandle {
 
     /// Splits the handle in `n` (one message, several settlements: a fan-out, or the events of a
     /// batch that came from one message). The message is settled once, when the last part is,
-    /// with the strongest outcome of the parts: [`Settlement::Released`] over
-    /// [`Settlement::Retry`] (the longest delay) over [`Settlement::Failed`] over
-    /// [`Settlement::Delivered`] (the first reply). A dropped part counts as released.
+    /// with the [`strongest`] outcome of the parts. A dropped part counts as released.
     pub fn split(self, n: usize) -> Vec<AckHandle> {
         if n <= 1 {
             return vec![self];
@@ -134,8 +132,11 @@ struct Merge {
     handle: Option<AckHandle>,
 }
 
-/// The settlement that wins when two parts of one message disagree.
-fn strongest(a: Settlement, b: Settlement) -> Settlement {
+/// The settlement that wins when two parts of one message disagree: the one merge rule, for
+/// the parts of a split handle and for the triggers one message went to alike.
+/// [`Settlement::Released`] over [`Settlement::Retry`] (the longest delay) over
+/// [`Settlement::Failed`] (the first reason) over [`Settlement::Delivered`] (the first reply).
+pub fn strongest(a: Settlement, b: Settlement) -> Settlement {
     fn rank(s: &Settlement) -> u8 {
         match s {
             Settlement::Delivered { .. } => 0,
