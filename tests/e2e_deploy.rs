@@ -106,18 +106,6 @@ fn uid() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-fn rewrite(fb: &Fnbroker, yaml: &str) {
-    fb.rewrite(yaml);
-}
-
-async fn config_view(fb: &Fnbroker) -> serde_json::Value {
-    fb.config_view().await
-}
-
-async fn reloads(fb: &Fnbroker, ok: u64, failed: u64) -> serde_json::Value {
-    fb.wait_reloads(ok, failed).await
-}
-
 /// Issue 16: `run --watch` while 10,000 JetStream messages flow. The trigger `main` gets a new
 /// function (swapped in, its subscription stays open), then a new `max_in_flight` (its
 /// subscription drained and opened again); `gone` is removed, `added` added; between them a
@@ -164,7 +152,7 @@ async fn reload_while_messages_flow_loses_and_duplicates_nothing() {
     )
     .await;
     let fb = Fnbroker::start_env(&v1, &[("FNBROKER_WATCH", "true")]).await;
-    let first = config_view(&fb).await;
+    let first = fb.config_view().await;
     let publisher = tokio::spawn({
         let subject = format!("{root}.a");
         async move {
@@ -183,8 +171,8 @@ async fn reload_while_messages_flow_loses_and_duplicates_nothing() {
     });
     let main_count = || server.count("/f1") + server.count("/f2");
     common::wait_for("a first part on f1", WAIT, || main_count() >= 1_500).await;
-    rewrite(&fb, &v2);
-    let second = reloads(&fb, 1, 0).await;
+    fb.rewrite(&v2);
+    let second = fb.wait_reloads(1, 0).await;
     assert_ne!(first["revision"], second["revision"]);
     let changes = &second["last_reload"]["changes"];
     assert_eq!(
@@ -204,8 +192,8 @@ async fn reload_while_messages_flow_loses_and_duplicates_nothing() {
     );
 
     common::wait_for("more on f2", WAIT, || server.count("/f2") >= 1_000).await;
-    rewrite(&fb, &broken);
-    let refused = reloads(&fb, 1, 1).await;
+    fb.rewrite(&broken);
+    let refused = fb.wait_reloads(1, 1).await;
     assert_eq!(
         refused["revision"], second["revision"],
         "a refused file runs nothing"
@@ -218,8 +206,8 @@ async fn reload_while_messages_flow_loses_and_duplicates_nothing() {
     assert!(fb.logs().contains("configuration not reloaded"));
 
     common::wait_for("more on f2", WAIT, || server.count("/f2") >= 3_000).await;
-    rewrite(&fb, &v3);
-    let third = reloads(&fb, 2, 1).await;
+    fb.rewrite(&v3);
+    let third = fb.wait_reloads(2, 1).await;
     assert_eq!(
         third["last_reload"]["changes"]["replaced"],
         serde_json::json!(["trigger main"]),
@@ -323,14 +311,14 @@ async fn sighup_reloads_the_configuration() {
     send("1").await;
     server.wait_count("/one", 1, WAIT).await;
     fb.signal("HUP");
-    let same = reloads(&fb, 1, 0).await;
+    let same = fb.wait_reloads(1, 0).await;
     assert_eq!(
         same["last_reload"]["changes"]["updated"],
         serde_json::json!([])
     );
-    rewrite(&fb, &cfg("/two"));
+    fb.rewrite(&cfg("/two"));
     fb.signal("HUP");
-    let view = reloads(&fb, 2, 0).await;
+    let view = fb.wait_reloads(2, 0).await;
     assert_eq!(view["last_reload"]["cause"], "SIGHUP");
     send("2").await;
     server.wait_count("/two", 1, WAIT).await;
@@ -368,17 +356,17 @@ async fn a_reload_that_failed_part_way_is_finished_by_the_next() {
         uid()
     );
     let fb = Fnbroker::start(&base).await;
-    rewrite(&fb, &broken);
+    fb.rewrite(&broken);
     fb.signal("HUP");
-    let failed = reloads(&fb, 0, 1).await;
+    let failed = fb.wait_reloads(0, 1).await;
     let pending = failed["pending"].to_string();
     assert!(
         pending.contains("js"),
         "pending names the trigger: {failed}"
     );
-    rewrite(&fb, &fixed);
+    fb.rewrite(&fixed);
     fb.signal("HUP");
-    let done = reloads(&fb, 1, 1).await;
+    let done = fb.wait_reloads(1, 1).await;
     assert_eq!(done["pending"], serde_json::json!([]), "{done}");
     let post = |port: u16, path: &'static str| {
         reqwest::Client::new()
@@ -429,21 +417,18 @@ async fn watch_hears_the_file_not_the_logs_beside_it() {
         }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let view = config_view(&fb).await;
+    let view = fb.config_view().await;
     assert_eq!(
         view["reloads"]["succeeded"], 0,
         "the log alone reloads nothing: {view}"
     );
-    rewrite(&fb, &cfg("/two"));
-    reloads(&fb, 1, 0).await;
-    rewrite(
-        &fb,
-        "triggers: [ { name: t, from: { connector: nope, topic: x }, to: f } ]\n",
-    );
-    let refused = reloads(&fb, 1, 1).await;
+    fb.rewrite(&cfg("/two"));
+    fb.wait_reloads(1, 0).await;
+    fb.rewrite("triggers: [ { name: t, from: { connector: nope, topic: x }, to: f } ]\n");
+    let refused = fb.wait_reloads(1, 1).await;
     assert_eq!(refused["last_reload"]["result"], "failure", "{refused}");
-    rewrite(&fb, &cfg("/three"));
-    let applied = reloads(&fb, 2, 1).await;
+    fb.rewrite(&cfg("/three"));
+    let applied = fb.wait_reloads(2, 1).await;
     assert_eq!(applied["last_reload"]["cause"], "file changed", "{applied}");
     writing.cancel();
     writer.await.expect("writer");

@@ -1063,6 +1063,18 @@ async fn retries_in_a_stream_reach_the_function_once_it_is_back() {
     .await;
 }
 
+/// Publishes `n` messages (`body(i)`) on core NATS at full speed, then flushes.
+async fn burst(subject: &str, n: usize, body: impl Fn(usize) -> String) {
+    let client = nats::connect(SHARED_URL).await;
+    for i in 0..n {
+        client
+            .publish(subject.to_string(), body(i).into())
+            .await
+            .expect("publish");
+    }
+    client.flush().await.expect("flush");
+}
+
 /// A burst of 100,000 events of 256 B published at full speed to a core NATS subject: with the
 /// default `buffer` nothing is dropped. (With the old 4,096-message subscription buffer of the
 /// client, fnbroker received 10-16k of them, and its trigger summary said `dropped=0`.)
@@ -1078,15 +1090,8 @@ async fn core_a_burst_within_the_default_buffer_loses_nothing() {
         &format!("  - {{ name: t, from: {{ connector: bus, topic: {subject} }}, to: f }}\n"),
     ))
     .await;
-    let client = nats::connect(SHARED_URL).await;
     let pad = "x".repeat(250);
-    for i in 0..N {
-        client
-            .publish(subject.clone(), format!("{i:06}{pad}").into())
-            .await
-            .expect("publish");
-    }
-    client.flush().await.expect("flush");
+    burst(&subject, N, |i| format!("{i:06}{pad}")).await;
     wait_for("every event of the burst", Duration::from_secs(120), || {
         server.count("/f") >= N
     })
@@ -1116,14 +1121,7 @@ async fn core_a_burst_past_the_buffer_is_counted_exactly() {
         ),
     ))
     .await;
-    let client = nats::connect(SHARED_URL).await;
-    for i in 0..N {
-        client
-            .publish(subject.clone(), i.to_string().into())
-            .await
-            .expect("publish");
-    }
-    client.flush().await.expect("flush");
+    burst(&subject, N, |i| i.to_string()).await;
     let dropped = |metrics: &str| {
         sample(
             metrics,
