@@ -242,6 +242,7 @@ impl Discovery {
                 .map(crate::engine::Batcher::new),
             retry: None,
             redelivery: source.redelivery(),
+            ordered: delivery.ordered,
         });
         let stop = shutdown.child_token();
         let retire = Arc::<std::sync::atomic::AtomicBool>::default();

@@ -562,6 +562,7 @@ impl Broker {
                     .map(crate::engine::Batcher::new),
                 retry: self.retry_topic(t).await?,
                 redelivery,
+                ordered: p.source.ordered,
             }));
         }
         Ok(list)

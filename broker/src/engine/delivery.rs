@@ -117,12 +117,13 @@ impl TriggerRuntime {
                         reply
                     });
                     if let (Some(reply), Some(target)) = (&reply, &self.reply)
-                        && let Err(error) =
-                            self.publish(target, reply, REPLY, shutdown, trace).await
+                        && let Err(outcome) = self
+                            .publish_or_hand_back(target, reply, REPLY, event, shutdown, trace)
+                            .await
                     {
-                        // The function is not called again for it: the broker redelivers the
-                        // message after the pause, and only then is it delivered again.
-                        return self.hand_back(event, REPLY, &error, shutdown).await;
+                        // The function is not called again for it here: a message handed back
+                        // is delivered again when its broker redelivers it.
+                        return outcome;
                     }
                     self.stats.delivered.inc();
                     self.stats.latency.observe(started.elapsed().as_secs_f64());
@@ -191,9 +192,11 @@ impl TriggerRuntime {
             sink: std::sync::Arc::clone(&retry.sink),
             topic: retry.topic.clone(),
         };
-        let published = self.publish(&target, &copy, RETRY, shutdown, None).await;
-        if let Err(error) = published {
-            self.hand_back(event, RETRY, &error, shutdown).await
+        let published = self
+            .publish_or_hand_back(&target, &copy, RETRY, event, shutdown, None)
+            .await;
+        if let Err(outcome) = published {
+            outcome
         } else {
             tracing::debug!(trigger = %self.name, id = event.id(), attempts, ?wait, topic = %retry.topic, "moved to the retry topic");
             Outcome::Delivered(None)
@@ -275,14 +278,14 @@ impl TriggerRuntime {
             traced.carry_to(&mut letter);
         }
         match self
-            .publish(target, &letter, DEAD_LETTER, shutdown, trace)
+            .publish_or_hand_back(target, &letter, DEAD_LETTER, event, shutdown, trace)
             .await
         {
             Ok(()) => {
                 self.stats.dead_lettered.inc();
                 outcome
             }
-            Err(error) => self.hand_back(event, DEAD_LETTER, &error, shutdown).await,
+            Err(held) => held,
         }
     }
 
@@ -305,14 +308,14 @@ impl TriggerRuntime {
         };
         let letter = dead_letter_event(event, reason, None, 0, &self.name, &self.function.name);
         match self
-            .publish(target, &letter, DEAD_LETTER, shutdown, None)
+            .publish_or_hand_back(target, &letter, DEAD_LETTER, event, shutdown, None)
             .await
         {
             Ok(()) => {
                 self.stats.dead_lettered.inc();
                 outcome
             }
-            Err(error) => self.hand_back(event, DEAD_LETTER, &error, shutdown).await,
+            Err(held) => held,
         }
     }
 
@@ -378,6 +381,39 @@ impl TriggerRuntime {
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = shutdown.cancelled() => return Err(error),
+            }
+        }
+    }
+
+    /// Publishes `what` (`payload`, made from the source message's `event`) to `target`. When it
+    /// cannot be published, an ordered trigger holds the message and its key: it tries again in
+    /// place after each pause of `max_delay` until the publish succeeds or fnbroker stops, since
+    /// no broker redelivers a message ahead of the ones after it (JetStream, RabbitMQ and Redis
+    /// send it again later, MQTT only on a new connection), and a later message of the key must
+    /// not overtake it. An unordered trigger hands the message back ([`Self::hand_back`]). The
+    /// outcome of the message when it was not published.
+    async fn publish_or_hand_back(
+        &self,
+        target: &Target,
+        payload: &Event,
+        what: &'static str,
+        event: &Event,
+        shutdown: &CancellationToken,
+        trace: Trace<'_>,
+    ) -> Result<(), Outcome> {
+        loop {
+            let error = match self.publish(target, payload, what, shutdown, trace).await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            if !self.ordered {
+                return Err(self.hand_back(event, what, &error, shutdown).await);
+            }
+            let pause = self.policy.max_delay();
+            tracing::warn!(trigger = %self.name, id = event.id(), what, ?pause, "ordered: holding the message and its key, publishing again after a pause");
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = shutdown.cancelled() => return Err(Outcome::Released),
             }
         }
     }

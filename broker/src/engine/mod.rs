@@ -163,6 +163,10 @@ pub(crate) struct TriggerRuntime {
     ///
     /// [`Redelivery::None`]: fnbroker_core::Redelivery::None
     pub(crate) redelivery: fnbroker_core::Redelivery,
+    /// The subscription keeps the order of each key: a message whose reply, dead letter or
+    /// retry cannot be published is held and published again in place, never handed back
+    /// (the broker would redeliver it after later messages of its key).
+    pub(crate) ordered: bool,
 }
 
 /// A trigger's retry topic: where it publishes events to be tried again, and whether this

@@ -100,6 +100,7 @@ fn runtime(f: Arc<FunctionRuntime>, delivery: &str, dead: Option<Target>) -> Tri
         batch: BatchConfig::from_config(&delivery).map(Batcher::new),
         retry: None,
         redelivery: fnbroker_core::Redelivery::Later,
+        ordered: delivery.ordered,
     }
 }
 
@@ -707,6 +708,57 @@ async fn an_unpublishable_reply_hands_the_message_back_without_calling_again() {
         t.stats.dead_letter_failed.get() + t.stats.reply_failed.get(),
         1
     );
+}
+
+/// Ordered: a reply that cannot be published is not handed back (the broker would send the
+/// message again after later ones of its key): the message and its key are held, the reply is
+/// published again after each pause of `max_delay`, and the function is called once.
+#[tokio::test(start_paused = true)]
+async fn ordered_an_unpublishable_reply_is_published_again_in_place() {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::new(FailingSink {
+        failures: 3,
+        permanent: true,
+        tries: AtomicUsize::new(0),
+    });
+    let t = replying_trigger(Arc::clone(&sink), Arc::clone(&calls));
+    let mut t = Arc::into_inner(t).expect("one owner");
+    t.ordered = true;
+    let t = Arc::new(t);
+    let (msg, mut rx) = incoming("a", 0);
+    let started = tokio::time::Instant::now();
+    process_test(
+        msg,
+        Arc::from(vec![Arc::clone(&t)]),
+        CancellationToken::new(),
+    )
+    .await;
+    assert!(matches!(
+        rx.recv().await,
+        Some(Settlement::Delivered { .. })
+    ));
+    assert_eq!(calls.lock().expect("lock").len(), 1);
+    assert_eq!(sink.tries.load(Ordering::SeqCst), 4);
+    assert_eq!(started.elapsed(), Duration::from_secs(30), "three pauses");
+    assert_eq!(t.stats.handed_back.get(), 0);
+
+    // Stopping while held releases the message (it is redelivered at the next start).
+    let sink = Arc::new(FailingSink {
+        failures: usize::MAX,
+        permanent: true,
+        tries: AtomicUsize::new(0),
+    });
+    let mut t = Arc::into_inner(replying_trigger(sink, Arc::default())).expect("one owner");
+    t.ordered = true;
+    let (msg, mut rx) = incoming("b", 0);
+    let stop = CancellationToken::new();
+    let stopping = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        stopping.cancel();
+    });
+    process_test(msg, Arc::from(vec![Arc::new(t)]), stop).await;
+    assert!(matches!(rx.recv().await, Some(Settlement::Released)));
 }
 
 /// A transient reply failure is retried on its own, without another call.

@@ -408,7 +408,13 @@ impl Spec {
         conn: &mut MultiplexedConnection,
         entries: &[RawEntry],
     ) -> Result<Vec<u32>, RedisError> {
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        // The entries come in the order they were asked for (a retried entry when its delay
+        // is over), not by id: the range asked for spans the least and the greatest id.
+        let by_id = |e: &&RawEntry| reply::stream_id(&e.id);
+        let (Some(first), Some(last)) = (
+            entries.iter().min_by_key(by_id),
+            entries.iter().max_by_key(by_id),
+        ) else {
             return Ok(Vec::new());
         };
         let pending: Value = redis::cmd("XPENDING")

@@ -109,8 +109,16 @@ pub(crate) fn claimed(v: &Value) -> (String, Vec<RawEntry>) {
     (next, claimed)
 }
 
+/// A stream entry id (`<ms>-<seq>`) as the pair it is ordered by; an id that is not one sorts
+/// first.
+pub(crate) fn stream_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
 /// The delivery count of each entry of an extended `XPENDING` answer
 /// (`[[id, consumer, idle, deliveries], ...]`), by id.
+
 pub(crate) fn delivery_counts(v: &Value) -> HashMap<String, u32> {
     items(v)
         .into_iter()
@@ -150,6 +158,13 @@ mod tests {
             bulk(id),
             Value::Array(fields.iter().map(|f| bulk(f)).collect()),
         ])
+    }
+
+    #[test]
+    fn stream_ids_sort_by_time_then_sequence() {
+        assert!(stream_id("1700000000000-9") < stream_id("1700000000000-10"));
+        assert!(stream_id("999-5") < stream_id("1000-0"));
+        assert_eq!(stream_id("junk"), (0, 0));
     }
 
     #[test]

@@ -1,0 +1,404 @@
+//! One adapter per connector: what the cases need to know of a broker and nothing more. Every
+//! message a case publishes is a number (its body, or a column of a row for PostgreSQL), so a
+//! case tells messages apart, counts losses and duplicates, and checks order by that number.
+
+use std::future::Future;
+use std::ops::Range;
+use std::time::Duration;
+
+use crate::common::{self, amqp, kafka, mqtt, nats, postgres, redis};
+
+/// Whether a source gets back what fnbroker did not finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Redelivers {
+    /// The broker keeps every message until fnbroker acknowledges it (a kill loses nothing).
+    Yes,
+    /// Nothing is kept for fnbroker (core NATS, an HTTP request): what was in flight when it
+    /// died is lost, and what is published while it does not run is not seen.
+    No,
+}
+
+/// One topic a case uses: what a trigger reads and where messages are published.
+pub(crate) struct Topic {
+    /// The trigger's `from:` mapping, without braces (`connector: c, topic: x, group: g`).
+    pub(crate) from: String,
+    /// Where the adapter publishes (a topic, a subject, a queue, a stream, a table, a path).
+    pub(crate) address: String,
+}
+
+/// A connector as the cases see it. The connector is always named `c`.
+pub(crate) trait Adapter: Sized + Send + Sync + 'static {
+    /// The connector's name in the matrix.
+    const NAME: &'static str;
+    /// Whether the source redelivers.
+    const REDELIVERS: Redelivers;
+
+    /// Sets up what the connector needs (a private server, a port).
+    fn new() -> impl Future<Output = Self> + Send;
+
+    /// The connector's entry, as the value of `c:` in `connectors:`.
+    fn connector(&self) -> String;
+
+    /// A fresh topic (created on the server where it needs creating).
+    fn prepare(&self) -> impl Future<Output = Topic> + Send;
+
+    /// Publishes the messages `numbers`, in that order, all with one ordering key, and waits
+    /// until the broker has them.
+    fn publish(&self, topic: &Topic, numbers: Range<usize>) -> impl Future<Output = ()> + Send;
+
+    /// The number of a message from the body the function received.
+    fn number(body: &[u8]) -> Option<usize> {
+        std::str::from_utf8(body).ok()?.trim().parse().ok()
+    }
+
+    /// Removes what `prepare` made, where it outlives the test.
+    fn cleanup(&self, _topic: &Topic) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+fn uid() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Kafka on tansu: a topic of one partition (one ordering key) and a group of its own.
+pub(crate) struct Kafka {
+    producer: rdkafka::producer::FutureProducer,
+}
+
+impl Adapter for Kafka {
+    const NAME: &'static str = "kafka";
+    const REDELIVERS: Redelivers = Redelivers::Yes;
+
+    async fn new() -> Self {
+        Self {
+            producer: kafka::producer(),
+        }
+    }
+
+    fn connector(&self) -> String {
+        let line = kafka::connector("c", "");
+        line.trim().trim_start_matches("c:").trim().to_string()
+    }
+
+    async fn prepare(&self) -> Topic {
+        let topic = kafka::unique("suite");
+        kafka::create_topic(&topic, 1).await;
+        Topic {
+            from: format!("connector: c, topic: {topic}, group: g{}", uid()),
+            address: topic,
+        }
+    }
+
+    async fn publish(&self, topic: &Topic, numbers: Range<usize>) {
+        kafka::produce_range(&self.producer, &topic.address, numbers).await;
+    }
+}
+
+/// NATS JetStream: a stream of its own and a durable consumer.
+pub(crate) struct JetStream;
+
+impl Adapter for JetStream {
+    const NAME: &'static str = "jetstream";
+    const REDELIVERS: Redelivers = Redelivers::Yes;
+
+    async fn new() -> Self {
+        Self
+    }
+
+    fn connector(&self) -> String {
+        format!("{{ nats: {{ url: \"{}\" }} }}", nats::SHARED_URL)
+    }
+
+    async fn prepare(&self) -> Topic {
+        let id = uid();
+        let stream = format!("S{id}");
+        nats::create_stream(nats::SHARED_URL, &stream, &[&format!("j{id}.>")]).await;
+        Topic {
+            from: format!("connector: c, stream: {stream}, topic: \"j{id}.x\", group: g{id}"),
+            address: format!("j{id}.x"),
+        }
+    }
+
+    async fn publish(&self, topic: &Topic, numbers: Range<usize>) {
+        let messages = numbers
+            .map(|i| (topic.address.clone(), i.to_string().into_bytes()))
+            .collect();
+        nats::js_publish(nats::SHARED_URL, messages).await;
+    }
+
+    async fn cleanup(&self, topic: &Topic) {
+        let js = async_nats::jetstream::new(nats::connect(nats::SHARED_URL).await);
+        if let Some(stream) = topic.from.split("stream: ").nth(1) {
+            let name = stream.split(',').next().unwrap_or_default();
+            let _ = js.delete_stream(name).await;
+        }
+    }
+}
+
+/// Core NATS: a subject; at-most-once.
+pub(crate) struct NatsCore;
+
+impl Adapter for NatsCore {
+    const NAME: &'static str = "nats core";
+    const REDELIVERS: Redelivers = Redelivers::No;
+
+    async fn new() -> Self {
+        Self
+    }
+
+    fn connector(&self) -> String {
+        format!("{{ nats: {{ url: \"{}\" }} }}", nats::SHARED_URL)
+    }
+
+    async fn prepare(&self) -> Topic {
+        let subject = format!("n{}.x", uid());
+        Topic {
+            from: format!("connector: c, topic: \"{subject}\""),
+            address: subject,
+        }
+    }
+
+    async fn publish(&self, topic: &Topic, numbers: Range<usize>) {
+        let messages = numbers
+            .map(|i| {
+                (
+                    topic.address.clone(),
+                    async_nats::HeaderMap::new(),
+                    i.to_string().into_bytes(),
+                )
+            })
+            .collect();
+        nats::publish(nats::SHARED_URL, messages).await;
+    }
+}
+
+/// RabbitMQ: a durable queue of its own on the default exchange, persistent messages.
+pub(crate) struct Amqp {
+    _connection: lapin::Connection,
+    channel: lapin::Channel,
+}
+
+impl Adapter for Amqp {
+    const NAME: &'static str = "amqp";
+    const REDELIVERS: Redelivers = Redelivers::Yes;
+
+    async fn new() -> Self {
+        let (connection, channel) = amqp::channel().await;
+        Self {
+            _connection: connection,
+            channel,
+        }
+    }
+
+    fn connector(&self) -> String {
+        format!(
+            "{{ amqp: {{ url: \"{}\", connection_name: fb-{} }} }}",
+            amqp::URL,
+            uid()
+        )
+    }
+
+    async fn prepare(&self) -> Topic {
+        let queue = format!("q-{}", uid());
+        amqp::queue(&self.channel, &queue).await;
+        Topic {
+            from: format!("connector: c, queue: {queue}"),
+            address: queue,
+        }
+    }
+
+    async fn publish(&self, topic: &Topic, numbers: Range<usize>) {
+        amqp::publish_range(&self.channel, &topic.address, numbers).await;
+    }
+
+    async fn cleanup(&self, topic: &Topic) {
+        let _ = self
+            .channel
+            .queue_delete(
+                topic.address.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await;
+    }
+}
+
+/// Mosquitto: QoS 1 with a persistent session (MQTT 5).
+pub(crate) struct Mqtt {
+    client_id: String,
+}
+
+impl Adapter for Mqtt {
+    const NAME: &'static str = "mqtt";
+    const REDELIVERS: Redelivers = Redelivers::Yes;
+
+    async fn new() -> Self {
+        Self {
+            client_id: format!("c{}", uid()),
+        }
+    }
+
+    fn connector(&self) -> String {
+        format!(
+            "{{ mqtt: {{ url: \"mqtt://127.0.0.1:{}\", client_id: {}, session_expiry: 10m }} }}",
+            mqtt::SHARED_PORT,
+            self.client_id
+        )
+    }
+
+    async fn prepare(&self) -> Topic {
+        let topic = format!("m{}/x", uid());
+        Topic {
+            from: format!("connector: c, topic: \"{topic}\", qos: 1"),
+            address: topic,
+        }
+    }
+
+    async fn publish(&self, topic: &Topic, numbers: Range<usize>) {
+        let messages = numbers
+            .map(|i| mqtt::Msg::plain(&topic.address, i.to_string().as_bytes()))
+            .collect();
+        mqtt::publish(mqtt::SHARED_PORT, messages).await;
+    }
+}
+
+/// Redis Streams: a stream of its own and a consumer group fnbroker creates.
+pub(crate) struct Redis;
+
+impl Adapter for Redis {
+    const NAME: &'static str = "redis";
+    const REDELIVERS: Redelivers = Redelivers::Yes;
+
+    async fn new() -> Self {
+        Self
+    }
+
+    fn connector(&self) -> String {
+        format!("{{ redis: {{ url: \"{}\" }} }}", redis::URL)
+    }
+
+    async fn prepare(&self) -> Topic {
+        let stream = redis::unique("suite");
+        Topic {
+            from: format!("connector: c, topic: \"{stream}\", group: g, create: true"),
+            address: stream,
+        }
+    }
+
+    async fn publish(&self, topic: &Topic, numbers: Range<usize>) {
+        let mut conn = redis::connect().await;
+        redis::add_numbers(&mut conn, &topic.address, numbers).await;
+    }
+
+    async fn cleanup(&self, topic: &Topic) {
+        let mut conn = redis::connect().await;
+        redis::delete(&mut conn, &[topic.address.as_str()]).await;
+    }
+}
+
+/// PostgreSQL: a cluster of the test's own (logical replication), a table `items (n)` in the
+/// publication `fnbroker`; a message is an inserted row.
+pub(crate) struct Postgres {
+    cluster: postgres::Cluster,
+    client: tokio_postgres::Client,
+}
+
+impl Adapter for Postgres {
+    const NAME: &'static str = "postgres";
+    const REDELIVERS: Redelivers = Redelivers::Yes;
+
+    async fn new() -> Self {
+        let cluster = postgres::Cluster::start();
+        let client = cluster.client().await;
+        client
+            .batch_execute(
+                "CREATE TABLE items (n int PRIMARY KEY); CREATE PUBLICATION fnbroker FOR TABLE items;",
+            )
+            .await
+            .expect("items");
+        Self { cluster, client }
+    }
+
+    fn connector(&self) -> String {
+        format!("{{ postgres: {{ url: \"{}\" }} }}", self.cluster.url())
+    }
+
+    async fn prepare(&self) -> Topic {
+        Topic {
+            from: "connector: c, topic: \"public.items\"".to_string(),
+            address: "items".to_string(),
+        }
+    }
+
+    async fn publish(&self, topic: &Topic, numbers: Range<usize>) {
+        // One transaction per row: a message is a commit.
+        for n in numbers {
+            self.client
+                .batch_execute(&format!("INSERT INTO {} VALUES ({n})", topic.address))
+                .await
+                .expect("insert");
+        }
+    }
+
+    fn number(body: &[u8]) -> Option<usize> {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        usize::try_from(v["new"]["n"].as_i64()?).ok()
+    }
+}
+
+/// The HTTP ingress: a path on a port of its own, events accepted with `202`. A sender that
+/// gets no answer or a 5xx tries again (as webhook senders do).
+pub(crate) struct Http {
+    port: u16,
+    client: reqwest::Client,
+}
+
+impl Adapter for Http {
+    const NAME: &'static str = "http";
+    const REDELIVERS: Redelivers = Redelivers::No;
+
+    async fn new() -> Self {
+        Self {
+            port: common::free_port(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    fn connector(&self) -> String {
+        format!("{{ http: {{ listen: \"127.0.0.1:{}\" }} }}", self.port)
+    }
+
+    async fn prepare(&self) -> Topic {
+        let path = format!("/in-{}", uid());
+        Topic {
+            from: format!("connector: c, topic: {path}"),
+            address: format!("http://127.0.0.1:{}{path}", self.port),
+        }
+    }
+
+    async fn publish(&self, topic: &Topic, numbers: Range<usize>) {
+        for n in numbers {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let sent = self
+                    .client
+                    .post(&topic.address)
+                    .header("content-type", "text/plain")
+                    .body(n.to_string())
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => break,
+                    other => {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "POST {n} to {}: {other:?}",
+                            topic.address
+                        );
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The connector conformance suite: one set of delivery scenarios (the [`cases`]) run against
+//! every connector through a small [`adapters::Adapter`] each (prepare a topic, publish numbered
+//! messages, tell a received message's number), on the real servers, with the real binary.
+//!
+//! Every case is one test per connector, named `<connector>::<case>`, so nextest runs them in
+//! parallel and a failure names the cell of the matrix it breaks. A case states what every
+//! source must give; where a source cannot (core NATS and HTTP cannot redeliver), the case
+//! says so by the adapter's [`adapters::Redelivers`] and measures the gap instead of asserting
+//! zero, printing it (`cargo nextest run --test suite --no-capture`).
+//!
+//! The matrix (connector x case) is the README's guarantees table.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod adapters;
+mod cases;
+
+/// One module per connector with one test per case.
+macro_rules! matrix {
+    ($($connector:ident => $adapter:ty),* $(,)?) => {$(
+        mod $connector {
+            use crate::adapters::Adapter as _;
+            use crate::cases;
+
+            type A = $adapter;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn every_message_reaches_the_function_once() {
+                cases::every_message_once(A::new().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn retries_then_dead_letter_and_replies() {
+                cases::retries_dead_letter_and_replies(A::new().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn ordered_keys_hold_through_a_hand_back() {
+                cases::ordered_through_a_hand_back(A::new().await).await;
+            }
+        }
+    )*};
+}
+
+matrix! {
+    kafka => crate::adapters::Kafka,
+    jetstream => crate::adapters::JetStream,
+    nats_core => crate::adapters::NatsCore,
+    amqp => crate::adapters::Amqp,
+    mqtt => crate::adapters::Mqtt,
+    redis => crate::adapters::Redis,
+    postgres => crate::adapters::Postgres,
+    http => crate::adapters::Http,
+}
