@@ -177,6 +177,8 @@ impl Adapter for NatsCore {
 pub(crate) struct Amqp {
     _connection: lapin::Connection,
     channel: lapin::Channel,
+    /// fnbroker's connection name: one per adapter, so that a reload sees the same connector.
+    name: String,
 }
 
 impl Adapter for Amqp {
@@ -188,14 +190,15 @@ impl Adapter for Amqp {
         Self {
             _connection: connection,
             channel,
+            name: format!("fb-{}", uid()),
         }
     }
 
     fn connector(&self) -> String {
         format!(
-            "{{ amqp: {{ url: \"{}\", connection_name: fb-{} }} }}",
+            "{{ amqp: {{ url: \"{}\", connection_name: {} }} }}",
             amqp::URL,
-            uid()
+            self.name
         )
     }
 

@@ -3,9 +3,10 @@
 //! removes its topic at the end.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::adapters::{Adapter, Topic};
+use crate::adapters::{Adapter, Redelivers, Topic};
 use crate::common::{Answer, FnServer, Fnbroker, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -227,5 +228,279 @@ pub(crate) async fn ordered_through_a_hand_back<A: Adapter>(a: A) {
         A::NAME
     );
     drop(fb);
+    a.cleanup(&topic).await;
+}
+
+/// What a stream of numbered messages came to at the function.
+#[derive(Debug)]
+struct Tally {
+    published: usize,
+    distinct: usize,
+    deliveries: usize,
+}
+
+impl Tally {
+    fn lost(&self) -> usize {
+        self.published - self.distinct
+    }
+
+    fn duplicates(&self) -> usize {
+        self.deliveries - self.distinct
+    }
+}
+
+/// Waits until every one of `0..n` reached `/f` with 200 (a source that redelivers), or until
+/// the function was idle for two seconds (one that does not), then counts.
+async fn settle<A: Adapter>(server: &FnServer, n: usize) -> Tally {
+    let delivered = || numbers::<A>(server, "/f", Some(200));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = (0, Instant::now());
+    loop {
+        let got = delivered();
+        let distinct = tally(&got).len();
+        if distinct >= n || Instant::now() > deadline {
+            break;
+        }
+        if got.len() != last.0 {
+            last = (got.len(), Instant::now());
+        } else if A::REDELIVERS == Redelivers::No && last.1.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    quiet(server).await;
+    let got = delivered();
+    Tally {
+        published: n,
+        distinct: tally(&got).len(),
+        deliveries: got.len(),
+    }
+}
+
+/// Publishes `0..n` in steps of 50 every 20 ms (2,500/s at most), in a task.
+fn publishing<A: Adapter>(a: &Arc<A>, topic: &Arc<Topic>, n: usize) -> tokio::task::JoinHandle<()> {
+    let (a, topic) = (Arc::clone(a), Arc::clone(topic));
+    tokio::spawn(async move {
+        for start in (0..n).step_by(50) {
+            a.publish(&topic, start..(start + 50).min(n)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+/// The trigger the fault cases use: `max_in_flight: 64`.
+const UNDER_LOAD: &str = ", delivery: { max_in_flight: 64 }";
+
+/// How many messages the fault cases stream.
+const STREAM: usize = 2_000;
+
+/// kill -9 once a quarter of 2,000 messages (published while fnbroker consumes) arrived, start
+/// again: a source that redelivers loses nothing; for one that does not, the loss is measured.
+pub(crate) async fn kill_9_midway<A: Adapter>(a: A) {
+    let a = Arc::new(a);
+    let topic = Arc::new(a.prepare().await);
+    let server = FnServer::start().await;
+    let cfg = config(
+        &*a,
+        &function("f", &server, "/f"),
+        &trigger(&topic, UNDER_LOAD),
+    );
+    let fb = Fnbroker::start(&cfg).await;
+    let publisher = publishing(&a, &topic, STREAM);
+    server.wait_count("/f", STREAM / 4, WAIT).await;
+    fb.signal("KILL");
+    drop(fb);
+    let killed_after = server.count("/f");
+    let fb = Fnbroker::start(&cfg).await;
+    publisher.await.expect("publisher");
+    let t = settle::<A>(&server, STREAM).await;
+    println!(
+        "suite {}: kill -9 after {killed_after} deliveries: {} published, {} lost, {} duplicates",
+        A::NAME,
+        t.published,
+        t.lost(),
+        t.duplicates()
+    );
+    if A::REDELIVERS == Redelivers::Yes {
+        assert_eq!(t.lost(), 0, "{}: lost in a kill -9\n{}", A::NAME, fb.logs());
+    }
+    drop(fb);
+    a.cleanup(&topic).await;
+}
+
+/// SIGTERM once a quarter of 2,000 messages (published while fnbroker consumes) arrived, start
+/// again: nothing is delivered twice on any source (in-flight deliveries finish and are
+/// acknowledged, what was fetched but not handed out goes back unseen), and a source that
+/// redelivers loses nothing.
+pub(crate) async fn sigterm_midway<A: Adapter>(a: A) {
+    let a = Arc::new(a);
+    let topic = Arc::new(a.prepare().await);
+    let server = FnServer::start().await;
+    let cfg = config(
+        &*a,
+        &function("f", &server, "/f"),
+        &trigger(&topic, UNDER_LOAD),
+    );
+    let mut fb = Fnbroker::start(&cfg).await;
+    let publisher = publishing(&a, &topic, STREAM);
+    server.wait_count("/f", STREAM / 4, WAIT).await;
+    fb.signal("TERM");
+    let status = fb.wait_exit(Duration::from_secs(40)).await;
+    assert!(
+        status.success(),
+        "{}: exit {status}\n{}",
+        A::NAME,
+        fb.logs()
+    );
+    let stopped_after = server.count("/f");
+    let first = fb.logs();
+    drop(fb);
+    let fb = Fnbroker::start(&cfg).await;
+    publisher.await.expect("publisher");
+    let t = settle::<A>(&server, STREAM).await;
+    println!(
+        "suite {}: SIGTERM after {stopped_after} deliveries: {} published, {} lost, {} duplicates",
+        A::NAME,
+        t.published,
+        t.lost(),
+        t.duplicates()
+    );
+    assert_eq!(
+        t.duplicates(),
+        0,
+        "{}: duplicates after a clean stop\n---- first run ----\n{first}\n---- second run ----\n{}",
+        A::NAME,
+        fb.logs()
+    );
+    if A::REDELIVERS == Redelivers::Yes {
+        assert_eq!(
+            t.lost(),
+            0,
+            "{}: lost in a clean stop\n{}",
+            A::NAME,
+            fb.logs()
+        );
+    }
+    drop(fb);
+    a.cleanup(&topic).await;
+}
+
+/// Reloads that change only the triggers (a retry policy, then the event type), while 2,000
+/// messages stream: the subscription stays open, so nothing is lost or delivered twice on any
+/// source.
+pub(crate) async fn reload_swapping_triggers<A: Adapter>(a: A) {
+    let a = Arc::new(a);
+    let topic = Arc::new(a.prepare().await);
+    let server = FnServer::start().await;
+    let f = function("f", &server, "/f");
+    let fb = Fnbroker::start(&config(&*a, &f, &trigger(&topic, UNDER_LOAD))).await;
+    let publisher = publishing(&a, &topic, STREAM);
+    server.wait_count("/f", STREAM / 4, WAIT).await;
+    fb.rewrite(&config(
+        &*a,
+        &f,
+        &trigger(&topic, ", delivery: { max_in_flight: 64, retries: 5 }"),
+    ));
+    fb.signal("HUP");
+    let view = fb.wait_reloads(1, 0).await;
+    assert_eq!(
+        view["last_reload"]["changes"]["updated"],
+        serde_json::json!(["trigger t"]),
+        "{}: not a swap: {view}",
+        A::NAME
+    );
+    server.wait_count("/f", STREAM / 2, WAIT).await;
+    fb.rewrite(&config(
+        &*a,
+        &f,
+        &trigger(
+            &topic,
+            ", delivery: { max_in_flight: 64, retries: 6, delay: 50ms }, event: { type: com.example.swapped }",
+        ),
+    ));
+    fb.signal("HUP");
+    let view = fb.wait_reloads(2, 0).await;
+    assert_eq!(
+        view["last_reload"]["changes"]["updated"],
+        serde_json::json!(["trigger t"]),
+        "{}: not a swap: {view}",
+        A::NAME
+    );
+    publisher.await.expect("publisher");
+    let t = settle::<A>(&server, STREAM).await;
+    println!(
+        "suite {}: two reloads swapping triggers: {} published, {} lost, {} duplicates",
+        A::NAME,
+        t.published,
+        t.lost(),
+        t.duplicates()
+    );
+    assert_eq!(
+        (t.lost(), t.duplicates()),
+        (0, 0),
+        "{}: lost and duplicated\n{}",
+        A::NAME,
+        fb.logs()
+    );
+    drop(fb);
+    a.cleanup(&topic).await;
+}
+
+/// A reload that reopens the subscription (`max_in_flight` 64 -> 16) while 2,000 messages
+/// stream: a source that redelivers loses nothing; for one that does not, the gap is measured.
+pub(crate) async fn reload_reopening_the_subscription<A: Adapter>(a: A) {
+    let a = Arc::new(a);
+    let topic = Arc::new(a.prepare().await);
+    let server = FnServer::start().await;
+    let f = function("f", &server, "/f");
+    let fb = Fnbroker::start(&config(&*a, &f, &trigger(&topic, UNDER_LOAD))).await;
+    let publisher = publishing(&a, &topic, STREAM);
+    server.wait_count("/f", STREAM / 4, WAIT).await;
+    fb.rewrite(&config(
+        &*a,
+        &f,
+        &trigger(&topic, ", delivery: { max_in_flight: 16 }"),
+    ));
+    fb.signal("HUP");
+    fb.wait_reloads(1, 0).await;
+    publisher.await.expect("publisher");
+    let t = settle::<A>(&server, STREAM).await;
+    println!(
+        "suite {}: a reload reopening the subscription: {} published, {} lost, {} duplicates",
+        A::NAME,
+        t.published,
+        t.lost(),
+        t.duplicates()
+    );
+    if A::REDELIVERS == Redelivers::Yes {
+        assert_eq!(t.lost(), 0, "{}: lost in a reload\n{}", A::NAME, fb.logs());
+    }
+    drop(fb);
+    a.cleanup(&topic).await;
+}
+
+/// The function down (503) for 60 s from its 100th delivery, 2,000 messages published at
+/// 200/s, default delivery settings and no dead letter: every message reaches the function
+/// once it is back, on every source (the deliveries are held, so consumption stops and the
+/// backlog waits before fnbroker).
+pub(crate) async fn a_minute_of_function_outage<A: Adapter>(a: A) {
+    let a = Arc::new(a);
+    let topic = Arc::new(a.prepare().await);
+    let (server, down) = crate::common::switchable_function().await;
+    let cfg = config(&*a, &function("f", &server, "/f"), &trigger(&topic, ""));
+    let (publisher, on) = (Arc::clone(&a), Arc::clone(&topic));
+    crate::common::outage_loses_nothing(
+        A::NAME,
+        &cfg,
+        &server,
+        &down,
+        STREAM,
+        Duration::from_secs(60),
+        move |range| {
+            let (a, topic) = (Arc::clone(&publisher), Arc::clone(&on));
+            async move { a.publish(&topic, range).await }
+        },
+    )
+    .await;
     a.cleanup(&topic).await;
 }

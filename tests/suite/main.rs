@@ -39,6 +39,31 @@ macro_rules! matrix {
             async fn ordered_keys_hold_through_a_hand_back() {
                 cases::ordered_through_a_hand_back(A::new().await).await;
             }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn kill_9_midway() {
+                cases::kill_9_midway(A::new().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sigterm_midway() {
+                cases::sigterm_midway(A::new().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn reload_swapping_triggers_under_load() {
+                cases::reload_swapping_triggers(A::new().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn reload_reopening_the_subscription_under_load() {
+                cases::reload_reopening_the_subscription(A::new().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_minute_of_function_outage() {
+                cases::a_minute_of_function_outage(A::new().await).await;
+            }
         }
     )*};
 }
