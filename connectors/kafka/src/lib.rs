@@ -45,6 +45,9 @@ use crate::offsets::Tracker;
 use crate::source::Context;
 use fnbroker_core::kit::source_buffer;
 
+/// librdkafka's `session.timeout.ms` when the options do not set it.
+const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(45);
+
 /// The Kafka connector of one configuration entry.
 pub struct KafkaConnector {
     name: String,
@@ -200,12 +203,21 @@ impl Connector for KafkaConnector {
             .map_err(|e| self.error(format!("cannot subscribe to {}: {e}", names.join(", "))))?;
         self.subscribed.store(true, Ordering::Release);
         tracing::info!(connector = %self.name, topics = %names.join(","), %group, "kafka consumer subscribed");
+        let session_timeout = cfg
+            .get("session.timeout.ms")
+            .and_then(|ms| ms.parse().ok())
+            .map_or(DEFAULT_SESSION_TIMEOUT, Duration::from_millis);
         Ok(Box::new(source::start(
             self.name.clone(),
             consumer,
             tracker,
             source_buffer(sub.max_in_flight),
             self.config.commit_interval.get(),
+            source::Membership {
+                group,
+                topics,
+                session_timeout,
+            },
         )))
     }
 

@@ -18,7 +18,14 @@
 //! - a partition that is assigned, has records beyond its position and delivers nothing for
 //!   [`STALL_AFTER`] while not paused is **stalled** (a broker that returns nothing to a fetch,
 //!   as tansu's memory storage does from inside a record batch): it is logged, counted, and
-//!   recovered by seeking to its position.
+//!   recovered by seeking to its position;
+//! - a member that holds **no partition** of its topics while records wait and the group
+//!   commits none for longer than the session timeout is **starved**: another member holds the
+//!   partitions without consuming them (one killed and restarted within the session timeout, a
+//!   zombie, or a broker that does not give a dead member's partitions back, as tansu 0.6 does
+//!   not). It is said once at WARN with the group, and the topic's backlog (records waiting
+//!   after the group's committed offsets) is reported, so `/readyz` lists it as stuck and
+//!   `fnbroker_consumer_stalled_seconds` grows.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -226,6 +233,7 @@ pub(crate) fn start(
     tracker: Arc<Mutex<Tracker>>,
     buffer: usize,
     commit_interval: Duration,
+    membership: Membership,
 ) -> ChannelSource {
     ChannelSource::spawn(buffer, move |tx, stop| async move {
         let polled = tokio::task::spawn_blocking(move || {
@@ -240,6 +248,8 @@ pub(crate) fn start(
                 paused: HashSet::new(),
                 last_seen: HashMap::new(),
                 topics: HashSet::new(),
+                membership,
+                starved: None,
             }
             .run();
         })
@@ -265,6 +275,28 @@ struct Poller {
     last_seen: HashMap<Partition, Instant>,
     /// Every topic name seen, shared by the records' partition keys.
     topics: HashSet<Arc<str>>,
+    /// The group and topics, for the starvation check.
+    membership: Membership,
+    /// Since when this member held no partition while the group took nothing.
+    starved: Option<Starved>,
+}
+
+/// What a consumer is a member of.
+pub(crate) struct Membership {
+    /// The consumer group.
+    pub(crate) group: String,
+    /// The topics subscribed to.
+    pub(crate) topics: Vec<String>,
+    /// `session.timeout.ms`: how long the group waits for a silent member.
+    pub(crate) session_timeout: Duration,
+}
+
+/// A run of checks in which this member held no partition.
+struct Starved {
+    /// When the group's committed offsets of each topic last moved, with their sum then.
+    progress: HashMap<String, (i64, Instant)>,
+    /// Whether the warning was given.
+    warned: bool,
 }
 
 impl Poller {
@@ -286,6 +318,7 @@ impl Poller {
             }
             if last_stall_check.elapsed() >= STALL_AFTER / 3 {
                 self.check_stalls();
+                self.check_starved();
                 last_stall_check = Instant::now();
             }
             let wait = if self.stash.is_empty() {
@@ -341,7 +374,8 @@ impl Poller {
         // This consumer's partitions are no longer its backlog (another member's, or nobody's).
         let backlogs = &self.consumer.context().backlogs;
         for b in backlogs.all() {
-            if self.topics.contains(b.source.as_str()) {
+            if self.topics.contains(b.source.as_str()) || self.membership.topics.contains(&b.source)
+            {
                 backlogs.remove(&b.source, b.partition);
             }
         }
@@ -654,4 +688,91 @@ impl Poller {
             self.last_seen.insert(partition, Instant::now());
         }
     }
+
+    /// While this member holds no partition of its topics: reads each topic's records waiting
+    /// after the group's committed offsets into the backlog (so `/readyz` and the stall gauge
+    /// see them), and warns once when records waited and the group committed nothing for longer
+    /// than the session timeout.
+    fn check_starved(&mut self) {
+        let holds = self.consumer.assignment().map_or(true, |a| a.count() > 0);
+        if holds {
+            if let Some(starved) = self.starved.take() {
+                let backlogs = &self.consumer.context().backlogs;
+                for topic in starved.progress.keys() {
+                    backlogs.remove(topic, None);
+                }
+                if starved.warned {
+                    tracing::info!(connector = %self.connector, group = %self.membership.group, "the member holds partitions again");
+                }
+            }
+            return;
+        }
+        let now = Instant::now();
+        let starved = self.starved.get_or_insert_with(|| Starved {
+            progress: HashMap::new(),
+            warned: false,
+        });
+        for topic in &self.membership.topics {
+            let Some((waiting, taken)) = group_backlog(&self.consumer, topic) else {
+                continue;
+            };
+            self.consumer.context().backlogs.update(
+                topic,
+                None,
+                u64::try_from(waiting).unwrap_or(0),
+                u64::try_from(taken).unwrap_or(0),
+            );
+            let since = match starved.progress.get(topic) {
+                Some(&(before, since)) if before == taken && waiting > 0 => since,
+                _ => now,
+            };
+            starved.progress.insert(topic.clone(), (taken, since));
+            let idle = now.duration_since(since);
+            if waiting > 0 && idle >= self.membership.session_timeout && !starved.warned {
+                starved.warned = true;
+                tracing::warn!(
+                    connector = %self.connector,
+                    group = %self.membership.group,
+                    topic,
+                    waiting,
+                    idle = ?idle,
+                    "this member of the group holds no partition of the topic while records wait and the group commits none: another member holds them without consuming (a member killed and restarted within the session timeout, a stopped process, or a broker that keeps a dead member's partitions); they wait until it leaves the group"
+                );
+            }
+        }
+    }
+}
+
+/// The records of `topic` waiting after the group's committed offsets (the low watermark where
+/// none is committed), and the sum of those offsets (it grows as any member commits); `None`
+/// when the cluster does not answer.
+fn group_backlog(consumer: &BaseConsumer<Context>, topic: &str) -> Option<(i64, i64)> {
+    let metadata = consumer.fetch_metadata(Some(topic), CALL_TIMEOUT).ok()?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return None;
+    }
+    let mut list = TopicPartitionList::new();
+    for p in &partitions {
+        list.add_partition(topic, *p);
+    }
+    let committed = consumer.committed_offsets(list, CALL_TIMEOUT).ok()?;
+    let (mut waiting, mut taken) = (0, 0);
+    for e in committed.elements() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, e.partition(), CALL_TIMEOUT)
+            .ok()?;
+        let from = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        waiting += (high - from).max(0);
+        taken += from;
+    }
+    Some((waiting, taken))
 }
