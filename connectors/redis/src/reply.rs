@@ -118,7 +118,6 @@ pub(crate) fn stream_id(id: &str) -> (u64, u64) {
 
 /// The delivery count of each entry of an extended `XPENDING` answer
 /// (`[[id, consumer, idle, deliveries], ...]`), by id.
-
 pub(crate) fn delivery_counts(v: &Value) -> HashMap<String, u32> {
     items(v)
         .into_iter()
