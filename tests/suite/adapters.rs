@@ -32,6 +32,11 @@ pub(crate) trait Adapter: Sized + Send + Sync + 'static {
     const NAME: &'static str;
     /// Whether the source redelivers.
     const REDELIVERS: Redelivers;
+    /// Whether what is published to a topic after its subscription was given up (retired: no
+    /// trigger reads it any more) is kept for a subscription that comes back: a consumer group,
+    /// a durable consumer or a queue stays at the broker; an MQTT subscription is ended, and
+    /// core NATS, HTTP and PostgreSQL keep nothing nobody reads.
+    const KEEPS_RETIRED: bool;
 
     /// Sets up what the connector needs (a private server, a port).
     fn new() -> impl Future<Output = Self> + Send;
@@ -68,6 +73,7 @@ pub(crate) struct Kafka {
 
 impl Adapter for Kafka {
     const NAME: &'static str = "kafka";
+    const KEEPS_RETIRED: bool = true;
     const REDELIVERS: Redelivers = Redelivers::Yes;
 
     async fn new() -> Self {
@@ -100,6 +106,7 @@ pub(crate) struct JetStream;
 
 impl Adapter for JetStream {
     const NAME: &'static str = "jetstream";
+    const KEEPS_RETIRED: bool = true;
     const REDELIVERS: Redelivers = Redelivers::Yes;
 
     async fn new() -> Self {
@@ -141,6 +148,7 @@ pub(crate) struct NatsCore;
 
 impl Adapter for NatsCore {
     const NAME: &'static str = "nats core";
+    const KEEPS_RETIRED: bool = false;
     const REDELIVERS: Redelivers = Redelivers::No;
 
     async fn new() -> Self {
@@ -183,6 +191,7 @@ pub(crate) struct Amqp {
 
 impl Adapter for Amqp {
     const NAME: &'static str = "amqp";
+    const KEEPS_RETIRED: bool = true;
     const REDELIVERS: Redelivers = Redelivers::Yes;
 
     async fn new() -> Self {
@@ -233,6 +242,7 @@ pub(crate) struct Mqtt {
 
 impl Adapter for Mqtt {
     const NAME: &'static str = "mqtt";
+    const KEEPS_RETIRED: bool = false;
     const REDELIVERS: Redelivers = Redelivers::Yes;
 
     async fn new() -> Self {
@@ -270,6 +280,7 @@ pub(crate) struct Redis;
 
 impl Adapter for Redis {
     const NAME: &'static str = "redis";
+    const KEEPS_RETIRED: bool = true;
     const REDELIVERS: Redelivers = Redelivers::Yes;
 
     async fn new() -> Self {
@@ -299,8 +310,8 @@ impl Adapter for Redis {
     }
 }
 
-/// PostgreSQL: a cluster of the test's own (logical replication), a table `items (n)` in the
-/// publication `fnbroker`; a message is an inserted row.
+/// PostgreSQL: a cluster of the test's own (logical replication), the publication `fnbroker`
+/// of all tables, a table `items_<id> (n)` per topic; a message is an inserted row.
 pub(crate) struct Postgres {
     cluster: postgres::Cluster,
     client: tokio_postgres::Client,
@@ -308,17 +319,16 @@ pub(crate) struct Postgres {
 
 impl Adapter for Postgres {
     const NAME: &'static str = "postgres";
+    const KEEPS_RETIRED: bool = false;
     const REDELIVERS: Redelivers = Redelivers::Yes;
 
     async fn new() -> Self {
         let cluster = postgres::Cluster::start();
         let client = cluster.client().await;
         client
-            .batch_execute(
-                "CREATE TABLE items (n int PRIMARY KEY); CREATE PUBLICATION fnbroker FOR TABLE items;",
-            )
+            .batch_execute("CREATE PUBLICATION fnbroker FOR ALL TABLES;")
             .await
-            .expect("items");
+            .expect("publication");
         Self { cluster, client }
     }
 
@@ -327,9 +337,14 @@ impl Adapter for Postgres {
     }
 
     async fn prepare(&self) -> Topic {
+        let table = format!("items_{}", uid());
+        self.client
+            .batch_execute(&format!("CREATE TABLE {table} (n int PRIMARY KEY)"))
+            .await
+            .expect("table");
         Topic {
-            from: "connector: c, topic: \"public.items\"".to_string(),
-            address: "items".to_string(),
+            from: format!("connector: c, topic: \"public.{table}\""),
+            address: table,
         }
     }
 
@@ -350,7 +365,7 @@ impl Adapter for Postgres {
 }
 
 /// The HTTP ingress: a path on a port of its own, events accepted with `202`. A sender that
-/// gets no answer or a 5xx tries again (as webhook senders do).
+/// gets no answer or a 5xx tries again (as webhook senders do); a 4xx is final.
 pub(crate) struct Http {
     port: u16,
     client: reqwest::Client,
@@ -358,6 +373,7 @@ pub(crate) struct Http {
 
 impl Adapter for Http {
     const NAME: &'static str = "http";
+    const KEEPS_RETIRED: bool = false;
     const REDELIVERS: Redelivers = Redelivers::No;
 
     async fn new() -> Self {
@@ -392,6 +408,9 @@ impl Adapter for Http {
                     .await;
                 match sent {
                     Ok(r) if r.status().is_success() => break,
+                    // Refused for good (no trigger on the path): the sender knows, nothing to
+                    // send again.
+                    Ok(r) if r.status().is_client_error() => break,
                     other => {
                         assert!(
                             std::time::Instant::now() < deadline,

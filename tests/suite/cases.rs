@@ -504,3 +504,69 @@ pub(crate) async fn a_minute_of_function_outage<A: Adapter>(a: A) {
     .await;
     a.cleanup(&topic).await;
 }
+
+/// Retire and come back: a reload moves the trigger to another topic, so its subscription is
+/// given up (retired, not closed for a restart); 50 messages are published to the old topic
+/// meanwhile, none reach the function; a reload moves the trigger back. What the broker kept
+/// for the retired subscription then arrives, or nothing does, as the adapter says
+/// ([`Adapter::KEEPS_RETIRED`]); what is published after the return always arrives.
+pub(crate) async fn retired_and_back<A: Adapter>(a: A) {
+    let topic = a.prepare().await;
+    let other = a.prepare().await;
+    let server = FnServer::start().await;
+    let f = function("f", &server, "/f");
+    let fb = Fnbroker::start(&config(&a, &f, &trigger(&topic, ""))).await;
+    a.publish(&topic, 0..10).await;
+    server.wait_count("/f", 10, WAIT).await;
+    fb.rewrite(&config(&a, &f, &trigger(&other, "")));
+    fb.signal("HUP");
+    let view = fb.wait_reloads(1, 0).await;
+    // A connector that cannot subscribe while running (HTTP, PostgreSQL) is replaced with it.
+    let replaced = view["last_reload"]["changes"]["replaced"].to_string();
+    assert!(replaced.contains("trigger t"), "{}: {view}", A::NAME);
+    a.publish(&topic, 10..60).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        server.count("/f"),
+        10,
+        "{}: a retired subscription delivered",
+        A::NAME
+    );
+    fb.rewrite(&config(&a, &f, &trigger(&topic, "")));
+    fb.signal("HUP");
+    fb.wait_reloads(2, 0).await;
+    a.publish(&topic, 60..70).await;
+    wait_for(
+        &format!("{}: what was published after the return", A::NAME),
+        WAIT,
+        || {
+            let got = tally(&numbers::<A>(&server, "/f", None));
+            (60..70).all(|n| got.contains_key(&n))
+        },
+    )
+    .await;
+    if A::KEEPS_RETIRED {
+        wait_for(&format!("{}: what the broker kept", A::NAME), WAIT, || {
+            tally(&numbers::<A>(&server, "/f", None)).len() >= 70
+        })
+        .await;
+    }
+    quiet(&server).await;
+    let got = tally(&numbers::<A>(&server, "/f", None));
+    let kept = (10..60).filter(|n| got.contains_key(n)).count();
+    println!(
+        "suite {}: retired, 50 published, back: {kept} of the 50 kept",
+        A::NAME
+    );
+    let expected = if A::KEEPS_RETIRED { 50 } else { 0 };
+    assert_eq!(
+        kept,
+        expected,
+        "{}: kept while retired\n{}",
+        A::NAME,
+        fb.logs()
+    );
+    drop(fb);
+    a.cleanup(&topic).await;
+    a.cleanup(&other).await;
+}

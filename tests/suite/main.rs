@@ -61,6 +61,11 @@ macro_rules! matrix {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn retired_and_back() {
+                cases::retired_and_back(A::new().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_minute_of_function_outage() {
                 cases::a_minute_of_function_outage(A::new().await).await;
             }
