@@ -253,24 +253,6 @@ async fn two_processes_on_one_queue_share_it() {
     drop((a, b));
 }
 
-/// Finding 2 of issue 12: SIGTERM in the middle of a stream, then start again: exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_in_the_middle_delivers_every_message_exactly_once() {
-    const N: usize = 2_000;
-    let q = format!("q-{}", uid());
-    let (_conn, ch) = amqp::channel().await;
-    amqp::queue(&ch, &q).await;
-    amqp::publish_many(&ch, &q, N).await;
-    let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_millis(20))).await;
-    let cfg = config(
-        &format!("fb-{}", uid()),
-        "",
-        &http_fn("f", &server.url("/f")),
-        &format!("  - {{ name: t, from: {{ connector: rabbit, queue: {q} }}, to: f }}\n"),
-    );
-    common::sigterm_midway_exactly_once("amqp", &server, &cfg, N).await;
-}
-
 /// Finding 5 of issue 12: a reply to a routing key no queue is bound to. Reported: the
 /// function was called 4 times, then the event was dropped. Now the start names the missing
 /// queue, the function is called once per delivery (the publish is what fails, and it is

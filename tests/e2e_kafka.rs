@@ -511,26 +511,6 @@ async fn a_missing_topic_is_reported_and_picked_up_once_created() {
     drop(fb);
 }
 
-/// Finding 2 of issue 12: SIGTERM in the middle of a stream, then start again: exactly once
-/// (deliveries in flight finish and their offsets are committed before the consumer leaves).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_in_the_middle_delivers_every_record_exactly_once() {
-    const N: usize = 2_000;
-    let topic = kafka::unique("term");
-    kafka::create_topic(&topic, 3).await;
-    kafka::produce_range(&kafka::producer(), &topic, 0..N).await;
-    let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_millis(20))).await;
-    let cfg = config(
-        "",
-        &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f }}\n",
-            kafka::unique("g")
-        ),
-    );
-    common::sigterm_midway_exactly_once("kafka", &server, &cfg, N).await;
-}
-
 /// Finding 6 of issue 12: a saturated engine (one slow call in flight, the queue full) must not
 /// stop the consumer from being polled: with `max.poll.interval.ms` at 7 s and calls of 8 s, the
 /// member stays in its group (no "maximum poll interval exceeded", no second assignment) and

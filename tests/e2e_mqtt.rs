@@ -457,12 +457,6 @@ async fn a_five_second_function_outage_loses_nothing() {
     mqtt_outage(Duration::from_secs(5)).await;
 }
 
-/// Finding 9 of issue 12: ... and one down for 60 s.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sixty_second_function_outage_loses_nothing() {
-    mqtt_outage(Duration::from_secs(60)).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtts_with_a_client_certificate_delivers_and_bad_certificates_are_not_ready() {
     use common::pki::{Pki, pki};

@@ -366,16 +366,6 @@ async fn sigterm_exits_within_shutdown_timeout_when_nats_cannot_connect() {
     }
 }
 
-/// Finding 2 of issue 12: SIGTERM in the middle of a JetStream stream, then start again:
-/// exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jetstream_sigterm_in_the_middle_delivers_every_message_exactly_once() {
-    const N: usize = 2_000;
-    let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_millis(20))).await;
-    let cfg = stream_of_numbers(N, &server, "").await;
-    common::sigterm_midway_exactly_once("jetstream", &server, &cfg, N).await;
-}
-
 /// Finding 4 of issue 12: in-memory retries (an ordered trigger) that take longer than the
 /// consumer's `ack_wait` (12 s: twice the 1 s timeout plus 10 s). fnbroker sends progress while
 /// it holds the message, so the server never redelivers it meanwhile: the function sees exactly
@@ -450,12 +440,6 @@ async fn jetstream_outage(outage: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_a_five_second_function_outage_loses_nothing() {
     jetstream_outage(Duration::from_secs(5)).await;
-}
-
-/// Finding 9 of issue 12: ... and one down for 60 s.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jetstream_a_sixty_second_function_outage_loses_nothing() {
-    jetstream_outage(Duration::from_secs(60)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -165,22 +165,6 @@ async fn kill_9_in_the_middle_loses_nothing() {
     drop(fb);
 }
 
-/// SIGTERM in the middle of 2,000 rows, start again: every row exactly once (the last finished
-/// position reaches the slot before the stream closes).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_in_the_middle_delivers_every_change_exactly_once() {
-    const N: usize = 2_000;
-    let cluster = Cluster::start();
-    let c = items_table(&cluster).await;
-    let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_millis(20))).await;
-    let cfg = config(&cluster.url(), &server, "/f", "items", "");
-    // The slot is made at the first start: capture from there.
-    let fb = Fnbroker::start(&cfg).await;
-    drop(fb);
-    insert(&c, 0..N, 50).await;
-    common::sigterm_midway_exactly_once("postgres", &server, &cfg, N).await;
-}
-
 /// Two replicas on one slot: one reads it, the other stands by. The reader is killed with
 /// SIGKILL: the other takes the slot over and every row arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

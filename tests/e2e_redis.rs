@@ -156,19 +156,6 @@ async fn kill_9_in_the_middle_loses_nothing() {
     r::delete(&mut conn, &[&stream]).await;
 }
 
-/// SIGTERM in the middle of 2,000 entries, start again: every entry exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_in_the_middle_delivers_every_entry_exactly_once() {
-    const N: usize = 2_000;
-    let mut conn = r::connect().await;
-    let stream = r::unique("term");
-    let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_millis(20))).await;
-    r::add_numbers(&mut conn, &stream, 0..N).await;
-    let cfg = stream_to_f(&server, "/f", &stream, "");
-    common::sigterm_midway_exactly_once("redis", &server, &cfg, N).await;
-    r::delete(&mut conn, &[&stream]).await;
-}
-
 /// Two replicas in one group (on one host here, so each is given its own `consumer` name); one
 /// is killed with SIGKILL mid-stream. The survivor takes every later
 /// entry and, once they were idle for `claim_after` (2 s), the ones the killed replica held.
