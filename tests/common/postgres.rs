@@ -150,6 +150,28 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Stops it (fast: sessions are ended, the replication slots' positions kept) and starts it
+    /// again on the same port and data.
+    pub fn restart(&self) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("server.log");
+        run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().expect("utf-8 path"),
+                "-l",
+                log.to_str().expect("utf-8 path"),
+                "-m",
+                "fast",
+                "-w",
+                "restart",
+            ],
+        );
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let data = self.dir.path().join("data");

@@ -9,11 +9,16 @@ pub const URL: &str = "redis://127.0.0.1:6379";
 
 /// A connection to the machine's server; fails loudly when it is not there.
 pub async fn connect() -> MultiplexedConnection {
-    redis::Client::open(URL)
+    connect_to(URL).await
+}
+
+/// A connection to the server at `url`; fails loudly when it is not there.
+pub async fn connect_to(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
         .expect("redis url")
         .get_multiplexed_async_connection()
         .await
-        .unwrap_or_else(|e| panic!("Redis on {URL} is needed (scripts/services.sh starts it): {e}"))
+        .unwrap_or_else(|e| panic!("Redis on {url} is needed (scripts/services.sh starts it): {e}"))
 }
 
 /// A stream key no other test uses.
@@ -113,4 +118,76 @@ pub async fn wait_settled(conn: &mut MultiplexedConnection, stream: &str, group:
 /// Deletes the streams `keys` (a test's own cleanup).
 pub async fn delete(conn: &mut MultiplexedConnection, keys: &[&str]) {
     let _: i64 = conn.del(keys).await.unwrap_or(0);
+}
+
+/// A redis-server of the test's own (append-only file, fsync on every write), killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        let mut me = Self {
+            port: super::free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        me.run().await;
+        me
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn run(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed (scripts/services.sh installs it)");
+        self.child = Some(child);
+        let port = self.port;
+        super::wait_for(
+            "redis-server to listen",
+            std::time::Duration::from_secs(20),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        )
+        .await;
+    }
+
+    /// Stops it (SIGTERM: it writes its append-only file) and starts it again on the same port
+    /// and data.
+    pub async fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+        self.run().await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

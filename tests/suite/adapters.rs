@@ -6,6 +6,8 @@ use std::future::Future;
 use std::ops::Range;
 use std::time::Duration;
 
+use tokio::sync::Mutex;
+
 use crate::common::{self, amqp, kafka, mqtt, nats, postgres, redis};
 
 /// Whether a source gets back what fnbroker did not finish.
@@ -62,6 +64,15 @@ pub(crate) trait Adapter: Sized + Send + Sync + 'static {
     }
 }
 
+/// An adapter that can run on a server of its own, which the broker restart case restarts.
+pub(crate) trait Restartable: Adapter {
+    /// The adapter on a server of its own.
+    fn private() -> impl Future<Output = Self> + Send;
+
+    /// Stops the server cleanly and starts it again on the same port and data.
+    fn restart(&self) -> impl Future<Output = ()> + Send;
+}
+
 fn uid() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
@@ -102,7 +113,10 @@ impl Adapter for Kafka {
 }
 
 /// NATS JetStream: a stream of its own and a durable consumer.
-pub(crate) struct JetStream;
+pub(crate) struct JetStream {
+    url: String,
+    server: Option<Mutex<nats::NatsServer>>,
+}
 
 impl Adapter for JetStream {
     const NAME: &'static str = "jetstream";
@@ -110,17 +124,20 @@ impl Adapter for JetStream {
     const REDELIVERS: Redelivers = Redelivers::Yes;
 
     async fn new() -> Self {
-        Self
+        Self {
+            url: nats::SHARED_URL.to_string(),
+            server: None,
+        }
     }
 
     fn connector(&self) -> String {
-        format!("{{ nats: {{ url: \"{}\" }} }}", nats::SHARED_URL)
+        format!("{{ nats: {{ url: \"{}\" }} }}", self.url)
     }
 
     async fn prepare(&self) -> Topic {
         let id = uid();
         let stream = format!("S{id}");
-        nats::create_stream(nats::SHARED_URL, &stream, &[&format!("j{id}.>")]).await;
+        nats::create_stream(&self.url, &stream, &[&format!("j{id}.>")]).await;
         Topic {
             from: format!("connector: c, stream: {stream}, topic: \"j{id}.x\", group: g{id}"),
             address: format!("j{id}.x"),
@@ -131,11 +148,11 @@ impl Adapter for JetStream {
         let messages = numbers
             .map(|i| (topic.address.clone(), i.to_string().into_bytes()))
             .collect();
-        nats::js_publish(nats::SHARED_URL, messages).await;
+        nats::js_publish(&self.url, messages).await;
     }
 
     async fn cleanup(&self, topic: &Topic) {
-        let js = async_nats::jetstream::new(nats::connect(nats::SHARED_URL).await);
+        let js = async_nats::jetstream::new(nats::connect(&self.url).await);
         if let Some(stream) = topic.from.split("stream: ").nth(1) {
             let name = stream.split(',').next().unwrap_or_default();
             let _ = js.delete_stream(name).await;
@@ -143,8 +160,27 @@ impl Adapter for JetStream {
     }
 }
 
+impl Restartable for JetStream {
+    async fn private() -> Self {
+        let server = nats::NatsServer::start().await;
+        Self {
+            url: server.url(),
+            server: Some(Mutex::new(server)),
+        }
+    }
+
+    async fn restart(&self) {
+        if let Some(server) = &self.server {
+            server.lock().await.restart().await;
+        }
+    }
+}
+
 /// Core NATS: a subject; at-most-once.
-pub(crate) struct NatsCore;
+pub(crate) struct NatsCore {
+    url: String,
+    server: Option<Mutex<nats::NatsServer>>,
+}
 
 impl Adapter for NatsCore {
     const NAME: &'static str = "nats core";
@@ -152,11 +188,14 @@ impl Adapter for NatsCore {
     const REDELIVERS: Redelivers = Redelivers::No;
 
     async fn new() -> Self {
-        Self
+        Self {
+            url: nats::SHARED_URL.to_string(),
+            server: None,
+        }
     }
 
     fn connector(&self) -> String {
-        format!("{{ nats: {{ url: \"{}\" }} }}", nats::SHARED_URL)
+        format!("{{ nats: {{ url: \"{}\" }} }}", self.url)
     }
 
     async fn prepare(&self) -> Topic {
@@ -177,7 +216,23 @@ impl Adapter for NatsCore {
                 )
             })
             .collect();
-        nats::publish(nats::SHARED_URL, messages).await;
+        nats::publish(&self.url, messages).await;
+    }
+}
+
+impl Restartable for NatsCore {
+    async fn private() -> Self {
+        let server = nats::NatsServer::start().await;
+        Self {
+            url: server.url(),
+            server: Some(Mutex::new(server)),
+        }
+    }
+
+    async fn restart(&self) {
+        if let Some(server) = &self.server {
+            server.lock().await.restart().await;
+        }
     }
 }
 
@@ -238,6 +293,8 @@ impl Adapter for Amqp {
 /// Mosquitto: QoS 1 with a persistent session (MQTT 5).
 pub(crate) struct Mqtt {
     client_id: String,
+    port: u16,
+    server: Option<Mutex<mqtt::Mosquitto>>,
 }
 
 impl Adapter for Mqtt {
@@ -248,14 +305,15 @@ impl Adapter for Mqtt {
     async fn new() -> Self {
         Self {
             client_id: format!("c{}", uid()),
+            port: mqtt::SHARED_PORT,
+            server: None,
         }
     }
 
     fn connector(&self) -> String {
         format!(
-            "{{ mqtt: {{ url: \"mqtt://127.0.0.1:{}\", client_id: {}, session_expiry: 10m }} }}",
-            mqtt::SHARED_PORT,
-            self.client_id
+            "{{ mqtt: {{ url: \"mqtt://127.0.0.1:{}\", client_id: {}, session_expiry: 10m, keep_alive: 5s }} }}",
+            self.port, self.client_id
         )
     }
 
@@ -271,12 +329,32 @@ impl Adapter for Mqtt {
         let messages = numbers
             .map(|i| mqtt::Msg::plain(&topic.address, i.to_string().as_bytes()))
             .collect();
-        mqtt::publish(mqtt::SHARED_PORT, messages).await;
+        mqtt::publish(self.port, messages).await;
+    }
+}
+
+impl Restartable for Mqtt {
+    async fn private() -> Self {
+        let server = mqtt::Mosquitto::start().await;
+        Self {
+            client_id: format!("c{}", uid()),
+            port: server.port,
+            server: Some(Mutex::new(server)),
+        }
+    }
+
+    async fn restart(&self) {
+        if let Some(server) = &self.server {
+            server.lock().await.restart().await;
+        }
     }
 }
 
 /// Redis Streams: a stream of its own and a consumer group fnbroker creates.
-pub(crate) struct Redis;
+pub(crate) struct Redis {
+    url: String,
+    server: Option<Mutex<redis::RedisServer>>,
+}
 
 impl Adapter for Redis {
     const NAME: &'static str = "redis";
@@ -284,11 +362,14 @@ impl Adapter for Redis {
     const REDELIVERS: Redelivers = Redelivers::Yes;
 
     async fn new() -> Self {
-        Self
+        Self {
+            url: redis::URL.to_string(),
+            server: None,
+        }
     }
 
     fn connector(&self) -> String {
-        format!("{{ redis: {{ url: \"{}\" }} }}", redis::URL)
+        format!("{{ redis: {{ url: \"{}\" }} }}", self.url)
     }
 
     async fn prepare(&self) -> Topic {
@@ -300,13 +381,29 @@ impl Adapter for Redis {
     }
 
     async fn publish(&self, topic: &Topic, numbers: Range<usize>) {
-        let mut conn = redis::connect().await;
+        let mut conn = redis::connect_to(&self.url).await;
         redis::add_numbers(&mut conn, &topic.address, numbers).await;
     }
 
     async fn cleanup(&self, topic: &Topic) {
-        let mut conn = redis::connect().await;
+        let mut conn = redis::connect_to(&self.url).await;
         redis::delete(&mut conn, &[topic.address.as_str()]).await;
+    }
+}
+
+impl Restartable for Redis {
+    async fn private() -> Self {
+        let server = redis::RedisServer::start().await;
+        Self {
+            url: server.url(),
+            server: Some(Mutex::new(server)),
+        }
+    }
+
+    async fn restart(&self) {
+        if let Some(server) = &self.server {
+            server.lock().await.restart().await;
+        }
     }
 }
 
@@ -314,7 +411,7 @@ impl Adapter for Redis {
 /// of all tables, a table `items_<id> (n)` per topic; a message is an inserted row.
 pub(crate) struct Postgres {
     cluster: postgres::Cluster,
-    client: tokio_postgres::Client,
+    client: Mutex<tokio_postgres::Client>,
 }
 
 impl Adapter for Postgres {
@@ -329,7 +426,10 @@ impl Adapter for Postgres {
             .batch_execute("CREATE PUBLICATION fnbroker FOR ALL TABLES;")
             .await
             .expect("publication");
-        Self { cluster, client }
+        Self {
+            cluster,
+            client: Mutex::new(client),
+        }
     }
 
     fn connector(&self) -> String {
@@ -339,6 +439,8 @@ impl Adapter for Postgres {
     async fn prepare(&self) -> Topic {
         let table = format!("items_{}", uid());
         self.client
+            .lock()
+            .await
             .batch_execute(&format!("CREATE TABLE {table} (n int PRIMARY KEY)"))
             .await
             .expect("table");
@@ -350,8 +452,9 @@ impl Adapter for Postgres {
 
     async fn publish(&self, topic: &Topic, numbers: Range<usize>) {
         // One transaction per row: a message is a commit.
+        let client = self.client.lock().await;
         for n in numbers {
-            self.client
+            client
                 .batch_execute(&format!("INSERT INTO {} VALUES ({n})", topic.address))
                 .await
                 .expect("insert");
@@ -361,6 +464,19 @@ impl Adapter for Postgres {
     fn number(body: &[u8]) -> Option<usize> {
         let v: serde_json::Value = serde_json::from_slice(body).ok()?;
         usize::try_from(v["new"]["n"].as_i64()?).ok()
+    }
+}
+
+impl Restartable for Postgres {
+    /// Its cluster is its own already.
+    async fn private() -> Self {
+        Self::new().await
+    }
+
+    async fn restart(&self) {
+        let mut client = self.client.lock().await;
+        self.cluster.restart();
+        *client = self.cluster.client().await;
     }
 }
 

@@ -83,3 +83,30 @@ matrix! {
     postgres => crate::adapters::Postgres,
     http => crate::adapters::Http,
 }
+
+/// The broker restart case, for the connectors whose server the suite can run privately:
+/// nats-server, Mosquitto, redis-server and PostgreSQL start in a second; tansu and RabbitMQ
+/// are the machine's (their restart is tested in the connector's own end-to-end tests where
+/// one exists).
+macro_rules! restarts {
+    ($($connector:ident => $adapter:ty),* $(,)?) => {$(
+        mod $connector {
+            use crate::adapters::Restartable as _;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn broker_restarted_under_load() {
+                crate::cases::broker_restarted(<$adapter>::private().await).await;
+            }
+        }
+    )*};
+}
+
+mod restart {
+    restarts! {
+        jetstream => crate::adapters::JetStream,
+        nats_core => crate::adapters::NatsCore,
+        mqtt => crate::adapters::Mqtt,
+        redis => crate::adapters::Redis,
+        postgres => crate::adapters::Postgres,
+    }
+}

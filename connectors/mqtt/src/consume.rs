@@ -406,7 +406,16 @@ async fn dispatch_loop(mut d: Dispatcher) {
         ..
     } = d;
     // From now on a message handed back is passed over: not acknowledged, the session sends
-    // it again on the next connection. So are the ones held for a subscription.
+    // it again on the next connection. So are the ones held for a subscription, and the ones
+    // handed back while the loop stopped (a delivery cancelled by the stop hands its message
+    // back): each needs its verdict, or the acknowledgements of every message received after
+    // it, delivered and finished, would wait behind it and never go out (the broker would send
+    // them again: duplicates after a clean stop).
+    let mut again_rx = again_rx;
+    again_rx.close();
+    while let Ok(again) = again_rx.try_recv() {
+        let _ = ack_tx.send(AckCommand::Settled(again.seq, false));
+    }
     drop(again_rx);
     for again in held {
         let _ = ack_tx.send(AckCommand::Settled(again.seq, false));
@@ -514,9 +523,16 @@ impl Dispatcher {
         if !again.delay.is_zero() {
             let delay = std::mem::take(&mut again.delay);
             let tx = self.again_tx.clone();
+            // Weak: a sleeping retry does not hold the acknowledger (and so the stop) open.
+            let acks = self.ack_tx.downgrade();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                let _ = tx.send(again);
+                if let Err(mpsc::error::SendError(again)) = tx.send(again)
+                    && let Some(acks) = acks.upgrade()
+                {
+                    // Stopping: passed over, so the messages after it are acknowledged.
+                    let _ = acks.send(AckCommand::Settled(again.seq, false));
+                }
             });
             return;
         }
