@@ -64,6 +64,65 @@ pub(crate) trait Adapter: Sized + Send + Sync + 'static {
     }
 }
 
+/// How a message carries a CloudEvent (a plain message is [`Adapter::publish`]'s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// The attributes in the protocol's headers (properties, fields), the data as the body.
+    Binary,
+    /// The whole event as JSON, with the content type `application/cloudevents+json`.
+    Structured,
+}
+
+impl Mode {
+    /// The event's `id` for message `n`.
+    pub(crate) fn id(self, n: usize) -> String {
+        match self {
+            Self::Binary => format!("b-{n}"),
+            Self::Structured => format!("s-{n}"),
+        }
+    }
+
+    /// The event's `type`.
+    pub(crate) fn ty(self) -> &'static str {
+        match self {
+            Self::Binary => "com.example.binary",
+            Self::Structured => "com.example.structured",
+        }
+    }
+
+    /// The attributes of message `n` in binary mode (name, value), without a prefix.
+    fn attributes(self, n: usize) -> Vec<(&'static str, String)> {
+        vec![
+            ("specversion", "1.0".to_string()),
+            ("id", self.id(n)),
+            ("source", "/suite".to_string()),
+            ("type", self.ty().to_string()),
+        ]
+    }
+
+    /// The structured event of message `n`: its data is the number.
+    fn structured(n: usize) -> Vec<u8> {
+        serde_json::json!({
+            "specversion": "1.0", "id": Self::Structured.id(n), "source": "/suite",
+            "type": Self::Structured.ty(), "datacontenttype": "application/json", "data": n,
+        })
+        .to_string()
+        .into_bytes()
+    }
+}
+
+/// The content type of a structured event.
+const STRUCTURED: &str = "application/cloudevents+json";
+
+/// A connector whose messages carry CloudEvents in binary and structured mode (every one but
+/// PostgreSQL, whose events are the changes it reads).
+pub(crate) trait Modes: Adapter {
+    /// Publishes message `n` as a CloudEvent in `mode`, its data the number (text in binary
+    /// mode, a JSON number in structured mode).
+    fn publish_event(&self, topic: &Topic, mode: Mode, n: usize)
+    -> impl Future<Output = ()> + Send;
+}
+
 /// An adapter that can run on a server of its own, which the broker restart case restarts.
 pub(crate) trait Restartable: Adapter {
     /// The adapter on a server of its own.
@@ -538,5 +597,141 @@ impl Adapter for Http {
                 }
             }
         }
+    }
+}
+
+/// The body and content type of message `n` in `mode`.
+fn body_of(mode: Mode, n: usize) -> (Vec<u8>, &'static str) {
+    match mode {
+        Mode::Binary => (n.to_string().into_bytes(), "text/plain"),
+        Mode::Structured => (Mode::structured(n), STRUCTURED),
+    }
+}
+
+/// The attributes of message `n` in `mode` as headers with `prefix` (none in structured mode).
+fn headers_of(mode: Mode, n: usize, prefix: &str) -> Vec<(String, String)> {
+    match mode {
+        Mode::Binary => mode
+            .attributes(n)
+            .into_iter()
+            .map(|(k, v)| (format!("{prefix}{k}"), v))
+            .collect(),
+        Mode::Structured => Vec::new(),
+    }
+}
+
+impl Modes for Kafka {
+    async fn publish_event(&self, topic: &Topic, mode: Mode, n: usize) {
+        let (body, content_type) = body_of(mode, n);
+        let headers = headers_of(mode, n, "ce_");
+        let mut all: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        all.push(("content-type", content_type));
+        kafka::produce(
+            &self.producer,
+            &topic.address,
+            kafka::Out {
+                key: None,
+                partition: None,
+                headers: all,
+                payload: &body,
+            },
+        )
+        .await;
+    }
+}
+
+/// NATS headers of message `n` in `mode`.
+fn nats_headers(mode: Mode, n: usize) -> (async_nats::HeaderMap, Vec<u8>) {
+    let (body, content_type) = body_of(mode, n);
+    let mut headers = async_nats::HeaderMap::new();
+    for (k, v) in headers_of(mode, n, "ce-") {
+        headers.insert(k.as_str(), v.as_str());
+    }
+    headers.insert("Content-Type", content_type);
+    (headers, body)
+}
+
+impl Modes for JetStream {
+    async fn publish_event(&self, topic: &Topic, mode: Mode, n: usize) {
+        let (headers, body) = nats_headers(mode, n);
+        let js = async_nats::jetstream::new(nats::connect(&self.url).await);
+        js.publish_with_headers(topic.address.clone(), headers, body.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("publish ack");
+    }
+}
+
+impl Modes for NatsCore {
+    async fn publish_event(&self, topic: &Topic, mode: Mode, n: usize) {
+        let (headers, body) = nats_headers(mode, n);
+        nats::publish(&self.url, vec![(topic.address.clone(), headers, body)]).await;
+    }
+}
+
+impl Modes for Amqp {
+    async fn publish_event(&self, topic: &Topic, mode: Mode, n: usize) {
+        let (body, content_type) = body_of(mode, n);
+        let headers = headers_of(mode, n, "cloudEvents:");
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        amqp::publish(
+            &self.channel,
+            &topic.address,
+            &headers,
+            Some(content_type),
+            &body,
+        )
+        .await;
+    }
+}
+
+impl Modes for Mqtt {
+    async fn publish_event(&self, topic: &Topic, mode: Mode, n: usize) {
+        let (payload, content_type) = body_of(mode, n);
+        let message = mqtt::Msg {
+            topic: topic.address.clone(),
+            payload,
+            content_type: Some(content_type.to_string()),
+            user_properties: headers_of(mode, n, ""),
+        };
+        mqtt::publish(self.port, vec![message]).await;
+    }
+}
+
+impl Modes for Redis {
+    async fn publish_event(&self, topic: &Topic, mode: Mode, n: usize) {
+        let (data, content_type) = body_of(mode, n);
+        let headers = headers_of(mode, n, "ce_");
+        let mut fields: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .collect();
+        fields.push(("content-type", content_type.as_bytes()));
+        fields.push(("data", &data));
+        let mut conn = redis::connect_to(&self.url).await;
+        redis::add(&mut conn, &topic.address, &fields).await;
+    }
+}
+
+impl Modes for Http {
+    async fn publish_event(&self, topic: &Topic, mode: Mode, n: usize) {
+        let (body, content_type) = body_of(mode, n);
+        let mut request = self
+            .client
+            .post(&topic.address)
+            .header("content-type", content_type)
+            .body(body);
+        for (k, v) in headers_of(mode, n, "ce-") {
+            request = request.header(k, v);
+        }
+        let r = request.send().await.expect("POST");
+        assert!(r.status().is_success(), "{mode:?} event: {}", r.status());
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::adapters::{Adapter, Redelivers, Restartable, Topic};
+use crate::adapters::{Adapter, Mode, Modes, Redelivers, Restartable, Topic};
 use crate::common::{Answer, FnServer, Fnbroker, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -608,6 +608,77 @@ pub(crate) async fn broker_restarted<A: Restartable>(a: A) {
             fb.logs()
         );
     }
+    drop(fb);
+    a.cleanup(&topic).await;
+}
+
+/// The three ways a message carries an event: a plain message (normalized: an `id`, `source` and
+/// `type` of fnbroker's), binary mode (attributes in the protocol's headers) and structured mode
+/// (the whole event as JSON). Each reaches the function as a binary-mode CloudEvent with the
+/// attributes it came with, its data as the body.
+pub(crate) async fn three_modes<A: Modes>(a: A) {
+    let topic = a.prepare().await;
+    let server = FnServer::start().await;
+    let fb = Fnbroker::start(&config(
+        &a,
+        &function("f", &server, "/f"),
+        &trigger(&topic, ""),
+    ))
+    .await;
+    a.publish(&topic, 0..1).await;
+    a.publish_event(&topic, Mode::Binary, 1).await;
+    a.publish_event(&topic, Mode::Structured, 2).await;
+    let got = server.wait_count("/f", 3, WAIT).await;
+    let by_number = |n: usize| {
+        got.iter()
+            .find(|r| A::number(&r.body) == Some(n))
+            .unwrap_or_else(|| panic!("{}: message {n} missing: {got:?}", A::NAME))
+    };
+    let plain = by_number(0);
+    assert!(
+        plain.header("ce-id").is_some_and(|id| !id.is_empty()),
+        "{}: {plain:?}",
+        A::NAME
+    );
+    assert!(
+        plain.header("ce-source").is_some(),
+        "{}: {plain:?}",
+        A::NAME
+    );
+    for (n, mode) in [(1, Mode::Binary), (2, Mode::Structured)] {
+        let r = by_number(n);
+        let id = mode.id(n);
+        assert_eq!(
+            r.header("ce-id"),
+            Some(id.as_str()),
+            "{}: {mode:?} {r:?}",
+            A::NAME
+        );
+        assert_eq!(
+            r.header("ce-type"),
+            Some(mode.ty()),
+            "{}: {mode:?}",
+            A::NAME
+        );
+        assert_eq!(
+            r.header("ce-source"),
+            Some("/suite"),
+            "{}: {mode:?}",
+            A::NAME
+        );
+        assert_eq!(
+            r.header("ce-specversion"),
+            Some("1.0"),
+            "{}: {mode:?}",
+            A::NAME
+        );
+    }
+    assert_eq!(
+        by_number(2).header("content-type"),
+        Some("application/json"),
+        "{}: the structured event's datacontenttype",
+        A::NAME
+    );
     drop(fb);
     a.cleanup(&topic).await;
 }

@@ -110,3 +110,30 @@ mod restart {
         postgres => crate::adapters::Postgres,
     }
 }
+
+/// The CloudEvents modes case, for the connectors whose messages carry events (PostgreSQL's
+/// events are the changes it reads: their shape is tested in `tests/e2e_postgres.rs`).
+macro_rules! modes {
+    ($($connector:ident => $adapter:ty),* $(,)?) => {$(
+        mod $connector {
+            use crate::adapters::Adapter as _;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn plain_binary_and_structured_messages() {
+                crate::cases::three_modes(<$adapter>::new().await).await;
+            }
+        }
+    )*};
+}
+
+mod modes {
+    modes! {
+        kafka => crate::adapters::Kafka,
+        jetstream => crate::adapters::JetStream,
+        nats_core => crate::adapters::NatsCore,
+        amqp => crate::adapters::Amqp,
+        mqtt => crate::adapters::Mqtt,
+        redis => crate::adapters::Redis,
+        http => crate::adapters::Http,
+    }
+}
