@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
-use crate::common::{self, amqp, kafka, mqtt, nats, postgres, redis};
+use crate::common::{self, AfterKill, amqp, kafka, mqtt, nats, postgres, redis};
 
 /// Whether a source gets back what fnbroker did not finish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -733,5 +733,99 @@ impl Modes for Http {
         }
         let r = request.send().await.expect("POST");
         assert!(r.status().is_success(), "{mode:?} event: {}", r.status());
+    }
+}
+
+/// A connector whose subscription two processes share (a group, a queue, a shared
+/// subscription): the case with one replica killed.
+pub(crate) trait Replicas: Adapter {
+    /// What the cases expect once a replica is killed.
+    const AFTER_KILL: AfterKill;
+
+    /// A topic two replicas share.
+    fn prepare_shared(&self) -> impl Future<Output = Topic> + Send {
+        self.prepare()
+    }
+
+    /// The connector's entry for the replica whose function path is `path` (`/a` or `/b`).
+    fn replica_connector(&self, _path: &str) -> String {
+        self.connector()
+    }
+}
+
+/// Kafka: 4 partitions, so both members have some. tansu keeps a killed member's partitions
+/// with it (docs/notes/tansu.md), so the killed replica is started again.
+impl Replicas for Kafka {
+    const AFTER_KILL: AfterKill = AfterKill::Restart;
+
+    async fn prepare_shared(&self) -> Topic {
+        let topic = kafka::unique("suite");
+        kafka::create_topic(&topic, 4).await;
+        Topic {
+            from: format!("connector: c, topic: {topic}, group: g{}", uid()),
+            address: topic,
+        }
+    }
+}
+
+impl Replicas for JetStream {
+    const AFTER_KILL: AfterKill = AfterKill::Survivor;
+}
+
+/// A queue group: the survivor takes what is published after the kill.
+impl Replicas for NatsCore {
+    const AFTER_KILL: AfterKill = AfterKill::Survivor;
+
+    async fn prepare_shared(&self) -> Topic {
+        let mut topic = self.prepare().await;
+        topic.from.push_str(", group: workers");
+        topic
+    }
+}
+
+impl Replicas for Amqp {
+    const AFTER_KILL: AfterKill = AfterKill::Survivor;
+
+    fn replica_connector(&self, path: &str) -> String {
+        format!(
+            "{{ amqp: {{ url: \"{}\", connection_name: {}{} }} }}",
+            amqp::URL,
+            self.name,
+            path.replace('/', "-")
+        )
+    }
+}
+
+/// A `$share` group; the killed replica's session holds what it had, so it is started again.
+impl Replicas for Mqtt {
+    const AFTER_KILL: AfterKill = AfterKill::Restart;
+
+    async fn prepare_shared(&self) -> Topic {
+        let mut topic = self.prepare().await;
+        topic.from.push_str(&format!(", group: g{}", uid()));
+        topic
+    }
+
+    fn replica_connector(&self, path: &str) -> String {
+        format!(
+            "{{ mqtt: {{ url: \"mqtt://127.0.0.1:{}\", client_id: {}{}, session_expiry: 10m }} }}",
+            self.port,
+            self.client_id,
+            path.replace('/', "-")
+        )
+    }
+}
+
+/// Consumers named per replica; the survivor claims the killed one's pending entries after
+/// `claim_after`.
+impl Replicas for Redis {
+    const AFTER_KILL: AfterKill = AfterKill::Survivor;
+
+    fn replica_connector(&self, path: &str) -> String {
+        format!(
+            "{{ redis: {{ url: \"{}\", claim_after: 2s, consumer: replica{} }} }}",
+            self.url,
+            path.replace('/', "-")
+        )
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::adapters::{Adapter, Mode, Modes, Redelivers, Restartable, Topic};
+use crate::adapters::{Adapter, Mode, Modes, Redelivers, Replicas, Restartable, Topic};
 use crate::common::{Answer, FnServer, Fnbroker, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -680,5 +680,39 @@ pub(crate) async fn three_modes<A: Modes>(a: A) {
         A::NAME
     );
     drop(fb);
+    a.cleanup(&topic).await;
+}
+
+/// Two replicas with one configuration (only the function's path differs) share a stream of 400
+/// messages; once both delivered some, one is killed with SIGKILL and the second half is
+/// published: the survivor takes it (or, where the broker keeps the killed one's share for it,
+/// the killed replica started again delivers it), and every message arrives.
+pub(crate) async fn a_replica_killed<A: Replicas>(a: A) {
+    const N: usize = 400;
+    let a = Arc::new(a);
+    let topic = Arc::new(a.prepare_shared().await);
+    let server = FnServer::start().await;
+    let cfg = |path: &str| {
+        format!(
+            "connectors:\n  c: {}\nfunctions:\n{}triggers:\n{}",
+            a.replica_connector(path),
+            function("f", &server, path),
+            trigger(&topic, ", delivery: { max_in_flight: 16 }")
+        )
+    };
+    let (publisher, on) = (Arc::clone(&a), Arc::clone(&topic));
+    let running = crate::common::replica_killed(A::NAME, &server, cfg, N, A::AFTER_KILL, |range| {
+        let (a, topic) = (Arc::clone(&publisher), Arc::clone(&on));
+        async move { a.publish(&topic, range).await }
+    })
+    .await;
+    wait_for(&format!("{}: every message", A::NAME), WAIT, || {
+        crate::common::delivered_numbers(&server, &["/a", "/b"])
+            .0
+            .len()
+            >= N
+    })
+    .await;
+    drop(running);
     a.cleanup(&topic).await;
 }

@@ -137,3 +137,30 @@ mod modes {
         http => crate::adapters::Http,
     }
 }
+
+/// The replica case, for the connectors whose subscription two processes share (HTTP has none:
+/// each replica listens on its own; PostgreSQL's standby replica, which takes the slot over, is
+/// tested in `tests/e2e_postgres.rs`).
+macro_rules! replicas {
+    ($($connector:ident => $adapter:ty),* $(,)?) => {$(
+        mod $connector {
+            use crate::adapters::Adapter as _;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_replica_killed() {
+                crate::cases::a_replica_killed(<$adapter>::new().await).await;
+            }
+        }
+    )*};
+}
+
+mod replicas {
+    replicas! {
+        kafka => crate::adapters::Kafka,
+        jetstream => crate::adapters::JetStream,
+        nats_core => crate::adapters::NatsCore,
+        amqp => crate::adapters::Amqp,
+        mqtt => crate::adapters::Mqtt,
+        redis => crate::adapters::Redis,
+    }
+}
