@@ -138,7 +138,18 @@ fn uid() -> String {
 
 /// Kafka on tansu: a topic of one partition (one ordering key) and a group of its own.
 pub(crate) struct Kafka {
+    brokers: String,
     producer: rdkafka::producer::FutureProducer,
+    server: Option<Mutex<kafka::Tansu>>,
+}
+
+impl Kafka {
+    /// An admin client of the brokers.
+    fn client(&self) -> rdkafka::ClientConfig {
+        let mut client = rdkafka::ClientConfig::new();
+        client.set("bootstrap.servers", &self.brokers);
+        client
+    }
 }
 
 impl Adapter for Kafka {
@@ -148,18 +159,24 @@ impl Adapter for Kafka {
 
     async fn new() -> Self {
         Self {
+            brokers: kafka::BROKERS.to_string(),
             producer: kafka::producer(),
+            server: None,
         }
     }
 
+    /// Short session timeouts, as the Kafka tests use: a group's first join on tansu takes
+    /// about half of it.
     fn connector(&self) -> String {
-        let line = kafka::connector("c", "");
-        line.trim().trim_start_matches("c:").trim().to_string()
+        format!(
+            "{{ kafka: {{ brokers: [\"{}\"], options: {{ session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\" }} }} }}",
+            self.brokers
+        )
     }
 
     async fn prepare(&self) -> Topic {
         let topic = kafka::unique("suite");
-        kafka::create_topic(&topic, 1).await;
+        kafka::create_topic_as(&self.client(), &topic, 1).await;
         Topic {
             from: format!("connector: c, topic: {topic}, group: g{}", uid()),
             address: topic,
@@ -168,6 +185,24 @@ impl Adapter for Kafka {
 
     async fn publish(&self, topic: &Topic, numbers: Range<usize>) {
         kafka::produce_range(&self.producer, &topic.address, numbers).await;
+    }
+}
+
+impl Restartable for Kafka {
+    async fn private() -> Self {
+        let server = kafka::Tansu::start().await;
+        let brokers = server.brokers();
+        Self {
+            producer: kafka::producer_for(&brokers),
+            brokers,
+            server: Some(Mutex::new(server)),
+        }
+    }
+
+    async fn restart(&self) {
+        if let Some(server) = &self.server {
+            server.lock().await.restart().await;
+        }
     }
 }
 
@@ -760,7 +795,7 @@ impl Replicas for Kafka {
 
     async fn prepare_shared(&self) -> Topic {
         let topic = kafka::unique("suite");
-        kafka::create_topic(&topic, 4).await;
+        kafka::create_topic_as(&self.client(), &topic, 4).await;
         Topic {
             from: format!("connector: c, topic: {topic}, group: g{}", uid()),
             address: topic,

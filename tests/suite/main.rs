@@ -103,6 +103,7 @@ macro_rules! restarts {
 
 mod restart {
     restarts! {
+        kafka => crate::adapters::Kafka,
         jetstream => crate::adapters::JetStream,
         nats_core => crate::adapters::NatsCore,
         mqtt => crate::adapters::Mqtt,
