@@ -228,19 +228,12 @@ impl RabbitNode {
         cert: &std::path::Path,
         key: &std::path::Path,
     ) -> Self {
-        // The server runs as the rabbitmq user: it writes into the folder and reads the files.
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut perms = std::fs::metadata(dir.path()).expect("dir").permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
-        std::fs::set_permissions(dir.path(), perms).expect("chmod");
         super::pki::Pki::readable_by_all(&[ca, cert, key]);
-        let (port, tls_port, dist) = (super::free_port(), super::free_port(), super::free_port());
-        let node = format!("fnbtest{}@localhost", uuid::Uuid::new_v4().simple());
-        let conf = dir.path().join("rabbitmq.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listeners.tcp.1 = 127.0.0.1:{port}\nlisteners.ssl.1 = 127.0.0.1:{tls_port}\n\
+        let tls_port = super::free_port();
+        let me = Self::start_with(
+            tls_port,
+            &format!(
+                "listeners.ssl.1 = 127.0.0.1:{tls_port}\n\
                  ssl_options.cacertfile = {}\nssl_options.certfile = {}\nssl_options.keyfile = {}\n\
                  ssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = true\n\
                  auth_mechanisms.1 = PLAIN\nauth_mechanisms.2 = EXTERNAL\n\
@@ -249,10 +242,44 @@ impl RabbitNode {
                 cert.display(),
                 key.display()
             ),
+            "[rabbitmq_auth_mechanism_ssl].\n",
+        )
+        .await;
+        me.ctl(&["add_user", "fnbroker test", "unused-password"]);
+        me.ctl(&[
+            "set_permissions",
+            "-p",
+            "/",
+            "fnbroker test",
+            ".*",
+            ".*",
+            ".*",
+        ]);
+        me
+    }
+
+    /// A node with the plain listener only (guest from loopback).
+    pub async fn start() -> Self {
+        Self::start_with(0, "", "[].\n").await
+    }
+
+    /// A node with the plain listener, `conf` more lines of configuration and `plugins`.
+    async fn start_with(tls_port: u16, conf_more: &str, plugins_enabled: &str) -> Self {
+        // The server runs as the rabbitmq user: it writes into the folder and reads the files.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut perms = std::fs::metadata(dir.path()).expect("dir").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
+        std::fs::set_permissions(dir.path(), perms).expect("chmod");
+        let (port, dist) = (super::free_port(), super::free_port());
+        let node = format!("fnbtest{}@localhost", uuid::Uuid::new_v4().simple());
+        let conf = dir.path().join("rabbitmq.conf");
+        std::fs::write(
+            &conf,
+            format!("listeners.tcp.1 = 127.0.0.1:{port}\n{conf_more}"),
         )
         .expect("rabbitmq.conf");
         let plugins = dir.path().join("enabled_plugins");
-        std::fs::write(&plugins, "[rabbitmq_auth_mechanism_ssl].\n").expect("enabled_plugins");
+        std::fs::write(&plugins, plugins_enabled).expect("enabled_plugins");
         let child = std::process::Command::new("rabbitmq-server")
             .env("RABBITMQ_NODENAME", &node)
             .env("RABBITMQ_CONFIG_FILE", &conf)
@@ -271,36 +298,40 @@ impl RabbitNode {
             dir,
             child: Some(child),
         };
+        me.await_startup().await;
+        me
+    }
+
+    /// Waits until the node runs RabbitMQ.
+    async fn await_startup(&self) {
         // `await_startup` fails at once until the node has registered with epmd.
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         loop {
             let started = std::process::Command::new("rabbitmqctl")
-                .args(["-n", &me.node, "await_startup", "--timeout", "60"])
+                .args(["-n", &self.node, "await_startup", "--timeout", "60"])
                 .output()
                 .expect("rabbitmqctl");
             if started.status.success() {
                 break;
             }
-            let log = std::fs::read_to_string(me.dir.path().join("server.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
             assert!(
                 std::time::Instant::now() < deadline && !log.contains("BOOT FAILED"),
                 "RabbitMQ node {} did not start:\n{log}",
-                me.node
+                self.node
             );
             // rabbitmqctl itself takes a second or so: a short pause between attempts is enough.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        me.ctl(&["add_user", "fnbroker test", "unused-password"]);
-        me.ctl(&[
-            "set_permissions",
-            "-p",
-            "/",
-            "fnbroker test",
-            ".*",
-            ".*",
-            ".*",
-        ]);
-        me
+    }
+
+    /// Restarts the broker (`stop_app`, `start_app`: every connection is closed; durable queues
+    /// and persistent messages stay) on the same node.
+    pub async fn restart(&self) {
+        self.ctl(&["stop_app"]);
+        self.ctl(&["start_app"]);
+        self.await_startup().await;
     }
 
     /// Runs `rabbitmqctl` on this node; its standard output.

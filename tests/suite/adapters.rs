@@ -332,10 +332,27 @@ impl Restartable for NatsCore {
 
 /// RabbitMQ: a durable queue of its own on the default exchange, persistent messages.
 pub(crate) struct Amqp {
-    _connection: lapin::Connection,
-    channel: lapin::Channel,
+    url: String,
+    /// The test's connection and channel (made again after a restart of the broker).
+    link: Mutex<(lapin::Connection, lapin::Channel)>,
     /// fnbroker's connection name: one per adapter, so that a reload sees the same connector.
     name: String,
+    server: Option<amqp::RabbitNode>,
+}
+
+impl Amqp {
+    async fn at(url: String, server: Option<amqp::RabbitNode>) -> Self {
+        Self {
+            link: Mutex::new(amqp::channel_at(&url).await),
+            url,
+            name: format!("fb-{}", uid()),
+            server,
+        }
+    }
+
+    async fn channel(&self) -> lapin::Channel {
+        self.link.lock().await.1.clone()
+    }
 }
 
 impl Adapter for Amqp {
@@ -344,25 +361,19 @@ impl Adapter for Amqp {
     const REDELIVERS: Redelivers = Redelivers::Yes;
 
     async fn new() -> Self {
-        let (connection, channel) = amqp::channel().await;
-        Self {
-            _connection: connection,
-            channel,
-            name: format!("fb-{}", uid()),
-        }
+        Self::at(amqp::URL.to_string(), None).await
     }
 
     fn connector(&self) -> String {
         format!(
             "{{ amqp: {{ url: \"{}\", connection_name: {} }} }}",
-            amqp::URL,
-            self.name
+            self.url, self.name
         )
     }
 
     async fn prepare(&self) -> Topic {
         let queue = format!("q-{}", uid());
-        amqp::queue(&self.channel, &queue).await;
+        amqp::queue(&self.channel().await, &queue).await;
         Topic {
             from: format!("connector: c, queue: {queue}"),
             address: queue,
@@ -370,17 +381,34 @@ impl Adapter for Amqp {
     }
 
     async fn publish(&self, topic: &Topic, numbers: Range<usize>) {
-        amqp::publish_range(&self.channel, &topic.address, numbers).await;
+        amqp::publish_range(&self.channel().await, &topic.address, numbers).await;
     }
 
     async fn cleanup(&self, topic: &Topic) {
         let _ = self
-            .channel
+            .channel()
+            .await
             .queue_delete(
                 topic.address.as_str().into(),
                 lapin::options::QueueDeleteOptions::default(),
             )
             .await;
+    }
+}
+
+/// A RabbitMQ node of the test's own (a few seconds to start); its restart is `stop_app` and
+/// `start_app`.
+impl Restartable for Amqp {
+    async fn private() -> Self {
+        let node = amqp::RabbitNode::start().await;
+        Self::at(node.url(), Some(node)).await
+    }
+
+    async fn restart(&self) {
+        if let Some(node) = &self.server {
+            node.restart().await;
+            *self.link.lock().await = amqp::channel_at(&self.url).await;
+        }
     }
 }
 
@@ -717,7 +745,7 @@ impl Modes for Amqp {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         amqp::publish(
-            &self.channel,
+            &self.channel().await,
             &topic.address,
             &headers,
             Some(content_type),
@@ -824,7 +852,7 @@ impl Replicas for Amqp {
     fn replica_connector(&self, path: &str) -> String {
         format!(
             "{{ amqp: {{ url: \"{}\", connection_name: {}{} }} }}",
-            amqp::URL,
+            self.url,
             self.name,
             path.replace('/', "-")
         )

@@ -84,10 +84,8 @@ matrix! {
     http => crate::adapters::Http,
 }
 
-/// The broker restart case, for the connectors whose server the suite can run privately:
-/// nats-server, Mosquitto, redis-server and PostgreSQL start in a second; tansu and RabbitMQ
-/// are the machine's (their restart is tested in the connector's own end-to-end tests where
-/// one exists).
+/// The broker restart case, on a server of the case's own (nats-server, Mosquitto,
+/// redis-server, PostgreSQL, tansu, a RabbitMQ node); HTTP has no broker.
 macro_rules! restarts {
     ($($connector:ident => $adapter:ty),* $(,)?) => {$(
         mod $connector {
@@ -106,6 +104,7 @@ mod restart {
         kafka => crate::adapters::Kafka,
         jetstream => crate::adapters::JetStream,
         nats_core => crate::adapters::NatsCore,
+        amqp => crate::adapters::Amqp,
         mqtt => crate::adapters::Mqtt,
         redis => crate::adapters::Redis,
         postgres => crate::adapters::Postgres,
