@@ -354,7 +354,7 @@ impl Drop for SaslTansu {
 pub struct Tansu {
     pub port: u16,
     dir: tempfile::TempDir,
-    child: Option<std::process::Child>,
+    process: Option<super::ServerProcess>,
 }
 
 impl Tansu {
@@ -362,7 +362,7 @@ impl Tansu {
         let mut me = Self {
             port: super::free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
-            child: None,
+            process: None,
         };
         me.run().await;
         me
@@ -375,42 +375,20 @@ impl Tansu {
 
     async fn run(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = std::process::Command::new(tansu_binary())
-            .current_dir(self.dir.path())
+        let mut cmd = std::process::Command::new(tansu_binary());
+        cmd.current_dir(self.dir.path())
             .args(["broker", "--listener-url", &url])
             .args(["--advertised-listener-url", &url])
-            .args(["--storage-engine", "sqlite://tansu.db", "--silent"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        self.child = Some(child);
-        let port = self.port;
-        super::wait_for("tansu to listen", Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })
-        .await;
+            .args(["--storage-engine", "sqlite://tansu.db", "--silent"]);
+        self.process = Some(super::ServerProcess::spawn("tansu", cmd, self.port).await);
     }
 
     /// Stops it (SIGTERM) and starts it again on the same port and database.
     pub async fn restart(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let _ = child.wait();
+        if let Some(p) = self.process.as_mut() {
+            p.terminate();
         }
         self.run().await;
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 

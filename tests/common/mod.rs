@@ -24,6 +24,50 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+/// A server process of a test's own (a broker restarted by the test): stopped with SIGTERM when
+/// the test restarts it, so that it writes what it keeps, and killed when dropped.
+pub struct ServerProcess(Option<Child>);
+
+impl ServerProcess {
+    /// Spawns `cmd` and waits until something listens on `port` of 127.0.0.1.
+    pub async fn spawn(what: &str, mut cmd: Command, port: u16) -> Self {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {what} (scripts/services.sh installs it): {e}")
+            });
+        wait_for(
+            &format!("{what} to listen on {port}"),
+            Duration::from_secs(30),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        )
+        .await;
+        Self(Some(child))
+    }
+
+    /// Stops it with SIGTERM and waits for it to exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

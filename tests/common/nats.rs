@@ -1,14 +1,14 @@
 //! NATS helpers of the end-to-end tests: a nats-server of the test's own (free port, JetStream
 //! store in a temporary folder), publishers, and a subscriber.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use futures::StreamExt;
 
-use super::{free_port, wait_for};
+use super::free_port;
 
 /// The NATS server every session's machine runs (with JetStream).
 pub const SHARED_URL: &str = "nats://127.0.0.1:4222";
@@ -23,7 +23,7 @@ pub async fn connect(url: &str) -> async_nats::Client {
 pub struct NatsServer {
     pub port: u16,
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    process: Option<super::ServerProcess>,
     args: Vec<String>,
 }
 
@@ -37,7 +37,7 @@ impl NatsServer {
         let mut me = Self {
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
-            child: None,
+            process: None,
             args: args.iter().map(|a| a.to_string()).collect(),
         };
         me.run().await;
@@ -49,48 +49,26 @@ impl NatsServer {
     }
 
     async fn run(&mut self) {
-        let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.dir.path())
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server is not installed (scripts/services.sh installs it)");
-        self.child = Some(child);
-        let port = self.port;
-        wait_for("nats-server to listen", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })
-        .await;
+        let mut cmd = Command::new("nats-server");
+        cmd.args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-js",
+            "-sd",
+        ])
+        .arg(self.dir.path())
+        .args(&self.args);
+        self.process = Some(super::ServerProcess::spawn("nats-server", cmd, self.port).await);
     }
 
     /// Stops it (SIGTERM, so JetStream flushes) and starts it again on the same port and store.
     pub async fn restart(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let _ = child.wait();
+        if let Some(p) = self.process.as_mut() {
+            p.terminate();
         }
         self.run().await;
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 

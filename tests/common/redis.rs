@@ -124,7 +124,7 @@ pub async fn delete(conn: &mut MultiplexedConnection, keys: &[&str]) {
 pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
-    child: Option<std::process::Child>,
+    process: Option<super::ServerProcess>,
 }
 
 impl RedisServer {
@@ -132,7 +132,7 @@ impl RedisServer {
         let mut me = Self {
             port: super::free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
-            child: None,
+            process: None,
         };
         me.run().await;
         me
@@ -143,8 +143,8 @@ impl RedisServer {
     }
 
     async fn run(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+        let mut cmd = std::process::Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args([
                 "--appendonly",
                 "yes",
@@ -154,40 +154,16 @@ impl RedisServer {
                 "",
             ])
             .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is not installed (scripts/services.sh installs it)");
-        self.child = Some(child);
-        let port = self.port;
-        super::wait_for(
-            "redis-server to listen",
-            std::time::Duration::from_secs(20),
-            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        )
-        .await;
+            .arg(self.dir.path());
+        self.process = Some(super::ServerProcess::spawn("redis-server", cmd, self.port).await);
     }
 
     /// Stops it (SIGTERM: it writes its append-only file) and starts it again on the same port
     /// and data.
     pub async fn restart(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let _ = child.wait();
+        if let Some(p) = self.process.as_mut() {
+            p.terminate();
         }
         self.run().await;
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
