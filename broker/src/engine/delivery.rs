@@ -409,12 +409,19 @@ impl TriggerRuntime {
             if !self.ordered {
                 return Err(self.hand_back(event, what, &error, shutdown).await);
             }
-            let pause = self.policy.max_delay();
-            tracing::warn!(trigger = %self.name, id = event.id(), what, ?pause, "ordered: holding the message and its key, publishing again after a pause");
-            tokio::select! {
-                () = tokio::time::sleep(pause) => {}
-                () = shutdown.cancelled() => return Err(Outcome::Released),
+            tracing::warn!(trigger = %self.name, id = event.id(), what, pause = ?self.policy.max_delay(), "ordered: holding the message and its key, publishing again after a pause");
+            if !self.pause(shutdown).await {
+                return Err(Outcome::Released);
             }
+        }
+    }
+
+    /// Waits `max_delay`, the pause before a failed destination is tried again (in place, or by
+    /// the broker's redelivery); `false` when fnbroker stops meanwhile.
+    async fn pause(&self, shutdown: &CancellationToken) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(self.policy.max_delay()) => true,
+            () = shutdown.cancelled() => false,
         }
     }
 
@@ -435,9 +442,8 @@ impl TriggerRuntime {
         }
         tracing::warn!(trigger = %self.name, id = event.id(), what, "handing the message back to its broker");
         self.stats.handed_back.inc();
-        tokio::select! {
-            () = tokio::time::sleep(self.policy.max_delay()) => {}
-            () = shutdown.cancelled() => return Outcome::Released,
+        if !self.pause(shutdown).await {
+            return Outcome::Released;
         }
         Outcome::Retry(Duration::ZERO)
     }
