@@ -1195,11 +1195,19 @@ async fn jetstream_a_reload_updates_the_durable_consumer() {
         vec![
             (format!("{root}.orders.us"), b"us".to_vec()),
             (format!("{root}.orders.eu"), b"eu".to_vec()),
+            (format!("{root}.orders.eu"), b"eu2".to_vec()),
         ],
     )
     .await;
-    server.wait_count("/f", 1, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let bodies: Vec<_> = server.on("/f").iter().map(|r| r.body.clone()).collect();
-    assert_eq!(bodies, vec![bytes::Bytes::from_static(b"eu")]);
+    // The stream delivers in order: had the old filter taken `us`, it would come before `eu2`.
+    server.wait_count("/f", 2, WAIT).await;
+    let mut bodies: Vec<_> = server.on("/f").iter().map(|r| r.body.clone()).collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        vec![
+            bytes::Bytes::from_static(b"eu"),
+            bytes::Bytes::from_static(b"eu2")
+        ]
+    );
 }
