@@ -729,9 +729,15 @@ async fn batches_are_capped_in_events_and_memory() {
     let res = post(big.clone()).await.expect("post");
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let one = common::peak_rss_kib(fb.pid());
+    // Eight at once are more than the listener's default budget (64 MiB): those past it are
+    // refused with 503 before they are read.
     let posts: Vec<_> = (0..8).map(|_| post(big.clone())).collect();
     for res in futures::future::join_all(posts).await {
-        assert_eq!(res.expect("post").status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let status = res.expect("post").status();
+        assert!(
+            [StatusCode::PAYLOAD_TOO_LARGE, StatusCode::SERVICE_UNAVAILABLE].contains(&status),
+            "{status}"
+        );
     }
     let eight = common::peak_rss_kib(fb.pid());
     let mib = |kib: u64| kib / 1024;

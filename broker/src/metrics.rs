@@ -50,6 +50,12 @@ struct ListenerLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    connector: String,
+    status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConnectorLabels {
     connector: String,
     kind: String,
@@ -323,6 +329,7 @@ pub(crate) struct Metrics {
     backlog_seen: std::sync::Mutex<Vec<BacklogLabels>>,
     connections_open: Family<ListenerLabels, Gauge>,
     connections_refused: Family<ListenerLabels, Counter>,
+    http_requests: Family<RequestLabels, Counter>,
     /// Configuration reloads, by `result` (`success`, `failure`).
     reloads: Family<ReloadLabels, Counter>,
     /// 1 when the last reload applied, 0 when it failed and the previous configuration runs on.
@@ -377,6 +384,7 @@ impl Metrics {
             backlog_seen: std::sync::Mutex::default(),
             connections_open: Family::default(),
             connections_refused: Family::default(),
+            http_requests: Family::default(),
             reloads: Family::default(),
             reload_ok: Gauge::default(),
             reload_time: Gauge::default(),
@@ -531,6 +539,11 @@ impl Metrics {
             m.connections_refused.clone(),
         );
         registry.register(
+            "http_requests",
+            "Requests an HTTP connector answered, by status (a wall of 401s is a rotated webhook secret)",
+            m.http_requests.clone(),
+        );
+        registry.register(
             "config_reloads",
             "Configuration reloads (SIGHUP or --watch), by result; a failed one leaves the previous configuration running",
             m.reloads.clone(),
@@ -587,6 +600,13 @@ impl Metrics {
                 .set(i64::try_from(c.open).unwrap_or(i64::MAX));
             let refused = self.connections_refused.get_or_create(&l);
             refused.inc_by(c.refused.saturating_sub(refused.get()));
+            for (status, n) in &c.requests {
+                let requests = self.http_requests.get_or_create(&RequestLabels {
+                    connector: name.clone(),
+                    status: status.to_string(),
+                });
+                requests.inc_by(n.saturating_sub(requests.get()));
+            }
         }
     }
 

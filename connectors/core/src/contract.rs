@@ -453,13 +453,15 @@ pub struct Reader {
 }
 
 /// The connections of a listening socket: open now, and refused so far because the listener was
-/// at its `max_connections`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// at its `max_connections`; and the requests it answered, by status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListenerCounts {
     /// Connections open now.
     pub open: u64,
     /// Connections refused since the start, because `max_connections` were open.
     pub refused: u64,
+    /// Requests answered since the start, by HTTP status code, in code order.
+    pub requests: Vec<(u16, u64)>,
 }
 
 /// An error of a connector.

@@ -55,6 +55,11 @@ pub fn is_valid_attribute_name(name: &str) -> bool {
 
 /// Whether `ct` is an RFC 2046 media type: `type/subtype` made of tokens, optional parameters.
 pub fn is_valid_media_type(ct: &str) -> bool {
+    // Parameters are not parsed, but nothing in a header may carry a control character (a TAB
+    // or a newline would reach every log line and function the type is written to).
+    if ct.chars().any(char::is_control) {
+        return false;
+    }
     let essence = ct.split(';').next().unwrap_or("").trim();
     let Some((ty, sub)) = essence.split_once('/') else {
         return false;
@@ -536,10 +541,21 @@ pub fn from_binary<'a>(
                         "invalid extension attribute name `{other}` (lowercase letters and digits only)"
                     )));
                 }
+                if extensions.iter().any(|(n, _)| n == other) {
+                    return Err(InvalidEvent::new(format!(
+                        "attribute `{other}` is given twice"
+                    )));
+                }
                 extensions.push((other.to_owned(), value.into_owned()));
                 continue;
             }
         };
+        // Two values of one attribute: which one a reader believes would depend on the reader.
+        if slot.is_some() {
+            return Err(InvalidEvent::new(format!(
+                "attribute `{name}` is given twice"
+            )));
+        }
         *slot = Some(value.into_owned());
     }
     match specversion.as_deref() {
@@ -638,14 +654,42 @@ pub fn normalize(msg: PlainMessage<'_>, data: Vec<u8>) -> Event {
     if let Some(key) = msg.partition_key {
         event.set_extension("partitionkey", key);
     }
-    if let Some(tp) = msg.traceparent {
+    // A malformed trace context is ignored, as W3C Trace Context tells receivers to do.
+    if let Some(tp) = msg.traceparent.filter(|tp| is_valid_traceparent(tp)) {
         event.set_extension("traceparent", tp);
-        if let Some(ts) = msg.tracestate.filter(|s| !s.is_empty()) {
+        if let Some(ts) = msg.tracestate.filter(|s| {
+            !s.is_empty() && s.len() <= 512 && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+        }) {
             event.set_extension("tracestate", ts);
         }
     }
     event.set_data_unchecked(Data::Binary(data));
     event
+}
+
+/// Whether `tp` is a W3C `traceparent` this version of the format defines or a later one reads:
+/// `vv-<32 hex>-<16 hex>-ff` in lowercase hex, version not `ff`, ids not all zero.
+pub fn is_valid_traceparent(tp: &str) -> bool {
+    let parts: Vec<&str> = tp.split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let zero = |s: &str| s.bytes().all(|b| b == b'0');
+    match parts.as_slice() {
+        [version, trace, parent, flags, rest @ ..] => {
+            hex(version, 2)
+                && *version != "ff"
+                && (rest.is_empty() || *version != "00")
+                && hex(trace, 32)
+                && !zero(trace)
+                && hex(parent, 16)
+                && !zero(parent)
+                && hex(flags, 2)
+        }
+        _ => false,
+    }
 }
 
 /// Events are what CESQL expressions read: extensions keep their type (boolean, integer),

@@ -337,8 +337,14 @@ impl<'a> Report<'a> {
 
     /// Reports a duration whose text did not parse.
     pub fn duration(&self, key: &str, value: &ConfDuration) {
+        self.duration_at(&[key], value);
+    }
+
+    /// Reports a value that is not a duration, at a nested key (`["auth", "stripe", "tolerance"]`).
+    pub fn duration_at(&self, path: &[&str], value: &ConfDuration) {
         if let Some(problem) = values::duration_problem(value) {
-            self.error(&[key], format_args!("`{key}`: {problem}"));
+            let key = path.last().copied().unwrap_or_default();
+            self.error(path, format_args!("`{key}`: {problem}"));
         }
     }
 

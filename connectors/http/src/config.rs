@@ -36,9 +36,20 @@ pub struct HttpSettings {
     /// send its body (408 after it). Default `20s`.
     #[serde(default = "default_header_timeout")]
     pub header_timeout: ConfDuration,
-    /// How requests authenticate: `bearer: [tokens]`, `basic: { username, password }` or
-    /// `hmac: { header, secret, prefix, algorithm }` (signed webhooks). Default: none. Others
-    /// get 401 with `www-authenticate`.
+    /// The most bytes of request bodies held before the engine takes their events, all paths
+    /// together: bodies being read, waiting for a signature check, and decoded events waiting
+    /// for room in the engine. Past it a request gets `503` with `Retry-After: 1` at once,
+    /// before more of its body is read. Bodies whose signature is not checked yet may hold half
+    /// of it. Each path may also hold at most its trigger's `max_in_flight` x `max_body`.
+    /// Default `max_body` x (4 + the `max_in_flight` of every path), at most 64 MiB (or four
+    /// bodies, when `max_body` is above 16 MiB).
+    #[serde(default)]
+    pub max_pending: Option<ByteSize>,
+    /// How requests authenticate: `bearer: [tokens]`, `basic: { username, password }`,
+    /// `hmac: { header, secret, prefix, algorithm }` (a signature of the body alone),
+    /// `stripe: { secret, tolerance }` or `slack: { secret, tolerance }` (a signature of a
+    /// timestamp and the body, refused outside the tolerance, default `5m`). Default: none.
+    /// Others get 401 with `www-authenticate`, before anything else is answered.
     #[serde(default)]
     pub auth: Option<crate::auth::Auth>,
     /// Serve HTTPS: `cert` and `key`, and `client_ca` to require client certificates.
@@ -94,6 +105,17 @@ impl ConnectorPlugin for Plugin {
                 ),
             );
         }
+        if let Some(pending) = &settings.max_pending
+            && (!pending.is_valid() || pending.get() < settings.max_body.get())
+        {
+            report.error(
+                &["max_pending"],
+                format_args!(
+                    "`max_pending` (`{}`) must be a size of at least `max_body`",
+                    pending.text().as_str()
+                ),
+            );
+        }
         if settings.max_batch == 0 {
             report.error(&["max_batch"], "`max_batch` must be at least 1");
         }
@@ -124,6 +146,16 @@ impl ConnectorPlugin for Plugin {
                 if h.secret.is_empty() {
                     report.error(&["auth", "hmac", "secret"], "`secret` must not be empty");
                 }
+            }
+            Some(crate::auth::Auth::Stripe(t)) | Some(crate::auth::Auth::Slack(t)) => {
+                let scheme = match &settings.auth {
+                    Some(crate::auth::Auth::Stripe(_)) => "stripe",
+                    _ => "slack",
+                };
+                if t.secret.is_empty() {
+                    report.error(&["auth", scheme, "secret"], "`secret` must not be empty");
+                }
+                report.duration_at(&["auth", scheme, "tolerance"], &t.tolerance);
             }
             _ => {}
         }
@@ -193,6 +225,12 @@ impl ConnectorPlugin for Plugin {
             HttpIngress::new(name, listen, max_body)
                 .with_max_batch(settings.max_batch)
                 .with_auth(settings.auth.clone())
+                .with_max_pending(
+                    settings
+                        .max_pending
+                        .as_ref()
+                        .map(|p| usize::try_from(p.get()).unwrap_or(usize::MAX)),
+                )
                 .with_limits(crate::server::Limits {
                     max_connections: settings.max_connections,
                     header_timeout: settings.header_timeout.get(),

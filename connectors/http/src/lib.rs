@@ -22,10 +22,14 @@
 #![warn(missing_docs)]
 
 mod auth;
+mod budget;
 mod config;
+mod encoding;
 pub mod server;
 
-pub use auth::{Auth, BasicAuth, HmacAlgorithm, HmacAuth, Refused};
+pub use auth::{Auth, BasicAuth, HmacAlgorithm, HmacAuth, Refused, TimedAuth};
+
+use budget::{Budget, Held, Unread};
 
 pub use config::{HttpSettings, HttpSourceSettings, Plugin};
 
@@ -59,6 +63,12 @@ pub struct HttpIngress {
     max_batch: usize,
     auth: Option<Arc<Auth>>,
     limits: server::Limits,
+    /// `max_pending` when configured; else the budgets grow with every path subscribed.
+    max_pending: Option<usize>,
+    listener_budget: Budget,
+    unverified_budget: Budget,
+    /// The listener's budget as derived so far, when `max_pending` is not set.
+    derived_pending: Mutex<usize>,
     counts: Arc<server::Counts>,
     routes: Arc<RwLock<HashMap<String, Route>>>,
     server: Mutex<Option<JoinHandle<()>>>,
@@ -76,6 +86,9 @@ type Handoff = (Incoming, oneshot::Sender<()>);
 struct Route {
     tx: mpsc::Sender<Handoff>,
     sync: bool,
+    /// What the path's requests may hold before the engine takes their events:
+    /// `max_in_flight` bodies of `max_body`.
+    budget: Budget,
 }
 
 #[derive(Clone)]
@@ -86,6 +99,56 @@ struct AppState {
     body_timeout: Duration,
     auth: Option<Arc<Auth>>,
     routes: Arc<RwLock<HashMap<String, Route>>>,
+    /// Every body the listener holds (`max_pending`).
+    listener: Budget,
+    /// The share of it bodies whose signature is not checked yet may hold: half.
+    unverified: Budget,
+    counts: Arc<server::Counts>,
+    refusals: Arc<Refusals>,
+}
+
+/// The bodies the listener may hold when `max_pending` is not set, besides `max_in_flight` per
+/// path: this many of `max_body`, so that a signed body has room before its path is known.
+const UNROUTED_BODIES: usize = 4;
+
+/// The most the derived `max_pending` grows to with the paths' `max_in_flight` (it is never
+/// less than [`UNROUTED_BODIES`] bodies): set `max_pending` to hold more.
+const DERIVED_MAX_PENDING: usize = 64 * 1024 * 1024;
+
+/// Refused requests, logged at debug each and as one warning every [`REFUSALS_EVERY`]: a wall
+/// of 401s (a rotated webhook secret) is seen without a line per request.
+#[derive(Debug, Default)]
+struct Refusals {
+    since: Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+/// The least time between two warnings about refused requests.
+const REFUSALS_EVERY: Duration = Duration::from_secs(10);
+
+impl Refusals {
+    fn note(&self, connector: &str, status: StatusCode) {
+        tracing::debug!(connector, status = status.as_u16(), "request refused");
+        if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED {
+            return;
+        }
+        let Ok(mut since) = self.since.lock() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        match since.as_mut() {
+            Some((at, n)) if now.duration_since(*at) < REFUSALS_EVERY => *n += 1,
+            _ => {
+                let before = since.map_or(0, |(_, n)| n);
+                tracing::warn!(
+                    connector,
+                    status = status.as_u16(),
+                    refused_before = before,
+                    "requests refused (fnbroker_http_requests_total counts them by status)"
+                );
+                *since = Some((now, 0));
+            }
+        }
+    }
 }
 
 impl HttpIngress {
@@ -97,6 +160,10 @@ impl HttpIngress {
             max_body,
             max_batch: DEFAULT_MAX_BATCH,
             auth: None,
+            max_pending: None,
+            listener_budget: Budget::new(max_body.saturating_mul(UNROUTED_BODIES)),
+            unverified_budget: Budget::new(max_body.saturating_mul(UNROUTED_BODIES) / 2),
+            derived_pending: Mutex::new(max_body.saturating_mul(UNROUTED_BODIES)),
             limits: server::Limits {
                 max_connections: 10_000,
                 header_timeout: Duration::from_secs(20),
@@ -119,6 +186,19 @@ impl HttpIngress {
     /// Requires every request to authenticate this way.
     pub fn with_auth(mut self, auth: Option<Auth>) -> Self {
         self.auth = auth.map(Arc::new);
+        self
+    }
+
+    /// Holds at most `bytes` of request bodies not yet taken by the engine, all paths together
+    /// (half of it for bodies whose signature is not checked yet). Unset, the budget is
+    /// `max_body` x (4 + the `max_in_flight` of every path), at most 64 MiB unless four bodies
+    /// need more.
+    pub fn with_max_pending(mut self, bytes: Option<usize>) -> Self {
+        if let Some(bytes) = bytes {
+            self.listener_budget = Budget::new(bytes);
+            self.unverified_budget = Budget::new(bytes / 2);
+        }
+        self.max_pending = bytes;
         self
     }
 
@@ -162,11 +242,26 @@ impl Connector for HttpIngress {
         if routes.contains_key(&path) {
             return Err(self.io_error(format!("path `{path}` is subscribed twice")));
         }
+        let bodies = self.max_body.saturating_mul(sub.max_in_flight.max(1));
+        if self.max_pending.is_none() {
+            let mut derived = self
+                .derived_pending
+                .lock()
+                .map_err(|_| self.io_error("budget poisoned".into()))?;
+            let floor = self.max_body.saturating_mul(UNROUTED_BODIES);
+            let wanted = derived
+                .saturating_add(bodies)
+                .min(DERIVED_MAX_PENDING.max(floor));
+            self.listener_budget.grow(wanted - *derived);
+            self.unverified_budget.grow(wanted / 2 - *derived / 2);
+            *derived = wanted;
+        }
         routes.insert(
             path,
             Route {
                 tx,
                 sync: settings.sync,
+                budget: Budget::new(bodies),
             },
         );
         // A sync caller gets 502 or 504 and may send the request again; an async one got 202
@@ -201,6 +296,10 @@ impl Connector for HttpIngress {
             body_timeout: self.limits.header_timeout,
             auth: self.auth.clone(),
             routes: Arc::clone(&self.routes),
+            listener: self.listener_budget.clone(),
+            unverified: self.unverified_budget.clone(),
+            counts: Arc::clone(&self.counts),
+            refusals: Arc::default(),
         };
         let app = Router::new()
             .fallback(handle)
@@ -281,75 +380,86 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response {
 }
 
 async fn handle(State(state): State<AppState>, request: Request) -> Response {
-    // Credentials first: an unauthenticated client learns nothing, not even which paths exist.
-    if let Some(auth) = state.auth.as_deref().filter(|a| !a.needs_body())
-        && let Err(refused) = auth.check(request.headers(), &[])
-    {
-        return refused.into_response();
+    let response = serve(&state, request).await;
+    let status = response.status();
+    state.counts.answered(status);
+    if status.is_client_error() || status.is_server_error() {
+        state.refusals.note(&state.name, status);
+    }
+    response
+}
+
+/// A request answered before its event reached the engine (boxed: a response is large and
+/// this is the uncommon way out).
+type Answer = Box<Response>;
+
+fn refuse(response: Response) -> Answer {
+    Box::new(response)
+}
+
+async fn serve(state: &AppState, request: Request) -> Response {
+    match accept(state, request).await {
+        Ok(response) => response,
+        Err(response) => *response,
+    }
+}
+
+/// Authenticates, routes, reads and decodes a request, then hands its events to the engine.
+///
+/// The order is what an attacker can learn and what they can cost: credentials come first (an
+/// unauthenticated client learns nothing, not even which paths exist); a signature, which
+/// needs the body, is checked before the path is looked up, its body charged meanwhile to the
+/// share of the budget unverified bodies may hold. Every body byte is charged to a budget from
+/// the first byte read until the engine takes the event, so nothing is ever held without bound.
+async fn accept(state: &AppState, request: Request) -> Result<Response, Answer> {
+    if let Some(auth) = state.auth.as_deref() {
+        auth.precheck(request.headers())
+            .map_err(|r| refuse(r.into_response()))?;
     }
     let path = request.uri().path().to_string();
-    let route = match state.routes.read() {
-        Ok(routes) => routes.get(&path).cloned(),
-        Err(_) => None,
-    };
-    let Some(route) = route else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("no trigger listens on `{path}`"),
-        );
-    };
-    if request.method() != Method::POST {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "use POST");
-    }
+    let method = request.method().clone();
     let (parts, body) = request.into_parts();
-    let too_large = || {
-        text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is larger than {} bytes", state.max_body),
-        )
-    };
-    if parts
+    let declared = parts
         .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|len| len > state.max_body)
-    {
-        return too_large();
-    }
-    let body = match tokio::time::timeout(
-        state.body_timeout,
-        axum::body::to_bytes(body, state.max_body),
-    )
-    .await
-    {
-        Ok(Ok(b)) => b,
-        Ok(Err(_)) => return too_large(),
-        Err(_) => {
-            return text(
-                StatusCode::REQUEST_TIMEOUT,
-                format!("the body did not arrive within {:?}", state.body_timeout),
-            );
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut held = Held::default();
+    let (route, body) = match state.auth.as_deref().filter(|a| a.needs_body()) {
+        Some(auth) => {
+            let budgets = [&state.listener, &state.unverified];
+            let body = read_body(state, body, declared, &budgets, &mut held).await?;
+            auth.check(&parts.headers, &body)
+                .map_err(|r| refuse(r.into_response()))?;
+            let route = find_route(state, &path, &method)?;
+            held.release(&state.unverified);
+            if !held.charge(&[&route.budget], body.len()) {
+                return Err(refuse(busy()));
+            }
+            (route, body)
+        }
+        None => {
+            let route = find_route(state, &path, &method)?;
+            let budgets = [&route.budget, &state.listener];
+            let body = read_body(state, body, declared, &budgets, &mut held).await?;
+            (route, body)
         }
     };
-    if let Some(auth) = state.auth.as_deref().filter(|a| a.needs_body())
-        && let Err(refused) = auth.check(&parts.headers, &body)
-    {
-        return refused.into_response();
-    }
+    let body = decompress(state, &parts.headers, body, &route, &mut held)?;
     let body_size = body.len();
     let events = match decode(&state.name, state.max_batch, &path, &parts.headers, &body) {
         Ok(events) => events,
         Err(event::BatchError::TooMany(max)) => {
-            return text(
+            return Err(refuse(text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the batch holds more than {max} events (max_batch)"),
-            );
+            )));
         }
         Err(event::BatchError::Invalid(reason)) => {
-            return text(StatusCode::BAD_REQUEST, reason.0);
+            return Err(refuse(text(StatusCode::BAD_REQUEST, reason.0)));
         }
     };
+    drop(body);
 
     let mut waiting = Vec::with_capacity(if route.sync { events.len() } else { 0 });
     // A batch's body is shared out among its events.
@@ -376,17 +486,119 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
         // fnbroker stops is refused with 503, never accepted and then lost.
         let (taken_tx, taken_rx) = oneshot::channel();
         if route.tx.send((incoming, taken_tx)).await.is_err() || taken_rx.await.is_err() {
-            return text(StatusCode::SERVICE_UNAVAILABLE, "fnbroker is stopping");
+            return Err(refuse(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "fnbroker is stopping",
+            )));
         }
     }
+    // The engine holds the events now, within its own `max_in_flight`.
+    drop(held);
     if !route.sync {
-        return StatusCode::ACCEPTED.into_response();
+        return Ok(StatusCode::ACCEPTED.into_response());
     }
     let mut outcomes = Vec::with_capacity(waiting.len());
     for rx in waiting {
         outcomes.push(rx.await.unwrap_or(Settlement::Released));
     }
-    sync_response(outcomes)
+    Ok(sync_response(outcomes))
+}
+
+/// The route of `path`: 404 when no trigger listens on it, 405 for another method than POST.
+fn find_route(state: &AppState, path: &str, method: &Method) -> Result<Route, Answer> {
+    let route = match state.routes.read() {
+        Ok(routes) => routes.get(path).cloned(),
+        Err(_) => None,
+    };
+    let Some(route) = route else {
+        return Err(refuse(text(
+            StatusCode::NOT_FOUND,
+            format!("no trigger listens on `{path}`"),
+        )));
+    };
+    if method != Method::POST {
+        return Err(refuse(text(StatusCode::METHOD_NOT_ALLOWED, "use POST")));
+    }
+    Ok(route)
+}
+
+/// Reads a body within `max_body` and `body_timeout`, charged to `budgets`.
+async fn read_body(
+    state: &AppState,
+    body: Body,
+    declared: Option<usize>,
+    budgets: &[&Budget],
+    held: &mut Held,
+) -> Result<bytes::Bytes, Answer> {
+    let reading = budget::read(body, declared, state.max_body, budgets, held);
+    match tokio::time::timeout(state.body_timeout, reading).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(Unread::TooLarge)) => Err(refuse(too_large(state.max_body))),
+        Ok(Err(Unread::Busy)) => Err(refuse(busy())),
+        Ok(Err(Unread::Broken)) => Err(refuse(text(
+            StatusCode::BAD_REQUEST,
+            "the body could not be read",
+        ))),
+        Err(_) => Err(refuse(text(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the body did not arrive within {:?}", state.body_timeout),
+        ))),
+    }
+}
+
+/// The body as its sender meant it: `Content-Encoding` undone (gzip, deflate, br), the result
+/// bounded by `max_body` and charged to the route's budget; 415 for any other encoding.
+fn decompress(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: bytes::Bytes,
+    route: &Route,
+    held: &mut Held,
+) -> Result<bytes::Bytes, Answer> {
+    let encoding = match headers.get(http::header::CONTENT_ENCODING) {
+        None => return Ok(body),
+        Some(v) => v.to_str().unwrap_or_default().trim().to_ascii_lowercase(),
+    };
+    let decoded = match encoding::decode(&encoding, &body, state.max_body) {
+        Ok(Some(decoded)) => decoded,
+        Ok(None) => return Ok(body),
+        Err(encoding::Refused::Unsupported) => {
+            return Err(refuse(text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("content encoding `{encoding}` is not supported (gzip, deflate, br)"),
+            )));
+        }
+        Err(encoding::Refused::TooLarge) => return Err(refuse(too_large(state.max_body))),
+        Err(encoding::Refused::Corrupt) => {
+            return Err(refuse(text(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not valid `{encoding}`"),
+            )));
+        }
+    };
+    if !held.charge(&[&route.budget, &state.listener], decoded.len()) {
+        return Err(refuse(busy()));
+    }
+    Ok(decoded)
+}
+
+fn too_large(max_body: usize) -> Response {
+    text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the body is larger than {max_body} bytes"),
+    )
+}
+
+/// The answer when a budget is full: come back in a second.
+fn busy() -> Response {
+    let mut response = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "fnbroker holds as many undelivered bytes as max_pending allows; retry later",
+    );
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 /// Decodes a request to `path` on the connector named `connector` into events: one, or several

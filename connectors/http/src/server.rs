@@ -36,6 +36,8 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const LOG_EVERY: Duration = Duration::from_secs(5);
 /// File descriptors kept for everything else (broker connections, functions, files).
 const FD_RESERVE: u64 = 256;
+/// The most a connection buffers of what it reads (a request head must fit).
+const READ_BUFFER: usize = 64 * 1024;
 /// What a refused connection reads before it is closed.
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 21\r\n\r\ntoo many connections\n";
 
@@ -56,6 +58,7 @@ pub struct Limits {
 pub struct Counts {
     open: AtomicU64,
     refused: AtomicU64,
+    requests: std::sync::Mutex<std::collections::BTreeMap<u16, u64>>,
 }
 
 impl Counts {
@@ -64,6 +67,18 @@ impl Counts {
         ListenerCounts {
             open: self.open.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
+            requests: self
+                .requests
+                .lock()
+                .map(|r| r.iter().map(|(s, n)| (*s, *n)).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Counts a request answered with `status`.
+    pub fn answered(&self, status: http::StatusCode) {
+        if let Ok(mut requests) = self.requests.lock() {
+            *requests.entry(status.as_u16()).or_default() += 1;
         }
     }
 }
@@ -124,8 +139,11 @@ async fn accept_loop(
     let permits = Arc::new(Semaphore::new(max));
     let connections = TaskTracker::new();
     let mut http = http1::Builder::new();
+    // A connection's read buffer stays small (hyper lets it grow to ~400 KiB): a request head
+    // larger than this is refused, and many connections sending bodies cost little each.
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(READ_BUFFER);
     let acceptor = limits.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let mut quiet_until: Option<Instant> = None;
     let mut refused_unlogged = 0u64;
