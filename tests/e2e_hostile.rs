@@ -410,3 +410,161 @@ async fn headers_and_encodings_from_outside_are_checked() {
     assert_eq!(server.count("/f"), 2);
     drop(fb);
 }
+
+/// The admin listener without an asynchronous OpenFaaS function has no callback route; 260
+/// requests to it declaring a body they never send are answered 404 at once (before: the route
+/// existed for anyone, read bodies with no timeout, and kept `/healthz` at 503 for 36 s); and
+/// with every connection held by stalled clients, the probes still answer from connections of
+/// their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_answers_its_probes_whatever_else_holds_it() {
+    let server = FnServer::start().await;
+    let port = free_port();
+    let fb = Fnbroker::start(&format!(
+        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port} }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: web, topic: /in }}, to: f }}\n",
+        server.url("/f")
+    ))
+    .await;
+    let admin = format!("127.0.0.1:{}", fb.admin);
+    let healthz = || async {
+        client()
+            .get(format!("http://127.0.0.1:{}/healthz", fb.admin))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .map(|r| r.status())
+    };
+    let started = Instant::now();
+    let mut open = Vec::new();
+    for i in 0..260 {
+        let mut s = TcpStream::connect(&admin).await.expect("connect");
+        let head = format!(
+            "POST /v1/callbacks/openfaas/guess{i} HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.expect("head");
+        open.push(s);
+    }
+    for s in &mut open {
+        let head = status_line(s, Duration::from_secs(5)).await;
+        assert!(
+            head.as_deref()
+                .is_some_and(|h| h.starts_with("http/1.1 404")),
+            "{head:?}"
+        );
+    }
+    eprintln!(
+        "260 bodiless callbacks answered 404 in {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(healthz().await.ok(), Some(StatusCode::OK));
+    drop(open);
+
+    // 256 connections trickling a request head hold every general connection.
+    let mut stalled = Vec::new();
+    for _ in 0..256 {
+        let mut s = TcpStream::connect(&admin).await.expect("connect");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .expect("head");
+        stalled.push(s);
+    }
+    let mut probes = 0;
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        assert_eq!(
+            healthz().await.ok(),
+            Some(StatusCode::OK),
+            "a probe failed while the admin listener was full"
+        );
+        probes += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The connections kept for probes answer nothing else.
+    let metrics = raw_status(
+        &admin,
+        "GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n",
+        b"",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(
+        metrics
+            .as_deref()
+            .is_some_and(|h| h.starts_with("http/1.1 503")),
+        "{metrics:?}"
+    );
+    eprintln!("{probes} probes answered 200 while 256 connections stalled");
+    drop(stalled);
+    drop(fb);
+}
+
+/// A function's reply is read within `max_reply` (default 16 MiB): a 2xx answer of 300 MB fails
+/// the attempt with that reason, not retried, and never lands in memory whole (before: RSS to
+/// 944 MB); an error's body is cut at the bound and its start still reaches the dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_larger_than_max_reply_fails_its_attempt() {
+    let huge = std::sync::Arc::new(vec![b'r'; 300 * 1000 * 1000]);
+    let body = std::sync::Arc::clone(&huge);
+    let server = FnServer::with(move |path, _| match path {
+        "/big" => Answer::ok().body("application/octet-stream", &body),
+        "/bad" => Answer::status(500).body("text/plain", &vec![b'e'; 4 * MIB]),
+        _ => Answer::ok(),
+    })
+    .await;
+    drop(huge);
+    let port = free_port();
+    let fb = Fnbroker::start(&format!(
+        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port} }} }}\nfunctions:\n  big: {{ http: {{ url: \"{}\" }} }}\n  bad: {{ http: {{ url: \"{}\", max_reply: 1MiB }} }}\n  dlq: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: big, from: {{ connector: web, topic: /big, sync: true }}, to: big, delivery: {{ retries: 3, delay: 10ms }}, dead_letter: {{ function: dlq }} }}\n  - {{ name: bad, from: {{ connector: web, topic: /bad, sync: true }}, to: bad, delivery: {{ retries: 0 }}, dead_letter: {{ function: dlq }} }}\n",
+        server.url("/big"),
+        server.url("/bad"),
+        server.url("/dlq")
+    ))
+    .await;
+    let before = common::peak_rss_kib(fb.pid());
+    let res = client()
+        .post(format!("http://127.0.0.1:{port}/big"))
+        .body("x")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    let reason = res.text().await.expect("text");
+    assert!(
+        reason.contains("the reply is larger than max_reply (16 MiB)"),
+        "{reason}"
+    );
+    let after = common::peak_rss_kib(fb.pid());
+    eprintln!(
+        "a 300 MB reply: peak RSS {} -> {} MiB",
+        before / 1024,
+        after / 1024
+    );
+    assert!(
+        after.saturating_sub(before) < 64 * 1024,
+        "peak RSS {before} -> {after} KiB"
+    );
+    assert_eq!(server.count("/big"), 1, "a reply too large is not retried");
+    let res = client()
+        .post(format!("http://127.0.0.1:{port}/bad"))
+        .body("y")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    let dead = server.wait_count("/dlq", 2, WAIT).await;
+    assert!(
+        dead[0]
+            .header("ce-dlqreason")
+            .is_some_and(|r| r.contains("max_reply")),
+        "{:?}",
+        dead[0].header("ce-dlqreason")
+    );
+    assert_eq!(dead[1].header("ce-dlqstatus"), Some("500"));
+    assert!(
+        dead[1]
+            .header("ce-dlqreason")
+            .is_some_and(|r| r.contains("eee"))
+    );
+    drop(fb);
+}

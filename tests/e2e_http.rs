@@ -735,7 +735,11 @@ async fn batches_are_capped_in_events_and_memory() {
     for res in futures::future::join_all(posts).await {
         let status = res.expect("post").status();
         assert!(
-            [StatusCode::PAYLOAD_TOO_LARGE, StatusCode::SERVICE_UNAVAILABLE].contains(&status),
+            [
+                StatusCode::PAYLOAD_TOO_LARGE,
+                StatusCode::SERVICE_UNAVAILABLE
+            ]
+            .contains(&status),
             "{status}"
         );
     }
@@ -1208,6 +1212,7 @@ async fn https_function(
             max_connections: 100,
             header_timeout: Duration::from_secs(10),
             tls: Some(Arc::new(tls)),
+            reserve: None,
         },
         Arc::default(),
         stop.clone(),

@@ -22,6 +22,11 @@ use crate::metrics::Metrics;
 /// The admin listener's limits: a few operators and scrapers, never a flood.
 const MAX_CONNECTIONS: usize = 256;
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Connections kept for `/healthz` and `/readyz` beyond `MAX_CONNECTIONS`: a liveness probe is
+/// answered even while other clients hold every other connection.
+const PROBE_CONNECTIONS: usize = 16;
+/// How long a callback's body may take to arrive.
+const BODY_TIMEOUT: std::time::Duration = HEADER_TIMEOUT;
 
 /// What the admin endpoint reads.
 pub(crate) struct AdminState {
@@ -113,9 +118,10 @@ pub(crate) async fn serve(
     if auth.is_none() && !listen.ip().is_loopback() {
         tracing::warn!(%listen, "the admin endpoint listens beyond loopback without a token: anyone who reaches it reads the configuration views and metrics (set admin.token)");
     }
+    let state = Arc::new(state);
     let app =
         Router::new()
-            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/", get(status_page))
             .route("/v1/status", get(status))
@@ -136,16 +142,26 @@ pub(crate) async fn serve(
             )
             .route(
                 "/v1/callbacks/openfaas/{secret}",
-                axum::routing::post(openfaas_callback)
-                    .layer(axum::extract::DefaultBodyLimit::max(MAX_CALLBACK_BODY)),
+                axum::routing::post(openfaas_callback),
             )
-            .with_state(Arc::new(state))
+            .with_state(Arc::clone(&state))
             .layer(axum::middleware::from_fn(
                 move |request: Request, next: Next| {
                     let auth = auth.clone();
                     async move { authorize(auth, request, next).await }
                 },
             ));
+    // What the connections kept for the probes serve: the probes, and 503 for the rest.
+    let probes = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the admin listener is at its connection limit; only /healthz and /readyz are answered\n",
+            )
+        })
+        .with_state(state);
     tracing::info!(%listen, tls = tls.is_some(), "admin endpoint listening");
     // Its own listener with its own limits: a flood on the ingress does not reach it.
     Ok(fnbroker_http::server::spawn(
@@ -156,6 +172,10 @@ pub(crate) async fn serve(
             max_connections: MAX_CONNECTIONS,
             header_timeout: HEADER_TIMEOUT,
             tls: tls.clone(),
+            reserve: Some(fnbroker_http::server::Reserve {
+                connections: PROBE_CONNECTIONS,
+                app: probes,
+            }),
         },
         counts,
         shutdown,
@@ -236,27 +256,60 @@ impl AdminState {
 }
 
 /// An OpenFaaS queue worker posting a function's answer (`X-Call-Id`, `X-Function-Status`, the
-/// function's headers and body).
+/// function's headers and body). The route answers only while an asynchronous OpenFaaS function
+/// runs, and only to the secret in its path: anything else is 404 before a byte of the body is
+/// read. The body is read within `MAX_CALLBACK_BODY` and `BODY_TIMEOUT`.
 async fn openfaas_callback(
     State(s): State<Arc<AdminState>>,
     axum::extract::Path(secret): axum::extract::Path<String>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    request: Request,
 ) -> Response {
-    let Some(call_id) = headers
+    if !s.callbacks.in_use() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    if !s.callbacks.is_secret(&secret) {
+        tracing::warn!("an OpenFaaS callback with a wrong secret in its path was refused");
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let Some(call_id) = parts
+        .headers
         .get(fnbroker_functions::CALL_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
     else {
         return (StatusCode::BAD_REQUEST, "X-Call-Id is missing\n").into_response();
     };
-    let completion = fnbroker_functions::Completion::from_callback(headers, body);
+    let body =
+        match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_CALLBACK_BODY))
+            .await
+        {
+            Ok(Ok(body)) => body,
+            Ok(Err(_)) => {
+                return (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("a callback's body is at most {MAX_CALLBACK_BODY} bytes\n"),
+                )
+                    .into_response();
+            }
+            Err(_) => {
+                return (
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the body did not arrive within {BODY_TIMEOUT:?}\n"),
+                )
+                    .into_response();
+            }
+        };
+    let completion = fnbroker_functions::Completion::from_callback(parts.headers, body);
     if s.callbacks.complete(&secret, &call_id, completion) {
         StatusCode::ACCEPTED.into_response()
     } else {
-        tracing::warn!("an OpenFaaS callback with a wrong secret in its path was refused");
         StatusCode::NOT_FOUND.into_response()
     }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
 }
 
 /// 200 when every connector is ready, else 503; either way a JSON body naming the connectors

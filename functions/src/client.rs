@@ -43,6 +43,9 @@ pub(crate) struct Endpoint {
     /// `Authorization: Basic` from the URL's user and password (`http://user:pass@host/`),
     /// sent unless a request has an `Authorization` of its own.
     authorization: Option<HeaderValue>,
+    /// The largest reply read: a 2xx answer with a longer body fails the attempt, the body of
+    /// another answer is cut there.
+    max_reply: usize,
 }
 
 impl Endpoint {
@@ -129,7 +132,14 @@ impl Endpoint {
             uri,
             host,
             authorization,
+            max_reply: crate::MAX_REPLY,
         })
+    }
+
+    /// Reads replies of at most `bytes`.
+    pub(crate) fn with_max_reply(mut self, bytes: usize) -> Self {
+        self.max_reply = bytes;
+        self
     }
 
     /// POSTs `body` with `headers` and reads the whole answer, whatever its status.
@@ -155,14 +165,75 @@ impl Endpoint {
             Pool::Tls(client) => client.request(request).await,
         }
         .map_err(|e| InvokeError::Connect(error_chain(&e)))?;
-        let (parts, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| InvokeError::Connect(error_chain(&e)))?
-            .to_bytes();
-        Ok((parts.status.as_u16(), parts.headers, body))
+        let (parts, mut body) = response.into_parts();
+        let mut reply = Reply::new(parts.status.as_u16(), &parts.headers, self.max_reply)?;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| InvokeError::Connect(error_chain(&e)))?;
+            if let Ok(data) = frame.into_data()
+                && !reply.push(&data)?
+            {
+                break;
+            }
+        }
+        Ok((parts.status.as_u16(), parts.headers, reply.into_bytes()))
     }
+}
+
+/// A reply read as a stream, within `max_reply`: a 2xx answer that is longer fails the attempt
+/// (before its body is read when `Content-Length` says so); the body of another answer, read
+/// only for the start of the dead letter's reason, is cut there.
+pub(crate) struct Reply {
+    success: bool,
+    max: usize,
+    body: bytes::BytesMut,
+}
+
+impl Reply {
+    /// A reply with `status` and `headers` to be read within `max` bytes.
+    pub(crate) fn new(status: u16, headers: &HeaderMap, max: usize) -> Result<Self, InvokeError> {
+        let success = (200..300).contains(&status);
+        let declared = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if success && declared.is_some_and(|len| len > max) {
+            return Err(too_large(max));
+        }
+        Ok(Self {
+            success,
+            max,
+            body: bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(max)),
+        })
+    }
+
+    /// Adds a chunk; false once the rest is not worth reading (an error's body past `max`).
+    pub(crate) fn push(&mut self, data: &[u8]) -> Result<bool, InvokeError> {
+        let room = self.max.saturating_sub(self.body.len());
+        if data.len() > room {
+            if self.success {
+                return Err(too_large(self.max));
+            }
+            self.body.extend_from_slice(&data[..room]);
+            return Ok(false);
+        }
+        self.body.extend_from_slice(data);
+        Ok(true)
+    }
+
+    /// The body read.
+    pub(crate) fn into_bytes(self) -> Bytes {
+        self.body.freeze()
+    }
+}
+
+fn too_large(max: usize) -> InvokeError {
+    const MIB: usize = 1024 * 1024;
+    let max = if max.is_multiple_of(MIB) {
+        format!("{} MiB", max / MIB)
+    } else {
+        format!("{max} bytes")
+    };
+    InvokeError::Output(format!("the reply is larger than max_reply ({max})"))
 }
 
 /// Takes the user and password out of `url` (percent-decoded), if it has them.

@@ -40,6 +40,12 @@ impl HttpInvoker {
         })
     }
 
+    /// Reads replies of at most `bytes` (default 16 MiB).
+    pub fn with_max_reply(mut self, bytes: usize) -> Self {
+        self.endpoint = self.endpoint.with_max_reply(bytes);
+        self
+    }
+
     /// Also sends the event's subject (the topic it came on) as `X-Topic`, as the OpenFaaS
     /// connectors do.
     pub(crate) fn with_topic_header(mut self) -> Self {
@@ -150,13 +156,20 @@ pub(crate) async fn exchange(
         .send()
         .await
         .map_err(|e| InvokeError::Connect(error_chain(&e.without_url())))?;
+    let mut response = response;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let body = response
-        .bytes()
+    let mut reply = crate::client::Reply::new(status, &headers, crate::MAX_REPLY)?;
+    while let Some(chunk) = response
+        .chunk()
         .await
-        .map_err(|e| InvokeError::Connect(error_chain(&e.without_url())))?;
-    Ok((status, headers, body))
+        .map_err(|e| InvokeError::Connect(error_chain(&e.without_url())))?
+    {
+        if !reply.push(&chunk)? {
+            break;
+        }
+    }
+    Ok((status, headers, reply.into_bytes()))
 }
 
 /// A non-2xx answer as an error: its status, `Retry-After`, and the start of its body.

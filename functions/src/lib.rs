@@ -30,6 +30,10 @@ use bytes::Bytes;
 use fnbroker_core::Event;
 
 pub use exec::{ExecInvoker, MAX_STDOUT};
+
+/// The largest reply an HTTP function may send unless its `max_reply` says otherwise: as much
+/// as an `exec` function may write to stdout.
+pub const MAX_REPLY: usize = MAX_STDOUT;
 pub use http_fn::{HttpInvoker, parse_retry_after};
 pub use lambda::{Credentials, LambdaInvoker};
 pub use openfaas_async::{CALL_ID, Callbacks, Completion, OpenFaasAsyncInvoker};
@@ -57,13 +61,10 @@ pub fn build(
     platform: &Platform,
 ) -> Result<Box<dyn Invoker>, String> {
     Ok(match kind {
-        FunctionKind::Http(h) => Box::new(HttpInvoker::new(
-            &h.url,
-            h.mode,
-            &h.headers,
-            concurrency,
-            h.tls.as_ref(),
-        )?),
+        FunctionKind::Http(h) => Box::new(
+            HttpInvoker::new(&h.url, h.mode, &h.headers, concurrency, h.tls.as_ref())?
+                .with_max_reply(h.max_reply()),
+        ),
         FunctionKind::Exec(e) => Box::new(ExecInvoker::new(&e.command, &e.env, &e.inherit_env)?),
         FunctionKind::OpenFaas(f) if f.asynchronous => {
             let base = f

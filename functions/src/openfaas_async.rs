@@ -12,6 +12,7 @@
 //! apply. Should the gateway answer with another call id, the waiter follows it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,8 +31,11 @@ const CALLBACK_URL: HeaderName = HeaderName::from_static("x-callback-url");
 const FUNCTION_STATUS: &str = "x-function-status";
 
 /// How many callbacks of unknown calls are kept for a moment (a callback that overtook the
-/// gateway's 202 naming another call id), and for how long.
-const EARLY_MAX: usize = 1024;
+/// gateway's 202 naming another call id), how many bytes of bodies they may hold together, and
+/// for how long. Such a callback is rare (the gateway keeps the call id it is given), so the
+/// bounds are small: past them a callback of no known call is dropped with a warning.
+const EARLY_MAX: usize = 64;
+const EARLY_BYTES: usize = 32 * 1024 * 1024;
 const EARLY_FOR: Duration = Duration::from_secs(60);
 
 /// The function's answer, as the queue worker posted it.
@@ -71,6 +75,8 @@ enum Slot {
 pub struct Callbacks {
     secret: String,
     slots: Mutex<HashMap<String, Slot>>,
+    /// The asynchronous OpenFaaS functions running: without one, the route answers nothing.
+    users: AtomicUsize,
 }
 
 impl std::fmt::Debug for Callbacks {
@@ -96,7 +102,19 @@ impl Callbacks {
         Self {
             secret,
             slots: Mutex::new(HashMap::new()),
+            users: AtomicUsize::new(0),
         }
+    }
+
+    /// Whether an asynchronous OpenFaaS function runs now: the callback route exists only then.
+    pub fn in_use(&self) -> bool {
+        self.users.load(Ordering::Acquire) > 0
+    }
+
+    /// Whether `secret` is this process' (compared in constant time); a request with another
+    /// one is answered 404 before any of its body is read.
+    pub fn is_secret(&self, secret: &str) -> bool {
+        constant_time_eq(secret.as_bytes(), self.secret.as_bytes())
     }
 
     /// The callback route's path on the admin listener.
@@ -107,7 +125,7 @@ impl Callbacks {
     /// Hands a callback to the call waiting for `call_id`. False when `secret` is not this
     /// process' (the caller answers 404).
     pub fn complete(&self, secret: &str, call_id: &str, completion: Completion) -> bool {
-        if !constant_time_eq(secret.as_bytes(), self.secret.as_bytes()) {
+        if !self.is_secret(secret) {
             return false;
         }
         let mut slots = self.lock();
@@ -116,16 +134,41 @@ impl Callbacks {
                 let _ = tx.send(completion);
             }
             // A second callback of a call, or one nobody waits for (any more): keep it for a
-            // moment in case its call names this id next.
+            // moment in case its call names this id next, within the bounds.
             _ => {
                 let now = Instant::now();
                 slots.retain(|_, s| !matches!(s, Slot::Arrived(_, at) if now - *at > EARLY_FOR));
-                if slots.len() < EARLY_MAX {
+                let (count, bytes) = slots
+                    .values()
+                    .filter_map(|s| match s {
+                        Slot::Arrived(c, _) => Some(c.body.len()),
+                        Slot::Waiting(_) => None,
+                    })
+                    .fold((0, 0), |(n, b), len| (n + 1, b + len));
+                if count < EARLY_MAX && bytes + completion.body.len() <= EARLY_BYTES {
                     slots.insert(call_id.to_string(), Slot::Arrived(completion, now));
+                } else {
+                    tracing::warn!(
+                        kept = count,
+                        bytes,
+                        "an OpenFaaS callback of no waiting call was dropped: as many are kept as the bounds allow"
+                    );
                 }
             }
         }
         true
+    }
+
+    /// The callbacks of no waiting call kept now: how many, and their bodies' bytes.
+    #[cfg(test)]
+    fn early(&self) -> (usize, usize) {
+        self.lock()
+            .values()
+            .filter_map(|s| match s {
+                Slot::Arrived(c, _) => Some(c.body.len()),
+                Slot::Waiting(_) => None,
+            })
+            .fold((0, 0), |(n, b), len| (n + 1, b + len))
     }
 
     /// Waits for the callback of `call_id` from now on.
@@ -212,6 +255,7 @@ impl OpenFaasAsyncInvoker {
         );
         let callback_url = HeaderValue::try_from(url)
             .map_err(|_| "`callback_url` holds characters a header cannot".to_string())?;
+        callbacks.users.fetch_add(1, Ordering::AcqRel);
         Ok(Self {
             request,
             callbacks,
@@ -247,6 +291,12 @@ impl OpenFaasAsyncInvoker {
             status: completion.status,
             reply: decode_reply(&completion.headers, completion.body)?,
         })
+    }
+}
+
+impl Drop for OpenFaasAsyncInvoker {
+    fn drop(&mut self) {
+        self.callbacks.users.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -300,6 +350,27 @@ mod tests {
         assert_eq!((&mut late.rx).await.expect("completion").status, 502);
         drop((early, late));
         assert!(callbacks.lock().is_empty());
+    }
+
+    /// Callbacks of no waiting call (before: up to 1,024 of 16 MiB each for 60 s; 12 x 15 MiB
+    /// measured 254 MB) are kept within a count and a byte bound.
+    #[test]
+    fn callbacks_of_no_call_are_kept_within_bounds() {
+        let callbacks = Callbacks::new();
+        let big = |n: usize| Completion {
+            status: 200,
+            headers: HeaderMap::new(),
+            body: Bytes::from(vec![0u8; n]),
+        };
+        for i in 0..12 {
+            assert!(callbacks.complete(&secret(&callbacks), &format!("big{i}"), big(15 << 20)));
+        }
+        let (n, bytes) = callbacks.early();
+        assert_eq!((n, bytes), (2, 30 << 20));
+        for i in 0..200 {
+            callbacks.complete(&secret(&callbacks), &format!("small{i}"), big(1));
+        }
+        assert_eq!(callbacks.early().0, EARLY_MAX);
     }
 
     #[test]

@@ -242,6 +242,7 @@ impl ConnectorPlugin for Plugin {
                         }
                         None => None,
                     },
+                    reserve: None,
                 }),
         ))
     }

@@ -168,6 +168,7 @@ impl HttpIngress {
                 max_connections: 10_000,
                 header_timeout: Duration::from_secs(20),
                 tls: None,
+                reserve: None,
             },
             counts: Arc::default(),
             routes: Arc::default(),

@@ -51,6 +51,19 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// TLS, when the listener serves HTTPS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Connections beyond `max_connections` kept for a few requests only (the admin's probes).
+    pub reserve: Option<Reserve>,
+}
+
+/// Connections a listener keeps beyond its `max_connections`, served by an app of their own:
+/// when every other connection is taken (by a flood, or by clients stalling their bodies), a
+/// liveness probe still gets its answer.
+#[derive(Debug, Clone)]
+pub struct Reserve {
+    /// How many.
+    pub connections: usize,
+    /// What they are served: the few requests they are for, and a `503` for the rest.
+    pub app: Router,
 }
 
 /// The counts of one listener, shared with whoever reports them.
@@ -137,6 +150,10 @@ async fn accept_loop(
     stop: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(max));
+    let reserve = limits
+        .reserve
+        .as_ref()
+        .map(|r| (Arc::new(Semaphore::new(r.connections)), r.app.clone()));
     let connections = TaskTracker::new();
     let mut http = http1::Builder::new();
     // A connection's read buffer stays small (hyper lets it grow to ~400 KiB): a request head
@@ -163,7 +180,16 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+        let taken = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => Some((permit, app.clone())),
+            Err(_) => reserve.as_ref().and_then(|(permits, app)| {
+                Arc::clone(permits)
+                    .try_acquire_owned()
+                    .ok()
+                    .map(|p| (p, app.clone()))
+            }),
+        };
+        let Some((permit, app)) = taken else {
             counts.refused.fetch_add(1, Ordering::Relaxed);
             // Best effort: the answer fits any socket buffer; a client that sent nothing yet
             // reads it, one that did may see a reset instead.
@@ -186,7 +212,6 @@ async fn accept_loop(
         let stop = stop.clone();
         let counts = Arc::clone(&counts);
         let http = http.clone();
-        let app = app.clone();
         let acceptor = acceptor.clone();
         let handshake_timeout = limits.header_timeout;
         let name = name.clone();

@@ -1470,7 +1470,20 @@ fn validate_function_kind(name: &str, kind: FunctionKind<'_>, errors: &mut Error
         }
     };
     match kind {
-        FunctionKind::Http(http) => url(&http.url, web, name, errors),
+        FunctionKind::Http(http) => {
+            url(&http.url, web, name, errors);
+            if let Some(max) = &http.max_reply
+                && (!max.is_valid() || max.get() == 0)
+            {
+                errors.at(
+                    max.text(),
+                    format!(
+                        "function `{name}`: `max_reply` is not a size: `{}` (write `16MiB`, `512KiB` or bytes)",
+                        max.text().as_str()
+                    ),
+                );
+            }
+        }
         FunctionKind::Exec(exec) => {
             if exec.command.is_empty() || exec.command[0].is_empty() {
                 errors.at(

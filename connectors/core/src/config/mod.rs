@@ -460,6 +460,20 @@ pub struct HttpFunction {
     /// `server_name` (with an IP address in the URL), `insecure_skip_verify`.
     #[serde(default)]
     pub tls: Option<crate::tls::Tls>,
+    /// The largest reply read (`16MiB`, `512KiB`, bytes): a 2xx answer with a longer body
+    /// fails the attempt with that reason (not retried), read as a stream and cut off there;
+    /// the body of another answer is cut there too. Default `16MiB`.
+    #[serde(default)]
+    pub max_reply: Option<ByteSize>,
+}
+
+impl HttpFunction {
+    /// `max_reply` in bytes (16 MiB unless configured).
+    pub fn max_reply(&self) -> usize {
+        self.max_reply.as_ref().map_or(16 * 1024 * 1024, |m| {
+            usize::try_from(m.get()).unwrap_or(usize::MAX)
+        })
+    }
 }
 
 /// A CloudEvents content mode.
