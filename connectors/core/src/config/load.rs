@@ -85,12 +85,8 @@ pub fn load_str(
     env: impl Fn(&str) -> Option<String>,
     registry: &Registry,
 ) -> Result<Config, ConfigErrors> {
-    let mut errors = Errors {
-        file,
-        list: Vec::new(),
-        placed_by_path: Vec::new(),
-    };
-    let text = substitute_env(text, &env, &mut errors);
+    let mut errors = Errors::new(file);
+    let text = super::substitute::substitute(text, &env, &mut errors);
 
     let mut ignored = Vec::new();
     let mut config = match parse_collecting_ignored(&text, &mut ignored) {
@@ -177,7 +173,7 @@ fn parse_collecting_ignored(
 /// build (found by fuzzing the loader).
 const MAX_DEPTH: usize = 24;
 
-fn yaml_options() -> serde_saphyr::Options {
+pub(crate) fn yaml_options() -> serde_saphyr::Options {
     let mut budget = serde_saphyr::Budget::default();
     budget.max_depth = MAX_DEPTH;
     let mut options = serde_saphyr::Options::default();
@@ -332,9 +328,9 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
     msg
 }
 
-struct Errors<'a> {
+pub(crate) struct Errors<'a> {
     file: &'a str,
-    list: Vec<ConfigError>,
+    pub(crate) list: Vec<ConfigError>,
     /// Errors whose place is a key path, found in the document once validation is done.
     placed_by_path: Vec<(usize, Vec<String>, Place)>,
 }
@@ -346,8 +342,17 @@ enum Place {
     Value,
 }
 
-impl Errors<'_> {
-    fn push(&mut self, line: u64, column: u64, message: impl Into<String>) {
+impl<'a> Errors<'a> {
+    /// No errors yet, in `file`.
+    pub(crate) fn new(file: &'a str) -> Self {
+        Self {
+            file,
+            list: Vec::new(),
+            placed_by_path: Vec::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, line: u64, column: u64, message: impl Into<String>) {
         self.list.push(ConfigError {
             file: self.file.to_string(),
             line,
@@ -375,7 +380,7 @@ impl Errors<'_> {
 
 /// Where a YAML comment starts in `line` (its length when there is none): a `#` at the start or
 /// after white space, outside single- and double-quoted text.
-fn comment_start(line: &str) -> usize {
+pub(crate) fn comment_start(line: &str) -> usize {
     let (mut single, mut double, mut escaped) = (false, false, false);
     // A quote opens quoted text only where a scalar starts (`it's` is plain text).
     let mut at_scalar_start = true;
@@ -401,94 +406,6 @@ fn comment_start(line: &str) -> usize {
         at_scalar_start = after_space || matches!(c, ':' | '[' | '{' | ',' | '-');
     }
     line.len()
-}
-
-/// Replaces `${NAME}` and `${NAME:-default}` with the environment's values and `${file:PATH}`
-/// with a file's content less its trailing newline (a mounted secret), not inside comments;
-/// `$${` is a literal `${`. An unset variable without a default, or a file that cannot be read,
-/// is an error at its place.
-fn substitute_env(
-    text: &str,
-    env: &impl Fn(&str) -> Option<String>,
-    errors: &mut Errors<'_>,
-) -> String {
-    let mut out = String::with_capacity(text.len());
-    for (lineno, whole) in text.split_inclusive('\n').enumerate() {
-        // A comment is kept as it is: `# or token: ${NATS_TOKEN}` must not need the variable.
-        let (line, comment) = whole.split_at(comment_start(whole));
-        let mut rest = line;
-        let mut col = 1u64;
-        while let Some(i) = rest.find('$') {
-            out.push_str(&rest[..i]);
-            col += rest[..i].chars().count() as u64;
-            let after = &rest[i..];
-            if let Some(tail) = after.strip_prefix("$${") {
-                out.push_str("${");
-                rest = tail;
-                col += 3;
-                continue;
-            }
-            if !after.starts_with("${") {
-                out.push('$');
-                rest = &after[1..];
-                col += 1;
-                continue;
-            }
-            let Some(end) = after.find('}') else {
-                errors.push(
-                    lineno as u64 + 1,
-                    col,
-                    "unclosed `${` (write `$${` for a literal)",
-                );
-                out.push_str(after);
-                rest = "";
-                break;
-            };
-            let inner = &after[2..end];
-            if let Some(path) = inner.strip_prefix("file:") {
-                match std::fs::read_to_string(path) {
-                    Ok(content) => out.push_str(content.trim_end_matches(['\n', '\r'])),
-                    Err(e) => errors.push(
-                        lineno as u64 + 1,
-                        col,
-                        format!("cannot read the secret file `{path}`: {e}"),
-                    ),
-                }
-                col += after[..=end].chars().count() as u64;
-                rest = &after[end + 1..];
-                continue;
-            }
-            let (name, default) = match inner.split_once(":-") {
-                Some((n, d)) => (n, Some(d)),
-                None => (inner, None),
-            };
-            let valid_name = !name.is_empty()
-                && !name.starts_with(|c: char| c.is_ascii_digit())
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid_name {
-                errors.push(
-                    lineno as u64 + 1,
-                    col,
-                    format!("invalid environment variable reference `${{{inner}}}`"),
-                );
-            } else {
-                match (env(name), default) {
-                    (Some(v), _) => out.push_str(&v),
-                    (None, Some(d)) => out.push_str(d),
-                    (None, None) => errors.push(
-                        lineno as u64 + 1,
-                        col,
-                        format!("environment variable `{name}` is not set"),
-                    ),
-                }
-            }
-            col += after[..=end].chars().count() as u64;
-            rest = &after[end + 1..];
-        }
-        out.push_str(rest);
-        out.push_str(comment);
-    }
-    out
 }
 
 /// A YAML document as a tree of located nodes, to find where a key was written.
@@ -1678,49 +1595,7 @@ mod tests {
     }
 
     #[test]
-    fn file_references_read_a_secret_without_its_newline() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let secret = dir.path().join("secret");
-        std::fs::write(&secret, "s3cret\n").expect("write");
-        let text = format!("a: ${{file:{}}}\nb: x\n", secret.display());
-        let mut errors = Errors {
-            file: "f.yaml",
-            list: Vec::new(),
-            placed_by_path: Vec::new(),
-        };
-        assert_eq!(
-            substitute_env(&text, &|_| None, &mut errors),
-            "a: s3cret\nb: x\n"
-        );
-        assert!(errors.list.is_empty());
-        let missing = format!("a: 1\nb: ${{file:{}/nope}}\n", dir.path().display());
-        substitute_env(&missing, &|_| None, &mut errors);
-        assert_eq!(errors.list.len(), 1);
-        let e = &errors.list[0];
-        assert_eq!((e.line, e.column), (2, 4));
-        assert!(
-            e.message.starts_with("cannot read the secret file `"),
-            "{}",
-            e.message
-        );
-    }
-
-    /// Issue 12: `${VAR}` in a comment is left alone (the README's NATS example has
-    /// `# or token: ${NATS_TOKEN}`); in values, quoted or not, it is still replaced.
-    #[test]
-    fn variables_in_comments_are_not_substituted() {
-        let text = "a: 1 # or token: ${SURELY_UNSET_VARIABLE}\n# ${ALSO_UNSET}\nb: \"x # ${HOME_X:-d}\"\nc: ${HOME_X:-e} # ${UNSET_TOO}\n";
-        let mut errors = Errors {
-            file: "t.yaml",
-            list: Vec::new(),
-            placed_by_path: Vec::new(),
-        };
-        let out = substitute_env(text, &|_| None, &mut errors);
-        assert!(errors.list.is_empty(), "{:?}", errors.list);
-        assert_eq!(
-            out,
-            "a: 1 # or token: ${SURELY_UNSET_VARIABLE}\n# ${ALSO_UNSET}\nb: \"x # d\"\nc: e # ${UNSET_TOO}\n"
-        );
+    fn comments_start_outside_quotes() {
         assert_eq!(comment_start("url: \"a#b\" # c"), 11);
         assert_eq!(comment_start("url: a#b"), 8);
         assert_eq!(comment_start("it's: 'a # b' # c"), 14);

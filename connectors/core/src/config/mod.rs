@@ -13,6 +13,7 @@
 
 mod load;
 mod platforms;
+mod substitute;
 pub(crate) mod values;
 
 use std::borrow::Cow;
