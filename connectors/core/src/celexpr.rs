@@ -36,6 +36,104 @@ impl std::fmt::Debug for CelExpr {
     }
 }
 
+/// The line and column of the first bracket (`(`, `[`, `{`) deeper than [`MAX_DEPTH`], or of
+/// the operator past [`MAX_OPERATORS`], outside string literals.
+fn too_deep_brackets(text: &str) -> Option<(usize, usize)> {
+    let (mut depth, mut line, mut column) = (0usize, 1, 0);
+    let mut operators = 0usize;
+    let mut previous = ' ';
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in text.chars() {
+        column += 1;
+        if c == '\n' {
+            line += 1;
+            column = 0;
+        }
+        if let Some(q) = quote {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, c) if c == q => quote = None,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' => quote = Some(c),
+            '(' | '[' | '{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Some((line, column));
+                }
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            // `&&`, `||`, `==`, `!=`, `<=` and `>=` count once, at their first character.
+            '+' | '-' | '*' | '/' | '%' | '<' | '>' | '?' | '!' | '&' | '|' | '='
+                if !(matches!(c, '&' | '|' | '=') && previous == c)
+                    && !(c == '=' && matches!(previous, '!' | '<' | '>' | '=')) =>
+            {
+                operators += 1;
+                if operators > MAX_OPERATORS {
+                    return Some((line, column));
+                }
+            }
+            _ => {}
+        }
+        previous = c;
+    }
+    None
+}
+
+/// The depth and the number of nodes of an expression, walked without recursion (the tree may
+/// be deeper than a stack allows: that is what is checked).
+fn shape(root: &cel::IdedExpr) -> (usize, usize) {
+    use cel::common::ast::{EntryExpr, Expr};
+    let (mut deepest, mut nodes) = (0, 0);
+    let mut stack = vec![(root, 1usize)];
+    let mut children: Vec<&cel::IdedExpr> = Vec::new();
+    while let Some((node, depth)) = stack.pop() {
+        nodes += 1;
+        deepest = deepest.max(depth);
+        let entries = match &node.expr {
+            Expr::Call(call) => {
+                children.extend(call.target.as_deref());
+                children.extend(&call.args);
+                &[][..]
+            }
+            Expr::Comprehension(c) => {
+                children.extend([
+                    &c.iter_range,
+                    &c.accu_init,
+                    &c.loop_cond,
+                    &c.loop_step,
+                    &c.result,
+                ]);
+                &[][..]
+            }
+            Expr::List(list) => {
+                children.extend(&list.elements);
+                &[][..]
+            }
+            Expr::Map(map) => &map.entries[..],
+            Expr::Struct(s) => &s.entries[..],
+            Expr::Select(select) => {
+                children.push(&select.operand);
+                &[][..]
+            }
+            Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => &[][..],
+        };
+        for entry in entries {
+            match &entry.expr {
+                EntryExpr::MapEntry(e) => children.extend([&e.key, &e.value]),
+                EntryExpr::StructField(f) => children.push(&f.value),
+            }
+        }
+        stack.extend(children.drain(..).map(|c| (c, depth + 1)));
+    }
+    (deepest, nodes)
+}
+
 /// Why an expression does not compile, and where in it (1-based line and column).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CelError {
@@ -47,9 +145,44 @@ pub struct CelError {
     pub column: usize,
 }
 
+/// The longest expression taken, in bytes: a filter, not a program.
+pub const MAX_LEN: usize = 16 * 1024;
+/// How deep an expression may nest (operators, calls, selections, brackets). The parser and
+/// the evaluator recurse per level: a chain of 1,500 `+` overflowed the stack of the thread
+/// evaluating it, aborting the process at the first event. Measured on a 2 MiB stack (a Tokio
+/// worker's) in a debug build, whose frames are the larger: evaluation overflowed between 50
+/// and 60 levels; 40 leaves a margin.
+pub const MAX_DEPTH: usize = 40;
+/// The most operators an expression may hold, counted before it is parsed (the parser builds
+/// its tree a level per operator of a chain; it took 90 on a 2 MiB stack in a debug build).
+pub const MAX_OPERATORS: usize = 64;
+/// The most nodes an expression may have.
+pub const MAX_NODES: usize = 4096;
+
 impl CelExpr {
-    /// Compiles `text`.
+    /// Compiles `text`, within [`MAX_LEN`], [`MAX_DEPTH`] and [`MAX_NODES`].
     pub fn parse(text: &str) -> Result<Self, CelError> {
+        let refused = |message: String| CelError {
+            message,
+            line: 1,
+            column: 1,
+        };
+        if text.len() > MAX_LEN {
+            return Err(refused(format!(
+                "the expression is longer than {MAX_LEN} bytes"
+            )));
+        }
+        // Brackets and operators are counted before the parser sees them: it builds the tree
+        // recursively, a level per bracket and per operator of a chain.
+        if let Some((line, column)) = too_deep_brackets(text) {
+            return Err(CelError {
+                message: format!(
+                    "the expression nests deeper than {MAX_DEPTH} brackets or holds more than {MAX_OPERATORS} operators; split long chains with `in [...]` or several triggers"
+                ),
+                line,
+                column,
+            });
+        }
         let program = cel::Program::compile(text).map_err(|errors| {
             let first = errors.errors.first();
             let (line, column) = first.map_or((1, 1), |e| {
@@ -65,6 +198,17 @@ impl CelExpr {
                 column,
             }
         })?;
+        let (depth, nodes) = shape(program.expression());
+        if depth > MAX_DEPTH {
+            return Err(refused(format!(
+                "the expression nests deeper than {MAX_DEPTH} levels (operators, calls, selections); split long chains with `in [...]` or several triggers"
+            )));
+        }
+        if nodes > MAX_NODES {
+            return Err(refused(format!(
+                "the expression has more than {MAX_NODES} terms"
+            )));
+        }
         if !program.references().has_variable("event") {
             return Err(CelError {
                 message: "the expression does not read `event`, so it is the same for every event"
@@ -287,6 +431,43 @@ mod tests {
         CelExpr::parse(expr)
             .unwrap_or_else(|e| panic!("{expr}: {e:?}"))
             .eval(e)
+    }
+
+    /// Before: `size(event.type) + 1 + 1 + ...` with 1,500 terms compiled, and its first
+    /// evaluation aborted the process with a stack overflow. Now refused at load; the deepest
+    /// expression taken compiles and evaluates on a thread with a Tokio worker's stack (2 MiB)
+    /// even in a debug build, whose frames are larger than a release build's.
+    #[test]
+    fn expressions_are_bounded_so_evaluation_cannot_overflow() {
+        let chain = |n: usize| format!("size(event.type){} > 0", " + 1".repeat(n));
+        let e = CelExpr::parse(&chain(1500)).expect_err("too deep");
+        assert!(e.message.contains("more than 64 operators"), "{e:?}");
+        assert_eq!((e.line, e.column), (1, 18 + 4 * MAX_OPERATORS), "{e:?}");
+        let deep_brackets = format!("{}event.type == 'x'{}", "(".repeat(5000), ")".repeat(5000));
+        let e = CelExpr::parse(&deep_brackets).expect_err("too deep");
+        assert_eq!((e.line, e.column), (1, MAX_DEPTH + 1), "{e:?}");
+        let long = format!("event.type == '{}'", "x".repeat(MAX_LEN));
+        assert!(CelExpr::parse(&long).is_err());
+        let wide = format!("event.type in [{}]", vec!["'a'"; MAX_NODES].join(","));
+        assert!(CelExpr::parse(&wide).is_err());
+
+        let deepest = (1..MAX_DEPTH)
+            .rev()
+            .find_map(|n| CelExpr::parse(&chain(n)).ok().map(|c| (n, c)));
+        let (n, expr) = deepest.expect("some depth is taken");
+        assert!(n >= MAX_DEPTH - 5, "only {n} terms taken");
+        assert!(
+            CelExpr::parse(&chain(MAX_DEPTH + 2))
+                .is_err_and(|e| e.message.contains("nests deeper than 40 levels"))
+        );
+        let e = event(None);
+        let got = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || expr.eval(&e))
+            .expect("spawn")
+            .join()
+            .expect("no overflow");
+        assert_eq!(got, Ok(true));
     }
 
     #[test]
