@@ -70,8 +70,7 @@ fn too_deep_brackets(text: &str) -> Option<(usize, usize)> {
             ')' | ']' | '}' => depth = depth.saturating_sub(1),
             // `&&`, `||`, `==`, `!=`, `<=` and `>=` count once, at their first character.
             '+' | '-' | '*' | '/' | '%' | '<' | '>' | '?' | '!' | '&' | '|' | '='
-                if !(matches!(c, '&' | '|' | '=') && previous == c)
-                    && !(c == '=' && matches!(previous, '!' | '<' | '>' | '=')) =>
+                if !continues_operator(previous, c) =>
             {
                 operators += 1;
                 if operators > MAX_OPERATORS {
@@ -83,6 +82,15 @@ fn too_deep_brackets(text: &str) -> Option<(usize, usize)> {
         previous = c;
     }
     None
+}
+
+/// Whether `c` is the second character of a two-character operator begun by `previous`.
+fn continues_operator(previous: char, c: char) -> bool {
+    match c {
+        '&' | '|' => previous == c,
+        '=' => matches!(previous, '!' | '<' | '>' | '='),
+        _ => false,
+    }
 }
 
 /// The depth and the number of nodes of an expression, walked without recursion (the tree may
