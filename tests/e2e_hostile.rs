@@ -568,3 +568,57 @@ async fn a_reply_larger_than_max_reply_fails_its_attempt() {
     );
     drop(fb);
 }
+
+/// A URL whose password holds an unencoded `/`, `#` or `?` does not parse; before, `validate`,
+/// the reload's ERROR line, `/v1/config` and `/v1/status` showed the password whole. Each such
+/// password, in each of those places, now shows as `***`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_in_a_url_that_does_not_parse_is_never_shown() {
+    let server = FnServer::start().await;
+    let port = free_port();
+    let good = format!(
+        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port} }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: web, topic: /in }}, to: f }}\n",
+        server.url("/f")
+    );
+    let fb = Fnbroker::start(&good).await;
+    for (i, secret) in ["Se/cr3t", "Se#cr3t", "Se?cr3t"].iter().enumerate() {
+        let bad = format!("{good}  - {{ name: q, from: {{ connector: rabbit, topic: q }}, to: f }}\n")
+            .replace(
+            "connectors:\n",
+            &format!("connectors:\n  rabbit: {{ amqp: {{ url: \"amqp://admin:{secret}@127.0.0.1:5672/%2f\" }} }}\n"),
+        );
+        let (code, stdout, stderr) = common::run_once(&bad, &["validate"]);
+        assert_ne!(code, 0, "{stdout}{stderr}");
+        let shown = format!("{stdout}{stderr}");
+        assert!(
+            !shown.contains(secret),
+            "validate showed the password: {shown}"
+        );
+        assert!(shown.contains("admin:***@"), "{shown}");
+
+        fb.rewrite(&bad);
+        fb.signal("HUP");
+        fb.wait_reloads(0, i as u64 + 1).await;
+        let config = fb.config_view().await.to_string();
+        let status = client()
+            .get(format!("http://127.0.0.1:{}/v1/status", fb.admin))
+            .send()
+            .await
+            .expect("status")
+            .text()
+            .await
+            .expect("text");
+        for (place, text) in [
+            ("/v1/config", &config),
+            ("/v1/status", &status),
+            ("the log", &fb.logs()),
+        ] {
+            assert!(
+                !text.contains(secret),
+                "{place} showed the password: {text}"
+            );
+        }
+        assert!(config.contains("admin:***@"), "{config}");
+    }
+    drop(fb);
+}

@@ -21,27 +21,43 @@ pub fn url(text: &str) -> Cow<'_, str> {
     while let Some(at) = rest.find("://") {
         let (before, after) = rest.split_at(at + 3);
         out.push_str(before);
-        // The authority ends at the first `/`, `?`, `#`, `,` (a list of URLs) or white space.
-        let end = after
-            .find(|c: char| matches!(c, '/' | '?' | '#' | ',') || c.is_whitespace())
+        // The URL as written ends at white space, a quote or backtick around it, or the comma
+        // before the next URL of a list.
+        let mut word = after
+            .find(|c: char| c.is_whitespace() || matches!(c, '`' | '"' | '\'' | '<' | '>'))
             .unwrap_or(after.len());
-        let (authority, tail) = after.split_at(end);
-        match authority.rfind('@') {
+        if let Some(next) = after[..word].find("://") {
+            word = after[..next].rfind(',').unwrap_or(word);
+        }
+        // The user information ends at the URL's last `@`, wherever the first `/`, `?` or `#`
+        // is: a password written without percent-encoding may hold any of them, and masking a
+        // path that holds an `@` too is the safe mistake.
+        let (authority, tail) = match after[..word].rfind('@') {
             Some(userinfo_end) => {
-                let userinfo = &authority[..userinfo_end];
+                let userinfo = &after[..userinfo_end];
                 match userinfo.split_once(':') {
-                    Some((user, _)) => {
+                    Some((user, _)) if !user.contains(['/', '?', '#']) => {
                         out.push_str(user);
                         out.push(':');
                         out.push_str(MASK);
                     }
                     // A lone user part is how tokens travel (`nats://TOKEN@host`).
-                    None => out.push_str(MASK),
+                    _ => out.push_str(MASK),
                 }
-                out.push_str(&authority[userinfo_end..]);
+                let host = &after[userinfo_end..word];
+                let end = host
+                    .find(|c: char| matches!(c, '/' | '?' | '#' | ','))
+                    .unwrap_or(host.len());
+                (&host[..end], &after[userinfo_end + end..])
             }
-            None => out.push_str(authority),
-        }
+            None => {
+                let end = after[..word]
+                    .find(|c: char| matches!(c, '/' | '?' | '#' | ','))
+                    .unwrap_or(word);
+                after.split_at(end)
+            }
+        };
+        out.push_str(authority);
         // The path and query, up to the next white space, or the comma before the next URL.
         let mut end = tail.find(char::is_whitespace).unwrap_or(tail.len());
         if let Some(next) = tail[..end].find("://") {
@@ -106,6 +122,27 @@ mod tests {
             "cannot connect to mqtt://h:1883 (refused)"
         );
         assert_eq!(url("no url here"), "no url here");
-        assert_eq!(url("http://h/p@q"), "http://h/p@q");
+        // A path with an `@` cannot be told from a token holding a `/`: masked.
+        assert_eq!(url("http://h/p@q"), "http://***@q");
+    }
+
+    /// Before: a password with an unencoded `/`, `#` or `?` ended the authority early, and the
+    /// rest of the password was shown whole.
+    #[test]
+    fn passwords_holding_url_delimiters_are_masked_whole() {
+        for password in ["pa/ss", "pa#ss", "pa?ss", "p/a#s?s", "pa@ss"] {
+            let text = format!("`amqp://admin:{password}@rabbit:5672/vhost` is not a URL: invalid");
+            let masked = url(&text);
+            assert_eq!(
+                masked, "`amqp://admin:***@rabbit:5672/vhost` is not a URL: invalid",
+                "{password}"
+            );
+            let token = format!("nats://{password}@h:4222 refused");
+            assert_eq!(url(&token), "nats://***@h:4222 refused", "{password}");
+        }
+        assert_eq!(
+            url("redis://:se/cret@h:6379/0?x=1"),
+            "redis://:***@h:6379/0?x=***"
+        );
     }
 }
