@@ -46,13 +46,13 @@ pub fn url(text: &str) -> Cow<'_, str> {
                 }
                 let host = &after[userinfo_end..word];
                 let end = host
-                    .find(|c: char| matches!(c, '/' | '?' | '#' | ','))
+                    .find(['/', '?', '#', ','])
                     .unwrap_or(host.len());
                 (&host[..end], &after[userinfo_end + end..])
             }
             None => {
                 let end = after[..word]
-                    .find(|c: char| matches!(c, '/' | '?' | '#' | ','))
+                    .find(['/', '?', '#', ','])
                     .unwrap_or(word);
                 after.split_at(end)
             }
