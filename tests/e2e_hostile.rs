@@ -622,3 +622,32 @@ async fn a_password_in_a_url_that_does_not_parse_is_never_shown() {
     }
     drop(fb);
 }
+
+/// A newline in an exec function's stderr forged a line in the human log format (before: a
+/// line of its own, starting with a timestamp and `ERROR`); every control character of a
+/// logged field is escaped now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stderr_cannot_forge_a_log_line() {
+    let port = free_port();
+    let forged = "2026-12-07T00:00:00.000000Z ERROR fnbroker: forged";
+    let fb = Fnbroker::start(&format!(
+        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port} }} }}\nfunctions:\n  f: {{ exec: {{ command: [sh, -c, 'printf \"oops\\n{forged}\\033[2J\" >&2; exit 3'] }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: web, topic: /in, sync: true }}, to: f, delivery: {{ retries: 0 }} }}\n"
+    ))
+    .await;
+    let res = client()
+        .post(format!("http://127.0.0.1:{port}/in"))
+        .body("x")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    fb.wait_log("forged", WAIT).await;
+    let logs = fb.logs();
+    assert!(
+        logs.lines().all(|l| !l.starts_with(forged)),
+        "a forged line: {logs}"
+    );
+    assert!(logs.contains("oops\\n2026-12-07"), "{logs}");
+    assert!(!logs.contains('\u{1b}'), "{logs}");
+    drop(fb);
+}

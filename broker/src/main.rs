@@ -456,15 +456,29 @@ fn init_logs(format: LogFormat) {
 
 /// The log's writer: every line goes out with URL passwords, tokens and query values masked,
 /// whichever crate wrote it (client libraries log their server addresses at debug, credentials
-/// included). The formatter writes an event at once, so a URL is never split between writes.
+/// included), and with the control characters of its fields escaped (`\n`, `\r`, `\u{1b}`),
+/// so text from outside (a function's stderr, a header, a broker's error) can neither forge a
+/// line of the human format nor drive the terminal. The formatter writes an event at once, so
+/// a line is never split between writes.
 struct Redacting<W>(W);
 
 impl<W: std::io::Write> std::io::Write for Redacting<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if buf.windows(3).any(|w| w == b"://") {
-            let text = String::from_utf8_lossy(buf);
+        let (line, end) = match buf.strip_suffix(b"\n") {
+            Some(line) => (line, &b"\n"[..]),
+            None => (buf, &b""[..]),
+        };
+        let controls = has_foreign_controls(line);
+        if controls || line.windows(3).any(|w| w == b"://") {
+            let text = String::from_utf8_lossy(line);
+            let text = if controls {
+                std::borrow::Cow::Owned(escape_controls(&text))
+            } else {
+                text
+            };
             self.0
                 .write_all(fnbroker_core::redact::url(&text).as_bytes())?;
+            self.0.write_all(end)?;
         } else {
             self.0.write_all(buf)?;
         }
@@ -474,6 +488,57 @@ impl<W: std::io::Write> std::io::Write for Redacting<W> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.0.flush()
     }
+}
+
+/// The length of a colour sequence the formatter writes itself (`ESC [ 1 ; 3 2 m`) at the start
+/// of `bytes`, if one is there.
+fn colour_sequence(bytes: &[u8]) -> Option<usize> {
+    let rest = bytes.strip_prefix(b"\x1b[")?;
+    let params = rest
+        .iter()
+        .take_while(|b| b.is_ascii_digit() || **b == b';')
+        .count();
+    (rest.get(params) == Some(&b'm')).then_some(params + 3)
+}
+
+/// Whether a formatted line holds a control character other than the formatter's colours: a
+/// C0 control, DEL, or a C1 control (U+0080 to U+009F, `C2 80`..`C2 9F` in UTF-8).
+fn has_foreign_controls(line: &[u8]) -> bool {
+    let mut i = 0;
+    while i < line.len() {
+        match line[i] {
+            0x1b => match colour_sequence(&line[i..]) {
+                Some(n) => i += n,
+                None => return true,
+            },
+            b if b < 0x20 || b == 0x7f => return true,
+            0xc2 if line.get(i + 1).is_some_and(|b| (0x80..=0x9f).contains(b)) => return true,
+            _ => i += 1,
+        }
+    }
+    false
+}
+
+/// `line` with its control characters escaped, the formatter's colours kept.
+fn escape_controls(line: &str) -> String {
+    let mut out = String::with_capacity(line.len() + 16);
+    let mut rest = line;
+    while let Some(c) = rest.chars().next() {
+        if let Some(n) = colour_sequence(rest.as_bytes()) {
+            out.push_str(&rest[..n]);
+            rest = &rest[n..];
+            continue;
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&c.escape_unicode().to_string()),
+            c => out.push(c),
+        }
+        rest = &rest[c.len_utf8()..];
+    }
+    out
 }
 
 /// Runs until SIGINT or SIGTERM, reloading the configuration on SIGHUP (and, with `watch`,
@@ -659,5 +724,35 @@ async fn wait_for_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::Redacting;
+
+    fn written(line: &str) -> String {
+        let mut out = Redacting(Vec::new());
+        out.write_all(line.as_bytes()).expect("write");
+        String::from_utf8(out.0).expect("utf-8")
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_colours_kept() {
+        assert_eq!(
+            written("WARN failed error=oops\n2026-12-07T00:00:00Z ERROR forged\n"),
+            "WARN failed error=oops\\n2026-12-07T00:00:00Z ERROR forged\n"
+        );
+        assert_eq!(
+            written("\u{1b}[1m\u{1b}[33mWARN\u{1b}[0m a\rb \u{1b}[2J c\u{85}\n"),
+            "\u{1b}[1m\u{1b}[33mWARN\u{1b}[0m a\\rb \\u{1b}[2J c\\u{85}\n"
+        );
+        assert_eq!(written("plain line\n"), "plain line\n");
+        assert_eq!(
+            written("x url=amqp://u:p@h\tq\n"),
+            "x url=amqp://u:***@h\\tq\n"
+        );
     }
 }

@@ -45,15 +45,11 @@ pub fn url(text: &str) -> Cow<'_, str> {
                     _ => out.push_str(MASK),
                 }
                 let host = &after[userinfo_end..word];
-                let end = host
-                    .find(['/', '?', '#', ','])
-                    .unwrap_or(host.len());
+                let end = host.find(['/', '?', '#', ',']).unwrap_or(host.len());
                 (&host[..end], &after[userinfo_end + end..])
             }
             None => {
-                let end = after[..word]
-                    .find(['/', '?', '#', ','])
-                    .unwrap_or(word);
+                let end = after[..word].find(['/', '?', '#', ',']).unwrap_or(word);
                 after.split_at(end)
             }
         };
