@@ -651,3 +651,32 @@ async fn stderr_cannot_forge_a_log_line() {
     assert!(!logs.contains('\u{1b}'), "{logs}");
     drop(fb);
 }
+
+/// An exec function's child that calls `setsid` and outlives the command: before, it survived
+/// the call (reparented to init). fnbroker, the child subreaper of its functions, kills it
+/// when the call ends and reaps it: nothing is left, not even a zombie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_an_exec_function_starts_outlives_its_call() {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pidfile = dir.path().join("pid");
+    let fb = Fnbroker::start(&format!(
+        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port} }} }}\nfunctions:\n  f: {{ exec: {{ command: [sh, -c, 'setsid sleep 1000 & echo $! > {}; echo done'] }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: web, topic: /in, sync: true }}, to: f }}\n",
+        pidfile.display()
+    ))
+    .await;
+    let res = client()
+        .post(format!("http://127.0.0.1:{port}/in"))
+        .body("x")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), StatusCode::OK);
+    let pid = std::fs::read_to_string(&pidfile).expect("the command wrote its child's pid");
+    let stat = format!("/proc/{}/stat", pid.trim());
+    common::wait_for("the setsid child to be killed and reaped", WAIT, || {
+        std::fs::read_to_string(&stat).is_err()
+    })
+    .await;
+    drop(fb);
+}

@@ -382,6 +382,12 @@ fn main() -> ExitCode {
             if let Some(limit) = fnbroker_http::server::raise_fd_limit() {
                 tracing::debug!(limit, "file descriptor limit");
             }
+            // What an exec function leaves behind becomes ours to kill and reap, not init's.
+            if !fnbroker_functions::become_subreaper() {
+                tracing::debug!(
+                    "cannot become the child subreaper of the exec functions' processes"
+                );
+            }
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(code) => return code,

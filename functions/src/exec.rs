@@ -31,7 +31,9 @@ const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// The command runs in a clean environment (`PATH`, `HOME`, `LANG`, the `CE_*` variables, the
 /// configured `env` and the variables named in `inherit_env`) and in a process group of its own:
 /// at the timeout, and when the command exits, the whole group is killed, so that nothing it
-/// started in the background outlives it or keeps its output open.
+/// started in the background outlives it or keeps its output open; and so is every process
+/// still tagged with the call (see [`crate::reaper`]): one that left the group with `setsid`
+/// does not survive either.
 #[derive(Debug, Clone)]
 pub struct ExecInvoker {
     program: String,
@@ -99,11 +101,15 @@ impl ExecInvoker {
             .process_group(0)
             .kill_on_drop(true);
         cmd.envs(vars);
-        let mut child = cmd
-            .spawn()
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        cmd.env(crate::reaper::TAG, &tag);
+        let mut child = crate::reaper::spawn_direct(|| cmd.spawn(), tokio::process::Child::id)
             .map_err(|e| InvokeError::Spawn(format!("`{}`: {e}", self.program)))?;
         // Killed when this future ends for any reason: exit, overflow, timeout (dropped).
-        let group = Group(child.id());
+        let group = Group {
+            pid: child.id(),
+            tag,
+        };
 
         // Feed stdin and drain stdout and stderr at the same time, so that a large event or a
         // chatty command cannot deadlock on a full pipe.
@@ -171,13 +177,17 @@ impl ExecInvoker {
     }
 }
 
-/// A command's process group (its pid: it leads the group), killed on drop.
-struct Group(Option<u32>);
+/// A command's process group (its pid: it leads the group) and its call's tag: killed on drop,
+/// with every process that carries the tag.
+struct Group {
+    pid: Option<u32>,
+    tag: String,
+}
 
 impl Group {
     /// Kills every process of the group; one that is gone already is no error.
     fn kill(&self) {
-        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
+        if let Some(pid) = self.pid.and_then(|p| i32::try_from(p).ok()) {
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
@@ -186,6 +196,7 @@ impl Group {
 impl Drop for Group {
     fn drop(&mut self) {
         self.kill();
+        crate::reaper::sweep(&self.tag, self.pid);
     }
 }
 
@@ -383,6 +394,44 @@ mod tests {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the background `sleep` outlived the timeout"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Before: a child that called `setsid` left the command's process group and survived the
+    /// timeout. The call's tag finds it.
+    #[tokio::test]
+    async fn a_timeout_kills_what_left_the_process_group() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pidfile = dir.path().join("pid");
+        let script = format!("setsid sleep 1000 & echo $! > {}; wait", pidfile.display());
+        let err = sh(&script)
+            .invoke(&event(b""), Duration::from_millis(500))
+            .await
+            .expect_err("timeout");
+        assert!(err.is_timeout(), "{err:?}");
+        let pid = std::fs::read_to_string(&pidfile).expect("the command wrote its child's pid");
+        let stat = format!("/proc/{}/stat", pid.trim());
+        let session = |text: &str| {
+            text.rsplit(')')
+                .next()
+                .map(|r| r.split_whitespace().nth(4).map(str::to_string))
+        };
+        let first = std::fs::read_to_string(&stat).ok();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while let Ok(text) = std::fs::read_to_string(&stat) {
+            if text
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the `setsid sleep` outlived the timeout (session {:?})",
+                first.as_deref().and_then(session)
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -22,6 +22,7 @@ mod openfaas_async;
 mod openfaas_discovery;
 mod openwhisk;
 mod platforms;
+pub mod reaper;
 
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use bytes::Bytes;
 use fnbroker_core::Event;
 
 pub use exec::{ExecInvoker, MAX_STDOUT};
+pub use reaper::become_subreaper;
 
 /// The largest reply an HTTP function may send unless its `max_reply` says otherwise: as much
 /// as an `exec` function may write to stdout.
