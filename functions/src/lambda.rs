@@ -253,7 +253,7 @@ impl LambdaInvoker {
 
 /// A synchronous result as the reply: a structured CloudEvent as it is, `null` or nothing as no
 /// reply, any other JSON as it is.
-fn reply(body: Bytes) -> Result<Option<Reply>, InvokeError> {
+pub(crate) fn reply(body: Bytes) -> Result<Option<Reply>, InvokeError> {
     let trimmed = body.trim_ascii();
     if trimmed.is_empty() || trimmed == b"null" {
         return Ok(None);

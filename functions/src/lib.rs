@@ -281,6 +281,52 @@ pub fn item_failures(reply: Option<&Reply>) -> Result<Option<Vec<String>>, Invok
         .map(Some)
 }
 
+/// The decoders of what functions and their platforms answer, by themselves: each takes the
+/// bytes as they came back. The invokers use them; the fuzz targets feed them arbitrary input.
+pub mod answers {
+    use bytes::Bytes;
+    use http::HeaderMap;
+
+    use crate::{InvokeError, Reply, Success};
+
+    /// An HTTP function's answer (`http`, Knative, Fission, Fn, OpenFaaS): a 2xx's reply (a
+    /// CloudEvent in binary or structured mode, or any body), or the error of another status.
+    pub fn http(
+        status: u16,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Option<Reply>, InvokeError> {
+        if !(200..300).contains(&status) {
+            return Err(crate::http_fn::status_error(status, headers, &body));
+        }
+        crate::http_fn::decode_reply(headers, body)
+    }
+
+    /// A Lambda synchronous invocation's payload as the reply.
+    pub fn lambda(body: Bytes) -> Result<Option<Reply>, InvokeError> {
+        crate::lambda::reply(body)
+    }
+
+    /// An OpenWhisk activation record (`blocking=true` without `result=true`).
+    pub fn openwhisk_activation(body: &[u8]) -> Result<Success, InvokeError> {
+        crate::openwhisk::activation_outcome(body)
+    }
+
+    /// An OpenFaaS queue worker's callback, as the admin listener receives it.
+    pub fn openfaas_callback(
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Option<Reply>, InvokeError> {
+        let c = crate::Completion::from_callback(headers, body);
+        http(c.status, &c.headers, c.body)
+    }
+
+    /// The events a batch's answer names as failed (`batchItemFailures`).
+    pub fn batch_failures(reply: Option<&Reply>) -> Result<Option<Vec<String>>, InvokeError> {
+        crate::item_failures(reply)
+    }
+}
+
 /// One attempt, given up after `timeout`.
 pub(crate) async fn within(
     timeout: Duration,

@@ -191,7 +191,7 @@ fn error_result(body: &[u8]) -> Option<String> {
 
 /// An activation record's outcome: `response.success` with its `result`; a `whisk internal
 /// error` is retried, an application or developer error is final.
-fn activation_outcome(body: &[u8]) -> Result<Success, InvokeError> {
+pub(crate) fn activation_outcome(body: &[u8]) -> Result<Success, InvokeError> {
     let record: Value = serde_json::from_slice(body)
         .map_err(|e| InvokeError::InvalidReply(format!("activation record: {e}")))?;
     let response = record.get("response").cloned().unwrap_or(Value::Null);

@@ -13,7 +13,12 @@
 //! content-mode dispatch), `kafka`, `mqtt`, `nats`, `amqp` (each protocol's binary-mode
 //! attributes through its connector's decoder), `cesql` (the CloudEvents SQL parser and an
 //! evaluation of what parses), `config` (the configuration loader, every connector kind
-//! registered). Binary-mode inputs are read as `name: value` lines, a blank line, then the body.
+//! registered), `redis` (a stream entry's fields through the Redis binding), `pgoutput` (a
+//! logical replication stream, messages separated by a blank line), `answers` (what functions
+//! and platforms send back: an HTTP reply with its status and headers, a Lambda payload, an
+//! OpenWhisk activation record, an OpenFaaS callback, `batchItemFailures`), `cel` (the CEL
+//! compiler and an evaluation of what compiles). Binary-mode inputs are read as `name: value`
+//! lines, a blank line, then the body.
 
 use std::time::{Duration, Instant};
 
@@ -103,6 +108,41 @@ pub const TARGETS: &[Target] = &[
             "connectors:\n  n: { nats: { url: nats://n:4222 } }\n  a: { amqp: { url: \"amqp://a/%2f\" } }\nfunctions:\n  e: { exec: { command: [cat] } }\ntriggers:\n  - { name: t, from: { connector: n, topic: x.>, stream: S }, to: e, dead_letter: { connector: a, topic: q } }\nadmin: { listen: \"127.0.0.1:9464\" }\n",
         ],
         run: config,
+    },
+    Target {
+        name: "redis",
+        seeds: &[
+            "ce_specversion: 1.0\nce_id: 1\nce_source: /s\nce_type: t\ncontent-type: text/plain\n\nx",
+            "content-type: application/cloudevents+json\n\n{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"/s\",\"type\":\"t\"}",
+            "a: 1\nb: two\n\n",
+        ],
+        run: redis,
+    },
+    Target {
+        name: "pgoutput",
+        seeds: &[
+            // Relation 16384 public.t (id int4 key, name text), then Insert, Update, Delete, Truncate.
+            "R\0\0@\0public\0t\0d\0\x02\x01id\0\0\0\0\x17\0\0\0\0\0name\0\0\0\0\x19\0\0\0\0\n\nI\0\0@\0N\0\x02t\0\0\0\x017t\0\0\0\x03bob\n\nU\0\0@\0N\0\x02t\0\0\0\x017nu\n\nD\0\0@\0K\0\x02t\0\0\0\x017n\n\nT\0\0\0\x01\0\0\0@\0",
+        ],
+        run: pgoutput,
+    },
+    Target {
+        name: "answers",
+        seeds: &[
+            ":status: 200\nce-specversion: 1.0\nce-id: r\nce-source: /f\nce-type: reply\ncontent-type: text/plain\n\nok",
+            ":status: 200\ncontent-type: application/cloudevents+json\n\n{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"/s\",\"type\":\"t\"}",
+            ":status: 200\ncontent-type: application/json\n\n{\"batchItemFailures\":[{\"itemIdentifier\":\"a\"}]}",
+            ":status: 503\nretry-after: 5\nx-function-status: 500\n\n{\"response\":{\"success\":false,\"status\":\"application error\",\"result\":{\"error\":\"x\"}}}",
+        ],
+        run: answers,
+    },
+    Target {
+        name: "cel",
+        seeds: &[
+            "event.type == 't' && event.data.a[0] > 1 && has(event.data.b) && event.subject.startsWith('s')",
+            "size(event.data.items.filter(i, i.ok)) > 2 || event.ext in ['12', '13']",
+        ],
+        run: cel,
     },
 ];
 
@@ -258,6 +298,69 @@ fn cesql(data: &[u8]) {
     }
 }
 
+fn redis(data: &[u8]) {
+    let (pairs, body) = split(data);
+    let mut fields: Vec<(Vec<u8>, Vec<u8>)> = pairs
+        .into_iter()
+        .map(|(k, v)| (k.into_bytes(), v.into_bytes()))
+        .collect();
+    fields.push((b"data".to_vec(), body.to_vec()));
+    let entry = fnbroker_redis::binding::Entry::new("s", "1-0", &fields);
+    let _ = fnbroker_redis::binding::decode("r", &entry);
+}
+
+fn pgoutput(data: &[u8]) {
+    let mut messages = Vec::new();
+    let mut rest = data;
+    while let Some(i) = rest.windows(2).position(|w| w == b"\n\n") {
+        messages.push(&rest[..i]);
+        rest = &rest[i + 2..];
+    }
+    messages.push(rest);
+    let _ = fnbroker_postgres::decode_pgoutput(&messages);
+}
+
+fn answers(data: &[u8]) {
+    use fnbroker_functions::answers;
+    let (pairs, body) = split(data);
+    let mut status = 200;
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in &pairs {
+        if k == ":status" {
+            status = v.trim().parse().unwrap_or(200);
+            continue;
+        }
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) {
+            headers.append(k, v);
+        }
+    }
+    let body = bytes::Bytes::copy_from_slice(body);
+    if let Ok(reply) = answers::http(status, &headers, body.clone()) {
+        let _ = answers::batch_failures(reply.as_ref());
+    }
+    if let Ok(reply) = answers::lambda(body.clone()) {
+        let _ = answers::batch_failures(reply.as_ref());
+    }
+    let _ = answers::openwhisk_activation(&body);
+    let _ = answers::openfaas_callback(headers, body);
+}
+
+fn cel(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(expr) = fnbroker_core::celexpr::CelExpr::parse(&text) {
+        let event = fnbroker_core::event::from_json_slice(
+            br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","subject":"s","ext":"12","data":{"a":[2],"b":1,"items":[{"ok":true}]}}"#,
+        );
+        if let Ok(event) = event {
+            let _ = expr.eval(&event);
+            let _ = expr.decide(&event);
+        }
+    }
+}
+
 /// The connector kinds of the real binary (broker/src/connectors.rs).
 static REGISTRY: Registry = Registry::new(&[
     &Kind::<fnbroker_http::Plugin>::NEW,
@@ -364,6 +467,9 @@ pub fn run(
     let mut cases = 0u64;
     let mut round = 0u64;
     let strategy = inputs(target);
+    // An abort (a stack overflow) cannot be caught and shrunk: with `FNBROKER_FUZZ_LAST` set,
+    // each input is written to that file before it runs, so the one that aborted is left there.
+    let last = std::env::var_os("FNBROKER_FUZZ_LAST");
     while started.elapsed() < budget && cases < max_cases {
         let chunk = u32::try_from((max_cases - cases).min(u64::from(CHUNK))).unwrap_or(CHUNK);
         let mut bytes = [0u8; 32];
@@ -382,6 +488,9 @@ pub fn run(
         let mut runner = TestRunner::new_with_rng(config, rng);
         let run = target.run;
         let result = runner.run(&strategy, |input| {
+            if let Some(path) = &last {
+                let _ = std::fs::write(path, &input);
+            }
             run(&input);
             Ok::<(), TestCaseError>(())
         });
@@ -420,6 +529,28 @@ mod tests {
         assert!(fnbroker_core::event::from_json_slice(TARGETS[0].seeds[0].as_bytes()).is_ok());
         assert!(
             fnbroker_core::cesql::Expr::parse(target("cesql").map_or("", |t| t.seeds[0])).is_ok()
+        );
+        let pg = target("pgoutput").map_or("", |t| t.seeds[0]).as_bytes();
+        let messages: Vec<&[u8]> = pg
+            .split(|b| *b == b'\n')
+            .filter(|m| !m.is_empty())
+            .collect();
+        assert_eq!(
+            fnbroker_postgres::decode_pgoutput(&messages),
+            4,
+            "the pgoutput seed decodes"
+        );
+        let failures =
+            fnbroker_functions::answers::batch_failures(Some(&fnbroker_functions::Reply::Raw {
+                content_type: None,
+                body: bytes::Bytes::from_static(
+                    br#"{"batchItemFailures":[{"itemIdentifier":"a"}]}"#,
+                ),
+            }));
+        assert_eq!(failures.ok().flatten(), Some(vec!["a".to_string()]));
+        assert!(
+            fnbroker_core::celexpr::CelExpr::parse(target("cel").map_or("", |t| t.seeds[0]))
+                .is_ok()
         );
         let cfg = target("config").map_or("", |t| t.seeds[0]);
         if let Err(e) = load_str("seed.yaml", cfg, |_| None, &REGISTRY) {

@@ -46,6 +46,19 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Plugin, PostgresSettings};
+
+/// Decodes `messages`, one replication stream's `pgoutput` messages in order, as the connector
+/// does; the number of row changes read. The entry point of the fuzz target of this decoder
+/// (bytes a server sends, which no test here controls); a message that does not decode is
+/// skipped.
+pub fn decode_pgoutput(messages: &[&[u8]]) -> usize {
+    let mut decoder = pgoutput::Decoder::default();
+    messages
+        .iter()
+        .filter_map(|m| decoder.decode(m).ok())
+        .map(|changes| changes.len())
+        .sum()
+}
 use tracker::Tracker;
 
 /// How often a replica that found the slot in use tries again.
