@@ -14,6 +14,20 @@ use tokio::net::TcpStream;
 const WAIT: Duration = Duration::from_secs(20);
 const MIB: usize = 1024 * 1024;
 
+/// A configuration of one HTTP connector `web` on `port` (`settings` added after `listen`), one
+/// function `f` (`function`: its definition) and one trigger `t` from `/in` (`from` added to
+/// its `from`, `trigger` to the trigger).
+fn one_trigger(port: u16, settings: &str, function: &str, from: &str, trigger: &str) -> String {
+    format!(
+        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port}{settings} }} }}\nfunctions:\n  f: {function}\ntriggers:\n  - {{ name: t, from: {{ connector: web, topic: /in{from} }}, to: f{trigger} }}\n"
+    )
+}
+
+/// The definition of an HTTP function at `url`, with `extra` keys.
+fn http_fn(url: &str, extra: &str) -> String {
+    format!("{{ http: {{ url: \"{url}\" }}{extra} }}")
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
@@ -56,9 +70,12 @@ async fn status_line(s: &mut TcpStream, limit: Duration) -> Option<String> {
 async fn an_ingress_that_cannot_deliver_refuses_at_once_within_its_budget() {
     let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_secs(60))).await;
     let port = free_port();
-    let fb = Fnbroker::start(&format!(
-        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port}, max_body: 1MiB }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }}, timeout: 90s }}\ntriggers:\n  - {{ name: t, from: {{ connector: web, topic: /in }}, to: f, delivery: {{ max_in_flight: 4 }} }}\n",
-        server.url("/f")
+    let fb = Fnbroker::start(&one_trigger(
+        port,
+        ", max_body: 1MiB",
+        &http_fn(&server.url("/f"), ", timeout: 90s"),
+        "",
+        ", delivery: { max_in_flight: 4 }",
     ))
     .await;
     let addr = format!("127.0.0.1:{port}");
@@ -141,9 +158,12 @@ async fn an_ingress_that_cannot_deliver_refuses_at_once_within_its_budget() {
 async fn stalled_unverified_bodies_hold_a_bounded_amount_and_time_out() {
     let server = FnServer::start().await;
     let port = free_port();
-    let fb = Fnbroker::start(&format!(
-        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port}, max_body: 1MiB, header_timeout: 3s, auth: {{ hmac: {{ header: X-Sig, secret: s3cret }} }} }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: web, topic: /in }}, to: f }}\n",
-        server.url("/f")
+    let fb = Fnbroker::start(&one_trigger(
+        port,
+        ", max_body: 1MiB, header_timeout: 3s, auth: { hmac: { header: X-Sig, secret: s3cret } }",
+        &http_fn(&server.url("/f"), ""),
+        "",
+        "",
     ))
     .await;
     let addr = format!("127.0.0.1:{port}");
@@ -215,9 +235,12 @@ async fn a_signed_ingress_answers_nothing_but_401_before_the_signature() {
     use hmac::Mac as _;
     let server = FnServer::start().await;
     let port = free_port();
-    let fb = Fnbroker::start(&format!(
-        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port}, auth: {{ hmac: {{ header: X-Hub-Signature-256, secret: s3cret, prefix: \"sha256=\" }} }} }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: web, topic: /in }}, to: f }}\n",
-        server.url("/f")
+    let fb = Fnbroker::start(&one_trigger(
+        port,
+        ", auth: { hmac: { header: X-Hub-Signature-256, secret: s3cret, prefix: \"sha256=\" } }",
+        &http_fn(&server.url("/f"), ""),
+        "",
+        "",
     ))
     .await;
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
@@ -271,9 +294,12 @@ async fn stripe_signed_webhooks_are_refused_outside_the_tolerance() {
     use hmac::Mac as _;
     let server = FnServer::start().await;
     let port = free_port();
-    let fb = Fnbroker::start(&format!(
-        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port}, auth: {{ stripe: {{ secret: whsec_abc, tolerance: 1m }} }} }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: web, topic: /in }}, to: f }}\n",
-        server.url("/f")
+    let fb = Fnbroker::start(&one_trigger(
+        port,
+        ", auth: { stripe: { secret: whsec_abc, tolerance: 1m } }",
+        &http_fn(&server.url("/f"), ""),
+        "",
+        "",
     ))
     .await;
     let now = std::time::SystemTime::now()
@@ -318,9 +344,12 @@ async fn headers_and_encodings_from_outside_are_checked() {
     use std::io::Write as _;
     let server = FnServer::start().await;
     let port = free_port();
-    let fb = Fnbroker::start(&format!(
-        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port}, max_body: 64KiB }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: web, topic: /in }}, to: f }}\n",
-        server.url("/f")
+    let fb = Fnbroker::start(&one_trigger(
+        port,
+        ", max_body: 64KiB",
+        &http_fn(&server.url("/f"), ""),
+        "",
+        "",
     ))
     .await;
     let url = format!("http://127.0.0.1:{port}/in");
@@ -420,9 +449,12 @@ async fn headers_and_encodings_from_outside_are_checked() {
 async fn the_admin_listener_answers_its_probes_whatever_else_holds_it() {
     let server = FnServer::start().await;
     let port = free_port();
-    let fb = Fnbroker::start(&format!(
-        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port} }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: web, topic: /in }}, to: f }}\n",
-        server.url("/f")
+    let fb = Fnbroker::start(&one_trigger(
+        port,
+        "",
+        &http_fn(&server.url("/f"), ""),
+        "",
+        "",
     ))
     .await;
     let admin = format!("127.0.0.1:{}", fb.admin);
@@ -576,10 +608,7 @@ async fn a_reply_larger_than_max_reply_fails_its_attempt() {
 async fn a_password_in_a_url_that_does_not_parse_is_never_shown() {
     let server = FnServer::start().await;
     let port = free_port();
-    let good = format!(
-        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port} }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: web, topic: /in }}, to: f }}\n",
-        server.url("/f")
-    );
+    let good = one_trigger(port, "", &http_fn(&server.url("/f"), ""), "", "");
     let fb = Fnbroker::start(&good).await;
     for (i, secret) in ["Se/cr3t", "Se#cr3t", "Se?cr3t"].iter().enumerate() {
         let bad = format!("{good}  - {{ name: q, from: {{ connector: rabbit, topic: q }}, to: f }}\n")
@@ -630,8 +659,14 @@ async fn a_password_in_a_url_that_does_not_parse_is_never_shown() {
 async fn stderr_cannot_forge_a_log_line() {
     let port = free_port();
     let forged = "2026-12-07T00:00:00.000000Z ERROR fnbroker: forged";
-    let fb = Fnbroker::start(&format!(
-        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port} }} }}\nfunctions:\n  f: {{ exec: {{ command: [sh, -c, 'printf \"oops\\n{forged}\\033[2J\" >&2; exit 3'] }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: web, topic: /in, sync: true }}, to: f, delivery: {{ retries: 0 }} }}\n"
+    let fb = Fnbroker::start(&one_trigger(
+        port,
+        "",
+        &format!(
+            "{{ exec: {{ command: [sh, -c, 'printf \"oops\\n{forged}\\033[2J\" >&2; exit 3'] }} }}"
+        ),
+        ", sync: true",
+        ", delivery: { retries: 0 }",
     ))
     .await;
     let res = client()
@@ -660,9 +695,15 @@ async fn nothing_an_exec_function_starts_outlives_its_call() {
     let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let pidfile = dir.path().join("pid");
-    let fb = Fnbroker::start(&format!(
-        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port} }} }}\nfunctions:\n  f: {{ exec: {{ command: [sh, -c, 'setsid sleep 1000 & echo $! > {}; echo done'] }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: web, topic: /in, sync: true }}, to: f }}\n",
-        pidfile.display()
+    let fb = Fnbroker::start(&one_trigger(
+        port,
+        "",
+        &format!(
+            "{{ exec: {{ command: [sh, -c, 'setsid sleep 1000 & echo $! > {}; echo done'] }} }}",
+            pidfile.display()
+        ),
+        ", sync: true",
+        "",
     ))
     .await;
     let res = client()
@@ -689,9 +730,12 @@ async fn nothing_an_exec_function_starts_outlives_its_call() {
 async fn json_data_is_kept_as_its_text_until_something_reads_it() {
     let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_secs(30))).await;
     let port = free_port();
-    let fb = Fnbroker::start(&format!(
-        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port}, max_body: 2MiB }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }}, timeout: 60s }}\ntriggers:\n  - {{ name: t, from: {{ connector: web, topic: /in }}, to: f, delivery: {{ max_in_flight: 8 }} }}\n",
-        server.url("/f")
+    let fb = Fnbroker::start(&one_trigger(
+        port,
+        ", max_body: 2MiB",
+        &http_fn(&server.url("/f"), ", timeout: 60s"),
+        "",
+        ", delivery: { max_in_flight: 8 }",
     ))
     .await;
     let mut array = String::from("[");

@@ -369,20 +369,20 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(10));
     }
 
-    #[tokio::test]
-    async fn a_timeout_kills_what_the_command_started() {
+    /// Runs `script` (which writes the pid of a child it starts to the file given as `{}`)
+    /// with a timeout of `timeout`, and waits up to 5 s for that child to be gone, or a zombie
+    /// waiting for a reaper that is not ours to be; `what` names it in the failure.
+    async fn times_out_and_its_child_dies(script: &str, timeout: Duration, what: &str) {
         let dir = tempfile::tempdir().expect("tempdir");
         let pidfile = dir.path().join("pid");
-        let script = format!("sleep 1000 & echo $! > {}; wait", pidfile.display());
-        let err = sh(&script)
-            .invoke(&event(b""), Duration::from_millis(300))
+        let err = sh(&script.replace("{}", &pidfile.display().to_string()))
+            .invoke(&event(b""), timeout)
             .await
             .expect_err("timeout");
         assert!(err.is_timeout(), "{err:?}");
         let pid = std::fs::read_to_string(&pidfile).expect("the command wrote its child's pid");
         let stat = format!("/proc/{}/stat", pid.trim());
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        // Gone, or a zombie waiting for a reaper that is not ours to be.
         while let Ok(text) = std::fs::read_to_string(&stat) {
             if text
                 .rsplit(')')
@@ -393,48 +393,32 @@ mod tests {
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "the background `sleep` outlived the timeout"
+                "{what} outlived the timeout"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_what_the_command_started() {
+        times_out_and_its_child_dies(
+            "sleep 1000 & echo $! > {}; wait",
+            Duration::from_millis(300),
+            "the background `sleep`",
+        )
+        .await;
     }
 
     /// Before: a child that called `setsid` left the command's process group and survived the
     /// timeout. The call's tag finds it.
     #[tokio::test]
     async fn a_timeout_kills_what_left_the_process_group() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let pidfile = dir.path().join("pid");
-        let script = format!("setsid sleep 1000 & echo $! > {}; wait", pidfile.display());
-        let err = sh(&script)
-            .invoke(&event(b""), Duration::from_millis(500))
-            .await
-            .expect_err("timeout");
-        assert!(err.is_timeout(), "{err:?}");
-        let pid = std::fs::read_to_string(&pidfile).expect("the command wrote its child's pid");
-        let stat = format!("/proc/{}/stat", pid.trim());
-        let session = |text: &str| {
-            text.rsplit(')')
-                .next()
-                .map(|r| r.split_whitespace().nth(4).map(str::to_string))
-        };
-        let first = std::fs::read_to_string(&stat).ok();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while let Ok(text) = std::fs::read_to_string(&stat) {
-            if text
-                .rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-            {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the `setsid sleep` outlived the timeout (session {:?})",
-                first.as_deref().and_then(session)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        times_out_and_its_child_dies(
+            "setsid sleep 1000 & echo $! > {}; wait",
+            Duration::from_millis(500),
+            "the `setsid sleep`",
+        )
+        .await;
     }
 
     #[tokio::test]

@@ -89,7 +89,7 @@ pub(crate) enum Unread {
 /// whole `Content-Length` at once when the client declared it), so a body that does not fit is
 /// refused before the rest of it is read.
 pub(crate) async fn read(
-    body: axum::body::Body,
+    body: &mut axum::body::Body,
     declared: Option<usize>,
     max: usize,
     budgets: &[&Budget],
@@ -105,7 +105,6 @@ pub(crate) async fn read(
         }
         charged = len;
     }
-    let mut body = body;
     // Each frame is copied out of the connection's read buffer (so that buffer is not kept
     // alive by a slice of it) into an allocation of its own size: what is held is what was
     // charged, with no doubling growth.
@@ -179,10 +178,11 @@ mod tests {
         let body = axum::body::Body::from_stream(futures::stream::pending::<
             Result<Bytes, std::io::Error>,
         >());
-        let got = read(body, Some(101), 1000, &[&budget], &mut held).await;
+        let mut body = body;
+        let got = read(&mut body, Some(101), 1000, &[&budget], &mut held).await;
         assert_eq!(got, Err(Unread::Busy));
         let got = read(
-            axum::body::Body::from("x".repeat(50)),
+            &mut axum::body::Body::from("x".repeat(50)),
             None,
             40,
             &[&budget],
@@ -191,7 +191,7 @@ mod tests {
         .await;
         assert_eq!(got, Err(Unread::TooLarge));
         let got = read(
-            axum::body::Body::from("x".repeat(50)),
+            &mut axum::body::Body::from("x".repeat(50)),
             None,
             1000,
             &[&budget],

@@ -413,37 +413,14 @@ async fn serve(state: &AppState, request: Request) -> Response {
 /// share of the budget unverified bodies may hold. Every body byte is charged to a budget from
 /// the first byte read until the engine takes the event, so nothing is ever held without bound.
 async fn accept(state: &AppState, request: Request) -> Result<Response, Answer> {
-    if let Some(auth) = state.auth.as_deref() {
-        auth.precheck(request.headers())
-            .map_err(|r| refuse(r.into_response()))?;
-    }
     let path = request.uri().path().to_string();
-    let method = request.method().clone();
-    let (parts, body) = request.into_parts();
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let (parts, mut body) = request.into_parts();
     let mut held = Held::default();
-    let (route, body) = match state.auth.as_deref().filter(|a| a.needs_body()) {
-        Some(auth) => {
-            let budgets = [&state.listener, &state.unverified];
-            let body = read_body(state, body, declared, &budgets, &mut held).await?;
-            auth.check(&parts.headers, &body)
-                .map_err(|r| refuse(r.into_response()))?;
-            let route = find_route(state, &path, &method)?;
-            held.release(&state.unverified);
-            if !held.charge(&[&route.budget], body.len()) {
-                return Err(refuse(busy()));
-            }
-            (route, body)
-        }
-        None => {
-            let route = find_route(state, &path, &method)?;
-            let budgets = [&route.budget, &state.listener];
-            let body = read_body(state, body, declared, &budgets, &mut held).await?;
-            (route, body)
+    let (route, body) = match take(state, &parts, &path, &mut body, &mut held).await {
+        Ok(taken) => taken,
+        Err(answer) => {
+            linger(body, state.body_timeout);
+            return Err(answer);
         }
     };
     let body = decompress(state, &parts.headers, body, &route, &mut held)?;
@@ -505,6 +482,69 @@ async fn accept(state: &AppState, request: Request) -> Result<Response, Answer> 
     Ok(sync_response(outcomes))
 }
 
+/// Authenticates and routes a request and reads its body, charged to the budgets.
+async fn take(
+    state: &AppState,
+    parts: &http::request::Parts,
+    path: &str,
+    body: &mut Body,
+    held: &mut Held,
+) -> Result<(Route, bytes::Bytes), Answer> {
+    if let Some(auth) = state.auth.as_deref() {
+        auth.precheck(&parts.headers)
+            .map_err(|r| refuse(r.into_response()))?;
+    }
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    match state.auth.as_deref().filter(|a| a.needs_body()) {
+        Some(auth) => {
+            let budgets = [&state.listener, &state.unverified];
+            let bytes = read_body(state, body, declared, &budgets, held).await?;
+            auth.check(&parts.headers, &bytes)
+                .map_err(|r| refuse(r.into_response()))?;
+            let route = find_route(state, path, &parts.method)?;
+            held.release(&state.unverified);
+            if !held.charge(&[&route.budget], bytes.len()) {
+                return Err(refuse(busy()));
+            }
+            Ok((route, bytes))
+        }
+        None => {
+            let route = find_route(state, path, &parts.method)?;
+            let budgets = [&route.budget, &state.listener];
+            let bytes = read_body(state, body, declared, &budgets, held).await?;
+            Ok((route, bytes))
+        }
+    }
+}
+
+/// The most of a refused request's body read and dropped after the answer, and for how long.
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(5);
+
+/// What is left of the body of a request answered before it was read whole is read and dropped
+/// in the background (at most [`LINGER_BYTES`] within [`LINGER_TIME`] or `timeout`): a client
+/// that sends its whole body before it reads the answer, as most do, then sees the answer
+/// instead of a connection reset under its writes. Nothing read is kept.
+fn linger(mut body: Body, timeout: Duration) {
+    use http_body_util::BodyExt as _;
+    tokio::spawn(async move {
+        let drain = async {
+            let mut read = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, bytes::Bytes::len);
+                if read > LINGER_BYTES {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout.min(LINGER_TIME), drain).await;
+    });
+}
+
 /// The route of `path`: 404 when no trigger listens on it, 405 for another method than POST.
 fn find_route(state: &AppState, path: &str, method: &Method) -> Result<Route, Answer> {
     let route = match state.routes.read() {
@@ -526,7 +566,7 @@ fn find_route(state: &AppState, path: &str, method: &Method) -> Result<Route, An
 /// Reads a body within `max_body` and `body_timeout`, charged to `budgets`.
 async fn read_body(
     state: &AppState,
-    body: Body,
+    body: &mut Body,
     declared: Option<usize>,
     budgets: &[&Budget],
     held: &mut Held,

@@ -225,7 +225,7 @@ fn key_at(root: &Spanned<Node>, line: u64, column: u64) -> Option<String> {
                 walk(item, line, column, path);
                 true
             }
-            Node::Scalar => true,
+            Node::Scalar(_) => true,
         }
     }
     let mut path = Vec::new();
@@ -409,13 +409,14 @@ pub(crate) fn comment_start(line: &str) -> usize {
 }
 
 /// A YAML document as a tree of located nodes, to find where a key was written.
-enum Node {
-    Scalar,
+pub(crate) enum Node {
+    /// A scalar, with its text when it is a string.
+    Scalar(Option<String>),
     Seq(Vec<Spanned<Node>>),
     Map(Vec<(Spanned<Key>, Spanned<Node>)>),
 }
 
-struct Key(String);
+pub(crate) struct Key(String);
 
 impl<'de> Deserialize<'de> for Node {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -426,25 +427,25 @@ impl<'de> Deserialize<'de> for Node {
                 f.write_str("any YAML node")
             }
             fn visit_bool<E>(self, _: bool) -> Result<Node, E> {
-                Ok(Node::Scalar)
+                Ok(Node::Scalar(None))
             }
             fn visit_i64<E>(self, _: i64) -> Result<Node, E> {
-                Ok(Node::Scalar)
+                Ok(Node::Scalar(None))
             }
             fn visit_u64<E>(self, _: u64) -> Result<Node, E> {
-                Ok(Node::Scalar)
+                Ok(Node::Scalar(None))
             }
             fn visit_f64<E>(self, _: f64) -> Result<Node, E> {
-                Ok(Node::Scalar)
+                Ok(Node::Scalar(None))
             }
-            fn visit_str<E>(self, _: &str) -> Result<Node, E> {
-                Ok(Node::Scalar)
+            fn visit_str<E>(self, v: &str) -> Result<Node, E> {
+                Ok(Node::Scalar(Some(v.to_string())))
             }
             fn visit_unit<E>(self) -> Result<Node, E> {
-                Ok(Node::Scalar)
+                Ok(Node::Scalar(None))
             }
             fn visit_none<E>(self) -> Result<Node, E> {
-                Ok(Node::Scalar)
+                Ok(Node::Scalar(None))
             }
             fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
                 Node::deserialize(d)
@@ -534,7 +535,7 @@ fn locate(root: &Spanned<Node>, path: &[String]) -> Option<Found> {
                 });
                 node = item;
             }
-            Node::Scalar => return found,
+            Node::Scalar(_) => return found,
         }
     }
     found

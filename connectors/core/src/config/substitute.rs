@@ -11,13 +11,9 @@
 //! double-quoted and escaped otherwise), with as many line breaks as it spanned. `$${` is a
 //! literal `${`.
 
-use std::fmt;
-
-use serde::Deserialize;
-use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
-use super::load::{Errors, comment_start, yaml_options};
+use super::load::{Errors, Node, comment_start, yaml_options};
 
 /// The largest file `${file:PATH}` reads: a secret, not a data set.
 pub(crate) const MAX_FILE: u64 = 1024 * 1024;
@@ -56,12 +52,12 @@ pub(crate) fn substitute(
         return text.to_string();
     }
     // A document that does not parse is left as it is: the parse proper reports why, in place.
-    let Ok(tree) = serde_saphyr::from_str_with_options::<Spanned<Tree>>(&masked, yaml_options())
+    let Ok(tree) = serde_saphyr::from_str_with_options::<Spanned<Node>>(&masked, yaml_options())
     else {
         return text.to_string();
     };
     let mut scalars = Vec::new();
-    tree.value.values(&tree, &mut scalars);
+    string_values(&tree, &mut scalars);
     scalars.sort_by_key(|s| s.start);
     scalars.dedup_by_key(|s| s.start);
 
@@ -307,84 +303,24 @@ struct Scalar {
     value: String,
 }
 
-/// A YAML document as a tree of its string values (keys are not substituted).
-enum Tree {
-    Text(String),
-    Other,
-    Seq(Vec<Spanned<Tree>>),
-    Map(Vec<(Spanned<Tree>, Spanned<Tree>)>),
-}
-
-impl Tree {
-    fn values(&self, at: &Spanned<Tree>, out: &mut Vec<Scalar>) {
-        match self {
-            Tree::Text(value) => {
-                let span = at.defined.span();
-                if let (Some(start), Some(len)) = (span.byte_offset(), span.byte_len())
-                    && let (Ok(start), Ok(len)) = (usize::try_from(start), usize::try_from(len))
-                {
-                    out.push(Scalar {
-                        start,
-                        end: start + len,
-                        value: value.clone(),
-                    });
-                }
-            }
-            Tree::Other => {}
-            Tree::Seq(items) => items.iter().for_each(|i| i.value.values(i, out)),
-            Tree::Map(entries) => entries.iter().for_each(|(_, v)| v.value.values(v, out)),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Tree {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Tree;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any YAML node")
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Tree, E> {
-                Ok(Tree::Text(v.to_string()))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Tree, E> {
-                Ok(Tree::Other)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Tree, E> {
-                Ok(Tree::Other)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Tree, E> {
-                Ok(Tree::Other)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Tree, E> {
-                Ok(Tree::Other)
-            }
-            fn visit_unit<E>(self) -> Result<Tree, E> {
-                Ok(Tree::Other)
-            }
-            fn visit_none<E>(self) -> Result<Tree, E> {
-                Ok(Tree::Other)
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Tree, D::Error> {
-                Tree::deserialize(d)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Tree, A::Error> {
-                let mut items = Vec::new();
-                while let Some(item) = seq.next_element()? {
-                    items.push(item);
-                }
-                Ok(Tree::Seq(items))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tree, A::Error> {
-                let mut entries = Vec::new();
-                while let Some(entry) = map.next_entry()? {
-                    entries.push(entry);
-                }
-                Ok(Tree::Map(entries))
+/// The string values under `node` (keys are not substituted), with where they were written.
+fn string_values(node: &Spanned<Node>, out: &mut Vec<Scalar>) {
+    match &node.value {
+        Node::Scalar(Some(value)) => {
+            let span = node.defined.span();
+            if let (Some(start), Some(len)) = (span.byte_offset(), span.byte_len())
+                && let (Ok(start), Ok(len)) = (usize::try_from(start), usize::try_from(len))
+            {
+                out.push(Scalar {
+                    start,
+                    end: start + len,
+                    value: value.clone(),
+                });
             }
         }
-        d.deserialize_any(V)
+        Node::Scalar(None) => {}
+        Node::Seq(items) => items.iter().for_each(|i| string_values(i, out)),
+        Node::Map(entries) => entries.iter().for_each(|(_, v)| string_values(v, out)),
     }
 }
 
@@ -412,7 +348,7 @@ mod tests {
     /// top-level key, a broken file, a second bearer token.
     #[test]
     fn a_value_never_adds_structure() {
-        #[derive(Debug, Deserialize)]
+        #[derive(Debug, serde::Deserialize)]
         struct Doc {
             key: String,
             list: Vec<String>,
