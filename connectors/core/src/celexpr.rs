@@ -68,15 +68,9 @@ fn too_deep_brackets(text: &str) -> Option<(usize, usize)> {
                 }
             }
             ')' | ']' | '}' => depth = depth.saturating_sub(1),
-            // A selection (`.field`, not the point of a number) is a level of the tree too.
-            '.' if !previous.is_ascii_digit() => {
-                operators += 1;
-                if operators > MAX_OPERATORS {
-                    return Some((line, column));
-                }
-            }
+            // A selection (`.field`, not the point of a number) is a level of the tree too;
             // `&&`, `||`, `==`, `!=`, `<=` and `>=` count once, at their first character.
-            '+' | '-' | '*' | '/' | '%' | '<' | '>' | '?' | '!' | '&' | '|' | '='
+            '.' | '+' | '-' | '*' | '/' | '%' | '<' | '>' | '?' | '!' | '&' | '|' | '='
                 if !continues_operator(previous, c) =>
             {
                 operators += 1;
@@ -129,9 +123,12 @@ fn compile(text: &str) -> Result<cel::Program, CelError> {
     })
 }
 
-/// Whether `c` is the second character of a two-character operator begun by `previous`.
+/// Whether `c`, after `previous`, is no operator of its own: the second character of a
+/// two-character operator, or a number's point.
 fn continues_operator(previous: char, c: char) -> bool {
     match c {
+        // The point of a number (`1.5`) is no selection.
+        '.' => previous.is_ascii_digit(),
         '&' | '|' => previous == c,
         '=' => matches!(previous, '!' | '<' | '>' | '='),
         _ => false,

@@ -126,19 +126,23 @@ impl Auth {
     /// What can be told before the body is read: whether the request carries the signature's
     /// headers at all. A request without them is refused before its body costs anything.
     pub fn precheck(&self, headers: &HeaderMap) -> Result<(), Refused> {
-        let (header, challenge) = match self {
-            Auth::Hmac(h) => (h.header.as_str(), self.challenge()),
-            Auth::Stripe(_) => (STRIPE_SIGNATURE, self.challenge()),
-            Auth::Slack(_) => (SLACK_SIGNATURE, self.challenge()),
+        let header = match self {
+            Auth::Hmac(h) => h.header.as_str(),
+            Auth::Stripe(_) => STRIPE_SIGNATURE,
+            Auth::Slack(_) => SLACK_SIGNATURE,
             Auth::Bearer(_) | Auth::Basic(_) => return self.check(headers, &[]),
         };
-        if headers.contains_key(header) {
-            Ok(())
-        } else {
-            Err(Refused {
-                challenge,
-                reason: "the request is not signed",
-            })
+        headers
+            .contains_key(header)
+            .then_some(())
+            .ok_or(self.refused("the request is not signed"))
+    }
+
+    /// A refusal with this scheme's challenge.
+    fn refused(&self, reason: &'static str) -> Refused {
+        Refused {
+            challenge: self.challenge(),
+            reason,
         }
     }
 
@@ -166,12 +170,8 @@ impl Auth {
     pub fn check_at(&self, headers: &HeaderMap, body: &[u8], now: u64) -> Result<(), Refused> {
         match self {
             Auth::Stripe(s) => {
-                let refused = |reason| Refused {
-                    challenge: self.challenge(),
-                    reason,
-                };
                 let value = header_text(headers, STRIPE_SIGNATURE)
-                    .ok_or(refused("the request is not signed"))?;
+                    .ok_or(self.refused("the request is not signed"))?;
                 let mut timestamp = None;
                 let mut signatures = Vec::new();
                 for item in value.split(',') {
@@ -181,42 +181,39 @@ impl Auth {
                         _ => {}
                     }
                 }
-                let t = timestamp.ok_or(refused("the signature has no timestamp"))?;
-                within(t, now, s).then_some(()).ok_or(refused(
-                    "the signature's timestamp is outside the tolerance",
-                ))?;
+                let t = timestamp.ok_or(self.refused("the signature has no timestamp"))?;
+                within(t, now, s)
+                    .then_some(())
+                    .ok_or(self.refused("the signature's timestamp is outside the tolerance"))?;
                 let signed = [t.as_bytes(), b".", body];
                 // Several `v1` signatures are sent while a secret is being rolled.
                 let ok = signatures.iter().fold(false, |found, sig| {
-                    found | verify_parts(s.secret.as_bytes(), &signed, sig)
+                    found | verify(HmacAlgorithm::Sha256, s.secret.as_bytes(), &signed, sig)
                 });
                 ok.then_some(())
-                    .ok_or(refused("the signature does not match the body"))
+                    .ok_or(self.refused("the signature does not match the body"))
             }
             Auth::Slack(s) => {
-                let refused = |reason| Refused {
-                    challenge: self.challenge(),
-                    reason,
-                };
                 let value = header_text(headers, SLACK_SIGNATURE)
-                    .ok_or(refused("the request is not signed"))?;
+                    .ok_or(self.refused("the request is not signed"))?;
                 let t = header_text(headers, SLACK_TIMESTAMP)
-                    .ok_or(refused("the signature has no timestamp"))?;
-                within(t, now, s).then_some(()).ok_or(refused(
-                    "the signature's timestamp is outside the tolerance",
-                ))?;
+                    .ok_or(self.refused("the signature has no timestamp"))?;
+                within(t, now, s)
+                    .then_some(())
+                    .ok_or(self.refused("the signature's timestamp is outside the tolerance"))?;
                 let digest = value
                     .trim()
                     .strip_prefix("v0=")
                     .and_then(|hex| hex::decode(hex).ok())
-                    .ok_or(refused("the signature is malformed"))?;
-                verify_parts(
+                    .ok_or(self.refused("the signature is malformed"))?;
+                verify(
+                    HmacAlgorithm::Sha256,
                     s.secret.as_bytes(),
                     &[b"v0:", t.as_bytes(), b":", body],
                     &digest,
                 )
                 .then_some(())
-                .ok_or(refused("the signature does not match the body"))
+                .ok_or(self.refused("the signature does not match the body"))
             }
             Auth::Bearer(tokens) => {
                 let given = scheme_value(headers, "Bearer").ok_or(Refused {
@@ -233,10 +230,7 @@ impl Auth {
                 })
             }
             Auth::Basic(basic) => {
-                let refused = Refused {
-                    challenge: r#"Basic realm="fnbroker""#.into(),
-                    reason: "valid basic credentials are required",
-                };
+                let refused = self.refused("valid basic credentials are required");
                 let given = scheme_value(headers, "Basic")
                     .and_then(|v| BASE64_STANDARD.decode(v).ok())
                     .ok_or(refused.clone())?;
@@ -246,22 +240,18 @@ impl Auth {
                     .ok_or(refused)
             }
             Auth::Hmac(h) => {
-                let refused = |reason| Refused {
-                    challenge: format!(r#"Signature header="{}""#, h.header),
-                    reason,
-                };
                 let value = headers
                     .get(h.header.as_str())
                     .and_then(|v| v.to_str().ok())
-                    .ok_or(refused("the request is not signed"))?;
+                    .ok_or(self.refused("the request is not signed"))?;
                 let digest = value
                     .trim()
                     .strip_prefix(h.prefix.as_str())
                     .and_then(|hex| hex::decode(hex).ok())
-                    .ok_or(refused("the signature is malformed"))?;
-                verify(h.algorithm, h.secret.as_bytes(), body, &digest)
+                    .ok_or(self.refused("the signature is malformed"))?;
+                verify(h.algorithm, h.secret.as_bytes(), &[body], &digest)
                     .then_some(())
-                    .ok_or(refused("the signature does not match the body"))
+                    .ok_or(self.refused("the signature does not match the body"))
             }
         }
     }
@@ -285,19 +275,6 @@ fn within(t: &str, now: u64, auth: &TimedAuth) -> bool {
         .is_ok_and(|t| t.abs_diff(now) <= auth.tolerance.get().as_secs())
 }
 
-/// Whether `digest` is the HMAC-SHA-256 of the concatenated `parts` under `key`.
-fn verify_parts(key: &[u8], parts: &[&[u8]], digest: &[u8]) -> bool {
-    match <Hmac<sha2::Sha256> as Mac>::new_from_slice(key) {
-        Ok(mut mac) => {
-            for part in parts {
-                mac.update(part);
-            }
-            mac.verify_slice(digest).is_ok()
-        }
-        Err(_) => false,
-    }
-}
-
 /// The value of `Authorization: <scheme> <value>` (the scheme case-insensitive).
 fn scheme_value<'h>(headers: &'h HeaderMap, scheme: &str) -> Option<&'h str> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
@@ -305,13 +282,16 @@ fn scheme_value<'h>(headers: &'h HeaderMap, scheme: &str) -> Option<&'h str> {
     given.eq_ignore_ascii_case(scheme).then(|| rest.trim())
 }
 
-/// Whether `digest` is the HMAC of `body` under `key` (compared in constant time by the crate).
-fn verify(algorithm: HmacAlgorithm, key: &[u8], body: &[u8], digest: &[u8]) -> bool {
+/// Whether `digest` is the HMAC of the concatenated `parts` under `key` (compared in constant
+/// time by the crate).
+fn verify(algorithm: HmacAlgorithm, key: &[u8], parts: &[&[u8]], digest: &[u8]) -> bool {
     macro_rules! check {
         ($hash:ty) => {
             match <Hmac<$hash> as Mac>::new_from_slice(key) {
                 Ok(mut mac) => {
-                    mac.update(body);
+                    for part in parts {
+                        mac.update(part);
+                    }
                     mac.verify_slice(digest).is_ok()
                 }
                 Err(_) => false,
