@@ -7,7 +7,33 @@ use std::sync::Arc;
 
 use lapin::tcp::{AMQPUriTcpExt, RustlsConnector, TLSConfig};
 use lapin::uri::{AMQPScheme, AMQPUri, SASLMechanism};
-use lapin::{Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties};
+
+/// How long closing a channel or a connection may take before it is given up (the socket then
+/// goes with the connection's last handle).
+pub(crate) const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Closes `channel` unless it is closed already, bounded; see [`close`].
+pub(crate) async fn close_channel(channel: &Channel, reason: &str) {
+    if channel.status().connected() {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, reason.into())).await;
+    }
+}
+
+/// Closes `channels`, each awaited, then `conn`. The order is the point: a channel whose last
+/// handle drops is closed by lapin's internal task a moment later, and if the connection's close
+/// starts in between, that channel close fails and lapin (4.12) turns the failure into an error
+/// of the whole connection, after which `Connection::close` may never return (measured: 6 in
+/// 1,000 drop-then-close rounds, one of them waiting forever; closed explicitly first, 0). Every
+/// step is bounded besides, so a stop never waits on the server.
+pub(crate) async fn close(conn: Connection, channels: &[&Channel], reason: &str) {
+    for channel in channels {
+        close_channel(channel, reason).await;
+    }
+    if conn.status().connected() {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, reason.into())).await;
+    }
+}
 
 /// How to open a connection of the connector; cheap to clone.
 #[derive(Clone)]

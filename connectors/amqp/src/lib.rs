@@ -155,13 +155,11 @@ impl Connector for AmqpConnector {
         // retried in the background, warned about and not ready, as every connector does; a
         // missing queue on a server that answers is a configuration error, at start.
         let first = match self.dial.connect().await {
-            Ok(conn) => {
-                let consumer = spec
-                    .open(&conn)
+            Ok(conn) => Some(
+                spec.open(conn)
                     .await
-                    .map_err(|e| ConnectorError::io(&self.name, e))?;
-                Some((conn, consumer))
-            }
+                    .map_err(|e| ConnectorError::io(&self.name, e))?,
+            ),
             Err(e) => {
                 spec.warn_unreachable(&e.to_string());
                 None
@@ -245,20 +243,23 @@ struct Unbind {
 impl Unbind {
     async fn run(&self) -> Result<(), String> {
         let conn = self.dial.connect().await.map_err(|e| e.to_string())?;
-        let result = async {
-            let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
-            channel
-                .queue_unbind(
-                    self.queue.clone().into(),
-                    self.exchange.clone().into(),
-                    self.routing_key.clone().into(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| e.to_string())
-        }
-        .await;
-        let _ = conn.close(200, "fnbroker: queue unbound".into()).await;
+        let channel = match conn.create_channel().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                dial::close(conn, &[], "fnbroker: cannot unbind").await;
+                return Err(e.to_string());
+            }
+        };
+        let result = channel
+            .queue_unbind(
+                self.queue.clone().into(),
+                self.exchange.clone().into(),
+                self.routing_key.clone().into(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| e.to_string());
+        dial::close(conn, &[&channel], "fnbroker: queue unbound").await;
         result
     }
 }
@@ -323,15 +324,35 @@ impl ConsumerSpec {
             .failed(&format!("queue `{}`: {error}", self.queue), hint);
     }
 
-    /// A channel with prefetch, the declarations, and the consumer.
-    async fn open(&self, conn: &Connection) -> Result<lapin::Consumer, String> {
-        let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+    /// A channel of `conn` with prefetch, the declarations, and the consumer.
+    async fn open(&self, conn: Connection) -> Result<Opened, String> {
+        let channel = match conn.create_channel().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                dial::close(conn, &[], "fnbroker: cannot open a channel").await;
+                return Err(e.to_string());
+            }
+        };
+        match self.consume_on(&channel).await {
+            Ok(consumer) => Ok(Opened {
+                conn,
+                channel,
+                consumer,
+            }),
+            Err(e) => {
+                dial::close(conn, &[&channel], "fnbroker: cannot consume").await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn consume_on(&self, channel: &Channel) -> Result<lapin::Consumer, String> {
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await
             .map_err(|e| e.to_string())?;
         if let Some(d) = &self.declare {
-            declare(&channel, &self.queue, d).await?;
+            declare(channel, &self.queue, d).await?;
         } else {
             channel
                 .queue_declare(
@@ -354,6 +375,24 @@ impl ConsumerSpec {
             )
             .await
             .map_err(|e| format!("cannot consume `{}`: {e}", self.queue))
+    }
+}
+
+/// A consuming channel and its connection.
+struct Opened {
+    conn: Connection,
+    channel: Channel,
+    consumer: lapin::Consumer,
+}
+
+impl Opened {
+    /// Closes the channels, the depth watcher's first, then the connection (see `dial::close`).
+    async fn close(self, watcher: Option<tokio::task::JoinHandle<()>>, reason: &str) {
+        if let Some(watcher) = watcher {
+            let _ = tokio::time::timeout(dial::CLOSE_TIMEOUT, watcher).await;
+        }
+        dial::close(self.conn, &[&self.channel], reason).await;
+        drop(self.consumer);
     }
 }
 
@@ -406,7 +445,7 @@ async fn declare(channel: &Channel, queue: &str, d: &AmqpDeclare) -> Result<(), 
 /// Consumes, reconnecting whenever the connection or the channel goes away.
 async fn consume(
     spec: ConsumerSpec,
-    mut first: Option<(Connection, lapin::Consumer)>,
+    mut first: Option<Opened>,
     tx: mpsc::Sender<Incoming>,
     consuming: Arc<AtomicUsize>,
     stop: CancellationToken,
@@ -416,21 +455,19 @@ async fn consume(
     let settler = acks::AmqpSettler::new(spec.connector.clone());
     let handout = settler.handout();
     let (acker, acks) = kit::Acker::new(settler);
-    let mut current: Option<Connection> = None;
-    // The consumer, kept once stopping: dropping it closes its channel, and the acknowledgements
-    // still on their way must go out on that channel (else RabbitMQ requeues what was delivered).
-    let mut consuming_on: Option<lapin::Consumer> = None;
+    // The channel consumed when stopping, kept open: the acknowledgements still on their way
+    // must go out on it (else RabbitMQ requeues what was delivered), and the depth watcher's.
+    let mut last: Option<(Opened, Option<tokio::task::JoinHandle<()>>)> = None;
     let mut backoff = kit::Backoff::reconnect();
     // Deliveries taken from the queue, for the stall report.
     let taken = Arc::new(std::sync::atomic::AtomicU64::new(0));
     loop {
-        let (conn, mut consumer) = match first.take() {
+        let mut opened = match first.take() {
             Some(c) => c,
             None => {
                 let opened = async {
                     let conn = spec.dial.connect().await.map_err(|e| e.to_string())?;
-                    let consumer = spec.open(&conn).await?;
-                    Ok::<_, String>((conn, consumer))
+                    spec.open(conn).await
                 };
                 match opened.await {
                     Ok(c) => c,
@@ -452,34 +489,42 @@ async fn consume(
         // The queue's depth, every few seconds, on a channel of its own.
         // (A passive declare: the messages ready, not those unacknowledged.)
         let watching = stop.child_token();
-        if let Ok(channel) = conn.create_channel().await {
-            let (queue, backlogs, taken) = (
-                spec.queue.clone(),
-                Arc::clone(&spec.backlogs),
-                Arc::clone(&taken),
-            );
-            let watching = watching.clone();
-            tokio::spawn(async move {
-                backlogs
-                    .watch(&queue, &watching, || async {
-                        let passive = QueueDeclareOptions {
-                            passive: true,
-                            ..Default::default()
-                        };
-                        let q = channel
-                            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-                            .await
-                            .ok()?;
-                        Some((u64::from(q.message_count()), taken.load(Ordering::Relaxed)))
-                    })
-                    .await;
-            });
-        }
-        current = Some(conn);
+        let watcher = match opened.conn.create_channel().await {
+            Err(_) => None,
+            Ok(channel) => {
+                let (queue, backlogs, taken) = (
+                    spec.queue.clone(),
+                    Arc::clone(&spec.backlogs),
+                    Arc::clone(&taken),
+                );
+                let watching = watching.clone();
+                Some(tokio::spawn(async move {
+                    backlogs
+                        .watch(&queue, &watching, || async {
+                            let passive = QueueDeclareOptions {
+                                passive: true,
+                                ..Default::default()
+                            };
+                            let q = channel
+                                .queue_declare(
+                                    queue.as_str().into(),
+                                    passive,
+                                    FieldTable::default(),
+                                )
+                                .await
+                                .ok()?;
+                            Some((u64::from(q.message_count()), taken.load(Ordering::Relaxed)))
+                        })
+                        .await;
+                    // Closed here, before the connection is (see `dial::close`).
+                    dial::close_channel(&channel, "fnbroker: stopped watching").await;
+                }))
+            }
+        };
         let stopping = loop {
             let next = tokio::select! {
                 () = stop.cancelled() => break true,
-                d = consumer.next() => d,
+                d = opened.consumer.next() => d,
             };
             let delivery = match next {
                 Some(Ok(d)) => d,
@@ -524,18 +569,18 @@ async fn consume(
         drop(consumer_up);
         watching.cancel();
         if stopping {
-            consuming_on = Some(consumer);
+            last = Some((opened, watcher));
             break;
         }
-        current = None;
+        // Lost: what is left of the connection goes before the next one opens.
+        opened.close(watcher, "fnbroker: consumer lost").await;
     }
     // Stopping: every handle the engine held was settled or dropped before the source was
-    // closed; send their acknowledgements, then close the connection.
+    // closed; send their acknowledgements, then close the channels and the connection.
     drop(acker);
     acks.finish().await;
-    drop(consuming_on);
-    if let Some(conn) = current {
-        let _ = conn.close(200, "fnbroker stopping".into()).await;
+    if let Some((opened, watcher)) = last {
+        opened.close(watcher, "fnbroker stopping").await;
     }
 }
 
@@ -612,7 +657,7 @@ impl Sink for AmqpSink {
                 .await
                 .map_err(|e| permanent(format!("no exchange `{}` ({e})", self.exchange)))
         };
-        let _ = conn.close(200, "checked".into()).await;
+        dial::close(conn, &[&channel], "checked").await;
         result
     }
 
