@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the per-event work fnbroker does besides moving bytes: normalizing each
 //! protocol's message into a CloudEvent (plain and binary mode), and encoding an event for an
 //! HTTP function in binary mode. Criterion reports events per second on one core
-//! (`Throughput::Elements(1)`). Filter evaluation is in `connectors/core/benches/filters.rs`.
+//! (`Throughput::Elements(1)`). Filter evaluation is in `broker/filters/benches/filters.rs`.
 //!
 //! `cargo bench -p bench --bench codec`
 #![allow(missing_docs)]

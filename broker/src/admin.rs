@@ -12,7 +12,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
-use fnbroker_core::config::{self, Config};
+use fnbroker_config::{self as config, Config};
 use fnbroker_http::Auth;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -525,7 +525,7 @@ pub(crate) fn functions_view(cfg: &Config) -> Value {
         cfg.functions
             .iter()
             .map(|(name, f)| {
-                use fnbroker_core::config::FunctionKind as K;
+                use fnbroker_config::FunctionKind as K;
                 let url = |u: &str| fnbroker_core::redact::url(u).into_owned();
                 let view = match f.kind() {
                     Some(K::Http(h)) => json!({

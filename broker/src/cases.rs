@@ -25,9 +25,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use fnbroker_config::Config;
 use fnbroker_core::Origin;
 use fnbroker_core::binding::Sample;
-use fnbroker_core::config::Config;
 use fnbroker_core::event::{self, Event};
 use serde::Deserialize;
 use serde_json::Value;

@@ -16,15 +16,15 @@ pub(crate) static REGISTRY: Registry = Registry::new(&[
 
 /// A configuration from text, for the tests of the offline commands; a test fails on errors.
 #[cfg(test)]
-pub(crate) fn test_config(text: &str) -> fnbroker_core::config::Config {
-    fnbroker_core::config::load_str("test.yaml", text, |_| None, &REGISTRY)
+pub(crate) fn test_config(text: &str) -> fnbroker_config::Config {
+    fnbroker_config::load_str("test.yaml", text, |_| None, &REGISTRY)
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::REGISTRY;
-    use fnbroker_core::config::{Config, ConfigErrors, load_str};
+    use fnbroker_config::{Config, ConfigErrors, load_str};
 
     fn load(text: &str) -> Result<Config, ConfigErrors> {
         load_str(
@@ -422,7 +422,7 @@ connectors:
     /// kind's `from` and destination keys, described with the kind they belong to.
     #[test]
     fn the_schema_has_every_kind_and_its_keys() {
-        let schema = fnbroker_core::config::json_schema(&REGISTRY);
+        let schema = fnbroker_config::json_schema(&REGISTRY);
         let kinds: Vec<String> = schema["$defs"]["Connector"]["oneOf"]
             .as_array()
             .expect("oneOf")

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use fnbroker_core::config::{self, Loc, OpenFaasDiscovery, TriggerSource};
+use fnbroker_config::{self as config, Loc, OpenFaasDiscovery, TriggerSource};
 use fnbroker_core::{Connector, Subscription};
 use fnbroker_functions::{Discovered, Gateway, Platform};
 use serde_json::{Value, json};

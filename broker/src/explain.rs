@@ -5,9 +5,9 @@
 
 use std::fmt::Write as _;
 
+use fnbroker_config::{Config, Trigger};
 use fnbroker_core::Origin;
 use fnbroker_core::binding::Sample;
-use fnbroker_core::config::{Config, Trigger};
 use fnbroker_core::event::{self, AttributesReader, AttributesWriter, Event};
 
 use crate::connectors::REGISTRY;

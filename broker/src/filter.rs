@@ -3,7 +3,7 @@
 //! Expression Language, over the attributes and the data). A missing attribute does not match;
 //! an `sql` or `cel` expression passes only when it yields boolean `true` with no error.
 
-use fnbroker_core::config;
+use fnbroker_config as config;
 use fnbroker_core::event::{self, Event};
 
 /// A compiled filter.
@@ -14,8 +14,8 @@ pub(crate) enum Filter {
     All(Vec<Filter>),
     Any(Vec<Filter>),
     Not(Box<Filter>),
-    Sql(std::sync::Arc<fnbroker_core::cesql::Expr>),
-    Cel(fnbroker_core::celexpr::CelExpr),
+    Sql(std::sync::Arc<fnbroker_filters::cesql::Expr>),
+    Cel(fnbroker_filters::celexpr::CelExpr),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -49,11 +49,11 @@ impl Filter {
             config::Filter::All(fs) => Filter::All(fs.iter().map(Filter::compile).collect()),
             config::Filter::Any(fs) => Filter::Any(fs.iter().map(Filter::compile).collect()),
             config::Filter::Not(f) => Filter::Not(Box::new(Filter::compile(f))),
-            config::Filter::Sql(text) => match fnbroker_core::cesql::Expr::parse(text) {
+            config::Filter::Sql(text) => match fnbroker_filters::cesql::Expr::parse(text) {
                 Ok(expr) => Filter::Sql(std::sync::Arc::new(expr)),
                 Err(_) => Filter::Any(Vec::new()),
             },
-            config::Filter::Cel(text) => match fnbroker_core::celexpr::CelExpr::parse(text) {
+            config::Filter::Cel(text) => match fnbroker_filters::celexpr::CelExpr::parse(text) {
                 Ok(expr) => Filter::Cel(expr),
                 Err(_) => Filter::Any(Vec::new()),
             },
@@ -112,7 +112,7 @@ impl Filter {
                 Err(error) => format!("the cel expression cannot be evaluated: {error}"),
             },
             Filter::Sql(expr) => {
-                use fnbroker_core::cesql::Value;
+                use fnbroker_filters::cesql::Value;
                 match expr.eval(event) {
                     (_, Some(error)) => format!("the sql expression fails: {error:?}"),
                     (Value::Bool(b), None) => format!("the sql expression is {b}"),
@@ -282,7 +282,7 @@ mod tests {
         );
         let missing = Filter::Compare(Compare::Prefix, vec![("celsius".into(), "3".into())]);
         assert_eq!(missing.explain(&e), "the event has no `celsius`");
-        let sql = Filter::compile(&config::Filter::Sql(fnbroker_core::config::Loc::new(
+        let sql = Filter::compile(&config::Filter::Sql(fnbroker_config::Loc::new(
             "INT(celsius) > 30".to_string(),
         )));
         assert_eq!(

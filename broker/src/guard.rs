@@ -18,7 +18,7 @@ use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use fnbroker_core::config;
+use fnbroker_config as config;
 use fnbroker_functions::InvokeError;
 use governor::clock::Clock;
 use prometheus_client::metrics::gauge::Gauge;

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use fnbroker_core::config;
+use fnbroker_config as config;
 use tokio_util::sync::CancellationToken;
 
 /// The allocator of every build: mimalloc. musl's own costs a third of the throughput under

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::Context;
-use fnbroker_core::config::{self, Config, ConnectorConfig};
+use fnbroker_config::{self as config, Config, ConnectorConfig};
 
 /// What a subscription is at its broker: a change here needs a new subscription.
 #[derive(Debug, Clone, PartialEq)]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use fnbroker_core::config::{Config, ConnectorKeys, Destination};
+use fnbroker_config::{Config, ConnectorKeys, Destination};
 use fnbroker_core::event::{AttributesReader, Event, ExtensionValue};
 use fnbroker_core::{AckHandle, Connector, Origin, Settlement, Sink, SourceKeys};
 use tokio_util::sync::CancellationToken;
@@ -106,7 +106,7 @@ pub(crate) async fn redrive(
         .filter
         .as_deref()
         .map(|text| {
-            fnbroker_core::cesql::Expr::parse(text).map_err(|e| {
+            fnbroker_filters::cesql::Expr::parse(text).map_err(|e| {
                 anyhow::anyhow!(
                     "--filter: {} at position {} of the expression",
                     e.message,

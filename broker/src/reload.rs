@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fnbroker_core::config::{self, Config};
+use fnbroker_config::{self as config, Config};
 use serde_json::{Value, json};
 use sha2::Digest as _;
 use tokio::sync::mpsc;

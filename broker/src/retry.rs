@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use fnbroker_core::config::{Backoff, Delivery};
+use fnbroker_config::{Backoff, Delivery};
 use fnbroker_core::kit;
 use rand::Rng;
 

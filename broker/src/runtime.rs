@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use fnbroker_core::config::{self, Config, Destination};
+use fnbroker_config::{self as config, Config, Destination};
 use fnbroker_core::{Connector, Subscription};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;

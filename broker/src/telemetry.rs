@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use anyhow::Context as _;
-use fnbroker_core::config;
+use fnbroker_config as config;
 use fnbroker_core::event::{AttributesReader, Event, ExtensionValue};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _, Tracer as _};

@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use fnbroker_config::ContentMode;
 use fnbroker_core::binding::http::{self as binding, Mode};
-use fnbroker_core::config::ContentMode;
 use fnbroker_core::event::{self, AttributesReader as _, Event};
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 

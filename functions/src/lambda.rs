@@ -15,7 +15,7 @@ use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, si
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use bytes::Bytes;
-use fnbroker_core::config::{LambdaFunction, LambdaInvocation};
+use fnbroker_config::{LambdaFunction, LambdaInvocation};
 use fnbroker_core::event::{self, Event};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 

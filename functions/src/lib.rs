@@ -44,7 +44,7 @@ pub use openwhisk::{ATTRIBUTES_PARAMETER, OpenWhiskInvoker};
 
 use std::sync::Arc;
 
-use fnbroker_core::config::FunctionKind;
+use fnbroker_config::FunctionKind;
 
 /// What some kinds need from the running broker.
 #[derive(Debug, Clone, Default)]

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use fnbroker_core::config::OpenFaasDiscovery;
+use fnbroker_config::OpenFaasDiscovery;
 use http::header::{AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
 

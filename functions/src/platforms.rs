@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use fnbroker_core::config::{
+use fnbroker_config::{
     ContentMode, FissionFunction, FnFunction, KnativeFunction, OpenFaasFunction,
 };
 

@@ -22,7 +22,7 @@
 
 use std::time::{Duration, Instant};
 
-use fnbroker_core::config::load_str;
+use fnbroker_config::load_str;
 use fnbroker_core::registry::{Kind, Registry};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
@@ -288,7 +288,7 @@ fn amqp(data: &[u8]) {
 
 fn cesql(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    if let Ok(expr) = fnbroker_core::cesql::Expr::parse(&text) {
+    if let Ok(expr) = fnbroker_filters::cesql::Expr::parse(&text) {
         let event = fnbroker_core::event::from_json_slice(
             br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","ext":"12","flag":true}"#,
         );
@@ -350,7 +350,7 @@ fn answers(data: &[u8]) {
 
 fn cel(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    if let Ok(expr) = fnbroker_core::celexpr::CelExpr::parse(&text) {
+    if let Ok(expr) = fnbroker_filters::celexpr::CelExpr::parse(&text) {
         let event = fnbroker_core::event::from_json_slice(
             br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","subject":"s","ext":"12","data":{"a":[2],"b":1,"items":[{"ok":true}]}}"#,
         );
@@ -528,7 +528,8 @@ mod tests {
         }
         assert!(fnbroker_core::event::from_json_slice(TARGETS[0].seeds[0].as_bytes()).is_ok());
         assert!(
-            fnbroker_core::cesql::Expr::parse(target("cesql").map_or("", |t| t.seeds[0])).is_ok()
+            fnbroker_filters::cesql::Expr::parse(target("cesql").map_or("", |t| t.seeds[0]))
+                .is_ok()
         );
         let pg = target("pgoutput").map_or("", |t| t.seeds[0]).as_bytes();
         let messages: Vec<&[u8]> = pg
@@ -549,7 +550,7 @@ mod tests {
             }));
         assert_eq!(failures.ok().flatten(), Some(vec!["a".to_string()]));
         assert!(
-            fnbroker_core::celexpr::CelExpr::parse(target("cel").map_or("", |t| t.seeds[0]))
+            fnbroker_filters::celexpr::CelExpr::parse(target("cel").map_or("", |t| t.seeds[0]))
                 .is_ok()
         );
         let cfg = target("config").map_or("", |t| t.seeds[0]);

@@ -44,7 +44,7 @@ impl BatchConfig {
     /// From a trigger's validated `delivery`. A batch never holds more than `max_in_flight`
     /// events (no more of the trigger's can be in flight at once), so it closes at that many
     /// rather than waiting out `max_wait` for events that cannot come.
-    pub(crate) fn from_config(delivery: &fnbroker_core::config::Delivery) -> Option<Self> {
+    pub(crate) fn from_config(delivery: &fnbroker_config::Delivery) -> Option<Self> {
         delivery.batch.as_ref().map(|b| Self {
             max_events: (*b.max_events).min(*delivery.max_in_flight).max(1),
             max_bytes: usize::try_from(b.max_bytes.get()).unwrap_or(usize::MAX),

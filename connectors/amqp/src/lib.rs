@@ -27,8 +27,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use fnbroker_core::config::Destination;
 use fnbroker_core::kit::{self, ChannelSource, source_buffer};
+use fnbroker_core::values::Destination;
 use fnbroker_core::{Connector, ConnectorError, Event, Incoming, Sink, Source, Subscription};
 use futures::StreamExt;
 use lapin::options::{

@@ -28,8 +28,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::config::TriggerSource;
 use crate::event::Event;
+use crate::values::TriggerSource;
 
 /// How the delivery engine settled a message. See the module documentation for what each one
 /// means to each protocol.
@@ -229,7 +229,7 @@ impl Subscription {
         keys: SourceKeys,
         max_in_flight: usize,
     ) -> Self {
-        use crate::config::{ConnectorKeys, Loc};
+        use crate::values::{ConnectorKeys, Loc};
         Self {
             from: TriggerSource {
                 connector: Loc::new(connector.to_string()),
@@ -406,7 +406,7 @@ pub trait Connector: Send + Sync {
     /// publish names again; AMQP also reads its `exchange`).
     async fn sink(
         &self,
-        destination: &crate::config::Destination,
+        destination: &crate::values::Destination,
     ) -> Result<Arc<dyn Sink>, ConnectorError>;
 
     /// Starts serving once every subscription is open (the HTTP ingress starts listening here).

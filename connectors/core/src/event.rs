@@ -792,19 +792,6 @@ pub fn is_valid_traceparent(tp: &str) -> bool {
     }
 }
 
-/// Events are what CESQL expressions read: extensions keep their type (boolean, integer),
-/// everything else is a string (`time` in RFC 3339, UTC).
-impl crate::cesql::Attributes for Event {
-    fn attribute(&self, name: &str) -> Option<crate::cesql::Value<'_>> {
-        use crate::cesql::Value;
-        match self.extension(name) {
-            Some(ExtensionValue::Boolean(b)) => Some(Value::Bool(*b)),
-            Some(ExtensionValue::Integer(i)) => i32::try_from(*i).ok().map(Value::Int),
-            _ => attribute(self, name).map(Value::Str),
-        }
-    }
-}
-
 /// Whether `name` is a core context attribute of CloudEvents 1.0.
 pub fn is_core_attribute(name: &str) -> bool {
     CORE_ATTRIBUTES.contains(&name)

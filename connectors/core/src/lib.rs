@@ -9,8 +9,8 @@
 //! - [`kit`]: what every broker connector shares: the owned acknowledgement task with lease
 //!   extension ([`kit::Acker`]) and the channel-backed source ([`kit::ChannelSource`]).
 //! - [`binding`]: helpers for binary content mode shared by the protocol bindings.
-//! - [`cesql`]: CloudEvents SQL, the `sql` filter dialect.
-//! - [`config`]: the configuration types every trigger shares, loaded and validated in one place.
+//! - [`values`]: the value types a connector's settings are made of (durations, sizes,
+//!   locations, a trigger's source, a destination).
 //! - [`registry`]: how a connector crate plugs in: its own settings types, their validation and
 //!   its construction, behind [`registry::ConnectorPlugin`].
 #![forbid(unsafe_code)]
@@ -19,15 +19,13 @@
 
 pub mod backlog;
 pub mod binding;
-pub mod celexpr;
-pub mod cesql;
-pub mod config;
 pub mod contract;
 pub mod event;
 pub mod kit;
 pub mod redact;
 pub mod registry;
 pub mod tls;
+pub mod values;
 
 pub use contract::{
     AckHandle, Connector, ConnectorError, ErrorKind, Incoming, ListenerCounts, Origin, Reader,

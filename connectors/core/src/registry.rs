@@ -21,9 +21,9 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
 use crate::binding::{Sample, concrete_topic};
-use crate::config::{ConfDuration, values};
 use crate::contract::{Connector, ConnectorError, Origin, SourceKeys};
 use crate::event::Event;
+use crate::values::{self, ConfDuration};
 
 /// What a connector crate implements to be registered: its kind, its typed settings, their
 /// validation, and how to build the connector from them.
@@ -180,111 +180,6 @@ impl fmt::Debug for Settings {
 mod tests {
     use super::*;
 
-    /// A connector kind as a new crate would add it: its types, its checks, one registration.
-    struct Echo;
-
-    #[derive(Debug, Clone, serde::Deserialize, JsonSchema)]
-    struct EchoSettings {
-        /// Where to echo.
-        url: String,
-        #[serde(default)]
-        lanes: u8,
-    }
-
-    #[derive(Debug, Clone, serde::Deserialize, JsonSchema)]
-    struct EchoSource {
-        /// Which lane.
-        lane: u8,
-    }
-
-    impl ConnectorPlugin for Echo {
-        const KIND: &'static str = "echo";
-        const ABOUT: &'static str = "Echoes.";
-        type Settings = EchoSettings;
-        type Source = EchoSource;
-        type Destination = NoSettings;
-
-        fn validate(settings: &EchoSettings, report: &Report<'_>) {
-            report.url("url", &settings.url, &["echo"]);
-        }
-
-        fn validate_source(source: &EchoSource, from: &SourceUse<'_>, report: &Report<'_>) {
-            from.require_topic(report);
-            if source.lane > 3 {
-                report.error(&["lane"], "`lane` must be 0 to 3");
-            }
-        }
-
-        fn build(name: &str, _: &EchoSettings) -> Result<Arc<dyn Connector>, ConnectorError> {
-            Err(ConnectorError::Unsupported {
-                connector: name.to_string(),
-                kind: "echo",
-                what: "run in a unit test",
-            })
-        }
-
-        fn decode_sample(
-            _: &str,
-            _: &EchoSettings,
-            _: &Sample<'_>,
-        ) -> Result<Vec<(Event, Origin)>, String> {
-            Err("echo decodes nothing".into())
-        }
-    }
-
-    static ONLY_ECHO: Registry = Registry::new(&[&Kind::<Echo>::NEW]);
-
-    fn load(text: &str) -> Result<crate::config::Config, Vec<String>> {
-        crate::config::load_str("t.yaml", text, |_| None, &ONLY_ECHO)
-            .map_err(|e| e.0.iter().map(ToString::to_string).collect())
-    }
-
-    #[test]
-    fn a_registered_kind_is_parsed_validated_and_described() {
-        let text = "\
-connectors:
-  e: { echo: { url: echo://here, lanes: 2 } }
-functions:
-  f: { exec: { command: [cat] } }
-triggers:
-  - { name: t, from: { connector: e, topic: x, lane: 1 }, to: f }
-";
-        let config = load(text).expect("valid");
-        let settings = config.connectors["e"].settings().expect("parsed");
-        assert_eq!(settings.get::<EchoSettings>().map(|s| s.lanes), Some(2));
-        let source: EchoSource = config.triggers[0].from.keys.get().expect("source");
-        assert_eq!(source.lane, 1);
-
-        let bad = text
-            .replace("echo://here", "http://here")
-            .replace("lane: 1", "lane: 7, lame: 1");
-        assert_eq!(
-            load(&bad).expect_err("invalid"),
-            vec![
-                "t.yaml:2:21: connector `e`: `url`: URL scheme `http` is not one of echo",
-                "t.yaml:6:54: trigger `t`: `lane` must be 0 to 3",
-                "t.yaml:6:57: trigger `t`: `lame` does not apply to an echo source (its `from` takes `lane` besides `connector` and `topic`)",
-            ]
-        );
-        let unknown = text.replace("echo: {", "kafka: {");
-        assert!(
-            load(&unknown).expect_err("unknown kind")[0]
-                .contains("unknown kind `kafka` (the kinds are echo)")
-        );
-
-        let schema = crate::config::json_schema(&ONLY_ECHO);
-        assert_eq!(
-            schema["$defs"]["Connector"]["oneOf"][0]["required"][0],
-            "echo"
-        );
-        assert_eq!(
-            schema["$defs"]["TriggerSource"]["properties"]["lane"]["description"],
-            "echo: Which lane."
-        );
-        let kind = ONLY_ECHO.get("echo").expect("registered");
-        assert!(kind.build("e", &Settings::new(0_u8)).is_err());
-    }
-
     #[test]
     fn settings_give_back_their_type_only() {
         let s = Settings::new(String::from("x"));
@@ -296,11 +191,11 @@ triggers:
 
 /// A problem found while validating, at a key path of the document.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Finding {
+pub struct Finding {
     /// The key path from the document's root.
-    pub(crate) path: Vec<String>,
+    pub path: Vec<String>,
     /// The whole message.
-    pub(crate) message: String,
+    pub message: String,
 }
 
 /// Where a plugin reports what is wrong: each problem at a key below the place being
@@ -313,11 +208,9 @@ pub struct Report<'a> {
 }
 
 impl<'a> Report<'a> {
-    pub(crate) fn new(
-        findings: &'a RefCell<Vec<Finding>>,
-        base: Vec<String>,
-        owner: String,
-    ) -> Self {
+    /// A report into `findings`, at the key path `base`, for `owner`. Made by the configuration
+    /// loader; a plugin only receives one.
+    pub fn new(findings: &'a RefCell<Vec<Finding>>, base: Vec<String>, owner: String) -> Self {
         Self {
             findings,
             base,
@@ -461,13 +354,32 @@ impl<P> Kind<P> {
     pub const NEW: Self = Kind(PhantomData);
 }
 
+/// The key path of an ignored key, as segments (a sequence index as its number).
+pub fn path_segments(path: &serde_ignored::Path<'_>, out: &mut Vec<String>) {
+    use serde_ignored::Path as P;
+    match path {
+        P::Root => {}
+        P::Seq { parent, index } => {
+            path_segments(parent, out);
+            out.push(index.to_string());
+        }
+        P::Map { parent, key } => {
+            path_segments(parent, out);
+            out.push(key.clone());
+        }
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            path_segments(parent, out)
+        }
+    }
+}
+
 fn parse<T: DeserializeOwned + fmt::Debug + Send + Sync + 'static>(
     value: serde_json::Value,
     ignored: &mut dyn FnMut(Vec<String>),
 ) -> Result<Settings, ParseError> {
     let mut collect = |path: serde_ignored::Path<'_>| {
         let mut segments = Vec::new();
-        crate::config::path_segments(&path, &mut segments);
+        path_segments(&path, &mut segments);
         ignored(segments);
     };
     let de = serde_ignored::Deserializer::new(value, &mut collect);

@@ -43,11 +43,11 @@ pub struct TimedAuth {
     /// How far the signed timestamp may be from now, either way; further, the request is
     /// refused as a replay. Default `5m`, as both senders recommend.
     #[serde(default = "default_tolerance")]
-    pub tolerance: fnbroker_core::config::ConfDuration,
+    pub tolerance: fnbroker_core::values::ConfDuration,
 }
 
-fn default_tolerance() -> fnbroker_core::config::ConfDuration {
-    fnbroker_core::config::ConfDuration::from_secs(300)
+fn default_tolerance() -> fnbroker_core::values::ConfDuration {
+    fnbroker_core::values::ConfDuration::from_secs(300)
 }
 
 /// Basic credentials.

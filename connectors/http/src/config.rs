@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use fnbroker_core::binding::Sample;
-use fnbroker_core::config::{ByteSize, ConfDuration};
 use fnbroker_core::registry::{ConnectorPlugin, NoSettings, Report, SourceUse};
+use fnbroker_core::values::{ByteSize, ConfDuration};
 use fnbroker_core::{Connector, ConnectorError, Event, Origin};
 use schemars::JsonSchema;
 use serde::Deserialize;

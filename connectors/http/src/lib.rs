@@ -277,7 +277,7 @@ impl Connector for HttpIngress {
 
     async fn sink(
         &self,
-        _: &fnbroker_core::config::Destination,
+        _: &fnbroker_core::values::Destination,
     ) -> Result<Arc<dyn Sink>, ConnectorError> {
         Err(ConnectorError::Unsupported {
             connector: self.name.clone(),

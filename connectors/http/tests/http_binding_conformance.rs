@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use fnbroker_core::config::TriggerSource;
 use fnbroker_core::event::{self, Event};
+use fnbroker_core::values::TriggerSource;
 use fnbroker_core::{Connector, Subscription};
 use fnbroker_http::HttpIngress;
 use serde_json::Value;

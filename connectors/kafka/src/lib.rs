@@ -223,7 +223,7 @@ impl Connector for KafkaConnector {
 
     async fn sink(
         &self,
-        _: &fnbroker_core::config::Destination,
+        _: &fnbroker_core::values::Destination,
     ) -> Result<Arc<dyn Sink>, ConnectorError> {
         let sink = self
             .producer

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fnbroker_core::binding::Sample;
-use fnbroker_core::config::ConfDuration;
 use fnbroker_core::registry::{ConnectorPlugin, NoSettings, Report, SourceUse};
+use fnbroker_core::values::ConfDuration;
 use fnbroker_core::{Connector, ConnectorError, Event, Origin};
 use schemars::JsonSchema;
 use serde::Deserialize;

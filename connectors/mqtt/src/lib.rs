@@ -256,7 +256,7 @@ impl Connector for MqttConnector {
 
     async fn sink(
         &self,
-        _: &fnbroker_core::config::Destination,
+        _: &fnbroker_core::values::Destination,
     ) -> Result<Arc<dyn Sink>, ConnectorError> {
         let sink = self
             .sink

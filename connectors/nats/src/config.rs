@@ -77,7 +77,7 @@ pub struct NatsSourceSettings {
     pub buffer: Option<usize>,
     /// Core NATS: the most payload bytes held that way (default 64 MiB).
     #[serde(default)]
-    pub buffer_bytes: Option<fnbroker_core::config::ByteSize>,
+    pub buffer_bytes: Option<fnbroker_core::values::ByteSize>,
 }
 
 /// The default of a core NATS subscription's `buffer`.

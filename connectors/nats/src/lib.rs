@@ -363,7 +363,7 @@ impl Connector for NatsConnector {
 
     async fn sink(
         &self,
-        _: &fnbroker_core::config::Destination,
+        _: &fnbroker_core::values::Destination,
     ) -> Result<Arc<dyn Sink>, ConnectorError> {
         let client = self.client().await?;
         Ok(Arc::new(NatsSink {

@@ -289,7 +289,7 @@ impl Connector for PostgresConnector {
 
     async fn sink(
         &self,
-        _: &fnbroker_core::config::Destination,
+        _: &fnbroker_core::values::Destination,
     ) -> Result<Arc<dyn Sink>, ConnectorError> {
         Ok(Arc::new(sink::PostgresSink::new(
             &self.name,

@@ -249,7 +249,7 @@ impl Connector for RedisConnector {
 
     async fn sink(
         &self,
-        _: &fnbroker_core::config::Destination,
+        _: &fnbroker_core::values::Destination,
     ) -> Result<Arc<dyn Sink>, ConnectorError> {
         Ok(Arc::new(RedisSink {
             shared: Arc::clone(&self.shared),

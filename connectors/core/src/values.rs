@@ -1,14 +1,20 @@
-//! Value types of the configuration that remember where they were written, so that validation
-//! can point at them, and that parse leniently so that one bad value does not hide the others.
+//! The value types a connector's settings are made of: durations, sizes and locations that
+//! remember where they were written (so that validation can point at them, and that parse
+//! leniently so that one bad value does not hide the others), a trigger's source and a
+//! destination with the keys of their connector's kind.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Deref;
 use std::time::Duration;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::de::{self, DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::{Location, Spanned};
+
+use crate::registry::Settings;
 
 /// A value with the line and column it was written at (unknown for defaults).
 #[derive(Clone)]
@@ -271,7 +277,7 @@ impl JsonSchema for ByteSize {
 }
 
 /// What is wrong with a duration, if anything (the wording of every duration error).
-pub(crate) fn duration_problem(d: &ConfDuration) -> Option<String> {
+pub fn duration_problem(d: &ConfDuration) -> Option<String> {
     (!d.is_valid()).then(|| {
         format!(
             "`{}` is not a duration (write `250ms`, `5s`, `1m`)",
@@ -281,7 +287,7 @@ pub(crate) fn duration_problem(d: &ConfDuration) -> Option<String> {
 }
 
 /// What is wrong with an address `host:port`, if anything.
-pub(crate) fn address_problem(value: &str) -> Option<String> {
+pub fn address_problem(value: &str) -> Option<String> {
     value
         .parse::<std::net::SocketAddr>()
         .is_err()
@@ -289,7 +295,7 @@ pub(crate) fn address_problem(value: &str) -> Option<String> {
 }
 
 /// What is wrong with a URL that needs a host and one of `schemes`, if anything.
-pub(crate) fn url_problem(value: &str, schemes: &[&str]) -> Option<String> {
+pub fn url_problem(value: &str, schemes: &[&str]) -> Option<String> {
     match url::Url::parse(value) {
         Ok(u) if !schemes.contains(&u.scheme()) => Some(format!(
             "URL scheme `{}` is not one of {}",
@@ -299,6 +305,209 @@ pub(crate) fn url_problem(value: &str, schemes: &[&str]) -> Option<String> {
         Ok(u) if !u.has_host() => Some(format!("URL `{}` has no host", crate::redact::url(value))),
         Ok(_) => None,
         Err(e) => Some(format!("`{}` is not a URL: {e}", crate::redact::url(value))),
+    }
+}
+
+/// The keys of a `from` or a destination that belong to its connector's kind, as written, and
+/// parsed into the kind's type at load.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectorKeys {
+    raw: BTreeMap<String, serde_json::Value>,
+    parsed: Option<Settings>,
+}
+
+impl ConnectorKeys {
+    /// Keys as written (parsed when used).
+    pub fn new(raw: BTreeMap<String, serde_json::Value>) -> Self {
+        Self { raw, parsed: None }
+    }
+
+    /// The keys as written.
+    pub fn raw(&self) -> &BTreeMap<String, serde_json::Value> {
+        &self.raw
+    }
+
+    /// The keys in the kind's type. A configuration that went through [`load`] has them parsed
+    /// already; one built otherwise (a test) is parsed here.
+    pub fn get<T: DeserializeOwned + Clone + Send + Sync + fmt::Debug + 'static>(
+        &self,
+    ) -> Result<T, String> {
+        if let Some(t) = self.parsed.as_ref().and_then(Settings::get::<T>) {
+            return Ok(t.clone());
+        }
+        let object = serde_json::Value::Object(self.raw.clone().into_iter().collect());
+        serde_json::from_value(object).map_err(|e| e.to_string())
+    }
+
+    /// The keys in the kind's type, once validation parsed them.
+    pub fn parsed(&self) -> Option<&Settings> {
+        self.parsed.as_ref()
+    }
+
+    /// Keeps the keys parsed into the kind's type (done once, at load).
+    pub fn set(&mut self, parsed: Settings) {
+        self.parsed = Some(parsed);
+    }
+
+    /// The keys as written, as one JSON object.
+    pub fn object(&self) -> serde_json::Value {
+        serde_json::Value::Object(self.raw.clone().into_iter().collect())
+    }
+}
+
+impl PartialEq for ConnectorKeys {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw
+    }
+}
+
+impl Eq for ConnectorKeys {}
+
+/// Reads a mapping: `fixed` keys go to `on_fixed`, every other key into a [`ConnectorKeys`].
+fn read_keys<'de, A: MapAccess<'de>>(
+    mut map: A,
+    fixed: &[&str],
+    mut on_fixed: impl FnMut(&str, &mut A) -> Result<(), A::Error>,
+) -> Result<ConnectorKeys, A::Error> {
+    let mut keys = ConnectorKeys::default();
+    while let Some(key) = map.next_key::<String>()? {
+        if fixed.contains(&key.as_str()) {
+            on_fixed(&key, &mut map)?;
+        } else {
+            let value = map.next_value::<serde_json::Value>()?;
+            if keys.raw.insert(key.clone(), value).is_some() {
+                return Err(de::Error::custom(format_args!("duplicate key `{key}`")));
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// The source of a trigger's events: the connector and topic every trigger has, and the keys
+/// the connector's kind adds (a Kafka `group`, an AMQP `queue`, a JetStream `stream`...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerSource {
+    /// The connector's name.
+    pub connector: Loc<String>,
+    /// The protocol's address: Kafka topic, NATS subject (`*`, `>`), MQTT topic filter (`+`,
+    /// `#`), HTTP path (`/orders`).
+    pub topic: Option<Loc<String>>,
+    /// The keys of the connector's kind.
+    pub keys: ConnectorKeys,
+}
+
+impl TriggerSource {
+    /// The topic, or the empty string.
+    pub fn topic(&self) -> &str {
+        self.topic.as_ref().map_or("", |t| t.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for TriggerSource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TriggerSource;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a source: `{ connector: ..., topic: ... }`")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let (mut connector, mut topic) = (None, None);
+                let keys = read_keys(map, &["connector", "topic"], |key, map| {
+                    if key == "connector" {
+                        connector = Some(map.next_value::<Loc<String>>()?);
+                    } else {
+                        topic = Some(map.next_value::<Loc<String>>()?);
+                    }
+                    Ok(())
+                })?;
+                Ok(TriggerSource {
+                    connector: connector.ok_or_else(|| de::Error::missing_field("connector"))?,
+                    topic,
+                    keys,
+                })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl JsonSchema for TriggerSource {
+    fn schema_name() -> Cow<'static, str> {
+        "TriggerSource".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // The kinds' keys are added by the registry in the configuration's schema.
+        json_schema!({
+            "type": "object",
+            "properties": {
+                "connector": { "type": "string", "description": "The connector's name." },
+                "topic": {
+                    "type": "string",
+                    "description": "The protocol's address: Kafka topic, NATS subject (`*`, `>`), MQTT topic filter (`+`, `#`), HTTP path (`/orders`)."
+                }
+            },
+            "required": ["connector"],
+            "additionalProperties": false
+        })
+    }
+}
+
+/// A destination for dead letters or replies: a connector's topic, or a function.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Destination {
+    /// Publish through this connector...
+    pub connector: Option<Loc<String>>,
+    /// ...to this topic (subject, routing key).
+    pub topic: Option<String>,
+    /// Or deliver to this function.
+    pub function: Option<Loc<String>>,
+    /// The keys of the connector's kind (an AMQP `exchange`).
+    pub keys: ConnectorKeys,
+}
+
+impl<'de> Deserialize<'de> for Destination {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Destination;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a destination: `{ connector: ..., topic: ... }` or `{ function: ... }`",
+                )
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Destination::default();
+                out.keys = read_keys(map, &["connector", "topic", "function"], |key, map| {
+                    match key {
+                        "connector" => out.connector = Some(map.next_value()?),
+                        "topic" => out.topic = Some(map.next_value()?),
+                        _ => out.function = Some(map.next_value()?),
+                    }
+                    Ok(())
+                })?;
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl JsonSchema for Destination {
+    fn schema_name() -> Cow<'static, str> {
+        "Destination".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // The kinds' keys are added by the registry in the configuration's schema.
+        json_schema!({
+            "type": "object",
+            "properties": {
+                "connector": { "type": "string", "description": "Publish through this connector..." },
+                "topic": { "type": "string", "description": "...to this topic (subject, routing key)." },
+                "function": { "type": "string", "description": "Or deliver to this function." }
+            },
+            "additionalProperties": false
+        })
     }
 }
 

@@ -10,13 +10,16 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
-use super::values;
+use fnbroker_core::registry::{
+    ConnectorKind, Finding, ParseError, Registry, Report, Settings, SourceUse, path_segments,
+};
+use fnbroker_core::values;
+
 use super::{
     Batch, ConfDuration, Config, ConnectorConfig, Destination, Filter, Function, FunctionKind, Loc,
     Trigger,
 };
-use crate::event::is_valid_attribute_name;
-use crate::registry::{ConnectorKind, Finding, ParseError, Registry, Report, Settings, SourceUse};
+use fnbroker_core::event::is_valid_attribute_name;
 
 /// One configuration error, at a place in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,25 +182,6 @@ pub(crate) fn yaml_options() -> serde_saphyr::Options {
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);
     options
-}
-
-/// The keys of a path serde_ignored reports, outermost first.
-pub(crate) fn path_segments(path: &serde_ignored::Path<'_>, out: &mut Vec<String>) {
-    use serde_ignored::Path as P;
-    match path {
-        P::Root => {}
-        P::Seq { parent, index } => {
-            path_segments(parent, out);
-            out.push(index.to_string());
-        }
-        P::Map { parent, key } => {
-            path_segments(parent, out);
-            out.push(key.clone());
-        }
-        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
-            path_segments(parent, out)
-        }
-    }
 }
 
 /// The key whose value (or whose entry) is written at `line`:`column`, as a dotted path.
@@ -633,7 +617,7 @@ fn validate(config: &mut Config, registry: &Registry, errors: &mut Errors<'_>) {
     if let Some(admin) = &config.admin {
         address(&admin.listen, "admin.listen", errors);
         duration(&admin.stuck_after, "admin.stuck_after", errors);
-        if let Some(Err(e)) = admin.tls.as_ref().map(crate::tls::ServerTls::check) {
+        if let Some(Err(e)) = admin.tls.as_ref().map(fnbroker_core::tls::ServerTls::check) {
             errors.placed(
                 vec!["admin".into(), "tls".into(), e.key.into()],
                 Place::Value,
@@ -1120,7 +1104,7 @@ fn validate_filter(filter: &Filter, tname: &str, at: &Loc<String>, errors: &mut 
         }
         Filter::Not(f) => validate_filter(f, tname, at, errors),
         Filter::Sql(expr) => {
-            if let Err(e) = crate::cesql::Expr::parse(expr) {
+            if let Err(e) = fnbroker_filters::cesql::Expr::parse(expr) {
                 errors.at(
                     expr,
                     format!(
@@ -1131,7 +1115,7 @@ fn validate_filter(filter: &Filter, tname: &str, at: &Loc<String>, errors: &mut 
             }
         }
         Filter::Cel(expr) => {
-            if let Err(e) = crate::celexpr::CelExpr::parse(expr) {
+            if let Err(e) = fnbroker_filters::celexpr::CelExpr::parse(expr) {
                 errors.at(
                     expr,
                     format!(
@@ -1238,7 +1222,7 @@ fn validate_discovery(
             errors,
         );
     }
-    if let Some(Err(e)) = d.tls.as_ref().map(crate::tls::Tls::check) {
+    if let Some(Err(e)) = d.tls.as_ref().map(fnbroker_core::tls::Tls::check) {
         errors.placed(
             vec![
                 "discover".into(),
@@ -1453,7 +1437,7 @@ fn validate_function_kind(name: &str, kind: FunctionKind<'_>, errors: &mut Error
             }
         }
     }
-    if let Some(Err(e)) = kind.tls().map(crate::tls::Tls::check) {
+    if let Some(Err(e)) = kind.tls().map(fnbroker_core::tls::Tls::check) {
         errors.placed(
             vec![
                 "functions".into(),

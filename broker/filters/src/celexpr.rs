@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use crate::cesql::Decision;
-use crate::event::{self, Data, Event, ExtensionValue};
+use fnbroker_core::event::{self, Data, Event, ExtensionValue};
 
 /// A compiled `cel` filter.
 #[derive(Clone)]
@@ -447,7 +447,7 @@ fn data_value(event: &Event) -> Option<cel::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cloudevents::{EventBuilder, EventBuilderV10};
+    use fnbroker_core::cloudevents::{EventBuilder, EventBuilderV10};
 
     fn event(data: Option<(&str, Vec<u8>)>) -> Event {
         let mut b = EventBuilderV10::new()

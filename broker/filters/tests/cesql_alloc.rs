@@ -4,8 +4,8 @@
 //! own threads do not disturb the count.
 #![allow(missing_docs)]
 
-use fnbroker_core::cesql::Expr;
 use fnbroker_core::event::{self, PlainMessage};
+use fnbroker_filters::cesql::Expr;
 
 #[test]
 fn comparisons_with_literals_allocate_nothing() {

@@ -7,9 +7,9 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use fnbroker_core::celexpr::CelExpr;
-use fnbroker_core::cesql::Expr;
 use fnbroker_core::event::{self, PlainMessage};
+use fnbroker_filters::celexpr::CelExpr;
+use fnbroker_filters::cesql::Expr;
 
 fn filters(c: &mut Criterion) {
     let mut event = event::normalize(

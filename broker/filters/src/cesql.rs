@@ -1169,6 +1169,19 @@ impl Parser {
     }
 }
 
+/// Events are what CESQL expressions read: extensions keep their type (boolean, integer),
+/// everything else is a string (`time` in RFC 3339, UTC).
+impl Attributes for fnbroker_core::Event {
+    fn attribute(&self, name: &str) -> Option<Value<'_>> {
+        use fnbroker_core::event::{ExtensionValue, attribute};
+        match self.extension(name) {
+            Some(ExtensionValue::Boolean(b)) => Some(Value::Bool(*b)),
+            Some(ExtensionValue::Integer(i)) => i32::try_from(*i).ok().map(Value::Int),
+            _ => attribute(self, name).map(Value::Str),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

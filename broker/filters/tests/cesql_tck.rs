@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use fnbroker_core::cesql::{Attributes, ErrorKind, Expr, Value};
+use fnbroker_filters::cesql::{Attributes, ErrorKind, Expr, Value};
 use serde_json::Value as Json;
 
 struct Event(HashMap<String, Json>);

@@ -1,38 +1,43 @@
 //! The configuration of fnbroker: every type of the YAML file, in one place.
 //!
-//! [`load`](crate::config::load) reads a file, substitutes `${ENV_VAR}`s, parses it and validates
+//! [`load`] reads a file, substitutes `${ENV_VAR}`s, parses it and validates
 //! it without any IO, reporting every error it finds as `FILE:LINE:COL: message`. A [`Config`]
 //! that came out of it is valid: every reference resolves, every duration, URL and address
 //! parses, so the broker can use the accessors below without checking again.
 //!
 //! The core types hold what every trigger has; each connector kind's settings (its connection,
 //! the keys its triggers' `from` and destinations add) belong to its crate and come in through
-//! the [`Registry`](crate::registry::Registry): they are parsed into the crate's types at load.
+//! the [`Registry`]: they are parsed into the crate's types at load. The value types those
+//! settings are made of ([`ConfDuration`], [`Loc`], [`Destination`]...) belong to the connector
+//! SDK (`fnbroker_core::values`) and are re-exported here.
 //!
 //! `fnbroker schema` prints the JSON Schema generated from these same types.
+
+#![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
+#![warn(missing_docs)]
 
 mod load;
 mod platforms;
 mod substitute;
-pub(crate) mod values;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use fnbroker_core::registry::{Registry, Settings};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
-use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 
-use crate::registry::{Registry, Settings};
-
-pub(crate) use load::path_segments;
+pub use fnbroker_core::values::{
+    self, ByteSize, ConfDuration, ConnectorKeys, Destination, Loc, TriggerSource,
+};
 pub use load::{ConfigError, ConfigErrors, load, load_str};
 pub use platforms::{
     Discover, FissionFunction, FnFunction, KnativeFunction, LambdaFunction, LambdaInvocation,
     OpenFaasDiscovery, OpenFaasFunction, OpenWhiskFunction,
 };
-pub use values::{ByteSize, ConfDuration, Loc};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -116,7 +121,7 @@ fn default_shutdown_timeout() -> ConfDuration {
 }
 
 /// A named connector: exactly one kind (`kafka: {...}`), whose settings the connector crate of
-/// that kind defines (see [`crate::registry`]). Parsed into the crate's types at load.
+/// that kind defines (see `fnbroker_core::registry`). Parsed into the crate's types at load.
 #[derive(Debug, Clone)]
 pub struct ConnectorConfig {
     kind: String,
@@ -192,78 +197,6 @@ impl JsonSchema for ConnectorConfig {
     }
 }
 
-/// The keys of a `from` or a destination that belong to its connector's kind, as written, and
-/// parsed into the kind's type at load.
-#[derive(Debug, Clone, Default)]
-pub struct ConnectorKeys {
-    raw: BTreeMap<String, serde_json::Value>,
-    parsed: Option<Settings>,
-}
-
-impl ConnectorKeys {
-    /// Keys as written (parsed when used).
-    pub fn new(raw: BTreeMap<String, serde_json::Value>) -> Self {
-        Self { raw, parsed: None }
-    }
-
-    /// The keys as written.
-    pub fn raw(&self) -> &BTreeMap<String, serde_json::Value> {
-        &self.raw
-    }
-
-    /// The keys in the kind's type. A configuration that went through [`load`] has them parsed
-    /// already; one built otherwise (a test) is parsed here.
-    pub fn get<T: DeserializeOwned + Clone + Send + Sync + fmt::Debug + 'static>(
-        &self,
-    ) -> Result<T, String> {
-        if let Some(t) = self.parsed.as_ref().and_then(Settings::get::<T>) {
-            return Ok(t.clone());
-        }
-        let object = serde_json::Value::Object(self.raw.clone().into_iter().collect());
-        serde_json::from_value(object).map_err(|e| e.to_string())
-    }
-
-    /// The keys in the kind's type, once validation parsed them.
-    pub fn parsed(&self) -> Option<&Settings> {
-        self.parsed.as_ref()
-    }
-
-    pub(crate) fn set(&mut self, parsed: Settings) {
-        self.parsed = Some(parsed);
-    }
-
-    pub(crate) fn object(&self) -> serde_json::Value {
-        serde_json::Value::Object(self.raw.clone().into_iter().collect())
-    }
-}
-
-impl PartialEq for ConnectorKeys {
-    fn eq(&self, other: &Self) -> bool {
-        self.raw == other.raw
-    }
-}
-
-impl Eq for ConnectorKeys {}
-
-/// Reads a mapping: `fixed` keys go to `on_fixed`, every other key into a [`ConnectorKeys`].
-fn read_keys<'de, A: MapAccess<'de>>(
-    mut map: A,
-    fixed: &[&str],
-    mut on_fixed: impl FnMut(&str, &mut A) -> Result<(), A::Error>,
-) -> Result<ConnectorKeys, A::Error> {
-    let mut keys = ConnectorKeys::default();
-    while let Some(key) = map.next_key::<String>()? {
-        if fixed.contains(&key.as_str()) {
-            on_fixed(&key, &mut map)?;
-        } else {
-            let value = map.next_value::<serde_json::Value>()?;
-            if keys.raw.insert(key.clone(), value).is_some() {
-                return Err(de::Error::custom(format_args!("duplicate key `{key}`")));
-            }
-        }
-    }
-    Ok(keys)
-}
 /// A named function: how to invoke it (exactly one kind: `http`, `exec` or a platform's), and
 /// limits.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -403,7 +336,7 @@ impl FunctionKind<'_> {
     }
 
     /// The kind's `tls` block, if it has one.
-    pub fn tls(&self) -> Option<&crate::tls::Tls> {
+    pub fn tls(&self) -> Option<&fnbroker_core::tls::Tls> {
         match self {
             FunctionKind::Http(f) => f.tls.as_ref(),
             FunctionKind::Exec(_) => None,
@@ -460,7 +393,7 @@ pub struct HttpFunction {
     /// TLS for `https` URLs: `ca` (default: the system's roots), `cert` + `key` (mTLS),
     /// `server_name` (with an IP address in the URL), `insecure_skip_verify`.
     #[serde(default)]
-    pub tls: Option<crate::tls::Tls>,
+    pub tls: Option<fnbroker_core::tls::Tls>,
     /// The largest reply read (`16MiB`, `512KiB`, bytes): a 2xx answer with a longer body
     /// fails the attempt with that reason (not retried), read as a stream and cut off there;
     /// the body of another answer is cut there too. Default `16MiB`.
@@ -537,75 +470,6 @@ pub struct Trigger {
     pub retry_consumer: bool,
 }
 
-/// The source of a trigger's events: the connector and topic every trigger has, and the keys
-/// the connector's kind adds (a Kafka `group`, an AMQP `queue`, a JetStream `stream`...).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TriggerSource {
-    /// The connector's name.
-    pub connector: Loc<String>,
-    /// The protocol's address: Kafka topic, NATS subject (`*`, `>`), MQTT topic filter (`+`,
-    /// `#`), HTTP path (`/orders`).
-    pub topic: Option<Loc<String>>,
-    /// The keys of the connector's kind.
-    pub keys: ConnectorKeys,
-}
-
-impl TriggerSource {
-    /// The topic, or the empty string.
-    pub fn topic(&self) -> &str {
-        self.topic.as_ref().map_or("", |t| t.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for TriggerSource {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = TriggerSource;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a source: `{ connector: ..., topic: ... }`")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                let (mut connector, mut topic) = (None, None);
-                let keys = read_keys(map, &["connector", "topic"], |key, map| {
-                    if key == "connector" {
-                        connector = Some(map.next_value::<Loc<String>>()?);
-                    } else {
-                        topic = Some(map.next_value::<Loc<String>>()?);
-                    }
-                    Ok(())
-                })?;
-                Ok(TriggerSource {
-                    connector: connector.ok_or_else(|| de::Error::missing_field("connector"))?,
-                    topic,
-                    keys,
-                })
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-impl JsonSchema for TriggerSource {
-    fn schema_name() -> Cow<'static, str> {
-        "TriggerSource".into()
-    }
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        // The kinds' keys are added by the registry in [`json_schema`].
-        json_schema!({
-            "type": "object",
-            "properties": {
-                "connector": { "type": "string", "description": "The connector's name." },
-                "topic": {
-                    "type": "string",
-                    "description": "The protocol's address: Kafka topic, NATS subject (`*`, `>`), MQTT topic filter (`+`, `#`), HTTP path (`/orders`)."
-                }
-            },
-            "required": ["connector"],
-            "additionalProperties": false
-        })
-    }
-}
 /// Attributes for messages that are not CloudEvents.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
@@ -788,63 +652,6 @@ pub enum Backoff {
     Constant,
 }
 
-/// A destination for dead letters or replies: a connector's topic, or a function.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Destination {
-    /// Publish through this connector...
-    pub connector: Option<Loc<String>>,
-    /// ...to this topic (subject, routing key).
-    pub topic: Option<String>,
-    /// Or deliver to this function.
-    pub function: Option<Loc<String>>,
-    /// The keys of the connector's kind (an AMQP `exchange`).
-    pub keys: ConnectorKeys,
-}
-
-impl<'de> Deserialize<'de> for Destination {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Destination;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(
-                    "a destination: `{ connector: ..., topic: ... }` or `{ function: ... }`",
-                )
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                let mut out = Destination::default();
-                out.keys = read_keys(map, &["connector", "topic", "function"], |key, map| {
-                    match key {
-                        "connector" => out.connector = Some(map.next_value()?),
-                        "topic" => out.topic = Some(map.next_value()?),
-                        _ => out.function = Some(map.next_value()?),
-                    }
-                    Ok(())
-                })?;
-                Ok(out)
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-impl JsonSchema for Destination {
-    fn schema_name() -> Cow<'static, str> {
-        "Destination".into()
-    }
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        // The kinds' keys are added by the registry in [`json_schema`].
-        json_schema!({
-            "type": "object",
-            "properties": {
-                "connector": { "type": "string", "description": "Publish through this connector..." },
-                "topic": { "type": "string", "description": "...to this topic (subject, routing key)." },
-                "function": { "type": "string", "description": "Or deliver to this function." }
-            },
-            "additionalProperties": false
-        })
-    }
-}
 /// The admin endpoint.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
@@ -858,7 +665,7 @@ pub struct Admin {
     pub token: Option<String>,
     /// Serve the admin endpoint over HTTPS: `cert`, `key`, and `client_ca` for mutual TLS.
     #[serde(default)]
-    pub tls: Option<crate::tls::ServerTls>,
+    pub tls: Option<fnbroker_core::tls::ServerTls>,
     /// A subscription with messages waiting at its broker and none taken for this long is
     /// reported stuck (`/readyz` detail, `fnbroker_consumer_stalled`). Default `60s`.
     #[serde(default = "default_stuck_after")]
@@ -953,4 +760,122 @@ pub fn json_schema(registry: &Registry) -> serde_json::Value {
         }
     }
     root
+}
+
+#[cfg(test)]
+mod registry_tests {
+    //! A connector kind as a new crate would add it, through the whole configuration.
+    use std::sync::Arc;
+
+    use fnbroker_core::binding::Sample;
+    use fnbroker_core::registry::{
+        ConnectorPlugin, Kind, NoSettings, Registry, Report, Settings, SourceUse,
+    };
+    use fnbroker_core::{Connector, ConnectorError, Event, Origin};
+    use schemars::JsonSchema;
+
+    /// A connector kind as a new crate would add it: its types, its checks, one registration.
+    struct Echo;
+
+    #[derive(Debug, Clone, serde::Deserialize, JsonSchema)]
+    struct EchoSettings {
+        /// Where to echo.
+        url: String,
+        #[serde(default)]
+        lanes: u8,
+    }
+
+    #[derive(Debug, Clone, serde::Deserialize, JsonSchema)]
+    struct EchoSource {
+        /// Which lane.
+        lane: u8,
+    }
+
+    impl ConnectorPlugin for Echo {
+        const KIND: &'static str = "echo";
+        const ABOUT: &'static str = "Echoes.";
+        type Settings = EchoSettings;
+        type Source = EchoSource;
+        type Destination = NoSettings;
+
+        fn validate(settings: &EchoSettings, report: &Report<'_>) {
+            report.url("url", &settings.url, &["echo"]);
+        }
+
+        fn validate_source(source: &EchoSource, from: &SourceUse<'_>, report: &Report<'_>) {
+            from.require_topic(report);
+            if source.lane > 3 {
+                report.error(&["lane"], "`lane` must be 0 to 3");
+            }
+        }
+
+        fn build(name: &str, _: &EchoSettings) -> Result<Arc<dyn Connector>, ConnectorError> {
+            Err(ConnectorError::Unsupported {
+                connector: name.to_string(),
+                kind: "echo",
+                what: "run in a unit test",
+            })
+        }
+
+        fn decode_sample(
+            _: &str,
+            _: &EchoSettings,
+            _: &Sample<'_>,
+        ) -> Result<Vec<(Event, Origin)>, String> {
+            Err("echo decodes nothing".into())
+        }
+    }
+
+    static ONLY_ECHO: Registry = Registry::new(&[&Kind::<Echo>::NEW]);
+
+    fn load(text: &str) -> Result<crate::Config, Vec<String>> {
+        crate::load_str("t.yaml", text, |_| None, &ONLY_ECHO)
+            .map_err(|e| e.0.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn a_registered_kind_is_parsed_validated_and_described() {
+        let text = "\
+connectors:
+  e: { echo: { url: echo://here, lanes: 2 } }
+functions:
+  f: { exec: { command: [cat] } }
+triggers:
+  - { name: t, from: { connector: e, topic: x, lane: 1 }, to: f }
+";
+        let config = load(text).expect("valid");
+        let settings = config.connectors["e"].settings().expect("parsed");
+        assert_eq!(settings.get::<EchoSettings>().map(|s| s.lanes), Some(2));
+        let source: EchoSource = config.triggers[0].from.keys.get().expect("source");
+        assert_eq!(source.lane, 1);
+
+        let bad = text
+            .replace("echo://here", "http://here")
+            .replace("lane: 1", "lane: 7, lame: 1");
+        assert_eq!(
+            load(&bad).expect_err("invalid"),
+            vec![
+                "t.yaml:2:21: connector `e`: `url`: URL scheme `http` is not one of echo",
+                "t.yaml:6:54: trigger `t`: `lane` must be 0 to 3",
+                "t.yaml:6:57: trigger `t`: `lame` does not apply to an echo source (its `from` takes `lane` besides `connector` and `topic`)",
+            ]
+        );
+        let unknown = text.replace("echo: {", "kafka: {");
+        assert!(
+            load(&unknown).expect_err("unknown kind")[0]
+                .contains("unknown kind `kafka` (the kinds are echo)")
+        );
+
+        let schema = crate::json_schema(&ONLY_ECHO);
+        assert_eq!(
+            schema["$defs"]["Connector"]["oneOf"][0]["required"][0],
+            "echo"
+        );
+        assert_eq!(
+            schema["$defs"]["TriggerSource"]["properties"]["lane"]["description"],
+            "echo: Which lane."
+        );
+        let kind = ONLY_ECHO.get("echo").expect("registered");
+        assert!(kind.build("e", &Settings::new(0_u8)).is_err());
+    }
 }

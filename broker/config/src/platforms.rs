@@ -5,7 +5,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::Loc;
-use crate::tls::Tls;
+use fnbroker_core::tls::Tls;
 
 /// An OpenFaaS function behind its gateway.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
