@@ -13,6 +13,12 @@ cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The connector kinds are cargo features: the quickstart's build (HTTP alone) and an MQTT and HTTP
+# build must compile and lint clean too.
+echo "== cargo clippy (fewer connector kinds)"
+cargo clippy -p fnbroker --locked --no-default-features --features http -- -D warnings
+cargo clippy -p fnbroker --locked --no-default-features --features mqtt,http -- -D warnings
+
 # The static release binary: the tests run it from the container image's root filesystem.
 echo "== scripts/release.sh (static binary)"
 scripts/release.sh

@@ -52,6 +52,22 @@ fn validate(text: &str) -> (i32, String, String) {
     )
 }
 
+/// The help names the connector kinds the build has (each is a cargo feature; the tests run the
+/// default build, which has them all).
+#[test]
+fn help_names_the_connector_kinds_built_in() {
+    let out = Command::new(common::binary())
+        .arg("--help")
+        .output()
+        .expect("fnbroker --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("Connector kinds built in: http, kafka, nats, amqp, mqtt, redis, postgres."),
+        "{help}"
+    );
+}
+
 #[test]
 fn validate_accepts_a_good_config() {
     let (code, stderr, _) = validate(GOOD);

@@ -1,17 +1,41 @@
-//! Every connector kind this fnbroker knows: one line per connector crate. The configuration's
-//! loading, `validate`, `fnbroker schema` and the runtime all read this list.
+//! Every connector kind this fnbroker knows: one line per connector crate, each behind the
+//! cargo feature of its kind. The configuration's loading, `validate`, `fnbroker schema` and the
+//! runtime all read this list.
 
 use fnbroker_core::registry::{Kind, Registry};
 
-/// The registered connector kinds.
+/// The registered connector kinds, and those this build leaves out.
 pub(crate) static REGISTRY: Registry = Registry::new(&[
+    #[cfg(feature = "http")]
     &Kind::<fnbroker_http::Plugin>::NEW,
+    #[cfg(feature = "kafka")]
     &Kind::<fnbroker_kafka::Plugin>::NEW,
+    #[cfg(feature = "nats")]
     &Kind::<fnbroker_nats::Plugin>::NEW,
+    #[cfg(feature = "amqp")]
     &Kind::<fnbroker_amqp::Plugin>::NEW,
+    #[cfg(feature = "mqtt")]
     &Kind::<fnbroker_mqtt::Plugin>::NEW,
+    #[cfg(feature = "redis")]
     &Kind::<fnbroker_redis::Plugin>::NEW,
+    #[cfg(feature = "postgres")]
     &Kind::<fnbroker_postgres::Plugin>::NEW,
+])
+.leaving_out(&[
+    #[cfg(not(feature = "http"))]
+    ("http", "http"),
+    #[cfg(not(feature = "kafka"))]
+    ("kafka", "kafka"),
+    #[cfg(not(feature = "nats"))]
+    ("nats", "nats"),
+    #[cfg(not(feature = "amqp"))]
+    ("amqp", "amqp"),
+    #[cfg(not(feature = "mqtt"))]
+    ("mqtt", "mqtt"),
+    #[cfg(not(feature = "redis"))]
+    ("redis", "redis"),
+    #[cfg(not(feature = "postgres"))]
+    ("postgres", "postgres"),
 ]);
 
 /// A configuration from text, for the tests of the offline commands; a test fails on errors.

@@ -30,7 +30,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use fnbroker_config as config;
 use tokio_util::sync::CancellationToken;
 
@@ -215,7 +215,14 @@ fn main() -> ExitCode {
     // One rustls crypto provider for every rustls user (async-nats is built with aws-lc-rs too,
     // ring is not linked); installed explicitly so that no client has to guess.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let cli = Cli::parse();
+    // The help names the connector kinds this build has (each is a cargo feature).
+    let matches = Cli::command()
+        .after_help(format!(
+            "Connector kinds built in: {}. Function kinds: every kind (http, exec and the platforms).",
+            connectors::REGISTRY.names()
+        ))
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_logs(cli.log_format);
     match cli.command {
         Command::Schema => {

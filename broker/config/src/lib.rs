@@ -878,4 +878,30 @@ triggers:
         let kind = ONLY_ECHO.get("echo").expect("registered");
         assert!(kind.build("e", &Settings::new(0_u8)).is_err());
     }
+
+    #[test]
+    fn a_kind_this_build_leaves_out_names_its_feature() {
+        static WITHOUT_KAFKA: Registry =
+            Registry::new(&[&Kind::<Echo>::NEW]).leaving_out(&[("kafka", "kafka")]);
+        let text = "\
+connectors:
+  k: { kafka: { brokers: [127.0.0.1:9092] } }
+functions:
+  f: { exec: { command: [cat] } }
+triggers:
+  - { name: t, from: { connector: k, topic: x }, to: f }
+";
+        let errors: Vec<String> = crate::load_str("t.yaml", text, |_| None, &WITHOUT_KAFKA)
+            .expect_err("kafka is left out")
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            errors,
+            vec![
+                "t.yaml:2:8: connector `k`: kind `kafka` is not built into this fnbroker; build it with the cargo feature `kafka` (`cargo build --release --features kafka`)"
+            ]
+        );
+    }
 }

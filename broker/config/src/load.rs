@@ -713,6 +713,16 @@ fn validate_connector(
         kind_name.clone(),
     ];
     let Some(kind) = registry.get(&kind_name) else {
+        if let Some(feature) = registry.feature_of_absent(&kind_name) {
+            errors.placed(
+                base,
+                Place::Key,
+                format!(
+                    "connector `{name}`: kind `{kind_name}` is not built into this fnbroker; build it with the cargo feature `{feature}` (`cargo build --release --features {feature}`)"
+                ),
+            );
+            return;
+        }
         let hint = registry
             .kinds()
             .map(|k| k.kind())

@@ -514,13 +514,32 @@ impl<P: ConnectorPlugin> ConnectorKind for Kind<P> {
 #[derive(Clone, Copy)]
 pub struct Registry {
     kinds: &'static [&'static dyn ConnectorKind],
+    /// Kinds this build leaves out, each with the cargo feature that builds it in.
+    absent: &'static [(&'static str, &'static str)],
 }
 
 impl Registry {
     /// A registry of `kinds`, one line per connector crate:
     /// `&Kind::<fnbroker_kafka::Plugin>::NEW`.
     pub const fn new(kinds: &'static [&'static dyn ConnectorKind]) -> Self {
-        Self { kinds }
+        Self { kinds, absent: &[] }
+    }
+
+    /// The same registry, knowing which kinds this build leaves out (`(kind, cargo feature)`),
+    /// so that a configuration naming one is told which feature builds it in.
+    pub const fn leaving_out(self, absent: &'static [(&'static str, &'static str)]) -> Self {
+        Self {
+            kinds: self.kinds,
+            absent,
+        }
+    }
+
+    /// The cargo feature that builds `kind` in, when this build leaves it out.
+    pub fn feature_of_absent(&self, kind: &str) -> Option<&'static str> {
+        self.absent
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, feature)| *feature)
     }
 
     /// The kind named `kind`.
