@@ -60,7 +60,7 @@ ensure_rabbitmq() {
 # tansu stores its data in SQLite (the `libsql` feature, which its default build leaves out): its
 # in-memory storage returns nothing to a fetch that starts inside a record batch, so a consumer
 # that resumes from a committed offset mid-batch never receives the rest (measured with a plain
-# librdkafka client: shared/notes/tansu-resume.md, and the closing note of issue 12). It is
+# librdkafka client: docs/notes/tansu.md). It is
 # installed with that feature into a folder of its own, outside the clone and reused; the
 # database is new at every start.
 TANSU_ROOT="${FNBROKER_TANSU_ROOT:-$HOME/.cache/fnbroker/tansu-sqlite}"

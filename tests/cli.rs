@@ -165,7 +165,7 @@ fn validate_reports_every_error_at_once() {
     assert!(lines[3].contains(":9:5: unknown key `colour`"), "{stderr}");
 }
 
-/// Issue 17: a `cel` filter is compiled at load; an error names its place in the file and in
+/// A `cel` filter is compiled at load; an error names its place in the file and in
 /// the expression.
 #[test]
 fn validate_reports_a_malformed_cel_filter_with_its_position() {
@@ -187,7 +187,7 @@ fn validate_reports_a_malformed_cel_filter_with_its_position() {
     assert_eq!(code, 0, "{stderr}");
 }
 
-/// Issue 17: a rate limit and a circuit breaker are checked at load, each error at its value.
+/// A rate limit and a circuit breaker are checked at load, each error at its value.
 #[test]
 fn validate_checks_rate_limits_and_circuit_breakers() {
     let text = GOOD.replace(
@@ -409,7 +409,7 @@ async fn quickstart_answers_the_readme_curl() {
     quickstart_with(Path::new(common::binary())).await;
 }
 
-/// Issue 16: the static binary `scripts/release.sh` built (`scripts/test.sh` runs it first)
+/// The static binary `scripts/release.sh` built (`scripts/test.sh` runs it first)
 /// runs the quickstart too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_static_release_binary_runs_the_quickstart() {

@@ -253,7 +253,7 @@ async fn two_processes_on_one_queue_share_it() {
     drop((a, b));
 }
 
-/// Finding 5 of issue 12: a reply to a routing key no queue is bound to. Reported: the
+/// A reply to a routing key no queue is bound to. Reported: the
 /// function was called 4 times, then the event was dropped. Now the start names the missing
 /// queue, the function is called once per delivery (the publish is what fails, and it is
 /// permanent, so it is not retried at once), and the message goes back to RabbitMQ after
@@ -379,7 +379,7 @@ async fn amqps_with_a_client_certificate_authenticates_with_external() {
     }
 }
 
-/// Issue 16, replicas: two processes on one queue are competing consumers; one is killed with
+/// Replicas: two processes on one queue are competing consumers; one is killed with
 /// SIGKILL mid-stream, the other takes every later message, and RabbitMQ gives it what the
 /// killed one had unacknowledged: every message arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,7 +406,7 @@ async fn a_replica_killed_hands_its_messages_to_the_other() {
     drop(b);
 }
 
-/// Issue 17: `fnbroker redrive` of a RabbitMQ dead-letter queue, back into the trigger's queue
+/// `fnbroker redrive` of a RabbitMQ dead-letter queue, back into the trigger's queue
 /// (through the default exchange); what it passes over stays in the dead-letter queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redrive_moves_dead_letters_back_exactly_once() {
@@ -440,7 +440,7 @@ async fn redrive_moves_dead_letters_back_exactly_once() {
     .await;
 }
 
-/// Issue 17, durable retry state on RabbitMQ: the retry topic is a queue (declared by
+/// Durable retry state on RabbitMQ: the retry topic is a queue (declared by
 /// fnbroker) fed through the default exchange.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_in_a_queue_reach_the_function_once_it_is_back() {

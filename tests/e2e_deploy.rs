@@ -106,7 +106,7 @@ fn uid() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// Issue 16: `run --watch` while 10,000 JetStream messages flow. The trigger `main` gets a new
+/// `run --watch` while 10,000 JetStream messages flow. The trigger `main` gets a new
 /// function (swapped in, its subscription stays open), then a new `max_in_flight` (its
 /// subscription drained and opened again); `gone` is removed, `added` added; between them a
 /// file with an error is refused with its line and column and changes nothing. Every message
@@ -289,7 +289,7 @@ async fn reload_while_messages_flow_loses_and_duplicates_nothing() {
     );
 }
 
-/// Issue 16: SIGHUP reloads (it used to end the process with 129); a SIGHUP with nothing
+/// SIGHUP reloads (it used to end the process with 129); a SIGHUP with nothing
 /// changed changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_configuration() {
@@ -507,7 +507,7 @@ impl Drop for Buildah {
     }
 }
 
-/// Issue 16: the static binary is static, and the Dockerfile's runtime stage, built by buildah
+/// The static binary is static, and the Dockerfile's runtime stage, built by buildah
 /// from it (base images cannot be pulled here, and the runtime stage needs none: it is `FROM
 /// scratch`), makes an image whose root filesystem runs fnbroker as its non-root user against
 /// a real JetStream, and stops it cleanly on SIGTERM. The binary runs in that root filesystem
@@ -657,7 +657,7 @@ async fn the_image_root_filesystem_runs_the_static_binary() {
     assert_eq!(server.count("/f"), 100);
 }
 
-/// Issue 16: every manifest of deploy/kubernetes validates strictly and offline (the Kubernetes
+/// Every manifest of deploy/kubernetes validates strictly and offline (the Kubernetes
 /// schemas of kubernetes-validate, the KEDA CRD's schema), the validation does refuse an
 /// unknown field, and the configuration the ConfigMap carries is a valid fnbroker
 /// configuration whose `shutdown_timeout` fits in the pod's grace period.

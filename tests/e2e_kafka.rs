@@ -190,7 +190,7 @@ async fn ordered_delivery_keeps_offset_order_per_partition() {
     drop(fb);
 }
 
-/// Finding 1 of issue 12, as reported: 3 partitions, a function that takes 20 ms per call, 2,000
+/// As reported: 3 partitions, a function that takes 20 ms per call, 2,000
 /// records produced while fnbroker consumes, kill -9 after about 400 deliveries, start again with
 /// the same group: every record arrives, on every partition. Several rounds in a row, each with
 /// its own topic and group (the failure was intermittent: 3 runs of 6).
@@ -511,7 +511,7 @@ async fn a_missing_topic_is_reported_and_picked_up_once_created() {
     drop(fb);
 }
 
-/// Finding 6 of issue 12: a saturated engine (one slow call in flight, the queue full) must not
+/// A saturated engine (one slow call in flight, the queue full) must not
 /// stop the consumer from being polled: with `max.poll.interval.ms` at 7 s and calls of 8 s, the
 /// member stays in its group (no "maximum poll interval exceeded", no second assignment) and
 /// every record arrives once.
@@ -703,7 +703,7 @@ async fn oauthbearer_tokens_come_from_the_token_endpoint() {
     assert!(!logs.contains("oauth-secret"));
 }
 
-/// Issue 16, replicas: two processes in one consumer group share the partitions; one is killed
+/// Replicas: two processes in one consumer group share the partitions; one is killed
 /// with SIGKILL mid-stream and started again (as Kubernetes or systemd would), and every record
 /// arrives, what the killed one had not committed included. On Apache Kafka the survivor would
 /// take the killed one's partitions after the session timeout; tansu keeps a killed member in
@@ -743,7 +743,7 @@ async fn a_replica_killed_hands_its_partitions_to_the_other() {
     drop(b);
 }
 
-/// Issue 17: `fnbroker redrive` of a Kafka dead-letter topic (its own consumer group, read
+/// `fnbroker redrive` of a Kafka dead-letter topic (its own consumer group, read
 /// from the earliest offset; what it passes over stays in the log).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redrive_moves_dead_letters_back_exactly_once() {
@@ -790,7 +790,7 @@ fn events_of(r: &common::Received) -> Vec<(String, String)> {
     )]
 }
 
-/// Issue 17, batching: 300 records on 3 partitions to a trigger batching 25 at a time. The
+/// Batching: 300 records on 3 partitions to a trigger batching 25 at a time. The
 /// function gets `application/cloudevents-batch+json` requests, never more than 25 events
 /// each; it names record 13 as failed in its batch, which is then tried again alone (binary
 /// mode) and succeeds. Every record arrives; only 13 twice.
@@ -865,7 +865,7 @@ async fn batches_reach_the_function_and_named_failures_are_retried_alone() {
     );
 }
 
-/// Issue 17, batching with `ordered: true`: 100 records on one partition, batches of 10. The
+/// Batching with `ordered: true`: 100 records on one partition, batches of 10. The
 /// function names record 15 as failed the first time it sees it; 15 and every record after it
 /// in that batch go again, and the next batch waits: the records reach the function in order,
 /// the one restart at 15 aside.
@@ -932,7 +932,7 @@ async fn ordered_batches_keep_the_partition_order() {
     );
 }
 
-/// Issue 17, durable retry state: a trigger keeps its retries in a Kafka topic. The function
+/// Durable retry state: a trigger keeps its retries in a Kafka topic. The function
 /// fails (500) for its first 30 s; meanwhile records keep arriving and fnbroker is killed
 /// (SIGKILL) and started again twice, after 30 and 80 calls. Each record's first attempt comes soon after it was
 /// produced (the source never waits for a retry), and once the function is back every record

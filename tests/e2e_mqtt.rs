@@ -279,7 +279,7 @@ async fn a_reply_is_published_to_an_mqtt_topic() {
     drop(fb);
 }
 
-/// Finding 2 of issue 12: SIGTERM in the middle of a QoS 1 stream, then start again: exactly
+/// SIGTERM in the middle of a QoS 1 stream, then start again: exactly
 /// once (the persistent session keeps what fnbroker did not acknowledge).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_in_the_middle_delivers_every_message_exactly_once() {
@@ -307,7 +307,7 @@ async fn sigterm_in_the_middle_delivers_every_message_exactly_once() {
     common::sigterm_midway_exactly_once("mqtt", &server, &cfg, N).await;
 }
 
-/// Finding 7 of issue 12: two replicas with the same configuration (no `client_id`) on one
+/// Two replicas with the same configuration (no `client_id`) on one
 /// `$share` group: the default client id `fnbroker-<connector>-<hostname>` differs per host, so
 /// they split the work and neither knocks the other off the broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,7 +353,7 @@ async fn two_replicas_with_the_default_client_id_share_a_group_without_reconnect
     }
 }
 
-/// Finding 7 of issue 12: a slow function and a full trigger queue must not stop rumqttc's
+/// A slow function and a full trigger queue must not stop rumqttc's
 /// event loop from being polled: keep-alive pings go on (MQTT 3.1.1, 1 s keep-alive, the
 /// broker's 20 in-flight messages waiting behind one slow call), the connection stays up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -450,7 +450,7 @@ async fn mqtt_outage(outage: Duration) {
     drop(broker);
 }
 
-/// Finding 9 of issue 12: with default delivery settings and no dead letter, a function down
+/// With default delivery settings and no dead letter, a function down
 /// for 5 s loses nothing of a QoS 1 stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_five_second_function_outage_loses_nothing() {
@@ -548,7 +548,7 @@ async fn a_wrong_password_is_a_warning_and_not_ready() {
     assert!(!wrong.logs().contains("not-the-password"));
 }
 
-/// Issue 16, replicas: two processes with their own client ids in one shared subscription
+/// Replicas: two processes with their own client ids in one shared subscription
 /// (`$share`); one is killed with SIGKILL mid-stream. Mosquitto goes on giving the killed
 /// one's persistent session its share of the later messages (as the MQTT 5 specification
 /// allows; shown with plain clients in `mosquitto_keeps_sending_a_dead_shared_member_its_share`),
@@ -647,7 +647,7 @@ async fn mosquitto_keeps_sending_a_dead_shared_member_its_share() {
     b.abort();
 }
 
-/// Issue 17: a `cel` filter reads an MQTT device's JSON payload (the README's example): only the
+/// A `cel` filter reads an MQTT device's JSON payload (the README's example): only the
 /// hot reading reaches the function; the cold one and a payload that is not JSON are filtered
 /// and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -688,7 +688,7 @@ async fn a_cel_filter_reads_the_json_payload() {
     );
 }
 
-/// Issue 17: `fnbroker redrive` of MQTT dead letters: the reader's own persistent session
+/// `fnbroker redrive` of MQTT dead letters: the reader's own persistent session
 /// (opened by a first run) holds them; each goes back to the concrete topic it first came on
 /// under the trigger's wildcard filter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -727,7 +727,7 @@ async fn redrive_moves_dead_letters_back_exactly_once() {
     .await;
 }
 
-/// Issue 17, durable retry state on MQTT: the retry topic is subscribed at QoS 1 in the
+/// Durable retry state on MQTT: the retry topic is subscribed at QoS 1 in the
 /// connector's persistent session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_in_a_topic_reach_the_function_once_it_is_back() {

@@ -333,7 +333,7 @@ async fn send_publishes_one_event_through_a_connector() {
     assert_eq!(payload, br#"{"hello":"world"}"#);
 }
 
-/// Finding 3 of issue 12: a NATS URL to a closed port, SIGTERM. The JetStream trigger waits for a
+/// A NATS URL to a closed port, SIGTERM. The JetStream trigger waits for a
 /// server while starting, the core one while flushing at stop: either way the process exits
 /// within `shutdown_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,7 +366,7 @@ async fn sigterm_exits_within_shutdown_timeout_when_nats_cannot_connect() {
     }
 }
 
-/// Finding 4 of issue 12: in-memory retries (an ordered trigger) that take longer than the
+/// In-memory retries (an ordered trigger) that take longer than the
 /// consumer's `ack_wait` (12 s: twice the 1 s timeout plus 10 s). fnbroker sends progress while
 /// it holds the message, so the server never redelivers it meanwhile: the function sees exactly
 /// the three attempts the policy allows, one after the other.
@@ -435,7 +435,7 @@ async fn jetstream_outage(outage: Duration) {
     .await;
 }
 
-/// Finding 9 of issue 12: with default delivery settings and no dead letter, a function down
+/// With default delivery settings and no dead letter, a function down
 /// for 5 s loses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_a_five_second_function_outage_loses_nothing() {
@@ -714,7 +714,7 @@ async fn a_creds_file_user_connects_and_an_unknown_account_does_not() {
     .await;
 }
 
-/// Issue 16, replicas: two processes on one JetStream durable consumer share it; one is killed
+/// Replicas: two processes on one JetStream durable consumer share it; one is killed
 /// with SIGKILL mid-stream, the other takes every later message and, after `ack_wait` (14 s
 /// with a 2 s timeout), what the killed one held unacknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -762,7 +762,7 @@ async fn jetstream_a_replica_killed_hands_its_messages_to_the_other() {
     drop(b);
 }
 
-/// Issue 16, replicas: two processes in one core NATS queue group; one is killed with SIGKILL,
+/// Replicas: two processes in one core NATS queue group; one is killed with SIGKILL,
 /// the other gets every message published from then on (core NATS keeps nothing: what the
 /// killed one held is gone, at most once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -833,7 +833,7 @@ fn sample(metrics: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// Issue 17: a function that fails every call (500) behind a circuit breaker. Once `min_calls`
+/// A function that fails every call (500) behind a circuit breaker. Once `min_calls`
 /// calls failed the breaker opens: deliveries wait instead of spending their attempts (the
 /// function sees a probe per `open_for`, not a storm of retries, and the events are not
 /// dropped); when the function recovers, a probe closes the breaker and everything else is
@@ -935,7 +935,7 @@ async fn jetstream_a_circuit_breaker_holds_deliveries_instead_of_spending_retrie
     assert!(sample(&fb.metrics().await, "fnbroker_function_held_total") > 0.0);
 }
 
-/// Issue 17: a rate limit of 20 calls per second with a burst of 5: over the whole stream, no
+/// A rate limit of 20 calls per second with a burst of 5: over the whole stream, no
 /// second holds more than 25 calls (slower machines only spread them more), and every event
 /// arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -977,7 +977,7 @@ async fn jetstream_a_rate_limit_spaces_the_calls() {
     );
 }
 
-/// Issue 17: `fnbroker redrive` of JetStream dead letters (a durable consumer of its own on the
+/// `fnbroker redrive` of JetStream dead letters (a durable consumer of its own on the
 /// stream that captures the subject), back to a trigger on a wildcard subject: each goes to the
 /// concrete subject it first came on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1020,7 +1020,7 @@ async fn redrive_moves_dead_letters_back_exactly_once() {
     .await;
 }
 
-/// Issue 17, durable retry state on JetStream: fnbroker creates the retry stream and its
+/// Durable retry state on JetStream: fnbroker creates the retry stream and its
 /// durable consumer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_in_a_stream_reach_the_function_once_it_is_back() {

@@ -1121,7 +1121,7 @@ async fn discovery_on_mqtt_subscribes_and_unsubscribes_while_running() {
     drop(fb);
 }
 
-/// Issue 17, batching to Lambda: five events in one invocation whose payload is the JSON array
+/// Batching to Lambda: five events in one invocation whose payload is the JSON array
 /// of the structured events; the result's `batchItemFailures` names one, which is invoked again
 /// alone (a single event's payload).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

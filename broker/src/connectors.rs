@@ -200,7 +200,7 @@ triggers:
         );
     }
 
-    /// Finding 8 of issue 12: a key of `from` that the connector does not read was ignored;
+    /// A key of `from` that the connector does not read was ignored;
     /// now it is an error at the key, saying what the source takes.
     #[test]
     fn a_misplaced_source_key_is_an_error_at_its_place() {
@@ -245,7 +245,7 @@ triggers:
         );
     }
 
-    /// Issue 12: an error about a value with no place of its own is at its key, not at 1:1.
+    /// An error about a value with no place of its own is at its key, not at 1:1.
     #[test]
     fn a_function_without_a_kind_is_reported_at_its_name() {
         let text = GOOD.replace(
@@ -260,7 +260,7 @@ triggers:
         );
     }
 
-    /// Issue 12: every message names the key and its place, without serde jargon, and a
+    /// Every message names the key and its place, without serde jargon, and a
     /// misspelled key gets a suggestion.
     #[test]
     fn messages_name_the_key_and_suggest_the_right_one() {
@@ -361,7 +361,7 @@ triggers:
         );
     }
 
-    /// Issue 12, finding 8: each kind's settings are its crate's types, parsed once at load;
+    /// Each kind's settings are its crate's types, parsed once at load;
     /// the connector gets them back typed.
     #[test]
     fn settings_are_parsed_into_the_kinds_types_at_load() {
@@ -390,7 +390,7 @@ triggers:
         assert_eq!(keys.exchange.as_deref(), Some("x"));
     }
 
-    /// Issue 12, finding 8: an AMQP `exchange` on a NATS dead letter was silently ignored.
+    /// An AMQP `exchange` on a NATS dead letter was silently ignored.
     #[test]
     fn a_misplaced_destination_key_is_an_error() {
         let text = "\

@@ -9,7 +9,7 @@
 //! reqwest, which the platforms with protocols of their own (OpenWhisk, Lambda) still use, does
 //! the same over the same hyper client, with a URL parse, a redirect policy, a decompression
 //! check and a boxed future of its own per request: measured, that was a tenth of fnbroker's
-//! CPU per event (the note of issue 19).
+//! CPU per event.
 
 use std::time::Duration;
 

@@ -497,7 +497,7 @@ pub async fn switchable_function() -> (FnServer, Arc<std::sync::atomic::AtomicBo
     (server, down)
 }
 
-/// Finding 9 of issue 12: `n` messages published at 200/s by `publish(chunk)` (20 every 100
+/// `n` messages published at 200/s by `publish(chunk)` (20 every 100
 /// ms), the function down (503) for `outage` from the 100th delivery on, default delivery
 /// settings and no dead letter: every message must reach the function once it is back.
 pub async fn outage_loses_nothing<F, Fut>(
@@ -881,7 +881,7 @@ pub enum Kept {
     Passed,
 }
 
-/// Issue 17, dead-letter redrive, on one broker. `cfg(url)` has a trigger `t` to the function
+/// Dead-letter redrive, on one broker. `cfg(url)` has a trigger `t` to the function
 /// at `url` with its dead letters at `dlq` (CONNECTOR:TOPIC); `publish(n)` sends `n` plain
 /// messages to the trigger's source. The function refuses them (400, not retried), so each is
 /// dead-lettered. `fnbroker redrive` then: a dry run moves nothing; a filter that takes none
@@ -982,7 +982,7 @@ pub async fn redrive_round_trip<F, Fut>(
     drop(fb);
 }
 
-/// Issue 17, durable retry state, on one broker: `cfg(url)` has a trigger with a
+/// Durable retry state, on one broker: `cfg(url)` has a trigger with a
 /// `retry_topic` (retries 20, 500 ms apart) to the function at `url`, which fails (500) for its
 /// first 3 s; `publish(n)` sends `n` messages `0..n` to the trigger's source. Each fails first,
 /// goes through the retry topic, and is delivered once the function is back.

@@ -544,7 +544,7 @@ impl Invoker for DownRef {
     }
 }
 
-/// Finding 9 of issue 12: a function down for 5 s and for 60 s, default delivery settings
+/// A function down for 5 s and for 60 s, default delivery settings
 /// and no dead letter: every event is held (no attempt spent, one probe at a time) and
 /// delivered once the function answers; none is dropped.
 #[tokio::test(start_paused = true)]
@@ -667,7 +667,7 @@ fn replying_trigger(
     Arc::new(t)
 }
 
-/// Finding 5 of issue 12: a reply that cannot be published (no queue behind the routing
+/// A reply that cannot be published (no queue behind the routing
 /// key) does not call the function again: one call, one publish try (it is permanent), then
 /// the message goes back to its broker after `max_delay`, counted.
 #[tokio::test(start_paused = true)]

@@ -480,7 +480,7 @@ impl Poller {
             }
             // Wait for room for a good part of the stash at once, not for one slot: woken for
             // each slot the engine frees, this thread would cost a futex wake and two context
-            // switches per record (measured: the regression of issue 12's poll thread).
+            // switches per record (measured: the poll thread ran slower than the engine before this).
             let want = self.stash.len().min((tx.max_capacity() / 4).max(1));
             let permits = runtime.block_on(tokio::time::timeout(left, tx.reserve_many(want)));
             match permits {
