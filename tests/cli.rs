@@ -2,7 +2,7 @@
 //! `FILE:LINE:COL: message`, exit 2), `schema` against the example configurations, `--version`,
 //! and the README's quickstart answered as the README shows.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::adapters::{Adapter, Mode, Modes, Redelivers, Replicas, Restartable, Topic};
 use crate::common::{Answer, FnServer, Fnbroker, wait_for};
+use crate::suite::adapters::{Adapter, Mode, Modes, Redelivers, Replicas, Restartable, Topic};
 
 const WAIT: Duration = Duration::from_secs(60);
 

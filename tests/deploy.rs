@@ -2,7 +2,7 @@
 //! under `Type=notify` fnbroker tells the service manager it is ready (once `/readyz` would say
 //! so), pings the watchdog, and says when it stops: checked on a real notification socket.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::process::Command;

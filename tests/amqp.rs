@@ -2,7 +2,7 @@
 //! guest/guest) and a real HTTP function server. Queues, exchanges and connection names are
 //! unique to each test.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;

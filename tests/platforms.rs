@@ -3,7 +3,7 @@
 //! Kubernetes), with events from the machine's NATS server. The sources of each fake are named
 //! at its test.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};

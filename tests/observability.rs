@@ -3,7 +3,7 @@
 //! `promtool check metrics`), counts first receipts apart from redeliveries and filtered events
 //! apart from matched ones; `/readyz` names the connectors that are not ready.
 
-mod common;
+use crate::common;
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};

@@ -2,7 +2,7 @@
 //! test's own (`wal_level = logical`, started with `initdb`/`pg_ctl`), into a real HTTP function
 //! server.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;

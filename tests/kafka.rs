@@ -2,7 +2,7 @@
 //! 127.0.0.1:9092, started by scripts/services.sh) and calling a real HTTP function server. Every
 //! test uses topics and groups with random names.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

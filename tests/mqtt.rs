@@ -2,7 +2,7 @@
 //! test's own when it must restart it or queue many messages) and a real HTTP function server.
 //! Topics and client ids are unique to each test.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;

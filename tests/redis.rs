@@ -1,7 +1,7 @@
 //! End-to-end: the real `fnbroker` binary with the machine's Redis (127.0.0.1:6379) and a real
 //! HTTP function server. Streams and groups are unique to each test, which deletes its streams.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

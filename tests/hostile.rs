@@ -2,7 +2,7 @@
 //! operator would send it; where a bound is promised, the test measures it (RSS from /proc,
 //! status codes, times).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

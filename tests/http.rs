@@ -1,7 +1,7 @@
 //! End-to-end: the real `fnbroker` binary, the HTTP ingress, and a real HTTP function server.
 //! Each test has its own ports, configuration and function server.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

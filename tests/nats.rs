@@ -2,7 +2,7 @@
 //! JetStream, or a test's own when it restarts it) and a real HTTP function server. Subjects,
 //! streams and consumers are unique to each test.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;

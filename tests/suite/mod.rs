@@ -2,16 +2,13 @@
 //! every connector through a small [`adapters::Adapter`] each (prepare a topic, publish numbered
 //! messages, tell a received message's number), on the real servers, with the real binary.
 //!
-//! Every case is one test per connector, named `<connector>::<case>`, so nextest runs them in
+//! Every case is one test per connector, named `suite::<connector>::<case>`, so nextest runs them in
 //! parallel and a failure names the cell of the matrix it breaks. A case states what every
 //! source must give; where a source cannot (core NATS and HTTP cannot redeliver), the case
 //! says so by the adapter's [`adapters::Redelivers`] and measures the gap instead of asserting
-//! zero, printing it (`cargo nextest run --test suite --no-capture`).
+//! zero, printing it (`cargo nextest run --test e2e suite:: --no-capture`).
 //!
 //! The matrix (connector x case) is the README's guarantees table.
-
-#[path = "../common/mod.rs"]
-mod common;
 
 mod adapters;
 mod cases;
@@ -20,8 +17,8 @@ mod cases;
 macro_rules! matrix {
     ($($connector:ident => $adapter:ty),* $(,)?) => {$(
         mod $connector {
-            use crate::adapters::Adapter as _;
-            use crate::cases;
+            use crate::suite::adapters::Adapter as _;
+            use crate::suite::cases;
 
             type A = $adapter;
 
@@ -74,14 +71,14 @@ macro_rules! matrix {
 }
 
 matrix! {
-    kafka => crate::adapters::Kafka,
-    jetstream => crate::adapters::JetStream,
-    nats_core => crate::adapters::NatsCore,
-    amqp => crate::adapters::Amqp,
-    mqtt => crate::adapters::Mqtt,
-    redis => crate::adapters::Redis,
-    postgres => crate::adapters::Postgres,
-    http => crate::adapters::Http,
+    kafka => crate::suite::adapters::Kafka,
+    jetstream => crate::suite::adapters::JetStream,
+    nats_core => crate::suite::adapters::NatsCore,
+    amqp => crate::suite::adapters::Amqp,
+    mqtt => crate::suite::adapters::Mqtt,
+    redis => crate::suite::adapters::Redis,
+    postgres => crate::suite::adapters::Postgres,
+    http => crate::suite::adapters::Http,
 }
 
 /// The broker restart case, on a server of the case's own (nats-server, Mosquitto,
@@ -89,11 +86,11 @@ matrix! {
 macro_rules! restarts {
     ($($connector:ident => $adapter:ty),* $(,)?) => {$(
         mod $connector {
-            use crate::adapters::Restartable as _;
+            use crate::suite::adapters::Restartable as _;
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn broker_restarted_under_load() {
-                crate::cases::broker_restarted(<$adapter>::private().await).await;
+                crate::suite::cases::broker_restarted(<$adapter>::private().await).await;
             }
         }
     )*};
@@ -101,26 +98,26 @@ macro_rules! restarts {
 
 mod restart {
     restarts! {
-        kafka => crate::adapters::Kafka,
-        jetstream => crate::adapters::JetStream,
-        nats_core => crate::adapters::NatsCore,
-        amqp => crate::adapters::Amqp,
-        mqtt => crate::adapters::Mqtt,
-        redis => crate::adapters::Redis,
-        postgres => crate::adapters::Postgres,
+        kafka => crate::suite::adapters::Kafka,
+        jetstream => crate::suite::adapters::JetStream,
+        nats_core => crate::suite::adapters::NatsCore,
+        amqp => crate::suite::adapters::Amqp,
+        mqtt => crate::suite::adapters::Mqtt,
+        redis => crate::suite::adapters::Redis,
+        postgres => crate::suite::adapters::Postgres,
     }
 }
 
 /// The CloudEvents modes case, for the connectors whose messages carry events (PostgreSQL's
-/// events are the changes it reads: their shape is tested in `tests/e2e_postgres.rs`).
+/// events are the changes it reads: their shape is tested in `tests/postgres.rs`).
 macro_rules! modes {
     ($($connector:ident => $adapter:ty),* $(,)?) => {$(
         mod $connector {
-            use crate::adapters::Adapter as _;
+            use crate::suite::adapters::Adapter as _;
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn plain_binary_and_structured_messages() {
-                crate::cases::three_modes(<$adapter>::new().await).await;
+                crate::suite::cases::three_modes(<$adapter>::new().await).await;
             }
         }
     )*};
@@ -128,27 +125,27 @@ macro_rules! modes {
 
 mod modes {
     modes! {
-        kafka => crate::adapters::Kafka,
-        jetstream => crate::adapters::JetStream,
-        nats_core => crate::adapters::NatsCore,
-        amqp => crate::adapters::Amqp,
-        mqtt => crate::adapters::Mqtt,
-        redis => crate::adapters::Redis,
-        http => crate::adapters::Http,
+        kafka => crate::suite::adapters::Kafka,
+        jetstream => crate::suite::adapters::JetStream,
+        nats_core => crate::suite::adapters::NatsCore,
+        amqp => crate::suite::adapters::Amqp,
+        mqtt => crate::suite::adapters::Mqtt,
+        redis => crate::suite::adapters::Redis,
+        http => crate::suite::adapters::Http,
     }
 }
 
 /// The replica case, for the connectors whose subscription two processes share (HTTP has none:
 /// each replica listens on its own; PostgreSQL's standby replica, which takes the slot over, is
-/// tested in `tests/e2e_postgres.rs`).
+/// tested in `tests/postgres.rs`).
 macro_rules! replicas {
     ($($connector:ident => $adapter:ty),* $(,)?) => {$(
         mod $connector {
-            use crate::adapters::Adapter as _;
+            use crate::suite::adapters::Adapter as _;
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_replica_killed() {
-                crate::cases::a_replica_killed(<$adapter>::new().await).await;
+                crate::suite::cases::a_replica_killed(<$adapter>::new().await).await;
             }
         }
     )*};
@@ -156,11 +153,11 @@ macro_rules! replicas {
 
 mod replicas {
     replicas! {
-        kafka => crate::adapters::Kafka,
-        jetstream => crate::adapters::JetStream,
-        nats_core => crate::adapters::NatsCore,
-        amqp => crate::adapters::Amqp,
-        mqtt => crate::adapters::Mqtt,
-        redis => crate::adapters::Redis,
+        kafka => crate::suite::adapters::Kafka,
+        jetstream => crate::suite::adapters::JetStream,
+        nats_core => crate::suite::adapters::NatsCore,
+        amqp => crate::suite::adapters::Amqp,
+        mqtt => crate::suite::adapters::Mqtt,
+        redis => crate::suite::adapters::Redis,
     }
 }
