@@ -1411,3 +1411,23 @@ async fn an_async_event_whose_reply_cannot_be_published_is_dead_lettered_or_coun
     );
     assert_eq!(server.count("/f"), 2, "the function ran once per event");
 }
+
+/// The HTTP ingress listens and publishes nothing (its kind's capabilities say so): a dead
+/// letter naming it is refused at load, with what to do instead, before anything is taken.
+#[test]
+fn a_destination_on_the_ingress_is_refused_at_load() {
+    let port = free_port();
+    let cfg = config(
+        port,
+        &http_fn("f", "http://127.0.0.1:9/f", ""),
+        "  - { name: t, from: { connector: web, topic: /in }, to: f, dead_letter: { connector: web, topic: dlq } }",
+    );
+    let (code, _, stderr) = common::run_once(&cfg, &["run"]);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(
+            "dead_letter of trigger `t`: connector `web` (http) cannot publish; name a function instead"
+        ),
+        "{stderr}"
+    );
+}

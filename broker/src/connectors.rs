@@ -38,6 +38,14 @@ pub(crate) static REGISTRY: Registry = Registry::new(&[
     ("postgres", "postgres"),
 ]);
 
+/// What the connector kind `kind` can do (a kind not registered: the defaults).
+pub(crate) fn capabilities(kind: &str) -> fnbroker_core::ConnectorCapabilities {
+    REGISTRY
+        .get(kind)
+        .map(|k| k.capabilities())
+        .unwrap_or_default()
+}
+
 /// A configuration from text, for the tests of the offline commands; a test fails on errors.
 #[cfg(test)]
 pub(crate) fn test_config(text: &str) -> fnbroker_config::Config {

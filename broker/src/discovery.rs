@@ -61,7 +61,7 @@ impl Discovery {
     ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
         let owner = format!("discover[{}]", self.index);
         anyhow::ensure!(
-            self.connector.subscribes_while_running(),
+            crate::connectors::capabilities(self.connector.kind()).subscribes_while_running(),
             "{owner}: connector `{}` ({}) cannot open subscriptions while it runs, which discovery needs; discovery works on kafka, nats, amqp and mqtt connectors",
             *self.entry.connector,
             self.connector.kind()
@@ -241,7 +241,7 @@ impl Discovery {
             batch: crate::engine::BatchConfig::from_config(delivery)
                 .map(crate::engine::Batcher::new),
             retry: None,
-            redelivery: source.redelivery(),
+            redelivery: source.capabilities().redelivery,
             ordered: delivery.ordered,
         });
         let stop = shutdown.child_token();

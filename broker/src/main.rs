@@ -709,7 +709,7 @@ fn connector_kind_can_publish(name: &str, cfg: &config::Config) -> bool {
     cfg.connectors.get(name).is_none_or(|c| {
         connectors::REGISTRY
             .get(c.kind())
-            .is_some_and(|k| k.can_publish())
+            .is_some_and(|k| k.capabilities().publishes)
     })
 }
 

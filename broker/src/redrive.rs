@@ -235,7 +235,7 @@ fn route(cfg: &Config, plan: &Plan, letter: &Event) -> Result<Route, String> {
         .get(connector)
         .and_then(|c| REGISTRY.get(c.kind()))
         .ok_or_else(|| format!("trigger `{trigger}`: no connector `{connector}`"))?;
-    if !kind.can_publish() {
+    if !kind.capabilities().publishes {
         return Err(format!(
             "trigger `{trigger}` reads connector `{connector}`, which cannot publish; give --to"
         ));

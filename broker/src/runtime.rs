@@ -297,7 +297,8 @@ impl Broker {
                     let running = RunningConnector {
                         config: &c.config,
                         started: c.started,
-                        subscribes_while_running: c.value.subscribes_while_running(),
+                        subscribes_while_running: crate::connectors::capabilities(c.value.kind())
+                            .subscribes_while_running(),
                     };
                     (name.as_str(), running)
                 })
@@ -474,7 +475,9 @@ impl Broker {
             let Some(c) = self.connectors.get_mut(name) else {
                 continue;
             };
-            if incomplete.contains(name) && !c.value.subscribes_while_running() {
+            if incomplete.contains(name)
+                && !crate::connectors::capabilities(c.value.kind()).subscribes_while_running()
+            {
                 changes.failed.push(format!(
                     "connector `{name}` not started: a subscription of it could not be opened"
                 ));
@@ -588,7 +591,7 @@ impl Broker {
             })
             .await
             .with_context(|| format!("cannot subscribe for trigger(s) {}", names.join(", ")))?;
-        let redelivery = source.redelivery();
+        let redelivery = source.capabilities().redelivery;
         let triggers = self.trigger_runtimes(p, redelivery).await?;
         let triggers = Arc::new(TriggerSet::new(triggers));
         let retire = Arc::default();

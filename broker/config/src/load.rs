@@ -1034,7 +1034,7 @@ fn validate_retry_topic(
                 );
             } else if let Err(why) = kind.retry_source(tname, &retry.topic) {
                 errors.at(&retry.connector, format!("{owner}: `retry_topic`: {why}"));
-            } else if !kind.can_publish() {
+            } else if !kind.capabilities().publishes {
                 errors.at(
                     &retry.connector,
                     format!(
@@ -1287,7 +1287,7 @@ fn validate_destination(
                 format!("unknown connector `{}` in {what} of trigger `{tname}`", **c),
             ),
             None => {}
-            Some(kind) if !kind.can_publish() => errors.at(
+            Some(kind) if !kind.capabilities().publishes => errors.at(
                 c,
                 format!("{what} of trigger `{tname}`: connector `{}` ({}) cannot publish; name a function instead", **c, kind.kind()),
             ),

@@ -104,14 +104,16 @@ pub(crate) async fn pump(
     shutdown: CancellationToken,
 ) {
     // Broker-side retries would let the next message of a key overtake a failed one.
-    let broker_retries = source.redelivery() == fnbroker_core::Redelivery::Delayed && !cfg.ordered;
+    let capabilities = source.capabilities();
+    let broker_retries =
+        capabilities.redelivery == fnbroker_core::Redelivery::Delayed && !cfg.ordered;
     let mut in_flight = FuturesUnordered::new();
     // Ordered mode: keys with a message in flight, and the messages waiting behind them.
     let mut waiting: HashMap<u64, VecDeque<Incoming>> = HashMap::new();
     let mut queued = 0usize;
     let mut open = true;
     // A source that drains at stop is read to its end once stopping, within the timeout.
-    let drains = source.drains_at_stop();
+    let drains = capabilities.at_stop == fnbroker_core::AtStop::FinishUnit;
     let mut draining = false;
     let mut drain_by = std::pin::pin!(tokio::time::sleep(Duration::MAX));
     let mut drops = tokio::time::interval(DROPS_EVERY);

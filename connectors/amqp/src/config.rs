@@ -95,6 +95,9 @@ pub struct Plugin;
 impl ConnectorPlugin for Plugin {
     const KIND: &'static str = "amqp";
     const ABOUT: &'static str = "AMQP 0-9-1 (RabbitMQ).";
+    /// Each subscription has a connection of its own, so one can open or close at any time.
+    const CAPABILITIES: fnbroker_core::ConnectorCapabilities =
+        fnbroker_core::ConnectorCapabilities::WHILE_RUNNING;
     type Settings = AmqpSettings;
     type Source = AmqpSourceSettings;
     type Destination = AmqpDestinationSettings;

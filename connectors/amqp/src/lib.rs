@@ -107,11 +107,6 @@ impl Connector for AmqpConnector {
         })
     }
 
-    /// Each subscription has a connection of its own, so one can open or close at any time.
-    fn subscribes_while_running(&self) -> bool {
-        true
-    }
-
     /// A durable queue per subscriber, declared and bound to the connector's `exchange` with the
     /// topic as routing key: each subscriber gets every message, its replicas compete for them.
     fn discovery_keys(

@@ -287,6 +287,109 @@ pub enum Redelivery {
     Delayed,
 }
 
+/// What a source does once the engine stops taking its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AtStop {
+    /// The engine stops taking at once; what the source fetched and never handed out is
+    /// released when it closes. Every broker whose unit of acknowledgement is a message.
+    #[default]
+    StopTaking,
+    /// The engine goes on taking until [`Source::next`] returns `None` (within
+    /// `shutdown_timeout`): the source's broker acknowledges a unit larger than a message (a
+    /// PostgreSQL transaction), and after [`Source::stopping`] the source hands out the rest of
+    /// its current unit and then ends, so that a clean stop leaves no unit half delivered
+    /// (which would be delivered again whole).
+    FinishUnit,
+}
+
+/// What one source does that the engine plans around, said once, in one place: how its broker
+/// gives back what is not acknowledged, and what it does at a stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceCapabilities {
+    /// How the source's broker gives back a message that was not acknowledged.
+    pub redelivery: Redelivery,
+    /// What the source does once the engine stops taking.
+    pub at_stop: AtStop,
+}
+
+impl SourceCapabilities {
+    /// A source whose broker redelivers when it will ([`Redelivery::Later`]) and that stops
+    /// taking at once: the default.
+    pub const LATER: Self = Self::redelivering(Redelivery::Later);
+
+    /// A source whose broker gives back what is not acknowledged as `redelivery` says, and that
+    /// stops taking at once.
+    pub const fn redelivering(redelivery: Redelivery) -> Self {
+        Self {
+            redelivery,
+            at_stop: AtStop::StopTaking,
+        }
+    }
+
+    /// The same, finishing its unit at a stop.
+    pub const fn finishing_its_unit(self) -> Self {
+        Self {
+            at_stop: AtStop::FinishUnit,
+            ..self
+        }
+    }
+}
+
+impl Default for SourceCapabilities {
+    fn default() -> Self {
+        Self::LATER
+    }
+}
+
+/// When a connector's subscriptions may open and close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Subscribing {
+    /// Every subscription opens before [`Connector::start`] and closes with the connector (a
+    /// Kafka consumer group's member joins with its topics).
+    #[default]
+    AtStart,
+    /// Also after [`Connector::start`], and a subscription may close while the connector runs
+    /// (what discovered triggers and reloads that reopen a subscription need).
+    WhileRunning,
+}
+
+/// What a connector kind can do, said once, in one place: its plugin's
+/// [`CAPABILITIES`](crate::registry::ConnectorPlugin::CAPABILITIES).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectorCapabilities {
+    /// When its subscriptions may open and close.
+    pub subscribing: Subscribing,
+    /// Whether it publishes (replies, dead letters, retry topics): every broker does; a
+    /// listener (the HTTP ingress) does not, and a configuration whose destination names it is
+    /// refused at load.
+    pub publishes: bool,
+}
+
+impl ConnectorCapabilities {
+    /// Subscriptions at start only, publishing: the default.
+    pub const AT_START: Self = Self {
+        subscribing: Subscribing::AtStart,
+        publishes: true,
+    };
+
+    /// Subscriptions at any time, publishing.
+    pub const WHILE_RUNNING: Self = Self {
+        subscribing: Subscribing::WhileRunning,
+        publishes: true,
+    };
+
+    /// Whether subscriptions may open and close while the connector runs.
+    pub fn subscribes_while_running(&self) -> bool {
+        self.subscribing == Subscribing::WhileRunning
+    }
+}
+
+impl Default for ConnectorCapabilities {
+    fn default() -> Self {
+        Self::AT_START
+    }
+}
+
 /// A stream of in-flight messages from one subscription.
 #[async_trait]
 pub trait Source: Send {
@@ -316,10 +419,10 @@ pub trait Source: Send {
     /// place for a final offset commit or an orderly unsubscribe.
     async fn close(self: Box<Self>) {}
 
-    /// How the source's broker gives back a message that was not acknowledged (see
-    /// [`Redelivery`]). Default: [`Redelivery::Later`].
-    fn redelivery(&self) -> Redelivery {
-        Redelivery::Later
+    /// How the source's broker gives back what is not acknowledged, and what the source does
+    /// at a stop (see [`SourceCapabilities`]). Default: [`SourceCapabilities::LATER`].
+    fn capabilities(&self) -> SourceCapabilities {
+        SourceCapabilities::LATER
     }
 
     /// How many messages the source lost since the last call, before the engine took them: an
@@ -328,16 +431,6 @@ pub trait Source: Send {
     /// none (sources that can redeliver keep what they cannot take at their broker).
     fn take_dropped(&mut self) -> u64 {
         0
-    }
-
-    /// Whether, once stopping, the engine should go on taking this source's messages until
-    /// [`Source::next`] returns `None` (within `shutdown_timeout`), rather than stop taking at
-    /// once. For a source whose broker acknowledges a unit larger than a message (a PostgreSQL
-    /// transaction): after [`Source::stopping`] it hands out the rest of its current unit and
-    /// then ends, so that a clean stop leaves no unit half delivered (which would be delivered
-    /// again whole).
-    fn drains_at_stop(&self) -> bool {
-        false
     }
 }
 
@@ -361,12 +454,6 @@ pub trait Sink: Send + Sync {
 pub trait Connector: Send + Sync {
     /// The kind, as in the configuration: `http`, `kafka`, `nats`, `amqp`, `mqtt`.
     fn kind(&self) -> &'static str;
-
-    /// Whether [`Connector::subscribe`] may also be called after [`Connector::start`], and a
-    /// subscription closed while the connector runs (what discovered triggers need).
-    fn subscribes_while_running(&self) -> bool {
-        false
-    }
 
     /// The `from` keys of a subscription to `topic` opened for a discovered function: each
     /// `subscriber` (one per function and topic) must get every message on `topic`, and the
@@ -396,7 +483,7 @@ pub trait Connector: Send + Sync {
     }
 
     /// Opens a subscription. Called for every subscription before [`Connector::start`] (and
-    /// later too, where [`Connector::subscribes_while_running`] says so).
+    /// later too, where its kind's [`ConnectorCapabilities::subscribing`] says so).
     async fn subscribe(
         &self,
         subscription: &Subscription,

@@ -28,8 +28,9 @@ pub mod tls;
 pub mod values;
 
 pub use contract::{
-    AckHandle, Connector, ConnectorError, ErrorKind, Incoming, ListenerCounts, Origin, Reader,
-    Redelivery, Settlement, Sink, Source, SourceKeys, Subscription,
+    AckHandle, AtStop, Connector, ConnectorCapabilities, ConnectorError, ErrorKind, Incoming,
+    ListenerCounts, Origin, Reader, Redelivery, Settlement, Sink, Source, SourceCapabilities,
+    SourceKeys, Subscribing, Subscription,
 };
 pub use event::{Data, Event, InvalidEvent};
 

@@ -21,7 +21,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
 use crate::binding::{Sample, concrete_topic};
-use crate::contract::{Connector, ConnectorError, Origin, SourceKeys};
+use crate::contract::{Connector, ConnectorCapabilities, ConnectorError, Origin, SourceKeys};
 use crate::event::Event;
 use crate::values::{self, ConfDuration};
 
@@ -32,8 +32,9 @@ pub trait ConnectorPlugin: Send + Sync + 'static {
     const KIND: &'static str;
     /// One line about the kind, for the schema (`Kafka (and Kafka-API brokers)`).
     const ABOUT: &'static str;
-    /// Whether the connector publishes (replies and dead letters). Default true.
-    const CAN_PUBLISH: bool = true;
+    /// What the kind can do (when its subscriptions may open, whether it publishes), read by
+    /// validation and by the runtime. Default: [`ConnectorCapabilities::AT_START`].
+    const CAPABILITIES: ConnectorCapabilities = ConnectorCapabilities::AT_START;
 
     /// The connection settings, `connectors.<name>.<KIND>`.
     type Settings: DeserializeOwned + JsonSchema + fmt::Debug + Send + Sync + 'static;
@@ -274,8 +275,8 @@ impl<'a> Report<'a> {
 pub trait ConnectorKind: Send + Sync {
     /// The kind, as the configuration writes it.
     fn kind(&self) -> &'static str;
-    /// Whether the connector publishes.
-    fn can_publish(&self) -> bool;
+    /// What the kind can do ([`ConnectorPlugin::CAPABILITIES`]).
+    fn capabilities(&self) -> ConnectorCapabilities;
     /// One line about the kind.
     fn about(&self) -> &'static str;
     /// Parses connection settings (unknown keys go to `ignored`, as paths below the value).
@@ -403,8 +404,8 @@ impl<P: ConnectorPlugin> ConnectorKind for Kind<P> {
     fn kind(&self) -> &'static str {
         P::KIND
     }
-    fn can_publish(&self) -> bool {
-        P::CAN_PUBLISH
+    fn capabilities(&self) -> ConnectorCapabilities {
+        P::CAPABILITIES
     }
     fn about(&self) -> &'static str {
         P::ABOUT

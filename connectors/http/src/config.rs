@@ -89,7 +89,12 @@ pub struct Plugin;
 impl ConnectorPlugin for Plugin {
     const KIND: &'static str = "http";
     const ABOUT: &'static str = "CloudEvents over HTTP: webhooks and `curl`.";
-    const CAN_PUBLISH: bool = false;
+    /// A listener: its paths are routed when it starts, and it publishes nothing.
+    const CAPABILITIES: fnbroker_core::ConnectorCapabilities =
+        fnbroker_core::ConnectorCapabilities {
+            subscribing: fnbroker_core::Subscribing::AtStart,
+            publishes: false,
+        };
     type Settings = HttpSettings;
     type Source = HttpSourceSettings;
     type Destination = NoSettings;

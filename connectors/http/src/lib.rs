@@ -369,8 +369,8 @@ impl Source for HttpSource {
         }
     }
 
-    fn redelivery(&self) -> fnbroker_core::Redelivery {
-        self.redelivery
+    fn capabilities(&self) -> fnbroker_core::SourceCapabilities {
+        fnbroker_core::SourceCapabilities::redelivering(self.redelivery)
     }
 }
 

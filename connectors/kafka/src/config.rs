@@ -146,6 +146,9 @@ pub struct Plugin;
 impl ConnectorPlugin for Plugin {
     const KIND: &'static str = "kafka";
     const ABOUT: &'static str = "Kafka (and Kafka-API brokers).";
+    /// Each subscription is a consumer of its own, so one can open or close at any time.
+    const CAPABILITIES: fnbroker_core::ConnectorCapabilities =
+        fnbroker_core::ConnectorCapabilities::WHILE_RUNNING;
     type Settings = KafkaSettings;
     type Source = KafkaSourceSettings;
     type Destination = NoSettings;

@@ -138,11 +138,6 @@ impl Connector for KafkaConnector {
         })
     }
 
-    /// Each subscription is a consumer of its own, so one can open or close at any time.
-    fn subscribes_while_running(&self) -> bool {
-        true
-    }
-
     /// A consumer group per subscriber: each gets every record, its replicas split them.
     fn discovery_keys(
         &self,

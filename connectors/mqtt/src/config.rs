@@ -85,6 +85,10 @@ pub struct Plugin;
 impl ConnectorPlugin for Plugin {
     const KIND: &'static str = "mqtt";
     const ABOUT: &'static str = "MQTT 3.1.1 and 5.";
+    /// A subscription can be opened while the connection runs (SUBSCRIBE on it) and closed
+    /// (UNSUBSCRIBE).
+    const CAPABILITIES: fnbroker_core::ConnectorCapabilities =
+        fnbroker_core::ConnectorCapabilities::WHILE_RUNNING;
     type Settings = MqttSettings;
     type Source = MqttSourceSettings;
     type Destination = NoSettings;

@@ -248,12 +248,6 @@ impl Connector for MqttConnector {
         Ok(source)
     }
 
-    /// A subscription can be opened while the connection runs (SUBSCRIBE on it) and closed
-    /// (UNSUBSCRIBE).
-    fn subscribes_while_running(&self) -> bool {
-        true
-    }
-
     async fn sink(
         &self,
         _: &fnbroker_core::values::Destination,
@@ -341,8 +335,8 @@ impl Source for MqttSource {
         self.retired = true;
     }
 
-    fn redelivery(&self) -> fnbroker_core::Redelivery {
-        self.redelivery
+    fn capabilities(&self) -> fnbroker_core::SourceCapabilities {
+        fnbroker_core::SourceCapabilities::redelivering(self.redelivery)
     }
 
     async fn close(mut self: Box<Self>) {

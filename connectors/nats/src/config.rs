@@ -92,6 +92,9 @@ pub struct Plugin;
 impl ConnectorPlugin for Plugin {
     const KIND: &'static str = "nats";
     const ABOUT: &'static str = "NATS core and JetStream.";
+    /// A subscription is the client's own: it can be opened and closed at any time.
+    const CAPABILITIES: fnbroker_core::ConnectorCapabilities =
+        fnbroker_core::ConnectorCapabilities::WHILE_RUNNING;
     type Settings = NatsSettings;
     type Source = NatsSourceSettings;
     type Destination = NoSettings;

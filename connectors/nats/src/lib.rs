@@ -232,11 +232,6 @@ impl Connector for NatsConnector {
         self.backlogs.all()
     }
 
-    /// A subscription is the client's own: it can be opened and closed at any time.
-    fn subscribes_while_running(&self) -> bool {
-        true
-    }
-
     /// A queue group per subscriber: each gets every message, its replicas split them.
     fn discovery_keys(
         &self,
@@ -475,8 +470,8 @@ impl Source for CoreSource {
     }
 
     /// Core NATS keeps nothing: a message taken is gone.
-    fn redelivery(&self) -> fnbroker_core::Redelivery {
-        fnbroker_core::Redelivery::None
+    fn capabilities(&self) -> fnbroker_core::SourceCapabilities {
+        fnbroker_core::SourceCapabilities::redelivering(fnbroker_core::Redelivery::None)
     }
 
     async fn close(self: Box<Self>) {

@@ -379,8 +379,10 @@ impl Source for PostgresSource {
         self.finish.cancel();
     }
 
-    fn drains_at_stop(&self) -> bool {
-        true
+    /// A transaction is acknowledged whole (its end's position): a stop finishes the one in
+    /// progress, and one not finished comes back whole after a restart.
+    fn capabilities(&self) -> fnbroker_core::SourceCapabilities {
+        fnbroker_core::SourceCapabilities::LATER.finishing_its_unit()
     }
 
     async fn close(mut self: Box<Self>) {

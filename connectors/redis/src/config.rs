@@ -84,6 +84,9 @@ pub struct Plugin;
 impl ConnectorPlugin for Plugin {
     const KIND: &'static str = "redis";
     const ABOUT: &'static str = "Redis Streams (consumer groups).";
+    /// Each subscription reads on a connection of its own.
+    const CAPABILITIES: fnbroker_core::ConnectorCapabilities =
+        fnbroker_core::ConnectorCapabilities::WHILE_RUNNING;
     type Settings = RedisSettings;
     type Source = RedisSourceSettings;
     type Destination = NoSettings;

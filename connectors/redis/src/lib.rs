@@ -190,11 +190,6 @@ impl Connector for RedisConnector {
         })
     }
 
-    /// Each subscription reads on a connection of its own.
-    fn subscribes_while_running(&self) -> bool {
-        true
-    }
-
     /// A group per subscriber, made when missing: each gets every entry, its replicas share
     /// them.
     fn discovery_keys(
@@ -298,8 +293,8 @@ impl Source for RedisSource {
     }
 
     // The group redelivers a retried entry once its delay is over (`XCLAIM`), counting it.
-    fn redelivery(&self) -> fnbroker_core::Redelivery {
-        self.inner.redelivery()
+    fn capabilities(&self) -> fnbroker_core::SourceCapabilities {
+        self.inner.capabilities()
     }
 
     async fn close(self: Box<Self>) {

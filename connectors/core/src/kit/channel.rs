@@ -48,7 +48,7 @@ impl ChannelSource {
     }
 
     /// Says how the source's broker redelivers (see
-    /// [`Source::redelivery`](crate::Source::redelivery)); [`crate::Redelivery::Later`] unless
+    /// [`SourceCapabilities`](crate::SourceCapabilities)); [`crate::Redelivery::Later`] unless
     /// said.
     pub fn with_redelivery(mut self, redelivery: crate::Redelivery) -> Self {
         self.redelivery = redelivery;
@@ -89,8 +89,8 @@ impl crate::Source for ChannelSource {
         }
     }
 
-    fn redelivery(&self) -> crate::Redelivery {
-        self.redelivery
+    fn capabilities(&self) -> crate::SourceCapabilities {
+        crate::SourceCapabilities::redelivering(self.redelivery)
     }
 
     fn stopping(&mut self) {
