@@ -118,7 +118,14 @@ impl TriggerRuntime {
                     });
                     if let (Some(reply), Some(target)) = (&reply, &self.reply)
                         && let Err(outcome) = self
-                            .publish_or_hand_back(target, reply, REPLY, event, shutdown, trace)
+                            .publish_or_hand_back(
+                                target,
+                                reply,
+                                Publication::Reply,
+                                event,
+                                shutdown,
+                                trace,
+                            )
                             .await
                     {
                         // The function is not called again for it here: a message handed back
@@ -193,7 +200,7 @@ impl TriggerRuntime {
             topic: retry.topic.clone(),
         };
         let published = self
-            .publish_or_hand_back(&target, &copy, RETRY, event, shutdown, None)
+            .publish_or_hand_back(&target, &copy, Publication::Retry, event, shutdown, None)
             .await;
         if let Err(outcome) = published {
             outcome
@@ -278,7 +285,14 @@ impl TriggerRuntime {
             traced.carry_to(&mut letter);
         }
         match self
-            .publish_or_hand_back(target, &letter, DEAD_LETTER, event, shutdown, trace)
+            .publish_or_hand_back(
+                target,
+                &letter,
+                Publication::DeadLetter,
+                event,
+                shutdown,
+                trace,
+            )
             .await
         {
             Ok(()) => {
@@ -308,7 +322,14 @@ impl TriggerRuntime {
         };
         let letter = dead_letter_event(event, reason, None, 0, &self.name, &self.function.name);
         match self
-            .publish_or_hand_back(target, &letter, DEAD_LETTER, event, shutdown, None)
+            .publish_or_hand_back(
+                target,
+                &letter,
+                Publication::DeadLetter,
+                event,
+                shutdown,
+                None,
+            )
             .await
         {
             Ok(()) => {
@@ -328,7 +349,7 @@ impl TriggerRuntime {
         &self,
         target: &Target,
         event: &Event,
-        what: &'static str,
+        what: Publication,
         shutdown: &CancellationToken,
         trace: Trace<'_>,
     ) -> Result<(), String> {
@@ -339,8 +360,8 @@ impl TriggerRuntime {
         let mut tries = 0;
         loop {
             tries += 1;
-            let span =
-                trace.map(|(telemetry, traced)| traced.publish(telemetry, what, destination));
+            let span = trace
+                .map(|(telemetry, traced)| traced.publish(telemetry, what.as_str(), destination));
             let result = match target {
                 Target::Sink { sink, topic } => sink.publish(topic, event).await.map_err(|e| {
                     let transient = e.kind() == ErrorKind::Transient;
@@ -356,27 +377,23 @@ impl TriggerRuntime {
                 span.end(None, result.as_ref().err().map(|(e, _)| e.clone()));
             }
             let Err((error, transient)) = result else {
-                if what == REPLY {
+                if what == Publication::Reply {
                     self.stats.replies.inc();
                 }
                 self.stats.destinations.ok(destination);
                 return Ok(());
             };
             match what {
-                REPLY => {
-                    self.stats.reply_failed.inc();
-                }
-                RETRY => {}
-                _ => {
-                    self.stats.dead_letter_failed.inc();
-                }
-            }
+                Publication::Reply => self.stats.reply_failed.inc(),
+                Publication::DeadLetter => self.stats.dead_letter_failed.inc(),
+                Publication::Retry => 0,
+            };
             if !transient || tries > self.policy.retries.max(PUBLISH_RETRIES) {
-                tracing::warn!(trigger = %self.name, id = event.id(), what, error = %error, transient, tries, "cannot publish");
+                tracing::warn!(trigger = %self.name, id = event.id(), what = what.as_str(), error = %error, transient, tries, "cannot publish");
                 self.stats.destinations.failing(destination, &error);
                 return Err(error);
             }
-            tracing::debug!(trigger = %self.name, id = event.id(), what, error = %error, tries, "publish failed; trying again");
+            tracing::debug!(trigger = %self.name, id = event.id(), what = what.as_str(), error = %error, tries, "publish failed; trying again");
             let wait = self.policy.delay(tries, None, &mut rand::rng());
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
@@ -396,7 +413,7 @@ impl TriggerRuntime {
         &self,
         target: &Target,
         payload: &Event,
-        what: &'static str,
+        what: Publication,
         event: &Event,
         shutdown: &CancellationToken,
         trace: Trace<'_>,
@@ -409,7 +426,7 @@ impl TriggerRuntime {
             if !self.ordered {
                 return Err(self.hand_back(event, what, &error, shutdown).await);
             }
-            tracing::warn!(trigger = %self.name, id = event.id(), what, pause = ?self.policy.max_delay(), "ordered: holding the message and its key, publishing again after a pause");
+            tracing::warn!(trigger = %self.name, id = event.id(), what = what.as_str(), pause = ?self.policy.max_delay(), "ordered: holding the message and its key, publishing again after a pause");
             if !self.pause(shutdown).await {
                 return Err(Outcome::Released);
             }
@@ -433,14 +450,14 @@ impl TriggerRuntime {
     pub(super) async fn hand_back(
         &self,
         event: &Event,
-        what: &'static str,
+        what: Publication,
         error: &str,
         shutdown: &CancellationToken,
     ) -> Outcome {
         if self.redelivery == fnbroker_core::Redelivery::None {
             return self.lose(event, what, error, shutdown).await;
         }
-        tracing::warn!(trigger = %self.name, id = event.id(), what, "handing the message back to its broker");
+        tracing::warn!(trigger = %self.name, id = event.id(), what = what.as_str(), "handing the message back to its broker");
         self.stats.handed_back.inc();
         if !self.pause(shutdown).await {
             return Outcome::Released;
@@ -454,7 +471,7 @@ impl TriggerRuntime {
     async fn lose(
         &self,
         event: &Event,
-        what: &'static str,
+        what: Publication,
         error: &str,
         shutdown: &CancellationToken,
     ) -> Outcome {
@@ -464,13 +481,13 @@ impl TriggerRuntime {
             reason: reason.clone(),
             timed_out: false,
         };
-        if what != DEAD_LETTER
+        if what != Publication::DeadLetter
             && let Some(target) = &self.dead_letter
         {
             let letter =
                 dead_letter_event(event, &reason, None, 0, &self.name, &self.function.name);
             if self
-                .publish(target, &letter, DEAD_LETTER, shutdown, None)
+                .publish(target, &letter, Publication::DeadLetter, shutdown, None)
                 .await
                 .is_ok()
             {
@@ -478,22 +495,16 @@ impl TriggerRuntime {
                 return outcome;
             }
         }
-        tracing::warn!(trigger = %self.name, id = event.id(), what, error, "the event is dropped: it cannot be published and its source cannot redeliver");
+        tracing::warn!(trigger = %self.name, id = event.id(), what = what.as_str(), error, "the event is dropped: it cannot be published and its source cannot redeliver");
         self.stats.dropped.inc();
         outcome
     }
 }
 
-/// What [`TriggerRuntime::publish`] publishes as a dead letter.
-const DEAD_LETTER: &str = "dead letter";
-
 /// The attributes of an event on a retry topic.
 const RETRY_ATTEMPTS: &str = "retryattempts";
 const RETRY_AT: &str = "retryat";
 const RETRY_TRIGGER: &str = "retrytrigger";
-
-/// What [`TriggerRuntime::publish`] publishes to a retry topic.
-const RETRY: &str = "retry";
 
 /// An event's retry state, read back from the retry topic (extensions arrive as text through
 /// the bindings that carry them in headers).
@@ -550,8 +561,33 @@ fn carry_context(event: &Event, reply: &mut Event) {
     }
 }
 
-/// What [`TriggerRuntime::publish`] publishes: a reply, or else a dead letter.
-const REPLY: &str = "reply";
+/// What [`TriggerRuntime::publish`] publishes, which decides what it counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Publication {
+    /// The function's reply.
+    Reply,
+    /// A message that failed for good.
+    DeadLetter,
+    /// A message parked on the trigger's retry topic.
+    Retry,
+}
+
+impl Publication {
+    /// As logs and spans name it.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Publication::Reply => "reply",
+            Publication::DeadLetter => "dead letter",
+            Publication::Retry => "retry",
+        }
+    }
+}
+
+impl std::fmt::Display for Publication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A reply or dead letter whose publish fails transiently is tried at least this many times
 /// more, whatever the trigger's `retries`.
