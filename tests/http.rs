@@ -1431,3 +1431,19 @@ fn a_destination_on_the_ingress_is_refused_at_load() {
         "{stderr}"
     );
 }
+
+/// `redrive` from a connector that keeps nothing to read says which connector it is.
+#[test]
+fn redrive_from_the_ingress_names_the_connector() {
+    let cfg = config(
+        free_port(),
+        &http_fn("f", "http://127.0.0.1:9/f", ""),
+        "  - { name: t, from: { connector: web, topic: /in }, to: f }",
+    );
+    let (code, _, stderr) = common::run_once(&cfg, &["redrive", "--from", "web:/in"]);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("connector `web` (http) cannot read back what a topic holds"),
+        "{stderr}"
+    );
+}

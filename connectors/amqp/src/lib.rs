@@ -92,6 +92,10 @@ impl Connector for AmqpConnector {
         "amqp"
     }
 
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     /// A consumer on the queue `topic` (which must exist).
     async fn reader(
         &self,

@@ -455,6 +455,9 @@ pub trait Connector: Send + Sync {
     /// The kind, as in the configuration: `http`, `kafka`, `nats`, `amqp`, `mqtt`.
     fn kind(&self) -> &'static str;
 
+    /// The connector's name, as in the configuration: errors name it.
+    fn name(&self) -> &str;
+
     /// The `from` keys of a subscription to `topic` opened for a discovered function: each
     /// `subscriber` (one per function and topic) must get every message on `topic`, and the
     /// replicas of fnbroker sharing a subscriber must share its messages (a Kafka consumer group,
@@ -476,7 +479,7 @@ pub trait Connector: Send + Sync {
         _max_in_flight: usize,
     ) -> Result<Reader, ConnectorError> {
         Err(ConnectorError::Unsupported {
-            connector: String::new(),
+            connector: self.name().to_string(),
             kind: self.kind(),
             what: "read back what a topic holds",
         })

@@ -230,6 +230,10 @@ impl Connector for HttpIngress {
         "http"
     }
 
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
         let path = sub.from.topic().to_string();
         let settings: HttpSourceSettings = sub.settings()?;

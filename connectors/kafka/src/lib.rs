@@ -118,6 +118,10 @@ impl Connector for KafkaConnector {
         "kafka"
     }
 
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     /// A consumer group named `reader`: it starts at the earliest offset, and each run goes on
     /// where the last committed.
     async fn reader(

@@ -185,6 +185,10 @@ impl Connector for MqttConnector {
         "mqtt"
     }
 
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     /// A connection of its own, with the client id `<client_id>-<reader>` and a persistent
     /// session: the broker keeps what arrives on `topic` for that session from its first run on.
     async fn reader(

@@ -198,6 +198,10 @@ impl Connector for NatsConnector {
         "nats"
     }
 
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     /// A durable consumer named `reader` on the JetStream stream that captures `topic`; core
     /// NATS keeps nothing to read back.
     async fn reader(

@@ -272,6 +272,10 @@ impl Connector for PostgresConnector {
         "postgres"
     }
 
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
         let (tx, rx) = mpsc::channel(kit::source_buffer(sub.max_in_flight));
         self.subs

@@ -175,6 +175,10 @@ impl Connector for RedisConnector {
         "redis"
     }
 
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     /// A group named `reader` on the stream `topic`, made (from its first entry) when missing.
     async fn reader(
         &self,
