@@ -228,7 +228,7 @@ impl AdminState {
             if let (Some(state), Some(Value::Object(m))) = (
                 f.guard
                     .as_ref()
-                    .and_then(crate::guard::Guard::breaker_state),
+                    .and_then(crate::engine::guard::Guard::breaker_state),
                 view.get_mut(name),
             ) {
                 m.insert("circuit_state".into(), json!(state.as_str()));

@@ -16,9 +16,9 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::retry::RetryPolicy;
 use crate::engine::{FunctionRuntime, PumpConfig, Target, TriggerRuntime, pump};
 use crate::metrics::Metrics;
-use crate::retry::RetryPolicy;
 
 /// The discovered triggers running now, for `/v1/triggers`.
 pub(crate) type Views = Arc<Mutex<BTreeMap<String, Value>>>;
@@ -34,7 +34,7 @@ pub(crate) struct Discovery {
     pub(crate) platform: Platform,
     pub(crate) drain: Duration,
     pub(crate) views: Views,
-    pub(crate) telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    pub(crate) telemetry: Option<Arc<crate::engine::telemetry::Telemetry>>,
 }
 
 /// One running discovered trigger.
@@ -194,7 +194,7 @@ impl Discovery {
                         .as_ref()
                         .map_or(Duration::from_secs(30), config::ConfDuration::get),
                     stats: self.metrics.function(&key.0),
-                    health: crate::health::Health::default(),
+                    health: crate::engine::health::Health::default(),
                     guard: None,
                 });
                 functions.insert(key.0.clone(), Arc::clone(&runtime));

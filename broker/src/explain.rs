@@ -11,7 +11,7 @@ use fnbroker_core::binding::Sample;
 use fnbroker_core::event::{self, AttributesReader, AttributesWriter, Event};
 
 use crate::connectors::REGISTRY;
-use crate::filter::Filter;
+use crate::engine::filter::Filter;
 
 /// One event of a message (an HTTP batch has several), and where it goes.
 pub(crate) struct Explained {

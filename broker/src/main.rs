@@ -7,24 +7,19 @@
 #![warn(missing_docs)]
 
 mod admin;
-mod cases;
 mod connectors;
 mod discovery;
 mod engine;
 mod explain;
-mod filter;
-mod guard;
-mod health;
 mod metrics;
 mod plan;
 mod process;
 mod recent;
 mod redrive;
 mod reload;
-mod retry;
 mod runtime;
 mod systemd;
-mod telemetry;
+mod test_command;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -352,7 +347,8 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let report = cases::files(&config, &tests).and_then(|files| cases::run(&cfg, &files));
+            let report = test_command::files(&config, &tests)
+                .and_then(|files| test_command::run(&cfg, &files));
             match report {
                 Ok(report) => {
                     print!("{}", report.text);

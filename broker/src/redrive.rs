@@ -2,7 +2,7 @@
 //!
 //! The dead letters on a connector's topic are read by a consumer of their own (a Kafka group,
 //! a JetStream durable, an MQTT session, the AMQP queue: see
-//! [`Connector::reader`](fnbroker_core::Connector::reader)), their `dlq*` attributes are
+//! [`Connector::reader`]), their `dlq*` attributes are
 //! stripped, and each is published to the source of the trigger that dead-lettered it (its
 //! `dlqtrigger`), or to `--to`. A dead letter is acknowledged only once its republish is
 //! confirmed; one that cannot be published stops the run, unacknowledged, so nothing is lost.

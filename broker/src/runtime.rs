@@ -21,11 +21,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::Live;
 use crate::connectors::REGISTRY;
+use crate::engine::filter::Filter;
+use crate::engine::retry::RetryPolicy;
 use crate::engine::{FunctionRuntime, PumpConfig, Target, TriggerRuntime, TriggerSet, pump};
-use crate::filter::Filter;
 use crate::metrics::Metrics;
 use crate::plan::{DiscoverySpec, Fate, Planned, Routing, Running, RunningConnector, SourceSpec};
-use crate::retry::RetryPolicy;
 
 /// Creates the connector of one (validated) configuration entry, through the registry.
 pub(crate) fn build_connector(
@@ -63,8 +63,8 @@ fn build_function(
         limit: Arc::new(Semaphore::new(concurrency)),
         timeout: cfg.timeout(),
         stats: metrics.function(name),
-        health: crate::health::Health::default(),
-        guard: crate::guard::Guard::new(
+        health: crate::engine::health::Health::default(),
+        guard: crate::engine::guard::Guard::new(
             cfg.rate_limit.as_ref(),
             cfg.circuit_breaker.as_ref(),
             if cfg.circuit_breaker.is_some() {
@@ -161,7 +161,7 @@ impl Changes {
 /// The running broker.
 pub(crate) struct Broker {
     metrics: Arc<Metrics>,
-    telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    telemetry: Option<Arc<crate::engine::telemetry::Telemetry>>,
     platform: fnbroker_functions::Platform,
     views: crate::discovery::Views,
     shutdown: CancellationToken,
@@ -188,7 +188,7 @@ impl Broker {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Self> {
         let telemetry =
-            crate::telemetry::Telemetry::start(config.telemetry.as_ref())?.map(Arc::new);
+            crate::engine::telemetry::Telemetry::start(config.telemetry.as_ref())?.map(Arc::new);
         let mut broker = Self {
             metrics: Arc::new(Metrics::new()),
             telemetry,

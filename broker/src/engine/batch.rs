@@ -12,7 +12,7 @@
 //!   a batch, so no event overtakes an earlier one;
 //! - any other answer fails the whole batch: it is tried again whole with the backoff, and after
 //!   the last attempt each event is dead-lettered (or dropped) per policy;
-//! - while the function is down (an outage, see [`crate::health`]) the batch is held, spending
+//! - while the function is down (an outage, see [`crate::engine::health`]) the batch is held, spending
 //!   no attempt, as single deliveries are.
 //!
 //! Ordered triggers deliver one batch at a time, each finished (its failures included) before
@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{Outcome, TriggerRuntime};
-use crate::health::Turn;
+use crate::engine::health::Turn;
 
 /// How a trigger batches.
 #[derive(Debug, Clone, Copy)]

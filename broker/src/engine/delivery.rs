@@ -8,7 +8,7 @@ use fnbroker_core::{ErrorKind, Origin};
 use fnbroker_functions::{InvokeError, Reply};
 use tokio_util::sync::CancellationToken;
 
-use crate::health::Turn;
+use crate::engine::health::Turn;
 
 use super::{Outcome, Target, TriggerRuntime};
 
@@ -39,7 +39,7 @@ impl TriggerRuntime {
     /// between attempts itself: a failed attempt that may be retried returns [`Outcome::Retry`]
     /// instead of sleeping here.
     ///
-    /// While the function is down (see [`crate::health`]), a failure that says so spends no
+    /// While the function is down (see [`crate::engine::health`]), a failure that says so spends no
     /// attempt: the event is held here (also with `broker_retry`: the broker must not count an
     /// outage against it either) and one delivery at a time probes the function.
     pub(super) async fn deliver(
@@ -545,8 +545,8 @@ impl From<Option<u32>> for Spent {
 
 /// The tracer and the event's span, when traced.
 type Trace<'a> = Option<(
-    &'a crate::telemetry::Telemetry,
-    &'a crate::telemetry::Delivery,
+    &'a crate::engine::telemetry::Telemetry,
+    &'a crate::engine::telemetry::Delivery,
 )>;
 
 /// Untraced, a reply still carries the trace context the event came with, so the next hop

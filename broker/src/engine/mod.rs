@@ -14,11 +14,23 @@
 //!   outage hold, and the one publish path of replies and dead letters.
 //! - [`settle`]: one message and all its triggers: their outcomes combined into one settlement.
 //! - [`batch`]: a trigger's events collected into one call of its function.
+//!
+//! And its collaborators, which the runtime builds for it:
+//! - [`filter`]: a trigger's compiled filter (subscriptions, CloudEvents SQL, CEL).
+//! - [`retry`]: the retry schedule of a trigger's delivery policy.
+//! - [`guard`]: a function's rate limit and circuit breaker.
+//! - [`health`]: a function's outage detection, and a destination's health for `/readyz`.
+//! - [`telemetry`]: the spans of a delivery (OpenTelemetry over OTLP).
 
 mod batch;
 mod delivery;
+pub(crate) mod filter;
 mod flow;
+pub(crate) mod guard;
+pub(crate) mod health;
+pub(crate) mod retry;
 mod settle;
+pub(crate) mod telemetry;
 #[cfg(test)]
 mod tests;
 
@@ -35,10 +47,10 @@ use fnbroker_core::event::{AttributesReader, Event};
 use fnbroker_functions::{InvokeError, Invoker};
 use tokio::sync::Semaphore;
 
-use crate::filter::Filter;
-use crate::health::Health;
+use crate::engine::filter::Filter;
+use crate::engine::health::Health;
+use crate::engine::retry::RetryPolicy;
 use crate::metrics::{FunctionStats, TriggerStats};
-use crate::retry::RetryPolicy;
 
 /// A function as the engine calls it: its invoker, its concurrency limit, its timeout.
 pub(crate) struct FunctionRuntime {
@@ -50,7 +62,7 @@ pub(crate) struct FunctionRuntime {
     /// Whether the function is down (an outage) rather than failing single events.
     pub(crate) health: Health,
     /// The function's rate limit and circuit breaker, when configured.
-    pub(crate) guard: Option<crate::guard::Guard>,
+    pub(crate) guard: Option<crate::engine::guard::Guard>,
 }
 
 impl FunctionRuntime {
@@ -152,7 +164,7 @@ pub(crate) struct TriggerRuntime {
     pub(crate) reply: Option<Target>,
     pub(crate) stats: TriggerStats,
     /// The tracer, when traces are exported.
-    pub(crate) telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    pub(crate) telemetry: Option<Arc<crate::engine::telemetry::Telemetry>>,
     /// The trigger's batches, when it batches (`delivery.batch`).
     pub(crate) batch: Option<Batcher>,
     /// The trigger's retry topic, when it keeps its retries there (`delivery.retry_topic`).

@@ -10,8 +10,8 @@ use fnbroker_functions::{InvokeError, Invoker, Reply};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::Health;
-use crate::retry::RetryPolicy;
+use crate::engine::health::Health;
+use crate::engine::retry::RetryPolicy;
 
 use super::delivery::*;
 use super::flow::*;

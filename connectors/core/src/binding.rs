@@ -262,7 +262,7 @@ mod tests {
     }
 }
 
-/// The HTTP protocol binding over [`http::HeaderMap`]: shared by the HTTP ingress (reading
+/// The HTTP protocol binding over [`http::HeaderMap`](::http::HeaderMap): shared by the HTTP ingress (reading
 /// requests) and the HTTP function invoker (writing requests, reading replies).
 pub mod http {
     use std::borrow::Cow;

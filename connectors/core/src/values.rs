@@ -327,7 +327,7 @@ impl ConnectorKeys {
         &self.raw
     }
 
-    /// The keys in the kind's type. A configuration that went through [`load`] has them parsed
+    /// The keys in the kind's type. A configuration that went through the configuration loader has them parsed
     /// already; one built otherwise (a test) is parsed here.
     pub fn get<T: DeserializeOwned + Clone + Send + Sync + fmt::Debug + 'static>(
         &self,

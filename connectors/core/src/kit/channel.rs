@@ -21,7 +21,7 @@ pub struct ChannelSource {
 impl ChannelSource {
     /// Spawns `consume` with the sending side of a channel of `buffer` messages and a token that
     /// asks it to stop. The loop must return once the token fires or the channel closes, after
-    /// dropping its [`Acker`] and awaiting [`AckerTask::finish`], and only then close its
+    /// dropping its [`Acker`](super::Acker) and awaiting [`AckerTask::finish`](super::AckerTask::finish), and only then close its
     /// connection.
     pub fn spawn<F, Fut>(buffer: usize, consume: F) -> Self
     where

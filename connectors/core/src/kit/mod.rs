@@ -3,7 +3,7 @@
 //!
 //! # Acknowledgements: [`Acker`]
 //!
-//! A connector gives every message an [`AckHandle`] built by its [`Acker`]. Settling the handle
+//! A connector gives every message an [`AckHandle`](crate::AckHandle) built by its [`Acker`]. Settling the handle
 //! (or dropping it) sends the settlement to one task per source, which applies it to the broker
 //! with the connector's [`Settler`] (`basic.ack`, a JetStream `+ACK`, a PUBACK), many at once so
 //! that one round trip does not hold the next. That task is owned: [`AckerTask::finish`] waits
@@ -27,7 +27,7 @@
 //!
 //! # The channel-backed source: [`ChannelSource`]
 //!
-//! A connector's consume loop runs on a task of its own and sends [`Incoming`] messages into a
+//! A connector's consume loop runs on a task of its own and sends [`Incoming`](crate::Incoming) messages into a
 //! bounded channel; [`ChannelSource`] is the [`Source`](crate::Source) the engine reads. Its
 //! `next` is cancel-safe (a message is either returned or still in the channel), and its `close`
 //! stops the loop, releases what it fetched but never handed out, and waits for it; the loop
