@@ -20,6 +20,7 @@
 mod load;
 mod platforms;
 mod substitute;
+mod validate;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
