@@ -45,9 +45,9 @@ impl fmt::Display for Tok {
 
 #[derive(Debug, Clone)]
 pub(super) struct Token {
-    pub(super) tok: Tok,
+    tok: Tok,
     /// 1-based character position.
-    pub(super) at: usize,
+    at: usize,
 }
 
 pub(super) fn lex(text: &str) -> Result<Vec<Token>, ParseError> {
@@ -203,11 +203,11 @@ pub(super) fn depth(root: &Node) -> usize {
 }
 
 impl Parser {
-    pub(super) fn peek(&self) -> Option<&Token> {
+    fn peek(&self) -> Option<&Token> {
         self.tokens.get(self.pos)
     }
 
-    pub(super) fn error_at(&self, position: usize, message: String) -> ParseError {
+    fn error_at(&self, position: usize, message: String) -> ParseError {
         ParseError { position, message }
     }
 
@@ -287,7 +287,7 @@ impl Parser {
         }
     }
 
-    pub(super) fn or(&mut self) -> Result<Node, ParseError> {
+    fn or(&mut self) -> Result<Node, ParseError> {
         // Every nested expression (parentheses, arguments, IN lists) starts here.
         let outer = self.depth;
         self.descend(self.here())?;
