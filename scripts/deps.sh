@@ -60,3 +60,11 @@ if ! "$promtool" --version >/dev/null 2>&1; then
   rm -f "$HOME/.cache/fnbroker/promtool/usr/bin/prometheus"
   rm -rf "$work"
 fi
+
+# cargo-deny checks the dependency graph's licences, bans and sources (deny.toml) in the test
+# command; built once from crates.io into a folder outside the clone (about 4 minutes on 2 cores).
+deny="$HOME/.cache/fnbroker/cargo-deny/bin/cargo-deny"
+if ! "$deny" --version 2>/dev/null | grep -q "^cargo-deny 0.20.2$"; then
+  echo "deps: installing cargo-deny 0.20.2 into $HOME/.cache/fnbroker/cargo-deny" >&2
+  cargo install -q --locked cargo-deny --version 0.20.2 --root "$HOME/.cache/fnbroker/cargo-deny" >&2
+fi

@@ -19,6 +19,10 @@ echo "== cargo clippy (fewer connector kinds)"
 cargo clippy -p fnbroker --locked --no-default-features --features http -- -D warnings
 cargo clippy -p fnbroker --locked --no-default-features --features mqtt,http -- -D warnings
 
+# The dependency graph: permissive licences only, no wildcard versions, crates.io only (deny.toml).
+echo "== cargo deny"
+"$HOME/.cache/fnbroker/cargo-deny/bin/cargo-deny" --log-level error check licenses bans sources
+
 # The static release binary: the tests run it from the container image's root filesystem.
 echo "== scripts/release.sh (static binary)"
 scripts/release.sh
