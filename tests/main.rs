@@ -1,9 +1,10 @@
 //! The end-to-end tests, one test binary: the real `fnbroker` binary against the real servers
-//! (`scripts/services.sh` starts them), a module per area, sharing the helpers of [`common`].
-//! One binary builds the helpers once and links once; nextest still runs every test in its own
-//! process, named `<module>::<test>` (the conformance suite: `suite::<connector>::<case>`).
+//! (`scripts/services.sh` starts them), a module per area, sharing the helpers of the
+//! conformance crate (`common`). One binary links once; nextest still runs every test in its own
+//! process, named `<module>::<test>`. The conformance suite itself runs in each connector crate
+//! (`connectors/<kind>/tests/conformance.rs`).
 
-mod common;
+use fnbroker_conformance as common;
 
 mod amqp;
 mod cli;
@@ -17,4 +18,3 @@ mod observability;
 mod platforms;
 mod postgres;
 mod redis;
-mod suite;

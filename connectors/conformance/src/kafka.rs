@@ -10,6 +10,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+/// The machine's tansu.
 pub const BROKERS: &str = "127.0.0.1:9092";
 
 /// The connector entry tests use: short session timeouts, since a group's first join on tansu
@@ -46,6 +47,7 @@ pub async fn create_topic_as(client: &ClientConfig, name: &str, partitions: i32)
     }
 }
 
+/// A producer to [`BROKERS`] that waits for every record to be written.
 pub fn producer() -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", BROKERS)
@@ -57,12 +59,17 @@ pub fn producer() -> FutureProducer {
 
 /// One record to produce.
 pub struct Out<'a> {
+    /// The record's key.
     pub key: Option<&'a str>,
+    /// The partition, when not chosen by the key.
     pub partition: Option<i32>,
+    /// Record headers (name, value).
     pub headers: Vec<(&'a str, &'a str)>,
+    /// The record's value.
     pub payload: &'a [u8],
 }
 
+/// Produces one record and waits until the broker has it.
 pub async fn produce(producer: &FutureProducer, topic: &str, out: Out<'_>) {
     let mut headers = OwnedHeaders::new();
     for (k, v) in &out.headers {
@@ -179,12 +186,16 @@ pub async fn partition_size(topic: &str, partition: i32) -> usize {
 /// A record read back: headers, key, payload.
 #[derive(Debug, Clone)]
 pub struct In {
+    /// The record's key.
     pub key: Option<Vec<u8>>,
+    /// Its headers as text.
     pub headers: Vec<(String, String)>,
+    /// Its value.
     pub payload: Vec<u8>,
 }
 
 impl In {
+    /// A header's value, if it is there.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -259,6 +270,7 @@ pub fn tansu_binary() -> std::path::PathBuf {
 /// A tansu of the test's own that requires SASL authentication, with one SCRAM-SHA-512 user.
 /// Stopped on drop.
 pub struct SaslTansu {
+    /// The port the SASL listener is on.
     pub port: u16,
     /// The address brokers are advertised at, when it is not `port` (a TLS front's).
     advertised: Option<String>,
@@ -277,7 +289,7 @@ impl SaslTansu {
     /// is on, so that clients reach them through whatever listens there.
     pub async fn start_advertising(user: &str, password: &str, advertised: Option<String>) -> Self {
         let mut me = Self {
-            port: super::free_port(),
+            port: crate::free_port(),
             advertised: None,
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
@@ -318,7 +330,7 @@ impl SaslTansu {
         }
         self.child = Some(cmd.spawn().expect("start tansu"));
         let port = self.port;
-        super::wait_for("tansu to listen", Duration::from_secs(30), || {
+        crate::wait_for("tansu to listen", Duration::from_secs(30), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         })
         .await;
@@ -352,15 +364,17 @@ impl Drop for SaslTansu {
 /// A tansu of the test's own (no authentication, SQLite storage in a temporary folder), for
 /// tests that restart the broker. Stopped on drop.
 pub struct Tansu {
+    /// The port it listens on.
     pub port: u16,
     dir: tempfile::TempDir,
-    process: Option<super::ServerProcess>,
+    process: Option<crate::ServerProcess>,
 }
 
 impl Tansu {
+    /// Starts it on a free port and waits until it listens.
     pub async fn start() -> Self {
         let mut me = Self {
-            port: super::free_port(),
+            port: crate::free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             process: None,
         };
@@ -380,7 +394,7 @@ impl Tansu {
             .args(["broker", "--listener-url", &url])
             .args(["--advertised-listener-url", &url])
             .args(["--storage-engine", "sqlite://tansu.db", "--silent"]);
-        self.process = Some(super::ServerProcess::spawn("tansu", cmd, self.port).await);
+        self.process = Some(crate::ServerProcess::spawn("tansu", cmd, self.port).await);
     }
 
     /// Stops it (SIGTERM) and starts it again on the same port and database.

@@ -48,6 +48,7 @@ fn run(program: &str, args: &[&str]) {
 /// A running cluster.
 pub struct Cluster {
     dir: tempfile::TempDir,
+    /// The port it listens on.
     pub port: u16,
 }
 
@@ -58,11 +59,11 @@ impl Cluster {
     }
 
     /// A cluster that accepts TLS connections only, with `pki`'s server certificate.
-    pub fn start_tls(pki: &super::pki::Pki) -> Self {
+    pub fn start_tls(pki: &crate::pki::Pki) -> Self {
         Self::start_with(Some(pki))
     }
 
-    fn start_with(pki: Option<&super::pki::Pki>) -> Self {
+    fn start_with(pki: Option<&crate::pki::Pki>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let chown = Command::new("chown")
             .args(["-R", "postgres:postgres"])
@@ -88,7 +89,7 @@ impl Cluster {
                 "UTF8",
             ],
         );
-        let port = super::free_port();
+        let port = crate::free_port();
         let socket = dir.path().to_str().expect("utf-8 path");
         let mut options = format!(
             "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={socket} -c wal_level=logical -c max_replication_slots=10 -c max_wal_senders=10 -c fsync=off -c synchronous_commit=off"

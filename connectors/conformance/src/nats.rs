@@ -8,11 +8,12 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use futures::StreamExt;
 
-use super::free_port;
+use crate::free_port;
 
 /// The NATS server every session's machine runs (with JetStream).
 pub const SHARED_URL: &str = "nats://127.0.0.1:4222";
 
+/// A client of `url` (fails the test when there is no server).
 pub async fn connect(url: &str) -> async_nats::Client {
     async_nats::connect(url).await.unwrap_or_else(|e| {
         panic!("cannot connect to NATS at {url} (scripts/services.sh starts it): {e}")
@@ -21,13 +22,15 @@ pub async fn connect(url: &str) -> async_nats::Client {
 
 /// A nats-server with JetStream of the test's own, killed on drop.
 pub struct NatsServer {
+    /// The port it listens on.
     pub port: u16,
     dir: tempfile::TempDir,
-    process: Option<super::ServerProcess>,
+    process: Option<crate::ServerProcess>,
     args: Vec<String>,
 }
 
 impl NatsServer {
+    /// Starts it on a free port (JetStream on) and waits until it listens.
     pub async fn start() -> Self {
         Self::start_with(&[]).await
     }
@@ -44,6 +47,7 @@ impl NatsServer {
         me
     }
 
+    /// Its URL (`nats://127.0.0.1:<port>`).
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
@@ -60,7 +64,7 @@ impl NatsServer {
         ])
         .arg(self.dir.path())
         .args(&self.args);
-        self.process = Some(super::ServerProcess::spawn("nats-server", cmd, self.port).await);
+        self.process = Some(crate::ServerProcess::spawn("nats-server", cmd, self.port).await);
     }
 
     /// Stops it (SIGTERM, so JetStream flushes) and starts it again on the same port and store.

@@ -10,13 +10,14 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
-use super::{free_port, wait_for};
+use crate::{free_port, wait_for};
 
 /// The Mosquitto every session's machine runs.
 pub const SHARED_PORT: u16 = 1883;
 
 /// A Mosquitto of the test's own, stopped on drop.
 pub struct Mosquitto {
+    /// The port it listens on.
     pub port: u16,
     /// The TLS listener's port (`start_tls`), else 0.
     pub tls_port: u16,
@@ -27,6 +28,7 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
+    /// Starts it on a free port and waits until it listens.
     pub async fn start() -> Self {
         Self::start_with(0, "").await
     }
@@ -39,7 +41,7 @@ impl Mosquitto {
         key: &std::path::Path,
     ) -> Self {
         // Mosquitto drops to its own user: it must be able to read the files.
-        super::pki::Pki::readable_by_all(&[ca, cert, key]);
+        crate::pki::Pki::readable_by_all(&[ca, cert, key]);
         let tls_port = free_port();
         Self::start_with(
             tls_port,
@@ -64,7 +66,7 @@ impl Mosquitto {
             .expect("mosquitto_passwd (Debian's mosquitto package)");
         assert!(out.status.success(), "mosquitto_passwd: {out:?}");
         let path = file.into_temp_path();
-        super::pki::Pki::readable_by_all(&[&path]);
+        crate::pki::Pki::readable_by_all(&[&path]);
         let mut me = Self::start_with(
             0,
             &format!("allow_anonymous false\npassword_file {}\n", path.display()),
@@ -143,13 +145,18 @@ impl Drop for Mosquitto {
 
 /// One message to publish.
 pub struct Msg {
+    /// The topic.
     pub topic: String,
+    /// The payload.
     pub payload: Vec<u8>,
+    /// The MQTT 5 content type, if any.
     pub content_type: Option<String>,
+    /// MQTT 5 user properties (name, value).
     pub user_properties: Vec<(String, String)>,
 }
 
 impl Msg {
+    /// A message with `payload` and no properties.
     pub fn plain(topic: &str, payload: &[u8]) -> Self {
         Self {
             topic: topic.into(),
@@ -203,13 +210,18 @@ pub async fn publish(port: u16, messages: Vec<Msg>) {
 /// A received message.
 #[derive(Debug, Clone)]
 pub struct Got {
+    /// The topic it came on.
     pub topic: String,
+    /// The payload.
     pub payload: Vec<u8>,
+    /// The MQTT 5 content type, if any.
     pub content_type: Option<String>,
+    /// MQTT 5 user properties (name, value).
     pub user_properties: Vec<(String, String)>,
 }
 
 impl Got {
+    /// A user property's value, if it is there.
     pub fn prop(&self, name: &str) -> Option<&str> {
         self.user_properties
             .iter()

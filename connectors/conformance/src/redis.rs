@@ -122,15 +122,17 @@ pub async fn delete(conn: &mut MultiplexedConnection, keys: &[&str]) {
 
 /// A redis-server of the test's own (append-only file, fsync on every write), killed on drop.
 pub struct RedisServer {
+    /// The port it listens on.
     pub port: u16,
     dir: tempfile::TempDir,
-    process: Option<super::ServerProcess>,
+    process: Option<crate::ServerProcess>,
 }
 
 impl RedisServer {
+    /// Starts it on a free port (append-only file on) and waits until it listens.
     pub async fn start() -> Self {
         let mut me = Self {
-            port: super::free_port(),
+            port: crate::free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             process: None,
         };
@@ -138,6 +140,7 @@ impl RedisServer {
         me
     }
 
+    /// Its URL (`redis://127.0.0.1:<port>`).
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -155,7 +158,7 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(self.dir.path());
-        self.process = Some(super::ServerProcess::spawn("redis-server", cmd, self.port).await);
+        self.process = Some(crate::ServerProcess::spawn("redis-server", cmd, self.port).await);
     }
 
     /// Stops it (SIGTERM: it writes its append-only file) and starts it again on the same port

@@ -1,16 +1,3 @@
-//! Helpers of the end-to-end tests: the real `fnbroker` binary with a temporary configuration, a
-//! real HTTP function server (axum) that records what it receives, free ports, and waiting on a
-//! condition with a deadline instead of sleeping.
-#![allow(dead_code, unreachable_pub, missing_docs)]
-
-pub mod amqp;
-pub mod kafka;
-pub mod mqtt;
-pub mod nats;
-pub mod pki;
-pub mod postgres;
-pub mod redis;
-
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -185,13 +172,35 @@ fn write_config(yaml: &str) -> (tempfile::TempDir, PathBuf, u16) {
 
 /// The `fnbroker` binary that cargo built for these tests.
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_fnbroker")
+    static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        if let Ok(path) = std::env::var("FNBROKER_BIN") {
+            return path;
+        }
+        // A test executable is `<target>/<profile>/deps/<name>-<hash>`; the binary that the same
+        // `cargo build`/`cargo nextest run --workspace` built is `<target>/<profile>/fnbroker`.
+        let exe = std::env::current_exe().expect("the test executable's path");
+        let profile = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("a test executable under <target>/<profile>/deps");
+        let path = profile.join("fnbroker");
+        assert!(
+            path.exists(),
+            "no fnbroker binary at {}: build it (`cargo build -p fnbroker`, which \
+             `cargo nextest run --workspace` does) or point FNBROKER_BIN at one",
+            path.display()
+        );
+        path.to_string_lossy().into_owned()
+    })
 }
 
 /// A running `fnbroker run` process with its own configuration file and admin port.
 pub struct Fnbroker {
     child: Child,
+    /// The temporary folder holding the configuration and the log.
     pub dir: tempfile::TempDir,
+    /// The admin port (`/healthz`, `/readyz`, `/metrics`).
     pub admin: u16,
     log: PathBuf,
 }
@@ -302,6 +311,7 @@ impl Fnbroker {
         }
     }
 
+    /// Waits until `/readyz` answers `200`, panicking with the log after 60 s.
     pub async fn wait_ready(&mut self) {
         let url = format!("http://127.0.0.1:{}/readyz", self.admin);
         let client = reqwest::Client::new();
@@ -324,6 +334,7 @@ impl Fnbroker {
         }
     }
 
+    /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -559,13 +570,18 @@ pub async fn outage_loses_nothing<F, Fut>(
 pub struct Received {
     /// The status the server answered with.
     pub status: u16,
+    /// The request's path.
     pub path: String,
+    /// The request's headers.
     pub headers: HeaderMap,
+    /// The request's body.
     pub body: Bytes,
+    /// When it arrived.
     pub at: Instant,
 }
 
 impl Received {
+    /// A header's value as text, if it is there.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -574,13 +590,18 @@ impl Received {
 /// How the function server answers one request.
 #[derive(Debug, Clone)]
 pub struct Answer {
+    /// The status code.
     pub status: u16,
+    /// Headers of the answer.
     pub headers: Vec<(String, String)>,
+    /// The answer's body.
     pub body: Vec<u8>,
+    /// How long to wait before answering.
     pub delay: Duration,
 }
 
 impl Answer {
+    /// An answer with `status` and no body.
     pub fn status(status: u16) -> Self {
         Self {
             status,
@@ -589,19 +610,23 @@ impl Answer {
             delay: Duration::ZERO,
         }
     }
+    /// `200` with no body.
     pub fn ok() -> Self {
         Self::status(200)
     }
+    /// With a body of `content_type`.
     pub fn body(mut self, content_type: &str, body: &[u8]) -> Self {
         self.headers
             .push(("content-type".into(), content_type.into()));
         self.body = body.to_vec();
         self
     }
+    /// With one more header.
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.into(), value.into()));
         self
     }
+    /// Answered after `d`.
     pub fn delay(mut self, d: Duration) -> Self {
         self.delay = d;
         self
@@ -623,8 +648,10 @@ struct ServerState {
 
 /// A real HTTP function server on a free port.
 pub struct FnServer {
+    /// Where it listens (127.0.0.1 and a free port).
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
+    /// The most requests it has held at once.
     pub peak: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -635,6 +662,7 @@ impl FnServer {
         Self::with(|_, _| Answer::ok()).await
     }
 
+    /// A server whose answer to the `n`th request (counted from 1 across paths) on a path is `behaviour(path, n)`.
     pub async fn with(behaviour: impl Fn(&str, usize) -> Answer + Send + Sync + 'static) -> Self {
         Self::with_body(move |path, _, n| behaviour(path, n)).await
     }
@@ -668,6 +696,7 @@ impl FnServer {
         }
     }
 
+    /// The URL of `path` on this server.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -683,6 +712,7 @@ impl FnServer {
             .collect()
     }
 
+    /// How many requests `path` received.
     pub fn count(&self, path: &str) -> usize {
         self.on(path).len()
     }
@@ -877,7 +907,9 @@ pub async fn metric_sum(fb: &Fnbroker, name: &str) -> f64 {
 /// reader of a log (Kafka).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kept {
+    /// Released for the next run (a queue, a stream, a subscription).
     Released,
+    /// Passed over by the reader of a log (Kafka's committed offset moved past it).
     Passed,
 }
 

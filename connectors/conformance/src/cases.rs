@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{Answer, FnServer, Fnbroker, wait_for};
-use crate::suite::adapters::{Adapter, Mode, Modes, Redelivers, Replicas, Restartable, Topic};
+use crate::adapter::{Adapter, Mode, Modes, Redelivers, Replicas, Restartable, Topic};
+use crate::{Answer, FnServer, Fnbroker, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -85,7 +85,7 @@ async fn quiet(server: &FnServer) {
 /// Ack: 200 messages published while fnbroker runs reach the function exactly once each, as
 /// binary-mode CloudEvents with the required attributes, and nothing comes again after a
 /// restart (every message was acknowledged).
-pub(crate) async fn every_message_once<A: Adapter>(a: A) {
+pub async fn every_message_once<A: Adapter>(a: A) {
     const N: usize = 200;
     let topic = a.prepare().await;
     let server = FnServer::start().await;
@@ -128,7 +128,7 @@ pub(crate) async fn every_message_once<A: Adapter>(a: A) {
 /// reply (the function echoes the body). `retries: 2`: each odd message is tried 3 times and
 /// then dead-lettered once with `dlqattempts` 3; each even one is called once and replied to
 /// once.
-pub(crate) async fn retries_dead_letter_and_replies<A: Adapter>(a: A) {
+pub async fn retries_dead_letter_and_replies<A: Adapter>(a: A) {
     const N: usize = 10;
     let topic = a.prepare().await;
     let server = FnServer::with_body(|path, body, _| {
@@ -184,7 +184,7 @@ pub(crate) async fn retries_dead_letter_and_replies<A: Adapter>(a: A) {
 /// with a message whose destination failed, no later message of its key may reach the function
 /// before it is done: the calls come in publishing order (a message may be called again, never
 /// after a later one), and every reply is published in the end.
-pub(crate) async fn ordered_through_a_hand_back<A: Adapter>(a: A) {
+pub async fn ordered_through_a_hand_back<A: Adapter>(a: A) {
     const N: usize = 12;
     let topic = a.prepare().await;
     let server = FnServer::with_body(|path, body, nth| match path {
@@ -300,7 +300,7 @@ const STREAM: usize = 2_000;
 
 /// kill -9 once a quarter of 2,000 messages (published while fnbroker consumes) arrived, start
 /// again: a source that redelivers loses nothing; for one that does not, the loss is measured.
-pub(crate) async fn kill_9_midway<A: Adapter>(a: A) {
+pub async fn kill_9_midway<A: Adapter>(a: A) {
     let a = Arc::new(a);
     let topic = Arc::new(a.prepare().await);
     let server = FnServer::start().await;
@@ -336,7 +336,7 @@ pub(crate) async fn kill_9_midway<A: Adapter>(a: A) {
 /// again: nothing is delivered twice on any source (in-flight deliveries finish and are
 /// acknowledged, what was fetched but not handed out goes back unseen), and a source that
 /// redelivers loses nothing.
-pub(crate) async fn sigterm_midway<A: Adapter>(a: A) {
+pub async fn sigterm_midway<A: Adapter>(a: A) {
     let a = Arc::new(a);
     let topic = Arc::new(a.prepare().await);
     let server = FnServer::start().await;
@@ -392,7 +392,7 @@ pub(crate) async fn sigterm_midway<A: Adapter>(a: A) {
 /// Reloads that change only the triggers (a retry policy, then the event type), while 2,000
 /// messages stream: the subscription stays open, so nothing is lost or delivered twice on any
 /// source.
-pub(crate) async fn reload_swapping_triggers<A: Adapter>(a: A) {
+pub async fn reload_swapping_triggers<A: Adapter>(a: A) {
     let a = Arc::new(a);
     let topic = Arc::new(a.prepare().await);
     let server = FnServer::start().await;
@@ -452,7 +452,7 @@ pub(crate) async fn reload_swapping_triggers<A: Adapter>(a: A) {
 
 /// A reload that reopens the subscription (`max_in_flight` 64 -> 16) while 2,000 messages
 /// stream: a source that redelivers loses nothing; for one that does not, the gap is measured.
-pub(crate) async fn reload_reopening_the_subscription<A: Adapter>(a: A) {
+pub async fn reload_reopening_the_subscription<A: Adapter>(a: A) {
     let a = Arc::new(a);
     let topic = Arc::new(a.prepare().await);
     let server = FnServer::start().await;
@@ -487,13 +487,13 @@ pub(crate) async fn reload_reopening_the_subscription<A: Adapter>(a: A) {
 /// 200/s, default delivery settings and no dead letter: every message reaches the function
 /// once it is back, on every source (the deliveries are held, so consumption stops and the
 /// backlog waits before fnbroker).
-pub(crate) async fn a_minute_of_function_outage<A: Adapter>(a: A) {
+pub async fn a_minute_of_function_outage<A: Adapter>(a: A) {
     let a = Arc::new(a);
     let topic = Arc::new(a.prepare().await);
-    let (server, down) = crate::common::switchable_function().await;
+    let (server, down) = crate::switchable_function().await;
     let cfg = config(&*a, &function("f", &server, "/f"), &trigger(&topic, ""));
     let (publisher, on) = (Arc::clone(&a), Arc::clone(&topic));
-    crate::common::outage_loses_nothing(
+    crate::outage_loses_nothing(
         A::NAME,
         &cfg,
         &server,
@@ -514,7 +514,7 @@ pub(crate) async fn a_minute_of_function_outage<A: Adapter>(a: A) {
 /// meanwhile, none reach the function; a reload moves the trigger back. What the broker kept
 /// for the retired subscription then arrives, or nothing does, as the adapter says
 /// ([`Adapter::KEEPS_RETIRED`]); what is published after the return always arrives.
-pub(crate) async fn retired_and_back<A: Adapter>(a: A) {
+pub async fn retired_and_back<A: Adapter>(a: A) {
     let topic = a.prepare().await;
     let other = a.prepare().await;
     let server = FnServer::start().await;
@@ -582,7 +582,7 @@ pub(crate) async fn retired_and_back<A: Adapter>(a: A) {
 /// flows: 1,000 messages, the restart once a quarter arrived, 1,000 more after it. fnbroker
 /// reconnects and subscribes again; a source that redelivers loses nothing; for one that does
 /// not, the loss is measured.
-pub(crate) async fn broker_restarted<A: Restartable>(a: A) {
+pub async fn broker_restarted<A: Restartable>(a: A) {
     let topic = a.prepare().await;
     let server = FnServer::start().await;
     let cfg = config(
@@ -623,7 +623,7 @@ pub(crate) async fn broker_restarted<A: Restartable>(a: A) {
 /// `type` of fnbroker's), binary mode (attributes in the protocol's headers) and structured mode
 /// (the whole event as JSON). Each reaches the function as a binary-mode CloudEvent with the
 /// attributes it came with, its data as the body.
-pub(crate) async fn three_modes<A: Modes>(a: A) {
+pub async fn three_modes<A: Modes>(a: A) {
     let topic = a.prepare().await;
     let server = FnServer::start().await;
     let fb = Fnbroker::start(&config(
@@ -694,7 +694,7 @@ pub(crate) async fn three_modes<A: Modes>(a: A) {
 /// messages; once both delivered some, one is killed with SIGKILL and the second half is
 /// published: the survivor takes it (or, where the broker keeps the killed one's share for it,
 /// the killed replica started again delivers it), and every message arrives.
-pub(crate) async fn a_replica_killed<A: Replicas>(a: A) {
+pub async fn a_replica_killed<A: Replicas>(a: A) {
     const N: usize = 400;
     let a = Arc::new(a);
     let topic = Arc::new(a.prepare_shared().await);
@@ -708,16 +708,13 @@ pub(crate) async fn a_replica_killed<A: Replicas>(a: A) {
         )
     };
     let (publisher, on) = (Arc::clone(&a), Arc::clone(&topic));
-    let running = crate::common::replica_killed(A::NAME, &server, cfg, N, A::AFTER_KILL, |range| {
+    let running = crate::replica_killed(A::NAME, &server, cfg, N, A::AFTER_KILL, |range| {
         let (a, topic) = (Arc::clone(&publisher), Arc::clone(&on));
         async move { a.publish(&topic, range).await }
     })
     .await;
     wait_for(&format!("{}: every message", A::NAME), WAIT, || {
-        crate::common::delivered_numbers(&server, &["/a", "/b"])
-            .0
-            .len()
-            >= N
+        crate::delivered_numbers(&server, &["/a", "/b"]).0.len() >= N
     })
     .await;
     drop(running);

@@ -12,8 +12,10 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
+/// The machine's RabbitMQ, as the guest user on the default vhost.
 pub const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// A connection and a channel to the machine's RabbitMQ.
 pub async fn channel() -> (Connection, Channel) {
     channel_at(URL).await
 }
@@ -141,11 +143,14 @@ pub async fn publish_range(ch: &Channel, queue: &str, range: std::ops::Range<usi
 /// A message read back.
 #[derive(Debug, Clone)]
 pub struct Got {
+    /// Its properties (headers, content type, delivery mode).
     pub properties: BasicProperties,
+    /// Its body.
     pub body: Vec<u8>,
 }
 
 impl Got {
+    /// A header's value as text (a long string or a number), if it is there.
     pub fn header(&self, name: &str) -> Option<String> {
         let v = self
             .properties
@@ -215,21 +220,25 @@ pub fn close_connections(name: &str) -> usize {
 /// certificates signed by `ca` and offers EXTERNAL authentication (the certificate's common name
 /// is the user, `fnbroker test` for the test PKI's client). Stopped on drop.
 pub struct RabbitNode {
+    /// The node's name (`rabbit-<port>@localhost`).
     pub node: String,
+    /// The plain AMQP port.
     pub port: u16,
+    /// The TLS port (client certificates required).
     pub tls_port: u16,
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
 }
 
 impl RabbitNode {
+    /// Starts a node whose TLS listener uses `cert` and `key` and trusts client certificates of `ca`.
     pub async fn start_tls(
         ca: &std::path::Path,
         cert: &std::path::Path,
         key: &std::path::Path,
     ) -> Self {
-        super::pki::Pki::readable_by_all(&[ca, cert, key]);
-        let tls_port = super::free_port();
+        crate::pki::Pki::readable_by_all(&[ca, cert, key]);
+        let tls_port = crate::free_port();
         let me = Self::start_with(
             tls_port,
             &format!(
@@ -270,7 +279,7 @@ impl RabbitNode {
         let mut perms = std::fs::metadata(dir.path()).expect("dir").permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
         std::fs::set_permissions(dir.path(), perms).expect("chmod");
-        let (port, dist) = (super::free_port(), super::free_port());
+        let (port, dist) = (crate::free_port(), crate::free_port());
         let node = format!("fnbtest{}@localhost", uuid::Uuid::new_v4().simple());
         let conf = dir.path().join("rabbitmq.conf");
         std::fs::write(

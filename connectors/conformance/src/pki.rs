@@ -11,14 +11,23 @@ use rcgen::{
 
 /// The files of a test PKI.
 pub struct Pki {
+    /// The folder holding every file.
     pub dir: tempfile::TempDir,
+    /// The CA that signed the server and client certificates (PEM).
     pub ca: PathBuf,
+    /// The server certificate, for `localhost` and `127.0.0.1`.
     pub server_cert: PathBuf,
+    /// The server certificate's key.
     pub server_key: PathBuf,
+    /// A client certificate signed by the CA (common name `fnbroker test`).
     pub client_cert: PathBuf,
+    /// The client certificate's key.
     pub client_key: PathBuf,
+    /// A server certificate of the CA whose validity has ended.
     pub expired_cert: PathBuf,
+    /// The expired certificate's key.
     pub expired_key: PathBuf,
+    /// A CA that signed none of the certificates.
     pub other_ca: PathBuf,
 }
 
