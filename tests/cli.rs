@@ -66,6 +66,12 @@ fn help_names_the_connector_kinds_built_in() {
         help.contains("Connector kinds built in: http, kafka, nats, amqp, mqtt, redis, postgres."),
         "{help}"
     );
+    assert!(
+        help.contains(
+            "Function kinds: http, exec, openfaas, openwhisk, fission, knative, fn, lambda."
+        ),
+        "{help}"
+    );
 }
 
 #[test]

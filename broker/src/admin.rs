@@ -13,6 +13,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use fnbroker_config::{self as config, Config};
+
+use crate::connectors::REGISTRY;
 use fnbroker_http::Auth;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -525,52 +527,12 @@ pub(crate) fn functions_view(cfg: &Config) -> Value {
         cfg.functions
             .iter()
             .map(|(name, f)| {
-                use fnbroker_config::FunctionKind as K;
-                let url = |u: &str| fnbroker_core::redact::url(u).into_owned();
-                let view = match f.kind() {
-                    Some(K::Http(h)) => json!({
-                        "url": url(&h.url),
-                        "mode": format!("{:?}", h.mode).to_lowercase(),
-                        "headers": h.headers.keys().collect::<Vec<_>>(),
-                    }),
-                    Some(K::Exec(e)) => json!({
-                        "program": e.command.first(),
-                        "arguments": e.command.len().saturating_sub(1),
-                        "env": e.env.keys().collect::<Vec<_>>(),
-                        "inherit_env": e.inherit_env,
-                    }),
-                    Some(K::OpenFaas(o)) => json!({
-                        "gateway": url(&o.gateway),
-                        "name": o.name.as_str(),
-                        "namespace": o.namespace,
-                        "async": o.asynchronous,
-                        "username": o.username,
-                    }),
-                    Some(K::OpenWhisk(o)) => json!({
-                        "api": url(&o.api),
-                        "namespace": o.namespace,
-                        "action": o.action.as_str(),
-                    }),
-                    Some(K::Fission(o)) => json!({
-                        "router": url(&o.router),
-                        "name": o.name.as_str(),
-                        "namespace": o.namespace,
-                    }),
-                    Some(K::Knative(o)) => json!({ "url": url(&o.url) }),
-                    Some(K::Fn(o)) => json!({ "endpoint": url(&o.endpoint), "id": o.id.as_str() }),
-                    Some(K::Lambda(o)) => json!({
-                        "function": o.function.as_str(),
-                        "region": o.region.as_ref().map(|r| r.as_str()),
-                        "qualifier": o.qualifier,
-                        "invocation": format!("{:?}", o.invocation).to_lowercase(),
-                        "endpoint": o.endpoint.as_ref().map(|e| url(e)),
-                    }),
-                    None => Value::Null,
-                };
-                let kind = match f.kind() {
-                    Some(k) => json!({ k.key(): view }),
-                    None => Value::Null,
-                };
+                let kind = f.kind().and_then(|entry| {
+                    let settings = entry.settings()?;
+                    let view = REGISTRY.function(entry.kind())?.view(settings);
+                    Some(json!({ entry.kind(): view }))
+                });
+                let kind = kind.unwrap_or(Value::Null);
                 let mut v = kind;
                 if let Value::Object(m) = &mut v {
                     m.insert("timeout".into(), json!(format!("{:?}", f.timeout())));

@@ -36,7 +36,8 @@ pub(crate) static REGISTRY: Registry = Registry::new(&[
     ("redis", "redis"),
     #[cfg(not(feature = "postgres"))]
     ("postgres", "postgres"),
-]);
+])
+.with_functions(fnbroker_functions::KINDS);
 
 /// What the connector kind `kind` can do (a kind not registered: the defaults).
 pub(crate) fn capabilities(kind: &str) -> fnbroker_core::ConnectorCapabilities {

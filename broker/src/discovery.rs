@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use fnbroker_config::{self as config, Loc, OpenFaasDiscovery, TriggerSource};
+use fnbroker_core::function::FunctionPlugin as _;
 use fnbroker_core::{Connector, Subscription};
+use fnbroker_functions::kinds::openfaas::{OpenFaas, OpenFaasFunction};
 use fnbroker_functions::{Discovered, Gateway, Platform};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -176,14 +178,10 @@ impl Discovery {
         let function = match functions.get(&key.0) {
             Some(f) => Arc::clone(f),
             None => {
-                let cfg = self.entry.function(&f.name, f.namespace.as_deref());
+                let cfg =
+                    OpenFaasFunction::discovered(&self.entry, &f.name, f.namespace.as_deref());
                 let concurrency = *self.entry.concurrency;
-                let invoker = fnbroker_functions::build(
-                    config::FunctionKind::OpenFaas(&cfg),
-                    concurrency,
-                    &self.platform,
-                )
-                .map_err(anyhow::Error::msg)?;
+                let invoker = OpenFaas::build(&cfg, &self.platform.context(concurrency))?;
                 let runtime = Arc::new(FunctionRuntime {
                     name: key.0.clone(),
                     invoker,

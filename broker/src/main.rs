@@ -210,11 +210,14 @@ fn main() -> ExitCode {
     // One rustls crypto provider for every rustls user (async-nats is built with aws-lc-rs too,
     // ring is not linked); installed explicitly so that no client has to guess.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    // The help names the connector kinds this build has (each is a cargo feature).
+    // The help names the connector kinds this build has (each is a cargo feature) and the
+    // function kinds.
+    let function_kinds: Vec<&str> = connectors::REGISTRY.functions().map(|k| k.kind()).collect();
     let matches = Cli::command()
         .after_help(format!(
-            "Connector kinds built in: {}. Function kinds: every kind (http, exec and the platforms).",
-            connectors::REGISTRY.names()
+            "Connector kinds built in: {}. Function kinds: {}.",
+            connectors::REGISTRY.names(),
+            function_kinds.join(", ")
         ))
         .get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());

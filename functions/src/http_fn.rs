@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use crate::kinds::http::ContentMode;
 use async_trait::async_trait;
 use bytes::Bytes;
-use fnbroker_config::ContentMode;
 use fnbroker_core::binding::http::{self as binding, Mode};
 use fnbroker_core::event::{self, AttributesReader as _, Event};
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};

@@ -10,12 +10,12 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::kinds::lambda::{LambdaFunction, LambdaInvocation};
 use async_trait::async_trait;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use bytes::Bytes;
-use fnbroker_config::{LambdaFunction, LambdaInvocation};
 use fnbroker_core::event::{self, Event};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 

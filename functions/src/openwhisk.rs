@@ -11,9 +11,9 @@
 
 use std::time::Duration;
 
+use crate::kinds::openwhisk::OpenWhiskFunction;
 use async_trait::async_trait;
 use bytes::Bytes;
-use fnbroker_config::OpenWhiskFunction;
 use fnbroker_core::event::{self, AttributesReader as _, Event};
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde_json::{Map, Value};

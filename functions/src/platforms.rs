@@ -4,10 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::kinds::fission::FissionFunction;
+use crate::kinds::fn_project::FnFunction;
+use crate::kinds::http::ContentMode;
+use crate::kinds::knative::KnativeFunction;
+use crate::kinds::openfaas::OpenFaasFunction;
 use base64::Engine as _;
-use fnbroker_config::{
-    ContentMode, FissionFunction, FnFunction, KnativeFunction, OpenFaasFunction,
-};
 
 use crate::HttpInvoker;
 

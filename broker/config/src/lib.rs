@@ -7,7 +7,8 @@
 //!
 //! The core types hold what every trigger has; each connector kind's settings (its connection,
 //! the keys its triggers' `from` and destinations add) belong to its crate and come in through
-//! the [`Registry`]: they are parsed into the crate's types at load. The value types those
+//! the [`Registry`]: they are parsed into the crate's types at load. So do the settings of each
+//! function kind (`http`, `exec`, a platform's), which belong to the kind's plugin. The value types those
 //! settings are made of ([`ConfDuration`], [`Loc`], [`Destination`]...) belong to the connector
 //! SDK (`fnbroker_core::values`) and are re-exported here.
 //!
@@ -17,8 +18,8 @@
 #![deny(unreachable_pub)]
 #![warn(missing_docs)]
 
+mod discover;
 mod load;
-mod platforms;
 mod substitute;
 mod validate;
 
@@ -31,14 +32,11 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
+pub use discover::{Discover, OpenFaasDiscovery};
 pub use fnbroker_core::values::{
     self, ByteSize, ConfDuration, ConnectorKeys, Destination, Loc, TriggerSource,
 };
 pub use load::{ConfigError, ConfigErrors, load, load_str};
-pub use platforms::{
-    Discover, FissionFunction, FnFunction, KnativeFunction, LambdaFunction, LambdaInvocation,
-    OpenFaasDiscovery, OpenFaasFunction, OpenWhiskFunction,
-};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -198,49 +196,144 @@ impl JsonSchema for ConnectorConfig {
     }
 }
 
-/// A named function: how to invoke it (exactly one kind: `http`, `exec` or a platform's), and
-/// limits.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
+/// A named function: how to invoke it (exactly one kind: `http`, `exec` or a platform's, whose
+/// settings the kind's plugin defines, see `fnbroker_core::function`), and limits.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Function {
-    /// Invoke over HTTP: POST the event to a URL.
-    #[serde(default)]
-    pub http: Option<HttpFunction>,
-    /// Invoke a command per event, as OpenFaaS's classic watchdog does.
-    #[serde(default)]
-    pub exec: Option<ExecFunction>,
-    /// An OpenFaaS function through its gateway.
-    #[serde(default)]
-    pub openfaas: Option<OpenFaasFunction>,
-    /// An Apache OpenWhisk action.
-    #[serde(default)]
-    pub openwhisk: Option<OpenWhiskFunction>,
-    /// A Fission function through its router.
-    #[serde(default)]
-    pub fission: Option<FissionFunction>,
-    /// A Knative service (CloudEvents binary mode).
-    #[serde(default)]
-    pub knative: Option<KnativeFunction>,
-    /// An Fn Project function.
-    #[serde(default, rename = "fn")]
-    pub fn_project: Option<FnFunction>,
-    /// An AWS Lambda function (the Invoke API, signed with SigV4).
-    #[serde(default)]
-    pub lambda: Option<LambdaFunction>,
+    /// The kinds as written (a valid entry has exactly one).
+    kinds: Vec<FunctionKindConfig>,
     /// The time one attempt may take. Default `30s`.
-    #[serde(default)]
     pub timeout: Option<ConfDuration>,
     /// The most calls in flight to this function, all triggers together. Default 64.
-    #[serde(default = "default_concurrency")]
     pub concurrency: Loc<usize>,
     /// At most this many calls per second (all triggers together); a call over the rate waits
     /// (its delivery holds, consumption slows) instead of failing.
-    #[serde(default)]
     pub rate_limit: Option<RateLimit>,
     /// Stops calling a function that fails: deliveries wait while the breaker is open, then one
     /// call probes it.
-    #[serde(default)]
     pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+/// The keys every function has besides its kind.
+const FUNCTION_KEYS: [&str; 4] = ["timeout", "concurrency", "rate_limit", "circuit_breaker"];
+
+/// A function's kind as written (`http: { url: ... }`), with its settings parsed into the
+/// kind's type at load.
+#[derive(Debug, Clone)]
+pub struct FunctionKindConfig {
+    kind: String,
+    raw: serde_json::Value,
+    settings: Option<Settings>,
+}
+
+impl FunctionKindConfig {
+    /// The kind as written in the configuration.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The settings in the plugin's type; `None` before validation (and for an unknown kind).
+    pub fn settings(&self) -> Option<&Settings> {
+        self.settings.as_ref()
+    }
+
+    /// The settings as written.
+    pub fn raw(&self) -> &serde_json::Value {
+        &self.raw
+    }
+}
+
+/// Two kinds are equal when their names and settings as written are (after substitution).
+impl PartialEq for FunctionKindConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.raw == other.raw
+    }
+}
+
+impl<'de> Deserialize<'de> for Function {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Function;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a function's kind and its settings (`http: { url: ... }`), and limits")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut function = Function {
+                    kinds: Vec::with_capacity(1),
+                    timeout: None,
+                    concurrency: default_concurrency(),
+                    rate_limit: None,
+                    circuit_breaker: None,
+                };
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "timeout" => function.timeout = map.next_value()?,
+                        "concurrency" => function.concurrency = map.next_value()?,
+                        "rate_limit" => function.rate_limit = map.next_value()?,
+                        "circuit_breaker" => function.circuit_breaker = map.next_value()?,
+                        // Any other key names a kind; validation tells an unknown one apart.
+                        _ => function.kinds.push(FunctionKindConfig {
+                            kind: key,
+                            raw: map.next_value()?,
+                            settings: None,
+                        }),
+                    }
+                }
+                Ok(function)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl JsonSchema for Function {
+    fn schema_name() -> Cow<'static, str> {
+        "Function".into()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        // The kinds are added from the registry in [`json_schema`].
+        json_schema!({
+            "type": "object",
+            "description": "A named function: exactly one kind, and limits.",
+            "properties": {
+                "timeout": generator.subschema_for::<Option<ConfDuration>>(),
+                "concurrency": generator.subschema_for::<usize>(),
+                "rate_limit": generator.subschema_for::<Option<RateLimit>>(),
+                "circuit_breaker": generator.subschema_for::<Option<CircuitBreaker>>(),
+            },
+            "additionalProperties": false
+        })
+    }
+}
+
+impl Function {
+    /// Every kind this entry names (a valid configuration names exactly one).
+    pub fn kinds(&self) -> &[FunctionKindConfig] {
+        &self.kinds
+    }
+
+    /// The function's kind; `None` only for an entry that did not pass validation.
+    pub fn kind(&self) -> Option<&FunctionKindConfig> {
+        self.kinds.first()
+    }
+
+    pub(crate) fn kinds_mut(&mut self) -> &mut [FunctionKindConfig] {
+        &mut self.kinds
+    }
+
+    /// The per-attempt timeout of this function.
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(30), ConfDuration::get)
+    }
+}
+
+impl FunctionKindConfig {
+    pub(crate) fn set_settings(&mut self, settings: Settings) {
+        self.settings = Some(settings);
+    }
 }
 
 /// A function's rate limit.
@@ -288,155 +381,6 @@ fn default_breaker_window() -> ConfDuration {
 
 pub(crate) fn default_concurrency() -> Loc<usize> {
     Loc::new(64)
-}
-
-/// A function's kind, borrowed from its configuration.
-#[derive(Debug, Clone, Copy)]
-pub enum FunctionKind<'a> {
-    /// `http`
-    Http(&'a HttpFunction),
-    /// `exec`
-    Exec(&'a ExecFunction),
-    /// `openfaas`
-    OpenFaas(&'a OpenFaasFunction),
-    /// `openwhisk`
-    OpenWhisk(&'a OpenWhiskFunction),
-    /// `fission`
-    Fission(&'a FissionFunction),
-    /// `knative`
-    Knative(&'a KnativeFunction),
-    /// `fn`
-    Fn(&'a FnFunction),
-    /// `lambda`
-    Lambda(&'a LambdaFunction),
-}
-
-impl FunctionKind<'_> {
-    /// The kind's key in the configuration.
-    pub fn key(&self) -> &'static str {
-        match self {
-            FunctionKind::Http(_) => "http",
-            FunctionKind::Exec(_) => "exec",
-            FunctionKind::OpenFaas(_) => "openfaas",
-            FunctionKind::OpenWhisk(_) => "openwhisk",
-            FunctionKind::Fission(_) => "fission",
-            FunctionKind::Knative(_) => "knative",
-            FunctionKind::Fn(_) => "fn",
-            FunctionKind::Lambda(_) => "lambda",
-        }
-    }
-
-    /// Whether the kind takes a batch of events in one call: HTTP (and the platforms called
-    /// over HTTP), `exec` and `lambda`; not OpenWhisk, nor OpenFaaS's asynchronous calls.
-    pub fn takes_batches(&self) -> bool {
-        match self {
-            FunctionKind::OpenFaas(f) => !f.asynchronous,
-            FunctionKind::OpenWhisk(_) => false,
-            _ => true,
-        }
-    }
-
-    /// The kind's `tls` block, if it has one.
-    pub fn tls(&self) -> Option<&fnbroker_core::tls::Tls> {
-        match self {
-            FunctionKind::Http(f) => f.tls.as_ref(),
-            FunctionKind::Exec(_) => None,
-            FunctionKind::OpenFaas(f) => f.tls.as_ref(),
-            FunctionKind::OpenWhisk(f) => f.tls.as_ref(),
-            FunctionKind::Fission(f) => f.tls.as_ref(),
-            FunctionKind::Knative(f) => f.tls.as_ref(),
-            FunctionKind::Fn(f) => f.tls.as_ref(),
-            FunctionKind::Lambda(f) => f.tls.as_ref(),
-        }
-    }
-}
-
-impl Function {
-    /// Every kind this entry names (a valid configuration names exactly one).
-    pub fn kinds(&self) -> Vec<FunctionKind<'_>> {
-        let mut kinds = Vec::with_capacity(1);
-        kinds.extend(self.http.as_ref().map(FunctionKind::Http));
-        kinds.extend(self.exec.as_ref().map(FunctionKind::Exec));
-        kinds.extend(self.openfaas.as_ref().map(FunctionKind::OpenFaas));
-        kinds.extend(self.openwhisk.as_ref().map(FunctionKind::OpenWhisk));
-        kinds.extend(self.fission.as_ref().map(FunctionKind::Fission));
-        kinds.extend(self.knative.as_ref().map(FunctionKind::Knative));
-        kinds.extend(self.fn_project.as_ref().map(FunctionKind::Fn));
-        kinds.extend(self.lambda.as_ref().map(FunctionKind::Lambda));
-        kinds
-    }
-
-    /// The function's kind; `None` only for an entry that did not pass validation.
-    pub fn kind(&self) -> Option<FunctionKind<'_>> {
-        self.kinds().first().copied()
-    }
-
-    /// The per-attempt timeout of this function.
-    pub fn timeout(&self) -> std::time::Duration {
-        self.timeout
-            .as_ref()
-            .map_or(std::time::Duration::from_secs(30), ConfDuration::get)
-    }
-}
-
-/// An HTTP function endpoint.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
-pub struct HttpFunction {
-    /// The URL the event is POSTed to.
-    pub url: Loc<String>,
-    /// The CloudEvents HTTP content mode: `binary` (default) or `structured`.
-    #[serde(default)]
-    pub mode: ContentMode,
-    /// Static headers sent with every request (tokens from `${ENV}`).
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// TLS for `https` URLs: `ca` (default: the system's roots), `cert` + `key` (mTLS),
-    /// `server_name` (with an IP address in the URL), `insecure_skip_verify`.
-    #[serde(default)]
-    pub tls: Option<fnbroker_core::tls::Tls>,
-    /// The largest reply read (`16MiB`, `512KiB`, bytes): a 2xx answer with a longer body
-    /// fails the attempt with that reason (not retried), read as a stream and cut off there;
-    /// the body of another answer is cut there too. Default `16MiB`.
-    #[serde(default)]
-    pub max_reply: Option<ByteSize>,
-}
-
-impl HttpFunction {
-    /// `max_reply` in bytes (16 MiB unless configured).
-    pub fn max_reply(&self) -> usize {
-        self.max_reply.as_ref().map_or(16 * 1024 * 1024, |m| {
-            usize::try_from(m.get()).unwrap_or(usize::MAX)
-        })
-    }
-}
-
-/// A CloudEvents content mode.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ContentMode {
-    /// Attributes in headers, data as the body.
-    #[default]
-    Binary,
-    /// The whole event as `application/cloudevents+json`.
-    Structured,
-}
-
-/// A command run once per event.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
-pub struct ExecFunction {
-    /// The program and its arguments. The event's data arrives on stdin, its attributes as
-    /// `CE_<NAME>` environment variables; stdout is the reply; a non-zero exit is a failure.
-    pub command: Loc<Vec<String>>,
-    /// Extra environment variables for the command. The command starts from a clean
-    /// environment: `PATH`, `HOME`, `LANG`, the `CE_*` attributes, these, and `inherit_env`.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// Names of fnbroker's own environment variables the command also gets (others, such as
-    /// the secrets meant for `${VAR}` substitution, are never passed on).
-    #[serde(default)]
-    pub inherit_env: Vec<String>,
 }
 
 /// A trigger: where events come from, which ones, and which function gets them.
@@ -698,8 +642,19 @@ pub fn json_schema(registry: &Registry) -> serde_json::Value {
         .kinds()
         .map(|k| (k, k.schemas(&mut generator).map(Schema::to_value)))
         .collect();
+    let functions: Vec<_> = registry
+        .functions()
+        .map(|k| (k, k.schema(&mut generator).to_value()))
+        .collect();
     let mut root = generator.root_schema_for::<Config>().to_value();
     root["title"] = "fnbroker configuration".into();
+    for (k, settings) in functions {
+        let mut settings = settings;
+        if settings.get("$ref").is_none() {
+            settings["description"] = k.about().into();
+        }
+        root["$defs"]["Function"]["properties"][k.kind()] = settings;
+    }
     let defs = root["$defs"].clone();
     let resolve = |s: &serde_json::Value| -> serde_json::Value {
         match s.get("$ref").and_then(|r| r.as_str()) {
@@ -765,10 +720,13 @@ pub fn json_schema(registry: &Registry) -> serde_json::Value {
 
 #[cfg(test)]
 mod registry_tests {
-    //! A connector kind as a new crate would add it, through the whole configuration.
+    //! A connector kind as a new crate would add it, and a function kind as a new platform
+    //! module would, through the whole configuration.
     use std::sync::Arc;
 
     use fnbroker_core::binding::Sample;
+    use fnbroker_core::function::{self, BuildError, FunctionPlugin, FunctionUse, InvokeContext};
+    use fnbroker_core::invoke::Invoker;
     use fnbroker_core::registry::{
         ConnectorPlugin, Kind, NoSettings, Registry, Report, Settings, SourceUse,
     };
@@ -827,7 +785,41 @@ mod registry_tests {
         }
     }
 
-    static ONLY_ECHO: Registry = Registry::new(&[&Kind::<Echo>::NEW]);
+    /// A function kind as a platform module would add it.
+    struct Call;
+
+    #[derive(Debug, Clone, serde::Deserialize, JsonSchema)]
+    struct CallSettings {
+        /// Whom to call.
+        number: String,
+    }
+
+    impl FunctionPlugin for Call {
+        const KIND: &'static str = "call";
+        const ABOUT: &'static str = "Calls.";
+        type Settings = CallSettings;
+
+        fn validate(settings: &CallSettings, _: &FunctionUse<'_>, report: &Report<'_>) {
+            if !settings.number.starts_with('+') {
+                report.error(&["number"], "`number` must start with `+`");
+            }
+        }
+
+        fn takes_batches(_: &CallSettings) -> bool {
+            false
+        }
+
+        fn view(settings: &CallSettings) -> serde_json::Value {
+            serde_json::json!({ "number": settings.number })
+        }
+
+        fn build(_: &CallSettings, _: &InvokeContext) -> Result<Box<dyn Invoker>, BuildError> {
+            Err(BuildError::new("nobody answers in a unit test"))
+        }
+    }
+
+    static ONLY_ECHO: Registry =
+        Registry::new(&[&Kind::<Echo>::NEW]).with_functions(&[&function::Kind::<Call>::NEW]);
 
     fn load(text: &str) -> Result<crate::Config, Vec<String>> {
         crate::load_str("t.yaml", text, |_| None, &ONLY_ECHO)
@@ -840,7 +832,7 @@ mod registry_tests {
 connectors:
   e: { echo: { url: echo://here, lanes: 2 } }
 functions:
-  f: { exec: { command: [cat] } }
+  f: { call: { number: \"+1\" } }
 triggers:
   - { name: t, from: { connector: e, topic: x, lane: 1 }, to: f }
 ";
@@ -881,14 +873,78 @@ triggers:
     }
 
     #[test]
+    fn a_registered_function_kind_is_parsed_validated_and_described() {
+        let text = "\
+connectors:
+  e: { echo: { url: echo://here } }
+functions:
+  f: { call: { number: \"+1\" }, timeout: 2s }
+triggers:
+  - { name: t, from: { connector: e, topic: x, lane: 1 }, to: f }
+";
+        let config = load(text).expect("valid");
+        let entry = config.functions["f"].kind().expect("a kind");
+        assert_eq!(entry.kind(), "call");
+        let settings = entry.settings().expect("parsed");
+        assert_eq!(
+            settings.get::<CallSettings>().map(|s| s.number.as_str()),
+            Some("+1")
+        );
+        assert_eq!(
+            config.functions["f"].timeout(),
+            std::time::Duration::from_secs(2)
+        );
+
+        let errors = |text: String| load(&text).expect_err("invalid");
+        assert_eq!(
+            errors(text.replace("\"+1\"", "\"1\", numbr: 2")),
+            vec![
+                "t.yaml:4:24: function `f`: `number` must start with `+`",
+                "t.yaml:4:29: unknown key `numbr` in `functions.f.call`; did you mean `number`?",
+            ]
+        );
+        assert_eq!(
+            errors(text.replace("call: {", "cal: {")),
+            vec!["t.yaml:4:8: unknown key `cal` in `functions.f`; did you mean `call`?"]
+        );
+        assert_eq!(
+            errors(text.replace("call: { number: \"+1\" }, ", "")),
+            vec!["t.yaml:4:3: function `f` must have one of `call`"]
+        );
+        let batched = errors(text.replace("to: f }", "to: f, delivery: { batch: {} } }"));
+        assert!(
+            batched.len() == 1 && batched[0].contains("function `f` (call) cannot take a batch"),
+            "{batched:?}"
+        );
+
+        let schema = crate::json_schema(&ONLY_ECHO);
+        let call = &schema["$defs"]["Function"]["properties"]["call"];
+        assert!(!call.is_null(), "the kind is in the schema: {schema:#}");
+        let view = ONLY_ECHO
+            .function("call")
+            .expect("registered")
+            .view(settings);
+        assert_eq!(view, serde_json::json!({ "number": "+1" }));
+        let context = InvokeContext::default();
+        assert!(
+            ONLY_ECHO
+                .function("call")
+                .expect("registered")
+                .build(settings, &context)
+                .is_err()
+        );
+    }
+
+    #[test]
     fn a_kind_this_build_leaves_out_names_its_feature() {
-        static WITHOUT_KAFKA: Registry =
-            Registry::new(&[&Kind::<Echo>::NEW]).leaving_out(&[("kafka", "kafka")]);
+        static WITHOUT_KAFKA: Registry = Registry::new(&[&Kind::<Echo>::NEW])
+            .leaving_out(&[("kafka", "kafka")])
+            .with_functions(&[&function::Kind::<Call>::NEW]);
         let text = "\
 connectors:
   k: { kafka: { brokers: [127.0.0.1:9092] } }
 functions:
-  f: { exec: { command: [cat] } }
+  f: { call: { number: \"+1\" } }
 triggers:
   - { name: t, from: { connector: k, topic: x }, to: f }
 ";

@@ -544,48 +544,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_function_has_exactly_one_kind_and_each_kind_is_checked() {
-        let registry = Registry::new(&[]);
-        let load = |functions: &str| {
-            load_str(
-                "f.yaml",
-                &format!("functions:\n{functions}"),
-                |_| None,
-                &registry,
-            )
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-        };
-        assert!(load("  a: { knative: { url: \"http://kn\" } }\n").is_ok());
-        let both = load(
-            "  a: { knative: { url: \"http://kn\" }, fn: { endpoint: \"http://fn\", id: x } }\n",
-        )
-        .expect_err("two kinds");
-        assert!(
-            both.contains("f.yaml:2:") && both.contains("`knative` and `fn`"),
-            "{both}"
-        );
-        let none = load("  a: { timeout: 1s }\n").expect_err("no kind");
-        assert!(
-            none.contains("`openwhisk`") && none.contains("`lambda`"),
-            "{none}"
-        );
-        let whisk = load("  a: { openwhisk: { api: \"http://w\", action: x, auth: nocolon } }\n")
-            .expect_err("auth");
-        assert!(whisk.contains("uuid:key"), "{whisk}");
-        let faas = load("  a: { openfaas: { gateway: \"ftp://gw\", name: x, username: admin } }\n")
-            .expect_err("scheme and half a login");
-        assert!(
-            faas.contains("ftp") && faas.contains("both `username` and `password`"),
-            "{faas}"
-        );
-        let lonely = load("  a: { openfaas: { gateway: \"http://gw\", name: x, async: true } }\n")
-            .expect_err("no place for the callback");
-        assert!(lonely.contains("`callback_url`"), "{lonely}");
-        assert!(load("  a: { openfaas: { gateway: \"http://gw\", name: x, async: true, callback_url: \"http://fnb:9464\" } }\n").is_ok());
-    }
-
     /// The errors of a configuration that must be refused (no connector kinds registered).
     fn refused(file: &str, text: &str) -> String {
         load_str(file, text, |_| None, &Registry::new(&[]))

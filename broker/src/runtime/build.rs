@@ -38,14 +38,20 @@ pub(super) fn build_function(
     platform: &fnbroker_functions::Platform,
 ) -> anyhow::Result<Arc<FunctionRuntime>> {
     let concurrency = *cfg.concurrency;
-    let kind = cfg
+    let entry = cfg
         .kind()
         .with_context(|| format!("function `{name}` has no kind"))?;
-    if let Some(tls) = kind.tls() {
+    let kind = REGISTRY
+        .function(entry.kind())
+        .with_context(|| format!("function `{name}`: unknown kind `{}`", entry.kind()))?;
+    let settings = entry
+        .settings()
+        .with_context(|| format!("function `{name}`: settings not validated"))?;
+    if let Some(tls) = kind.tls(settings) {
         tls.warn_if_insecure("function", name);
     }
-    let invoker = fnbroker_functions::build(kind, concurrency, platform)
-        .map_err(anyhow::Error::msg)
+    let invoker = kind
+        .build(settings, &platform.context(concurrency))
         .with_context(|| format!("function `{name}`"))?;
     Ok(Arc::new(FunctionRuntime {
         name: name.to_string(),

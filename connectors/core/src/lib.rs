@@ -13,6 +13,8 @@
 //!   locations, a trigger's source, a destination).
 //! - [`registry`]: how a connector crate plugs in: its own settings types, their validation and
 //!   its construction, behind [`registry::ConnectorPlugin`].
+//! - [`invoke`] and [`function`]: the contract of a function call ([`invoke::Invoker`]) and how
+//!   a function kind plugs in, behind [`function::FunctionPlugin`].
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub)]
 #![warn(missing_docs)]
@@ -21,6 +23,8 @@ pub mod backlog;
 pub mod binding;
 pub mod contract;
 pub mod event;
+pub mod function;
+pub mod invoke;
 pub mod kit;
 pub mod redact;
 pub mod registry;

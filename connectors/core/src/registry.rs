@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use crate::binding::{Sample, concrete_topic};
 use crate::contract::{Connector, ConnectorCapabilities, ConnectorError, Origin, SourceKeys};
 use crate::event::Event;
+use crate::function::FunctionKind;
 use crate::values::{self, ConfDuration};
 
 /// What a connector crate implements to be registered: its kind, its typed settings, their
@@ -374,7 +375,7 @@ pub fn path_segments(path: &serde_ignored::Path<'_>, out: &mut Vec<String>) {
     }
 }
 
-fn parse<T: DeserializeOwned + fmt::Debug + Send + Sync + 'static>(
+pub(crate) fn parse<T: DeserializeOwned + fmt::Debug + Send + Sync + 'static>(
     value: serde_json::Value,
     ignored: &mut dyn FnMut(Vec<String>),
 ) -> Result<Settings, ParseError> {
@@ -517,13 +518,38 @@ pub struct Registry {
     kinds: &'static [&'static dyn ConnectorKind],
     /// Kinds this build leaves out, each with the cargo feature that builds it in.
     absent: &'static [(&'static str, &'static str)],
+    functions: &'static [&'static dyn FunctionKind],
 }
 
 impl Registry {
     /// A registry of `kinds`, one line per connector crate:
     /// `&Kind::<fnbroker_kafka::Plugin>::NEW`.
     pub const fn new(kinds: &'static [&'static dyn ConnectorKind]) -> Self {
-        Self { kinds, absent: &[] }
+        Self {
+            kinds,
+            absent: &[],
+            functions: &[],
+        }
+    }
+
+    /// The same registry, with the function kinds `functions`, one line per kind:
+    /// `&function::Kind::<fnbroker_functions::Http>::NEW`.
+    pub const fn with_functions(self, functions: &'static [&'static dyn FunctionKind]) -> Self {
+        Self {
+            kinds: self.kinds,
+            absent: self.absent,
+            functions,
+        }
+    }
+
+    /// The function kind named `kind`.
+    pub fn function(&self, kind: &str) -> Option<&'static dyn FunctionKind> {
+        self.functions.iter().copied().find(|k| k.kind() == kind)
+    }
+
+    /// Every function kind, in registration order.
+    pub fn functions(&self) -> impl Iterator<Item = &'static dyn FunctionKind> + '_ {
+        self.functions.iter().copied()
     }
 
     /// The same registry, knowing which kinds this build leaves out (`(kind, cargo feature)`),
@@ -532,6 +558,7 @@ impl Registry {
         Self {
             kinds: self.kinds,
             absent,
+            functions: self.functions,
         }
     }
 

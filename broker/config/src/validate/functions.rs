@@ -2,21 +2,56 @@
 
 use super::*;
 
-pub(super) fn validate_function(name: &str, function: &Function, errors: &mut Errors<'_>) {
-    let kinds = function.kinds();
-    match kinds.as_slice() {
-        [] => errors.at_path(
+pub(super) fn validate_function(
+    name: &str,
+    function: &mut Function,
+    registry: &Registry,
+    using: &FunctionUse<'_>,
+    findings: &RefCell<Vec<Finding>>,
+    errors: &mut Errors<'_>,
+) {
+    let kinds: Vec<String> = function
+        .kinds()
+        .iter()
+        .map(|k| k.kind().to_string())
+        .collect();
+    let known = |kind: &str| registry.function(kind).is_some();
+    for unknown in kinds.iter().filter(|k| !known(k)) {
+        let names: Vec<String> = registry
+            .functions()
+            .map(|k| k.kind())
+            .chain(crate::FUNCTION_KEYS)
+            .map(String::from)
+            .collect();
+        let hint = suggestion_among(unknown, &names)
+            .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
+        errors.placed(
+            vec!["functions".into(), name.into(), unknown.clone()],
+            Place::Key,
+            format!("unknown key `{unknown}` in `functions.{name}`{hint}"),
+        );
+    }
+    let named: Vec<&String> = kinds.iter().filter(|k| known(k)).collect();
+    match named.as_slice() {
+        [] if kinds.is_empty() => errors.at_path(
             &["functions", name],
-            format!(
-                "function `{name}` must have one of `http`, `exec`, `openfaas`, `openwhisk`, `fission`, `knative`, `fn` or `lambda`"
-            ),
+            format!("function `{name}` must have one of {}", one_of(registry)),
         ),
-        [kind] => validate_function_kind(name, *kind, errors),
+        [] => {}
+        [_] => {
+            if let Some(entry) = function.kinds_mut().iter_mut().find(|k| known(k.kind())) {
+                validate_function_kind(name, entry, registry, using, findings, errors);
+            }
+        }
         [_, second, ..] => errors.at_path(
-            &["functions", name, second.key()],
+            &["functions", name, second.as_str()],
             format!(
                 "function `{name}` must have exactly one kind, not {}",
-                kinds.iter().map(|k| format!("`{}`", k.key())).collect::<Vec<_>>().join(" and ")
+                named
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
             ),
         ),
     }
@@ -70,93 +105,61 @@ pub(super) fn validate_function(name: &str, function: &Function, errors: &mut Er
     }
 }
 
-/// The settings of one function kind: URLs parse with the right scheme, names are not empty,
-/// the `tls` block's files are readable.
-pub(super) fn validate_function_kind(name: &str, kind: FunctionKind<'_>, errors: &mut Errors<'_>) {
-    let web = &["http", "https"];
-    let not_empty = |v: &Loc<String>, key: &str, errors: &mut Errors<'_>| {
-        if v.trim().is_empty() {
-            errors.at(v, format!("function `{name}`: `{key}` must not be empty"));
-        }
-    };
-    match kind {
-        FunctionKind::Http(http) => {
-            url(&http.url, web, name, errors);
-            if let Some(max) = &http.max_reply
-                && (!max.is_valid() || max.get() == 0)
-            {
-                errors.at(
-                    max.text(),
-                    format!(
-                        "function `{name}`: `max_reply` is not a size: `{}` (write `16MiB`, `512KiB` or bytes)",
-                        max.text().as_str()
-                    ),
-                );
-            }
-        }
-        FunctionKind::Exec(exec) => {
-            if exec.command.is_empty() || exec.command[0].is_empty() {
-                errors.at(
-                    &exec.command,
-                    format!("function `{name}`: `exec.command` must name a program"),
-                );
-            }
-        }
-        FunctionKind::OpenFaas(f) => {
-            url(&f.gateway, web, name, errors);
-            not_empty(&f.name, "openfaas.name", errors);
-            half_a_login(
-                &f.gateway,
-                &f.username,
-                &f.password,
-                &format!("function `{name}`"),
-                errors,
-            );
-            if let Some(cb) = &f.callback_url {
-                url(cb, web, name, errors);
-            }
-        }
-        FunctionKind::OpenWhisk(f) => {
-            url(&f.api, web, name, errors);
-            not_empty(&f.action, "openwhisk.action", errors);
-            if !f.auth.contains(':') {
-                errors.at(
-                    &f.auth,
-                    format!("function `{name}`: `openwhisk.auth` must be the `uuid:key` string (`wsk property get --auth`)"),
-                );
-            }
-        }
-        FunctionKind::Fission(f) => {
-            url(&f.router, web, name, errors);
-            not_empty(&f.name, "fission.name", errors);
-        }
-        FunctionKind::Knative(f) => url(&f.url, web, name, errors),
-        FunctionKind::Fn(f) => {
-            url(&f.endpoint, web, name, errors);
-            not_empty(&f.id, "fn.id", errors);
-        }
-        FunctionKind::Lambda(f) => {
-            not_empty(&f.function, "lambda.function", errors);
-            if let Some(e) = &f.endpoint {
-                url(e, web, name, errors);
-            }
-            if let Some(r) = &f.region {
-                not_empty(r, "lambda.region", errors);
-            }
-        }
+/// The kinds, for a message: "`http`, `exec` or `lambda`".
+fn one_of(registry: &Registry) -> String {
+    let kinds: Vec<String> = registry
+        .functions()
+        .map(|k| format!("`{}`", k.kind()))
+        .collect();
+    match kinds.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        Some((last, _)) => last.clone(),
+        None => "a kind (this build has none)".into(),
     }
-    if let Some(Err(e)) = kind.tls().map(fnbroker_core::tls::Tls::check) {
-        errors.placed(
-            vec![
-                "functions".into(),
-                name.into(),
-                kind.key().into(),
-                "tls".into(),
-                e.key.into(),
-            ],
-            Place::Value,
-            format!("function `{name}`: tls: {}", e.message),
-        );
+}
+
+/// The settings of one function kind, parsed into the kind's type and checked by its plugin
+/// (URLs parse with the right scheme, names are not empty), and its `tls` block's files.
+fn validate_function_kind(
+    name: &str,
+    entry: &mut FunctionKindConfig,
+    registry: &Registry,
+    using: &FunctionUse<'_>,
+    findings: &RefCell<Vec<Finding>>,
+    errors: &mut Errors<'_>,
+) {
+    let Some(kind) = registry.function(entry.kind()) else {
+        return;
+    };
+    let base = vec![
+        "functions".to_string(),
+        name.to_string(),
+        kind.kind().to_string(),
+    ];
+    let owner = format!("function `{name}`");
+    let parsed = parse_keys(
+        &base,
+        &owner,
+        entry.raw().clone(),
+        |v, ignored| kind.parse_settings(v, ignored),
+        |path| {
+            let key = path.last().cloned().unwrap_or_default();
+            let place = [&base[..], &path[..path.len().saturating_sub(1)]]
+                .concat()
+                .join(".");
+            let mut generator = schemars::SchemaGenerator::default();
+            let keys = schema_keys(&kind.schema(&mut generator), &generator);
+            let hint = suggestion_among(&key, &keys)
+                .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
+            format!("unknown key `{key}` in `{place}`{hint}")
+        },
+        errors,
+    );
+    if let Some(settings) = parsed {
+        let report = Report::new(findings, base, owner);
+        kind.validate(&settings, using, &report);
+        report.tls(kind.tls(&settings));
+        entry.set_settings(settings);
     }
 }
 

@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 
 use fnbroker_core::event::is_valid_attribute_name;
+use fnbroker_core::function::FunctionUse;
 use fnbroker_core::registry::{
     ConnectorKind, Finding, ParseError, Registry, Report, Settings, SourceUse,
 };
@@ -18,12 +19,13 @@ use fnbroker_core::values;
 
 use crate::load::{Errors, Place, distance, plain_message, suggestion_among};
 use crate::{
-    Batch, ConfDuration, Config, ConnectorConfig, Destination, Filter, Function, FunctionKind, Loc,
-    Trigger,
+    Batch, ConfDuration, Config, ConnectorConfig, Destination, Filter, Function,
+    FunctionKindConfig, Loc, Trigger,
 };
 
 use connectors::{
-    kind_keys, listed, parse_keys, validate_connector, validate_sources_together, with_article,
+    kind_keys, listed, parse_keys, schema_keys, validate_connector, validate_sources_together,
+    with_article,
 };
 use destinations::validate_destination;
 use discovery::validate_discovery;
@@ -35,22 +37,12 @@ pub(crate) fn validate(config: &mut Config, registry: &Registry, errors: &mut Er
     for (name, connector) in &mut config.connectors {
         validate_connector(name, connector, registry, &findings, errors);
     }
-    for (name, function) in &config.functions {
-        validate_function(name, function, errors);
-        if let Some(FunctionKind::OpenFaas(f)) = function.kind()
-            && f.asynchronous
-            && f.callback_url.is_none()
-            && config
-                .admin
-                .as_ref()
-                .and_then(super::Admin::base_url)
-                .is_none()
-        {
-            errors.at(
-                &f.name,
-                format!("function `{name}`: `async: true` needs `callback_url`, or an `admin` listener on a specific address: the gateway's queue worker posts each result there"),
-            );
-        }
+    let admin_url = config.admin.as_ref().and_then(super::Admin::base_url);
+    let using = FunctionUse {
+        admin_url: admin_url.as_deref(),
+    };
+    for (name, function) in &mut config.functions {
+        validate_function(name, function, registry, &using, &findings, errors);
     }
     let mut names = HashSet::new();
     for trigger in &config.triggers {
@@ -86,7 +78,6 @@ pub(crate) fn validate(config: &mut Config, registry: &Registry, errors: &mut Er
             );
         }
     }
-    let admin_url = config.admin.as_ref().and_then(super::Admin::base_url);
     for (i, entry) in config.discover.iter_mut().enumerate() {
         validate_discovery(
             connectors,

@@ -97,12 +97,18 @@ pub(super) fn validate_trigger(
         let refused = functions
             .get(trigger.to.as_str())
             .and_then(Function::kind)
-            .filter(|kind| !kind.takes_batches())
-            .map(|kind| {
+            .filter(|entry| {
+                let takes = registry
+                    .function(entry.kind())
+                    .zip(entry.settings())
+                    .is_none_or(|(kind, settings)| kind.takes_batches(settings));
+                !takes
+            })
+            .map(|entry| {
                 format!(
                     "function `{}` ({}) cannot take a batch",
                     *trigger.to,
-                    kind.key()
+                    entry.kind()
                 )
             });
         let at = if refused.is_some() {
