@@ -33,6 +33,115 @@ enum Pool {
     Tls(Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>),
 }
 
+/// What both client stacks (hyper's pool of [`Endpoint`], and reqwest for the platforms with
+/// protocols of their own) set up the same way for one endpoint: the URL, parsed once and
+/// `http` or `https`; for `https`, fnbroker's TLS configuration (the system's roots without a
+/// `tls` block); and a `server_name` that stands for the URL's IP address: verified, sent as
+/// SNI and as `Host`.
+pub(crate) struct Setup {
+    /// The URL as given.
+    pub(crate) url: url::Url,
+    /// The TLS configuration of an `https` URL (`None` for `http`).
+    pub(crate) tls: Option<rustls::ClientConfig>,
+    /// The name the server at the URL's address is verified as, when `tls.server_name` says.
+    pub(crate) named: Option<Named>,
+    /// The most idle keep-alive connections kept.
+    pub(crate) concurrency: usize,
+}
+
+/// A server reached by address and verified by name.
+pub(crate) struct Named {
+    /// The name as configured.
+    pub(crate) name: String,
+    /// The URL's address and port.
+    pub(crate) address: std::net::SocketAddr,
+    /// The name as TLS sends and verifies it.
+    pub(crate) sni: rustls::pki_types::ServerName<'static>,
+}
+
+impl Setup {
+    /// The setup of `url` keeping up to `concurrency` idle connections, with `tls`.
+    pub(crate) fn new(
+        url: &str,
+        concurrency: usize,
+        tls: Option<&fnbroker_core::tls::Tls>,
+    ) -> Result<Self, String> {
+        let redacted = || fnbroker_core::redact::url(url);
+        let parsed =
+            url::Url::parse(url).map_err(|e| format!("invalid URL `{}`: {e}", redacted()))?;
+        match parsed.scheme() {
+            "https" => {}
+            "http" => {
+                return Ok(Self {
+                    url: parsed,
+                    tls: None,
+                    named: None,
+                    concurrency,
+                });
+            }
+            other => {
+                return Err(format!(
+                    "invalid URL `{}`: the scheme must be http or https, not `{other}`",
+                    redacted()
+                ));
+            }
+        }
+        let default = fnbroker_core::tls::Tls::default();
+        let tls = tls.unwrap_or(&default);
+        let config = tls.client_config().map_err(|e| format!("tls: {e}"))?;
+        let named = match (&tls.server_name, tls.server_name()) {
+            (Some(name), Some(sni)) => {
+                let ip = match parsed.host() {
+                    Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip),
+                    Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
+                    _ => {
+                        return Err(
+                            "tls: `server_name` needs a URL with an IP address (with a host name, that name is verified)"
+                                .into(),
+                        );
+                    }
+                };
+                let port = parsed.port_or_known_default().unwrap_or(443);
+                Some(Named {
+                    name: name.clone(),
+                    address: std::net::SocketAddr::new(ip, port),
+                    sni,
+                })
+            }
+            _ => None,
+        };
+        Ok(Self {
+            url: parsed,
+            tls: Some(config),
+            named,
+            concurrency,
+        })
+    }
+
+    /// A reqwest client of this setup (no proxy, `TCP_NODELAY`), and the URL to request with
+    /// it: with `server_name`, the name in place of the address, resolved to it.
+    pub(crate) fn reqwest(self) -> Result<(reqwest::Client, reqwest::Url), String> {
+        let mut url = self.url;
+        let mut builder = reqwest::Client::builder()
+            .pool_max_idle_per_host(self.concurrency)
+            .tcp_nodelay(true)
+            .no_proxy();
+        if let Some(mut config) = self.tls {
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            builder = builder.tls_backend_preconfigured(config);
+        }
+        if let Some(named) = &self.named {
+            builder = builder.resolve(&named.name, named.address);
+            url.set_host(Some(&named.name))
+                .map_err(|e| format!("tls: `server_name` `{}`: {e}", named.name))?;
+        }
+        let client = builder
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok((client, url))
+    }
+}
+
 /// One function's URL and its pool of keep-alive connections.
 #[derive(Debug, Clone)]
 pub(crate) struct Endpoint {
@@ -59,8 +168,12 @@ impl Endpoint {
         tls: Option<&fnbroker_core::tls::Tls>,
     ) -> Result<Self, String> {
         let redacted = || fnbroker_core::redact::url(url);
-        let mut parsed =
-            url::Url::parse(url).map_err(|e| format!("invalid URL `{}`: {e}", redacted()))?;
+        let Setup {
+            url: mut parsed,
+            tls,
+            named,
+            concurrency,
+        } = Setup::new(url, concurrency, tls)?;
         let authorization = userinfo(&mut parsed)
             .map(|(user, password)| {
                 let mut value = HeaderValue::try_from(crate::platforms::basic(&user, &password))
@@ -69,63 +182,47 @@ impl Endpoint {
                 Ok::<_, String>(value)
             })
             .transpose()?;
-        let https = match parsed.scheme() {
-            "http" => false,
-            "https" => true,
-            other => {
-                return Err(format!(
-                    "invalid URL `{}`: the scheme must be http or https, not `{other}`",
-                    redacted()
-                ));
-            }
-        };
         let uri: http::Uri = parsed
             .as_str()
             .parse()
             .map_err(|e| format!("invalid URL `{}`: {e}", redacted()))?;
         let mut tcp = HttpConnector::new();
         tcp.set_nodelay(true);
-        tcp.enforce_http(!https);
+        tcp.enforce_http(tls.is_none());
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_max_idle_per_host(concurrency)
             .pool_idle_timeout(IDLE)
             .pool_timer(TokioTimer::new());
         let mut host = None;
-        let pool = if https {
-            let default = fnbroker_core::tls::Tls::default();
-            let tls = tls.unwrap_or(&default);
-            // hyper-rustls offers ALPN `http/1.1` itself (`enable_http1`).
-            let config = tls.client_config().map_err(|e| format!("tls: {e}"))?;
-            let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(config)
-                .https_only();
-            let connector = match (&tls.server_name, tls.server_name()) {
-                (Some(name), Some(server_name)) => {
-                    if !matches!(parsed.host(), Some(url::Host::Ipv4(_) | url::Host::Ipv6(_))) {
-                        return Err(
-                            "tls: `server_name` needs a URL with an IP address (with a host name, that name is verified)"
-                                .into(),
-                        );
+        let pool = match tls {
+            Some(mut config) => {
+                // hyper-rustls offers ALPN `http/1.1` itself (`enable_http1`) and refuses a
+                // configuration that names protocols already.
+                config.alpn_protocols.clear();
+                let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(config)
+                    .https_only();
+                let connector = match named {
+                    Some(named) => {
+                        let value = match parsed.port() {
+                            Some(port) => format!("{}:{port}", named.name),
+                            None => named.name.clone(),
+                        };
+                        host =
+                            Some(HeaderValue::try_from(value).map_err(|e| {
+                                format!("tls: `server_name` `{}`: {e}", named.name)
+                            })?);
+                        connector.with_server_name_resolver(
+                            hyper_rustls::FixedServerNameResolver::new(named.sni),
+                        )
                     }
-                    let value = match parsed.port() {
-                        Some(port) => format!("{name}:{port}"),
-                        None => name.clone(),
-                    };
-                    host = Some(
-                        HeaderValue::try_from(value)
-                            .map_err(|e| format!("tls: `server_name` `{name}`: {e}"))?,
-                    );
-                    connector.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
-                        server_name,
-                    ))
-                }
-                _ => connector,
-            };
-            Pool::Tls(builder.build(connector.enable_http1().wrap_connector(tcp)))
-        } else {
+                    None => connector,
+                };
+                Pool::Tls(builder.build(connector.enable_http1().wrap_connector(tcp)))
+            }
             // A `tls` block is for `https` URLs; over `http` there is nothing to apply it to.
-            Pool::Plain(builder.build(tcp))
+            None => Pool::Plain(builder.build(tcp)),
         };
         Ok(Self {
             pool,
@@ -371,5 +468,34 @@ mod tests {
         };
         let err = Endpoint::new("https://fn.example/f", 1, Some(&tls)).expect_err("named host");
         assert!(err.contains("needs a URL with an IP address"), "{err}");
+    }
+
+    #[test]
+    fn both_stacks_set_an_endpoint_up_alike() {
+        let tls = fnbroker_core::tls::Tls {
+            server_name: Some("fn.internal".into()),
+            ..Default::default()
+        };
+        // The same refusals whichever stack asks.
+        for url in ["ftp://host/f", "https://fn.example/f"] {
+            let pool = Endpoint::new(url, 1, Some(&tls)).expect_err(url);
+            let reqwest = crate::http_fn::client_for(url, 1, Some(&tls)).expect_err(url);
+            assert_eq!(pool, reqwest);
+        }
+        // A name for an address: verified as the name, connected to the address.
+        let setup = Setup::new("https://10.1.2.3:8443/f", 4, Some(&tls)).expect("setup");
+        assert!(setup.tls.is_some());
+        let named = setup.named.as_ref().expect("server_name");
+        assert_eq!(named.address.to_string(), "10.1.2.3:8443");
+        let (_, url) = setup.reqwest().expect("client");
+        assert_eq!(url.as_str(), "https://fn.internal:8443/f");
+        let pool = Endpoint::new("https://10.1.2.3:8443/f", 4, Some(&tls)).expect("endpoint");
+        assert_eq!(
+            pool.host.as_ref().and_then(|h| h.to_str().ok()),
+            Some("fn.internal:8443")
+        );
+        // Plain HTTP has no TLS to set up.
+        let plain = Setup::new("http://127.0.0.1:8080/f", 1, Some(&tls)).expect("setup");
+        assert!(plain.tls.is_none() && plain.named.is_none());
     }
 }

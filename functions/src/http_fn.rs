@@ -198,46 +198,14 @@ pub(crate) fn header_map(headers: &BTreeMap<String, String>) -> Result<HeaderMap
     Ok(map)
 }
 
-/// An HTTP client for one endpoint: pooled keep-alive connections (up to `concurrency` idle),
-/// no proxy, and fnbroker's TLS configuration when there is a `tls` block. A `server_name` other
-/// than the URL's host (which must then be an IP address) is verified and sent as SNI: the URL
-/// is rewritten to that name, resolved to the address.
+/// A reqwest client for one endpoint ([`crate::client::Setup`]: the same URL, TLS and
+/// `server_name` handling as the HTTP kinds' pool), and the URL to request with it.
 pub(crate) fn client_for(
     url: &str,
     concurrency: usize,
     tls: Option<&fnbroker_core::tls::Tls>,
 ) -> Result<(reqwest::Client, reqwest::Url), String> {
-    let mut url = reqwest::Url::parse(url)
-        .map_err(|e| format!("invalid URL `{}`: {e}", fnbroker_core::redact::url(url)))?;
-    let mut builder = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .tcp_nodelay(true)
-        .no_proxy();
-    if let Some(tls) = tls {
-        let mut config = tls.client_config().map_err(|e| format!("tls: {e}"))?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        builder = builder.tls_backend_preconfigured(config);
-        if let Some(name) = &tls.server_name {
-            let ip = match url.host() {
-                Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip),
-                Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
-                _ => {
-                    return Err(
-                        "tls: `server_name` needs a URL with an IP address (with a host name, that name is verified)"
-                            .into(),
-                    );
-                }
-            };
-            let port = url.port_or_known_default().unwrap_or(443);
-            builder = builder.resolve(name, std::net::SocketAddr::new(ip, port));
-            url.set_host(Some(name))
-                .map_err(|e| format!("tls: `server_name` `{name}`: {e}"))?;
-        }
-    }
-    let client = builder
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-    Ok((client, url))
+    crate::client::Setup::new(url, concurrency, tls)?.reqwest()
 }
 
 #[async_trait]
