@@ -70,7 +70,9 @@ pub(crate) fn explain(cfg: &Config, arrival: &Arrival<'_>) -> Result<Vec<Explain
         .settings()
         .ok_or_else(|| format!("connector `{name}`: its settings were not validated"))?;
     let sample = &arrival.sample;
-    let decoded = kind.decode_sample(name, settings, sample)?;
+    let decoded = kind
+        .decode_sample(name, settings, sample)
+        .map_err(|e| e.to_string())?;
     let triggers: Vec<&Trigger> = cfg
         .triggers
         .iter()

@@ -780,7 +780,7 @@ mod registry_tests {
             _: &str,
             _: &EchoSettings,
             _: &Sample<'_>,
-        ) -> Result<Vec<(Event, Origin)>, String> {
+        ) -> Result<Vec<(Event, Origin)>, fnbroker_core::registry::SampleError> {
             Err("echo decodes nothing".into())
         }
     }

@@ -125,7 +125,8 @@ impl ConnectorPlugin for Plugin {
     fn retry_source(
         _trigger: &str,
         topic: &str,
-    ) -> Result<(Option<String>, fnbroker_core::SourceKeys), String> {
+    ) -> Result<(Option<String>, fnbroker_core::SourceKeys), fnbroker_core::registry::RouteError>
+    {
         Ok((
             None,
             [
@@ -142,7 +143,7 @@ impl ConnectorPlugin for Plugin {
         name: &str,
         _: &AmqpSettings,
         sample: &Sample<'_>,
-    ) -> Result<Vec<(Event, Origin)>, String> {
+    ) -> Result<Vec<(Event, Origin)>, fnbroker_core::registry::SampleError> {
         let mut table = lapin::types::FieldTable::default();
         for (k, v) in sample.other_headers() {
             table.insert(
@@ -172,7 +173,7 @@ impl ConnectorPlugin for Plugin {
         source: &AmqpSourceSettings,
         _: Option<&str>,
         _: Option<&str>,
-    ) -> Result<(String, fnbroker_core::SourceKeys), String> {
+    ) -> Result<(String, fnbroker_core::SourceKeys), fnbroker_core::registry::RouteError> {
         let queue = source.queue.clone().ok_or("the source has no `queue`")?;
         Ok((queue, [("exchange".to_string(), "".into())].into()))
     }

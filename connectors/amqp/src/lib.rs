@@ -117,7 +117,7 @@ impl Connector for AmqpConnector {
         &self,
         subscriber: &str,
         topic: &str,
-    ) -> Result<fnbroker_core::contract::SourceKeys, String> {
+    ) -> Result<fnbroker_core::contract::SourceKeys, fnbroker_core::registry::RouteError> {
         let exchange = self
             .config
             .exchange

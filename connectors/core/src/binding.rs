@@ -112,7 +112,7 @@ pub fn concrete_topic(
     subject: Option<&str>,
     wildcards: &[char],
     takes: impl Fn(&str, &str) -> bool,
-) -> Result<(String, crate::SourceKeys), String> {
+) -> Result<(String, crate::SourceKeys), crate::registry::RouteError> {
     let topic = from_topic.ok_or("the source has no topic")?;
     if !topic.contains(wildcards) {
         return Ok((topic.to_string(), crate::SourceKeys::new()));
@@ -121,9 +121,9 @@ pub fn concrete_topic(
         Some(subject) if takes(topic, subject) => {
             Ok((subject.to_string(), crate::SourceKeys::new()))
         }
-        _ => Err(format!(
-            "`{topic}` has wildcards and the event's subject is no topic it takes"
-        )),
+        _ => Err(
+            format!("`{topic}` has wildcards and the event's subject is no topic it takes").into(),
+        ),
     }
 }
 

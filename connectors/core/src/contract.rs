@@ -463,7 +463,11 @@ pub trait Connector: Send + Sync {
     /// replicas of fnbroker sharing a subscriber must share its messages (a Kafka consumer group,
     /// a NATS queue group, an AMQP queue of its own bound to the exchange). An error says why
     /// this connector cannot serve discovery as configured. Default: no keys.
-    fn discovery_keys(&self, _subscriber: &str, _topic: &str) -> Result<SourceKeys, String> {
+    fn discovery_keys(
+        &self,
+        _subscriber: &str,
+        _topic: &str,
+    ) -> Result<SourceKeys, crate::registry::RouteError> {
         Ok(SourceKeys::new())
     }
 

@@ -74,7 +74,7 @@ pub trait ConnectorPlugin: Send + Sync + 'static {
         name: &str,
         settings: &Self::Settings,
         sample: &Sample<'_>,
-    ) -> Result<Vec<(Event, Origin)>, String>;
+    ) -> Result<Vec<(Event, Origin)>, SampleError>;
 
     /// The wildcard characters a source's topic may hold (`+` and `#` for MQTT, `*` and `>`
     /// for NATS). Default: none.
@@ -94,18 +94,21 @@ pub trait ConnectorPlugin: Send + Sync + 'static {
         _source: &Self::Source,
         from_topic: Option<&str>,
         subject: Option<&str>,
-    ) -> Result<(String, SourceKeys), String> {
+    ) -> Result<(String, SourceKeys), RouteError> {
         concrete_topic(from_topic, subject, Self::WILDCARDS, Self::topic_matches)
     }
 
     /// The source that consumes a trigger's `retry_topic` (`topic`, for the trigger named
     /// `trigger`): its topic and keys, a durable consumer of its own shared by the replicas.
     /// Default: an error, the kind keeps no messages to hold retry state in.
-    fn retry_source(_trigger: &str, _topic: &str) -> Result<(Option<String>, SourceKeys), String> {
-        Err(format!(
+    fn retry_source(
+        _trigger: &str,
+        _topic: &str,
+    ) -> Result<(Option<String>, SourceKeys), RouteError> {
+        Err(RouteError::new(format!(
             "a {} connector cannot hold retry state (Kafka, NATS with JetStream, AMQP and MQTT can)",
             Self::KIND
-        ))
+        )))
     }
 
     /// Whether a message that arrives on `topic` comes through a trigger's source (`from_topic`
@@ -319,7 +322,7 @@ pub trait ConnectorKind: Send + Sync {
         name: &str,
         settings: &Settings,
         sample: &Sample<'_>,
-    ) -> Result<Vec<(Event, Origin)>, String>;
+    ) -> Result<Vec<(Event, Origin)>, SampleError>;
     /// [`ConnectorPlugin::source_takes`].
     fn source_takes(&self, source: &Settings, from_topic: Option<&str>, topic: &str) -> bool;
     /// [`ConnectorPlugin::retry_source`].
@@ -327,16 +330,83 @@ pub trait ConnectorKind: Send + Sync {
         &self,
         trigger: &str,
         topic: &str,
-    ) -> Result<(Option<String>, SourceKeys), String>;
+    ) -> Result<(Option<String>, SourceKeys), RouteError>;
     /// [`ConnectorPlugin::republish_to`].
     fn republish_to(
         &self,
         source: &Settings,
         from_topic: Option<&str>,
         subject: Option<&str>,
-    ) -> Result<(String, SourceKeys), String>;
+    ) -> Result<(String, SourceKeys), RouteError>;
     /// The schemas of the settings, the source keys and the destination keys.
     fn schemas(&self, generator: &mut SchemaGenerator) -> [Schema; 3];
+}
+
+/// Why a message given by hand cannot arrive as the connector would receive it (`fnbroker
+/// explain`, `fnbroker test`).
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    /// The message is no valid CloudEvent in the mode it claims.
+    #[error(transparent)]
+    Event(#[from] crate::event::InvalidEvent),
+    /// The connector would not take it so (no trigger on the path, a method it refuses).
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl From<String> for SampleError {
+    fn from(message: String) -> Self {
+        Self::Refused(message)
+    }
+}
+
+impl From<&str> for SampleError {
+    fn from(message: &str) -> Self {
+        Self::Refused(message.to_string())
+    }
+}
+
+/// Why a connector kind cannot route as asked, with no connection: no topic to republish an
+/// event to (`fnbroker redrive`), no retry state to keep, no subscription for discovery.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct RouteError {
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl RouteError {
+    /// An error with `message`.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An error with `message`, caused by `source`.
+    pub fn caused(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+impl From<String> for RouteError {
+    fn from(message: String) -> Self {
+        Self::new(message)
+    }
+}
+
+impl From<&str> for RouteError {
+    fn from(message: &str) -> Self {
+        Self::new(message)
+    }
 }
 
 /// A value that does not fit a plugin's type: where, and why.
@@ -474,10 +544,13 @@ impl<P: ConnectorPlugin> ConnectorKind for Kind<P> {
         name: &str,
         settings: &Settings,
         sample: &Sample<'_>,
-    ) -> Result<Vec<(Event, Origin)>, String> {
-        let settings = settings
-            .get::<P::Settings>()
-            .ok_or_else(|| format!("the settings are not those of a {} connector", P::KIND))?;
+    ) -> Result<Vec<(Event, Origin)>, SampleError> {
+        let settings = settings.get::<P::Settings>().ok_or_else(|| {
+            SampleError::Refused(format!(
+                "the settings are not those of a {} connector",
+                P::KIND
+            ))
+        })?;
         P::decode_sample(name, settings, sample)
     }
     fn source_takes(&self, source: &Settings, from_topic: Option<&str>, topic: &str) -> bool {
@@ -489,7 +562,7 @@ impl<P: ConnectorPlugin> ConnectorKind for Kind<P> {
         &self,
         trigger: &str,
         topic: &str,
-    ) -> Result<(Option<String>, SourceKeys), String> {
+    ) -> Result<(Option<String>, SourceKeys), RouteError> {
         P::retry_source(trigger, topic)
     }
     fn republish_to(
@@ -497,10 +570,10 @@ impl<P: ConnectorPlugin> ConnectorKind for Kind<P> {
         source: &Settings,
         from_topic: Option<&str>,
         subject: Option<&str>,
-    ) -> Result<(String, SourceKeys), String> {
-        let source = source
-            .get::<P::Source>()
-            .ok_or_else(|| format!("the source is not that of a {} connector", P::KIND))?;
+    ) -> Result<(String, SourceKeys), RouteError> {
+        let source = source.get::<P::Source>().ok_or_else(|| {
+            RouteError::new(format!("the source is not that of a {} connector", P::KIND))
+        })?;
         P::republish_to(source, from_topic, subject)
     }
     fn schemas(&self, generator: &mut SchemaGenerator) -> [Schema; 3] {

@@ -200,7 +200,7 @@ impl ConnectorPlugin for Plugin {
         name: &str,
         settings: &HttpSettings,
         sample: &Sample<'_>,
-    ) -> Result<Vec<(Event, Origin)>, String> {
+    ) -> Result<Vec<(Event, Origin)>, fnbroker_core::registry::SampleError> {
         let mut headers = http::HeaderMap::new();
         for (k, v) in sample.headers {
             let name = http::HeaderName::from_bytes(k.as_bytes())
@@ -215,7 +215,7 @@ impl ConnectorPlugin for Plugin {
             &headers,
             sample.data,
         )
-        .map_err(|e| e.to_string())
+        .map_err(|e| fnbroker_core::registry::SampleError::Refused(e.to_string()))
     }
 
     fn build(name: &str, settings: &HttpSettings) -> Result<Arc<dyn Connector>, ConnectorError> {

@@ -201,7 +201,8 @@ impl ConnectorPlugin for Plugin {
     fn retry_source(
         trigger: &str,
         topic: &str,
-    ) -> Result<(Option<String>, fnbroker_core::SourceKeys), String> {
+    ) -> Result<(Option<String>, fnbroker_core::SourceKeys), fnbroker_core::registry::RouteError>
+    {
         Ok((
             Some(topic.to_string()),
             fnbroker_core::contract::group_keys(&format!("fnbroker-retry-{trigger}")),
@@ -213,7 +214,7 @@ impl ConnectorPlugin for Plugin {
         name: &str,
         _: &KafkaSettings,
         sample: &Sample<'_>,
-    ) -> Result<Vec<(Event, Origin)>, String> {
+    ) -> Result<Vec<(Event, Origin)>, fnbroker_core::registry::SampleError> {
         let record = crate::binding::Record {
             topic: sample.topic,
             key: sample.key.map(str::as_bytes),

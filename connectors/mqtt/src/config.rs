@@ -137,7 +137,8 @@ impl ConnectorPlugin for Plugin {
     fn retry_source(
         _trigger: &str,
         topic: &str,
-    ) -> Result<(Option<String>, fnbroker_core::SourceKeys), String> {
+    ) -> Result<(Option<String>, fnbroker_core::SourceKeys), fnbroker_core::registry::RouteError>
+    {
         if topic.contains(['+', '#']) {
             return Err("a retry topic cannot have wildcards".into());
         }
@@ -153,7 +154,7 @@ impl ConnectorPlugin for Plugin {
         name: &str,
         settings: &MqttSettings,
         sample: &Sample<'_>,
-    ) -> Result<Vec<(Event, Origin)>, String> {
+    ) -> Result<Vec<(Event, Origin)>, fnbroker_core::registry::SampleError> {
         let v5 = settings.version == 5;
         if !v5 && !sample.headers.is_empty() {
             return Err(

@@ -173,7 +173,8 @@ impl ConnectorPlugin for Plugin {
     fn retry_source(
         trigger: &str,
         topic: &str,
-    ) -> Result<(Option<String>, fnbroker_core::SourceKeys), String> {
+    ) -> Result<(Option<String>, fnbroker_core::SourceKeys), fnbroker_core::registry::RouteError>
+    {
         let stream: String = trigger
             .chars()
             .map(|c| {
@@ -206,7 +207,7 @@ impl ConnectorPlugin for Plugin {
         name: &str,
         _: &NatsSettings,
         sample: &Sample<'_>,
-    ) -> Result<Vec<(Event, Origin)>, String> {
+    ) -> Result<Vec<(Event, Origin)>, fnbroker_core::registry::SampleError> {
         let mut headers = async_nats::HeaderMap::new();
         for (k, v) in sample.headers {
             headers.append(k.as_str(), v.as_str());

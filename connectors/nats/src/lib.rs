@@ -241,7 +241,7 @@ impl Connector for NatsConnector {
         &self,
         subscriber: &str,
         _topic: &str,
-    ) -> Result<fnbroker_core::contract::SourceKeys, String> {
+    ) -> Result<fnbroker_core::contract::SourceKeys, fnbroker_core::registry::RouteError> {
         Ok(fnbroker_core::contract::group_keys(subscriber))
     }
 

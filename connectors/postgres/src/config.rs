@@ -97,7 +97,7 @@ impl ConnectorPlugin for Plugin {
         name: &str,
         settings: &PostgresSettings,
         sample: &Sample<'_>,
-    ) -> Result<Vec<(Event, Origin)>, String> {
+    ) -> Result<Vec<(Event, Origin)>, fnbroker_core::registry::SampleError> {
         let new: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(sample.data)
                 .map_err(|e| format!("a postgres sample is the new row as a JSON object: {e}"))?;

@@ -128,7 +128,10 @@ impl ConnectorPlugin for Plugin {
 
     /// The stream `topic` with a group of its own, `fnbroker-retry-<trigger>`, created with the
     /// stream when missing.
-    fn retry_source(trigger: &str, topic: &str) -> Result<(Option<String>, SourceKeys), String> {
+    fn retry_source(
+        trigger: &str,
+        topic: &str,
+    ) -> Result<(Option<String>, SourceKeys), fnbroker_core::registry::RouteError> {
         Ok((
             Some(topic.to_string()),
             crate::group_keys(&format!("fnbroker-retry-{trigger}")),
@@ -141,7 +144,7 @@ impl ConnectorPlugin for Plugin {
         name: &str,
         _: &RedisSettings,
         sample: &Sample<'_>,
-    ) -> Result<Vec<(Event, Origin)>, String> {
+    ) -> Result<Vec<(Event, Origin)>, fnbroker_core::registry::SampleError> {
         let mut fields: Vec<(Vec<u8>, Vec<u8>)> = sample
             .headers
             .iter()

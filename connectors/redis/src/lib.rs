@@ -206,7 +206,7 @@ impl Connector for RedisConnector {
         &self,
         subscriber: &str,
         _topic: &str,
-    ) -> Result<fnbroker_core::contract::SourceKeys, String> {
+    ) -> Result<fnbroker_core::contract::SourceKeys, fnbroker_core::registry::RouteError> {
         Ok(group_keys(subscriber))
     }
 
