@@ -1,5 +1,6 @@
 //! The exec function invoker: a process per event, as OpenFaaS's classic watchdog runs functions.
 
+use fnbroker_core::function::BuildError;
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
@@ -49,7 +50,7 @@ impl ExecInvoker {
         command: &[String],
         env: &BTreeMap<String, String>,
         inherit: &[String],
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BuildError> {
         let (program, args) = command
             .split_first()
             .ok_or_else(|| "the command is empty".to_string())?;

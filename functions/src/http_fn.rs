@@ -1,5 +1,6 @@
 //! The HTTP function invoker.
 
+use fnbroker_core::function::BuildError;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
@@ -31,7 +32,7 @@ impl HttpInvoker {
         headers: &BTreeMap<String, String>,
         concurrency: usize,
         tls: Option<&fnbroker_core::tls::Tls>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BuildError> {
         Ok(Self {
             endpoint: Endpoint::new(url, concurrency, tls)?,
             mode,
@@ -186,7 +187,7 @@ pub(crate) fn status_error(status: u16, headers: &HeaderMap, body: &[u8]) -> Inv
 }
 
 /// Static headers from the configuration.
-pub(crate) fn header_map(headers: &BTreeMap<String, String>) -> Result<HeaderMap, String> {
+pub(crate) fn header_map(headers: &BTreeMap<String, String>) -> Result<HeaderMap, BuildError> {
     let mut map = HeaderMap::new();
     for (k, v) in headers {
         let name = HeaderName::try_from(k.as_str())
@@ -204,7 +205,7 @@ pub(crate) fn client_for(
     url: &str,
     concurrency: usize,
     tls: Option<&fnbroker_core::tls::Tls>,
-) -> Result<(reqwest::Client, reqwest::Url), String> {
+) -> Result<(reqwest::Client, reqwest::Url), BuildError> {
     crate::client::Setup::new(url, concurrency, tls)?.reqwest()
 }
 

@@ -8,6 +8,7 @@
 //! Throttling (429) and 5xx are retried; other 4xx (no such function, a refused signature) are
 //! final.
 
+use fnbroker_core::function::BuildError;
 use std::time::{Duration, SystemTime};
 
 use crate::kinds::lambda::{LambdaFunction, LambdaInvocation};
@@ -46,7 +47,7 @@ impl Credentials {
     /// The credentials the AWS tools find: `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (with
     /// `AWS_SESSION_TOKEN`), else the `profile` (default `AWS_PROFILE`, else `default`) of the
     /// shared credentials file (`AWS_SHARED_CREDENTIALS_FILE`, default `~/.aws/credentials`).
-    pub fn from_environment(profile: Option<&str>) -> Result<Self, String> {
+    pub fn from_environment(profile: Option<&str>) -> Result<Self, BuildError> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         if let (Some(id), Some(secret)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
             return Ok(Self {
@@ -64,16 +65,17 @@ impl Credentials {
             .or_else(|| var("HOME").map(|h| std::path::Path::new(&h).join(".aws/credentials")))
             .ok_or("no AWS credentials: AWS_ACCESS_KEY_ID is not set and there is no HOME")?;
         let text = std::fs::read_to_string(&file).map_err(|e| {
-            format!(
+            let message = format!(
                 "no AWS credentials: AWS_ACCESS_KEY_ID is not set and {} cannot be read: {e}",
                 file.display()
-            )
+            );
+            BuildError::caused(message, e)
         })?;
         Self::from_profile(&text, &profile).ok_or_else(|| {
-            format!(
+            BuildError::new(format!(
                 "no AWS credentials: profile `{profile}` of {} has no aws_access_key_id and aws_secret_access_key",
                 file.display()
-            )
+            ))
         })
     }
 
@@ -128,7 +130,7 @@ impl LambdaInvoker {
         f: &LambdaFunction,
         concurrency: usize,
         credentials: Credentials,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BuildError> {
         let region = f
             .region
             .as_ref()

@@ -11,6 +11,7 @@
 //! the gateway's queue absorbs what the function cannot take at once and its timeouts do not
 //! apply. Should the gateway answer with another call id, the waiter follows it.
 
+use fnbroker_core::function::BuildError;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -247,7 +248,7 @@ impl OpenFaasAsyncInvoker {
         request: HttpInvoker,
         callbacks: Arc<Callbacks>,
         callback_base: &str,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BuildError> {
         let url = format!(
             "{}{}",
             callback_base.trim_end_matches('/'),

@@ -59,7 +59,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// A reader of the entry's gateway.
-    pub fn new(d: &OpenFaasDiscovery) -> Result<Self, String> {
+    pub fn new(d: &OpenFaasDiscovery) -> Result<Self, fnbroker_core::function::BuildError> {
         let (client, functions) = client_for(
             &endpoint(&d.gateway, &["system", "functions"])?,
             2,

@@ -9,6 +9,7 @@
 //!   activation record is polled (`GET .../activations/{id}`, 404 until it exists) within the
 //!   attempt's time.
 
+use fnbroker_core::function::BuildError;
 use std::time::Duration;
 
 use crate::kinds::openwhisk::OpenWhiskFunction;
@@ -36,7 +37,7 @@ pub struct OpenWhiskInvoker {
 
 impl OpenWhiskInvoker {
     /// An invoker of the configured action.
-    pub fn new(f: &OpenWhiskFunction, concurrency: usize) -> Result<Self, String> {
+    pub fn new(f: &OpenWhiskFunction, concurrency: usize) -> Result<Self, BuildError> {
         let action: Vec<&str> = f.action.split('/').filter(|s| !s.is_empty()).collect();
         let mut path = vec!["api", "v1", "namespaces", f.namespace.as_str(), "actions"];
         path.extend(&action);

@@ -2,6 +2,7 @@
 //! mode, to a URL the platform's own conventions make: Knative, Fission, Fn and OpenFaaS's
 //! synchronous path. (OpenWhisk and Lambda speak their own protocols: see their modules.)
 
+use fnbroker_core::function::BuildError;
 use std::collections::BTreeMap;
 
 use crate::kinds::fission::FissionFunction;
@@ -15,7 +16,7 @@ use crate::HttpInvoker;
 
 /// A Knative service: CloudEvents binary mode to its URL (or `${K_SINK}`); a CloudEvent in the
 /// answer is the reply.
-pub(crate) fn knative(f: &KnativeFunction, concurrency: usize) -> Result<HttpInvoker, String> {
+pub(crate) fn knative(f: &KnativeFunction, concurrency: usize) -> Result<HttpInvoker, BuildError> {
     HttpInvoker::new(
         &f.url,
         ContentMode::Binary,
@@ -27,7 +28,7 @@ pub(crate) fn knative(f: &KnativeFunction, concurrency: usize) -> Result<HttpInv
 
 /// A Fission function through its router: `/fission-function/<name>` in the default namespace,
 /// `/fission-function/<namespace>/<name>` in another (the router's `UrlForFunction`).
-pub(crate) fn fission(f: &FissionFunction, concurrency: usize) -> Result<HttpInvoker, String> {
+pub(crate) fn fission(f: &FissionFunction, concurrency: usize) -> Result<HttpInvoker, BuildError> {
     let mut path = vec!["fission-function"];
     if let Some(ns) = f.namespace.as_deref().filter(|ns| *ns != "default") {
         path.push(ns);
@@ -44,7 +45,7 @@ pub(crate) fn fission(f: &FissionFunction, concurrency: usize) -> Result<HttpInv
 
 /// An Fn Project function: `POST {endpoint}/invoke/{id}`, a synchronous invocation
 /// (`Fn-Invoke-Type: sync`); the function's output is the reply.
-pub(crate) fn fn_project(f: &FnFunction, concurrency: usize) -> Result<HttpInvoker, String> {
+pub(crate) fn fn_project(f: &FnFunction, concurrency: usize) -> Result<HttpInvoker, BuildError> {
     let headers = BTreeMap::from([("Fn-Invoke-Type".to_string(), "sync".to_string())]);
     HttpInvoker::new(
         &endpoint(&f.endpoint, &["invoke", &f.id])?,
@@ -58,7 +59,10 @@ pub(crate) fn fn_project(f: &FnFunction, concurrency: usize) -> Result<HttpInvok
 /// An OpenFaaS function: `POST {gateway}/function/{name}[.{namespace}]` (`/async-function/` with
 /// `async: true`) with the event's data as the body, its attributes as `ce-` headers, the topic as `X-Topic` (as the
 /// OpenFaaS connectors send it) and the gateway's basic authentication.
-pub(crate) fn openfaas(f: &OpenFaasFunction, concurrency: usize) -> Result<HttpInvoker, String> {
+pub(crate) fn openfaas(
+    f: &OpenFaasFunction,
+    concurrency: usize,
+) -> Result<HttpInvoker, BuildError> {
     let headers = openfaas_auth(f).into_iter().collect();
     let path = if f.asynchronous {
         "async-function"
@@ -101,7 +105,7 @@ pub(crate) fn basic(user: &str, password: &str) -> String {
 }
 
 /// `base` with `segments` appended to its path, each one percent-encoded.
-pub(crate) fn endpoint(base: &str, segments: &[&str]) -> Result<String, String> {
+pub(crate) fn endpoint(base: &str, segments: &[&str]) -> Result<String, BuildError> {
     let mut url = url::Url::parse(base)
         .map_err(|e| format!("invalid URL `{}`: {e}", fnbroker_core::redact::url(base)))?;
     url.path_segments_mut()
@@ -118,12 +122,12 @@ mod tests {
     #[test]
     fn endpoints_append_encoded_segments() {
         assert_eq!(
-            endpoint("http://gw:8080", &["function", "a.b"]).as_deref(),
-            Ok("http://gw:8080/function/a.b")
+            endpoint("http://gw:8080", &["function", "a.b"]).map_err(|e| e.to_string()),
+            Ok("http://gw:8080/function/a.b".to_string())
         );
         assert_eq!(
-            endpoint("http://gw:8080/prefix/", &["invoke", "01J/x"]).as_deref(),
-            Ok("http://gw:8080/prefix/invoke/01J%2Fx")
+            endpoint("http://gw:8080/prefix/", &["invoke", "01J/x"]).map_err(|e| e.to_string()),
+            Ok("http://gw:8080/prefix/invoke/01J%2Fx".to_string())
         );
     }
 

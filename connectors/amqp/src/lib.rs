@@ -187,8 +187,8 @@ impl Connector for AmqpConnector {
     }
 
     async fn sink(&self, destination: &Destination) -> Result<Arc<dyn Sink>, ConnectorError> {
-        let keys: AmqpDestinationSettings = destination.keys.get().map_err(|message| {
-            ConnectorError::permanent(&self.name, format!("invalid destination: {message}"))
+        let keys: AmqpDestinationSettings = destination.keys.get().map_err(|e| {
+            ConnectorError::permanent(&self.name, format!("invalid destination: {e}")).caused_by(e)
         })?;
         let exchange = keys
             .exchange

@@ -250,11 +250,12 @@ impl Subscription {
     where
         T: serde::de::DeserializeOwned + Clone + Send + Sync + fmt::Debug + 'static,
     {
-        self.from.keys.get().map_err(|message| {
+        self.from.keys.get().map_err(|e| {
             ConnectorError::permanent(
                 self.from.connector.as_str(),
-                format!("invalid source settings: {message}"),
+                format!("invalid source settings: {e}"),
             )
+            .caused_by(e)
         })
     }
 }

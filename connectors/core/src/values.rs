@@ -308,6 +308,11 @@ pub fn url_problem(value: &str, schemes: &[&str]) -> Option<String> {
     }
 }
 
+/// Keys of a `from` or a destination that do not fit the kind's type.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct KeysError(#[from] serde_json::Error);
+
 /// The keys of a `from` or a destination that belong to its connector's kind, as written, and
 /// parsed into the kind's type at load.
 #[derive(Debug, Clone, Default)]
@@ -331,12 +336,12 @@ impl ConnectorKeys {
     /// already; one built otherwise (a test) is parsed here.
     pub fn get<T: DeserializeOwned + Clone + Send + Sync + fmt::Debug + 'static>(
         &self,
-    ) -> Result<T, String> {
+    ) -> Result<T, KeysError> {
         if let Some(t) = self.parsed.as_ref().and_then(Settings::get::<T>) {
             return Ok(t.clone());
         }
         let object = serde_json::Value::Object(self.raw.clone().into_iter().collect());
-        serde_json::from_value(object).map_err(|e| e.to_string())
+        Ok(serde_json::from_value(object)?)
     }
 
     /// The keys in the kind's type, once validation parsed them.
