@@ -8,6 +8,7 @@ use fnbroker_conformance::{
     Adapter, AfterKill, Mode, Modes, Redelivers, Replicas, Restartable, Topic, body_of, headers_of,
     unique_id,
 };
+use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 fnbroker_conformance::suite!(Amqp, restart, modes, replicas);
@@ -46,18 +47,15 @@ impl Adapter for Amqp {
         Self::at(amqp::URL.to_string(), None).await
     }
 
-    fn connector(&self) -> String {
-        format!(
-            "{{ amqp: {{ url: \"{}\", connection_name: {} }} }}",
-            self.url, self.name
-        )
+    fn connector(&self) -> Value {
+        json!({ "amqp": { "url": self.url, "connection_name": self.name } })
     }
 
     async fn prepare(&self) -> Topic {
         let queue = format!("q-{}", unique_id());
         amqp::queue(&self.channel().await, &queue).await;
         Topic {
-            from: format!("connector: c, queue: {queue}"),
+            from: json!({ "connector": "c", "queue": queue }),
             address: queue,
         }
     }
@@ -116,12 +114,12 @@ impl Modes for Amqp {
 impl Replicas for Amqp {
     const AFTER_KILL: AfterKill = AfterKill::Survivor;
 
-    fn replica_connector(&self, path: &str) -> String {
-        format!(
-            "{{ amqp: {{ url: \"{}\", connection_name: {}{} }} }}",
-            self.url,
-            self.name,
-            path.replace('/', "-")
-        )
+    fn replica_connector(&self, path: &str) -> Value {
+        json!({
+            "amqp": {
+                "url": self.url,
+                "connection_name": format!("{}{}", self.name, path.replace('/', "-")),
+            }
+        })
     }
 }

@@ -20,8 +20,8 @@ pub enum Redelivers {
 
 /// One topic a case uses: what a trigger reads and where messages are published.
 pub struct Topic {
-    /// The trigger's `from:` mapping, without braces (`connector: c, topic: x, group: g`).
-    pub from: String,
+    /// The trigger's `from` mapping (`{"connector": "c", "topic": "x", "group": "g"}`).
+    pub from: serde_json::Value,
     /// Where the adapter publishes (a topic, a subject, a queue, a stream, a table, a path).
     pub address: String,
 }
@@ -42,7 +42,7 @@ pub trait Adapter: Sized + Send + Sync + 'static {
     fn new() -> impl Future<Output = Self> + Send;
 
     /// The connector's entry, as the value of `c:` in `connectors:`.
-    fn connector(&self) -> String;
+    fn connector(&self) -> serde_json::Value;
 
     /// A fresh topic (created on the server where it needs creating).
     fn prepare(&self) -> impl Future<Output = Topic> + Send;
@@ -162,7 +162,7 @@ pub trait Replicas: Adapter {
     }
 
     /// The connector's entry for the replica whose function path is `path` (`/a` or `/b`).
-    fn replica_connector(&self, _path: &str) -> String {
+    fn replica_connector(&self, _path: &str) -> serde_json::Value {
         self.connector()
     }
 }

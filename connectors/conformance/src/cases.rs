@@ -8,31 +8,46 @@ use std::time::{Duration, Instant};
 
 use crate::adapter::{Adapter, Mode, Modes, Redelivers, Replicas, Restartable, Topic};
 use crate::{Answer, FnServer, Fnbroker, wait_for};
+use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A configuration with the adapter's connector `c`, `functions` and `triggers` (YAML lines).
-fn config<A: Adapter>(a: &A, functions: &str, triggers: &str) -> String {
-    format!(
-        "connectors:\n  c: {}\nfunctions:\n{functions}triggers:\n{triggers}",
-        a.connector()
-    )
+/// A configuration with `connector` as `c`, the `functions` (a mapping of names to entries)
+/// and `trigger`, built from typed values: a YAML mapping with one section a line, each
+/// section's value in JSON (YAML's flow style), so that the harness can add its own sections.
+fn config(connector: Value, functions: Value, trigger: Value) -> String {
+    [
+        ("connectors", json!({ "c": connector })),
+        ("functions", functions),
+        ("triggers", json!([trigger])),
+    ]
+    .iter()
+    .map(|(key, value)| format!("{key}: {value}\n"))
+    .collect()
 }
 
-/// A function entry `name` calling `path` of `server`.
-fn function(name: &str, server: &FnServer, path: &str) -> String {
-    format!(
-        "  {name}: {{ http: {{ url: \"{}\" }}, timeout: 5s }}\n",
-        server.url(path)
-    )
+/// A function entry calling `path` of `server`.
+fn function(server: &FnServer, path: &str) -> Value {
+    json!({ "http": { "url": server.url(path) }, "timeout": "5s" })
 }
 
-/// The trigger `t` from `topic` to `f`, with `extra` after `to: f`.
-fn trigger(topic: &Topic, extra: &str) -> String {
-    format!(
-        "  - {{ name: t, from: {{ {} }}, to: f{extra} }}\n",
-        topic.from
-    )
+/// The functions `f` (on `/f`) and `others` of `server`, each on the path of its name.
+fn functions(server: &FnServer, others: &[&str]) -> Value {
+    let mut all = serde_json::Map::new();
+    for name in std::iter::once(&"f").chain(others) {
+        all.insert(name.to_string(), function(server, &format!("/{name}")));
+    }
+    Value::Object(all)
+}
+
+/// The trigger `t` from `topic` to `f`, with the keys of `extra` besides (`delivery`,
+/// `reply`...).
+fn trigger(topic: &Topic, extra: Value) -> Value {
+    let mut trigger = json!({ "name": "t", "from": topic.from, "to": "f" });
+    if let (Some(all), Value::Object(extra)) = (trigger.as_object_mut(), extra) {
+        all.extend(extra);
+    }
+    trigger
 }
 
 /// The numbers of the messages `path` received with `status`, in arrival order.
@@ -89,7 +104,11 @@ pub async fn every_message_once<A: Adapter>(a: A) {
     const N: usize = 200;
     let topic = a.prepare().await;
     let server = FnServer::start().await;
-    let cfg = config(&a, &function("f", &server, "/f"), &trigger(&topic, ""));
+    let cfg = config(
+        a.connector(),
+        functions(&server, &[]),
+        trigger(&topic, json!({})),
+    );
     let fb = Fnbroker::start(&cfg).await;
     a.publish(&topic, 0..N).await;
     wait_for(&format!("{}: {N} messages", A::NAME), WAIT, || {
@@ -141,15 +160,16 @@ pub async fn retries_dead_letter_and_replies<A: Adapter>(a: A) {
         }
     })
     .await;
-    let functions = function("f", &server, "/f")
-        + &function("dlq", &server, "/dlq")
-        + &function("replies", &server, "/replies");
     let fb = Fnbroker::start(&config(
-        &a,
-        &functions,
-        &trigger(
+        a.connector(),
+        functions(&server, &["dlq", "replies"]),
+        trigger(
             &topic,
-            ", delivery: { retries: 2, backoff: constant, delay: 20ms }, dead_letter: { function: dlq }, reply: { function: replies }",
+            json!({
+                "delivery": { "retries": 2, "backoff": "constant", "delay": "20ms" },
+                "dead_letter": { "function": "dlq" },
+                "reply": { "function": "replies" },
+            }),
         ),
     ))
     .await;
@@ -193,13 +213,15 @@ pub async fn ordered_through_a_hand_back<A: Adapter>(a: A) {
         _ => Answer::ok(),
     })
     .await;
-    let functions = function("f", &server, "/f") + &function("replies", &server, "/replies");
     let fb = Fnbroker::start(&config(
-        &a,
-        &functions,
-        &trigger(
+        a.connector(),
+        functions(&server, &["replies"]),
+        trigger(
             &topic,
-            ", delivery: { ordered: true, max_delay: 300ms }, reply: { function: replies }",
+            json!({
+                "delivery": { "ordered": true, "max_delay": "300ms" },
+                "reply": { "function": "replies" },
+            }),
         ),
     ))
     .await;
@@ -292,8 +314,10 @@ fn publishing<A: Adapter>(a: &Arc<A>, topic: &Arc<Topic>, n: usize) -> tokio::ta
     })
 }
 
-/// The trigger the fault cases use: `max_in_flight: 64`.
-const UNDER_LOAD: &str = ", delivery: { max_in_flight: 64 }";
+/// The trigger keys the fault cases use: `max_in_flight: 64`.
+fn under_load() -> Value {
+    json!({ "delivery": { "max_in_flight": 64 } })
+}
 
 /// How many messages the fault cases stream.
 const STREAM: usize = 2_000;
@@ -305,9 +329,9 @@ pub async fn kill_9_midway<A: Adapter>(a: A) {
     let topic = Arc::new(a.prepare().await);
     let server = FnServer::start().await;
     let cfg = config(
-        &*a,
-        &function("f", &server, "/f"),
-        &trigger(&topic, UNDER_LOAD),
+        a.connector(),
+        functions(&server, &[]),
+        trigger(&topic, under_load()),
     );
     let fb = Fnbroker::start(&cfg).await;
     let publisher = publishing(&a, &topic, STREAM);
@@ -341,9 +365,9 @@ pub async fn sigterm_midway<A: Adapter>(a: A) {
     let topic = Arc::new(a.prepare().await);
     let server = FnServer::start().await;
     let cfg = config(
-        &*a,
-        &function("f", &server, "/f"),
-        &trigger(&topic, UNDER_LOAD),
+        a.connector(),
+        functions(&server, &[]),
+        trigger(&topic, under_load()),
     );
     let mut fb = Fnbroker::start(&cfg).await;
     let publisher = publishing(&a, &topic, STREAM);
@@ -396,14 +420,22 @@ pub async fn reload_swapping_triggers<A: Adapter>(a: A) {
     let a = Arc::new(a);
     let topic = Arc::new(a.prepare().await);
     let server = FnServer::start().await;
-    let f = function("f", &server, "/f");
-    let fb = Fnbroker::start(&config(&*a, &f, &trigger(&topic, UNDER_LOAD))).await;
+    let f = functions(&server, &[]);
+    let fb = Fnbroker::start(&config(
+        a.connector(),
+        f.clone(),
+        trigger(&topic, under_load()),
+    ))
+    .await;
     let publisher = publishing(&a, &topic, STREAM);
     server.wait_count("/f", STREAM / 4, WAIT).await;
     fb.rewrite(&config(
-        &*a,
-        &f,
-        &trigger(&topic, ", delivery: { max_in_flight: 64, retries: 5 }"),
+        a.connector(),
+        f.clone(),
+        trigger(
+            &topic,
+            json!({ "delivery": { "max_in_flight": 64, "retries": 5 } }),
+        ),
     ));
     fb.signal("HUP");
     let view = fb.wait_reloads(1, 0).await;
@@ -415,11 +447,14 @@ pub async fn reload_swapping_triggers<A: Adapter>(a: A) {
     );
     server.wait_count("/f", STREAM / 2, WAIT).await;
     fb.rewrite(&config(
-        &*a,
-        &f,
-        &trigger(
+        a.connector(),
+        f.clone(),
+        trigger(
             &topic,
-            ", delivery: { max_in_flight: 64, retries: 6, delay: 50ms }, event: { type: com.example.swapped }",
+            json!({
+                "delivery": { "max_in_flight": 64, "retries": 6, "delay": "50ms" },
+                "event": { "type": "com.example.swapped" },
+            }),
         ),
     ));
     fb.signal("HUP");
@@ -456,14 +491,19 @@ pub async fn reload_reopening_the_subscription<A: Adapter>(a: A) {
     let a = Arc::new(a);
     let topic = Arc::new(a.prepare().await);
     let server = FnServer::start().await;
-    let f = function("f", &server, "/f");
-    let fb = Fnbroker::start(&config(&*a, &f, &trigger(&topic, UNDER_LOAD))).await;
+    let f = functions(&server, &[]);
+    let fb = Fnbroker::start(&config(
+        a.connector(),
+        f.clone(),
+        trigger(&topic, under_load()),
+    ))
+    .await;
     let publisher = publishing(&a, &topic, STREAM);
     server.wait_count("/f", STREAM / 4, WAIT).await;
     fb.rewrite(&config(
-        &*a,
-        &f,
-        &trigger(&topic, ", delivery: { max_in_flight: 16 }"),
+        a.connector(),
+        f.clone(),
+        trigger(&topic, json!({ "delivery": { "max_in_flight": 16 } })),
     ));
     fb.signal("HUP");
     fb.wait_reloads(1, 0).await;
@@ -491,7 +531,11 @@ pub async fn a_minute_of_function_outage<A: Adapter>(a: A) {
     let a = Arc::new(a);
     let topic = Arc::new(a.prepare().await);
     let (server, down) = crate::switchable_function().await;
-    let cfg = config(&*a, &function("f", &server, "/f"), &trigger(&topic, ""));
+    let cfg = config(
+        a.connector(),
+        functions(&server, &[]),
+        trigger(&topic, json!({})),
+    );
     let (publisher, on) = (Arc::clone(&a), Arc::clone(&topic));
     crate::outage_loses_nothing(
         A::NAME,
@@ -518,11 +562,20 @@ pub async fn retired_and_back<A: Adapter>(a: A) {
     let topic = a.prepare().await;
     let other = a.prepare().await;
     let server = FnServer::start().await;
-    let f = function("f", &server, "/f");
-    let fb = Fnbroker::start(&config(&a, &f, &trigger(&topic, ""))).await;
+    let f = functions(&server, &[]);
+    let fb = Fnbroker::start(&config(
+        a.connector(),
+        f.clone(),
+        trigger(&topic, json!({})),
+    ))
+    .await;
     a.publish(&topic, 0..10).await;
     server.wait_count("/f", 10, WAIT).await;
-    fb.rewrite(&config(&a, &f, &trigger(&other, "")));
+    fb.rewrite(&config(
+        a.connector(),
+        f.clone(),
+        trigger(&other, json!({})),
+    ));
     fb.signal("HUP");
     let view = fb.wait_reloads(1, 0).await;
     // A connector that cannot subscribe while running (HTTP, PostgreSQL) is replaced with it.
@@ -539,7 +592,11 @@ pub async fn retired_and_back<A: Adapter>(a: A) {
         "{}: a retired subscription delivered",
         A::NAME
     );
-    fb.rewrite(&config(&a, &f, &trigger(&topic, "")));
+    fb.rewrite(&config(
+        a.connector(),
+        f.clone(),
+        trigger(&topic, json!({})),
+    ));
     fb.signal("HUP");
     fb.wait_reloads(2, 0).await;
     a.publish(&topic, 60..70).await;
@@ -586,9 +643,9 @@ pub async fn broker_restarted<A: Restartable>(a: A) {
     let topic = a.prepare().await;
     let server = FnServer::start().await;
     let cfg = config(
-        &a,
-        &function("f", &server, "/f"),
-        &trigger(&topic, UNDER_LOAD),
+        a.connector(),
+        functions(&server, &[]),
+        trigger(&topic, under_load()),
     );
     let fb = Fnbroker::start(&cfg).await;
     a.publish(&topic, 0..STREAM / 2).await;
@@ -627,9 +684,9 @@ pub async fn three_modes<A: Modes>(a: A) {
     let topic = a.prepare().await;
     let server = FnServer::start().await;
     let fb = Fnbroker::start(&config(
-        &a,
-        &function("f", &server, "/f"),
-        &trigger(&topic, ""),
+        a.connector(),
+        functions(&server, &[]),
+        trigger(&topic, json!({})),
     ))
     .await;
     a.publish(&topic, 0..1).await;
@@ -700,11 +757,10 @@ pub async fn a_replica_killed<A: Replicas>(a: A) {
     let topic = Arc::new(a.prepare_shared().await);
     let server = FnServer::start().await;
     let cfg = |path: &str| {
-        format!(
-            "connectors:\n  c: {}\nfunctions:\n{}triggers:\n{}",
+        config(
             a.replica_connector(path),
-            function("f", &server, path),
-            trigger(&topic, ", delivery: { max_in_flight: 16 }")
+            json!({ "f": function(&server, path) }),
+            trigger(&topic, json!({ "delivery": { "max_in_flight": 16 } })),
         )
     };
     let (publisher, on) = (Arc::clone(&a), Arc::clone(&topic));

@@ -7,6 +7,7 @@ use std::time::Duration;
 use fnbroker_conformance::{
     Adapter, Mode, Modes, Redelivers, Topic, body_of, headers_of, unique_id,
 };
+use serde_json::{Value, json};
 
 fnbroker_conformance::suite!(Http, modes);
 
@@ -29,14 +30,14 @@ impl Adapter for Http {
         }
     }
 
-    fn connector(&self) -> String {
-        format!("{{ http: {{ listen: \"127.0.0.1:{}\" }} }}", self.port)
+    fn connector(&self) -> Value {
+        json!({ "http": { "listen": format!("127.0.0.1:{}", self.port) } })
     }
 
     async fn prepare(&self) -> Topic {
         let path = format!("/in-{}", unique_id());
         Topic {
-            from: format!("connector: c, topic: {path}"),
+            from: json!({ "connector": "c", "topic": path }),
             address: format!("http://127.0.0.1:{}{path}", self.port),
         }
     }

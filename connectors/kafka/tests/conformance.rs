@@ -8,6 +8,7 @@ use fnbroker_conformance::{
     Adapter, AfterKill, Mode, Modes, Redelivers, Replicas, Restartable, Topic, body_of, headers_of,
     unique_id,
 };
+use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 fnbroker_conformance::suite!(Kafka, restart, modes, replicas);
@@ -43,18 +44,20 @@ impl Adapter for Kafka {
 
     /// Short session timeouts, as the Kafka tests use: a group's first join on tansu takes
     /// about half of it.
-    fn connector(&self) -> String {
-        format!(
-            "{{ kafka: {{ brokers: [\"{}\"], options: {{ session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\" }} }} }}",
-            self.brokers
-        )
+    fn connector(&self) -> Value {
+        json!({
+            "kafka": {
+                "brokers": [self.brokers],
+                "options": { "session.timeout.ms": "6000", "heartbeat.interval.ms": "500" },
+            }
+        })
     }
 
     async fn prepare(&self) -> Topic {
         let topic = kafka::unique("suite");
         kafka::create_topic_as(&self.client(), &topic, 1).await;
         Topic {
-            from: format!("connector: c, topic: {topic}, group: g{}", unique_id()),
+            from: json!({ "connector": "c", "topic": topic, "group": format!("g{}", unique_id()) }),
             address: topic,
         }
     }
@@ -114,7 +117,7 @@ impl Replicas for Kafka {
         let topic = kafka::unique("suite");
         kafka::create_topic_as(&self.client(), &topic, 4).await;
         Topic {
-            from: format!("connector: c, topic: {topic}, group: g{}", unique_id()),
+            from: json!({ "connector": "c", "topic": topic, "group": format!("g{}", unique_id()) }),
             address: topic,
         }
     }

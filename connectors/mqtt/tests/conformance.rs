@@ -8,6 +8,7 @@ use fnbroker_conformance::{
     Adapter, AfterKill, Mode, Modes, Redelivers, Replicas, Restartable, Topic, body_of, headers_of,
     unique_id,
 };
+use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 fnbroker_conformance::suite!(Mqtt, restart, modes, replicas);
@@ -32,17 +33,21 @@ impl Adapter for Mqtt {
         }
     }
 
-    fn connector(&self) -> String {
-        format!(
-            "{{ mqtt: {{ url: \"mqtt://127.0.0.1:{}\", client_id: {}, session_expiry: 10m, keep_alive: 5s }} }}",
-            self.port, self.client_id
-        )
+    fn connector(&self) -> Value {
+        json!({
+            "mqtt": {
+                "url": format!("mqtt://127.0.0.1:{}", self.port),
+                "client_id": self.client_id,
+                "session_expiry": "10m",
+                "keep_alive": "5s",
+            }
+        })
     }
 
     async fn prepare(&self) -> Topic {
         let topic = format!("m{}/x", unique_id());
         Topic {
-            from: format!("connector: c, topic: \"{topic}\", qos: 1"),
+            from: json!({ "connector": "c", "topic": topic, "qos": 1 }),
             address: topic,
         }
     }
@@ -91,16 +96,17 @@ impl Replicas for Mqtt {
 
     async fn prepare_shared(&self) -> Topic {
         let mut topic = self.prepare().await;
-        topic.from.push_str(&format!(", group: g{}", unique_id()));
+        topic.from["group"] = format!("g{}", unique_id()).into();
         topic
     }
 
-    fn replica_connector(&self, path: &str) -> String {
-        format!(
-            "{{ mqtt: {{ url: \"mqtt://127.0.0.1:{}\", client_id: {}{}, session_expiry: 10m }} }}",
-            self.port,
-            self.client_id,
-            path.replace('/', "-")
-        )
+    fn replica_connector(&self, path: &str) -> Value {
+        json!({
+            "mqtt": {
+                "url": format!("mqtt://127.0.0.1:{}", self.port),
+                "client_id": format!("{}{}", self.client_id, path.replace('/', "-")),
+                "session_expiry": "10m",
+            }
+        })
     }
 }

@@ -8,6 +8,7 @@ use fnbroker_conformance::{
     Adapter, AfterKill, Mode, Modes, Redelivers, Replicas, Restartable, Topic, body_of, headers_of,
     unique_id,
 };
+use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 mod jetstream {
@@ -36,8 +37,8 @@ impl Adapter for JetStream {
         }
     }
 
-    fn connector(&self) -> String {
-        format!("{{ nats: {{ url: \"{}\" }} }}", self.url)
+    fn connector(&self) -> Value {
+        json!({ "nats": { "url": self.url } })
     }
 
     async fn prepare(&self) -> Topic {
@@ -45,7 +46,12 @@ impl Adapter for JetStream {
         let stream = format!("S{id}");
         nats::create_stream(&self.url, &stream, &[&format!("j{id}.>")]).await;
         Topic {
-            from: format!("connector: c, stream: {stream}, topic: \"j{id}.x\", group: g{id}"),
+            from: json!({
+                "connector": "c",
+                "stream": stream,
+                "topic": format!("j{id}.x"),
+                "group": format!("g{id}"),
+            }),
             address: format!("j{id}.x"),
         }
     }
@@ -59,9 +65,8 @@ impl Adapter for JetStream {
 
     async fn cleanup(&self, topic: &Topic) {
         let js = async_nats::jetstream::new(nats::connect(&self.url).await);
-        if let Some(stream) = topic.from.split("stream: ").nth(1) {
-            let name = stream.split(',').next().unwrap_or_default();
-            let _ = js.delete_stream(name).await;
+        if let Some(stream) = topic.from["stream"].as_str() {
+            let _ = js.delete_stream(stream).await;
         }
     }
 }
@@ -100,14 +105,14 @@ impl Adapter for NatsCore {
         }
     }
 
-    fn connector(&self) -> String {
-        format!("{{ nats: {{ url: \"{}\" }} }}", self.url)
+    fn connector(&self) -> Value {
+        json!({ "nats": { "url": self.url } })
     }
 
     async fn prepare(&self) -> Topic {
         let subject = format!("n{}.x", unique_id());
         Topic {
-            from: format!("connector: c, topic: \"{subject}\""),
+            from: json!({ "connector": "c", "topic": subject }),
             address: subject,
         }
     }
@@ -182,7 +187,7 @@ impl Replicas for NatsCore {
 
     async fn prepare_shared(&self) -> Topic {
         let mut topic = self.prepare().await;
-        topic.from.push_str(", group: workers");
+        topic.from["group"] = "workers".into();
         topic
     }
 }

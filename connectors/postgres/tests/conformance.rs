@@ -5,6 +5,7 @@ use std::ops::Range;
 
 use fnbroker_conformance::postgres;
 use fnbroker_conformance::{Adapter, Redelivers, Restartable, Topic, unique_id};
+use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 fnbroker_conformance::suite!(Postgres, restart);
@@ -34,8 +35,8 @@ impl Adapter for Postgres {
         }
     }
 
-    fn connector(&self) -> String {
-        format!("{{ postgres: {{ url: \"{}\" }} }}", self.cluster.url())
+    fn connector(&self) -> Value {
+        json!({ "postgres": { "url": self.cluster.url() } })
     }
 
     async fn prepare(&self) -> Topic {
@@ -47,7 +48,7 @@ impl Adapter for Postgres {
             .await
             .expect("table");
         Topic {
-            from: format!("connector: c, topic: \"public.{table}\""),
+            from: json!({ "connector": "c", "topic": format!("public.{table}") }),
             address: table,
         }
     }

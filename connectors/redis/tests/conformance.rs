@@ -7,6 +7,7 @@ use fnbroker_conformance::redis;
 use fnbroker_conformance::{
     Adapter, AfterKill, Mode, Modes, Redelivers, Replicas, Restartable, Topic, body_of, headers_of,
 };
+use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 fnbroker_conformance::suite!(Redis, restart, modes, replicas);
@@ -29,14 +30,14 @@ impl Adapter for Redis {
         }
     }
 
-    fn connector(&self) -> String {
-        format!("{{ redis: {{ url: \"{}\" }} }}", self.url)
+    fn connector(&self) -> Value {
+        json!({ "redis": { "url": self.url } })
     }
 
     async fn prepare(&self) -> Topic {
         let stream = redis::unique("suite");
         Topic {
-            from: format!("connector: c, topic: \"{stream}\", group: g, create: true"),
+            from: json!({ "connector": "c", "topic": stream, "group": "g", "create": true }),
             address: stream,
         }
     }
@@ -88,11 +89,13 @@ impl Modes for Redis {
 impl Replicas for Redis {
     const AFTER_KILL: AfterKill = AfterKill::Survivor;
 
-    fn replica_connector(&self, path: &str) -> String {
-        format!(
-            "{{ redis: {{ url: \"{}\", claim_after: 2s, consumer: replica{} }} }}",
-            self.url,
-            path.replace('/', "-")
-        )
+    fn replica_connector(&self, path: &str) -> Value {
+        json!({
+            "redis": {
+                "url": self.url,
+                "claim_after": "2s",
+                "consumer": format!("replica{}", path.replace('/', "-")),
+            }
+        })
     }
 }
