@@ -361,7 +361,7 @@ fn cel(data: &[u8]) {
     }
 }
 
-/// The connector kinds of the real binary (broker/src/connectors.rs).
+/// The connector and function kinds of the real binary (broker/src/connectors.rs).
 static REGISTRY: Registry = Registry::new(&[
     &Kind::<fnbroker_http::Plugin>::NEW,
     &Kind::<fnbroker_kafka::Plugin>::NEW,
@@ -370,7 +370,8 @@ static REGISTRY: Registry = Registry::new(&[
     &Kind::<fnbroker_mqtt::Plugin>::NEW,
     &Kind::<fnbroker_redis::Plugin>::NEW,
     &Kind::<fnbroker_postgres::Plugin>::NEW,
-]);
+])
+.with_functions(fnbroker_functions::KINDS);
 
 fn config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
