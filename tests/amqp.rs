@@ -17,9 +17,13 @@ fn uid() -> String {
 }
 
 fn config(connection: &str, extra: &str, functions: &str, triggers: &str) -> String {
-    format!(
-        "connectors:\n  rabbit: {{ amqp: {{ url: \"{}\", connection_name: {connection}{extra} }} }}\nfunctions:\n{functions}triggers:\n{triggers}",
-        amqp::URL
+    yaml!(
+        "connectors:\n  rabbit: { amqp: { url: \"<URL>\", connection_name: <connection><extra> } }\nfunctions:\n<functions>triggers:\n<triggers>",
+        URL = amqp::URL,
+        connection = connection,
+        extra = extra,
+        functions = functions,
+        triggers = triggers
     )
 }
 
@@ -29,14 +33,20 @@ fn competing(server: &FnServer, queue: &str, path: &str, max_in_flight: usize) -
         &format!("fb-{}", uid()),
         "",
         &http_fn("f", &server.url(path)),
-        &format!(
-            "  - {{ name: t, from: {{ connector: rabbit, queue: {queue} }}, to: f, delivery: {{ max_in_flight: {max_in_flight} }} }}\n"
+        &yaml!(
+            "  - { name: t, from: { connector: rabbit, queue: <queue> }, to: f, delivery: { max_in_flight: <max_in_flight> } }\n",
+            queue = queue,
+            max_in_flight = max_in_flight
         ),
     )
 }
 
 fn http_fn(name: &str, url: &str) -> String {
-    format!("  {name}: {{ http: {{ url: \"{url}\" }}, timeout: 5s }}\n")
+    yaml!(
+        "  <name>: { http: { url: \"<url>\" }, timeout: 5s }\n",
+        name = name,
+        url = url
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,7 +59,7 @@ async fn plain_binary_with_every_prefix_and_structured_reach_the_function() {
         &format!("fb-{}", uid()),
         "",
         &http_fn("f", &server.url("/f")),
-        &format!("  - {{ name: t, from: {{ connector: rabbit, queue: {q} }}, event: {{ type: com.example.job }}, to: f }}\n"),
+        &yaml!("  - { name: t, from: { connector: rabbit, queue: <q> }, event: { type: com.example.job }, to: f }\n", q = q),
     ))
     .await;
     amqp::publish(&ch, &q, &[], Some("application/json"), br#"{"n":"plain"}"#).await;
@@ -117,8 +127,9 @@ async fn kill_9_in_the_middle_loses_nothing() {
         &format!("fb-{}", uid()),
         "",
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: rabbit, queue: {q} }}, to: f, delivery: {{ max_in_flight: 128 }} }}\n"
+        &yaml!(
+            "  - { name: t, from: { connector: rabbit, queue: <q> }, to: f, delivery: { max_in_flight: 128 } }\n",
+            q = q
         ),
     );
     common::kill_9_midway_loses_nothing("amqp", &server, &cfg, N, 1000).await;
@@ -139,7 +150,7 @@ async fn a_connection_closed_by_the_server_is_recovered() {
         &connection,
         "",
         &http_fn("f", &server.url("/f")),
-        &format!("  - {{ name: t, from: {{ connector: rabbit, queue: {q} }}, to: f, delivery: {{ max_in_flight: 32 }} }}\n"),
+        &yaml!("  - { name: t, from: { connector: rabbit, queue: <q> }, to: f, delivery: { max_in_flight: 32 } }\n", q = q),
     ))
     .await;
     server.wait_count("/f", 200, WAIT).await;
@@ -181,9 +192,7 @@ async fn dead_letters_and_replies_go_to_an_exchange_with_confirms() {
         &format!("fb-{}", uid()),
         "",
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: rabbit, queue: {q} }}, to: f, delivery: {{ ordered: true }}, dead_letter: {{ connector: rabbit, exchange: {exchange}, topic: failed.jobs }}, reply: {{ connector: rabbit, topic: {replies} }} }}\n"
-        ),
+        &yaml!("  - { name: t, from: { connector: rabbit, queue: <q> }, to: f, delivery: { ordered: true }, dead_letter: { connector: rabbit, exchange: <exchange>, topic: failed.jobs }, reply: { connector: rabbit, topic: <replies> } }\n", q = q, exchange = exchange, replies = replies),
     ))
     .await;
     amqp::publish(
@@ -270,9 +279,7 @@ async fn an_unroutable_reply_hands_the_message_back_without_calling_again() {
         &format!("fb-{}", uid()),
         "",
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: rabbit, queue: {q} }}, to: f, delivery: {{ max_delay: 2s }}, reply: {{ connector: rabbit, topic: {missing} }} }}\n"
-        ),
+        &yaml!("  - { name: t, from: { connector: rabbit, queue: <q> }, to: f, delivery: { max_delay: 2s }, reply: { connector: rabbit, topic: <missing> } }\n", q = q, missing = missing),
     ))
     .await;
     assert!(
@@ -314,9 +321,12 @@ async fn amqps_with_a_client_certificate_authenticates_with_external() {
     amqp::queue(&ch, &q).await;
     let server = FnServer::start().await;
     let conf = |url: &str, tls: &str| {
-        format!(
-            "connectors:\n  rabbit: {{ amqp: {{ url: \"{url}\"{tls} }} }}\nfunctions:\n{}triggers:\n  - {{ name: t, from: {{ connector: rabbit, queue: {q} }}, to: f }}\n",
-            http_fn("f", &server.url("/f"))
+        yaml!(
+            "connectors:\n  rabbit: { amqp: { url: \"<url>\"<tls> } }\nfunctions:\n<nfunctions>triggers:\n  - { name: t, from: { connector: rabbit, queue: <q> }, to: f }\n",
+            url = url,
+            tls = tls,
+            nfunctions = http_fn("f", &server.url("/f")),
+            q = q
         )
     };
     let url = format!("amqps://localhost:{}/%2f", node.tls_port);
@@ -327,7 +337,11 @@ async fn amqps_with_a_client_certificate_authenticates_with_external() {
     );
     let fb = Fnbroker::start(&conf(
         &url,
-        &format!(", tls: {{ ca: {}, {client_cert} }}", Pki::s(&pki.ca)),
+        &yaml!(
+            ", tls: { ca: <ca>, <client_cert> }",
+            ca = Pki::s(&pki.ca),
+            client_cert = client_cert
+        ),
     ))
     .await;
     amqp::publish(&ch, &q, &[], Some("text/plain"), b"over tls").await;
@@ -352,13 +366,17 @@ async fn amqps_with_a_client_certificate_authenticates_with_external() {
         (
             "a CA that did not sign the server's certificate",
             url.clone(),
-            format!(", tls: {{ ca: {}, {client_cert} }}", Pki::s(&pki.other_ca)),
+            yaml!(
+                ", tls: { ca: <ca>, <client_cert> }",
+                ca = Pki::s(&pki.other_ca),
+                client_cert = client_cert
+            ),
             "UnknownIssuer",
         ),
         (
             "no client certificate",
             format!("amqps://guest:guest@localhost:{}/%2f", node.tls_port),
-            format!(", tls: {{ ca: {} }}", Pki::s(&pki.ca)),
+            yaml!(", tls: { ca: <ca> }", ca = Pki::s(&pki.ca)),
             "cannot connect to the AMQP server",
         ),
         (
@@ -420,8 +438,10 @@ async fn redrive_moves_dead_letters_back_exactly_once() {
             &format!("c{}", uid()),
             "",
             &http_fn("f", url),
-            &format!(
-                "  - {{ name: t, from: {{ connector: rabbit, queue: {q} }}, to: f, dead_letter: {{ connector: rabbit, topic: {dlq} }} }}\n"
+            &yaml!(
+                "  - { name: t, from: { connector: rabbit, queue: <q> }, to: f, dead_letter: { connector: rabbit, topic: <dlq> } }\n",
+                q = q,
+                dlq = dlq
             ),
         )
     };
@@ -453,8 +473,10 @@ async fn retries_in_a_queue_reach_the_function_once_it_is_back() {
             &format!("c{}", uid()),
             "",
             &http_fn("f", url),
-            &format!(
-                "  - {{ name: t, from: {{ connector: rabbit, queue: {q} }}, to: f, delivery: {{ retries: 20, backoff: constant, delay: 500ms, retry_topic: {{ connector: rabbit, topic: {retry} }} }} }}\n"
+            &yaml!(
+                "  - { name: t, from: { connector: rabbit, queue: <q> }, to: f, delivery: { retries: 20, backoff: constant, delay: 500ms, retry_topic: { connector: rabbit, topic: <retry> } } }\n",
+                q = q,
+                retry = retry
             ),
         )
     };

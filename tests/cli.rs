@@ -247,7 +247,7 @@ fn validate_refuses_a_sql_filter_nested_too_deep() {
     ] {
         let (code, stderr, file) = validate(&GOOD.replace(
             "    to: f\n",
-            &format!("    to: f\n    filter: {{ sql: \"{sql}\" }}\n"),
+            &yaml!("    to: f\n    filter: { sql: \"<sql>\" }\n", sql = sql),
         ));
         assert_eq!(code, 2, "{stderr}");
         assert!(
@@ -438,7 +438,11 @@ async fn quickstart_with(program: &Path) {
     let config: &Path = &dir.path().join("quickstart.yaml");
     std::fs::write(
         config,
-        format!("{text}\nadmin: {{ listen: 127.0.0.1:{admin} }}\n"),
+        yaml!(
+            "<text>\nadmin: { listen: 127.0.0.1:<admin> }\n",
+            text = text,
+            admin = admin
+        ),
     )
     .expect("write");
     let config = config.to_path_buf();

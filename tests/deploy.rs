@@ -56,11 +56,7 @@ async fn under_type_notify_fnbroker_says_ready_pings_the_watchdog_and_says_stopp
     let socket = tokio::net::UnixDatagram::bind(&socket_path).expect("bind");
     let server = FnServer::start().await;
     let mut fb = Fnbroker::start_env(
-        &format!(
-            "connectors:\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: bus, topic: \"sd{}\" }}, to: f }}\n",
-            server.url("/f"),
-            uuid::Uuid::new_v4().simple()
-        ),
+        &yaml!("connectors:\n  bus: { nats: { url: \"<SHARED_URL>\" } }\nfunctions:\n  f: { http: { url: \"<f_url>\" } }\ntriggers:\n  - { name: t, from: { connector: bus, topic: \"sd<topic>\" }, to: f }\n", SHARED_URL = SHARED_URL, f_url = server.url("/f"), topic = uuid::Uuid::new_v4().simple()),
         &[
             ("NOTIFY_SOCKET", socket_path.to_str().expect("path")),
             ("WATCHDOG_USEC", "200000"),
@@ -120,28 +116,42 @@ async fn reload_while_messages_flow_loses_and_duplicates_nothing() {
     let stream = format!("S{}", uid());
     common::nats::create_stream(SHARED_URL, &stream, &[&format!("{root}.>")]).await;
     let (ga, gb, gc) = (uid(), uid(), uid());
-    let head = format!(
-        "connectors:\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\nfunctions:\n  f1: {{ http: {{ url: \"{}\" }}, timeout: 2s }}\n  f2: {{ http: {{ url: \"{}\" }}, timeout: 2s }}\n  gb: {{ http: {{ url: \"{}\" }}, timeout: 2s }}\n  gc: {{ http: {{ url: \"{}\" }}, timeout: 2s }}\ntriggers:\n",
-        server.url("/f1"),
-        server.url("/f2"),
-        server.url("/gb"),
-        server.url("/gc")
+    let head = yaml!(
+        "connectors:\n  bus: { nats: { url: \"<SHARED_URL>\" } }\nfunctions:\n  f1: { http: { url: \"<f1_url>\" }, timeout: 2s }\n  f2: { http: { url: \"<f2_url>\" }, timeout: 2s }\n  gb: { http: { url: \"<gb_url>\" }, timeout: 2s }\n  gc: { http: { url: \"<gc_url>\" }, timeout: 2s }\ntriggers:\n",
+        SHARED_URL = SHARED_URL,
+        f1_url = server.url("/f1"),
+        f2_url = server.url("/f2"),
+        gb_url = server.url("/gb"),
+        gc_url = server.url("/gc")
     );
     let main = |to: &str, max: usize| {
-        format!(
-            "  - {{ name: main, from: {{ connector: bus, stream: {stream}, topic: {root}.a, group: g{ga} }}, to: {to}, delivery: {{ max_in_flight: {max} }} }}\n"
+        yaml!(
+            "  - { name: main, from: { connector: bus, stream: <stream>, topic: <root>.a, group: g<ga> }, to: <to>, delivery: { max_in_flight: <max> } }\n",
+            stream = stream,
+            root = root,
+            ga = ga,
+            to = to,
+            max = max
         )
     };
-    let gone = format!(
-        "  - {{ name: gone, from: {{ connector: bus, stream: {stream}, topic: {root}.b, group: g{gb} }}, to: gb }}\n"
+    let gone = yaml!(
+        "  - { name: gone, from: { connector: bus, stream: <stream>, topic: <root>.b, group: g<gb> }, to: gb }\n",
+        stream = stream,
+        root = root,
+        gb = gb
     );
-    let added = format!(
-        "  - {{ name: added, from: {{ connector: bus, stream: {stream}, topic: {root}.c, group: g{gc} }}, to: gc }}\n"
+    let added = yaml!(
+        "  - { name: added, from: { connector: bus, stream: <stream>, topic: <root>.c, group: g<gc> }, to: gc }\n",
+        stream = stream,
+        root = root,
+        gc = gc
     );
     let v1 = format!("{head}{}{gone}", main("f1", 32));
     let v2 = format!("{head}{}{added}", main("f2", 32));
-    let broken =
-        format!("{v2}  - {{ name: bad, from: {{ connector: nope, topic: x }}, to: f1 }}\n");
+    let broken = yaml!(
+        "<v2>  - { name: bad, from: { connector: nope, topic: x }, to: f1 }\n",
+        v2 = v2
+    );
     let v3 = format!("{head}{}{added}", main("f2", 16));
     common::nats::js_publish(
         SHARED_URL,
@@ -296,9 +306,11 @@ async fn sighup_reloads_the_configuration() {
     let server = FnServer::start().await;
     let subject = format!("h{}", uid());
     let cfg = |path: &str| {
-        format!(
-            "connectors:\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: bus, topic: {subject} }}, to: f }}\n",
-            server.url(path)
+        yaml!(
+            "connectors:\n  bus: { nats: { url: \"<SHARED_URL>\" } }\nfunctions:\n  f: { http: { url: \"<url>\" } }\ntriggers:\n  - { name: t, from: { connector: bus, topic: <subject> }, to: f }\n",
+            SHARED_URL = SHARED_URL,
+            url = server.url(path),
+            subject = subject
         )
     };
     let fb = Fnbroker::start(&cfg("/one")).await;
@@ -340,20 +352,26 @@ async fn sighup_reloads_the_configuration() {
 async fn a_reload_that_failed_part_way_is_finished_by_the_next() {
     let server = FnServer::start().await;
     let (one, two) = (common::free_port(), common::free_port());
-    let base = format!(
-        "connectors:\n  web: {{ http: {{ listen: \"127.0.0.1:{one}\" }} }}\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: w, from: {{ connector: web, topic: /w }}, to: f }}\n",
-        server.url("/f")
+    let base = yaml!(
+        "connectors:\n  web: { http: { listen: \"127.0.0.1:<one>\" } }\n  bus: { nats: { url: \"<SHARED_URL>\" } }\nfunctions:\n  f: { http: { url: \"<f_url>\" } }\ntriggers:\n  - { name: w, from: { connector: web, topic: /w }, to: f }\n",
+        one = one,
+        SHARED_URL = SHARED_URL,
+        f_url = server.url("/f")
     );
-    let fixed = format!(
-        "{}  - {{ name: w2, from: {{ connector: web2, topic: /w2 }}, to: f }}\n",
-        base.replace(
+    let fixed = yaml!(
+        "<head>  - { name: w2, from: { connector: web2, topic: /w2 }, to: f }\n",
+        head = base.replace(
             "  bus: {",
-            &format!("  web2: {{ http: {{ listen: \"127.0.0.1:{two}\" }} }}\n  bus: {{")
+            &yaml!(
+                "  web2: { http: { listen: \"127.0.0.1:<two>\" } }\n  bus: {",
+                two = two
+            )
         )
     );
-    let broken = format!(
-        "{fixed}  - {{ name: js, from: {{ connector: bus, stream: NOSUCH{}, topic: nope.x, group: g }}, to: f }}\n",
-        uid()
+    let broken = yaml!(
+        "<fixed>  - { name: js, from: { connector: bus, stream: NOSUCH<uid>, topic: nope.x, group: g }, to: f }\n",
+        fixed = fixed,
+        uid = uid()
     );
     let fb = Fnbroker::start(&base).await;
     fb.rewrite(&broken);
@@ -393,9 +411,10 @@ async fn watch_hears_the_file_not_the_logs_beside_it() {
     let server = FnServer::start().await;
     let port = common::free_port();
     let cfg = |path: &str| {
-        format!(
-            "connectors:\n  web: {{ http: {{ listen: \"127.0.0.1:{port}\" }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: web, topic: /in }}, to: f }}\n",
-            server.url(path)
+        yaml!(
+            "connectors:\n  web: { http: { listen: \"127.0.0.1:<port>\" } }\nfunctions:\n  f: { http: { url: \"<url>\" } }\ntriggers:\n  - { name: t, from: { connector: web, topic: /in }, to: f }\n",
+            port = port,
+            url = server.url(path)
         )
     };
     let fb = Fnbroker::start_env(&cfg("/one"), &[("FNBROKER_WATCH", "true")]).await;
@@ -608,11 +627,7 @@ async fn the_image_root_filesystem_runs_the_static_binary() {
     std::fs::create_dir_all(rootfs.join("tmp")).expect("tmp");
     std::fs::write(
         rootfs.join("tmp/fnbroker.yaml"),
-        format!(
-            "connectors:\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: {subject}, group: g{} }}, to: f }}\nadmin: {{ listen: 127.0.0.1:{admin} }}\nshutdown_timeout: 5s\n",
-            server.url("/f"),
-            uid()
-        ),
+        yaml!("connectors:\n  bus: { nats: { url: \"<SHARED_URL>\" } }\nfunctions:\n  f: { http: { url: \"<f_url>\" } }\ntriggers:\n  - { name: t, from: { connector: bus, stream: <stream>, topic: <subject>, group: g<uid> }, to: f }\nadmin: { listen: 127.0.0.1:<admin> }\nshutdown_timeout: 5s\n", SHARED_URL = SHARED_URL, f_url = server.url("/f"), stream = stream, subject = subject, uid = uid(), admin = admin),
     )
     .expect("config");
     let log = tempfile::NamedTempFile::new().expect("log");

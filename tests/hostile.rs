@@ -18,14 +18,23 @@ const MIB: usize = 1024 * 1024;
 /// function `f` (`function`: its definition) and one trigger `t` from `/in` (`from` added to
 /// its `from`, `trigger` to the trigger).
 fn one_trigger(port: u16, settings: &str, function: &str, from: &str, trigger: &str) -> String {
-    format!(
-        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port}{settings} }} }}\nfunctions:\n  f: {function}\ntriggers:\n  - {{ name: t, from: {{ connector: web, topic: /in{from} }}, to: f{trigger} }}\n"
+    yaml!(
+        "connectors:\n  web: { http: { listen: 127.0.0.1:<port><settings> } }\nfunctions:\n  f: <function>\ntriggers:\n  - { name: t, from: { connector: web, topic: /in<from> }, to: f<trigger> }\n",
+        port = port,
+        settings = settings,
+        function = function,
+        from = from,
+        trigger = trigger
     )
 }
 
 /// The definition of an HTTP function at `url`, with `extra` keys.
 fn http_fn(url: &str, extra: &str) -> String {
-    format!("{{ http: {{ url: \"{url}\" }}{extra} }}")
+    yaml!(
+        "{ http: { url: \"<url>\" }<extra> }",
+        url = url,
+        extra = extra
+    )
 }
 
 fn client() -> reqwest::Client {
@@ -286,8 +295,11 @@ async fn a_signed_ingress_answers_nothing_but_401_before_the_signature() {
     server.wait_count("/f", 1, WAIT).await;
     let metrics = fb.metrics().await;
     for (status, n) in [("401", 5), ("404", 1), ("202", 1)] {
-        let line =
-            format!("fnbroker_http_requests_total{{connector=\"web\",status=\"{status}\"}} {n}");
+        let line = yaml!(
+            "fnbroker_http_requests_total{connector=\"web\",status=\"<status>\"} <n>",
+            status = status,
+            n = n
+        );
         assert!(metrics.contains(&line), "{line}\n{metrics}");
     }
     fb.wait_log("requests refused", WAIT).await;
@@ -552,12 +564,7 @@ async fn a_reply_larger_than_max_reply_fails_its_attempt() {
     .await;
     drop(huge);
     let port = free_port();
-    let fb = Fnbroker::start(&format!(
-        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port} }} }}\nfunctions:\n  big: {{ http: {{ url: \"{}\" }} }}\n  bad: {{ http: {{ url: \"{}\", max_reply: 1MiB }} }}\n  dlq: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: big, from: {{ connector: web, topic: /big, sync: true }}, to: big, delivery: {{ retries: 3, delay: 10ms }}, dead_letter: {{ function: dlq }} }}\n  - {{ name: bad, from: {{ connector: web, topic: /bad, sync: true }}, to: bad, delivery: {{ retries: 0 }}, dead_letter: {{ function: dlq }} }}\n",
-        server.url("/big"),
-        server.url("/bad"),
-        server.url("/dlq")
-    ))
+    let fb = Fnbroker::start(&yaml!("connectors:\n  web: { http: { listen: 127.0.0.1:<port> } }\nfunctions:\n  big: { http: { url: \"<big_url>\" } }\n  bad: { http: { url: \"<bad_url>\", max_reply: 1MiB } }\n  dlq: { http: { url: \"<dlq_url>\" } }\ntriggers:\n  - { name: big, from: { connector: web, topic: /big, sync: true }, to: big, delivery: { retries: 3, delay: 10ms }, dead_letter: { function: dlq } }\n  - { name: bad, from: { connector: web, topic: /bad, sync: true }, to: bad, delivery: { retries: 0 }, dead_letter: { function: dlq } }\n", port = port, big_url = server.url("/big"), bad_url = server.url("/bad"), dlq_url = server.url("/dlq")))
     .await;
     let before = common::peak_rss_kib(fb.pid());
     let res = client()
@@ -617,10 +624,10 @@ async fn a_password_in_a_url_that_does_not_parse_is_never_shown() {
     let good = one_trigger(port, "", &http_fn(&server.url("/f"), ""), "", "");
     let fb = Fnbroker::start(&good).await;
     for (i, secret) in ["Se/cr3t", "Se#cr3t", "Se?cr3t"].iter().enumerate() {
-        let bad = format!("{good}  - {{ name: q, from: {{ connector: rabbit, topic: q }}, to: f }}\n")
+        let bad = yaml!("<good>  - { name: q, from: { connector: rabbit, topic: q }, to: f }\n", good = good)
             .replace(
             "connectors:\n",
-            &format!("connectors:\n  rabbit: {{ amqp: {{ url: \"amqp://admin:{secret}@127.0.0.1:5672/%2f\" }} }}\n"),
+            &yaml!("connectors:\n  rabbit: { amqp: { url: \"amqp://admin:<secret>@127.0.0.1:5672/%2f\" } }\n", secret = secret),
         );
         let (code, stdout, stderr) = common::run_once(&bad, &["validate"]);
         assert_ne!(code, 0, "{stdout}{stderr}");
@@ -668,8 +675,9 @@ async fn stderr_cannot_forge_a_log_line() {
     let fb = Fnbroker::start(&one_trigger(
         port,
         "",
-        &format!(
-            "{{ exec: {{ command: [sh, -c, 'printf \"oops\\n{forged}\\033[2J\" >&2; exit 3'] }} }}"
+        &yaml!(
+            "{ exec: { command: [sh, -c, 'printf \"oops\\n<forged>\\033[2J\" >&2; exit 3'] } }",
+            forged = forged
         ),
         ", sync: true",
         ", delivery: { retries: 0 }",
@@ -704,9 +712,9 @@ async fn nothing_an_exec_function_starts_outlives_its_call() {
     let fb = Fnbroker::start(&one_trigger(
         port,
         "",
-        &format!(
-            "{{ exec: {{ command: [sh, -c, 'setsid sleep 1000 & echo $! > {}; echo done'] }} }}",
-            pidfile.display()
+        &yaml!(
+            "{ exec: { command: [sh, -c, 'setsid sleep 1000 & echo $! > <pidfile>; echo done'] } }",
+            pidfile = pidfile.display()
         ),
         ", sync: true",
         "",
@@ -754,8 +762,10 @@ async fn json_data_is_kept_as_its_text_until_something_reads_it() {
         n += 1;
     }
     array.push(']');
-    let event =
-        format!(r#"{{"specversion":"1.0","id":"big","source":"/s","type":"t","data":{array}}}"#);
+    let event = yaml!(
+        r#"{"specversion":"1.0","id":"big","source":"/s","type":"t","data":<array>}"#,
+        array = array
+    );
     let before = common::rss_kib(fb.pid());
     for _ in 0..8 {
         let res = client()

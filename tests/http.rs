@@ -13,13 +13,21 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// A config with one HTTP connector on `port`, and the given functions and triggers.
 fn config(port: u16, functions: &str, triggers: &str) -> String {
-    format!(
-        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port}, max_body: 1KiB }} }}\nfunctions:\n{functions}\ntriggers:\n{triggers}\n"
+    yaml!(
+        "connectors:\n  web: { http: { listen: 127.0.0.1:<port>, max_body: 1KiB } }\nfunctions:\n<functions>\ntriggers:\n<triggers>\n",
+        port = port,
+        functions = functions,
+        triggers = triggers
     )
 }
 
 fn http_fn(name: &str, url: &str, extra: &str) -> String {
-    format!("  {name}: {{ http: {{ url: \"{url}\" }}, timeout: 2s{extra} }}\n")
+    yaml!(
+        "  <name>: { http: { url: \"<url>\" }, timeout: 2s<extra> }\n",
+        name = name,
+        url = url,
+        extra = extra
+    )
 }
 
 /// POSTs the body `x` to the ingress' `/in` on `port`.
@@ -86,9 +94,9 @@ async fn structured_in_structured_out() {
     let port = free_port();
     let fb = Fnbroker::start(&config(
         port,
-        &format!(
-            "  f: {{ http: {{ url: \"{}\", mode: structured }} }}\n",
-            server.url("/f")
+        &yaml!(
+            "  f: { http: { url: \"<f_url>\", mode: structured } }\n",
+            f_url = server.url("/f")
         ),
         "  - { name: t, from: { connector: web, topic: /in }, to: f }",
     ))
@@ -562,7 +570,7 @@ async fn function_concurrency_caps_calls_across_triggers() {
     let port = free_port();
     let fb = Fnbroker::start(&config(
         port,
-        &format!("  f: {{ http: {{ url: \"{}\" }}, concurrency: 2 }}\n", server.url("/f")),
+        &yaml!("  f: { http: { url: \"<f_url>\" }, concurrency: 2 }\n", f_url = server.url("/f")),
         "  - { name: a, from: { connector: web, topic: /a }, to: f, delivery: { max_in_flight: 16 } }\n  - { name: b, from: { connector: web, topic: /b }, to: f, delivery: { max_in_flight: 16 } }",
     ))
     .await;
@@ -697,10 +705,7 @@ async fn control_characters_in_attributes_are_refused() {
 async fn batches_are_capped_in_events_and_memory() {
     let server = FnServer::start().await;
     let port = free_port();
-    let fb = Fnbroker::start(&format!(
-        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port}, max_body: 16MiB }} }}\nfunctions:\n{}\ntriggers:\n  - {{ name: t, from: {{ connector: web, topic: /in }}, to: f }}\n",
-        http_fn("f", &server.url("/f"), "")
-    ))
+    let fb = Fnbroker::start(&yaml!("connectors:\n  web: { http: { listen: 127.0.0.1:<port>, max_body: 16MiB } }\nfunctions:\n<nfunctions>\ntriggers:\n  - { name: t, from: { connector: web, topic: /in }, to: f }\n", port = port, nfunctions = http_fn("f", &server.url("/f"), "")))
     .await;
     let url = format!("http://127.0.0.1:{port}/in");
     let batch = |n: usize| {
@@ -785,10 +790,7 @@ async fn slow_idle_and_excess_connections_are_cut_and_the_admin_stays_up() {
 
     let server = FnServer::start().await;
     let port = free_port();
-    let fb = Fnbroker::start(&format!(
-        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port}, max_connections: 40, header_timeout: 2s }} }}\nfunctions:\n{}\ntriggers:\n  - {{ name: t, from: {{ connector: web, topic: /in }}, to: f }}\n",
-        http_fn("f", &server.url("/f"), "")
-    ))
+    let fb = Fnbroker::start(&yaml!("connectors:\n  web: { http: { listen: 127.0.0.1:<port>, max_connections: 40, header_timeout: 2s } }\nfunctions:\n<nfunctions>\ntriggers:\n  - { name: t, from: { connector: web, topic: /in }, to: f }\n", port = port, nfunctions = http_fn("f", &server.url("/f"), "")))
     .await;
     let addr = format!("127.0.0.1:{port}");
     // Slowloris: 40 connections with a request head that never ends fill the listener.
@@ -865,9 +867,9 @@ async fn the_admin_views_show_no_secrets() {
     let secret_url = server
         .url("/f?token=TOPSECRET")
         .replace("http://", "http://fnb:PASSWORD@");
-    let functions = format!(
-        "{}  script: {{ exec: {{ command: [sh, -c, \"echo ARGSECRET\"], env: {{ KEY: ENVSECRET }} }} }}\n",
-        http_fn("f", &secret_url, "")
+    let functions = yaml!(
+        "<head>  script: { exec: { command: [sh, -c, \"echo ARGSECRET\"], env: { KEY: ENVSECRET } } }\n",
+        head = http_fn("f", &secret_url, "")
     );
     let fb = Fnbroker::start(&config(
         port,
@@ -902,19 +904,16 @@ async fn the_admin_views_show_no_secrets() {
 async fn the_ingress_authenticates_bearer_basic_and_signed_webhooks() {
     let server = FnServer::start().await;
     let [bearer, basic, signed] = [free_port(), free_port(), free_port()];
-    let fb = Fnbroker::start(&format!(
-        "connectors:
-  a: {{ http: {{ listen: 127.0.0.1:{bearer}, auth: {{ bearer: [old-token, new-token] }} }} }}
-  b: {{ http: {{ listen: 127.0.0.1:{basic}, auth: {{ basic: {{ username: hook, password: pa55 }} }} }} }}
-  c: {{ http: {{ listen: 127.0.0.1:{signed}, auth: {{ hmac: {{ header: X-Hub-Signature-256, secret: \"It's a Secret to Everybody\", prefix: \"sha256=\" }} }} }} }}
+    let fb = Fnbroker::start(&yaml!("connectors:
+  a: { http: { listen: 127.0.0.1:<bearer>, auth: { bearer: [old-token, new-token] } } }
+  b: { http: { listen: 127.0.0.1:<basic>, auth: { basic: { username: hook, password: pa55 } } } }
+  c: { http: { listen: 127.0.0.1:<signed>, auth: { hmac: { header: X-Hub-Signature-256, secret: \"It's a Secret to Everybody\", prefix: \"sha256=\" } } } }
 functions:
-{}triggers:
-  - {{ name: a, from: {{ connector: a, topic: /in }}, to: f }}
-  - {{ name: b, from: {{ connector: b, topic: /in }}, to: f }}
-  - {{ name: c, from: {{ connector: c, topic: /in }}, to: f }}
-",
-        http_fn("f", &server.url("/f"), "")
-    ))
+<functions>triggers:
+  - { name: a, from: { connector: a, topic: /in }, to: f }
+  - { name: b, from: { connector: b, topic: /in }, to: f }
+  - { name: c, from: { connector: c, topic: /in }, to: f }
+", bearer = bearer, basic = basic, signed = signed, functions = http_fn("f", &server.url("/f"), "")))
     .await;
     let post = |port: u16, path: &str| client().post(format!("http://127.0.0.1:{port}{path}"));
     let challenge = |r: &reqwest::Response| {
@@ -1001,13 +1000,14 @@ async fn the_admin_token_guards_everything_but_the_probes() {
     let config = dir.path().join("fnbroker.yaml");
     std::fs::write(
         &config,
-        format!(
-            "{}admin: {{ listen: 127.0.0.1:{admin}, token: adm1n }}\n",
-            self::config(
+        yaml!(
+            "<head>admin: { listen: 127.0.0.1:<admin>, token: adm1n }\n",
+            head = self::config(
                 port,
                 &http_fn("f", &server.url("/f"), ""),
                 "  - { name: t, from: { connector: web, topic: /in }, to: f }"
-            )
+            ),
+            admin = admin
         ),
     )
     .expect("write");
@@ -1046,13 +1046,16 @@ async fn an_admin_beyond_loopback_without_a_token_is_warned_about() {
         let config = dir.path().join("fnbroker.yaml");
         std::fs::write(
             &config,
-            format!(
-                "{}admin: {{ listen: \"{host}:{admin}\"{token} }}\n",
-                self::config(
+            yaml!(
+                "<head>admin: { listen: \"<host>:<admin>\"<token> }\n",
+                head = self::config(
                     free_port(),
                     &http_fn("f", &server.url("/f"), ""),
                     "  - { name: t, from: { connector: web, topic: /in }, to: f }"
-                )
+                ),
+                host = host,
+                admin = admin,
+                token = token
             ),
         )
         .expect("write");
@@ -1093,20 +1096,15 @@ async fn the_ingress_and_the_admin_serve_tls_with_client_certificates() {
     let admin = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("fnbroker.yaml");
-    let tls = format!(
-        "{{ cert: {}, key: {}, client_ca: {} }}",
-        Pki::s(&pki.server_cert),
-        Pki::s(&pki.server_key),
-        Pki::s(&pki.ca)
+    let tls = yaml!(
+        "{ cert: <cert>, key: <key>, client_ca: <client_ca> }",
+        cert = Pki::s(&pki.server_cert),
+        key = Pki::s(&pki.server_key),
+        client_ca = Pki::s(&pki.ca)
     );
     std::fs::write(
         &config,
-        format!(
-            "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port}, tls: {tls} }} }}\nfunctions:\n{}triggers:\n  - {{ name: t, from: {{ connector: web, topic: /in }}, to: f }}\nadmin: {{ listen: 127.0.0.1:{admin}, tls: {{ cert: {}, key: {} }} }}\n",
-            http_fn("f", &server.url("/f"), ""),
-            Pki::s(&pki.server_cert),
-            Pki::s(&pki.server_key),
-        ),
+        yaml!("connectors:\n  web: { http: { listen: 127.0.0.1:<port>, tls: <tls> } }\nfunctions:\n<nfunctions>triggers:\n  - { name: t, from: { connector: web, topic: /in }, to: f }\nadmin: { listen: 127.0.0.1:<admin>, tls: { cert: <cert>, key: <key> } }\n", port = port, tls = tls, nfunctions = http_fn("f", &server.url("/f"), ""), admin = admin, cert = Pki::s(&pki.server_cert), key = Pki::s(&pki.server_key)),
     )
     .expect("write");
     let fb = Fnbroker::spawn_with(dir, &config, admin);
@@ -1228,28 +1226,20 @@ async fn https_functions_with_a_private_ca_and_client_certificates() {
     let audit = FnServer::start().await;
     let port = free_port();
     let tls = |ca: &std::path::Path, extra: &str| {
-        format!(
-            "tls: {{ ca: {}, cert: {}, key: {}{extra} }}",
-            Pki::s(ca),
-            Pki::s(&pki.client_cert),
-            Pki::s(&pki.client_key)
+        yaml!(
+            "tls: { ca: <ca>, cert: <cert>, key: <key><extra> }",
+            ca = Pki::s(ca),
+            cert = Pki::s(&pki.client_cert),
+            key = Pki::s(&pki.client_key),
+            extra = extra
         )
     };
-    let functions = format!(
-        "  good: {{ http: {{ url: \"https://localhost:{fn_port}/f\", {} }}, timeout: 2s }}
-  named: {{ http: {{ url: \"https://127.0.0.1:{fn_port}/f\", {} }}, timeout: 2s }}
-  untrusted: {{ http: {{ url: \"https://localhost:{fn_port}/f\", {} }}, timeout: 2s }}
-  nocert: {{ http: {{ url: \"https://localhost:{fn_port}/f\", tls: {{ ca: {} }} }}, timeout: 2s }}
-  insecure: {{ http: {{ url: \"https://localhost:{fn_port}/f\", tls: {{ insecure_skip_verify: true, cert: {}, key: {} }} }}, timeout: 2s }}
-{}",
-        tls(&pki.ca, ""),
-        tls(&pki.ca, ", server_name: localhost"),
-        tls(&pki.other_ca, ""),
-        Pki::s(&pki.ca),
-        Pki::s(&pki.client_cert),
-        Pki::s(&pki.client_key),
-        http_fn("audit", &audit.url("/dlq"), "")
-    );
+    let functions = yaml!("  good: { http: { url: \"https://localhost:<fn_port>/f\", <good> }, timeout: 2s }
+  named: { http: { url: \"https://127.0.0.1:<fn_port>/f\", <named> }, timeout: 2s }
+  untrusted: { http: { url: \"https://localhost:<fn_port>/f\", <untrusted> }, timeout: 2s }
+  nocert: { http: { url: \"https://localhost:<fn_port>/f\", tls: { ca: <ca> } }, timeout: 2s }
+  insecure: { http: { url: \"https://localhost:<fn_port>/f\", tls: { insecure_skip_verify: true, cert: <cert>, key: <key> } }, timeout: 2s }
+<audit>", fn_port = fn_port, good = tls(&pki.ca, ""), named = tls(&pki.ca, ", server_name: localhost"), untrusted = tls(&pki.other_ca, ""), ca = Pki::s(&pki.ca), cert = Pki::s(&pki.client_cert), key = Pki::s(&pki.client_key), audit = http_fn("audit", &audit.url("/dlq"), ""));
     let fb = Fnbroker::start(&config(
         port,
         &functions,
@@ -1320,10 +1310,7 @@ async fn a_function_behind_a_bearer_token_gets_it_and_the_admin_hides_it() {
     let fb = Fnbroker::start_env(
         &config(
             port,
-            &format!(
-                "  f: {{ http: {{ url: \"{}\", headers: {{ authorization: \"Bearer ${{FN_TOKEN}}\" }} }}, timeout: 2s }}\n",
-                server.url("/f")
-            ),
+            &yaml!("  f: { http: { url: \"<f_url>\", headers: { authorization: \"Bearer ${FN_TOKEN}\" } }, timeout: 2s }\n", f_url = server.url("/f")),
             "  - { name: t, from: { connector: web, topic: /in }, to: f }",
         ),
         &[("FN_TOKEN", "fn-s3cret")],
@@ -1361,10 +1348,13 @@ async fn an_async_event_whose_reply_cannot_be_published_is_dead_lettered_or_coun
     let (_conn, ch) = common::amqp::channel().await;
     common::amqp::queue(&ch, &dlq).await;
     let port = free_port();
-    let yaml = format!(
-        "connectors:\n  web: {{ http: {{ listen: 127.0.0.1:{port} }} }}\n  rabbit: {{ amqp: {{ url: \"{}\" }} }}\nfunctions:\n{}triggers:\n  - {{ name: dl, from: {{ connector: web, topic: /dl }}, to: f, delivery: {{ retries: 0, max_delay: 100ms }}, reply: {{ connector: rabbit, topic: {nowhere} }}, dead_letter: {{ connector: rabbit, topic: {dlq} }} }}\n  - {{ name: nodl, from: {{ connector: web, topic: /nodl }}, to: f, delivery: {{ retries: 0, max_delay: 100ms }}, reply: {{ connector: rabbit, topic: {nowhere} }} }}\n",
-        common::amqp::URL,
-        http_fn("f", &server.url("/f"), "")
+    let yaml = yaml!(
+        "connectors:\n  web: { http: { listen: 127.0.0.1:<port> } }\n  rabbit: { amqp: { url: \"<URL>\" } }\nfunctions:\n<nfunctions>triggers:\n  - { name: dl, from: { connector: web, topic: /dl }, to: f, delivery: { retries: 0, max_delay: 100ms }, reply: { connector: rabbit, topic: <nowhere> }, dead_letter: { connector: rabbit, topic: <dlq> } }\n  - { name: nodl, from: { connector: web, topic: /nodl }, to: f, delivery: { retries: 0, max_delay: 100ms }, reply: { connector: rabbit, topic: <nowhere> } }\n",
+        port = port,
+        URL = common::amqp::URL,
+        nfunctions = http_fn("f", &server.url("/f"), ""),
+        nowhere = nowhere,
+        dlq = dlq
     );
     let fb = Fnbroker::start(&yaml).await;
     for path in ["/dl", "/nodl"] {

@@ -26,14 +26,21 @@ fn group_member(server: &FnServer, topic: &str, group: &str, path: &str, extra: 
     config(
         "",
         &http_fn("f", &server.url(path)),
-        &format!(
-            "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {group} }}, to: f{extra} }}\n"
+        &yaml!(
+            "  - { name: t, from: { connector: k, topic: <topic>, group: <group> }, to: f<extra> }\n",
+            topic = topic,
+            group = group,
+            extra = extra
         ),
     )
 }
 
 fn http_fn(name: &str, url: &str) -> String {
-    format!("  {name}: {{ http: {{ url: \"{url}\" }}, timeout: 5s }}\n")
+    yaml!(
+        "  <name>: { http: { url: \"<url>\" }, timeout: 5s }\n",
+        name = name,
+        url = url
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,7 +51,7 @@ async fn binary_structured_and_plain_records_reach_the_function() {
     let fb = Fnbroker::start(&config(
         "",
         &http_fn("f", &server.url("/f")),
-        &format!("  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, event: {{ type: com.example.reading }}, to: f }}\n", kafka::unique("g")),
+        &yaml!("  - { name: t, from: { connector: k, topic: <topic>, group: <group> }, event: { type: com.example.reading }, to: f }\n", topic = topic, group = kafka::unique("g")),
     ))
     .await;
     let p = kafka::producer();
@@ -138,10 +145,10 @@ async fn ordered_delivery_keeps_offset_order_per_partition() {
     let fb = Fnbroker::start(&config(
         "",
         &(http_fn("one", &server.url("/one")) + &http_fn("three", &server.url("/three"))),
-        &format!(
-            "  - {{ name: a, from: {{ connector: k, topic: {one}, group: {g} }}, to: one, delivery: {{ ordered: true, max_in_flight: 64 }} }}\n  - {{ name: b, from: {{ connector: k, topic: {three}, group: {g} }}, to: three, delivery: {{ ordered: true, max_in_flight: 64 }} }}\n",
-            g = kafka::unique("g")
-        ),
+        // A group per trigger: two triggers in one group rebalance it when the second joins,
+        // and what the first had delivered but not yet committed comes again (at least once),
+        // which is not what this test looks at.
+        &yaml!("  - { name: a, from: { connector: k, topic: <one>, group: <ga> }, to: one, delivery: { ordered: true, max_in_flight: 64 } }\n  - { name: b, from: { connector: k, topic: <three>, group: <gb> }, to: three, delivery: { ordered: true, max_in_flight: 64 } }\n", one = one, ga = kafka::unique("g"), three = three, gb = kafka::unique("g")),
     ))
     .await;
     let p = kafka::producer();
@@ -207,9 +214,10 @@ async fn kill_9_while_publishing_loses_nothing_on_any_partition() {
         let cfg = config(
             ", commit_interval: 50ms",
             &http_fn("f", &server.url("/f")),
-            &format!(
-                "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f }}\n",
-                kafka::unique("g")
+            &yaml!(
+                "  - { name: t, from: { connector: k, topic: <topic>, group: <group> }, to: f }\n",
+                topic = topic,
+                group = kafka::unique("g")
             ),
         );
         let fb = Fnbroker::start(&cfg).await;
@@ -283,10 +291,7 @@ async fn retries_then_dead_letter_into_a_kafka_topic() {
     let fb = Fnbroker::start(&config(
         "",
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f, delivery: {{ retries: 2, delay: 10ms }}, dead_letter: {{ connector: k, topic: {dlq} }} }}\n",
-            kafka::unique("g")
-        ),
+        &yaml!("  - { name: t, from: { connector: k, topic: <topic>, group: <group> }, to: f, delivery: { retries: 2, delay: 10ms }, dead_letter: { connector: k, topic: <dlq> } }\n", topic = topic, group = kafka::unique("g"), dlq = dlq),
     ))
     .await;
     kafka::produce(
@@ -354,10 +359,7 @@ async fn a_reply_lands_on_the_reply_topic_in_binary_mode() {
     let fb = Fnbroker::start(&config(
         "",
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f, reply: {{ connector: k, topic: {replies} }} }}\n",
-            kafka::unique("g")
-        ),
+        &yaml!("  - { name: t, from: { connector: k, topic: <topic>, group: <group> }, to: f, reply: { connector: k, topic: <replies> } }\n", topic = topic, group = kafka::unique("g"), replies = replies),
     ))
     .await;
     kafka::produce(
@@ -444,10 +446,7 @@ async fn memory_stays_flat_while_a_backlog_waits() {
     let fb = Fnbroker::start(&config(
         "",
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f, delivery: {{ max_in_flight: 4 }} }}\n",
-            kafka::unique("g")
-        ),
+        &yaml!("  - { name: t, from: { connector: k, topic: <topic>, group: <group> }, to: f, delivery: { max_in_flight: 4 } }\n", topic = topic, group = kafka::unique("g")),
     ))
     .await;
     let before = rss_kib(fb.pid());
@@ -484,9 +483,10 @@ async fn a_missing_topic_is_reported_and_picked_up_once_created() {
     let fb = Fnbroker::start(&config(
         ", commit_interval: 200ms",
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f }}\n",
-            kafka::unique("g")
+        &yaml!(
+            "  - { name: t, from: { connector: k, topic: <topic>, group: <group> }, to: f }\n",
+            topic = topic,
+            group = kafka::unique("g")
         ),
     ))
     .await;
@@ -521,12 +521,7 @@ async fn a_saturated_engine_keeps_the_consumer_in_its_group() {
     kafka::create_topic(&topic, 1).await;
     kafka::produce_range(&kafka::producer(), &topic, 0..4).await;
     let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_secs(8))).await;
-    let fb = Fnbroker::start(&format!(
-        "connectors:\n  k: {{ kafka: {{ brokers: [\"{}\"], options: {{ session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\", max.poll.interval.ms: \"7000\" }} }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }}, timeout: 20s }}\ntriggers:\n  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f, delivery: {{ max_in_flight: 1 }} }}\n",
-        kafka::BROKERS,
-        server.url("/f"),
-        kafka::unique("g")
-    ))
+    let fb = Fnbroker::start(&yaml!("connectors:\n  k: { kafka: { brokers: [\"<BROKERS>\"], options: { session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\", max.poll.interval.ms: \"7000\" } } }\nfunctions:\n  f: { http: { url: \"<f_url>\" }, timeout: 20s }\ntriggers:\n  - { name: t, from: { connector: k, topic: <topic>, group: <group> }, to: f, delivery: { max_in_flight: 1 } }\n", BROKERS = kafka::BROKERS, f_url = server.url("/f"), topic = topic, group = kafka::unique("g")))
     .await;
     // Two calls of 8 s: the engine was full for longer than max.poll.interval.ms.
     server.wait_count("/f", 3, WAIT).await;
@@ -560,11 +555,13 @@ async fn sasl_scram_authenticates_and_a_wrong_password_is_not_ready() {
     .await;
     let server = FnServer::start().await;
     let conf = |password: &str| {
-        format!(
-            "connectors:\n  k: {{ kafka: {{ brokers: [\"127.0.0.1:{}\"], sasl: {{ mechanism: SCRAM-SHA-512, username: fnb, password: {password} }}, options: {{ session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\" }} }} }}\nfunctions:\n{}triggers:\n  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f }}\n",
-            tansu.port,
-            http_fn("f", &server.url("/f")),
-            kafka::unique("g")
+        yaml!(
+            "connectors:\n  k: { kafka: { brokers: [\"127.0.0.1:<port>\"], sasl: { mechanism: SCRAM-SHA-512, username: fnb, password: <password> }, options: { session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\" } } }\nfunctions:\n<nfunctions>triggers:\n  - { name: t, from: { connector: k, topic: <topic>, group: <group> }, to: f }\n",
+            port = tansu.port,
+            password = password,
+            nfunctions = http_fn("f", &server.url("/f")),
+            topic = topic,
+            group = kafka::unique("g")
         )
     };
     let fb = Fnbroker::start(&conf("scram-secret")).await;
@@ -618,13 +615,15 @@ async fn sasl_ssl_with_a_client_certificate_reaches_the_broker() {
     kafka::create_and_produce_as(&client(), &topic, b"over tls").await;
     let server = FnServer::start().await;
     let conf = |ca: &std::path::Path| {
-        format!(
-            "connectors:\n  k: {{ kafka: {{ brokers: [\"localhost:{front}\"], sasl: {{ mechanism: SCRAM-SHA-512, username: fnb, password: scram-secret }}, tls: {{ ca: {}, cert: {}, key: {} }}, options: {{ session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\" }} }} }}\nfunctions:\n{}triggers:\n  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f }}\n",
-            Pki::s(ca),
-            Pki::s(&pki.client_cert),
-            Pki::s(&pki.client_key),
-            http_fn("f", &server.url("/f")),
-            kafka::unique("g")
+        yaml!(
+            "connectors:\n  k: { kafka: { brokers: [\"localhost:<front>\"], sasl: { mechanism: SCRAM-SHA-512, username: fnb, password: scram-secret }, tls: { ca: <ca>, cert: <cert>, key: <key> }, options: { session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\" } } }\nfunctions:\n<nfunctions>triggers:\n  - { name: t, from: { connector: k, topic: <topic>, group: <group> }, to: f }\n",
+            front = front,
+            ca = Pki::s(ca),
+            cert = Pki::s(&pki.client_cert),
+            key = Pki::s(&pki.client_key),
+            nfunctions = http_fn("f", &server.url("/f")),
+            topic = topic,
+            group = kafka::unique("g")
         )
     };
     let fb = Fnbroker::start(&conf(&pki.ca)).await;
@@ -657,12 +656,12 @@ async fn oauthbearer_tokens_come_from_the_token_endpoint() {
     })
     .await;
     let conf = |path: &str| {
-        format!(
-            "connectors:\n  k: {{ kafka: {{ brokers: [\"{}\"], sasl: {{ mechanism: OAUTHBEARER, username: fnb-client, password: oauth-secret, token_endpoint: \"{}\", scope: kafka }} }} }}\nfunctions:\n  f: {{ http: {{ url: \"http://127.0.0.1:9/f\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: k, topic: {}, group: {} }}, to: f }}\n",
-            kafka::BROKERS,
-            idp.url(path),
-            kafka::unique("oauth"),
-            kafka::unique("g")
+        yaml!(
+            "connectors:\n  k: { kafka: { brokers: [\"<BROKERS>\"], sasl: { mechanism: OAUTHBEARER, username: fnb-client, password: oauth-secret, token_endpoint: \"<token_endpoint>\", scope: kafka } } }\nfunctions:\n  f: { http: { url: \"http://127.0.0.1:9/f\" } }\ntriggers:\n  - { name: t, from: { connector: k, topic: <topic>, group: <group> }, to: f }\n",
+            BROKERS = kafka::BROKERS,
+            token_endpoint = idp.url(path),
+            topic = kafka::unique("oauth"),
+            group = kafka::unique("g")
         )
     };
     let fb = Fnbroker::spawn(&conf("/token"));
@@ -756,8 +755,11 @@ async fn redrive_moves_dead_letters_back_exactly_once() {
         config(
             "",
             &http_fn("f", url),
-            &format!(
-                "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {group} }}, to: f, dead_letter: {{ connector: k, topic: {dlq} }} }}\n"
+            &yaml!(
+                "  - { name: t, from: { connector: k, topic: <topic>, group: <group> }, to: f, dead_letter: { connector: k, topic: <dlq> } }\n",
+                topic = topic,
+                group = group,
+                dlq = dlq
             ),
         )
     };
@@ -818,10 +820,7 @@ async fn batches_reach_the_function_and_named_failures_are_retried_alone() {
     let fb = Fnbroker::start(&config(
         "",
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f, delivery: {{ delay: 10ms, batch: {{ max_events: 25, max_wait: 50ms }} }} }}\n",
-            kafka::unique("g")
-        ),
+        &yaml!("  - { name: t, from: { connector: k, topic: <topic>, group: <group> }, to: f, delivery: { delay: 10ms, batch: { max_events: 25, max_wait: 50ms } } }\n", topic = topic, group = kafka::unique("g")),
     ))
     .await;
     kafka::produce_many(&kafka::producer(), &topic, 300, 1).await;
@@ -896,10 +895,7 @@ async fn ordered_batches_keep_the_partition_order() {
     let _fb = Fnbroker::start(&config(
         "",
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f, delivery: {{ ordered: true, delay: 10ms, batch: {{ max_events: 10, max_wait: 50ms }} }} }}\n",
-            kafka::unique("g")
-        ),
+        &yaml!("  - { name: t, from: { connector: k, topic: <topic>, group: <group> }, to: f, delivery: { ordered: true, delay: 10ms, batch: { max_events: 10, max_wait: 50ms } } }\n", topic = topic, group = kafka::unique("g")),
     ))
     .await;
     kafka::produce_many(&kafka::producer(), &topic, 100, 1).await;
@@ -958,9 +954,12 @@ async fn retry_state_in_a_topic_survives_two_kills() {
     let cfg = config(
         ", commit_interval: 50ms",
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {} }}, to: f, delivery: {{ retries: 30, backoff: constant, delay: 2s, retry_topic: {{ connector: k, topic: {retries} }} }}, dead_letter: {{ connector: k, topic: {dlq} }} }}\n",
-            kafka::unique("g")
+        &yaml!(
+            "  - { name: t, from: { connector: k, topic: <topic>, group: <group> }, to: f, delivery: { retries: 30, backoff: constant, delay: 2s, retry_topic: { connector: k, topic: <retries> } }, dead_letter: { connector: k, topic: <dlq> } }\n",
+            topic = topic,
+            group = kafka::unique("g"),
+            retries = retries,
+            dlq = dlq
         ),
     );
     let produced = Arc::new(Mutex::new(HashMap::<usize, std::time::Instant>::new()));
@@ -1089,11 +1088,7 @@ async fn a_member_given_no_partition_while_records_wait_says_so() {
     })
     .await;
     let server = FnServer::start().await;
-    let fb = Fnbroker::start(&format!(
-        "connectors:\n  k: {{ kafka: {{ brokers: [\"{}\"], options: {{ session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\", partition.assignment.strategy: {STRATEGY} }} }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: k, topic: {topic}, group: {group} }}, to: f }}\nadmin: {{ listen: \"127.0.0.1:ADMIN_PORT\", stuck_after: 1s }}\n",
-        kafka::BROKERS,
-        server.url("/f"),
-    ))
+    let fb = Fnbroker::start(&yaml!("connectors:\n  k: { kafka: { brokers: [\"<BROKERS>\"], options: { session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\", partition.assignment.strategy: <STRATEGY> } } }\nfunctions:\n  f: { http: { url: \"<f_url>\" } }\ntriggers:\n  - { name: t, from: { connector: k, topic: <topic>, group: <group> }, to: f }\nadmin: { listen: \"127.0.0.1:ADMIN_PORT\", stuck_after: 1s }\n", BROKERS = kafka::BROKERS, STRATEGY = STRATEGY, f_url = server.url("/f"), topic = topic, group = group))
     .await;
     fb.wait_log("holds no partition of the topic", Duration::from_secs(90))
         .await;

@@ -4,6 +4,9 @@
 //! process, named `<module>::<test>`. The conformance suite itself runs in each connector crate
 //! (`connectors/<kind>/tests/conformance.rs`).
 
+#[macro_use]
+extern crate fnbroker_conformance;
+
 use fnbroker_conformance as common;
 
 mod amqp;

@@ -17,13 +17,21 @@ fn uid() -> String {
 }
 
 fn connector(name: &str, port: u16, client_id: &str, extra: &str) -> String {
-    format!(
-        "  {name}: {{ mqtt: {{ url: \"mqtt://127.0.0.1:{port}\", client_id: c{client_id}, session_expiry: 10m{extra} }} }}\n"
+    yaml!(
+        "  <name>: { mqtt: { url: \"mqtt://127.0.0.1:<port>\", client_id: c<client_id>, session_expiry: 10m<extra> } }\n",
+        name = name,
+        port = port,
+        client_id = client_id,
+        extra = extra
     )
 }
 
 fn http_fn(name: &str, url: &str) -> String {
-    format!("  {name}: {{ http: {{ url: \"{url}\" }}, timeout: 5s }}\n")
+    yaml!(
+        "  <name>: { http: { url: \"<url>\" }, timeout: 5s }\n",
+        name = name,
+        url = url
+    )
 }
 
 fn config(connectors: &str, functions: &str, triggers: &str) -> String {
@@ -37,9 +45,7 @@ async fn telemetry_and_cloud_events_reach_the_function() {
     let fb = Fnbroker::start(&config(
         &(connector("iot", SHARED_PORT, &uid(), "") + &connector("old", SHARED_PORT, &uid(), ", version: 3")),
         &(http_fn("f", &server.url("/f")) + &http_fn("g", &server.url("/g"))),
-        &format!(
-            "  - {{ name: rooms, from: {{ connector: iot, topic: \"{root}/sensors/+/temperature\", qos: 1 }}, event: {{ type: com.example.temperature }}, to: f }}\n  - {{ name: legacy, from: {{ connector: old, topic: \"{root}/legacy/#\", qos: 1 }}, to: g }}\n"
-        ),
+        &yaml!("  - { name: rooms, from: { connector: iot, topic: \"<root>/sensors/+/temperature\", qos: 1 }, event: { type: com.example.temperature }, to: f }\n  - { name: legacy, from: { connector: old, topic: \"<root>/legacy/#\", qos: 1 }, to: g }\n", root = root),
     ))
     .await;
 
@@ -107,9 +113,7 @@ async fn wildcards_route_to_the_right_triggers_and_overlaps_reach_both() {
     let fb = Fnbroker::start(&config(
         &connector("iot", SHARED_PORT, &uid(), ""),
         &(http_fn("temps", &server.url("/temps")) + &http_fn("all", &server.url("/all"))),
-        &format!(
-            "  - {{ name: temps, from: {{ connector: iot, topic: \"{root}/+/temperature\" }}, to: temps }}\n  - {{ name: all, from: {{ connector: iot, topic: \"{root}/#\" }}, to: all }}\n"
-        ),
+        &yaml!("  - { name: temps, from: { connector: iot, topic: \"<root>/+/temperature\" }, to: temps }\n  - { name: all, from: { connector: iot, topic: \"<root>/#\" }, to: all }\n", root = root),
     ))
     .await;
     mqtt::publish(
@@ -143,8 +147,9 @@ async fn kill_9_in_the_middle_loses_nothing() {
     let cfg = config(
         &connector("iot", broker.port, &uid(), ""),
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/#\", qos: 1 }}, to: f, delivery: {{ max_in_flight: 64 }} }}\n"
+        &yaml!(
+            "  - { name: t, from: { connector: iot, topic: \"<root>/#\", qos: 1 }, to: f, delivery: { max_in_flight: 64 } }\n",
+            root = root
         ),
     );
     let fb = Fnbroker::start(&cfg).await;
@@ -190,8 +195,9 @@ async fn broker_restart_in_the_middle_of_a_stream_loses_nothing() {
     let fb = Fnbroker::start(&config(
         &connector("iot", broker.port, &uid(), ", keep_alive: 5s"),
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/#\", qos: 1 }}, to: f }}\n"
+        &yaml!(
+            "  - { name: t, from: { connector: iot, topic: \"<root>/#\", qos: 1 }, to: f }\n",
+            root = root
         ),
     ))
     .await;
@@ -226,8 +232,10 @@ async fn two_processes_in_one_group_split_a_stream() {
         config(
             &connector("iot", SHARED_PORT, &uid(), ""),
             &http_fn("f", &server.url(path)),
-            &format!(
-                "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/#\", qos: 1, group: {group} }}, to: f }}\n"
+            &yaml!(
+                "  - { name: t, from: { connector: iot, topic: \"<root>/#\", qos: 1, group: <group> }, to: f }\n",
+                root = root,
+                group = group
             ),
         )
     };
@@ -265,7 +273,7 @@ async fn a_reply_is_published_to_an_mqtt_topic() {
     let fb = Fnbroker::start(&config(
         &connector("iot", SHARED_PORT, &uid(), ""),
         &http_fn("f", &server.url("/f")),
-        &format!("  - {{ name: t, from: {{ connector: iot, topic: \"{root}/in\" }}, event: {{ type: com.example.reading }}, to: f, reply: {{ connector: iot, topic: \"{root}/replies\" }} }}\n"),
+        &yaml!("  - { name: t, from: { connector: iot, topic: \"<root>/in\" }, event: { type: com.example.reading }, to: f, reply: { connector: iot, topic: \"<root>/replies\" } }\n", root = root),
     ))
     .await;
     mqtt::publish(SHARED_PORT, vec![Msg::plain(&format!("{root}/in"), b"21")]).await;
@@ -290,8 +298,9 @@ async fn sigterm_in_the_middle_delivers_every_message_exactly_once() {
     let cfg = config(
         &connector("iot", broker.port, &uid(), ""),
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/#\", qos: 1 }}, to: f }}\n"
+        &yaml!(
+            "  - { name: t, from: { connector: iot, topic: \"<root>/#\", qos: 1 }, to: f }\n",
+            root = root
         ),
     );
     // Subscribe once (the session is created), then publish everything while nobody listens:
@@ -318,12 +327,15 @@ async fn two_replicas_with_the_default_client_id_share_a_group_without_reconnect
     let server = FnServer::start().await;
     let cfg = |path: &str| {
         config(
-            &format!(
-                "  iot: {{ mqtt: {{ url: \"mqtt://127.0.0.1:{SHARED_PORT}\", session_expiry: 1m }} }}\n"
+            &yaml!(
+                "  iot: { mqtt: { url: \"mqtt://127.0.0.1:<SHARED_PORT>\", session_expiry: 1m } }\n",
+                SHARED_PORT = SHARED_PORT
             ),
             &http_fn("f", &server.url(path)),
-            &format!(
-                "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/#\", qos: 1, group: {group} }}, to: f }}\n"
+            &yaml!(
+                "  - { name: t, from: { connector: iot, topic: \"<root>/#\", qos: 1, group: <group> }, to: f }\n",
+                root = root,
+                group = group
             ),
         )
     };
@@ -363,9 +375,7 @@ async fn a_full_trigger_queue_does_not_stall_the_connection() {
     let fb = Fnbroker::start(&config(
         &connector("iot", SHARED_PORT, &uid(), ", version: 3, keep_alive: 1s"),
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/#\", qos: 1 }}, to: f, delivery: {{ max_in_flight: 1 }} }}\n"
-        ),
+        &yaml!("  - { name: t, from: { connector: iot, topic: \"<root>/#\", qos: 1 }, to: f, delivery: { max_in_flight: 1 } }\n", root = root),
     ))
     .await;
     let msgs = (0..30)
@@ -399,13 +409,8 @@ async fn a_slow_first_message_does_not_use_up_the_brokers_queue() {
     .await;
     let _fb = Fnbroker::start(&config(
         &connector("iot", SHARED_PORT, &uid(), ""),
-        &format!(
-            "  f: {{ http: {{ url: \"{}\" }}, timeout: 20s }}\n",
-            server.url("/f")
-        ),
-        &format!(
-            "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/#\", qos: 1 }}, to: f, delivery: {{ max_in_flight: 4 }} }}\n"
-        ),
+        &yaml!("  f: { http: { url: \"<f_url>\" }, timeout: 20s }\n", f_url = server.url("/f")),
+        &yaml!("  - { name: t, from: { connector: iot, topic: \"<root>/#\", qos: 1 }, to: f, delivery: { max_in_flight: 4 } }\n", root = root),
     ))
     .await;
     mqtt::publish(SHARED_PORT, vec![Msg::plain(&format!("{root}/m"), b"0")]).await;
@@ -432,8 +437,9 @@ async fn mqtt_outage(outage: Duration) {
     let cfg = config(
         &connector("iot", broker.port, &uid(), ""),
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/#\", qos: 1 }}, to: f }}\n"
+        &yaml!(
+            "  - { name: t, from: { connector: iot, topic: \"<root>/#\", qos: 1 }, to: f }\n",
+            root = root
         ),
     );
     let port = broker.port;
@@ -466,9 +472,11 @@ async fn mqtts_with_a_client_certificate_delivers_and_bad_certificates_are_not_r
     let server = FnServer::start().await;
     let topic = format!("tls{}/reading", uid());
     let connector = |port: u16, tls: &str| {
-        format!(
-            "  dev: {{ mqtt: {{ url: \"mqtts://localhost:{port}\", client_id: c{}, tls: {{ {tls} }} }} }}\n",
-            uid()
+        yaml!(
+            "  dev: { mqtt: { url: \"mqtts://localhost:<port>\", client_id: c<uid>, tls: { <tls> } } }\n",
+            port = port,
+            uid = uid(),
+            tls = tls
         )
     };
     let client_cert = format!(
@@ -477,8 +485,10 @@ async fn mqtts_with_a_client_certificate_delivers_and_bad_certificates_are_not_r
         Pki::s(&pki.client_key)
     );
     let good = format!("ca: {}, {client_cert}", Pki::s(&pki.ca));
-    let trigger =
-        format!("  - {{ name: t, from: {{ connector: dev, topic: \"{topic}\" }}, to: f }}\n");
+    let trigger = yaml!(
+        "  - { name: t, from: { connector: dev, topic: \"<topic>\" }, to: f }\n",
+        topic = topic
+    );
     let fb = Fnbroker::start(&config(
         &connector(broker.tls_port, &good),
         &http_fn("f", &server.url("/f")),
@@ -566,8 +576,10 @@ async fn a_replica_killed_leaves_the_shared_subscription_to_the_other() {
         config(
             &connector("iot", SHARED_PORT, id, ""),
             &http_fn("f", &server.url(path)),
-            &format!(
-                "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/#\", qos: 1, group: {group} }}, to: f }}\n"
+            &yaml!(
+                "  - { name: t, from: { connector: iot, topic: \"<root>/#\", qos: 1, group: <group> }, to: f }\n",
+                root = root,
+                group = group
             ),
         )
     };
@@ -657,8 +669,9 @@ async fn a_cel_filter_reads_the_json_payload() {
     let cfg = config(
         &connector("iot", SHARED_PORT, &uid(), ""),
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - name: hot\n    from: {{ connector: iot, topic: \"{root}/+/temperature\", qos: 1 }}\n    event: {{ type: com.example.temperature }}\n    filter: {{ cel: \"event.type == 'com.example.temperature' && event.data.celsius > 30\" }}\n    to: f\n"
+        &yaml!(
+            "  - name: hot\n    from: { connector: iot, topic: \"<root>/+/temperature\", qos: 1 }\n    event: { type: com.example.temperature }\n    filter: { cel: \"event.type == 'com.example.temperature' && event.data.celsius > 30\" }\n    to: f\n",
+            root = root
         ),
     );
     let fb = Fnbroker::start(&cfg).await;
@@ -699,8 +712,10 @@ async fn redrive_moves_dead_letters_back_exactly_once() {
         config(
             &connector("iot", SHARED_PORT, &root, ""),
             &http_fn("f", url),
-            &format!(
-                "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/+/t\" }}, to: f, dead_letter: {{ connector: iot, topic: {dlq} }} }}\n"
+            &yaml!(
+                "  - { name: t, from: { connector: iot, topic: \"<root>/+/t\" }, to: f, dead_letter: { connector: iot, topic: <dlq> } }\n",
+                root = root,
+                dlq = dlq
             ),
         )
     };
@@ -736,8 +751,9 @@ async fn retries_in_a_topic_reach_the_function_once_it_is_back() {
         config(
             &connector("iot", SHARED_PORT, &root, ""),
             &http_fn("f", url),
-            &format!(
-                "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/in\" }}, to: f, delivery: {{ retries: 20, backoff: constant, delay: 500ms, retry_topic: {{ connector: iot, topic: {root}/retry }} }} }}\n"
+            &yaml!(
+                "  - { name: t, from: { connector: iot, topic: \"<root>/in\" }, to: f, delivery: { retries: 20, backoff: constant, delay: 500ms, retry_topic: { connector: iot, topic: <root>/retry } } }\n",
+                root = root
             ),
         )
     };
@@ -768,8 +784,11 @@ async fn a_reload_that_reopens_the_subscription_under_load_loses_nothing() {
         config(
             &connector("iot", broker.port, &root, ""),
             &http_fn("f", &server.url("/f")),
-            &format!(
-                "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/#\", qos: 1 }}, to: f, delivery: {{ max_in_flight: {max} }}{filter} }}\n"
+            &yaml!(
+                "  - { name: t, from: { connector: iot, topic: \"<root>/#\", qos: 1 }, to: f, delivery: { max_in_flight: <max> }<filter> }\n",
+                root = root,
+                max = max,
+                filter = filter
             ),
         )
     };
@@ -827,8 +846,10 @@ async fn a_changed_topic_unsubscribes_the_old_filter_and_consumes_the_new() {
             config(
                 &connector("iot", broker.port, &root, &format!(", version: {version}")),
                 &http_fn("f", &server.url("/f")),
-                &format!(
-                    "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/{leaf}/#\", qos: 1 }}, to: f }}\n"
+                &yaml!(
+                    "  - { name: t, from: { connector: iot, topic: \"<root>/<leaf>/#\", qos: 1 }, to: f }\n",
+                    root = root,
+                    leaf = leaf
                 ),
             )
         };
@@ -878,8 +899,9 @@ async fn send_does_not_knock_the_running_publisher_off() {
     let cfg = config(
         &connector("iot", SHARED_PORT, &uid(), ""),
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/in\", qos: 1 }}, to: f, reply: {{ connector: iot, topic: \"{root}/replies\" }} }}\n"
+        &yaml!(
+            "  - { name: t, from: { connector: iot, topic: \"<root>/in\", qos: 1 }, to: f, reply: { connector: iot, topic: \"<root>/replies\" } }\n",
+            root = root
         ),
     );
     let fb = Fnbroker::start(&cfg).await;
@@ -921,8 +943,9 @@ async fn a_new_session_in_a_shared_group_is_warned_about_once() {
     let cfg = config(
         &connector("iot", SHARED_PORT, &uid(), ""),
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: iot, topic: \"{root}/#\", qos: 1, group: g{root} }}, to: f }}\n"
+        &yaml!(
+            "  - { name: t, from: { connector: iot, topic: \"<root>/#\", qos: 1, group: g<root> }, to: f }\n",
+            root = root
         ),
     );
     let mut fb = Fnbroker::start(&cfg).await;

@@ -18,8 +18,12 @@ fn uid() -> String {
 }
 
 fn config(url: &str, extra: &str, functions: &str, triggers: &str) -> String {
-    format!(
-        "connectors:\n  bus: {{ nats: {{ url: \"{url}\"{extra} }} }}\nfunctions:\n{functions}triggers:\n{triggers}"
+    yaml!(
+        "connectors:\n  bus: { nats: { url: \"<url>\"<extra> } }\nfunctions:\n<functions>triggers:\n<triggers>",
+        url = url,
+        extra = extra,
+        functions = functions,
+        triggers = triggers
     )
 }
 
@@ -29,14 +33,19 @@ fn queue_group(server: &FnServer, root: &str, path: &str) -> String {
         SHARED_URL,
         "",
         &http_fn("f", &server.url(path)),
-        &format!(
-            "  - {{ name: t, from: {{ connector: bus, topic: \"{root}.>\", group: workers }}, to: f }}\n"
+        &yaml!(
+            "  - { name: t, from: { connector: bus, topic: \"<root>.>\", group: workers }, to: f }\n",
+            root = root
         ),
     )
 }
 
 fn http_fn(name: &str, url: &str) -> String {
-    format!("  {name}: {{ http: {{ url: \"{url}\" }}, timeout: 5s }}\n")
+    yaml!(
+        "  <name>: { http: { url: \"<url>\" }, timeout: 5s }\n",
+        name = name,
+        url = url
+    )
 }
 
 /// A new stream holding the plain messages `0..n`, and the configuration of a trigger (with
@@ -56,9 +65,12 @@ async fn stream_of_numbers(n: usize, server: &FnServer, extra: &str) -> String {
         SHARED_URL,
         "",
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: \"{root}.>\", group: g{} }}, to: f{extra} }}\n",
-            uid()
+        &yaml!(
+            "  - { name: t, from: { connector: bus, stream: <stream>, topic: \"<root>.>\", group: g<uid> }, to: f<extra> }\n",
+            stream = stream,
+            root = root,
+            uid = uid(),
+            extra = extra
         ),
     )
 }
@@ -79,7 +91,7 @@ async fn core_plain_binary_and_structured_reach_the_function() {
         SHARED_URL,
         "",
         &http_fn("f", &server.url("/f")),
-        &format!("  - {{ name: t, from: {{ connector: bus, topic: \"{root}.>\" }}, event: {{ type: com.example.order }}, to: f }}\n"),
+        &yaml!("  - { name: t, from: { connector: bus, topic: \"<root>.>\" }, event: { type: com.example.order }, to: f }\n", root = root),
     ))
     .await;
     nats::publish(SHARED_URL, vec![
@@ -186,7 +198,7 @@ async fn jetstream_naks_with_the_backoff_then_dead_letters_and_terminates() {
         SHARED_URL,
         "",
         &(http_fn("f", &server.url("/f")) + &http_fn("dlq", &server.url("/dlq"))),
-        &format!("  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: \"{root}.>\", group: {durable}, create: true }}, to: f, delivery: {{ retries: 2, backoff: constant, delay: 700ms }}, dead_letter: {{ function: dlq }} }}\n"),
+        &yaml!("  - { name: t, from: { connector: bus, stream: <stream>, topic: \"<root>.>\", group: <durable>, create: true }, to: f, delivery: { retries: 2, backoff: constant, delay: 700ms }, dead_letter: { function: dlq } }\n", stream = stream, root = root, durable = durable),
     ))
     .await;
     nats::js_publish(
@@ -227,7 +239,7 @@ async fn jetstream_survives_a_server_restart() {
         &url,
         "",
         &http_fn("f", &server.url("/f")),
-        &format!("  - {{ name: t, from: {{ connector: bus, stream: RESTART, topic: \"{root}.>\", create: true }}, to: f }}\n"),
+        &yaml!("  - { name: t, from: { connector: bus, stream: RESTART, topic: \"<root>.>\", create: true }, to: f }\n", root = root),
     ))
     .await;
     let batch = |a: usize, b: usize| {
@@ -256,7 +268,7 @@ async fn a_reply_is_published_to_a_subject() {
         SHARED_URL,
         "",
         &http_fn("f", &server.url("/f")),
-        &format!("  - {{ name: t, from: {{ connector: bus, topic: \"{root}.in\" }}, to: f, reply: {{ connector: bus, topic: \"{root}.replies\" }} }}\n"),
+        &yaml!("  - { name: t, from: { connector: bus, topic: \"<root>.in\" }, to: f, reply: { connector: bus, topic: \"<root>.replies\" } }\n", root = root),
     ))
     .await;
     nats::publish(
@@ -292,7 +304,10 @@ async fn send_publishes_one_event_through_a_connector() {
     let cfg = dir.path().join("send.yaml");
     std::fs::write(
         &cfg,
-        format!("connectors:\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\n"),
+        yaml!(
+            "connectors:\n  bus: { nats: { url: \"<SHARED_URL>\" } }\n",
+            SHARED_URL = SHARED_URL
+        ),
     )
     .expect("write");
     let out = std::process::Command::new(common::binary())
@@ -347,7 +362,10 @@ async fn sigterm_exits_within_shutdown_timeout_when_nats_cannot_connect() {
                 &closed,
                 "",
                 &http_fn("f", &server.url("/f")),
-                &format!("  - {{ name: t, from: {{ connector: bus, {from} }}, to: f }}\n"),
+                &yaml!(
+                    "  - { name: t, from: { connector: bus, <from> }, to: f }\n",
+                    from = from
+                ),
             )
         ));
         fb.wait_log("fnbroker starting", WAIT).await;
@@ -379,11 +397,8 @@ async fn jetstream_never_redelivers_a_message_that_is_still_retrying() {
     let fb = Fnbroker::start(&config(
         SHARED_URL,
         "",
-        &format!("  f: {{ http: {{ url: \"{}\" }}, timeout: 1s }}\n", server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: \"{root}.>\", group: g{} }}, to: f, delivery: {{ ordered: true, retries: 2, backoff: constant, delay: 7s }} }}\n",
-            uid()
-        ),
+        &yaml!("  f: { http: { url: \"<f_url>\" }, timeout: 1s }\n", f_url = server.url("/f")),
+        &yaml!("  - { name: t, from: { connector: bus, stream: <stream>, topic: \"<root>.>\", group: g<uid> }, to: f, delivery: { ordered: true, retries: 2, backoff: constant, delay: 7s } }\n", stream = stream, root = root, uid = uid()),
     ))
     .await;
     nats::js_publish(SHARED_URL, vec![(format!("{root}.x"), b"once".to_vec())]).await;
@@ -417,9 +432,11 @@ async fn jetstream_outage(outage: Duration) {
         SHARED_URL,
         "",
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: \"{root}.>\", group: g{} }}, to: f }}\n",
-            uid()
+        &yaml!(
+            "  - { name: t, from: { connector: bus, stream: <stream>, topic: \"<root>.>\", group: g<uid> }, to: f }\n",
+            stream = stream,
+            root = root,
+            uid = uid()
         ),
     );
     let subject = format!("{root}.x");
@@ -456,8 +473,9 @@ async fn credentials_in_the_url_work_and_never_reach_the_log() {
             &url,
             "",
             &http_fn("f", &server.url("/f")),
-            &format!(
-                "  - {{ name: t, from: {{ connector: bus, topic: \"{subject}\" }}, to: f }}\n"
+            &yaml!(
+                "  - { name: t, from: { connector: bus, topic: \"<subject>\" }, to: f }\n",
+                subject = subject
             ),
         ),
         &[("RUST_LOG", "debug")],
@@ -502,8 +520,10 @@ async fn authenticates_and_refuses(
 ) -> (String, Fnbroker) {
     let subject = format!("auth{}", uid());
     let server = FnServer::start().await;
-    let trigger =
-        format!("  - {{ name: t, from: {{ connector: bus, topic: \"{subject}\" }}, to: f }}\n");
+    let trigger = yaml!(
+        "  - { name: t, from: { connector: bus, topic: \"<subject>\" }, to: f }\n",
+        subject = subject
+    );
     let conf = |keys: &str| config(url, keys, &http_fn("f", &server.url("/f")), &trigger);
     let fb = Fnbroker::start(&conf(good)).await;
     publisher
@@ -537,11 +557,11 @@ async fn tls_with_client_certificates_and_a_wrong_ca_is_not_ready() {
     .await;
     let url = format!("tls://localhost:{}", nats.port);
     let tls = |ca: &std::path::Path| {
-        format!(
-            ", tls: {{ ca: {}, cert: {}, key: {} }}",
-            Pki::s(ca),
-            Pki::s(&pki.client_cert),
-            Pki::s(&pki.client_key)
+        yaml!(
+            ", tls: { ca: <ca>, cert: <cert>, key: <key> }",
+            ca = Pki::s(ca),
+            cert = Pki::s(&pki.client_cert),
+            key = Pki::s(&pki.client_key)
         )
     };
     let publisher = async_nats::ConnectOptions::new()
@@ -589,9 +609,9 @@ async fn an_nkey_user_connects_and_a_wrong_seed_does_not() {
     let conf = dir.path().join("nats.conf");
     std::fs::write(
         &conf,
-        format!(
-            "authorization {{ users = [ {{ nkey: {} }} ] }}\n",
-            user.public_key()
+        yaml!(
+            "authorization { users = [ { nkey: <public_key> } ] }\n",
+            public_key = user.public_key()
         ),
     )
     .expect("write");
@@ -687,11 +707,7 @@ async fn a_creds_file_user_connects_and_an_unknown_account_does_not() {
     let conf = dir.path().join("nats.conf");
     std::fs::write(
         &conf,
-        format!(
-            "operator: {operator_jwt}\nsystem_account: {sys}\nresolver: MEMORY\nresolver_preload: {{\n  {acc}: {account_jwt}\n  {sys}: {system_jwt}\n}}\n",
-            acc = account.public_key(),
-            sys = system.public_key(),
-        ),
+        yaml!("operator: <operator_jwt>\nsystem_account: <sys>\nresolver: MEMORY\nresolver_preload: {\n  <acc>: <account_jwt>\n  <sys>: <system_jwt>\n}\n", operator_jwt = operator_jwt, sys = system.public_key(), acc = account.public_key(), account_jwt = account_jwt, system_jwt = system_jwt),
     )
     .expect("write");
     let nats = NatsServer::start_with(&["-c", &conf.display().to_string()]).await;
@@ -729,12 +745,15 @@ async fn jetstream_a_replica_killed_hands_its_messages_to_the_other() {
         config(
             SHARED_URL,
             "",
-            &format!(
-                "  f: {{ http: {{ url: \"{}\" }}, timeout: 2s }}\n",
-                server.url(path)
+            &yaml!(
+                "  f: { http: { url: \"<url>\" }, timeout: 2s }\n",
+                url = server.url(path)
             ),
-            &format!(
-                "  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: \"{root}.>\", group: {group} }}, to: f, delivery: {{ max_in_flight: 16 }} }}\n"
+            &yaml!(
+                "  - { name: t, from: { connector: bus, stream: <stream>, topic: \"<root>.>\", group: <group> }, to: f, delivery: { max_in_flight: 16 } }\n",
+                stream = stream,
+                root = root,
+                group = group
             ),
         )
     };
@@ -855,13 +874,15 @@ async fn jetstream_a_circuit_breaker_holds_deliveries_instead_of_spending_retrie
     let cfg = config(
         SHARED_URL,
         "",
-        &format!(
-            "  f:\n    http: {{ url: \"{}\" }}\n    timeout: 2s\n    circuit_breaker: {{ failure_ratio: 0.5, min_calls: 5, window: 30s, open_for: 1s }}\n",
-            server.url("/f")
+        &yaml!(
+            "  f:\n    http: { url: \"<f_url>\" }\n    timeout: 2s\n    circuit_breaker: { failure_ratio: 0.5, min_calls: 5, window: 30s, open_for: 1s }\n",
+            f_url = server.url("/f")
         ),
-        &format!(
-            "  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: \"{root}.>\", group: g{} }}, to: f, delivery: {{ retries: 2, delay: 100ms, max_delay: 200ms, max_in_flight: 4 }} }}\n",
-            uid()
+        &yaml!(
+            "  - { name: t, from: { connector: bus, stream: <stream>, topic: \"<root>.>\", group: g<uid> }, to: f, delivery: { retries: 2, delay: 100ms, max_delay: 200ms, max_in_flight: 4 } }\n",
+            stream = stream,
+            root = root,
+            uid = uid()
         ),
     );
     let fb = Fnbroker::start(&cfg).await;
@@ -946,13 +967,15 @@ async fn jetstream_a_rate_limit_spaces_the_calls() {
     let cfg = config(
         SHARED_URL,
         "",
-        &format!(
-            "  f:\n    http: {{ url: \"{}\" }}\n    rate_limit: {{ per_second: 20, burst: 5 }}\n",
-            server.url("/f")
+        &yaml!(
+            "  f:\n    http: { url: \"<f_url>\" }\n    rate_limit: { per_second: 20, burst: 5 }\n",
+            f_url = server.url("/f")
         ),
-        &format!(
-            "  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: \"{root}.>\", group: g{} }}, to: f }}\n",
-            uid()
+        &yaml!(
+            "  - { name: t, from: { connector: bus, stream: <stream>, topic: \"<root>.>\", group: g<uid> }, to: f }\n",
+            stream = stream,
+            root = root,
+            uid = uid()
         ),
     );
     let fb = Fnbroker::start(&cfg).await;
@@ -991,9 +1014,12 @@ async fn redrive_moves_dead_letters_back_exactly_once() {
             SHARED_URL,
             ", publish: jetstream",
             &http_fn("f", url),
-            &format!(
-                "  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: \"{root}.>\", group: g{}, create: true }}, to: f, dead_letter: {{ connector: bus, topic: {dlq}.orders }} }}\n",
-                uid()
+            &yaml!(
+                "  - { name: t, from: { connector: bus, stream: <stream>, topic: \"<root>.>\", group: g<uid>, create: true }, to: f, dead_letter: { connector: bus, topic: <dlq>.orders } }\n",
+                stream = stream,
+                root = root,
+                uid = uid(),
+                dlq = dlq
             ),
         )
     };
@@ -1032,8 +1058,11 @@ async fn retries_in_a_stream_reach_the_function_once_it_is_back() {
             SHARED_URL,
             ", publish: jetstream",
             &http_fn("f", url),
-            &format!(
-                "  - {{ name: {trigger}, from: {{ connector: bus, stream: {stream}, topic: \"{root}.in\", group: g, create: true }}, to: f, delivery: {{ retries: 20, backoff: constant, delay: 500ms, retry_topic: {{ connector: bus, topic: {root}.retry }} }} }}\n"
+            &yaml!(
+                "  - { name: <trigger>, from: { connector: bus, stream: <stream>, topic: \"<root>.in\", group: g, create: true }, to: f, delivery: { retries: 20, backoff: constant, delay: 500ms, retry_topic: { connector: bus, topic: <root>.retry } } }\n",
+                trigger = trigger,
+                stream = stream,
+                root = root
             ),
         )
     };
@@ -1071,7 +1100,10 @@ async fn core_a_burst_within_the_default_buffer_loses_nothing() {
         SHARED_URL,
         "",
         &http_fn("f", &server.url("/f")),
-        &format!("  - {{ name: t, from: {{ connector: bus, topic: {subject} }}, to: f }}\n"),
+        &yaml!(
+            "  - { name: t, from: { connector: bus, topic: <subject> }, to: f }\n",
+            subject = subject
+        ),
     ))
     .await;
     let pad = "x".repeat(250);
@@ -1100,9 +1132,7 @@ async fn core_a_burst_past_the_buffer_is_counted_exactly() {
         SHARED_URL,
         "",
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: bus, topic: {subject}, buffer: 100 }}, to: f, delivery: {{ max_in_flight: 1 }} }}\n"
-        ),
+        &yaml!("  - { name: t, from: { connector: bus, topic: <subject>, buffer: 100 }, to: f, delivery: { max_in_flight: 1 } }\n", subject = subject),
     ))
     .await;
     burst(&subject, N, |i| i.to_string()).await;
@@ -1163,8 +1193,14 @@ async fn jetstream_a_reload_updates_the_durable_consumer() {
             SHARED_URL,
             "",
             &http_fn("f", &server.url("/f")),
-            &format!(
-                "  - {{ name: t, from: {{ connector: bus, stream: {stream}, topic: \"{root}.{topic}\", group: {group} }}, to: f, delivery: {{ max_in_flight: {max}, timeout: {timeout} }} }}\n"
+            &yaml!(
+                "  - { name: t, from: { connector: bus, stream: <stream>, topic: \"<root>.<topic>\", group: <group> }, to: f, delivery: { max_in_flight: <max>, timeout: <timeout> } }\n",
+                stream = stream,
+                root = root,
+                topic = topic,
+                group = group,
+                max = max,
+                timeout = timeout
             ),
         )
     };

@@ -74,7 +74,9 @@ async fn scrape(fb: &Fnbroker, accept: &str) -> (String, String) {
 /// The value of the sample that starts with `name{` and has every label of `labels`.
 fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| {
+            l.starts_with(&yaml!("<name>{", name = name)) || l.starts_with(&format!("{name} "))
+        })
         .find(|l| labels.iter().all(|want| l.contains(want)))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
@@ -95,12 +97,7 @@ async fn metrics_parse_strictly_and_count_redeliveries_and_filtered_events_apart
         }
     })
     .await;
-    let fb = Fnbroker::start(&format!(
-        "connectors:\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\n  g: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: js, from: {{ connector: bus, stream: {stream}, topic: \"{root}.js\", group: g{}, create: true }}, to: f, delivery: {{ retries: 3, delay: 100ms }}, reply: {{ connector: bus, topic: \"{root}.reply\" }} }}\n  - {{ name: picky, from: {{ connector: bus, topic: \"{root}.core\" }}, filter: {{ exact: {{ type: com.example.wanted }} }}, to: g, event: {{ type: com.example.other }} }}\n",
-        server.url("/f"),
-        server.url("/g"),
-        uid()
-    ))
+    let fb = Fnbroker::start(&yaml!("connectors:\n  bus: { nats: { url: \"<SHARED_URL>\" } }\nfunctions:\n  f: { http: { url: \"<f_url>\" } }\n  g: { http: { url: \"<g_url>\" } }\ntriggers:\n  - { name: js, from: { connector: bus, stream: <stream>, topic: \"<root>.js\", group: g<uid>, create: true }, to: f, delivery: { retries: 3, delay: 100ms }, reply: { connector: bus, topic: \"<root>.reply\" } }\n  - { name: picky, from: { connector: bus, topic: \"<root>.core\" }, filter: { exact: { type: com.example.wanted } }, to: g, event: { type: com.example.other } }\n", SHARED_URL = SHARED_URL, f_url = server.url("/f"), g_url = server.url("/g"), stream = stream, root = root, uid = uid()))
     .await;
     nats::js_publish(SHARED_URL, vec![(format!("{root}.js"), b"12345".to_vec())]).await;
     nats::publish(
@@ -227,10 +224,11 @@ async fn metrics_parse_strictly_and_count_redeliveries_and_filtered_events_apart
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_names_the_connectors_that_are_not_ready() {
     let closed = free_port();
-    let mut fb = Fnbroker::spawn(&format!(
-        "connectors:\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\n  rabbit: {{ amqp: {{ url: \"amqp://guest:guest@127.0.0.1:{closed}/%2f\" }} }}\nfunctions:\n  f: {{ http: {{ url: \"http://127.0.0.1:9/\" }} }}\ntriggers:\n  - {{ name: a, from: {{ connector: bus, topic: \"r{}\" }}, to: f }}\n  - {{ name: b, from: {{ connector: rabbit, queue: q{} }}, to: f }}\n",
-        uid(),
-        uid()
+    let mut fb = Fnbroker::spawn(&yaml!(
+        "connectors:\n  bus: { nats: { url: \"<SHARED_URL>\" } }\n  rabbit: { amqp: { url: \"amqp://guest:guest@127.0.0.1:<closed>/%2f\" } }\nfunctions:\n  f: { http: { url: \"http://127.0.0.1:9/\" } }\ntriggers:\n  - { name: a, from: { connector: bus, topic: \"r<uid>\" }, to: f }\n  - { name: b, from: { connector: rabbit, queue: q<uid> }, to: f }\n",
+        SHARED_URL = SHARED_URL,
+        closed = closed,
+        uid = uid()
     ));
     let url = format!("http://127.0.0.1:{}/readyz", fb.admin);
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -433,13 +431,7 @@ async fn traces_follow_an_event_from_kafka_to_the_function_its_reply_and_a_dead_
     let replies = nats::subscribe(SHARED_URL, &format!("{root}.reply")).await;
     let letters = nats::subscribe(SHARED_URL, &format!("{root}.dlq")).await;
     let fb = Fnbroker::start_env(
-        &format!(
-            "connectors:\n{}  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\n  g: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: orders, from: {{ connector: k, topic: {topic}, group: {} }}, to: f, reply: {{ connector: bus, topic: \"{root}.reply\" }} }}\n  - {{ name: poison, from: {{ connector: bus, topic: \"{root}.in\" }}, to: g, delivery: {{ retries: 1, delay: 10ms }}, dead_letter: {{ connector: bus, topic: \"{root}.dlq\" }} }}\ntelemetry:\n  otlp: {{ endpoint: \"{collector}\", protocol: http/protobuf }}\n  service_name: fnbroker-test\n",
-            kafka::connector("k", ""),
-            server.url("/f"),
-            server.url("/fails"),
-            kafka::unique("g"),
-        ),
+        &yaml!("connectors:\n<connectors>  bus: { nats: { url: \"<SHARED_URL>\" } }\nfunctions:\n  f: { http: { url: \"<f_url>\" } }\n  g: { http: { url: \"<fails_url>\" } }\ntriggers:\n  - { name: orders, from: { connector: k, topic: <topic>, group: <group> }, to: f, reply: { connector: bus, topic: \"<root>.reply\" } }\n  - { name: poison, from: { connector: bus, topic: \"<root>.in\" }, to: g, delivery: { retries: 1, delay: 10ms }, dead_letter: { connector: bus, topic: \"<root>.dlq\" } }\ntelemetry:\n  otlp: { endpoint: \"<collector>\", protocol: http/protobuf }\n  service_name: fnbroker-test\n", connectors = kafka::connector("k", ""), SHARED_URL = SHARED_URL, f_url = server.url("/f"), fails_url = server.url("/fails"), topic = topic, group = kafka::unique("g"), root = root, collector = collector),
         &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
     )
     .await;
@@ -535,10 +527,7 @@ async fn traces_are_exported_over_grpc_and_start_where_no_context_came() {
     let root = format!("tg{}", uid());
     let server = FnServer::start().await;
     let fb = Fnbroker::start_env(
-        &format!(
-            "connectors:\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: bus, topic: \"{root}\" }}, to: f }}\ntelemetry:\n  otlp: {{ endpoint: \"{collector}\", protocol: grpc }}\n",
-            server.url("/f"),
-        ),
+        &yaml!("connectors:\n  bus: { nats: { url: \"<SHARED_URL>\" } }\nfunctions:\n  f: { http: { url: \"<f_url>\" } }\ntriggers:\n  - { name: t, from: { connector: bus, topic: \"<root>\" }, to: f }\ntelemetry:\n  otlp: { endpoint: \"<collector>\", protocol: grpc }\n", SHARED_URL = SHARED_URL, f_url = server.url("/f"), root = root, collector = collector),
         &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
     )
     .await;
@@ -566,10 +555,7 @@ async fn json_logs_are_flat_with_trace_ids_and_filters_are_shown_as_written() {
     let root = format!("jl{}", uid());
     let server = FnServer::with(|_, _| Answer::status(500)).await;
     let fb = Fnbroker::start_env(
-        &format!(
-            "connectors:\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: bus, topic: \"{root}\" }}, event: {{ type: com.example.x }}, filter: {{ sql: \"type = 'com.example.x'\" }}, to: f, delivery: {{ retries: 1, delay: 10ms }} }}\ntelemetry:\n  otlp: {{ endpoint: \"{collector}\" }}\n",
-            server.url("/f"),
-        ),
+        &yaml!("connectors:\n  bus: { nats: { url: \"<SHARED_URL>\" } }\nfunctions:\n  f: { http: { url: \"<f_url>\" } }\ntriggers:\n  - { name: t, from: { connector: bus, topic: \"<root>\" }, event: { type: com.example.x }, filter: { sql: \"type = 'com.example.x'\" }, to: f, delivery: { retries: 1, delay: 10ms } }\ntelemetry:\n  otlp: { endpoint: \"<collector>\" }\n", SHARED_URL = SHARED_URL, f_url = server.url("/f"), root = root, collector = collector),
         &[("FNBROKER_LOG_FORMAT", "json")],
     )
     .await;
@@ -678,11 +664,7 @@ async fn the_status_page_shows_a_live_run_in_chromium() {
         _ => Answer::ok(),
     })
     .await;
-    let fb = Fnbroker::start(&format!(
-        "connectors:\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\nfunctions:\n  thumbnail: {{ http: {{ url: \"{}\" }} }}\n  broken: {{ http: {{ url: \"{}\" }} }}\ntriggers:\n  - {{ name: resize-images, from: {{ connector: bus, topic: \"{root}.images\" }}, to: thumbnail }}\n  - {{ name: always-fails, from: {{ connector: bus, topic: \"{root}.bad\" }}, to: broken, delivery: {{ retries: 0 }} }}\n",
-        server.url("/ok"),
-        server.url("/broken"),
-    ))
+    let fb = Fnbroker::start(&yaml!("connectors:\n  bus: { nats: { url: \"<SHARED_URL>\" } }\nfunctions:\n  thumbnail: { http: { url: \"<ok_url>\" } }\n  broken: { http: { url: \"<broken_url>\" } }\ntriggers:\n  - { name: resize-images, from: { connector: bus, topic: \"<root>.images\" }, to: thumbnail }\n  - { name: always-fails, from: { connector: bus, topic: \"<root>.bad\" }, to: broken, delivery: { retries: 0 } }\n", SHARED_URL = SHARED_URL, ok_url = server.url("/ok"), broken_url = server.url("/broken"), root = root))
     .await;
     // Traffic all along: 20 events every 100 ms, and now and then one that fails.
     let stop = tokio_util::sync::CancellationToken::new();
@@ -794,13 +776,7 @@ async fn consumer_lag_is_measured_and_a_stuck_subscription_is_reported() {
     amqp::publish_many(&ch, &queue, 50).await;
     // The function never answers in time: one message in flight per subscription, the rest wait.
     let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_secs(120))).await;
-    let fb = Fnbroker::start(&format!(
-        "connectors:\n{}  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\n  rabbit: {{ amqp: {{ url: \"{}\" }} }}\nfunctions:\n  hangs: {{ http: {{ url: \"{}\" }}, timeout: 300s }}\ntriggers:\n  - {{ name: k, from: {{ connector: k, topic: {topic}, group: {} }}, to: hangs, delivery: {{ max_in_flight: 1 }} }}\n  - {{ name: js, from: {{ connector: bus, stream: {stream}, topic: \"{root}.>\", group: lag }}, to: hangs, delivery: {{ max_in_flight: 1 }} }}\n  - {{ name: q, from: {{ connector: rabbit, queue: {queue} }}, to: hangs, delivery: {{ max_in_flight: 1 }} }}\nadmin: {{ listen: \"127.0.0.1:ADMIN_PORT\", stuck_after: 1s }}\n",
-        kafka::connector("k", ""),
-        amqp::URL,
-        server.url("/f"),
-        kafka::unique("g"),
-    ))
+    let fb = Fnbroker::start(&yaml!("connectors:\n<connectors>  bus: { nats: { url: \"<SHARED_URL>\" } }\n  rabbit: { amqp: { url: \"<URL>\" } }\nfunctions:\n  hangs: { http: { url: \"<f_url>\" }, timeout: 300s }\ntriggers:\n  - { name: k, from: { connector: k, topic: <topic>, group: <group> }, to: hangs, delivery: { max_in_flight: 1 } }\n  - { name: js, from: { connector: bus, stream: <stream>, topic: \"<root>.>\", group: lag }, to: hangs, delivery: { max_in_flight: 1 } }\n  - { name: q, from: { connector: rabbit, queue: <queue> }, to: hangs, delivery: { max_in_flight: 1 } }\nadmin: { listen: \"127.0.0.1:ADMIN_PORT\", stuck_after: 1s }\n", connectors = kafka::connector("k", ""), SHARED_URL = SHARED_URL, URL = amqp::URL, f_url = server.url("/f"), topic = topic, group = kafka::unique("g"), stream = stream, root = root, queue = queue))
     .await;
     let lag = |text: &str, connector: &str, source: &str| {
         sample(

@@ -24,12 +24,13 @@ fn uid() -> String {
 fn config(functions: &str, routes: &[(&str, &str)], retries: u32) -> String {
     let mut triggers = String::new();
     for (i, (subject, function)) in routes.iter().enumerate() {
-        triggers.push_str(&format!(
-            "  - {{ name: t{i}, from: {{ connector: bus, topic: \"{subject}\" }}, to: {function}, delivery: {{ retries: {retries}, delay: 10ms }}, reply: {{ connector: bus, topic: \"{subject}.reply\" }}, dead_letter: {{ connector: bus, topic: \"{subject}.dlq\" }} }}\n"
-        ));
+        triggers.push_str(&yaml!("  - { name: t<i>, from: { connector: bus, topic: \"<subject>\" }, to: <function>, delivery: { retries: <retries>, delay: 10ms }, reply: { connector: bus, topic: \"<subject>.reply\" }, dead_letter: { connector: bus, topic: \"<subject>.dlq\" } }\n", i = i, subject = subject, function = function, retries = retries));
     }
-    format!(
-        "connectors:\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\nfunctions:\n{functions}triggers:\n{triggers}"
+    yaml!(
+        "connectors:\n  bus: { nats: { url: \"<SHARED_URL>\" } }\nfunctions:\n<functions>triggers:\n<triggers>",
+        SHARED_URL = SHARED_URL,
+        functions = functions,
+        triggers = triggers
     )
 }
 
@@ -65,8 +66,9 @@ async fn knative_fission_fn_and_openfaas_are_called_at_their_platforms_paths() {
     })
     .await;
     let base = server.url("");
-    let functions = format!(
-        "  kn: {{ knative: {{ url: \"{base}/greeter\" }} }}\n  fi: {{ fission: {{ router: \"{base}\", name: hello, namespace: fission-fn }} }}\n  fi0: {{ fission: {{ router: \"{base}\", name: hello0, namespace: default }} }}\n  fnp: {{ fn: {{ endpoint: \"{base}\", id: 01JEXAMPLE }} }}\n  of: {{ openfaas: {{ gateway: \"{base}\", name: resize, namespace: openfaas-fn, username: admin, password: s3cret }} }}\n"
+    let functions = yaml!(
+        "  kn: { knative: { url: \"<base>/greeter\" } }\n  fi: { fission: { router: \"<base>\", name: hello, namespace: fission-fn } }\n  fi0: { fission: { router: \"<base>\", name: hello0, namespace: default } }\n  fnp: { fn: { endpoint: \"<base>\", id: 01JEXAMPLE } }\n  of: { openfaas: { gateway: \"<base>\", name: resize, namespace: openfaas-fn, username: admin, password: s3cret } }\n",
+        base = base
     );
     let subjects: Vec<String> = ["kn", "fi", "fi0", "fnp", "of"]
         .iter()
@@ -155,8 +157,10 @@ async fn openwhisk_results_polled_activations_and_application_errors() {
     .await;
     let base = server.url("");
     let auth = "23bc46b1-71f6-4ed5-8c54-816aa4f8c502:123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP";
-    let functions = format!(
-        "  fast: {{ openwhisk: {{ api: \"{base}\", namespace: guest, action: tools/fast, auth: \"{auth}\" }} }}\n  slow: {{ openwhisk: {{ api: \"{base}\", namespace: guest, action: slow, auth: \"{auth}\" }} }}\n  broken: {{ openwhisk: {{ api: \"{base}\", namespace: guest, action: broken, auth: \"{auth}\" }} }}\n"
+    let functions = yaml!(
+        "  fast: { openwhisk: { api: \"<base>\", namespace: guest, action: tools/fast, auth: \"<auth>\" } }\n  slow: { openwhisk: { api: \"<base>\", namespace: guest, action: slow, auth: \"<auth>\" } }\n  broken: { openwhisk: { api: \"<base>\", namespace: guest, action: broken, auth: \"<auth>\" } }\n",
+        base = base,
+        auth = auth
     );
     let (fast, slow, broken) = (
         format!("{root}.fast"),
@@ -321,8 +325,9 @@ async fn lambda_invocations_are_signed_with_sigv4_and_a_wrong_secret_is_refused(
         format!("[default]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET}\n\n[stale]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = not-the-secret\n"),
     )
     .expect("write");
-    let functions = format!(
-        "  sync: {{ lambda: {{ function: my-func, region: eu-west-1, qualifier: live, endpoint: \"{endpoint}\" }} }}\n  later: {{ lambda: {{ function: \"arn:aws:lambda:eu-west-1:123456789012:function:later\", region: eu-west-1, invocation: async, endpoint: \"{endpoint}\" }} }}\n  fails: {{ lambda: {{ function: fails, region: eu-west-1, endpoint: \"{endpoint}\" }} }}\n  stale: {{ lambda: {{ function: my-func, region: eu-west-1, endpoint: \"{endpoint}\", profile: stale }} }}\n"
+    let functions = yaml!(
+        "  sync: { lambda: { function: my-func, region: eu-west-1, qualifier: live, endpoint: \"<endpoint>\" } }\n  later: { lambda: { function: \"arn:aws:lambda:eu-west-1:123456789012:function:later\", region: eu-west-1, invocation: async, endpoint: \"<endpoint>\" } }\n  fails: { lambda: { function: fails, region: eu-west-1, endpoint: \"<endpoint>\" } }\n  stale: { lambda: { function: my-func, region: eu-west-1, endpoint: \"<endpoint>\", profile: stale } }\n",
+        endpoint = endpoint
     );
     let subjects: Vec<String> = ["sync", "later", "fails", "stale"]
         .iter()
@@ -521,7 +526,7 @@ async fn openfaas_async_results_arrive_through_the_callback() {
     let functions = ["echo", "flaky", "renamer"]
         .iter()
         .map(|f| {
-            format!("  {f}: {{ openfaas: {{ gateway: \"{gateway}\", name: {f}, namespace: openfaas-fn, async: true }}, timeout: 10s }}\n")
+            yaml!("  <f>: { openfaas: { gateway: \"<gateway>\", name: <f>, namespace: openfaas-fn, async: true }, timeout: 10s }\n", f = f, gateway = gateway)
         })
         .collect::<String>();
     let subjects: Vec<String> = ["echo", "flaky", "renamer"]
@@ -695,9 +700,7 @@ async fn discovery_follows_the_gateways_annotations_without_losing_a_message() {
         function_status("unannotated", None),
     ])));
     let gateway = fake_gateway(Arc::clone(&list), server.url("")).await;
-    let fb = Fnbroker::start(&format!(
-        "connectors:\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\ndiscover:\n  - openfaas: {{ gateway: \"{gateway}\", username: admin, password: s3cret, namespaces: [openfaas-fn], connector: bus, refresh: 1s, delivery: {{ retries: 2, delay: 10ms }} }}\n"
-    ))
+    let fb = Fnbroker::start(&yaml!("connectors:\n  bus: { nats: { url: \"<SHARED_URL>\" } }\ndiscover:\n  - openfaas: { gateway: \"<gateway>\", username: admin, password: s3cret, namespaces: [openfaas-fn], connector: bus, refresh: 1s, delivery: { retries: 2, delay: 10ms } }\n", SHARED_URL = SHARED_URL, gateway = gateway))
     .await;
     let triggers = |fb: &Fnbroker| {
         let url = format!("http://127.0.0.1:{}/v1/triggers", fb.admin);
@@ -852,19 +855,20 @@ async fn discovery_follows_the_gateways_annotations_without_losing_a_message() {
 async fn discovery_on_a_connector_that_cannot_serve_it_is_refused_at_start() {
     for (connector, says) in [
         (
-            format!(
-                "web: {{ http: {{ listen: \"127.0.0.1:{}\" }} }}",
-                free_port()
+            yaml!(
+                "web: { http: { listen: \"127.0.0.1:<free_port>\" } }",
+                free_port = free_port()
             ),
             "cannot open subscriptions while it runs",
         ),
         (
-            format!("web: {{ amqp: {{ url: \"{}\" }} }}", common::amqp::URL),
+            yaml!("web: { amqp: { url: \"<URL>\" } }", URL = common::amqp::URL),
             "discovery on amqp needs the connector's `exchange`",
         ),
     ] {
-        let mut fb = Fnbroker::spawn(&format!(
-            "connectors:\n  {connector}\ndiscover:\n  - openfaas: {{ gateway: \"http://127.0.0.1:9\", connector: web }}\n"
+        let mut fb = Fnbroker::spawn(&yaml!(
+            "connectors:\n  <connector>\ndiscover:\n  - openfaas: { gateway: \"http://127.0.0.1:9\", connector: web }\n",
+            connector = connector
         ));
         let status = fb.wait_exit(WAIT).await;
         assert!(!status.success());
@@ -915,10 +919,7 @@ async fn discovery_on_kafka_gives_each_function_a_consumer_group() {
     ])));
     let gateway = fake_gateway(Arc::clone(&list), server.url("")).await;
     let group = kafka::unique("of");
-    let fb = Fnbroker::start(&format!(
-        "connectors:\n{}discover:\n  - openfaas: {{ gateway: \"{gateway}\", username: admin, password: s3cret, namespaces: [openfaas-fn], connector: k, group: {group}, refresh: 1s }}\n",
-        kafka::connector("k", "")
-    ))
+    let fb = Fnbroker::start(&yaml!("connectors:\n<connectors>discover:\n  - openfaas: { gateway: \"<gateway>\", username: admin, password: s3cret, namespaces: [openfaas-fn], connector: k, group: <group>, refresh: 1s }\n", connectors = kafka::connector("k", ""), gateway = gateway, group = group))
     .await;
     discovered(&fb, 2, false).await;
     kafka::produce_range(&producer, &topic, 0..20).await;
@@ -968,10 +969,7 @@ async fn discovery_on_amqp_gives_each_function_a_queue_bound_to_the_exchange() {
         function_status("q", Some(key)),
     ])));
     let gateway = fake_gateway(Arc::clone(&list), server.url("")).await;
-    let fb = Fnbroker::start(&format!(
-        "connectors:\n  mq: {{ amqp: {{ url: \"{}\", exchange: {exchange} }} }}\ndiscover:\n  - openfaas: {{ gateway: \"{gateway}\", username: admin, password: s3cret, namespaces: [openfaas-fn], connector: mq, group: {group}, refresh: 1s }}\n",
-        amqp::URL
-    ))
+    let fb = Fnbroker::start(&yaml!("connectors:\n  mq: { amqp: { url: \"<URL>\", exchange: <exchange> } }\ndiscover:\n  - openfaas: { gateway: \"<gateway>\", username: admin, password: s3cret, namespaces: [openfaas-fn], connector: mq, group: <group>, refresh: 1s }\n", URL = amqp::URL, exchange = exchange, gateway = gateway, group = group))
     .await;
     let (_conn, ch) = amqp::channel().await;
     let send = |range: std::ops::Range<usize>| {
@@ -1056,10 +1054,7 @@ async fn discovery_on_mqtt_subscribes_and_unsubscribes_while_running() {
         function_status("y", Some(&one)),
     ])));
     let gateway = fake_gateway(Arc::clone(&list), server.url("")).await;
-    let fb = Fnbroker::start(&format!(
-        "connectors:\n  iot: {{ mqtt: {{ url: \"mqtt://127.0.0.1:{}\", client_id: fnb-{root} }} }}\ndiscover:\n  - openfaas: {{ gateway: \"{gateway}\", username: admin, password: s3cret, namespaces: [\"*\"], connector: iot, refresh: 1s }}\n",
-        mqtt::SHARED_PORT
-    ))
+    let fb = Fnbroker::start(&yaml!("connectors:\n  iot: { mqtt: { url: \"mqtt://127.0.0.1:<SHARED_PORT>\", client_id: fnb-<root> } }\ndiscover:\n  - openfaas: { gateway: \"<gateway>\", username: admin, password: s3cret, namespaces: [\"*\"], connector: iot, refresh: 1s }\n", SHARED_PORT = mqtt::SHARED_PORT, root = root, gateway = gateway))
     .await;
     let send = |topic: String, range: std::ops::Range<usize>| async move {
         mqtt::publish(
@@ -1135,9 +1130,11 @@ async fn lambda_takes_a_batch_as_its_payload_and_names_failed_items() {
         format!("[default]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET}\n"),
     )
     .expect("write");
-    let yaml = format!(
-        "connectors:\n  bus: {{ nats: {{ url: \"{SHARED_URL}\" }} }}\nfunctions:\n  batch: {{ lambda: {{ function: batch, region: eu-west-1, endpoint: \"http://127.0.0.1:{}\" }} }}\ntriggers:\n  - {{ name: t, from: {{ connector: bus, topic: \"{subject}\" }}, to: batch, delivery: {{ delay: 10ms, batch: {{ max_events: 5, max_wait: 2s }} }} }}\n",
-        api.port
+    let yaml = yaml!(
+        "connectors:\n  bus: { nats: { url: \"<SHARED_URL>\" } }\nfunctions:\n  batch: { lambda: { function: batch, region: eu-west-1, endpoint: \"http://127.0.0.1:<port>\" } }\ntriggers:\n  - { name: t, from: { connector: bus, topic: \"<subject>\" }, to: batch, delivery: { delay: 10ms, batch: { max_events: 5, max_wait: 2s } } }\n",
+        SHARED_URL = SHARED_URL,
+        port = api.port,
+        subject = subject
     );
     let credentials = credentials.display().to_string();
     let _fb = Fnbroker::start_env(
@@ -1148,7 +1145,9 @@ async fn lambda_takes_a_batch_as_its_payload_and_names_failed_items() {
     for i in 0..5 {
         publish(
             &subject,
-            format!("{{\"n\":{i},\"fail\":{}}}", i == 2).as_bytes(),
+            serde_json::json!({ "n": i, "fail": i == 2 })
+                .to_string()
+                .as_bytes(),
         )
         .await;
     }

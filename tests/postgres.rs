@@ -15,9 +15,12 @@ const WAIT: Duration = Duration::from_secs(60);
 /// A configuration with the connector `db` on `url`, a function `f` at `server`'s `path` and
 /// one trigger `t` from `topic` (with `extra` after `to: f`).
 fn config(url: &str, server: &FnServer, path: &str, topic: &str, extra: &str) -> String {
-    format!(
-        "connectors:\n  db: {{ postgres: {{ url: \"{url}\" }} }}\nfunctions:\n  f: {{ http: {{ url: \"{}\" }}, timeout: 5s }}\ntriggers:\n  - {{ name: t, from: {{ connector: db, topic: \"{topic}\" }}, to: f{extra} }}\n",
-        server.url(path)
+    yaml!(
+        "connectors:\n  db: { postgres: { url: \"<url>\" } }\nfunctions:\n  f: { http: { url: \"<function_url>\" }, timeout: 5s }\ntriggers:\n  - { name: t, from: { connector: db, topic: \"<topic>\" }, to: f<extra> }\n",
+        url = url,
+        function_url = server.url(path),
+        topic = topic,
+        extra = extra
     )
 }
 
@@ -309,9 +312,9 @@ async fn tls_with_a_private_ca_and_a_wrong_ca_is_not_ready() {
     let with_ca = |ca: &std::path::Path| {
         config(&cluster.url(), &server, "/f", "items", "").replace(
             "postgres: { url: ",
-            &format!(
-                "postgres: {{ tls: {{ ca: \"{}\" }}, url: ",
-                common::pki::Pki::s(ca)
+            &yaml!(
+                "postgres: { tls: { ca: \"<ca>\" }, url: ",
+                ca = common::pki::Pki::s(ca)
             ),
         )
     };
@@ -347,9 +350,9 @@ async fn send_inserts_one_event_into_a_table() {
         .await
         .expect("table");
     let (code, out, err) = common::run_once(
-        &format!(
-            "connectors:\n  db: {{ postgres: {{ url: \"{}\" }} }}\n",
-            cluster.url()
+        &yaml!(
+            "connectors:\n  db: { postgres: { url: \"<url>\" } }\n",
+            url = cluster.url()
         ),
         &[
             "send",

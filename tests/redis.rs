@@ -13,13 +13,21 @@ const WAIT: Duration = Duration::from_secs(60);
 /// A configuration with the connector `cache` (with `extra` settings), `functions` and
 /// `triggers` (YAML lines).
 fn config(extra: &str, functions: &str, triggers: &str) -> String {
-    format!(
-        "connectors:\n  cache: {{ redis: {{ url: \"{URL}\"{extra} }} }}\nfunctions:\n{functions}triggers:\n{triggers}"
+    yaml!(
+        "connectors:\n  cache: { redis: { url: \"<URL>\"<extra> } }\nfunctions:\n<functions>triggers:\n<triggers>",
+        URL = URL,
+        extra = extra,
+        functions = functions,
+        triggers = triggers
     )
 }
 
 fn http_fn(name: &str, url: &str) -> String {
-    format!("  {name}: {{ http: {{ url: \"{url}\" }}, timeout: 5s }}\n")
+    yaml!(
+        "  <name>: { http: { url: \"<url>\" }, timeout: 5s }\n",
+        name = name,
+        url = url
+    )
 }
 
 /// One trigger `t` from `stream` (group `g`, made when missing) to `/f` of `server`, with
@@ -28,8 +36,10 @@ fn stream_to_f(server: &FnServer, path: &str, stream: &str, extra: &str) -> Stri
     config(
         "",
         &http_fn("f", &server.url(path)),
-        &format!(
-            "  - {{ name: t, from: {{ connector: cache, topic: \"{stream}\", group: g, create: true }}, to: f{extra} }}\n"
+        &yaml!(
+            "  - { name: t, from: { connector: cache, topic: \"<stream>\", group: g, create: true }, to: f<extra> }\n",
+            stream = stream,
+            extra = extra
         ),
     )
 }
@@ -175,8 +185,9 @@ async fn a_replica_killed_hands_its_entries_to_the_other() {
                 path.replace('/', "-")
             ),
             &http_fn("f", &server.url(path)),
-            &format!(
-                "  - {{ name: t, from: {{ connector: cache, topic: \"{stream}\", group: g, create: true }}, to: f, delivery: {{ max_in_flight: 16 }} }}\n"
+            &yaml!(
+                "  - { name: t, from: { connector: cache, topic: \"<stream>\", group: g, create: true }, to: f, delivery: { max_in_flight: 16 } }\n",
+                stream = stream
             ),
         )
     };
@@ -231,9 +242,7 @@ async fn replies_and_dead_letters_are_added_to_streams() {
     let fb = Fnbroker::start(&config(
         ", maxlen: 1000",
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: cache, topic: \"{stream}\", group: g, create: true }}, to: f, reply: {{ connector: cache, topic: \"{replies}\" }}, dead_letter: {{ connector: cache, topic: \"{letters}\" }} }}\n"
-        ),
+        &yaml!("  - { name: t, from: { connector: cache, topic: \"<stream>\", group: g, create: true }, to: f, reply: { connector: cache, topic: \"<replies>\" }, dead_letter: { connector: cache, topic: \"<letters>\" } }\n", stream = stream, replies = replies, letters = letters),
     ))
     .await;
     r::add(&mut conn, &stream, &[("data", b"ping")]).await;
@@ -291,8 +300,9 @@ async fn a_missing_group_is_an_error_at_start_and_send_adds_an_entry() {
     let mut fb = Fnbroker::spawn(&config(
         "",
         &http_fn("f", &server.url("/f")),
-        &format!(
-            "  - {{ name: t, from: {{ connector: cache, topic: \"{stream}\", group: nobody }}, to: f }}\n"
+        &yaml!(
+            "  - { name: t, from: { connector: cache, topic: \"<stream>\", group: nobody }, to: f }\n",
+            stream = stream
         ),
     ));
     let status = fb.wait_exit(WAIT).await;
@@ -304,7 +314,10 @@ async fn a_missing_group_is_an_error_at_start_and_send_adds_an_entry() {
     );
 
     let (code, out, err) = common::run_once(
-        &format!("connectors:\n  cache: {{ redis: {{ url: \"{URL}\" }} }}\n"),
+        &yaml!(
+            "connectors:\n  cache: { redis: { url: \"<URL>\" } }\n",
+            URL = URL
+        ),
         &[
             "send",
             "--connector",
@@ -350,9 +363,7 @@ async fn retries_come_back_through_the_group_after_the_delay_then_dead_letter() 
     let fb = Fnbroker::start(&config(
         "",
         &(http_fn("f", &server.url("/f")) + &http_fn("dlq", &server.url("/dlq"))),
-        &format!(
-            "  - {{ name: t, from: {{ connector: cache, topic: \"{stream}\", group: g, create: true }}, to: f, delivery: {{ retries: 2, backoff: constant, delay: 700ms }}, dead_letter: {{ function: dlq }} }}\n"
-        ),
+        &yaml!("  - { name: t, from: { connector: cache, topic: \"<stream>\", group: g, create: true }, to: f, delivery: { retries: 2, backoff: constant, delay: 700ms }, dead_letter: { function: dlq } }\n", stream = stream),
     ))
     .await;
     r::add(&mut conn, &stream, &[("data", b"bad")]).await;
@@ -398,12 +409,14 @@ async fn tls_with_client_certificates_and_a_wrong_ca_is_not_ready() {
     let stream = r::unique("tls");
     let server = FnServer::start().await;
     let cfg = |ca: &std::path::Path| {
-        format!(
-            "connectors:\n  cache: {{ redis: {{ url: \"rediss://127.0.0.1:{front}\", tls: {{ ca: \"{}\", cert: \"{}\", key: \"{}\" }} }} }}\nfunctions:\n{}triggers:\n  - {{ name: t, from: {{ connector: cache, topic: \"{stream}\", group: g, create: true }}, to: f }}\n",
-            Pki::s(ca),
-            Pki::s(&pki.client_cert),
-            Pki::s(&pki.client_key),
-            http_fn("f", &server.url("/f"))
+        yaml!(
+            "connectors:\n  cache: { redis: { url: \"rediss://127.0.0.1:<front>\", tls: { ca: \"<ca>\", cert: \"<cert>\", key: \"<key>\" } } }\nfunctions:\n<nfunctions>triggers:\n  - { name: t, from: { connector: cache, topic: \"<stream>\", group: g, create: true }, to: f }\n",
+            front = front,
+            ca = Pki::s(ca),
+            cert = Pki::s(&pki.client_cert),
+            key = Pki::s(&pki.client_key),
+            nfunctions = http_fn("f", &server.url("/f")),
+            stream = stream
         )
     };
     let fb = Fnbroker::start(&cfg(&pki.ca)).await;

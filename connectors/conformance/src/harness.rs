@@ -164,7 +164,11 @@ fn write_config(yaml: &str) -> (tempfile::TempDir, PathBuf, u16) {
     let text = if yaml.contains("ADMIN_PORT") {
         yaml.replace("ADMIN_PORT", &admin.to_string())
     } else {
-        format!("{yaml}\nadmin: {{ listen: 127.0.0.1:{admin} }}\n")
+        crate::yaml!(
+            "<yaml>\nadmin: { listen: 127.0.0.1:<admin> }\n",
+            yaml = yaml,
+            admin = admin
+        )
     };
     std::fs::write(&config, text).expect("write config");
     (dir, config, admin)
@@ -232,7 +236,11 @@ impl Fnbroker {
     pub fn rewrite(&self, yaml: &str) {
         let path = self.dir.path().join("fnbroker.yaml");
         let next = self.dir.path().join(".fnbroker.yaml.new");
-        let text = format!("{yaml}\nadmin: {{ listen: 127.0.0.1:{} }}\n", self.admin);
+        let text = crate::yaml!(
+            "<yaml>\nadmin: { listen: 127.0.0.1:<admin> }\n",
+            yaml = yaml,
+            admin = self.admin
+        );
         std::fs::write(&next, text).expect("write config");
         std::fs::rename(&next, &path).expect("rename config");
     }

@@ -16,8 +16,11 @@ pub const BROKERS: &str = "127.0.0.1:9092";
 /// The connector entry tests use: short session timeouts, since a group's first join on tansu
 /// takes about half of it.
 pub fn connector(name: &str, extra: &str) -> String {
-    format!(
-        "  {name}: {{ kafka: {{ brokers: [\"{BROKERS}\"]{extra}, options: {{ session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\" }} }} }}\n"
+    crate::yaml!(
+        "  <name>: { kafka: { brokers: [\"<BROKERS>\"]<extra>, options: { session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\" } } }\n",
+        name = name,
+        BROKERS = BROKERS,
+        extra = extra
     )
 }
 

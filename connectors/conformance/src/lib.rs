@@ -53,6 +53,51 @@ pub use adapter::{
 };
 pub use harness::*;
 
+/// A YAML text from a template whose placeholders are `<name>`: `yaml!("web: { http: { listen:
+/// \"127.0.0.1:<port>\" } }", port = port)`. Configurations stay readable YAML (no `{{ }}`
+/// escapes), and a placeholder given but not in the template fails the test.
+#[macro_export]
+macro_rules! yaml {
+    ($template:expr $(, $name:ident = $value:expr)* $(,)?) => {
+        $crate::fill(
+            $template,
+            &[$((stringify!($name), &$value as &dyn ::std::fmt::Display)),*],
+        )
+    };
+}
+
+/// [`yaml!`]'s substitution: each `<name>` of `values` in `template` replaced by its value, in
+/// one pass (a value is not searched again).
+pub fn fill(template: &str, values: &[(&str, &dyn std::fmt::Display)]) -> String {
+    let mut used = vec![false; values.len()];
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(at) = rest.find('<') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at + 1..];
+        let found = values
+            .iter()
+            .enumerate()
+            .find(|(_, (name, _))| tail.strip_prefix(name).is_some_and(|t| t.starts_with('>')));
+        match found {
+            Some((i, (name, value))) => {
+                out.push_str(&value.to_string());
+                used[i] = true;
+                rest = &tail[name.len() + 1..];
+            }
+            None => {
+                out.push('<');
+                rest = tail;
+            }
+        }
+    }
+    out.push_str(rest);
+    for ((name, _), used) in values.iter().zip(used) {
+        assert!(used, "`<{name}>` is not in the template: {template}");
+    }
+    out
+}
+
 /// The conformance suite for one adapter: a test per case, in the module where it is invoked.
 ///
 /// `suite!(A)` runs the cases every connector passes; the optional parts add the cases of the
