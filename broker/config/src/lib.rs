@@ -121,14 +121,22 @@ fn default_shutdown_timeout() -> ConfDuration {
 
 /// A named connector: exactly one kind (`kafka: {...}`), whose settings the connector crate of
 /// that kind defines (see `fnbroker_core::registry`). Parsed into the crate's types at load.
+pub type ConnectorConfig = KindConfig;
+
+/// A function's kind as written (`http: { url: ... }`), with its settings parsed into the
+/// kind's type at load (see `fnbroker_core::function`).
+pub type FunctionKindConfig = KindConfig;
+
+/// A kind and its settings as written (`kafka: {...}`, `http: {...}`), the settings parsed into
+/// the kind's type at load.
 #[derive(Debug, Clone)]
-pub struct ConnectorConfig {
+pub struct KindConfig {
     kind: String,
     raw: serde_json::Value,
     settings: Option<Settings>,
 }
 
-impl ConnectorConfig {
+impl KindConfig {
     /// The kind as written in the configuration.
     pub fn kind(&self) -> &str {
         &self.kind
@@ -149,11 +157,11 @@ impl ConnectorConfig {
     }
 }
 
-impl<'de> Deserialize<'de> for ConnectorConfig {
+impl<'de> Deserialize<'de> for KindConfig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = ConnectorConfig;
+            type Value = KindConfig;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a connector kind and its settings (`kafka: { brokers: [...] }`)")
             }
@@ -164,7 +172,7 @@ impl<'de> Deserialize<'de> for ConnectorConfig {
                 if map.next_key::<de::IgnoredAny>()?.is_some() {
                     return Err(de::Error::custom(ONE_KIND));
                 }
-                Ok(ConnectorConfig {
+                Ok(KindConfig {
                     kind,
                     raw,
                     settings: None,
@@ -175,9 +183,9 @@ impl<'de> Deserialize<'de> for ConnectorConfig {
     }
 }
 
-/// Two connector entries are equal when their kind and settings as written are (after
+/// Two entries (a connector, a function's kind) are equal when their kind and settings as written are (after
 /// substitution): the settings parsed from them follow.
-impl PartialEq for ConnectorConfig {
+impl PartialEq for KindConfig {
     fn eq(&self, other: &Self) -> bool {
         self.kind == other.kind && self.raw == other.raw
     }
@@ -186,7 +194,7 @@ impl PartialEq for ConnectorConfig {
 /// The message for a mapping that gives two kinds where one is expected.
 pub(crate) const ONE_KIND: &str = "only one kind may be given here";
 
-impl JsonSchema for ConnectorConfig {
+impl JsonSchema for KindConfig {
     fn schema_name() -> Cow<'static, str> {
         "Connector".into()
     }
@@ -217,39 +225,6 @@ pub struct Function {
 /// The keys every function has besides its kind.
 const FUNCTION_KEYS: [&str; 4] = ["timeout", "concurrency", "rate_limit", "circuit_breaker"];
 
-/// A function's kind as written (`http: { url: ... }`), with its settings parsed into the
-/// kind's type at load.
-#[derive(Debug, Clone)]
-pub struct FunctionKindConfig {
-    kind: String,
-    raw: serde_json::Value,
-    settings: Option<Settings>,
-}
-
-impl FunctionKindConfig {
-    /// The kind as written in the configuration.
-    pub fn kind(&self) -> &str {
-        &self.kind
-    }
-
-    /// The settings in the plugin's type; `None` before validation (and for an unknown kind).
-    pub fn settings(&self) -> Option<&Settings> {
-        self.settings.as_ref()
-    }
-
-    /// The settings as written.
-    pub fn raw(&self) -> &serde_json::Value {
-        &self.raw
-    }
-}
-
-/// Two kinds are equal when their names and settings as written are (after substitution).
-impl PartialEq for FunctionKindConfig {
-    fn eq(&self, other: &Self) -> bool {
-        self.kind == other.kind && self.raw == other.raw
-    }
-}
-
 impl<'de> Deserialize<'de> for Function {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -273,7 +248,7 @@ impl<'de> Deserialize<'de> for Function {
                         "rate_limit" => function.rate_limit = map.next_value()?,
                         "circuit_breaker" => function.circuit_breaker = map.next_value()?,
                         // Any other key names a kind; validation tells an unknown one apart.
-                        _ => function.kinds.push(FunctionKindConfig {
+                        _ => function.kinds.push(KindConfig {
                             kind: key,
                             raw: map.next_value()?,
                             settings: None,
@@ -327,12 +302,6 @@ impl Function {
         self.timeout
             .as_ref()
             .map_or(std::time::Duration::from_secs(30), ConfDuration::get)
-    }
-}
-
-impl FunctionKindConfig {
-    pub(crate) fn set_settings(&mut self, settings: Settings) {
-        self.settings = Some(settings);
     }
 }
 

@@ -76,47 +76,10 @@ pub struct InvokeContext {
     pub extensions: http::Extensions,
 }
 
-/// Why an invoker could not be built (a URL that does not parse, credentials that are not
-/// there).
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct BuildError {
-    message: String,
-    #[source]
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
-}
-
-impl BuildError {
-    /// An error with `message`.
-    pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    /// An error with `message`, caused by `source`.
-    pub fn caused(
-        message: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        Self {
-            message: message.into(),
-            source: Some(Box::new(source)),
-        }
-    }
-}
-
-impl From<String> for BuildError {
-    fn from(message: String) -> Self {
-        Self::new(message)
-    }
-}
-
-impl From<&str> for BuildError {
-    fn from(message: &str) -> Self {
-        Self::new(message)
-    }
+crate::message_error! {
+    /// Why an invoker could not be built (a URL that does not parse, credentials that are not
+    /// there).
+    BuildError
 }
 
 /// A function kind with its types erased, as the registry holds it.

@@ -19,6 +19,56 @@
 #![deny(unreachable_pub)]
 #![warn(missing_docs)]
 
+/// An error of the plugin seams that is a message with, where there is one, the error that
+/// caused it: the struct, `new`, `caused`, and conversions from text (so that `?` takes the
+/// messages the helpers give).
+macro_rules! message_error {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, thiserror::Error)]
+        #[error("{message}")]
+        pub struct $name {
+            message: String,
+            #[source]
+            source: Option<Box<dyn std::error::Error + Send + Sync>>,
+        }
+
+        impl $name {
+            /// An error with `message`.
+            pub fn new(message: impl Into<String>) -> Self {
+                Self {
+                    message: message.into(),
+                    source: None,
+                }
+            }
+
+            /// An error with `message`, caused by `source`.
+            pub fn caused(
+                message: impl Into<String>,
+                source: impl std::error::Error + Send + Sync + 'static,
+            ) -> Self {
+                Self {
+                    message: message.into(),
+                    source: Some(Box::new(source)),
+                }
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(message: String) -> Self {
+                Self::new(message)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(message: &str) -> Self {
+                Self::new(message)
+            }
+        }
+    };
+}
+pub(crate) use message_error;
+
 pub mod backlog;
 pub mod binding;
 pub mod contract;

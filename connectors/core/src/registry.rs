@@ -366,47 +366,10 @@ impl From<&str> for SampleError {
     }
 }
 
-/// Why a connector kind cannot route as asked, with no connection: no topic to republish an
-/// event to (`fnbroker redrive`), no retry state to keep, no subscription for discovery.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct RouteError {
-    message: String,
-    #[source]
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
-}
-
-impl RouteError {
-    /// An error with `message`.
-    pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    /// An error with `message`, caused by `source`.
-    pub fn caused(
-        message: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        Self {
-            message: message.into(),
-            source: Some(Box::new(source)),
-        }
-    }
-}
-
-impl From<String> for RouteError {
-    fn from(message: String) -> Self {
-        Self::new(message)
-    }
-}
-
-impl From<&str> for RouteError {
-    fn from(message: &str) -> Self {
-        Self::new(message)
-    }
+crate::message_error! {
+    /// Why a connector kind cannot route as asked, with no connection: no topic to republish an
+    /// event to (`fnbroker redrive`), no retry state to keep, no subscription for discovery.
+    RouteError
 }
 
 /// A value that does not fit a plugin's type: where, and why.

@@ -48,21 +48,24 @@ pub(super) fn validate_connector(
         &owner,
         connector.raw().clone(),
         |v, ignored| kind.parse_settings(v, ignored),
-        |path| {
-            let key = path.last().cloned().unwrap_or_default();
-            let place = [&base[..], &path[..path.len().saturating_sub(1)]]
-                .concat()
-                .join(".");
-            let hint = suggestion_among(&key, &kind_keys(kind, 0))
-                .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
-            format!("unknown key `{key}` in `{place}`{hint}")
-        },
+        |path| unknown_key(&base, path, &kind_keys(kind, 0)),
         errors,
     );
     if let Some(settings) = parsed {
         kind.validate(&settings, &Report::new(findings, base, owner));
         connector.set_settings(settings);
     }
+}
+
+/// The message for a key at `path` below `base` that is not one of `keys`, with the nearest one.
+pub(super) fn unknown_key(base: &[String], path: &[String], keys: &[String]) -> String {
+    let key = path.last().cloned().unwrap_or_default();
+    let place = [base, &path[..path.len().saturating_sub(1)]]
+        .concat()
+        .join(".");
+    let hint =
+        suggestion_among(&key, keys).map_or(String::new(), |s| format!("; did you mean `{s}`?"));
+    format!("unknown key `{key}` in `{place}`{hint}")
 }
 
 /// Parses `value` with `parse` (a kind's type), reporting unknown keys (with `unknown`'s

@@ -143,15 +143,12 @@ fn validate_function_kind(
         entry.raw().clone(),
         |v, ignored| kind.parse_settings(v, ignored),
         |path| {
-            let key = path.last().cloned().unwrap_or_default();
-            let place = [&base[..], &path[..path.len().saturating_sub(1)]]
-                .concat()
-                .join(".");
             let mut generator = schemars::SchemaGenerator::default();
-            let keys = schema_keys(&kind.schema(&mut generator), &generator);
-            let hint = suggestion_among(&key, &keys)
-                .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
-            format!("unknown key `{key}` in `{place}`{hint}")
+            unknown_key(
+                &base,
+                path,
+                &schema_keys(&kind.schema(&mut generator), &generator),
+            )
         },
         errors,
     );

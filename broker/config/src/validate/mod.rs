@@ -24,8 +24,8 @@ use crate::{
 };
 
 use connectors::{
-    kind_keys, listed, parse_keys, schema_keys, validate_connector, validate_sources_together,
-    with_article,
+    kind_keys, listed, parse_keys, schema_keys, unknown_key, validate_connector,
+    validate_sources_together, with_article,
 };
 use destinations::validate_destination;
 use discovery::validate_discovery;
