@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 scripts/deps.sh
 scripts/services.sh
+scripts/disk.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all --check

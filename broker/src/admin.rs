@@ -1,4 +1,5 @@
-//! The admin endpoint: `/healthz` (the process is up), `/readyz` (every connector is connected),
+//! The admin endpoint: `/healthz` (the process is up), `/readyz` (every connector is connected
+//! and every function whose instances fnbroker runs can start them),
 //! `/metrics` (Prometheus text), and read-only JSON views `/v1/triggers`, `/v1/functions` and
 //! `/v1/config` (the revision running).
 
@@ -62,6 +63,19 @@ pub(crate) struct Live {
     pub(crate) runtimes: Vec<(String, Arc<crate::engine::FunctionRuntime>)>,
     /// `/v1/config`: the revision running, when it was loaded, the reloads.
     pub(crate) config: Value,
+}
+
+impl Live {
+    /// Nothing running.
+    pub(crate) fn empty() -> Self {
+        Self {
+            connectors: Vec::new(),
+            triggers: Value::Array(Vec::new()),
+            functions: Value::Array(Vec::new()),
+            runtimes: Vec::new(),
+            config: Value::Null,
+        }
+    }
 }
 
 /// One connector as `/readyz` and `/metrics` show it.
@@ -222,21 +236,41 @@ impl AdminState {
             .collect()
     }
 
-    /// The configured functions, with the state of their circuit breakers.
+    /// The configured functions, with the state of their circuit breakers and of the
+    /// instances fnbroker runs.
     fn functions_now(&self) -> Value {
         let live = self.live.load();
         let mut view = live.functions.clone();
         for (name, f) in &live.runtimes {
-            if let (Some(state), Some(Value::Object(m))) = (
-                f.guard
-                    .as_ref()
-                    .and_then(crate::engine::guard::Guard::breaker_state),
-                view.get_mut(name),
-            ) {
+            let Some(Value::Object(m)) = view.get_mut(name) else {
+                continue;
+            };
+            if let Some(state) = f
+                .guard
+                .as_ref()
+                .and_then(crate::engine::guard::Guard::breaker_state)
+            {
                 m.insert("circuit_state".into(), json!(state.as_str()));
+            }
+            if let Some(status) = f.invoker.status() {
+                m.insert("instances".into(), json!(status.instances));
+                if let Some(why) = status.unavailable {
+                    m.insert("unavailable".into(), json!(why));
+                }
             }
         }
         view
+    }
+
+    /// The functions that cannot be called now, with why (the instances of a `process`
+    /// function that fail to start).
+    fn unavailable_functions(&self) -> Vec<(String, String)> {
+        self.live
+            .load()
+            .runtimes
+            .iter()
+            .filter_map(|(name, f)| Some((name.clone(), f.invoker.status()?.unavailable?)))
+            .collect()
     }
 
     /// The configured triggers and those discovery runs now.
@@ -314,10 +348,11 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// 200 when every connector is ready, else 503; either way a JSON body naming the connectors
-/// that are not ready (`{"ready": false, "not_ready": [{"name", "kind"}]}`).
+/// 200 when every connector is ready and every `process` function can start its instances,
+/// else 503; either way a JSON body naming what is not ready (`{"ready": false, "not_ready":
+/// [{"name", "kind", "reason"}]}`, `kind` being `function` for a function).
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
-    let not_ready: Vec<Value> = s
+    let mut not_ready: Vec<Value> = s
         .connectors()
         .into_iter()
         .filter(|c| !c.ready)
@@ -328,6 +363,13 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
             json!({ "name": c.name, "kind": c.kind, "reason": why })
         })
         .collect();
+    // A function this replica runs itself and cannot start is as bad as a connector that
+    // cannot connect: the replica cannot serve, and a load balancer should send elsewhere.
+    not_ready.extend(
+        s.unavailable_functions()
+            .into_iter()
+            .map(|(name, why)| json!({ "name": name, "kind": "function", "reason": why })),
+    );
     let status = if not_ready.is_empty() {
         StatusCode::OK
     } else {

@@ -181,7 +181,7 @@ impl Discovery {
                 let cfg =
                     OpenFaasFunction::discovered(&self.entry, &f.name, f.namespace.as_deref());
                 let concurrency = *self.entry.concurrency;
-                let invoker = OpenFaas::build(&cfg, &self.platform.context(concurrency))?;
+                let invoker = OpenFaas::build(&cfg, &self.platform.context(&key.0, concurrency))?;
                 let runtime = Arc::new(FunctionRuntime {
                     name: key.0.clone(),
                     invoker,

@@ -300,6 +300,8 @@ pub(crate) struct Metrics {
     pub(crate) drops: DropLog,
     /// Destinations that fail.
     pub(crate) destinations: DestinationLog,
+    /// The instances of `process` functions (their pools keep them).
+    pub(crate) process: fnbroker_functions::ProcessMetrics,
     received: Family<TriggerLabels, Counter>,
     redelivered: Family<TriggerLabels, Counter>,
     received_bytes: Family<TriggerLabels, Counter>,
@@ -391,8 +393,10 @@ impl Metrics {
             registry: Registry::default(),
             drops: DropLog::default(),
             destinations: DestinationLog::default(),
+            process: fnbroker_functions::ProcessMetrics::default(),
         };
         let registry = root.sub_registry_with_prefix("fnbroker");
+        m.process.register(registry);
         let counters: [(&str, &str, &Family<TriggerLabels, Counter>); 11] = [
             (
                 "events_received",

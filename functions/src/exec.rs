@@ -25,6 +25,25 @@ const BASE_ENV: [&str; 3] = ["PATH", "HOME", "LANG"];
 /// `PATH` when fnbroker itself has none.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// The environment a command starts from: `PATH` (a default one if fnbroker has none), `HOME`,
+/// `LANG` and the variables named in `inherit` from fnbroker's own environment (those unset are
+/// left out), then `env`.
+pub(crate) fn base_env(
+    inherit: &[String],
+    env: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut base: BTreeMap<String, String> = BASE_ENV
+        .iter()
+        .map(|name| name.to_string())
+        .chain(inherit.iter().cloned())
+        .filter_map(|name| std::env::var(&name).ok().map(|value| (name, value)))
+        .collect();
+    base.entry("PATH".into())
+        .or_insert_with(|| DEFAULT_PATH.into());
+    base.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    base
+}
+
 /// Runs a command per event: the event's data on stdin, its attributes as `CE_<NAME>` environment
 /// variables (`CE_ID`, `CE_TYPE`, `CE_SOURCE`, ...), stdout as the reply. The exit status decides
 /// success; a failure keeps the end of stderr.
@@ -54,19 +73,10 @@ impl ExecInvoker {
         let (program, args) = command
             .split_first()
             .ok_or_else(|| "the command is empty".to_string())?;
-        let mut base: BTreeMap<String, String> = BASE_ENV
-            .iter()
-            .map(|name| name.to_string())
-            .chain(inherit.iter().cloned())
-            .filter_map(|name| std::env::var(&name).ok().map(|value| (name, value)))
-            .collect();
-        base.entry("PATH".into())
-            .or_insert_with(|| DEFAULT_PATH.into());
-        base.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
         Ok(Self {
             program: program.clone(),
             args: args.to_vec(),
-            env: base,
+            env: base_env(inherit, env),
         })
     }
 
@@ -180,16 +190,21 @@ impl ExecInvoker {
 
 /// A command's process group (its pid: it leads the group) and its call's tag: killed on drop,
 /// with every process that carries the tag.
-struct Group {
-    pid: Option<u32>,
-    tag: String,
+pub(crate) struct Group {
+    pub(crate) pid: Option<u32>,
+    pub(crate) tag: String,
 }
 
 impl Group {
     /// Kills every process of the group; one that is gone already is no error.
-    fn kill(&self) {
+    pub(crate) fn kill(&self) {
+        self.signal(Signal::SIGKILL);
+    }
+
+    /// Sends `signal` to every process of the group.
+    pub(crate) fn signal(&self, signal: Signal) {
         if let Some(pid) = self.pid.and_then(|p| i32::try_from(p).ok()) {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = killpg(Pid::from_raw(pid), signal);
         }
     }
 }

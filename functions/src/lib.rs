@@ -25,6 +25,7 @@ mod openfaas_async;
 mod openfaas_discovery;
 mod openwhisk;
 mod platforms;
+mod process;
 pub mod reaper;
 
 use std::time::Duration;
@@ -33,6 +34,7 @@ pub use fnbroker_core::invoke::{InvokeError, Invoker, Reply, Success, item_failu
 pub use kinds::KINDS;
 
 pub use exec::{ExecInvoker, MAX_STDOUT};
+pub use process::{ProcessInvoker, ProcessMetrics};
 pub use reaper::become_subreaper;
 
 /// The largest reply an HTTP function may send unless its `max_reply` says otherwise: as much
@@ -56,14 +58,23 @@ pub struct Platform {
     /// The admin listener's base URL (`http://127.0.0.1:9464`), where callbacks arrive unless a
     /// function names its own `callback_url`.
     pub admin_url: Option<String>,
+    /// The tasks that run and stop the instances of `process` functions: the broker waits
+    /// for them at the end, so that every instance is stopped before it exits.
+    pub tasks: tokio_util::task::TaskTracker,
+    /// The metrics of `process` functions (registered by the broker).
+    pub process_metrics: ProcessMetrics,
 }
 
 impl Platform {
-    /// What a kind's plugin gets to build the invoker of a function of `concurrency`.
-    pub fn context(&self, concurrency: usize) -> InvokeContext {
+    /// What a kind's plugin gets to build the invoker of the function `function` of
+    /// `concurrency`.
+    pub fn context(&self, function: &str, concurrency: usize) -> InvokeContext {
         let mut extensions = http::Extensions::new();
         extensions.insert(Arc::clone(&self.callbacks));
+        extensions.insert(self.tasks.clone());
+        extensions.insert(self.process_metrics.clone());
         InvokeContext {
+            function: function.to_string(),
             concurrency,
             admin_url: self.admin_url.clone(),
             extensions,

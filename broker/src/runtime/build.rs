@@ -51,7 +51,7 @@ pub(super) fn build_function(
         tls.warn_if_insecure("function", name);
     }
     let invoker = kind
-        .build(settings, &platform.context(concurrency))
+        .build(settings, &platform.context(name, concurrency))
         .with_context(|| format!("function `{name}`"))?;
     Ok(Arc::new(FunctionRuntime {
         name: name.to_string(),

@@ -37,6 +37,10 @@ pub(crate) fn drain_budget(shutdown_timeout: Duration) -> Duration {
     shutdown_timeout.saturating_sub(reserve)
 }
 
+/// How long fnbroker waits at its end for the instances of `process` functions to stop (each
+/// is killed after its own grace period before that).
+const STOP_INSTANCES: Duration = Duration::from_secs(60);
+
 /// A connector installed from a configuration entry.
 struct Installed {
     config: config::ConnectorConfig,
@@ -142,13 +146,16 @@ impl Broker {
     ) -> anyhow::Result<Self> {
         let telemetry =
             crate::engine::telemetry::Telemetry::start(config.telemetry.as_ref())?.map(Arc::new);
+        let metrics = Arc::new(Metrics::new());
         let mut broker = Self {
-            metrics: Arc::new(Metrics::new()),
-            telemetry,
             platform: fnbroker_functions::Platform {
                 callbacks: Arc::default(),
                 admin_url: config.admin.as_ref().and_then(config::Admin::base_url),
+                tasks: tokio_util::task::TaskTracker::new(),
+                process_metrics: metrics.process.clone(),
             },
+            metrics,
+            telemetry,
             views: crate::discovery::Views::default(),
             shutdown: shutdown.clone(),
             drain: drain_budget(config.shutdown_timeout.get()),
@@ -157,13 +164,7 @@ impl Broker {
             groups: Vec::new(),
             discoveries: Vec::new(),
             stopping: Vec::new(),
-            live: Arc::new(ArcSwap::from_pointee(Live {
-                connectors: Vec::new(),
-                triggers: Value::Array(Vec::new()),
-                functions: Value::Array(Vec::new()),
-                runtimes: Vec::new(),
-                config: Value::Null,
-            })),
+            live: Arc::new(ArcSwap::from_pointee(Live::empty())),
             admin: None,
             fixed: fixed_fingerprint(config),
         };
@@ -584,9 +585,17 @@ impl Broker {
     /// Waits until every pump has drained (after the shutdown token fired), then logs a summary.
     pub(crate) async fn join(mut self) {
         self.finish_stopping().await;
+        // Names and counters only: the trigger runtimes hold their functions, which must go
+        // before their instances can be stopped.
         let mut summaries = Vec::new();
         for g in self.groups {
-            summaries.extend(g.triggers.current().iter().cloned());
+            summaries.extend(
+                g.triggers
+                    .current()
+                    .iter()
+                    .map(|t| (t.name.clone(), t.stats.clone())),
+            );
+            drop(g.triggers);
             if let Err(e) = g.pump.await {
                 tracing::error!(error = %e, connector = %g.connector, "a subscription task failed");
             }
@@ -602,14 +611,26 @@ impl Broker {
         if let Some(admin) = self.admin {
             let _ = admin.await;
         }
+        // The functions go; `process` functions stop their instances (SIGTERM, then SIGKILL
+        // after their grace period), which fnbroker waits for, so that none outlives it.
+        self.functions.clear();
+        self.live.store(Arc::new(Live::empty()));
+        self.platform.tasks.close();
+        if tokio::time::timeout(STOP_INSTANCES, self.platform.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "function instances still stopping after {STOP_INSTANCES:?}: they are killed"
+            );
+        }
         if let Some(telemetry) = self.telemetry {
             // Exporting the last batch blocks (the exporter's own thread does the work).
             let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
         }
-        for t in &summaries {
-            let s = &t.stats;
+        for (name, s) in &summaries {
             tracing::info!(
-                trigger = %t.name,
+                trigger = %name,
                 received = s.received.get(),
                 delivered = s.delivered.get(),
                 retried = s.retried.get(),

@@ -65,6 +65,9 @@ pub struct FunctionUse<'a> {
 /// What building an invoker may need from the running broker.
 #[derive(Debug, Default)]
 pub struct InvokeContext {
+    /// The function's name (`functions.<name>`): what a kind that runs it tells the function
+    /// and tags its logs and metrics with.
+    pub function: String,
     /// The function's `concurrency`: the most calls in flight, so the connections to pool.
     pub concurrency: usize,
     /// The admin listener's base URL (`http://127.0.0.1:9464`), where platforms that answer

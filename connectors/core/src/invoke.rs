@@ -134,6 +134,29 @@ impl InvokeError {
     }
 }
 
+/// What a kind that runs the function itself (warm processes) says of it now: the admin API,
+/// `/readyz`, the status page and the metrics show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Status {
+    /// Why the function cannot be called now (its processes fail to start, with the last
+    /// error), if so: calls fail at once as an outage until it recovers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+    /// Its instances, by state.
+    pub instances: Instances,
+}
+
+/// Instances of a function by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Instances {
+    /// Started, not ready yet (a cold start under way).
+    pub starting: usize,
+    /// Ready, calls in flight.
+    pub running: usize,
+    /// Ready, no call in flight.
+    pub idle: usize,
+}
+
 /// Calls a function with one event: one attempt.
 #[async_trait]
 pub trait Invoker: Send + Sync {
@@ -152,6 +175,12 @@ pub trait Invoker: Send + Sync {
         Err(InvokeError::Request(
             "this kind of function does not take batches".into(),
         ))
+    }
+
+    /// The state of what the invoker runs, for kinds that run the function themselves.
+    /// Default: `None` (the function runs elsewhere).
+    fn status(&self) -> Option<Status> {
+        None
     }
 }
 

@@ -10,6 +10,7 @@ pub mod knative;
 pub mod lambda;
 pub mod openfaas;
 pub mod openwhisk;
+pub mod process;
 
 use fnbroker_core::function::{FunctionKind, Kind};
 use fnbroker_core::registry::Report;
@@ -18,6 +19,7 @@ use fnbroker_core::registry::Report;
 pub static KINDS: &[&dyn FunctionKind] = &[
     &Kind::<http::Http>::NEW,
     &Kind::<exec::Exec>::NEW,
+    &Kind::<process::Process>::NEW,
     &Kind::<openfaas::OpenFaas>::NEW,
     &Kind::<openwhisk::OpenWhisk>::NEW,
     &Kind::<fission::Fission>::NEW,
