@@ -38,11 +38,28 @@ fi
 # the tests; kubernetes-validate (the Kubernetes OpenAPI schemas) and cloudcoil.models.keda (the
 # KEDA CRD's schema) check the manifests in deploy/kubernetes offline. One virtual environment
 # outside the clone, made once.
+# awslambdaric (AWS's Lambda runtime client for Python) runs the Python handlers of the `process`
+# function kind's tests and bench, as on Lambda.
 venv="$HOME/.cache/fnbroker/venv"
-if ! "$venv/bin/python3" -c "import botocore, kubernetes_validate, cloudcoil.models.keda" >/dev/null 2>&1; then
-  echo "deps: installing botocore, kubernetes-validate and cloudcoil.models.keda into $venv" >&2
+if ! "$venv/bin/python3" -c "import botocore, kubernetes_validate, cloudcoil.models.keda, awslambdaric" >/dev/null 2>&1; then
+  echo "deps: installing botocore, kubernetes-validate, cloudcoil.models.keda and awslambdaric into $venv" >&2
   python3 -m venv "$venv" >&2
-  "$venv/bin/pip" install -q "botocore==1.35.*" "kubernetes-validate==1.37.0" "cloudcoil.models.keda==2.16.1.0" >&2
+  "$venv/bin/pip" install -q "botocore==1.35.*" "kubernetes-validate==1.37.0" "cloudcoil.models.keda==2.16.1.0" "awslambdaric==4.2.2" >&2
+fi
+
+# aws-lambda-ric (AWS's Lambda runtime client for Node.js) runs a Node handler in the `process`
+# kind's tests. Its install script builds its native client (with libcurl) from source: cmake,
+# autoconf, automake and libtool, about 2 minutes once.
+node_ric="$HOME/.cache/fnbroker/node-ric"
+if [ ! -f "$node_ric/node_modules/aws-lambda-ric/dist/rapid-client.node" ]; then
+  for tool in cmake autoconf automake libtool; do
+    dpkg -s "$tool" >/dev/null 2>&1 || apt_install "$tool"
+  done
+  command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+  echo "deps: installing aws-lambda-ric 3.3.0 into $node_ric" >&2
+  rm -rf "$node_ric" && mkdir -p "$node_ric"
+  (cd "$node_ric" && npm install -s --prefix . aws-lambda-ric@3.3.0 >&2)
+fix "$node_ric" --ignore-scripts aws-lambda-ric@3.3.0 >&2
 fi
 
 # promtool (Prometheus' own exposition parser and linter, `promtool check metrics`) checks

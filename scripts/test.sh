@@ -39,3 +39,4 @@ fi
 # asserted; the debug build measures nothing worth reading).
 echo "== bench --quick (smoke)"
 cargo run -q -p bench --locked -- --quick --connector jetstream
+cargo run -q -p bench --locked -- --quick --warm

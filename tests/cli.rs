@@ -68,7 +68,7 @@ fn help_names_the_connector_kinds_built_in() {
     );
     assert!(
         help.contains(
-            "Function kinds: http, exec, openfaas, openwhisk, fission, knative, fn, lambda."
+            "Function kinds: http, exec, process, openfaas, openwhisk, fission, knative, fn, lambda."
         ),
         "{help}"
     );
@@ -599,4 +599,34 @@ fn explain_shows_provenance_and_the_deciding_filter() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no connector `nope`"));
+}
+
+/// The warm-functions example is a valid configuration, and its `process` functions are
+/// checked like any other (a `directory` that is not there is named).
+#[test]
+fn the_warm_functions_example_validates() {
+    let example = repo().join("examples/warm-functions/fnbroker.yaml");
+    let out = Command::new(common::binary())
+        .args(["validate", "-c"])
+        .arg(&example)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&example).expect("example");
+    let (code, stderr, _) = validate(&text.replace(
+        "      protocol: lambda\n",
+        "      protocol: lambda\n      directory: /nonexistent/fn\n      path: /x\n      instances: { min: 5, max: 2 }\n",
+    ).replace("      instances: { min: 1, max: 4 }\n", ""));
+    assert_eq!(code, 2, "{stderr}");
+    for expected in [
+        "`/nonexistent/fn` is not a directory",
+        "`path` applies to `protocol: http`",
+        "`instances.min` (5) is more than `instances.max` (2)",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
 }

@@ -20,4 +20,5 @@ mod nats;
 mod observability;
 mod platforms;
 mod postgres;
+mod process;
 mod redis;

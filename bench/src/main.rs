@@ -9,6 +9,7 @@
 //! cargo run --release -p bench -- --connector all
 //! cargo run --release -p bench -- --connector nats --events 200000 --size 256,4096
 //! cargo run -p bench -- --quick --connector http     # smoke: every event arrives
+//! cargo run --release -p bench -- --warm              # warm functions (see `warm`)
 //! ```
 
 mod buses;
@@ -16,6 +17,7 @@ mod chart;
 mod process;
 mod report;
 mod sink;
+mod warm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -87,6 +89,14 @@ struct Args {
     /// per event as ratios against the first size given (`--batch 1,10,100`).
     #[arg(long, value_delimiter = ',')]
     batch: Vec<usize>,
+    /// Measure warm functions instead of the connectors: a Python handler per event (`exec`)
+    /// against the same handler kept warm (`process`, Lambda Runtime API), an HTTP server run
+    /// by hand against the same server under `process`, and one instance's cold start.
+    #[arg(long)]
+    warm: bool,
+    /// The Python with `awslambdaric` for `--warm` (default: the one `scripts/deps.sh` installs).
+    #[arg(long)]
+    python: Option<PathBuf>,
     /// Where to write the report; by default `bench/results/` for full runs, nowhere for quick
     /// ones.
     #[arg(long)]
@@ -134,6 +144,25 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
     {
         bail!("--events, --size, --concurrency and --rate and --runs must be positive");
     }
+    if args.warm {
+        let binary = process::binary(args.fnbroker.clone())?;
+        let python = warm::python(args.python.clone())?;
+        let events = if args.quick {
+            200
+        } else {
+            args.events.min(20_000)
+        };
+        let samples = if args.quick { 1 } else { args.runs };
+        let text = warm::run(&binary, &python, events, samples).await?;
+        println!("{text}");
+        if let Some(dir) = out_dir(&args) {
+            std::fs::create_dir_all(&dir)?;
+            let file = dir.join(report::file_name("warm"));
+            std::fs::write(&file, &text)?;
+            eprintln!("bench: report written to {}", file.display());
+        }
+        return Ok(true);
+    }
     let names: Vec<String> = if args.connector == "all" {
         buses::ALL.iter().map(ToString::to_string).collect()
     } else {
@@ -172,12 +201,7 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
     }
     let text = report::render(&rows, http_raw, &args_summary(&args, &binary));
     println!("{text}");
-    let out = match (&args.out, args.quick) {
-        (Some(p), _) => Some(p.clone()),
-        (None, false) => Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")),
-        (None, true) => None,
-    };
-    if let Some(dir) = out {
+    if let Some(dir) = out_dir(&args) {
         std::fs::create_dir_all(&dir)?;
         let file = dir.join(report::file_name(&args.connector));
         std::fs::write(&file, &text)?;
@@ -194,6 +218,16 @@ async fn run(mut args: Args) -> anyhow::Result<bool> {
         );
     }
     Ok(complete)
+}
+
+/// Where the report goes: `--out`, else `bench/results/` for full runs and nowhere for quick
+/// ones.
+fn out_dir(args: &Args) -> Option<PathBuf> {
+    match (&args.out, args.quick) {
+        (Some(p), _) => Some(p.clone()),
+        (None, false) => Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")),
+        (None, true) => None,
+    }
 }
 
 fn args_summary(args: &Args, binary: &std::path::Path) -> String {

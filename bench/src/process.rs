@@ -74,6 +74,14 @@ impl Fnbroker {
         }
     }
 
+    /// Its `/metrics` text.
+    pub(crate) async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("http://{}/metrics", self.admin))
+            .await?
+            .text()
+            .await?)
+    }
+
     /// What the process wrote so far.
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("fnbroker.log")).unwrap_or_default()

@@ -264,7 +264,7 @@ triggers:
         assert_eq!(
             messages(&text),
             vec![
-                "t.yaml:4:3: function `f` must have one of `http`, `exec`, `openfaas`, `openwhisk`, `fission`, `knative`, `fn` or `lambda`"
+                "t.yaml:4:3: function `f` must have one of `http`, `exec`, `process`, `openfaas`, `openwhisk`, `fission`, `knative`, `fn` or `lambda`"
             ]
         );
     }

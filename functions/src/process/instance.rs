@@ -151,6 +151,7 @@ pub(super) async fn run(
             (Ended::Stopped, format!("stopped ({status})"))
         }
     };
+    pool.retire(id);
     let _ = ended.set(reason.clone());
     // What it left running in its group, or tagged anywhere, goes with it.
     drop(group);

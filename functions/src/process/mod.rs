@@ -269,6 +269,15 @@ impl Pool {
         self.changed.notify_waiters();
     }
 
+    /// Takes the instance `id` out of service at once (it is being killed, or it ended): no
+    /// call is given to it between now and its end.
+    fn retire(&self, id: u64) {
+        let mut state = self.state();
+        if let Some(slot) = state.instances.iter_mut().find(|s| s.id == id) {
+            slot.stopping = true;
+        }
+    }
+
     /// A call gives its instance back.
     fn release(&self, id: u64) {
         let mut state = self.state();
@@ -431,6 +440,12 @@ struct Lease {
 }
 
 impl Lease {
+    /// Kills the instance: out of service now, its process group killed by its task.
+    fn kill(&self) {
+        self.pool.retire(self.id);
+        self.kill.cancel();
+    }
+
     /// The reason a call failed when its instance went away under it.
     fn gone(&self, ready: &Ready, detail: &str) -> InvokeError {
         let why = ready
@@ -482,7 +497,7 @@ impl Lease {
                     Err(InvokeError::Connect(detail)) => {
                         // A server on the loopback that cannot be reached is gone or broken:
                         // replaced, and the call retried elsewhere.
-                        self.kill.cancel();
+                        self.kill();
                         Err(self.gone(ready, &detail))
                     }
                     other => other,
@@ -494,7 +509,7 @@ impl Lease {
         };
         if outcome.as_ref().is_err_and(InvokeError::is_timeout) {
             tracing::warn!(function = %self.pool.spec.function, instance = self.index, ?timeout, "a call ran past its timeout: its instance is killed and replaced");
-            self.kill.cancel();
+            self.kill();
         }
         outcome
     }

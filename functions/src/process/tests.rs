@@ -12,7 +12,8 @@ use crate::kinds::process::InstanceRange;
 use crate::{Reply, item_failures};
 
 /// A Lambda runtime client: `MODE` says what it does with each call (`echo`: answers with the
-/// event, its headers and its environment; `fail`: posts an error; `sleep`: sleeps 30 s;
+/// event, its headers and its environment; `fail`: posts an error; `sleep`: sleeps 30 s on
+/// the data `"slow"`;
 /// `crash`: kills itself; `init-error`: reports an init error and exits).
 const RUNTIME: &str = r#"
 import json, os, sys, time, urllib.request
@@ -35,7 +36,7 @@ while True:
         post("/invocation/" + rid + "/error", {"errorType": "ValueError", "errorMessage": "bad input"},
              {"Lambda-Runtime-Function-Error-Type": "Unhandled"})
         continue
-    if mode == "sleep":
+    if mode == "sleep" and event.get("data") == "slow":
         time.sleep(30)
     if mode == "crash":
         os.kill(os.getpid(), 9)
@@ -273,22 +274,25 @@ async fn starts_that_fail_make_the_function_unavailable_with_the_init_error() {
     assert!(err.to_string().contains("No module named"), "{err}");
 }
 
+/// Before: the next call went to the instance being killed and failed with it.
 #[tokio::test]
-async fn a_call_past_its_timeout_kills_its_instance_which_is_replaced() {
+async fn a_call_past_its_timeout_kills_its_instance_and_the_next_call_gets_a_new_one() {
     let fx = Fixture::new();
     let invoker = fx.start(&fx.settings(Protocol::Lambda, "sleep", 1, 1));
     let err = invoker
-        .invoke(&event("1"), Duration::from_millis(1500))
+        .invoke(&event(r#""slow""#), Duration::from_millis(1500))
         .await
         .expect_err("timeout");
     assert!(err.is_timeout(), "{err:?}");
     let first = fx.pids();
     assert_eq!(first.len(), 1);
+    let ok = invoker
+        .invoke(&event(r#""fast""#), Duration::from_secs(20))
+        .await
+        .expect("the next call is answered by a new instance");
+    assert_ne!(json_reply(&ok)["pid"].as_i64(), Some(i64::from(first[0])));
     eventually("the instance is killed", || !alive(first[0])).await;
-    eventually("another instance starts", || {
-        fx.pids().len() == 2 && invoker.status().is_some_and(|s| s.instances.idle == 1)
-    })
-    .await;
+    assert_eq!(fx.pids().len(), 2);
 }
 
 #[tokio::test]
