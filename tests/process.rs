@@ -23,6 +23,7 @@ STATE = os.environ["STATE"]
 
 def handle(event, context):
     data = event.get("data") if isinstance(event, dict) else None
+    print("handling", event.get("id") if isinstance(event, dict) else "a batch")
     mark = os.path.join(STATE, "seen-" + str(os.getpid()))
     with open(mark, "a") as f:
         f.write((event.get("id") if isinstance(event, dict) else "batch") + "\n")
@@ -271,6 +272,14 @@ async fn a_python_lambda_handler_gets_mqtt_and_http_events_and_replies() {
     );
     assert!(bodies.iter().all(|b| b["function"] == "resize"));
     assert_eq!(bodies[0]["pid"], bodies[1]["pid"], "one warm process");
+    // What the handler prints is in fnbroker's log, tagged with the function and instance.
+    let logs = fb.logs();
+    assert!(
+        logs.lines().any(|l| l.contains("handling")
+            && l.contains("function=resize")
+            && l.contains("instance=0")),
+        "{logs}"
+    );
     assert!(
         replies
             .iter()
