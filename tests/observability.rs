@@ -618,7 +618,7 @@ fn chromium() -> &'static str {
 
 /// What Chromium shows of `url` once its scripts ran for `budget_ms` of virtual time: the DOM,
 /// and a screenshot written to `shot` when given.
-fn browse(url: &str, budget_ms: u64, shot: Option<&std::path::Path>) -> String {
+pub(crate) fn browse(url: &str, budget_ms: u64, shot: Option<&std::path::Path>) -> String {
     let profile = tempfile::tempdir().expect("profile");
     let mut cmd = Command::new(chromium());
     cmd.args([

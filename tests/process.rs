@@ -460,6 +460,16 @@ async fn an_init_error_is_reported_and_deliveries_are_held() {
             .is_some_and(|u| u.contains("ImportModuleError")),
         "{functions}"
     );
+    // The status page, as a browser shows it, says so too.
+    let page = tokio::task::spawn_blocking(move || {
+        crate::observability::browse(&format!("http://127.0.0.1:{admin}/"), 3000, None)
+    })
+    .await
+    .expect("browse");
+    assert!(
+        page.contains("unavailable: Runtime.ImportModuleError"),
+        "the status page names the init error:\n{page}"
+    );
     // The event is taken, and held: not dead-lettered while the function cannot start.
     let status = post(port, "/in", r#"{"n": 1}"#).await;
     assert!(status.is_success() || status.as_u16() == 503, "{status}");
