@@ -473,7 +473,14 @@ async fn an_init_error_is_reported_and_deliveries_are_held() {
     // The event is taken, and held: not dead-lettered while the function cannot start.
     let status = post(port, "/in", r#"{"n": 1}"#).await;
     assert!(status.is_success() || status.as_u16() == 503, "{status}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while metric_sum(&fb, "fnbroker_events_held_total").await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the event was never held"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(server.count("/dlq"), 0);
     fb.signal("TERM");
     fb.wait_exit(WAIT).await;

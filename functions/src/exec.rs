@@ -44,6 +44,27 @@ pub(crate) fn base_env(
     base
 }
 
+/// A command isolated as fnbroker runs functions: the clean environment `env`, stdout and
+/// stderr piped, a process group of its own, killed when dropped, and tagged for the reaper
+/// (the tag is returned). The caller sets stdin.
+pub(crate) fn isolated(
+    program: &str,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+) -> (Command, String) {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    cmd.env(crate::reaper::TAG, &tag);
+    (cmd, tag)
+}
+
 /// Runs a command per event: the event's data on stdin, its attributes as `CE_<NAME>` environment
 /// variables (`CE_ID`, `CE_TYPE`, `CE_SOURCE`, ...), stdout as the reply. The exit status decides
 /// success; a failure keeps the end of stderr.
@@ -102,18 +123,8 @@ impl ExecInvoker {
         vars: Vec<(String, String)>,
         stdin_data: Vec<u8>,
     ) -> Result<Success, InvokeError> {
-        let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args)
-            .env_clear()
-            .envs(&self.env)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        cmd.envs(vars);
-        let tag = uuid::Uuid::new_v4().simple().to_string();
-        cmd.env(crate::reaper::TAG, &tag);
+        let (mut cmd, tag) = isolated(&self.program, &self.args, &self.env);
+        cmd.stdin(Stdio::piped()).envs(vars);
         let mut child = crate::reaper::spawn_direct(|| cmd.spawn(), tokio::process::Child::id)
             .map_err(|e| InvokeError::Spawn(format!("`{}`: {e}", self.program)))?;
         // Killed when this future ends for any reason: exit, overflow, timeout (dropped).

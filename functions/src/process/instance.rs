@@ -29,20 +29,11 @@ pub(super) async fn run(
     let spec = &pool.spec;
     let begun = Instant::now();
     let ended = Arc::new(std::sync::OnceLock::new());
-    let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args)
-        .env_clear()
-        .envs(&spec.env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+    let (mut cmd, tag) = crate::exec::isolated(&spec.program, &spec.args, &spec.env);
+    cmd.stdin(Stdio::null());
     if let Some(dir) = &spec.directory {
         cmd.current_dir(dir);
     }
-    let tag = uuid::Uuid::new_v4().simple().to_string();
-    cmd.env(crate::reaper::TAG, &tag);
 
     // The protocol's side: a Runtime API of the instance's own, or a port for it to listen on.
     let mut api = None;
@@ -60,7 +51,7 @@ pub(super) async fn run(
         }),
     };
     if let Err(e) = prepared {
-        pool.ended(id, index, false, Ended::Failed, &e);
+        pool.ended(id, index, None, Ended::Failed, &e);
         return;
     }
     let spawned = crate::reaper::spawn_direct(|| cmd.spawn(), Child::id);
@@ -68,7 +59,7 @@ pub(super) async fn run(
         Ok(child) => child,
         Err(e) => {
             let reason = format!("cannot start `{}`: {e}", spec.program);
-            pool.ended(id, index, false, Ended::Failed, &reason);
+            pool.ended(id, index, None, Ended::Failed, &reason);
             return;
         }
     };
@@ -116,11 +107,12 @@ pub(super) async fn run(
             } else {
                 Ended::Failed
             };
-            pool.ended(id, index, false, asked, &reason);
+            pool.ended(id, index, None, asked, &reason);
             output.finish().await;
             return;
         }
     };
+    let up_since = Instant::now();
     pool.ready(
         id,
         Ready {
@@ -156,9 +148,9 @@ pub(super) async fn run(
     // What it left running in its group, or tagged anywhere, goes with it.
     drop(group);
     if let Some(api) = &api {
-        api.close(&reason);
+        api.close();
     }
-    pool.ended(id, index, true, asked, &reason);
+    pool.ended(id, index, Some(up_since.elapsed()), asked, &reason);
     output.finish().await;
 }
 

@@ -86,8 +86,19 @@ impl ProcessMetrics {
 
     /// The metrics of the function `function`.
     pub(super) fn handle(&self, function: &str) -> Handle {
+        let gauge = |state| {
+            self.instances
+                .get_or_create(&StateLabels {
+                    function: function.to_string(),
+                    state,
+                })
+                .clone()
+        };
         Handle {
             function: function.to_string(),
+            starting: gauge("starting"),
+            running: gauge("running"),
+            idle: gauge("idle"),
             families: self.clone(),
         }
     }
@@ -97,24 +108,22 @@ impl ProcessMetrics {
 #[derive(Debug)]
 pub(super) struct Handle {
     function: String,
+    /// The instance gauges, made once: they are set on every call's lease and release.
+    starting: Gauge,
+    running: Gauge,
+    idle: Gauge,
     families: ProcessMetrics,
 }
 
 impl Handle {
     /// Sets the instance gauges.
     pub(super) fn instances(&self, counts: Instances) {
-        for (state, n) in [
-            ("starting", counts.starting),
-            ("running", counts.running),
-            ("idle", counts.idle),
+        for (gauge, n) in [
+            (&self.starting, counts.starting),
+            (&self.running, counts.running),
+            (&self.idle, counts.idle),
         ] {
-            self.families
-                .instances
-                .get_or_create(&StateLabels {
-                    function: self.function.clone(),
-                    state,
-                })
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
+            gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 

@@ -110,6 +110,9 @@ struct State {
     waiting: usize,
     /// Starts (or early exits) that failed in a row.
     failures: u32,
+    /// Ready instances that exited by themselves in a row, each within [`STABLE`] of being
+    /// ready: what paces their replacements.
+    crashes: u32,
     /// No start before this (a backoff after failures).
     not_before: Option<Instant>,
     /// The last start's error, while starts fail.
@@ -166,6 +169,9 @@ struct Pool {
     metrics: metrics::Handle,
     tasks: TaskTracker,
 }
+
+/// How long a ready instance must have run for its exit not to count as one more crash in a row.
+const STABLE: Duration = Duration::from_secs(10);
 
 /// The backoff before the next start after `failures` in a row: 100 ms, doubling, at most 30 s.
 fn backoff(failures: u32) -> Duration {
@@ -235,10 +241,12 @@ impl Pool {
         self.changed.notify_waiters();
     }
 
-    /// The instance `id` ended: before it was ready (`started: false`, a failed start) or
-    /// after; `asked` when the pool stopped or killed it. Backs off and, after `init_failures`
-    /// failed starts in a row, makes the function unavailable.
-    fn ended(&self, id: u64, index: usize, started: bool, asked: Ended, reason: &str) {
+    /// The instance `id` ended: before it was ready (`up: None`, a failed start) or after
+    /// running `up`; `asked` when the pool stopped or killed it. Failed starts and crashes
+    /// back off the next start; after `init_failures` failed starts in a row the function is
+    /// unavailable.
+    fn ended(&self, id: u64, index: usize, up: Option<Duration>, asked: Ended, reason: &str) {
+        let started = up.is_some();
         let mut state = self.state();
         state.instances.retain(|s| s.id != id);
         let now = Instant::now();
@@ -260,6 +268,11 @@ impl Pool {
                 }
             }
             Ended::Failed => {
+                state.crashes = match up {
+                    Some(up) if up < STABLE => state.crashes + 1,
+                    _ => 1,
+                };
+                state.not_before = Some(now + backoff(state.crashes));
                 self.metrics.restart(index);
                 tracing::warn!(%function, instance = index, reason = %reason, "an instance exited; it is replaced");
             }

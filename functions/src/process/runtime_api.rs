@@ -168,7 +168,7 @@ impl Api {
     }
 
     /// Ends the API: the calls still pending fail (their callers see the instance's end).
-    pub(super) fn close(&self, _reason: &str) {
+    pub(super) fn close(&self) {
         self.shared.closed.cancel();
         self.shared
             .pending

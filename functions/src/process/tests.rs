@@ -377,3 +377,27 @@ fn starts_back_off_up_to_thirty_seconds() {
 }
 
 use std::time::SystemTime;
+
+/// Before: a ready instance that exited by itself was replaced at once, every time; one that
+/// exits soon after each start would be restarted in a tight loop.
+#[tokio::test(start_paused = true)]
+async fn crashes_in_a_row_back_off_the_replacement() {
+    let fx = Fixture::new();
+    let invoker = fx.start(&fx.settings(Protocol::Lambda, "echo", 0, 1));
+    let pool = &invoker.pool;
+    let delay = |pool: &Pool| {
+        pool.state()
+            .not_before
+            .map(|t| t.saturating_duration_since(Instant::now()))
+    };
+    let soon = Some(Duration::from_millis(50));
+    pool.ended(7, 0, soon, Ended::Failed, "exit code 3");
+    assert_eq!(delay(pool), Some(Duration::from_millis(100)));
+    pool.ended(8, 0, soon, Ended::Failed, "exit code 3");
+    assert_eq!(delay(pool), Some(Duration::from_millis(200)));
+    // One that ran a while starts the count again.
+    pool.ended(9, 0, Some(STABLE * 2), Ended::Failed, "exit code 3");
+    assert_eq!(delay(pool), Some(Duration::from_millis(100)));
+    // Crashes never make the function unavailable; failed starts do.
+    assert!(invoker.status().is_some_and(|s| s.unavailable.is_none()));
+}
