@@ -39,12 +39,13 @@ fi
 # KEDA CRD's schema) check the manifests in deploy/kubernetes offline. One virtual environment
 # outside the clone, made once.
 # awslambdaric (AWS's Lambda runtime client for Python) runs the Python handlers of the `process`
-# function kind's tests and bench, as on Lambda.
+# function kind's tests and bench, as on Lambda. The CloudEvents SDK for Python 1.x, with the two
+# HTTP clients it is used with (requests, aiohttp), sends events to the HTTP ingress as users do.
 venv="$HOME/.cache/fnbroker/venv"
-if ! "$venv/bin/python3" -c "import botocore, kubernetes_validate, cloudcoil.models.keda, awslambdaric" >/dev/null 2>&1; then
-  echo "deps: installing botocore, kubernetes-validate, cloudcoil.models.keda and awslambdaric into $venv" >&2
+if ! "$venv/bin/python3" -c "import botocore, kubernetes_validate, cloudcoil.models.keda, awslambdaric, cloudevents, requests, aiohttp" >/dev/null 2>&1; then
+  echo "deps: installing botocore, kubernetes-validate, cloudcoil.models.keda, awslambdaric, cloudevents, requests and aiohttp into $venv" >&2
   python3 -m venv "$venv" >&2
-  "$venv/bin/pip" install -q "botocore==1.35.*" "kubernetes-validate==1.37.0" "cloudcoil.models.keda==2.16.1.0" "awslambdaric==4.2.2" >&2
+  "$venv/bin/pip" install -q "botocore==1.35.*" "kubernetes-validate==1.37.0" "cloudcoil.models.keda==2.16.1.0" "awslambdaric==4.2.2" "cloudevents==1.12.1" "requests==2.34.*" "aiohttp==3.14.*" >&2
 fi
 
 # aws-lambda-ric (AWS's Lambda runtime client for Node.js) runs a Node handler in the `process`
@@ -59,7 +60,6 @@ if [ ! -f "$node_ric/node_modules/aws-lambda-ric/dist/rapid-client.node" ]; then
   echo "deps: installing aws-lambda-ric 3.3.0 into $node_ric" >&2
   rm -rf "$node_ric" && mkdir -p "$node_ric"
   (cd "$node_ric" && npm install -s --prefix . aws-lambda-ric@3.3.0 >&2)
-fix "$node_ric" --ignore-scripts aws-lambda-ric@3.3.0 >&2
 fi
 
 # promtool (Prometheus' own exposition parser and linter, `promtool check metrics`) checks

@@ -630,3 +630,113 @@ fn the_warm_functions_example_validates() {
         assert!(stderr.contains(expected), "{expected}: {stderr}");
     }
 }
+
+/// `fnbroker send --plain` publishes what a device or a service would: the bytes, and the content
+/// type where the protocol has one. The triggers then normalize it (their `event.type`, the topic
+/// as `subject`), which is the point of trying it by hand. MQTT 5 and AMQP here; a destination
+/// that stores events by their attributes (PostgreSQL) says it cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_plain_publishes_a_message_with_no_attributes() {
+    let id = format!("{}{}", std::process::id(), free_port());
+    let queue = format!("plain-{id}");
+    let (_conn, ch) = common::amqp::channel().await;
+    common::amqp::queue(&ch, &queue).await;
+    let server = common::FnServer::start().await;
+    let cfg = yaml!(
+        "connectors:
+  iot: { mqtt: { url: \"mqtt://127.0.0.1:<mqtt>\", client_id: plain<id> } }
+  rabbit: { amqp: { url: \"<amqp>\" } }
+  db: { postgres: { url: \"postgres://postgres@127.0.0.1:5432/postgres\" } }
+functions:
+  f: { http: { url: \"<f>\" } }
+triggers:
+  - { name: readings, from: { connector: iot, topic: \"plain<id>/+/temp\", qos: 1 }, event: { type: com.example.reading }, to: f }
+  - { name: jobs, from: { connector: rabbit, queue: <queue> }, event: { type: com.example.job }, to: f }
+",
+        mqtt = common::mqtt::SHARED_PORT,
+        amqp = common::amqp::URL,
+        id = id,
+        queue = queue,
+        f = server.url("/f")
+    );
+    let fb = Fnbroker::start(&cfg).await;
+    let topic = format!("plain{id}/kitchen/temp");
+    for (connector, topic, data) in [
+        ("iot", topic.as_str(), "{\"c\":21.5}"),
+        ("rabbit", queue.as_str(), "rebuild"),
+    ] {
+        let (code, stdout, stderr) = common::run_once(
+            &cfg,
+            &[
+                "send",
+                "--plain",
+                "--connector",
+                connector,
+                "--topic",
+                topic,
+                "--data",
+                data,
+            ],
+        );
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(stdout, "", "a plain message has no id to print");
+    }
+    let got = server.wait_count("/f", 2, Duration::from_secs(30)).await;
+    let reading = got
+        .iter()
+        .find(|r| r.header("ce-type") == Some("com.example.reading"))
+        .expect("the reading");
+    assert_eq!(reading.header("ce-subject"), Some(topic.as_str()));
+    assert_eq!(
+        reading.header("ce-source").map(String::from),
+        Some(format!("mqtt://iot/{topic}"))
+    );
+    assert_eq!(reading.header("content-type"), Some("application/json"));
+    assert_eq!(&reading.body[..], b"{\"c\":21.5}");
+    let job = got
+        .iter()
+        .find(|r| r.header("ce-type") == Some("com.example.job"))
+        .expect("the job");
+    assert_eq!(job.header("ce-subject"), Some(queue.as_str()));
+    assert_eq!(
+        job.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(&job.body[..], b"rebuild");
+    drop(fb);
+
+    // Attributes and --plain contradict each other; a table of events cannot take a plain one.
+    let (code, _, stderr) = common::run_once(
+        &cfg,
+        &[
+            "send",
+            "--plain",
+            "--type",
+            "x",
+            "--connector",
+            "iot",
+            "--topic",
+            "t",
+        ],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--type"), "{stderr}");
+    let (code, _, stderr) = common::run_once(
+        &cfg,
+        &[
+            "send",
+            "--plain",
+            "--connector",
+            "db",
+            "--topic",
+            "events",
+            "--data",
+            "x",
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("connector `db` cannot publish a plain message"),
+        "{stderr}"
+    );
+}

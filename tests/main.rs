@@ -22,3 +22,4 @@ mod platforms;
 mod postgres;
 mod process;
 mod redis;
+mod webhooks;

@@ -90,24 +90,45 @@ pub(crate) fn explain(cfg: &Config, arrival: &Arrival<'_>) -> Result<Vec<Explain
             }
         })
         .collect();
+    // Triggers on one source agree on what it does to an event (an HTTP path's `attributes`),
+    // so the first one's source shapes it for them all.
+    let shaper = triggers.first().and_then(|t| {
+        let keys = t.from.keys.parsed()?;
+        Some((keys, t.from.topic.as_ref().map(|t| t.as_str())))
+    });
     let batch = decoded.len() > 1;
-    Ok(decoded
+    decoded
         .into_iter()
         .enumerate()
-        .map(|(i, (event, origin))| {
-            let attributes = provenance(&event, &origin, sample, batch.then_some(i + 1));
+        .map(|(i, (mut event, origin))| {
+            let shaped = match (&shaper, &origin) {
+                (Some((keys, topic)), Origin::Plain) => kind
+                    .shape_sample(keys, *topic, sample, &mut event)
+                    .map_err(|e| e.to_string())?,
+                _ => Vec::new(),
+            };
+            let mut attributes = provenance(&event, &origin, sample, batch.then_some(i + 1));
+            for (name, from) in shaped {
+                match attributes.iter_mut().find(|(n, _, _)| *n == name) {
+                    Some(entry) => entry.2 = from,
+                    None => {
+                        let value = event::attribute(&event, &name).unwrap_or_default();
+                        attributes.push((name, value.into_owned(), from));
+                    }
+                }
+            }
             let triggers = triggers
                 .iter()
                 .map(|t| verdict(t, &event, &origin))
                 .collect();
-            Explained {
+            Ok(Explained {
                 event,
                 origin,
                 attributes,
                 triggers,
-            }
+            })
         })
-        .collect())
+        .collect()
 }
 
 fn verdict(trigger: &Trigger, event: &Event, origin: &Origin) -> Verdict {

@@ -185,6 +185,11 @@ struct SendArgs {
     /// AMQP: the exchange (default: the connector's).
     #[arg(long)]
     exchange: Option<String>,
+    /// Publish the data as a device or a service would, with no CloudEvent attributes (only
+    /// the content type, where the protocol carries one): what arrives is a plain message, which
+    /// triggers normalize (their `event.type`, the topic as `subject`).
+    #[arg(long, conflicts_with_all = ["ty", "source", "subject"])]
+    plain: bool,
     /// The event's `type`.
     #[arg(long = "type", default_value = "com.example.test")]
     ty: String,
@@ -246,10 +251,12 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             match rt.block_on(send(&cfg, *args)) {
-                Ok(id) => {
+                // A plain message has no id: nothing is printed for it.
+                Ok(Some(id)) => {
                     println!("{id}");
                     ExitCode::SUCCESS
                 }
+                Ok(None) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("fnbroker: {e:#}");
                     ExitCode::FAILURE
@@ -640,8 +647,8 @@ async fn run(
     Ok(())
 }
 
-/// Publishes one event built from the command line; returns its id.
-async fn send(cfg: &config::Config, args: SendArgs) -> anyhow::Result<String> {
+/// Publishes one event built from the command line; returns its id (none for `--plain`).
+async fn send(cfg: &config::Config, args: SendArgs) -> anyhow::Result<Option<String>> {
     use anyhow::Context;
     use fnbroker_core::event::{AttributesReader, AttributesWriter, Data, PlainMessage};
     if !connector_kind_can_publish(&args.connector, cfg) {
@@ -699,9 +706,23 @@ async fn send(cfg: &config::Config, args: SendArgs) -> anyhow::Result<String> {
         keys: config::ConnectorKeys::new(keys),
     };
     let sink = connector.sink(&destination).await?;
+    if args.plain {
+        let data = fnbroker_core::event::data_bytes(&event);
+        let published = sink
+            .publish_plain(&args.topic, &data, event.datacontenttype())
+            .await;
+        connector.stop().await;
+        published.map_err(|e| match e {
+            fnbroker_core::ConnectorError::Unsupported { what, .. } => {
+                anyhow::anyhow!("connector `{}` cannot {what}", args.connector)
+            }
+            e => e.into(),
+        })?;
+        return Ok(None);
+    }
     sink.publish(&args.topic, &event).await?;
     connector.stop().await;
-    Ok(event.id().to_string())
+    Ok(Some(event.id().to_string()))
 }
 
 fn connector_kind_can_publish(name: &str, cfg: &config::Config) -> bool {

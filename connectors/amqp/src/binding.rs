@@ -138,6 +138,15 @@ pub fn encode(event: &Event, prefix: &str) -> (Vec<u8>, BasicProperties) {
     (event::data_bytes(event).into_owned(), props)
 }
 
+/// The properties of a plain message: persistent, with its content type when known.
+pub fn plain_properties(content_type: Option<&str>) -> BasicProperties {
+    let props = BasicProperties::default().with_delivery_mode(2);
+    match content_type {
+        Some(ct) => props.with_content_type(ShortString::from(ct.to_string())),
+        None => props,
+    }
+}
+
 /// Queue arguments from the configuration's JSON values.
 pub fn arguments(args: &std::collections::BTreeMap<String, serde_json::Value>) -> FieldTable {
     let mut table = FieldTable::default();

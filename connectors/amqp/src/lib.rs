@@ -661,6 +661,29 @@ impl Sink for AmqpSink {
     }
 
     async fn publish(&self, topic: &str, event: &Event) -> Result<(), ConnectorError> {
+        let (body, props) = binding::encode(event, &self.prefix);
+        self.send(topic, &body, props).await
+    }
+
+    async fn publish_plain(
+        &self,
+        topic: &str,
+        data: &[u8],
+        content_type: Option<&str>,
+    ) -> Result<(), ConnectorError> {
+        self.send(topic, data, binding::plain_properties(content_type))
+            .await
+    }
+}
+
+impl AmqpSink {
+    /// Publishes with `mandatory` and waits for the publisher confirm.
+    async fn send(
+        &self,
+        topic: &str,
+        body: &[u8],
+        props: lapin::BasicProperties,
+    ) -> Result<(), ConnectorError> {
         let err = |message: String| {
             ConnectorError::io(
                 &self.connector,
@@ -671,7 +694,6 @@ impl Sink for AmqpSink {
             )
         };
         let channel = self.channel().await.map_err(err)?;
-        let (body, props) = binding::encode(event, &self.prefix);
         let confirm = channel
             .basic_publish(
                 ShortString::from(self.exchange.clone()),
@@ -680,7 +702,7 @@ impl Sink for AmqpSink {
                     mandatory: true,
                     ..Default::default()
                 },
-                &body,
+                body,
                 props,
             )
             .await

@@ -312,10 +312,8 @@ pub mod http {
             let Some(attr) = strip_prefix_ci(name.as_str(), "ce-") else {
                 continue;
             };
-            let raw = value
-                .to_str()
-                .map_err(|_| InvalidEvent(format!("header `{name}` is not visible ASCII")))?;
-            let decoded = http_decode_value(raw).map_err(|_| {
+            let raw = raw_header_value(value.as_bytes());
+            let decoded = http_decode_value(&raw).map_err(|_| {
                 InvalidEvent(format!(
                     "header `{name}` is not UTF-8 after percent-decoding"
                 ))
@@ -323,6 +321,19 @@ pub mod http {
             attributes.push((attr, Cow::Owned(decoded.into_owned())));
         }
         event::from_binary(attributes, content_type(headers), body)
+    }
+
+    /// A header value as text. The binding says to percent-encode, but the Python CloudEvents
+    /// SDK 1.x puts attribute values in headers as they are, and its HTTP clients write them
+    /// as UTF-8 (aiohttp) or as ISO-8859-1 (requests, through `http.client`): UTF-8 is taken
+    /// when the bytes are valid UTF-8, else each byte is the ISO-8859-1 character it was in
+    /// HTTP/1.1's first definition of header text. C1 controls that gives are refused later
+    /// with every other control character.
+    fn raw_header_value(bytes: &[u8]) -> Cow<'_, str> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect()),
+        }
     }
 
     /// The `ce-` header of an attribute: the context attributes' names are made once, an
@@ -383,6 +394,30 @@ pub mod http {
             assert_eq!(mode(&h), Mode::Binary);
             let back = decode_binary(&h, b"hello".to_vec()).expect("valid");
             assert_eq!(back, e);
+        }
+
+        #[test]
+        fn raw_utf8_and_latin1_header_values_are_taken() {
+            let mut h = HeaderMap::new();
+            h.insert("ce-specversion", HeaderValue::from_static("1.0"));
+            h.insert("ce-id", HeaderValue::from_static("1"));
+            h.insert("ce-source", HeaderValue::from_static("/s"));
+            h.insert("ce-type", HeaderValue::from_static("t"));
+            let raw = HeaderValue::from_bytes("Grüße 100%25".as_bytes()).expect("obs-text");
+            h.insert("ce-subject", raw);
+            let e = decode_binary(&h, Vec::new()).expect("raw UTF-8 is taken");
+            assert_eq!(event::AttributesReader::subject(&e), Some("Grüße 100%"));
+            // What is sent stays percent-encoded.
+            let mut out = HeaderMap::new();
+            encode_binary(&e, &mut out);
+            assert_eq!(out["ce-subject"], "Gr%C3%BC%C3%9Fe%20100%25");
+            // What Python's `requests` sends for "Grüße": ISO-8859-1.
+            h.insert(
+                "ce-subject",
+                HeaderValue::from_bytes(b"Gr\xfc\xdfe").expect("obs-text"),
+            );
+            let e = decode_binary(&h, Vec::new()).expect("ISO-8859-1 is taken");
+            assert_eq!(event::AttributesReader::subject(&e), Some("Grüße"));
         }
     }
 }

@@ -443,6 +443,23 @@ pub trait Sink: Send + Sync {
     /// have arrived.
     async fn publish(&self, topic: &str, event: &Event) -> Result<(), ConnectorError>;
 
+    /// Publishes `data` to `topic` as a plain message, as a device or a service that knows
+    /// nothing of CloudEvents would (`fnbroker send --plain`): no attributes, the content type
+    /// where the protocol carries one. Confirmed as [`publish`](Self::publish) is. Default:
+    /// `Unsupported`, for a destination that stores events by their attributes.
+    async fn publish_plain(
+        &self,
+        _topic: &str,
+        _data: &[u8],
+        _content_type: Option<&str>,
+    ) -> Result<(), ConnectorError> {
+        Err(ConnectorError::Unsupported {
+            connector: String::new(),
+            kind: "sink",
+            what: "publish a plain message (it stores events by their attributes)",
+        })
+    }
+
     /// Whether `topic` can exist as a destination, asked once at start (an AMQP passive declare,
     /// a JetStream stream lookup). A [`ConnectorError::Permanent`] says it cannot as things are.
     async fn check(&self, _topic: &str) -> Result<(), ConnectorError> {

@@ -116,6 +116,19 @@ pub trait ConnectorPlugin: Send + Sync + 'static {
     fn source_takes(_source: &Self::Source, from_topic: Option<&str>, topic: &str) -> bool {
         from_topic.is_some_and(|filter| Self::topic_matches(filter, topic))
     }
+
+    /// What a trigger's source (`source`, on `from_topic`) does to the event of a plain message
+    /// given by hand, after [`decode_sample`](Self::decode_sample), as it would to one
+    /// received: the attributes it set, each with where its value came from (`fnbroker
+    /// explain` shows them). Default: nothing.
+    fn shape_sample(
+        _source: &Self::Source,
+        _from_topic: Option<&str>,
+        _sample: &Sample<'_>,
+        _event: &mut Event,
+    ) -> Result<Vec<(String, String)>, SampleError> {
+        Ok(Vec::new())
+    }
 }
 
 /// A trigger's use of a source, as validation sees it.
@@ -325,6 +338,14 @@ pub trait ConnectorKind: Send + Sync {
     ) -> Result<Vec<(Event, Origin)>, SampleError>;
     /// [`ConnectorPlugin::source_takes`].
     fn source_takes(&self, source: &Settings, from_topic: Option<&str>, topic: &str) -> bool;
+    /// [`ConnectorPlugin::shape_sample`].
+    fn shape_sample(
+        &self,
+        source: &Settings,
+        from_topic: Option<&str>,
+        sample: &Sample<'_>,
+        event: &mut Event,
+    ) -> Result<Vec<(String, String)>, SampleError>;
     /// [`ConnectorPlugin::retry_source`].
     fn retry_source(
         &self,
@@ -520,6 +541,18 @@ impl<P: ConnectorPlugin> ConnectorKind for Kind<P> {
         source
             .get::<P::Source>()
             .is_some_and(|s| P::source_takes(s, from_topic, topic))
+    }
+    fn shape_sample(
+        &self,
+        source: &Settings,
+        from_topic: Option<&str>,
+        sample: &Sample<'_>,
+        event: &mut Event,
+    ) -> Result<Vec<(String, String)>, SampleError> {
+        match source.get::<P::Source>() {
+            Some(s) => P::shape_sample(s, from_topic, sample, event),
+            None => Ok(Vec::new()),
+        }
     }
     fn retry_source(
         &self,

@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::HttpIngress;
+use crate::shape::{Attributes, Pattern};
 
 /// The HTTP ingress: accepts CloudEvents (binary, structured, batch) and plain POSTs.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -55,6 +56,12 @@ pub struct HttpSettings {
     /// Serve HTTPS: `cert` and `key`, and `client_ca` to require client certificates.
     #[serde(default)]
     pub tls: Option<fnbroker_core::tls::ServerTls>,
+    /// The CloudEvents webhook handshake (abuse protection): `allowed_origins` (names, or `*`)
+    /// are granted when they ask with `OPTIONS`, at `rate` requests per minute each (default
+    /// unlimited). Deliveries naming another origin in `WebHook-Request-Origin` get 403, those
+    /// past the rate 429. Default: none (`OPTIONS` gets 405).
+    #[serde(default)]
+    pub webhook: Option<crate::webhook::WebhookSettings>,
 }
 
 fn default_max_connections() -> usize {
@@ -81,6 +88,14 @@ pub struct HttpSourceSettings {
     /// once the event is routed).
     #[serde(default)]
     pub sync: bool,
+    /// Attributes a plain request's event takes from its headers and path, as templates:
+    /// `type: "com.github.{header:X-GitHub-Event}"`, `id: "{header:X-GitHub-Delivery}"`,
+    /// `subject: "{path:repo}"` (a `{repo}` segment of the topic) or `"{path:2}"` (the second
+    /// segment). `id`, `source`, `type`, `subject`, `time`, `dataschema` or an extension; `{{`
+    /// for a brace. A request lacking a header a template names gets 400. CloudEvents keep
+    /// their own attributes.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// The HTTP ingress as a registered connector kind.
@@ -129,6 +144,22 @@ impl ConnectorPlugin for Plugin {
         }
         report.duration("header_timeout", &settings.header_timeout);
         report.server_tls(settings.tls.as_ref());
+        if let Some(webhook) = &settings.webhook {
+            if webhook.allowed_origins.is_empty() {
+                report.error(
+                    &["webhook", "allowed_origins"],
+                    "`allowed_origins` needs at least one origin (or `*`)",
+                );
+            }
+            for origin in &webhook.allowed_origins {
+                if origin.trim().is_empty() || http::HeaderValue::from_str(origin).is_err() {
+                    report.error(
+                        &["webhook", "allowed_origins"],
+                        format_args!("`{origin}` is not an origin name"),
+                    );
+                }
+            }
+        }
         match &settings.auth {
             Some(crate::auth::Auth::Bearer(tokens))
                 if tokens.is_empty() || tokens.iter().any(|t| t.is_empty()) =>
@@ -166,30 +197,105 @@ impl ConnectorPlugin for Plugin {
         }
     }
 
-    fn validate_source(_: &HttpSourceSettings, from: &SourceUse<'_>, report: &Report<'_>) {
-        if let Some(path) = from.require_topic(report)
-            && !path.starts_with('/')
-        {
+    fn validate_source(source: &HttpSourceSettings, from: &SourceUse<'_>, report: &Report<'_>) {
+        let Some(path) = from.require_topic(report) else {
+            return;
+        };
+        if !path.starts_with('/') {
             report.error(
                 &["topic"],
                 format_args!("an http topic is a path starting with `/`, not `{path}`"),
             );
+            return;
+        }
+        let pattern = match Pattern::parse(path) {
+            Ok(p) => p,
+            Err(e) => {
+                report.error(&["topic"], e);
+                return;
+            }
+        };
+        if let Err(errors) = Attributes::parse(&source.attributes, &pattern) {
+            for (name, error) in errors {
+                report.error(&["attributes", name.as_str()], error);
+            }
         }
     }
 
+    /// `{name}` segments take any one segment.
+    fn topic_matches(filter: &str, topic: &str) -> bool {
+        filter == topic || Pattern::parse(filter).is_ok_and(|p| p.matches(topic))
+    }
+
+    fn shape_sample(
+        source: &HttpSourceSettings,
+        from_topic: Option<&str>,
+        sample: &Sample<'_>,
+        event: &mut Event,
+    ) -> Result<Vec<(String, String)>, fnbroker_core::registry::SampleError> {
+        let pattern = Pattern::parse(from_topic.unwrap_or(sample.topic))?;
+        let attributes = Attributes::parse(&source.attributes, &pattern).map_err(|errors| {
+            errors
+                .into_iter()
+                .map(|(name, e)| format!("`{name}`: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        attributes
+            .apply(
+                event,
+                &crate::sample_headers(sample)?,
+                &pattern,
+                sample.topic,
+            )
+            .map_err(fnbroker_core::registry::SampleError::Refused)?;
+        Ok(attributes.provenance())
+    }
+
     fn validate_together(sources: &[(SourceUse<'_>, &HttpSourceSettings, Report<'_>)]) {
-        // The first trigger on a path decides whether its answers wait for the delivery.
-        let mut first: BTreeMap<&str, bool> = BTreeMap::new();
+        // The first trigger on a path decides whether its answers wait for the delivery, and
+        // what its requests' attributes are: the path's events are made once for them all.
+        let mut first: BTreeMap<&str, &HttpSourceSettings> = BTreeMap::new();
+        let mut patterns: Vec<(&str, Pattern)> = Vec::new();
         for (used, source, report) in sources {
             let Some(path) = used.topic else { continue };
             match first.get(path) {
-                Some(sync) if *sync != source.sync => report.error(
-                    &["topic"],
-                    format_args!("every trigger on path `{path}` must agree on `sync`"),
-                ),
-                Some(_) => {}
+                Some(earlier) => {
+                    if earlier.sync != source.sync {
+                        report.error(
+                            &["topic"],
+                            format_args!("every trigger on path `{path}` must agree on `sync`"),
+                        );
+                    }
+                    if earlier.attributes != source.attributes {
+                        report.error(
+                            &["attributes"],
+                            format_args!(
+                                "every trigger on path `{path}` must agree on `attributes`"
+                            ),
+                        );
+                    }
+                }
                 None => {
-                    first.insert(path, source.sync);
+                    first.insert(path, source);
+                    let Ok(pattern) = Pattern::parse(path) else {
+                        continue;
+                    };
+                    if !pattern.has_params() {
+                        continue;
+                    }
+                    // An exact path wins over a pattern; two patterns that could both take one
+                    // path would make the route depend on the order of the table.
+                    if let Some((other, _)) = patterns.iter().find(|(_, p)| p.overlaps(&pattern)) {
+                        report.error(
+                            &["topic"],
+                            format_args!(
+                                "path `{path}` overlaps `{other}`: some request paths would \
+                                 match both"
+                            ),
+                        );
+                    }
+                    patterns.push((path, pattern));
                 }
             }
         }
@@ -201,13 +307,7 @@ impl ConnectorPlugin for Plugin {
         settings: &HttpSettings,
         sample: &Sample<'_>,
     ) -> Result<Vec<(Event, Origin)>, fnbroker_core::registry::SampleError> {
-        let mut headers = http::HeaderMap::new();
-        for (k, v) in sample.headers {
-            let name = http::HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| format!("header `{k}`: {e}"))?;
-            let value = http::HeaderValue::from_str(v).map_err(|e| format!("header `{k}`: {e}"))?;
-            headers.append(name, value);
-        }
+        let headers = crate::sample_headers(sample)?;
         crate::decode(
             name,
             settings.max_batch,
@@ -230,6 +330,7 @@ impl ConnectorPlugin for Plugin {
             HttpIngress::new(name, listen, max_body)
                 .with_max_batch(settings.max_batch)
                 .with_auth(settings.auth.clone())
+                .with_webhook(settings.webhook.as_ref())
                 .with_max_pending(
                     settings
                         .max_pending

@@ -26,6 +26,10 @@ mod budget;
 mod config;
 mod encoding;
 pub mod server;
+mod shape;
+mod webhook;
+
+pub use webhook::WebhookSettings;
 
 pub use auth::{Auth, BasicAuth, HmacAlgorithm, HmacAuth, Refused, TimedAuth};
 
@@ -62,6 +66,7 @@ pub struct HttpIngress {
     max_body: usize,
     max_batch: usize,
     auth: Option<Arc<Auth>>,
+    webhook: Option<Arc<webhook::Webhook>>,
     limits: server::Limits,
     /// `max_pending` when configured; else the budgets grow with every path subscribed.
     max_pending: Option<usize>,
@@ -86,6 +91,10 @@ type Handoff = (Incoming, oneshot::Sender<()>);
 struct Route {
     tx: mpsc::Sender<Handoff>,
     sync: bool,
+    /// The trigger's topic, which may have `{name}` segments.
+    pattern: Arc<shape::Pattern>,
+    /// What plain requests' attributes are made of (`from.attributes`).
+    attributes: Arc<shape::Attributes>,
     /// What the path's requests may hold before the engine takes their events:
     /// `max_in_flight` bodies of `max_body`.
     budget: Budget,
@@ -98,6 +107,7 @@ struct AppState {
     max_batch: usize,
     body_timeout: Duration,
     auth: Option<Arc<Auth>>,
+    webhook: Option<Arc<webhook::Webhook>>,
     routes: Arc<RwLock<HashMap<String, Route>>>,
     /// Every body the listener holds (`max_pending`).
     listener: Budget,
@@ -160,6 +170,7 @@ impl HttpIngress {
             max_body,
             max_batch: DEFAULT_MAX_BATCH,
             auth: None,
+            webhook: None,
             max_pending: None,
             listener_budget: Budget::new(max_body.saturating_mul(UNROUTED_BODIES)),
             unverified_budget: Budget::new(max_body.saturating_mul(UNROUTED_BODIES) / 2),
@@ -187,6 +198,12 @@ impl HttpIngress {
     /// Requires every request to authenticate this way.
     pub fn with_auth(mut self, auth: Option<Auth>) -> Self {
         self.auth = auth.map(Arc::new);
+        self
+    }
+
+    /// Answers the CloudEvents webhook handshake and holds deliveries to it.
+    pub fn with_webhook(mut self, settings: Option<&WebhookSettings>) -> Self {
+        self.webhook = settings.map(webhook::Webhook::new);
         self
     }
 
@@ -237,6 +254,15 @@ impl Connector for HttpIngress {
     async fn subscribe(&self, sub: &Subscription) -> Result<Box<dyn Source>, ConnectorError> {
         let path = sub.from.topic().to_string();
         let settings: HttpSourceSettings = sub.settings()?;
+        let pattern = shape::Pattern::parse(&path)
+            .map_err(|e| ConnectorError::permanent(&self.name, format!("path `{path}`: {e}")))?;
+        let attributes = shape::Attributes::parse(&settings.attributes, &pattern).map_err(|e| {
+            let errors: Vec<String> = e.into_iter().map(|(n, e)| format!("`{n}`: {e}")).collect();
+            ConnectorError::permanent(
+                &self.name,
+                format!("path `{path}` attributes: {}", errors.join("; ")),
+            )
+        })?;
         // The engine pulls only while it has room, so a small buffer is enough: a full one makes
         // the request wait, which is the backpressure an HTTP client can see.
         let (tx, rx) = mpsc::channel(fnbroker_core::kit::source_buffer(sub.max_in_flight));
@@ -266,6 +292,8 @@ impl Connector for HttpIngress {
             Route {
                 tx,
                 sync: settings.sync,
+                pattern: Arc::new(pattern),
+                attributes: Arc::new(attributes),
                 budget: Budget::new(bodies),
             },
         );
@@ -300,6 +328,7 @@ impl Connector for HttpIngress {
             max_batch: self.max_batch,
             body_timeout: self.limits.header_timeout,
             auth: self.auth.clone(),
+            webhook: self.webhook.clone(),
             routes: Arc::clone(&self.routes),
             listener: self.listener_budget.clone(),
             unverified: self.unverified_budget.clone(),
@@ -418,6 +447,11 @@ async fn serve(state: &AppState, request: Request) -> Response {
 /// the first byte read until the engine takes the event, so nothing is ever held without bound.
 async fn accept(state: &AppState, request: Request) -> Result<Response, Answer> {
     let path = request.uri().path().to_string();
+    if request.method() == Method::OPTIONS
+        && let Some(webhook) = &state.webhook
+    {
+        return handshake(state, webhook, &path, request.headers());
+    }
     let (parts, mut body) = request.into_parts();
     let mut held = Held::default();
     let (route, body) = match take(state, &parts, &path, &mut body, &mut held).await {
@@ -430,7 +464,19 @@ async fn accept(state: &AppState, request: Request) -> Result<Response, Answer> 
     let body = decompress(state, &parts.headers, body, &route, &mut held)?;
     let body_size = body.len();
     let events = match decode(&state.name, state.max_batch, &path, &parts.headers, &body) {
-        Ok(events) => events,
+        Ok(mut events) => {
+            if !route.attributes.is_empty() {
+                for (event, origin) in &mut events {
+                    if *origin == Origin::Plain {
+                        route
+                            .attributes
+                            .apply(event, &parts.headers, &route.pattern, &path)
+                            .map_err(|e| refuse(text(StatusCode::BAD_REQUEST, e)))?;
+                    }
+                }
+            }
+            events
+        }
         Err(event::BatchError::TooMany(max)) => {
             return Err(refuse(text(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -510,6 +556,7 @@ async fn take(
             auth.check(&parts.headers, &bytes)
                 .map_err(|r| refuse(r.into_response()))?;
             let route = find_route(state, path, &parts.method)?;
+            held_to_handshake(state, &parts.headers)?;
             held.release(&state.unverified);
             if !held.charge(&[&route.budget], bytes.len()) {
                 return Err(refuse(busy()));
@@ -518,6 +565,7 @@ async fn take(
         }
         None => {
             let route = find_route(state, path, &parts.method)?;
+            held_to_handshake(state, &parts.headers)?;
             let budgets = [&route.budget, &state.listener];
             let bytes = read_body(state, body, declared, &budgets, held).await?;
             Ok((route, bytes))
@@ -549,10 +597,64 @@ fn linger(mut body: Body, timeout: Duration) {
     });
 }
 
+/// The answer to the CloudEvents webhook handshake. Credentials are not asked for (the
+/// handshake grants no access, and senders such as Azure Event Grid send none with it); so
+/// that an unauthenticated client learns no paths, the answer depends on the path only where
+/// the listener asks no credentials (404 for a path no trigger listens on).
+fn handshake(
+    state: &AppState,
+    webhook: &webhook::Webhook,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<Response, Answer> {
+    if state.auth.is_none() {
+        find_route(state, path, &Method::POST)?;
+    }
+    let (status, answer, message) = webhook.handshake(headers);
+    let mut response = if message.is_empty() {
+        status.into_response()
+    } else {
+        text(status, message)
+    };
+    response.headers_mut().extend(answer);
+    Ok(response)
+}
+
+/// A delivery that names its origin (`WebHook-Request-Origin`) is held to the handshake: 403
+/// for an origin not granted, 429 past its rate.
+fn held_to_handshake(state: &AppState, headers: &HeaderMap) -> Result<(), Answer> {
+    let Some(webhook) = &state.webhook else {
+        return Ok(());
+    };
+    match webhook.delivery(headers) {
+        webhook::Delivery::Allowed => Ok(()),
+        webhook::Delivery::Forbidden(origin) => Err(refuse(text(
+            StatusCode::FORBIDDEN,
+            format!("origin `{origin}` is not allowed to deliver here"),
+        ))),
+        webhook::Delivery::Throttled(secs) => {
+            let mut response = text(
+                StatusCode::TOO_MANY_REQUESTS,
+                "this origin sent more than its granted rate (webhook.rate per minute)",
+            );
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(http::header::RETRY_AFTER, v);
+            }
+            Err(refuse(response))
+        }
+    }
+}
+
 /// The route of `path`: 404 when no trigger listens on it, 405 for another method than POST.
+/// An exact topic wins over one with `{name}` segments.
 fn find_route(state: &AppState, path: &str, method: &Method) -> Result<Route, Answer> {
     let route = match state.routes.read() {
-        Ok(routes) => routes.get(path).cloned(),
+        Ok(routes) => routes.get(path).cloned().or_else(|| {
+            routes
+                .values()
+                .find(|r| r.pattern.has_params() && r.pattern.matches(path))
+                .cloned()
+        }),
         Err(_) => None,
     };
     let Some(route) = route else {
@@ -644,6 +746,21 @@ fn busy() -> Response {
         .headers_mut()
         .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
+}
+
+/// The headers of a message given by hand, as a request would carry them (raw UTF-8 allowed).
+pub(crate) fn sample_headers(
+    sample: &fnbroker_core::binding::Sample<'_>,
+) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::new();
+    for (k, v) in sample.headers {
+        let name =
+            http::HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("header `{k}`: {e}"))?;
+        let value =
+            HeaderValue::from_bytes(v.as_bytes()).map_err(|e| format!("header `{k}`: {e}"))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
 }
 
 /// Decodes a request to `path` on the connector named `connector` into events: one, or several

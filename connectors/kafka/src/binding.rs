@@ -146,6 +146,22 @@ pub fn encode(event: &Event) -> Encoded {
     }
 }
 
+/// A plain record: the bytes, and the content type as a `content-type` header when known.
+pub fn encode_plain(data: &[u8], content_type: Option<&str>) -> Encoded {
+    let mut headers = OwnedHeaders::new();
+    if let Some(ct) = content_type {
+        headers = headers.insert(Header {
+            key: "content-type",
+            value: Some(ct.as_bytes()),
+        });
+    }
+    Encoded {
+        key: None,
+        headers,
+        payload: data.to_vec(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

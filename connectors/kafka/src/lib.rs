@@ -298,7 +298,22 @@ struct KafkaSink {
 #[async_trait]
 impl Sink for KafkaSink {
     async fn publish(&self, topic: &str, event: &Event) -> Result<(), ConnectorError> {
-        let encoded = binding::encode(event);
+        self.send(topic, binding::encode(event)).await
+    }
+
+    async fn publish_plain(
+        &self,
+        topic: &str,
+        data: &[u8],
+        content_type: Option<&str>,
+    ) -> Result<(), ConnectorError> {
+        self.send(topic, binding::encode_plain(data, content_type))
+            .await
+    }
+}
+
+impl KafkaSink {
+    async fn send(&self, topic: &str, encoded: binding::Encoded) -> Result<(), ConnectorError> {
         let mut record = FutureRecord::to(topic)
             .payload(&encoded.payload)
             .headers(encoded.headers);

@@ -486,16 +486,41 @@ async fn publisher(
 #[async_trait]
 impl Sink for MqttSink {
     async fn publish(&self, topic: &str, event: &Event) -> Result<(), ConnectorError> {
+        let (payload, content_type, props) = if self.v5 {
+            binding::encode_binary(event)
+        } else {
+            (binding::encode_structured(event), None, Vec::new())
+        };
+        self.send(topic, payload, content_type, props).await
+    }
+
+    /// MQTT 3.1.1 has no content type: there the bytes alone.
+    async fn publish_plain(
+        &self,
+        topic: &str,
+        data: &[u8],
+        content_type: Option<&str>,
+    ) -> Result<(), ConnectorError> {
+        let content_type = content_type.filter(|_| self.v5).map(str::to_string);
+        self.send(topic, data.to_vec(), content_type, Vec::new())
+            .await
+    }
+}
+
+impl MqttSink {
+    /// Publishes in order and waits for the broker's acknowledgement.
+    async fn send(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        content_type: Option<String>,
+        props: Vec<(String, String)>,
+    ) -> Result<(), ConnectorError> {
         let err = |message: String| {
             ConnectorError::io(
                 &self.connector,
                 format!("cannot publish to `{topic}`: {message}"),
             )
-        };
-        let (payload, content_type, props) = if self.v5 {
-            binding::encode_binary(event)
-        } else {
-            (binding::encode_structured(event), None, Vec::new())
         };
         let (tx, rx) = oneshot::channel();
         {

@@ -742,13 +742,38 @@ impl Sink for NatsSink {
     }
 
     async fn publish(&self, topic: &str, event: &Event) -> Result<(), ConnectorError> {
+        let (headers, payload) = binding::encode(event);
+        self.send(topic, headers, payload).await
+    }
+
+    async fn publish_plain(
+        &self,
+        topic: &str,
+        data: &[u8],
+        content_type: Option<&str>,
+    ) -> Result<(), ConnectorError> {
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(ct) = content_type {
+            headers.insert("Content-Type", ct);
+        }
+        self.send(topic, headers, data.to_vec()).await
+    }
+}
+
+impl NatsSink {
+    /// Publishes, and waits for JetStream's ack or core NATS' flush.
+    async fn send(
+        &self,
+        topic: &str,
+        headers: async_nats::HeaderMap,
+        payload: Vec<u8>,
+    ) -> Result<(), ConnectorError> {
         let err = |message: String| {
             ConnectorError::io(
                 &self.connector,
                 format!("cannot publish to `{topic}`: {message}"),
             )
         };
-        let (headers, payload) = binding::encode(event);
         let classify = |e: async_nats::jetstream::context::PublishError| {
             if e.kind() == async_nats::jetstream::context::PublishErrorKind::StreamNotFound {
                 ConnectorError::permanent(
