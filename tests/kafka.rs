@@ -281,6 +281,92 @@ async fn kill_9_while_publishing_loses_nothing_on_any_partition() {
     }
 }
 
+/// The same kill with `delivery.dedup` in Redis and offsets committed every 10 s, so that the
+/// restart replays every record since the last commit: hundreds. A replayed record whose
+/// call had succeeded is acknowledged without a call; only the calls cut by the kill (in flight
+/// at that instant, their answers never read) are made again, as at-least-once must.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_dedup_calls_the_function_once_per_record() {
+    const N: usize = 2_000;
+    let topic = kafka::unique("dedup");
+    kafka::create_topic(&topic, 3).await;
+    let server = FnServer::with(|_, _| Answer::ok().delay(Duration::from_millis(20))).await;
+    let cfg = format!(
+        "connectors:\n{}  cache: {{ redis: {{ url: \"redis://127.0.0.1:6379\" }} }}\nfunctions:\n{}triggers:\n{}",
+        kafka::connector("k", ", commit_interval: 10s"),
+        http_fn("f", &server.url("/f")),
+        yaml!(
+            "  - { name: <name>, from: { connector: k, topic: <topic>, group: <group> }, to: f, delivery: { dedup: { window: 10m, store: { connector: cache } } } }\n",
+            name = topic,
+            topic = topic,
+            group = kafka::unique("g")
+        )
+    );
+    let fb = Fnbroker::start(&cfg).await;
+    let producing = {
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            let producer = kafka::producer();
+            for burst in 0..(N / 100) {
+                kafka::produce_range(&producer, &topic, burst * 100..(burst + 1) * 100).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    server.wait_count("/f", 400, WAIT).await;
+    let killed_at = std::time::Instant::now();
+    fb.signal("KILL");
+    drop(fb);
+    let before = server.count("/f");
+    let fb = Fnbroker::start(&cfg).await;
+    producing.await.expect("producer");
+    let ids = || -> HashSet<String> {
+        server
+            .on("/f")
+            .iter()
+            .filter_map(|r| r.header("ce-id").map(str::to_string))
+            .collect()
+    };
+    wait_for(
+        "every record after the restart",
+        Duration::from_secs(120),
+        || ids().len() >= N,
+    )
+    .await;
+    // Every call, by record: a record called twice must have had its first call cut by the
+    // kill (received in the last second before it, its answer never read).
+    let mut first_call: HashMap<String, std::time::Instant> = HashMap::new();
+    let mut again = Vec::new();
+    for r in server.on("/f") {
+        let id = r.header("ce-id").unwrap_or_default().to_string();
+        match first_call.get(&id) {
+            None => {
+                first_call.insert(id, r.at);
+            }
+            Some(first) => again.push((id, *first)),
+        }
+    }
+    let deduplicated = common::metric_sum(&fb, "fnbroker_events_deduplicated_total").await;
+    println!(
+        "kafka kill with dedup: killed after {before} calls; {N} records, {} calls, {} called again, {deduplicated} replayed records acknowledged without a call",
+        server.count("/f"),
+        again.len()
+    );
+    for (id, first) in &again {
+        assert!(
+            *first <= killed_at && killed_at.duration_since(*first) < Duration::from_secs(1),
+            "record {id} was called again although its first call came {:?} before the kill",
+            killed_at.saturating_duration_since(*first)
+        );
+    }
+    assert!(
+        deduplicated > 0.0,
+        "the restart replayed nothing: the test did not test dedup\n{}",
+        fb.logs()
+    );
+    drop(fb);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_then_dead_letter_into_a_kafka_topic() {
     let topic = kafka::unique("in");

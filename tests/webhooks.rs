@@ -324,3 +324,127 @@ asyncio.run(main())
     );
     drop(fb);
 }
+
+/// A webhook sender retries with the same delivery id (GitHub's "Redeliver"): with
+/// `delivery.dedup` the function is called once, the second delivery acknowledged and counted.
+/// In memory for one replica; in Redis, two replicas agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_github_delivery_sent_twice_calls_the_function_once() {
+    let server = FnServer::start().await;
+    let prefix = format!("{}{}", std::process::id(), free_port());
+    let config = |port: u16, store: &str| {
+        yaml!(
+            "connectors:
+  web: { http: { listen: 127.0.0.1:<port>, auth: { hmac: { header: X-Hub-Signature-256, secret: \"<secret>\", prefix: \"sha256=\" } } } }
+  cache: { redis: { url: \"redis://127.0.0.1:6379\" } }
+  db: { postgres: { url: \"postgres://postgres@127.0.0.1:5432/postgres\" } }
+functions:
+  pushes: { http: { url: \"<pushes>\" } }
+triggers:
+  - name: push<prefix>
+    from: { connector: web, topic: \"/github/{repo}\", attributes: { type: \"com.github.{header:X-GitHub-Event}\", id: \"{header:X-GitHub-Delivery}\" } }
+    to: pushes
+    delivery: { dedup: { window: 10m, store: <store> } }
+",
+            port = port,
+            secret = GITHUB_SECRET,
+            pushes = server.url("/pushes"),
+            prefix = prefix,
+            store = store
+        )
+    };
+
+    // One replica, marks in memory.
+    let port = free_port();
+    let fb = Fnbroker::start(&config(port, "memory")).await;
+    let res = deliver(port, "fnbroker", Some("push"), "mem-1").await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    // The mark is written once the function's answer is in: wait for the delivery to finish.
+    wait_metric(&fb, "fnbroker_events_delivered_total", 1.0).await;
+    let res = deliver(port, "fnbroker", Some("push"), "mem-1").await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    wait_metric(&fb, "fnbroker_events_deduplicated_total", 1.0).await;
+    let res = deliver(port, "fnbroker", Some("push"), "mem-2").await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    server.wait_count("/pushes", 2, WAIT).await;
+    let ids: Vec<_> = server
+        .on("/pushes")
+        .iter()
+        .map(|r| r.header("ce-id").unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(ids, ["mem-1", "mem-2"]);
+    drop(fb);
+
+    // Two replicas, marks in Redis, then in PostgreSQL: the second copy goes to the other
+    // replica, which finds the first one's mark.
+    let mut calls = 2;
+    for store in ["{ connector: cache }", "{ connector: db }"] {
+        let (a, b) = (free_port(), free_port());
+        let first = Fnbroker::start(&config(a, store)).await;
+        let second = Fnbroker::start(&config(b, store)).await;
+        let delivery = format!("{store}-{prefix}");
+        let res = deliver(a, "fnbroker", Some("push"), &delivery).await;
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        wait_metric(&first, "fnbroker_events_delivered_total", 1.0).await;
+        calls += 1;
+        let res = deliver(b, "fnbroker", Some("push"), &delivery).await;
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        wait_metric(&second, "fnbroker_events_deduplicated_total", 1.0).await;
+        assert_eq!(server.count("/pushes"), calls, "{store}");
+        drop((first, second));
+    }
+    let store = "{ connector: cache }";
+
+    // explain says what dedup does with it.
+    let (code, stdout, stderr) = common::run_once(
+        &config(free_port(), store),
+        &[
+            "explain",
+            "--connector",
+            "web",
+            "--topic",
+            "/github/fnbroker",
+            "--header",
+            "X-GitHub-Event=push",
+            "--header",
+            "X-GitHub-Delivery=abc",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    // A store that keeps no keys, or none at all, is refused at load.
+    for (store, error) in [
+        (
+            "{ connector: web }",
+            "`delivery.dedup.store`: a http connector keeps no keys",
+        ),
+        (
+            "{ connector: nope }",
+            "unknown connector `nope` in `delivery.dedup.store`",
+        ),
+    ] {
+        let (code, _, stderr) = common::run_once(&config(free_port(), store), &["validate"]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains(error), "{error:?} in {stderr}");
+    }
+    assert!(
+        stdout.contains("delivery.dedup: acknowledged without a call when source `http://web/github/fnbroker` with id `abc` was delivered in the last 10m (marks in connector `cache`)"),
+        "{stdout}"
+    );
+}
+
+/// Waits until the sum of a metric's samples reaches `at_least`.
+async fn wait_metric(fb: &Fnbroker, name: &str, at_least: f64) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let value = common::metric_sum(fb, name).await;
+        if value >= at_least {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} stayed at {value}:\n{}",
+            fb.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -241,6 +241,7 @@ impl Discovery {
             retry: None,
             redelivery: source.capabilities().redelivery,
             ordered: delivery.ordered,
+            dedup: None,
         });
         let stop = shutdown.child_token();
         let retire = Arc::<std::sync::atomic::AtomicBool>::default();

@@ -38,6 +38,8 @@ pub(crate) struct Verdict {
     /// The event as the function would receive it: a plain message gets the trigger's
     /// `event.type`.
     pub(crate) delivered: Event,
+    /// What `delivery.dedup` does with it, when the trigger deduplicates.
+    pub(crate) dedup: Option<String>,
 }
 
 /// Where the message arrives: a connector of the configuration and what it reads.
@@ -147,12 +149,25 @@ fn verdict(trigger: &Trigger, event: &Event, origin: &Origin) -> Verdict {
         (None, _) => (true, "no filter".to_string()),
         (Some(f), _) => Filter::compile(f).decide(&delivered),
     };
+    let dedup = trigger.delivery.dedup.as_ref().map(|d| {
+        let store = match &d.store {
+            fnbroker_config::DedupStore::Memory(_) => "this replica's memory".to_string(),
+            fnbroker_config::DedupStore::Shared(s) => format!("connector `{}`", s.connector),
+        };
+        format!(
+            "delivery.dedup: acknowledged without a call when source `{}` with id `{}` was delivered in the last {} (marks in {store})",
+            delivered.source(),
+            delivered.id(),
+            d.window.text().as_str()
+        )
+    });
     Verdict {
         trigger: trigger.name.to_string(),
         function: trigger.to.to_string(),
         passes,
         why,
         delivered,
+        dedup,
     }
 }
 
@@ -330,6 +345,9 @@ pub(crate) fn render(arrival: &Arrival<'_>, explained: &[Explained]) -> String {
                     "    the function receives type `{}` (the trigger's `event.type`)",
                     t.delivered.ty()
                 );
+            }
+            if let (true, Some(dedup)) = (t.passes, &t.dedup) {
+                let _ = writeln!(out, "    {dedup}");
             }
         }
     }

@@ -22,6 +22,12 @@ struct TriggerLabels {
     function: String,
 }
 
+/// A trigger alone: what does not depend on its function.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerOnlyLabels {
+    trigger: String,
+}
+
 /// Why events were dropped.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DropLabels {
@@ -222,6 +228,8 @@ pub(crate) struct TriggerStats {
     pub(crate) reply_failed: Counter,
     pub(crate) dead_letter_failed: Counter,
     pub(crate) handed_back: Counter,
+    /// Acknowledged without a call: delivered within the `delivery.dedup` window before.
+    pub(crate) deduplicated: Counter,
     pub(crate) in_flight: Gauge,
     pub(crate) latency: Histogram,
 }
@@ -246,6 +254,7 @@ impl TriggerStats {
             reply_failed: Counter::default(),
             dead_letter_failed: Counter::default(),
             handed_back: Counter::default(),
+            deduplicated: Counter::default(),
             in_flight: Gauge::default(),
             latency: latency_histogram(),
         }
@@ -315,6 +324,7 @@ pub(crate) struct Metrics {
     reply_failed: Family<TriggerLabels, Counter>,
     dead_letter_failed: Family<TriggerLabels, Counter>,
     handed_back: Family<TriggerLabels, Counter>,
+    deduplicated: Family<TriggerOnlyLabels, Counter>,
     in_flight: Family<TriggerLabels, Gauge>,
     latency: HistogramFamily<TriggerLabels>,
     calls: Family<CallLabels, Counter>,
@@ -371,6 +381,7 @@ impl Metrics {
             reply_failed: Family::default(),
             dead_letter_failed: Family::default(),
             handed_back: Family::default(),
+            deduplicated: Family::default(),
             in_flight: Family::default(),
             latency: HistogramFamily::new_with_constructor(latency_histogram),
             calls: Family::default(),
@@ -457,6 +468,11 @@ impl Metrics {
         for (name, help, family) in counters {
             registry.register(name, help, family.clone());
         }
+        registry.register(
+            "events_deduplicated",
+            "Events acknowledged without a call: their (source, id) was delivered within the trigger's delivery.dedup window",
+            m.deduplicated.clone(),
+        );
         registry.register(
             "events_dropped",
             "Events dropped: failed with no dead letter destination (reason failed), or dropped by an at-most-once source whose buffer was full (reason slow_consumer)",
@@ -683,6 +699,12 @@ impl Metrics {
             reply_failed: self.reply_failed.get_or_create(&l).clone(),
             dead_letter_failed: self.dead_letter_failed.get_or_create(&l).clone(),
             handed_back: self.handed_back.get_or_create(&l).clone(),
+            deduplicated: self
+                .deduplicated
+                .get_or_create(&TriggerOnlyLabels {
+                    trigger: trigger.to_string(),
+                })
+                .clone(),
             in_flight: self.in_flight.get_or_create(&l).clone(),
             latency: self.latency.get_or_create(&l).clone(),
         }

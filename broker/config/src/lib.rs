@@ -472,6 +472,70 @@ pub struct Delivery {
     /// so a restart or a rebalance loses no retry and the source never waits for one.
     #[serde(default)]
     pub retry_topic: Option<RetryTopic>,
+    /// Acknowledge without a call an event whose (`source`, `id`) this trigger delivered within
+    /// `window`: a broker's redelivery after a crash, a webhook sender's retry. The mark is
+    /// written only once the function succeeded. Off when absent.
+    #[serde(default)]
+    pub dedup: Option<Dedup>,
+}
+
+/// How a trigger recognizes an event it delivered already.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Dedup {
+    /// How long a delivered event's (`source`, `id`) is remembered. Default `10m`.
+    #[serde(default = "default_dedup_window")]
+    pub window: ConfDuration,
+    /// Where: `memory` (this replica only, at most `max_entries`, lost on restart), or
+    /// `{ connector: NAME }`, a Redis or PostgreSQL connector every replica shares, which also
+    /// outlives a restart. Default `memory`.
+    #[serde(default)]
+    pub store: DedupStore,
+    /// The most events the `memory` store remembers; the oldest are forgotten first. Default
+    /// 100000.
+    #[serde(default = "default_dedup_entries")]
+    pub max_entries: usize,
+}
+
+fn default_dedup_window() -> ConfDuration {
+    ConfDuration::from_secs(600)
+}
+
+fn default_dedup_entries() -> usize {
+    100_000
+}
+
+/// Where deduplication marks are kept: `memory`, or `{ connector: NAME }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum DedupStore {
+    /// `memory`: in this replica.
+    Memory(MemoryStore),
+    /// `{ connector: NAME }`: in a store the replicas share.
+    Shared(SharedStore),
+}
+
+impl Default for DedupStore {
+    fn default() -> Self {
+        Self::Memory(MemoryStore::Memory)
+    }
+}
+
+/// The word `memory`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryStore {
+    /// In this replica.
+    Memory,
+}
+
+/// A store the replicas share.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct SharedStore {
+    /// A Redis or PostgreSQL connector.
+    pub connector: String,
 }
 
 /// Where a trigger keeps its retries: a topic of a connector that holds messages (Kafka, NATS
@@ -536,6 +600,7 @@ impl Default for Delivery {
             max_in_flight: default_max_in_flight(),
             batch: None,
             retry_topic: None,
+            dedup: None,
         }
     }
 }

@@ -23,6 +23,7 @@
 //! - [`telemetry`]: the spans of a delivery (OpenTelemetry over OTLP).
 
 mod batch;
+pub(crate) mod dedup;
 mod delivery;
 pub(crate) mod filter;
 mod flow;
@@ -179,6 +180,8 @@ pub(crate) struct TriggerRuntime {
     /// retry cannot be published is held and published again in place, never handed back
     /// (the broker would redeliver it after later messages of its key).
     pub(crate) ordered: bool,
+    /// `delivery.dedup`: events delivered within its window are acknowledged without a call.
+    pub(crate) dedup: Option<dedup::Dedup>,
 }
 
 /// A trigger's retry topic: where it publishes events to be tried again, and whether this

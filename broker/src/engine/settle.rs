@@ -95,6 +95,30 @@ async fn run(
 ) -> Outcome {
     // Given back however this ends, also when the future is dropped (a drain that timed out).
     let _in_flight = crate::metrics::Held::new(&t.stats.in_flight);
+    let Some(dedup) = &t.dedup else {
+        return deliver(t, view, shutdown, broker_retry).await;
+    };
+    let key = super::dedup::key(&view);
+    if dedup.seen(&t.name, key).await {
+        t.stats.deduplicated.inc();
+        tracing::debug!(trigger = %t.name, id = view.id(), source = view.source().as_str(), "duplicate acknowledged without a call (delivery.dedup)");
+        return Outcome::Delivered(None);
+    }
+    let outcome = deliver(t, view, shutdown, broker_retry).await;
+    // Only what the function did is marked: a failure, a dead letter or a hand-back is tried
+    // again when it comes again.
+    if matches!(outcome, Outcome::Delivered(_)) {
+        dedup.mark(&t.name, key).await;
+    }
+    outcome
+}
+
+async fn deliver(
+    t: &Arc<TriggerRuntime>,
+    view: std::borrow::Cow<'_, fnbroker_core::Event>,
+    shutdown: &CancellationToken,
+    broker_retry: Option<u32>,
+) -> Outcome {
     // A batching trigger takes the event before anything is awaited (this future is polled at
     // once): events join its batches in the order the pump started their messages.
     match &t.batch {

@@ -101,6 +101,7 @@ fn runtime(f: Arc<FunctionRuntime>, delivery: &str, dead: Option<Target>) -> Tri
         retry: None,
         redelivery: fnbroker_core::Redelivery::Later,
         ordered: delivery.ordered,
+        dedup: None,
     }
 }
 

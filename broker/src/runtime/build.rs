@@ -110,9 +110,33 @@ impl Broker {
                 retry: self.retry_topic(t).await?,
                 redelivery,
                 ordered: p.source.ordered,
+                dedup: self.dedup(t)?,
             }));
         }
         Ok(list)
+    }
+
+    /// A trigger's `delivery.dedup`: marks in memory, or in a connector's key store under
+    /// `dedup:<trigger>`, which every replica running the trigger shares.
+    fn dedup(&self, t: &config::Trigger) -> anyhow::Result<Option<crate::engine::dedup::Dedup>> {
+        let Some(dedup) = &t.delivery.dedup else {
+            return Ok(None);
+        };
+        let window = dedup.window.get();
+        Ok(Some(match &dedup.store {
+            config::DedupStore::Memory(_) => {
+                crate::engine::dedup::Dedup::memory(window, dedup.max_entries)
+            }
+            config::DedupStore::Shared(shared) => {
+                let name = shared.connector.as_str();
+                let connector = self
+                    .connectors
+                    .get(name)
+                    .with_context(|| format!("unknown connector `{name}`"))?;
+                let store = connector.value.key_store(&format!("dedup:{}", *t.name))?;
+                crate::engine::dedup::Dedup::shared(window, store)
+            }
+        }))
     }
 
     /// A trigger's retry topic: the sink that publishes into it so that its consumer (see

@@ -364,6 +364,9 @@ pub struct ConnectorCapabilities {
     /// listener (the HTTP ingress) does not, and a configuration whose destination names it is
     /// refused at load.
     pub publishes: bool,
+    /// Whether it keeps keys that expire ([`Connector::key_store`]): what replicas share to
+    /// agree on deduplication and on who fires a schedule's tick.
+    pub keeps_keys: bool,
 }
 
 impl ConnectorCapabilities {
@@ -371,13 +374,23 @@ impl ConnectorCapabilities {
     pub const AT_START: Self = Self {
         subscribing: Subscribing::AtStart,
         publishes: true,
+        keeps_keys: false,
     };
 
     /// Subscriptions at any time, publishing.
     pub const WHILE_RUNNING: Self = Self {
         subscribing: Subscribing::WhileRunning,
         publishes: true,
+        keeps_keys: false,
     };
+
+    /// These capabilities, and keeping keys.
+    pub const fn keeping_keys(self) -> Self {
+        Self {
+            keeps_keys: true,
+            ..self
+        }
+    }
 
     /// Whether subscriptions may open and close while the connector runs.
     pub fn subscribes_while_running(&self) -> bool {
@@ -467,6 +480,19 @@ pub trait Sink: Send + Sync {
     }
 }
 
+/// Keys that expire, in a store the replicas of fnbroker share (a Redis server, a PostgreSQL
+/// table): the marks of delivered events that deduplication looks up, and the claims of a
+/// schedule's ticks.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// Whether `key` is set and has not expired.
+    async fn contains(&self, key: &str) -> Result<bool, ConnectorError>;
+
+    /// Sets `key` for `ttl` unless it is set and has not expired: `true` when this call set it
+    /// (a claim won), atomically across every replica.
+    async fn insert(&self, key: &str, ttl: std::time::Duration) -> Result<bool, ConnectorError>;
+}
+
 /// A configured connection to one broker (or one listening socket).
 #[async_trait]
 pub trait Connector: Send + Sync {
@@ -504,6 +530,16 @@ pub trait Connector: Send + Sync {
             connector: self.name().to_string(),
             kind: self.kind(),
             what: "read back what a topic holds",
+        })
+    }
+
+    /// Its key store, for keys under `namespace` (see [`KeyStore`]); the kind says it has one
+    /// in [`ConnectorCapabilities::keeps_keys`]. Default: `Unsupported`.
+    fn key_store(&self, _namespace: &str) -> Result<Arc<dyn KeyStore>, ConnectorError> {
+        Err(ConnectorError::Unsupported {
+            connector: self.name().to_string(),
+            kind: self.kind(),
+            what: "keep keys (Redis and PostgreSQL can)",
         })
     }
 

@@ -83,8 +83,8 @@ pub mod values;
 
 pub use contract::{
     AckHandle, AtStop, Connector, ConnectorCapabilities, ConnectorError, ErrorKind, Incoming,
-    ListenerCounts, Origin, Reader, Redelivery, Settlement, Sink, Source, SourceCapabilities,
-    SourceKeys, Subscribing, Subscription,
+    KeyStore, ListenerCounts, Origin, Reader, Redelivery, Settlement, Sink, Source,
+    SourceCapabilities, SourceKeys, Subscribing, Subscription,
 };
 pub use event::{Data, Event, InvalidEvent};
 

@@ -109,6 +109,7 @@ impl ConnectorPlugin for Plugin {
         fnbroker_core::ConnectorCapabilities {
             subscribing: fnbroker_core::Subscribing::AtStart,
             publishes: false,
+            keeps_keys: false,
         };
     type Settings = HttpSettings;
     type Source = HttpSourceSettings;

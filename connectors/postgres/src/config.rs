@@ -54,6 +54,9 @@ pub struct Plugin;
 impl ConnectorPlugin for Plugin {
     const KIND: &'static str = "postgres";
     const ABOUT: &'static str = "PostgreSQL change data capture (logical replication) and tables.";
+    /// Keys (deduplication marks, schedule claims) live in a table it creates.
+    const CAPABILITIES: fnbroker_core::ConnectorCapabilities =
+        fnbroker_core::ConnectorCapabilities::AT_START.keeping_keys();
     type Settings = PostgresSettings;
     type Source = NoSettings;
     type Destination = NoSettings;

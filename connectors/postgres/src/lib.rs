@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 mod config;
+mod keys;
 mod pgoutput;
 mod replication;
 mod sink;
@@ -292,6 +293,18 @@ impl Connector for PostgresConnector {
         Ok(Box::new(PostgresSource {
             rx,
             finish: self.finish.clone(),
+        }))
+    }
+
+    fn key_store(
+        &self,
+        namespace: &str,
+    ) -> Result<Arc<dyn fnbroker_core::KeyStore>, ConnectorError> {
+        Ok(Arc::new(keys::PostgresKeys {
+            sql: sink::PostgresSink::new(&self.name, &self.settings.url, self.sql_tls.clone()),
+            prefix: format!("{namespace}:"),
+            created: tokio::sync::OnceCell::new(),
+            inserts: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 

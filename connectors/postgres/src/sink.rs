@@ -69,7 +69,7 @@ impl PostgresSink {
     }
 
     /// Runs `f` on the connection, opened (again) when needed.
-    async fn with_client<T>(
+    pub(crate) async fn with_client<T>(
         &self,
         what: &str,
         f: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T, tokio_postgres::Error>,

@@ -86,7 +86,7 @@ impl ConnectorPlugin for Plugin {
     const ABOUT: &'static str = "Redis Streams (consumer groups).";
     /// Each subscription reads on a connection of its own.
     const CAPABILITIES: fnbroker_core::ConnectorCapabilities =
-        fnbroker_core::ConnectorCapabilities::WHILE_RUNNING;
+        fnbroker_core::ConnectorCapabilities::WHILE_RUNNING.keeping_keys();
     type Settings = RedisSettings;
     type Source = RedisSourceSettings;
     type Destination = NoSettings;

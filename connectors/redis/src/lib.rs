@@ -22,6 +22,7 @@
 
 pub mod binding;
 mod config;
+mod keys;
 mod reply;
 mod settle;
 mod sink;
@@ -183,6 +184,16 @@ impl Connector for RedisConnector {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn key_store(
+        &self,
+        namespace: &str,
+    ) -> Result<Arc<dyn fnbroker_core::KeyStore>, ConnectorError> {
+        Ok(Arc::new(keys::RedisKeys {
+            shared: Arc::clone(&self.shared),
+            prefix: format!("fnbroker:{namespace}:"),
+        }))
     }
 
     /// A group named `reader` on the stream `topic`, made (from its first entry) when missing.

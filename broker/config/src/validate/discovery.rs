@@ -67,6 +67,14 @@ pub(super) fn validate_discovery(
             format!("{owner}: `retry_topic` is for triggers written in the file, not for discovered functions (their retries are in memory)"),
         );
     }
+    if d.delivery.dedup.is_some() {
+        errors.at(
+            &d.connector,
+            format!(
+                "{owner}: `dedup` is for triggers written in the file, not for discovered functions"
+            ),
+        );
+    }
     if let Some(batch) = &d.delivery.batch {
         let refused = d
             .asynchronous

@@ -128,6 +128,9 @@ pub(super) fn validate_trigger(
     if let Some(retry) = &d.retry_topic {
         validate_retry_topic(retry, d, connectors, registry, &tname, errors);
     }
+    if let Some(dedup) = &d.dedup {
+        validate_dedup(dedup, connectors, registry, &tname, &trigger.name, errors);
+    }
     for (what, dest) in [
         ("dead_letter", &mut trigger.dead_letter),
         ("reply", &mut trigger.reply),
@@ -180,6 +183,50 @@ pub(super) fn validate_batch(
     }
     if let Some(why) = refused {
         errors.at(at, format!("{owner}: {why}; remove `delivery.batch`"));
+    }
+}
+
+/// `delivery.dedup`: a window, a bound, and a store the replicas can share.
+pub(super) fn validate_dedup(
+    dedup: &crate::Dedup,
+    connectors: &BTreeMap<String, ConnectorConfig>,
+    registry: &Registry,
+    tname: &str,
+    at: &Loc<String>,
+    errors: &mut Errors<'_>,
+) {
+    let owner = format!("trigger `{tname}`");
+    duration(
+        &dedup.window,
+        &format!("{owner} delivery.dedup.window"),
+        errors,
+    );
+    if dedup.max_entries == 0 {
+        errors.at(
+            at,
+            format!("{owner}: `delivery.dedup.max_entries` must be at least 1"),
+        );
+    }
+    if let crate::DedupStore::Shared(shared) = &dedup.store {
+        let connector = shared.connector.as_str();
+        match connectors
+            .get(connector)
+            .map(|c| (c.kind(), registry.get(c.kind())))
+        {
+            None => errors.at(
+                at,
+                format!("{owner}: unknown connector `{connector}` in `delivery.dedup.store`"),
+            ),
+            Some((kind, found)) if !found.is_some_and(|k| k.capabilities().keeps_keys) => {
+                errors.at(
+                    at,
+                    format!(
+                        "{owner}: `delivery.dedup.store`: a {kind} connector keeps no keys (name a redis or postgres connector, or write `memory`)"
+                    ),
+                )
+            }
+            Some(_) => {}
+        }
     }
 }
 
