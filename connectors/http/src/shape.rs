@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use fnbroker_core::event::{self, AttributesWriter, Event};
 use http::{HeaderMap, HeaderName};
 
-/// A path as a trigger's `topic` names it: literal segments and `{name}` segments, each of
-/// which takes any one non-empty segment.
+/// A path as a trigger's `topic` names it: literal segments and `{name}` segments (a whole
+/// segment: letters, digits, `_`), each of which takes any one non-empty segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Pattern {
     segments: Vec<Segment>,
@@ -37,24 +37,20 @@ fn split(path: &str) -> Vec<&str> {
 }
 
 impl Pattern {
-    /// Parses a topic; an error says what is wrong with a `{...}` segment.
+    /// Parses a topic; an error names a parameter that appears twice.
     pub(crate) fn parse(topic: &str) -> Result<Self, String> {
         let mut segments = Vec::new();
         for segment in split(topic) {
-            if !segment.contains(['{', '}']) {
-                segments.push(Segment::Literal(segment.to_string()));
-                continue;
-            }
-            let name = segment
+            // Only a whole segment `{name}` is a parameter; any other brace is a character of
+            // the path, as it was before parameters existed.
+            let Some(name) = segment
                 .strip_prefix('{')
                 .and_then(|s| s.strip_suffix('}'))
                 .filter(|n| is_param_name(n))
-                .ok_or_else(|| {
-                    format!(
-                        "`{segment}`: a path parameter is a whole segment `{{name}}` \
-                         (letters, digits, `_`)"
-                    )
-                })?;
+            else {
+                segments.push(Segment::Literal(segment.to_string()));
+                continue;
+            };
             if segments
                 .iter()
                 .any(|s| matches!(s, Segment::Param(p) if p == name))
@@ -478,7 +474,10 @@ mod tests {
         assert!(by["specversion"].contains("binding's"), "{by:?}");
         assert!(by["Bad"].contains("not an attribute name"), "{by:?}");
         assert!(by["source"].contains("not closed"), "{by:?}");
-        assert!(Pattern::parse("/a/{b}x").is_err());
+        // Braces that do not make a whole segment `{name}` are characters of the path.
+        let literal = Pattern::parse("/a/{b}x/${LIT}").expect("literal");
+        assert!(!literal.has_params());
+        assert!(literal.matches("/a/{b}x/${LIT}"));
         assert!(Pattern::parse("/a/{b}/{b}").is_err());
         let (a, b) = (
             Pattern::parse("/a/{x}").expect("p"),
