@@ -75,7 +75,7 @@ impl fnbroker_core::KeyStore for PostgresKeys {
                 }
                 c.execute(
                     "INSERT INTO fnbroker_keys (key, expires_at) \
-                     VALUES ($1, now() + $2 * interval '1 millisecond') \
+                     VALUES ($1, now() + $2::bigint * interval '1 millisecond') \
                      ON CONFLICT (key) DO UPDATE SET expires_at = EXCLUDED.expires_at \
                      WHERE fnbroker_keys.expires_at <= now()",
                     &[&key, &millis],
