@@ -197,6 +197,19 @@ async fn ordered_delivery_keeps_offset_order_per_partition() {
     drop(fb);
 }
 
+/// Publishes records `0..n` to `topic` while fnbroker consumes: bursts of 100, 20 ms apart, so
+/// that the records land in many batches.
+fn produce_in_bursts(topic: &str, n: usize) -> tokio::task::JoinHandle<()> {
+    let topic = topic.to_string();
+    tokio::spawn(async move {
+        let producer = kafka::producer();
+        for burst in 0..(n / 100) {
+            kafka::produce_range(&producer, &topic, burst * 100..(burst + 1) * 100).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
 /// As reported: 3 partitions, a function that takes 20 ms per call, 2,000
 /// records produced while fnbroker consumes, kill -9 after about 400 deliveries, start again with
 /// the same group: every record arrives, on every partition. Several rounds in a row, each with
@@ -221,17 +234,7 @@ async fn kill_9_while_publishing_loses_nothing_on_any_partition() {
             ),
         );
         let fb = Fnbroker::start(&cfg).await;
-        // Publish while fnbroker consumes: small bursts, so the records land in many batches.
-        let producing = {
-            let topic = topic.clone();
-            tokio::spawn(async move {
-                let producer = kafka::producer();
-                for burst in 0..(N / 100) {
-                    kafka::produce_range(&producer, &topic, burst * 100..(burst + 1) * 100).await;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-        };
+        let producing = produce_in_bursts(&topic, N);
         server.wait_count("/f", 400, WAIT).await;
         fb.signal("KILL");
         drop(fb);
@@ -303,16 +306,7 @@ async fn kill_9_with_dedup_calls_the_function_once_per_record() {
         )
     );
     let fb = Fnbroker::start(&cfg).await;
-    let producing = {
-        let topic = topic.clone();
-        tokio::spawn(async move {
-            let producer = kafka::producer();
-            for burst in 0..(N / 100) {
-                kafka::produce_range(&producer, &topic, burst * 100..(burst + 1) * 100).await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let producing = produce_in_bursts(&topic, N);
     server.wait_count("/f", 400, WAIT).await;
     let killed_at = std::time::Instant::now();
     fb.signal("KILL");
