@@ -197,6 +197,15 @@ async fn ordered_delivery_keeps_offset_order_per_partition() {
     drop(fb);
 }
 
+/// The `id`s of the events the function `/f` of `server` received.
+fn delivered_ids(server: &FnServer) -> HashSet<String> {
+    server
+        .on("/f")
+        .iter()
+        .filter_map(|r| r.header("ce-id").map(str::to_string))
+        .collect()
+}
+
 /// Publishes records `0..n` to `topic` while fnbroker consumes: bursts of 100, 20 ms apart, so
 /// that the records land in many batches.
 fn produce_in_bursts(topic: &str, n: usize) -> tokio::task::JoinHandle<()> {
@@ -242,13 +251,7 @@ async fn kill_9_while_publishing_loses_nothing_on_any_partition() {
 
         let fb = Fnbroker::start(&cfg).await;
         producing.await.expect("producer");
-        let ids = || -> HashSet<String> {
-            server
-                .on("/f")
-                .iter()
-                .filter_map(|r| r.header("ce-id").map(str::to_string))
-                .collect()
-        };
+        let ids = || delivered_ids(&server);
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         while ids().len() < N && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -315,13 +318,7 @@ async fn kill_9_with_dedup_calls_the_function_once_per_record() {
     let restarted_at = std::time::Instant::now();
     let fb = Fnbroker::start(&cfg).await;
     producing.await.expect("producer");
-    let ids = || -> HashSet<String> {
-        server
-            .on("/f")
-            .iter()
-            .filter_map(|r| r.header("ce-id").map(str::to_string))
-            .collect()
-    };
+    let ids = || delivered_ids(&server);
     wait_for(
         "every record after the restart",
         Duration::from_secs(120),
